@@ -1,0 +1,205 @@
+"""Model files: TorchScript with a ``metadata.json`` record in ``_extra_files``.
+
+The metadata record (a JSON object) holds at least::
+
+    format            "roof-detector-model"
+    format_version    1
+    name, version     free text / semantic version of this model
+    architecture      {"name": "efflite0_unet" | "plain_unet" | ..., "params": {...}}
+    bands             ["red", "green", "blue"]: the input channel order
+    normalization     {"input_range": [0, 1], "mean": [...], "std": [...],
+                       "applied_in_model": true}
+    output            "probability": N x 1 x H x W in [0, 1]
+    gsd_m             ground sample distance the model expects, metres / pixel
+    tile_size_px      tile edge the model was trained for (multiple of 32)
+    overlap_px        overlap between neighbouring tiles at inference
+    threshold         probability threshold tuned on validation
+    training          free-form summary of data, epochs, seed, command, time
+    metrics           free-form figures per split, e.g. {"val": {"iou": ...}}
+
+The TorchScript module takes float32 (or float16 on CUDA) RGB in [0, 1],
+shape N x 3 x H x W, and returns building probabilities N x 1 x H x W.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from .errors import ModelError
+
+FORMAT_NAME = "roof-detector-model"
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+REQUIRED_KEYS = ("architecture", "bands", "normalization", "gsd_m", "tile_size_px",
+                 "overlap_px", "threshold")
+KNOWN_BANDS = ("red", "green", "blue")
+
+BUNDLED_MODEL_PATH = Path(__file__).resolve().parents[2] / "models" / "roof_unet.pt"
+
+
+@dataclass
+class LoadedModel:
+    """A TorchScript module on its device with the metadata it was saved with."""
+
+    module: torch.jit.ScriptModule
+    metadata: Dict[str, Any]
+    device: torch.device
+    path: str
+    half: bool = False
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gsd_m(self) -> float:
+        return float(self.metadata["gsd_m"])
+
+    @property
+    def tile_size_px(self) -> int:
+        return int(self.metadata["tile_size_px"])
+
+    @property
+    def overlap_px(self) -> int:
+        return int(self.metadata["overlap_px"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.metadata["threshold"])
+
+
+def validate_metadata(meta: Dict[str, Any], source: str = "model") -> Dict[str, Any]:
+    """Check a metadata record; raise :class:`ModelError` naming what is wrong."""
+    if not isinstance(meta, dict):
+        raise ModelError(f"{source}: metadata.json is not a JSON object")
+    if meta.get("format") not in (None, FORMAT_NAME):
+        raise ModelError(f"{source}: metadata format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
+    missing = [k for k in REQUIRED_KEYS if k not in meta]
+    if missing:
+        raise ModelError(f"{source}: metadata lacks {', '.join(missing)}; "
+                         "re-export the model with `python -m roof_detector train` or `finetune`")
+    bands = meta["bands"]
+    if not isinstance(bands, list) or not bands or any(b not in KNOWN_BANDS for b in bands):
+        raise ModelError(f"{source}: metadata asks for bands {bands!r}; this version supports "
+                         f"only {list(KNOWN_BANDS)} (RGB or grey replicated to RGB)")
+    try:
+        gsd = float(meta["gsd_m"])
+        tile = int(meta["tile_size_px"])
+        overlap = int(meta["overlap_px"])
+        thr = float(meta["threshold"])
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"{source}: metadata has a non-numeric gsd_m/tile_size_px/overlap_px/threshold ({exc})")
+    if not (gsd > 0 and tile >= 32 and 0 <= overlap < tile // 2 and 0.0 < thr < 1.0):
+        raise ModelError(f"{source}: metadata values out of range (gsd_m={gsd}, tile_size_px={tile}, "
+                         f"overlap_px={overlap}, threshold={thr})")
+    return meta
+
+
+def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
+    """Read only the metadata record of a model file (cheap: no weights are loaded)."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise ModelError(f"Model file not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.endswith("extra/" + METADATA_FILE)]
+            if not names:
+                raise ModelError(f"{path} is a TorchScript file without Roof Detector metadata "
+                                 f"(no extra/{METADATA_FILE}); export it with this plugin's training tools")
+            raw = zf.read(names[0])
+    except zipfile.BadZipFile:
+        raise ModelError(f"{path} is not a TorchScript model (not a valid archive; "
+                         "the file may be truncated or of another format)") from None
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except ValueError as exc:
+        raise ModelError(f"{path}: metadata.json is not valid JSON ({exc})") from None
+    return validate_metadata(meta, path)
+
+
+def save_model(module: torch.nn.Module, path: str | os.PathLike, metadata: Dict[str, Any]) -> str:
+    """Script (if needed) and save ``module`` with ``metadata``, atomically.
+
+    ``module`` must take RGB in [0, 1] and return probabilities (wrap a raw
+    network in :class:`roof_detector.core.unet.ExportWrapper`).
+    """
+    meta = copy.deepcopy(metadata)
+    meta.setdefault("format", FORMAT_NAME)
+    meta.setdefault("format_version", FORMAT_VERSION)
+    meta.setdefault("output", "probability")
+    validate_metadata(meta, str(path))
+    scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module.eval())
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=str(path.parent))
+    os.close(fd)
+    try:
+        torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: json.dumps(meta, indent=1)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return str(path)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; explicit names are checked."""
+    device = (device or "auto").lower()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("CUDA was requested but no CUDA GPU is available to PyTorch; use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelError("MPS was requested but is not available; use --device cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"Unknown device {device!r}; use auto, cpu or cuda") from None
+
+
+def device_description(device: torch.device) -> str:
+    """Human-readable name of a device, e.g. 'CUDA: NVIDIA H100' or 'CPU (2 threads)'."""
+    if device.type == "cuda":
+        return f"CUDA: {torch.cuda.get_device_name(device)}"
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def load_model(path: Optional[str | os.PathLike] = None, device: str = "auto",
+               half: Optional[bool] = None) -> LoadedModel:
+    """Load a model file (default: the bundled one) on ``device``.
+
+    Half precision is used on CUDA unless ``half=False``. CPU modules are
+    frozen and optimised for inference (conv+BN folding), which is measurably
+    faster than eager mode.
+    """
+    path = str(path or BUNDLED_MODEL_PATH)
+    meta = read_metadata(path)
+    dev = resolve_device(device)
+    try:
+        module = torch.jit.load(path, map_location="cpu")
+    except Exception as exc:  # torch raises RuntimeError / ValueError / zip errors
+        raise ModelError(f"{path} could not be loaded as TorchScript: {str(exc).splitlines()[0]}") from None
+    module.eval()
+    use_half = dev.type == "cuda" if half is None else bool(half and dev.type == "cuda")
+    if dev.type == "cpu":
+        try:
+            module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
+        except Exception:  # a model that cannot be frozen still runs unfrozen
+            pass
+    module = module.to(dev)
+    if use_half:
+        module = module.half()
+    return LoadedModel(module=module, metadata=meta, device=dev, path=path, half=use_half)

@@ -1,0 +1,51 @@
+"""A tiny deterministic model for tests, demos of the plumbing and benchmarks.
+
+It is not a detector: it marks bright pixels (mean RGB above 0.5) as
+"building" through one fixed 1x1 convolution and a sigmoid. Generated test
+rasters draw buildings as bright rectangles on a dark background, so the
+expected output is known exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from .model_io import save_model
+
+
+class BrightnessNet(nn.Module):
+    """Probability = sigmoid(gain * (mean(R, G, B) - 0.5)); one 1x1 conv."""
+
+    def __init__(self, gain: float = 40.0):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1)
+        with torch.no_grad():
+            self.conv.weight.fill_(gain / 3.0)
+            self.conv.bias.fill_(-gain * 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.conv(x))
+
+
+def make_test_model(path: str, gsd_m: float = 0.5, tile_size_px: int = 64, overlap_px: int = 8,
+                    threshold: float = 0.5, extra_metadata: Optional[Dict[str, Any]] = None) -> str:
+    """Write the brightness model with full metadata to ``path``; return the path."""
+    meta: Dict[str, Any] = {
+        "name": "brightness-test-model",
+        "version": "0.0.1",
+        "architecture": {"name": "brightness_test", "params": {"gain": 40.0}},
+        "bands": ["red", "green", "blue"],
+        "normalization": {"input_range": [0, 1], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+                          "applied_in_model": True},
+        "gsd_m": gsd_m,
+        "tile_size_px": tile_size_px,
+        "overlap_px": overlap_px,
+        "threshold": threshold,
+        "training": {"summary": "not trained: fixed weights for tests"},
+        "metrics": {},
+    }
+    meta.update(extra_metadata or {})
+    return save_model(BrightnessNet(), path, meta)
