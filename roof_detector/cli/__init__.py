@@ -1,0 +1,50 @@
+"""Command line: ``python -m roof_detector COMMAND ...``.
+
+Each sub-command lives in its own module of this package exposing
+``add_parser(subparsers)`` (which registers the command and sets
+``func=run`` as default) and ``run(args) -> int``. Errors of the engine
+(:class:`RoofDetectorError`) end the run with a one-line message and exit
+status 2; Ctrl-C ends it with status 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+from .. import __version__
+
+# Sub-command modules, in the order `--help` lists them.
+COMMANDS = ["detect", "demo", "train"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every sub-command registered."""
+    parser = argparse.ArgumentParser(prog="python -m roof_detector",
+                                     description="Building footprints and rooftop solar sizing from orthophotos.")
+    parser.add_argument("--version", action="version", version=f"roof_detector {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Parse ``argv`` and run the chosen sub-command; return the exit status."""
+    from ..core.errors import RoofDetectorError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except RoofDetectorError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        return 130
