@@ -1,0 +1,73 @@
+# Roof Detector: developer / CI entry points.
+#
+#   make setup   system packages (Debian 12, as root) + .venv with pinned deps
+#   make test    the whole test suite, headless
+#   make demo    detection on the embedded real demo image -> out/demo
+#   make train   train the bundled model (needs ../shared/data; see TRAIN_ARGS)
+#   make clean   remove generated outputs (keeps .venv; `make distclean` drops it)
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.stamp
+TRAIN_STAMP := $(VENV)/.stamp-train
+
+APT_PACKAGES := python3-qgis qgis-providers python3-venv xvfb
+# Run apt as root directly, otherwise through sudo.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# The CPU torch wheel lies on disk here (see requirements.txt).
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+
+SOLARIS_WHEEL := .cache/solaris/solaris-0.4.0-py3-none-any.whl
+
+# Filled in by the model owner: arguments of `python -m roof_detector train`.
+TRAIN_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo train clean distclean
+
+setup: $(STAMP)
+
+# Idempotent and quick: nothing happens while the stamp is newer than
+# requirements.txt. apt-get runs only for packages that are missing.
+$(STAMP): requirements.txt
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing system packages:$$missing"; \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
+	fi
+	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PIP) install $(FIND_LINKS) -r requirements.txt
+	@$(PY) -c "import torch, sys; sys.exit('torch is a CUDA build; expected the CPU wheel' if torch.version.cuda else 0)"
+	@$(PY) -c "import qgis.core, osgeo.gdal, rasterio, shapely, pyproj"
+	@touch $(STAMP)
+
+test: setup
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+$(SOLARIS_WHEEL): | $(STAMP)
+	$(PIP) download --no-deps solaris==0.4.0 -d .cache/solaris
+
+demo: setup $(SOLARIS_WHEEL)
+	$(PY) -m roof_detector demo --out out/demo
+
+$(TRAIN_STAMP): requirements-train.txt $(STAMP)
+	$(PIP) install $(FIND_LINKS) -r requirements-train.txt
+	@touch $(TRAIN_STAMP)
+
+train: setup $(TRAIN_STAMP)
+	$(PY) -m roof_detector train $(TRAIN_ARGS)
+
+clean:
+	rm -rf out .pytest_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) .cache
