@@ -35,6 +35,7 @@ class Scene:
     label: np.ndarray  # H x W uint8 0/1
     valid: np.ndarray  # H x W bool
     gsd_m: float
+    transform: Optional[object] = None  # affine.Affine of georeferenced scenes
 
     @property
     def valid_fraction(self) -> float:
@@ -64,13 +65,14 @@ def ground_pixel_size_m(dataset) -> Tuple[float, float]:
 def scene_from_raster(raster_path: str, labels_path: Optional[str], name: Optional[str] = None,
                       bbox: Optional[Tuple[float, float, float, float]] = None,
                       load_gsd_m: Optional[float] = None, area_wkt: Optional[str] = None,
-                      label_layer: Optional[str] = None) -> Scene:
+                      label_layer: Optional[str] = None, label_geometries=None) -> Scene:
     """Load a raster (inside ``bbox`` in its CRS, if given) with its labels as a Scene.
 
     ``load_gsd_m`` resamples on read (area-averaging when coarser than the
     source); None keeps the native pixel size. Labels in another CRS are
     reprojected. ``area_wkt`` (raster CRS) limits validity to the area whose
     buildings are all labelled: outside it pixels are invalid.
+    ``label_geometries`` (shapely, raster CRS) are burnt instead of reading ``labels_path``.
     """
     import rasterio
     from rasterio.enums import Resampling
@@ -107,7 +109,9 @@ def scene_from_raster(raster_path: str, labels_path: Optional[str], name: Option
         crs_wkt = ds.crs.to_wkt()
         bounds = rasterio.windows.bounds(win, ds.transform)
     label = np.zeros((out_h, out_w), dtype=np.uint8)
-    if labels_path:
+    if label_geometries is not None:
+        label = rasterize_polygons(label_geometries, transform, (out_h, out_w))
+    elif labels_path:
         layer = read_polygons(labels_path, target_crs_wkt=crs_wkt, layer=label_layer, bbox=bounds)
         label = rasterize_polygons(layer.geometries, transform, (out_h, out_w))
     if area_wkt:
@@ -116,7 +120,7 @@ def scene_from_raster(raster_path: str, labels_path: Optional[str], name: Option
         valid &= rasterize_polygons([area], transform, (out_h, out_w)).astype(bool)
     label[~valid] = 0  # labels run past the imagery: clip them to the valid mask
     return Scene(name or os.path.basename(raster_path), np.ascontiguousarray(img.transpose(1, 2, 0)),
-                 label, valid, native / scale)
+                 label, valid, native / scale, transform)
 
 
 def scenes_from_chips(images_dir: str, masks_dir: str, gsd_m: float, prefix: str = "") -> List[Scene]:

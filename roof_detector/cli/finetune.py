@@ -1,0 +1,48 @@
+"""``python -m roof_detector finetune``: adapt a model to a raster and trusted building polygons."""
+
+from __future__ import annotations
+
+import sys
+
+from .progress import ProgressBar
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a model on a raster and a layer of building polygons",
+                       description="Fine-tune the bundled (or another) model on your raster and building "
+                                   "polygons. Inside the labelled area, unlabelled buildings count as "
+                                   "'not building'. Validation uses whole blocks held out of training.")
+    p.add_argument("--raster", required=True, help="georeferenced raster (GeoTIFF, VRT, ...)")
+    p.add_argument("--labels", required=True, help="polygon layer of buildings (any CRS: reprojected)")
+    p.add_argument("--labels-layer", default=None, help="layer name inside --labels (default: first polygon layer)")
+    p.add_argument("--area", default=None, help="polygon layer of the fully labelled area (default: label extent)")
+    p.add_argument("-o", "--output", required=True, help="the new model file (.pt)")
+    p.add_argument("--base-model", default=None, help="model to start from (default: bundled)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--patience", type=int, default=4, help="stop after this many epochs without val IoU gain")
+    p.add_argument("--samples-per-epoch", type=int, default=None)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="", help="model name stored in its metadata")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..core.training.finetune import FinetuneOptions, finetune
+
+    opts = FinetuneOptions(raster_path=args.raster, labels_path=args.labels, labels_layer=args.labels_layer,
+                           area_path=args.area, output_path=args.output, base_model_path=args.base_model,
+                           epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                           val_fraction=args.val_fraction, patience=args.patience,
+                           samples_per_epoch=args.samples_per_epoch, device=args.device, seed=args.seed,
+                           name=args.name)
+    with ProgressBar("fine-tune") as bar:
+        res = finetune(opts, progress=bar.update, log=bar.write)
+    b, a = res.before, res.after
+    print(f"validation IoU {b.get('iou', float('nan')):.4f} -> {a.get('iou', float('nan')):.4f}, "
+          f"accuracy {b.get('accuracy', float('nan')):.4f} -> {a.get('accuracy', float('nan')):.4f}; "
+          f"{len(res.history)} epochs ({res.stopped}), threshold {res.threshold}, {res.minutes:.1f} min -> {res.model_path}")
+    return 0

@@ -1,0 +1,134 @@
+"""Fine-tuning on a generated raster and label layer (no ../shared needed)."""
+
+import numpy as np
+import pytest
+
+from roof_detector.core.errors import LabelError
+from roof_detector.core.model_io import read_metadata
+from roof_detector.core.training.export import export_model
+from roof_detector.core.training.finetune import FinetuneOptions, choose_validation_blocks, finetune
+from roof_detector.core.training.trainer import TrainConfig
+from roof_detector.core.unet import build_model
+
+rasterio = pytest.importorskip("rasterio")
+ogr = pytest.importorskip("osgeo.ogr")
+
+ORIGIN = (500000.0, 5000000.0)
+GSD = 0.5
+
+
+def _rects(n=24, size_px=256, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        r, c = rng.integers(4, size_px - 30, 2)
+        h, w = rng.integers(10, 26, 2)
+        out.append((int(r), int(c), int(h), int(w)))
+    return out
+
+
+@pytest.fixture()
+def labelled_area(tmp_path):
+    """A 256 x 256 px raster at 0.5 m (EPSG:32631) with bright buildings and their polygons in EPSG:4326."""
+    from osgeo import osr
+    from pyproj import Transformer
+    from rasterio.transform import from_origin
+
+    size = 256
+    img = np.full((3, size, size), 40, np.uint8)
+    rects = _rects()
+    for r, c, h, w in rects:
+        img[:, r:r + h, c:c + w] = 200
+    raster = str(tmp_path / "ortho.tif")
+    with rasterio.open(raster, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
+                       crs="EPSG:32631", transform=from_origin(ORIGIN[0], ORIGIN[1], GSD, GSD)) as ds:
+        ds.write(img)
+    labels = str(tmp_path / "labels.gpkg")
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(labels)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(4326)
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    lyr = ds.CreateLayer("buildings", srs, ogr.wkbPolygon)
+    tr = Transformer.from_crs("EPSG:32631", "EPSG:4326", always_xy=True)
+    for r, c, h, w in rects:
+        x0, y0 = ORIGIN[0] + c * GSD, ORIGIN[1] - r * GSD
+        x1, y1 = x0 + w * GSD, y0 - h * GSD
+        ring = [tr.transform(x, y) for x, y in [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]]
+        f = ogr.Feature(lyr.GetLayerDefn())
+        f.SetGeometry(ogr.CreateGeometryFromWkt("POLYGON((" + ",".join(f"{x} {y}" for x, y in ring) + "))"))
+        lyr.CreateFeature(f)
+    # One point feature: must be skipped and reported, not crash.
+    f = ogr.Feature(lyr.GetLayerDefn())
+    f.SetGeometry(ogr.CreateGeometryFromWkt("POINT(3 45)"))
+    lyr.CreateFeature(f)
+    ds = None
+    base = str(tmp_path / "base.pt")
+    cfg = TrainConfig(architecture="plain_unet", architecture_params={"base_channels": 4}, gsd_m=GSD, tile_px=64,
+                      overlap_px=8)
+    export_model(build_model("plain_unet", base_channels=4), cfg, base, 0.5, {"name": "tiny-base"})
+    return raster, labels, base
+
+
+def test_finetune_writes_a_loadable_model_with_metadata_and_curves(labelled_area, tmp_path):
+    raster, labels, base = labelled_area
+    out = str(tmp_path / "lib" / "mine.pt")
+    epochs = []
+    res = finetune(FinetuneOptions(raster_path=raster, labels_path=labels, output_path=out, base_model_path=base,
+                                   epochs=2, lr=3e-3, batch_size=4, samples_per_epoch=8, device="cpu"),
+                   on_epoch=lambda i: epochs.append(i["row"]["epoch"]), log=lambda m: None)
+    assert res.model_path == out and epochs == [1, 2] and len(res.history) == 2
+    meta = read_metadata(out)
+    assert meta["base_model"]["name"] == "tiny-base"
+    assert meta["training"]["kind"] == "fine-tune" and meta["training"]["label_polygons"] == 24
+    assert set(meta["metrics"]) == {"val_before", "val_after"}
+    assert 0 <= meta["metrics"]["val_after"]["iou"] <= 1 and meta["threshold"] == res.threshold
+    assert any("skipped" in n for n in res.notes)  # the point feature
+    assert (tmp_path / "lib" / "mine_curves.png").stat().st_size > 5000
+
+
+def test_cancel_drops_or_keeps_the_model(labelled_area, tmp_path):
+    raster, labels, base = labelled_area
+    calls = {"n": 0}
+
+    def cancel_after_first_epoch():
+        calls["n"] += 1
+        return calls["n"] > 2  # two batches = one epoch of 8 samples, then cancel
+
+    for keep in (False, True):
+        calls["n"] = 0
+        out = str(tmp_path / f"keep{keep}.pt")
+        res = finetune(FinetuneOptions(raster_path=raster, labels_path=labels, output_path=out, base_model_path=base,
+                                       epochs=5, batch_size=4, samples_per_epoch=8, device="cpu",
+                                       keep_best_on_cancel=keep),
+                       is_cancelled=cancel_after_first_epoch, log=lambda m: None)
+        assert res.stopped == "cancelled"
+        assert (res.model_path is not None) == keep
+        assert (tmp_path / f"keep{keep}.pt").exists() == keep
+
+
+def test_labels_outside_the_raster_are_refused(labelled_area, tmp_path):
+    raster, _, base = labelled_area
+    far = str(tmp_path / "far.gpkg")
+    from osgeo import osr
+
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(far)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32631)
+    lyr = ds.CreateLayer("b", srs, ogr.wkbPolygon)
+    f = ogr.Feature(lyr.GetLayerDefn())
+    f.SetGeometry(ogr.CreateGeometryFromWkt("POLYGON((0 0,10 0,10 10,0 10,0 0))"))
+    lyr.CreateFeature(f)
+    ds = None
+    with pytest.raises(LabelError, match="No label polygon lies inside the raster"):
+        finetune(FinetuneOptions(raster_path=raster, labels_path=far, output_path=str(tmp_path / "x.pt"),
+                                 base_model_path=base, device="cpu"), log=lambda m: None)
+
+
+def test_validation_blocks_are_whole_blocks_and_need_two():
+    valid = np.ones((256, 256), bool)
+    mask = choose_validation_blocks(valid, 64, 0.2, seed=0)
+    assert 0.1 <= mask.mean() <= 0.3
+    blocks = mask.reshape(4, 64, 4, 64).transpose(0, 2, 1, 3).reshape(16, -1)
+    assert all(b.all() or not b.any() for b in blocks)  # never a partial block
+    with pytest.raises(LabelError, match="too small for a validation block"):
+        choose_validation_blocks(np.ones((64, 64), bool), 64, 0.2)
