@@ -1,0 +1,105 @@
+"""QGIS plugin class: the "Detect Buildings" action, its dialog and background tasks.
+
+Loading the plugin imports neither torch nor the engine; they are checked
+when the user first clicks the action, with install instructions if absent.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Optional, Set
+
+from qgis.core import Qgis, QgsApplication, QgsMessageLog
+from qgis.PyQt.QtGui import QIcon
+from qgis.PyQt.QtWidgets import QAction
+
+from .qgis_ui import LOG_TAG, tr
+from .qgis_ui.paths import resource_path
+
+MENU = "&Roof Detector"
+
+
+class RoofDetectorPlugin:
+    """Registers the toolbar button and menu entry; runs detections as QgsTasks."""
+
+    def __init__(self, iface: Any):
+        self.iface = iface
+        self.actions: List[QAction] = []
+        self.menu = tr(MENU)
+        self.tasks: Set[Any] = set()
+        self.dialog = None
+        self.last_layer_id: Optional[str] = None  # id of the most recent result layer
+
+    # -- QGIS plugin API -----------------------------------------------------
+    def initGui(self) -> None:  # noqa: N802 - QGIS API
+        """Create the "Detect Buildings" action in the Plugins menu and the toolbar."""
+        icon_path = resource_path("icon.png")
+        action = QAction(QIcon(icon_path) if icon_path else QIcon(), tr("Detect Buildings"),
+                         self.iface.mainWindow())
+        action.setObjectName("roofDetectorDetectBuildings")
+        action.setToolTip(tr("Detect building footprints in an orthophoto"))
+        action.triggered.connect(self.run)
+        self.iface.addToolBarIcon(action)
+        self.iface.addPluginToMenu(self.menu, action)
+        self.actions.append(action)
+
+    def unload(self) -> None:
+        """Remove every action and menu entry; cancel tasks still running."""
+        for task in list(self.tasks):
+            try:
+                task.on_finished = None
+                task.cancel()
+            except RuntimeError:  # already deleted by the task manager
+                pass
+        self.tasks.clear()
+        for action in self.actions:
+            self.iface.removePluginMenu(self.menu, action)
+            self.iface.removeToolBarIcon(action)
+            action.deleteLater()
+        self.actions = []
+        if self.dialog is not None:
+            self.dialog.deleteLater()
+            self.dialog = None
+
+    # -- behaviour -------------------------------------------------------------
+    def _notify(self, text: str, level: int) -> None:
+        from .qgis_ui.present import notify
+
+        notify(self.iface, text, level)
+
+    def run(self) -> None:
+        """Action handler: check dependencies, show the dialog, start the task."""
+        from .qgis_ui.deps import check_dependencies
+
+        problem = check_dependencies()
+        if problem:
+            self._notify(problem, Qgis.Critical)
+            return
+        from .qgis_ui.dialog import DetectDialog
+
+        try:
+            self.dialog = DetectDialog(self.iface, self.iface.mainWindow())
+            if not self.dialog.exec_() or self.dialog.request is None:
+                return
+            self.start(self.dialog.request)
+        except Exception as exc:  # noqa: BLE001 - never a traceback dialog
+            import traceback
+
+            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
+            self._notify(tr("Roof Detector failed: {error}").format(error=exc), Qgis.Critical)
+
+    def start(self, request: Any, task_manager: Optional[Any] = None) -> Any:
+        """Queue a :class:`DetectTask` for ``request``; return the task."""
+        from .qgis_ui.task import DetectTask
+
+        task = DetectTask(request, on_finished=self._task_finished)
+        self.tasks.add(task)
+        (task_manager or QgsApplication.taskManager()).addTask(task)
+        QgsMessageLog.logMessage(tr("Started: {name}").format(name=task.description()), LOG_TAG, Qgis.Info)
+        return task
+
+    def _task_finished(self, task: Any, ok: bool) -> None:
+        from .qgis_ui.present import on_task_finished
+
+        self.tasks.discard(task)
+        layer = on_task_finished(self.iface, task, ok)
+        self.last_layer_id = layer.id() if layer is not None else None

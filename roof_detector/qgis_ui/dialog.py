@@ -1,0 +1,308 @@
+"""The "Detect Buildings" dialog: choices in, a :class:`DetectRequest` out.
+
+Built in code (no .ui file) so it stays testable and translatable. Bad
+choices are refused in the dialog's own message bar; the last choices are
+remembered through :mod:`.settings`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, Optional
+
+from qgis.core import Qgis, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
+from qgis.gui import QgsFileWidget, QgsMapLayerComboBox, QgsMessageBar
+from qgis.PyQt.QtWidgets import (
+    QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout,
+    QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox, QRadioButton, QVBoxLayout, QWidget,
+)
+
+from . import settings, tr
+from .output import gpkg_layer_names
+from .paths import bundled_model_path, library_models, model_library_dir
+from .request import (DetectRequest, RequestError, extent_aoi_wkt, raster_file_path,
+                      selection_aoi_wkt)
+
+AREA_MODES = (("layer", "Whole layer"), ("extent", "Current map extent"),
+              ("selection", "Selected polygons of a layer"))
+DEVICES = (("auto", "Automatic"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
+
+
+def describe_devices() -> Dict[str, Any]:
+    """{'cuda': bool, 'text': what torch found}, e.g. 'CUDA: NVIDIA H100 found'."""
+    try:
+        import torch
+    except Exception:  # noqa: BLE001 - the plugin checks dependencies before; stay robust
+        return {"cuda": False, "text": tr("PyTorch is not installed")}
+    if torch.cuda.is_available():
+        return {"cuda": True, "text": tr("GPU found: {name}").format(name=torch.cuda.get_device_name(0))}
+    return {"cuda": False, "text": tr("No CUDA GPU found; CPU with {n} threads").format(
+        n=torch.get_num_threads())}
+
+
+def model_summary(path: Optional[str]) -> Dict[str, Any]:
+    """{'ok', 'text', 'threshold'} for a model file, from its metadata only (cheap)."""
+    if not path:
+        return {"ok": False, "text": tr("No model file chosen"), "threshold": None}
+    try:
+        from ..core.model_io import read_metadata
+        meta = read_metadata(path)
+    except Exception as exc:  # ModelError, or torch missing
+        return {"ok": False, "text": str(exc), "threshold": None}
+    text = tr("{name} {version}, {gsd} m/pixel, threshold {thr:.2f}").format(
+        name=meta.get("name", os.path.basename(path)), version=meta.get("version", ""),
+        gsd=meta.get("gsd_m"), thr=float(meta["threshold"]))
+    return {"ok": True, "text": text, "threshold": float(meta["threshold"])}
+
+
+class DetectDialog(QDialog):
+    """Dialog collecting the detection choices; ``request`` is set when accepted."""
+
+    def __init__(self, iface: Any = None, parent: Optional[QWidget] = None):
+        super().__init__(parent)
+        self.iface = iface
+        self.request: Optional[DetectRequest] = None
+        self.setWindowTitle(tr("Detect Buildings"))
+        self.setMinimumWidth(520)
+        self._build()
+        self._load_settings()
+        self._update_enabled()
+
+    # -- construction ------------------------------------------------------
+    def _build(self) -> None:
+        self.bar = QgsMessageBar(self)
+        form = QFormLayout()
+
+        self.raster_combo = QgsMapLayerComboBox(self)
+        self.raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        form.addRow(tr("Orthophoto"), self.raster_combo)
+
+        self.area_combo = QComboBox(self)
+        for key, label in AREA_MODES:
+            self.area_combo.addItem(tr(label), key)
+        self.aoi_layer_combo = QgsMapLayerComboBox(self)
+        self.aoi_layer_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        form.addRow(tr("Area"), self.area_combo)
+        form.addRow(tr("Polygon layer"), self.aoi_layer_combo)
+
+        self.model_combo = QComboBox(self)
+        self.model_file = QgsFileWidget(self)
+        self.model_file.setFilter(tr("TorchScript model (*.pt)"))
+        self.model_info = QLabel(self)
+        self.model_info.setWordWrap(True)
+        self._fill_models()
+        form.addRow(tr("Model"), self.model_combo)
+        form.addRow(tr("Model file"), self.model_file)
+        form.addRow("", self.model_info)
+
+        self.threshold_check = QCheckBox(tr("Custom threshold"), self)
+        self.threshold_spin = QDoubleSpinBox(self)
+        self.threshold_spin.setRange(0.01, 0.99)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setDecimals(2)
+        row = QHBoxLayout()
+        row.addWidget(self.threshold_check)
+        row.addWidget(self.threshold_spin)
+        form.addRow(tr("Threshold"), row)
+
+        self.min_area_spin = QDoubleSpinBox(self)
+        self.min_area_spin.setRange(0.0, 100000.0)
+        self.min_area_spin.setDecimals(1)
+        self.min_area_spin.setSuffix(" m²")
+        form.addRow(tr("Minimum building area"), self.min_area_spin)
+
+        self.device_combo = QComboBox(self)
+        self.device_info = QLabel(self)
+        devices = describe_devices()
+        for key, label in DEVICES:
+            self.device_combo.addItem(tr(label), key)
+        if not devices["cuda"]:
+            self.device_combo.model().item(2).setEnabled(False)
+        self.device_info.setText(devices["text"])
+        self.device_info.setWordWrap(True)
+        form.addRow(tr("Device"), self.device_combo)
+        form.addRow("", self.device_info)
+
+        self.output_box = QGroupBox(tr("Output"), self)
+        self.memory_radio = QRadioButton(tr("Temporary layer"), self.output_box)
+        self.gpkg_radio = QRadioButton(tr("GeoPackage file"), self.output_box)
+        self.output_group = QButtonGroup(self)
+        self.output_group.addButton(self.memory_radio)
+        self.output_group.addButton(self.gpkg_radio)
+        self.gpkg_file = QgsFileWidget(self.output_box)
+        self.gpkg_file.setStorageMode(QgsFileWidget.SaveFile)
+        self.gpkg_file.setFilter(tr("GeoPackage (*.gpkg)"))
+        self.gpkg_layer_edit = QLineEdit(self.output_box)
+        out = QFormLayout(self.output_box)
+        out.addRow(self.memory_radio)
+        out.addRow(self.gpkg_radio)
+        out.addRow(tr("File"), self.gpkg_file)
+        out.addRow(tr("Layer name"), self.gpkg_layer_edit)
+
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel, self)
+        self.buttons.button(QDialogButtonBox.Ok).setText(tr("Detect"))
+        self.buttons.accepted.connect(self.accept)
+        self.buttons.rejected.connect(self.reject)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.bar)
+        layout.addLayout(form)
+        layout.addWidget(self.output_box)
+        layout.addWidget(self.buttons)
+
+        for signal in (self.area_combo.currentIndexChanged, self.model_combo.currentIndexChanged,
+                       self.threshold_check.toggled, self.gpkg_radio.toggled,
+                       self.memory_radio.toggled):
+            signal.connect(self._update_enabled)
+        self.model_file.fileChanged.connect(self._update_enabled)
+
+    def _fill_models(self) -> None:
+        bundled = bundled_model_path()
+        label = tr("Bundled model") if bundled else tr("Bundled model (not installed)")
+        self.model_combo.addItem(label, "bundled")
+        for path in library_models():
+            self.model_combo.addItem(tr("Library: {name}").format(name=os.path.basename(path)),
+                                     "library:" + path)
+        self.model_combo.addItem(tr("Model file..."), "file")
+        self.model_combo.setToolTip(tr("Models in {folder} are listed here.").format(
+            folder=model_library_dir()))
+
+    # -- settings ------------------------------------------------------------
+    def _load_settings(self) -> None:
+        self.set_raster_layer(self.iface.activeLayer() if self.iface is not None else None)
+        self._select_data(self.area_combo, settings.get("area_mode"))
+        aoi = QgsProject.instance().mapLayer(settings.get("aoi_layer_id"))
+        if aoi is not None:
+            self.aoi_layer_combo.setLayer(aoi)
+        self.model_file.setFilePath(settings.get("model_file"))
+        self._select_data(self.model_combo, settings.get("model_choice"))
+        self.threshold_check.setChecked(settings.get("threshold_override"))
+        self.threshold_spin.setValue(settings.get("threshold"))
+        self.min_area_spin.setValue(settings.get("min_area_m2"))
+        self._select_data(self.device_combo, settings.get("device"))
+        if not self.device_combo.model().item(self.device_combo.currentIndex()).isEnabled():
+            self._select_data(self.device_combo, "auto")
+        gpkg = settings.get("output_mode") == "gpkg"
+        (self.gpkg_radio if gpkg else self.memory_radio).setChecked(True)
+        self.gpkg_file.setFilePath(settings.get("gpkg_path"))
+        self.gpkg_layer_edit.setText(settings.get("gpkg_layer"))
+
+    def _save_settings(self) -> None:
+        settings.set("area_mode", self.area_combo.currentData())
+        layer = self.aoi_layer_combo.currentLayer()
+        settings.set("aoi_layer_id", layer.id() if layer is not None else "")
+        settings.set("model_choice", self.model_combo.currentData())
+        settings.set("model_file", self.model_file.filePath())
+        settings.set("threshold_override", self.threshold_check.isChecked())
+        settings.set("threshold", self.threshold_spin.value())
+        settings.set("min_area_m2", self.min_area_spin.value())
+        settings.set("device", self.device_combo.currentData())
+        settings.set("output_mode", "gpkg" if self.gpkg_radio.isChecked() else "memory")
+        settings.set("gpkg_path", self.gpkg_file.filePath())
+        settings.set("gpkg_layer", self.gpkg_layer_edit.text())
+
+    @staticmethod
+    def _select_data(combo: QComboBox, data: Any) -> None:
+        index = combo.findData(data)
+        if index >= 0:
+            combo.setCurrentIndex(index)
+
+    def set_raster_layer(self, layer: Any) -> None:
+        """Pre-select ``layer`` if it is a raster layer (the active layer when opened)."""
+        if isinstance(layer, QgsRasterLayer):
+            self.raster_combo.setLayer(layer)
+
+    # -- behaviour -----------------------------------------------------------
+    def selected_model_path(self) -> Optional[str]:
+        """Path of the chosen model file (None if the bundled model is missing)."""
+        choice = self.model_combo.currentData() or "bundled"
+        if choice == "bundled":
+            return bundled_model_path()
+        if choice.startswith("library:"):
+            return choice[len("library:"):]
+        return self.model_file.filePath() or None
+
+    def _update_enabled(self, *_: Any) -> None:
+        self.aoi_layer_combo.setEnabled(self.area_combo.currentData() == "selection")
+        self.model_file.setEnabled(self.model_combo.currentData() == "file")
+        info = model_summary(self.selected_model_path())
+        self.model_info.setText(info["text"])
+        custom = self.threshold_check.isChecked()
+        self.threshold_spin.setEnabled(custom)
+        if not custom and info["threshold"] is not None:
+            self.threshold_spin.setValue(info["threshold"])
+        gpkg = self.gpkg_radio.isChecked()
+        self.gpkg_file.setEnabled(gpkg)
+        self.gpkg_layer_edit.setEnabled(gpkg)
+
+    def build_request(self) -> DetectRequest:
+        """The request for the current choices; raises :class:`RequestError` for bad ones."""
+        raster = self.raster_combo.currentLayer()
+        path = raster_file_path(raster)
+        mode = self.area_combo.currentData()
+        aoi = None
+        if mode == "extent":
+            if self.iface is None:
+                raise RequestError(tr("No map canvas to take the extent from."))
+            canvas = self.iface.mapCanvas()
+            aoi = extent_aoi_wkt(canvas.extent(), canvas.mapSettings().destinationCrs(), raster)
+        elif mode == "selection":
+            aoi = selection_aoi_wkt(self.aoi_layer_combo.currentLayer(), raster)
+        model = self.selected_model_path()
+        if not model:
+            raise RequestError(tr("The bundled model is not installed; choose a model file.")
+                               if self.model_combo.currentData() == "bundled"
+                               else tr("Choose a model file (*.pt)."))
+        info = model_summary(model)
+        if not info["ok"]:
+            raise RequestError(info["text"])
+        request = DetectRequest(
+            raster_path=path, raster_name=raster.name(), crs=raster.crs().authid() or raster.crs().toWkt(),
+            model_path=model, device=self.device_combo.currentData(),
+            threshold=self.threshold_spin.value() if self.threshold_check.isChecked() else None,
+            min_area_m2=self.min_area_spin.value(), aoi_wkt=aoi)
+        if self.gpkg_radio.isChecked():
+            self._fill_gpkg(request)
+        return request
+
+    def _fill_gpkg(self, request: DetectRequest) -> None:
+        target = self.gpkg_file.filePath().strip()
+        name = self.gpkg_layer_edit.text().strip()
+        if not target:
+            raise RequestError(tr("Choose the GeoPackage file to write."))
+        if not target.lower().endswith(".gpkg"):
+            target += ".gpkg"
+        if not name:
+            raise RequestError(tr("Enter a layer name for the GeoPackage."))
+        if not os.path.isdir(os.path.dirname(os.path.abspath(target))):
+            raise RequestError(tr("Folder {folder} does not exist.").format(
+                folder=os.path.dirname(os.path.abspath(target))))
+        replace = False
+        if name in gpkg_layer_names(target):
+            if not self.confirm_replace(target, name):
+                raise RequestError(tr("Layer '{layer}' exists in {path}; choose another layer name.")
+                                   .format(layer=name, path=target))
+            replace = True
+        request.output_mode, request.gpkg_path, request.gpkg_layer = "gpkg", target, name
+        request.replace_layer = replace
+
+    def confirm_replace(self, path: str, layer: str) -> bool:
+        """Ask whether an existing GeoPackage layer may be replaced."""
+        answer = QMessageBox.question(
+            self, tr("Replace layer?"),
+            tr("{path} already contains a layer '{layer}'. Replace it with the new buildings? "
+               "Other layers in the file are kept.").format(path=path, layer=layer),
+            QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        return answer == QMessageBox.Yes
+
+    def accept(self) -> None:
+        """Validate; on success remember the choices and close with ``self.request`` set."""
+        self.bar.clearWidgets()
+        try:
+            self.request = self.build_request()
+        except RequestError as exc:
+            self.request = None
+            self.bar.pushMessage(tr("Cannot start"), str(exc), level=Qgis.Warning, duration=0)
+            return
+        self._save_settings()
+        super().accept()

@@ -1,0 +1,129 @@
+"""What the dialog hands to the task: plain data, no layer or widget references.
+
+Also the checks that turn QGIS objects (a raster layer, the map extent, the
+selected polygons of a layer) into that data, each refusing bad input with
+a :class:`RequestError` whose message tells the user what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsGeometry,
+    QgsMapLayer,
+    QgsProject,
+    QgsProviderRegistry,
+    QgsRasterLayer,
+    QgsRectangle,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+
+from . import tr
+
+
+class RequestError(ValueError):
+    """A choice in the dialog cannot be used; the message says why and what to do."""
+
+
+@dataclass
+class DetectRequest:
+    """Everything a detection task needs, as plain values (safe to use in a worker thread)."""
+
+    raster_path: str
+    raster_name: str
+    crs: str                             # authority id (EPSG:32631) or WKT of the raster CRS
+    model_path: Optional[str] = None
+    device: str = "auto"
+    threshold: Optional[float] = None
+    min_area_m2: float = 10.0
+    aoi_wkt: Optional[str] = None
+    output_mode: str = "memory"          # memory | gpkg
+    gpkg_path: str = ""
+    gpkg_layer: str = ""
+    replace_layer: bool = False
+    extra_options: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layer_name(self) -> str:
+        """Display name of the result layer, e.g. 'Buildings (ortho_2023)'."""
+        return tr("Buildings ({name})").format(name=self.raster_name)
+
+    def options_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments for the engine's ``DetectOptions``."""
+        kwargs = dict(model_path=self.model_path, device=self.device, threshold=self.threshold,
+                      min_area_m2=self.min_area_m2, aoi_wkt=self.aoi_wkt)
+        kwargs.update(self.extra_options)
+        return kwargs
+
+
+def raster_file_path(layer: Optional[QgsMapLayer]) -> str:
+    """The local file behind a raster layer, or raise :class:`RequestError` saying why not."""
+    if layer is None:
+        raise RequestError(tr("No raster layer chosen. Open an orthophoto (Layer > Add Layer > "
+                              "Add Raster Layer) and choose it in the dialog."))
+    if not isinstance(layer, QgsRasterLayer):
+        raise RequestError(tr("Layer '{name}' is not a raster layer; choose an orthophoto.")
+                           .format(name=layer.name()))
+    if not layer.isValid():
+        raise RequestError(tr("Layer '{name}' is not valid (its source cannot be read).")
+                           .format(name=layer.name()))
+    if layer.providerType() != "gdal":
+        raise RequestError(tr("Layer '{name}' comes from the '{provider}' provider. This version "
+                              "detects buildings only in file-based rasters (GeoTIFF, JPEG 2000, VRT...). "
+                              "Save it to a file first (right click > Export > Save As...).")
+                           .format(name=layer.name(), provider=layer.providerType()))
+    if not layer.crs().isValid():
+        raise RequestError(tr("Layer '{name}' has no coordinate reference system. Set it in Layer "
+                              "Properties > Source; building areas need a projected CRS in metres.")
+                           .format(name=layer.name()))
+    parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
+    path = parts.get("path") or layer.source()
+    if not os.path.isfile(path):
+        raise RequestError(tr("The source of layer '{name}' is not a local file ({source}); "
+                              "save it to a GeoTIFF first.").format(name=layer.name(), source=path))
+    return path
+
+
+def _to_raster_crs(geometry: QgsGeometry, source_crs: QgsCoordinateReferenceSystem,
+                   raster: QgsRasterLayer) -> QgsGeometry:
+    geometry = QgsGeometry(geometry)
+    if source_crs.isValid() and source_crs != raster.crs():
+        transform = QgsCoordinateTransform(source_crs, raster.crs(), QgsProject.instance())
+        geometry.transform(transform)
+    return geometry
+
+
+def _checked_aoi(geometry: QgsGeometry, raster: QgsRasterLayer) -> str:
+    if geometry.isNull() or geometry.isEmpty():
+        raise RequestError(tr("The area of interest is empty."))
+    if not geometry.intersects(QgsGeometry.fromRect(raster.extent())):
+        raise RequestError(tr("The area of interest does not overlap layer '{name}'. Pan the map "
+                              "over the orthophoto or choose other polygons.").format(name=raster.name()))
+    return geometry.asWkt()
+
+
+def extent_aoi_wkt(extent: QgsRectangle, extent_crs: QgsCoordinateReferenceSystem,
+                   raster: QgsRasterLayer) -> str:
+    """The map extent (in ``extent_crs``) as a polygon WKT in the raster's CRS."""
+    polygon = QgsGeometry.fromRect(extent).densifyByCount(16)
+    return _checked_aoi(_to_raster_crs(polygon, extent_crs, raster), raster)
+
+
+def selection_aoi_wkt(layer: Optional[QgsMapLayer], raster: QgsRasterLayer) -> str:
+    """The union of the selected polygons of ``layer`` as WKT in the raster's CRS."""
+    if not isinstance(layer, QgsVectorLayer) or layer.geometryType() != QgsWkbTypes.PolygonGeometry:
+        raise RequestError(tr("Choose a polygon layer for the area of interest."))
+    features = layer.selectedFeatures()
+    if not features:
+        raise RequestError(tr("No polygons are selected in layer '{name}'. Select the areas to "
+                              "search (Select Features tool) or choose another area option.")
+                           .format(name=layer.name()))
+    geometries = [f.geometry() for f in features if f.hasGeometry()]
+    union = QgsGeometry.unaryUnion(geometries) if geometries else QgsGeometry()
+    return _checked_aoi(_to_raster_crs(union, layer.crs(), raster), raster)

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Screenshots of the plugin for the README and for reviewing the UI: ``make screenshots``.
+
+Writes into ``out/screenshots/`` (or ``--out``):
+
+* ``dialog.png``      the Detect Buildings dialog, pre-filled with the orthophoto
+* ``result_map.png``  the styled building layer over the orthophoto
+
+By default the orthophoto is synthetic (bright roofs on dark ground) and the
+model is the deterministic brightness test model, so the script needs
+neither the bundled model nor any data and runs in seconds. ``--raster``
+and ``--model`` (and ``--aoi-wkt`` in the raster CRS, to keep CPU time low)
+render a real detection instead. Runs headless (QT_QPA_PLATFORM=offscreen).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def write_demo_raster(path: str, size=(384, 256), gsd: float = 0.25) -> str:
+    """A synthetic 3-band orthophoto in EPSG:32631: textured ground, a road, bright roofs."""
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_origin
+
+    width, height = size
+    rng = np.random.default_rng(7)
+    img = np.empty((3, height, width), dtype=np.float32)
+    img[0], img[1], img[2] = 70, 95, 60                       # grass
+    img += rng.normal(0, 8, img.shape)
+    img[:, 118:138, :] = np.array([85, 85, 90])[:, None, None]  # road
+    roofs = [(20, 20, 60, 80, (225, 200, 190)), (25, 130, 50, 50, (235, 235, 230)),
+             (30, 220, 70, 60, (210, 160, 150)), (160, 30, 70, 100, (240, 235, 215)),
+             (165, 170, 40, 40, (220, 220, 225)), (155, 250, 80, 110, (230, 210, 200)),
+             (40, 305, 45, 60, (225, 225, 225))]
+    for row, col, rows, cols, colour in roofs:
+        img[:, row:row + rows, col:col + cols] = np.array(colour)[:, None, None]
+        img[:, row:row + rows, col + cols // 2] -= 25            # ridge line
+    data = np.clip(img, 0, 255).astype(np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8",
+                       crs="EPSG:32631", transform=from_origin(500000, 5000000, gsd, gsd)) as dst:
+        dst.write(data)
+    return path
+
+
+class _Iface:
+    """Just enough of QgisInterface for the dialog (active layer, canvas)."""
+
+    def __init__(self, layer, canvas=None):
+        self._layer, self._canvas = layer, canvas
+
+    def activeLayer(self):  # noqa: N802 - QGIS API
+        return self._layer
+
+    def mapCanvas(self):  # noqa: N802 - QGIS API
+        return self._canvas
+
+
+def dialog_screenshot(raster_layer, model_path: str, out_png: str) -> str:
+    """Grab the dialog pre-filled with ``raster_layer`` and ``model_path``."""
+    from roof_detector.qgis_ui.dialog import DetectDialog
+
+    dialog = DetectDialog(_Iface(raster_layer))
+    dialog.model_combo.setCurrentIndex(dialog.model_combo.findData("file"))
+    dialog.model_file.setFilePath(model_path)
+    dialog.resize(560, dialog.sizeHint().height())
+    dialog.grab().save(out_png)
+    dialog.deleteLater()
+    return out_png
+
+
+def detect_layer(raster_path: str, raster_name: str, crs: str, model_path: str, aoi_wkt=None):
+    """Run the plugin's task synchronously; return the styled result layer."""
+    from roof_detector.qgis_ui.request import DetectRequest
+    from roof_detector.qgis_ui.style import apply_style
+    from roof_detector.qgis_ui.task import DetectTask
+
+    task = DetectTask(DetectRequest(raster_path=raster_path, raster_name=raster_name, crs=crs,
+                                    model_path=model_path, device="auto", aoi_wkt=aoi_wkt))
+    if not task.run():
+        raise SystemExit(f"detection failed: {task.error}")
+    apply_style(task.layer)
+    return task.layer
+
+
+def render_map(layers, extent, crs, out_png: str, width: int = 900) -> str:
+    """Render ``layers`` (top first) over ``extent`` to a PNG with QgsMapRendererParallelJob."""
+    from qgis.core import QgsMapRendererParallelJob, QgsMapSettings
+    from qgis.PyQt.QtCore import QSize
+    from qgis.PyQt.QtGui import QColor
+
+    settings = QgsMapSettings()
+    settings.setLayers(layers)
+    settings.setDestinationCrs(crs)
+    settings.setBackgroundColor(QColor(255, 255, 255))
+    height = max(1, int(round(width * extent.height() / extent.width())))
+    settings.setOutputSize(QSize(width, height))
+    settings.setExtent(extent)
+    job = QgsMapRendererParallelJob(settings)
+    job.start()
+    job.waitForFinished()
+    image = job.renderedImage()
+    if not image.save(out_png):
+        raise SystemExit(f"could not write {out_png}")
+    return out_png
+
+
+def make_screenshots(out_dir: str, raster: str | None = None, model: str | None = None,
+                     aoi_wkt: str | None = None) -> list:
+    """Write dialog.png and result_map.png to ``out_dir``; return their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix="roof_detector-shots-")
+    try:
+        return _make_screenshots(out_dir, tmp, raster, model, aoi_wkt)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _make_screenshots(out_dir, tmp, raster, model, aoi_wkt) -> list:
+    from qgis.core import QgsGeometry, QgsProject, QgsRasterLayer
+
+    if raster is None:
+        raster = write_demo_raster(os.path.join(tmp, "demo_ortho.tif"))
+    if model is None:
+        from roof_detector.core.test_model import make_test_model
+
+        model = make_test_model(os.path.join(tmp, "brightness.pt"), gsd_m=0.25, tile_size_px=128,
+                                overlap_px=16)
+    layer = QgsRasterLayer(raster, Path(raster).stem)
+    if not layer.isValid():
+        raise SystemExit(f"cannot open {raster}")
+    QgsProject.instance().addMapLayer(layer)
+    shots = [dialog_screenshot(layer, model, os.path.join(out_dir, "dialog.png"))]
+    crs = layer.crs()
+    buildings = detect_layer(raster, layer.name(), crs.authid() or crs.toWkt(), model, aoi_wkt)
+    extent = QgsGeometry.fromWkt(aoi_wkt).boundingBox() if aoi_wkt else layer.extent()
+    shots.append(render_map([buildings, layer], extent, crs, os.path.join(out_dir, "result_map.png")))
+    QgsProject.instance().removeMapLayer(layer.id())
+    return shots
+
+
+def main(argv=None) -> int:
+    """Command line entry point (starts a headless QGIS if none is running)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO_ROOT / "out" / "screenshots"))
+    parser.add_argument("--raster", help="orthophoto (default: a synthetic one)")
+    parser.add_argument("--model", help="model file (default: the brightness test model)")
+    parser.add_argument("--aoi-wkt", help="area to detect and show, in the raster CRS")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from qgis.core import QgsApplication
+
+    app = QgsApplication.instance()
+    own = app is None
+    if own:
+        app = QgsApplication([], True)
+        app.initQgis()
+    try:
+        for path in make_screenshots(args.out, args.raster, args.model, args.aoi_wkt):
+            print(path)
+    finally:
+        if own:
+            app.exitQgis()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

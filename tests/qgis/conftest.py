@@ -1,0 +1,128 @@
+"""Fixtures for the plugin tests: a small orthophoto with known buildings, the test model.
+
+The raster is 160 x 128 pixels at 0.5 m in EPSG:32631, dark ground (value 30)
+with four bright rectangles (value 220); the brightness test model marks
+exactly the bright pixels, so the buildings and their areas are known.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+GSD = 0.5
+ORIGIN = (500000.0, 5000000.0)  # top-left corner, EPSG:32631
+WIDTH, HEIGHT = 160, 128
+# (row0, col0, rows, cols) in pixels -> areas (rows*cols*0.25 m²)
+RECTANGLES = [(10, 10, 20, 30), (50, 60, 24, 16), (90, 20, 12, 40), (20, 110, 40, 30)]
+EXPECTED_AREAS = sorted(r * c * GSD * GSD for _, _, r, c in RECTANGLES)
+
+
+def write_test_raster(path: Path, crs: str | None = "EPSG:32631") -> Path:
+    """Write the test orthophoto (3-band uint8 GeoTIFF) to ``path``."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    data = np.full((3, HEIGHT, WIDTH), 30, dtype=np.uint8)
+    for row, col, rows, cols in RECTANGLES:
+        data[:, row:row + rows, col:col + cols] = 220
+    profile = dict(driver="GTiff", width=WIDTH, height=HEIGHT, count=3, dtype="uint8",
+                   transform=from_origin(ORIGIN[0], ORIGIN[1], GSD, GSD))
+    if crs:
+        profile["crs"] = crs
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("qgis_data")
+
+
+@pytest.fixture(scope="session")
+def ortho_path(data_dir) -> str:
+    return str(write_test_raster(data_dir / "ortho.tif"))
+
+
+@pytest.fixture(scope="session")
+def model_path(data_dir) -> str:
+    from roof_detector.core.test_model import make_test_model
+
+    return make_test_model(str(data_dir / "bright.pt"), gsd_m=GSD, tile_size_px=64, overlap_px=8)
+
+
+@pytest.fixture
+def project(qgis_iface, qgis_new_project):
+    """A fresh, empty project (pytest-qgis) and the stub iface."""
+    from qgis.core import QgsProject
+
+    yield QgsProject.instance()
+    QgsProject.instance().removeAllMapLayers()
+
+
+@pytest.fixture
+def ortho_layer(project, ortho_path, qgis_iface):
+    """The test orthophoto added to the project and made the active layer."""
+    from qgis.core import QgsRasterLayer
+
+    layer = QgsRasterLayer(ortho_path, "ortho")
+    assert layer.isValid()
+    project.addMapLayer(layer)
+    qgis_iface.setActiveLayer(layer)
+    return layer
+
+
+@pytest.fixture(autouse=True)
+def clean_settings(qgis_app):
+    """Each test starts without remembered dialog choices."""
+    from roof_detector.qgis_ui import settings
+
+    settings.clear()
+    yield
+    settings.clear()
+
+
+@pytest.fixture
+def plugin(qgis_iface):
+    """The plugin, loaded into the stub iface, unloaded afterwards."""
+    from roof_detector.plugin import RoofDetectorPlugin
+
+    instance = RoofDetectorPlugin(qgis_iface)
+    instance.initGui()
+    yield instance
+    instance.unload()
+
+
+def wait_for(task, qgis_app, timeout_s: float = 60.0) -> None:
+    """Process events until ``task`` is finished (ok or not) and its finished() ran."""
+    import time
+
+    from qgis.core import QgsTask
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        qgis_app.processEvents()
+        try:
+            status = task.status()
+        except RuntimeError:  # the task manager deleted it: finished() has run
+            return
+        if status in (QgsTask.Complete, QgsTask.Terminated):
+            for _ in range(20):
+                qgis_app.processEvents()
+            return
+        time.sleep(0.02)
+    raise TimeoutError("task did not finish")
+
+
+def make_request(raster_path: str, model: str, **kwargs):
+    """A DetectRequest for the test raster in EPSG:32631."""
+    from roof_detector.qgis_ui.request import DetectRequest
+
+    base = dict(raster_path=raster_path, raster_name=os.path.splitext(os.path.basename(raster_path))[0],
+                crs="EPSG:32631", model_path=model, device="cpu", min_area_m2=5.0)
+    base.update(kwargs)
+    return DetectRequest(**base)

@@ -1,0 +1,211 @@
+"""The Detect Buildings dialog: defaults, refusals, remembered choices, AOI."""
+
+import os
+import shutil
+from unittest import mock
+
+import pytest
+
+from tests.qgis.conftest import GSD, ORIGIN, write_test_raster
+
+pytestmark = pytest.mark.qgis
+
+
+def _dialog(iface):
+    from roof_detector.qgis_ui.dialog import DetectDialog
+
+    return DetectDialog(iface)
+
+
+def _bar_text(dialog):
+    item = dialog.bar.currentItem()
+    return f"{item.title()} {item.text()}" if item is not None else ""
+
+
+def _use_model_file(dialog, path):
+    dialog.model_combo.setCurrentIndex(dialog.model_combo.findData("file"))
+    dialog.model_file.setFilePath(path)
+
+
+def test_defaults_follow_the_active_layer(qgis_iface, ortho_layer, data_dir, project):
+    from qgis.core import QgsRasterLayer
+
+    dialog = _dialog(qgis_iface)
+    assert dialog.raster_combo.currentLayer() is ortho_layer
+    assert dialog.area_combo.currentData() == "layer"
+    assert dialog.memory_radio.isChecked()
+    assert dialog.min_area_spin.value() == 10.0
+    other = QgsRasterLayer(str(write_test_raster(data_dir / "other.tif")), "other")
+    project.addMapLayer(other)
+    qgis_iface.setActiveLayer(other)
+    assert _dialog(qgis_iface).raster_combo.currentLayer() is other
+
+
+def test_no_raster_layer_is_refused_with_a_message(qgis_iface, project, model_path):
+    dialog = _dialog(qgis_iface)
+    _use_model_file(dialog, model_path)
+    dialog.accept()
+    assert dialog.request is None and dialog.result() == 0
+    assert "No raster layer" in _bar_text(dialog)
+
+
+def test_layer_without_crs_is_refused(qgis_iface, project, data_dir, model_path):
+    from qgis.core import QgsCoordinateReferenceSystem, QgsRasterLayer
+
+    layer = QgsRasterLayer(str(write_test_raster(data_dir / "nocrs.tif", crs=None)), "nocrs")
+    layer.setCrs(QgsCoordinateReferenceSystem())
+    project.addMapLayer(layer)
+    qgis_iface.setActiveLayer(layer)
+    dialog = _dialog(qgis_iface)
+    _use_model_file(dialog, model_path)
+    dialog.accept()
+    assert dialog.request is None
+    assert "no coordinate reference system" in _bar_text(dialog)
+
+
+def test_non_file_provider_is_refused():
+    from qgis.core import QgsRasterLayer
+
+    from roof_detector.qgis_ui.request import RequestError, raster_file_path
+
+    layer = mock.MagicMock(spec=QgsRasterLayer)
+    layer.name.return_value = "OSM"
+    layer.isValid.return_value = True
+    layer.providerType.return_value = "wms"
+    with pytest.raises(RequestError, match="'wms' provider"):
+        raster_file_path(layer)
+
+
+def test_broken_model_file_is_refused(qgis_iface, ortho_layer, tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    dialog = _dialog(qgis_iface)
+    _use_model_file(dialog, str(bad))
+    dialog.accept()
+    assert dialog.request is None
+    assert "not a TorchScript model" in _bar_text(dialog)
+
+
+def test_accepted_request_and_threshold_from_metadata(qgis_iface, ortho_layer, ortho_path, tmp_path):
+    from roof_detector.core.test_model import make_test_model
+
+    model = make_test_model(str(tmp_path / "m.pt"), threshold=0.35)
+    dialog = _dialog(qgis_iface)
+    _use_model_file(dialog, model)
+    assert dialog.threshold_spin.value() == pytest.approx(0.35)
+    assert not dialog.threshold_spin.isEnabled()
+    dialog.accept()
+    req = dialog.request
+    assert req is not None and dialog.result() == 1
+    assert req.raster_path == ortho_path and req.raster_name == "ortho"
+    assert req.crs == "EPSG:32631" and req.model_path == model
+    assert req.threshold is None and req.aoi_wkt is None and req.output_mode == "memory"
+    assert req.layer_name == "Buildings (ortho)"
+
+
+def test_choices_are_remembered(qgis_iface, ortho_layer, model_path, tmp_path):
+    dialog = _dialog(qgis_iface)
+    _use_model_file(dialog, model_path)
+    dialog.threshold_check.setChecked(True)
+    dialog.threshold_spin.setValue(0.6)
+    dialog.min_area_spin.setValue(25.0)
+    dialog.device_combo.setCurrentIndex(dialog.device_combo.findData("cpu"))
+    dialog.gpkg_radio.setChecked(True)
+    dialog.gpkg_file.setFilePath(str(tmp_path / "out.gpkg"))
+    dialog.gpkg_layer_edit.setText("roofs")
+    dialog.accept()
+    assert dialog.request.threshold == pytest.approx(0.6) and dialog.request.device == "cpu"
+    assert dialog.request.gpkg_layer == "roofs"
+    again = _dialog(qgis_iface)
+    assert again.model_combo.currentData() == "file"
+    assert again.model_file.filePath() == model_path
+    assert again.threshold_check.isChecked() and again.threshold_spin.value() == pytest.approx(0.6)
+    assert again.min_area_spin.value() == 25.0
+    assert again.device_combo.currentData() == "cpu"
+    assert again.gpkg_radio.isChecked() and again.gpkg_layer_edit.text() == "roofs"
+
+
+def test_model_library_is_listed(qgis_iface, ortho_layer, model_path):
+    from roof_detector.qgis_ui.paths import model_library_dir
+
+    folder = model_library_dir()
+    os.makedirs(folder, exist_ok=True)
+    target = os.path.join(folder, "my_city.pt")
+    shutil.copy(model_path, target)
+    try:
+        dialog = _dialog(qgis_iface)
+        index = dialog.model_combo.findData("library:" + target)
+        assert index > 0 and "my_city.pt" in dialog.model_combo.itemText(index)
+        dialog.model_combo.setCurrentIndex(index)
+        assert "brightness-test-model" in dialog.model_info.text()
+    finally:
+        os.remove(target)
+
+
+def test_map_extent_becomes_aoi_in_raster_crs(qgis_iface, ortho_layer, model_path):
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsProject, QgsRectangle
+    from shapely import wkt
+    from shapely.geometry import box
+
+    canvas = qgis_iface.mapCanvas()
+    crs4326 = QgsCoordinateReferenceSystem("EPSG:4326")
+    canvas.setDestinationCrs(crs4326)
+    inner = QgsRectangle(ORIGIN[0] + 10, ORIGIN[1] - 40, ORIGIN[0] + 40, ORIGIN[1] - 10)
+    to4326 = QgsCoordinateTransform(ortho_layer.crs(), crs4326, QgsProject.instance())
+    canvas.setExtent(to4326.transformBoundingBox(inner))
+    dialog = _dialog(qgis_iface)
+    _use_model_file(dialog, model_path)
+    dialog.area_combo.setCurrentIndex(dialog.area_combo.findData("extent"))
+    dialog.accept()
+    aoi = wkt.loads(dialog.request.aoi_wkt)
+    # The canvas widens the extent to its aspect ratio; the AOI is that extent, in UTM metres.
+    back = QgsCoordinateTransform(crs4326, ortho_layer.crs(), QgsProject.instance())
+    shown = back.transformBoundingBox(canvas.extent())
+    assert aoi.bounds == pytest.approx((shown.xMinimum(), shown.yMinimum(), shown.xMaximum(),
+                                        shown.yMaximum()), abs=1.0)
+    assert aoi.contains(box(inner.xMinimum(), inner.yMinimum(), inner.xMaximum(), inner.yMaximum()).buffer(-0.5))
+
+
+def test_selected_polygons_become_aoi(qgis_iface, ortho_layer, project, model_path):
+    from qgis.core import QgsFeature, QgsGeometry, QgsRectangle, QgsVectorLayer
+    from shapely import wkt
+
+    polys = QgsVectorLayer("Polygon?crs=EPSG:32631", "zones", "memory")
+    feats = []
+    for x0 in (0, 50):
+        f = QgsFeature()
+        f.setGeometry(QgsGeometry.fromRect(QgsRectangle(ORIGIN[0] + x0, ORIGIN[1] - 30,
+                                                        ORIGIN[0] + x0 + 20, ORIGIN[1])))
+        feats.append(f)
+    polys.dataProvider().addFeatures(feats)
+    project.addMapLayer(polys)
+    dialog = _dialog(qgis_iface)
+    _use_model_file(dialog, model_path)
+    dialog.area_combo.setCurrentIndex(dialog.area_combo.findData("selection"))
+    dialog.aoi_layer_combo.setLayer(polys)
+    dialog.accept()
+    assert dialog.request is None and "No polygons are selected" in _bar_text(dialog)
+    polys.selectByIds([next(polys.getFeatures()).id()])
+    dialog.accept()
+    aoi = wkt.loads(dialog.request.aoi_wkt)
+    assert aoi.area == pytest.approx(600.0)
+
+
+def test_existing_gpkg_layer_is_replaced_only_when_confirmed(qgis_iface, ortho_layer, model_path, tmp_path):
+    from qgis.core import QgsCoordinateReferenceSystem
+
+    from roof_detector.qgis_ui.output import build_memory_layer, write_geopackage
+
+    target = str(tmp_path / "out.gpkg")
+    write_geopackage(build_memory_layer([], QgsCoordinateReferenceSystem("EPSG:32631"), "x"), target, "roofs")
+    dialog = _dialog(qgis_iface)
+    _use_model_file(dialog, model_path)
+    dialog.gpkg_radio.setChecked(True)
+    dialog.gpkg_file.setFilePath(target)
+    dialog.gpkg_layer_edit.setText("roofs")
+    with mock.patch.object(dialog, "confirm_replace", return_value=False) as ask:
+        dialog.accept()
+    assert ask.called and dialog.request is None
+    with mock.patch.object(dialog, "confirm_replace", return_value=True):
+        dialog.accept()
+    assert dialog.request.replace_layer and dialog.request.gpkg_path == target

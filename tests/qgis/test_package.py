@@ -1,0 +1,105 @@
+"""scripts/package.py: the zip QGIS installs, and the plugin loading from it."""
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def package(repo_root):
+    spec = importlib.util.spec_from_file_location("package", repo_root / "scripts" / "package.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def fake_repo(repo_root, tmp_path, model_path):
+    """A copy of the repository layout with a bundled model and some clutter to leave out."""
+    root = tmp_path / "repo"
+    shutil.copytree(repo_root / "roof_detector", root / "roof_detector",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(repo_root / "resources", root / "resources")
+    shutil.copy(repo_root / "metadata.txt", root / "metadata.txt")
+    (root / "models").mkdir()
+    shutil.copy(model_path, root / "models" / "roof_unet.pt")
+    (root / "models" / "README.md").write_text("model card")
+    (root / "models" / "old_checkpoint.pt").write_bytes(b"x")
+    (root / "LICENSE").write_text("GPL")
+    (root / "roof_detector" / "__pycache__").mkdir(exist_ok=True)
+    (root / "roof_detector" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"")
+    (root / "roof_detector" / "tests").mkdir()
+    (root / "roof_detector" / "tests" / "test_x.py").write_text("")
+    (root / "tests").mkdir()
+    (root / "tests" / "test_y.py").write_text("")
+    (root / ".venv").mkdir()
+    (root / ".venv" / "junk.py").write_text("")
+    return root
+
+
+def test_zip_layout(package, fake_repo, tmp_path):
+    zip_path = package.build_zip(fake_repo, tmp_path / "dist")
+    assert zip_path.name == f"roof_detector-{package.read_version(fake_repo)}.zip"
+    names = zipfile.ZipFile(zip_path).namelist()
+    assert all(n.startswith("roof_detector/") for n in names)
+    for expected in ("roof_detector/__init__.py", "roof_detector/plugin.py", "roof_detector/metadata.txt",
+                     "roof_detector/core/pipeline.py", "roof_detector/qgis_ui/task.py",
+                     "roof_detector/resources/icon.png", "roof_detector/models/roof_unet.pt",
+                     "roof_detector/models/README.md", "roof_detector/LICENSE"):
+        assert expected in names
+    for name in names:
+        assert "__pycache__" not in name and not name.endswith(".pyc")
+        assert "/tests/" not in name and ".venv" not in name
+    assert "roof_detector/models/old_checkpoint.pt" not in names
+    assert "roof_detector/resources/make_icon.py" not in names
+    again = package.build_zip(fake_repo, tmp_path / "dist2")
+    assert again.read_bytes() == zip_path.read_bytes()  # reproducible
+
+
+def test_real_repository_packages(package, repo_root, tmp_path):
+    zip_path = package.build_zip(repo_root, tmp_path)
+    names = zipfile.ZipFile(zip_path).namelist()
+    package.check_entries(names)
+    assert "roof_detector/resources/icon.png" in names
+
+
+@pytest.mark.qgis
+def test_deployed_plugin_loads_and_finds_its_files(package, fake_repo, tmp_path):
+    plugins = tmp_path / "plugins"
+    target = package.deploy(package.build_zip(fake_repo, tmp_path / "dist"), plugins)
+    assert target == plugins / "roof_detector" and (target / "metadata.txt").is_file()
+    package.deploy(package.build_zip(fake_repo, tmp_path / "dist"), plugins)  # re-install replaces
+    script = textwrap.dedent(f"""
+        import sys
+        from unittest import mock
+        sys.path.insert(0, {str(plugins)!r})
+        from qgis.core import QgsApplication
+        from qgis.PyQt.QtWidgets import QMainWindow
+        app = QgsApplication([], True)
+        app.initQgis()
+        import roof_detector
+        assert roof_detector.__file__.startswith({str(target)!r}), roof_detector.__file__
+        from roof_detector.qgis_ui import paths
+        print("MODEL", paths.bundled_model_path())
+        print("ICON", paths.resource_path("icon.png"))
+        iface = mock.MagicMock()
+        iface.mainWindow.return_value = QMainWindow()
+        plugin = roof_detector.classFactory(iface)
+        plugin.initGui()
+        assert not plugin.actions[0].icon().isNull()
+        plugin.unload()
+        print("OK")
+    """)
+    env = {"QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
+           "QGIS_CUSTOM_CONFIG_PATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=120, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"MODEL {target / 'models' / 'roof_unet.pt'}" in proc.stdout
+    assert f"ICON {target / 'resources' / 'icon.png'}" in proc.stdout
+    assert "OK" in proc.stdout

@@ -1,0 +1,100 @@
+"""Loading and unloading the plugin; the first use without torch."""
+
+import subprocess
+import sys
+import textwrap
+from unittest import mock
+
+import pytest
+
+pytestmark = pytest.mark.qgis
+
+
+@pytest.fixture
+def recording_iface(qgis_iface):
+    """The stub iface with its toolbar/menu methods recording what the plugin adds and removes."""
+    calls = {"toolbar": [], "menu": []}
+    patches = [
+        mock.patch.object(qgis_iface, "addToolBarIcon", side_effect=lambda a: calls["toolbar"].append(a),
+                          create=True),
+        mock.patch.object(qgis_iface, "removeToolBarIcon", side_effect=lambda a: calls["toolbar"].remove(a),
+                          create=True),
+        mock.patch.object(qgis_iface, "addPluginToMenu", side_effect=lambda m, a: calls["menu"].append((m, a)),
+                          create=True),
+        mock.patch.object(qgis_iface, "removePluginMenu", side_effect=lambda m, a: calls["menu"].remove((m, a)),
+                          create=True),
+    ]
+    for p in patches:
+        p.start()
+    yield qgis_iface, calls
+    for p in patches:
+        p.stop()
+
+
+def test_class_factory_loads_and_unloads_cleanly(recording_iface):
+    import roof_detector
+
+    iface, calls = recording_iface
+    plugin = roof_detector.classFactory(iface)
+    plugin.initGui()
+    assert len(plugin.actions) == 1
+    action = plugin.actions[0]
+    assert action.text() == "Detect Buildings" and not action.icon().isNull()
+    assert calls["toolbar"] == [action]
+    assert calls["menu"] == [("&Roof Detector", action)]
+    plugin.unload()
+    assert calls == {"toolbar": [], "menu": []}
+    assert plugin.actions == [] and plugin.tasks == set()
+
+
+def test_unload_cancels_running_tasks(plugin):
+    task = mock.MagicMock()
+    plugin.tasks.add(task)
+    plugin.unload()
+    task.cancel.assert_called_once()
+    assert task.on_finished is None
+
+
+def test_action_refuses_cleanly_when_dependencies_are_missing(plugin, qgis_iface):
+    from roof_detector.qgis_ui import deps
+
+    with mock.patch.object(deps, "missing_modules", return_value=["torch"]), \
+            mock.patch("roof_detector.qgis_ui.dialog.DetectDialog") as dialog:
+        plugin.actions[0].trigger()
+    dialog.assert_not_called()
+    critical = qgis_iface.messageBar().get_messages(2)
+    assert critical and "pip install" in critical[-1] and "torch" in critical[-1]
+
+
+def test_plugin_loads_without_torch_and_explains_how_to_install_it(tmp_path, repo_root):
+    """In a fresh QGIS process where ``import torch`` fails."""
+    script = textwrap.dedent(f"""
+        import sys
+        from unittest import mock
+        sys.modules["torch"] = None          # any `import torch` now raises ImportError
+        sys.path.insert(0, {str(repo_root)!r})
+        from qgis.core import QgsApplication, Qgis
+        from qgis.PyQt.QtWidgets import QMainWindow
+        app = QgsApplication([], True)
+        app.initQgis()
+        import roof_detector
+        iface = mock.MagicMock()
+        iface.mainWindow.return_value = window = QMainWindow()
+        plugin = roof_detector.classFactory(iface)
+        plugin.initGui()
+        plugin.actions[0].trigger()
+        args = iface.messageBar().pushMessage.call_args[0]
+        assert args[2] == Qgis.Critical, args
+        print("MESSAGE:", args[1])
+        plugin.unload()
+        assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
+        print("OK")
+    """)
+    env = {"QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
+           "QGIS_CUSTOM_CONFIG_PATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "OK" in proc.stdout
+    message = proc.stdout.split("MESSAGE:", 1)[1]
+    assert "torch" in message and "-m pip install" in message and "Traceback" not in proc.stderr

@@ -1,0 +1,142 @@
+"""The detection task end to end on the test orthophoto with the brightness model."""
+
+import os
+from unittest import mock
+
+import pytest
+
+from tests.qgis.conftest import EXPECTED_AREAS, RECTANGLES, make_request, wait_for
+
+pytestmark = pytest.mark.qgis
+
+
+def _areas(layer):
+    return sorted(f["area_m2"] for f in layer.getFeatures())
+
+
+def _assert_expected_buildings(layer):
+    assert layer.featureCount() == len(RECTANGLES)
+    assert _areas(layer) == pytest.approx(EXPECTED_AREAS, rel=0.05)
+    names = [n for n in layer.fields().names() if n != "fid"]  # GeoPackage adds fid
+    assert names[:3] == ["area_m2", "perimeter_m", "confidence"]
+    for feature in layer.getFeatures():
+        assert feature["perimeter_m"] > 0 and 0.5 < feature["confidence"] <= 1.0
+        assert feature.geometry().area() == pytest.approx(feature["area_m2"], rel=0.05)
+
+
+def test_task_adds_a_styled_layer_to_the_project(plugin, project, ortho_path, model_path, qgis_app,
+                                                 qgis_iface):
+    task = plugin.start(make_request(ortho_path, model_path))
+    wait_for(task, qgis_app)
+    layer = project.mapLayer(plugin.last_layer_id)
+    assert layer is not None, qgis_iface.messageBar().get_messages(2)
+    assert layer.name() == "Buildings (ortho)"
+    assert layer.crs().authid() == "EPSG:32631"
+    assert layer.providerType() == "memory"
+    _assert_expected_buildings(layer)
+    assert 0 < layer.renderer().symbol().symbolLayer(0).color().alpha() < 255
+    assert not plugin.tasks
+    item = qgis_iface.messageBar().currentItem()
+    assert item is not None and "4 buildings" in item.text()
+
+
+def test_geopackage_export_holds_the_same_features(plugin, project, ortho_path, model_path, qgis_app,
+                                                   tmp_path):
+    memory = plugin.start(make_request(ortho_path, model_path))
+    wait_for(memory, qgis_app)
+    target = str(tmp_path / "out.gpkg")
+    task = plugin.start(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=target,
+                                     gpkg_layer="roofs"))
+    wait_for(task, qgis_app)
+    layer = project.mapLayer(plugin.last_layer_id)
+    assert layer.providerType() == "ogr" and layer.source().startswith(target)
+    _assert_expected_buildings(layer)
+    assert _areas(layer) == pytest.approx(_areas(memory_layer := project.mapLayersByName(
+        "Buildings (ortho)")[0]))
+    assert memory_layer.featureCount() == layer.featureCount()
+    assert sorted(os.listdir(tmp_path)) == ["out.gpkg"]
+
+
+def test_direct_run_and_aoi(ortho_path, model_path):
+    from qgis.core import QgsRectangle, QgsGeometry
+
+    from roof_detector.qgis_ui.task import DetectTask
+    from tests.qgis.conftest import ORIGIN
+
+    # only the first rectangle (rows 10-30, cols 10-40) lies in this AOI
+    aoi = QgsGeometry.fromRect(QgsRectangle(ORIGIN[0], ORIGIN[1] - 20, ORIGIN[0] + 25, ORIGIN[1])).asWkt()
+    task = DetectTask(make_request(ortho_path, model_path, aoi_wkt=aoi))
+    assert task.run() is True
+    assert task.layer.featureCount() == 1
+    assert next(task.layer.getFeatures())["area_m2"] == pytest.approx(150.0, rel=0.05)
+
+
+def _cancelling_progress(task):
+    original = task._progress
+
+    def progress(fraction, message=""):
+        original(fraction, message)
+        if fraction > 0.05:
+            task.cancel()
+    return progress
+
+
+def test_cancel_mid_run_leaves_no_layer_and_no_file(plugin, project, ortho_path, model_path, qgis_app,
+                                                    tmp_path, qgis_iface):
+    from roof_detector.qgis_ui import task as task_module
+
+    target = str(tmp_path / "out.gpkg")
+    started = []
+    real_init = task_module.DetectTask.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self._progress = _cancelling_progress(self)
+        started.append(self)
+
+    with mock.patch.object(task_module.DetectTask, "__init__", init):
+        task = plugin.start(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=target,
+                                         gpkg_layer="roofs"))
+        wait_for(task, qgis_app)
+    assert started and started[0].was_cancelled and started[0].error is None
+    assert plugin.last_layer_id is None and project.count() == 0
+    assert os.listdir(tmp_path) == []
+    assert any("cancelled" in m for m in qgis_iface.messageBar().get_messages(0))
+
+
+def test_cancel_with_direct_run_into_existing_geopackage(ortho_path, model_path, tmp_path):
+    from qgis.core import QgsCoordinateReferenceSystem
+
+    from roof_detector.qgis_ui.output import build_memory_layer, gpkg_layer_names, write_geopackage
+    from roof_detector.qgis_ui.task import DetectTask
+
+    target = str(tmp_path / "existing.gpkg")
+    write_geopackage(build_memory_layer([], QgsCoordinateReferenceSystem("EPSG:32631"), "x"), target, "other")
+    before = os.path.getmtime(target)
+    task = DetectTask(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=target,
+                                   gpkg_layer="roofs"))
+    task._progress = _cancelling_progress(task)
+    assert task.run() is False
+    assert task.was_cancelled and task.layer is None and task.output_uri is None
+    assert gpkg_layer_names(target) == ["other"] and os.path.getmtime(target) == before
+
+
+def test_engine_errors_become_messages_not_tracebacks(plugin, project, ortho_path, tmp_path, qgis_app,
+                                                      qgis_iface):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    task = plugin.start(make_request(ortho_path, str(bad)))
+    wait_for(task, qgis_app)
+    critical = qgis_iface.messageBar().get_messages(2)
+    assert any("not a TorchScript model" in m for m in critical)
+    assert project.count() == 0
+
+
+def test_out_of_gpu_memory_is_explained(ortho_path, model_path):
+    from roof_detector.qgis_ui.task import DetectTask
+
+    task = DetectTask(make_request(ortho_path, model_path))
+    oom = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    with mock.patch("roof_detector.core.pipeline.detect_buildings", side_effect=oom):
+        assert task.run() is False
+    assert "GPU ran out of memory" in task.error and "CPU" in task.error
