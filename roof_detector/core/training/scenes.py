@@ -50,16 +50,9 @@ class Scene:
 
 def ground_pixel_size_m(dataset) -> Tuple[float, float]:
     """Ground size (x, y) in metres of one pixel at the centre of a rasterio dataset."""
-    from pyproj import CRS, Geod, Transformer
+    from ..geo import pixel_size_m
 
-    t = dataset.transform
-    col, row = dataset.width / 2.0, dataset.height / 2.0
-    to_ll = Transformer.from_crs(CRS.from_wkt(dataset.crs.to_wkt()), CRS.from_epsg(4326), always_xy=True)
-    x0, y0 = to_ll.transform(*(t * (col, row)))
-    x1, y1 = to_ll.transform(*(t * (col + 1, row)))
-    x2, y2 = to_ll.transform(*(t * (col, row + 1)))
-    geod = Geod(ellps="WGS84")
-    return geod.inv(x0, y0, x1, y1)[2], geod.inv(x0, y0, x2, y2)[2]
+    return pixel_size_m(dataset.crs.to_wkt(), dataset.transform, dataset.width, dataset.height)
 
 
 def scene_from_raster(raster_path: str, labels_path: Optional[str], name: Optional[str] = None,
