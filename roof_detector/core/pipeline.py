@@ -1,0 +1,238 @@
+"""The single entry point of building detection: :func:`detect_buildings`.
+
+Every front end (CLI, QGIS task, Processing algorithm) calls this and only
+this. Stages: open the raster, load the model, lay the model grid and the
+tiles, predict tiles in batches while stitching them into a temporary
+on-disk probability raster, trace and measure the polygons. The temporary
+directory is removed whatever happens (error, cancel, Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from .building import Building
+from .errors import InputRasterError, ModelError, RoofDetectorError
+from .geo import pixel_size_m
+from .inference import default_batch_size, predict_tiles
+from .model_io import BUNDLED_MODEL_PATH, LoadedModel, device_description, load_model
+from .probability_raster import ProbabilityRaster
+from .raster_source import RasterSource, open_source
+from .tiling import ModelGrid, Tile, model_grid, tile_grid
+from .vectorize import vectorize_buildings
+
+__all__ = ["DetectOptions", "Building", "DetectionResult", "detect_buildings", "COARSE_PIXEL_WARN_M"]
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+
+# Beyond this ground pixel size a house is a handful of pixels: say so.
+COARSE_PIXEL_WARN_M = 2.0
+
+# Share of the progress bar per stage (reading the model and grid is quick).
+_PREPARE_END = 0.02
+_TILES_END = 0.92
+
+
+@dataclass
+class DetectOptions:
+    """What to detect with; every field has a sensible default."""
+
+    model_path: Optional[str] = None   # None = bundled model
+    device: str = "auto"               # auto | cpu | cuda | mps
+    threshold: Optional[float] = None  # None = the model's tuned threshold
+    min_area_m2: float = 10.0          # smaller polygons are dropped
+    batch_size: Optional[int] = None   # None = 8 on CPU, 32 on GPU
+    aoi_wkt: Optional[str] = None      # area of interest polygon, in the raster CRS
+    max_hole_area_m2: float = 4.0      # holes smaller than this are filled (speckle)
+    temp_dir: Optional[str] = None     # where the temporary probability raster goes
+
+
+@dataclass
+class DetectionResult:
+    """Buildings found in one raster, with how they were found."""
+
+    buildings: List[Building]
+    crs_wkt: str
+    raster_path: str
+    model_metadata: Dict[str, Any]
+    seconds: float
+    stats: Dict[str, Any] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def total_area_m2(self) -> float:
+        """Sum of the buildings' ground areas."""
+        return float(sum(b.area_m2 for b in self.buildings))
+
+
+def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Optional[DetectOptions] = None,
+                     progress: Optional[ProgressFn] = None, is_cancelled: Optional[CancelFn] = None,
+                     model: Optional[LoadedModel] = None) -> DetectionResult:
+    """Detect building footprints in ``source`` (a :class:`RasterSource` or a raster path).
+
+    ``progress(fraction, message)`` is called as work advances,
+    ``is_cancelled()`` is polled at least once per batch (and raises
+    :class:`~roof_detector.core.errors.Cancelled`). A ``model`` already
+    loaded is used as is (``options.model_path``/``device`` are then
+    ignored), which saves reloading it for many rasters.
+    """
+    options = options or DetectOptions()
+    t_start = time.perf_counter()
+    timings: Dict[str, float] = {}
+    warnings: List[str] = []
+    _check_options(options)
+    report = _Progress(progress)
+    report(0.0, "Opening the raster")
+
+    raster, owned = open_source(source)
+    try:
+        if model is None:
+            model = _load_model(options)
+        threshold = options.threshold if options.threshold is not None else model.threshold
+        batch_size = options.batch_size or default_batch_size(model.device)
+        crs_wkt = raster.crs_wkt
+        raster_px_m = pixel_size_m(crs_wkt, raster.transform, raster.width, raster.height)
+        coarsest = max(raster_px_m)
+        if coarsest > COARSE_PIXEL_WARN_M:
+            warnings.append(
+                f"The raster's pixels measure {coarsest:.2f} m on the ground, far coarser than the "
+                f"{model.gsd_m:g} m the model was trained for: buildings are only a few pixels wide and most "
+                f"will be missed or misshapen. Use imagery of {COARSE_PIXEL_WARN_M:g} m/pixel or finer.")
+        full_grid = model_grid(raster.transform, raster.width, raster.height, raster_px_m, model.gsd_m)
+        aoi = _parse_aoi(options.aoi_wkt) if options.aoi_wkt else None
+        grid = _grid_for_aoi(full_grid, aoi, raster.name) if aoi is not None else full_grid
+        all_tiles = tile_grid(grid.width_px, grid.height_px, model.tile_size_px, model.overlap_px)
+        tiles = _tiles_in_aoi(all_tiles, grid, aoi) if aoi is not None else all_tiles
+        timings["prepare"] = time.perf_counter() - t_start
+        report(_PREPARE_END, f"{len(tiles)} tiles to process")
+
+        with tempfile.TemporaryDirectory(prefix="roof_detector-", dir=options.temp_dir) as tmp:
+            mosaic = ProbabilityRaster(os.path.join(tmp, "probability.tif"), grid, crs_wkt, threshold)
+            try:
+                valid_px = 0
+                timings["write"] = 0.0
+                tile_progress = report.span(_PREPARE_END, _TILES_END)
+                for batch in predict_tiles(raster, grid, tiles, model, batch_size, tile_progress, is_cancelled,
+                                           timings):
+                    t0 = time.perf_counter()
+                    for tile, prob, valid in batch:
+                        mosaic.write_tile(tile, prob, valid)
+                        c0, r0, c1, r1 = tile.keep
+                        valid_px += int(valid[r0 - tile.row_off:r1 - tile.row_off,
+                                              c0 - tile.col_off:c1 - tile.col_off].sum())
+                    timings["write"] += time.perf_counter() - t0
+                if valid_px == 0:
+                    warnings.append("The raster holds no valid pixels"
+                                    + (" inside the area of interest" if aoi is not None else "")
+                                    + " (all nodata / masked): nothing could be detected.")
+                t0 = time.perf_counter()
+                buildings = vectorize_buildings(mosaic, crs_wkt, options.min_area_m2, options.max_hole_area_m2,
+                                                clip_geometry=aoi, progress=report.span(_TILES_END, 1.0),
+                                                is_cancelled=is_cancelled)
+                timings["polygonise"] = time.perf_counter() - t0
+            finally:
+                mosaic.close()
+    finally:
+        if owned:
+            raster.close()
+
+    batches = int(timings.pop("batches", 0))
+    seconds = time.perf_counter() - t_start
+    stats: Dict[str, Any] = {
+        "tiles": len(tiles),
+        "tiles_without_aoi": len(all_tiles) if aoi is not None else len(tiles),
+        "batches": batches,
+        "batch_size": batch_size,
+        "device": device_description(model.device),
+        "half_precision": model.half,
+        "threshold": threshold,
+        "raster_size_px": (raster.width, raster.height),
+        "raster_pixel_size_m": raster_px_m,
+        "model_grid_px": (grid.width_px, grid.height_px),
+        "model_pixel_size_m": grid.pixel_size_m,
+        "valid_pixels": valid_px,
+        "timings_s": {k: round(v, 4) for k, v in timings.items()},
+    }
+    return DetectionResult(buildings, crs_wkt, raster.name, dict(model.metadata), seconds, stats, warnings)
+
+
+class _Progress:
+    """Maps stage-local fractions onto the overall [0, 1] bar (tolerates ``None``)."""
+
+    def __init__(self, callback: Optional[ProgressFn], start: float = 0.0, end: float = 1.0):
+        self.callback, self.start, self.end = callback, start, end
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if self.callback is not None:
+            self.callback(self.start + (self.end - self.start) * min(max(fraction, 0.0), 1.0), message)
+
+    def span(self, start: float, end: float) -> "_Progress":
+        return _Progress(self.callback, start, end)
+
+
+def _check_options(options: DetectOptions) -> None:
+    if options.threshold is not None and not 0.0 < options.threshold < 1.0:
+        raise RoofDetectorError(f"The threshold must lie strictly between 0 and 1 (got {options.threshold})")
+    if options.min_area_m2 < 0:
+        raise RoofDetectorError(f"The minimum area must be zero or more square metres (got {options.min_area_m2})")
+    if options.batch_size is not None and options.batch_size < 1:
+        raise RoofDetectorError(f"The batch size must be at least 1 (got {options.batch_size})")
+
+
+def _load_model(options: DetectOptions) -> LoadedModel:
+    if options.model_path is None and not BUNDLED_MODEL_PATH.is_file():
+        raise ModelError(f"The bundled model {BUNDLED_MODEL_PATH} is missing; train it with "
+                         "`python -m roof_detector train` or pass a model file (--model PATH)")
+    return load_model(options.model_path, options.device)
+
+
+def _parse_aoi(aoi_wkt: str) -> BaseGeometry:
+    try:
+        aoi = shapely.from_wkt(aoi_wkt)
+    except Exception as exc:  # shapely.errors.GEOSException
+        raise InputRasterError(f"The area of interest is not valid WKT ({exc})") from None
+    if not aoi.is_valid:
+        aoi = shapely.make_valid(aoi)
+    if aoi.is_empty or aoi.area <= 0:
+        raise InputRasterError("The area of interest must be a polygon with a non-zero area "
+                               "(in the raster's coordinate reference system)")
+    return aoi
+
+
+def _grid_for_aoi(grid: ModelGrid, aoi: BaseGeometry, name: str) -> ModelGrid:
+    """Cut the model grid down to the AOI's bounding box: no work, no disk, outside it."""
+    block = grid.pixel_bounds(aoi.bounds)
+    if block is None or not aoi.intersects(shapely.box(*_grid_bounds(grid))):
+        raise InputRasterError(f"The area of interest does not overlap {name}; draw it over the raster "
+                               "(coordinates in the raster's CRS)")
+    c0, r0, c1, r1 = block
+    return grid.subgrid(c0, r0, c1 - c0, r1 - r0)
+
+
+def _grid_bounds(grid: ModelGrid):
+    t = grid.transform
+    x0, y0 = t * (0, 0)
+    x1, y1 = t * (grid.width_px, grid.height_px)
+    return min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)
+
+
+def _tiles_in_aoi(tiles: List[Tile], grid: ModelGrid, aoi: BaseGeometry) -> List[Tile]:
+    """Only the tiles whose kept block touches the AOI are run."""
+    shapely.prepare(aoi)
+    t = grid.transform
+    out = []
+    for tile in tiles:
+        c0, r0, c1, r1 = tile.keep
+        x0, y0 = t * (c0, r1)
+        x1, y1 = t * (c1, r0)
+        if aoi.intersects(shapely.box(x0, y0, x1, y1)):
+            out.append(tile)
+    return out
