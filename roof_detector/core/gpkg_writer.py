@@ -1,0 +1,224 @@
+"""Writing buildings to a GeoPackage layer without ever losing data.
+
+* A new file is written under a temporary name in the same directory and
+  renamed when complete, so a crash leaves no half-written GeoPackage.
+* An existing GeoPackage keeps its other layers: the new layer is created
+  inside one dataset transaction (SQLite), so an error or a kill leaves
+  either the complete layer or none (SQLite rolls a hot journal back on
+  the next open).
+* An existing layer of the same name is replaced only with ``overwrite``
+  (the delete and the new layer share the transaction: a failure keeps
+  the old layer).
+
+Fields: ``area_m2``, ``perimeter_m``, ``confidence`` and every key of the
+buildings' ``attributes`` (float -> Real, int/bool -> Integer64, str -> String,
+missing/None -> null); a key that clashes with those or with ``fid``/``geom``
+is written as ``attr_<key>`` rather than dropped.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import uuid
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from .building import Building
+from .errors import OutputError
+
+try:  # osgeo comes with QGIS / python3-gdal
+    from osgeo import gdal, ogr, osr
+    gdal.UseExceptions()
+    ogr.UseExceptions()
+    osr.UseExceptions()
+except ImportError:  # pragma: no cover - the set-up installs it
+    gdal = ogr = osr = None
+
+DEFAULT_LAYER = "buildings"
+BASE_FIELDS = ("area_m2", "perimeter_m", "confidence")
+RESERVED_NAMES = BASE_FIELDS + ("fid", "geom")
+
+
+def check_output(path: str, layer: str = DEFAULT_LAYER, overwrite: bool = False) -> None:
+    """Fail early (before a long detection) if ``write_buildings`` would refuse ``path``/``layer``."""
+    _require_gdal()
+    if not layer or not layer.strip():
+        raise OutputError("The output layer name is empty; choose a name such as 'buildings'")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise OutputError(f"The output folder {directory} does not exist; create it or choose another path")
+    if os.path.isdir(path):
+        raise OutputError(f"{path} is a folder; give a file name ending in .gpkg")
+    if not os.path.exists(path):
+        if not os.access(directory, os.W_OK):
+            raise OutputError(f"Cannot write in {directory} (permission denied); choose another output folder")
+        return
+    ds = _open_existing(path, update=False)
+    exists = _layer_index(ds, layer) is not None
+    ds = None
+    if exists and not overwrite:
+        raise OutputError(f"{path} already has a layer {layer!r}; pass --overwrite to replace it "
+                          "or choose another layer name (--layer)")
+    if not os.access(path, os.W_OK):
+        raise OutputError(f"{path} is read-only; choose another output file")
+
+
+def write_buildings(buildings: Sequence[Building], path: str, crs_wkt: str, layer: str = DEFAULT_LAYER,
+                    overwrite: bool = False, metadata: Optional[Dict[str, Any]] = None) -> str:
+    """Write ``buildings`` (geometries in ``crs_wkt``) to layer ``layer`` of GeoPackage ``path``.
+
+    ``metadata`` (e.g. model name and version, source raster) is stored as
+    layer metadata items. Returns ``path``. Raises :class:`OutputError` with
+    what to do when the file or layer cannot be written.
+    """
+    check_output(path, layer, overwrite)
+    fields = _field_types(buildings)
+    if not os.path.exists(path):
+        return _write_new_file(buildings, path, crs_wkt, layer, fields, metadata)
+    ds = _open_existing(path, update=True)
+    try:
+        _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace=overwrite)
+    finally:
+        ds = None
+    return path
+
+
+def _write_new_file(buildings, path, crs_wkt, layer, fields, metadata) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp.gpkg")
+    try:
+        try:
+            ds = ogr.GetDriverByName("GPKG").CreateDataSource(tmp)
+        except RuntimeError as exc:
+            raise OutputError(f"Cannot create a GeoPackage in {directory} ({exc}); "
+                              "check the folder is writable and the disk not full") from None
+        try:
+            _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace=False)
+        finally:
+            ds = None  # closes the file before the rename
+        if os.path.exists(path):  # appeared while we wrote: never clobber it
+            raise OutputError(f"{path} was created by another program while writing; run again")
+        os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+    return path
+
+
+def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool) -> None:
+    srs = osr.SpatialReference()
+    try:
+        srs.SetFromUserInput(crs_wkt)  # WKT, or "EPSG:XXXX"
+    except RuntimeError as exc:
+        raise OutputError(f"The buildings' coordinate reference system is not usable ({exc})") from None
+    srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    all_simple = all(b.geometry.geom_type == "Polygon" for b in buildings)
+    geom_type = ogr.wkbPolygon if all_simple else ogr.wkbMultiPolygon
+    try:
+        ds.StartTransaction()
+    except RuntimeError as exc:
+        raise _as_output_error(exc, ds.GetDescription()) from None
+    try:
+        index = _layer_index(ds, layer)
+        if index is not None:
+            if not replace:
+                raise OutputError(f"{ds.GetDescription()} already has a layer {layer!r}; pass --overwrite "
+                                  "to replace it or choose another layer name (--layer)")
+            ds.DeleteLayer(index)
+        lyr = ds.CreateLayer(layer, srs, geom_type, ["SPATIAL_INDEX=YES", "GEOMETRY_NAME=geom", "FID=fid"])
+        columns = [(n, ogr.OFTReal) for n in BASE_FIELDS] + [(field_name(k), t) for k, t in fields.items()]
+        for name, ftype in columns:
+            lyr.CreateField(ogr.FieldDefn(name, ftype))
+        # Create the table (and its triggers) now, inside the transaction: a
+        # rollback then leaves GDAL nothing deferred to create on close.
+        lyr.SyncToDisk()
+        defn = lyr.GetLayerDefn()
+        for b in buildings:
+            feat = ogr.Feature(defn)
+            geom = ogr.CreateGeometryFromWkb(b.geometry.wkb)
+            if geom_type == ogr.wkbMultiPolygon:
+                geom = ogr.ForceToMultiPolygon(geom)
+            feat.SetGeometry(geom)
+            feat.SetField("area_m2", float(b.area_m2))
+            feat.SetField("perimeter_m", float(b.perimeter_m))
+            feat.SetField("confidence", float(b.confidence))
+            for key, ftype in fields.items():
+                value, name = b.attributes.get(key), field_name(key)
+                if value is None:
+                    feat.SetFieldNull(name)
+                elif ftype == ogr.OFTReal:
+                    feat.SetField(name, float(value))
+                elif ftype == ogr.OFTInteger64:
+                    feat.SetField(name, int(value))
+                else:
+                    feat.SetField(name, str(value))
+            lyr.CreateFeature(feat)
+        if metadata:
+            lyr.SetMetadata({str(k): str(v) for k, v in metadata.items()})
+        ds.CommitTransaction()
+    except BaseException as exc:  # KeyboardInterrupt too: the transaction must not stay open
+        try:
+            ds.RollbackTransaction()
+        except RuntimeError:
+            pass
+        if isinstance(exc, RuntimeError):
+            raise _as_output_error(exc, ds.GetDescription()) from None
+        raise
+
+
+def _field_types(buildings: Iterable[Building]) -> Dict[str, int]:
+    """OGR field type per attribute key, widened over all buildings (int + float -> Real, any str -> String)."""
+    rank = {None: -1, "int": 0, "real": 1, "str": 2}
+    kinds: Dict[str, Optional[str]] = {}
+    for b in buildings:
+        for key, value in b.attributes.items():
+            if value is None:
+                kind = None
+            elif isinstance(value, (bool, numbers.Integral)):
+                kind = "int"
+            elif isinstance(value, numbers.Real):
+                kind = "real"
+            else:
+                kind = "str"
+            kinds[key] = max(kinds.get(key), kind, key=rank.__getitem__)
+    mapping = {None: ogr.OFTString, "int": ogr.OFTInteger64, "real": ogr.OFTReal, "str": ogr.OFTString}
+    return {k: mapping[v] for k, v in kinds.items()}
+
+
+def field_name(key: str) -> str:
+    """The field an attribute key is written to: ``attr_<key>`` when it clashes with a built-in name."""
+    return f"attr_{key}" if key.lower() in RESERVED_NAMES else key
+
+
+def _open_existing(path: str, update: bool):
+    try:
+        ds = ogr.Open(path, 1 if update else 0)
+    except RuntimeError as exc:
+        raise _as_output_error(exc, path, existing=True) from None
+    if ds is None or ds.GetDriver().GetName() != "GPKG":
+        raise OutputError(f"{path} exists and is not a GeoPackage; choose another output file")
+    return ds
+
+
+def _layer_index(ds, layer: str) -> Optional[int]:
+    names: List[str] = [ds.GetLayerByIndex(i).GetName() for i in range(ds.GetLayerCount())]
+    lowered = [n.lower() for n in names]  # GeoPackage table names are case-insensitive
+    return lowered.index(layer.lower()) if layer.lower() in lowered else None
+
+
+def _as_output_error(exc: Exception, path: str, existing: bool = False) -> OutputError:
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "locked" in msg.lower() or "busy" in msg.lower():
+        return OutputError(f"{path} is locked by another program (QGIS editing it?); stop editing or close it, "
+                           "or write to another file")
+    if "readonly" in msg.lower() or "read-only" in msg.lower() or "permission" in msg.lower():
+        return OutputError(f"{path} cannot be written (read-only or permission denied); choose another file")
+    if existing:
+        return OutputError(f"{path} exists but cannot be opened as a GeoPackage ({msg}); choose another file")
+    return OutputError(f"Writing {path} failed ({msg}); check free disk space and permissions")
+
+
+def _require_gdal() -> None:
+    if ogr is None:
+        raise OutputError("GDAL's Python bindings (osgeo) are missing; run `make setup`")
