@@ -71,3 +71,18 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) .cache
+
+# QGIS plugin packaging and review (owner: plugin engineer).
+#   make package      dist/roof_detector-<version>.zip for "Install from ZIP"
+#   make deploy       the same zip unpacked into the default QGIS profile
+#   make screenshots  out/screenshots/{dialog,result_map}.png, headless
+.PHONY: package deploy screenshots
+
+package:
+	python3 scripts/package.py
+
+deploy:
+	python3 scripts/package.py --deploy
+
+screenshots: setup
+	QT_QPA_PLATFORM=offscreen $(PY) scripts/screenshots.py

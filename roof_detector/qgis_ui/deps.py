@@ -58,7 +58,8 @@ def install_command(modules: List[str]) -> str:
     packages = " ".join(REQUIRED.get(m, m) for m in modules)
     exe = qgis_python_executable()
     quoted = f'"{exe}"' if " " in exe else exe
-    if sys.platform == "win32":
+    in_venv = sys.prefix != getattr(sys, "base_prefix", sys.prefix)
+    if sys.platform == "win32" or in_venv:
         return f"{quoted} -m pip install {packages}"
     return f"{quoted} -m pip install --user {packages}"
 

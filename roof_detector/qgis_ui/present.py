@@ -63,6 +63,11 @@ def on_task_finished(iface: Any, task: Any, ok: bool) -> Optional[QgsVectorLayer
                Qgis.Critical)
         return None
     apply_style(layer)
+    if task.output_uri:  # a replaced GeoPackage layer may already be open: show its new content
+        for existing in QgsProject.instance().mapLayers().values():
+            if existing.source() == layer.source():
+                existing.reload()
+                existing.triggerRepaint()
     QgsProject.instance().addMapLayer(layer)
     count, area = summary(task.result.buildings)
     seconds = float(getattr(task.result, "seconds", 0.0) or task.seconds)

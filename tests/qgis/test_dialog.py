@@ -209,3 +209,16 @@ def test_existing_gpkg_layer_is_replaced_only_when_confirmed(qgis_iface, ortho_l
     with mock.patch.object(dialog, "confirm_replace", return_value=True):
         dialog.accept()
     assert dialog.request.replace_layer and dialog.request.gpkg_path == target
+
+
+def test_device_choice_shows_the_gpu_torch_found(qgis_iface, ortho_layer):
+    import torch
+
+    dialog = _dialog(qgis_iface)
+    cuda_item = dialog.device_combo.model().item(dialog.device_combo.findData("cuda"))
+    assert cuda_item.isEnabled() == torch.cuda.is_available()
+    with mock.patch("torch.cuda.is_available", return_value=True), \
+            mock.patch("torch.cuda.get_device_name", return_value="NVIDIA H100 80GB HBM3"):
+        dialog = _dialog(qgis_iface)
+    assert "NVIDIA H100" in dialog.device_info.text()
+    assert dialog.device_combo.model().item(dialog.device_combo.findData("cuda")).isEnabled()

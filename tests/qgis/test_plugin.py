@@ -98,3 +98,13 @@ def test_plugin_loads_without_torch_and_explains_how_to_install_it(tmp_path, rep
     assert "OK" in proc.stdout
     message = proc.stdout.split("MESSAGE:", 1)[1]
     assert "torch" in message and "-m pip install" in message and "Traceback" not in proc.stderr
+
+
+def test_install_command_names_qgis_python_and_packages():
+    from roof_detector.qgis_ui import deps
+
+    cmd = deps.install_command(["torch", "rasterio"])
+    assert cmd.endswith("-m pip install torch rasterio") or cmd.endswith("-m pip install --user torch rasterio")
+    assert deps.qgis_python_executable() in cmd
+    assert "restart QGIS" in deps.install_message(["torch"])
+    assert deps.check_dependencies() is None  # the test venv has everything

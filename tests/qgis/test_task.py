@@ -5,9 +5,13 @@ from unittest import mock
 
 import pytest
 
-from tests.qgis.conftest import EXPECTED_AREAS, RECTANGLES, make_request, wait_for
+from tests.qgis.conftest import EXPECTED_AREAS, ORIGIN, RECTANGLES, make_request, wait_for
 
 pytestmark = pytest.mark.qgis
+
+# only the first rectangle (rows 10-30, cols 10-40 at 0.5 m) lies in this area
+_FIRST_ROOF_AOI = (f"POLYGON(({ORIGIN[0]} {ORIGIN[1] - 20}, {ORIGIN[0] + 25} {ORIGIN[1] - 20}, "
+                   f"{ORIGIN[0] + 25} {ORIGIN[1]}, {ORIGIN[0]} {ORIGIN[1]}, {ORIGIN[0]} {ORIGIN[1] - 20}))")
 
 
 def _areas(layer):
@@ -55,17 +59,19 @@ def test_geopackage_export_holds_the_same_features(plugin, project, ortho_path, 
         "Buildings (ortho)")[0]))
     assert memory_layer.featureCount() == layer.featureCount()
     assert sorted(os.listdir(tmp_path)) == ["out.gpkg"]
+    # detecting again into the same layer replaces it (the dialog asked first)
+    again = plugin.start(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=target,
+                                      gpkg_layer="roofs", replace_layer=True, aoi_wkt=_FIRST_ROOF_AOI))
+    wait_for(again, qgis_app)
+    assert project.mapLayer(plugin.last_layer_id).featureCount() == 1
+    assert layer.featureCount() == 1  # the layer already open shows the new content
+    assert sorted(os.listdir(tmp_path)) == ["out.gpkg"]
 
 
 def test_direct_run_and_aoi(ortho_path, model_path):
-    from qgis.core import QgsRectangle, QgsGeometry
-
     from roof_detector.qgis_ui.task import DetectTask
-    from tests.qgis.conftest import ORIGIN
 
-    # only the first rectangle (rows 10-30, cols 10-40) lies in this AOI
-    aoi = QgsGeometry.fromRect(QgsRectangle(ORIGIN[0], ORIGIN[1] - 20, ORIGIN[0] + 25, ORIGIN[1])).asWkt()
-    task = DetectTask(make_request(ortho_path, model_path, aoi_wkt=aoi))
+    task = DetectTask(make_request(ortho_path, model_path, aoi_wkt=_FIRST_ROOF_AOI))
     assert task.run() is True
     assert task.layer.featureCount() == 1
     assert next(task.layer.getFeatures())["area_m2"] == pytest.approx(150.0, rel=0.05)
