@@ -43,7 +43,19 @@ REQUIRED_KEYS = ("architecture", "bands", "normalization", "gsd_m", "tile_size_p
                  "overlap_px", "threshold")
 KNOWN_BANDS = ("red", "green", "blue")
 
-BUNDLED_MODEL_PATH = Path(__file__).resolve().parents[2] / "models" / "roof_unet.pt"
+
+
+def _bundled_model_path() -> Path:
+    """models/roof_unet.pt beside the package: repo root in a checkout, plugin folder in the zip."""
+    pkg = Path(__file__).resolve().parents[1]
+    for base in (pkg.parent, pkg):
+        candidate = base / "models" / "roof_unet.pt"
+        if candidate.exists():
+            return candidate
+    return pkg.parent / "models" / "roof_unet.pt"
+
+
+BUNDLED_MODEL_PATH = _bundled_model_path()
 
 
 @dataclass
