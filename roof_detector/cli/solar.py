@@ -1,0 +1,215 @@
+"""``python -m roof_detector solar IN.gpkg -o OUT.gpkg``: size rooftops of existing polygons.
+
+For building polygons that did not come from detection (a cadastre,
+OpenStreetMap...). Each input polygon keeps its attributes (a name that
+clashes with a solar field gets a ``src_`` prefix, one that clashes with
+``confidence``/``fid``/``geom`` an ``attr_`` prefix; ``src_fid`` is the input
+feature id) and gains the solar fields of :mod:`roof_detector.core.solar`.
+``--regularize`` squares the outlines first (off by default: cadastre outlines
+are already clean). ``--report DIR`` also writes the HTML/CSV/PNG report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from ..core.errors import LabelError, OutputError
+
+DEFAULT_OUT_LAYER = "rooftops"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "solar", help="rooftop solar sizing of existing building polygons",
+        description="Add rooftop solar attributes (usable area, panels, kWp, kWh/yr, orientation) "
+                    "to building polygons from any source and write them to a GeoPackage.")
+    p.add_argument("input", metavar="IN", help="polygon layer (GeoPackage, Shapefile, GeoJSON...)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.gpkg", help="GeoPackage to write")
+    p.add_argument("--layer", help="input layer name (default: the first polygon layer)")
+    p.add_argument("--out-layer", default=DEFAULT_OUT_LAYER, help=f"output layer name (default {DEFAULT_OUT_LAYER})")
+    p.add_argument("--overwrite", action="store_true", help="replace the output layer if OUT already has it")
+    p.add_argument("--setback", type=float, default=0.5, metavar="M", help="roof edge setback, metres (default 0.5)")
+    p.add_argument("--usable-fraction", type=float, default=0.6, metavar="F",
+                   help="share of the inset roof that takes panels (default 0.6)")
+    p.add_argument("--panel-area", type=float, default=1.96, metavar="M2", help="area of one panel, m² (default 1.96)")
+    p.add_argument("--panel-wp", type=float, default=400.0, metavar="W", help="power of one panel, Wp (default 400)")
+    p.add_argument("--yield", dest="specific_yield", type=float, default=None, metavar="KWH_PER_KWP",
+                   help="specific yield, kWh/kWp/yr (default: estimated from each building's latitude)")
+    p.add_argument("--regularize", action=argparse.BooleanOptionalAction, default=False,
+                   help="square the outlines before sizing (default: no)")
+    p.add_argument("--tolerance", type=float, default=1.0, metavar="M",
+                   help="regularisation tolerance, metres (default 1.0)")
+    p.add_argument("--report", metavar="DIR", help="also write summary.html, buildings.csv and areas.png here")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..core.regularize import regularize_outline
+    from ..core.report import build_table, totals, write_report
+    from ..core.building import Building
+    from ..core.gpkg_writer import check_output, write_buildings
+    from ..core.solar import SOLAR_FIELDS, SolarParams, rooftop_attributes
+
+    params = SolarParams(setback_m=args.setback, usable_fraction=args.usable_fraction,
+                         panel_area_m2=args.panel_area, panel_wp=args.panel_wp,
+                         specific_yield_kwh_per_kwp=args.specific_yield)
+    try:
+        params.validate()
+        if args.tolerance <= 0:
+            raise ValueError(f"tolerance {args.tolerance} must be > 0 metres")
+    except ValueError as exc:
+        raise LabelError(f"Bad parameter: {exc}") from None
+    with _output_flag_names():
+        check_output(args.output, args.out_layer, args.overwrite)
+
+    layer = read_features(args.input, args.layer)
+    rows: List[Dict[str, Any]] = []
+    geoms = []
+    regularized = 0
+    for feat in layer.features:
+        g = feat.geometry
+        if args.regularize:
+            r = regularize_outline(g, layer.crs_wkt, args.tolerance)
+            if r is not g:
+                regularized += 1
+            g = r
+        attrs = rooftop_attributes(g, layer.crs_wkt, params)
+        rows.append({"id": feat.fid, **attrs})
+        geoms.append(g)
+
+    # Source attributes keep their names unless they clash with a solar field (-> src_<name>).
+    solar_names = [name for name, _ in SOLAR_FIELDS]
+    renamed = [(name, _unclash(name, solar_names)) for name, _ in layer.fields]
+    buildings = []
+    for feat, geom, row in zip(layer.features, geoms, rows):
+        attrs: Dict[str, Any] = {"src_fid": feat.fid}
+        attrs.update({new: feat.attributes.get(old) for old, new in renamed})
+        attrs.update({k: row[k] for k in solar_names if k not in ("area_m2", "perimeter_m")})
+        # confidence is a detection field: NaN (stored as null) for polygons from elsewhere
+        buildings.append(Building(geom, row["area_m2"], row["perimeter_m"], math.nan, attrs))
+    with _output_flag_names():
+        write_buildings(buildings, args.output, layer.crs_wkt, layer=args.out_layer, overwrite=args.overwrite,
+                        metadata={"source": os.path.abspath(args.input), "source_layer": layer.layer_name,
+                                  "solar_params": json.dumps(params.as_dict()),
+                                  "regularized": f"tolerance {args.tolerance} m" if args.regularize else "no"})
+
+    table = build_table(rows)
+    total = totals(table)
+    msg = (f"{total['buildings']} buildings: footprint {total['area_m2']:,.1f} m², usable {total['usable_area_m2']:,.1f} m², "
+           f"{total['panels']:,} panels, {total['kwp']:,.1f} kWp, {total['annual_kwh']:,.0f} kWh/yr -> {args.output}")
+    print(msg)
+    if layer.skipped:
+        print(f"skipped {layer.skipped} features without a polygon", file=sys.stderr)
+    if args.regularize:
+        print(f"regularised {regularized} of {len(geoms)} outlines (the others kept as they were)")
+    if args.report:
+        paths = write_report(rows, args.report, params=params.as_dict(), source=os.path.abspath(args.input))
+        print(f"report: {paths['html']}")
+    return 0
+
+
+@contextmanager
+def _output_flag_names():
+    """The writer's messages name detect's ``--layer``; here the output layer is ``--out-layer``."""
+    try:
+        yield
+    except OutputError as exc:
+        raise OutputError(str(exc).replace("(--layer)", "(--out-layer)")) from None
+
+
+def _unclash(name: str, reserved: Sequence[str]) -> str:
+    return f"src_{name}" if name.lower() in {r.lower() for r in list(reserved) + ["src_fid"]} else name
+
+
+
+
+# --------------------------------------------------------------------------- reading
+# Reading keeps the input attributes (core.vector_io.read_polygons keeps geometries
+# only); writing goes through core.gpkg_writer like detection's output.
+
+
+@dataclass
+class Feature:
+    fid: int
+    geometry: Any
+    attributes: Dict[str, Any]
+
+
+@dataclass
+class FeatureLayer:
+    features: List[Feature]
+    fields: List[Tuple[str, str]]  # (name, OGR type name)
+    crs_wkt: str
+    layer_name: str
+    skipped: int = 0
+    repaired: int = 0
+
+
+def read_features(path: str, layer: Optional[str] = None) -> FeatureLayer:
+    """Polygons of ``layer`` (default: first polygon layer) with their attributes, in the layer's CRS."""
+    import shapely
+    from ..core.vector_io import _open, _polygonal_part, list_layers, ogr
+
+    ds = _open(path)
+    lyr = None
+    if layer:
+        lyr = ds.GetLayerByName(layer)
+        if lyr is None:
+            raise LabelError(f"{path} has no layer {layer!r}; layers: {', '.join(list_layers(path))}")
+    else:
+        for i in range(ds.GetLayerCount()):
+            cand = ds.GetLayerByIndex(i)
+            if ogr.GT_Flatten(cand.GetGeomType()) in (ogr.wkbPolygon, ogr.wkbMultiPolygon, ogr.wkbUnknown):
+                lyr = cand
+                break
+        if lyr is None:
+            raise LabelError(f"{path} holds no polygon layer")
+    srs = lyr.GetSpatialRef()
+    if srs is None:
+        raise LabelError(f"Layer {lyr.GetName()!r} of {path} has no CRS; set one in QGIS "
+                         "(Layer Properties > Source) and save it again")
+    defn = lyr.GetLayerDefn()
+    fields = []
+    for i in range(defn.GetFieldCount()):
+        fd = defn.GetFieldDefn(i)
+        t = fd.GetType()
+        kind = {ogr.OFTInteger: "integer", ogr.OFTInteger64: "integer64", ogr.OFTReal: "real",
+                ogr.OFTDate: "date", ogr.OFTDateTime: "datetime"}.get(t, "string")
+        fields.append((fd.GetName(), kind))
+    feats: List[Feature] = []
+    skipped = repaired = 0
+    for f in lyr:
+        g = f.GetGeometryRef()
+        if g is None or g.IsEmpty():
+            skipped += 1
+            continue
+        g = g.Clone()
+        g.FlattenTo2D()
+        geom = shapely.from_wkb(bytes(g.ExportToWkb()))
+        if not geom.is_valid:
+            geom = shapely.make_valid(geom)
+            repaired += 1
+        geom = _polygonal_part(geom)
+        if geom is None:
+            skipped += 1
+            continue
+        attrs = {}
+        for name, kind in fields:
+            if not f.IsFieldSetAndNotNull(name):
+                attrs[name] = None
+            elif kind in ("integer", "integer64"):
+                attrs[name] = f.GetFieldAsInteger64(name)
+            elif kind == "real":
+                attrs[name] = f.GetFieldAsDouble(name)
+            else:
+                attrs[name] = f.GetFieldAsString(name)
+        feats.append(Feature(int(f.GetFID()), geom, attrs))
+    return FeatureLayer(feats, fields, srs.ExportToWkt(), lyr.GetName(), skipped, repaired)

@@ -1,0 +1,171 @@
+"""Rooftop solar report: a table, its totals, a histogram of building areas.
+
+:func:`write_report` writes into a folder:
+
+``buildings.csv``   one row per building (the table)
+``areas.png``       histogram of footprint areas (matplotlib, Agg, no GUI)
+``summary.html``    totals, parameters, the histogram (embedded) and the table
+
+Values are rounded once, in :func:`build_table`; totals are sums of the rounded
+table values, so the totals always equal the sums of the CSV columns.
+
+Matplotlib is used through ``Figure`` + the Agg canvas only, never ``pyplot``,
+so the report can be drawn inside QGIS without touching its Qt backend.
+No ``qgis`` import here.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime as _dt
+import html
+import io
+import os
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+#: Table columns, their decimals (0 = integer; None = as given) and headings.
+COLUMNS = (
+    ("id", None, "id"),
+    ("area_m2", 2, "Footprint area (m²)"),
+    ("usable_area_m2", 2, "Usable area (m²)"),
+    ("panels", 0, "Panels"),
+    ("kwp", 3, "Power (kWp)"),
+    ("specific_yield", 1, "Specific yield (kWh/kWp/yr)"),
+    ("annual_kwh", 1, "Energy (kWh/yr)"),
+    ("orientation_deg", 1, "Orientation (° from N)"),
+)
+#: Totals: table column -> decimals.
+TOTAL_COLUMNS = (("area_m2", 2), ("usable_area_m2", 2), ("panels", 0), ("kwp", 3), ("annual_kwh", 1))
+
+
+def _round(value: Any, decimals: Optional[int]) -> Any:
+    if decimals is None or value is None:
+        return value
+    if decimals == 0:
+        return int(round(float(value)))
+    return round(float(value), decimals)
+
+
+def build_table(rows: Iterable[Mapping[str, Any]]) -> List[Dict[str, Any]]:
+    """The report table: one dict per building with :data:`COLUMNS`, rounded.
+
+    ``rows`` are the dicts of :func:`roof_detector.core.solar.rooftop_attributes`,
+    optionally with an ``id``; rows without one are numbered from 1.
+    """
+    table = []
+    for i, row in enumerate(rows, start=1):
+        out = {}
+        for key, decimals, _ in COLUMNS:
+            value = row.get(key, i if key == "id" else None)
+            out[key] = _round(value, decimals)
+        table.append(out)
+    return table
+
+
+def totals(table: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Totals of a :func:`build_table` table: ``buildings`` and the sum of each total column."""
+    out: Dict[str, Any] = {"buildings": len(table)}
+    for key, decimals in TOTAL_COLUMNS:
+        s = sum(float(r[key]) for r in table if r.get(key) is not None)
+        out[key] = int(round(s)) if decimals == 0 else round(s, decimals)
+    return out
+
+
+def histogram_png(areas: Sequence[float], title: str = "Building footprint areas") -> bytes:
+    """PNG bytes of a histogram of building areas (m²)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    values = [float(a) for a in areas if a is not None]
+    if values:
+        ax.hist(values, bins=min(40, max(5, int(len(values) ** 0.5) * 2)), color="#b3412e", edgecolor="white")
+    else:
+        ax.text(0.5, 0.5, "no buildings", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("Footprint area (m²)")
+    ax.set_ylabel("Buildings")
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _fmt(value: Any, decimals: Optional[int]) -> str:
+    if value is None:
+        return ""
+    if decimals is None:
+        return str(value)
+    if decimals == 0:
+        return f"{int(value):,}"
+    return f"{float(value):,.{decimals}f}"
+
+
+def render_html(table: Sequence[Mapping[str, Any]], total: Mapping[str, Any], png: bytes,
+                title: str = "Rooftop solar report", params: Optional[Mapping[str, Any]] = None,
+                source: Optional[str] = None) -> str:
+    """A self-contained HTML page: totals, parameters, histogram (embedded PNG), table."""
+    esc = html.escape
+    decimals = {k: d for k, d, _ in COLUMNS}
+    lines = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{esc(title)}</title>",
+             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#eee}</style>",
+             "</head><body>", f"<h1>{esc(title)}</h1>"]
+    if source:
+        lines.append(f"<p>Source: {esc(source)}</p>")
+    lines.append(f"<p>Generated {esc(_dt.datetime.now().isoformat(timespec='seconds'))}</p>")
+    lines.append("<h2>Totals</h2><table id='totals'>")
+    lines.append(f"<tr><th>Buildings</th><td>{total['buildings']:,}</td></tr>")
+    for key, dec, heading in COLUMNS:
+        if key in total:
+            lines.append(f"<tr><th>{esc(heading)}</th><td>{_fmt(total[key], dec)}</td></tr>")
+    lines.append("</table>")
+    if params:
+        lines.append("<h2>Parameters</h2><table id='params'>")
+        for k, v in params.items():
+            shown = "estimated from latitude" if v is None else v
+            lines.append(f"<tr><th>{esc(str(k))}</th><td>{esc(str(shown))}</td></tr>")
+        lines.append("</table>")
+    b64 = base64.b64encode(png).decode("ascii")
+    lines.append(f"<h2>Building areas</h2><img alt='histogram of building areas' src='data:image/png;base64,{b64}'>")
+    lines.append("<h2>Buildings</h2><table id='buildings'><tr>")
+    lines.extend(f"<th>{esc(h)}</th>" for _, _, h in COLUMNS)
+    lines.append("</tr>")
+    for row in table:
+        cells = "".join(f"<td>{esc(_fmt(row.get(k), decimals[k]))}</td>" for k, _, _ in COLUMNS)
+        lines.append(f"<tr>{cells}</tr>")
+    lines.append("</table></body></html>")
+    return "\n".join(lines)
+
+
+def write_csv(table: Sequence[Mapping[str, Any]], path: str) -> None:
+    """The table as CSV (comma-separated, dot decimals, header = column keys)."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([k for k, _, _ in COLUMNS])
+        for row in table:
+            writer.writerow(["" if row.get(k) is None else row.get(k) for k, _, _ in COLUMNS])
+
+
+def write_report(rows: Iterable[Mapping[str, Any]], out_dir: str, title: str = "Rooftop solar report",
+                 params: Optional[Mapping[str, Any]] = None, source: Optional[str] = None) -> Dict[str, Any]:
+    """Write ``buildings.csv``, ``areas.png`` and ``summary.html`` into ``out_dir``.
+
+    Returns ``{"totals": {...}, "csv": path, "png": path, "html": path}``.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    table = build_table(rows)
+    total = totals(table)
+    png = histogram_png([r["area_m2"] for r in table])
+    paths = {"csv": os.path.join(out_dir, "buildings.csv"), "png": os.path.join(out_dir, "areas.png"),
+             "html": os.path.join(out_dir, "summary.html")}
+    write_csv(table, paths["csv"])
+    with open(paths["png"], "wb") as fh:
+        fh.write(png)
+    with open(paths["html"], "w", encoding="utf-8") as fh:
+        fh.write(render_html(table, total, png, title, params, source))
+    return {"totals": total, **paths}

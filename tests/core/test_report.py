@@ -1,0 +1,61 @@
+"""Rooftop report: totals equal the table sums; CSV, PNG and HTML are written."""
+
+import csv
+from decimal import Decimal
+
+import shapely
+from hypothesis import given, strategies as st
+
+from roof_detector.core.report import COLUMNS, TOTAL_COLUMNS, build_table, totals, write_report
+from roof_detector.core.solar import SolarParams, rooftop_attributes_metric
+
+
+def rows_for(sizes, yield_=1234.5):
+    params = SolarParams(specific_yield_kwh_per_kwp=yield_)
+    return [dict(id=i, **rooftop_attributes_metric(shapely.box(0, 0, w, h), None, params))
+            for i, (w, h) in enumerate(sizes, start=10)]
+
+
+def test_report_files_and_totals_equal_csv_sums(tmp_path):
+    rows = rows_for([(10, 8), (23.3, 7.1), (4, 3), (0.9, 0.9), (31.7, 12.9)])
+    out = write_report(rows, str(tmp_path / "rep"), params=SolarParams().as_dict(), source="test.gpkg")
+    total = out["totals"]
+    with open(out["csv"], newline="", encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    assert [c for c, _, _ in COLUMNS] == list(table[0].keys())
+    assert total["buildings"] == len(table) == 5
+    for key, decimals in TOTAL_COLUMNS:
+        exact = sum(Decimal(r[key]) for r in table)
+        assert Decimal(str(total[key])) == exact, key
+    assert total["panels"] == sum(int(r["panels"]) for r in table)
+    assert [int(r["id"]) for r in table] == [10, 11, 12, 13, 14]
+    png = open(out["png"], "rb").read()
+    assert png.startswith(b"\x89PNG")
+    html = open(out["html"], encoding="utf-8").read()
+    assert "data:image/png;base64," in html and "<table id='totals'>" in html
+    assert html.count("<tr><td>") == 5
+    assert f"{total['panels']:,}" in html
+
+
+def test_totals_are_sums_of_rounded_table_values():
+    rows = rows_for([(10.123, 7.777)] * 7)
+    table = build_table(rows)
+    t = totals(table)
+    assert t["usable_area_m2"] == round(7 * table[0]["usable_area_m2"], 2)
+    assert t["kwp"] == round(7 * table[0]["kwp"], 3)
+
+
+def test_empty_report(tmp_path):
+    out = write_report([], str(tmp_path))
+    assert out["totals"] == {"buildings": 0, "area_m2": 0, "usable_area_m2": 0, "panels": 0, "kwp": 0,
+                             "annual_kwh": 0}
+    assert open(out["png"], "rb").read().startswith(b"\x89PNG")
+
+
+@given(st.lists(st.tuples(st.floats(0.5, 80), st.floats(0.5, 80)), max_size=30))
+def test_totals_equal_table_sums_for_any_rows(sizes):
+    table = build_table(rows_for(sizes))
+    t = totals(table)
+    assert t["buildings"] == len(table)
+    for key, _ in TOTAL_COLUMNS:
+        assert Decimal(str(t[key])) == sum((Decimal(str(r[key])) for r in table), Decimal(0)), key
