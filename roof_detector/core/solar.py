@@ -189,3 +189,30 @@ def rooftop_attributes_many(geometries: Sequence[BaseGeometry], crs_wkt: str,
     """:func:`rooftop_attributes` of each geometry (transformers are shared)."""
     params = (params or SolarParams()).validate()
     return [rooftop_attributes(g, crs_wkt, params) for g in geometries]
+
+
+def size_buildings(buildings: Sequence[Any], crs_wkt: str, params: Optional[SolarParams] = None,
+                   regularize: bool = False, tolerance_m: float = 1.0) -> int:
+    """Add the solar attributes to detected buildings (:class:`roof_detector.core.building.Building`), in place.
+
+    With ``regularize`` each outline is first squared (:func:`.regularize.regularize_outline`);
+    a changed outline replaces ``geometry`` and updates ``area_m2`` / ``perimeter_m``.
+    The other solar values go to ``attributes``. Returns how many outlines changed.
+    """
+    from .regularize import regularize_outline
+
+    params = (params or SolarParams()).validate()
+    changed = 0
+    for b in buildings:
+        reshaped = False
+        if regularize:
+            g = regularize_outline(b.geometry, crs_wkt, tolerance_m)
+            if g is not b.geometry:
+                b.geometry = g
+                reshaped = True
+                changed += 1
+        a = rooftop_attributes(b.geometry, crs_wkt, params)
+        if reshaped:
+            b.area_m2, b.perimeter_m = a["area_m2"], a["perimeter_m"]
+        b.attributes.update({k: v for k, v in a.items() if k not in ("area_m2", "perimeter_m")})
+    return changed

@@ -128,3 +128,22 @@ def test_bad_parameters_are_refused(kwargs):
 def test_solar_fields_match_attribute_keys():
     a = rooftop_attributes_metric(shapely.box(0, 0, 5, 5), 45.0)
     assert [k for k, _ in SOLAR_FIELDS] == list(a.keys())
+
+
+def test_size_buildings_adds_attributes_and_regularises_in_place():
+    from roof_detector.core.building import Building
+    from roof_detector.core.solar import size_buildings
+
+    from .geom_helpers import noisy_polygon
+
+    noisy = metric_at(noisy_polygon(rotated_rect(20, 10, 10), 0.1), LON, LAT, WGS84)
+    tank = metric_at(Point(0, 0).buffer(6, quad_segs=16), LON, LAT, WGS84)
+    buildings = [Building(noisy, 200.0, 60.0, 0.9), Building(tank, 113.0, 37.7, 0.8, {"x": 1})]
+    assert size_buildings(buildings, WGS84, SolarParams(specific_yield_kwh_per_kwp=1000), regularize=True) == 1
+    assert len(buildings[0].geometry.exterior.coords) == 5
+    assert buildings[0].area_m2 == pytest.approx(200, rel=0.03)
+    assert buildings[1].geometry is tank and buildings[1].area_m2 == 113.0
+    for b in buildings:
+        assert set(b.attributes) >= {"usable_area_m2", "panels", "kwp", "annual_kwh", "orientation_deg"}
+        assert "area_m2" not in b.attributes
+    assert buildings[1].attributes["x"] == 1
