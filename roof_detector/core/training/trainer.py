@@ -245,13 +245,18 @@ def tune_threshold(net, val_sets: Dict[str, EvalTiles], cfg: TrainConfig, device
 
 
 def plot_curves(history: Sequence[Dict], path: str, title: str = "") -> str:
-    """Training curves (loss, IoU, accuracy for train and validation per epoch) as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Training curves (loss, IoU, accuracy for train and validation per epoch) as a PNG.
+
+    Drawn on a private Agg canvas, without pyplot: the global backend stays
+    as it is (inside QGIS this runs in a worker thread, beside Qt figures).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     ep = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig = Figure(figsize=(13, 3.8))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     for ax, key, label in zip(axes, ("loss", "iou", "accuracy"), ("Loss (BCE + Dice)", "IoU", "Pixel accuracy")):
         ax.plot(ep, [h[f"train_{key}"] for h in history], "o-", ms=3, label="train")
         ax.plot(ep, [h[f"val_{key}"] for h in history], "s-", ms=3, label="validation")
@@ -263,7 +268,6 @@ def plot_curves(history: Sequence[Dict], path: str, title: str = "") -> str:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
