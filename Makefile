@@ -86,3 +86,9 @@ deploy:
 
 screenshots: setup
 	QT_QPA_PLATFORM=offscreen $(PY) scripts/screenshots.py
+
+.PHONY: bench
+# Speed and memory figures (human-readable + one JSON line); BENCH_ARGS e.g. --size 20000.
+BENCH_ARGS ?=
+bench: setup
+	$(PY) -m roof_detector bench $(BENCH_ARGS)

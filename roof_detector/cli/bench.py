@@ -1,0 +1,83 @@
+"""``python -m roof_detector bench``: speed and memory figures, human-readable plus one JSON line.
+
+Figures: ``model_tiles_per_s`` (forward passes only, the pipeline's backend
+and batch size), ``pipeline_tiles_per_s`` and ``km2_per_min`` (read,
+resample, infer, stitch, binarise, polygonise, attributes, GeoPackage on a
+generated raster of ``--size`` px at the model GSD), ``pipeline_over_model``,
+``gflops_per_s`` and its share of the CPU's peak, ``onnxruntime_tiles_per_s``
+with output agreement, ``peak_rss_mb`` (per size, each in its own process),
+and the fine-tuning time for 10 epochs on 2048 x 2048 px.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark the network, the whole pipeline and fine-tuning",
+                       description=__doc__)
+    p.add_argument("--model", default=None, help="model file (default: bundled)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--size", type=int, action="append", default=None,
+                   help="raster size in px for the pipeline run (repeatable; default 8192)")
+    p.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default: the pipeline's)")
+    p.add_argument("--repeats", type=int, default=3, help="pipeline runs per size (median reported)")
+    p.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning timing")
+    p.add_argument("--json", action="store_true", help="print only the JSON line")
+    p.add_argument("--part", choices=["all", "pipeline"], default="all", help=argparse_hidden())
+    p.set_defaults(func=run)
+
+
+def argparse_hidden():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def run(args) -> int:
+    from ..core import bench
+    from ..core.inference import default_batch_size
+    from ..core.model_io import resolve_device
+
+    sizes = args.size or [8192]
+    if args.part == "pipeline":  # child process of the main bench
+        print(bench.as_json_line(bench.pipeline_run(sizes[0], args.model, args.device, args.batch_size, args.repeats)))
+        return 0
+    say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
+    device = resolve_device(args.device)
+    batch = args.batch_size or default_batch_size(device)
+    figures = {"machine": bench.machine(), "batch_size": batch}
+    say(f"machine: {figures['machine']}")
+    figures.update(bench.model_throughput(args.model, args.device, batch))
+    say(f"model ({figures['backend']}): {figures['model_tiles_per_s']} tiles/s"
+        + (f", TorchScript {figures.get('torchscript_tiles_per_s')}, ONNX Runtime {figures.get('onnxruntime_tiles_per_s')}"
+           f" (max diff {figures.get('onnxruntime_max_abs_diff', float('nan')):.1e})" if device.type == "cpu" else ""))
+    if device.type == "cpu" and "gflops_per_s" in figures:
+        peak = bench.cpu_peak_gflops()
+        figures["cpu_peak"] = peak
+        figures["share_of_peak"] = round(figures["gflops_per_s"] / peak["peak_gflops"], 3) if peak["peak_gflops"] else None
+        say(f"network: {figures['gflops_per_s']} GFLOP/s = {figures['share_of_peak']:.1%} of the "
+            f"{peak['peak_gflops']} GFLOP/s fp32 peak ({peak})")
+    figures["pipeline"] = {}
+    for size in sizes:
+        say(f"pipeline on {size} x {size} px ({args.repeats} runs) ...")
+        r = bench.pipeline_in_child(size, args.model, args.device, args.batch_size, args.repeats)
+        figures["pipeline"][str(size)] = r
+        if "error" in r:
+            say(f"  failed: {r['error']}")
+            continue
+        r["pipeline_over_model"] = round(r["pipeline_tiles_per_s"] / figures["model_tiles_per_s"], 3)
+        say(f"  {r['tiles']} tiles in {r['pipeline_s']} s: {r['pipeline_tiles_per_s']} tiles/s, "
+            f"{r['km2_per_min']} km2/min, pipeline/model {r['pipeline_over_model']}, peak RSS {r['peak_rss_mb']} MB, "
+            f"stages {r['stage_s']}")
+    first = figures["pipeline"].get(str(sizes[0]), {})
+    for key in ("pipeline_tiles_per_s", "km2_per_min", "pipeline_over_model", "peak_rss_mb"):
+        if key in first:
+            figures[key] = first[key]
+    if not args.no_finetune:
+        say("fine-tuning 10 epochs on 2048 x 2048 px ...")
+        figures.update(bench.finetune_time(args.model, args.device))
+        say(f"  {figures['finetune_10_epochs_s']} s")
+    print(bench.as_json_line(figures))
+    return 0

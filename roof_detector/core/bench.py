@@ -1,0 +1,229 @@
+"""Benchmark figures: network alone, whole pipeline, ONNX Runtime, memory, fine-tuning.
+
+Every timing is a median over repeats, all measured in one run on the same
+machine. The pipeline and its peak memory are measured in a child process
+per raster size, so one size's peak does not hide another's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from .model_io import load_model
+
+
+def cpu_peak_gflops() -> Dict[str, Any]:
+    """Theoretical fp32 peak of the CPU cores torch uses: cores x GHz x FLOP per cycle.
+
+    FLOP per cycle per core: 64 with AVX-512 on cores with two 512-bit FMA
+    pipes (Intel server cores, AMD Zen 5 = family 26), 32 with AVX2+FMA (two
+    256-bit pipes, incl. Zen 4's double-pumped AVX-512), else 16. The clock
+    is /proc/cpuinfo's "cpu MHz" (base, not boost: a lower bound of peak).
+    """
+    flags, mhz, family = set(), 0.0, 0
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                key = key.strip()
+                if key == "flags" and not flags:
+                    flags = set(val.split())
+                elif key == "cpu MHz" and not mhz:
+                    mhz = float(val)
+                elif key == "cpu family" and not family:
+                    family = int(val)
+    except OSError:
+        pass
+    vendor_amd = "extd_apicid" in flags
+    if "avx512f" in flags and (not vendor_amd or family >= 26):
+        per_cycle = 64
+    elif "avx2" in flags and "fma" in flags:
+        per_cycle = 32
+    else:
+        per_cycle = 16
+    cores = torch.get_num_threads()
+    return {"cores": cores, "ghz": round(mhz / 1000, 3), "flop_per_cycle": per_cycle,
+            "peak_gflops": round(cores * mhz / 1000 * per_cycle, 1)}
+
+
+def _median_rate(fn, n_items: int, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return n_items / statistics.median(times)
+
+
+def model_throughput(model_path: Optional[str], device: str, batch_size: int, repeats: int = 5) -> Dict[str, Any]:
+    """Forward passes only: tiles/s of the pipeline's backend, of TorchScript and of ONNX Runtime."""
+    out: Dict[str, Any] = {}
+    model = load_model(model_path, device)
+    tile = model.tile_size_px
+    x = torch.rand(batch_size, 3, tile, tile, generator=torch.Generator().manual_seed(0))
+    xd = x.to(model.device)
+    if model.half:
+        xd = xd.half()
+
+    def run(m):
+        def f():
+            with torch.inference_mode():
+                y = m(xd)
+                if model.device.type == "cuda":
+                    torch.cuda.synchronize()
+            return y
+        return f
+
+    out["backend"] = model.extra.get("backend", "torch")
+    out["model_tiles_per_s"] = round(_median_rate(run(model.module), batch_size, repeats), 2)
+    gflop = model.metadata.get("architecture", {}).get("gflop_per_tile")
+    if gflop:
+        out["gflop_per_tile"] = gflop
+        out["gflops_per_s"] = round(out["model_tiles_per_s"] * gflop, 1)
+    if model.device.type == "cpu":
+        ts = load_model(model_path, "cpu", backend="torch")
+        out["torchscript_tiles_per_s"] = round(_median_rate(run(ts.module), batch_size, repeats), 2)
+        try:
+            ort = load_model(model_path, "cpu", backend="onnxruntime")
+            out["onnxruntime_tiles_per_s"] = round(_median_rate(run(ort.module), batch_size, repeats), 2)
+            with torch.inference_mode():
+                diff = float((ort.module(x) - ts.module(x)).abs().max())
+            out["onnxruntime_max_abs_diff"] = diff
+            out["onnxruntime_agrees_1e-3"] = diff <= 1e-3
+        except Exception as exc:  # reported, not fatal: the bench still gives the other figures
+            out["onnxruntime_error"] = str(exc).splitlines()[0]
+    return out
+
+
+def pipeline_run(size_px: int, model_path: Optional[str], device: str, batch_size: Optional[int],
+                 repeats: int, gsd_m: Optional[float] = None) -> Dict[str, Any]:
+    """Whole detection on a generated raster (read .. GeoPackage); meant for a child process."""
+    from .gpkg_writer import write_buildings
+    from .pipeline import DetectOptions, detect_buildings
+    from .synthetic import write_orthophoto
+
+    model = load_model(model_path, device)
+    gsd = gsd_m or model.gsd_m
+    out: Dict[str, Any] = {"size_px": size_px, "backend": model.extra.get("backend", "torch")}
+    with tempfile.TemporaryDirectory(prefix="roofdet-bench-") as tmp:
+        raster = os.path.join(tmp, "ortho.tif")
+        t0 = time.perf_counter()
+        out["buildings_drawn"] = write_orthophoto(raster, size_px, gsd)
+        out["generate_s"] = round(time.perf_counter() - t0, 1)
+        rss_before = _peak_rss_mb()
+        secs, tiles, stages = [], 0, []
+        for i in range(repeats):
+            gpkg = os.path.join(tmp, f"out{i}.gpkg")
+            t0 = time.perf_counter()
+            res = detect_buildings(raster, DetectOptions(model_path=model_path, device=device, batch_size=batch_size),
+                                   model=model)
+            write_buildings(res.buildings, gpkg, res.crs_wkt)
+            secs.append(time.perf_counter() - t0)
+            tiles = res.stats["tiles"]
+            stages.append(res.stats["timings_s"])
+            out["buildings_found"] = len(res.buildings)
+        med = statistics.median(secs)
+        out.update({
+            "tiles": tiles, "pipeline_s": round(med, 2), "pipeline_tiles_per_s": round(tiles / med, 2),
+            "km2_per_min": round((size_px * gsd) ** 2 / 1e6 / (med / 60), 3),
+            "stage_s": stages[secs.index(sorted(secs)[len(secs) // 2])],
+            "peak_rss_mb": round(_peak_rss_mb(), 1), "peak_rss_before_pipeline_mb": round(rss_before, 1),
+        })
+    return out
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def pipeline_in_child(size_px: int, model_path: Optional[str], device: str, batch_size: Optional[int],
+                      repeats: int) -> Dict[str, Any]:
+    """:func:`pipeline_run` in a fresh interpreter, so its peak RSS is its own."""
+    cmd = [sys.executable, "-m", "roof_detector", "bench", "--part", "pipeline", "--size", str(size_px),
+           "--device", device, "--repeats", str(repeats), "--json"]
+    if model_path:
+        cmd += ["--model", model_path]
+    if batch_size:
+        cmd += ["--batch-size", str(batch_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"size_px": size_px, "error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def finetune_time(model_path: Optional[str], device: str, size_px: int = 2048, epochs: int = 10) -> Dict[str, Any]:
+    """Wall time of fine-tuning ``epochs`` epochs on a generated labelled area of ``size_px`` square."""
+    from .model_io import read_metadata, BUNDLED_MODEL_PATH
+    from .synthetic import building_rectangles, write_orthophoto
+    from .training.finetune import FinetuneOptions, finetune
+
+    meta = read_metadata(model_path or BUNDLED_MODEL_PATH)
+    gsd = float(meta["gsd_m"])
+    with tempfile.TemporaryDirectory(prefix="roofdet-bench-ft-") as tmp:
+        raster = os.path.join(tmp, "ortho.tif")
+        write_orthophoto(raster, size_px, gsd)
+        labels = os.path.join(tmp, "labels.gpkg")
+        _write_rect_labels(labels, building_rectangles(size_px), gsd)
+        t0 = time.perf_counter()
+        res = finetune(FinetuneOptions(raster_path=raster, labels_path=labels, output_path=os.path.join(tmp, "m.pt"),
+                                       base_model_path=model_path, epochs=epochs, patience=epochs + 1, device=device),
+                       log=lambda m: None)
+        return {"finetune_size_px": size_px, "finetune_epochs": len(res.history),
+                "finetune_10_epochs_s": round(time.perf_counter() - t0, 1),
+                "finetune_val_iou_before_after": [round(res.before.get("iou", 0), 4), round(res.after.get("iou", 0), 4)]}
+
+
+def _write_rect_labels(path: str, rects, gsd_m: float, origin=(500000.0, 5000000.0)) -> None:
+    from osgeo import ogr, osr
+
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(path)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32631)
+    lyr = ds.CreateLayer("buildings", srs, ogr.wkbPolygon)
+    for r, c, h, w in rects:
+        x0, y0 = origin[0] + c * gsd_m, origin[1] - r * gsd_m
+        x1, y1 = x0 + w * gsd_m, y0 - h * gsd_m
+        f = ogr.Feature(lyr.GetLayerDefn())
+        f.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON(({x0} {y0},{x1} {y0},{x1} {y1},{x0} {y1},{x0} {y0}))"))
+        lyr.CreateFeature(f)
+    ds = None
+
+
+def machine() -> Dict[str, Any]:
+    """What the figures were measured on."""
+    info: Dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import onnxruntime
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def as_json_line(figures: Dict[str, Any]) -> str:
+    """One JSON line (numpy scalars converted)."""
+    return json.dumps(figures, default=lambda o: o.item() if isinstance(o, np.generic) else str(o))
