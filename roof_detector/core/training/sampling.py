@@ -37,7 +37,8 @@ class AugmentConfig:
     brightness: float = 0.25
     contrast: float = 0.25
     saturation: float = 0.4
-    grey_p: float = 0.2
+    grey_p: float = 0.3
+    pan_vegetation_p: float = 0.5  # of the greyscale draws: vegetation brightened as in a pan band
     blur_p: float = 0.15
     noise_p: float = 0.2
     noise_std: float = 0.03
@@ -176,7 +177,13 @@ def photometric(x, rng, cfg: AugmentConfig):
             xi = (xi - xi.mean()) * c + xi.mean()
             xi = xi * b
         if rng.random() < cfg.grey_p:
-            xi = (0.299 * xi[0] + 0.587 * xi[1] + 0.114 * xi[2]).expand(3, -1, -1)
+            grey = 0.299 * xi[0] + 0.587 * xi[1] + 0.114 * xi[2]
+            if rng.random() < cfg.pan_vegetation_p:
+                # Panchromatic bands reach into the near infrared, where leaves are bright:
+                # trees come out as light as roofs. Brighten green vegetation (excess green).
+                exg = (2 * xi[1] - xi[0] - xi[2]).clamp_min(0)
+                grey = grey + rng.uniform(0.8, 3.0) * exg
+            xi = grey.clamp(0, 1).expand(3, -1, -1)
         if rng.random() < cfg.blur_p:
             sigma = rng.uniform(0.5, 1.5)
             xi = _gaussian_blur(xi, sigma)
