@@ -111,19 +111,27 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
     try:
         srs.SetFromUserInput(crs_wkt)  # WKT, or "EPSG:XXXX"
     except RuntimeError as exc:
+        ds = None  # no GDAL object may outlive this frame in a traceback (see below)
         raise OutputError(f"The buildings' coordinate reference system is not usable ({exc})") from None
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     all_simple = all(b.geometry.geom_type == "Polygon" for b in buildings)
     geom_type = ogr.wkbPolygon if all_simple else ogr.wkbMultiPolygon
+    name = ds.GetDescription()
     try:
         ds.StartTransaction()
     except RuntimeError as exc:
-        raise _as_output_error(exc, ds.GetDescription()) from None
+        ds = None  # see the finally below
+        raise _as_output_error(exc, name) from None
+    feat = geom = lyr = defn = None
     try:
+        # Take SQLite's write lock first, with a no-op write: a file locked by
+        # another program then fails here (after GDAL's busy timeout) before
+        # any layer exists, instead of half-way through creating one.
+        ds.ExecuteSQL("DELETE FROM gpkg_contents WHERE 0")
         index = _layer_index(ds, layer)
         if index is not None:
             if not replace:
-                raise OutputError(f"{ds.GetDescription()} already has a layer {layer!r}; pass --overwrite "
+                raise OutputError(f"{name} already has a layer {layer!r}; pass --overwrite "
                                   "to replace it or choose another layer name (--layer)")
             ds.DeleteLayer(index)
         lyr = ds.CreateLayer(layer, srs, geom_type, ["SPATIAL_INDEX=YES", "GEOMETRY_NAME=geom", "FID=fid"])
@@ -163,8 +171,13 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
         except RuntimeError:
             pass
         if isinstance(exc, RuntimeError):
-            raise _as_output_error(exc, ds.GetDescription()) from None
+            raise _as_output_error(exc, name) from None
         raise
+    finally:
+        # A traceback keeps this frame alive, and GDAL objects freed late (after
+        # their dataset, or by the garbage collector) corrupt memory: drop every
+        # reference here so the caller closes the dataset deterministically.
+        feat = geom = lyr = defn = srs = ds = None  # noqa: F841
 
 
 def _field_types(buildings: Iterable[Building]) -> Dict[str, int]:
@@ -208,7 +221,7 @@ def _layer_index(ds, layer: str) -> Optional[int]:
 
 
 def _as_output_error(exc: Exception, path: str, existing: bool = False) -> OutputError:
-    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    msg = " ".join(str(exc).split()) or type(exc).__name__  # GDAL messages span lines
     if "locked" in msg.lower() or "busy" in msg.lower():
         return OutputError(f"{path} is locked by another program (QGIS editing it?); stop editing or close it, "
                            "or write to another file")

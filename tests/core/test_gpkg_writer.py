@@ -1,0 +1,196 @@
+"""GeoPackage writing: fields, other layers kept, no clobber, nothing partial after a failure or a kill."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import shapely
+from osgeo import ogr
+
+from roof_detector.core.building import Building
+from roof_detector.core.errors import OutputError
+from roof_detector.core.gpkg_writer import check_output, write_buildings
+
+CRS = "EPSG:32631"
+
+
+def _buildings(n=3, **attrs):
+    return [Building(shapely.box(500000 + 20 * i, 5539000, 500010 + 20 * i, 5539010), 100.0 + i, 40.0, 0.9,
+                     dict(attrs)) for i in range(n)]
+
+
+def _layers(path):
+    ds = ogr.Open(str(path))
+    out = {ds.GetLayerByIndex(i).GetName(): ds.GetLayerByIndex(i).GetFeatureCount()
+           for i in range(ds.GetLayerCount())}
+    ds = None
+    return out
+
+
+def _siblings(path):
+    return sorted(p for p in os.listdir(os.path.dirname(path)) if p != os.path.basename(path))
+
+
+class Exploding:
+    """A geometry that fails when written (after some features went in)."""
+
+    geom_type = "Polygon"
+
+    def __init__(self, exc):
+        self.exc = exc
+
+    @property
+    def wkb(self):
+        raise self.exc
+
+
+def test_new_file_has_fields_values_and_crs(tmp_path):
+    path = str(tmp_path / "out.gpkg")
+    bs = _buildings(2)
+    bs[0].attributes = {"panels": 12, "kwp": 4.8, "orientation": "S", "fid": 7}
+    bs[1].attributes = {"panels": 3.5, "kwp": None}
+    write_buildings(bs, path, CRS, metadata={"model": "test 1.0"})
+    assert _layers(path) == {"buildings": 2}
+    assert _siblings(path) == []                       # no temp / journal file left
+    ds = ogr.Open(path)
+    lyr = ds.GetLayerByName("buildings")
+    defn = lyr.GetLayerDefn()
+    types = {defn.GetFieldDefn(i).GetName(): defn.GetFieldDefn(i).GetTypeName() for i in range(defn.GetFieldCount())}
+    assert types == {"area_m2": "Real", "perimeter_m": "Real", "confidence": "Real", "panels": "Real",
+                     "kwp": "Real", "orientation": "String", "attr_fid": "Integer64"}
+    assert lyr.GetSpatialRef().GetAuthorityCode(None) == "32631"
+    assert lyr.GetGeomType() == ogr.wkbPolygon
+    assert lyr.GetMetadataItem("model") == "test 1.0"
+    feats = [f.items() for f in lyr]
+    assert feats[0]["area_m2"] == 100.0 and feats[0]["orientation"] == "S" and feats[0]["attr_fid"] == 7
+    assert feats[1]["kwp"] is None and feats[1]["orientation"] is None and feats[1]["panels"] == 3.5
+    first = lyr.GetFeature(1)  # keep the feature alive while using its geometry (GDAL ownership)
+    geom = shapely.from_wkb(bytes(first.GetGeometryRef().ExportToWkb()))
+    assert geom.equals(bs[0].geometry)
+
+
+def test_empty_result_still_writes_a_layer(tmp_path):
+    path = str(tmp_path / "empty.gpkg")
+    write_buildings([], path, CRS)
+    assert _layers(path) == {"buildings": 0}
+
+
+def test_multipolygons_make_a_multipolygon_layer(tmp_path):
+    path = str(tmp_path / "multi.gpkg")
+    multi = shapely.MultiPolygon([shapely.box(0, 0, 1, 1), shapely.box(2, 2, 3, 3)])
+    write_buildings([Building(multi, 2, 8, 0.8), Building(shapely.box(5, 5, 6, 6), 1, 4, 0.8)], path, CRS)
+    ds = ogr.Open(path)
+    lyr = ds.GetLayer(0)
+    assert lyr.GetGeomType() == ogr.wkbMultiPolygon and lyr.GetFeatureCount() == 2
+
+
+def test_other_layers_survive_adding_and_replacing(tmp_path):
+    path = str(tmp_path / "out.gpkg")
+    write_buildings(_buildings(3), path, CRS, layer="keep_me")
+    write_buildings(_buildings(2), path, CRS)
+    assert _layers(path) == {"keep_me": 3, "buildings": 2}
+    write_buildings(_buildings(5), path, CRS, overwrite=True)
+    assert _layers(path) == {"keep_me": 3, "buildings": 5}
+
+
+def test_no_clobber_without_overwrite(tmp_path):
+    path = str(tmp_path / "out.gpkg")
+    write_buildings(_buildings(3), path, CRS)
+    before = open(path, "rb").read()
+    with pytest.raises(OutputError, match="already has a layer 'buildings'.*--overwrite.*--layer"):
+        write_buildings(_buildings(1), path, CRS)
+    with pytest.raises(OutputError, match="--overwrite"):
+        write_buildings(_buildings(1), path, CRS, layer="BUILDINGS")  # GeoPackage names ignore case
+    assert open(path, "rb").read() == before
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("disk on fire"), KeyboardInterrupt()])
+def test_failure_keeps_old_layer_and_other_layers(tmp_path, exc):
+    path = str(tmp_path / "out.gpkg")
+    write_buildings(_buildings(3), path, CRS)
+    write_buildings(_buildings(2), path, CRS, layer="other")
+    broken = _buildings(4) + [Building(Exploding(exc), 1, 1, 1)]
+    with pytest.raises((OutputError, KeyboardInterrupt)):
+        write_buildings(broken, path, CRS, overwrite=True)
+    with pytest.raises((OutputError, KeyboardInterrupt)):
+        write_buildings(broken, path, CRS, layer="new")
+    assert _layers(path) == {"buildings": 3, "other": 2}   # old layer intact, no partial "new"
+    assert _siblings(path) == []
+
+
+def test_failure_on_a_new_file_leaves_nothing(tmp_path):
+    path = str(tmp_path / "out.gpkg")
+    with pytest.raises(OutputError, match="disk on fire"):
+        write_buildings(_buildings(2) + [Building(Exploding(RuntimeError("disk on fire")), 1, 1, 1)], path, CRS)
+    assert os.listdir(tmp_path) == []
+
+
+def test_killed_writer_leaves_no_partial_layer(tmp_path):
+    path = str(tmp_path / "out.gpkg")
+    write_buildings(_buildings(3), path, CRS, layer="keep_me")
+    # A child process dies hard (no cleanup, no rollback) in the middle of writing features.
+    script = textwrap.dedent(f"""
+        import os, shapely
+        from roof_detector.core.building import Building
+        from roof_detector.core.gpkg_writer import write_buildings
+
+        class Killer:
+            geom_type = "Polygon"
+            @property
+            def wkb(self):
+                os._exit(9)
+
+        good = [Building(shapely.box(i, 0, i + 0.5, 1), 1, 1, 1) for i in range(50)]
+        write_buildings(good + [Building(Killer(), 1, 1, 1)], {path!r}, "EPSG:32631", layer="half")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=os.getcwd(), capture_output=True, timeout=60)
+    assert proc.returncode == 9, proc.stderr.decode()
+    assert _layers(path) == {"keep_me": 3}                  # the half-written layer is not there
+    # SQLite's hot journal of the killed run is rolled back by the next writer and removed
+    write_buildings(_buildings(1), path, CRS, layer="after")
+    assert _layers(path) == {"keep_me": 3, "after": 1}
+    assert _siblings(path) == []
+
+
+def test_locked_file_is_reported(tmp_path):
+    path = str(tmp_path / "out.gpkg")
+    write_buildings(_buildings(1), path, CRS)
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")                          # another writer holds the lock
+    # (GDAL retries for its 5 s busy timeout before giving up: this test takes 5 s)
+    try:
+        with pytest.raises(OutputError, match="locked by another program"):
+            write_buildings(_buildings(2), path, CRS, layer="second")
+    finally:
+        con.execute("ROLLBACK")
+        con.close()
+    assert _layers(path) == {"buildings": 1}
+
+
+def test_bad_output_paths(tmp_path):
+    with pytest.raises(OutputError, match="does not exist"):
+        write_buildings(_buildings(1), str(tmp_path / "nowhere" / "out.gpkg"), CRS)
+    with pytest.raises(OutputError, match="is a folder"):
+        write_buildings(_buildings(1), str(tmp_path), CRS)
+    text = tmp_path / "notes.gpkg"
+    text.write_text("not a geopackage")
+    with pytest.raises(OutputError, match="not a GeoPackage"):
+        write_buildings(_buildings(1), str(text), CRS)
+    assert text.read_text() == "not a geopackage"
+    with pytest.raises(OutputError, match="layer name is empty"):
+        check_output(str(tmp_path / "x.gpkg"), "")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(OutputError, match="permission denied"):
+            write_buildings(_buildings(1), str(folder / "out.gpkg"), CRS)
+    finally:
+        folder.chmod(0o755)
