@@ -25,7 +25,7 @@ from .inference import default_batch_size, predict_tiles
 from .model_io import BUNDLED_MODEL_PATH, LoadedModel, device_description, load_model
 from .probability_raster import ProbabilityRaster
 from .raster_source import RasterSource, open_source
-from .tiling import ModelGrid, Tile, model_grid, tile_grid
+from .tiling import ModelGrid, Tile, model_grid, tile_grid, tile_origins
 from .vectorize import vectorize_buildings
 
 __all__ = ["DetectOptions", "Building", "DetectionResult", "detect_buildings", "COARSE_PIXEL_WARN_M"]
@@ -148,7 +148,8 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
     seconds = time.perf_counter() - t_start
     stats: Dict[str, Any] = {
         "tiles": len(tiles),
-        "tiles_without_aoi": len(all_tiles) if aoi is not None else len(tiles),
+        "tiles_full_raster": (len(tile_origins(full_grid.width_px, model.tile_size_px, model.overlap_px))
+                              * len(tile_origins(full_grid.height_px, model.tile_size_px, model.overlap_px))),
         "batches": batches,
         "batch_size": batch_size,
         "device": device_description(model.device),

@@ -22,10 +22,11 @@ from .errors import OutputError
 from .tiling import ModelGrid, Tile
 
 try:  # osgeo comes with QGIS / python3-gdal
-    from osgeo import gdal
+    from osgeo import gdal, osr
     gdal.UseExceptions()
+    osr.UseExceptions()
 except ImportError:  # pragma: no cover - the set-up installs it
-    gdal = None
+    gdal = osr = None
 
 PROBABILITY_BAND = 1
 BUILDING_BAND = 2
@@ -50,7 +51,9 @@ class ProbabilityRaster:
             raise OutputError(f"Cannot create the temporary probability raster {path} ({exc}); "
                               "check free space in the temporary directory") from None
         ds.SetGeoTransform(grid.transform.to_gdal())
-        ds.SetProjection(crs_wkt)
+        srs = osr.SpatialReference()
+        srs.SetFromUserInput(crs_wkt)  # WKT, or "EPSG:XXXX" from a lenient RasterSource
+        ds.SetProjection(srs.ExportToWkt())
         ds.CreateMaskBand(gdal.GMF_PER_DATASET)
         self.dataset = ds
 

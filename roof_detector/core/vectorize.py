@@ -59,7 +59,7 @@ def vectorize_buildings(raster: ProbabilityRaster, crs_wkt: str, min_area_m2: fl
     prob_band = ds.GetRasterBand(PROBABILITY_BAND)
 
     srs = osr.SpatialReference()
-    srs.ImportFromWkt(crs_wkt)
+    srs.SetFromUserInput(crs_wkt)  # WKT, or "EPSG:XXXX" from a lenient RasterSource
     mem = ogr.GetDriverByName("Memory").CreateDataSource("polygons")
     layer = mem.CreateLayer("polygons", srs=srs, geom_type=ogr.wkbPolygon)
     layer.CreateField(ogr.FieldDefn("dn", ogr.OFTInteger))

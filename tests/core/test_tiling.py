@@ -1,0 +1,87 @@
+"""Tile grid maths: origins, flush last tile, padding, and every pixel kept from exactly one tile."""
+
+import numpy as np
+import pytest
+from affine import Affine
+from hypothesis import given
+from hypothesis import strategies as st
+
+from roof_detector.core.tiling import kept_spans, model_grid, tile_grid, tile_origins
+
+
+def test_origins_regular_stride_and_last_tile_flush():
+    assert tile_origins(200, 64, 8) == [0, 56, 112, 136]   # 136 + 64 = 200
+    assert tile_origins(120, 64, 8) == [0, 56]             # fits exactly
+    assert tile_origins(65, 64, 8) == [0, 1]
+
+
+def test_small_axis_gets_one_padded_tile():
+    assert tile_origins(10, 64, 8) == [0]
+    tiles = tile_grid(10, 30, 64, 8)
+    assert len(tiles) == 1
+    t = tiles[0]
+    assert (t.col_off, t.row_off, t.width, t.height, t.keep) == (0, 0, 10, 30, (0, 0, 10, 30))
+
+
+def test_overlap_is_split_in_the_middle():
+    spans = kept_spans([0, 56, 112, 136], 200, 64)
+    assert spans == [(0, 60), (60, 116), (116, 156), (156, 200)]
+    # regular neighbours drop overlap/2 = 4 px each at the inner border
+    assert 64 - spans[0][1] == 4 and spans[1][0] - 56 == 4
+
+
+@given(length=st.integers(1, 3000), tile_k=st.integers(1, 16), overlap_frac=st.floats(0, 0.49))
+def test_kept_spans_partition_the_axis(length, tile_k, overlap_frac):
+    tile = 32 * tile_k
+    overlap = int(tile * overlap_frac)
+    origins = tile_origins(length, tile, overlap)
+    spans = kept_spans(origins, length, tile)
+    assert origins[0] == 0
+    assert all(b > a for a, b in zip(origins, origins[1:]))
+    if length > tile:
+        assert origins[-1] + tile == length                   # last tile flush with the edge
+        assert all(b - a <= tile - overlap for a, b in zip(origins, origins[1:]))
+    assert spans[0][0] == 0 and spans[-1][1] == length
+    for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+        assert a1 == b0                                        # contiguous: no gap, no double
+    for i, ((s0, s1), o) in enumerate(zip(spans, origins)):
+        assert o <= s0 < s1 <= o + tile                        # kept part lies inside its tile
+        if i > 0:
+            assert s0 - o >= overlap // 2                      # inner borders are cropped
+        if i < len(origins) - 1:
+            assert o + tile - s1 >= overlap // 2
+
+
+def test_tile_keeps_cover_every_pixel_once():
+    w, h = 300, 170
+    cover = np.zeros((h, w), int)
+    for t in tile_grid(w, h, 64, 8):
+        c0, r0, c1, r1 = t.keep
+        assert t.col_off <= c0 and c1 <= t.col_off + t.width
+        assert t.row_off <= r0 and r1 <= t.row_off + t.height
+        cover[r0:r1, c0:c1] += 1
+    assert (cover == 1).all()
+
+
+def test_model_grid_scales_x_and_y_separately_and_covers_the_raster():
+    # degrees at 50 N: 1e-5 deg is ~0.72 m in x and ~1.11 m in y
+    t = Affine(1e-5, 0, 3.0, 0, -1e-5, 50.0)
+    grid = model_grid(t, 400, 300, (0.7169, 1.1123), gsd_m=0.5)
+    assert grid.width_px == round(400 * 0.7169 / 0.5) and grid.height_px == round(300 * 1.1123 / 0.5)
+    assert grid.pixel_size_m[0] == pytest.approx(0.5, abs=0.002)
+    assert grid.pixel_size_m[1] == pytest.approx(0.5, abs=0.002)
+    # same extent: the model grid's far corner is the raster's
+    assert grid.transform * (grid.width_px, grid.height_px) == pytest.approx(t * (400, 300))
+    win = grid.source_window(0, 0, grid.width_px, grid.height_px)
+    assert (win.width, win.height) == pytest.approx((400, 300))
+
+
+def test_subgrid_maps_back_to_source_pixels():
+    grid = model_grid(Affine(0.25, 0, 0, 0, -0.25, 100), 800, 400, (0.25, 0.25), gsd_m=0.5)
+    assert (grid.width_px, grid.height_px) == (400, 200)
+    sub = grid.subgrid(10, 20, 50, 60)
+    win = sub.source_window(0, 0, 50, 60)
+    assert win == pytest.approx((20, 40, 100, 120))
+    assert sub.transform * (0, 0) == pytest.approx(grid.transform * (10, 20))
+    assert grid.pixel_bounds((5.0, 80.0, 10.0, 90.0)) == (10, 20, 20, 40)
+    assert grid.pixel_bounds((1000.0, 1000.0, 1001.0, 1001.0)) is None
