@@ -153,6 +153,7 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
         "batches": batches,
         "batch_size": batch_size,
         "device": device_description(model.device),
+        "backend": model.extra.get("backend", "torch"),
         "half_precision": model.half,
         "threshold": threshold,
         "raster_size_px": (raster.width, raster.height),

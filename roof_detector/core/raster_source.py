@@ -343,5 +343,5 @@ def open_source(source: "RasterSource | str | os.PathLike") -> Tuple[RasterSourc
     return RasterioSource(source), True
 
 
-__all__: Sequence[str] = ("PixelWindow", "BandLayout", "RasterSource", "RasterioSource", "band_layout",
+__all__ = ("PixelWindow", "BandLayout", "RasterSource", "RasterioSource", "band_layout",
                           "check_north_up", "percentile_stretch", "scale_to_unit", "open_source")
