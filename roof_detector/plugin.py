@@ -1,4 +1,4 @@
-"""QGIS plugin class: the "Detect Buildings" action, its dialog and background tasks.
+"""QGIS plugin class: the "Detect Buildings", "Fine-tune Model" and "Model Library" actions.
 
 Loading the plugin imports neither torch nor the engine; they are checked
 when the user first clicks the action, with install instructions if absent.
@@ -27,6 +27,9 @@ class RoofDetectorPlugin:
         self.menu = tr(MENU)
         self.tasks: Set[Any] = set()
         self.dialog = None
+        self.menu_actions: List[QAction] = []  # menu-only actions (no toolbar button)
+        self.finetune_dialog = None
+        self.library_dialog = None
         self.last_layer_id: Optional[str] = None  # id of the most recent result layer
 
     # -- QGIS plugin API -----------------------------------------------------
@@ -41,6 +44,13 @@ class RoofDetectorPlugin:
         self.iface.addToolBarIcon(action)
         self.iface.addPluginToMenu(self.menu, action)
         self.actions.append(action)
+        for text, name, slot in ((tr("Fine-tune Model…"), "roofDetectorFinetune", self.run_finetune),
+                                 (tr("Model Library…"), "roofDetectorModelLibrary", self.run_library)):
+            extra = QAction(text, self.iface.mainWindow())
+            extra.setObjectName(name)
+            extra.triggered.connect(slot)
+            self.iface.addPluginToMenu(self.menu, extra)
+            self.menu_actions.append(extra)
 
     def unload(self) -> None:
         """Remove every action and menu entry; cancel tasks still running."""
@@ -56,9 +66,14 @@ class RoofDetectorPlugin:
             self.iface.removeToolBarIcon(action)
             action.deleteLater()
         self.actions = []
-        if self.dialog is not None:
-            self.dialog.deleteLater()
-            self.dialog = None
+        for action in self.menu_actions:
+            self.iface.removePluginMenu(self.menu, action)
+            action.deleteLater()
+        self.menu_actions = []
+        for dialog in (self.dialog, self.finetune_dialog, self.library_dialog):
+            if dialog is not None:
+                dialog.deleteLater()
+        self.dialog = self.finetune_dialog = self.library_dialog = None
 
     # -- behaviour -------------------------------------------------------------
     def _notify(self, text: str, level: int) -> None:
@@ -86,6 +101,30 @@ class RoofDetectorPlugin:
 
             QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
             self._notify(tr("Roof Detector failed: {error}").format(error=exc), Qgis.Critical)
+
+    def run_finetune(self) -> None:
+        """Action handler: show the (non-modal) Fine-tune Model dialog; it runs its own task."""
+        try:
+            from .qgis_ui.finetune_dialog import show_finetune_dialog
+
+            self.finetune_dialog = show_finetune_dialog(self.iface, self.finetune_dialog, self.tasks)
+        except Exception as exc:  # noqa: BLE001 - never a traceback dialog
+            self._failed(exc)
+
+    def run_library(self) -> None:
+        """Action handler: show the Model Library dialog."""
+        try:
+            from .qgis_ui.library_dialog import show_library_dialog
+
+            self.library_dialog = show_library_dialog(self.iface, self.library_dialog)
+        except Exception as exc:  # noqa: BLE001 - never a traceback dialog
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        import traceback
+
+        QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
+        self._notify(tr("Roof Detector failed: {error}").format(error=exc), Qgis.Critical)
 
     def start(self, request: Any, task_manager: Optional[Any] = None) -> Any:
         """Queue a :class:`DetectTask` for ``request``; return the task."""

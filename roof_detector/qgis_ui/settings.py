@@ -21,6 +21,16 @@ DEFAULTS = {
     "output_mode": ("memory", str),       # memory | gpkg
     "gpkg_path": ("", str),
     "gpkg_layer": ("buildings", str),
+    # Fine-tune Model dialog
+    "ft_area_mode": ("labels", str),      # labels | layer | selection
+    "ft_base_model": ("bundled", str),    # bundled | library:<path>
+    "ft_epochs": (10, int),
+    "ft_lr": (3e-4, float),
+    "ft_batch_size": (8, int),
+    "ft_val_percent": (20, int),
+    "ft_patience": (4, int),
+    "ft_samples_per_epoch": (0, int),     # 0 = the engine's default
+    "ft_device": ("auto", str),
 }
 
 

@@ -41,7 +41,9 @@ def test_class_factory_loads_and_unloads_cleanly(recording_iface):
     action = plugin.actions[0]
     assert action.text() == "Detect Buildings" and not action.icon().isNull()
     assert calls["toolbar"] == [action]
-    assert calls["menu"] == [("&Roof Detector", action)]
+    extra = plugin.menu_actions
+    assert [a.text() for a in extra] == ["Fine-tune Model…", "Model Library…"]
+    assert calls["menu"] == [("&Roof Detector", action)] + [("&Roof Detector", a) for a in extra]
     plugin.unload()
     assert calls == {"toolbar": [], "menu": []}
     assert plugin.actions == [] and plugin.tasks == set()

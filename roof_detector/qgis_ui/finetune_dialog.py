@@ -1,0 +1,540 @@
+"""The "Fine-tune Model" dialog: labelled layers in, a better model in the library out.
+
+Non-modal: it starts a :class:`~.finetune_task.FinetuneTask`, draws its
+curves live (one point per epoch, from the task's ``epochFinished`` signal,
+on the main thread) and, when done, shows the base model's and the new
+model's validation IoU and accuracy side by side. Closing it while training
+only hides it; the run goes on in QGIS's task manager.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, Optional, Set
+
+from qgis.core import Qgis, QgsMapLayerProxyModel, QgsMessageLog, QgsRasterLayer
+from qgis.gui import QgsMapLayerComboBox, QgsMessageBar
+from qgis.PyQt.QtCore import Qt, pyqtSlot
+from qgis.PyQt.QtWidgets import (
+    QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox,
+    QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMessageBox, QProgressBar, QPushButton, QSizePolicy, QSpinBox,
+    QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+)
+
+from . import LOG_TAG, settings, tr
+from .curve_chart import CurveChart
+from .dialog import DEVICES, describe_devices, model_summary
+from .finetune_task import (FinetuneRequest, FinetuneTask, area_wkt, is_polygon_layer, label_source,
+                            labels_in_raster, make_temp_dir)
+from .paths import bundled_model_path, library_models, model_library_dir
+from .request import RequestError, raster_file_path
+
+AREA_MODES = (("labels", "Extent of the label layer"), ("layer", "All polygons of a layer"),
+              ("selection", "Selected polygons of a layer"))
+AREA_HELP = ("Inside the labelled area every building must be in the label layer: unlabelled buildings "
+             "there count as \"not building\". Outside it nothing is learnt.")
+
+
+def finetune_dependencies_problem() -> Optional[str]:
+    """The install explanation when the engine's or fine-tuning's packages are missing, else None."""
+    from .deps import install_message, missing_modules
+
+    missing = missing_modules()
+    try:
+        import matplotlib  # noqa: F401 - the training-curve PNG
+    except Exception:  # noqa: BLE001
+        missing.append("matplotlib")
+    return install_message(missing) if missing else None
+
+
+class FinetuneDialog(QDialog):
+    """Choices for a fine-tuning run, its live curves and its before/after figures."""
+
+    def __init__(self, iface: Any = None, parent: Optional[QWidget] = None, library_dir: Optional[str] = None,
+                 task_manager: Any = None, tasks: Optional[Set[Any]] = None):
+        super().__init__(parent)
+        self.iface = iface
+        self.library_dir = library_dir or model_library_dir()
+        self.task_manager = task_manager
+        self.tasks = tasks if tasks is not None else set()
+        self.task: Optional[FinetuneTask] = None
+        self.last_task: Optional[FinetuneTask] = None
+        self.comparison: Dict[str, Dict[str, float]] = {}
+        self.on_task_finished: Optional[Callable[[FinetuneTask, bool], None]] = None  # hook for the plugin/tests
+        self.setWindowTitle(tr("Fine-tune Model"))
+        self.setMinimumWidth(1000)
+        self._build()
+        self._load_settings()
+        self._update_enabled()
+
+    # -- construction ------------------------------------------------------
+    def _build(self) -> None:
+        self.bar = QgsMessageBar(self)
+        form = QFormLayout()
+
+        self.raster_combo = QgsMapLayerComboBox(self)
+        self.raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        form.addRow(tr("Orthophoto"), self.raster_combo)
+
+        self.labels_combo = QgsMapLayerComboBox(self)
+        self.labels_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.labels_combo.setToolTip(tr("Building polygons you trust: cadastre, OpenStreetMap or drawn by hand. "
+                                        "Any CRS: they are reprojected to the raster's."))
+        self.labels_selected = QCheckBox(tr("Selected features only"), self)
+        form.addRow(tr("Buildings (labels)"), self.labels_combo)
+        form.addRow("", self.labels_selected)
+
+        self.area_combo = QComboBox(self)
+        for key, label in AREA_MODES:
+            self.area_combo.addItem(tr(label), key)
+        self.area_layer_combo = QgsMapLayerComboBox(self)
+        self.area_layer_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.area_help = QLabel(tr(AREA_HELP), self)
+        self.area_help.setWordWrap(True)
+        self.area_help.setMinimumHeight(self.fontMetrics().lineSpacing() * 3)
+        form.addRow(tr("Labelled area"), self.area_combo)
+        form.addRow(tr("Area layer"), self.area_layer_combo)
+        form.addRow(self.area_help)
+
+        self.model_combo = QComboBox(self)
+        self.model_info = QLabel(self)
+        self.model_info.setWordWrap(True)
+        self.model_info.setMinimumHeight(self.fontMetrics().lineSpacing() * 2)
+        form.addRow(tr("Base model"), self.model_combo)
+        form.addRow(self.model_info)
+
+        self.name_edit = QLineEdit(self)
+        self.name_edit.setPlaceholderText(tr("e.g. roofs-lyon-2023"))
+        form.addRow(tr("New model name"), self.name_edit)
+
+        train_box = QGroupBox(tr("Training"), self)
+        grid = QGridLayout(train_box)
+        self.epochs_spin = QSpinBox(train_box)
+        self.epochs_spin.setRange(1, 500)
+        self.lr_spin = QDoubleSpinBox(train_box)
+        self.lr_spin.setDecimals(6)
+        self.lr_spin.setRange(0.000001, 0.1)
+        self.lr_spin.setSingleStep(0.0001)
+        self.batch_spin = QSpinBox(train_box)
+        self.batch_spin.setRange(1, 128)
+        self.val_spin = QSpinBox(train_box)
+        self.val_spin.setRange(5, 50)
+        self.val_spin.setSuffix(" %")
+        self.val_spin.setToolTip(tr("Share of the labelled area held out, in whole blocks, to validate each epoch"))
+        self.patience_spin = QSpinBox(train_box)
+        self.patience_spin.setRange(1, 100)
+        self.patience_spin.setToolTip(tr("Stop when validation IoU has not improved for this many epochs; "
+                                         "the best epoch is kept"))
+        self.samples_spin = QSpinBox(train_box)
+        self.samples_spin.setRange(0, 100000)
+        self.samples_spin.setSpecialValueText(tr("Automatic"))
+        self.samples_spin.setToolTip(tr("Training crops per epoch; Automatic = about one pass over the area"))
+        self.device_combo = QComboBox(train_box)
+        devices = describe_devices()
+        for key, label in DEVICES:
+            self.device_combo.addItem(tr(label), key)
+        if not devices["cuda"]:
+            self.device_combo.model().item(2).setEnabled(False)
+        self.device_info = QLabel(devices["text"], train_box)
+        self.device_combo.setToolTip(devices["text"])
+        self.epochs_spin.setToolTip(tr("At most this many epochs; training stops earlier when validation IoU "
+                                       "stops improving"))
+        cells = ((tr("Epochs"), self.epochs_spin), (tr("Learning rate"), self.lr_spin),
+                 (tr("Batch size"), self.batch_spin), (tr("Validation"), self.val_spin),
+                 (tr("Patience"), self.patience_spin), (tr("Samples/epoch"), self.samples_spin),
+                 (tr("Device"), self.device_combo))
+        for i, (label, widget) in enumerate(cells):
+            grid.addWidget(QLabel(label, train_box), i // 2, (i % 2) * 2)
+            grid.addWidget(widget, i // 2, (i % 2) * 2 + 1)
+        grid.addWidget(self.device_info, 3, 2, 1, 2)
+
+        left = QVBoxLayout()
+        left.addLayout(form)
+        left.addWidget(train_box)
+        left.addStretch(1)
+
+        self.chart = CurveChart(self)
+        self.status_label = QLabel(tr("Not started."), self)
+        self.status_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.progress = QProgressBar(self)
+        self.progress.setRange(0, 100)
+        self.progress.setValue(0)
+        self.results_box = QGroupBox(tr("Validation before / after"), self)
+        rlayout = QVBoxLayout(self.results_box)
+        self.results_table = QTableWidget(2, 3, self.results_box)
+        self.results_table.setHorizontalHeaderLabels([tr("Base model"), tr("Fine-tuned"), tr("Change")])
+        self.results_table.setVerticalHeaderLabels([tr("IoU"), tr("Accuracy")])
+        self.results_table.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.results_table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.results_table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.results_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
+        self.results_table.horizontalHeader().setStretchLastSection(True)
+        self.results_table.setFixedHeight(self.results_table.horizontalHeader().sizeHint().height()
+                                          + 2 * self.results_table.verticalHeader().defaultSectionSize()
+                                          + 2 * self.results_table.frameWidth())
+        self.results_info = QLabel(self.results_box)
+        self.results_info.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        rlayout.addWidget(self.results_table)
+        rlayout.addWidget(self.results_info)
+        self.results_box.setVisible(False)
+        right = QVBoxLayout()
+        right.addWidget(self.chart, 1)
+        right.addWidget(self.status_label)
+        right.addWidget(self.progress)
+        right.addWidget(self.results_box)
+
+        columns = QHBoxLayout()
+        columns.addLayout(left, 5)
+        columns.addLayout(right, 6)
+
+        self.buttons = QDialogButtonBox(self)
+        self.start_button = QPushButton(tr("Start fine-tuning"), self)
+        self.stop_button = QPushButton(tr("Stop"), self)
+        self.buttons.addButton(self.start_button, QDialogButtonBox.ActionRole)
+        self.buttons.addButton(self.stop_button, QDialogButtonBox.ActionRole)
+        self.buttons.addButton(QDialogButtonBox.Close)
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.buttons.rejected.connect(self.reject)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.bar)
+        layout.addLayout(columns, 1)
+        layout.addWidget(self.buttons)
+
+        self.area_combo.currentIndexChanged.connect(self._update_enabled)
+        self.model_combo.currentIndexChanged.connect(self._update_enabled)
+        self.raster_combo.layerChanged.connect(self._suggest_name)
+        self.fill_models()
+
+    def fill_models(self) -> None:
+        """(Re)list the bundled model and the library's models, keeping the current choice."""
+        current = self.model_combo.currentData() or settings.get("ft_base_model")
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        bundled = bundled_model_path()
+        self.model_combo.addItem(tr("Bundled model") if bundled else tr("Bundled model (not installed)"), "bundled")
+        for path in library_models_in(self.library_dir):
+            self.model_combo.addItem(tr("Library: {name}").format(name=os.path.basename(path)), "library:" + path)
+        self.model_combo.setToolTip(tr("Models in {folder} are listed here.").format(folder=self.library_dir))
+        index = self.model_combo.findData(current)
+        self.model_combo.setCurrentIndex(index if index >= 0 else 0)
+        self.model_combo.blockSignals(False)
+        self._update_enabled()
+
+    # -- settings ------------------------------------------------------------
+    def _load_settings(self) -> None:
+        active = self.iface.activeLayer() if self.iface is not None else None
+        if isinstance(active, QgsRasterLayer):
+            self.raster_combo.setLayer(active)
+        elif is_polygon_layer(active):
+            self.labels_combo.setLayer(active)
+        self._select_data(self.area_combo, settings.get("ft_area_mode"))
+        self._select_data(self.model_combo, settings.get("ft_base_model"))
+        self.epochs_spin.setValue(settings.get("ft_epochs"))
+        self.lr_spin.setValue(settings.get("ft_lr"))
+        self.batch_spin.setValue(settings.get("ft_batch_size"))
+        self.val_spin.setValue(settings.get("ft_val_percent"))
+        self.patience_spin.setValue(settings.get("ft_patience"))
+        self.samples_spin.setValue(settings.get("ft_samples_per_epoch"))
+        self._select_data(self.device_combo, settings.get("ft_device"))
+        if not self.device_combo.model().item(self.device_combo.currentIndex()).isEnabled():
+            self._select_data(self.device_combo, "auto")
+        self._suggest_name()
+
+    def _save_settings(self) -> None:
+        settings.set("ft_area_mode", self.area_combo.currentData())
+        settings.set("ft_base_model", self.model_combo.currentData())
+        settings.set("ft_epochs", self.epochs_spin.value())
+        settings.set("ft_lr", self.lr_spin.value())
+        settings.set("ft_batch_size", self.batch_spin.value())
+        settings.set("ft_val_percent", self.val_spin.value())
+        settings.set("ft_patience", self.patience_spin.value())
+        settings.set("ft_samples_per_epoch", self.samples_spin.value())
+        settings.set("ft_device", self.device_combo.currentData())
+
+    @staticmethod
+    def _select_data(combo: QComboBox, data: Any) -> None:
+        index = combo.findData(data)
+        if index >= 0:
+            combo.setCurrentIndex(index)
+
+    def _suggest_name(self, *_: Any) -> None:
+        """Propose 'finetuned-<raster>' while the user has not typed a name of their own."""
+        raster = self.raster_combo.currentLayer()
+        suggestion = f"finetuned-{raster.name()}" if raster is not None else ""
+        if not self.name_edit.text().strip() or self.name_edit.text() == getattr(self, "_suggested", None):
+            self.name_edit.setText(suggestion)
+        self._suggested = suggestion
+
+    # -- state -------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.task is not None
+
+    def selected_model_path(self) -> Optional[str]:
+        choice = self.model_combo.currentData() or "bundled"
+        if choice.startswith("library:"):
+            return choice[len("library:"):]
+        return bundled_model_path()
+
+    def _update_enabled(self, *_: Any) -> None:
+        idle = not self.running
+        for widget in (self.raster_combo, self.labels_combo, self.labels_selected, self.area_combo,
+                       self.model_combo, self.name_edit, self.epochs_spin, self.lr_spin, self.batch_spin,
+                       self.val_spin, self.patience_spin, self.samples_spin, self.device_combo):
+            widget.setEnabled(idle)
+        self.area_layer_combo.setEnabled(idle and self.area_combo.currentData() != "labels")
+        self.start_button.setEnabled(idle)
+        self.stop_button.setEnabled(not idle)
+        self.model_info.setText(model_summary(self.selected_model_path())["text"])
+
+    # -- the request -------------------------------------------------------
+    def build_request(self) -> FinetuneRequest:
+        """Check every choice and return the request; raises :class:`RequestError` for bad ones.
+
+        Layers that the engine cannot read from a file are exported to
+        temporary GeoPackages last, once every check has passed.
+        """
+        from ..core.model_library import ModelLibraryError, new_model_path
+
+        raster = self.raster_combo.currentLayer()
+        raster_path = raster_file_path(raster)
+        labels = self.labels_combo.currentLayer()
+        if not is_polygon_layer(labels):
+            raise RequestError(tr("Choose the polygon layer with the buildings (labels)."))
+        selected_only = self.labels_selected.isChecked()
+        if selected_only and labels.selectedFeatureCount() == 0:
+            raise RequestError(tr("No features are selected in layer '{name}'. Select the buildings to learn "
+                                  "from, or untick 'Selected features only'.").format(name=labels.name()))
+        if not labels.crs().isValid():
+            raise RequestError(tr("Layer '{name}' has no coordinate reference system. Set it in Layer "
+                                  "Properties > Source.").format(name=labels.name()))
+        notes = []
+        if labels.crs() != raster.crs():
+            notes.append(tr("The labels ({labels_crs}) are reprojected to the raster's CRS ({raster_crs}).")
+                         .format(labels_crs=labels.crs().authid() or labels.crs().description(),
+                                 raster_crs=raster.crs().authid() or raster.crs().description()))
+        if labels_in_raster(labels, selected_only, raster) is False:
+            raise RequestError(tr("No polygon of layer '{labels}' lies inside raster '{raster}'. Check that the "
+                                  "buildings cover the orthophoto.").format(labels=labels.name(), raster=raster.name()))
+        mode = self.area_combo.currentData()
+        area = None
+        if mode in ("layer", "selection"):
+            area = area_wkt(self.area_layer_combo.currentLayer(), mode == "selection", raster)
+        model = self.selected_model_path()
+        if not model:
+            raise RequestError(tr("The bundled model is not installed; choose a model from the library."))
+        info = model_summary(model)
+        if not info["ok"]:
+            raise RequestError(info["text"])
+        name = self.name_edit.text().strip()
+        if not name:
+            raise RequestError(tr("Enter a name for the new model."))
+        try:
+            output = new_model_path(self.library_dir, name)
+        except ModelLibraryError as exc:
+            raise RequestError(str(exc)) from None
+        request = FinetuneRequest(
+            raster_path=raster_path, raster_name=raster.name(), labels_path="", output_path=output, name=name,
+            base_model_path=model, area_wkt=area, epochs=self.epochs_spin.value(), lr=self.lr_spin.value(),
+            batch_size=self.batch_spin.value(), val_fraction=self.val_spin.value() / 100.0,
+            patience=self.patience_spin.value(), samples_per_epoch=self.samples_spin.value() or None,
+            device=self.device_combo.currentData(), notes=notes)
+
+        def temp_dir() -> str:
+            if request.temp_dir is None:
+                request.temp_dir = make_temp_dir()
+            return request.temp_dir
+
+        try:
+            request.labels_path, request.labels_layer, _ = label_source(labels, selected_only, temp_dir)
+        except Exception:
+            if request.temp_dir:
+                import shutil
+                shutil.rmtree(request.temp_dir, ignore_errors=True)
+            raise
+        return request
+
+    # -- running -----------------------------------------------------------
+    def message(self, text: str, level: int = Qgis.Info, title: str = "") -> None:
+        """Show ``text`` in the dialog's message bar and write it to the log."""
+        QgsMessageLog.logMessage(text, LOG_TAG, level)
+        self.bar.pushMessage(title, text, level=level, duration=0)
+
+    def start(self) -> Optional[FinetuneTask]:
+        """Validate the choices and queue the task; return it (None when refused)."""
+        from qgis.core import QgsApplication
+
+        if self.running:
+            return None
+        self.bar.clearWidgets()
+        try:
+            request = self.build_request()
+        except RequestError as exc:
+            self.message(str(exc), Qgis.Warning, tr("Cannot start"))
+            return None
+        self._save_settings()
+        for note in request.notes:
+            self.message(note, Qgis.Info)
+        task = FinetuneTask(request, on_finished=self._task_finished)
+        task.epochFinished.connect(self.add_epoch)
+        task.progressChanged.connect(self._on_progress)
+        self.task = task
+        self.last_task = task
+        self.tasks.add(task)
+        self.chart.clear()
+        self.comparison = {}
+        self.results_box.setVisible(False)
+        self.progress.setValue(0)
+        self.status_label.setText(tr("Preparing the labelled area and measuring the base model…"))
+        self._update_enabled()
+        (self.task_manager or QgsApplication.taskManager()).addTask(task)
+        QgsMessageLog.logMessage(tr("Started: {name}").format(name=task.description()), LOG_TAG, Qgis.Info)
+        return task
+
+    @pyqtSlot(dict)
+    def add_epoch(self, info: Dict[str, Any]) -> None:
+        """One epoch's figures from the task (main thread): add a point to each curve."""
+        row = info.get("row", {})
+        self.chart.add_row(row, bool(info.get("improved")))
+        self.status_label.setText(tr("Epoch {epoch}: validation IoU {iou:.3f}, accuracy {acc:.3f}{best}").format(
+            epoch=row.get("epoch"), iou=float(row.get("val_iou", float("nan"))),
+            acc=float(row.get("val_accuracy", float("nan"))),
+            best=tr(" (best so far)") if info.get("improved") else ""))
+
+    @pyqtSlot(float)
+    def _on_progress(self, value: float) -> None:
+        self.progress.setValue(int(value))
+
+    def ask_keep_best(self) -> Optional[bool]:
+        """Ask what a stop should do: True keep the best epoch, False discard, None go on training."""
+        box = QMessageBox(QMessageBox.Question, tr("Stop fine-tuning?"), "", parent=self)
+        if self.chart.rows:
+            box.setText(tr("Keep the best model so far (epoch {epoch}) in the library?").format(
+                epoch=self.chart.best_epoch or len(self.chart.rows)))
+            keep = box.addButton(tr("Stop and keep it"), QMessageBox.YesRole)
+            drop = box.addButton(tr("Stop and discard it"), QMessageBox.DestructiveRole)
+        else:
+            box.setText(tr("No epoch has finished yet, so there is no model to keep. Stop anyway?"))
+            keep = None
+            drop = box.addButton(tr("Stop"), QMessageBox.DestructiveRole)
+        go_on = box.addButton(tr("Continue training"), QMessageBox.RejectRole)
+        box.setDefaultButton(go_on)
+        box.exec_()
+        clicked = box.clickedButton()
+        if clicked is None or clicked == go_on:
+            return None
+        return clicked == keep
+
+    def stop(self) -> None:
+        """Stop button: ask whether to keep the best model so far, then cancel the task."""
+        task = self.task
+        if task is None:
+            return
+        keep = self.ask_keep_best()
+        if keep is None or self.task is not task:
+            return
+        task.set_keep_best(keep)
+        task.cancel()
+        self.stop_button.setEnabled(False)
+        self.status_label.setText(tr("Stopping after the current batch…"))
+
+    def _task_finished(self, task: FinetuneTask, ok: bool) -> None:
+        """Main thread: report the run in the dialog (and QGIS's message bar), show before/after."""
+        from .present import notify
+
+        self.tasks.discard(task)
+        if self.task is task:
+            self.task = None
+        self._update_enabled()
+        result = task.result if ok else None
+        if result is not None:
+            self.progress.setValue(100)
+            for note in result.notes:
+                level = Qgis.Warning if ("repaired" in note or "skipped" in note) else Qgis.Info
+                self.message(note, level)
+            if result.model_path:
+                self.show_comparison(result.before, result.after)
+                stopped = {"early-stopping": tr("stopped early: validation IoU no longer improved"),
+                           "max-epochs": tr("all epochs run"), "cancelled": tr("stopped by you"),
+                           "time-budget": tr("time budget reached")}.get(result.stopped, result.stopped)
+                text = tr("Model '{name}' saved to the library after {n} epochs ({stopped}); threshold {thr:.2f}. "
+                          "It is listed in Detect Buildings.").format(
+                    name=task.request.name, n=len(result.history), stopped=stopped, thr=result.threshold)
+                self.status_label.setText(tr("Done: {n} epochs, {stopped}.").format(n=len(result.history),
+                                                                                    stopped=stopped))
+                self.status_label.setToolTip(text)
+                self.results_info.setText(tr("Saved as {model} in the model library.").format(
+                    model=os.path.basename(result.model_path)))
+                self.results_info.setToolTip("\n".join(p for p in (result.model_path, result.curves_path) if p))
+                self.message(text, Qgis.Success, tr("Done"))
+                notify(self.iface, text, Qgis.Success, 10)
+            else:
+                text = tr("Fine-tuning cancelled; the model was not kept.")
+                self.status_label.setText(text)
+                self.message(text, Qgis.Info)
+        elif task.was_cancelled:
+            text = tr("Fine-tuning cancelled before the first epoch ended; no model was written.")
+            self.status_label.setText(text)
+            self.message(text, Qgis.Info)
+        else:
+            text = task.error or tr("Fine-tuning failed for an unknown reason.")
+            self.status_label.setText(tr("Failed."))
+            self.message(text, Qgis.Critical, tr("Fine-tuning failed"))
+            if not self.isVisible():
+                notify(self.iface, text, Qgis.Critical)
+        self.fill_models()
+        if self.on_task_finished is not None:
+            self.on_task_finished(task, ok)
+
+    def show_comparison(self, before: Dict[str, float], after: Dict[str, float]) -> None:
+        """Fill the before/after table (validation IoU and accuracy)."""
+        self.comparison = {"before": dict(before or {}), "after": dict(after or {})}
+        for row, key in enumerate(("iou", "accuracy")):
+            b, a = (before or {}).get(key), (after or {}).get(key)
+            cells = [f"{b:.3f}" if b is not None else "-", f"{a:.3f}" if a is not None else "-",
+                     f"{a - b:+.3f}" if a is not None and b is not None else "-"]
+            for col, text in enumerate(cells):
+                self.results_table.setItem(row, col, QTableWidgetItem(text))
+        self.results_box.setVisible(True)
+
+    # -- closing -----------------------------------------------------------
+    def reject(self) -> None:
+        """Close: while training runs the dialog only hides; the task goes on."""
+        if self.running and self.iface is not None:
+            from .present import notify
+            notify(self.iface, tr("Fine-tuning goes on in the background; open Fine-tune Model… again to "
+                                  "follow it."), Qgis.Info, 5)
+        super().reject()
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        if not self.running:
+            self.fill_models()
+        super().showEvent(event)
+
+
+def library_models_in(folder: str):
+    """Sorted ``*.pt`` paths of ``folder`` (the library by default: :func:`library_models`)."""
+    import glob
+
+    if os.path.normpath(folder) == os.path.normpath(model_library_dir()):
+        return library_models()
+    return sorted(glob.glob(os.path.join(glob.escape(folder), "*.pt")))
+
+
+def show_finetune_dialog(iface: Any, dialog: Optional[FinetuneDialog] = None,
+                         tasks: Optional[Set[Any]] = None) -> Optional[FinetuneDialog]:
+    """Plugin action: check the dependencies, then show (or bring back) the dialog; return it."""
+    from .present import notify
+
+    problem = finetune_dependencies_problem()
+    if problem:
+        notify(iface, problem, Qgis.Critical)
+        return dialog
+    if dialog is None:
+        dialog = FinetuneDialog(iface, iface.mainWindow() if iface is not None else None, tasks=tasks)
+    dialog.show()
+    dialog.raise_()
+    dialog.activateWindow()
+    return dialog

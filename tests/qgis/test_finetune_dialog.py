@@ -1,0 +1,383 @@
+"""The Fine-tune Model dialog and task, and the Model Library dialog, on a tiny generated setup.
+
+A 256 x 256 px raster at 0.5 m (EPSG:32631) with bright buildings, their
+polygons as a memory layer or a GeoPackage, and a tiny fine-tunable base
+model (plain U-Net, 4 base channels, 64 px tiles) in a temporary library.
+Runs use 8 samples per epoch so each takes a second or two.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+from tests.qgis.conftest import wait_for
+
+pytestmark = pytest.mark.qgis
+
+ORIGIN = (500000.0, 5000000.0)
+GSD = 0.5
+SIZE = 256
+
+
+def _rects(n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        r, c = rng.integers(4, SIZE - 30, 2)
+        h, w = rng.integers(10, 26, 2)
+        out.append((int(r), int(c), int(h), int(w)))
+    return out
+
+
+RECTS = _rects()
+
+
+def _ring(r, c, h, w):
+    x0, y0 = ORIGIN[0] + c * GSD, ORIGIN[1] - r * GSD
+    x1, y1 = x0 + w * GSD, y0 - h * GSD
+    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+
+
+def _wkt(points):
+    return "POLYGON((" + ",".join(f"{x} {y}" for x, y in points) + "))"
+
+
+@pytest.fixture(scope="module")
+def ft_files(tmp_path_factory):
+    """The raster, a GeoPackage of the buildings (EPSG:32631) and the tiny base model."""
+    import rasterio
+    from osgeo import ogr, osr
+    from rasterio.transform import from_origin
+
+    from roof_detector.core.training.export import export_model
+    from roof_detector.core.training.trainer import TrainConfig
+    from roof_detector.core.unet import build_model
+
+    folder = tmp_path_factory.mktemp("finetune")
+    img = np.full((3, SIZE, SIZE), 40, np.uint8)
+    for r, c, h, w in RECTS:
+        img[:, r:r + h, c:c + w] = 200
+    raster = str(folder / "ortho.tif")
+    with rasterio.open(raster, "w", driver="GTiff", width=SIZE, height=SIZE, count=3, dtype="uint8",
+                       crs="EPSG:32631", transform=from_origin(ORIGIN[0], ORIGIN[1], GSD, GSD)) as ds:
+        ds.write(img)
+    gpkg = str(folder / "labels.gpkg")
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(gpkg)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32631)
+    lyr = ds.CreateLayer("buildings", srs, ogr.wkbPolygon)
+    for rect in RECTS:
+        f = ogr.Feature(lyr.GetLayerDefn())
+        f.SetGeometry(ogr.CreateGeometryFromWkt(_wkt(_ring(*rect))))
+        lyr.CreateFeature(f)
+    ds = None
+    base = str(folder / "base.pt")
+    cfg = TrainConfig(architecture="plain_unet", architecture_params={"base_channels": 4}, gsd_m=GSD, tile_px=64,
+                      overlap_px=8)
+    export_model(build_model("plain_unet", base_channels=4), cfg, base, 0.5, {"name": "tiny-base"})
+    return {"raster": raster, "gpkg": gpkg, "base": base}
+
+
+@pytest.fixture
+def library(tmp_path, ft_files):
+    lib = tmp_path / "library"
+    lib.mkdir()
+    shutil.copy(ft_files["base"], lib / "base.pt")
+    return lib
+
+
+@pytest.fixture
+def raster_layer(project, ft_files):
+    from qgis.core import QgsRasterLayer
+
+    layer = QgsRasterLayer(ft_files["raster"], "ortho")
+    assert layer.isValid()
+    project.addMapLayer(layer)
+    return layer
+
+
+def memory_polygons(project, wkts, crs="EPSG:32631", name="labels"):
+    """A memory polygon layer holding ``wkts`` (in ``crs``), added to the project."""
+    from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
+
+    layer = QgsVectorLayer(f"Polygon?crs={crs}", name, "memory")
+    features = []
+    for wkt in wkts:
+        f = QgsFeature()
+        f.setGeometry(QgsGeometry.fromWkt(wkt))
+        features.append(f)
+    layer.dataProvider().addFeatures(features)
+    layer.updateExtents()
+    project.addMapLayer(layer)
+    return layer
+
+
+def labels_in_4326(project):
+    """The buildings in EPSG:4326, plus one self-intersecting (bow-tie) copy of the first one."""
+    from pyproj import Transformer
+
+    to4326 = Transformer.from_crs("EPSG:32631", "EPSG:4326", always_xy=True)
+    wkts = [_wkt([to4326.transform(x, y) for x, y in _ring(*rect)]) for rect in RECTS]
+    (x0, y0), (x1, _), (_, y1) = _ring(*RECTS[0])[:3]
+    bowtie = [(x0, y0), (x1, y1), (x1, y0), (x0, y1), (x0, y0)]
+    wkts.append(_wkt([to4326.transform(x, y) for x, y in bowtie]))
+    return memory_polygons(project, wkts, "EPSG:4326")
+
+
+def make_dialog(iface, library, raster, labels, name="lyon", epochs=2, patience=4):
+    from roof_detector.qgis_ui.finetune_dialog import FinetuneDialog
+
+    dialog = FinetuneDialog(iface, library_dir=str(library))
+    dialog.raster_combo.setLayer(raster)
+    dialog.labels_combo.setLayer(labels)
+    dialog.model_combo.setCurrentIndex(dialog.model_combo.findData("library:" + str(library / "base.pt")))
+    assert dialog.model_combo.currentIndex() >= 0
+    dialog.name_edit.setText(name)
+    dialog.epochs_spin.setValue(epochs)
+    dialog.lr_spin.setValue(0.003)
+    dialog.batch_spin.setValue(4)
+    dialog.samples_spin.setValue(8)
+    dialog.patience_spin.setValue(patience)
+    dialog.device_combo.setCurrentIndex(dialog.device_combo.findData("cpu"))
+    return dialog
+
+
+def bar_texts(dialog):
+    """Every message in the dialog's message bar as 'title text'."""
+    return [f"{w.title()} {w.text()}" for w in dialog.bar.items()]
+
+
+# -- runs ---------------------------------------------------------------------------
+def test_finetune_from_memory_layer_in_another_crs(qgis_iface, qgis_app, project, raster_layer, library,
+                                                   monkeypatch):
+    from qgis.PyQt.QtCore import QThread
+
+    from roof_detector.core.model_io import read_metadata
+    from roof_detector.qgis_ui import paths
+    from roof_detector.qgis_ui.dialog import DetectDialog
+
+    labels = labels_in_4326(project)
+    dialog = make_dialog(qgis_iface, library, raster_layer, labels)
+    threads = []
+    real_add_row = dialog.chart.add_row
+
+    def add_row(row, improved=False):
+        threads.append(QThread.currentThread() == qgis_app.thread())
+        real_add_row(row, improved)
+
+    dialog.chart.add_row = add_row
+    task = dialog.start()
+    assert task is not None, bar_texts(dialog)
+    temp_dir = task.request.temp_dir
+    assert temp_dir and os.path.isfile(task.request.labels_path)  # the memory layer went to a GeoPackage
+    assert dialog.running and not dialog.start_button.isEnabled() and dialog.stop_button.isEnabled()
+    wait_for(task, qgis_app, timeout_s=120)
+    texts = " | ".join(bar_texts(dialog))
+    assert "EPSG:4326" in texts and "reprojected" in texts  # another CRS: told, not refused
+    assert "1 invalid label geometries were repaired" in texts  # the engine's note
+    model = library / "lyon.pt"
+    assert model.is_file(), texts
+    meta = read_metadata(model)
+    assert meta["name"] == "lyon" and meta["base_model"]["name"] == "tiny-base"
+    assert meta["training"]["kind"] == "fine-tune" and meta["training"]["label_polygons"] == 25
+    assert set(meta["metrics"]) == {"val_before", "val_after"} and 0 < meta["threshold"] < 1
+    assert (library / "lyon_curves.png").stat().st_size > 5000
+    # the live chart received one point per epoch, for each curve
+    assert [r["epoch"] for r in dialog.chart.rows] == [1, 2]
+    assert threads == [True, True]  # delivered on the main thread
+    for key in ("train_loss", "val_loss", "train_iou", "val_iou", "train_accuracy", "val_accuracy"):
+        assert len(dialog.chart.series(key)) == 2
+    assert dialog.chart.grab().width() > 0  # paints without error
+    # before / after side by side
+    assert set(dialog.comparison) == {"before", "after"}
+    assert dialog.comparison["after"]["iou"] == pytest.approx(meta["metrics"]["val_after"]["iou"])
+    assert dialog.results_box.isVisibleTo(dialog)
+    assert dialog.results_table.item(0, 0).text() == f"{meta['metrics']['val_before']['iou']:.3f}"
+    assert not dialog.running and dialog.start_button.isEnabled()
+    assert not os.path.exists(temp_dir)  # the exported layer is cleaned up
+    assert any("lyon" in m for m in qgis_iface.messageBar().get_messages(3))
+    # the new model is offered as a base model and in the Detect dialog
+    assert dialog.model_combo.findData("library:" + str(model)) >= 0
+    monkeypatch.setattr(paths, "model_library_dir", lambda: str(library))
+    detect = DetectDialog(qgis_iface)
+    assert detect.model_combo.findData("library:" + str(model)) >= 0
+
+
+def _run_and_stop(dialog, qgis_app, keep):
+    dialog.ask_keep_best = lambda: keep
+    task = dialog.start()
+    assert task is not None, bar_texts(dialog)
+    stopped = False
+    deadline = time.monotonic() + 120
+    while dialog.running and time.monotonic() < deadline:
+        qgis_app.processEvents()
+        if dialog.chart.rows and not stopped:
+            dialog.stop()  # on the main thread, after the first epoch arrived
+            stopped = True
+        time.sleep(0.02)
+    wait_for(task, qgis_app)
+    assert stopped
+    return task
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_stop_asks_and_keeps_or_drops_the_model(qgis_iface, qgis_app, project, raster_layer, library, ft_files,
+                                                keep):
+    from qgis.core import QgsVectorLayer
+
+    labels = QgsVectorLayer(ft_files["gpkg"] + "|layername=buildings", "buildings", "ogr")
+    project.addMapLayer(labels)
+    dialog = make_dialog(qgis_iface, library, raster_layer, labels, name="stopped", epochs=30, patience=30)
+    task = _run_and_stop(dialog, qgis_app, keep)
+    assert task.request.labels_path == ft_files["gpkg"] and task.request.temp_dir is None  # used in place
+    assert task.result is not None and task.result.stopped == "cancelled"
+    assert 1 <= len(task.result.history) < 30
+    assert (library / "stopped.pt").exists() == keep
+    text = dialog.status_label.text()
+    assert ("stopped by you" in text) if keep else ("not kept" in text)
+
+
+def test_stop_can_be_called_off(qgis_iface, project, raster_layer, library, ft_files):
+    from unittest import mock
+
+    dialog = make_dialog(qgis_iface, library, raster_layer, memory_polygons(project, []))
+    task = mock.MagicMock()
+    dialog.task = task
+    dialog.ask_keep_best = lambda: None  # "Continue training"
+    dialog.stop()
+    task.cancel.assert_not_called()
+    dialog.ask_keep_best = lambda: False
+    dialog.stop()
+    task.set_keep_best.assert_called_once_with(False)
+    task.cancel.assert_called_once()
+
+
+# -- bad inputs ------------------------------------------------------------------------
+def test_labels_outside_the_raster_are_refused_before_starting(qgis_iface, project, raster_layer, library):
+    far = memory_polygons(project, [_wkt([(0, 0), (10, 0), (10, 10), (0, 10), (0, 0)])])
+    dialog = make_dialog(qgis_iface, library, raster_layer, far)
+    assert dialog.start() is None and not dialog.running
+    assert any("No polygon of layer 'labels' lies inside raster 'ortho'" in t for t in bar_texts(dialog))
+
+
+def test_too_small_area_gets_the_engines_message(qgis_iface, qgis_app, project, raster_layer, library):
+    labels = memory_polygons(project, [_wkt(_ring(*r)) for r in RECTS])
+    x, y = ORIGIN[0] + 20, ORIGIN[1] - 20
+    area = memory_polygons(project, [_wkt([(x, y), (x + 20, y), (x + 20, y - 20), (x, y - 20), (x, y)])],
+                           name="area")
+    dialog = make_dialog(qgis_iface, library, raster_layer, labels)
+    dialog.area_combo.setCurrentIndex(dialog.area_combo.findData("layer"))
+    dialog.area_layer_combo.setLayer(area)
+    task = dialog.start()
+    assert task is not None and task.request.area_wkt.startswith("Polygon")
+    wait_for(task, qgis_app, timeout_s=60)
+    assert any("too small for a validation block" in t for t in bar_texts(dialog))
+    assert not (library / "lyon.pt").exists() and not dialog.running
+
+
+def test_choices_are_checked(qgis_iface, project, raster_layer, library):
+    labels = memory_polygons(project, [_wkt(_ring(*r)) for r in RECTS])
+    dialog = make_dialog(qgis_iface, library, raster_layer, labels, name="base")
+    assert dialog.start() is None
+    assert any("already holds a model file base.pt" in t for t in bar_texts(dialog))
+    dialog.name_edit.setText("new")
+    dialog.labels_selected.setChecked(True)
+    assert dialog.start() is None
+    assert any("No features are selected in layer 'labels'" in t for t in bar_texts(dialog))
+    dialog.labels_selected.setChecked(False)
+    dialog.area_combo.setCurrentIndex(dialog.area_combo.findData("selection"))
+    dialog.area_layer_combo.setLayer(labels)
+    assert dialog.start() is None
+    assert any("No polygons are selected" in t for t in bar_texts(dialog))
+    assert sorted(os.listdir(library)) == ["base.pt"]
+
+
+def test_selected_features_only_exports_the_selection(qgis_iface, project, raster_layer, library, ft_files):
+    from osgeo import ogr
+    from qgis.core import QgsVectorLayer
+
+    labels = QgsVectorLayer(ft_files["gpkg"] + "|layername=buildings", "buildings", "ogr")
+    project.addMapLayer(labels)
+    labels.selectByIds([f.id() for f in labels.getFeatures()][:10])
+    dialog = make_dialog(qgis_iface, library, raster_layer, labels)
+    dialog.labels_selected.setChecked(True)
+    request = dialog.build_request()
+    try:
+        assert request.labels_path != ft_files["gpkg"] and request.labels_path.startswith(request.temp_dir)
+        ds = ogr.Open(request.labels_path)
+        assert ds.GetLayerByName(request.labels_layer).GetFeatureCount() == 10
+        ds = None
+        assert request.area_wkt is None and request.val_fraction == pytest.approx(0.2)
+        assert request.output_path == str(library / "lyon.pt")
+    finally:
+        from roof_detector.qgis_ui.finetune_task import FinetuneTask
+        FinetuneTask(request).cleanup()
+    assert not os.path.exists(request.labels_path)
+
+
+# -- plugin actions ---------------------------------------------------------------------
+def test_plugin_actions_open_the_dialogs(plugin, qgis_iface, project):
+    by_name = {a.objectName(): a for a in plugin.menu_actions}
+    by_name["roofDetectorFinetune"].trigger()
+    assert plugin.finetune_dialog is not None and plugin.finetune_dialog.isVisible()
+    assert plugin.finetune_dialog.val_spin.value() == 20  # the seed study's 80/20 split
+    assert "unlabelled buildings" in plugin.finetune_dialog.area_help.text()
+    by_name["roofDetectorModelLibrary"].trigger()
+    assert plugin.library_dialog is not None and plugin.library_dialog.isVisible()
+    plugin.finetune_dialog.hide()
+    plugin.library_dialog.hide()
+
+
+# -- the library dialog --------------------------------------------------------------------
+def test_library_dialog_lists_renames_deletes_imports_exports(qgis_iface, tmp_path):
+    from roof_detector.core.model_io import read_metadata
+    from roof_detector.core.test_model import make_test_model
+    from roof_detector.qgis_ui.library_dialog import ModelLibraryDialog
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    make_test_model(str(lib / "a.pt"), extra_metadata={"name": "A", "metrics": {"val_after": {"iou": 0.75}}})
+    (lib / "a_curves.png").write_bytes(b"png")
+    (lib / "junk.pt").write_bytes(b"junk")
+    dialog = ModelLibraryDialog(qgis_iface, library_dir=str(lib))
+    cells = [[dialog.table.item(r, c).text() for c in range(5)] for r in range(dialog.table.rowCount())]
+    assert cells[0] == ["A", "0.0.1", "0.5", "0.750", "a.pt"]
+    assert cells[1][0] == "junk (invalid)" and cells[1][4] == "junk.pt"
+
+    dialog.select_file("junk.pt")
+    assert not dialog.rename_button.isEnabled() and dialog.delete_button.isEnabled()
+
+    dialog.select_file("a.pt")
+    dialog.ask_new_name = lambda entry: "junk"
+    assert dialog.rename_selected() is None
+    assert "already holds junk.pt" in dialog.bar.currentItem().text()
+    dialog.ask_new_name = lambda entry: "Paris 2024"
+    assert dialog.rename_selected() == str(lib / "Paris_2024.pt")
+    assert read_metadata(lib / "Paris_2024.pt")["name"] == "Paris 2024"
+    assert (lib / "Paris_2024_curves.png").exists() and dialog.selected_entry().file_name == "Paris_2024.pt"
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dialog.ask_export_path = lambda entry: str(out / "shared.pt")
+    assert dialog.export_selected() == str(out / "shared.pt")
+    assert read_metadata(out / "shared.pt")["name"] == "Paris 2024"
+
+    dialog.ask_import_path = lambda: str(lib / "junk.pt")
+    assert dialog.import_file() is None
+    assert "Cannot import junk.pt" in dialog.bar.currentItem().text()
+    make_test_model(str(out / "berlin.pt"))
+    dialog.ask_import_path = lambda: str(out / "berlin.pt")
+    assert dialog.import_file() == str(lib / "berlin.pt")
+    assert [e.file_name for e in dialog.entries] == ["berlin.pt", "junk.pt", "Paris_2024.pt"]
+
+    dialog.select_file("junk.pt")
+    dialog.confirm_delete = lambda entry: False
+    assert dialog.delete_selected() is False and (lib / "junk.pt").exists()
+    dialog.confirm_delete = lambda entry: True
+    assert dialog.delete_selected() is True and not (lib / "junk.pt").exists()
+    assert dialog.table.rowCount() == 2
