@@ -31,10 +31,21 @@ class RoofDetectorPlugin:
         self.finetune_dialog = None
         self.library_dialog = None
         self.last_layer_id: Optional[str] = None  # id of the most recent result layer
+        self.provider = None  # the Processing provider, see initProcessing
 
     # -- QGIS plugin API -----------------------------------------------------
+    def initProcessing(self) -> None:  # noqa: N802 - QGIS API (also called alone by qgis_process)
+        """Register the "Roof Detector" Processing provider (id ``roofdetector``)."""
+        if self.provider is not None:
+            return
+        from .processing.provider import RoofDetectorProvider
+
+        self.provider = RoofDetectorProvider()
+        QgsApplication.processingRegistry().addProvider(self.provider)
+
     def initGui(self) -> None:  # noqa: N802 - QGIS API
         """Create the "Detect Buildings" action in the Plugins menu and the toolbar."""
+        self.initProcessing()
         icon_path = resource_path("icon.png")
         action = QAction(QIcon(icon_path) if icon_path else QIcon(), tr("Detect Buildings"),
                          self.iface.mainWindow())
@@ -74,6 +85,9 @@ class RoofDetectorPlugin:
             if dialog is not None:
                 dialog.deleteLater()
         self.dialog = self.finetune_dialog = self.library_dialog = None
+        if self.provider is not None:
+            QgsApplication.processingRegistry().removeProvider(self.provider)
+            self.provider = None
 
     # -- behaviour -------------------------------------------------------------
     def _notify(self, text: str, level: int) -> None:

@@ -1,0 +1,181 @@
+"""What every Roof Detector algorithm shares: the base class, layer -> engine input, errors, progress."""
+
+from __future__ import annotations
+
+import traceback
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+
+from qgis.core import (
+    Qgis,
+    QgsFeature,
+    QgsFeatureRequest,
+    QgsFeatureSink,
+    QgsMessageLog,
+    QgsProcessingAlgorithm,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsRasterLayer,
+)
+from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtGui import QIcon
+
+from ..qgis_ui import LOG_TAG
+from ..qgis_ui.paths import resource_path
+
+#: DEVICE enum choices, in order (same as the dialog and ``detect --device``).
+DEVICES = ("auto", "cpu", "cuda")
+#: Vector formats the engine reads directly; other layers are exported to a temporary GeoPackage.
+ENGINE_VECTOR_FORMATS = ["gpkg", "shp", "geojson", "json", "fgb", "sqlite", "gml", "kml"]
+
+
+def tr(text: str) -> str:
+    return QCoreApplication.translate("RoofDetectorProcessing", text)
+
+
+def icon() -> QIcon:
+    path = resource_path("icon.png")
+    return QIcon(path) if path else QIcon()
+
+
+class RoofDetectorAlgorithm(QgsProcessingAlgorithm):
+    """Base class: provider-wide icon, translation and instance creation.
+
+    Subclasses set ``NAME``, ``DISPLAY_NAME``, ``GROUP``/``GROUP_ID``, ``HELP``
+    and implement ``initAlgorithm``/``processAlgorithm``.
+    """
+
+    NAME = ""
+    DISPLAY_NAME = ""
+    GROUP = ""
+    GROUP_ID = ""
+    HELP = ""
+
+    def tr(self, text: str) -> str:
+        return tr(text)
+
+    def createInstance(self):  # noqa: N802 - QGIS API
+        return type(self)()
+
+    def name(self) -> str:
+        return self.NAME
+
+    def displayName(self) -> str:  # noqa: N802
+        return self.tr(self.DISPLAY_NAME)
+
+    def group(self) -> str:
+        return self.tr(self.GROUP)
+
+    def groupId(self) -> str:  # noqa: N802
+        return self.GROUP_ID
+
+    def shortHelpString(self) -> str:  # noqa: N802
+        return self.tr(self.HELP)
+
+    def icon(self) -> QIcon:
+        return icon()
+
+    def optional_value(self, parameters: Dict[str, Any], name: str) -> bool:
+        """True when the optional parameter ``name`` was given a value."""
+        value = parameters.get(name)
+        return value is not None and value != ""
+
+
+def raster_source(layer: Optional[QgsRasterLayer]) -> Any:
+    """What :func:`roof_detector.core.pipeline.detect_buildings` reads for ``layer``.
+
+    Today the local file behind a GDAL raster layer (checked like the
+    dialog does); web layers would return a ``RasterSource`` here.
+    """
+    return raster_file(layer)
+
+
+def raster_file(layer: Optional[QgsRasterLayer]) -> str:
+    """The local file behind a raster layer (for the engine parts that read files: grids, training)."""
+    from ..qgis_ui.request import RequestError, raster_file_path
+
+    try:
+        return raster_file_path(layer)
+    except RequestError as exc:
+        raise QgsProcessingException(str(exc)) from None
+
+
+def engine_progress(feedback: QgsProcessingFeedback, start: float = 0.0,
+                    end: float = 100.0) -> Callable[[float, str], None]:
+    """An engine ``progress(fraction, message)`` mapped onto ``feedback`` between ``start`` and ``end`` %."""
+    last = {"message": None}
+
+    def progress(fraction: float, message: str = "") -> None:
+        feedback.setProgress(start + (end - start) * max(0.0, min(1.0, float(fraction))))
+        if message and message != last["message"]:
+            last["message"] = message
+            feedback.setProgressText(message)
+
+    return progress
+
+
+@contextmanager
+def engine_errors(feedback: QgsProcessingFeedback) -> Iterator[None]:
+    """Turn the engine's errors into a :class:`QgsProcessingException` carrying its message."""
+    from ..qgis_ui.output import WriteError
+
+    try:
+        yield
+    except QgsProcessingException:
+        raise
+    except ImportError as exc:
+        from ..qgis_ui.deps import check_dependencies
+
+        raise QgsProcessingException(check_dependencies() or str(exc)) from None
+    except (WriteError, ValueError) as exc:
+        raise QgsProcessingException(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a one-line message
+        from ..core.errors import Cancelled, RoofDetectorError
+        from ..qgis_ui.task import is_out_of_memory
+
+        if isinstance(exc, Cancelled) or feedback.isCanceled():
+            raise QgsProcessingException(Cancelled().args[0]) from None
+        if isinstance(exc, RoofDetectorError):
+            raise QgsProcessingException(str(exc)) from None
+        if is_out_of_memory(exc):
+            raise QgsProcessingException(tr("The GPU ran out of memory: choose the CPU as device or a smaller "
+                                            "batch size ({error})").format(error=str(exc).splitlines()[0])) from None
+        QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
+        raise QgsProcessingException(tr("Unexpected error: {error} (traceback in the log panel, tab '{tag}')")
+                                     .format(error=str(exc) or type(exc).__name__, tag=LOG_TAG)) from None
+
+
+def source_as_file(alg: QgsProcessingAlgorithm, parameters: Dict[str, Any], name: str,
+                   context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> Tuple[str, Optional[str]]:
+    """(path, layer name or None) of a vector input the engine can read with OGR.
+
+    File layers are used in place; memory/database layers, selections and
+    filtered sources are exported to a temporary GeoPackage first.
+    """
+    path, layer_name = alg.parameterAsCompatibleSourceLayerPathAndLayerName(
+        parameters, name, context, ENGINE_VECTOR_FORMATS, "gpkg", feedback)
+    if not path:
+        raise QgsProcessingException(tr("Cannot read the layer of parameter {name}").format(name=name))
+    return path, (layer_name or None)
+
+
+def copy_features(layer: Any, sink: QgsFeatureSink, feedback: QgsProcessingFeedback) -> int:
+    """Copy every feature of ``layer`` into ``sink``; return how many."""
+    count = 0
+    for feature in layer.getFeatures(QgsFeatureRequest()):
+        if feedback.isCanceled():
+            break
+        if not sink.addFeature(QgsFeature(feature), QgsFeatureSink.FastInsert):
+            raise QgsProcessingException(tr("Could not write a feature to the output"))
+        count += 1
+    return count
+
+
+def to_shapely(geometry: Any) -> Any:
+    """A QgsGeometry as a shapely geometry (None for a null/empty one)."""
+    import shapely
+
+    if geometry is None or geometry.isNull() or geometry.isEmpty():
+        return None
+    return shapely.from_wkb(bytes(geometry.asWkb()))
