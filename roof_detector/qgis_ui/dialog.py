@@ -20,7 +20,7 @@ from qgis.PyQt.QtWidgets import (
 from . import settings, tr
 from .output import gpkg_layer_names
 from .paths import bundled_model_path, library_models, model_library_dir
-from .request import (DetectRequest, RequestError, extent_aoi_wkt, raster_file_path,
+from .request import (DetectRequest, RequestError, extent_aoi_wkt, plan_run, raster_input,
                       selection_aoi_wkt)
 
 AREA_MODES = (("layer", "Whole layer"), ("extent", "Current map extent"),
@@ -41,18 +41,18 @@ def describe_devices() -> Dict[str, Any]:
 
 
 def model_summary(path: Optional[str]) -> Dict[str, Any]:
-    """{'ok', 'text', 'threshold'} for a model file, from its metadata only (cheap)."""
+    """{'ok', 'text', 'threshold', 'meta'} for a model file, from its metadata only (cheap)."""
     if not path:
-        return {"ok": False, "text": tr("No model file chosen"), "threshold": None}
+        return {"ok": False, "text": tr("No model file chosen"), "threshold": None, "meta": None}
     try:
         from ..core.model_io import read_metadata
         meta = read_metadata(path)
     except Exception as exc:  # ModelError, or torch missing
-        return {"ok": False, "text": str(exc), "threshold": None}
+        return {"ok": False, "text": str(exc), "threshold": None, "meta": None}
     text = tr("{name} {version}, {gsd} m/pixel, threshold {thr:.2f}").format(
         name=meta.get("name", os.path.basename(path)), version=meta.get("version", ""),
         gsd=meta.get("gsd_m"), thr=float(meta["threshold"]))
-    return {"ok": True, "text": text, "threshold": float(meta["threshold"])}
+    return {"ok": True, "text": text, "threshold": float(meta["threshold"]), "meta": meta}
 
 
 class DetectDialog(QDialog):
@@ -84,6 +84,10 @@ class DetectDialog(QDialog):
         self.aoi_layer_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
         form.addRow(tr("Area"), self.area_combo)
         form.addRow(tr("Polygon layer"), self.aoi_layer_combo)
+        self.estimate_label = QLabel(self)
+        self.estimate_label.setWordWrap(True)
+        self.estimate_label.setObjectName("roofDetectorEstimate")
+        form.addRow(tr("Work"), self.estimate_label)
 
         self.model_combo = QComboBox(self)
         self.model_file = QgsFileWidget(self)
@@ -152,9 +156,16 @@ class DetectDialog(QDialog):
 
         for signal in (self.area_combo.currentIndexChanged, self.model_combo.currentIndexChanged,
                        self.threshold_check.toggled, self.gpkg_radio.toggled,
-                       self.memory_radio.toggled):
+                       self.memory_radio.toggled, self.device_combo.currentIndexChanged):
             signal.connect(self._update_enabled)
         self.model_file.fileChanged.connect(self._update_enabled)
+        # The estimate follows the layer and the area (and the model's resolution).
+        self._selection_layer = None
+        self.raster_combo.layerChanged.connect(self.update_estimate)
+        self.aoi_layer_combo.layerChanged.connect(self._watch_selection)
+        canvas = self.iface.mapCanvas() if self.iface is not None and hasattr(self.iface, "mapCanvas") else None
+        if canvas is not None:
+            canvas.extentsChanged.connect(self.update_estimate)
 
     def _fill_models(self) -> None:
         bundled = bundled_model_path()
@@ -222,6 +233,50 @@ class DetectDialog(QDialog):
             return choice[len("library:"):]
         return self.model_file.filePath() or None
 
+    def _watch_selection(self, *_: Any) -> None:
+        """Re-estimate when the selection of the chosen polygon layer changes."""
+        if self._selection_layer is not None:
+            try:
+                self._selection_layer.selectionChanged.disconnect(self.update_estimate)
+            except (TypeError, RuntimeError):  # already gone
+                pass
+        layer = self.aoi_layer_combo.currentLayer()
+        self._selection_layer = layer
+        if layer is not None and hasattr(layer, "selectionChanged"):
+            layer.selectionChanged.connect(self.update_estimate)
+        self.update_estimate()
+
+    def _area_wkt(self, raster: QgsRasterLayer) -> Optional[str]:
+        """The chosen area as WKT in the raster CRS (None: whole layer); raises RequestError."""
+        mode = self.area_combo.currentData()
+        if mode == "extent":
+            canvas = self.iface.mapCanvas() if self.iface is not None else None
+            if canvas is None:
+                raise RequestError(tr("No map canvas to take the extent from."))
+            return extent_aoi_wkt(canvas.extent(), canvas.mapSettings().destinationCrs(), raster)
+        if mode == "selection":
+            return selection_aoi_wkt(self.aoi_layer_combo.currentLayer(), raster)
+        return None
+
+    def update_estimate(self, *_: Any) -> None:
+        """Show how many requests / model tiles the current choices take, and roughly how long."""
+        try:
+            raster = self.raster_combo.currentLayer()
+            inp = raster_input(raster)
+            aoi = self._area_wkt(raster)
+            meta = model_summary(self.selected_model_path())["meta"]
+            device = "cuda" if self.device_combo.currentData() == "cuda" or (
+                self.device_combo.currentData() == "auto" and self.device_combo.model().item(2).isEnabled()) else "cpu"
+            plan = plan_run(inp, aoi, meta, device)
+            text = plan.describe()
+            if inp.is_web:
+                text += " " + tr("(read over the chosen area at the model's resolution)")
+        except RequestError as exc:
+            text = str(exc)
+        except Exception as exc:  # noqa: BLE001 - an estimate must never break the dialog
+            text = tr("No estimate: {error}").format(error=exc)
+        self.estimate_label.setText(text)
+
     def _update_enabled(self, *_: Any) -> None:
         self.aoi_layer_combo.setEnabled(self.area_combo.currentData() == "selection")
         self.model_file.setEnabled(self.model_combo.currentData() == "file")
@@ -234,20 +289,14 @@ class DetectDialog(QDialog):
         gpkg = self.gpkg_radio.isChecked()
         self.gpkg_file.setEnabled(gpkg)
         self.gpkg_layer_edit.setEnabled(gpkg)
+        if hasattr(self, "estimate_label"):
+            self.update_estimate()
 
     def build_request(self) -> DetectRequest:
         """The request for the current choices; raises :class:`RequestError` for bad ones."""
         raster = self.raster_combo.currentLayer()
-        path = raster_file_path(raster)
-        mode = self.area_combo.currentData()
-        aoi = None
-        if mode == "extent":
-            if self.iface is None:
-                raise RequestError(tr("No map canvas to take the extent from."))
-            canvas = self.iface.mapCanvas()
-            aoi = extent_aoi_wkt(canvas.extent(), canvas.mapSettings().destinationCrs(), raster)
-        elif mode == "selection":
-            aoi = selection_aoi_wkt(self.aoi_layer_combo.currentLayer(), raster)
+        inp = raster_input(raster)
+        aoi = self._area_wkt(raster)
         model = self.selected_model_path()
         if not model:
             raise RequestError(tr("The bundled model is not installed; choose a model file.")
@@ -256,9 +305,10 @@ class DetectDialog(QDialog):
         info = model_summary(model)
         if not info["ok"]:
             raise RequestError(info["text"])
-        request = DetectRequest(
-            raster_path=path, raster_name=raster.name(), crs=raster.crs().authid() or raster.crs().toWkt(),
-            model_path=model, device=self.device_combo.currentData(),
+        if inp.is_web:
+            plan_run(inp, aoi, info["meta"])
+        request = DetectRequest.for_layer(
+            inp, model_path=model, device=self.device_combo.currentData(),
             threshold=self.threshold_spin.value() if self.threshold_check.isChecked() else None,
             min_area_m2=self.min_area_spin.value(), aoi_wkt=aoi)
         if self.gpkg_radio.isChecked():

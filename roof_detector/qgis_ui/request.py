@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
@@ -35,7 +35,7 @@ class RequestError(ValueError):
 class DetectRequest:
     """Everything a detection task needs, as plain values (safe to use in a worker thread)."""
 
-    raster_path: str
+    raster_path: str                     # the local file ("" when the layer is read through QGIS)
     raster_name: str
     crs: str                             # authority id (EPSG:32631) or WKT of the raster CRS
     model_path: Optional[str] = None
@@ -48,11 +48,31 @@ class DetectRequest:
     gpkg_layer: str = ""
     replace_layer: bool = False
     extra_options: Dict[str, Any] = field(default_factory=dict)
+    # How the task reads the layer (see roof_detector.qgis_io): "file" reads raster_path with
+    # rasterio; "provider", "xyz" and "render" open layer_uri with the QGIS provider again.
+    reader: str = "file"
+    layer_uri: str = ""
+    provider: str = ""
+    layer_extent: Optional[Tuple[float, float, float, float]] = None
+    layer_params: Dict[str, Any] = field(default_factory=dict)  # decoded URI of a web layer
 
     @property
     def layer_name(self) -> str:
         """Display name of the result layer, e.g. 'Buildings (ortho_2023)'."""
         return tr("Buildings ({name})").format(name=self.raster_name)
+
+    @classmethod
+    def for_layer(cls, inp: Any, **kwargs: Any) -> "DetectRequest":
+        """A request reading the layer described by ``inp`` (a ``qgis_io.LayerInput``)."""
+        return cls(raster_path=inp.path, raster_name=inp.name, crs=inp.crs, reader=inp.reader, layer_uri=inp.uri,
+                   provider=inp.provider, layer_extent=inp.extent, layer_params=dict(inp.params), **kwargs)
+
+    def layer_input(self) -> Any:
+        """The layer as :class:`roof_detector.qgis_io.LayerInput` (for reading it in the task)."""
+        from ..qgis_io import LayerInput
+
+        return LayerInput(self.reader, self.layer_uri, self.provider, self.raster_name, self.crs,
+                          self.raster_path, self.layer_extent, dict(self.layer_params))
 
     def options_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for the engine's ``DetectOptions``."""
@@ -88,6 +108,46 @@ def raster_file_path(layer: Optional[QgsMapLayer]) -> str:
         raise RequestError(tr("The source of layer '{name}' is not a local file ({source}); "
                               "save it to a GeoTIFF first.").format(name=layer.name(), source=path))
     return path
+
+
+def raster_input(layer: Optional[QgsMapLayer]) -> Any:
+    """How the task will read ``layer`` (any valid raster layer with a CRS: file, provider or web service).
+
+    Returns a :class:`roof_detector.qgis_io.LayerInput`, or raises :class:`RequestError` saying why not.
+    """
+    if layer is None:
+        raise RequestError(tr("No raster layer chosen. Open an orthophoto (Layer > Add Layer > "
+                              "Add Raster Layer) and choose it in the dialog."))
+    if not isinstance(layer, QgsRasterLayer):
+        raise RequestError(tr("Layer '{name}' is not a raster layer; choose an orthophoto.")
+                           .format(name=layer.name()))
+    if not layer.isValid():
+        raise RequestError(tr("Layer '{name}' is not valid (its source cannot be read).")
+                           .format(name=layer.name()))
+    if not layer.crs().isValid():
+        raise RequestError(tr("Layer '{name}' has no coordinate reference system. Set it in Layer "
+                              "Properties > Source; building areas need a projected CRS in metres.")
+                           .format(name=layer.name()))
+    from ..qgis_io import layer_input
+
+    return layer_input(layer)
+
+
+def plan_run(inp: Any, aoi_wkt: Optional[str], model_meta: Optional[Dict[str, Any]], device: str = "cpu") -> Any:
+    """The :class:`roof_detector.qgis_io.AreaPlan` of a run; raise :class:`RequestError` if it must not start.
+
+    A web layer is read over the chosen area only: the whole of a world-wide
+    service (or any area needing more than ``MAX_WEB_REQUESTS`` requests) is refused.
+    """
+    from ..qgis_io import plan_area
+
+    meta = model_meta or {}
+    plan = plan_area(inp, float(meta.get("gsd_m", 0.5)), int(meta.get("tile_size_px", 512)),
+                     int(meta.get("overlap_px", 64)), aoi_wkt=aoi_wkt, device=device)
+    refusal = plan.refusal(inp.name, whole_layer=not aoi_wkt)
+    if refusal:
+        raise RequestError(refusal)
+    return plan
 
 
 def _to_raster_crs(geometry: QgsGeometry, source_crs: QgsCoordinateReferenceSystem,

@@ -101,8 +101,14 @@ class DetectTask(QgsTask):
         from ..core.pipeline import DetectOptions, detect_buildings
 
         options = make_options(DetectOptions, self.request.options_kwargs())
-        result = detect_buildings(self.request.raster_path, options, progress=self._progress,
-                                  is_cancelled=self.isCanceled)
+        source = self._open_source()
+        try:
+            result = detect_buildings(source, options, progress=self._progress, is_cancelled=self.isCanceled)
+        finally:
+            if not isinstance(source, str):
+                source.close()
+        if not isinstance(source, str):
+            result.warnings.extend(getattr(source, "warnings", []))
         if self.isCanceled():
             raise Cancelled()
         self.setProgress(DETECT_SHARE)
@@ -123,6 +129,20 @@ class DetectTask(QgsTask):
         self.result = result
         self.layer = layer
         self.setProgress(100.0)
+
+    def _open_source(self) -> Any:
+        """The engine input: the file path, or a reader for any other layer (web, VRT, in-memory...).
+
+        The layer is opened again from its URI inside the reader's own threads
+        (see :mod:`roof_detector.qgis_io`); the project's layer is never used here.
+        """
+        if self.request.reader == "file":
+            return self.request.raster_path
+        from ..qgis_io import model_gsd_m, open_layer_source
+
+        gsd = model_gsd_m(self.request.model_path) if self.request.reader in ("xyz", "render") else 0.0
+        return open_layer_source(self.request.layer_input(), gsd, self.request.aoi_wkt,
+                                 is_cancelled=self.isCanceled)
 
     # -- main thread -------------------------------------------------------
     def finished(self, ok: bool) -> None:  # noqa: D401 - QgsTask API
