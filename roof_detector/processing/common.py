@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import traceback
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from qgis.core import (
     Qgis,
@@ -82,13 +82,39 @@ class RoofDetectorAlgorithm(QgsProcessingAlgorithm):
         return value is not None and value != ""
 
 
-def raster_source(layer: Optional[QgsRasterLayer]) -> Any:
+def raster_source(layer: Optional[QgsRasterLayer], model_path: Optional[str] = None,
+                  aoi_wkt: Optional[str] = None, is_cancelled: Optional[Callable[[], bool]] = None) -> Any:
     """What :func:`roof_detector.core.pipeline.detect_buildings` reads for ``layer``.
 
-    Today the local file behind a GDAL raster layer (checked like the
-    dialog does); web layers would return a ``RasterSource`` here.
+    The local file of a plain raster file; for any other layer (WMS/WMTS/XYZ,
+    a VRT or format only QGIS's GDAL reads, an in-memory raster...) a
+    ``RasterSource`` reading it through QGIS (see :mod:`roof_detector.qgis_io`):
+    web layers over ``aoi_wkt`` (layer CRS) at ``model_path``'s resolution.
+    Pass the result to :func:`close_source` when done.
     """
-    return raster_file(layer)
+    from ..qgis_io import source_for_layer
+
+    check_raster_layer(layer)
+    return source_for_layer(layer, model_path, aoi_wkt, is_cancelled)
+
+
+def check_raster_layer(layer: Optional[QgsRasterLayer]) -> None:
+    """The dialog's checks (a valid raster layer with a CRS), as a :class:`QgsProcessingException`."""
+    from ..qgis_ui.request import RequestError, raster_input
+
+    try:
+        raster_input(layer)
+    except RequestError as exc:
+        raise QgsProcessingException(str(exc)) from None
+
+
+def close_source(source: Any) -> List[str]:
+    """Close what :func:`raster_source` returned; return its warnings (missing tiles...)."""
+    if isinstance(source, str):
+        return []
+    warnings = list(getattr(source, "warnings", []))
+    source.close()
+    return warnings
 
 
 def raster_file(layer: Optional[QgsRasterLayer]) -> str:

@@ -17,7 +17,8 @@ from qgis.core import (
     QgsProcessingParameterRasterLayer,
 )
 
-from .common import DEVICES, RoofDetectorAlgorithm, copy_features, engine_errors, engine_progress, raster_source
+from .common import (DEVICES, RoofDetectorAlgorithm, check_raster_layer, close_source, copy_features, engine_errors,
+                     engine_progress, raster_source)
 
 
 class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
@@ -81,7 +82,7 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
 
     def processAlgorithm(self, parameters, context, feedback) -> Dict[str, Any]:  # noqa: N802
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        source = raster_source(layer)
+        check_raster_layer(layer)
         aoi_wkt = None
         if self.optional_value(parameters, self.EXTENT):
             aoi = self.parameterAsExtentGeometry(parameters, self.EXTENT, context, layer.crs())
@@ -108,11 +109,16 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
                 model_path=model, device=device, threshold=threshold,
                 min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
                 batch_size=batch_size, aoi_wkt=aoi_wkt))
-            feedback.pushInfo(self.tr("Detecting buildings in {path} with {model}").format(
-                path=source, model=model))
-            result = detect_buildings(source, options, progress=engine_progress(feedback, 0.0, 95.0),
-                                      is_cancelled=feedback.isCanceled)
-            for warning in result.warnings:
+            # Web layers, VRTs and in-memory rasters are read through QGIS (opened again in the source's threads).
+            source = raster_source(layer, model, aoi_wkt, feedback.isCanceled)
+            try:
+                feedback.pushInfo(self.tr("Detecting buildings in {path} with {model}").format(
+                    path=getattr(source, "name", source), model=model))
+                result = detect_buildings(source, options, progress=engine_progress(feedback, 0.0, 95.0),
+                                          is_cancelled=feedback.isCanceled)
+            finally:
+                source_warnings = close_source(source)
+            for warning in list(result.warnings) + source_warnings:
                 feedback.reportError(warning, False)
             # The layer's own CRS first (keeps its authid), the engine's as fallback: as the dialog does.
             crs = crs_from(layer.crs().authid() or layer.crs().toWkt(), result.crs_wkt)
