@@ -15,7 +15,8 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.stamp
 TRAIN_STAMP := $(VENV)/.stamp-train
 
-APT_PACKAGES := python3-qgis qgis-providers python3-venv xvfb
+# libgeos-dev + python3-dev: shapely is built against the system GEOS (see below).
+APT_PACKAGES := python3-qgis qgis-providers python3-venv xvfb libgeos-dev python3-dev
 # Run apt as root directly, otherwise through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The CPU torch wheel lies on disk here (see requirements.txt).
@@ -44,7 +45,10 @@ $(STAMP): requirements.txt
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y $$missing; \
 	fi
 	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
-	$(PIP) install $(FIND_LINKS) -r requirements.txt
+	# shapely is compiled against Debian's GEOS, the one QGIS links: the PyPI wheel carries
+	# another GEOS whose symbols clash with QGIS's inside qgis_process and the desktop app (segfault).
+	$(PIP) install $(FIND_LINKS) --no-binary shapely -r requirements.txt
+	@$(PY) -c "import shapely, sys; from qgis.core import Qgis; g='.'.join(map(str, shapely.geos_version)); sys.exit(0 if Qgis.geosVersion().startswith(g) else f'shapely uses GEOS {g}, QGIS {Qgis.geosVersion()}: reinstall shapely with --no-binary shapely')"
 	@$(PY) -c "import torch, sys; sys.exit('torch is a CUDA build; expected the CPU wheel' if torch.version.cuda else 0)"
 	@$(PY) -c "import qgis.core, osgeo.gdal, rasterio, shapely, pyproj"
 	@touch $(STAMP)

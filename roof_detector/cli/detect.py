@@ -31,6 +31,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
     p.add_argument("--batch-size", type=_positive_int, metavar="N",
                    help="tiles per batch (default: 8 on CPU, 32 on GPU)")
+    from .solar import add_solar_arguments
+
+    add_solar_arguments(p, regularize_default=True,
+                        regularize_help="square the outlines (right angles, 45-degree diagonals) before "
+                                        "measuring (default: yes)")
     p.set_defaults(func=run)
     return p
 
@@ -42,8 +47,11 @@ def run(args: argparse.Namespace) -> int:
 
     # Refuse a clobber before spending minutes on detection.
     check_output(args.output, args.layer, args.overwrite)
+    from .solar import solar_params
+
     options = DetectOptions(model_path=args.model, device=args.device, threshold=args.threshold,
-                            min_area_m2=args.min_area, batch_size=args.batch_size)
+                            min_area_m2=args.min_area, batch_size=args.batch_size, regularize=args.regularize,
+                            regularize_tolerance_m=args.tolerance, solar=solar_params(args))
     t0 = time.perf_counter()
     with progress_bar() as progress:
         result = detect_buildings(args.raster, options, progress=progress)

@@ -35,28 +35,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--layer", help="input layer name (default: the first polygon layer)")
     p.add_argument("--out-layer", default=DEFAULT_OUT_LAYER, help=f"output layer name (default {DEFAULT_OUT_LAYER})")
     p.add_argument("--overwrite", action="store_true", help="replace the output layer if OUT already has it")
-    p.add_argument("--setback", type=float, default=0.5, metavar="M", help="roof edge setback, metres (default 0.5)")
-    p.add_argument("--usable-fraction", type=float, default=0.6, metavar="F",
-                   help="share of the inset roof that takes panels (default 0.6)")
-    p.add_argument("--panel-area", type=float, default=1.96, metavar="M2", help="area of one panel, m² (default 1.96)")
-    p.add_argument("--panel-wp", type=float, default=400.0, metavar="W", help="power of one panel, Wp (default 400)")
-    p.add_argument("--yield", dest="specific_yield", type=float, default=None, metavar="KWH_PER_KWP",
-                   help="specific yield, kWh/kWp/yr (default: estimated from each building's latitude)")
-    p.add_argument("--regularize", action=argparse.BooleanOptionalAction, default=False,
-                   help="square the outlines before sizing (default: no)")
-    p.add_argument("--tolerance", type=float, default=1.0, metavar="M",
-                   help="regularisation tolerance, metres (default 1.0)")
+    add_solar_arguments(p, regularize_default=False,
+                        regularize_help="square the outlines before sizing (default: no; cadastres are clean)")
     p.add_argument("--report", metavar="DIR", help="also write summary.html, buildings.csv and areas.png here")
     p.set_defaults(func=run)
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..core.regularize import regularize_outline
-    from ..core.report import build_table, totals, write_report
-    from ..core.building import Building
-    from ..core.gpkg_writer import check_output, write_buildings
-    from ..core.solar import SOLAR_FIELDS, SolarParams, rooftop_attributes
+def add_solar_arguments(p: argparse.ArgumentParser, regularize_default: bool, regularize_help: str) -> None:
+    """The solar sizing and regularisation options shared by ``solar`` and ``detect``."""
+    g = p.add_argument_group("rooftop solar sizing")
+    g.add_argument("--setback", type=float, default=0.5, metavar="M", help="roof edge setback, metres (default 0.5)")
+    g.add_argument("--usable-fraction", type=float, default=0.6, metavar="F",
+                   help="share of the inset roof that takes panels (default 0.6)")
+    g.add_argument("--panel-area", type=float, default=1.96, metavar="M2", help="area of one panel, m² (default 1.96)")
+    g.add_argument("--panel-wp", type=float, default=400.0, metavar="W", help="power of one panel, Wp (default 400)")
+    g.add_argument("--yield", dest="specific_yield", type=float, default=None, metavar="KWH_PER_KWP",
+                   help="specific yield, kWh/kWp/yr (default: estimated from each building's latitude)")
+    g.add_argument("--regularize", action=argparse.BooleanOptionalAction, default=regularize_default,
+                   help=regularize_help)
+    g.add_argument("--tolerance", type=float, default=1.0, metavar="M",
+                   help="regularisation tolerance, metres (default 1.0)")
+
+
+def solar_params(args: argparse.Namespace):
+    """SolarParams from the shared options, checked; LabelError names a bad value."""
+    from ..core.solar import SolarParams
 
     params = SolarParams(setback_m=args.setback, usable_fraction=args.usable_fraction,
                          panel_area_m2=args.panel_area, panel_wp=args.panel_wp,
@@ -67,6 +71,17 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"tolerance {args.tolerance} must be > 0 metres")
     except ValueError as exc:
         raise LabelError(f"Bad parameter: {exc}") from None
+    return params
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..core.regularize import regularize_outline
+    from ..core.report import build_table, totals, write_report
+    from ..core.building import Building
+    from ..core.gpkg_writer import check_output, write_buildings
+    from ..core.solar import SOLAR_FIELDS, rooftop_attributes
+
+    params = solar_params(args)
     with _output_flag_names():
         check_output(args.output, args.out_layer, args.overwrite)
 

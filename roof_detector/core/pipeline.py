@@ -19,12 +19,13 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from .building import Building
-from .errors import InputRasterError, ModelError, RoofDetectorError
+from .errors import Cancelled, InputRasterError, ModelError, RoofDetectorError
 from .geo import pixel_size_m
 from .inference import default_batch_size, predict_tiles
 from .model_io import BUNDLED_MODEL_PATH, LoadedModel, device_description, load_model
 from .probability_raster import ProbabilityRaster
 from .raster_source import RasterSource, open_source
+from .solar import SolarParams, size_buildings
 from .tiling import ModelGrid, Tile, model_grid, tile_grid, tile_origins
 from .vectorize import vectorize_buildings
 
@@ -53,6 +54,9 @@ class DetectOptions:
     aoi_wkt: Optional[str] = None      # area of interest polygon, in the raster CRS
     max_hole_area_m2: float = 4.0      # holes smaller than this are filled (speckle)
     temp_dir: Optional[str] = None     # where the temporary probability raster goes
+    regularize: bool = True            # square outlines (right angles, 45-degree diagonals)
+    regularize_tolerance_m: float = 1.0
+    solar: Optional[SolarParams] = field(default_factory=SolarParams)  # None: no solar attributes
 
 
 @dataclass
@@ -138,6 +142,17 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
                                                 clip_geometry=aoi, progress=report.span(_TILES_END, 1.0),
                                                 is_cancelled=is_cancelled)
                 timings["polygonise"] = time.perf_counter() - t0
+                if is_cancelled is not None and is_cancelled():
+                    raise Cancelled()
+                t0 = time.perf_counter()
+                if options.solar is not None or options.regularize:
+                    report(1.0, "Regularising outlines and sizing rooftops")
+                    size_buildings(buildings, crs_wkt, options.solar or SolarParams(), options.regularize,
+                                   options.regularize_tolerance_m)
+                    if options.solar is None:  # outlines only: drop the solar figures again
+                        for b in buildings:
+                            b.attributes.clear()
+                timings["attributes"] = time.perf_counter() - t0
             finally:
                 mosaic.close()
     finally:
@@ -187,6 +202,13 @@ def _check_options(options: DetectOptions) -> None:
         raise RoofDetectorError(f"The minimum area must be zero or more square metres (got {options.min_area_m2})")
     if options.batch_size is not None and options.batch_size < 1:
         raise RoofDetectorError(f"The batch size must be at least 1 (got {options.batch_size})")
+    if options.regularize_tolerance_m <= 0:
+        raise RoofDetectorError(f"The regularisation tolerance must be above 0 m (got {options.regularize_tolerance_m})")
+    if options.solar is not None:
+        try:
+            options.solar.validate()
+        except ValueError as exc:
+            raise RoofDetectorError(f"Solar sizing parameter: {exc}") from None
 
 
 def _load_model(options: DetectOptions) -> LoadedModel:

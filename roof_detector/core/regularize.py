@@ -53,6 +53,9 @@ ROUND_SHAPE_RATIO = 0.92
 MAX_AREA_CHANGE = 0.10
 
 
+UNCHANGED_M = 1e-3  # a regularised outline closer than 1 mm to the raw one counts as unchanged
+
+
 def regularize_outline(geometry: BaseGeometry, crs_wkt: str, tolerance_m: float = 1.0,
                        allow_diagonals: bool = True, max_area_change: float = MAX_AREA_CHANGE) -> BaseGeometry:
     """``geometry`` (Polygon/MultiPolygon in ``crs_wkt``) with its outline squared.
@@ -65,7 +68,9 @@ def regularize_outline(geometry: BaseGeometry, crs_wkt: str, tolerance_m: float 
         return geometry
     metric, frame = to_local_metric(geometry, crs_wkt)
     result = regularize_metric(metric, tolerance_m, allow_diagonals, max_area_change)
-    if result is metric:
+    # An outline that is already regular comes back only moved by rounding (about 1e-5 m
+    # through the metric frame): keep the original coordinates then.
+    if result is metric or result.hausdorff_distance(metric) < UNCHANGED_M:
         return geometry
     return frame.from_metric(result)
 

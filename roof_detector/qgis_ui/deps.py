@@ -82,7 +82,33 @@ def install_message(modules: List[str]) -> str:
     return text
 
 
+def geos_mismatch(shapely_geos: Optional[str] = None, qgis_geos: Optional[str] = None) -> Optional[str]:
+    """A message when shapely was built with another GEOS than QGIS links, else None.
+
+    PyPI's shapely wheels carry their own GEOS; inside QGIS (which links the
+    system GEOS) its symbols clash and geometry operations crash QGIS. Only
+    version strings are compared here: no GEOS function is called.
+    """
+    if shapely_geos is None:
+        try:
+            import shapely
+        except Exception:
+            return None
+        shapely_geos = ".".join(str(v) for v in shapely.geos_version)
+    if qgis_geos is None:
+        from qgis.core import Qgis
+
+        qgis_geos = Qgis.geosVersion()
+    if qgis_geos.split("-")[0] == shapely_geos:
+        return None
+    return tr("The shapely package in QGIS's Python was built with GEOS {ours}, but QGIS uses GEOS {theirs}; "
+              "geometry operations would crash QGIS. Rebuild shapely against QGIS's GEOS:\n\n    {cmd}\n\n"
+              "(on Debian/Ubuntu first: apt install libgeos-dev python3-dev). Then restart QGIS.").format(
+        ours=shapely_geos, theirs=qgis_geos,
+        cmd=install_command(["shapely"]).replace(" install ", " install --force-reinstall --no-binary shapely ", 1))
+
+
 def check_dependencies() -> Optional[str]:
-    """None when everything imports, else the install explanation for what is missing."""
+    """None when everything imports, else the install explanation for what is missing or clashing."""
     missing = missing_modules()
-    return install_message(missing) if missing else None
+    return install_message(missing) if missing else geos_mismatch()
