@@ -52,6 +52,7 @@ class TrainConfig:
     threads: Optional[int] = None
     mean: Tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: Tuple[float, float, float] = (0.5, 0.5, 0.5)
+    ema_decay: float = 0.995  # 0 = off; validated and exported weights are this average
 
 
 @dataclass
@@ -143,6 +144,13 @@ def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig
     # channels_last doubles CPU training speed with oneDNN (measured 5.9 -> 11.2 samples/s).
     net.to(device=device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # An exponential moving average of weights and BN statistics is what gets validated and
+    # exported: single-step weights of a small-batch, heavily augmented run swing from epoch
+    # to epoch (validation IoU moved by 0.2 between neighbouring epochs without it).
+    ema = (torch.optim.swa_utils.AveragedModel(
+        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        if cfg.ema_decay > 0 else None)
+    eval_net = ema.module if ema is not None else net
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=max(2, cfg.patience // 3))
     history: List[Dict] = []
     best_iou, best_epoch, best_state = -1.0, 0, copy.deepcopy(net.state_dict())
@@ -151,6 +159,11 @@ def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig
     if resume and checkpoint_path and os.path.exists(checkpoint_path):
         ck = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         net.load_state_dict(ck["net"])
+        if ema is not None:
+            if ck.get("ema"):
+                ema.load_state_dict(ck["ema"])
+            else:  # a checkpoint from before EMA: start the average at the current weights
+                ema.module.load_state_dict(ck["net"])
         opt.load_state_dict(ck["opt"])
         sched.load_state_dict(ck["sched"])
         history, best_iou, best_epoch, best_state = ck["history"], ck["best_iou"], ck["best_epoch"], ck["best_state"]
@@ -177,6 +190,8 @@ def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(net)
             tr_loss += float(loss.detach())
             tr_conf.add(_confusion_t(torch.sigmoid(logits.detach()), y, v, 0.5))
             if progress:
@@ -189,7 +204,7 @@ def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig
         confs = {}
         losses = []
         for name, tiles in val_sets.items():
-            r = evaluate_tiles(net, tiles, cfg, device)
+            r = evaluate_tiles(eval_net, tiles, cfg, device)
             confs[name] = r[0.5]
             losses.append(r[-1])
             row[f"val_{name}_iou"] = r[0.5].iou()
@@ -203,14 +218,15 @@ def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig
         improved = row["val_iou"] > best_iou
         if improved:
             best_iou, best_epoch = row["val_iou"], epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in net.state_dict().items()})
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in eval_net.state_dict().items()})
         sched.step(row["val_iou"])
         log(f"epoch {epoch:3d}  loss {row['train_loss']:.3f}/{row['val_loss']:.3f}  "
             f"IoU {row['train_iou']:.3f}/{row['val_iou']:.3f}  acc {row['train_accuracy']:.3f}/{row['val_accuracy']:.3f}  "
             f"lr {row['lr']:.1e}  {row['seconds'] / 60:.1f} min" + ("  *best*" if improved else ""))
         if checkpoint_path:
             tmp = checkpoint_path + ".tmp"
-            torch.save({"net": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+            torch.save({"net": net.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                        "opt": opt.state_dict(), "sched": sched.state_dict(),
                         "history": history, "best_iou": best_iou, "best_epoch": best_epoch,
                         "best_state": best_state, "seconds": row["seconds"], "config": asdict(cfg)}, tmp)
             os.replace(tmp, checkpoint_path)
