@@ -193,7 +193,8 @@ def dominant_orientation(ring: np.ndarray, tolerance_m: float = 0.0) -> float:
     mod = angles % 90.0
     hist = np.bincount(np.floor(mod).astype(int) % 90, weights=lengths, minlength=90)
     kernel = np.array([1, 2, 3, 4, 3, 2, 1], dtype=float)
-    smooth = np.array([np.sum(np.roll(hist, -k)[:7] * kernel) for k in range(-3, 87)])
+    # Circular smoothing: smooth[i] = sum_j hist[(i - 3 + j) mod 90] * kernel[j].
+    smooth = np.correlate(np.concatenate([hist[-3:], hist, hist[:3]]), kernel, mode="valid")
     peak = (np.argmax(smooth) + 0.5) % 90.0
     diff = (mod - peak + 45.0) % 90.0 - 45.0
     near = np.abs(diff) <= ALIGN_TOLERANCE_DEG
