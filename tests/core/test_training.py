@@ -211,4 +211,10 @@ def test_shared_data_recipe_builds(shared_data):
     assert set(val) == {"oam", "inria"} and len(val["oam"]) > 5
     # Area 4 (test) is never read by the training recipe.
     assert not any("oam4" in s.name for s in train_scenes)
+    # Each dataset gets its share of crops, whatever its ground area.
+    sampler = CropSampler(train_scenes, 0.3, 256, weights)
+    shares = {}
+    for s, p in zip(train_scenes, sampler.p):
+        shares[recipe.dataset_of(s)] = shares.get(recipe.dataset_of(s), 0.0) + p
+    assert shares == pytest.approx(recipe.DATASET_SHARES)
     json.dumps([s.name for s in train_scenes])

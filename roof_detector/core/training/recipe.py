@@ -27,6 +27,10 @@ TRAIN_AREAS = (1, 2, 3, 5)
 VAL_AREA = 1
 TEST_AREA = 4
 DUBAI_GSD_M = 0.6  # not published; cars span 4-5 px, so about 1 m at most; 0.6 m a middle guess
+# Share of training crops per dataset. Within a dataset, scenes are drawn by ground area.
+# (Drawing by ground area across datasets would give the coarse Dubai satellite chips
+# about 85% of all crops.) The OAM drone imagery is what users' orthophotos resemble most.
+DATASET_SHARES = {"oam": 0.55, "inria": 0.2, "spacenet": 0.1, "dubai": 0.15}
 
 
 def shared_data_dir(start: str = "") -> str:
@@ -86,8 +90,31 @@ def build_recipe(data_dir: str, gsd_m: float = 0.3, tile_px: int = 256,
     chips = scenes_from_chips(os.path.join(db, "images"), os.path.join(db, "masks"), DUBAI_GSD_M, "dubai_")
     train.extend(chips)
     weights.extend([0.5] * len(chips))
+    weights = dataset_weights(train, weights)
     log(f"training scenes: {len(train)}; validation tiles: " + ", ".join(f"{k} {len(v)}" for k, v in val.items()))
     return train, weights, val
+
+
+def dataset_of(scene: Scene) -> str:
+    """The dataset a recipe scene comes from, by its name prefix."""
+    for name in DATASET_SHARES:
+        if scene.name.startswith(name):
+            return name
+    raise ValueError(f"scene {scene.name!r} belongs to no dataset of the recipe")
+
+
+def dataset_weights(scenes: List[Scene], weights: List[float]) -> List[float]:
+    """Sampler weights giving each dataset its DATASET_SHARES share of crops.
+
+    The sampler draws a scene with probability proportional to weight x ground
+    area; dividing by the dataset's weighted ground area makes each dataset's
+    total its share, while scenes inside it keep their relative weights.
+    """
+    area = [s.valid.sum() * s.gsd_m ** 2 for s in scenes]
+    totals: Dict[str, float] = {}
+    for s, w, a in zip(scenes, weights, area):
+        totals[dataset_of(s)] = totals.get(dataset_of(s), 0.0) + w * a
+    return [w * DATASET_SHARES[dataset_of(s)] / totals[dataset_of(s)] for s, w in zip(scenes, weights)]
 
 
 def resample_scene_list(scenes: List[Scene], gsd_m: float) -> List[Scene]:
