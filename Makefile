@@ -25,7 +25,8 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 SOLARIS_WHEEL := .cache/solaris/solaris-0.4.0-py3-none-any.whl
 
 # Filled in by the model owner: arguments of `python -m roof_detector train`.
-TRAIN_ARGS ?=
+TRAIN_ARGS ?= --arch efflite0_unet --epochs 90 --samples-per-epoch 480 --batch-size 8 --patience 10 \
+              --max-minutes 80 --seed 0 --test --out runs/efflite0_unet
 PYTEST_ARGS ?=
 
 .PHONY: setup test demo train clean distclean
@@ -90,6 +91,11 @@ deploy:
 
 screenshots: setup
 	QT_QPA_PLATFORM=offscreen $(PY) scripts/screenshots.py
+
+.PHONY: score
+# The bundled model's held-out figures (OAM area 4, INRIA test, demo image): needs ../shared/data.
+score: setup $(SOLARIS_WHEEL)
+	$(PY) -m roof_detector score
 
 .PHONY: bench
 # Speed and memory figures (human-readable + one JSON line); BENCH_ARGS e.g. --size 20000.
