@@ -131,7 +131,10 @@ def render_html(table: Sequence[Mapping[str, Any]], total: Mapping[str, Any], pn
             lines.append(f"<tr><th>{esc(str(k))}</th><td>{esc(str(shown))}</td></tr>")
         lines.append("</table>")
     b64 = base64.b64encode(png).decode("ascii")
-    lines.append(f"<h2>Building areas</h2><img alt='histogram of building areas' src='data:image/png;base64,{b64}'>")
+    # the image in its own paragraph: Qt's rich text (QTextBrowser, QTextDocument -> PDF) otherwise
+    # gives the heading before it the image's height
+    lines.append("<h2>Building areas</h2>")
+    lines.append(f"<p><img alt='histogram of building areas' src='data:image/png;base64,{b64}'></p>")
     lines.append("<h2>Buildings</h2><table id='buildings'><tr>")
     lines.extend(f"<th>{esc(h)}</th>" for _, _, h in COLUMNS)
     lines.append("</tr>")
