@@ -34,6 +34,11 @@ from . import tr
 CORE_FIELDS = (("area_m2", QVariant.Double), ("perimeter_m", QVariant.Double),
                ("confidence", QVariant.Double))
 RESERVED = {"fid", "geom", "geometry", "ogc_fid"}
+# Field types of the engine's solar attributes (core.solar.SOLAR_FIELDS, kept in step by a test): fixed
+# here so that a first building with a null orientation or no panels cannot decide the column's type.
+KNOWN_TYPES = {"usable_area_m2": QVariant.Double, "panels": QVariant.Int, "kwp": QVariant.Double,
+               "specific_yield": QVariant.Double, "annual_kwh": QVariant.Double,
+               "orientation_deg": QVariant.Double}
 
 
 class WriteError(RuntimeError):
@@ -70,8 +75,9 @@ def _field_name(key: str) -> str:
 def attribute_fields(buildings: Sequence[Any]) -> List[Tuple[str, str, QVariant.Type]]:
     """(attribute key, field name, type) of the extra attributes, in first-seen order.
 
-    The type comes from the first non-empty value; keys that clash with the
-    core fields are left out (the core value wins).
+    The type of a solar attribute is fixed (:data:`KNOWN_TYPES`), any other
+    comes from the first non-empty value; keys that clash with the core
+    fields are left out (the core value wins).
     """
     seen: dict = {}
     for building in buildings:
@@ -81,6 +87,7 @@ def attribute_fields(buildings: Sequence[Any]) -> List[Tuple[str, str, QVariant.
                 continue
             seen[key] = None if value is None else _variant_type(value)
     core = {name for name, _ in CORE_FIELDS}
+    seen.update({key: KNOWN_TYPES[key] for key in seen if key in KNOWN_TYPES})
     return [(key, _field_name(key), kind if kind is not None else QVariant.String)
             for key, kind in seen.items() if _field_name(key) not in core]
 

@@ -121,3 +121,32 @@ def test_style_is_outline_with_translucent_fill(crs):
     fill = symbol.symbolLayer(0)
     assert 0 < fill.color().alpha() < 255
     assert fill.strokeColor().alpha() == 255 and fill.strokeWidth() > 0
+
+
+def test_solar_fields_have_fixed_numeric_types(crs, tmp_path):
+    """A first building without an orientation or panels does not decide the column types."""
+    from qgis.core import QgsVectorLayer
+    from qgis.PyQt.QtCore import QVariant
+
+    from roof_detector.core.solar import SOLAR_FIELDS
+
+    # in step with the engine's list (area_m2/perimeter_m are core fields)
+    kinds = {"real": QVariant.Double, "integer": QVariant.Int}
+    assert output.KNOWN_TYPES == {n: kinds[k] for n, k in SOLAR_FIELDS if n not in ("area_m2", "perimeter_m")}
+    first = {"usable_area_m2": 0.0, "panels": 0, "kwp": 0.0, "specific_yield": 1100.0, "annual_kwh": 0.0,
+             "orientation_deg": None}
+    second = {"usable_area_m2": 21.5, "panels": 10, "kwp": 4.0, "specific_yield": 1100.0, "annual_kwh": 4400.0,
+              "orientation_deg": 90.0}
+    buildings = [Building(box(0, 0, 1, 1), 1.0, 4.0, 0.9, first), Building(box(0, 0, 9, 9), 81.0, 36.0, 0.9, second)]
+    memory = build_memory_layer(buildings, crs, "b")
+    uri = write_geopackage(memory, str(tmp_path / "s.gpkg"), "roofs")
+    for layer in (memory, QgsVectorLayer(uri, "w", "ogr")):
+        fields = layer.fields()
+        assert fields.field("panels").type() in (QVariant.Int, QVariant.LongLong)
+        for name in ("usable_area_m2", "kwp", "specific_yield", "annual_kwh", "orientation_deg"):
+            assert fields.field(name).type() == QVariant.Double, name
+        values = sorted((f["panels"], f["orientation_deg"]) for f in layer.getFeatures()
+                        if f["panels"] == 10)
+        assert values == [(10, 90.0)]
+    alone = build_memory_layer(buildings[:1], crs, "b")  # no orientation anywhere: still a number column
+    assert alone.fields().field("orientation_deg").type() == QVariant.Double
