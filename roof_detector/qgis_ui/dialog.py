@@ -11,10 +11,10 @@ import os
 from typing import Any, Dict, Optional
 
 from qgis.core import Qgis, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
-from qgis.gui import QgsFileWidget, QgsMapLayerComboBox, QgsMessageBar
+from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox, QgsMessageBar
 from qgis.PyQt.QtWidgets import (
     QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout,
-    QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox, QRadioButton, QVBoxLayout, QWidget,
+    QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox, QRadioButton, QVBoxLayout, QWidget,
 )
 
 from . import settings, tr
@@ -143,6 +143,8 @@ class DetectDialog(QDialog):
         out.addRow(tr("File"), self.gpkg_file)
         out.addRow(tr("Layer name"), self.gpkg_layer_edit)
 
+        self._build_solar_box()
+
         self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel, self)
         self.buttons.button(QDialogButtonBox.Ok).setText(tr("Detect"))
         self.buttons.accepted.connect(self.accept)
@@ -151,12 +153,14 @@ class DetectDialog(QDialog):
         layout = QVBoxLayout(self)
         layout.addWidget(self.bar)
         layout.addLayout(form)
+        layout.addWidget(self.solar_box)
         layout.addWidget(self.output_box)
         layout.addWidget(self.buttons)
 
         for signal in (self.area_combo.currentIndexChanged, self.model_combo.currentIndexChanged,
                        self.threshold_check.toggled, self.gpkg_radio.toggled,
-                       self.memory_radio.toggled, self.device_combo.currentIndexChanged):
+                       self.memory_radio.toggled, self.device_combo.currentIndexChanged,
+                       self.regularize_check.toggled, self.yield_auto_check.toggled):
             signal.connect(self._update_enabled)
         self.model_file.fileChanged.connect(self._update_enabled)
         # The estimate follows the layer and the area (and the model's resolution).
@@ -166,6 +170,57 @@ class DetectDialog(QDialog):
         canvas = self.iface.mapCanvas() if self.iface is not None and hasattr(self.iface, "mapCanvas") else None
         if canvas is not None:
             canvas.extentsChanged.connect(self.update_estimate)
+
+    def _build_solar_box(self) -> None:
+        """Outline regularisation and the rooftop solar sizing parameters, in a collapsible group."""
+        self.solar_box = QgsCollapsibleGroupBox(tr("Outlines and rooftop solar"), self)
+        self.solar_box.setObjectName("roofDetectorSolarBox")
+        self.solar_box.setSaveCollapsedState(False)  # remembered in our own settings instead
+        grid = QGridLayout(self.solar_box)
+
+        def spin(low: float, high: float, decimals: int, step: float, suffix: str, tip: str) -> QDoubleSpinBox:
+            box = QDoubleSpinBox(self.solar_box)
+            box.setRange(low, high)
+            box.setDecimals(decimals)
+            box.setSingleStep(step)
+            if suffix:
+                box.setSuffix(suffix)
+            box.setToolTip(tip)
+            return box
+
+        self.regularize_check = QCheckBox(tr("Regularise"), self.solar_box)
+        self.regularize_check.setToolTip(tr("Square the traced outlines (right angles, 45° diagonals); shapes "
+                                            "that follow no two directions (round tanks, curved roofs) stay "
+                                            "as traced."))
+        self.tolerance_spin = spin(0.1, 10.0, 1, 0.1, " m", tr("How far a squared outline may depart from "
+                                                               "the traced one"))
+        self.setback_spin = spin(0.0, 10.0, 2, 0.1, " m", tr("Roof edge setback: panels keep this distance "
+                                                             "from the roof edge"))
+        self.usable_spin = spin(0.0, 1.0, 2, 0.05, "", tr("Share of the inset roof that takes panels "
+                                                          "(chimneys, skylights, shade, faces turned away)"))
+        self.panel_area_spin = spin(0.1, 10.0, 2, 0.01, " m²", tr("Area of one panel"))
+        self.panel_wp_spin = spin(10.0, 2000.0, 0, 10.0, " Wp", tr("Peak power of one panel"))
+        self.yield_auto_check = QCheckBox(tr("From latitude"), self.solar_box)
+        self.yield_auto_check.setToolTip(tr("Estimate the yield from each building's latitude: a coarse "
+                                            "estimate (about ±25 %); enter your site's value from PVGIS or "
+                                            "the Global Solar Atlas when it matters."))
+        self.yield_spin = spin(1.0, 4999.0, 0, 50.0, " kWh/kWp/yr", tr("Yearly energy per kWp installed"))
+        rows = ((tr("Outlines"), self.regularize_check, tr("Tolerance"), self.tolerance_spin),
+                (tr("Setback"), self.setback_spin, tr("Usable fraction"), self.usable_spin),
+                (tr("Panel area"), self.panel_area_spin, tr("Panel power"), self.panel_wp_spin))
+        for r, (label, left, label2, right) in enumerate(rows):
+            grid.addWidget(QLabel(label, self.solar_box), r, 0)
+            grid.addWidget(left, r, 1)
+            grid.addWidget(QLabel(label2, self.solar_box), r, 2)
+            grid.addWidget(right, r, 3)
+        grid.itemAtPosition(1, 0).widget().setToolTip(self.setback_spin.toolTip())
+        yield_row = QHBoxLayout()
+        yield_row.addWidget(self.yield_auto_check)
+        yield_row.addWidget(self.yield_spin, 1)
+        grid.addWidget(QLabel(tr("Specific yield"), self.solar_box), len(rows), 0)
+        grid.addLayout(yield_row, len(rows), 1, 1, 3)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(3, 1)
 
     def _fill_models(self) -> None:
         bundled = bundled_model_path()
@@ -197,6 +252,15 @@ class DetectDialog(QDialog):
         (self.gpkg_radio if gpkg else self.memory_radio).setChecked(True)
         self.gpkg_file.setFilePath(settings.get("gpkg_path"))
         self.gpkg_layer_edit.setText(settings.get("gpkg_layer"))
+        self.regularize_check.setChecked(settings.get("regularize"))
+        self.tolerance_spin.setValue(settings.get("regularize_tolerance_m"))
+        self.setback_spin.setValue(settings.get("solar_setback_m"))
+        self.usable_spin.setValue(settings.get("solar_usable_fraction"))
+        self.panel_area_spin.setValue(settings.get("solar_panel_area_m2"))
+        self.panel_wp_spin.setValue(settings.get("solar_panel_wp"))
+        self.yield_auto_check.setChecked(settings.get("solar_yield_from_latitude"))
+        self.yield_spin.setValue(settings.get("solar_yield"))
+        self.solar_box.setCollapsed(settings.get("solar_group_collapsed"))
 
     def _save_settings(self) -> None:
         settings.set("area_mode", self.area_combo.currentData())
@@ -211,6 +275,15 @@ class DetectDialog(QDialog):
         settings.set("output_mode", "gpkg" if self.gpkg_radio.isChecked() else "memory")
         settings.set("gpkg_path", self.gpkg_file.filePath())
         settings.set("gpkg_layer", self.gpkg_layer_edit.text())
+        settings.set("regularize", self.regularize_check.isChecked())
+        settings.set("regularize_tolerance_m", self.tolerance_spin.value())
+        settings.set("solar_setback_m", self.setback_spin.value())
+        settings.set("solar_usable_fraction", self.usable_spin.value())
+        settings.set("solar_panel_area_m2", self.panel_area_spin.value())
+        settings.set("solar_panel_wp", self.panel_wp_spin.value())
+        settings.set("solar_yield_from_latitude", self.yield_auto_check.isChecked())
+        settings.set("solar_yield", self.yield_spin.value())
+        settings.set("solar_group_collapsed", self.solar_box.isCollapsed())
 
     @staticmethod
     def _select_data(combo: QComboBox, data: Any) -> None:
@@ -286,6 +359,8 @@ class DetectDialog(QDialog):
         self.threshold_spin.setEnabled(custom)
         if not custom and info["threshold"] is not None:
             self.threshold_spin.setValue(info["threshold"])
+        self.tolerance_spin.setEnabled(self.regularize_check.isChecked())
+        self.yield_spin.setEnabled(not self.yield_auto_check.isChecked())
         gpkg = self.gpkg_radio.isChecked()
         self.gpkg_file.setEnabled(gpkg)
         self.gpkg_layer_edit.setEnabled(gpkg)
@@ -310,10 +385,17 @@ class DetectDialog(QDialog):
         request = DetectRequest.for_layer(
             inp, model_path=model, device=self.device_combo.currentData(),
             threshold=self.threshold_spin.value() if self.threshold_check.isChecked() else None,
-            min_area_m2=self.min_area_spin.value(), aoi_wkt=aoi)
+            min_area_m2=self.min_area_spin.value(), aoi_wkt=aoi, regularize=self.regularize_check.isChecked(),
+            regularize_tolerance_m=self.tolerance_spin.value(), solar=self.solar_kwargs())
         if self.gpkg_radio.isChecked():
             self._fill_gpkg(request)
         return request
+
+    def solar_kwargs(self) -> Dict[str, Any]:
+        """The solar parameters as keyword arguments of ``core.solar.SolarParams``."""
+        return dict(setback_m=self.setback_spin.value(), usable_fraction=self.usable_spin.value(),
+                    panel_area_m2=self.panel_area_spin.value(), panel_wp=self.panel_wp_spin.value(),
+                    specific_yield_kwh_per_kwp=None if self.yield_auto_check.isChecked() else self.yield_spin.value())
 
     def _fill_gpkg(self, request: DetectRequest) -> None:
         target = self.gpkg_file.filePath().strip()

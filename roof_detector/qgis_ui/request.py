@@ -47,6 +47,10 @@ class DetectRequest:
     gpkg_path: str = ""
     gpkg_layer: str = ""
     replace_layer: bool = False
+    regularize: bool = True              # square the outlines (DetectOptions.regularize)
+    regularize_tolerance_m: float = 1.0
+    # keyword arguments of core.solar.SolarParams ({}: its defaults); None: no solar fields
+    solar: Optional[Dict[str, Any]] = field(default_factory=dict)
     extra_options: Dict[str, Any] = field(default_factory=dict)
     # How the task reads the layer (see roof_detector.qgis_io): "file" reads raster_path with
     # rasterio; "provider", "xyz" and "render" open layer_uri with the QGIS provider again.
@@ -77,9 +81,25 @@ class DetectRequest:
     def options_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for the engine's ``DetectOptions``."""
         kwargs = dict(model_path=self.model_path, device=self.device, threshold=self.threshold,
-                      min_area_m2=self.min_area_m2, aoi_wkt=self.aoi_wkt)
+                      min_area_m2=self.min_area_m2, aoi_wkt=self.aoi_wkt, regularize=self.regularize,
+                      regularize_tolerance_m=self.regularize_tolerance_m, solar=self.solar_params())
         kwargs.update(self.extra_options)
         return kwargs
+
+    def solar_params(self) -> Any:
+        """The engine's ``SolarParams`` for this request (None: no solar sizing)."""
+        if self.solar is None:
+            return None
+        from ..core.solar import SolarParams
+
+        return SolarParams(**self.solar)
+
+    def report_params(self) -> Dict[str, Any]:
+        """The sizing and outline choices as the Rooftop Report lists them."""
+        params = dict(self.solar_params().as_dict()) if self.solar is not None else {}
+        params["regularize"] = (tr("yes, tolerance {tol:g} m").format(tol=self.regularize_tolerance_m)
+                                if self.regularize else tr("no"))
+        return params
 
 
 def raster_file_path(layer: Optional[QgsMapLayer]) -> str:

@@ -21,6 +21,17 @@ DEFAULTS = {
     "output_mode": ("memory", str),       # memory | gpkg
     "gpkg_path": ("", str),
     "gpkg_layer": ("buildings", str),
+    # outlines and rooftop solar (Detect dialog; the Rooftop Report sizes layers without solar fields with them)
+    "regularize": (True, bool),
+    "regularize_tolerance_m": (1.0, float),
+    "solar_setback_m": (0.5, float),
+    "solar_usable_fraction": (0.6, float),
+    "solar_panel_area_m2": (1.96, float),
+    "solar_panel_wp": (400.0, float),
+    "solar_yield_from_latitude": (True, bool),
+    "solar_yield": (1100.0, float),       # kWh/kWp/yr, used when not estimated from latitude
+    "solar_group_collapsed": (True, bool),
+    "report_dir": ("", str),              # last folder the Rooftop Report exported to
     # Fine-tune Model dialog
     "ft_area_mode": ("labels", str),      # labels | layer | selection
     "ft_base_model": ("bundled", str),    # bundled | library:<path>
@@ -60,3 +71,10 @@ def clear() -> None:
     settings = QgsSettings()
     for key in DEFAULTS:
         settings.remove(PREFIX + key)
+
+
+def solar_kwargs() -> dict:
+    """The remembered solar sizing choices as keyword arguments of ``core.solar.SolarParams``."""
+    return dict(setback_m=get("solar_setback_m"), usable_fraction=get("solar_usable_fraction"),
+                panel_area_m2=get("solar_panel_area_m2"), panel_wp=get("solar_panel_wp"),
+                specific_yield_kwh_per_kwp=None if get("solar_yield_from_latitude") else get("solar_yield"))

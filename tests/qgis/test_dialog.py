@@ -222,3 +222,52 @@ def test_device_choice_shows_the_gpu_torch_found(qgis_iface, ortho_layer):
         dialog = _dialog(qgis_iface)
     assert "NVIDIA H100" in dialog.device_info.text()
     assert dialog.device_combo.model().item(dialog.device_combo.findData("cuda")).isEnabled()
+
+
+def test_outlines_are_regularised_and_solar_defaults_by_default(qgis_iface, ortho_layer, model_path):
+    from roof_detector.core.pipeline import DetectOptions
+    from roof_detector.core.solar import SolarParams
+    from roof_detector.qgis_ui.task import make_options
+
+    dialog = _dialog(qgis_iface)
+    assert dialog.regularize_check.isChecked() and dialog.tolerance_spin.value() == 1.0
+    assert dialog.tolerance_spin.isEnabled()
+    assert dialog.yield_auto_check.isChecked() and not dialog.yield_spin.isEnabled()
+    assert (dialog.setback_spin.value(), dialog.usable_spin.value(), dialog.panel_area_spin.value(),
+            dialog.panel_wp_spin.value()) == (0.5, 0.6, 1.96, 400.0)
+    _use_model_file(dialog, model_path)
+    dialog.accept()
+    options = make_options(DetectOptions, dialog.request.options_kwargs())
+    assert options.regularize is True and options.regularize_tolerance_m == 1.0
+    assert options.solar == SolarParams()  # the engine's defaults, yield estimated from latitude
+
+
+def test_solar_choices_reach_the_engine_and_are_remembered(qgis_iface, ortho_layer, model_path):
+    from roof_detector.core.pipeline import DetectOptions
+    from roof_detector.core.solar import SolarParams
+    from roof_detector.qgis_ui import settings
+    from roof_detector.qgis_ui.task import make_options
+
+    dialog = _dialog(qgis_iface)
+    _use_model_file(dialog, model_path)
+    dialog.solar_box.setCollapsed(False)
+    dialog.regularize_check.setChecked(False)
+    assert not dialog.tolerance_spin.isEnabled()
+    dialog.tolerance_spin.setValue(2.5)
+    dialog.setback_spin.setValue(1.0)
+    dialog.usable_spin.setValue(0.75)
+    dialog.panel_area_spin.setValue(1.7)
+    dialog.panel_wp_spin.setValue(430.0)
+    dialog.yield_auto_check.setChecked(False)
+    assert dialog.yield_spin.isEnabled()
+    dialog.yield_spin.setValue(1234.0)
+    dialog.accept()
+    options = make_options(DetectOptions, dialog.request.options_kwargs())
+    assert options.regularize is False and options.regularize_tolerance_m == 2.5
+    assert options.solar == SolarParams(setback_m=1.0, usable_fraction=0.75, panel_area_m2=1.7, panel_wp=430.0,
+                                        specific_yield_kwh_per_kwp=1234.0)
+    assert settings.solar_kwargs() == options.solar.as_dict()  # what the Rooftop Report sizes with
+    again = _dialog(qgis_iface)
+    assert not again.regularize_check.isChecked() and again.tolerance_spin.value() == 2.5
+    assert again.solar_kwargs() == options.solar.as_dict()
+    assert not again.yield_auto_check.isChecked() and not again.solar_box.isCollapsed()
