@@ -80,7 +80,7 @@ distclean: clean
 # QGIS plugin packaging and review (owner: plugin engineer).
 #   make package      dist/roof_detector-<version>.zip for "Install from ZIP"
 #   make deploy       the same zip unpacked into the default QGIS profile
-#   make screenshots  out/screenshots/{dialog,result_map}.png, headless
+#   make screenshots  out/screenshots/{dialog,result_map,report}.png, headless
 .PHONY: package deploy screenshots
 
 package:

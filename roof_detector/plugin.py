@@ -1,4 +1,4 @@
-"""QGIS plugin class: the "Detect Buildings", "Fine-tune Model" and "Model Library" actions.
+"""QGIS plugin class: the "Detect Buildings", "Fine-tune Model", "Model Library" and "Rooftop Report" actions.
 
 Loading the plugin imports neither torch nor the engine; they are checked
 when the user first clicks the action, with install instructions if absent.
@@ -30,6 +30,7 @@ class RoofDetectorPlugin:
         self.menu_actions: List[QAction] = []  # menu-only actions (no toolbar button)
         self.finetune_dialog = None
         self.library_dialog = None
+        self.report_dialog = None
         self.last_layer_id: Optional[str] = None  # id of the most recent result layer
         self.provider = None  # the Processing provider, see initProcessing
 
@@ -56,7 +57,8 @@ class RoofDetectorPlugin:
         self.iface.addPluginToMenu(self.menu, action)
         self.actions.append(action)
         for text, name, slot in ((tr("Fine-tune Model…"), "roofDetectorFinetune", self.run_finetune),
-                                 (tr("Model Library…"), "roofDetectorModelLibrary", self.run_library)):
+                                 (tr("Model Library…"), "roofDetectorModelLibrary", self.run_library),
+                                 (tr("Rooftop Report…"), "roofDetectorRooftopReport", self.run_report)):
             extra = QAction(text, self.iface.mainWindow())
             extra.setObjectName(name)
             extra.triggered.connect(slot)
@@ -81,10 +83,10 @@ class RoofDetectorPlugin:
             self.iface.removePluginMenu(self.menu, action)
             action.deleteLater()
         self.menu_actions = []
-        for dialog in (self.dialog, self.finetune_dialog, self.library_dialog):
+        for dialog in (self.dialog, self.finetune_dialog, self.library_dialog, self.report_dialog):
             if dialog is not None:
                 dialog.deleteLater()
-        self.dialog = self.finetune_dialog = self.library_dialog = None
+        self.dialog = self.finetune_dialog = self.library_dialog = self.report_dialog = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
@@ -134,6 +136,35 @@ class RoofDetectorPlugin:
         except Exception as exc:  # noqa: BLE001 - never a traceback dialog
             self._failed(exc)
 
+    def run_report(self) -> None:
+        """Action handler: the Rooftop Report of the active layer (sized with the dialog's solar parameters
+        if it has no solar fields)."""
+        self.show_report(self.iface.activeLayer())
+
+    def show_report(self, layer: Any, described_params: Optional[dict] = None) -> Any:
+        """Show the Rooftop Report dialog of ``layer``; return it (None when refused)."""
+        try:
+            from .qgis_ui.report_dialog import show_report
+
+            dialog = show_report(self.iface, layer, described_params=described_params, tasks=self.tasks,
+                                 previous=self.report_dialog)
+        except Exception as exc:  # noqa: BLE001 - never a traceback dialog
+            self._failed(exc)
+            return None
+        if dialog is not None:
+            self.report_dialog = dialog
+        return dialog
+
+    def _report_layer(self, layer_id: str, described_params: Optional[dict] = None) -> None:
+        """The message bar's "Report" button after a detection."""
+        from qgis.core import QgsProject
+
+        layer = QgsProject.instance().mapLayer(layer_id)
+        if layer is None:
+            self._notify(tr("The result layer is no longer in the project."), Qgis.Warning)
+            return
+        self.show_report(layer, described_params)
+
     def _failed(self, exc: Exception) -> None:
         import traceback
 
@@ -154,5 +185,7 @@ class RoofDetectorPlugin:
         from .qgis_ui.present import on_task_finished
 
         self.tasks.discard(task)
-        layer = on_task_finished(self.iface, task, ok)
+        params = task.request.report_params() if ok else None
+        layer = on_task_finished(self.iface, task, ok,
+                                 on_report=lambda layer_id: self._report_layer(layer_id, params))
         self.last_layer_id = layer.id() if layer is not None else None

@@ -5,6 +5,7 @@ Writes into ``out/screenshots/`` (or ``--out``):
 
 * ``dialog.png``      the Detect Buildings dialog, pre-filled with the orthophoto
 * ``result_map.png``  the styled building layer over the orthophoto
+* ``report.png``      the Rooftop Report dialog of the detected buildings
 
 By default the orthophoto is synthetic (bright roofs on dark ground) and the
 model is the deterministic brightness test model, so the script needs
@@ -73,8 +74,11 @@ def dialog_screenshot(raster_layer, model_path: str, out_png: str) -> str:
     dialog = DetectDialog(_Iface(raster_layer))
     dialog.model_combo.setCurrentIndex(dialog.model_combo.findData("file"))
     dialog.model_file.setFilePath(model_path)
+    dialog.solar_box.setCollapsed(False)  # show the outline and solar choices too
     dialog.resize(560, dialog.sizeHint().height())
+    dialog.show()  # styles the collapsible group's title
     dialog.grab().save(out_png)
+    dialog.hide()
     dialog.deleteLater()
     return out_png
 
@@ -91,6 +95,19 @@ def detect_layer(raster_path: str, raster_name: str, crs: str, model_path: str, 
         raise SystemExit(f"detection failed: {task.error}")
     apply_style(task.layer)
     return task.layer
+
+
+def report_screenshot(layer, out_png: str) -> str:
+    """Grab the Rooftop Report dialog of ``layer`` (scrolled to show totals and histogram)."""
+    from roof_detector.qgis_ui.report_dialog import ReportDialog
+
+    dialog = ReportDialog(layer, {})
+    dialog.resize(780, 900)
+    dialog.show()
+    dialog.grab().save(out_png)
+    dialog.close()
+    dialog.deleteLater()
+    return out_png
 
 
 def render_map(layers, extent, crs, out_png: str, width: int = 900) -> str:
@@ -117,7 +134,7 @@ def render_map(layers, extent, crs, out_png: str, width: int = 900) -> str:
 
 def make_screenshots(out_dir: str, raster: str | None = None, model: str | None = None,
                      aoi_wkt: str | None = None) -> list:
-    """Write dialog.png and result_map.png to ``out_dir``; return their paths."""
+    """Write dialog.png, result_map.png and report.png to ``out_dir``; return their paths."""
     os.makedirs(out_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="roof_detector-shots-")
     try:
@@ -145,6 +162,7 @@ def _make_screenshots(out_dir, tmp, raster, model, aoi_wkt) -> list:
     buildings = detect_layer(raster, layer.name(), crs.authid() or crs.toWkt(), model, aoi_wkt)
     extent = QgsGeometry.fromWkt(aoi_wkt).boundingBox() if aoi_wkt else layer.extent()
     shots.append(render_map([buildings, layer], extent, crs, os.path.join(out_dir, "result_map.png")))
+    shots.append(report_screenshot(buildings, os.path.join(out_dir, "report.png")))
     QgsProject.instance().removeMapLayer(layer.id())
     return shots
 

@@ -42,11 +42,34 @@ def test_class_factory_loads_and_unloads_cleanly(recording_iface):
     assert action.text() == "Detect Buildings" and not action.icon().isNull()
     assert calls["toolbar"] == [action]
     extra = plugin.menu_actions
-    assert [a.text() for a in extra] == ["Fine-tune Model…", "Model Library…"]
+    assert [a.text() for a in extra] == ["Fine-tune Model…", "Model Library…", "Rooftop Report…"]
     assert calls["menu"] == [("&Roof Detector", action)] + [("&Roof Detector", a) for a in extra]
     plugin.unload()
     assert calls == {"toolbar": [], "menu": []}
     assert plugin.actions == [] and plugin.tasks == set()
+
+
+def test_unload_closes_the_report_and_cancels_its_task(plugin, project, qgis_iface, monkeypatch):
+    from qgis.core import QgsFeature, QgsGeometry, QgsRectangle, QgsVectorLayer
+
+    from roof_detector.qgis_ui import report_dialog
+
+    layer = QgsVectorLayer("Polygon?crs=EPSG:32631", "roofs", "memory")
+    feature = QgsFeature()
+    feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(500000, 5000000, 500010, 5000010)))
+    layer.dataProvider().addFeatures([feature])
+    project.addMapLayer(layer)
+    qgis_iface.setActiveLayer(layer)
+    monkeypatch.setattr(report_dialog, "TASK_THRESHOLD", 0)  # a task even for one feature
+    manager = mock.MagicMock()  # the task is queued but never run
+    with mock.patch("qgis.core.QgsApplication.taskManager", return_value=manager):
+        plugin.run_report()
+    task = plugin.report_dialog.task
+    assert task in plugin.tasks and manager.addTask.called
+    with mock.patch.object(task, "cancel") as cancel:
+        plugin.unload()
+        cancel.assert_called_once()
+    assert plugin.report_dialog is None and task.on_finished is None
 
 
 def test_unload_cancels_running_tasks(plugin):

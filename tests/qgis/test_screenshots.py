@@ -7,15 +7,16 @@ import pytest
 pytestmark = pytest.mark.qgis
 
 
-def test_screenshots_show_the_dialog_and_styled_buildings(repo_root, qgis_app, project):
+def test_screenshots_show_the_dialog_styled_buildings_and_report(repo_root, qgis_app, project):
     from qgis.PyQt.QtGui import QColor, QImage
 
     spec = importlib.util.spec_from_file_location("screenshots", repo_root / "scripts" / "screenshots.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = repo_root / "out" / "screenshots"
-    dialog_png, map_png = module.make_screenshots(str(out))
+    dialog_png, map_png, report_png = module.make_screenshots(str(out))
     assert QImage(dialog_png).width() >= 500
+    assert report_png.endswith("report.png") and QImage(report_png).width() >= 700
     image = QImage(map_png)
     assert image.width() == 900 and image.height() == 600
     # the demo raster's first roof spans pixels (rows 20-80, cols 20-100) of 256 x 384:

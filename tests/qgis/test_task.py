@@ -4,6 +4,7 @@ import os
 from unittest import mock
 
 import pytest
+from qgis.PyQt.QtCore import QVariant
 
 from tests.qgis.conftest import EXPECTED_AREAS, ORIGIN, RECTANGLES, make_request, wait_for
 
@@ -42,6 +43,64 @@ def test_task_adds_a_styled_layer_to_the_project(plugin, project, ortho_path, mo
     assert not plugin.tasks
     item = qgis_iface.messageBar().currentItem()
     assert item is not None and "4 buildings" in item.text()
+
+
+SOLAR_TYPES = {"usable_area_m2": "Real", "panels": "Integer", "kwp": "Real", "specific_yield": "Real",
+               "annual_kwh": "Real", "orientation_deg": "Real"}
+
+
+def _assert_solar_fields(layer):
+    """The solar fields, with numeric types, equal to core.solar's figures for each (regularised) outline."""
+    import shapely
+
+    from roof_detector.core.solar import SolarParams, rooftop_attributes
+
+    fields = layer.fields()
+    for name, kind in SOLAR_TYPES.items():
+        field = fields.field(name)
+        assert field.typeName().lower().startswith(kind.lower()) or \
+            (kind == "Real" and field.typeName().lower() == "double"), (name, field.typeName())
+        assert field.isNumeric(), name
+    for feature in layer.getFeatures():
+        geometry = shapely.from_wkb(bytes(feature.geometry().asWkb()))
+        expected = rooftop_attributes(geometry, layer.crs().toWkt(), SolarParams())
+        for name in SOLAR_TYPES:
+            assert feature[name] == pytest.approx(expected[name], rel=1e-6, abs=1e-6), name
+        assert feature["panels"] > 0 and feature["annual_kwh"] > 0
+        assert 1000 < feature["specific_yield"] < 1300  # latitude 45.1 N
+        # a regularised rectangle: four corners, its area kept
+        assert len(feature.geometry().asPolygon()[0]) == 5
+        # (area_m2 is true ground area; UTM's grid area differs by its scale factor, 0.9996^2)
+        assert feature.geometry().area() == pytest.approx(feature["area_m2"], rel=2e-3)
+
+
+def test_result_layer_has_the_solar_fields_of_regularised_outlines(plugin, project, ortho_path, model_path,
+                                                                  qgis_app, tmp_path):
+    task = plugin.start(make_request(ortho_path, model_path))
+    wait_for(task, qgis_app)
+    memory = project.mapLayer(plugin.last_layer_id)
+    _assert_expected_buildings(memory)
+    _assert_solar_fields(memory)
+    assert _areas(memory) == pytest.approx(EXPECTED_AREAS, rel=0.02)
+    task = plugin.start(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=str(tmp_path / "o.gpkg"),
+                                     gpkg_layer="roofs"))
+    wait_for(task, qgis_app)
+    written = project.mapLayer(plugin.last_layer_id)
+    assert written.providerType() == "ogr"
+    _assert_solar_fields(written)
+    assert written.fields().field("panels").type() in (QVariant.Int, QVariant.LongLong)
+    # the message bar offers the report beside the attribute table
+    from qgis.PyQt.QtWidgets import QPushButton
+
+    item = plugin.iface.messageBar().currentItem()
+    assert "kWp" in item.text()
+    buttons = {b.text(): b for b in item.findChildren(QPushButton)}
+    assert {"Open attribute table", "Report"} <= set(buttons)
+    buttons["Report"].click()
+    dialog = plugin.report_dialog
+    assert dialog is not None and dialog.layer_name == written.name() and not dialog.data.computed
+    assert dialog.totals["buildings"] == len(RECTANGLES)
+    assert dialog.report_params()["regularize"] == "yes, tolerance 1 m"
 
 
 def test_geopackage_export_holds_the_same_features(plugin, project, ortho_path, model_path, qgis_app,
