@@ -18,6 +18,7 @@ is written as ``attr_<key>`` rather than dropped.
 
 from __future__ import annotations
 
+import errno
 import numbers
 import os
 import uuid
@@ -44,14 +45,7 @@ def check_output(path: str, layer: str = DEFAULT_LAYER, overwrite: bool = False)
     _require_gdal()
     if not layer or not layer.strip():
         raise OutputError("The output layer name is empty; choose a name such as 'buildings'")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise OutputError(f"The output folder {directory} does not exist; create it or choose another path")
-    if os.path.isdir(path):
-        raise OutputError(f"{path} is a folder; give a file name ending in .gpkg")
-    if not os.path.exists(path):
-        if not os.access(directory, os.W_OK):
-            raise OutputError(f"Cannot write in {directory} (permission denied); choose another output folder")
+    if not check_writable(path):
         return
     ds = _open_existing(path, update=False)
     exists = _layer_index(ds, layer) is not None
@@ -59,8 +53,58 @@ def check_output(path: str, layer: str = DEFAULT_LAYER, overwrite: bool = False)
     if exists and not overwrite:
         raise OutputError(f"{path} already has a layer {layer!r}; pass --overwrite to replace it "
                           "or choose another layer name (--layer)")
+
+
+def check_writable(path: str) -> bool:
+    """Fail early if a layer cannot be written to GeoPackage ``path``; return whether the file exists.
+
+    Checks the folder (exists, is a folder, writable), and an existing file
+    (a GeoPackage, writable, not locked by another program's transaction).
+    """
+    _require_gdal()
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        parent = directory
+        while parent and not os.path.exists(parent) and os.path.dirname(parent) != parent:
+            parent = os.path.dirname(parent)
+        if os.path.exists(parent) and not os.path.isdir(parent):
+            raise OutputError(f"Cannot write {path}: {parent} is a file, not a folder; choose another output path")
+        raise OutputError(f"The output folder {directory} does not exist; create it or choose another path")
+    if os.path.isdir(path):
+        raise OutputError(f"{path} is a folder; give a file name ending in .gpkg")
+    if not os.path.exists(path):
+        if not os.access(directory, os.W_OK):
+            raise OutputError(f"Cannot write in {directory} (permission denied); choose another output folder")
+        return False
+    ds = _open_existing(path, update=False)
+    ds = None
     if not os.access(path, os.W_OK):
         raise OutputError(f"{path} is read-only; choose another output file")
+    check_not_locked(path)
+    return True
+
+
+def check_not_locked(path: str, timeout_s: float = 1.0) -> None:
+    """Raise :class:`OutputError` when another connection holds the GeoPackage's write lock.
+
+    Takes SQLite's write lock for an instant (and gives it back) instead of
+    letting the writer wait for it and fail after the detection.
+    """
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        con = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=rw", uri=True, timeout=timeout_s,
+                              isolation_level=None)
+    except sqlite3.Error:
+        return  # not openable by SQLite: the writer reports it
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        raise _as_output_error(exc, path) from None
+    finally:
+        con.close()
 
 
 def write_buildings(buildings: Sequence[Building], path: str, crs_wkt: str, layer: str = DEFAULT_LAYER,
@@ -73,13 +117,16 @@ def write_buildings(buildings: Sequence[Building], path: str, crs_wkt: str, laye
     """
     check_output(path, layer, overwrite)
     fields = _field_types(buildings)
-    if not os.path.exists(path):
-        return _write_new_file(buildings, path, crs_wkt, layer, fields, metadata)
-    ds = _open_existing(path, update=True)
     try:
-        _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace=overwrite)
-    finally:
-        ds = None
+        if not os.path.exists(path):
+            return _write_new_file(buildings, path, crs_wkt, layer, fields, metadata)
+        ds = _open_existing(path, update=True)
+        try:
+            _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace=overwrite)
+        finally:
+            ds = None
+    except OSError as exc:  # the rename, or a file system error outside GDAL (full disk, I/O error)
+        raise _as_output_error(exc, path) from None
     return path
 
 
@@ -170,7 +217,7 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
             ds.RollbackTransaction()
         except RuntimeError:
             pass
-        if isinstance(exc, RuntimeError):
+        if isinstance(exc, (RuntimeError, OSError)):
             raise _as_output_error(exc, name) from None
         raise
     finally:
@@ -222,10 +269,15 @@ def _layer_index(ds, layer: str) -> Optional[int]:
 
 def _as_output_error(exc: Exception, path: str, existing: bool = False) -> OutputError:
     msg = " ".join(str(exc).split()) or type(exc).__name__  # GDAL messages span lines
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in msg.lower() \
+            or "no space left" in msg.lower():
+        return OutputError(f"The disk is full: {path} could not be written ({msg}). Nothing was written; free "
+                           "space or write to another disk")
     if "locked" in msg.lower() or "busy" in msg.lower():
         return OutputError(f"{path} is locked by another program (QGIS editing it?); stop editing or close it, "
                            "or write to another file")
-    if "readonly" in msg.lower() or "read-only" in msg.lower() or "permission" in msg.lower():
+    if "readonly" in msg.lower() or "read-only" in msg.lower() or "permission" in msg.lower() \
+            or (isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
         return OutputError(f"{path} cannot be written (read-only or permission denied); choose another file")
     if existing:
         return OutputError(f"{path} exists but cannot be opened as a GeoPackage ({msg}); choose another file")

@@ -12,6 +12,7 @@ from osgeo import ogr
 
 from roof_detector.core.building import Building
 from roof_detector.core.errors import OutputError
+from roof_detector.core import gpkg_writer
 from roof_detector.core.gpkg_writer import check_output, write_buildings
 
 CRS = "EPSG:32631"
@@ -155,9 +156,12 @@ def test_killed_writer_leaves_no_partial_layer(tmp_path):
     assert _siblings(path) == []
 
 
-def test_locked_file_is_reported(tmp_path):
+def test_locked_file_is_reported(tmp_path, monkeypatch):
     path = str(tmp_path / "out.gpkg")
     write_buildings(_buildings(1), path, CRS)
+    # A lock taken after the early check (test_locked_file_is_refused_before_the_detection) must still be
+    # reported by the write transaction itself.
+    monkeypatch.setattr(gpkg_writer, "check_not_locked", lambda path: None)
     con = sqlite3.connect(path, isolation_level=None)
     con.execute("BEGIN IMMEDIATE")                          # another writer holds the lock
     # (GDAL retries for its 5 s busy timeout before giving up: this test takes 5 s)
@@ -194,3 +198,70 @@ def test_read_only_folder(tmp_path):
             write_buildings(_buildings(1), str(folder / "out.gpkg"), CRS)
     finally:
         folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("exc", [OSError(28, "No space left on device"),
+                                 RuntimeError("sqlite3_step() failed: database or disk is full")])
+def test_full_disk_mid_write_keeps_everything_else(tmp_path, exc):
+    path = str(tmp_path / "out.gpkg")
+    write_buildings(_buildings(3), path, CRS)
+    broken = _buildings(4) + [Building(Exploding(exc), 1, 1, 1)]
+    for kwargs in ({"overwrite": True}, {"layer": "new"}):
+        with pytest.raises(OutputError, match="The disk is full.*Nothing was written; free space"):
+            write_buildings(broken, path, CRS, **kwargs)
+    assert _layers(path) == {"buildings": 3}
+    with pytest.raises(OutputError, match="The disk is full"):
+        write_buildings(broken, str(tmp_path / "fresh.gpkg"), CRS)
+    assert sorted(os.listdir(tmp_path)) == ["out.gpkg"]
+
+
+def test_full_disk_when_renaming_the_new_file(tmp_path, monkeypatch):
+    def no_room(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gpkg_writer.os, "replace", no_room)
+    with pytest.raises(OutputError, match="The disk is full"):
+        write_buildings(_buildings(2), str(tmp_path / "out.gpkg"), CRS)
+    assert os.listdir(tmp_path) == []
+
+
+def test_read_only_outputs_simulated(tmp_path, monkeypatch):
+    """Root ignores permissions, so read-only places are simulated (a file as folder, os.access, GDAL's error)."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="notes.txt is a file, not a folder"):
+        write_buildings(_buildings(1), str(blocker / "sub" / "out.gpkg"), CRS)
+    existing = str(tmp_path / "existing.gpkg")
+    write_buildings(_buildings(1), existing, CRS)
+    real_access = os.access
+    monkeypatch.setattr(gpkg_writer.os, "access", lambda p, mode: False if mode == os.W_OK else real_access(p, mode))
+    with pytest.raises(OutputError, match="permission denied"):
+        write_buildings(_buildings(1), str(tmp_path / "new.gpkg"), CRS)
+    with pytest.raises(OutputError, match="existing.gpkg is read-only"):
+        write_buildings(_buildings(1), existing, CRS, layer="second")
+    monkeypatch.undo()
+    readonly = Exploding(RuntimeError("sqlite3_exec(CREATE TABLE) failed: attempt to write a readonly database"))
+    with pytest.raises(OutputError, match="cannot be written \\(read-only or permission denied\\)"):
+        write_buildings(_buildings(1) + [Building(readonly, 1, 1, 1)], existing, CRS, layer="second")
+    assert _layers(existing) == {"buildings": 1}
+    assert sorted(os.listdir(tmp_path)) == ["existing.gpkg", "notes.txt"]
+
+
+def test_locked_file_is_refused_before_the_detection(tmp_path):
+    import time
+
+    path = str(tmp_path / "out.gpkg")
+    write_buildings(_buildings(1), path, CRS)
+    before = open(path, "rb").read()
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(OutputError, match="locked by another program.*write to another file"):
+            check_output(path, "second")
+        assert time.monotonic() - t0 < 3.0  # a quick probe, not the writer's busy wait
+    finally:
+        con.execute("ROLLBACK")
+        con.close()
+    assert open(path, "rb").read() == before
+    check_output(path, "second")  # released: fine again
