@@ -43,44 +43,132 @@ def read_tile(source: RasterSource, grid: ModelGrid, tile: Tile, tile_size_px: i
     return rgb, valid
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for a device (or host) allocation failure: worth retrying with fewer tiles."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a batch to the model's device (a seam: tests fake a GPU on a CPU-only machine)."""
+    return x if device.type == "cpu" else x.to(device, non_blocking=True)
+
+
+def _free_device_memory(device: torch.device) -> None:
+    """Give the failed batch's blocks back to the device before retrying."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
+def _move_to_cpu(model: LoadedModel) -> None:
+    """Continue on the CPU in float32 (the LoadedModel stays there afterwards)."""
+    module = model.module
+    if model.half and hasattr(module, "float"):
+        module = module.float()
+    if hasattr(module, "to"):
+        module = module.to("cpu")
+    model.module, model.device, model.half = module, torch.device("cpu"), False
+
+
 class BatchPredictor:
-    """Runs a loaded model on batches of RGB tiles (numpy in, numpy probabilities out)."""
+    """Runs a loaded model on batches of RGB tiles (numpy in, numpy probabilities out).
+
+    Out of memory on the device, a batch is retried in halves (down to one
+    tile, and later batches keep the smaller size); when even one tile does
+    not fit on the GPU, the model moves to the CPU and the run goes on there.
+    What happened is said in :meth:`notes` (the result's warnings).
+    """
 
     def __init__(self, model: LoadedModel):
         self.model = model
+        self.batch_limit: Optional[int] = None  # tiles per model call after an out-of-memory error
+        self.first_oom_batch: Optional[int] = None
+        self.fell_back_from: Optional[str] = None  # device type we left for the CPU
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """``rgb``: float32 N x 3 x H x W in [0, 1]; returns float32 probabilities N x H x W."""
+        n = rgb.shape[0]
+        step = min(n, self.batch_limit or n)
+        out: List[np.ndarray] = []
+        i = 0
+        while i < n:
+            try:
+                out.append(self._run(rgb[i:i + step]))
+                i += step
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
+                if not is_out_of_memory(exc):
+                    raise
+                device = self.model.device
+                _free_device_memory(device)
+                if self.first_oom_batch is None:
+                    self.first_oom_batch = step
+                if step > 1:
+                    step = max(1, step // 2)
+                    self.batch_limit = step
+                elif device.type != "cpu":
+                    self.fell_back_from = device.type
+                    _move_to_cpu(self.model)
+                else:
+                    raise ModelError("Out of memory on the CPU even with one tile per batch; close other "
+                                     "programs, or use a model with a smaller tile size") from None
+        return out[0] if len(out) == 1 else np.concatenate(out)
+
+    def _run(self, rgb: np.ndarray) -> np.ndarray:
         model = self.model
         with torch.inference_mode():
-            x = torch.from_numpy(rgb).to(model.device, non_blocking=True)
-            if model.half:
-                x = x.half()
             try:
+                x = _to_device(torch.from_numpy(rgb), model.device)
+                if model.half:
+                    x = x.half()
                 y = model.module(x)
-            except torch.cuda.OutOfMemoryError:
-                raise ModelError(f"The GPU ran out of memory with {rgb.shape[0]} tiles per batch; "
-                                 "use a smaller batch size (--batch-size) or the CPU") from None
-            except RuntimeError as exc:
-                raise ModelError(f"The model failed on a {tuple(rgb.shape)} batch: "
-                                 f"{str(exc).splitlines()[0]}") from None
-            if y.dim() != 4 or y.shape[0] != rgb.shape[0] or y.shape[1] != 1 or y.shape[2:] != x.shape[2:]:
-                raise ModelError(f"The model returned shape {tuple(y.shape)} for input {tuple(x.shape)}; "
-                                 "a Roof Detector model must return N x 1 x H x W probabilities")
-            return y[:, 0].float().cpu().numpy()
+                if y.dim() != 4 or y.shape[0] != rgb.shape[0] or y.shape[1] != 1 or y.shape[2:] != x.shape[2:]:
+                    raise ModelError(f"The model returned shape {tuple(y.shape)} for input {tuple(x.shape)}; "
+                                     "a Roof Detector model must return N x 1 x H x W probabilities")
+                return y[:, 0].float().cpu().numpy()
+            except ModelError:
+                raise
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise
+                if isinstance(exc, RuntimeError):
+                    raise ModelError(f"The model failed on a {tuple(rgb.shape)} batch: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                raise
+
+    def notes(self) -> List[str]:
+        """What the out-of-memory handling did, for the user (empty when nothing happened)."""
+        if self.first_oom_batch is None:
+            return []
+        where = {"cuda": "GPU", "mps": "GPU (MPS)"}.get(self.fell_back_from or self.model.device.type, "CPU")
+        if self.fell_back_from:
+            return [f"The {where} ran out of memory even with 1 tile per batch (first at "
+                    f"{self.first_oom_batch} tiles per batch), so the rest of the run went on the CPU: slower, "
+                    "same result. Close other programs using the GPU, or choose the CPU as device."]
+        return [f"The {where} ran out of memory with {self.first_oom_batch} tiles per batch; the run went on "
+                f"with {self.batch_limit} tiles per batch: same result. Set the batch size to {self.batch_limit} "
+                "(--batch-size, or Batch size in QGIS) to skip the retries."]
 
 
 def predict_tiles(source: RasterSource, grid: ModelGrid, tiles: Sequence[Tile], model: LoadedModel,
                   batch_size: int, progress: Optional[ProgressFn] = None, is_cancelled: Optional[CancelFn] = None,
-                  timings: Optional[Dict[str, float]] = None
-                  ) -> Iterator[List[Tuple[Tile, np.ndarray, np.ndarray]]]:
+                  timings: Optional[Dict[str, float]] = None, warnings: Optional[List[str]] = None,
+                  predictor: Optional[BatchPredictor] = None) -> Iterator[List[Tuple[Tile, np.ndarray, np.ndarray]]]:
     """Yield, batch by batch, ``[(tile, probability, valid), ...]`` for every tile.
 
     ``probability`` is float32 ``T x T`` (0 where invalid), ``valid`` bool
     ``T x T`` (False on padding and nodata). ``timings`` accumulates seconds
     under ``"read"`` (on the reader thread, overlapping inference) and
     ``"infer"``; ``timings["batches"]`` counts batches. Raises
-    :class:`Cancelled` when ``is_cancelled()`` turns true.
+    :class:`Cancelled` when ``is_cancelled()`` turns true. Out of memory
+    on the device, batches are split and then moved to the CPU (see
+    :class:`BatchPredictor`); ``warnings`` receives what happened.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -90,7 +178,7 @@ def predict_tiles(source: RasterSource, grid: ModelGrid, tiles: Sequence[Tile], 
     timings.setdefault("batches", 0)
     tile_px = model.tile_size_px
     batches = [list(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)]
-    predictor = BatchPredictor(model)
+    predictor = predictor or BatchPredictor(model)
 
     def read_batch(batch: List[Tile]) -> Tuple[np.ndarray, np.ndarray]:
         t0 = time.perf_counter()
@@ -122,3 +210,5 @@ def predict_tiles(source: RasterSource, grid: ModelGrid, tiles: Sequence[Tile], 
             # exit waits for a read in flight, so the source is not closed under it.
             if pending is not None:
                 pending.cancel()
+            if warnings is not None:
+                warnings.extend(n for n in predictor.notes() if n not in warnings)

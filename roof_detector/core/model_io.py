@@ -24,6 +24,7 @@ shape N x 3 x H x W, and returns building probabilities N x 1 x H x W.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import tempfile
@@ -34,7 +35,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .errors import ModelError
+from .errors import ModelError, OutputError
 
 FORMAT_NAME = "roof-detector-model"
 FORMAT_VERSION = 1
@@ -120,8 +121,14 @@ def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
         raise ModelError(f"Model file not found: {path}")
     try:
         with zipfile.ZipFile(path) as zf:
-            names = [n for n in zf.namelist() if n.endswith("extra/" + METADATA_FILE)]
+            all_names = zf.namelist()
+            names = [n for n in all_names if n.endswith("extra/" + METADATA_FILE)]
             if not names:
+                if not any("/code/" in n for n in all_names):
+                    # torch.save() writes the same zip layout, without TorchScript code
+                    raise ModelError(f"{path} is not a TorchScript model: a zip archive without Roof Detector "
+                                     "metadata or TorchScript code (a checkpoint saved with torch.save?); "
+                                     "export it with `python -m roof_detector train` or `finetune`")
                 raise ModelError(f"{path} is a TorchScript file without Roof Detector metadata "
                                  f"(no extra/{METADATA_FILE}); export it with this plugin's training tools")
             raw = zf.read(names[0])
@@ -148,14 +155,21 @@ def save_model(module: torch.nn.Module, path: str | os.PathLike, metadata: Dict[
     validate_metadata(meta, str(path))
     scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module.eval())
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=str(path.parent))
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=str(path.parent))
+        os.close(fd)
         torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: json.dumps(meta, indent=1)})
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch reports write failures as RuntimeError
+        full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space" in str(exc).lower()
+        raise OutputError(f"Cannot write the model file {path} ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
+                          + ("the disk is full: free space or choose another folder" if full else
+                             "check the folder is writable and has free space") + ". No model file was written."
+                          ) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return str(path)
 
@@ -183,7 +197,10 @@ def resolve_device(device: str = "auto") -> torch.device:
 def device_description(device: torch.device) -> str:
     """Human-readable name of a device, e.g. 'CUDA: NVIDIA H100' or 'CPU (2 threads)'."""
     if device.type == "cuda":
-        return f"CUDA: {torch.cuda.get_device_name(device)}"
+        try:
+            return f"CUDA: {torch.cuda.get_device_name(device)}"
+        except Exception:  # noqa: BLE001 - a description must not fail a finished run
+            return "CUDA GPU"
     if device.type == "mps":
         return "Apple MPS"
     return f"CPU ({torch.get_num_threads()} threads)"

@@ -9,6 +9,8 @@ directory is removed whatever happens (error, cancel, Ctrl-C).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import tempfile
 import time
@@ -19,9 +21,9 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from .building import Building
-from .errors import Cancelled, InputRasterError, ModelError, RoofDetectorError
+from .errors import Cancelled, InputRasterError, ModelError, OutputError, RoofDetectorError
 from .geo import pixel_size_m
-from .inference import default_batch_size, predict_tiles
+from .inference import BatchPredictor, default_batch_size, predict_tiles
 from .model_io import BUNDLED_MODEL_PATH, LoadedModel, device_description, load_model
 from .probability_raster import ProbabilityRaster
 from .raster_source import RasterSource, open_source
@@ -118,17 +120,18 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
         timings["prepare"] = time.perf_counter() - t_start
         report(_PREPARE_END, f"{len(tiles)} tiles to process")
 
-        with tempfile.TemporaryDirectory(prefix="roof_detector-", dir=options.temp_dir) as tmp:
+        predictor = BatchPredictor(model)
+        with _temporary_directory(options.temp_dir) as tmp:
             mosaic = ProbabilityRaster(os.path.join(tmp, "probability.tif"), grid, crs_wkt, threshold)
             try:
                 valid_px = 0
                 timings["write"] = 0.0
                 tile_progress = report.span(_PREPARE_END, _TILES_END)
                 for batch in predict_tiles(raster, grid, tiles, model, batch_size, tile_progress, is_cancelled,
-                                           timings):
+                                           timings, warnings, predictor):
                     t0 = time.perf_counter()
                     for tile, prob, valid in batch:
-                        mosaic.write_tile(tile, prob, valid)
+                        _write_tile(mosaic, tmp, tile, prob, valid)
                         c0, r0, c1, r1 = tile.keep
                         valid_px += int(valid[r0 - tile.row_off:r1 - tile.row_off,
                                               c0 - tile.col_off:c1 - tile.col_off].sum())
@@ -138,6 +141,7 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
                                     + (" inside the area of interest" if aoi is not None else "")
                                     + " (all nodata / masked): nothing could be detected.")
                 t0 = time.perf_counter()
+                _flush(mosaic, tmp)
                 buildings = vectorize_buildings(mosaic, crs_wkt, options.min_area_m2, options.max_hole_area_m2,
                                                 clip_geometry=aoi, progress=report.span(_TILES_END, 1.0),
                                                 is_cancelled=is_cancelled)
@@ -166,7 +170,7 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
         "tiles_full_raster": (len(tile_origins(full_grid.width_px, model.tile_size_px, model.overlap_px))
                               * len(tile_origins(full_grid.height_px, model.tile_size_px, model.overlap_px))),
         "batches": batches,
-        "batch_size": batch_size,
+        "batch_size": predictor.batch_limit or batch_size,  # smaller after an out-of-memory retry
         "device": device_description(model.device),
         "backend": model.extra.get("backend", "torch"),
         "half_precision": model.half,
@@ -179,6 +183,43 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }
     return DetectionResult(buildings, crs_wkt, raster.name, dict(model.metadata), seconds, stats, warnings)
+
+
+@contextlib.contextmanager
+def _temporary_directory(parent: Optional[str]):
+    """A private temporary folder, removed whatever happens; failing to make it is an OutputError."""
+    try:
+        holder = tempfile.TemporaryDirectory(prefix="roof_detector-", dir=parent)
+    except OSError as exc:
+        where = parent or tempfile.gettempdir()
+        raise OutputError(f"Cannot create a temporary folder in {where} ({exc.strerror or exc}); "
+                          "free disk space there or set TMPDIR to a folder with room") from None
+    with holder as path:
+        yield path
+
+
+def _temp_write_error(exc: BaseException, tmp: str) -> OutputError:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space" in text.lower() \
+        or "disk is full" in text.lower()
+    hint = ("the disk holding the temporary folder is full: free space there or set TMPDIR to a folder "
+            "with room" if full else "check free space and permissions there")
+    return OutputError(f"Writing the temporary probability raster in {os.path.dirname(tmp)} failed ({text}); "
+                       f"{hint}. Nothing was written.")
+
+
+def _write_tile(mosaic: ProbabilityRaster, tmp: str, tile: Tile, prob, valid) -> None:
+    try:
+        mosaic.write_tile(tile, prob, valid)
+    except (RuntimeError, OSError) as exc:  # GDAL raises RuntimeError on a failed block write
+        raise _temp_write_error(exc, tmp) from None
+
+
+def _flush(mosaic: ProbabilityRaster, tmp: str) -> None:
+    try:
+        mosaic.flush()
+    except (RuntimeError, OSError) as exc:
+        raise _temp_write_error(exc, tmp) from None
 
 
 class _Progress:

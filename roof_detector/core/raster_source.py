@@ -8,18 +8,24 @@ window resampled to that many pixels as RGB in [0, 1] with a validity mask".
 
 Band handling (shared by every source through :func:`band_layout`):
 
-* 1 band: grey, replicated to R, G and B (a colour table is applied).
+* 1 band: grey, replicated to R, G and B (a colour table is applied); a
+  panchromatic uint16 image works this way.
+* 2 bands: grey + alpha when band 2 is flagged alpha; two data bands
+  (e.g. red + NIR) are refused.
 * 3 bands: RGB.
 * 4 bands: RGBA when band 4 is flagged alpha (alpha becomes validity), else
   RGB + NIR (the first three bands are used).
-* anything else is refused with a message saying how to make an RGB file.
+* anything else (5 bands and more) is refused with a message saying how to
+  make an RGB file.
 
-Values: uint8 is divided by 255; every other type is stretched per band
-between its 2nd and 98th percentiles, computed once on a decimated read of
-the whole raster (the same stretch for every tile, so tiles match).
+Values: uint8 is divided by 255; every other type (uint16, int16, int32,
+float32, float64...) is stretched per band between its 2nd and 98th
+percentiles, computed once on a decimated read of the whole raster (the
+same stretch for every tile, so tiles match).
 
 Pixels flagged by a nodata value, an internal/external GDAL mask band or an
-alpha band are invalid: their RGB is set to 0 and they never become buildings.
+alpha band are invalid, and so are NaN/infinite values of real rasters:
+their RGB is set to 0 and they never become buildings.
 """
 
 from __future__ import annotations
@@ -65,13 +71,15 @@ def band_layout(band_count: int, alpha_band: Optional[int] = None, name: str = "
     """
     if band_count == 1:
         return BandLayout((1, 1, 1), "grey")
+    if band_count == 2 and alpha_band == 2:
+        return BandLayout((1, 1, 1), "grey+alpha")
     if band_count == 3:
         return BandLayout((1, 2, 3), "RGB")
     if band_count == 4:
         return BandLayout((1, 2, 3), "RGBA" if alpha_band == 4 else "RGB+NIR")
     raise InputRasterError(
-        f"{name} has {band_count} bands; the detector needs 1 (grey), 3 (RGB) or 4 (RGBA or "
-        "RGB+NIR) bands. Make an RGB copy first, e.g. `gdal_translate -b 3 -b 2 -b 1 in.tif rgb.tif` "
+        f"{name} has {band_count} bands{' (none flagged alpha)' if band_count == 2 else ''}; the detector "
+        "needs 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA or RGB+NIR) bands. Make an RGB copy first, e.g. `gdal_translate -b 3 -b 2 -b 1 in.tif rgb.tif` "
         "with the band numbers of red, green and blue")
 
 
@@ -259,6 +267,8 @@ class RasterioSource(RasterSource):
         bands = sorted(set(self._layout.rgb_bands))
         sample = ds.read(bands, out_shape=(len(bands),) + shape, resampling=Resampling.nearest)
         valid = ds.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+        if np.dtype(self._dtype).kind == "f":
+            valid &= np.isfinite(sample).all(axis=0)
         per_band = percentile_stretch(sample, valid)
         return np.stack([per_band[bands.index(b)] for b in self._layout.rgb_bands])
 
@@ -313,6 +323,8 @@ class RasterioSource(RasterSource):
         bands = sorted(set(self._layout.rgb_bands))
         raw = self._ds.read(bands, window=win, out_shape=(len(bands), rows, cols), resampling=resampling)
         valid = self._ds.dataset_mask(window=win, out_shape=(rows, cols), resampling=Resampling.nearest) > 0
+        if np.dtype(self._dtype).kind == "f":  # NaN without a declared nodata is still no data
+            valid &= np.isfinite(raw).all(axis=0)
         if self._lut is not None:
             idx = np.clip(raw[0].astype(np.int64), 0, self._lut.shape[0] - 1)
             rgb = np.moveaxis(self._lut[idx], -1, 0)

@@ -102,6 +102,11 @@ def prepare_data(opts: FinetuneOptions, meta: Dict, log: Callable[[str], None] =
         raise LabelError(f"{opts.raster_path} has no CRS; assign one before fine-tuning")
     labels = read_polygons(opts.labels_path, target_crs_wkt=crs_wkt, layer=opts.labels_layer)
     geoms = labels.geometries
+    if not geoms:
+        what = (f"its {labels.skipped} features are not polygons or are empty "
+                f"({', '.join(sorted(set(labels.skipped_reasons)))})" if labels.skipped else "it has no features")
+        raise LabelError(f"Layer {labels.layer_name!r} of {opts.labels_path} holds no building polygon: {what}. "
+                         "Choose a polygon layer of building outlines")
     notes: List[str] = []
     if labels.repaired:
         notes.append(f"{labels.repaired} invalid label geometries were repaired.")
