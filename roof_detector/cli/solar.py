@@ -17,8 +17,7 @@ import math
 import os
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Sequence
 
 from ..core.errors import LabelError, OutputError
 
@@ -85,28 +84,29 @@ def run(args: argparse.Namespace) -> int:
     with _output_flag_names():
         check_output(args.output, args.out_layer, args.overwrite)
 
-    layer = read_features(args.input, args.layer)
+    from ..core.vector_io import read_polygons
+
+    layer = read_polygons(args.input, layer=args.layer, with_attributes=True, require_crs=True)
     rows: List[Dict[str, Any]] = []
     geoms = []
     regularized = 0
-    for feat in layer.features:
-        g = feat.geometry
+    for fid, g in zip(layer.fids, layer.geometries):
         if args.regularize:
             r = regularize_outline(g, layer.crs_wkt, args.tolerance)
             if r is not g:
                 regularized += 1
             g = r
         attrs = rooftop_attributes(g, layer.crs_wkt, params)
-        rows.append({"id": feat.fid, **attrs})
+        rows.append({"id": fid, **attrs})
         geoms.append(g)
 
     # Source attributes keep their names unless they clash with a solar field (-> src_<name>).
     solar_names = [name for name, _ in SOLAR_FIELDS]
     renamed = [(name, _unclash(name, solar_names)) for name, _ in layer.fields]
     buildings = []
-    for feat, geom, row in zip(layer.features, geoms, rows):
-        attrs: Dict[str, Any] = {"src_fid": feat.fid}
-        attrs.update({new: feat.attributes.get(old) for old, new in renamed})
+    for fid, src_attrs, geom, row in zip(layer.fids, layer.attributes, geoms, rows):
+        attrs: Dict[str, Any] = {"src_fid": fid}
+        attrs.update({new: src_attrs.get(old) for old, new in renamed})
         attrs.update({k: row[k] for k in solar_names if k not in ("area_m2", "perimeter_m")})
         # confidence is a detection field: NaN (stored as null) for polygons from elsewhere
         buildings.append(Building(geom, row["area_m2"], row["perimeter_m"], math.nan, attrs))
@@ -142,89 +142,3 @@ def _output_flag_names():
 
 def _unclash(name: str, reserved: Sequence[str]) -> str:
     return f"src_{name}" if name.lower() in {r.lower() for r in list(reserved) + ["src_fid"]} else name
-
-
-
-
-# --------------------------------------------------------------------------- reading
-# Reading keeps the input attributes (core.vector_io.read_polygons keeps geometries
-# only); writing goes through core.gpkg_writer like detection's output.
-
-
-@dataclass
-class Feature:
-    fid: int
-    geometry: Any
-    attributes: Dict[str, Any]
-
-
-@dataclass
-class FeatureLayer:
-    features: List[Feature]
-    fields: List[Tuple[str, str]]  # (name, OGR type name)
-    crs_wkt: str
-    layer_name: str
-    skipped: int = 0
-    repaired: int = 0
-
-
-def read_features(path: str, layer: Optional[str] = None) -> FeatureLayer:
-    """Polygons of ``layer`` (default: first polygon layer) with their attributes, in the layer's CRS."""
-    import shapely
-    from ..core.vector_io import _open, _polygonal_part, list_layers, ogr
-
-    ds = _open(path)
-    lyr = None
-    if layer:
-        lyr = ds.GetLayerByName(layer)
-        if lyr is None:
-            raise LabelError(f"{path} has no layer {layer!r}; layers: {', '.join(list_layers(path))}")
-    else:
-        for i in range(ds.GetLayerCount()):
-            cand = ds.GetLayerByIndex(i)
-            if ogr.GT_Flatten(cand.GetGeomType()) in (ogr.wkbPolygon, ogr.wkbMultiPolygon, ogr.wkbUnknown):
-                lyr = cand
-                break
-        if lyr is None:
-            raise LabelError(f"{path} holds no polygon layer")
-    srs = lyr.GetSpatialRef()
-    if srs is None:
-        raise LabelError(f"Layer {lyr.GetName()!r} of {path} has no CRS; set one in QGIS "
-                         "(Layer Properties > Source) and save it again")
-    defn = lyr.GetLayerDefn()
-    fields = []
-    for i in range(defn.GetFieldCount()):
-        fd = defn.GetFieldDefn(i)
-        t = fd.GetType()
-        kind = {ogr.OFTInteger: "integer", ogr.OFTInteger64: "integer64", ogr.OFTReal: "real",
-                ogr.OFTDate: "date", ogr.OFTDateTime: "datetime"}.get(t, "string")
-        fields.append((fd.GetName(), kind))
-    feats: List[Feature] = []
-    skipped = repaired = 0
-    for f in lyr:
-        g = f.GetGeometryRef()
-        if g is None or g.IsEmpty():
-            skipped += 1
-            continue
-        g = g.Clone()
-        g.FlattenTo2D()
-        geom = shapely.from_wkb(bytes(g.ExportToWkb()))
-        if not geom.is_valid:
-            geom = shapely.make_valid(geom)
-            repaired += 1
-        geom = _polygonal_part(geom)
-        if geom is None:
-            skipped += 1
-            continue
-        attrs = {}
-        for name, kind in fields:
-            if not f.IsFieldSetAndNotNull(name):
-                attrs[name] = None
-            elif kind in ("integer", "integer64"):
-                attrs[name] = f.GetFieldAsInteger64(name)
-            elif kind == "real":
-                attrs[name] = f.GetFieldAsDouble(name)
-            else:
-                attrs[name] = f.GetFieldAsString(name)
-        feats.append(Feature(int(f.GetFID()), geom, attrs))
-    return FeatureLayer(feats, fields, srs.ExportToWkt(), lyr.GetName(), skipped, repaired)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import shapely
@@ -36,6 +36,9 @@ class PolygonLayer:
     repaired: int = 0
     skipped: int = 0
     skipped_reasons: List[str] = field(default_factory=list)
+    fids: List[int] = field(default_factory=list)  # feature id of each geometry
+    attributes: List[Dict[str, Any]] = field(default_factory=list)  # with ``with_attributes``
+    fields: List[Tuple[str, str]] = field(default_factory=list)  # (name, integer|integer64|real|date|datetime|string)
 
 
 def list_layers(path: str) -> List[str]:
@@ -58,39 +61,65 @@ def _open(path: str):
     return ds
 
 
+def _pick_layer(ds, path: str, layer: Optional[str]):
+    """The named layer, or the first polygon (or untyped) layer, or the first layer."""
+    if layer:
+        lyr = ds.GetLayerByName(layer)
+        if lyr is None:
+            raise LabelError(f"{path} has no layer {layer!r}; layers: {', '.join(list_layers(path))}")
+        return lyr
+    for i in range(ds.GetLayerCount()):
+        cand = ds.GetLayerByIndex(i)
+        if ogr.GT_Flatten(cand.GetGeomType()) in (ogr.wkbPolygon, ogr.wkbMultiPolygon, ogr.wkbUnknown):
+            return cand
+    if ds.GetLayerCount():
+        return ds.GetLayerByIndex(0)
+    raise LabelError(f"{path} holds no layer")
+
+
+def _field_kinds(lyr) -> List[Tuple[str, str]]:
+    defn = lyr.GetLayerDefn()
+    kinds = {ogr.OFTInteger: "integer", ogr.OFTInteger64: "integer64", ogr.OFTReal: "real",
+             ogr.OFTDate: "date", ogr.OFTDateTime: "datetime"}
+    return [(defn.GetFieldDefn(i).GetName(), kinds.get(defn.GetFieldDefn(i).GetType(), "string"))
+            for i in range(defn.GetFieldCount())]
+
+
+def _attributes(feat, fields: List[Tuple[str, str]]) -> Dict[str, Any]:
+    attrs: Dict[str, Any] = {}
+    for name, kind in fields:
+        if not feat.IsFieldSetAndNotNull(name):
+            attrs[name] = None
+        elif kind in ("integer", "integer64"):
+            attrs[name] = feat.GetFieldAsInteger64(name)
+        elif kind == "real":
+            attrs[name] = feat.GetFieldAsDouble(name)
+        else:
+            attrs[name] = feat.GetFieldAsString(name)
+    return attrs
+
+
 def read_polygons(path: str, target_crs_wkt: Optional[str] = None, layer: Optional[str] = None,
-                  bbox: Optional[Tuple[float, float, float, float]] = None) -> PolygonLayer:
+                  bbox: Optional[Tuple[float, float, float, float]] = None,
+                  with_attributes: bool = False, require_crs: bool = False) -> PolygonLayer:
     """Read the polygons of ``layer`` (default: the first polygon layer) of ``path``.
 
     Geometries are flattened to 2D, invalid ones repaired (``make_valid``),
     multi-polygons kept whole, and non-polygon or empty geometries skipped and
     counted. With ``target_crs_wkt`` they are reprojected to that CRS (a layer
     in another CRS is reprojected, not refused). ``bbox`` (in the target CRS)
-    keeps only geometries that intersect it.
+    keeps only geometries that intersect it. ``fids`` holds each kept
+    geometry's feature id; ``with_attributes`` also reads the attribute values.
     """
     ds = _open(path)
-    lyr = None
-    if layer:
-        lyr = ds.GetLayerByName(layer)
-        if lyr is None:
-            raise LabelError(f"{path} has no layer {layer!r}; layers: {', '.join(list_layers(path))}")
-    else:
-        for i in range(ds.GetLayerCount()):
-            cand = ds.GetLayerByIndex(i)
-            if ogr.GT_Flatten(cand.GetGeomType()) in (ogr.wkbPolygon, ogr.wkbMultiPolygon, ogr.wkbUnknown):
-                lyr = cand
-                break
-        if lyr is None:
-            lyr = ds.GetLayerByIndex(0) if ds.GetLayerCount() else None
-        if lyr is None:
-            raise LabelError(f"{path} holds no layer")
+    lyr = _pick_layer(ds, path, layer)
     src_srs = lyr.GetSpatialRef()
     transform = None
     crs_wkt = src_srs.ExportToWkt() if src_srs is not None else ""
+    if src_srs is None and (target_crs_wkt or require_crs):
+        raise LabelError(f"Layer {lyr.GetName()!r} of {path} has no CRS; set one in QGIS "
+                         "(Layer Properties > Source) and save it again")
     if target_crs_wkt:
-        if src_srs is None:
-            raise LabelError(f"Layer {lyr.GetName()!r} of {path} has no CRS; set one in QGIS "
-                             "(Layer Properties > Source) and save it again")
         dst = osr.SpatialReference()
         dst.ImportFromWkt(target_crs_wkt)
         for srs in (src_srs, dst):
@@ -98,15 +127,14 @@ def read_polygons(path: str, target_crs_wkt: Optional[str] = None, layer: Option
         if not src_srs.IsSame(dst):
             transform = osr.CoordinateTransformation(src_srs, dst)
         crs_wkt = target_crs_wkt
+    fields = _field_kinds(lyr) if with_attributes else []
     bbox_geom = shapely.box(*bbox) if bbox else None
-    out: List[BaseGeometry] = []
-    repaired = skipped = 0
-    reasons: List[str] = []
+    out = PolygonLayer([], crs_wkt, lyr.GetName(), fields=fields)
     for feat in lyr:
         g = feat.GetGeometryRef()
         if g is None or g.IsEmpty():
-            skipped += 1
-            reasons.append("empty")
+            out.skipped += 1
+            out.skipped_reasons.append("empty")
             continue
         g = g.Clone()
         g.FlattenTo2D()
@@ -115,16 +143,19 @@ def read_polygons(path: str, target_crs_wkt: Optional[str] = None, layer: Option
         geom = shapely.from_wkb(bytes(g.ExportToWkb()))
         if not geom.is_valid:
             geom = shapely.make_valid(geom)
-            repaired += 1
+            out.repaired += 1
         polys = _polygonal_part(geom)
         if polys is None:
-            skipped += 1
-            reasons.append(g.GetGeometryName().lower())
+            out.skipped += 1
+            out.skipped_reasons.append(g.GetGeometryName().lower())
             continue
         if bbox_geom is not None and not polys.intersects(bbox_geom):
             continue
-        out.append(polys)
-    return PolygonLayer(out, crs_wkt, lyr.GetName(), repaired, skipped, reasons)
+        out.geometries.append(polys)
+        out.fids.append(int(feat.GetFID()))
+        if with_attributes:
+            out.attributes.append(_attributes(feat, fields))
+    return out
 
 
 def _polygonal_part(geom: BaseGeometry) -> Optional[BaseGeometry]:

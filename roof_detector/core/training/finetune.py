@@ -38,7 +38,7 @@ class FinetuneOptions:
     output_path: str
     base_model_path: Optional[str] = None  # None = bundled model
     labels_layer: Optional[str] = None
-    label_fids: Optional[List[int]] = None  # only these features (QGIS "selected features only")
+    label_fids: Optional[List[int]] = None  # only these feature ids (QGIS "selected features only")
     area_path: Optional[str] = None  # polygon layer of the fully-labelled area
     area_wkt: Optional[str] = None  # or the area itself, in the raster CRS
     epochs: int = 10
@@ -115,7 +115,7 @@ def prepare_data(opts: FinetuneOptions, meta: Dict, log: Callable[[str], None] =
                      f"{', '.join(sorted(set(labels.skipped_reasons)))}).")
     if opts.label_fids is not None:
         keep = set(opts.label_fids)
-        geoms = [g for i, g in enumerate(geoms) if i in keep]
+        geoms = [g for fid, g in zip(labels.fids, geoms) if fid in keep]
     inside = [g for g in geoms if g.intersects(shapely.box(*raster_bounds))]
     if not inside:
         raise LabelError("No label polygon lies inside the raster: check that the label layer covers "
