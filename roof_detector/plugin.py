@@ -66,13 +66,10 @@ class RoofDetectorPlugin:
             self.menu_actions.append(extra)
 
     def unload(self) -> None:
-        """Remove every action and menu entry; cancel tasks still running."""
-        for task in list(self.tasks):
-            try:
-                task.on_finished = None
-                task.cancel()
-            except RuntimeError:  # already deleted by the task manager
-                pass
+        """Remove every action and menu entry; cancel tasks still running and wait briefly for them."""
+        from .qgis_ui.lifecycle import UNLOAD_WAIT_S, cancel_tasks
+
+        cancel_tasks(self.tasks, UNLOAD_WAIT_S)
         self.tasks.clear()
         for action in self.actions:
             self.iface.removePluginMenu(self.menu, action)

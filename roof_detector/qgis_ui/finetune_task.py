@@ -211,6 +211,8 @@ class FinetuneTask(QgsTask):
         self.status_text = ""
         self._lock = threading.Lock()
         self._options: Any = None
+        self.run_started = threading.Event()  # set when run() begins, in the worker thread
+        self.run_done = threading.Event()     # set when run() returns: plugin unload waits on it
 
     def set_keep_best(self, keep: bool) -> None:
         """Whether a cancelled run still writes its best epoch (call before :meth:`cancel`)."""
@@ -235,6 +237,7 @@ class FinetuneTask(QgsTask):
 
     def run(self) -> bool:
         start = time.perf_counter()
+        self.run_started.set()
         try:
             from ..core.training.finetune import FinetuneOptions, finetune
 
@@ -251,6 +254,7 @@ class FinetuneTask(QgsTask):
             self._record_error(exc)
         finally:
             self.seconds = time.perf_counter() - start
+            self.run_done.set()
         return False
 
     def _record_error(self, exc: Exception) -> None:

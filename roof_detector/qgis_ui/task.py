@@ -13,6 +13,7 @@ and shown as one line.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, Optional
@@ -58,6 +59,8 @@ class DetectTask(QgsTask):
         self.error: Optional[str] = None
         self.seconds: float = 0.0
         self.was_cancelled = False
+        self.run_started = threading.Event()  # set when run() begins, in the worker thread
+        self.run_done = threading.Event()     # set when run() returns: plugin unload waits on it
 
     # -- worker thread -----------------------------------------------------
     def _progress(self, fraction: float, message: str = "") -> None:
@@ -66,6 +69,7 @@ class DetectTask(QgsTask):
     def run(self) -> bool:
         """Run the detection (worker thread); store results or an error message."""
         start = time.perf_counter()
+        self.run_started.set()
         try:
             self._run()
             return True
@@ -76,6 +80,7 @@ class DetectTask(QgsTask):
             self._record_error(exc)
         finally:
             self.seconds = time.perf_counter() - start
+            self.run_done.set()
         self.layer = None
         return False
 
@@ -101,6 +106,12 @@ class DetectTask(QgsTask):
         from ..core.pipeline import DetectOptions, detect_buildings
 
         options = make_options(DetectOptions, self.request.options_kwargs())
+        if self.request.output_mode == "gpkg":
+            # Before minutes of detection: a missing/read-only folder, a file that is not a
+            # GeoPackage or one locked by another program fails now (as the CLI does).
+            from ..core.gpkg_writer import check_writable
+
+            check_writable(self.request.gpkg_path)
         source = self._open_source()
         try:
             result = detect_buildings(source, options, progress=self._progress, is_cancelled=self.isCanceled)
