@@ -187,15 +187,26 @@ def source_as_file(alg: QgsProcessingAlgorithm, parameters: Dict[str, Any], name
 
 
 def copy_features(layer: Any, sink: QgsFeatureSink, feedback: QgsProcessingFeedback) -> int:
-    """Copy every feature of ``layer`` into ``sink``; return how many."""
+    """Copy every feature of ``layer`` into ``sink``; return how many.
+
+    Not interrupted by a cancel: the copy of an in-memory layer is quick, and
+    stopping half-way would leave a partial output behind as if it were the
+    result (callers check for a cancel before they create the sink).
+    """
     count = 0
     for feature in layer.getFeatures(QgsFeatureRequest()):
-        if feedback.isCanceled():
-            break
         if not sink.addFeature(QgsFeature(feature), QgsFeatureSink.FastInsert):
             raise QgsProcessingException(tr("Could not write a feature to the output"))
         count += 1
     return count
+
+
+def raise_if_cancelled(feedback: QgsProcessingFeedback) -> None:
+    """Stop with the engine's "nothing was written" message when the user cancelled."""
+    if feedback is not None and feedback.isCanceled():
+        from ..core.errors import Cancelled
+
+        raise QgsProcessingException(Cancelled().args[0])
 
 
 def to_shapely(geometry: Any) -> Any:

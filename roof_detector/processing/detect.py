@@ -18,7 +18,7 @@ from qgis.core import (
 )
 
 from .common import (DEVICES, RoofDetectorAlgorithm, check_raster_layer, close_source, copy_features, engine_errors,
-                     engine_progress, raster_source)
+                     engine_progress, raise_if_cancelled, raster_source)
 
 
 class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
@@ -123,6 +123,7 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
             # The layer's own CRS first (keeps its authid), the engine's as fallback: as the dialog does.
             crs = crs_from(layer.crs().authid() or layer.crs().toWkt(), result.crs_wkt)
             buildings = build_memory_layer(result.buildings, crs, layer.name())
+        raise_if_cancelled(feedback)  # a cancel during sizing: no output is created at all
         sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, buildings.fields(),
                                              buildings.wkbType(), crs)
         if sink is None:
