@@ -151,8 +151,9 @@ class BatchPredictor:
             return [f"The {where} ran out of memory even with 1 tile per batch (first at "
                     f"{self.first_oom_batch} tiles per batch), so the rest of the run went on the CPU: slower, "
                     "same result. Close other programs using the GPU, or choose the CPU as device."]
+        tiles = "1 tile" if self.batch_limit == 1 else f"{self.batch_limit} tiles"
         return [f"The {where} ran out of memory with {self.first_oom_batch} tiles per batch; the run went on "
-                f"with {self.batch_limit} tiles per batch: same result. Set the batch size to {self.batch_limit} "
+                f"with {tiles} per batch: same result. Set the batch size to {self.batch_limit} "
                 "(--batch-size, or Batch size in QGIS) to skip the retries."]
 
 
