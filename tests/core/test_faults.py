@@ -382,7 +382,7 @@ def small_raster(tmp_path):
 
 @pytest.mark.parametrize("geometries, message", [
     ([f"POINT({ORIGIN[0] + 5} {ORIGIN[1] - 5})", f"LINESTRING({ORIGIN[0]} {ORIGIN[1]},{ORIGIN[0] + 9} {ORIGIN[1]})"],
-     r"holds no building polygon: its 2 features are not polygons or are empty \(linestring, point\)"),
+     r"holds no building polygon: 2 feature\(s\) skipped as not polygons or empty \(linestring, point\)"),
     ([], "holds no building polygon: it has no features"),
     ([f"POLYGON(({_sq(-900, -900)}))"], "No label polygon lies inside the raster"),
 ])

@@ -103,7 +103,7 @@ def prepare_data(opts: FinetuneOptions, meta: Dict, log: Callable[[str], None] =
     labels = read_polygons(opts.labels_path, target_crs_wkt=crs_wkt, layer=opts.labels_layer)
     geoms = labels.geometries
     if not geoms:
-        what = (f"its {labels.skipped} features are not polygons or are empty "
+        what = (f"{labels.skipped} feature(s) skipped as not polygons or empty "
                 f"({', '.join(sorted(set(labels.skipped_reasons)))})" if labels.skipped else "it has no features")
         raise LabelError(f"Layer {labels.layer_name!r} of {opts.labels_path} holds no building polygon: {what}. "
                          "Choose a polygon layer of building outlines")
