@@ -19,7 +19,8 @@ DESCRIPTION = "Detect building footprints in an orthophoto and write them to a G
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``detect`` sub-command."""
     p = subparsers.add_parser("detect", help="find building footprints in a raster", description=DESCRIPTION)
-    p.add_argument("raster", help="orthophoto: GeoTIFF or any raster GDAL reads (1, 3 or 4 bands)")
+    p.add_argument("raster", help="orthophoto: GeoTIFF or any raster GDAL reads (1, 2 = grey + alpha, 3 or 4 "
+                                  "bands; any integer or real type)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.gpkg", help="GeoPackage to write")
     p.add_argument("--layer", default="buildings", help="layer name in the GeoPackage (default: buildings)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing layer of the same name")

@@ -42,7 +42,8 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
     HELP = (
         "Finds building footprints in an RGB orthophoto with the Roof Detector U-Net, the same engine as the "
         "plugin's Detect Buildings button and <i>python -m roof_detector detect</i>.<br><br>"
-        "<b>Orthophoto</b>: a file-based raster (GeoTIFF, JPEG 2000, VRT...) with 1, 3 or 4 bands and a CRS; "
+        "<b>Orthophoto</b>: a file-based raster (GeoTIFF, JPEG 2000, VRT...) with 1, 2 (grey + alpha), 3 or 4 bands "
+        "of any integer or real type and a CRS; "
         "any pixel size is resampled to the model's.<br>"
         "<b>Model file</b>: a Roof Detector .pt model; empty = the bundled model.<br>"
         "<b>Threshold</b>: probability above which a pixel is building (0-1); empty = the model's tuned value.<br>"
