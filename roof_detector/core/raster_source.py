@@ -79,8 +79,8 @@ def band_layout(band_count: int, alpha_band: Optional[int] = None, name: str = "
         return BandLayout((1, 2, 3), "RGBA" if alpha_band == 4 else "RGB+NIR")
     raise InputRasterError(
         f"{name} has {band_count} bands{' (none flagged alpha)' if band_count == 2 else ''}; the detector "
-        "needs 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA or RGB+NIR) bands. Make an RGB copy first, e.g. `gdal_translate -b 3 -b 2 -b 1 in.tif rgb.tif` "
-        "with the band numbers of red, green and blue")
+        "needs 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA or RGB+NIR) bands. Make an RGB copy first, "
+        "e.g. `gdal_translate -b 3 -b 2 -b 1 in.tif rgb.tif` with the band numbers of red, green and blue")
 
 
 def check_north_up(transform: Affine, name: str = "raster") -> None:
