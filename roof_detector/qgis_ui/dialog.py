@@ -11,7 +11,7 @@ import os
 from typing import Any, Dict, Optional
 
 from qgis.core import Qgis, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
-from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMapLayerComboBox, QgsMessageBar
+from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMessageBar
 from qgis.PyQt.QtWidgets import (
     QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout,
     QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox, QRadioButton, QVBoxLayout, QWidget,
@@ -19,40 +19,14 @@ from qgis.PyQt.QtWidgets import (
 
 from . import settings, tr
 from .output import gpkg_layer_names
-from .paths import bundled_model_path, library_models, model_library_dir
+from .paths import library_models, model_library_dir
+from .pickers import (add_model_choices, chosen_model_path, choice_combo, device_combo, layer_combo, model_summary,
+                      restore_device, select_data)
 from .request import (DetectRequest, RequestError, extent_aoi_wkt, plan_run, raster_input,
                       selection_aoi_wkt)
 
 AREA_MODES = (("layer", "Whole layer"), ("extent", "Current map extent"),
               ("selection", "Selected polygons of a layer"))
-DEVICES = (("auto", "Automatic"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
-
-
-def describe_devices() -> Dict[str, Any]:
-    """{'cuda': bool, 'text': what torch found}, e.g. 'CUDA: NVIDIA H100 found'."""
-    try:
-        import torch
-    except Exception:  # noqa: BLE001 - the plugin checks dependencies before; stay robust
-        return {"cuda": False, "text": tr("PyTorch is not installed")}
-    if torch.cuda.is_available():
-        return {"cuda": True, "text": tr("GPU found: {name}").format(name=torch.cuda.get_device_name(0))}
-    return {"cuda": False, "text": tr("No CUDA GPU found; CPU with {n} threads").format(
-        n=torch.get_num_threads())}
-
-
-def model_summary(path: Optional[str]) -> Dict[str, Any]:
-    """{'ok', 'text', 'threshold', 'meta'} for a model file, from its metadata only (cheap)."""
-    if not path:
-        return {"ok": False, "text": tr("No model file chosen"), "threshold": None, "meta": None}
-    try:
-        from ..core.model_io import read_metadata
-        meta = read_metadata(path)
-    except Exception as exc:  # ModelError, or torch missing
-        return {"ok": False, "text": str(exc), "threshold": None, "meta": None}
-    text = tr("{name} {version}, {gsd} m/pixel, threshold {thr:.2f}").format(
-        name=meta.get("name", os.path.basename(path)), version=meta.get("version", ""),
-        gsd=meta.get("gsd_m"), thr=float(meta["threshold"]))
-    return {"ok": True, "text": text, "threshold": float(meta["threshold"]), "meta": meta}
 
 
 class DetectDialog(QDialog):
@@ -73,15 +47,11 @@ class DetectDialog(QDialog):
         self.bar = QgsMessageBar(self)
         form = QFormLayout()
 
-        self.raster_combo = QgsMapLayerComboBox(self)
-        self.raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.raster_combo = layer_combo(self, QgsMapLayerProxyModel.RasterLayer)
         form.addRow(tr("Orthophoto"), self.raster_combo)
 
-        self.area_combo = QComboBox(self)
-        for key, label in AREA_MODES:
-            self.area_combo.addItem(tr(label), key)
-        self.aoi_layer_combo = QgsMapLayerComboBox(self)
-        self.aoi_layer_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.area_combo = choice_combo(self, AREA_MODES)
+        self.aoi_layer_combo = layer_combo(self, QgsMapLayerProxyModel.PolygonLayer)
         form.addRow(tr("Area"), self.area_combo)
         form.addRow(tr("Polygon layer"), self.aoi_layer_combo)
         self.estimate_label = QLabel(self)
@@ -115,13 +85,8 @@ class DetectDialog(QDialog):
         self.min_area_spin.setSuffix(" m²")
         form.addRow(tr("Minimum building area"), self.min_area_spin)
 
-        self.device_combo = QComboBox(self)
+        self.device_combo, devices = device_combo(self)
         self.device_info = QLabel(self)
-        devices = describe_devices()
-        for key, label in DEVICES:
-            self.device_combo.addItem(tr(label), key)
-        if not devices["cuda"]:
-            self.device_combo.model().item(2).setEnabled(False)
         self.device_info.setText(devices["text"])
         self.device_info.setWordWrap(True)
         form.addRow(tr("Device"), self.device_combo)
@@ -223,31 +188,22 @@ class DetectDialog(QDialog):
         grid.setColumnStretch(3, 1)
 
     def _fill_models(self) -> None:
-        bundled = bundled_model_path()
-        label = tr("Bundled model") if bundled else tr("Bundled model (not installed)")
-        self.model_combo.addItem(label, "bundled")
-        for path in library_models():
-            self.model_combo.addItem(tr("Library: {name}").format(name=os.path.basename(path)),
-                                     "library:" + path)
+        add_model_choices(self.model_combo, library_models(), model_library_dir())
         self.model_combo.addItem(tr("Model file..."), "file")
-        self.model_combo.setToolTip(tr("Models in {folder} are listed here.").format(
-            folder=model_library_dir()))
 
     # -- settings ------------------------------------------------------------
     def _load_settings(self) -> None:
         self.set_raster_layer(self.iface.activeLayer() if self.iface is not None else None)
-        self._select_data(self.area_combo, settings.get("area_mode"))
+        select_data(self.area_combo, settings.get("area_mode"))
         aoi = QgsProject.instance().mapLayer(settings.get("aoi_layer_id"))
         if aoi is not None:
             self.aoi_layer_combo.setLayer(aoi)
         self.model_file.setFilePath(settings.get("model_file"))
-        self._select_data(self.model_combo, settings.get("model_choice"))
+        select_data(self.model_combo, settings.get("model_choice"))
         self.threshold_check.setChecked(settings.get("threshold_override"))
         self.threshold_spin.setValue(settings.get("threshold"))
         self.min_area_spin.setValue(settings.get("min_area_m2"))
-        self._select_data(self.device_combo, settings.get("device"))
-        if not self.device_combo.model().item(self.device_combo.currentIndex()).isEnabled():
-            self._select_data(self.device_combo, "auto")
+        restore_device(self.device_combo, settings.get("device"))
         gpkg = settings.get("output_mode") == "gpkg"
         (self.gpkg_radio if gpkg else self.memory_radio).setChecked(True)
         self.gpkg_file.setFilePath(settings.get("gpkg_path"))
@@ -285,12 +241,6 @@ class DetectDialog(QDialog):
         settings.set("solar_yield", self.yield_spin.value())
         settings.set("solar_group_collapsed", self.solar_box.isCollapsed())
 
-    @staticmethod
-    def _select_data(combo: QComboBox, data: Any) -> None:
-        index = combo.findData(data)
-        if index >= 0:
-            combo.setCurrentIndex(index)
-
     def set_raster_layer(self, layer: Any) -> None:
         """Pre-select ``layer`` if it is a raster layer (the active layer when opened)."""
         if isinstance(layer, QgsRasterLayer):
@@ -299,12 +249,10 @@ class DetectDialog(QDialog):
     # -- behaviour -----------------------------------------------------------
     def selected_model_path(self) -> Optional[str]:
         """Path of the chosen model file (None if the bundled model is missing)."""
-        choice = self.model_combo.currentData() or "bundled"
-        if choice == "bundled":
-            return bundled_model_path()
-        if choice.startswith("library:"):
-            return choice[len("library:"):]
-        return self.model_file.filePath() or None
+        choice = self.model_combo.currentData()
+        if choice == "file":
+            return self.model_file.filePath() or None
+        return chosen_model_path(choice)
 
     def _watch_selection(self, *_: Any) -> None:
         """Re-estimate when the selection of the chosen polygon layer changes."""

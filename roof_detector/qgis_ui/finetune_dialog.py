@@ -13,7 +13,7 @@ import os
 from typing import Any, Callable, Dict, Optional, Set
 
 from qgis.core import Qgis, QgsMapLayerProxyModel, QgsMessageLog, QgsRasterLayer
-from qgis.gui import QgsMapLayerComboBox, QgsMessageBar
+from qgis.gui import QgsMessageBar
 from qgis.PyQt.QtCore import Qt, pyqtSlot
 from qgis.PyQt.QtWidgets import (
     QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox,
@@ -23,10 +23,11 @@ from qgis.PyQt.QtWidgets import (
 
 from . import LOG_TAG, settings, tr
 from .curve_chart import CurveChart
-from .dialog import DEVICES, describe_devices, model_summary
 from .finetune_task import (FinetuneRequest, FinetuneTask, area_wkt, is_polygon_layer, label_source,
                             labels_in_raster, make_temp_dir)
-from .paths import bundled_model_path, library_models, model_library_dir
+from .paths import library_models, model_library_dir
+from .pickers import (add_model_choices, chosen_model_path, choice_combo, device_combo, layer_combo, model_summary,
+                      restore_device, select_data)
 from .request import RequestError, raster_file_path
 
 AREA_MODES = (("labels", "Extent of the label layer"), ("layer", "All polygons of a layer"),
@@ -72,23 +73,18 @@ class FinetuneDialog(QDialog):
         self.bar = QgsMessageBar(self)
         form = QFormLayout()
 
-        self.raster_combo = QgsMapLayerComboBox(self)
-        self.raster_combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.raster_combo = layer_combo(self, QgsMapLayerProxyModel.RasterLayer)
         form.addRow(tr("Orthophoto"), self.raster_combo)
 
-        self.labels_combo = QgsMapLayerComboBox(self)
-        self.labels_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.labels_combo = layer_combo(self, QgsMapLayerProxyModel.PolygonLayer)
         self.labels_combo.setToolTip(tr("Building polygons you trust: cadastre, OpenStreetMap or drawn by hand. "
                                         "Any CRS: they are reprojected to the raster's."))
         self.labels_selected = QCheckBox(tr("Selected features only"), self)
         form.addRow(tr("Buildings (labels)"), self.labels_combo)
         form.addRow("", self.labels_selected)
 
-        self.area_combo = QComboBox(self)
-        for key, label in AREA_MODES:
-            self.area_combo.addItem(tr(label), key)
-        self.area_layer_combo = QgsMapLayerComboBox(self)
-        self.area_layer_combo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.area_combo = choice_combo(self, AREA_MODES)
+        self.area_layer_combo = layer_combo(self, QgsMapLayerProxyModel.PolygonLayer)
         self.area_help = QLabel(tr(AREA_HELP), self)
         self.area_help.setWordWrap(True)
         self.area_help.setMinimumHeight(self.fontMetrics().lineSpacing() * 3)
@@ -129,12 +125,7 @@ class FinetuneDialog(QDialog):
         self.samples_spin.setRange(0, 100000)
         self.samples_spin.setSpecialValueText(tr("Automatic"))
         self.samples_spin.setToolTip(tr("Training crops per epoch; Automatic = about one pass over the area"))
-        self.device_combo = QComboBox(train_box)
-        devices = describe_devices()
-        for key, label in DEVICES:
-            self.device_combo.addItem(tr(label), key)
-        if not devices["cuda"]:
-            self.device_combo.model().item(2).setEnabled(False)
+        self.device_combo, devices = device_combo(train_box)
         self.device_info = QLabel(devices["text"], train_box)
         self.device_combo.setToolTip(devices["text"])
         self.epochs_spin.setToolTip(tr("At most this many epochs; training stops earlier when validation IoU "
@@ -212,11 +203,7 @@ class FinetuneDialog(QDialog):
         current = self.model_combo.currentData() or settings.get("ft_base_model")
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
-        bundled = bundled_model_path()
-        self.model_combo.addItem(tr("Bundled model") if bundled else tr("Bundled model (not installed)"), "bundled")
-        for path in library_models_in(self.library_dir):
-            self.model_combo.addItem(tr("Library: {name}").format(name=os.path.basename(path)), "library:" + path)
-        self.model_combo.setToolTip(tr("Models in {folder} are listed here.").format(folder=self.library_dir))
+        add_model_choices(self.model_combo, library_models_in(self.library_dir), self.library_dir)
         index = self.model_combo.findData(current)
         self.model_combo.setCurrentIndex(index if index >= 0 else 0)
         self.model_combo.blockSignals(False)
@@ -229,17 +216,15 @@ class FinetuneDialog(QDialog):
             self.raster_combo.setLayer(active)
         elif is_polygon_layer(active):
             self.labels_combo.setLayer(active)
-        self._select_data(self.area_combo, settings.get("ft_area_mode"))
-        self._select_data(self.model_combo, settings.get("ft_base_model"))
+        select_data(self.area_combo, settings.get("ft_area_mode"))
+        select_data(self.model_combo, settings.get("ft_base_model"))
         self.epochs_spin.setValue(settings.get("ft_epochs"))
         self.lr_spin.setValue(settings.get("ft_lr"))
         self.batch_spin.setValue(settings.get("ft_batch_size"))
         self.val_spin.setValue(settings.get("ft_val_percent"))
         self.patience_spin.setValue(settings.get("ft_patience"))
         self.samples_spin.setValue(settings.get("ft_samples_per_epoch"))
-        self._select_data(self.device_combo, settings.get("ft_device"))
-        if not self.device_combo.model().item(self.device_combo.currentIndex()).isEnabled():
-            self._select_data(self.device_combo, "auto")
+        restore_device(self.device_combo, settings.get("ft_device"))
         self._suggest_name()
 
     def _save_settings(self) -> None:
@@ -252,12 +237,6 @@ class FinetuneDialog(QDialog):
         settings.set("ft_patience", self.patience_spin.value())
         settings.set("ft_samples_per_epoch", self.samples_spin.value())
         settings.set("ft_device", self.device_combo.currentData())
-
-    @staticmethod
-    def _select_data(combo: QComboBox, data: Any) -> None:
-        index = combo.findData(data)
-        if index >= 0:
-            combo.setCurrentIndex(index)
 
     def _suggest_name(self, *_: Any) -> None:
         """Propose 'finetuned-<raster>' while the user has not typed a name of their own."""
@@ -273,10 +252,7 @@ class FinetuneDialog(QDialog):
         return self.task is not None
 
     def selected_model_path(self) -> Optional[str]:
-        choice = self.model_combo.currentData() or "bundled"
-        if choice.startswith("library:"):
-            return choice[len("library:"):]
-        return bundled_model_path()
+        return chosen_model_path(self.model_combo.currentData())
 
     def _update_enabled(self, *_: Any) -> None:
         idle = not self.running
