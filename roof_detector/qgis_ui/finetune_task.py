@@ -20,8 +20,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -44,7 +42,7 @@ from qgis.PyQt.QtCore import pyqtSignal
 
 from . import LOG_TAG, tr
 from .request import RequestError
-from .task import is_out_of_memory, make_options
+from .task import GuardedRun, make_options
 
 
 @dataclass
@@ -188,7 +186,7 @@ def area_wkt(layer: Any, selected_only: bool, raster: QgsRasterLayer) -> str:
 
 
 # -- the task ----------------------------------------------------------------------
-class FinetuneTask(QgsTask):
+class FinetuneTask(GuardedRun, QgsTask):
     """Fine-tune a model for one :class:`FinetuneRequest`; cancellable between batches.
 
     ``epochFinished`` carries ``{"row": {...}, "improved": bool}`` after each
@@ -236,42 +234,19 @@ class FinetuneTask(QgsTask):
         QgsMessageLog.logMessage(message, LOG_TAG, Qgis.Info)
 
     def run(self) -> bool:
-        start = time.perf_counter()
-        self.run_started.set()
-        try:
-            from ..core.training.finetune import FinetuneOptions, finetune
+        return self.guarded_run(self._run)
 
-            with self._lock:
-                self._options = make_options(FinetuneOptions, self.request.options_kwargs())
-            self.result = finetune(self._options, progress=self._progress, is_cancelled=self.isCanceled,
-                                   on_epoch=self._on_epoch, log=self._log)
-            self.was_cancelled = self.result.stopped == "cancelled"
-            return True
-        except ImportError as exc:
-            from .deps import check_dependencies
-            self.error = check_dependencies() or tr("A module could not be imported: {error}").format(error=exc)
-        except Exception as exc:  # every failure becomes a message, never a traceback dialog
-            self._record_error(exc)
-        finally:
-            self.seconds = time.perf_counter() - start
-            self.run_done.set()
-        return False
+    def _run(self) -> None:
+        from ..core.training.finetune import FinetuneOptions, finetune
 
-    def _record_error(self, exc: Exception) -> None:
-        from ..core.errors import Cancelled, RoofDetectorError
+        with self._lock:
+            self._options = make_options(FinetuneOptions, self.request.options_kwargs())
+        self.result = finetune(self._options, progress=self._progress, is_cancelled=self.isCanceled,
+                               on_epoch=self._on_epoch, log=self._log)
+        self.was_cancelled = self.result.stopped == "cancelled"
 
-        if isinstance(exc, Cancelled) or self.isCanceled():
-            self.was_cancelled = True
-            self.error = None
-        elif isinstance(exc, RoofDetectorError):
-            self.error = str(exc)
-        elif is_out_of_memory(exc):
-            self.error = tr("The GPU ran out of memory. Choose a smaller batch size or CPU as device. "
-                            "({error})").format(error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        else:
-            self.error = tr("Unexpected error: {error} (details in the log panel, tab '{tag}')").format(
-                error=str(exc) or type(exc).__name__, tag=LOG_TAG)
-            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
+    def out_of_memory_text(self) -> str:
+        return tr("The GPU ran out of memory. Choose a smaller batch size or CPU as device. ({error})")
 
     # -- main thread -------------------------------------------------------
     def finished(self, ok: bool) -> None:  # noqa: D401 - QgsTask API

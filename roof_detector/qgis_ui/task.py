@@ -16,7 +16,7 @@ import dataclasses
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from qgis.core import Qgis, QgsMessageLog, QgsTask, QgsVectorLayer
 from qgis.PyQt.QtCore import QCoreApplication
@@ -44,8 +44,58 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in text
 
 
-class DetectTask(QgsTask):
+class GuardedRun:
+    """``run()`` bookkeeping and error handling shared by :class:`DetectTask` and the fine-tune task.
+
+    The task sets ``run_started``/``run_done`` (threading.Event), ``seconds``,
+    ``error`` and ``was_cancelled``; errors whose message is meant for the user
+    are the engine's and those in ``SHOWN_ERRORS``.
+    """
+
+    SHOWN_ERRORS: Tuple[type, ...] = ()
+
+    def out_of_memory_text(self) -> str:
+        """Advice for a GPU out of memory, with an ``{error}`` field for the first line of the error."""
+        raise NotImplementedError
+
+    def guarded_run(self, work: Callable[[], None]) -> bool:
+        """Call ``work()`` (worker thread): True when it returns, else False with ``error`` set (None: cancelled)."""
+        start = time.perf_counter()
+        self.run_started.set()
+        try:
+            work()
+            return True
+        except ImportError as exc:
+            from .deps import check_dependencies
+            self.error = check_dependencies() or tr("A module could not be imported: {error}").format(error=exc)
+        except Exception as exc:  # every failure becomes a message, never a traceback dialog
+            self._record_error(exc)
+        finally:
+            self.seconds = time.perf_counter() - start
+            self.run_done.set()
+        return False
+
+    def _record_error(self, exc: Exception) -> None:
+        from ..core.errors import Cancelled, RoofDetectorError
+
+        if isinstance(exc, Cancelled) or self.isCanceled():
+            self.was_cancelled = True
+            self.error = None
+        elif isinstance(exc, (RoofDetectorError,) + self.SHOWN_ERRORS):
+            self.error = str(exc)
+        elif is_out_of_memory(exc):
+            self.error = self.out_of_memory_text().format(
+                error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        else:
+            self.error = tr("Unexpected error: {error} (details in the log panel, tab '{tag}')").format(
+                error=str(exc) or type(exc).__name__, tag=LOG_TAG)
+            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
+
+
+class DetectTask(GuardedRun, QgsTask):
     """Detect buildings for one :class:`DetectRequest`; cancellable within a batch."""
+
+    SHOWN_ERRORS = (WriteError,)
 
     def __init__(self, request: DetectRequest,
                  on_finished: Optional[Callable[["DetectTask", bool], None]] = None):
@@ -68,38 +118,14 @@ class DetectTask(QgsTask):
 
     def run(self) -> bool:
         """Run the detection (worker thread); store results or an error message."""
-        start = time.perf_counter()
-        self.run_started.set()
-        try:
-            self._run()
+        if self.guarded_run(self._run):
             return True
-        except ImportError as exc:
-            from .deps import check_dependencies
-            self.error = check_dependencies() or tr("A module could not be imported: {error}").format(error=exc)
-        except Exception as exc:  # every failure becomes a message, never a traceback dialog
-            self._record_error(exc)
-        finally:
-            self.seconds = time.perf_counter() - start
-            self.run_done.set()
         self.layer = None
         return False
 
-    def _record_error(self, exc: Exception) -> None:
-        from ..core.errors import Cancelled, RoofDetectorError
-
-        if isinstance(exc, Cancelled) or self.isCanceled():
-            self.was_cancelled = True
-            self.error = None
-        elif isinstance(exc, (RoofDetectorError, WriteError)):
-            self.error = str(exc)
-        elif is_out_of_memory(exc):
-            self.error = tr("The GPU ran out of memory. Choose CPU as device, close other programs "
-                            "using the GPU, or use a smaller batch size. ({error})").format(
-                error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        else:
-            self.error = tr("Unexpected error: {error} (details in the log panel, tab '{tag}')").format(
-                error=str(exc) or type(exc).__name__, tag=LOG_TAG)
-            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
+    def out_of_memory_text(self) -> str:
+        return tr("The GPU ran out of memory. Choose CPU as device, close other programs "
+                  "using the GPU, or use a smaller batch size. ({error})")
 
     def _run(self) -> None:
         from ..core.errors import Cancelled
