@@ -26,14 +26,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .building import Building
 from .errors import OutputError
-
-try:  # osgeo comes with QGIS / python3-gdal
-    from osgeo import gdal, ogr, osr
-    gdal.UseExceptions()
-    ogr.UseExceptions()
-    osr.UseExceptions()
-except ImportError:  # pragma: no cover - the set-up installs it
-    gdal = ogr = osr = None
+from .osgeo_exc import ogr, osr
 
 DEFAULT_LAYER = "buildings"
 BASE_FIELDS = ("area_m2", "perimeter_m", "confidence")

@@ -30,15 +30,8 @@ from shapely.geometry.base import BaseGeometry
 from .building import Building
 from .errors import Cancelled
 from .geo import area_perimeter_m
+from .osgeo_exc import gdal, ogr, osr
 from .probability_raster import BUILDING_BAND, PROBABILITY_BAND, ProbabilityRaster
-
-try:  # osgeo comes with QGIS / python3-gdal
-    from osgeo import gdal, ogr, osr
-    gdal.UseExceptions()
-    ogr.UseExceptions()
-    osr.UseExceptions()
-except ImportError:  # pragma: no cover - the set-up installs it
-    gdal = ogr = osr = None
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
