@@ -102,8 +102,8 @@ class DetectRequest:
         return params
 
 
-def raster_file_path(layer: Optional[QgsMapLayer]) -> str:
-    """The local file behind a raster layer, or raise :class:`RequestError` saying why not."""
+def _check_valid_raster(layer: Optional[QgsMapLayer]) -> None:
+    """Raise :class:`RequestError` unless ``layer`` is a valid raster layer."""
     if layer is None:
         raise RequestError(tr("No raster layer chosen. Open an orthophoto (Layer > Add Layer > "
                               "Add Raster Layer) and choose it in the dialog."))
@@ -113,15 +113,25 @@ def raster_file_path(layer: Optional[QgsMapLayer]) -> str:
     if not layer.isValid():
         raise RequestError(tr("Layer '{name}' is not valid (its source cannot be read).")
                            .format(name=layer.name()))
+
+
+def _check_crs(layer: QgsMapLayer) -> None:
+    """Raise :class:`RequestError` when ``layer`` has no valid CRS."""
+    if not layer.crs().isValid():
+        raise RequestError(tr("Layer '{name}' has no coordinate reference system. Set it in Layer "
+                              "Properties > Source; building areas need a projected CRS in metres.")
+                           .format(name=layer.name()))
+
+
+def raster_file_path(layer: Optional[QgsMapLayer]) -> str:
+    """The local file behind a raster layer, or raise :class:`RequestError` saying why not."""
+    _check_valid_raster(layer)
     if layer.providerType() != "gdal":
         raise RequestError(tr("Layer '{name}' comes from the '{provider}' provider. This version "
                               "detects buildings only in file-based rasters (GeoTIFF, JPEG 2000, VRT...). "
                               "Save it to a file first (right click > Export > Save As...).")
                            .format(name=layer.name(), provider=layer.providerType()))
-    if not layer.crs().isValid():
-        raise RequestError(tr("Layer '{name}' has no coordinate reference system. Set it in Layer "
-                              "Properties > Source; building areas need a projected CRS in metres.")
-                           .format(name=layer.name()))
+    _check_crs(layer)
     parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
     path = parts.get("path") or layer.source()
     if not os.path.isfile(path):
@@ -135,19 +145,8 @@ def raster_input(layer: Optional[QgsMapLayer]) -> Any:
 
     Returns a :class:`roof_detector.qgis_io.LayerInput`, or raises :class:`RequestError` saying why not.
     """
-    if layer is None:
-        raise RequestError(tr("No raster layer chosen. Open an orthophoto (Layer > Add Layer > "
-                              "Add Raster Layer) and choose it in the dialog."))
-    if not isinstance(layer, QgsRasterLayer):
-        raise RequestError(tr("Layer '{name}' is not a raster layer; choose an orthophoto.")
-                           .format(name=layer.name()))
-    if not layer.isValid():
-        raise RequestError(tr("Layer '{name}' is not valid (its source cannot be read).")
-                           .format(name=layer.name()))
-    if not layer.crs().isValid():
-        raise RequestError(tr("Layer '{name}' has no coordinate reference system. Set it in Layer "
-                              "Properties > Source; building areas need a projected CRS in metres.")
-                           .format(name=layer.name()))
+    _check_valid_raster(layer)
+    _check_crs(layer)
     from ..qgis_io import layer_input
 
     return layer_input(layer)
