@@ -20,13 +20,11 @@ from osgeo import ogr
 from roof_detector import cli
 from roof_detector.core.geo import area_perimeter_m
 from roof_detector.core.test_model import BrightnessNet, make_test_model
-from tests.core.synthetic_rasters import (BRIGHT, DARK, LONLAT, UTM, UTM_ORIGIN, rect_scene, scene_in_crs,
-                                          write_raster)
+from tests.core.synthetic_rasters import (BRIGHT, DARK, LONLAT, NORTH_UP, PX_AREA, UTM, UTM_ORIGIN, rect_scene,
+                                          scene_in_crs, write_raster)
 from tests.core.test_faults import FlakyGpuNet, _utm_box_at_60n
 
 SUMMARY = re.compile(r"^(\d+) buildings, total area ([\d.]+) m2, [\d.]+ s -> (.+) \(layer (\w+)\)$")
-PX_AREA = 0.25 / 0.9996 ** 2
-NORTH_UP = Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1])
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,10 @@ LONLAT = "EPSG:4326"
 # A point in UTM 31N on its central meridian, at about 50 deg N.
 UTM_ORIGIN = (500000.0, 5539000.0)
 DARK, BRIGHT = 30, 220
+# The default scene: north-up 0.5 m pixels from UTM_ORIGIN; a pixel's ground area in m2 there
+# (the UTM scale factor 0.9996 on the central meridian).
+NORTH_UP = Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1])
+PX_AREA = 0.25 / 0.9996 ** 2
 
 
 def write_raster(path, data: np.ndarray, crs: Optional[str], transform: Affine, nodata=None,

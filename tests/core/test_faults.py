@@ -19,31 +19,19 @@ from osgeo import ogr, osr
 from roof_detector.core import inference
 from roof_detector.core.errors import Cancelled, LabelError, ModelError, OutputError
 from roof_detector.core.geo import area_perimeter_m
-from roof_detector.core.model_io import LoadedModel, load_model, read_metadata
+from roof_detector.core.model_io import LoadedModel, read_metadata
 from roof_detector.core.pipeline import DetectOptions, detect_buildings
 from roof_detector.core.probability_raster import ProbabilityRaster
 from roof_detector.core.test_model import BrightnessNet, make_test_model
 from roof_detector.core.training.finetune import FinetuneOptions, prepare_data
 from roof_detector.core.vector_io import read_polygons
 
-from .synthetic_rasters import BRIGHT, DARK, LONLAT, MERCATOR, UTM, UTM_ORIGIN, rect_scene, scene_in_crs, write_raster
+from .synthetic_rasters import (BRIGHT, DARK, LONLAT, MERCATOR, NORTH_UP, PX_AREA, UTM, rect_scene, scene_in_crs,
+                                write_raster)
 
-PX_AREA = 0.25 / 0.9996 ** 2  # ground m2 of a 0.5 m UTM pixel on the central meridian
-NORTH_UP = Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1])
 # Three buildings: 20 x 30 m, 10 x 10 m and 15 x 5 m.
 RECTS = [(20, 20, 60, 80), (120, 200, 140, 220), (150, 40, 160, 70)]
 RECT_AREAS = sorted((r1 - r0) * (c1 - c0) * PX_AREA for r0, c0, r1, c1 in RECTS)
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return make_test_model(str(tmp_path_factory.mktemp("model") / "bright.pt"), gsd_m=0.5, tile_size_px=64,
-                           overlap_px=8)
-
-
-@pytest.fixture(scope="module")
-def model(model_path):
-    return load_model(model_path, "cpu")
 
 
 @pytest.fixture

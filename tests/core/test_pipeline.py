@@ -15,21 +15,8 @@ from roof_detector.core.pipeline import DetectOptions, detect_buildings
 from roof_detector.core.raster_source import PixelWindow, RasterSource
 from roof_detector.core.test_model import make_test_model
 
-from .synthetic_rasters import (BRIGHT, DARK, LONLAT, MERCATOR, UTM, UTM_ORIGIN, rect_scene, scene_in_crs,
+from .synthetic_rasters import (BRIGHT, DARK, LONLAT, MERCATOR, PX_AREA, UTM, UTM_ORIGIN, rect_scene, scene_in_crs,
                                 utm_rect, write_raster)
-
-PX_AREA = 0.25 / 0.9996 ** 2  # ground m2 of a 0.5 m UTM pixel on the central meridian
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return make_test_model(str(tmp_path_factory.mktemp("model") / "bright.pt"), gsd_m=0.5, tile_size_px=64,
-                           overlap_px=8)
-
-
-@pytest.fixture(scope="module")
-def model(model_path):
-    return load_model(model_path, "cpu")
 
 
 def _detect(path, model, **kw):

@@ -8,9 +8,7 @@ from affine import Affine
 from roof_detector.core.errors import InputRasterError
 from roof_detector.core.raster_source import PixelWindow, RasterioSource, percentile_stretch
 
-from .synthetic_rasters import UTM, UTM_ORIGIN, rect_scene, write_raster
-
-NORTH_UP = Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1])
+from .synthetic_rasters import NORTH_UP, UTM, UTM_ORIGIN, rect_scene, write_raster
 
 
 def _read_all(src):
