@@ -68,6 +68,13 @@ class TrainResult:
     stopped: str  # "early-stopping", "max-epochs", "time-budget", "cancelled"
 
 
+def _ema_avg(decay: float):
+    def avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        return averaged * d + current * (1.0 - d)
+    return avg
+
+
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """BCE plus soft Dice, both over valid pixels only (thin, imbalanced masks)."""
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
@@ -147,9 +154,10 @@ def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig
     # An exponential moving average of weights and BN statistics is what gets validated and
     # exported: single-step weights of a small-batch, heavily augmented run swing from epoch
     # to epoch (validation IoU moved by 0.2 between neighbouring epochs without it).
-    ema = (torch.optim.swa_utils.AveragedModel(
-        net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-        if cfg.ema_decay > 0 else None)
+    # The decay warms up, (1 + n) / (10 + n) until it reaches ema_decay, so that a network trained
+    # from scratch is not validated on an average still dominated by its random start.
+    ema = (torch.optim.swa_utils.AveragedModel(net, avg_fn=_ema_avg(cfg.ema_decay), use_buffers=True)
+           if cfg.ema_decay > 0 else None)
     eval_net = ema.module if ema is not None else net
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=max(2, cfg.patience // 3))
     history: List[Dict] = []
