@@ -5,26 +5,12 @@ import pytest
 
 from roof_detector.core.errors import LabelError
 from roof_detector.core.model_io import read_metadata
-from roof_detector.core.training.export import export_model
 from roof_detector.core.training.finetune import FinetuneOptions, choose_validation_blocks, finetune
-from roof_detector.core.training.trainer import TrainConfig
-from roof_detector.core.unet import build_model
+
+from .finetune_setup import building_rects, ring, write_base_model, write_ortho
 
 rasterio = pytest.importorskip("rasterio")
 ogr = pytest.importorskip("osgeo.ogr")
-
-ORIGIN = (500000.0, 5000000.0)
-GSD = 0.5
-
-
-def _rects(n=24, size_px=256, seed=0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        r, c = rng.integers(4, size_px - 30, 2)
-        h, w = rng.integers(10, 26, 2)
-        out.append((int(r), int(c), int(h), int(w)))
-    return out
 
 
 @pytest.fixture()
@@ -32,17 +18,9 @@ def labelled_area(tmp_path):
     """A 256 x 256 px raster at 0.5 m (EPSG:32631) with bright buildings and their polygons in EPSG:4326."""
     from osgeo import osr
     from pyproj import Transformer
-    from rasterio.transform import from_origin
 
-    size = 256
-    img = np.full((3, size, size), 40, np.uint8)
-    rects = _rects()
-    for r, c, h, w in rects:
-        img[:, r:r + h, c:c + w] = 200
-    raster = str(tmp_path / "ortho.tif")
-    with rasterio.open(raster, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
-                       crs="EPSG:32631", transform=from_origin(ORIGIN[0], ORIGIN[1], GSD, GSD)) as ds:
-        ds.write(img)
+    rects = building_rects()
+    raster = write_ortho(str(tmp_path / "ortho.tif"), rects)
     labels = str(tmp_path / "labels.gpkg")
     ds = ogr.GetDriverByName("GPKG").CreateDataSource(labels)
     srs = osr.SpatialReference()
@@ -50,22 +28,17 @@ def labelled_area(tmp_path):
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     lyr = ds.CreateLayer("buildings", srs, ogr.wkbPolygon)
     tr = Transformer.from_crs("EPSG:32631", "EPSG:4326", always_xy=True)
-    for r, c, h, w in rects:
-        x0, y0 = ORIGIN[0] + c * GSD, ORIGIN[1] - r * GSD
-        x1, y1 = x0 + w * GSD, y0 - h * GSD
-        ring = [tr.transform(x, y) for x, y in [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]]
+    for rect in rects:
+        points = [tr.transform(x, y) for x, y in ring(*rect)]
         f = ogr.Feature(lyr.GetLayerDefn())
-        f.SetGeometry(ogr.CreateGeometryFromWkt("POLYGON((" + ",".join(f"{x} {y}" for x, y in ring) + "))"))
+        f.SetGeometry(ogr.CreateGeometryFromWkt("POLYGON((" + ",".join(f"{x} {y}" for x, y in points) + "))"))
         lyr.CreateFeature(f)
     # One point feature: must be skipped and reported, not crash.
     f = ogr.Feature(lyr.GetLayerDefn())
     f.SetGeometry(ogr.CreateGeometryFromWkt("POINT(3 45)"))
     lyr.CreateFeature(f)
     ds = None
-    base = str(tmp_path / "base.pt")
-    cfg = TrainConfig(architecture="plain_unet", architecture_params={"base_channels": 4}, gsd_m=GSD, tile_px=64,
-                      overlap_px=8)
-    export_model(build_model("plain_unet", base_channels=4), cfg, base, 0.5, {"name": "tiny-base"})
+    base = write_base_model(str(tmp_path / "base.pt"))
     return raster, labels, base
 
 

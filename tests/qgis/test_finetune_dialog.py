@@ -12,35 +12,14 @@ import os
 import shutil
 import time
 
-import numpy as np
 import pytest
 
+from tests.core.finetune_setup import ORIGIN, building_rects, ring, write_base_model, write_ortho
 from tests.qgis.conftest import wait_for
 
 pytestmark = pytest.mark.qgis
 
-ORIGIN = (500000.0, 5000000.0)
-GSD = 0.5
-SIZE = 256
-
-
-def _rects(n=24, seed=0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        r, c = rng.integers(4, SIZE - 30, 2)
-        h, w = rng.integers(10, 26, 2)
-        out.append((int(r), int(c), int(h), int(w)))
-    return out
-
-
-RECTS = _rects()
-
-
-def _ring(r, c, h, w):
-    x0, y0 = ORIGIN[0] + c * GSD, ORIGIN[1] - r * GSD
-    x1, y1 = x0 + w * GSD, y0 - h * GSD
-    return [(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)]
+RECTS = building_rects()
 
 
 def _wkt(points):
@@ -50,22 +29,10 @@ def _wkt(points):
 @pytest.fixture(scope="module")
 def ft_files(tmp_path_factory):
     """The raster, a GeoPackage of the buildings (EPSG:32631) and the tiny base model."""
-    import rasterio
     from osgeo import ogr, osr
-    from rasterio.transform import from_origin
-
-    from roof_detector.core.training.export import export_model
-    from roof_detector.core.training.trainer import TrainConfig
-    from roof_detector.core.unet import build_model
 
     folder = tmp_path_factory.mktemp("finetune")
-    img = np.full((3, SIZE, SIZE), 40, np.uint8)
-    for r, c, h, w in RECTS:
-        img[:, r:r + h, c:c + w] = 200
-    raster = str(folder / "ortho.tif")
-    with rasterio.open(raster, "w", driver="GTiff", width=SIZE, height=SIZE, count=3, dtype="uint8",
-                       crs="EPSG:32631", transform=from_origin(ORIGIN[0], ORIGIN[1], GSD, GSD)) as ds:
-        ds.write(img)
+    raster = write_ortho(str(folder / "ortho.tif"), RECTS)
     gpkg = str(folder / "labels.gpkg")
     ds = ogr.GetDriverByName("GPKG").CreateDataSource(gpkg)
     srs = osr.SpatialReference()
@@ -73,13 +40,10 @@ def ft_files(tmp_path_factory):
     lyr = ds.CreateLayer("buildings", srs, ogr.wkbPolygon)
     for rect in RECTS:
         f = ogr.Feature(lyr.GetLayerDefn())
-        f.SetGeometry(ogr.CreateGeometryFromWkt(_wkt(_ring(*rect))))
+        f.SetGeometry(ogr.CreateGeometryFromWkt(_wkt(ring(*rect))))
         lyr.CreateFeature(f)
     ds = None
-    base = str(folder / "base.pt")
-    cfg = TrainConfig(architecture="plain_unet", architecture_params={"base_channels": 4}, gsd_m=GSD, tile_px=64,
-                      overlap_px=8)
-    export_model(build_model("plain_unet", base_channels=4), cfg, base, 0.5, {"name": "tiny-base"})
+    base = write_base_model(str(folder / "base.pt"))
     return {"raster": raster, "gpkg": gpkg, "base": base}
 
 
@@ -122,8 +86,8 @@ def labels_in_4326(project):
     from pyproj import Transformer
 
     to4326 = Transformer.from_crs("EPSG:32631", "EPSG:4326", always_xy=True)
-    wkts = [_wkt([to4326.transform(x, y) for x, y in _ring(*rect)]) for rect in RECTS]
-    (x0, y0), (x1, _), (_, y1) = _ring(*RECTS[0])[:3]
+    wkts = [_wkt([to4326.transform(x, y) for x, y in ring(*rect)]) for rect in RECTS]
+    (x0, y0), (x1, _), (_, y1) = ring(*RECTS[0])[:3]
     bowtie = [(x0, y0), (x1, y1), (x1, y0), (x0, y1), (x0, y0)]
     wkts.append(_wkt([to4326.transform(x, y) for x, y in bowtie]))
     return memory_polygons(project, wkts, "EPSG:4326")
@@ -266,7 +230,7 @@ def test_labels_outside_the_raster_are_refused_before_starting(qgis_iface, proje
 
 
 def test_too_small_area_gets_the_engines_message(qgis_iface, qgis_app, project, raster_layer, library):
-    labels = memory_polygons(project, [_wkt(_ring(*r)) for r in RECTS])
+    labels = memory_polygons(project, [_wkt(ring(*r)) for r in RECTS])
     x, y = ORIGIN[0] + 20, ORIGIN[1] - 20
     area = memory_polygons(project, [_wkt([(x, y), (x + 20, y), (x + 20, y - 20), (x, y - 20), (x, y)])],
                            name="area")
@@ -281,7 +245,7 @@ def test_too_small_area_gets_the_engines_message(qgis_iface, qgis_app, project, 
 
 
 def test_choices_are_checked(qgis_iface, project, raster_layer, library):
-    labels = memory_polygons(project, [_wkt(_ring(*r)) for r in RECTS])
+    labels = memory_polygons(project, [_wkt(ring(*r)) for r in RECTS])
     dialog = make_dialog(qgis_iface, library, raster_layer, labels, name="base")
     assert dialog.start() is None
     assert any("already holds a model file base.pt" in t for t in bar_texts(dialog))
