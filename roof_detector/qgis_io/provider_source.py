@@ -42,7 +42,7 @@ from affine import Affine
 from ..core.errors import Cancelled, InputRasterError
 from ..core.raster_source import (STRETCH_SAMPLE_PX, PixelWindow, RasterSource, band_layout, percentile_stretch,
                                   scale_to_unit)
-from .resample import resample
+from .resample import paste, read_span, resample, resample_rgba
 from .workers import DEFAULT_RETRY, CancelFn, QtWorkers, RetryPolicy, ServiceError, sleep_unless_cancelled
 
 CHUNK_PX = 1024                      # one request to a render-only service: CHUNK_PX x CHUNK_PX pixels
@@ -241,11 +241,8 @@ class ProviderSource(_QtLayerSource):
 
     def read(self, window: PixelWindow, out_shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
         rows, cols = int(out_shape[0]), int(out_shape[1])
-        margin = int(math.ceil(max(1.0, window.width / cols, window.height / rows))) + 1
-        c0 = max(0, int(math.floor(window.col_off)) - margin)
-        r0 = max(0, int(math.floor(window.row_off)) - margin)
-        c1 = min(self.width, int(math.ceil(window.col_off + window.width)) + margin)
-        r1 = min(self.height, int(math.ceil(window.row_off + window.height)) + margin)
+        c0, r0, c1, r1 = read_span(window.col_off, window.row_off, window.width, window.height, out_shape,
+                                   (0, 0, self.width, self.height))
         # Reducing more than twice: let the provider average down to about twice the output first.
         fx = max(1.0, (window.width / cols) / 2.0)
         fy = max(1.0, (window.height / rows) / 2.0)
@@ -402,25 +399,15 @@ class RenderedSource(_QtLayerSource):
         return rgba
 
     def read(self, window: PixelWindow, out_shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
-        rows, cols = int(out_shape[0]), int(out_shape[1])
         g = self.grid
-        margin = int(math.ceil(max(1.0, window.width / cols, window.height / rows))) + 1
-        c0 = max(0, int(math.floor(window.col_off)) - margin)
-        r0 = max(0, int(math.floor(window.row_off)) - margin)
-        c1 = min(g.width, int(math.ceil(window.col_off + window.width)) + margin)
-        r1 = min(g.height, int(math.ceil(window.row_off + window.height)) + margin)
+        c0, r0, c1, r1 = read_span(window.col_off, window.row_off, window.width, window.height, out_shape,
+                                   (0, 0, g.width, g.height))
         rgba = np.zeros((r1 - r0, c1 - c0, 4), dtype=np.uint8)
         for cy in range(r0 // CHUNK_PX, (r1 - 1) // CHUNK_PX + 1):
             for cx in range(c0 // CHUNK_PX, (c1 - 1) // CHUNK_PX + 1):
-                chunk = self._chunk(cx, cy)
-                ax, ay = cx * CHUNK_PX, cy * CHUNK_PX
-                x0, y0 = max(c0, ax), max(r0, ay)
-                x1, y1 = min(c1, ax + chunk.shape[1]), min(r1, ay + chunk.shape[0])
-                rgba[y0 - r0:y1 - r0, x0 - c0:x1 - c0] = chunk[y0 - ay:y1 - ay, x0 - ax:x1 - ax]
-        valid = rgba[..., 3] > 0
-        rgb = np.moveaxis(rgba[..., :3], -1, 0).astype(np.float32) * np.float32(1.0 / 255.0)
-        return resample(rgb, valid, window.col_off - c0, window.row_off - r0, window.width, window.height,
-                        (rows, cols))
+                paste(rgba, c0, r0, self._chunk(cx, cy), cx * CHUNK_PX, cy * CHUNK_PX)
+        return resample_rgba(rgba, window.col_off - c0, window.row_off - r0, window.width, window.height,
+                             out_shape)
 
     @property
     def warnings(self) -> List[str]:

@@ -77,3 +77,38 @@ def resample(rgb: np.ndarray, valid: np.ndarray, col_off: float, row_off: float,
     np.clip(result, 0.0, 1.0, out=result)
     result[:, ~ok] = 0.0
     return result, ok
+
+
+# -- the steps both QGIS readers (provider blocks, web tiles) take around resample() --------------
+def read_span(col_off: float, row_off: float, width: float, height: float, out_shape: Tuple[int, int],
+              limits: Tuple[int, int, int, int]) -> Tuple[int, int, int, int]:
+    """The whole source pixels ``(c0, r0, c1, r1)`` a window needs, end exclusive.
+
+    The window plus the filter's reach (one output pixel's footprint, at
+    least one source pixel, and one more), clipped to ``limits``
+    ``(col_min, row_min, col_max, row_max)`` in the same pixel coordinates.
+    """
+    rows, cols = int(out_shape[0]), int(out_shape[1])
+    margin = int(math.ceil(max(1.0, width / cols, height / rows))) + 1
+    c0 = max(limits[0], int(math.floor(col_off)) - margin)
+    r0 = max(limits[1], int(math.floor(row_off)) - margin)
+    c1 = min(limits[2], int(math.ceil(col_off + width)) + margin)
+    r1 = min(limits[3], int(math.ceil(row_off + height)) + margin)
+    return c0, r0, c1, r1
+
+
+def paste(canvas: np.ndarray, c0: int, r0: int, block: np.ndarray, block_c0: int, block_r0: int) -> None:
+    """Copy the part of ``block`` (rows x cols x ...) whose top-left pixel is at ``(block_c0, block_r0)``
+    that overlaps ``canvas``, whose top-left pixel is at ``(c0, r0)``."""
+    c1, r1 = c0 + canvas.shape[1], r0 + canvas.shape[0]
+    x0, y0 = max(c0, block_c0), max(r0, block_r0)
+    x1, y1 = min(c1, block_c0 + block.shape[1]), min(r1, block_r0 + block.shape[0])
+    canvas[y0 - r0:y1 - r0, x0 - c0:x1 - c0] = block[y0 - block_r0:y1 - block_r0, x0 - block_c0:x1 - block_c0]
+
+
+def resample_rgba(rgba: np.ndarray, col_off: float, row_off: float, width: float, height: float,
+                  out_shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`resample` an 8-bit RGBA block (rows x cols x 4): transparent pixels are invalid."""
+    valid = rgba[..., 3] > 0
+    rgb = np.moveaxis(rgba[..., :3], -1, 0).astype(np.float32) * np.float32(1.0 / 255.0)
+    return resample(rgb, valid, col_off, row_off, width, height, out_shape)

@@ -38,7 +38,7 @@ from affine import Affine
 
 from ..core.errors import Cancelled
 from ..core.raster_source import PixelWindow, RasterSource
-from .resample import resample
+from .resample import paste, read_span, resample_rgba
 from .workers import (DEFAULT_RETRY, CancelFn, HttpResult, QtWorkers, RetryPolicy, ServiceError, http_get,
                       is_transient, with_retries)
 
@@ -355,31 +355,21 @@ class XyzTileSource(RasterSource):
 
     def read(self, window: PixelWindow, out_shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
         plan = self.plan
-        rows, cols = int(out_shape[0]), int(out_shape[1])
         win = window
         gc0, gr0 = plan.col0 + win.col_off, plan.row0 + win.row_off
-        margin = int(math.ceil(max(1.0, win.width / cols, win.height / rows))) + 1
         # Only tiles of the planned grid are requested (what the dialog counted); the filter
         # treats pixels past its edge as missing, as GDAL does at a file's edge.
-        c0 = max(plan.col0, int(math.floor(gc0)) - margin)
-        r0 = max(plan.row0, int(math.floor(gr0)) - margin)
-        c1 = min(plan.col0 + plan.width, int(math.ceil(gc0 + win.width)) + margin)
-        r1 = min(plan.row0 + plan.height, int(math.ceil(gr0 + win.height)) + margin)
+        c0, r0, c1, r1 = read_span(gc0, gr0, win.width, win.height, out_shape,
+                                   (plan.col0, plan.row0, plan.col0 + plan.width, plan.row0 + plan.height))
         t = plan.tile_px
         keys = [(plan.zoom, tx, ty) for ty in range(r0 // t, (r1 - 1) // t + 1)
                 for tx in range(c0 // t, (c1 - 1) // t + 1)]
         tiles = self._tiles(keys)
         rgba = np.zeros((r1 - r0, c1 - c0, 4), dtype=np.uint8)
         for (_, tx, ty), tile in tiles.items():
-            if tile is None:
-                continue
-            ax0, ay0 = tx * t, ty * t
-            x0, y0 = max(c0, ax0), max(r0, ay0)
-            x1, y1 = min(c1, ax0 + t), min(r1, ay0 + t)
-            rgba[y0 - r0:y1 - r0, x0 - c0:x1 - c0] = tile[y0 - ay0:y1 - ay0, x0 - ax0:x1 - ax0]
-        valid = rgba[..., 3] > 0
-        rgb = np.moveaxis(rgba[..., :3], -1, 0).astype(np.float32) * np.float32(1.0 / 255.0)
-        return resample(rgb, valid, gc0 - c0, gr0 - r0, win.width, win.height, (rows, cols))
+            if tile is not None:  # decode_image makes every tile t x t
+                paste(rgba, c0, r0, tile, tx * t, ty * t)
+        return resample_rgba(rgba, gc0 - c0, gr0 - r0, win.width, win.height, out_shape)
 
     def _tiles(self, keys: List[TileKey]) -> Dict[TileKey, Optional[np.ndarray]]:
         missing = [k for k in keys if k not in self._cache]
