@@ -161,6 +161,7 @@ def save_model(module: torch.nn.Module, path: str | os.PathLike, metadata: Dict[
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=str(path.parent))
         os.close(fd)
         torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: json.dumps(meta, indent=1)})
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a model file is meant to be shared
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch reports write failures as RuntimeError
         full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space" in str(exc).lower()
