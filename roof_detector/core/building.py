@@ -13,8 +13,9 @@ class Building:
     """One building footprint.
 
     ``geometry`` is a shapely polygon in the source raster's CRS;
-    ``area_m2`` and ``perimeter_m`` are true ground measures (geodesic, see
-    :mod:`roof_detector.core.geo`) whatever that CRS; ``confidence`` is the
+    ``area_m2`` and ``perimeter_m`` are true ground measures whatever that
+    CRS (taken in a local azimuthal-equidistant frame, within 0.001 % of
+    geodesic values, see :mod:`roof_detector.core.metric_frame`); ``confidence`` is the
     mean model probability over the building's pixels. Post-processing
     steps (solar sizing, regularisation, evaluation) add their own values
     to ``attributes`` (float, int or str), which the GeoPackage writer turns

@@ -2,18 +2,20 @@
 
 Every front end (CLI, QGIS task, Processing algorithm) calls this and only
 this. Stages: open the raster, load the model, lay the model grid and the
-tiles, predict tiles in batches while stitching them into a temporary
-on-disk probability raster, trace and measure the polygons. The temporary
-directory is removed whatever happens (error, cancel, Ctrl-C).
+tiles, predict tiles in batches (the next batch is read on a worker thread
+meanwhile) and stitch them into full-width strips of finished rows; each
+finished strip is traced and its buildings measured on a second worker
+thread while the model goes on with the rows below (:class:`OutlineWorker`).
+So reading and tracing overlap inference instead of adding to it, nothing
+is written to disk, and memory holds a few strips, whatever the raster's
+size.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Union
 
@@ -21,15 +23,16 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from .building import Building
-from .errors import Cancelled, InputRasterError, ModelError, OutputError, RoofDetectorError
-from .geo import pixel_size_m
+from .errors import InputRasterError, ModelError, RoofDetectorError
+from .footprints import FinishOptions
+from .geo import m2_per_crs_unit2, pixel_size_m
 from .inference import BatchPredictor, default_batch_size, predict_tiles
 from .model_io import BUNDLED_MODEL_PATH, LoadedModel, device_description, load_model
-from .probability_raster import ProbabilityRaster
 from .raster_source import RasterSource, open_source
-from .solar import SolarParams, size_buildings
+from .solar import SolarParams
+from .strip_mosaic import Strip, StripMosaic
 from .tiling import ModelGrid, Tile, model_grid, tile_grid, tile_origins
-from .vectorize import vectorize_buildings
+from .vectorize import StripVectorizer
 
 __all__ = ["DetectOptions", "Building", "DetectionResult", "detect_buildings", "COARSE_PIXEL_WARN_M"]
 
@@ -39,9 +42,14 @@ CancelFn = Callable[[], bool]
 # Beyond this ground pixel size a house is a handful of pixels: say so.
 COARSE_PIXEL_WARN_M = 2.0
 
-# Share of the progress bar per stage (reading the model and grid is quick).
+# Share of the progress bar per stage (reading the model and grid is quick;
+# outlines are traced while the tiles are predicted, only the last strip after).
 _PREPARE_END = 0.02
-_TILES_END = 0.92
+_TILES_END = 0.98
+
+# Strips waiting for the outline thread before the tile loop waits for it
+# (bounds memory when tracing falls behind, e.g. a huge dense city on a GPU).
+_MAX_PENDING_STRIPS = 3
 
 
 @dataclass
@@ -55,7 +63,6 @@ class DetectOptions:
     batch_size: Optional[int] = None   # None = 8 on CPU, 32 on GPU
     aoi_wkt: Optional[str] = None      # area of interest polygon, in the raster CRS
     max_hole_area_m2: float = 4.0      # holes smaller than this are filled (speckle)
-    temp_dir: Optional[str] = None     # where the temporary probability raster goes
     regularize: bool = True            # square outlines (right angles, 45-degree diagonals)
     regularize_tolerance_m: float = 1.0
     solar: Optional[SolarParams] = field(default_factory=SolarParams)  # None: no solar attributes
@@ -121,44 +128,34 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
         report(_PREPARE_END, f"{len(tiles)} tiles to process")
 
         predictor = BatchPredictor(model)
-        with _temporary_directory(options.temp_dir) as tmp:
-            mosaic = ProbabilityRaster(os.path.join(tmp, "probability.tif"), grid, crs_wkt, threshold)
-            try:
-                valid_px = 0
-                timings["write"] = 0.0
-                tile_progress = report.span(_PREPARE_END, _TILES_END)
-                for batch in predict_tiles(raster, grid, tiles, model, batch_size, tile_progress, is_cancelled,
-                                           timings, warnings, predictor):
-                    t0 = time.perf_counter()
-                    for tile, prob, valid in batch:
-                        _write_tile(mosaic, tmp, tile, prob, valid)
-                        c0, r0, c1, r1 = tile.keep
-                        valid_px += int(valid[r0 - tile.row_off:r1 - tile.row_off,
-                                              c0 - tile.col_off:c1 - tile.col_off].sum())
-                    timings["write"] += time.perf_counter() - t0
-                if valid_px == 0:
-                    warnings.append("The raster holds no valid pixels"
-                                    + (" inside the area of interest" if aoi is not None else "")
-                                    + " (all nodata / masked): nothing could be detected.")
+        mosaic = StripMosaic(grid, tiles, threshold)
+        vectorizer = StripVectorizer(grid, crs_wkt, _finish_options(options, grid, raster, crs_wkt, aoi),
+                                     is_cancelled)
+        valid_px = 0
+        timings["write"] = 0.0
+        tile_progress = report.span(_PREPARE_END, _TILES_END)
+        with OutlineWorker(vectorizer) as outlines:
+            for batch in predict_tiles(raster, grid, tiles, model, batch_size, tile_progress, is_cancelled,
+                                       timings, warnings, predictor):
                 t0 = time.perf_counter()
-                _flush(mosaic, tmp)
-                buildings = vectorize_buildings(mosaic, crs_wkt, options.min_area_m2, options.max_hole_area_m2,
-                                                clip_geometry=aoi, progress=report.span(_TILES_END, 1.0),
-                                                is_cancelled=is_cancelled)
-                timings["polygonise"] = time.perf_counter() - t0
-                if is_cancelled is not None and is_cancelled():
-                    raise Cancelled()
-                t0 = time.perf_counter()
-                if options.solar is not None or options.regularize:
-                    report(1.0, "Regularising outlines and sizing rooftops")
-                    size_buildings(buildings, crs_wkt, options.solar or SolarParams(), options.regularize,
-                                   options.regularize_tolerance_m)
-                    if options.solar is None:  # outlines only: drop the solar figures again
-                        for b in buildings:
-                            b.attributes.clear()
-                timings["attributes"] = time.perf_counter() - t0
-            finally:
-                mosaic.close()
+                for tile, prob, valid in batch:
+                    strip = mosaic.add(tile, prob, valid)
+                    c0, r0, c1, r1 = tile.keep
+                    valid_px += int(valid[r0 - tile.row_off:r1 - tile.row_off,
+                                          c0 - tile.col_off:c1 - tile.col_off].sum())
+                    if strip is not None:
+                        outlines.submit(strip)
+                timings["write"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            report(_TILES_END, "Tracing the last building outlines")
+            buildings = outlines.finish()
+            timings["outlines_after_inference"] = time.perf_counter() - t0
+        timings.update(vectorizer.seconds)
+        if valid_px == 0:
+            warnings.append("The raster holds no valid pixels"
+                            + (" inside the area of interest" if aoi is not None else "")
+                            + " (all nodata / masked): nothing could be detected.")
+        report(1.0, f"{len(buildings)} buildings")
     finally:
         if owned:
             raster.close()
@@ -185,41 +182,56 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
     return DetectionResult(buildings, crs_wkt, raster.name, dict(model.metadata), seconds, stats, warnings)
 
 
-@contextlib.contextmanager
-def _temporary_directory(parent: Optional[str]):
-    """A private temporary folder, removed whatever happens; failing to make it is an OutputError."""
-    try:
-        holder = tempfile.TemporaryDirectory(prefix="roof_detector-", dir=parent)
-    except OSError as exc:
-        where = parent or tempfile.gettempdir()
-        raise OutputError(f"Cannot create a temporary folder in {where} ({exc.strerror or exc}); "
-                          "free disk space there or set TMPDIR to a folder with room") from None
-    with holder as path:
-        yield path
+def _finish_options(options: DetectOptions, grid: ModelGrid, raster: RasterSource, crs_wkt: str,
+                    aoi: Optional[BaseGeometry]) -> FinishOptions:
+    return FinishOptions(
+        min_area_m2=options.min_area_m2, max_hole_area_m2=options.max_hole_area_m2,
+        m2_per_unit2=m2_per_crs_unit2(crs_wkt, raster.transform, raster.width, raster.height),
+        # half a model pixel: removes the staircase, moves no wall by more
+        simplify_tolerance=0.5 * min(abs(grid.transform.a), abs(grid.transform.e)),
+        clip_geometry=aoi, regularize=options.regularize, regularize_tolerance_m=options.regularize_tolerance_m,
+        solar=options.solar)
 
 
-def _temp_write_error(exc: BaseException, tmp: str) -> OutputError:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space" in text.lower() \
-        or "disk is full" in text.lower()
-    hint = ("the disk holding the temporary folder is full: free space there or set TMPDIR to a folder "
-            "with room" if full else "check free space and permissions there")
-    return OutputError(f"Writing the temporary probability raster in {os.path.dirname(tmp)} failed ({text}); "
-                       f"{hint}. Nothing was written.")
+class OutlineWorker:
+    """Traces finished strips on one worker thread while the caller goes on predicting tiles.
 
+    ONNX Runtime, torch, GDAL and shapely's array functions release the GIL,
+    so tracing and measuring the buildings of strip k overlaps inference of
+    the rows below it. An error on the worker is raised in the caller at the
+    next :meth:`submit` or at :meth:`finish`; leaving the ``with`` block early
+    (cancel, error) drops the strips not started and waits for the one running.
+    """
 
-def _write_tile(mosaic: ProbabilityRaster, tmp: str, tile: Tile, prob, valid) -> None:
-    try:
-        mosaic.write_tile(tile, prob, valid)
-    except (RuntimeError, OSError) as exc:  # GDAL raises RuntimeError on a failed block write
-        raise _temp_write_error(exc, tmp) from None
+    def __init__(self, vectorizer: StripVectorizer):
+        self.vectorizer = vectorizer
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roof-outlines")
+        self._pending: List[Future] = []
 
+    def submit(self, strip: Strip) -> None:
+        """Queue one strip (in row order); waits while too many are queued."""
+        self._reap(block=len(self._pending) >= _MAX_PENDING_STRIPS)
+        self._pending.append(self._pool.submit(self.vectorizer.add, *strip))
 
-def _flush(mosaic: ProbabilityRaster, tmp: str) -> None:
-    try:
-        mosaic.flush()
-    except (RuntimeError, OSError) as exc:
-        raise _temp_write_error(exc, tmp) from None
+    def finish(self) -> List[Building]:
+        """Wait for every queued strip, trace the last rows and return the buildings."""
+        self._pending.append(self._pool.submit(self.vectorizer.finish))
+        while self._pending:
+            self._reap(block=True)
+        return self.vectorizer.buildings
+
+    def _reap(self, block: bool) -> None:
+        while self._pending and (block or self._pending[0].done()):
+            self._pending.pop(0).result()  # re-raises the worker's error here
+            block = False
+
+    def __enter__(self) -> "OutlineWorker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for f in self._pending:
+            f.cancel()
+        self._pool.shutdown(wait=True)
 
 
 class _Progress:

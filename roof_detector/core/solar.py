@@ -110,21 +110,146 @@ def orientation_deg(metric_geometry: BaseGeometry) -> Optional[float]:
     minimum rotated rectangle of a geometry in a north-up metric frame; None if degenerate."""
     if metric_geometry is None or metric_geometry.is_empty:
         return None
-    rect = shapely.minimum_rotated_rectangle(metric_geometry)
-    if rect.geom_type != "Polygon":
-        if rect.geom_type == "LineString" and rect.length > 0:
-            (x0, y0), (x1, y1) = rect.coords[0], rect.coords[-1]
-            return _azimuth(x1 - x0, y1 - y0)
-        return None
-    c = np.asarray(rect.exterior.coords)
-    e1, e2 = c[1] - c[0], c[2] - c[1]
-    long_edge = e1 if np.hypot(*e1) >= np.hypot(*e2) else e2
-    return _azimuth(long_edge[0], long_edge[1])
+    value = orientations_deg(np.array([metric_geometry], dtype=object))[0]
+    return None if np.isnan(value) else float(value)
+
+
+#: Hulls with more vertices than this are measured one by one (the vectorised search is quadratic).
+_VECTOR_HULL_MAX = 256
+
+
+def orientations_deg(metric_geometries: np.ndarray) -> np.ndarray:
+    """:func:`orientation_deg` of many geometries at once (NaN where degenerate).
+
+    The minimum-area rectangle has a side on an edge of the convex hull, so for
+    every hull edge of every geometry the extent of the hull along the edge and
+    across it is computed in one numpy pass (edges x vertices of the same
+    hull), and the edge of least area wins; its longer side is the long axis.
+    GEOS 3.11 (Debian 12, QGIS 3.22) has no minimum-area rectangle, and
+    shapely's per-geometry fallback took 1.3 s for 10,000 roofs; this takes
+    about 0.03 s. On a tie (a square) the hull edge's own direction is used.
+    """
+    geoms = np.asarray(metric_geometries, dtype=object)
+    out = np.full(len(geoms), np.nan)
+    if len(geoms) == 0:
+        return out
+    hulls = shapely.convex_hull(geoms)
+    kind = shapely.get_type_id(hulls)
+    lines = np.flatnonzero(kind == 1)
+    if len(lines):
+        ends = np.stack([shapely.get_coordinates(shapely.get_point(hulls[lines], i)) for i in (0, -1)])
+        d = ends[1] - ends[0]
+        ok = np.hypot(d[:, 0], d[:, 1]) > 0
+        out[lines[ok]] = _azimuths(d[ok, 0], d[ok, 1])
+    polys = np.flatnonzero(kind == 3)
+    if not len(polys):
+        return out
+    rings = shapely.get_exterior_ring(hulls[polys])
+    n_pts = shapely.get_num_coordinates(rings)
+    big = n_pts > _VECTOR_HULL_MAX
+    for i in polys[big]:  # rare: a huge round hull
+        rect = shapely.minimum_rotated_rectangle(geoms[i])
+        c = shapely.get_coordinates(rect)
+        e1, e2 = c[1] - c[0], c[2] - c[1]
+        long_edge = e1 if np.hypot(*e1) >= np.hypot(*e2) else e2
+        out[i] = _azimuths(np.array([long_edge[0]]), np.array([long_edge[1]]))[0]
+    polys, rings, n_pts = polys[~big], rings[~big], n_pts[~big]
+    if not len(polys):
+        return out
+    xy, owner = shapely.get_coordinates(rings, return_index=True)  # closed rings: first == last
+    pt_start = np.concatenate([[0], np.cumsum(n_pts)[:-1]])
+    # Edges j -> j + 1 inside each ring (the ring's last coordinate starts none).
+    last = np.zeros(len(xy), dtype=bool)
+    last[pt_start + n_pts - 1] = True
+    e_from = np.flatnonzero(~last)
+    e_owner = owner[e_from]
+    d = xy[e_from + 1] - xy[e_from]
+    length = np.hypot(d[:, 0], d[:, 1])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ux, uy = d[:, 0] / length, d[:, 1] / length
+    # Every (edge, vertex of the same hull) pair, grouped by edge.
+    seg = n_pts[e_owner]
+    seg_start = np.concatenate([[0], np.cumsum(seg)[:-1]])
+    pair_edge = np.repeat(np.arange(len(e_from)), seg)
+    pair_pt = np.repeat(pt_start[e_owner] - seg_start, seg) + np.arange(int(seg.sum()))
+    px, py = xy[pair_pt, 0], xy[pair_pt, 1]
+    along = px * ux[pair_edge] + py * uy[pair_edge]
+    across = py * ux[pair_edge] - px * uy[pair_edge]
+    width = np.maximum.reduceat(along, seg_start) - np.minimum.reduceat(along, seg_start)
+    height = np.maximum.reduceat(across, seg_start) - np.minimum.reduceat(across, seg_start)
+    area = np.where(length > 0, width * height, np.inf)
+    area = np.nan_to_num(area, nan=np.inf)
+    # The first edge of least area per hull.
+    n_edges = np.bincount(e_owner, minlength=len(polys))
+    edge_start = np.concatenate([[0], np.cumsum(n_edges)[:-1]])
+    has_edges = n_edges > 0
+    best_area = np.full(len(polys), np.inf)
+    best_area[has_edges] = np.minimum.reduceat(area, edge_start[has_edges])
+    is_best = (area <= best_area[e_owner]) & np.isfinite(area)
+    hull_of, first = np.unique(e_owner[is_best], return_index=True)
+    best = np.flatnonzero(is_best)[first]
+    long_is_edge = width[best] >= height[best]
+    ax = np.where(long_is_edge, ux[best], -uy[best])
+    ay = np.where(long_is_edge, uy[best], ux[best])
+    out[polys[hull_of]] = _azimuths(ax, ay)
+    return out
+
+
+def _azimuths(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    az = np.degrees(np.arctan2(dx, dy)) % 180.0
+    return np.where(az >= 180.0 - 1e-9, 0.0, az)
 
 
 def _azimuth(dx: float, dy: float) -> float:
-    az = math.degrees(math.atan2(dx, dy)) % 180.0
-    return 0.0 if az >= 180.0 - 1e-9 else az
+    return float(_azimuths(np.array([dx]), np.array([dy]))[0])
+
+
+def solar_columns(metric_geometries: np.ndarray, latitudes_deg: Optional[np.ndarray],
+                  params: Optional[SolarParams] = None) -> Dict[str, np.ndarray]:
+    """The solar attributes (see the module docstring) of many geometries in north-up metric frames.
+
+    Returns one numpy column per key of :data:`SOLAR_FIELDS`; ``orientation_deg``
+    is NaN where undefined. ``latitudes_deg`` is needed only when ``params``
+    gives no specific yield. Invalid geometries are repaired first; empty ones
+    get zeros. Every front end's figures come from here.
+    """
+    params = (params or SolarParams()).validate()
+    geoms = np.asarray(metric_geometries, dtype=object)
+    n = len(geoms)
+    missing = np.array([g is None for g in geoms], dtype=bool)
+    if missing.any():
+        geoms = geoms.copy()
+        geoms[missing] = shapely.Polygon()
+    invalid = ~shapely.is_valid(geoms) & ~shapely.is_empty(geoms)
+    if invalid.any():
+        geoms = geoms.copy()
+        geoms[invalid] = shapely.make_valid(geoms[invalid])
+    area = shapely.area(geoms).astype(float)
+    perimeter = shapely.length(geoms).astype(float)
+    inset = shapely.buffer(geoms, -params.setback_m) if params.setback_m > 0 else geoms
+    usable = np.maximum(0.0, shapely.area(inset).astype(float)) * params.usable_fraction
+    if params.specific_yield_kwh_per_kwp is not None:
+        spec = np.full(n, float(params.specific_yield_kwh_per_kwp))
+    elif latitudes_deg is not None:
+        # rounded so that annual_kwh = kwp x specific_yield holds for the values written out
+        spec = np.array([round(estimate_specific_yield(lat), 1) for lat in np.asarray(latitudes_deg, float)])
+    else:
+        raise ValueError("give a specific yield or the latitude to estimate it from")
+    panels = np.floor(usable / params.panel_area_m2 + 1e-9).astype(np.int64)
+    kwp = panels * params.panel_wp / 1000.0
+    return {"area_m2": area, "perimeter_m": perimeter, "usable_area_m2": usable, "panels": panels, "kwp": kwp,
+            "specific_yield": spec, "annual_kwh": kwp * spec, "orientation_deg": orientations_deg(geoms)}
+
+
+def solar_rows(columns: Dict[str, np.ndarray]) -> List[Dict[str, Any]]:
+    """Columns of :func:`solar_columns` as one dict of plain Python values per geometry (None for NaN)."""
+    n = len(columns["area_m2"])
+    rows: List[Dict[str, Any]] = [{} for _ in range(n)]
+    for key, typ in SOLAR_FIELDS:
+        values = columns[key].tolist()
+        for row, v in zip(rows, values):
+            row[key] = None if (typ == "real" and v != v) else (int(v) if typ == "integer" else float(v))
+    return rows
 
 
 def rooftop_attributes_metric(metric_geometry: BaseGeometry, latitude_deg: Optional[float],
@@ -133,38 +258,8 @@ def rooftop_attributes_metric(metric_geometry: BaseGeometry, latitude_deg: Optio
 
     ``latitude_deg`` is needed only when ``params`` gives no specific yield.
     """
-    params = (params or SolarParams()).validate()
-    geom = metric_geometry
-    if geom is not None and not geom.is_empty and not geom.is_valid:
-        geom = shapely.make_valid(geom)
-    if geom is None or geom.is_empty:
-        area = perimeter = usable = 0.0
-        orient = None
-    else:
-        area = float(geom.area)
-        perimeter = float(geom.length)
-        inset = geom.buffer(-params.setback_m) if params.setback_m > 0 else geom
-        usable = max(0.0, float(inset.area)) * params.usable_fraction
-        orient = orientation_deg(geom)
-    if params.specific_yield_kwh_per_kwp is not None:
-        spec = float(params.specific_yield_kwh_per_kwp)
-    elif latitude_deg is not None:
-        # rounded so that annual_kwh = kwp x specific_yield holds for the values written out
-        spec = round(estimate_specific_yield(latitude_deg), 1)
-    else:
-        raise ValueError("give a specific yield or the latitude to estimate it from")
-    panels = int(math.floor(usable / params.panel_area_m2 + 1e-9))
-    kwp = panels * params.panel_wp / 1000.0
-    return {
-        "area_m2": area,
-        "perimeter_m": perimeter,
-        "usable_area_m2": usable,
-        "panels": panels,
-        "kwp": kwp,
-        "specific_yield": spec,
-        "annual_kwh": kwp * spec,
-        "orientation_deg": orient,
-    }
+    lat = None if latitude_deg is None else np.array([float(latitude_deg)])
+    return solar_rows(solar_columns(np.array([metric_geometry], dtype=object), lat, params))[0]
 
 
 def rooftop_attributes(geometry: BaseGeometry, crs_wkt: str, params: Optional[SolarParams] = None) -> Dict[str, Any]:
@@ -186,33 +281,38 @@ def rooftop_attributes(geometry: BaseGeometry, crs_wkt: str, params: Optional[So
 
 def rooftop_attributes_many(geometries: Sequence[BaseGeometry], crs_wkt: str,
                             params: Optional[SolarParams] = None) -> List[Dict[str, Any]]:
-    """:func:`rooftop_attributes` of each geometry (transformers are shared)."""
+    """:func:`rooftop_attributes` of each geometry, computed together (one projection per frame)."""
+    from .metric_frame import to_local_metric_many
+
     params = (params or SolarParams()).validate()
-    return [rooftop_attributes(g, crs_wkt, params) for g in geometries]
+    geoms = np.array([shapely.Polygon() if g is None else g for g in geometries], dtype=object)
+    batch = to_local_metric_many(geoms, crs_wkt)
+    return solar_rows(solar_columns(batch.metric, batch.lat, params))
 
 
 def size_buildings(buildings: Sequence[Any], crs_wkt: str, params: Optional[SolarParams] = None,
                    regularize: bool = False, tolerance_m: float = 1.0) -> int:
     """Add the solar attributes to detected buildings (:class:`roof_detector.core.building.Building`), in place.
 
-    With ``regularize`` each outline is first squared (:func:`.regularize.regularize_outline`);
+    With ``regularize`` each outline is first squared (:func:`.regularize.regularize_metric`);
     a changed outline replaces ``geometry`` and updates ``area_m2`` / ``perimeter_m``.
     The other solar values go to ``attributes``. Returns how many outlines changed.
+    Detection does the same through :func:`.footprints.finish_outlines`.
     """
-    from .regularize import regularize_outline
+    from .footprints import measure_metric_batch
+    from .metric_frame import to_local_metric_many
 
     params = (params or SolarParams()).validate()
+    if not buildings:
+        return 0
+    geoms = np.array([b.geometry for b in buildings], dtype=object)
+    batch = to_local_metric_many(geoms, crs_wkt)
+    out, columns = measure_metric_batch(geoms, batch, regularize, tolerance_m, params)
     changed = 0
-    for b in buildings:
-        reshaped = False
-        if regularize:
-            g = regularize_outline(b.geometry, crs_wkt, tolerance_m)
-            if g is not b.geometry:
-                b.geometry = g
-                reshaped = True
-                changed += 1
-        a = rooftop_attributes(b.geometry, crs_wkt, params)
-        if reshaped:
-            b.area_m2, b.perimeter_m = a["area_m2"], a["perimeter_m"]
-        b.attributes.update({k: v for k, v in a.items() if k not in ("area_m2", "perimeter_m")})
+    for b, g, row in zip(buildings, out, solar_rows(columns)):
+        if g is not b.geometry:
+            b.geometry = g
+            b.area_m2, b.perimeter_m = row["area_m2"], row["perimeter_m"]
+            changed += 1
+        b.attributes.update({k: v for k, v in row.items() if k not in ("area_m2", "perimeter_m")})
     return changed

@@ -14,6 +14,14 @@ Model grid
     The real ground size of a model pixel therefore differs from ``gsd_m``
     by less than half a pixel over the whole raster width.
 
+    A raster whose pixels are already within ``NATIVE_GSD_TOLERANCE`` (3 %)
+    of ``gsd_m`` on both axes is used as it is (``scale_x = scale_y = 1``):
+    a UTM orthophoto sold as 0.30 m measures 0.2999 m on the ground (scale
+    factor 0.9996), and resampling it by 0.04 % would only blur it and cost
+    time (bilinear reads took 2.1 ms per 256 px tile against 0.75 ms for
+    plain ones). The model was trained with scale jitter of -25 % to +35 %,
+    so 3 % is well inside what it has seen.
+
 Tile grid
     Square tiles of ``tile_size_px`` with ``overlap_px`` of overlap, stride
     ``tile_size_px - overlap_px``. Along an axis of ``n`` model pixels::
@@ -39,6 +47,9 @@ from typing import List, Optional, Sequence, Tuple
 from affine import Affine
 
 from .raster_source import PixelWindow
+
+#: Relative difference between raster and model pixel size under which the raster is not resampled.
+NATIVE_GSD_TOLERANCE = 0.03
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,8 @@ def model_grid(raster_transform: Affine, raster_width: int, raster_height: int,
                raster_pixel_size_m: Tuple[float, float], gsd_m: float) -> ModelGrid:
     """The model grid over a north-up raster whose pixels measure ``raster_pixel_size_m`` on the ground."""
     px_x_m, px_y_m = raster_pixel_size_m
+    if abs(px_x_m / gsd_m - 1.0) <= NATIVE_GSD_TOLERANCE and abs(px_y_m / gsd_m - 1.0) <= NATIVE_GSD_TOLERANCE:
+        return ModelGrid(raster_width, raster_height, 1.0, 1.0, raster_transform, (px_x_m, px_y_m))
     width_px = max(1, int(round(raster_width * px_x_m / gsd_m)))
     height_px = max(1, int(round(raster_height * px_y_m / gsd_m)))
     scale_x = raster_width / width_px

@@ -1,151 +1,157 @@
-"""From the stitched probability raster to building polygons.
+"""Building outlines traced strip by strip, while the model works on the next rows.
 
-GDAL's Polygonize walks the on-disk building band scanline by scanline
-(memory grows with the raster width and the number of open polygons, not
-with its area) over the whole model grid at once, so a building across a
-tile or block border comes out as one polygon. Each polygon then:
+The pipeline hands over the model grid in full-width strips of finished rows
+(one row of tiles at a time, top to bottom). For each strip, joined to the
+rows carried over from the strip above:
 
-1. is dropped early when clearly under ``min_area_m2`` (approximate area);
-2. gets its ``confidence``: the mean probability over its own pixels;
-3. has holes under ``max_hole_area_m2`` filled (speckle, not courtyards);
-4. is simplified by half a model pixel (removes the pixel staircase on
-   straight walls, moves no edge by more than half a pixel);
-5. is clipped to the area of interest, if any (parts become separate
-   buildings);
-6. gets its true ground ``area_m2``/``perimeter_m`` and is kept if
-   ``area_m2 >= min_area_m2``.
+1. building pixels are grouped into 4-connected components (scipy), the
+   connectivity GDAL's Polygonize uses;
+2. a component that touches the last row may go on in the next strip: it is
+   *deferred* and its rows are carried over (with the finished components'
+   pixels cleared, so nothing is traced twice). So a building across any
+   tile or strip border comes out as one polygon, and memory holds only a
+   strip plus the open buildings, whatever the raster size;
+3. each finished component gets its ``confidence`` (mean probability of its
+   pixels) from one ``bincount``, and components clearly under the minimum
+   area (pixel count) are dropped before tracing;
+4. the rest are traced by one GDAL Polygonize call over a label raster held
+   in memory (one polygon per component) and finished together by
+   :func:`.footprints.finish_outlines` (holes, simplify, clip, measure,
+   regularise, solar).
 
 Polygons are in the raster CRS (the model grid shares it).
+No ``qgis`` import here.
 """
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+import time
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import shapely
-from shapely.geometry import Polygon
-from shapely.geometry.base import BaseGeometry
+from affine import Affine
+from scipy import ndimage
 
 from .building import Building
 from .errors import Cancelled
-from .geo import area_perimeter_m
-from .osgeo_exc import gdal, ogr, osr
-from .probability_raster import BUILDING_BAND, PROBABILITY_BAND, ProbabilityRaster
+from .footprints import FinishOptions, finish_outlines
+from .osgeo_exc import gdal, ogr
+from .tiling import ModelGrid
 
-ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
 
-# Candidates are pre-filtered on an approximate area; this margin keeps
-# borderline ones for the exact geodesic check.
+# Components are pre-filtered on their pixel area; this margin keeps borderline
+# ones for the exact check after hole filling and simplification.
 _PREFILTER_MARGIN = 0.8
 
 
-def vectorize_buildings(raster: ProbabilityRaster, crs_wkt: str, min_area_m2: float, max_hole_area_m2: float,
-                        clip_geometry: Optional[BaseGeometry] = None, progress: Optional[ProgressFn] = None,
-                        is_cancelled: Optional[CancelFn] = None) -> List[Building]:
-    """Polygonise the building band of ``raster`` into :class:`Building` records (see module doc)."""
-    raster.flush()
-    grid = raster.grid
-    ds = raster.dataset
-    building_band = ds.GetRasterBand(BUILDING_BAND)
-    prob_band = ds.GetRasterBand(PROBABILITY_BAND)
+class StripVectorizer:
+    """Turns finished full-width strips of the model grid into :class:`Building` records.
 
-    srs = osr.SpatialReference()
-    srs.SetFromUserInput(crs_wkt)  # WKT, or "EPSG:XXXX" from a lenient RasterSource
-    mem = ogr.GetDriverByName("Memory").CreateDataSource("polygons")
-    layer = mem.CreateLayer("polygons", srs=srs, geom_type=ogr.wkbPolygon)
-    layer.CreateField(ogr.FieldDefn("dn", ogr.OFTInteger))
+    Call :meth:`add` with consecutive strips (a gap in rows is allowed: nothing
+    connects across it), then :meth:`finish`. ``buildings`` collects the
+    result; ``seconds`` the time spent tracing (``"polygonise"``) and
+    finishing (``"attributes"``).
+    """
 
-    def gdal_progress(fraction, _message, _data):
-        if is_cancelled is not None and is_cancelled():
-            return 0  # makes GDAL stop and raise
-        if progress is not None:
-            progress(0.5 * fraction, "Tracing building outlines")
-        return 1
+    def __init__(self, grid: ModelGrid, crs_wkt: str, options: FinishOptions,
+                 is_cancelled: Optional[CancelFn] = None):
+        if gdal is None:
+            from .errors import OutputError
+            raise OutputError("GDAL's Python bindings (osgeo) are missing; run `make setup`")
+        self.grid = grid
+        self.crs_wkt = crs_wkt
+        self.options = options
+        self.is_cancelled = is_cancelled
+        pixel_m2 = grid.pixel_size_m[0] * grid.pixel_size_m[1]
+        self._min_pixels = _PREFILTER_MARGIN * options.min_area_m2 / pixel_m2
+        self._carry_row0 = 0
+        self._carry_prob: Optional[np.ndarray] = None
+        self._carry_building: Optional[np.ndarray] = None
+        self.buildings: List[Building] = []
+        self.seconds = {"polygonise": 0.0, "attributes": 0.0}
 
-    try:
-        # The building band is its own mask: only pixels equal to 1 are traced.
-        gdal.Polygonize(building_band, building_band, layer, 0, [], callback=gdal_progress)
-    except RuntimeError:
-        if is_cancelled is not None and is_cancelled():
-            raise Cancelled() from None
-        raise
+    def add(self, row0: int, probability_u8: np.ndarray, building: np.ndarray) -> None:
+        """Take rows ``[row0, row0 + len(strip))``: uint8 probability and bool/uint8 building masks."""
+        if self._carry_prob is not None and row0 != self._carry_row0 + len(self._carry_prob):
+            self._process(final=True)  # a gap: what is open now cannot go on
+        if self._carry_prob is None or len(self._carry_prob) == 0:
+            self._carry_row0 = row0
+            self._carry_prob = np.asarray(probability_u8, dtype=np.uint8)
+            self._carry_building = np.asarray(building, dtype=bool)
+        else:
+            self._carry_prob = np.concatenate([self._carry_prob, probability_u8])
+            self._carry_building = np.concatenate([self._carry_building, np.asarray(building, dtype=bool)])
+        final = self._carry_row0 + len(self._carry_prob) >= self.grid.height_px
+        self._process(final)
 
-    m2_per_unit2 = (grid.pixel_size_m[0] * grid.pixel_size_m[1]) / abs(grid.transform.a * grid.transform.e)
-    tolerance = 0.5 * min(abs(grid.transform.a), abs(grid.transform.e))
-    if clip_geometry is not None:
-        shapely.prepare(clip_geometry)
+    def finish(self) -> List[Building]:
+        """Trace whatever is still open (the raster's last rows) and return all buildings."""
+        if self._carry_prob is not None and len(self._carry_prob):
+            self._process(final=True)
+        return self.buildings
 
-    count = layer.GetFeatureCount()
-    buildings: List[Building] = []
-    for i, feat in enumerate(layer):
-        if i % 64 == 0:
-            if is_cancelled is not None and is_cancelled():
-                raise Cancelled()
-            if progress is not None and count:
-                progress(0.5 + 0.5 * i / count, f"Measuring buildings: {i}/{count}")
-        poly = shapely.from_wkb(bytes(feat.GetGeometryRef().ExportToWkb()))
-        if poly.area * m2_per_unit2 < _PREFILTER_MARGIN * min_area_m2:
-            continue
-        confidence = _mean_probability(poly, grid, building_band, prob_band)
-        shape = _fill_small_holes(poly, max_hole_area_m2 / m2_per_unit2)
-        shape = shape.simplify(tolerance, preserve_topology=True)
-        if not shape.is_valid:
-            shape = shapely.make_valid(shape)
-        if clip_geometry is not None:
-            if not clip_geometry.intersects(shape):
-                continue
-            if not clip_geometry.contains(shape):
-                shape = shape.intersection(clip_geometry)
-        for part in _polygons(shape):
-            area_m2, perimeter_m = area_perimeter_m(part, crs_wkt)
-            if area_m2 >= min_area_m2:
-                buildings.append(Building(part, area_m2, perimeter_m, confidence))
-    if progress is not None:
-        progress(1.0, f"{len(buildings)} buildings")
-    return buildings
+    def _process(self, final: bool) -> None:
+        t0 = time.perf_counter()
+        building, prob, row0 = self._carry_building, self._carry_prob, self._carry_row0
+        labels, count = ndimage.label(building)
+        if count == 0:
+            self._carry_prob = self._carry_building = None
+            return
+        open_ids = np.zeros(count + 1, dtype=bool)
+        if not final:
+            open_ids[labels[-1]] = True
+            open_ids[0] = False
+        # Per-component pixel count and probability sum over the building pixels only
+        # (a fraction of the strip: keeps the transient memory near the strip's own size).
+        on = labels[building]
+        pixels = np.bincount(on, minlength=count + 1)
+        prob_sum = np.bincount(on, weights=prob[building], minlength=count + 1)
+        del on
+        traced = ~open_ids & (pixels >= self._min_pixels)
+        traced[0] = False
+        outlines, ids = self._trace(labels, traced, row0) if traced.any() else ([], np.zeros(0, dtype=np.int64))
+        self._carry_over(labels, open_ids, prob, building, row0)
+        t1 = time.perf_counter()
+        self.seconds["polygonise"] += t1 - t0
+        if len(outlines):
+            confidence = prob_sum[ids] / pixels[ids] / 255.0
+            self.buildings.extend(finish_outlines(outlines, confidence, self.crs_wkt, self.options))
+        self.seconds["attributes"] += time.perf_counter() - t1
 
+    def _carry_over(self, labels: np.ndarray, open_ids: np.ndarray, prob: np.ndarray, building: np.ndarray,
+                    row0: int) -> None:
+        """Keep the rows from the top of the highest open component on, with only open pixels set."""
+        if not open_ids.any():
+            self._carry_prob = self._carry_building = None
+            return
+        # the first row holding an open component (row by row: no strip-sized temporary)
+        top = next(r for r in range(len(labels)) if open_ids[labels[r]].any())
+        self._carry_row0 = row0 + top
+        self._carry_prob = prob[top:].copy()
+        self._carry_building = open_ids[labels[top:]]
 
-def _mean_probability(poly: Polygon, grid, building_band, prob_band) -> float:
-    """Mean probability of the building pixels whose centres fall inside ``poly``."""
-    block = grid.pixel_bounds(poly.bounds)
-    if block is None:
-        return 0.0
-    c0, r0, c1, r1 = block
-    w, h = c1 - c0, r1 - r0
-    is_building = building_band.ReadAsArray(c0, r0, w, h) > 0
-    prob = prob_band.ReadAsArray(c0, r0, w, h)
-    rows, cols = np.nonzero(is_building)
-    if rows.size == 0:
-        return 0.0
-    t = grid.transform
-    xs = t.c + (c0 + cols + 0.5) * t.a
-    ys = t.f + (r0 + rows + 0.5) * t.e
-    # Another building's pixels can fall in this bounding box (or in a hole).
-    inside = shapely.contains_xy(poly, xs, ys)
-    if not inside.any():
-        return 0.0
-    return float(prob[rows[inside], cols[inside]].mean()) / 255.0
-
-
-def _fill_small_holes(poly: Polygon, max_hole_area_units: float) -> Polygon:
-    """``poly`` without the interior rings smaller than ``max_hole_area_units`` (CRS units squared)."""
-    if not poly.interiors:
-        return poly
-    keep = [ring for ring in poly.interiors if Polygon(ring).area >= max_hole_area_units]
-    return Polygon(poly.exterior, keep)
-
-
-def _polygons(geom: BaseGeometry) -> List[Polygon]:
-    """The non-empty polygons of any geometry (collections are flattened)."""
-    if geom.is_empty:
-        return []
-    if geom.geom_type == "Polygon":
-        return [geom]
-    if hasattr(geom, "geoms"):
-        out: List[Polygon] = []
-        for g in geom.geoms:
-            out.extend(_polygons(g))
-        return out
-    return []
+    def _trace(self, labels: np.ndarray, traced: np.ndarray, row0: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Polygonise the components flagged in ``traced``: (polygons in the CRS, their label ids)."""
+        if self.is_cancelled is not None and self.is_cancelled():
+            raise Cancelled()
+        height, width = labels.shape
+        wanted = traced[labels]
+        mem = gdal.GetDriverByName("MEM")
+        ds = mem.Create("", width, height, 1, gdal.GDT_Int32)
+        ds.SetGeoTransform((self.grid.transform * Affine.translation(0, row0)).to_gdal())
+        ds.GetRasterBand(1).WriteArray(labels)
+        mask_ds = mem.Create("", width, height, 1, gdal.GDT_Byte)
+        mask_band = mask_ds.GetRasterBand(1)
+        mask_band.WriteArray(wanted.view(np.uint8))
+        del wanted
+        layer_ds = ogr.GetDriverByName("Memory").CreateDataSource("outlines")
+        layer = layer_ds.CreateLayer("outlines", geom_type=ogr.wkbPolygon)
+        layer.CreateField(ogr.FieldDefn("id", ogr.OFTInteger))
+        gdal.Polygonize(ds.GetRasterBand(1), mask_band, layer, 0, [])
+        wkbs, ids = [], []
+        for feat in layer:
+            ids.append(feat.GetField(0))
+            wkbs.append(bytes(feat.GetGeometryRef().ExportToWkb()))
+        return shapely.from_wkb(wkbs), np.asarray(ids, dtype=np.int64)

@@ -21,7 +21,6 @@ from roof_detector.core.errors import Cancelled, LabelError, ModelError, OutputE
 from roof_detector.core.geo import area_perimeter_m
 from roof_detector.core.model_io import LoadedModel, read_metadata
 from roof_detector.core.pipeline import DetectOptions, detect_buildings
-from roof_detector.core.probability_raster import ProbabilityRaster
 from roof_detector.core.test_model import BrightnessNet, make_test_model
 from roof_detector.core.training.finetune import FinetuneOptions, prepare_data
 from roof_detector.core.vector_io import read_polygons
@@ -32,14 +31,6 @@ from .synthetic_rasters import (BRIGHT, DARK, LONLAT, MERCATOR, NORTH_UP, PX_ARE
 # Three buildings: 20 x 30 m, 10 x 10 m and 15 x 5 m.
 RECTS = [(20, 20, 60, 80), (120, 200, 140, 220), (150, 40, 160, 70)]
 RECT_AREAS = sorted((r1 - r0) * (c1 - c0) * PX_AREA for r0, c0, r1, c1 in RECTS)
-
-
-@pytest.fixture
-def work(tmp_path):
-    """The temporary folder the engine uses; tests check it is empty afterwards."""
-    path = tmp_path / "work"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
@@ -54,13 +45,12 @@ def _areas(result):
 # --------------------------------------------------------------------------- raster inputs
 
 
-def test_entirely_nodata_raster_says_so_and_finds_nothing(tmp_path, model, work):
+def test_entirely_nodata_raster_says_so_and_finds_nothing(tmp_path, model):
     data = np.zeros((3, 100, 120), np.uint8)
     path = write_raster(tmp_path / "empty.tif", data, UTM, NORTH_UP, nodata=0)
-    res = detect_buildings(path, DetectOptions(temp_dir=str(work)), model=model)
+    res = detect_buildings(path, DetectOptions(), model=model)
     assert res.buildings == [] and res.stats["valid_pixels"] == 0
     assert len(res.warnings) == 1 and "no valid pixels" in res.warnings[0] and "nodata" in res.warnings[0]
-    assert os.listdir(work) == []
 
 
 @pytest.mark.parametrize("dtype, ground, roof", [("float32", 0.05, 0.6), ("int16", -200, 1800)])
@@ -157,14 +147,13 @@ def _asks_for_nir(path, model_path):
     ("no_metadata", "TorchScript file without Roof Detector metadata"),
     ("nir", r"asks for bands \['red', 'green', 'blue', 'nir'\]; this version supports only"),
 ])
-def test_unusable_model_files_are_refused_before_any_work(tmp_path, scene, model_path, work, kind, message):
+def test_unusable_model_files_are_refused_before_any_work(tmp_path, scene, model_path, kind, message):
     bad = tmp_path / f"{kind}.pt"
     {"truncated": lambda: _truncated(bad, model_path), "checkpoint": lambda: _checkpoint(bad),
      "no_metadata": lambda: _torchscript_without_metadata(bad), "nir": lambda: _asks_for_nir(bad, model_path)}[kind]()
     with pytest.raises(ModelError, match=message) as info:
-        detect_buildings(scene, DetectOptions(model_path=str(bad), device="cpu", temp_dir=str(work)))
+        detect_buildings(scene, DetectOptions(model_path=str(bad), device="cpu"))
     assert str(bad) in str(info.value)
-    assert os.listdir(work) == []
 
 
 def test_model_export_on_a_full_disk_leaves_no_file(tmp_path, monkeypatch):
@@ -217,10 +206,10 @@ def fake_gpu(monkeypatch, model_path):
     return make
 
 
-def test_gpu_out_of_memory_retries_with_smaller_batches(scene, model, fake_gpu, work):
+def test_gpu_out_of_memory_retries_with_smaller_batches(scene, model, fake_gpu):
     reference = detect_buildings(scene, DetectOptions(batch_size=8), model=model)
     gpu = fake_gpu(fits=2)
-    res = detect_buildings(scene, DetectOptions(batch_size=8, temp_dir=str(work)), model=gpu)
+    res = detect_buildings(scene, DetectOptions(batch_size=8), model=gpu)
     assert _areas(res) == pytest.approx(_areas(reference), rel=1e-9)   # nothing lost
     assert gpu.module.calls[:3] == [("gpu", 8), ("gpu", 4), ("gpu", 2)]
     assert {n for _, n in gpu.module.calls[3:]} <= {1, 2} and all(d == "gpu" for d, _ in gpu.module.calls)
@@ -229,40 +218,36 @@ def test_gpu_out_of_memory_retries_with_smaller_batches(scene, model, fake_gpu, 
     assert res.stats["batch_size"] == 2 and gpu.device.type == "cuda"
     assert len(res.warnings) == 1
     assert "ran out of memory with 8 tiles per batch" in res.warnings[0] and "with 2 tiles per batch" in res.warnings[0]
-    assert os.listdir(work) == []
 
 
-def test_gpu_out_of_memory_for_one_tile_falls_back_to_the_cpu(scene, model, fake_gpu, work):
+def test_gpu_out_of_memory_for_one_tile_falls_back_to_the_cpu(scene, model, fake_gpu):
     reference = detect_buildings(scene, DetectOptions(batch_size=4), model=model)
     gpu = fake_gpu(fits=0)
-    res = detect_buildings(scene, DetectOptions(batch_size=4, temp_dir=str(work)), model=gpu)
+    res = detect_buildings(scene, DetectOptions(batch_size=4), model=gpu)
     assert _areas(res) == pytest.approx(_areas(reference), rel=1e-9)
     assert gpu.module.calls[:4] == [("gpu", 4), ("gpu", 2), ("gpu", 1), ("cpu", 1)]
     assert sum(n for d, n in gpu.module.calls if d == "cpu") == res.stats["tiles"]
     assert gpu.device.type == "cpu" and res.stats["device"].startswith("CPU")
     assert len(res.warnings) == 1 and "went on the CPU" in res.warnings[0] and "even with 1 tile" in res.warnings[0]
-    assert os.listdir(work) == []
 
 
-def test_out_of_memory_on_the_cpu_with_one_tile_is_an_error(scene, model_path, monkeypatch, work):
+def test_out_of_memory_on_the_cpu_with_one_tile_is_an_error(scene, model_path, monkeypatch):
     class NoRoom(BrightnessNet):
         def forward(self, x):
             raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
 
     cpu = LoadedModel(module=NoRoom(), metadata=read_metadata(model_path), device=torch.device("cpu"), path="x")
     with pytest.raises(ModelError, match="Out of memory on the CPU even with one tile"):
-        detect_buildings(scene, DetectOptions(batch_size=4, temp_dir=str(work)), model=cpu)
-    assert os.listdir(work) == []
+        detect_buildings(scene, DetectOptions(batch_size=4), model=cpu)
 
 
 # --------------------------------------------------------------------------- cancel at every stage
 
 
 @pytest.mark.parametrize("stage", ["tiles to process",           # raster opened, nothing read yet
-                                   "Detecting buildings: tile",   # reading and inference
-                                   "Tracing building outlines",   # polygonising (GDAL)
-                                   "Measuring buildings"])        # polygonising (per building)
-def test_cancel_at_every_stage_leaves_nothing(tmp_path, model, work, stage):
+                                   "Detecting buildings: tile",   # reading, inference, tracing strips
+                                   "Tracing the last building"])  # the last strip, after inference
+def test_cancel_at_every_stage_leaves_nothing(tmp_path, model, stage):
     many = [(r, c, r + 8, c + 8) for r in range(4, 190, 12) for c in range(4, 290, 12)]  # 384 buildings
     path = rect_scene(tmp_path / "many.tif", many)
     seen = {"cancel": False, "messages": []}
@@ -273,39 +258,12 @@ def test_cancel_at_every_stage_leaves_nothing(tmp_path, model, work, stage):
             seen["cancel"] = True
 
     with pytest.raises(Cancelled, match="nothing was written"):
-        detect_buildings(path, DetectOptions(temp_dir=str(work), batch_size=4), progress=progress,
+        detect_buildings(path, DetectOptions(batch_size=4), progress=progress,
                          is_cancelled=lambda: seen["cancel"], model=model)
     assert seen["cancel"]
-    later = {"tiles to process": "Detecting", "Detecting buildings: tile": "Tracing",
-             "Tracing building outlines": "Measuring", "Measuring buildings": "Regularising"}[stage]
-    assert not any(later in m for m in seen["messages"])  # it stopped in that stage
-    assert os.listdir(work) == []
-
-
-# --------------------------------------------------------------------------- full disk while detecting
-
-
-def test_full_disk_for_the_temporary_raster_is_an_output_error(scene, model, work, monkeypatch):
-    real_write = ProbabilityRaster.write_tile
-    calls = []
-
-    def write_tile(self, tile, prob, valid):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("TIFFAppendToStrip:Write error at scanline 0: No space left on device")
-        real_write(self, tile, prob, valid)
-
-    monkeypatch.setattr(ProbabilityRaster, "write_tile", write_tile)
-    with pytest.raises(OutputError, match="temporary folder is full.*TMPDIR.*Nothing was written"):
-        detect_buildings(scene, DetectOptions(temp_dir=str(work)), model=model)
-    assert os.listdir(work) == []
-
-
-def test_unusable_temporary_folder_is_an_output_error(scene, model, tmp_path):
-    not_a_folder = tmp_path / "file"
-    not_a_folder.write_text("x")
-    with pytest.raises(OutputError, match="Cannot create a temporary folder in .*file"):
-        detect_buildings(scene, DetectOptions(temp_dir=str(not_a_folder)), model=model)
+    later = {"tiles to process": "Detecting", "Detecting buildings: tile": "Tracing the last",
+             "Tracing the last building": " buildings"}[stage]
+    assert not any(m.endswith(later) or m.startswith(later) for m in seen["messages"])  # it stopped in that stage
 
 
 # --------------------------------------------------------------------------- label layers (fine-tune)

@@ -85,3 +85,15 @@ def test_subgrid_maps_back_to_source_pixels():
     assert sub.transform * (0, 0) == pytest.approx(grid.transform * (10, 20))
     assert grid.pixel_bounds((5.0, 80.0, 10.0, 90.0)) == (10, 20, 20, 40)
     assert grid.pixel_bounds((1000.0, 1000.0, 1001.0, 1001.0)) is None
+
+
+def test_model_grid_keeps_native_pixels_within_tolerance_and_resamples_beyond():
+    t = Affine(0.3, 0, 500000, 0, -0.3, 5000000)
+    # UTM's scale factor: 0.3 CRS units are 0.29988 m on the ground -> used as they are
+    native = model_grid(t, 1000, 800, (0.29988, 0.29988), gsd_m=0.3)
+    assert (native.width_px, native.height_px, native.scale_x, native.scale_y) == (1000, 800, 1.0, 1.0)
+    assert native.transform == t and native.pixel_size_m == (0.29988, 0.29988)
+    assert native.source_window(256, 512, 256, 256) == (256, 512, 256, 256)
+    # one axis beyond 3 %: resampled
+    coarse = model_grid(t, 1000, 800, (0.29988, 0.3 * 1.031), gsd_m=0.3)
+    assert coarse.height_px == round(800 * 0.3 * 1.031 / 0.3) and coarse.width_px == 1000

@@ -291,13 +291,13 @@ def test_processing_on_a_raster_smaller_than_one_tile(run, model_path, tmp_path)
     assert result["BUILDINGS"] == 1 and next(layer.getFeatures())["area_m2"] == pytest.approx(150.0, rel=0.005)
 
 
-def test_processing_cancel_while_polygonising_creates_no_output(run, ortho_path, model_path, tmp_path):  # noqa: F811
+def test_processing_cancel_while_tracing_the_last_outlines_creates_no_output(run, ortho_path, model_path, tmp_path):  # noqa: F811
     from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
     class CancelWhenTracing(QgsProcessingFeedback):
         def setProgressText(self, text):  # noqa: N802 - QGIS API
             super().setProgressText(text)
-            if "Tracing building outlines" in text:
+            if "Tracing the last building outlines" in text:
                 self.cancel()
 
     out = tmp_path / "out.gpkg"
