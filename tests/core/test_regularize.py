@@ -7,7 +7,7 @@ import pytest
 import shapely
 from shapely.geometry import MultiPolygon, Point, Polygon
 
-from roof_detector.core.regularize import dominant_orientation, regularize_metric, regularize_outline
+from roof_detector.core.regularize import dominant_orientation, is_round, regularize_metric, regularize_outline
 
 from .geom_helpers import (WEB_MERCATOR, WGS84, metric_at, noisy_polygon, rotated_rect, staircase,
                            transform_geom, utm_wkt)
@@ -169,3 +169,19 @@ def test_non_polygons_pass_through():
     line = shapely.LineString([(0, 0), (1, 1)])
     assert regularize_outline(line, WGS84) is line
     assert regularize_outline(Polygon(), WGS84).is_empty
+
+
+def test_round_check_shortcuts_agree_with_the_minimum_bounding_circle():
+    # is_round brackets the minimum bounding circle's radius cheaply before asking GEOS;
+    # the brackets must never decide differently from the circle itself, including for
+    # regular polygons on either side of the 0.92 threshold (9-gon 0.925, 8-gon 0.900).
+    shapes = [Point(0, 0).buffer(5, quad_segs=q) for q in (2, 3, 4, 8, 32)]
+    shapes += [shapely.affinity.rotate(Polygon([(10 * math.cos(2 * math.pi * k / n), 10 * math.sin(2 * math.pi * k / n))
+                                                 for k in range(n)]), a) for n in (7, 8, 9, 10, 12) for a in (0, 13, 45)]
+    shapes += [rotated_rect(w, h, a) for w, h in ((10, 10), (14, 9), (30, 4)) for a in (0, 20, 45)]
+    shapes += [shapely.affinity.scale(Point(0, 0).buffer(10, quad_segs=32), sx, 1.0) for sx in (1.05, 1.1, 1.2, 1.5)]
+    shapes += [staircase(Point(0, 0).buffer(8, quad_segs=32), 0.3), Polygon([(0, 0), (1e-4, 0), (0, 1e-4)])]
+    for shape in shapes:
+        r = shapely.minimum_bounding_radius(shape)
+        expected = r > 0 and shape.area / (math.pi * r * r) > 0.92
+        assert is_round(shape) == expected, shape.wkt
