@@ -37,8 +37,8 @@ def argparse_hidden():
 
 def run(args) -> int:
     from ..core import bench
-    from ..core.inference import default_batch_size
-    from ..core.model_io import resolve_device
+    from ..core.inference import default_batch_size, fitted_batch_size
+    from ..core.model_io import load_model, resolve_device
 
     sizes = args.size or [8192]
     if args.part == "pipeline":  # child process of the main bench
@@ -46,7 +46,14 @@ def run(args) -> int:
         return 0
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
     device = resolve_device(args.device)
-    batch = args.batch_size or default_batch_size(device)
+    # The batch size detection would pick (fitted to free memory on CUDA), passed on to the
+    # pipeline runs so that both figures use the same settings.
+    if args.batch_size:
+        batch = args.batch_size
+    elif device.type == "cuda":
+        batch = fitted_batch_size(load_model(args.model, args.device))
+    else:
+        batch = default_batch_size(device)
     figures = {"machine": bench.machine(), "batch_size": batch}
     say(f"machine: {figures['machine']}")
     figures.update(bench.model_throughput(args.model, args.device, batch))
@@ -62,7 +69,7 @@ def run(args) -> int:
     figures["pipeline"] = {}
     for size in sizes:
         say(f"pipeline on {size} x {size} px ({args.repeats} runs) ...")
-        r = bench.pipeline_in_child(size, args.model, args.device, args.batch_size, args.repeats)
+        r = bench.pipeline_in_child(size, args.model, args.device, batch, args.repeats)
         figures["pipeline"][str(size)] = r
         if "error" in r:
             say(f"  failed: {r['error']}")

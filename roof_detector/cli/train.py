@@ -34,6 +34,11 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--init-from", default="", metavar="CHECKPOINT",
+                   help="start from the best weights of an earlier run's checkpoint.pt (new optimiser, "
+                        "learning-rate schedule and history; the encoder weights option is then ignored)")
+    p.add_argument("--hue", type=float, default=0.4, metavar="P",
+                   help="share of crops whose hue is rotated by a random angle (default 0.4; 0 = off)")
     p.add_argument("--test", action="store_true",
                    help="after training, score the held-out test sets (OAM area 4, INRIA test)")
     p.set_defaults(func=run)
@@ -59,7 +64,7 @@ def run(args) -> int:
     from ..core.model_io import resolve_device
     from ..core.training import recipe
     from ..core.training.export import export_model, result_metadata
-    from ..core.training.sampling import CropSampler, scenes_to_tiles
+    from ..core.training.sampling import AugmentConfig, CropSampler, scenes_to_tiles
     from ..core.training.trainer import TrainConfig, plot_curves, train, write_json, evaluate_tiles
     from ..core.unet import build_model, load_efficientnet_lite0_weights
 
@@ -83,11 +88,18 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     train_scenes, weights, val_scenes = recipe.build_recipe(data, cfg.gsd_m, cfg.tile_px, log=log)
-    sampler = CropSampler(train_scenes, cfg.gsd_m, cfg.tile_px, weights, seed=cfg.seed)
+    sampler = CropSampler(train_scenes, cfg.gsd_m, cfg.tile_px, weights, seed=cfg.seed,
+                          config=AugmentConfig(hue_p=args.hue))
     val_sets = {k: scenes_to_tiles(v, cfg.tile_px) for k, v in val_scenes.items()}
     net = build_model(cfg.architecture)
     weights_path = _encoder_weights(args.encoder_weights, args.arch)
-    if weights_path and not args.resume:
+    if args.init_from and not args.resume:
+        ck = torch.load(args.init_from, map_location="cpu", weights_only=False)
+        net.load_state_dict(ck["best_state"])
+        weights_path = None
+        log(f"initialised from the best weights of {args.init_from} (epoch {ck['best_epoch']}, "
+            f"val IoU {ck['best_iou']:.4f})")
+    elif weights_path and not args.resume:
         log(f"encoder ImageNet weights: {os.path.basename(weights_path)} {load_efficientnet_lite0_weights(net, weights_path)}")
     model_path = os.path.join(out, "model.pt")
     data_summary = {
@@ -96,7 +108,9 @@ def run(args) -> int:
         "validation": "OAM area 1 smaller block; INRIA val chips (5)",
         "test_never_trained_on": "OAM area 4; INRIA test chips",
         "scenes": len(train_scenes),
-        "encoder_init": os.path.basename(weights_path) if weights_path else "random",
+        "encoder_init": (f"continued from {args.init_from}" if args.init_from
+                         else os.path.basename(weights_path) if weights_path else "random"),
+        "hue_rotation_p": args.hue,
         "attribution": "Imagery: OpenAerialMap contributors (CC BY 4.0), INRIA Aerial Image Labeling, "
                        "Humans in the Loop (CC0), SpaceNet (CC BY-SA 4.0, imagery Maxar); "
                        "labels: (c) OpenStreetMap contributors (ODbL)",

@@ -25,11 +25,51 @@ CancelFn = Callable[[], bool]
 
 CPU_BATCH_SIZE = 8
 GPU_BATCH_SIZE = 32
+#: Most tiles per batch fitted on a CUDA GPU (beyond this a GPU is already busy; more only adds latency).
+GPU_BATCH_MAX = 128
+#: Share of the GPU's free memory a fitted batch may take (the rest: cuDNN workspaces, other programs).
+GPU_MEMORY_SHARE = 0.6
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Tiles per batch when the user did not choose: larger on GPUs, which need it to be busy."""
+    """Tiles per batch when the user did not choose and nothing was measured: larger on GPUs."""
     return GPU_BATCH_SIZE if device.type in ("cuda", "mps") else CPU_BATCH_SIZE
+
+
+def fitted_batch_size(model: LoadedModel) -> int:
+    """Tiles per batch for ``model``'s device when the user did not choose.
+
+    On CUDA: as many tiles as fit in ``GPU_MEMORY_SHARE`` of the memory free
+    now (``torch.cuda.mem_get_info``), at the peak memory one tile took in a
+    probe batch of two, between 1 and ``GPU_BATCH_MAX``. Elsewhere, and when
+    the probe fails, :func:`default_batch_size`. Should a fitted batch still
+    not fit later, :class:`BatchPredictor` halves it.
+    """
+    if model.device.type != "cuda":
+        return default_batch_size(model.device)
+    try:
+        free_bytes, _total = torch.cuda.mem_get_info(model.device)
+        per_tile = _cuda_bytes_per_tile(model)
+    except Exception:  # noqa: BLE001 - a failed probe only means the default size
+        return default_batch_size(model.device)
+    if per_tile <= 0:
+        return default_batch_size(model.device)
+    return int(max(1, min(GPU_BATCH_MAX, (free_bytes * GPU_MEMORY_SHARE) // per_tile)))
+
+
+def _cuda_bytes_per_tile(model: LoadedModel, probe_tiles: int = 2) -> float:
+    """Peak CUDA memory one tile takes in a forward pass (input, activations, output)."""
+    device = model.device
+    tile = model.tile_size_px
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    with torch.inference_mode():
+        x = torch.zeros(probe_tiles, 3, tile, tile, device=device)
+        model.module(x.half() if model.half else x)
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - before
+    return peak / probe_tiles
 
 
 def read_tile(source: RasterSource, grid: ModelGrid, tile: Tile, tile_size_px: int) -> Tuple[np.ndarray, np.ndarray]:

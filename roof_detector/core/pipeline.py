@@ -26,7 +26,7 @@ from .building import Building
 from .errors import InputRasterError, ModelError, RoofDetectorError
 from .footprints import FinishOptions
 from .geo import m2_per_crs_unit2, pixel_size_m
-from .inference import BatchPredictor, default_batch_size, predict_tiles
+from .inference import BatchPredictor, fitted_batch_size, predict_tiles
 from .model_io import BUNDLED_MODEL_PATH, LoadedModel, device_description, load_model
 from .raster_source import RasterSource, open_source
 from .solar import SolarParams
@@ -60,7 +60,7 @@ class DetectOptions:
     device: str = "auto"               # auto | cpu | cuda | mps
     threshold: Optional[float] = None  # None = the model's tuned threshold
     min_area_m2: float = 10.0          # smaller polygons are dropped
-    batch_size: Optional[int] = None   # None = 8 on CPU, 32 on GPU
+    batch_size: Optional[int] = None   # None = 8 on CPU; on CUDA fitted to free memory
     aoi_wkt: Optional[str] = None      # area of interest polygon, in the raster CRS
     max_hole_area_m2: float = 4.0      # holes smaller than this are filled (speckle)
     regularize: bool = True            # square outlines (right angles, 45-degree diagonals)
@@ -110,7 +110,7 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
         if model is None:
             model = _load_model(options)
         threshold = options.threshold if options.threshold is not None else model.threshold
-        batch_size = options.batch_size or default_batch_size(model.device)
+        batch_size = options.batch_size or fitted_batch_size(model)
         crs_wkt = raster.crs_wkt
         raster_px_m = pixel_size_m(crs_wkt, raster.transform, raster.width, raster.height)
         coarsest = max(raster_px_m)

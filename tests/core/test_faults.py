@@ -339,3 +339,25 @@ def test_label_layers_without_usable_polygons_are_refused(tmp_path, small_raster
         prepare_data(opts, {"gsd_m": 0.5, "tile_size_px": 64}, log=lambda m: None)
     assert not (tmp_path / "out.pt").exists()
 
+
+
+def test_cuda_batch_size_is_fitted_to_free_memory(model_path, monkeypatch):
+    from roof_detector.core.inference import GPU_BATCH_MAX, fitted_batch_size
+
+    gpu = LoadedModel(module=BrightnessNet(), metadata=read_metadata(model_path), device=torch.device("cuda"),
+                      path="fake-gpu.pt", extra={"backend": "torch"})
+    monkeypatch.setattr(inference, "_cuda_bytes_per_tile", lambda model: 50e6)   # 50 MB per tile
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2e9, 8e9))  # 2 GB free
+    assert fitted_batch_size(gpu) == 24                                           # 60 % of 2 GB / 50 MB
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (70e9, 80e9))
+    assert fitted_batch_size(gpu) == GPU_BATCH_MAX
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (30e6, 8e9))
+    assert fitted_batch_size(gpu) == 1                                            # never 0
+
+    def no_probe(model):
+        raise RuntimeError("CUDA error: unspecified launch failure")
+
+    monkeypatch.setattr(inference, "_cuda_bytes_per_tile", no_probe)
+    assert fitted_batch_size(gpu) == inference.GPU_BATCH_SIZE                     # the default, not a crash
+    cpu = LoadedModel(module=BrightnessNet(), metadata=read_metadata(model_path), device=torch.device("cpu"), path="x")
+    assert fitted_batch_size(cpu) == inference.CPU_BATCH_SIZE

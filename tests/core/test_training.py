@@ -218,3 +218,18 @@ def test_shared_data_recipe_builds(shared_data):
         shares[recipe.dataset_of(s)] = shares.get(recipe.dataset_of(s), 0.0) + p
     assert shares == pytest.approx(recipe.DATASET_SHARES)
     json.dumps([s.name for s in train_scenes])
+
+
+def test_hue_rotation_keeps_grey_and_brightness_and_turns_red_to_green():
+    import math
+
+    from roof_detector.core.training.sampling import rotate_hue
+
+    grey = torch.full((3, 4, 4), 0.4)
+    assert torch.allclose(rotate_hue(grey, 1.234), grey, atol=1e-6)          # grey stays grey
+    x = torch.rand(3, 8, 8) * 0.5 + 0.25                                     # no clipping for these
+    y = rotate_hue(x, 0.7)
+    assert torch.allclose(y.mean(0), x.mean(0), atol=1e-5)                   # brightness kept
+    assert not torch.allclose(y, x, atol=1e-3)                               # colours did move
+    red = torch.tensor([0.8, 0.2, 0.2]).view(3, 1, 1)
+    assert torch.allclose(rotate_hue(red, 2 * math.pi / 3).flatten(), torch.tensor([0.2, 0.8, 0.2]), atol=1e-5)

@@ -43,6 +43,7 @@ class AugmentConfig:
     noise_p: float = 0.2
     noise_std: float = 0.03
     copy_paste_p: float = 0.2
+    hue_p: float = 0.0  # rotation of the hue by a random angle (roofs are painted in any colour)
 
 
 class CropSampler:
@@ -176,7 +177,8 @@ def photometric(x, rng, cfg: AugmentConfig):
             xi = grey + (xi - grey) * s
             xi = (xi - xi.mean()) * c + xi.mean()
             xi = xi * b
-        if rng.random() < cfg.grey_p:
+        greyed = rng.random() < cfg.grey_p
+        if greyed:
             grey = 0.299 * xi[0] + 0.587 * xi[1] + 0.114 * xi[2]
             if rng.random() < cfg.pan_vegetation_p:
                 # Panchromatic bands reach into the near infrared, where leaves are bright:
@@ -184,6 +186,8 @@ def photometric(x, rng, cfg: AugmentConfig):
                 exg = (2 * xi[1] - xi[0] - xi[2]).clamp_min(0)
                 grey = grey + rng.uniform(0.8, 3.0) * exg
             xi = grey.clamp(0, 1).expand(3, -1, -1)
+        elif cfg.hue_p > 0 and rng.random() < cfg.hue_p:
+            xi = rotate_hue(xi, rng.uniform(-math.pi, math.pi))
         if rng.random() < cfg.blur_p:
             sigma = rng.uniform(0.5, 1.5)
             xi = _gaussian_blur(xi, sigma)
@@ -191,6 +195,19 @@ def photometric(x, rng, cfg: AugmentConfig):
             xi = xi + torch.randn_like(xi) * cfg.noise_std * rng.uniform(0.3, 1.0)
         out.append(xi.clamp(0, 1))
     return torch.stack(out)
+
+
+def rotate_hue(x: torch.Tensor, angle_rad: float) -> torch.Tensor:
+    """Rotate the colours of a 3 x H x W image about the grey axis (a hue shift that keeps
+    grey pixels grey and each pixel's mean brightness)."""
+    c, s = math.cos(angle_rad), math.sin(angle_rad)
+    k = 1.0 / 3.0
+    r = math.sqrt(k)
+    # Rodrigues' formula for the unit axis (1, 1, 1) / sqrt(3)
+    m = torch.tensor([[c + (1 - c) * k, (1 - c) * k - r * s, (1 - c) * k + r * s],
+                      [(1 - c) * k + r * s, c + (1 - c) * k, (1 - c) * k - r * s],
+                      [(1 - c) * k - r * s, (1 - c) * k + r * s, c + (1 - c) * k]], dtype=x.dtype)
+    return torch.einsum("ij,jhw->ihw", m, x).clamp(0, 1)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
