@@ -72,14 +72,25 @@ def _cuda_bytes_per_tile(model: LoadedModel, probe_tiles: int = 2) -> float:
     return peak / probe_tiles
 
 
-def read_tile(source: RasterSource, grid: ModelGrid, tile: Tile, tile_size_px: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Read one tile on the model grid, padded to ``tile_size_px`` square (padding is invalid, RGB 0)."""
-    rgb = np.zeros((3, tile_size_px, tile_size_px), dtype=np.float32)
-    valid = np.zeros((tile_size_px, tile_size_px), dtype=bool)
-    window = grid.source_window(tile.col_off, tile.row_off, tile.width, tile.height)
-    part_rgb, part_valid = source.read(window, (tile.height, tile.width))
-    rgb[:, :tile.height, :tile.width] = part_rgb
-    valid[:tile.height, :tile.width] = part_valid
+def read_tiles(source: RasterSource, grid: ModelGrid, tiles: Sequence[Tile],
+               tile_size_px: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Read tiles on the model grid into one batch: float32 N x 3 x T x T and bool N x T x T.
+
+    A tile smaller than ``tile_size_px`` (the grid is smaller than a tile) is
+    padded; padding is invalid and RGB 0. The batch is allocated once and
+    each tile copied into it (no per-tile padded copy, no stacking).
+    """
+    n = len(tiles)
+    rgb = np.empty((n, 3, tile_size_px, tile_size_px), dtype=np.float32)
+    valid = np.empty((n, tile_size_px, tile_size_px), dtype=bool)
+    for i, tile in enumerate(tiles):
+        window = grid.source_window(tile.col_off, tile.row_off, tile.width, tile.height)
+        part_rgb, part_valid = source.read(window, (tile.height, tile.width))
+        if tile.height < tile_size_px or tile.width < tile_size_px:
+            rgb[i] = 0.0
+            valid[i] = False
+        rgb[i, :, :tile.height, :tile.width] = part_rgb
+        valid[i, :tile.height, :tile.width] = part_valid
     return rgb, valid
 
 
@@ -223,9 +234,9 @@ def predict_tiles(source: RasterSource, grid: ModelGrid, tiles: Sequence[Tile], 
 
     def read_batch(batch: List[Tile]) -> Tuple[np.ndarray, np.ndarray]:
         t0 = time.perf_counter()
-        pairs = [read_tile(source, grid, t, tile_px) for t in batch]
+        out = read_tiles(source, grid, batch, tile_px)
         timings["read"] += time.perf_counter() - t0
-        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        return out
 
     done = 0
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="roof-reader") as pool:

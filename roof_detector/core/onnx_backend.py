@@ -102,6 +102,10 @@ class OnnxModule:
         opts.intra_op_num_threads = threads or torch.get_num_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle intra-op threads sleep instead of spinning: the reader and outline threads of
+        # the pipeline then get the CPU between operators (8192 px bench: 20.2 -> 19.2 s;
+        # the network alone is as fast, 85.4 vs 83.4 tiles/s).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = onnx_path
         self.session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
 

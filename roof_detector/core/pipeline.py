@@ -17,7 +17,7 @@ import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import shapely
 from shapely.geometry.base import BaseGeometry
@@ -30,7 +30,7 @@ from .inference import BatchPredictor, fitted_batch_size, predict_tiles
 from .model_io import BUNDLED_MODEL_PATH, LoadedModel, device_description, load_model
 from .raster_source import RasterSource, open_source
 from .solar import SolarParams
-from .strip_mosaic import Strip, StripMosaic
+from .strip_mosaic import StripMosaic
 from .tiling import ModelGrid, Tile, model_grid, tile_grid, tile_origins
 from .vectorize import StripVectorizer
 
@@ -47,9 +47,9 @@ COARSE_PIXEL_WARN_M = 2.0
 _PREPARE_END = 0.02
 _TILES_END = 0.98
 
-# Strips waiting for the outline thread before the tile loop waits for it
+# Batches waiting for the outline thread before the tile loop waits for it
 # (bounds memory when tracing falls behind, e.g. a huge dense city on a GPU).
-_MAX_PENDING_STRIPS = 3
+_MAX_PENDING_BATCHES = 8
 
 
 @dataclass
@@ -131,26 +131,18 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
         mosaic = StripMosaic(grid, tiles, threshold)
         vectorizer = StripVectorizer(grid, crs_wkt, _finish_options(options, grid, raster, crs_wkt, aoi),
                                      is_cancelled)
-        valid_px = 0
-        timings["write"] = 0.0
         tile_progress = report.span(_PREPARE_END, _TILES_END)
-        with OutlineWorker(vectorizer) as outlines:
+        with OutlineWorker(mosaic, vectorizer) as outlines:
             for batch in predict_tiles(raster, grid, tiles, model, batch_size, tile_progress, is_cancelled,
                                        timings, warnings, predictor):
-                t0 = time.perf_counter()
-                for tile, prob, valid in batch:
-                    strip = mosaic.add(tile, prob, valid)
-                    c0, r0, c1, r1 = tile.keep
-                    valid_px += int(valid[r0 - tile.row_off:r1 - tile.row_off,
-                                          c0 - tile.col_off:c1 - tile.col_off].sum())
-                    if strip is not None:
-                        outlines.submit(strip)
-                timings["write"] += time.perf_counter() - t0
+                outlines.submit(batch)
             t0 = time.perf_counter()
             report(_TILES_END, "Tracing the last building outlines")
             buildings = outlines.finish()
             timings["outlines_after_inference"] = time.perf_counter() - t0
         timings.update(vectorizer.seconds)
+        timings["write"] = outlines.stitch_s
+        valid_px = outlines.valid_px
         if valid_px == 0:
             warnings.append("The raster holds no valid pixels"
                             + (" inside the area of interest" if aoi is not None else "")
@@ -194,31 +186,48 @@ def _finish_options(options: DetectOptions, grid: ModelGrid, raster: RasterSourc
 
 
 class OutlineWorker:
-    """Traces finished strips on one worker thread while the caller goes on predicting tiles.
+    """Stitches predicted batches and traces finished strips on one worker thread.
 
-    ONNX Runtime, torch, GDAL and shapely's array functions release the GIL,
-    so tracing and measuring the buildings of strip k overlaps inference of
-    the rows below it. An error on the worker is raised in the caller at the
-    next :meth:`submit` or at :meth:`finish`; leaving the ``with`` block early
-    (cancel, error) drops the strips not started and waits for the one running.
+    The thread that calls the model is one of ONNX Runtime's (or torch's)
+    compute threads, so anything else it does stalls the network; it only
+    hands each batch over. The worker writes the tiles into the strip mosaic,
+    counts valid pixels and, when a strip is complete, traces and measures
+    its buildings, while the model goes on with the next batches. ONNX
+    Runtime, torch, GDAL and shapely's array functions release the GIL. An
+    error on the worker is raised in the caller at the next :meth:`submit`
+    or at :meth:`finish`; leaving the ``with`` block early (cancel, error)
+    drops the batches not started and waits for the one running.
     """
 
-    def __init__(self, vectorizer: StripVectorizer):
+    def __init__(self, mosaic: StripMosaic, vectorizer: StripVectorizer):
+        self.mosaic = mosaic
         self.vectorizer = vectorizer
+        self.valid_px = 0
+        self.stitch_s = 0.0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roof-outlines")
         self._pending: List[Future] = []
 
-    def submit(self, strip: Strip) -> None:
-        """Queue one strip (in row order); waits while too many are queued."""
-        self._reap(block=len(self._pending) >= _MAX_PENDING_STRIPS)
-        self._pending.append(self._pool.submit(self.vectorizer.add, *strip))
+    def submit(self, batch: List[Tuple[Tile, Any, Any]]) -> None:
+        """Queue one predicted batch ``[(tile, probability, valid), ...]`` (in run order)."""
+        self._reap(block=len(self._pending) >= _MAX_PENDING_BATCHES)
+        self._pending.append(self._pool.submit(self._take, batch))
 
     def finish(self) -> List[Building]:
-        """Wait for every queued strip, trace the last rows and return the buildings."""
+        """Wait for every queued batch, trace the last rows and return the buildings."""
         self._pending.append(self._pool.submit(self.vectorizer.finish))
         while self._pending:
             self._reap(block=True)
         return self.vectorizer.buildings
+
+    def _take(self, batch: List[Tuple[Tile, Any, Any]]) -> None:
+        for tile, prob, valid in batch:
+            t0 = time.perf_counter()
+            strip = self.mosaic.add(tile, prob, valid)
+            c0, r0, c1, r1 = tile.keep
+            self.valid_px += int(valid[r0 - tile.row_off:r1 - tile.row_off, c0 - tile.col_off:c1 - tile.col_off].sum())
+            self.stitch_s += time.perf_counter() - t0
+            if strip is not None:
+                self.vectorizer.add(*strip)
 
     def _reap(self, block: bool) -> None:
         while self._pending and (block or self._pending[0].done()):

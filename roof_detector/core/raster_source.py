@@ -120,7 +120,7 @@ def percentile_stretch(sample: np.ndarray, valid: np.ndarray,
 def scale_to_unit(data: np.ndarray, dtype: np.dtype, stretch: Optional[np.ndarray]) -> np.ndarray:
     """Scale raw band values (bands x H x W) to float32 [0, 1]: /255 for uint8, else ``stretch``."""
     if np.dtype(dtype) == np.uint8 or stretch is None:
-        return data.astype(np.float32) * np.float32(1.0 / 255.0)
+        return np.multiply(data, np.float32(1.0 / 255.0), dtype=np.float32)  # one pass, no int->float copy
     lo = stretch[:, 0].astype(np.float32)[:, None, None]
     hi = stretch[:, 1].astype(np.float32)[:, None, None]
     out = (data.astype(np.float32) - lo) / (hi - lo)
