@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
+from .inference import fitted_batch_size
 from .model_io import load_model
 
 
@@ -68,7 +69,7 @@ def _median_rate(fn, n_items: int, repeats: int) -> float:
     return n_items / statistics.median(times)
 
 
-def model_throughput(model_path: Optional[str], device: str, batch_size: int, repeats: int = 5) -> Dict[str, Any]:
+def model_throughput(model_path: Optional[str], device: str, batch_size: int, repeats: int = 20) -> Dict[str, Any]:
     """Forward passes only: tiles/s of the pipeline's backend, of TorchScript and of ONNX Runtime."""
     out: Dict[str, Any] = {}
     model = load_model(model_path, device)
@@ -124,15 +125,22 @@ def pipeline_run(size_px: int, model_path: Optional[str], device: str, batch_siz
         out["buildings_drawn"] = write_orthophoto(raster, size_px, gsd)
         out["generate_s"] = round(time.perf_counter() - t0, 1)
         rss_before = _peak_rss_mb()
-        secs, tiles, stages = [], 0, []
+        secs, tiles, stages, ratios, model_rates = [], 0, [], [], []
+        forward = _forward_timer(model, batch_size or fitted_batch_size(model))
+        forward(3)  # warm-up
         for i in range(repeats):
             gpkg = os.path.join(tmp, f"out{i}.gpkg")
+            # The network alone, just before each run, on the same loaded model: the machine's
+            # speed drifts by several per cent over minutes, so each run gets its own reference.
+            model_rate = forward(PAIRED_MODEL_BATCHES)
             t0 = time.perf_counter()
             res = detect_buildings(raster, DetectOptions(model_path=model_path, device=device, batch_size=batch_size),
                                    model=model)
             write_buildings(res.buildings, gpkg, res.crs_wkt)
             secs.append(time.perf_counter() - t0)
             tiles = res.stats["tiles"]
+            model_rates.append(model_rate)
+            ratios.append(tiles / secs[-1] / model_rate)
             stages.append(res.stats["timings_s"])
             out["buildings_found"] = len(res.buildings)
         med = statistics.median(secs)
@@ -140,9 +148,36 @@ def pipeline_run(size_px: int, model_path: Optional[str], device: str, batch_siz
             "tiles": tiles, "pipeline_s": round(med, 2), "pipeline_tiles_per_s": round(tiles / med, 2),
             "km2_per_min": round((size_px * gsd) ** 2 / 1e6 / (med / 60), 3),
             "stage_s": stages[secs.index(sorted(secs)[len(secs) // 2])],
+            "model_tiles_per_s_paired": [round(r, 2) for r in model_rates],
+            "pipeline_over_model_paired": [round(r, 3) for r in ratios],
+            "pipeline_over_model": round(statistics.median(ratios), 3),
             "peak_rss_mb": round(_peak_rss_mb(), 1), "peak_rss_before_pipeline_mb": round(rss_before, 1),
         })
     return out
+
+
+#: Batches timed for the network-alone reference before each pipeline run.
+PAIRED_MODEL_BATCHES = 40
+
+
+def _forward_timer(model, batch_size: int):
+    """A function timing ``n`` forward passes of random batches: returns tiles/s (median batch)."""
+    tile = model.tile_size_px
+    x = torch.rand(batch_size, 3, tile, tile, generator=torch.Generator().manual_seed(0)).to(model.device)
+    if model.half:
+        x = x.half()
+
+    def timed(n: int) -> float:
+        times = []
+        with torch.inference_mode():
+            for _ in range(n):
+                t0 = time.perf_counter()
+                model.module(x)
+                if model.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+        return batch_size / statistics.median(times)
+    return timed
 
 
 def _peak_rss_mb() -> float:

@@ -81,20 +81,24 @@ def regularize_many(geometries: Sequence[BaseGeometry], crs_wkt: str, tolerance_
 
 
 def regularize_metric(geometry: BaseGeometry, tolerance_m: float = 1.0, allow_diagonals: bool = True,
-                      max_area_change: float = MAX_AREA_CHANGE) -> BaseGeometry:
+                      max_area_change: float = MAX_AREA_CHANGE, *, known_valid: bool = False) -> BaseGeometry:
     """Regularise a Polygon/MultiPolygon whose coordinates are metres.
 
-    Returns ``geometry`` itself when it is left as it is.
+    Returns ``geometry`` itself when it is left as it is, including when the
+    squared outline would move no vertex by ``UNCHANGED_M`` (1 mm) or more.
+    ``known_valid`` skips the validity check of the input (the caller has
+    checked it; it costs as much as a quarter of the work on a small outline).
     """
     if tolerance_m <= 0 or not math.isfinite(tolerance_m):
         raise ValueError(f"tolerance must be a positive number of metres, not {tolerance_m}")
     if geometry is None or geometry.is_empty:
         return geometry
     if geometry.geom_type == "Polygon":
-        out = _regularize_polygon(geometry, tolerance_m, allow_diagonals, max_area_change)
+        out = _regularize_polygon(geometry, tolerance_m, allow_diagonals, max_area_change, known_valid)
         return geometry if out is None else out
     if geometry.geom_type == "MultiPolygon":
-        parts = [_regularize_polygon(p, tolerance_m, allow_diagonals, max_area_change) for p in geometry.geoms]
+        parts = [_regularize_polygon(p, tolerance_m, allow_diagonals, max_area_change, known_valid)
+                 for p in geometry.geoms]
         if all(p is None for p in parts):
             return geometry
         merged = MultiPolygon([p if p is not None else raw for p, raw in zip(parts, geometry.geoms)])
@@ -114,9 +118,10 @@ def regularize_metric(geometry: BaseGeometry, tolerance_m: float = 1.0, allow_di
 # ufuncs, same summation order), so results do not depend on this tuning.
 
 
-def _regularize_polygon(poly: Polygon, tol: float, diagonals: bool, max_change: float) -> Optional[Polygon]:
+def _regularize_polygon(poly: Polygon, tol: float, diagonals: bool, max_change: float,
+                        known_valid: bool = False) -> Optional[Polygon]:
     """The regularised polygon, or None to keep ``poly`` as it is."""
-    if not poly.is_valid:
+    if not known_valid and not poly.is_valid:
         return None
     area = poly.area
     if area <= 0:
@@ -146,7 +151,8 @@ def _regularize_polygon(poly: Polygon, tol: float, diagonals: bool, max_change: 
         return None
     if not _area_ok(area, out.area, max_change):
         return None
-    if poly.boundary.hausdorff_distance(out.boundary) > 2.0 * tol + 1e-9:
+    moved = poly.boundary.hausdorff_distance(out.boundary)
+    if moved > 2.0 * tol + 1e-9 or moved < UNCHANGED_M:  # too far, or already regular
         return None
     return out
 
