@@ -74,11 +74,14 @@ def solar_params(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.regularize import regularize_outline
-    from ..core.report import build_table, totals, write_report
+    import numpy as np
+
     from ..core.building import Building
+    from ..core.footprints import measure_metric_batch
     from ..core.gpkg_writer import check_output, write_buildings
-    from ..core.solar import SOLAR_FIELDS, rooftop_attributes
+    from ..core.metric_frame import to_local_metric_many
+    from ..core.report import build_table, totals, write_report
+    from ..core.solar import SOLAR_FIELDS, solar_rows
 
     params = solar_params(args)
     with _output_flag_names():
@@ -87,18 +90,13 @@ def run(args: argparse.Namespace) -> int:
     from ..core.vector_io import read_polygons
 
     layer = read_polygons(args.input, layer=args.layer, with_attributes=True, require_crs=True)
-    rows: List[Dict[str, Any]] = []
-    geoms = []
-    regularized = 0
-    for fid, g in zip(layer.fids, layer.geometries):
-        if args.regularize:
-            r = regularize_outline(g, layer.crs_wkt, args.tolerance)
-            if r is not g:
-                regularized += 1
-            g = r
-        attrs = rooftop_attributes(g, layer.crs_wkt, params)
-        rows.append({"id": fid, **attrs})
-        geoms.append(g)
+    # All buildings at once: one projection per local frame, vectorised measuring (the
+    # same functions detection uses).
+    source = np.array(layer.geometries, dtype=object)
+    geoms, columns = measure_metric_batch(source, to_local_metric_many(source, layer.crs_wkt), args.regularize,
+                                          args.tolerance, params)
+    regularized = sum(1 for g, s in zip(geoms, source) if g is not s)
+    rows: List[Dict[str, Any]] = [{"id": fid, **attrs} for fid, attrs in zip(layer.fids, solar_rows(columns))]
 
     # Source attributes keep their names unless they clash with a solar field (-> src_<name>).
     solar_names = [name for name, _ in SOLAR_FIELDS]
