@@ -112,3 +112,13 @@ def check_dependencies() -> Optional[str]:
     """None when everything imports, else the install explanation for what is missing or clashing."""
     missing = missing_modules()
     return install_message(missing) if missing else geos_mismatch()
+
+
+def finetune_dependencies_problem() -> Optional[str]:
+    """The install explanation when the engine's or fine-tuning's packages are missing, else None."""
+    missing = missing_modules()
+    try:
+        import matplotlib  # noqa: F401 - the training-curve PNG
+    except Exception:  # noqa: BLE001
+        missing.append("matplotlib")
+    return install_message(missing) if missing else None

@@ -25,7 +25,8 @@ from . import LOG_TAG, settings, tr
 from .curve_chart import CurveChart
 from .finetune_task import (FinetuneRequest, FinetuneTask, area_wkt, is_polygon_layer, label_source,
                             labels_in_raster, make_temp_dir)
-from .paths import library_models, model_library_dir
+from .deps import finetune_dependencies_problem
+from .paths import library_models_in, model_library_dir
 from .pickers import (add_model_choices, chosen_model_path, choice_combo, device_combo, layer_combo, model_summary,
                       restore_device, select_data)
 from .request import RequestError, raster_file_path
@@ -34,18 +35,6 @@ AREA_MODES = (("labels", "Extent of the label layer"), ("layer", "All polygons o
               ("selection", "Selected polygons of a layer"))
 AREA_HELP = ("Inside the labelled area every building must be in the label layer: unlabelled buildings "
              "there count as \"not building\". Outside it nothing is learnt.")
-
-
-def finetune_dependencies_problem() -> Optional[str]:
-    """The install explanation when the engine's or fine-tuning's packages are missing, else None."""
-    from .deps import install_message, missing_modules
-
-    missing = missing_modules()
-    try:
-        import matplotlib  # noqa: F401 - the training-curve PNG
-    except Exception:  # noqa: BLE001
-        missing.append("matplotlib")
-    return install_message(missing) if missing else None
 
 
 class FinetuneDialog(QDialog):
@@ -488,15 +477,6 @@ class FinetuneDialog(QDialog):
         if not self.running:
             self.fill_models()
         super().showEvent(event)
-
-
-def library_models_in(folder: str):
-    """Sorted ``*.pt`` paths of ``folder`` (the library by default: :func:`library_models`)."""
-    import glob
-
-    if os.path.normpath(folder) == os.path.normpath(model_library_dir()):
-        return library_models()
-    return sorted(glob.glob(os.path.join(glob.escape(folder), "*.pt")))
 
 
 def show_finetune_dialog(iface: Any, dialog: Optional[FinetuneDialog] = None,

@@ -47,3 +47,10 @@ def model_library_dir() -> str:
 def library_models() -> List[str]:
     """Sorted paths of the ``*.pt`` files in the model library folder."""
     return sorted(glob.glob(os.path.join(model_library_dir(), "*.pt")))
+
+
+def library_models_in(folder: str):
+    """Sorted ``*.pt`` paths of ``folder`` (the library by default: :func:`library_models`)."""
+    if os.path.normpath(folder) == os.path.normpath(model_library_dir()):
+        return library_models()
+    return sorted(glob.glob(os.path.join(glob.escape(folder), "*.pt")))
