@@ -324,14 +324,16 @@ def _peak_python_allocations(tmp_path, rows: int, model) -> tuple:
 
 def test_memory_does_not_grow_with_the_raster_height(tmp_path):
     """Tiles are stitched into one strip of rows at a time and traced strip by strip: the
-    peak of Python-side allocations is the same for 1000 and 3000 rows of 2000 px, and far
-    below the 24 MB a float mosaic of the larger raster would take (its RGB alone is 18 MB)."""
+    peak of Python-side allocations for 3000 rows of 2000 px is that of 1000 rows plus at
+    most the outline thread's queue (8 batches, ~5 MB here, filled or not depending on
+    scheduling), where a float mosaic would add 16 MB, and stays under the 24 MB such a
+    mosaic of the larger raster would take by itself (its RGB alone is 18 MB)."""
     model = load_model(make_test_model(str(tmp_path / "m256.pt"), tile_size_px=256, overlap_px=16), "cpu")
     peak_small, found_small = _peak_python_allocations(tmp_path, 1000, model)
     peak_large, found_large = _peak_python_allocations(tmp_path, 3000, model)
     assert (found_small, found_large) == (5 * 20, 15 * 20)
-    assert peak_large < 1.25 * peak_small, f"peaks {peak_small / 1e6:.1f} MB -> {peak_large / 1e6:.1f} MB"
-    assert peak_large < 16e6, f"peak Python allocations {peak_large / 1e6:.1f} MB"
+    assert peak_large < peak_small + 8e6, f"peaks {peak_small / 1e6:.1f} MB -> {peak_large / 1e6:.1f} MB"
+    assert peak_large < 20e6, f"peak Python allocations {peak_large / 1e6:.1f} MB"
 
 
 @pytest.mark.skipif(not hasattr(os, "getpriority") or not os.uname().sysname == "Linux", reason="Linux thread nice")
