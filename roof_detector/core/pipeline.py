@@ -25,7 +25,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from .building import Building
-from .errors import InputRasterError, ModelError, RoofDetectorError
+from .errors import Cancelled, InputRasterError, ModelError, RoofDetectorError
 from .footprints import FinishOptions
 from .geo import m2_per_crs_unit2, pixel_size_m
 from .inference import BatchPredictor, fitted_batch_size, predict_tiles
@@ -141,6 +141,8 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
             t0 = time.perf_counter()
             report(_TILES_END, "Tracing the last building outlines")
             buildings = outlines.finish()
+            if is_cancelled is not None and is_cancelled():  # also when the last strip had nothing to trace
+                raise Cancelled()
             timings["outlines_after_inference"] = time.perf_counter() - t0
         timings.update(vectorizer.seconds)
         timings["write"] = outlines.stitch_s
