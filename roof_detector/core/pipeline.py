@@ -49,9 +49,12 @@ COARSE_PIXEL_WARN_M = 2.0
 _PREPARE_END = 0.02
 _TILES_END = 0.98
 
-# Batches waiting for the outline thread before the tile loop waits for it
-# (bounds memory when tracing falls behind, e.g. a huge dense city on a GPU).
-_MAX_PENDING_BATCHES = 8
+# Predicted tiles waiting for the outline thread before the model's thread waits for it,
+# in rows of tiles: a finished strip is a burst of tracing work, and the queue must absorb
+# it rather than stop the network (a queue of 8 batches made the 20000 px run wait 8 s).
+# Memory: 2 rows x 91 tiles x 330 kB = 60 MB at 20000 px, growing with width, not area.
+_MAX_PENDING_TILE_ROWS = 2
+_MIN_PENDING_BATCHES = 8
 
 
 @dataclass
@@ -134,7 +137,9 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
         vectorizer = StripVectorizer(grid, crs_wkt, _finish_options(options, grid, raster, crs_wkt, aoi),
                                      is_cancelled)
         tile_progress = report.span(_PREPARE_END, _TILES_END)
-        with OutlineWorker(mosaic, vectorizer) as outlines:
+        tiles_per_row = len(tile_origins(grid.width_px, model.tile_size_px, model.overlap_px))
+        max_pending = max(_MIN_PENDING_BATCHES, -(-_MAX_PENDING_TILE_ROWS * tiles_per_row // batch_size))
+        with OutlineWorker(mosaic, vectorizer, max_pending) as outlines:
             for batch in predict_tiles(raster, grid, tiles, model, batch_size, tile_progress, is_cancelled,
                                        timings, warnings, predictor):
                 outlines.submit(batch)
@@ -146,6 +151,7 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
             timings["outlines_after_inference"] = time.perf_counter() - t0
         timings.update(vectorizer.seconds)
         timings["write"] = outlines.stitch_s
+        timings["queue_wait"] = outlines.wait_s
         valid_px = outlines.valid_px
         if valid_px == 0:
             warnings.append("The raster holds no valid pixels"
@@ -226,18 +232,22 @@ class OutlineWorker:
     drops the batches not started and waits for the one running.
     """
 
-    def __init__(self, mosaic: StripMosaic, vectorizer: StripVectorizer):
+    def __init__(self, mosaic: StripMosaic, vectorizer: StripVectorizer, max_pending: int = _MIN_PENDING_BATCHES):
+        self.max_pending = max(1, max_pending)
         self.mosaic = mosaic
         self.vectorizer = vectorizer
         self.valid_px = 0
         self.stitch_s = 0.0
+        self.wait_s = 0.0  # the model's thread waiting for a free place in the queue
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roof-outlines",
                                         initializer=_lower_thread_priority)
         self._pending: List[Future] = []
 
     def submit(self, batch: List[Tuple[Tile, Any, Any]]) -> None:
         """Queue one predicted batch ``[(tile, probability, valid), ...]`` (in run order)."""
-        self._reap(block=len(self._pending) >= _MAX_PENDING_BATCHES)
+        t0 = time.perf_counter()
+        self._reap(block=len(self._pending) >= self.max_pending)
+        self.wait_s += time.perf_counter() - t0
         self._pending.append(self._pool.submit(self._take, batch))
 
     def finish(self) -> List[Building]:
