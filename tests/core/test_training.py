@@ -233,3 +233,22 @@ def test_hue_rotation_keeps_grey_and_brightness_and_turns_red_to_green():
     assert not torch.allclose(y, x, atol=1e-3)                               # colours did move
     red = torch.tensor([0.8, 0.2, 0.2]).view(3, 1, 1)
     assert torch.allclose(rotate_hue(red, 2 * math.pi / 3).flatten(), torch.tensor([0.2, 0.8, 0.2]), atol=1e-5)
+
+
+def test_read_only_scene_images_make_no_torch_warning():
+    """Scenes decoded from image files are read-only; sampling them must not print torch's warning."""
+    import subprocess
+    import sys
+    code = (
+        "import numpy as np\n"
+        "from roof_detector.core.training.sampling import AugmentConfig, CropSampler\n"
+        "from roof_detector.core.training.scenes import Scene\n"
+        # A crop as wide as the scene is a contiguous view: the case that reached torch read-only.
+        "img = np.full((32, 32, 3), 100, np.uint8); img.setflags(write=False)\n"
+        "lab = np.zeros((32, 32), np.uint8); lab[10:20, 10:20] = 1\n"
+        "cfg = AugmentConfig(scale_range=(1.0, 1.0), degrade_p=0, color_p=0, grey_p=0, blur_p=0, noise_p=0,"
+        " copy_paste_p=0)\n"
+        "CropSampler([Scene('ro', img, lab, np.ones((32, 32), bool), 0.5)], 0.5, 32, config=cfg, seed=0).batch(2)\n"
+    )
+    res = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -46,6 +46,16 @@ class AugmentConfig:
     hue_p: float = 0.0  # rotation of the hue by a random angle (roofs are painted in any colour)
 
 
+def _image_tensor(img: np.ndarray) -> torch.Tensor:
+    """H x W x 3 uint8 crop -> 1 x 3 x H x W float tensor in [0, 1]."""
+    arr = np.ascontiguousarray(img)
+    if not arr.flags.writeable:
+        # Scenes decoded from PNG/JPEG are read-only views; torch warns on those
+        # (the warning lands in the user's training log), so copy the small crop.
+        arr = arr.copy()
+    return torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0
+
+
 class CropSampler:
     """Draws crops from scenes, weighting each scene by its valid area times a weight."""
 
@@ -95,7 +105,7 @@ class CropSampler:
         imgs, labs = [], []
         for _ in range(n):
             img, lab, val = self._one()
-            x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
+            x = _image_tensor(img)
             y = torch.from_numpy(np.stack([lab, val]).astype(np.float32))[None]
             down = x.shape[-1] > t
             x = F.interpolate(x, size=(t, t), mode="bilinear", antialias=down, align_corners=False)
