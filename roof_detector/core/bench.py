@@ -59,6 +59,18 @@ def cpu_peak_gflops() -> Dict[str, Any]:
             "peak_gflops": round(cores * mhz / 1000 * per_cycle, 1)}
 
 
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """Measured fp32 matrix-multiply rate (n x n, torch's threads), in GFLOP/s.
+
+    A practical reference for the network's rate: the base-clock peak of
+    cpu_peak_gflops() understates cores that boost, so a network can show a
+    "share of peak" above 100 %, whereas this figure is measured alongside it.
+    """
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    rate = _median_rate(lambda: a @ b, 1, repeats)
+    return round(2 * n ** 3 * rate / 1e9, 1)
+
+
 def _median_rate(fn, n_items: int, repeats: int) -> float:
     fn()  # warm-up
     times = []

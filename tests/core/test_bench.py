@@ -28,8 +28,16 @@ def test_cpu_peak_is_positive():
     assert peak["flop_per_cycle"] in (16, 32, 64) and peak["peak_gflops"] >= 0
 
 
+def test_matmul_rate_is_measured():
+    # 128^2 matmul: tiny, but a real timing; a broken formula gives 0 or inf.
+    rate = bench.matmul_gflops(n=128, repeats=3)
+    assert 0 < rate < 1e5
+
+
 def test_bench_command_prints_the_figures(tmp_path, repo_root):
-    model = make_test_model(str(tmp_path / "m.pt"), gsd_m=0.5, tile_size_px=64, overlap_px=8)
+    arch = {"name": "brightness_test", "params": {"gain": 40.0}, "gflop_per_tile": 0.001}
+    model = make_test_model(str(tmp_path / "m.pt"), gsd_m=0.5, tile_size_px=64, overlap_px=8,
+                            extra_metadata={"architecture": arch})
     proc = subprocess.run([sys.executable, "-m", "roof_detector", "bench", "--model", model, "--device", "cpu",
                            "--size", "256", "--repeats", "1", "--no-finetune", "--json"],
                           capture_output=True, text=True, cwd=str(repo_root), timeout=300)
@@ -49,4 +57,5 @@ def test_bench_command_prints_the_figures(tmp_path, repo_root):
     assert fig["pipeline_over_model"] == run["pipeline_over_model"] == run["pipeline_over_model_paired"][0]
     assert run["pipeline_over_model"] == pytest.approx(
         run["pipeline_tiles_per_s"] / run["model_tiles_per_s_paired"][0], rel=0.01, abs=6e-4)
+    assert fig["gflops_per_s"] > 0 and fig["share_of_peak"] > 0 and fig["matmul_gflops_per_s"] > 0
     assert "onnxruntime_error" in fig  # the brightness test model has no ONNX export: said, not hidden
