@@ -34,7 +34,7 @@ import abc
 import os
 import warnings
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Any, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from affine import Affine
@@ -189,6 +189,37 @@ class RasterSource(abc.ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class RenderedRgbGrid:
+    """Mixin for sources that render 8-bit RGB onto a pixel grid they plan themselves
+    (map layers drawn by QGIS, XYZ tile services): the grid gives the georeferencing.
+
+    The class using it provides ``grid``, any object with ``transform``, ``width``
+    and ``height``; list the mixin before the RasterSource base so its properties win.
+    """
+
+    grid: Any
+
+    @property
+    def transform(self) -> Affine:
+        return self.grid.transform
+
+    @property
+    def width(self) -> int:
+        return self.grid.width
+
+    @property
+    def height(self) -> int:
+        return self.grid.height
+
+    @property
+    def band_count(self) -> int:
+        return 3
+
+    @property
+    def dtype(self) -> str:
+        return "uint8"
 
 
 class RasterioSource(RasterSource):

@@ -40,8 +40,8 @@ import numpy as np
 from affine import Affine
 
 from ..core.errors import Cancelled, InputRasterError
-from ..core.raster_source import (STRETCH_SAMPLE_PX, PixelWindow, RasterSource, band_layout, percentile_stretch,
-                                  scale_to_unit)
+from ..core.raster_source import (STRETCH_SAMPLE_PX, PixelWindow, RasterSource, RenderedRgbGrid, band_layout,
+                                  percentile_stretch, scale_to_unit)
 from .resample import paste, read_span, resample, resample_rgba
 from .workers import DEFAULT_RETRY, CancelFn, QtWorkers, RetryPolicy, ServiceError, sleep_unless_cancelled
 
@@ -315,7 +315,7 @@ def render_grid(bounds: Tuple[float, float, float, float], crs_wkt: str, gsd_m: 
     return RenderGrid(Affine(rx, 0.0, minx, 0.0, -ry, maxy), width, height)
 
 
-class RenderedSource(_QtLayerSource):
+class RenderedSource(RenderedRgbGrid, _QtLayerSource):
     """A render-only layer (WMS, WMTS...) requested in chunks over an area at the model's GSD."""
 
     def __init__(self, uri: str, provider: str, name: str, bounds: Tuple[float, float, float, float], gsd_m: float,
@@ -424,23 +424,3 @@ class RenderedSource(_QtLayerSource):
     @property
     def crs_wkt(self) -> str:
         return self._info["crs_wkt"]
-
-    @property
-    def transform(self) -> Affine:
-        return self.grid.transform
-
-    @property
-    def width(self) -> int:
-        return self.grid.width
-
-    @property
-    def height(self) -> int:
-        return self.grid.height
-
-    @property
-    def band_count(self) -> int:
-        return 3
-
-    @property
-    def dtype(self) -> str:
-        return "uint8"

@@ -37,7 +37,7 @@ import numpy as np
 from affine import Affine
 
 from ..core.errors import Cancelled
-from ..core.raster_source import PixelWindow, RasterSource
+from ..core.raster_source import PixelWindow, RasterSource, RenderedRgbGrid
 from .resample import paste, read_span, resample_rgba
 from .workers import (DEFAULT_RETRY, CancelFn, HttpResult, QtWorkers, RetryPolicy, ServiceError, http_get,
                       is_transient, with_retries)
@@ -297,7 +297,7 @@ class TileFetcher:
             self.stats.seconds += time.perf_counter() - t0
 
 
-class XyzTileSource(RasterSource):
+class XyzTileSource(RenderedRgbGrid, RasterSource):
     """An XYZ tile service over an area, at the zoom level closest to the model's GSD."""
 
     def __init__(self, template: XyzTemplate, bounds: Tuple[float, float, float, float], gsd_m: float,
@@ -322,24 +322,8 @@ class XyzTileSource(RasterSource):
         return self._crs_wkt
 
     @property
-    def transform(self) -> Affine:
-        return self.plan.transform
-
-    @property
-    def width(self) -> int:
-        return self.plan.width
-
-    @property
-    def height(self) -> int:
-        return self.plan.height
-
-    @property
-    def band_count(self) -> int:
-        return 3
-
-    @property
-    def dtype(self) -> str:
-        return "uint8"
+    def grid(self) -> XyzPlan:
+        return self.plan
 
     @property
     def stats(self) -> FetchStats:
