@@ -25,8 +25,8 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 SOLARIS_WHEEL := .cache/solaris/solaris-0.4.0-py3-none-any.whl
 
 # Filled in by the model owner: arguments of `python -m roof_detector train`.
-TRAIN_ARGS ?= --arch efflite0_unet --epochs 90 --samples-per-epoch 480 --batch-size 8 --patience 10 \
-              --max-minutes 80 --seed 0 --test --out runs/efflite0_unet
+TRAIN_ARGS ?= --arch efflite0_unet --epochs 120 --samples-per-epoch 480 --batch-size 8 --patience 12 \
+              --max-minutes 100 --seed 0 --hue 0.4 --threads 2 --test --out runs/efflite0_hue_scratch
 PYTEST_ARGS ?=
 
 .PHONY: setup test demo train clean distclean

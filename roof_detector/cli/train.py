@@ -37,9 +37,9 @@ def add_parser(sub) -> None:
     p.add_argument("--init-from", default="", metavar="CHECKPOINT",
                    help="start from the best weights of an earlier run's checkpoint.pt (new optimiser, "
                         "learning-rate schedule and history; the encoder weights option is then ignored)")
-    p.add_argument("--hue", type=float, default=0.0, metavar="P",
-                   help="share of crops whose hue is rotated by a random angle (default 0 = off, the "
-                        "bundled model's recipe; 0.4 was tried, see models/README.md)")
+    p.add_argument("--hue", type=float, default=0.4, metavar="P",
+                   help="share of crops whose hue is rotated by a random angle (default 0.4, the bundled "
+                        "model's recipe since v1.1.0; 0 turns it off)")
     p.add_argument("--test", action="store_true",
                    help="after training, score the held-out test sets (OAM area 4, INRIA test)")
     p.set_defaults(func=run)
