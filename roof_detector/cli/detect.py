@@ -29,6 +29,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="probability threshold in (0, 1) (default: the model's)")
     p.add_argument("--min-area", type=_non_negative, default=10.0, metavar="M2",
                    help="drop buildings smaller than this many square metres (default: 10)")
+    p.add_argument("--separate-touching", action=argparse.BooleanOptionalAction, default=True,
+                   help="split touching roofs along the probability valley between them, one polygon per "
+                        "roof (default: yes)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
     p.add_argument("--batch-size", type=_positive_int, metavar="N",
                    help="tiles per batch (default: 8 on CPU, 32 on GPU)")
@@ -51,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from .solar import solar_params
 
     options = DetectOptions(model_path=args.model, device=args.device, threshold=args.threshold,
-                            min_area_m2=args.min_area, batch_size=args.batch_size, regularize=args.regularize,
+                            min_area_m2=args.min_area, batch_size=args.batch_size,
+                            separate_touching=args.separate_touching, regularize=args.regularize,
                             regularize_tolerance_m=args.tolerance, solar=solar_params(args))
     t0 = time.perf_counter()
     with progress_bar() as progress:

@@ -8,6 +8,7 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputNumber,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
@@ -28,6 +29,7 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
     MODEL = "MODEL"
     THRESHOLD = "THRESHOLD"
     MIN_AREA = "MIN_AREA"
+    SEPARATE_TOUCHING = "SEPARATE_TOUCHING"
     DEVICE = "DEVICE"
     EXTENT = "EXTENT"
     BATCH_SIZE = "BATCH_SIZE"
@@ -48,6 +50,8 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
         "<b>Model file</b>: a Roof Detector .pt model; empty = the bundled model.<br>"
         "<b>Threshold</b>: probability above which a pixel is building (0-1); empty = the model's tuned value.<br>"
         "<b>Minimum building area</b>: smaller polygons are dropped (m² on the ground).<br>"
+        "<b>Separate touching buildings</b>: split roofs that touch along the probability valley between "
+        "their confident cores, one polygon per roof (default: yes).<br>"
         "<b>Device</b>: 0 automatic (GPU when present), 1 CPU, 2 CUDA GPU.<br>"
         "<b>Extent</b>: optional area to search; only the tiles touching it are run, results are clipped to it.<br>"
         "<b>Batch size</b>: tiles per model call; 0 = automatic (8 on CPU, 32 on GPU).<br><br>"
@@ -67,6 +71,8 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             self.MIN_AREA, self.tr("Minimum building area (m²)"), QgsProcessingParameterNumber.Double,
             defaultValue=10.0, minValue=0.0))
+        self.addParameter(QgsProcessingParameterBoolean(
+            self.SEPARATE_TOUCHING, self.tr("Separate touching buildings"), defaultValue=True))
         self.addParameter(QgsProcessingParameterEnum(
             self.DEVICE, self.tr("Device"), options=[self.tr("Automatic"), self.tr("CPU"), self.tr("CUDA GPU")],
             defaultValue=0))
@@ -109,6 +115,7 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
             options = make_options(DetectOptions, dict(
                 model_path=model, device=device, threshold=threshold,
                 min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
+                separate_touching=self.parameterAsBoolean(parameters, self.SEPARATE_TOUCHING, context),
                 batch_size=batch_size, aoi_wkt=aoi_wkt))
             # Web layers, VRTs and in-memory rasters are read through QGIS (opened again in the source's threads).
             source = raster_source(layer, model, aoi_wkt, feedback.isCanceled)

@@ -85,6 +85,11 @@ class DetectDialog(QDialog):
         self.min_area_spin.setSuffix(" m²")
         form.addRow(tr("Minimum building area"), self.min_area_spin)
 
+        self.separate_check = QCheckBox(tr("Separate touching buildings"), self)
+        self.separate_check.setToolTip(tr("Split roofs that touch along the probability valley between their "
+                                          "confident cores: one polygon per roof, not per block"))
+        form.addRow("", self.separate_check)
+
         self.device_combo, devices = device_combo(self)
         self.device_info = QLabel(self)
         self.device_info.setText(devices["text"])
@@ -203,6 +208,7 @@ class DetectDialog(QDialog):
         self.threshold_check.setChecked(settings.get("threshold_override"))
         self.threshold_spin.setValue(settings.get("threshold"))
         self.min_area_spin.setValue(settings.get("min_area_m2"))
+        self.separate_check.setChecked(settings.get("separate_touching"))
         restore_device(self.device_combo, settings.get("device"))
         gpkg = settings.get("output_mode") == "gpkg"
         (self.gpkg_radio if gpkg else self.memory_radio).setChecked(True)
@@ -227,6 +233,7 @@ class DetectDialog(QDialog):
         settings.set("threshold_override", self.threshold_check.isChecked())
         settings.set("threshold", self.threshold_spin.value())
         settings.set("min_area_m2", self.min_area_spin.value())
+        settings.set("separate_touching", self.separate_check.isChecked())
         settings.set("device", self.device_combo.currentData())
         settings.set("output_mode", "gpkg" if self.gpkg_radio.isChecked() else "memory")
         settings.set("gpkg_path", self.gpkg_file.filePath())
@@ -333,7 +340,8 @@ class DetectDialog(QDialog):
         request = DetectRequest.for_layer(
             inp, model_path=model, device=self.device_combo.currentData(),
             threshold=self.threshold_spin.value() if self.threshold_check.isChecked() else None,
-            min_area_m2=self.min_area_spin.value(), aoi_wkt=aoi, regularize=self.regularize_check.isChecked(),
+            min_area_m2=self.min_area_spin.value(), aoi_wkt=aoi, separate_touching=self.separate_check.isChecked(),
+            regularize=self.regularize_check.isChecked(),
             regularize_tolerance_m=self.tolerance_spin.value(), solar=self.solar_kwargs())
         if self.gpkg_radio.isChecked():
             self._fill_gpkg(request)

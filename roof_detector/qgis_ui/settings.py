@@ -17,6 +17,7 @@ DEFAULTS = {
     "threshold_override": (False, bool),
     "threshold": (0.5, float),
     "min_area_m2": (10.0, float),
+    "separate_touching": (True, bool),
     "device": ("auto", str),              # auto | cpu | cuda
     "output_mode": ("memory", str),       # memory | gpkg
     "gpkg_path": ("", str),

@@ -125,3 +125,15 @@ def test_ctrl_c_during_detection_leaves_nothing(tmp_path, scene, model_path, mon
     assert not out.exists()
     assert os.listdir(work) == []
     assert sorted(os.listdir(tmp_path)) == ["tmp"]
+
+
+def test_touching_roofs_are_separated_unless_asked_not_to(tmp_path, model_path):
+    from tests.core.synthetic_rasters import touching_pair_scene
+
+    pair, _ = touching_pair_scene(tmp_path / "pair.tif")
+    counts = []
+    for flag in ("--separate-touching", "--no-separate-touching"):
+        proc = _run(pair, "-o", tmp_path / f"{flag}.gpkg", "--model", model_path, flag)
+        assert proc.returncode == 0, proc.stderr
+        counts.append(int(SUMMARY.match(proc.stdout.strip()).group(1)))
+    assert counts == [2, 1]

@@ -74,6 +74,19 @@ def rect_scene(path, rects_px: Sequence[Tuple[int, int, int, int]], shape=(200, 
     return write_raster(path, data, crs, transform, **kwargs)
 
 
+def touching_pair_scene(path) -> Tuple[str, int]:
+    """Two 30 x 30 m roofs joined by a 2 m wide strip the test model is less sure of (p ~ 0.7).
+
+    Returns (path, building pixel count). The roofs span rows 40-100, across the
+    tile-row border at 56 of 64 px tiles with stride 56.
+    """
+    data = np.full((3, 200, 300), DARK, np.uint8)
+    data[:, 40:100, 40:100] = BRIGHT
+    data[:, 40:100, 104:164] = BRIGHT
+    data[:, 60:64, 100:104] = 133  # sigmoid(40 * (133 / 255 - 0.5)) = 0.70: building, but not core
+    return write_raster(path, data, UTM, NORTH_UP), 2 * 3600 + 16
+
+
 def utm_rect(x0_m: float, y0_m: float, width_m: float, height_m: float) -> shapely.Polygon:
     """A ground rectangle in UTM 31N, offsets in metres from :data:`UTM_ORIGIN`."""
     x, y = UTM_ORIGIN[0] + x0_m, UTM_ORIGIN[1] + y0_m

@@ -18,7 +18,7 @@ from roof_detector.core.raster_source import PixelWindow, RasterSource
 from roof_detector.core.test_model import make_test_model
 
 from .synthetic_rasters import (BRIGHT, DARK, LONLAT, MERCATOR, PX_AREA, UTM, UTM_ORIGIN, rect_scene, scene_in_crs,
-                                utm_rect, write_raster)
+                                touching_pair_scene, utm_rect, write_raster)
 
 
 def _detect(path, model, **kw):
@@ -352,3 +352,26 @@ def test_outline_thread_runs_at_low_priority_and_the_caller_keeps_its_own(tmp_pa
     assert len(res.buildings) == 1
     assert seen["outline"] == min(19, max(before, pipeline.OUTLINE_THREAD_NICE))
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+def test_touching_roofs_are_separated_and_nothing_is_lost(tmp_path, model):
+    # rows 40-100 cross the tile-row border at 56 (64 px tiles, stride 56): the pair is carried across strips
+    path, pixels = touching_pair_scene(tmp_path / "pair.tif")
+    split = _detect(path, model, regularize=False)
+    whole = _detect(path, model, regularize=False, separate_touching=False)
+    assert len(whole.buildings) == 1 and len(split.buildings) == 2
+    assert whole.total_area_m2 == pytest.approx(pixels * PX_AREA, rel=1e-3)
+    assert split.total_area_m2 == pytest.approx(whole.total_area_m2, rel=1e-6)
+    x0, y0 = UTM_ORIGIN
+    left = shapely.Point(x0 + 35, y0 - 35)    # centre of the left roof (col 70, row 70)
+    right = shapely.Point(x0 + 67, y0 - 35)   # centre of the right roof (col 134)
+    owners = [[b.geometry.contains(p) for p in (left, right)] for b in split.buildings]
+    assert sorted(owners) == [[False, True], [True, False]]
+    assert all(b.area_m2 >= 3600 * PX_AREA for b in split.buildings)  # the bridge is shared out, not dropped
+
+
+def test_separation_with_a_custom_threshold(tmp_path, model):
+    path, _ = touching_pair_scene(tmp_path / "pair.tif")
+    assert len(_detect(path, model, threshold=0.95).buildings) == 2  # the bridge is not building at 0.95
+    assert len(_detect(path, model, threshold=0.6).buildings) == 2
+    assert len(_detect(path, model, threshold=0.6, separate_touching=False).buildings) == 1

@@ -109,6 +109,7 @@ def test_choices_are_remembered(qgis_iface, ortho_layer, model_path, tmp_path):
     dialog.threshold_check.setChecked(True)
     dialog.threshold_spin.setValue(0.6)
     dialog.min_area_spin.setValue(25.0)
+    dialog.separate_check.setChecked(False)
     dialog.device_combo.setCurrentIndex(dialog.device_combo.findData("cpu"))
     dialog.gpkg_radio.setChecked(True)
     dialog.gpkg_file.setFilePath(str(tmp_path / "out.gpkg"))
@@ -116,11 +117,13 @@ def test_choices_are_remembered(qgis_iface, ortho_layer, model_path, tmp_path):
     dialog.accept()
     assert dialog.request.threshold == pytest.approx(0.6) and dialog.request.device == "cpu"
     assert dialog.request.gpkg_layer == "roofs"
+    assert dialog.request.options_kwargs()["separate_touching"] is False
     again = _dialog(qgis_iface)
     assert again.model_combo.currentData() == "file"
     assert again.model_file.filePath() == model_path
     assert again.threshold_check.isChecked() and again.threshold_spin.value() == pytest.approx(0.6)
     assert again.min_area_spin.value() == 25.0
+    assert not again.separate_check.isChecked()
     assert again.device_combo.currentData() == "cpu"
     assert again.gpkg_radio.isChecked() and again.gpkg_layer_edit.text() == "roofs"
 
@@ -239,6 +242,7 @@ def test_outlines_are_regularised_and_solar_defaults_by_default(qgis_iface, orth
     dialog.accept()
     options = make_options(DetectOptions, dialog.request.options_kwargs())
     assert options.regularize is True and options.regularize_tolerance_m == 1.0
+    assert options.separate_touching is True and dialog.separate_check.isChecked()
     assert options.solar == SolarParams()  # the engine's defaults, yield estimated from latitude
 
 

@@ -142,6 +142,16 @@ def test_detect_buildings_gives_the_bright_rectangles(run, ortho_path, model_pat
     assert all(f["confidence"] > 0.9 for f in layer.getFeatures())
 
 
+def test_detect_buildings_separates_touching_roofs_by_default(run, model_path, tmp_path):
+    from tests.core.synthetic_rasters import touching_pair_scene
+
+    pair, _ = touching_pair_scene(tmp_path / "pair.tif")
+    counts = [run("roofdetector:detectbuildings", dict({"INPUT": pair, "MODEL": model_path, "DEVICE": 1,
+                                                        "OUTPUT": "memory:"}, **extra))["BUILDINGS"]
+              for extra in ({}, {"SEPARATE_TOUCHING": False})]
+    assert counts == [2, 1]
+
+
 def test_detect_buildings_in_an_extent_given_in_another_crs(run, ortho_layer, model_path):
     from pyproj import Transformer
 
