@@ -66,14 +66,16 @@ def split_touching(labels: np.ndarray, count: int, open_ids: np.ndarray, prob: n
     every part is 4-connected and no pixel is lost. Open components (still going
     on in the next strip) are left whole until they are finished.
     """
-    cores, n_cores = ndimage.label(prob >= core_u8)
+    # Within the building mask: with a threshold near the core probability, rounding to uint8
+    # could otherwise let a core bridge two components through a non-building pixel.
+    cores, n_cores = ndimage.label((prob >= core_u8) & (labels > 0))
     if n_cores < 2:
         return labels, count, open_ids
     core_px = np.bincount(cores.ravel(), minlength=n_cores + 1)
     big = core_px >= min_core_px
     big[0] = False
-    inside = big[cores] & (labels > 0)
-    # a core lies in one component (it is a subset of the building mask)
+    inside = big[cores]
+    # a core is 4-connected inside the building mask, so it lies in one component
     owner = np.zeros(n_cores + 1, dtype=np.int64)
     owner[cores[inside]] = labels[inside]
     per_comp = np.bincount(owner[big], minlength=count + 1)
@@ -96,9 +98,10 @@ def split_touching(labels: np.ndarray, count: int, open_ids: np.ndarray, prob: n
         # Padded by one pixel: scipy's watershed_ift mislabels pixels on the array's border.
         cost = np.pad(np.where(mine, 255 - prob[sl], 255).astype(np.uint8), 1, constant_values=255)
         flooded = ndimage.watershed_ift(cost, np.pad(markers, 1))[1:-1, 1:-1]
-        region = out[sl]
-        for k, cid in enumerate(ids):
-            region[mine & (flooded == cid)] = comp if k == 0 else next_id + k - 1
+        # the first core keeps the component's id, the others get new ones
+        new_ids = np.zeros(int(ids[-1]) + 1, dtype=out.dtype)
+        new_ids[ids] = np.concatenate([[comp], np.arange(next_id, next_id + len(ids) - 1)])
+        out[sl][mine] = new_ids[flooded[mine]]
         next_id += len(ids) - 1
     n = next_id - 1
     new_open = np.zeros(n + 1, dtype=bool)
