@@ -1,6 +1,6 @@
 """Roof Detector: building footprints and rooftop solar sizing from orthophotos."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def classFactory(iface):  # noqa: N802 - QGIS plugin entry point name
