@@ -68,16 +68,18 @@ def split_touching(labels: np.ndarray, count: int, open_ids: np.ndarray, prob: n
     """
     # Within the building mask: with a threshold near the core probability, rounding to uint8
     # could otherwise let a core bridge two components through a non-building pixel.
-    cores, n_cores = ndimage.label((prob >= core_u8) & (labels > 0))
+    core_mask = (prob >= core_u8) & (labels > 0)
+    cores, n_cores = ndimage.label(core_mask)
     if n_cores < 2:
         return labels, count, open_ids
-    core_px = np.bincount(cores.ravel(), minlength=n_cores + 1)
-    big = core_px >= min_core_px
+    # Per-core figures from the core pixels only (a small share of the strip).
+    core_ids, core_owner = cores[core_mask], labels[core_mask]
+    del core_mask
+    big = np.bincount(core_ids, minlength=n_cores + 1) >= min_core_px
     big[0] = False
-    inside = big[cores]
     # a core is 4-connected inside the building mask, so it lies in one component
     owner = np.zeros(n_cores + 1, dtype=np.int64)
-    owner[cores[inside]] = labels[inside]
+    owner[core_ids] = core_owner
     per_comp = np.bincount(owner[big], minlength=count + 1)
     split = per_comp >= 2
     split[0] = False
@@ -90,7 +92,7 @@ def split_touching(labels: np.ndarray, count: int, open_ids: np.ndarray, prob: n
     for comp in np.flatnonzero(split):
         sl = objs[comp - 1]
         mine = labels[sl] == comp
-        markers = np.where(mine & inside[sl], cores[sl], 0).astype(np.int32)
+        markers = np.where(mine & big[cores[sl]], cores[sl], 0).astype(np.int32)
         ids = np.unique(markers[markers > 0])
         # Flood cost: falling probability inside the component, the maximum outside it,
         # so a path through the background never beats one inside (building pixels
