@@ -13,7 +13,8 @@ whole batch (only regularisation works polygon by polygon):
    0.25° cell, :func:`.metric_frame.to_local_metric_many`) and measured
    there: ``area_m2``/``perimeter_m`` are true ground values in any CRS;
    parts under ``min_area_m2`` are dropped;
-5. outlines are squared (:func:`.regularize.regularize_metric`), when asked;
+5. outlines are regularised (:mod:`.regularize`: right-angled polygons, neighbours
+   aligned, a ``shape`` class per building), when asked;
 6. rooftops are sized for solar panels (:func:`.solar.solar_columns`), when asked.
 
 The same function sizes existing layers (:func:`.solar.size_buildings`), so a
@@ -32,7 +33,7 @@ from shapely.geometry.base import BaseGeometry
 
 from .building import Building
 from .metric_frame import to_local_metric_many
-from .regularize import regularize_metric
+from .regularize import CURVED, consensus_orientations, regularize_metric_shape
 from .solar import SOLAR_FIELDS, SolarParams, solar_columns
 
 _POLYGON = 3
@@ -89,19 +90,26 @@ def measure_metric_batch(geometries: np.ndarray, batch, regularize: bool, tolera
 
     Returns the geometries in the source CRS (regularised ones replaced, others
     the very same objects) and columns: ``area_m2``, ``perimeter_m`` and, with
-    ``solar``, the other :data:`.solar.SOLAR_FIELDS`.
+    ``solar``, the other :data:`.solar.SOLAR_FIELDS`; with ``regularize``, ``shape``
+    (:data:`.regularize.SHAPES`).
     """
     geoms = np.array(geometries, dtype=object)
     metric = batch.metric.copy()
+    shapes = None
     if regularize:
         changed = np.zeros(len(geoms), dtype=bool)
+        shapes = np.full(len(geoms), CURVED, dtype=object)
         kinds = shapely.get_type_id(metric)
+        fit = np.flatnonzero((kinds == 3) | (kinds == 6))
+        # rows of houses come out parallel: axes shared by aligned neighbours (one frame at a time)
+        axes = consensus_orientations(metric[fit], batch.frame_index[fit], tolerance_m)
         # The outlines were checked valid (and repaired) in the source CRS by the caller, and
         # projecting a few metres changes no topology: checking again would cost 27 us each.
-        for i in np.flatnonzero((kinds == 3) | (kinds == 6)):
+        for i, theta in zip(fit, axes.tolist()):
             m = metric[i]
             # Returns m itself when it is left as it is (also when already regular to 1 mm).
-            r = regularize_metric(m, tolerance_m, known_valid=True)
+            r, shapes[i] = regularize_metric_shape(m, tolerance_m, theta_deg=theta if theta == theta else None,
+                                                   known_valid=True)
             if r is not m:
                 metric[i] = r
                 changed[i] = True
@@ -112,6 +120,8 @@ def measure_metric_batch(geometries: np.ndarray, batch, regularize: bool, tolera
         columns = solar_columns(metric, batch.lat, solar)
     else:
         columns = {"area_m2": shapely.area(metric).astype(float), "perimeter_m": shapely.length(metric).astype(float)}
+    if shapes is not None:
+        columns["shape"] = shapes
     return geoms, columns
 
 
@@ -162,13 +172,18 @@ def _buildings(geoms: np.ndarray, conf: np.ndarray, columns: Dict[str, np.ndarra
     area = columns["area_m2"].tolist()
     perimeter = columns["perimeter_m"].tolist()
     extra: List[Tuple[str, str, List[Any]]] = []
+    if "shape" in columns:
+        extra.append(("shape", "text", columns["shape"].tolist()))
     if solar:
-        extra = [(key, typ, columns[key].tolist()) for key, typ in SOLAR_FIELDS if key not in ("area_m2", "perimeter_m")]
+        extra += [(key, typ, columns[key].tolist()) for key, typ in SOLAR_FIELDS if key not in ("area_m2", "perimeter_m")]
     out = []
     for i, g in enumerate(geoms):
         attrs: Dict[str, Any] = {}
         for key, typ, values in extra:
             v = values[i]
-            attrs[key] = None if (typ == "real" and v != v) else (int(v) if typ == "integer" else float(v))
+            if typ == "text":
+                attrs[key] = v
+            else:
+                attrs[key] = None if (typ == "real" and v != v) else (int(v) if typ == "integer" else float(v))
         out.append(Building(g, float(area[i]), float(perimeter[i]), float(conf[i]), attrs))
     return out
