@@ -62,4 +62,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"  matched    {ob['matched']}")
     for key in ("precision", "recall", "f1"):
         print(f"  {key:<10} {ob[key]:.4f}")
+    print(f"  mean IoU of matched buildings {_fmt(ob['mean_matched_iou'], '.4f')}")
+    print("shape (vertices: median per polygon; regular: <= 16 vertices, 90 % of the outline within 10 degrees "
+          "of its axes)")
+    for side in ("predicted", "reference"):
+        sh = d["shape"][side]
+        print(f"  {side:<10} median vertices {_fmt(sh['median_vertices'], 'g')}, "
+              f"regular {_fmt(sh['regular_share'], '.1%')}")
     return 0
+
+
+def _fmt(value, spec: str) -> str:
+    """A figure, or "n/a" where nothing was measured."""
+    return "n/a" if value is None else format(value, spec)

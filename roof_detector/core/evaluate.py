@@ -13,6 +13,12 @@ Object precision = matched / predicted, recall = matched / reference. Only
 buildings whose representative point lies on a valid pixel of the grid take
 part, so references outside the imagery do not count as missed.
 
+Shape: the median vertex count and the share of regular polygons (at most 16
+vertices, 90 % of the outline within 10° of the main axis or its
+perpendicular; :mod:`.shape_metrics`) of the predicted and of the reference
+buildings that take part, and the mean IoU of the matched buildings: how much
+the outlines look like the ones a person draws.
+
 Layers in any CRS are reprojected to the grid CRS. No ``qgis`` import here.
 """
 
@@ -29,6 +35,7 @@ from shapely.geometry.base import BaseGeometry
 
 from .errors import InputRasterError, LabelError
 from .metrics import Confusion, confusion
+from .shape_metrics import ShapeStats, shape_stats
 from .vector_io import rasterize_polygons, read_polygons
 
 #: Rows of the grid rasterised at once.
@@ -99,6 +106,12 @@ class EvaluationResult:
     n_reference: int
     matches: List[ObjectMatch] = field(default_factory=list)
     iou_threshold: float = DEFAULT_IOU_THRESHOLD
+    predicted_shape: ShapeStats = field(default_factory=ShapeStats)
+    reference_shape: ShapeStats = field(default_factory=ShapeStats)
+
+    def mean_matched_iou(self) -> Optional[float]:
+        """Mean polygon IoU of the matched pairs; None when nothing matched."""
+        return float(np.mean([m.iou for m in self.matches])) if self.matches else None
 
     @property
     def n_matched(self) -> int:
@@ -125,8 +138,8 @@ class EvaluationResult:
                       "f1": p.f1(), "tp": p.tp, "fp": p.fp, "fn": p.fn, "tn": p.tn, "valid_pixels": p.total},
             "object": {"precision": self.object_precision(), "recall": self.object_recall(), "f1": self.object_f1(),
                        "predicted": self.n_predicted, "reference": self.n_reference, "matched": self.n_matched,
-                       "iou_threshold": self.iou_threshold,
-                       "mean_matched_iou": (float(np.mean([m.iou for m in self.matches])) if self.matches else None)},
+                       "iou_threshold": self.iou_threshold, "mean_matched_iou": self.mean_matched_iou()},
+            "shape": {"predicted": self.predicted_shape.as_dict(), "reference": self.reference_shape.as_dict()},
         }
 
 
@@ -229,7 +242,8 @@ def evaluate(predicted: Sequence[BaseGeometry], reference: Sequence[BaseGeometry
         if ds is not None:
             ds.close()
     matches = match_objects(p_in, r_in, iou_threshold)
-    return EvaluationResult(conf, len(p_in), len(r_in), matches, iou_threshold)
+    return EvaluationResult(conf, len(p_in), len(r_in), matches, iou_threshold,
+                            shape_stats(p_in, grid.crs_wkt), shape_stats(r_in, grid.crs_wkt))
 
 
 def evaluate_files(predicted_path: str, reference_path: str, raster_path: Optional[str] = None,

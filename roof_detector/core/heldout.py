@@ -30,6 +30,7 @@ import numpy as np
 
 from .evaluate import EvaluationResult, evaluate, grid_from_raster
 from .metrics import Confusion
+from .shape_metrics import ShapeStats
 from .pipeline import DetectOptions, detect_buildings
 from .vector_io import read_polygons
 
@@ -108,6 +109,8 @@ def score_case(case: Case, options: DetectOptions, model=None,
     conf = Confusion()
     n_pred = n_ref = n_match = 0
     seconds = 0.0
+    ious: List[float] = []
+    pred_shape, ref_shape = ShapeStats(), ShapeStats()
     for raster, ref in zip(case.rasters, case.references):
         res = detect_buildings(raster, options, model=model)
         seconds += res.seconds
@@ -118,14 +121,29 @@ def score_case(case: Case, options: DetectOptions, model=None,
         n_pred += ev.n_predicted
         n_ref += ev.n_reference
         n_match += ev.n_matched
+        ious += [m.iou for m in ev.matches]
+        pred_shape += ev.predicted_shape
+        ref_shape += ev.reference_shape
     d = conf.as_dict()
     out = {"pixel_iou": d["iou"], "pixel_accuracy": d["accuracy"], "precision": d["precision"],
            "recall": d["recall"], "f1": d["f1"], "predicted": n_pred, "reference": n_ref, "matched": n_match,
            "object_precision": n_match / n_pred if n_pred else 0.0,
-           "object_recall": n_match / n_ref if n_ref else 0.0, "seconds": round(seconds, 2)}
+           "object_recall": n_match / n_ref if n_ref else 0.0,
+           "object_f1": 2 * n_match / (n_pred + n_ref) if n_pred + n_ref else 0.0,
+           "mean_matched_iou": float(np.mean(ious)) if ious else None,
+           "median_vertices": pred_shape.median_vertices(), "regular_share": pred_shape.regular_share(),
+           "reference_median_vertices": ref_shape.median_vertices(),
+           "reference_regular_share": ref_shape.regular_share(), "seconds": round(seconds, 2)}
     log(f"{case.name:16s} IoU {out['pixel_iou']:.4f}  accuracy {out['pixel_accuracy']:.4f}  "
-        f"F1 {out['f1']:.4f}  buildings {n_pred} predicted / {n_ref} reference, {n_match} matched")
+        f"F1 {out['f1']:.4f}  buildings {n_pred} predicted / {n_ref} reference, {n_match} matched "
+        f"(object F1 {out['object_f1']:.3f}, matched IoU {_fmt(out['mean_matched_iou'], '.3f')})  "
+        f"vertices {_fmt(out['median_vertices'], 'g')} (reference {_fmt(out['reference_median_vertices'], 'g')})  "
+        f"regular {_fmt(out['regular_share'], '.0%')} (reference {_fmt(out['reference_regular_share'], '.0%')})")
     return out
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 def score_all(data_dir: str, options: DetectOptions, names: Optional[List[str]] = None,

@@ -67,6 +67,8 @@ ARC_MIN_SHARE = 0.3
 ARC_MIN_RADIUS = 3.0
 #: An outline that fills its bounding rectangle (along its axes) this much becomes that rectangle.
 FAST_FILL = 0.97
+#: A courtyard becomes its bounding rectangle when it fills it this much.
+HOLE_FILL = 0.85
 #: Neighbours within this distance (metres, edge to edge) share their axes when those are close.
 NEIGHBOUR_RADIUS_M = 10.0
 NEIGHBOUR_MAX_DIFF_DEG = 8.0
@@ -110,10 +112,11 @@ def regularize_metric_shape(geometry: BaseGeometry, tolerance_m: float = 1.0, al
     if geometry.geom_type == "Polygon":
         return fit_polygon(geometry, tolerance_m, theta_deg, allow_diagonals, max_area_change, known_valid)
     if geometry.geom_type == "MultiPolygon":
+        parts = list(geometry.geoms)  # each access to .geoms makes new objects: keep one set for `is`
         fits = [fit_polygon(p, tolerance_m, theta_deg, allow_diagonals, max_area_change, known_valid)
-                for p in geometry.geoms]
-        largest = int(np.argmax([p.area for p in geometry.geoms]))
-        if all(f is p for (f, _), p in zip(fits, geometry.geoms)):
+                for p in parts]
+        largest = int(np.argmax([p.area for p in parts]))
+        if all(f is p for (f, _), p in zip(fits, parts)):
             return geometry, fits[largest][1]
         merged = MultiPolygon([f for f, _ in fits])
         if not merged.is_valid:
@@ -142,11 +145,34 @@ def fit_polygon(poly: Polygon, tolerance_m: float = 1.0, theta_deg: Optional[flo
         return poly, CURVED
     own = dominant_orientation(ring, tolerance_m)
     thetas = [own] if theta_deg is None or abs(theta_deg - own) < 1e-9 else [theta_deg, own]
+    # Holes bigger than speckle (the detection fills those) are courtyards: the outer
+    # outline is fitted alone and each courtyard is cut out of it, squared where it can be.
+    shell = Polygon(poly.exterior) if poly.interiors else poly
     for theta in thetas:
-        out = _fit_with_axes(poly, theta, tolerance_m, allow_diagonals, max_area_change)
-        if out is not None:
-            return out
+        out = _fit_with_axes(shell, theta, tolerance_m, allow_diagonals, max_area_change)
+        if out is None:
+            continue
+        fitted, shape = out
+        if poly.interiors:
+            fitted = _cut_courtyards(fitted, poly, theta)
+            if fitted is None:
+                continue
+        # an outline that is already what the fit draws keeps its exact coordinates
+        if fitted is not poly and fitted.hausdorff_distance(poly) < UNCHANGED_M:
+            return poly, shape
+        return fitted, shape
     return poly, CURVED
+
+
+def _cut_courtyards(fitted: Polygon, poly: Polygon, theta: float) -> Optional[Polygon]:
+    """``fitted`` minus the holes of ``poly``, each as its bounding rectangle when it fills it."""
+    holes = []
+    for interior in poly.interiors:
+        hole = Polygon(interior)
+        rect = _filled_rectangle(hole, theta, HOLE_FILL)
+        holes.append(rect if rect is not None else hole)
+    out = shapely.difference(fitted, shapely.union_all(holes))
+    return out if out.geom_type == "Polygon" and out.is_valid and not out.is_empty else None
 
 
 def _fit_with_axes(poly: Polygon, theta: float, tol: float, diagonals: bool,
@@ -211,8 +237,8 @@ def _has_long_arc(ring: np.ndarray, tol: float) -> bool:
     return False
 
 
-def _filled_rectangle(poly: Polygon, theta: float) -> Optional[Polygon]:
-    """The bounding rectangle along ``theta`` when the outline fills it (IoU >= :data:`FAST_FILL`).
+def _filled_rectangle(poly: Polygon, theta: float, min_fill: Optional[float] = None) -> Optional[Polygon]:
+    """The bounding rectangle along ``theta`` when the outline fills it (IoU >= ``min_fill``, :data:`FAST_FILL`).
 
     The outline lies inside its bounding rectangle, so their IoU is the ratio of
     their areas: no grid and no overlay are needed for the many clean rectangles.
@@ -224,7 +250,7 @@ def _filled_rectangle(poly: Polygon, theta: float) -> Optional[Polygon]:
     v = -xy[:, 0] * s + xy[:, 1] * c
     u0, u1, v0, v1 = u.min(), u.max(), v.min(), v.max()
     box_area = (u1 - u0) * (v1 - v0)
-    if not (box_area > 0 and poly.area >= FAST_FILL * box_area):
+    if not (box_area > 0 and poly.area >= (FAST_FILL if min_fill is None else min_fill) * box_area):
         return None
     corners = np.array([(u0, v0), (u1, v0), (u1, v1), (u0, v1), (u0, v0)])
     return Polygon(np.column_stack([corners[:, 0] * c - corners[:, 1] * s, corners[:, 0] * s + corners[:, 1] * c]))

@@ -20,7 +20,7 @@ in EPSG:4326 is judged by the shape on the ground. No ``qgis`` import here.
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -75,26 +75,46 @@ def _edges(geometry: BaseGeometry):
     return np.concatenate(lengths), np.concatenate(angles)
 
 
-def shape_figures(geometries: Sequence[BaseGeometry], crs_wkt: str) -> Dict[str, Optional[float]]:
-    """Median vertex count and share of regular polygons of ``geometries`` (in ``crs_wkt``).
+@dataclass
+class ShapeStats:
+    """Vertex counts and regular flags of a layer's polygons; pools over layers with ``+``."""
 
-    Returns ``{"count", "median_vertices", "regular_share"}``; the last two are
-    None for an empty layer (nothing measured is not a score).
-    """
+    vertices: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    regular: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def __add__(self, other: "ShapeStats") -> "ShapeStats":
+        return ShapeStats(np.concatenate([self.vertices, other.vertices]),
+                          np.concatenate([self.regular, other.regular]))
+
+    @property
+    def count(self) -> int:
+        return len(self.vertices)
+
+    def median_vertices(self) -> Optional[float]:
+        """Median vertex count; None for an empty layer (nothing measured is not a score)."""
+        return float(np.median(self.vertices)) if self.count else None
+
+    def regular_share(self) -> Optional[float]:
+        """Share of regular polygons (0-1); None for an empty layer."""
+        return float(self.regular.mean()) if self.count else None
+
+    def as_dict(self) -> Dict[str, Optional[float]]:
+        return {"count": self.count, "median_vertices": self.median_vertices(),
+                "regular_share": self.regular_share()}
+
+
+def shape_stats(geometries: Sequence[BaseGeometry], crs_wkt: str) -> ShapeStats:
+    """Vertex count and regularity of each non-empty geometry (in ``crs_wkt``)."""
     geoms = [g for g in geometries if g is not None and not g.is_empty]
-    if not geoms:
-        return {"count": 0, "median_vertices": None, "regular_share": None}
-    counts = np.array([vertex_count(g) for g in geoms])
+    counts = np.array([vertex_count(g) for g in geoms], dtype=np.int64)
+    regular = np.zeros(len(geoms), dtype=bool)
     candidates = np.flatnonzero((counts >= 3) & (counts <= MAX_REGULAR_VERTICES))
-    regular = 0
     if len(candidates):
         metric = to_local_metric_many(np.asarray([geoms[i] for i in candidates], dtype=object), crs_wkt).metric
-        regular = sum(1 for g in metric if aligned_share(g) >= MIN_ALIGNED_SHARE)
-    return {"count": len(geoms), "median_vertices": float(np.median(counts)),
-            "regular_share": regular / len(geoms)}
+        regular[candidates] = [aligned_share(g) >= MIN_ALIGNED_SHARE for g in metric]
+    return ShapeStats(counts, regular)
 
 
-def angle_between_deg(a: float, b: float, period: float = 90.0) -> float:
-    """Smallest difference of two directions modulo ``period`` degrees."""
-    d = (a - b) % period
-    return min(d, period - d) if math.isfinite(d) else math.inf
+def shape_figures(geometries: Sequence[BaseGeometry], crs_wkt: str) -> Dict[str, Optional[float]]:
+    """Count, median vertex count and share of regular polygons of ``geometries`` (in ``crs_wkt``)."""
+    return shape_stats(geometries, crs_wkt).as_dict()

@@ -28,7 +28,7 @@ from qgis.PyQt.QtCore import QVariant
 from .common import RoofDetectorAlgorithm, engine_errors, raster_file, source_as_file
 
 #: (output key, table field, where in EvaluationResult.as_dict(), label).
-METRICS: Tuple[Tuple[str, str, Tuple[str, str], str], ...] = (
+METRICS: Tuple[Tuple[str, str, Tuple[str, ...], str], ...] = (
     ("PIXEL_IOU", "pixel_iou", ("pixel", "iou"), "Pixel IoU"),
     ("PIXEL_ACCURACY", "pixel_accuracy", ("pixel", "accuracy"), "Pixel accuracy"),
     ("PIXEL_PRECISION", "pixel_precision", ("pixel", "precision"), "Pixel precision"),
@@ -41,10 +41,19 @@ METRICS: Tuple[Tuple[str, str, Tuple[str, str], str], ...] = (
     ("REFERENCE_COUNT", "reference", ("object", "reference"), "Reference buildings"),
     ("MATCHED_COUNT", "matched", ("object", "matched"), "Matched buildings"),
     ("VALID_PIXELS_COUNT", "valid_pixels", ("pixel", "valid_pixels"), "Valid pixels"),
+    ("MEAN_MATCHED_IOU", "mean_matched_iou", ("object", "mean_matched_iou"), "Mean IoU of matched buildings"),
+    ("PREDICTED_MEDIAN_VERTICES", "predicted_median_vertices", ("shape", "predicted", "median_vertices"),
+     "Median vertices of predicted buildings"),
+    ("REFERENCE_MEDIAN_VERTICES", "reference_median_vertices", ("shape", "reference", "median_vertices"),
+     "Median vertices of reference buildings"),
+    ("PREDICTED_REGULAR_SHARE", "predicted_regular_share", ("shape", "predicted", "regular_share"),
+     "Share of regular predicted buildings"),
+    ("REFERENCE_REGULAR_SHARE", "reference_regular_share", ("shape", "reference", "regular_share"),
+     "Share of regular reference buildings"),
 )
 #: Table-only columns.
 EXTRA_COLUMNS = (("tp", ("pixel", "tp")), ("fp", ("pixel", "fp")), ("fn", ("pixel", "fn")), ("tn", ("pixel", "tn")),
-                 ("iou_threshold", ("object", "iou_threshold")), ("mean_matched_iou", ("object", "mean_matched_iou")))
+                 ("iou_threshold", ("object", "iou_threshold")))
 
 
 class EvaluateDetectionAlgorithm(RoofDetectorAlgorithm):
@@ -185,14 +194,26 @@ class EvaluateDetectionAlgorithm(RoofDetectorAlgorithm):
                                   "reference; precision {p:.4f}, recall {r:.4f}, F1 {f1:.4f}").format(
             t=objects["iou_threshold"], m=objects["matched"], np=objects["predicted"], nr=objects["reference"],
             p=objects["precision"], r=objects["recall"], f1=objects["f1"]))
+        shape = figures["shape"]
+        feedback.pushInfo(self.tr("Shape: median vertices {pv} predicted, {rv} reference; regular polygons {pr} "
+                                  "predicted, {rr} reference; mean IoU of matched buildings {miou}").format(
+            pv=_text(shape["predicted"]["median_vertices"], "g"), rv=_text(shape["reference"]["median_vertices"], "g"),
+            pr=_text(shape["predicted"]["regular_share"], ".1%"), rr=_text(shape["reference"]["regular_share"], ".1%"),
+            miou=_text(objects["mean_matched_iou"], ".4f")))
+
+
+def _text(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
 
 
 _COUNTS = {"tp", "fp", "fn", "tn", "valid_pixels", "predicted", "reference", "matched"}
 
 
-def _get(figures: Dict[str, Any], where: Tuple[str, str]) -> Any:
+def _get(figures: Dict[str, Any], where: Tuple[str, ...]) -> Any:
     """A figure of ``EvaluationResult.as_dict()`` as a plain int (counts) or float (None stays None)."""
-    value = figures[where[0]][where[1]]
+    value: Any = figures
+    for key in where:
+        value = value[key]
     if value is None:
         return None
-    return int(value) if where[1] in _COUNTS else float(value)
+    return int(value) if where[-1] in _COUNTS else float(value)
