@@ -89,6 +89,9 @@ def main(argv=None):
         r = run_case(case, not args.raw, args.tolerance)
         results[case["name"]] = r
         ps = r["pred_shape"]
+        if not r["pred"] + r["ref"]:
+            print(f"{case['name']:14s} no buildings", file=sys.stderr)
+            continue
         print(f"{case['name']:14s} n {r['n']:5d} IoU {r['tp'] / (r['tp'] + r['fp'] + r['fn']):.4f} "
               f"objF1 {2 * r['matched'] / (r['pred'] + r['ref']):.3f} "
               f"mIoU {np.mean(r['ious']) if r['ious'] else float('nan'):.3f} "
@@ -96,8 +99,8 @@ def main(argv=None):
               f"refV {r['ref_shape']['median_vertices']} refReg {r['ref_shape']['regular_share']:.3f} "
               f"{r['shapes']} {1000 * r['seconds'] / max(r['n'], 1):.2f} ms/bldg", file=sys.stderr)
     all_p = pooled(list(results.values()))
-    regs = [r["pred_shape"]["regular_share"] for r in results.values()]
-    medv = [r["pred_shape"]["median_vertices"] for r in results.values()]
+    regs = [r["pred_shape"]["regular_share"] for r in results.values() if r["pred"]]
+    medv = [r["pred_shape"]["median_vertices"] for r in results.values() if r["pred"]]
     summary = dict(all_p, regular_share_mean=float(np.mean(regs)), median_vertices_mean=float(np.mean(medv)))
     print(json.dumps(summary) if args.json else summary)
 

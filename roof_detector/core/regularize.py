@@ -36,14 +36,16 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from shapely.geometry.base import BaseGeometry
 
 from .metric_frame import to_local_metric
 from .rectilinear import burn, ellipse_grid_iou, fit_rectilinear
 from .snapping import MAX_AREA_CHANGE, UNCHANGED_M, _clean_ring, dominant_orientation, is_round, snap_polygon
 
-__all__ = ["regularize_outline", "regularize_metric", "fit_polygon", "consensus_orientations", "dominant_orientation",
-           "is_round", "SHAPES"]
+__all__ = ["regularize_outline", "regularize_metric", "fit_polygon", "consensus_orientations", "building_axes",
+           "dominant_orientation", "is_round", "SHAPES"]
 
 RECTILINEAR, DIAGONAL, CURVED = "rectilinear", "diagonal", "curved"
 SHAPES = (RECTILINEAR, DIAGONAL, CURVED)
@@ -65,13 +67,17 @@ ARC_MAX_STEP_DEG = 30.0
 ARC_MIN_TURN_DEG = 150.0
 ARC_MIN_SHARE = 0.3
 ARC_MIN_RADIUS = 3.0
+ARC_FIT_IOU = 0.95
 #: An outline that fills its bounding rectangle (along its axes) this much becomes that rectangle.
 FAST_FILL = 0.97
+#: How far (degrees) the smallest bounding rectangle may turn a building's axes from its walls' histogram.
+AXES_SEARCH_DEG = 5.0
+_AXES_OFFSETS = np.arange(-AXES_SEARCH_DEG, AXES_SEARCH_DEG + 1e-9, 0.25)
 #: A courtyard becomes its bounding rectangle when it fills it this much.
 HOLE_FILL = 0.85
 #: Neighbours within this distance (metres, edge to edge) share their axes when those are close.
 NEIGHBOUR_RADIUS_M = 10.0
-NEIGHBOUR_MAX_DIFF_DEG = 8.0
+NEIGHBOUR_MAX_DIFF_DEG = 10.0
 
 
 def regularize_outline(geometry: BaseGeometry, crs_wkt: str, tolerance_m: float = 1.0,
@@ -141,15 +147,14 @@ def fit_polygon(poly: Polygon, tolerance_m: float = 1.0, theta_deg: Optional[flo
     ring = _clean_ring(shapely.get_coordinates(poly.exterior))
     if ring is None:
         return poly, CURVED
-    if _has_long_arc(ring, tolerance_m):
-        return poly, CURVED
-    own = dominant_orientation(ring, tolerance_m)
+    arc = _has_long_arc(ring, tolerance_m)
+    own = building_axes(ring, tolerance_m)
     thetas = [own] if theta_deg is None or abs(theta_deg - own) < 1e-9 else [theta_deg, own]
     # Holes bigger than speckle (the detection fills those) are courtyards: the outer
     # outline is fitted alone and each courtyard is cut out of it, squared where it can be.
     shell = Polygon(poly.exterior) if poly.interiors else poly
     for theta in thetas:
-        out = _fit_with_axes(shell, theta, tolerance_m, allow_diagonals, max_area_change)
+        out = _fit_with_axes(shell, theta, tolerance_m, allow_diagonals, max_area_change, arc)
         if out is None:
             continue
         fitted, shape = out
@@ -175,8 +180,34 @@ def _cut_courtyards(fitted: Polygon, poly: Polygon, theta: float) -> Optional[Po
     return out if out.geom_type == "Polygon" and out.is_valid and not out.is_empty else None
 
 
-def _fit_with_axes(poly: Polygon, theta: float, tol: float, diagonals: bool,
-                   max_change: float) -> Optional[Tuple[Polygon, str]]:
+def building_axes(ring: np.ndarray, tolerance_m: float = 1.0) -> float:
+    """A building's axes, degrees in [0, 90) from +x: its dominant wall direction, refined.
+
+    The edge-direction histogram (:func:`.snapping.dominant_orientation`) is pulled
+    a degree or three towards the raster's axes or diagonals by pixel staircases;
+    within ±:data:`AXES_SEARCH_DEG` of it, the direction whose bounding rectangle is
+    smallest (walls, not stairs, touch the rectangle) is the building's.
+    """
+    theta = dominant_orientation(ring, tolerance_m)
+    xy = ring[:-1] - ring[:-1].mean(axis=0)
+    a = np.radians(theta + _AXES_OFFSETS)
+    c, s = np.cos(a), np.sin(a)
+    u = np.outer(xy[:, 0], c) + np.outer(xy[:, 1], s)
+    v = np.outer(xy[:, 1], c) - np.outer(xy[:, 0], s)
+    area = (u.max(axis=0) - u.min(axis=0)) * (v.max(axis=0) - v.min(axis=0))
+    # ties (a rotation-symmetric outline) keep the histogram's direction
+    best = int(np.argmin(area * (1.0 + 1e-9 * np.abs(_AXES_OFFSETS))))
+    return float((theta + _AXES_OFFSETS[best]) % 90.0)
+
+
+def _fit_with_axes(poly: Polygon, theta: float, tol: float, diagonals: bool, max_change: float,
+                   arc: bool = False) -> Optional[Tuple[Polygon, str]]:
+    """The best fit along ``theta``; None when none agrees with the outline.
+
+    ``arc``: the outline has a long smooth arc; it then stays curved unless a fit
+    agrees with it almost exactly (IoU >= :data:`ARC_FIT_IOU`: an octagon-like
+    chamfered building, not a half-round one).
+    """
     rect = _filled_rectangle(poly, theta)
     if rect is not None:
         return rect, RECTILINEAR
@@ -185,18 +216,22 @@ def _fit_with_axes(poly: Polygon, theta: float, tol: float, diagonals: bool,
         return None
     fit = fit_rectilinear(grid, MIN_GAIN, tol)
     fit_iou = _iou(fit.polygon, poly) if fit is not None else 0.0
-    if ellipse_grid_iou(grid) >= max(ROUND_IOU, (fit.grid_iou if fit else 0.0) + 0.02):
-        return poly, CURVED
-    best: Optional[Tuple[Polygon, str]] = None
-    if fit_iou >= ACCEPT_IOU:
-        best = (fit.polygon, RECTILINEAR)
+    snapped, snapped_iou = None, 0.0
     if diagonals and fit_iou < 1.0 - DIAGONAL_MARGIN:
         snapped = snap_polygon(poly, tol, True, max_change, True)
         if (snapped is not None and len(snapped.exterior.coords) - 1 <= MAX_DIAGONAL_VERTICES
                 and _has_diagonal(snapped)):
             snapped_iou = _iou(snapped, poly)
-            if snapped_iou >= ACCEPT_IOU and snapped_iou >= fit_iou + DIAGONAL_MARGIN:
-                best = (snapped, DIAGONAL)
+    # round: the moment ellipse agrees better than any polygon a person would draw
+    if ellipse_grid_iou(grid) >= max(ROUND_IOU, max(fit_iou, snapped_iou) + 0.02):
+        return poly, CURVED
+    best: Optional[Tuple[Polygon, str]] = None
+    if fit_iou >= ACCEPT_IOU:
+        best = (fit.polygon, RECTILINEAR)
+    if snapped_iou >= ACCEPT_IOU and snapped_iou >= fit_iou + DIAGONAL_MARGIN:
+        best = (snapped, DIAGONAL)
+    if arc and (best is None or _iou(best[0], poly) < ARC_FIT_IOU):
+        return poly, CURVED
     return best
 
 
@@ -283,9 +318,10 @@ def consensus_orientations(metric: Sequence[BaseGeometry], groups: Sequence[int]
     """Axes (degrees in [0, 90)) per polygon, shared with aligned neighbours.
 
     ``metric``: polygons in metres; ``groups``: the metric frame of each (only
-    polygons of one frame are compared). Each polygon takes the perimeter-weighted
-    circular mean (modulo 90°) of its own axes and those of the polygons within
-    ``radius_m`` whose axes differ from its own by at most ``max_diff_deg``.
+    polygons of one frame are compared). Polygons within ``radius_m`` of each other
+    whose axes differ by at most ``max_diff_deg`` are linked; each cluster of linked
+    polygons (a row, a block) takes the perimeter-weighted circular mean (modulo
+    90°) of its members' axes, except members farther than ``max_diff_deg`` from it.
     NaN where a polygon has no axes (empty, degenerate).
     """
     geoms = np.asarray(metric, dtype=object)
@@ -295,7 +331,7 @@ def consensus_orientations(metric: Sequence[BaseGeometry], groups: Sequence[int]
         if g is not None and g.geom_type == "Polygon" and not g.is_empty:
             ring = _clean_ring(shapely.get_coordinates(g.exterior))
             if ring is not None:
-                own[i] = dominant_orientation(ring, tolerance_m)
+                own[i] = building_axes(ring, tolerance_m)
     out = own.copy()
     ok = np.isfinite(own)
     if ok.sum() < 2:
@@ -306,6 +342,7 @@ def consensus_orientations(metric: Sequence[BaseGeometry], groups: Sequence[int]
     w[idx] = weight
     vec = np.exp(1j * np.radians(4.0 * np.nan_to_num(own)))
     groups = np.asarray(groups)
+    pairs_a, pairs_b = [], []
     for g in np.unique(groups[idx]):
         members = idx[groups[idx] == g]
         if len(members) < 2:
@@ -313,12 +350,18 @@ def consensus_orientations(metric: Sequence[BaseGeometry], groups: Sequence[int]
         tree = shapely.STRtree(geoms[members])
         a, b = tree.query(geoms[members], predicate="dwithin", distance=radius_m)
         a, b = members[a], members[b]
-        diff = np.abs((own[a] - own[b] + 45.0) % 90.0 - 45.0)
-        close = diff <= max_diff_deg
-        a, b = a[close], b[close]
-        total = np.zeros(n, dtype=complex)
-        np.add.at(total, a, w[b] * vec[b])
-        has = np.abs(total[members]) > 0
-        mean = (np.degrees(np.angle(total[members][has])) / 4.0) % 90.0
-        out[members[has]] = mean
+        close = np.abs((own[a] - own[b] + 45.0) % 90.0 - 45.0) <= max_diff_deg
+        pairs_a.append(a[close])
+        pairs_b.append(b[close])
+    if not pairs_a:
+        return out
+    a, b = np.concatenate(pairs_a), np.concatenate(pairs_b)
+    # a row or block of aligned neighbours is one cluster with one axis (a link may join
+    # buildings up to max_diff apart, so a member far from the cluster's axis keeps its own)
+    n_clusters, label = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
+    total = np.zeros(n_clusters, dtype=complex)
+    np.add.at(total, label[idx], w[idx] * vec[idx])
+    mean = (np.degrees(np.angle(total[label[idx]])) / 4.0) % 90.0
+    near = np.abs((mean - own[idx] + 45.0) % 90.0 - 45.0) <= max_diff_deg
+    out[idx[near]] = mean[near]
     return out
