@@ -33,7 +33,7 @@ from shapely.geometry.base import BaseGeometry
 
 from .building import Building
 from .metric_frame import to_local_metric_many
-from .regularize import CURVED, consensus_orientations, regularize_metric_shape
+from .regularize import CURVED, consensus_orientations, own_axes, regularize_metric_shape
 from .solar import SOLAR_FIELDS, SolarParams, solar_columns
 
 _POLYGON = 3
@@ -102,14 +102,15 @@ def measure_metric_batch(geometries: np.ndarray, batch, regularize: bool, tolera
         kinds = shapely.get_type_id(metric)
         fit = np.flatnonzero((kinds == 3) | (kinds == 6))
         # rows of houses come out parallel: axes shared by aligned neighbours (one frame at a time)
-        axes = consensus_orientations(metric[fit], batch.frame_index[fit], tolerance_m)
+        own = own_axes(metric[fit], tolerance_m)
+        axes = consensus_orientations(metric[fit], batch.frame_index[fit], tolerance_m, own=own)
         # The outlines were checked valid (and repaired) in the source CRS by the caller, and
         # projecting a few metres changes no topology: checking again would cost 27 us each.
-        for i, theta in zip(fit, axes.tolist()):
+        for i, theta, own_deg in zip(fit, axes.tolist(), own.tolist()):
             m = metric[i]
             # Returns m itself when it is left as it is (also when already regular to 1 mm).
             r, shapes[i] = regularize_metric_shape(m, tolerance_m, theta_deg=theta if theta == theta else None,
-                                                   known_valid=True)
+                                                   own_deg=own_deg, known_valid=True)
             if r is not m:
                 metric[i] = r
                 changed[i] = True

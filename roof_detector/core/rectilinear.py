@@ -45,7 +45,7 @@ MIN_CELL_M = 0.05
 #: Wings and notches added or cut at most (an outline with more detail is not a simple building).
 MAX_PARTS = 4
 #: The largest residual components tried at each step, per sign.
-MAX_COMPONENTS = 3
+MAX_COMPONENTS = 2
 
 _FOUR = ndimage.generate_binary_structure(2, 1)
 
@@ -77,6 +77,19 @@ class Grid:
         x, y = xy[:, 0], xy[:, 1]
         return np.column_stack([self.cx + x * self.cos_t - y * self.sin_t,
                                 self.cy + x * self.sin_t + y * self.cos_t])
+
+    def iou_of(self, polygon: Polygon) -> float:
+        """IoU of ``polygon`` (source metric coordinates) with the mask, on this grid."""
+        rings = [np.asarray(polygon.exterior.coords)[:, :2]] + [np.asarray(r.coords)[:, :2]
+                                                                 for r in polygon.interiors]
+        rotated = []
+        for ring in rings:
+            x, y = ring[:, 0] - self.cx, ring[:, 1] - self.cy
+            rotated.append(np.column_stack([x * self.cos_t + y * self.sin_t, -x * self.sin_t + y * self.cos_t]))
+        other = _scanline_fill(rotated, self.x0, self.y0, self.cell_m, *self.mask.shape)
+        inter = int((other & self.mask).sum())
+        union = int((other | self.mask).sum())
+        return inter / union if union else 0.0
 
     def box(self, r0: int, r1: int, c0: int, c1: int) -> Polygon:
         """Rows ``r0:r1`` and columns ``c0:c1`` of the grid as a rectangle in the rotated frame."""
@@ -191,9 +204,12 @@ def _bbox(mask: np.ndarray) -> Tuple[int, int, int, int]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def fit_rectilinear(grid: Grid, min_gain: float, min_part_m: float,
-                    max_parts: int = MAX_PARTS) -> Optional[RectilinearFit]:
-    """The rectangle plus wings minus notches that best fits ``grid.mask`` (see the module docstring)."""
+def fit_rectilinear(grid: Grid, min_gain: float, min_part_m: float, max_parts: int = MAX_PARTS,
+                    enough_iou: float = 1.0) -> Optional[RectilinearFit]:
+    """The rectangle plus wings minus notches that best fits ``grid.mask`` (see the module docstring).
+
+    A rectangle whose IoU reaches ``enough_iou`` is returned without looking for parts.
+    """
     target = grid.mask
     n_target = int(target.sum())
     if n_target == 0:
@@ -204,7 +220,7 @@ def fit_rectilinear(grid: Grid, min_gain: float, min_part_m: float,
     shape[rect[0]:rect[1], rect[2]:rect[3]] = True
     ops: List[Tuple[int, Tuple[int, int, int, int]]] = [(+1, rect)]
     min_cells = max(1, int(math.ceil(min_part_m / grid.cell_m)))
-    for _ in range(max_parts):
+    for _ in range(max_parts if iou < enough_iou else 0):
         inter = int((shape & target).sum())
         union = int((shape | target).sum())
         best = None
@@ -246,6 +262,8 @@ def fit_rectilinear(grid: Grid, min_gain: float, min_part_m: float,
 def _build(grid: Grid, ops) -> Optional[Polygon]:
     """The rectangles' union/difference, rotated back to the source frame, without collinear vertices."""
     geom = grid.box(*ops[0][1])
+    if len(ops) == 1:  # a rectangle: nothing to merge
+        return Polygon(grid.to_source(np.asarray(geom.exterior.coords)))
     for sign, r in ops[1:]:
         part = grid.box(*r)
         geom = shapely.union(geom, part) if sign > 0 else shapely.difference(geom, part)
@@ -271,7 +289,9 @@ def ellipse_grid_iou(grid: Grid) -> float:
     if n < 3:
         return 0.0
     rc, cc = rows.mean(), cols.mean()
-    cov = np.cov(np.vstack([rows - rc, cols - cc]))
+    dr, dc = rows - rc, cols - cc
+    # population second moments (a uniform ellipse's variance is a²/4 along each axis)
+    cov = np.array([[dr @ dr, dr @ dc], [dr @ dc, dc @ dc]]) / n
     evals, evecs = np.linalg.eigh(cov)
     if not evals.min() > 0:
         return 0.0

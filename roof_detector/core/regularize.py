@@ -44,7 +44,7 @@ from .metric_frame import to_local_metric
 from .rectilinear import burn, ellipse_grid_iou, fit_rectilinear
 from .snapping import MAX_AREA_CHANGE, UNCHANGED_M, _clean_ring, dominant_orientation, is_round, snap_polygon
 
-__all__ = ["regularize_outline", "regularize_metric", "fit_polygon", "consensus_orientations", "building_axes",
+__all__ = ["regularize_outline", "regularize_metric", "fit_polygon", "consensus_orientations", "building_axes", "own_axes",
            "dominant_orientation", "is_round", "SHAPES"]
 
 RECTILINEAR, DIAGONAL, CURVED = "rectilinear", "diagonal", "curved"
@@ -70,9 +70,15 @@ ARC_MIN_RADIUS = 3.0
 ARC_FIT_IOU = 0.95
 #: An outline that fills its bounding rectangle (along its axes) this much becomes that rectangle.
 FAST_FILL = 0.97
+#: Vertices that move the outline by less than this x tolerance are dropped before fitting.
+PRESIMPLIFY = 0.1
 #: How far (degrees) the smallest bounding rectangle may turn a building's axes from its walls' histogram.
 AXES_SEARCH_DEG = 5.0
 _AXES_OFFSETS = np.arange(-AXES_SEARCH_DEG, AXES_SEARCH_DEG + 1e-9, 0.25)
+#: A rectangle whose IoU with the outline reaches this is kept as it is (no wings, notches or diagonals).
+RECT_ENOUGH_IOU = 0.95
+#: Outlines filling more of their bounding rectangle than this are not round (a disc fills pi/4).
+ROUNDISH_FILL = 0.88
 #: A courtyard becomes its bounding rectangle when it fills it this much.
 HOLE_FILL = 0.85
 #: Neighbours within this distance (metres, edge to edge) share their axes when those are close.
@@ -110,13 +116,17 @@ def regularize_metric(geometry: BaseGeometry, tolerance_m: float = 1.0, allow_di
 
 def regularize_metric_shape(geometry: BaseGeometry, tolerance_m: float = 1.0, allow_diagonals: bool = True,
                             max_area_change: float = MAX_AREA_CHANGE, theta_deg: Optional[float] = None, *,
-                            known_valid: bool = False) -> Tuple[BaseGeometry, str]:
-    """:func:`regularize_metric` and the ``shape`` class (of the largest part, for a MultiPolygon)."""
+                            own_deg: Optional[float] = None, known_valid: bool = False) -> Tuple[BaseGeometry, str]:
+    """:func:`regularize_metric` and the ``shape`` class (of the largest part, for a MultiPolygon).
+
+    ``theta_deg``, ``own_deg``: see :func:`fit_polygon` (``own_deg`` is used for a Polygon only).
+    """
     _check_tolerance(tolerance_m)
     if geometry is None or geometry.is_empty:
         return geometry, CURVED
     if geometry.geom_type == "Polygon":
-        return fit_polygon(geometry, tolerance_m, theta_deg, allow_diagonals, max_area_change, known_valid)
+        return fit_polygon(geometry, tolerance_m, theta_deg, allow_diagonals, max_area_change, known_valid,
+                           own_deg=own_deg)
     if geometry.geom_type == "MultiPolygon":
         parts = list(geometry.geoms)  # each access to .geoms makes new objects: keep one set for `is`
         fits = [fit_polygon(p, tolerance_m, theta_deg, allow_diagonals, max_area_change, known_valid)
@@ -133,40 +143,75 @@ def regularize_metric_shape(geometry: BaseGeometry, tolerance_m: float = 1.0, al
 
 def fit_polygon(poly: Polygon, tolerance_m: float = 1.0, theta_deg: Optional[float] = None,
                 allow_diagonals: bool = True, max_area_change: float = MAX_AREA_CHANGE,
-                known_valid: bool = False) -> Tuple[Polygon, str]:
+                known_valid: bool = False, *, own_deg: Optional[float] = None) -> Tuple[Polygon, str]:
     """The regularised polygon (metres) and its ``shape`` class; ``poly`` itself when left as it is.
 
     ``theta_deg``: the building's axes (degrees in [0, 90) from +x), e.g. shared
-    with its neighbours; default: from its own walls. When the fit with the
-    given axes fails, the building's own axes are tried.
+    with its neighbours; default: its own. When the fit with the given axes fails,
+    the building's own axes are tried. ``own_deg``: its own axes when the caller
+    has them already (:func:`own_axes`).
     """
     if not known_valid and not poly.is_valid:
         return poly, CURVED
-    if poly.area <= 0:
+    work = _working_outline(poly, tolerance_m)
+    if work is None:
         return poly, CURVED
-    ring = _clean_ring(shapely.get_coordinates(poly.exterior))
+    ring = _clean_ring(shapely.get_coordinates(work.exterior))
     if ring is None:
         return poly, CURVED
-    arc = _has_long_arc(ring, tolerance_m)
-    own = building_axes(ring, tolerance_m)
+    own = building_axes(ring, tolerance_m) if own_deg is None or own_deg != own_deg else own_deg
+    # Discs, ovals and half-rounds fill at most about pi/4 of their bounding rectangle; outlines
+    # that fill much more are not round, which spares them the two roundness tests.
+    roundish = _fill(ring, work.area, own) < ROUNDISH_FILL
+    arc = _LazyArc(ring, tolerance_m) if roundish else None
     thetas = [own] if theta_deg is None or abs(theta_deg - own) < 1e-9 else [theta_deg, own]
     # Holes bigger than speckle (the detection fills those) are courtyards: the outer
     # outline is fitted alone and each courtyard is cut out of it, squared where it can be.
-    shell = Polygon(poly.exterior) if poly.interiors else poly
+    shell = Polygon(work.exterior) if work.interiors else work
     for theta in thetas:
-        out = _fit_with_axes(shell, theta, tolerance_m, allow_diagonals, max_area_change, arc)
+        out = _fit_with_axes(shell, theta, tolerance_m, allow_diagonals, max_area_change, arc, roundish)
         if out is None:
             continue
         fitted, shape = out
-        if poly.interiors:
-            fitted = _cut_courtyards(fitted, poly, theta)
+        if shape == CURVED:
+            return poly, CURVED
+        if work.interiors:
+            fitted = _cut_courtyards(fitted, work, theta)
             if fitted is None:
                 continue
         # an outline that is already what the fit draws keeps its exact coordinates
-        if fitted is not poly and fitted.hausdorff_distance(poly) < UNCHANGED_M:
+        if fitted.hausdorff_distance(poly) < UNCHANGED_M:
             return poly, shape
         return fitted, shape
     return poly, CURVED
+
+
+def _working_outline(poly: Polygon, tol: float) -> Optional[Polygon]:
+    """``poly`` without vertices that move it by less than :data:`PRESIMPLIFY` x tolerance.
+
+    A traced outline has a vertex every pixel or two; fitting needs only its
+    shape, and every later step costs in proportion to its vertices.
+    """
+    if poly.area <= 0:
+        return None
+    if len(poly.exterior.coords) <= 16 and not poly.interiors:
+        return poly
+    # plain Douglas-Peucker (GEOS's topology-preserving variant costs ten times more); the
+    # rare result that is no longer a valid polygon falls back to the outline itself
+    out = shapely.simplify(poly, PRESIMPLIFY * tol, preserve_topology=False)
+    return out if out.geom_type == "Polygon" and out.area > 0 and out.is_valid else poly
+
+
+def own_axes(metric: Sequence[BaseGeometry], tolerance_m: float = 1.0) -> np.ndarray:
+    """:func:`building_axes` of each polygon (metres), as :func:`fit_polygon` computes them; NaN if none."""
+    out = np.full(len(metric), np.nan)
+    for i, g in enumerate(metric):
+        if g is not None and g.geom_type == "Polygon" and not g.is_empty:
+            work = _working_outline(g, tolerance_m)
+            ring = None if work is None else _clean_ring(shapely.get_coordinates(work.exterior))
+            if ring is not None:
+                out[i] = building_axes(ring, tolerance_m)
+    return out
 
 
 def _cut_courtyards(fitted: Polygon, poly: Polygon, theta: float) -> Optional[Polygon]:
@@ -200,8 +245,30 @@ def building_axes(ring: np.ndarray, tolerance_m: float = 1.0) -> float:
     return float((theta + _AXES_OFFSETS[best]) % 90.0)
 
 
+class _LazyArc:
+    """:func:`_has_long_arc` of a ring, computed on first use (most fits never need it)."""
+
+    def __init__(self, ring: np.ndarray, tol: float):
+        self.ring, self.tol, self._value = ring, tol, None
+
+    def __bool__(self) -> bool:
+        if self._value is None:
+            self._value = _has_long_arc(self.ring, self.tol)
+        return self._value
+
+
+def _fill(ring: np.ndarray, area: float, theta: float) -> float:
+    """Share of its bounding rectangle along ``theta`` that an outline of ``area`` fills."""
+    t = math.radians(theta)
+    c, s = math.cos(t), math.sin(t)
+    u = ring[:, 0] * c + ring[:, 1] * s
+    v = ring[:, 1] * c - ring[:, 0] * s
+    box = (u.max() - u.min()) * (v.max() - v.min())
+    return area / box if box > 0 else 0.0
+
+
 def _fit_with_axes(poly: Polygon, theta: float, tol: float, diagonals: bool, max_change: float,
-                   arc: bool = False) -> Optional[Tuple[Polygon, str]]:
+                   arc=None, roundish: bool = True) -> Optional[Tuple[Polygon, str]]:
     """The best fit along ``theta``; None when none agrees with the outline.
 
     ``arc``: the outline has a long smooth arc; it then stays curved unless a fit
@@ -214,23 +281,29 @@ def _fit_with_axes(poly: Polygon, theta: float, tol: float, diagonals: bool, max
     grid = burn(poly, theta)
     if grid is None:
         return None
-    fit = fit_rectilinear(grid, MIN_GAIN, tol)
-    fit_iou = _iou(fit.polygon, poly) if fit is not None else 0.0
+    # IoUs are taken on the fitting grid (cells of at most 1/60 of the building): as good as
+    # the exact overlay for these decisions, and no GEOS overlay per building
+    fit = fit_rectilinear(grid, MIN_GAIN, tol, enough_iou=RECT_ENOUGH_IOU)
+    fit_iou = fit.grid_iou if fit is not None else 0.0
+    if (fit is not None and fit.parts == 1 and fit_iou >= RECT_ENOUGH_IOU
+            and (fit_iou >= ARC_FIT_IOU or not arc)):
+        return fit.polygon, RECTILINEAR  # a rectangle this good leaves a diagonal fit no margin
     snapped, snapped_iou = None, 0.0
     if diagonals and fit_iou < 1.0 - DIAGONAL_MARGIN:
         snapped = snap_polygon(poly, tol, True, max_change, True)
         if (snapped is not None and len(snapped.exterior.coords) - 1 <= MAX_DIAGONAL_VERTICES
                 and _has_diagonal(snapped)):
-            snapped_iou = _iou(snapped, poly)
+            snapped_iou = grid.iou_of(snapped)
     # round: the moment ellipse agrees better than any polygon a person would draw
-    if ellipse_grid_iou(grid) >= max(ROUND_IOU, max(fit_iou, snapped_iou) + 0.02):
+    if roundish and ellipse_grid_iou(grid) >= max(ROUND_IOU, max(fit_iou, snapped_iou) + 0.02):
         return poly, CURVED
     best: Optional[Tuple[Polygon, str]] = None
     if fit_iou >= ACCEPT_IOU:
         best = (fit.polygon, RECTILINEAR)
     if snapped_iou >= ACCEPT_IOU and snapped_iou >= fit_iou + DIAGONAL_MARGIN:
         best = (snapped, DIAGONAL)
-    if arc and (best is None or _iou(best[0], poly) < ARC_FIT_IOU):
+    best_iou = 0.0 if best is None else fit_iou if best[1] == RECTILINEAR else snapped_iou
+    if best_iou < ARC_FIT_IOU and arc:
         return poly, CURVED
     return best
 
@@ -313,25 +386,21 @@ def _check_tolerance(tolerance_m: float) -> None:
 
 
 def consensus_orientations(metric: Sequence[BaseGeometry], groups: Sequence[int], tolerance_m: float = 1.0,
-                           radius_m: float = NEIGHBOUR_RADIUS_M,
-                           max_diff_deg: float = NEIGHBOUR_MAX_DIFF_DEG) -> np.ndarray:
+                           radius_m: float = NEIGHBOUR_RADIUS_M, max_diff_deg: float = NEIGHBOUR_MAX_DIFF_DEG,
+                           own: Optional[np.ndarray] = None) -> np.ndarray:
     """Axes (degrees in [0, 90)) per polygon, shared with aligned neighbours.
 
     ``metric``: polygons in metres; ``groups``: the metric frame of each (only
-    polygons of one frame are compared). Polygons within ``radius_m`` of each other
-    whose axes differ by at most ``max_diff_deg`` are linked; each cluster of linked
-    polygons (a row, a block) takes the perimeter-weighted circular mean (modulo
-    90°) of its members' axes, except members farther than ``max_diff_deg`` from it.
-    NaN where a polygon has no axes (empty, degenerate).
+    polygons of one frame are compared); ``own``: their own axes
+    (:func:`own_axes`, computed when not given). Polygons within ``radius_m`` of
+    each other whose axes differ by at most ``max_diff_deg`` are linked; each
+    cluster of linked polygons (a row, a block) takes the perimeter-weighted
+    circular mean (modulo 90°) of its members' axes, except members farther than
+    ``max_diff_deg`` from it. NaN where a polygon has no axes (empty, degenerate).
     """
     geoms = np.asarray(metric, dtype=object)
     n = len(geoms)
-    own = np.full(n, np.nan)
-    for i, g in enumerate(geoms):
-        if g is not None and g.geom_type == "Polygon" and not g.is_empty:
-            ring = _clean_ring(shapely.get_coordinates(g.exterior))
-            if ring is not None:
-                own[i] = building_axes(ring, tolerance_m)
+    own = own_axes(geoms, tolerance_m) if own is None else np.asarray(own, dtype=float)
     out = own.copy()
     ok = np.isfinite(own)
     if ok.sum() < 2:

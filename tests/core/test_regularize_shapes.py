@@ -126,7 +126,7 @@ def test_chamfered_building_is_diagonal_and_a_bevel_of_a_pixel_is_not():
 
 def test_fit_keeps_what_agrees_with_the_outline_only():
     # a star agrees with no rectangle or right-angled polygon: it keeps its outline
-    star = Polygon([(10 * np.cos(a) * (1 if k % 2 else 0.45), 10 * np.sin(a) * (1 if k % 2 else 0.45))
+    star = Polygon([(10 * np.cos(a) * (1 if k % 2 else 0.35), 10 * np.sin(a) * (1 if k % 2 else 0.35))
                     for k, a in enumerate(np.linspace(0, 2 * np.pi, 14, endpoint=False))])
     out, shape = fit_polygon(star, 1.0)
     assert shape == CURVED and out is star
