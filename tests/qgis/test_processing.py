@@ -294,6 +294,20 @@ def test_object_counts(run):
     assert result["MATCHED_COUNT"] == 2
 
 
+def test_shape_figures_are_outputs_and_columns(run):
+    # predicted: a square (regular) and a hexagon (not), matched to nothing; reference: a rectangle
+    dx, dy = X0, Y0 - 100
+    hexagon = "POLYGON((" + ",".join(f"{x + dx} {y + dy}" for x, y in
+                                     ((14, 5), (15, 3), (17, 3), (18, 5), (17, 7), (15, 7), (14, 5))) + "))"
+    predicted = [box(1, 1, 5, 5), hexagon]
+    result, row = evaluate(run, predicted, [box(1, 1, 5, 6)])
+    assert result["MATCHED_COUNT"] == 1 and result["MEAN_MATCHED_IOU"] == pytest.approx(16 / 20)
+    assert result["PREDICTED_MEDIAN_VERTICES"] == 5.0  # 4 and 6
+    assert result["PREDICTED_REGULAR_SHARE"] == pytest.approx(0.5)
+    assert result["REFERENCE_MEDIAN_VERTICES"] == 4 and result["REFERENCE_REGULAR_SHARE"] == 1.0
+    assert row["predicted_regular_share"] == pytest.approx(0.5) and row["mean_matched_iou"] == pytest.approx(0.8)
+
+
 def test_evaluate_on_the_raster_grid_with_selected_features(run, ortho_layer):
     from qgis.core import QgsProcessingFeatureSourceDefinition, QgsProject
 
