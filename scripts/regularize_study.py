@@ -68,6 +68,10 @@ def pooled(results):
             "mean_matched_iou": float(np.mean(ious)) if ious else None}
 
 
+def _f(value):
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("cases")
@@ -92,15 +96,16 @@ def main(argv=None):
         if not r["pred"] + r["ref"]:
             print(f"{case['name']:14s} no buildings", file=sys.stderr)
             continue
+        ps, rs = r["pred_shape"], r["ref_shape"]
         print(f"{case['name']:14s} n {r['n']:5d} IoU {r['tp'] / (r['tp'] + r['fp'] + r['fn']):.4f} "
               f"objF1 {2 * r['matched'] / (r['pred'] + r['ref']):.3f} "
               f"mIoU {np.mean(r['ious']) if r['ious'] else float('nan'):.3f} "
-              f"medV {ps['median_vertices']} reg {ps['regular_share']:.3f} "
-              f"refV {r['ref_shape']['median_vertices']} refReg {r['ref_shape']['regular_share']:.3f} "
+              f"medV {ps['median_vertices']} reg {_f(ps['regular_share'])} "
+              f"refV {rs['median_vertices']} refReg {_f(rs['regular_share'])} "
               f"{r['shapes']} {1000 * r['seconds'] / max(r['n'], 1):.2f} ms/bldg", file=sys.stderr)
     all_p = pooled(list(results.values()))
-    regs = [r["pred_shape"]["regular_share"] for r in results.values() if r["pred"]]
-    medv = [r["pred_shape"]["median_vertices"] for r in results.values() if r["pred"]]
+    regs = [r["pred_shape"]["regular_share"] for r in results.values() if r["n"]]
+    medv = [r["pred_shape"]["median_vertices"] for r in results.values() if r["n"]]
     summary = dict(all_p, regular_share_mean=float(np.mean(regs)), median_vertices_mean=float(np.mean(medv)))
     print(json.dumps(summary) if args.json else summary)
 

@@ -42,8 +42,12 @@ from shapely.geometry import Polygon
 GRID_CELLS = 60
 #: The grid cell is never finer than this (metres): sub-decimetre detail is noise at 0.1-0.5 m GSD.
 MIN_CELL_M = 0.05
+#: Nor coarser (metres): a large building gets a larger grid rather than edges off by half a cell.
+MAX_CELL_M = 0.25
 #: Wings and notches added or cut at most (an outline with more detail is not a simple building).
 MAX_PARTS = 4
+#: A fit never has more corners than this (all rings; people draw buildings with fewer).
+MAX_VERTICES = 16
 #: The largest residual components tried at each step, per sign.
 MAX_COMPONENTS = 2
 
@@ -114,7 +118,7 @@ def burn(polygon: Polygon, theta_deg: float) -> Optional[Grid]:
     extent = max(xmax - xmin, ymax - ymin)
     if not extent > 0:
         return None
-    cell = max(extent / GRID_CELLS, MIN_CELL_M)
+    cell = min(max(extent / GRID_CELLS, MIN_CELL_M), MAX_CELL_M)
     # one empty cell of margin on every side, so that every part has an outside
     x0, y0 = xmin - cell, ymin - cell
     width = int(math.ceil((xmax - x0) / cell)) + 1
@@ -204,12 +208,16 @@ def _bbox(mask: np.ndarray) -> Tuple[int, int, int, int]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def fit_rectilinear(grid: Grid, min_gain: float, min_part_m: float, max_parts: int = MAX_PARTS,
-                    enough_iou: float = 1.0) -> Optional[RectilinearFit]:
+def fit_rectilinear(grid: Grid, min_gain: float, min_part_m: float, max_parts: Optional[int] = None,
+                    enough_iou: float = 1.0, max_vertices: Optional[int] = None) -> Optional[RectilinearFit]:
     """The rectangle plus wings minus notches that best fits ``grid.mask`` (see the module docstring).
 
-    A rectangle whose IoU reaches ``enough_iou`` is returned without looking for parts.
+    A rectangle whose IoU reaches ``enough_iou`` is returned without looking for
+    parts; no part is added that would give the polygon more than ``max_vertices``
+    corners (default :data:`MAX_VERTICES`: people draw buildings with fewer).
     """
+    max_parts = MAX_PARTS if max_parts is None else max_parts
+    max_vertices = MAX_VERTICES if max_vertices is None else max_vertices
     target = grid.mask
     n_target = int(target.sum())
     if n_target == 0:
@@ -251,12 +259,24 @@ def fit_rectilinear(grid: Grid, min_gain: float, min_part_m: float, max_parts: i
         trial[best[2][0]:best[2][1], best[2][2]:best[2][3]] = best[1] > 0
         if ndimage.label(trial, _FOUR)[1] != 1:
             break  # a cut that splits the building in two is not a notch
+        if corner_count(trial) > max_vertices:
+            break
         shape, iou = trial, best[0]
         ops.append((best[1], best[2]))
     polygon = _build(grid, ops)
     if polygon is None:
         return None
     return RectilinearFit(polygon, iou, len(ops))
+
+
+def corner_count(mask: np.ndarray) -> int:
+    """Corners of the outline(s) of a cell mask: 2x2 windows with one or three cells set count one,
+    the two diagonal windows (cells touching at a corner only) count two."""
+    m = np.pad(mask, 1).astype(np.int8)
+    a, b, c, d = m[:-1, :-1], m[:-1, 1:], m[1:, :-1], m[1:, 1:]
+    n = a + b + c + d
+    diagonal = (n == 2) & (a == d)
+    return int(((n == 1) | (n == 3)).sum() + 2 * diagonal.sum())
 
 
 def _build(grid: Grid, ops) -> Optional[Polygon]:

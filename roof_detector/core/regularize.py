@@ -53,7 +53,7 @@ SHAPES = (RECTILINEAR, DIAGONAL, CURVED)
 #: A fitted polygon is kept when its IoU with the traced outline is at least this.
 ACCEPT_IOU = 0.80
 #: The IoU a wing or notch must add to be drawn (the price of two to four more vertices).
-MIN_GAIN = 0.02
+MIN_GAIN = 0.015
 #: An outline whose moment ellipse has at least this IoU with it, more than any right-angled fit, is round.
 ROUND_IOU = 0.88
 #: A diagonal-edged outline replaces the right-angled fit only when its IoU is this much higher.
@@ -81,6 +81,8 @@ RECT_ENOUGH_IOU = 0.95
 ROUNDISH_FILL = 0.88
 #: A courtyard becomes its bounding rectangle when it fills it this much.
 HOLE_FILL = 0.85
+#: A hole that fits no right-angled polygon and is smaller than this share of its building is filled.
+ODD_HOLE_SHARE = 0.05
 #: Neighbours within this distance (metres, edge to edge) share their axes when those are close.
 NEIGHBOUR_RADIUS_M = 10.0
 NEIGHBOUR_MAX_DIFF_DEG = 10.0
@@ -176,7 +178,7 @@ def fit_polygon(poly: Polygon, tolerance_m: float = 1.0, theta_deg: Optional[flo
         if shape == CURVED:
             return poly, CURVED
         if work.interiors:
-            fitted = _cut_courtyards(fitted, work, theta)
+            fitted = _cut_courtyards(fitted, work, theta, tolerance_m)
             if fitted is None:
                 continue
         # an outline that is already what the fit draws keeps its exact coordinates
@@ -214,13 +216,28 @@ def own_axes(metric: Sequence[BaseGeometry], tolerance_m: float = 1.0) -> np.nda
     return out
 
 
-def _cut_courtyards(fitted: Polygon, poly: Polygon, theta: float) -> Optional[Polygon]:
-    """``fitted`` minus the holes of ``poly``, each as its bounding rectangle when it fills it."""
+def _cut_courtyards(fitted: Polygon, poly: Polygon, theta: float, tol: float) -> Optional[Polygon]:
+    """``fitted`` minus the holes of ``poly``, squared like buildings along the same axes.
+
+    A hole that no right-angled polygon fits and that is small (under
+    :data:`ODD_HOLE_SHARE` of the building) is a gap in the mask, not a courtyard:
+    it is filled. A large one is cut out as traced.
+    """
     holes = []
     for interior in poly.interiors:
         hole = Polygon(interior)
         rect = _filled_rectangle(hole, theta, HOLE_FILL)
-        holes.append(rect if rect is not None else hole)
+        if rect is not None:
+            holes.append(rect)
+            continue
+        grid = burn(hole, theta)
+        fit = fit_rectilinear(grid, MIN_GAIN, tol) if grid is not None else None
+        if fit is not None and fit.grid_iou >= ACCEPT_IOU:
+            holes.append(fit.polygon)
+        elif hole.area >= ODD_HOLE_SHARE * fitted.area:
+            holes.append(hole)
+    if not holes:
+        return fitted
     out = shapely.difference(fitted, shapely.union_all(holes))
     return out if out.geom_type == "Polygon" and out.is_valid and not out.is_empty else None
 
