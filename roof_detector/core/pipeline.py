@@ -25,11 +25,12 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from .building import Building
-from .errors import Cancelled, InputRasterError, ModelError, RoofDetectorError
+from .errors import Cancelled, InputRasterError, ModelError
 from .footprints import FinishOptions
 from .geo import m2_per_crs_unit2, pixel_size_m
 from .inference import BatchPredictor, fitted_batch_size, predict_tiles
 from .model_io import BUNDLED_MODEL_PATH, LoadedModel, device_description, load_model
+from .params import DETECT, OUTLINES, check_fields
 from .raster_source import RasterSource, open_source
 from .solar import SolarParams
 from .strip_mosaic import StripMosaic
@@ -59,19 +60,27 @@ _MIN_PENDING_BATCHES = 8
 
 @dataclass
 class DetectOptions:
-    """What to detect with; every field has a sensible default."""
+    """What to detect with; defaults and ranges are declared in :mod:`.params` (DETECT, OUTLINES)."""
 
     model_path: Optional[str] = None   # None = bundled model
-    device: str = "auto"               # auto | cpu | cuda | mps
-    threshold: Optional[float] = None  # None = the model's tuned threshold
-    min_area_m2: float = 10.0          # smaller polygons are dropped
-    batch_size: Optional[int] = None   # None = 8 on CPU; on CUDA fitted to free memory
+    device: str = DETECT["device"].default                  # auto | cpu | cuda
+    threshold: Optional[float] = DETECT["threshold"].default  # None = the model's tuned threshold
+    min_area_m2: float = DETECT["min_area_m2"].default      # smaller polygons are dropped
+    batch_size: Optional[int] = DETECT["batch_size"].default  # None = 8 on CPU; on CUDA fitted to free memory
     aoi_wkt: Optional[str] = None      # area of interest polygon, in the raster CRS
     max_hole_area_m2: float = 4.0      # holes smaller than this are filled (speckle)
-    separate_touching: bool = True     # split touching roofs at probability valleys (vectorize.split_touching)
-    regularize: bool = True            # square outlines (right angles, 45-degree diagonals)
-    regularize_tolerance_m: float = 1.0
+    separate_touching: bool = DETECT["separate_touching"].default  # split touching roofs (vectorize)
+    regularize: bool = OUTLINES["regularize"].default       # square outlines (right angles, 45-degree diagonals)
+    regularize_tolerance_m: float = OUTLINES["regularize_tolerance_m"].default
     solar: Optional[SolarParams] = field(default_factory=SolarParams)  # None: no solar attributes
+
+    def validate(self) -> "DetectOptions":
+        """Raise :class:`.params.ParameterError` naming the first unusable value; return self."""
+        check_fields(self, "detect")
+        check_fields(self, "outlines")
+        if self.solar is not None:
+            self.solar.validate()
+        return self
 
 
 @dataclass
@@ -107,7 +116,7 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
     t_start = time.perf_counter()
     timings: Dict[str, float] = {}
     warnings: List[str] = []
-    _check_options(options)
+    options.validate()
     report = _Progress(progress)
     report(0.0, "Opening the raster")
 
@@ -297,22 +306,6 @@ class _Progress:
 
     def span(self, start: float, end: float) -> "_Progress":
         return _Progress(self.callback, start, end)
-
-
-def _check_options(options: DetectOptions) -> None:
-    if options.threshold is not None and not 0.0 < options.threshold < 1.0:
-        raise RoofDetectorError(f"The threshold must lie strictly between 0 and 1 (got {options.threshold})")
-    if options.min_area_m2 < 0:
-        raise RoofDetectorError(f"The minimum area must be zero or more square metres (got {options.min_area_m2})")
-    if options.batch_size is not None and options.batch_size < 1:
-        raise RoofDetectorError(f"The batch size must be at least 1 (got {options.batch_size})")
-    if options.regularize_tolerance_m <= 0:
-        raise RoofDetectorError(f"The regularisation tolerance must be above 0 m (got {options.regularize_tolerance_m})")
-    if options.solar is not None:
-        try:
-            options.solar.validate()
-        except ValueError as exc:
-            raise RoofDetectorError(f"Solar sizing parameter: {exc}") from None
 
 
 def _load_model(options: DetectOptions) -> LoadedModel:

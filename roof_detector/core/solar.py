@@ -37,6 +37,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from .metric_frame import lonlat_of, to_local_metric
+from .params import SOLAR, check_fields
 
 #: Attribute names and types written per building (OGR-style type names).
 SOLAR_FIELDS: Tuple[Tuple[str, str], ...] = (
@@ -59,28 +60,17 @@ _YIELD_WIDTH = 4.0
 
 @dataclass
 class SolarParams:
-    """Sizing parameters; defaults are typical of residential rooftop PV."""
+    """Sizing parameters; defaults and ranges are declared in :data:`.params.SOLAR`."""
 
-    setback_m: float = 0.5
-    usable_fraction: float = 0.6
-    panel_area_m2: float = 1.96
-    panel_wp: float = 400.0
-    specific_yield_kwh_per_kwp: Optional[float] = None  # None: estimate from latitude
+    setback_m: float = SOLAR["setback_m"].default
+    usable_fraction: float = SOLAR["usable_fraction"].default
+    panel_area_m2: float = SOLAR["panel_area_m2"].default
+    panel_wp: float = SOLAR["panel_wp"].default
+    specific_yield_kwh_per_kwp: Optional[float] = SOLAR["specific_yield_kwh_per_kwp"].default  # None: latitude
 
     def validate(self) -> "SolarParams":
-        """Raise ValueError naming the first unusable parameter; return self."""
-        checks = [
-            ("setback", self.setback_m, self.setback_m >= 0, "must be >= 0 metres"),
-            ("usable fraction", self.usable_fraction, 0 <= self.usable_fraction <= 1, "must be in [0, 1]"),
-            ("panel area", self.panel_area_m2, self.panel_area_m2 > 0, "must be > 0 m²"),
-            ("panel power", self.panel_wp, self.panel_wp > 0, "must be > 0 Wp"),
-        ]
-        if self.specific_yield_kwh_per_kwp is not None:
-            y = self.specific_yield_kwh_per_kwp
-            checks.append(("specific yield", y, 0 < y < 5000, "must be in (0, 5000) kWh/kWp/yr"))
-        for name, value, ok, rule in checks:
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and ok):
-                raise ValueError(f"{name} {value!r} {rule}")
+        """Raise :class:`.params.ParameterError` naming the first unusable parameter; return self."""
+        check_fields(self, "solar")
         return self
 
     def as_dict(self) -> Dict[str, Any]:
