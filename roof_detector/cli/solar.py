@@ -58,14 +58,11 @@ def solar_params(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from ..core.building import Building
-    from ..core.footprints import measure_metric_batch
+    from ..core.footprints import measure_polygons
     from ..core.gpkg_writer import check_output, write_buildings
-    from ..core.metric_frame import to_local_metric_many
     from ..core.report import build_table, totals, write_report
-    from ..core.solar import SOLAR_FIELDS, solar_rows
+    from ..core.solar import SOLAR_FIELDS
 
     params = solar_params(args)
     with _output_flag_names():
@@ -74,13 +71,11 @@ def run(args: argparse.Namespace) -> int:
     from ..core.vector_io import read_polygons
 
     layer = read_polygons(args.input, layer=args.layer, with_attributes=True, require_crs=True)
-    # All buildings at once: one projection per local frame, vectorised measuring (the
-    # same functions detection uses).
-    source = np.array(layer.geometries, dtype=object)
-    geoms, columns = measure_metric_batch(source, to_local_metric_many(source, layer.crs_wkt), args.regularize,
-                                          args.regularize_tolerance_m, params)
-    regularized = sum(1 for g, s in zip(geoms, source) if g is not s)
-    rows: List[Dict[str, Any]] = [{"id": fid, **attrs} for fid, attrs in zip(layer.fids, solar_rows(columns))]
+    # All buildings at once: the same batched sizing detection uses.
+    geoms, sized = measure_polygons(layer.geometries, layer.crs_wkt, params, args.regularize,
+                                    args.regularize_tolerance_m)
+    regularized = sum(1 for g, s in zip(geoms, layer.geometries) if g is not s)
+    rows: List[Dict[str, Any]] = [{"id": fid, **attrs} for fid, attrs in zip(layer.fids, sized)]
 
     # Source attributes keep their names unless they clash with a solar field (-> src_<name>).
     solar_names = [name for name, _ in SOLAR_FIELDS]

@@ -7,7 +7,7 @@ exports what ``core.report`` makes of them.
 
 Rows come from the layer's solar fields when it has them (a detection
 result, or the output of *Rooftop solar potential*); otherwise they are
-computed with :func:`roof_detector.core.solar.rooftop_attributes` and the
+computed with :func:`roof_detector.core.footprints.measure_polygons` and the
 solar parameters remembered by the Detect dialog, without changing the
 layer. A layer of more than :data:`TASK_THRESHOLD` features is read in a
 :class:`QgsTask` (through a ``QgsVectorLayerFeatureSource``, safe in a worker
@@ -97,7 +97,7 @@ def _plain(value: Any) -> Any:
 
 @dataclass
 class Rows:
-    """One report row per feature (dicts of core.solar.rooftop_attributes with an ``id``)."""
+    """One report row per feature (dicts of core.footprints.measure_polygons with an ``id``)."""
 
     rows: List[Dict[str, Any]] = field(default_factory=list)
     computed: bool = False   # True: sized here with the current parameters; False: read from the fields
@@ -117,15 +117,12 @@ def read_rows(source: Any, fields: Any, solar_kwargs: Optional[Dict[str, Any]], 
     request = QgsFeatureRequest()
     present = [name for name in ROW_FIELDS if name in fields.names()]
     if out.computed:
-        from ..core.solar import SolarParams, rooftop_attributes
-        from shapely import from_wkb
-
-        params = SolarParams(**solar_kwargs).validate()
         request.setNoAttributes()
     else:
         request.setFlags(QgsFeatureRequest.NoGeometry)
         request.setSubsetOfAttributes(present, fields)
     step = max(1, count // 100)
+    ids, polygons = [], []
     for i, feature in enumerate(source.getFeatures(request)):
         if i % 50 == 0 and is_cancelled():
             from ..core.errors import Cancelled
@@ -136,13 +133,23 @@ def read_rows(source: Any, fields: Any, solar_kwargs: Optional[Dict[str, Any]], 
             if geometry is None or geometry.isNull() or geometry.isEmpty():
                 out.skipped += 1
                 continue
-            row = rooftop_attributes(from_wkb(bytes(geometry.asWkb())), crs_wkt, params)
+            ids.append(feature.id())
+            polygons.append(bytes(geometry.asWkb()))
         else:
             row = {name: _plain(feature[name]) for name in present}
-        row["id"] = feature.id()
-        out.rows.append(row)
+            row["id"] = feature.id()
+            out.rows.append(row)
         if count and i % step == 0:
-            progress(100.0 * i / count)
+            progress((50.0 if out.computed else 100.0) * i / count)
+    if out.computed:
+        # All polygons at once: the batched sizing of detection, the CLI and Processing.
+        import shapely
+
+        from ..core.footprints import measure_polygons
+        from ..core.solar import SolarParams
+
+        _, sized = measure_polygons(shapely.from_wkb(polygons), crs_wkt, SolarParams(**solar_kwargs))
+        out.rows = [dict(row, id=fid) for fid, row in zip(ids, sized)]
     return out
 
 
