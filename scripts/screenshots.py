@@ -85,9 +85,9 @@ def dialog_screenshot(raster_layer, model_path: str, out_png: str) -> str:
 
 def detect_layer(raster_path: str, raster_name: str, crs: str, model_path: str, aoi_wkt=None):
     """Run the plugin's task synchronously; return the styled result layer."""
-    from roof_detector.qgis_ui.request import DetectRequest
+    from roof_detector.qgis_adapter.request import DetectRequest
     from roof_detector.qgis_ui.style import apply_style
-    from roof_detector.qgis_ui.task import DetectTask
+    from roof_detector.qgis_adapter.task import DetectTask
 
     task = DetectTask(DetectRequest(raster_path=raster_path, raster_name=raster_name, crs=crs,
                                     model_path=model_path, device="auto", aoi_wkt=aoi_wkt))

@@ -21,8 +21,8 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from ..qgis_ui import LOG_TAG
-from ..qgis_ui.paths import resource_path
+from ..qgis_adapter import LOG_TAG
+from ..qgis_adapter.paths import resource_path
 
 #: DEVICE enum choices, in order (same as the dialog and ``detect --device``).
 DEVICES = ("auto", "cpu", "cuda")
@@ -100,7 +100,7 @@ def raster_source(layer: Optional[QgsRasterLayer], model_path: Optional[str] = N
 
 def check_raster_layer(layer: Optional[QgsRasterLayer]) -> None:
     """The dialog's checks (a valid raster layer with a CRS), as a :class:`QgsProcessingException`."""
-    from ..qgis_ui.request import RequestError, raster_input
+    from ..qgis_adapter.request import RequestError, raster_input
 
     try:
         raster_input(layer)
@@ -119,7 +119,7 @@ def close_source(source: Any) -> List[str]:
 
 def raster_file(layer: Optional[QgsRasterLayer]) -> str:
     """The local file behind a raster layer (for the engine parts that read files: grids, training)."""
-    from ..qgis_ui.request import RequestError, raster_file_path
+    from ..qgis_adapter.request import RequestError, raster_file_path
 
     try:
         return raster_file_path(layer)
@@ -144,21 +144,21 @@ def engine_progress(feedback: QgsProcessingFeedback, start: float = 0.0,
 @contextmanager
 def engine_errors(feedback: QgsProcessingFeedback) -> Iterator[None]:
     """Turn the engine's errors into a :class:`QgsProcessingException` carrying its message."""
-    from ..qgis_ui.output import WriteError
+    from ..qgis_adapter.output import WriteError
 
     try:
         yield
     except QgsProcessingException:
         raise
     except ImportError as exc:
-        from ..qgis_ui.deps import check_dependencies
+        from ..qgis_adapter.deps import check_dependencies
 
         raise QgsProcessingException(check_dependencies() or str(exc)) from None
     except (WriteError, ValueError) as exc:
         raise QgsProcessingException(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - every failure becomes a one-line message
         from ..core.errors import Cancelled, RoofDetectorError
-        from ..qgis_ui.task import is_out_of_memory
+        from ..qgis_adapter.task import is_out_of_memory
 
         if isinstance(exc, Cancelled) or feedback.isCanceled():
             raise QgsProcessingException(Cancelled().args[0]) from None

@@ -74,8 +74,8 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
         with engine_errors(feedback):
             from ..core.pipeline import DetectOptions, detect_buildings
             from ..core.solar import SolarParams
-            from ..qgis_ui.output import build_memory_layer, crs_from, summary
-            from ..qgis_ui.paths import bundled_model_path
+            from ..qgis_adapter.output import build_memory_layer, crs_from, summary
+            from ..qgis_adapter.paths import bundled_model_path
 
             model = model or bundled_model_path()
             if model is None:

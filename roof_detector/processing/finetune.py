@@ -122,7 +122,7 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
         area_wkt = self._area_wkt(parameters, context, layer.crs())
         with engine_errors(feedback):
             from ..core.training.finetune import FinetuneOptions, finetune
-            from ..qgis_ui.paths import bundled_model_path
+            from ..qgis_adapter.paths import bundled_model_path
 
             base = self.parameterAsFile(parameters, self.MODEL, context) or bundled_model_path()
             if not base:

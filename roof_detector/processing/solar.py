@@ -94,7 +94,7 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
             from ..core.footprints import measure_polygons
             from ..core.report import build_table, totals, write_report
             from ..core.solar import SOLAR_FIELDS, SolarParams
-            from ..qgis_ui.output import to_qgs_geometry
+            from ..qgis_adapter.output import to_qgs_geometry
 
             params = SolarParams(**values(self, parameters, context, "solar")).validate()
             outlines = values(self, parameters, context, "outlines")

@@ -18,11 +18,11 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import settings, tr
-from .output import gpkg_layer_names
-from .paths import library_models, model_library_dir
+from ..qgis_adapter.output import gpkg_layer_names
+from ..qgis_adapter.paths import library_models, model_library_dir
 from .pickers import (add_model_choices, chosen_model_path, choice_combo, device_combo, layer_combo, model_summary,
                       restore_device, select_data)
-from .request import (DetectRequest, RequestError, extent_aoi_wkt, plan_run, raster_input,
+from ..qgis_adapter.request import (DetectRequest, RequestError, extent_aoi_wkt, plan_run, raster_input,
                       selection_aoi_wkt)
 
 AREA_MODES = (("layer", "Whole layer"), ("extent", "Current map extent"),

@@ -23,13 +23,13 @@ from qgis.PyQt.QtWidgets import (
 
 from . import LOG_TAG, settings, tr
 from .curve_chart import CurveChart
-from .finetune_task import (FinetuneRequest, FinetuneTask, area_wkt, is_polygon_layer, label_source,
+from ..qgis_adapter.finetune_task import (FinetuneRequest, FinetuneTask, area_wkt, is_polygon_layer, label_source,
                             labels_in_raster, make_temp_dir)
-from .deps import finetune_dependencies_problem
-from .paths import library_models_in, model_library_dir
+from ..qgis_adapter.deps import finetune_dependencies_problem
+from ..qgis_adapter.paths import library_models_in, model_library_dir
 from .pickers import (add_model_choices, chosen_model_path, choice_combo, device_combo, layer_combo, model_summary,
                       restore_device, select_data)
-from .request import RequestError, raster_file_path
+from ..qgis_adapter.request import RequestError, raster_file_path
 
 AREA_MODES = (("labels", "Extent of the label layer"), ("layer", "All polygons of a layer"),
               ("selection", "Selected polygons of a layer"))

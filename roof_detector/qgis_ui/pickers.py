@@ -13,7 +13,7 @@ from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import QComboBox, QWidget
 
 from . import tr
-from .paths import bundled_model_path
+from ..qgis_adapter.paths import bundled_model_path
 
 DEVICES = (("auto", "Automatic"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
 LIBRARY_PREFIX = "library:"

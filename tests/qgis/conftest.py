@@ -120,7 +120,7 @@ def wait_for(task, qgis_app, timeout_s: float = 60.0) -> None:
 
 def make_request(raster_path: str, model: str, **kwargs):
     """A DetectRequest for the test raster in EPSG:32631."""
-    from roof_detector.qgis_ui.request import DetectRequest
+    from roof_detector.qgis_adapter.request import DetectRequest
 
     base = dict(raster_path=raster_path, raster_name=os.path.splitext(os.path.basename(raster_path))[0],
                 crs="EPSG:32631", model_path=model, device="cpu", min_area_m2=5.0)

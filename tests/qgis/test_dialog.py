@@ -66,7 +66,7 @@ def test_layer_without_crs_is_refused(qgis_iface, project, data_dir, model_path)
 def test_non_file_provider_is_refused():
     from qgis.core import QgsRasterLayer
 
-    from roof_detector.qgis_ui.request import RequestError, raster_file_path
+    from roof_detector.qgis_adapter.request import RequestError, raster_file_path
 
     layer = mock.MagicMock(spec=QgsRasterLayer)
     layer.name.return_value = "OSM"
@@ -129,7 +129,7 @@ def test_choices_are_remembered(qgis_iface, ortho_layer, model_path, tmp_path):
 
 
 def test_model_library_is_listed(qgis_iface, ortho_layer, model_path):
-    from roof_detector.qgis_ui.paths import model_library_dir
+    from roof_detector.qgis_adapter.paths import model_library_dir
 
     folder = model_library_dir()
     os.makedirs(folder, exist_ok=True)
@@ -197,7 +197,7 @@ def test_selected_polygons_become_aoi(qgis_iface, ortho_layer, project, model_pa
 def test_existing_gpkg_layer_is_replaced_only_when_confirmed(qgis_iface, ortho_layer, model_path, tmp_path):
     from qgis.core import QgsCoordinateReferenceSystem
 
-    from roof_detector.qgis_ui.output import build_memory_layer, write_geopackage
+    from roof_detector.qgis_adapter.output import build_memory_layer, write_geopackage
 
     target = str(tmp_path / "out.gpkg")
     write_geopackage(build_memory_layer([], QgsCoordinateReferenceSystem("EPSG:32631"), "x"), target, "roofs")
@@ -230,7 +230,7 @@ def test_device_choice_shows_the_gpu_torch_found(qgis_iface, ortho_layer):
 def test_outlines_are_regularised_and_solar_defaults_by_default(qgis_iface, ortho_layer, model_path):
     from roof_detector.core.pipeline import DetectOptions
     from roof_detector.core.solar import SolarParams
-    from roof_detector.qgis_ui.task import make_options
+    from roof_detector.qgis_adapter.task import make_options
 
     dialog = _dialog(qgis_iface)
     assert dialog.regularize_check.isChecked() and dialog.tolerance_spin.value() == 1.0
@@ -250,7 +250,7 @@ def test_solar_choices_reach_the_engine_and_are_remembered(qgis_iface, ortho_lay
     from roof_detector.core.pipeline import DetectOptions
     from roof_detector.core.solar import SolarParams
     from roof_detector.qgis_ui import settings
-    from roof_detector.qgis_ui.task import make_options
+    from roof_detector.qgis_adapter.task import make_options
 
     dialog = _dialog(qgis_iface)
     _use_model_file(dialog, model_path)

@@ -92,8 +92,8 @@ def test_unusable_geopackage_output_fails_before_detection(ortho_path, model_pat
     from qgis.core import QgsCoordinateReferenceSystem
 
     from roof_detector.core import gpkg_writer
-    from roof_detector.qgis_ui.output import build_memory_layer, write_geopackage
-    from roof_detector.qgis_ui.task import DetectTask
+    from roof_detector.qgis_adapter.output import build_memory_layer, write_geopackage
+    from roof_detector.qgis_adapter.task import DetectTask
 
     target = str(tmp_path / "out.gpkg")
     if case == "under_a_file":
@@ -130,7 +130,7 @@ def test_unusable_geopackage_output_fails_before_detection(ortho_path, model_pat
 def test_cancel_while_writing_completes_the_geopackage(plugin, project, ortho_path, model_path, qgis_app, tmp_path,
                                                        monkeypatch):
     """Writing is the last step and is not interrupted: the layer is whole, never half-written."""
-    from roof_detector.qgis_ui import task as task_module
+    from roof_detector.qgis_adapter import task as task_module
 
     real_write = task_module.write_geopackage
     tasks = []
@@ -178,8 +178,8 @@ def _wait_until(event, qgis_app, timeout_s=30):
 def test_unload_cancels_running_tasks_waits_and_leaves_nothing(qgis_iface, project, ortho_path, model_path, qgis_app,
                                                                tmp_path, log_messages):
     from roof_detector.plugin import RoofDetectorPlugin
-    from roof_detector.qgis_ui import lifecycle
-    from roof_detector.qgis_ui.finetune_task import FinetuneRequest, FinetuneTask
+    from roof_detector.qgis_adapter import lifecycle
+    from roof_detector.qgis_adapter.finetune_task import FinetuneRequest, FinetuneTask
 
     plugin = RoofDetectorPlugin(qgis_iface)
     plugin.initGui()
@@ -234,7 +234,7 @@ def test_unload_cancels_running_tasks_waits_and_leaves_nothing(qgis_iface, proje
 def test_unload_does_not_hang_on_a_task_that_is_slow_to_stop(qgis_iface, project, ortho_path, model_path, qgis_app,
                                                              monkeypatch, log_messages):
     from roof_detector.plugin import RoofDetectorPlugin
-    from roof_detector.qgis_ui import lifecycle
+    from roof_detector.qgis_adapter import lifecycle
 
     monkeypatch.setattr(lifecycle, "UNLOAD_WAIT_S", 0.2)
     plugin = RoofDetectorPlugin(qgis_iface)

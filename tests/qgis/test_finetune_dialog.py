@@ -122,7 +122,7 @@ def test_finetune_from_memory_layer_in_another_crs(qgis_iface, qgis_app, project
     from qgis.PyQt.QtCore import QThread
 
     from roof_detector.core.model_io import read_metadata
-    from roof_detector.qgis_ui import paths
+    from roof_detector.qgis_adapter import paths
     from roof_detector.qgis_ui.dialog import DetectDialog
 
     labels = labels_in_4326(project)
@@ -279,7 +279,7 @@ def test_selected_features_only_exports_the_selection(qgis_iface, project, raste
         assert request.area_wkt is None and request.val_fraction == pytest.approx(0.2)
         assert request.output_path == str(library / "lyon.pt")
     finally:
-        from roof_detector.qgis_ui.finetune_task import FinetuneTask
+        from roof_detector.qgis_adapter.finetune_task import FinetuneTask
         FinetuneTask(request).cleanup()
     assert not os.path.exists(request.labels_path)
 

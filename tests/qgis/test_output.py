@@ -6,8 +6,8 @@ import pytest
 from shapely.geometry import MultiPolygon, box
 
 from roof_detector.core.building import Building
-from roof_detector.qgis_ui import output
-from roof_detector.qgis_ui.output import (WriteError, build_memory_layer, gpkg_layer_names,
+from roof_detector.qgis_adapter import output
+from roof_detector.qgis_adapter.output import (WriteError, build_memory_layer, gpkg_layer_names,
                                           write_geopackage)
 
 pytestmark = pytest.mark.qgis

@@ -48,7 +48,7 @@ def test_zip_layout(package, fake_repo, tmp_path):
     names = zipfile.ZipFile(zip_path).namelist()
     assert all(n.startswith("roof_detector/") for n in names)
     for expected in ("roof_detector/__init__.py", "roof_detector/plugin.py", "roof_detector/metadata.txt",
-                     "roof_detector/core/pipeline.py", "roof_detector/qgis_ui/task.py",
+                     "roof_detector/core/pipeline.py", "roof_detector/qgis_adapter/task.py",
                      "roof_detector/resources/icon.png", "roof_detector/models/roof_unet.pt",
                      "roof_detector/models/README.md", "roof_detector/LICENSE"):
         assert expected in names
@@ -84,7 +84,7 @@ def test_deployed_plugin_loads_and_finds_its_files(package, fake_repo, tmp_path)
         app.initQgis()
         import roof_detector
         assert roof_detector.__file__.startswith({str(target)!r}), roof_detector.__file__
-        from roof_detector.qgis_ui import paths
+        from roof_detector.qgis_adapter import paths
         print("MODEL", paths.bundled_model_path())
         print("ICON", paths.resource_path("icon.png"))
         iface = mock.MagicMock()

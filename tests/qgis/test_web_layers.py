@@ -125,7 +125,7 @@ def _assert_same_buildings(areas, expected, rel=0.02):
 @pytest.fixture(scope="module")
 def geotiff_areas(scene_tif, model_path, qgis_app):
     """The reference: the buildings found on the source GeoTIFF (rasterio)."""
-    from roof_detector.qgis_ui.task import DetectTask
+    from roof_detector.qgis_adapter.task import DetectTask
 
     task = DetectTask(make_request(scene_tif, model_path, crs="EPSG:3857"))
     assert task.run(), task.error
@@ -135,7 +135,7 @@ def geotiff_areas(scene_tif, model_path, qgis_app):
 
 
 def _web_request(layer, model_path, aoi_wkt, **kwargs):
-    from roof_detector.qgis_ui.request import DetectRequest, raster_input
+    from roof_detector.qgis_adapter.request import DetectRequest, raster_input
 
     return DetectRequest.for_layer(raster_input(layer), model_path=model_path, device="cpu", min_area_m2=5.0,
                                    aoi_wkt=aoi_wkt, **kwargs)
@@ -304,7 +304,7 @@ def test_dialog_refuses_the_whole_world_and_estimates_an_area(qgis_iface, projec
 
 def test_too_large_an_area_is_refused(project, tile_server):
     from roof_detector.qgis_io import layer_input, plan_area
-    from roof_detector.qgis_ui.request import RequestError, plan_run, raster_input
+    from roof_detector.qgis_adapter.request import RequestError, plan_run, raster_input
 
     layer = _xyz_layer(project, tile_server())
     inp = layer_input(layer)
@@ -323,8 +323,8 @@ def test_render_path_reads_through_the_qgis_provider(project, tile_server, model
     import dataclasses
 
     from roof_detector.qgis_io import READER_RENDER, layer_input
-    from roof_detector.qgis_ui.request import DetectRequest
-    from roof_detector.qgis_ui.task import DetectTask
+    from roof_detector.qgis_adapter.request import DetectRequest
+    from roof_detector.qgis_adapter.task import DetectTask
 
     server = tile_server()
     inp = dataclasses.replace(layer_input(_xyz_layer(project, server)), reader=READER_RENDER)
@@ -341,8 +341,8 @@ def test_render_path_with_the_service_down_is_an_error(project, tile_server, mod
 
     from roof_detector.qgis_io import READER_RENDER, layer_input, provider_source
     from roof_detector.qgis_io.workers import RetryPolicy
-    from roof_detector.qgis_ui.request import DetectRequest
-    from roof_detector.qgis_ui.task import DetectTask
+    from roof_detector.qgis_adapter.request import DetectRequest
+    from roof_detector.qgis_adapter.task import DetectTask
 
     monkeypatch.setattr(provider_source, "DEFAULT_RETRY", RetryPolicy(2, 0.01, 2.0, 0.02))
     server = tile_server()
@@ -378,7 +378,7 @@ def vrt_path(ortho_path, tmp_path_factory) -> str:
 
 
 def _run(request):
-    from roof_detector.qgis_ui.task import DetectTask
+    from roof_detector.qgis_adapter.task import DetectTask
 
     task = DetectTask(request)
     assert task.run(), task.error
@@ -388,7 +388,7 @@ def _run(request):
 def test_vrt_gives_the_same_buildings_as_its_mosaic(project, vrt_path, ortho_path, model_path):
     from qgis.core import QgsRasterLayer
 
-    from roof_detector.qgis_ui.request import DetectRequest, raster_input
+    from roof_detector.qgis_adapter.request import DetectRequest, raster_input
 
     mosaic = _run(make_request(ortho_path, model_path))
     assert len(mosaic) == len(RECTANGLES)
@@ -409,7 +409,7 @@ def test_in_memory_raster_is_read_through_its_provider(project, ortho_path, mode
     from osgeo import gdal
     from qgis.core import QgsRasterLayer
 
-    from roof_detector.qgis_ui.request import DetectRequest, raster_input
+    from roof_detector.qgis_adapter.request import DetectRequest, raster_input
 
     mem = "/vsimem/roof_detector_test_ortho.tif"
     gdal.Translate(mem, ortho_path)
