@@ -86,11 +86,11 @@ def dialog_screenshot(raster_layer, model_path: str, out_png: str) -> str:
 def detect_layer(raster_path: str, raster_name: str, crs: str, model_path: str, aoi_wkt=None):
     """Run the plugin's task synchronously; return the styled result layer."""
     from roof_detector.qgis_adapter.request import DetectRequest
-    from roof_detector.qgis_ui.style import apply_style
     from roof_detector.qgis_adapter.task import DetectTask
+    from roof_detector.qgis_ui.style import apply_style
 
     task = DetectTask(DetectRequest(raster_path=raster_path, raster_name=raster_name, crs=crs,
-                                    model_path=model_path, device="auto", aoi_wkt=aoi_wkt))
+                                    options=dict(model_path=model_path, device="auto", aoi_wkt=aoi_wkt)))
     if not task.run():
         raise SystemExit(f"detection failed: {task.error}")
     apply_style(task.layer)

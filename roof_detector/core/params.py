@@ -180,6 +180,10 @@ FINETUNE = _params(
           none_means="about one pass over the training area"),
 )
 
+#: The model grid a planner assumes before a model is chosen: the bundled model's
+#: (a test keeps it equal to models/roof_unet.pt's metadata).
+BUNDLED_MODEL_GRID: Dict[str, float] = {"gsd_m": 0.3, "tile_size_px": 256, "overlap_px": 32}
+
 #: Every group by name, for lookups by the front ends.
 GROUPS: Dict[str, Dict[str, Param]] = {"detect": DETECT, "outlines": OUTLINES, "solar": SOLAR, "finetune": FINETUNE}
 

@@ -122,7 +122,12 @@ def make_request(raster_path: str, model: str, **kwargs):
     """A DetectRequest for the test raster in EPSG:32631."""
     from roof_detector.qgis_adapter.request import DetectRequest
 
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(DetectRequest)}
+    options = dict(model_path=model, device="cpu", min_area_m2=5.0, **kwargs.pop("extra_options", {}))
+    options.update({k: kwargs.pop(k) for k in list(kwargs) if k not in fields})
     base = dict(raster_path=raster_path, raster_name=os.path.splitext(os.path.basename(raster_path))[0],
-                crs="EPSG:32631", model_path=model, device="cpu", min_area_m2=5.0)
+                crs="EPSG:32631", options=options)
     base.update(kwargs)
     return DetectRequest(**base)

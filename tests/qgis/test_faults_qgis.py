@@ -197,8 +197,8 @@ def test_unload_cancels_running_tasks_waits_and_leaves_nothing(qgis_iface, proje
             mock.patch("roof_detector.core.training.finetune.finetune", finetune):
         detect_task = plugin.start(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=target,
                                                 gpkg_layer="roofs"))
-        ft_task = FinetuneTask(FinetuneRequest(raster_path=ortho_path, raster_name="ortho", labels_path="x",
-                                               output_path=str(tmp_path / "model.pt"), name="m",
+        ft_task = FinetuneTask(FinetuneRequest("ortho", dict(raster_path=ortho_path, labels_path="x",
+                                                             output_path=str(tmp_path / "model.pt"), name="m"),
                                                temp_dir=str(exported)), on_finished=mock.Mock())
         plugin.tasks.add(ft_task)
         from qgis.core import QgsApplication

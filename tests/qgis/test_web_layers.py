@@ -137,8 +137,8 @@ def geotiff_areas(scene_tif, model_path, qgis_app):
 def _web_request(layer, model_path, aoi_wkt, **kwargs):
     from roof_detector.qgis_adapter.request import DetectRequest, raster_input
 
-    return DetectRequest.for_layer(raster_input(layer), model_path=model_path, device="cpu", min_area_m2=5.0,
-                                   aoi_wkt=aoi_wkt, **kwargs)
+    return DetectRequest.for_layer(raster_input(layer), options=dict(model_path=model_path, device="cpu", min_area_m2=5.0,
+                                   aoi_wkt=aoi_wkt), **kwargs)
 
 
 # -- XYZ through the real task ------------------------------------------------------------------
@@ -328,8 +328,8 @@ def test_render_path_reads_through_the_qgis_provider(project, tile_server, model
 
     server = tile_server()
     inp = dataclasses.replace(layer_input(_xyz_layer(project, server)), reader=READER_RENDER)
-    task = DetectTask(DetectRequest.for_layer(inp, model_path=model_path, device="cpu", min_area_m2=5.0,
-                                              aoi_wkt=_bounds_wkt(_bounds())))
+    task = DetectTask(DetectRequest.for_layer(inp, options=dict(model_path=model_path, device="cpu", min_area_m2=5.0,
+                                              aoi_wkt=_bounds_wkt(_bounds()))))
     assert task.run(), task.error
     # QGIS draws each tile at whole output pixels: edges move by up to half a pixel, hence 5 %
     _assert_same_buildings(_areas(task.layer), geotiff_areas, rel=0.05)
@@ -348,8 +348,8 @@ def test_render_path_with_the_service_down_is_an_error(project, tile_server, mod
     server = tile_server()
     inp = dataclasses.replace(layer_input(_xyz_layer(project, server)), reader=READER_RENDER)
     server.close()
-    task = DetectTask(DetectRequest.for_layer(inp, model_path=model_path, device="cpu",
-                                              aoi_wkt=_bounds_wkt(_bounds())))
+    task = DetectTask(DetectRequest.for_layer(inp, options=dict(model_path=model_path, device="cpu",
+                                              aoi_wkt=_bounds_wkt(_bounds()))))
     assert not task.run()
     assert "returned no image" in task.error and task.layer is None
 
@@ -396,13 +396,13 @@ def test_vrt_gives_the_same_buildings_as_its_mosaic(project, vrt_path, ortho_pat
     assert layer.isValid()
     inp = raster_input(layer)
     assert inp.reader == "file" and inp.path == vrt_path  # rasterio opens VRTs itself
-    assert _run(DetectRequest.for_layer(inp, model_path=model_path, device="cpu", min_area_m2=5.0)) == mosaic
+    assert _run(DetectRequest.for_layer(inp, options=dict(model_path=model_path, device="cpu", min_area_m2=5.0))) == mosaic
     # the same VRT read through QGIS's provider gives the same buildings
     import dataclasses
 
     via_qgis = dataclasses.replace(inp, reader="provider", path="")
-    _assert_same_buildings(_run(DetectRequest.for_layer(via_qgis, model_path=model_path, device="cpu",
-                                                        min_area_m2=5.0)), mosaic, rel=0.01)
+    _assert_same_buildings(_run(DetectRequest.for_layer(via_qgis, options=dict(model_path=model_path, device="cpu",
+                                                        min_area_m2=5.0))), mosaic, rel=0.01)
 
 
 def test_in_memory_raster_is_read_through_its_provider(project, ortho_path, model_path):
@@ -418,7 +418,7 @@ def test_in_memory_raster_is_read_through_its_provider(project, ortho_path, mode
         assert layer.isValid()
         inp = raster_input(layer)
         assert inp.reader == "provider"  # rasterio (its own GDAL) cannot see QGIS's /vsimem/
-        areas = _run(DetectRequest.for_layer(inp, model_path=model_path, device="cpu", min_area_m2=5.0))
+        areas = _run(DetectRequest.for_layer(inp, options=dict(model_path=model_path, device="cpu", min_area_m2=5.0)))
     finally:
         gdal.Unlink(mem)
     _assert_same_buildings(areas, _run(make_request(ortho_path, model_path)), rel=0.01)
