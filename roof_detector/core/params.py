@@ -51,6 +51,7 @@ class Param:
     optional: bool = False
     none_means: str = ""
     choices: Tuple[str, ...] = ()
+    choice_labels: Tuple[str, ...] = ()  # what a list shows for each choice
 
     def check(self, value: Any) -> Any:
         """``value`` converted to the parameter's type, or :class:`ParameterError` saying what is wrong."""
@@ -131,7 +132,8 @@ DETECT = _params(
           "split touching roofs along the probability valley between them, one polygon per roof",
           flag="--separate-touching", key="SEPARATE_TOUCHING"),
     Param("device", str, "auto", "Device", "where the model runs (auto: the GPU when there is one)",
-          flag="--device", key="DEVICE", choices=("auto", "cpu", "cuda")),
+          flag="--device", key="DEVICE", choices=("auto", "cpu", "cuda"),
+          choice_labels=("Automatic", "CPU", "CUDA GPU")),
     Param("batch_size", int, None, "Batch size", "tiles per model call", flag="--batch-size", key="BATCH_SIZE",
           low=1, high=1024, decimals=0, optional=True, none_means="8 on CPU, fitted to free memory on GPU"),
 )
@@ -165,18 +167,19 @@ SOLAR = _params(
 #: Fine-tuning (FinetuneOptions).
 FINETUNE = _params(
     Param("epochs", int, 10, "Epochs", "at most this many epochs (training stops earlier on no gain)",
-          flag="--epochs", low=1, high=500, decimals=0),
-    Param("lr", float, 3e-4, "Learning rate", "step size of the optimiser", flag="--lr", low=1e-6, high=0.1,
+          flag="--epochs", key="EPOCHS", low=1, high=500, decimals=0),
+    Param("lr", float, 3e-4, "Learning rate", "step size of the optimiser", flag="--lr", key="LR", low=1e-6, high=0.1,
           decimals=6, step=0.0001),
-    Param("batch_size", int, 8, "Batch size", "training crops per step", flag="--batch-size", low=1, high=128,
+    Param("batch_size", int, 8, "Batch size", "training crops per step", flag="--batch-size", key="BATCH_SIZE",
+          low=1, high=128,
           decimals=0),
     Param("val_fraction", float, 0.2, "Validation share",
-          "share of the labelled area held out, in whole blocks, to validate each epoch", flag="--val-fraction",
+          "share of the labelled area held out, in whole blocks, to validate each epoch", flag="--val-fraction", key="VAL_FRACTION",
           low=0.05, high=0.5, step=0.05),
     Param("patience", int, 4, "Patience", "stop after this many epochs without validation IoU gain",
-          flag="--patience", low=1, high=100, decimals=0),
+          flag="--patience", key="PATIENCE", low=1, high=100, decimals=0),
     Param("samples_per_epoch", int, None, "Samples per epoch", "training crops per epoch",
-          flag="--samples-per-epoch", low=1, high=100000, decimals=0, optional=True,
+          flag="--samples-per-epoch", key="SAMPLES_PER_EPOCH", low=1, high=100000, decimals=0, optional=True,
           none_means="about one pass over the training area"),
 )
 

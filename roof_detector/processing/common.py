@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import traceback
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from qgis.core import (
-    Qgis,
     QgsFeature,
     QgsFeatureRequest,
     QgsFeatureSink,
-    QgsMessageLog,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -21,11 +18,8 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from ..qgis_adapter import LOG_TAG
 from ..qgis_adapter.paths import resource_path
 
-#: DEVICE enum choices, in order (same as the dialog and ``detect --device``).
-DEVICES = ("auto", "cpu", "cuda")
 #: Vector formats the engine reads directly; other layers are exported to a temporary GeoPackage.
 ENGINE_VECTOR_FORMATS = ["gpkg", "shp", "geojson", "json", "fgb", "sqlite", "gml", "kml"]
 
@@ -143,33 +137,18 @@ def engine_progress(feedback: QgsProcessingFeedback, start: float = 0.0,
 
 @contextmanager
 def engine_errors(feedback: QgsProcessingFeedback) -> Iterator[None]:
-    """Turn the engine's errors into a :class:`QgsProcessingException` carrying its message."""
-    from ..qgis_adapter.output import WriteError
+    """Turn any error into a :class:`QgsProcessingException` with the one message the plugin's tasks show too."""
+    from ..qgis_adapter.errors import OUT_OF_MEMORY_TEXT, user_message
 
     try:
         yield
     except QgsProcessingException:
         raise
-    except ImportError as exc:
-        from ..qgis_adapter.deps import check_dependencies
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a one-line message (qgis_adapter.errors)
+        from ..core.errors import Cancelled
 
-        raise QgsProcessingException(check_dependencies() or str(exc)) from None
-    except (WriteError, ValueError) as exc:
-        raise QgsProcessingException(str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a one-line message
-        from ..core.errors import Cancelled, RoofDetectorError
-        from ..qgis_adapter.task import is_out_of_memory
-
-        if isinstance(exc, Cancelled) or feedback.isCanceled():
-            raise QgsProcessingException(Cancelled().args[0]) from None
-        if isinstance(exc, RoofDetectorError):
-            raise QgsProcessingException(str(exc)) from None
-        if is_out_of_memory(exc):
-            raise QgsProcessingException(tr("The GPU ran out of memory: choose the CPU as device or a smaller "
-                                            "batch size ({error})").format(error=str(exc).splitlines()[0])) from None
-        QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
-        raise QgsProcessingException(tr("Unexpected error: {error} (traceback in the log panel, tab '{tag}')")
-                                     .format(error=str(exc) or type(exc).__name__, tag=LOG_TAG)) from None
+        message = user_message(exc, feedback.isCanceled(), OUT_OF_MEMORY_TEXT)
+        raise QgsProcessingException(message if message is not None else Cancelled().args[0]) from None
 
 
 def source_as_file(alg: QgsProcessingAlgorithm, parameters: Dict[str, Any], name: str,

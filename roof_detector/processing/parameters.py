@@ -38,7 +38,9 @@ def definition(p: Param, default: Any = None) -> QgsProcessingParameterDefinitio
     if p.kind is bool:
         return QgsProcessingParameterBoolean(p.key, label(p), defaultValue=value)
     if p.choices:
-        return QgsProcessingParameterEnum(p.key, label(p), options=list(p.choices),
+        from .common import tr
+
+        return QgsProcessingParameterEnum(p.key, label(p), options=[tr(c) for c in p.choice_labels or p.choices],
                                           defaultValue=p.choices.index(value))
     kind = QgsProcessingParameterNumber.Integer if p.kind is int else QgsProcessingParameterNumber.Double
     return QgsProcessingParameterNumber(p.key, label(p), kind, defaultValue=value, optional=p.optional,

@@ -12,10 +12,12 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import QComboBox, QWidget
 
-from . import tr
+from ..core.params import DETECT
 from ..qgis_adapter.paths import bundled_model_path
+from . import tr
 
-DEVICES = (("auto", "Automatic"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
+_DEVICE = DETECT["device"]
+DEVICES = tuple(zip(_DEVICE.choices, _DEVICE.choice_labels))  # the declared choices, as the CLI and Processing
 LIBRARY_PREFIX = "library:"
 
 

@@ -120,3 +120,15 @@ def test_the_planner_assumes_the_bundled_model_grid():
 
     meta = read_metadata(str(BUNDLED_MODEL_PATH))
     assert {k: meta[k] for k in BUNDLED_MODEL_GRID} == BUNDLED_MODEL_GRID
+
+
+def test_finetune_ranges_agree_in_cli_and_processing(plugin):
+    cli = _cli_actions("finetune")
+    alg = _algorithm("roofdetector:finetunemodel")
+    for p in FINETUNE.values():
+        d = alg.parameterDefinition(p.key)
+        assert (d.minimum(), d.maximum(), d.defaultValue()) == (p.low, p.high, p.default), p.name
+        assert cli[p.name].default == p.default
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli[p.name].type(str(p.high * 2))
+    assert alg.parameterDefinition("DEVICE").options() == ["Automatic", "CPU", "CUDA GPU"]
