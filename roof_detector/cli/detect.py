@@ -52,12 +52,8 @@ def run(args: argparse.Namespace) -> int:
         result = detect_buildings(args.raster, options, progress=progress)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    meta = result.model_metadata
     write_buildings(result.buildings, args.output, result.crs_wkt, layer=args.layer, overwrite=args.overwrite,
-                    metadata={"source_raster": result.raster_path,
-                              "model": f"{meta.get('name', '?')} {meta.get('version', '')}".strip(),
-                              "threshold": result.stats.get("threshold"),
-                              "min_area_m2": args.min_area_m2})
+                    metadata=result.provenance(options))
     seconds = time.perf_counter() - t0
     print(f"{len(result.buildings)} buildings, total area {result.total_area_m2:.1f} m2, "
           f"{seconds:.1f} s -> {args.output} (layer {args.layer})")

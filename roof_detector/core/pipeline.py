@@ -100,6 +100,13 @@ class DetectionResult:
         """Sum of the buildings' ground areas."""
         return float(sum(b.area_m2 for b in self.buildings))
 
+    def provenance(self, options: "DetectOptions") -> Dict[str, Any]:
+        """What a written layer records about its making (GeoPackage metadata): source, model, choices."""
+        meta = self.model_metadata
+        return {"source_raster": self.raster_path,
+                "model": f"{meta.get('name', '?')} {meta.get('version', '')}".strip(),
+                "threshold": self.stats.get("threshold"), "min_area_m2": options.min_area_m2}
+
 
 def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Optional[DetectOptions] = None,
                      progress: Optional[ProgressFn] = None, is_cancelled: Optional[CancelFn] = None,

@@ -1,30 +1,24 @@
-"""Turn the engine's buildings into a QGIS layer and write it to a GeoPackage.
+"""The output sink: the engine's buildings as QGIS fields, features and memory layers.
 
 Safe in a worker thread: nothing here touches the project or a widget. The
 memory layer built in a task's thread must be moved to the main thread
-(``layer.moveToThread``) before it is added to the project.
-
-GeoPackage writing never leaves a partial result behind: a new file is
-written to a temporary file in the same folder and moved into place; an
-existing file gets the layer written into it (other layers are kept) and,
-on failure, the layer is dropped again if it did not exist before.
+(``layer.moveToThread``) before it is added to the project. GeoPackages are
+written by :mod:`roof_detector.core.gpkg_writer` only; the fields here follow
+its rule (:func:`attribute_fields`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import uuid
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
-    QgsCoordinateTransformContext,
     QgsFeature,
     QgsField,
     QgsFields,
     QgsGeometry,
-    QgsVectorFileWriter,
     QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QVariant
@@ -33,16 +27,11 @@ from . import tr
 
 CORE_FIELDS = (("area_m2", QVariant.Double), ("perimeter_m", QVariant.Double),
                ("confidence", QVariant.Double))
-RESERVED = {"fid", "geom", "geometry", "ogc_fid"}
-# Field types of the engine's solar attributes (core.solar.SOLAR_FIELDS, kept in step by a test): fixed
-# here so that a first building with a null orientation or no panels cannot decide the column's type.
-KNOWN_TYPES = {"usable_area_m2": QVariant.Double, "panels": QVariant.Int, "kwp": QVariant.Double,
-               "specific_yield": QVariant.Double, "annual_kwh": QVariant.Double,
-               "orientation_deg": QVariant.Double}
+_VARIANTS = {"integer": QVariant.LongLong, "real": QVariant.Double, "string": QVariant.String}
 
 
 class WriteError(RuntimeError):
-    """Writing the GeoPackage failed; nothing partial was left behind."""
+    """The result layer could not be built; nothing partial was left behind."""
 
 
 def _plain(value: Any) -> Any:
@@ -57,39 +46,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _variant_type(value: Any) -> QVariant.Type:
-    if isinstance(value, bool):
-        return QVariant.Bool
-    if isinstance(value, int):
-        return QVariant.LongLong
-    if isinstance(value, float):
-        return QVariant.Double
-    return QVariant.String
-
-
-def _field_name(key: str) -> str:
-    name = str(key).strip() or "attr"
-    return name + "_" if name.lower() in RESERVED else name
-
-
 def attribute_fields(buildings: Sequence[Any]) -> List[Tuple[str, str, QVariant.Type]]:
-    """(attribute key, field name, type) of the extra attributes, in first-seen order.
+    """(attribute key, field name, type) of the extra attributes: the GeoPackage writer's rule.
 
-    The type of a solar attribute is fixed (:data:`KNOWN_TYPES`), any other
-    comes from the first non-empty value; keys that clash with the core
-    fields are left out (the core value wins).
+    Names and kinds come from :func:`roof_detector.core.gpkg_writer.attribute_schema`,
+    so a memory layer, a Processing output and a GeoPackage have the same fields.
     """
-    seen: dict = {}
-    for building in buildings:
-        for key, value in (getattr(building, "attributes", None) or {}).items():
-            value = _plain(value)
-            if key in seen and seen[key] is not None:
-                continue
-            seen[key] = None if value is None else _variant_type(value)
-    core = {name for name, _ in CORE_FIELDS}
-    seen.update({key: KNOWN_TYPES[key] for key in seen if key in KNOWN_TYPES})
-    return [(key, _field_name(key), kind if kind is not None else QVariant.String)
-            for key, kind in seen.items() if _field_name(key) not in core]
+    from ..core.gpkg_writer import attribute_schema
+
+    return [(key, name, _VARIANTS[kind]) for key, name, kind in attribute_schema(buildings)]
 
 
 def result_fields(extra: Iterable[Tuple[str, str, QVariant.Type]]) -> QgsFields:
@@ -163,80 +128,6 @@ def gpkg_layer_names(path: str) -> List[str]:
         return [dataset.GetLayer(i).GetName() for i in range(dataset.GetLayerCount())]
     finally:
         dataset = None
-
-
-def drop_gpkg_layer(path: str, layer_name: str) -> bool:
-    """Delete ``layer_name`` from the GeoPackage at ``path``; True if it was there."""
-    from osgeo import gdal
-
-    dataset = gdal.OpenEx(path, gdal.OF_VECTOR | gdal.OF_UPDATE)
-    if dataset is None:
-        return False
-    try:
-        for i in range(dataset.GetLayerCount()):
-            if dataset.GetLayer(i).GetName() == layer_name:
-                dataset.DeleteLayer(i)
-                return True
-        return False
-    finally:
-        dataset = None
-
-
-def _remove_sqlite_files(path: str) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        if os.path.exists(path + suffix):
-            os.remove(path + suffix)
-
-
-def _write(layer: QgsVectorLayer, path: str, layer_name: str,
-           action: QgsVectorFileWriter.ActionOnExistingFile) -> None:
-    options = QgsVectorFileWriter.SaveVectorOptions()
-    options.driverName = "GPKG"
-    options.layerName = layer_name
-    options.fileEncoding = "UTF-8"
-    options.actionOnExistingFile = action
-    # V3 is V2 without the deprecation (QGIS >= 3.20); same CreateOrOverwrite* semantics.
-    writer = getattr(QgsVectorFileWriter, "writeAsVectorFormatV3", None) or \
-        QgsVectorFileWriter.writeAsVectorFormatV2
-    error, message = writer(layer, path, QgsCoordinateTransformContext(), options)[:2]
-    if error != QgsVectorFileWriter.NoError:
-        raise WriteError(tr("Could not write layer '{layer}' to {path}: {error}")
-                         .format(layer=layer_name, path=path, error=message or error))
-
-
-def write_geopackage(layer: QgsVectorLayer, path: str, layer_name: str,
-                     replace: bool = False) -> str:
-    """Write ``layer`` as ``layer_name`` into the GeoPackage ``path``; return the layer URI.
-
-    Raises :class:`WriteError` (with nothing partial left) if the layer exists
-    and ``replace`` is false, or if writing fails.
-    """
-    path = os.path.abspath(path)
-    folder = os.path.dirname(path)
-    if os.path.exists(path):
-        existed = layer_name in gpkg_layer_names(path)
-        if existed and not replace:
-            raise WriteError(tr("{path} already has a layer '{layer}'; choose another layer name "
-                                "or allow replacing it.").format(path=path, layer=layer_name))
-        try:
-            _write(layer, path, layer_name, QgsVectorFileWriter.CreateOrOverwriteLayer)
-        except Exception:
-            if not existed:
-                try:
-                    drop_gpkg_layer(path, layer_name)
-                except Exception:  # keep the write error, the more useful one
-                    pass
-            raise
-    else:
-        if not os.path.isdir(folder):
-            raise WriteError(tr("Folder {folder} does not exist.").format(folder=folder))
-        tmp = os.path.join(folder, f".roof_detector-{uuid.uuid4().hex[:8]}.tmp.gpkg")
-        try:
-            _write(layer, tmp, layer_name, QgsVectorFileWriter.CreateOrOverwriteFile)
-            os.replace(tmp, path)
-        finally:
-            _remove_sqlite_files(tmp)
-    return f"{path}|layername={layer_name}"
 
 
 def summary(buildings: Sequence[Any]) -> Tuple[int, float]:

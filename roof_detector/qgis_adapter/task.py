@@ -12,6 +12,7 @@ and shown as one line.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any, Callable, Optional
@@ -21,7 +22,7 @@ from qgis.PyQt.QtCore import QCoreApplication
 
 from . import tr
 from .errors import OUT_OF_MEMORY_TEXT, is_out_of_memory, user_message  # noqa: F401 - is_out_of_memory re-exported
-from .output import build_memory_layer, crs_from, write_geopackage
+from .output import build_memory_layer, crs_from
 from .request import DetectRequest
 
 DETECT_SHARE = 95.0  # percent of the progress bar for the engine, the rest for writing
@@ -106,17 +107,23 @@ class DetectTask(GuardedRun, QgsTask):
         if self.isCanceled():
             raise Cancelled()
         self.setProgress(DETECT_SHARE)
-        # The QGIS layer's CRS first (keeps its authid), the engine's as fallback.
-        crs = crs_from(self.request.crs, getattr(result, "crs_wkt", "") or "")
-        layer = build_memory_layer(result.buildings, crs, self.request.layer_name)
-        if self.isCanceled():
-            raise Cancelled()
         if self.request.output_mode == "gpkg":
-            # The last step: from here on the result is complete, so it is not interrupted.
-            self.output_uri = write_geopackage(layer, self.request.gpkg_path,
-                                               self.request.gpkg_layer, self.request.replace_layer)
+            # The last step, through the one GeoPackage writer (as the CLI): from here on the
+            # result is complete, so it is not interrupted. The layer's CRS first (keeps its authid).
+            from ..core import gpkg_writer
+
+            path = os.path.abspath(self.request.gpkg_path)
+            gpkg_writer.write_buildings(result.buildings, path, self.request.crs or result.crs_wkt,
+                            layer=self.request.gpkg_layer, overwrite=self.request.replace_layer,
+                            metadata=result.provenance(options))
+            self.output_uri = f"{path}|layername={self.request.gpkg_layer}"
             layer = None
         else:
+            # The QGIS layer's CRS first (keeps its authid), the engine's as fallback.
+            crs = crs_from(self.request.crs, getattr(result, "crs_wkt", "") or "")
+            layer = build_memory_layer(result.buildings, crs, self.request.layer_name)
+            if self.isCanceled():
+                raise Cancelled()
             app = QCoreApplication.instance()
             if app is not None:
                 layer.moveToThread(app.thread())

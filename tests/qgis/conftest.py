@@ -131,3 +131,10 @@ def make_request(raster_path: str, model: str, **kwargs):
                 crs="EPSG:32631", options=options)
     base.update(kwargs)
     return DetectRequest(**base)
+
+
+def existing_gpkg(path: str, layer: str) -> None:
+    """A GeoPackage at ``path`` holding an empty layer ``layer`` (written by the one writer, core.gpkg_writer)."""
+    from roof_detector.core.gpkg_writer import write_buildings
+
+    write_buildings([], path, "EPSG:32631", layer=layer, overwrite=True)

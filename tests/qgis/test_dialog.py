@@ -6,7 +6,7 @@ from unittest import mock
 
 import pytest
 
-from tests.qgis.conftest import GSD, ORIGIN, write_test_raster
+from tests.qgis.conftest import GSD, ORIGIN, existing_gpkg, write_test_raster
 
 pytestmark = pytest.mark.qgis
 
@@ -195,12 +195,9 @@ def test_selected_polygons_become_aoi(qgis_iface, ortho_layer, project, model_pa
 
 
 def test_existing_gpkg_layer_is_replaced_only_when_confirmed(qgis_iface, ortho_layer, model_path, tmp_path):
-    from qgis.core import QgsCoordinateReferenceSystem
-
-    from roof_detector.qgis_adapter.output import build_memory_layer, write_geopackage
 
     target = str(tmp_path / "out.gpkg")
-    write_geopackage(build_memory_layer([], QgsCoordinateReferenceSystem("EPSG:32631"), "x"), target, "roofs")
+    existing_gpkg(target, "roofs")
     dialog = _dialog(qgis_iface)
     _use_model_file(dialog, model_path)
     dialog.gpkg_radio.setChecked(True)

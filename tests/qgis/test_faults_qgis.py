@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.core.test_faults import FlakyGpuNet
-from tests.qgis.conftest import EXPECTED_AREAS, RECTANGLES, make_request, wait_for
+from tests.qgis.conftest import EXPECTED_AREAS, RECTANGLES, existing_gpkg, make_request, wait_for
 from tests.qgis.test_processing import processing_ready, run  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.qgis
@@ -89,10 +89,7 @@ def test_unusable_geopackage_output_fails_before_detection(ortho_path, model_pat
                                                            message):
     import sqlite3
 
-    from qgis.core import QgsCoordinateReferenceSystem
-
     from roof_detector.core import gpkg_writer
-    from roof_detector.qgis_adapter.output import build_memory_layer, write_geopackage
     from roof_detector.qgis_adapter.task import DetectTask
 
     target = str(tmp_path / "out.gpkg")
@@ -102,7 +99,7 @@ def test_unusable_geopackage_output_fails_before_detection(ortho_path, model_pat
     elif case == "not_a_geopackage":
         open(target, "w").write("text")
     else:
-        write_geopackage(build_memory_layer([], QgsCoordinateReferenceSystem("EPSG:32631"), "x"), target, "other")
+        existing_gpkg(target, "other")
     if case == "read_only":
         monkeypatch.setattr(gpkg_writer.os, "access", lambda p, mode: mode != os.W_OK)
     before = sorted((p, os.path.getsize(tmp_path / p)) for p in os.listdir(tmp_path))
@@ -130,16 +127,16 @@ def test_unusable_geopackage_output_fails_before_detection(ortho_path, model_pat
 def test_cancel_while_writing_completes_the_geopackage(plugin, project, ortho_path, model_path, qgis_app, tmp_path,
                                                        monkeypatch):
     """Writing is the last step and is not interrupted: the layer is whole, never half-written."""
-    from roof_detector.qgis_adapter import task as task_module
+    from roof_detector.core import gpkg_writer
 
-    real_write = task_module.write_geopackage
+    real_write = gpkg_writer.write_buildings
     tasks = []
 
     def write_after_cancel(*args, **kwargs):
         tasks[0].cancel()
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(task_module, "write_geopackage", write_after_cancel)
+    monkeypatch.setattr(gpkg_writer, "write_buildings", write_after_cancel)
     target = str(tmp_path / "out.gpkg")
     task = plugin.start(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=target,
                                      gpkg_layer="roofs"))
