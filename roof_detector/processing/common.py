@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from qgis.core import (
-    QgsFeature,
-    QgsFeatureRequest,
     QgsFeatureSink,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
@@ -165,16 +163,16 @@ def source_as_file(alg: QgsProcessingAlgorithm, parameters: Dict[str, Any], name
     return path, (layer_name or None)
 
 
-def copy_features(layer: Any, sink: QgsFeatureSink, feedback: QgsProcessingFeedback) -> int:
-    """Copy every feature of ``layer`` into ``sink``; return how many.
+def add_features(features: Iterable[Any], sink: QgsFeatureSink) -> int:
+    """Add every feature to ``sink``; return how many.
 
-    Not interrupted by a cancel: the copy of an in-memory layer is quick, and
+    Not interrupted by a cancel: the features are in memory already, and
     stopping half-way would leave a partial output behind as if it were the
     result (callers check for a cancel before they create the sink).
     """
     count = 0
-    for feature in layer.getFeatures(QgsFeatureRequest()):
-        if not sink.addFeature(QgsFeature(feature), QgsFeatureSink.FastInsert):
+    for feature in features:
+        if not sink.addFeature(feature, QgsFeatureSink.FastInsert):
             raise QgsProcessingException(tr("Could not write a feature to the output"))
         count += 1
     return count

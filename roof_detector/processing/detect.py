@@ -15,7 +15,7 @@ from qgis.core import (
 )
 
 from ..core.params import SOLAR
-from .common import (RoofDetectorAlgorithm, check_raster_layer, close_source, copy_features, engine_errors,
+from .common import (RoofDetectorAlgorithm, add_features, check_raster_layer, close_source, engine_errors,
                      engine_progress, raise_if_cancelled, raster_source)
 from .parameters import add, help_lines, values
 
@@ -74,7 +74,7 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
         with engine_errors(feedback):
             from ..core.pipeline import DetectOptions, detect_buildings
             from ..core.solar import SolarParams
-            from ..qgis_adapter.output import build_memory_layer, crs_from, summary
+            from ..qgis_adapter.output import ResultFeatures, crs_from, summary
             from ..qgis_adapter.paths import bundled_model_path
 
             model = model or bundled_model_path()
@@ -98,13 +98,13 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
                 feedback.reportError(warning, False)
             # The layer's own CRS first (keeps its authid), the engine's as fallback: as the dialog does.
             crs = crs_from(layer.crs().authid() or layer.crs().toWkt(), result.crs_wkt)
-            buildings = build_memory_layer(result.buildings, crs, layer.name())
+            buildings = ResultFeatures(result.buildings)  # the fields of the plugin's layers and GeoPackages
         raise_if_cancelled(feedback)  # a cancel during sizing: no output is created at all
-        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, buildings.fields(),
-                                             buildings.wkbType(), crs)
+        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, buildings.fields,
+                                             buildings.wkb_type, crs)
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
-        copy_features(buildings, sink, feedback)
+        add_features(buildings.features(), sink)
         count, area = summary(result.buildings)
         stats = result.stats
         feedback.pushInfo(self.tr("{n} buildings, {area:,.1f} m² in {s:.1f} s ({tiles} tiles on {device}, "

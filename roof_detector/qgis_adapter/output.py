@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
@@ -20,6 +20,7 @@ from qgis.core import (
     QgsFields,
     QgsGeometry,
     QgsVectorLayer,
+    QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QVariant
 
@@ -78,36 +79,52 @@ def to_qgs_geometry(geometry: Any) -> QgsGeometry:
     return result
 
 
+class ResultFeatures:
+    """The buildings as QGIS features: one schema for a memory layer and a Processing sink alike."""
+
+    def __init__(self, buildings: Sequence[Any]):
+        self.buildings = buildings
+        self.geometries = [to_qgs_geometry(b.geometry) for b in buildings]
+        self.multi = any(g.isMultipart() for g in self.geometries)
+        self.extra = attribute_fields(buildings)
+        self.fields = result_fields(self.extra)
+
+    @property
+    def wkb_type(self) -> int:
+        """Polygon, or MultiPolygon when any building has several parts."""
+        return QgsWkbTypes.MultiPolygon if self.multi else QgsWkbTypes.Polygon
+
+    def features(self) -> Iterator[QgsFeature]:
+        """One feature per building, attributes in :attr:`fields` order."""
+        for building, geometry in zip(self.buildings, self.geometries):
+            feature = QgsFeature(self.fields)
+            if self.multi:
+                geometry.convertToMultiType()
+            feature.setGeometry(geometry)
+            attrs = getattr(building, "attributes", None) or {}
+            values = [float(building.area_m2), float(building.perimeter_m),
+                      None if building.confidence is None else float(building.confidence)]
+            for key, _, kind in self.extra:
+                value = _plain(attrs.get(key))
+                if value is not None and kind == QVariant.String and not isinstance(value, str):
+                    value = str(value)
+                values.append(value)
+            feature.setAttributes(values)
+            yield feature
+
+
 def build_memory_layer(buildings: Sequence[Any], crs: QgsCoordinateReferenceSystem,
                        name: str) -> QgsVectorLayer:
     """A memory polygon layer holding ``buildings`` with the core and extra fields."""
-    geometries = [to_qgs_geometry(b.geometry) for b in buildings]
-    multi = any(g.isMultipart() for g in geometries)
-    uri = "MultiPolygon" if multi else "Polygon"
+    result = ResultFeatures(buildings)
+    uri = "MultiPolygon" if result.multi else "Polygon"
     layer = QgsVectorLayer(f"{uri}?crs={crs.authid()}" if crs.authid() else uri, name, "memory")
     if not crs.authid():
         layer.setCrs(crs)
-    extra = attribute_fields(buildings)
-    fields = result_fields(extra)
     provider = layer.dataProvider()
-    provider.addAttributes(fields.toList())
+    provider.addAttributes(result.fields.toList())
     layer.updateFields()
-    features = []
-    for building, geometry in zip(buildings, geometries):
-        feature = QgsFeature(fields)
-        if multi:
-            geometry.convertToMultiType()
-        feature.setGeometry(geometry)
-        attrs = getattr(building, "attributes", None) or {}
-        values = [float(building.area_m2), float(building.perimeter_m),
-                  None if building.confidence is None else float(building.confidence)]
-        for key, _, kind in extra:
-            value = _plain(attrs.get(key))
-            if value is not None and kind == QVariant.String and not isinstance(value, str):
-                value = str(value)
-            values.append(value)
-        feature.setAttributes(values)
-        features.append(feature)
+    features = list(result.features())
     if features and not provider.addFeatures(features)[0]:
         raise WriteError(tr("Could not build the result layer: {error}")
                          .format(error="; ".join(provider.errors()) or "unknown error"))
