@@ -12,7 +12,6 @@ and the fine-tuning time for 10 epochs on 2048 x 2048 px.
 
 from __future__ import annotations
 
-import sys
 
 
 def add_parser(sub) -> None:

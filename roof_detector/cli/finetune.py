@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 from .arguments import add_param, add_params, values
 from .progress import ProgressBar

@@ -116,7 +116,7 @@ def model_throughput(model_path: Optional[str], device: str, batch_size: int, re
                 diff = float((ort.module(x) - ts.module(x)).abs().max())
             out["onnxruntime_max_abs_diff"] = diff
             out["onnxruntime_agrees_1e-3"] = diff <= 1e-3
-        except Exception as exc:  # reported, not fatal: the bench still gives the other figures
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal: the bench still gives the other figures
             out["onnxruntime_error"] = str(exc).splitlines()[0]
     return out
 

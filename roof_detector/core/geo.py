@@ -29,7 +29,7 @@ def crs_from_wkt(crs_wkt: str) -> CRS:
     """Parse a CRS (WKT, or anything pyproj accepts such as ``"EPSG:32631"``)."""
     try:
         return CRS.from_user_input(crs_wkt)
-    except Exception as exc:  # pyproj.exceptions.CRSError and friends
+    except Exception as exc:  # noqa: BLE001 - pyproj.exceptions.CRSError and friends
         raise InputRasterError(f"Unusable coordinate reference system ({exc})") from None
 
 

@@ -74,7 +74,7 @@ def check_writable(path: str) -> bool:
             raise OutputError(f"Cannot write in {directory} (permission denied); choose another output folder")
         return False
     ds = _open_existing(path, update=False)
-    ds = None
+    ds = None  # noqa: F841 - closes the dataset now
     if not os.access(path, os.W_OK):
         raise OutputError(f"{path} is read-only; choose another output file")
     check_not_locked(path)

@@ -107,7 +107,8 @@ def validate_metadata(meta: Dict[str, Any], source: str = "model") -> Dict[str, 
         overlap = int(meta["overlap_px"])
         thr = float(meta["threshold"])
     except (TypeError, ValueError) as exc:
-        raise ModelError(f"{source}: metadata has a non-numeric gsd_m/tile_size_px/overlap_px/threshold ({exc})")
+        raise ModelError(f"{source}: metadata has a non-numeric gsd_m/tile_size_px/overlap_px/threshold ({exc})") \
+            from None
     if not (gsd > 0 and tile >= 32 and 0 <= overlap < tile // 2 and 0.0 < thr < 1.0):
         raise ModelError(f"{source}: metadata values out of range (gsd_m={gsd}, tile_size_px={tile}, "
                          f"overlap_px={overlap}, threshold={thr})")
@@ -227,7 +228,7 @@ def load_model(path: Optional[str | os.PathLike] = None, device: str = "auto",
     dev = resolve_device(device)
     try:
         module = torch.jit.load(path, map_location="cpu")
-    except Exception as exc:  # torch raises RuntimeError / ValueError / zip errors
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError / ValueError / zip errors
         raise ModelError(f"{path} could not be loaded as TorchScript: {str(exc).splitlines()[0]}") from None
     module.eval()
     use_half = dev.type == "cuda" if half is None else bool(half and dev.type == "cuda")
@@ -240,7 +241,7 @@ def load_model(path: Optional[str | os.PathLike] = None, device: str = "auto",
                 ort_module = onnx_backend.onnx_module_for(path, meta, module)
                 return LoadedModel(module=ort_module, metadata=meta, device=dev, path=path, half=False,
                                    extra={"backend": "onnxruntime", "onnx_path": ort_module.path})
-            except Exception as exc:  # any export/runtime problem: TorchScript still works
+            except Exception as exc:  # noqa: BLE001 - any export/runtime problem: TorchScript still works
                 if backend == "onnxruntime":
                     raise ModelError(f"{path} cannot run with ONNX Runtime: {exc}") from None
                 extra["onnx_fallback_reason"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -249,7 +250,7 @@ def load_model(path: Optional[str | os.PathLike] = None, device: str = "auto",
     if dev.type == "cpu":
         try:
             module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
-        except Exception:  # a model that cannot be frozen still runs unfrozen
+        except Exception:  # noqa: BLE001 - a model that cannot be frozen still runs unfrozen
             pass
     module = module.to(dev)
     if use_half:

@@ -325,7 +325,7 @@ def _load_model(options: DetectOptions) -> LoadedModel:
 def _parse_aoi(aoi_wkt: str) -> BaseGeometry:
     try:
         aoi = shapely.from_wkt(aoi_wkt)
-    except Exception as exc:  # shapely.errors.GEOSException
+    except Exception as exc:  # noqa: BLE001 - shapely.errors.GEOSException
         raise InputRasterError(f"The area of interest is not valid WKT ({exc})") from None
     if not aoi.is_valid:
         aoi = shapely.make_valid(aoi)

@@ -36,12 +36,11 @@ from qgis.core import (
     QgsTask,
     QgsVectorFileWriter,
     QgsVectorLayer,
-    QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import pyqtSignal
 
 from . import LOG_TAG, tr
-from .request import RequestError
+from .request import RequestError, is_polygon_layer  # noqa: F401 - is_polygon_layer re-exported
 from .task import GuardedRun
 
 
@@ -83,11 +82,6 @@ class FinetuneRequest:
 
 
 # -- main thread: layers to files -------------------------------------------------
-def is_polygon_layer(layer: Any) -> bool:
-    return isinstance(layer, QgsVectorLayer) and layer.isValid() and \
-        layer.geometryType() == QgsWkbTypes.PolygonGeometry
-
-
 def file_source(layer: QgsVectorLayer) -> Optional[Tuple[str, Optional[str]]]:
     """(path, layer name) when the engine can read ``layer`` straight from its file, else None.
 

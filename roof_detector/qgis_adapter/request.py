@@ -129,6 +129,12 @@ class DetectRequest:
         return params
 
 
+def is_polygon_layer(layer: Any) -> bool:
+    """True for a valid polygon vector layer (labels, areas, buildings to report on)."""
+    return isinstance(layer, QgsVectorLayer) and layer.isValid() and \
+        layer.geometryType() == QgsWkbTypes.PolygonGeometry
+
+
 def _check_valid_raster(layer: Optional[QgsMapLayer]) -> None:
     """Raise :class:`RequestError` unless ``layer`` is a valid raster layer."""
     if layer is None:
@@ -225,7 +231,7 @@ def extent_aoi_wkt(extent: QgsRectangle, extent_crs: QgsCoordinateReferenceSyste
 
 def selection_aoi_wkt(layer: Optional[QgsMapLayer], raster: QgsRasterLayer) -> str:
     """The union of the selected polygons of ``layer`` as WKT in the raster's CRS."""
-    if not isinstance(layer, QgsVectorLayer) or layer.geometryType() != QgsWkbTypes.PolygonGeometry:
+    if not is_polygon_layer(layer):
         raise RequestError(tr("Choose a polygon layer for the area of interest."))
     features = layer.selectedFeatures()
     if not features:

@@ -47,7 +47,7 @@ class GuardedRun:
         try:
             work()
             return True
-        except Exception as exc:  # every failure becomes a message, never a traceback dialog
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a message, never a traceback dialog
             self.error = user_message(exc, self.isCanceled(), self.out_of_memory_text())
             self.was_cancelled = self.error is None
         finally:

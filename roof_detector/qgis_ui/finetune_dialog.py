@@ -379,11 +379,11 @@ class FinetuneDialog(QDialog):
             box.setText(tr("Keep the best model so far (epoch {epoch}) in the library?").format(
                 epoch=self.chart.best_epoch or len(self.chart.rows)))
             keep = box.addButton(tr("Stop and keep it"), QMessageBox.YesRole)
-            drop = box.addButton(tr("Stop and discard it"), QMessageBox.DestructiveRole)
+            box.addButton(tr("Stop and discard it"), QMessageBox.DestructiveRole)
         else:
             box.setText(tr("No epoch has finished yet, so there is no model to keep. Stop anyway?"))
             keep = None
-            drop = box.addButton(tr("Stop"), QMessageBox.DestructiveRole)
+            box.addButton(tr("Stop"), QMessageBox.DestructiveRole)
         go_on = box.addButton(tr("Continue training"), QMessageBox.RejectRole)
         box.setDefaultButton(go_on)
         box.exec_()

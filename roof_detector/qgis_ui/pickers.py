@@ -40,7 +40,7 @@ def model_summary(path: Optional[str]) -> Dict[str, Any]:
     try:
         from ..core.model_io import read_metadata
         meta = read_metadata(path)
-    except Exception as exc:  # ModelError, or torch missing
+    except Exception as exc:  # noqa: BLE001 - ModelError, or torch missing
         return {"ok": False, "text": str(exc), "threshold": None, "meta": None}
     text = tr("{name} {version}, {gsd} m/pixel, threshold {thr:.2f}").format(
         name=meta.get("name", os.path.basename(path)), version=meta.get("version", ""),

@@ -6,7 +6,7 @@ from unittest import mock
 
 import pytest
 
-from tests.qgis.conftest import GSD, ORIGIN, existing_gpkg, write_test_raster
+from tests.qgis.conftest import ORIGIN, existing_gpkg, write_test_raster
 
 pytestmark = pytest.mark.qgis
 

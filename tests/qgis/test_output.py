@@ -1,6 +1,5 @@
 """Result layers (the output sink), independent of the engine; GeoPackages come from core.gpkg_writer."""
 
-import os
 
 import pytest
 from shapely.geometry import MultiPolygon, box

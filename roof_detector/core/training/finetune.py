@@ -18,9 +18,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import shapely
-import torch
 
-from ..errors import Cancelled, LabelError
+from ..errors import LabelError
 from ..model_io import BUNDLED_MODEL_PATH, resolve_device
 from ..params import FINETUNE, check_fields
 from ..vector_io import read_polygons

@@ -73,7 +73,7 @@ def scene_from_raster(raster_path: str, labels_path: Optional[str], name: Option
 
     try:
         ds = rasterio.open(raster_path)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure is reported below
         raise InputRasterError(f"{raster_path} cannot be opened as a raster ({exc})") from None
     with ds:
         if ds.crs is None:
