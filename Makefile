@@ -2,6 +2,8 @@
 #
 #   make setup   system packages (Debian 12, as root) + .venv with pinned deps
 #   make test    the whole test suite, headless
+#   make test-fast  the quick tier (tests not marked slow)
+#   make lint    ruff check + ruff format --check (settings in ruff.toml)
 #   make demo    detection on the embedded real demo image -> out/demo
 #   make train   train the bundled model (needs ../shared/data; see TRAIN_ARGS)
 #   make clean   remove generated outputs (keeps .venv; `make distclean` drops it)
@@ -29,7 +31,7 @@ TRAIN_ARGS ?= --arch efflite0_unet --epochs 120 --samples-per-epoch 480 --batch-
               --max-minutes 100 --seed 0 --hue 0.4 --threads 2 --test --out runs/efflite0_hue_scratch
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo train clean distclean
+.PHONY: setup test test-fast lint demo train clean distclean
 
 setup: $(STAMP)
 
@@ -56,6 +58,15 @@ $(STAMP): requirements.txt
 
 test: setup
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+# The quick tier: everything not marked `slow` (a few seconds each at most).
+test-fast: setup
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow" tests $(PYTEST_ARGS)
+
+# ruff: lint rules and format settings in ruff.toml.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 $(SOLARIS_WHEEL): | $(STAMP)
 	$(PIP) download --no-deps solaris==0.4.0 -d .cache/solaris
