@@ -26,7 +26,7 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
 SOLARIS_WHEEL := .cache/solaris/solaris-0.4.0-py3-none-any.whl
 
-# Filled in by the model owner: arguments of `python -m roof_detector train`.
+# Filled in by the model owner: arguments of `python -m devtools train`.
 TRAIN_ARGS ?= --arch efflite0_unet --epochs 120 --samples-per-epoch 480 --batch-size 8 --patience 12 \
               --max-minutes 100 --seed 0 --hue 0.4 --threads 2 --test --out runs/efflite0_hue_scratch
 PYTEST_ARGS ?=
@@ -79,7 +79,7 @@ $(TRAIN_STAMP): requirements-train.txt $(STAMP)
 	@touch $(TRAIN_STAMP)
 
 train: setup $(TRAIN_STAMP)
-	$(PY) -m roof_detector train $(TRAIN_ARGS)
+	$(PY) -m devtools train $(TRAIN_ARGS)
 
 clean:
 	rm -rf out .pytest_cache .hypothesis
@@ -106,10 +106,10 @@ screenshots: setup
 .PHONY: score
 # The bundled model's held-out figures (OAM area 4, INRIA test, demo image): needs ../shared/data.
 score: setup $(SOLARIS_WHEEL)
-	$(PY) -m roof_detector score
+	$(PY) -m devtools score
 
 .PHONY: bench
 # Speed and memory figures (human-readable + one JSON line); BENCH_ARGS e.g. --size 20000.
 BENCH_ARGS ?=
 bench: setup
-	$(PY) -m roof_detector bench $(BENCH_ARGS)
+	$(PY) -m devtools bench $(BENCH_ARGS)

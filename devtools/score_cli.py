@@ -1,4 +1,4 @@
-"""``python -m roof_detector score``: a model's figures on the held-out test data.
+"""``python -m devtools score``: a model's figures on the held-out test data.
 
 Runs the whole detection (as ``detect``) and the evaluation (as
 ``evaluate``) on OAM area 4, the INRIA test chips and the demo image, none of
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from .arguments import add_params, values
+from roof_detector.cli.arguments import add_params, values
 
 
 def add_parser(sub) -> None:
@@ -26,10 +26,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..core.errors import RoofDetectorError
-    from ..core.heldout import score_all
-    from ..core.pipeline import DetectOptions
-    from ..core.training.recipe import shared_data_dir
+    from roof_detector.core.errors import RoofDetectorError
+    from .heldout import score_all
+    from roof_detector.core.pipeline import DetectOptions
+    from .recipe import shared_data_dir
 
     data = args.data or shared_data_dir()
     if not data:

@@ -149,7 +149,7 @@ def _make_screenshots(out_dir, tmp, raster, model, aoi_wkt) -> list:
     if raster is None:
         raster = write_demo_raster(os.path.join(tmp, "demo_ortho.tif"))
     if model is None:
-        from roof_detector.core.test_model import make_test_model
+        from devtools.test_model import make_test_model
 
         model = make_test_model(os.path.join(tmp, "brightness.pt"), gsd_m=0.25, tile_size_px=128,
                                 overlap_px=16)

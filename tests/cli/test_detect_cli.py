@@ -11,7 +11,7 @@ import pytest
 from osgeo import ogr
 
 from roof_detector import cli
-from roof_detector.core.test_model import make_test_model
+from devtools.test_model import make_test_model
 from tests.core.synthetic_rasters import UTM_ORIGIN, rect_scene, write_raster
 
 REPO = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import rasterio
 from roof_detector.core.geo import to_lonlat
 from roof_detector.core.model_io import load_model
 from roof_detector.core.pipeline import DetectOptions, detect_buildings
-from roof_detector.core.test_model import make_test_model
+from devtools.test_model import make_test_model
 from roof_detector.core.vector_io import rasterize_polygons
 
 pytestmark = pytest.mark.shared_data

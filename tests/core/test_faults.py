@@ -21,7 +21,7 @@ from roof_detector.core.errors import Cancelled, LabelError, ModelError, OutputE
 from roof_detector.core.geo import area_perimeter_m
 from roof_detector.core.model_io import LoadedModel, read_metadata
 from roof_detector.core.pipeline import DetectOptions, detect_buildings
-from roof_detector.core.test_model import BrightnessNet, make_test_model
+from devtools.test_model import BrightnessNet, make_test_model
 from roof_detector.core.training.finetune import FinetuneOptions, prepare_data
 from roof_detector.core.vector_io import read_polygons
 

@@ -5,7 +5,7 @@ import torch
 
 from roof_detector.core.errors import ModelError
 from roof_detector.core.model_io import load_model
-from roof_detector.core.test_model import make_test_model
+from devtools.test_model import make_test_model
 from roof_detector.core.training.export import export_model
 from roof_detector.core.training.trainer import TrainConfig
 from roof_detector.core.unet import build_model

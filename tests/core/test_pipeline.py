@@ -15,7 +15,7 @@ from roof_detector.core.geo import area_perimeter_m
 from roof_detector.core.model_io import load_model
 from roof_detector.core.pipeline import DetectOptions, detect_buildings
 from roof_detector.core.raster_source import PixelWindow, RasterSource
-from roof_detector.core.test_model import make_test_model
+from devtools.test_model import make_test_model
 
 from .synthetic_rasters import (BRIGHT, DARK, LONLAT, MERCATOR, PX_AREA, UTM, UTM_ORIGIN, rect_scene, scene_in_crs,
                                 touching_pair_scene, utm_rect, write_raster)

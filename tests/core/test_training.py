@@ -162,7 +162,7 @@ def test_threshold_tuning_picks_best_iou():
 
 
 def test_load_trainable_refuses_unknown_architecture(tmp_path):
-    from roof_detector.core.test_model import make_test_model
+    from devtools.test_model import make_test_model
 
     path = make_test_model(str(tmp_path / "t.pt"))
     with pytest.raises(ModelError, match="cannot fine-tune"):

@@ -50,7 +50,7 @@ def ortho_path(data_dir) -> str:
 
 @pytest.fixture(scope="session")
 def model_path(data_dir) -> str:
-    from roof_detector.core.test_model import make_test_model
+    from devtools.test_model import make_test_model
 
     return make_test_model(str(data_dir / "bright.pt"), gsd_m=GSD, tile_size_px=64, overlap_px=8)
 

@@ -87,7 +87,7 @@ def test_broken_model_file_is_refused(qgis_iface, ortho_layer, tmp_path):
 
 
 def test_accepted_request_and_threshold_from_metadata(qgis_iface, ortho_layer, ortho_path, tmp_path):
-    from roof_detector.core.test_model import make_test_model
+    from devtools.test_model import make_test_model
 
     model = make_test_model(str(tmp_path / "m.pt"), threshold=0.35)
     dialog = _dialog(qgis_iface)

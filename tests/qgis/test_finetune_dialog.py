@@ -300,7 +300,7 @@ def test_plugin_actions_open_the_dialogs(plugin, qgis_iface, project):
 # -- the library dialog --------------------------------------------------------------------
 def test_library_dialog_lists_renames_deletes_imports_exports(qgis_iface, tmp_path):
     from roof_detector.core.model_io import read_metadata
-    from roof_detector.core.test_model import make_test_model
+    from devtools.test_model import make_test_model
     from roof_detector.qgis_ui.library_dialog import ModelLibraryDialog
 
     lib = tmp_path / "lib"
