@@ -191,11 +191,6 @@ BUNDLED_MODEL_GRID: Dict[str, float] = {"gsd_m": 0.3, "tile_size_px": 256, "over
 GROUPS: Dict[str, Dict[str, Param]] = {"detect": DETECT, "outlines": OUTLINES, "solar": SOLAR, "finetune": FINETUNE}
 
 
-def param(group: str, name: str) -> Param:
-    """The declaration of ``name`` in ``group`` ("detect", "outlines", "solar", "finetune")."""
-    return GROUPS[group][name]
-
-
 def default(group: str, name: str) -> Any:
     """The default value of a parameter (what the option classes use as field default)."""
     return GROUPS[group][name].default

@@ -190,10 +190,6 @@ def _azimuths(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     return np.where(az >= 180.0 - 1e-9, 0.0, az)
 
 
-def _azimuth(dx: float, dy: float) -> float:
-    return float(_azimuths(np.array([dx]), np.array([dy]))[0])
-
-
 def solar_columns(metric_geometries: np.ndarray, latitudes_deg: Optional[np.ndarray],
                   params: Optional[SolarParams] = None) -> Dict[str, np.ndarray]:
     """The solar attributes (see the module docstring) of many geometries in north-up metric frames.

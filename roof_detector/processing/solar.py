@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from qgis.core import (
     QgsFeature,
@@ -93,22 +93,12 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
         with engine_errors(feedback):
             from ..core.footprints import measure_polygons
             from ..core.report import build_table, totals, write_report
-            from ..core.solar import SOLAR_FIELDS, SolarParams
-            from ..qgis_adapter.output import to_qgs_geometry
+            from ..core.solar import SolarParams
 
             params = SolarParams(**values(self, parameters, context, "solar")).validate()
             outlines = values(self, parameters, context, "outlines")
             regularize = outlines["regularize"]
-            solar_names = [name for name, _ in SOLAR_FIELDS]
-            fields = QgsFields()
-            reserved = {n.lower() for n in solar_names}
-            for field in source.fields():
-                field = QgsField(field)
-                if field.name().lower() in reserved:  # as the CLI: the source value stays, under src_<name>
-                    field.setName(f"src_{field.name()}")
-                fields.append(field)
-            for name, kind in SOLAR_FIELDS:
-                fields.append(QgsField(name, _VARIANT.get(kind, QVariant.Double)))
+            fields = _output_fields(source.fields())
             wkb_type = QgsWkbTypes.flatType(source.wkbType()) if regularize else source.wkbType()
             sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, wkb_type, crs)
             if sink is None:
@@ -123,25 +113,7 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
             geoms, sized = measure_polygons(originals, crs_wkt, params, regularize,
                                             outlines["regularize_tolerance_m"])
             feedback.setProgress(60)
-            rows: List[Dict[str, Any]] = []
-            regularized = 0
-            for i, (feature, original, geom, attrs) in enumerate(zip(features, originals, geoms, sized)):
-                if feedback.isCanceled():
-                    break
-                qgs_geometry = feature.geometry()
-                if geom is not original:
-                    regularized += 1
-                    qgs_geometry = to_qgs_geometry(geom)
-                    if QgsWkbTypes.isMultiType(wkb_type):
-                        qgs_geometry.convertToMultiType()
-                rows.append({"id": feature.id(), **attrs})
-                out = QgsFeature(fields)
-                out.setGeometry(qgs_geometry)
-                out.setAttributes(list(feature.attributes()) + [attrs[name] for name in solar_names])
-                if not sink.addFeature(out, QgsFeatureSink.FastInsert):
-                    raise QgsProcessingException(self.tr("Could not write a feature to the output"))
-                feedback.setProgress(60 + 40.0 * (i + 1) / max(1, len(features)))
-
+            rows, regularized = self._write(sink, fields, wkb_type, features, originals, geoms, sized, feedback)
             summed = totals(build_table(rows))
             results: Dict[str, Any] = {self.OUTPUT: dest_id, self.BUILDINGS: summed["buildings"],
                                        self.TOTAL_PANELS: summed["panels"], self.TOTAL_KWP: summed["kwp"],
@@ -164,3 +136,46 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
                 results[self.REPORT_HTML] = paths["html"]
             feedback.pushDebugInfo(json.dumps(params.as_dict()))
         return results
+
+    def _write(self, sink: Any, fields: QgsFields, wkb_type: int, features: List[QgsFeature], originals: List[Any],
+               geoms: Any, sized: List[Dict[str, Any]], feedback: Any) -> Tuple[List[Dict[str, Any]], int]:
+        """Add each input feature with its solar fields (and squared outline) to ``sink``; (rows, regularised)."""
+        from ..core.solar import SOLAR_FIELDS
+        from ..qgis_adapter.output import to_qgs_geometry
+
+        solar_names = [name for name, _ in SOLAR_FIELDS]
+        rows: List[Dict[str, Any]] = []
+        regularized = 0
+        for i, (feature, original, geom, attrs) in enumerate(zip(features, originals, geoms, sized)):
+            if feedback.isCanceled():
+                break
+            qgs_geometry = feature.geometry()
+            if geom is not original:
+                regularized += 1
+                qgs_geometry = to_qgs_geometry(geom)
+                if QgsWkbTypes.isMultiType(wkb_type):
+                    qgs_geometry.convertToMultiType()
+            rows.append({"id": feature.id(), **attrs})
+            out = QgsFeature(fields)
+            out.setGeometry(qgs_geometry)
+            out.setAttributes(list(feature.attributes()) + [attrs[name] for name in solar_names])
+            if not sink.addFeature(out, QgsFeatureSink.FastInsert):
+                raise QgsProcessingException(self.tr("Could not write a feature to the output"))
+            feedback.setProgress(60 + 40.0 * (i + 1) / max(1, len(features)))
+        return rows, regularized
+
+
+def _output_fields(source_fields: QgsFields) -> QgsFields:
+    """The input's fields (a clash with a solar field renamed src_<name>, as the CLI) and the solar fields."""
+    from ..core.solar import SOLAR_FIELDS
+
+    fields = QgsFields()
+    reserved = {name.lower() for name, _ in SOLAR_FIELDS}
+    for field in source_fields:
+        field = QgsField(field)
+        if field.name().lower() in reserved:
+            field.setName(f"src_{field.name()}")
+        fields.append(field)
+    for name, kind in SOLAR_FIELDS:
+        fields.append(QgsField(name, _VARIANT.get(kind, QVariant.Double)))
+    return fields

@@ -18,7 +18,7 @@ from osgeo import ogr, osr
 
 from roof_detector.core import inference
 from roof_detector.core.errors import Cancelled, LabelError, ModelError, OutputError
-from roof_detector.core.geo import area_perimeter_m
+from tests.core.geom_helpers import area_perimeter_m
 from roof_detector.core.model_io import LoadedModel, read_metadata
 from roof_detector.core.pipeline import DetectOptions, detect_buildings
 from devtools.test_model import BrightnessNet, make_test_model

@@ -11,7 +11,7 @@ from affine import Affine
 
 from roof_detector.core import pipeline
 from roof_detector.core.errors import Cancelled, InputRasterError, ModelError, RoofDetectorError
-from roof_detector.core.geo import area_perimeter_m
+from tests.core.geom_helpers import area_perimeter_m
 from roof_detector.core.model_io import load_model
 from roof_detector.core.pipeline import DetectOptions, detect_buildings
 from roof_detector.core.raster_source import PixelWindow, RasterSource
