@@ -36,6 +36,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from .errors import ModelError, OutputError
+from .locations import bundled_model_file
 
 FORMAT_NAME = "roof-detector-model"
 FORMAT_VERSION = 1
@@ -46,17 +47,7 @@ KNOWN_BANDS = ("red", "green", "blue")
 
 
 
-def _bundled_model_path() -> Path:
-    """models/roof_unet.pt beside the package: repo root in a checkout, plugin folder in the zip."""
-    pkg = Path(__file__).resolve().parents[1]
-    for base in (pkg.parent, pkg):
-        candidate = base / "models" / "roof_unet.pt"
-        if candidate.exists():
-            return candidate
-    return pkg.parent / "models" / "roof_unet.pt"
-
-
-BUNDLED_MODEL_PATH = _bundled_model_path()
+BUNDLED_MODEL_PATH = bundled_model_file()
 
 
 @dataclass

@@ -67,3 +67,13 @@ def test_no_import_cycle_between_core_modules():
         if m not in state:
             visit(m, [m])
     assert cycles == []
+
+
+def test_one_resolver_of_the_bundled_model():
+    """The engine and the plugin find the bundled model through core.locations (package folder, then parent)."""
+    from roof_detector.core import locations
+    from roof_detector.core.model_io import BUNDLED_MODEL_PATH
+
+    assert BUNDLED_MODEL_PATH == locations.bundled_model_file()
+    sources = {p.name: p.read_text() for p in (CORE.parent / "qgis_adapter").glob("*.py")}
+    assert "bundled_model_file()" in sources["paths.py"] and '"roof_unet.pt"' not in sources["paths.py"]
