@@ -42,6 +42,7 @@ def _error_line(proc):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_detect_writes_gpkg_and_prints_summary(tmp_path, scene, model_path):
     out = tmp_path / "out.gpkg"
     proc = _run(scene, "-o", out, "--model", model_path, "--device", "cpu", "--batch-size", "4")
@@ -71,6 +72,7 @@ def test_detect_writes_gpkg_and_prints_summary(tmp_path, scene, model_path):
         "buildings": 2, "second": 1}
 
 
+@pytest.mark.slow
 def test_bad_inputs_exit_2_with_one_line(tmp_path, scene, model_path):
     text = tmp_path / "notes.tif"
     text.write_text("hello")
@@ -137,6 +139,7 @@ def test_ctrl_c_during_detection_leaves_nothing(tmp_path, scene, model_path, mon
     assert sorted(os.listdir(tmp_path)) == ["tmp"]
 
 
+@pytest.mark.slow
 def test_touching_roofs_are_separated_unless_asked_not_to(tmp_path, model_path):
     from tests.core.synthetic_rasters import touching_pair_scene
 

@@ -34,6 +34,7 @@ def test_matmul_rate_is_measured():
     assert 0 < rate < 1e5
 
 
+@pytest.mark.slow
 def test_bench_command_prints_the_figures(tmp_path, repo_root):
     arch = {"name": "brightness_test", "params": {"gain": 40.0}, "gflop_per_tile": 0.001}
     model = make_test_model(str(tmp_path / "m.pt"), gsd_m=0.5, tile_size_px=64, overlap_px=8,

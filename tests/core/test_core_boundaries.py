@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 CORE = Path(__file__).resolve().parents[2] / "roof_detector" / "core"
 FORBIDDEN = ("qgis", "PyQt5", "PyQt6", "PyQt4", "sip")
 
@@ -37,6 +39,7 @@ def test_core_imports_no_qgis_or_qt_anywhere():
     assert offenders == []
 
 
+@pytest.mark.slow
 def test_importing_all_of_core_loads_no_qgis():
     names = [m for m, _, _ in _modules()]
     code = ("import sys, importlib\n"

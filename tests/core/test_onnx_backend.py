@@ -21,6 +21,7 @@ def unet_model(tmp_path, monkeypatch):
     return export_model(build_model("efflite0_unet"), cfg, str(tmp_path / "m.pt"), 0.5, {"name": "t"})
 
 
+@pytest.mark.slow
 def test_auto_backend_on_cpu_is_onnxruntime_and_agrees_with_torchscript(unet_model, tmp_path):
     ort = load_model(unet_model, "cpu")
     ts = load_model(unet_model, "cpu", backend="torch")

@@ -60,6 +60,7 @@ def test_exception_inside_the_task_is_one_message_and_qgis_goes_on(plugin, proje
     assert sorted(os.listdir(tmp_path)) == ["out.gpkg"]
 
 
+@pytest.mark.slow
 def test_gpu_out_of_memory_falls_back_and_the_user_is_told(plugin, project, ortho_path, model_path, qgis_app,
                                                            qgis_iface, monkeypatch):
     from roof_detector.core import inference, pipeline

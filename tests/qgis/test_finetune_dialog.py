@@ -117,6 +117,7 @@ def bar_texts(dialog):
 
 
 # -- runs ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_finetune_from_memory_layer_in_another_crs(qgis_iface, qgis_app, project, raster_layer, library,
                                                    monkeypatch):
     from qgis.PyQt.QtCore import QThread
@@ -190,6 +191,7 @@ def _run_and_stop(dialog, qgis_app, keep):
 
 
 @pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.slow
 def test_stop_asks_and_keeps_or_drops_the_model(qgis_iface, qgis_app, project, raster_layer, library, ft_files,
                                                 keep):
     from qgis.core import QgsVectorLayer

@@ -82,6 +82,7 @@ def test_real_repository_packages_only_what_users_run(package, repo_root, tmp_pa
 
 
 @pytest.mark.qgis
+@pytest.mark.slow
 def test_deployed_plugin_loads_and_finds_its_files(package, fake_repo, tmp_path):
     plugins = tmp_path / "plugins"
     target = package.deploy(package.build_zip(fake_repo, tmp_path / "dist"), plugins)

@@ -91,6 +91,7 @@ def test_action_refuses_cleanly_when_dependencies_are_missing(plugin, qgis_iface
     assert critical and "pip install" in critical[-1] and "torch" in critical[-1]
 
 
+@pytest.mark.slow
 def test_plugin_loads_without_torch_and_explains_how_to_install_it(tmp_path, repo_root):
     """In a fresh QGIS process where ``import torch`` fails."""
     script = textwrap.dedent(f"""
