@@ -87,7 +87,7 @@ def validate_metadata(meta: Dict[str, Any], source: str = "model") -> Dict[str, 
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise ModelError(f"{source}: metadata lacks {', '.join(missing)}; "
-                         "re-export the model with `python -m roof_detector train` or `finetune`")
+                         "re-export the model with `python -m devtools train` or `finetune`")
     bands = meta["bands"]
     if not isinstance(bands, list) or not bands or any(b not in KNOWN_BANDS for b in bands):
         raise ModelError(f"{source}: metadata asks for bands {bands!r}; this version supports "
@@ -120,7 +120,7 @@ def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
                     # torch.save() writes the same zip layout, without TorchScript code
                     raise ModelError(f"{path} is not a TorchScript model: a zip archive without Roof Detector "
                                      "metadata or TorchScript code (a checkpoint saved with torch.save?); "
-                                     "export it with `python -m roof_detector train` or `finetune`")
+                                     "export it with `python -m devtools train` or `finetune`")
                 raise ModelError(f"{path} is a TorchScript file without Roof Detector metadata "
                                  f"(no extra/{METADATA_FILE}); export it with this plugin's training tools")
             raw = zf.read(names[0])

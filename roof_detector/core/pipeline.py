@@ -318,7 +318,7 @@ class _Progress:
 def _load_model(options: DetectOptions) -> LoadedModel:
     if options.model_path is None and not BUNDLED_MODEL_PATH.is_file():
         raise ModelError(f"The bundled model {BUNDLED_MODEL_PATH} is missing; train it with "
-                         "`python -m roof_detector train` or pass a model file (--model PATH)")
+                         "`python -m devtools train` or pass a model file (--model PATH)")
     return load_model(options.model_path, options.device)
 
 
