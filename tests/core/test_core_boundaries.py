@@ -80,3 +80,14 @@ def test_one_resolver_of_the_bundled_model():
     assert BUNDLED_MODEL_PATH == locations.bundled_model_file()
     sources = {p.name: p.read_text() for p in (CORE.parent / "qgis_adapter").glob("*.py")}
     assert "bundled_model_file()" in sources["paths.py"] and '"roof_unet.pt"' not in sources["paths.py"]
+
+
+def test_processing_and_the_adapter_import_no_widgets():
+    """qgis_ui/ holds widgets only: Processing and the QGIS adapter never need it."""
+    offenders = []
+    for folder in ("processing", "qgis_adapter", "qgis_io"):
+        for path in sorted((CORE.parent / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and "qgis_ui" in node.module:
+                    offenders.append(f"{folder}/{path.name}: {node.module}")
+    assert offenders == []
