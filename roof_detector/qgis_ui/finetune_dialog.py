@@ -10,9 +10,9 @@ only hides it; the run goes on in QGIS's task manager.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from qgis.core import Qgis, QgsMapLayerProxyModel, QgsMessageLog, QgsRasterLayer
+from qgis.core import Qgis, QgsMapLayerProxyModel, QgsMessageLog, QgsRasterLayer, QgsVectorLayer
 from qgis.gui import QgsMessageBar
 from qgis.PyQt.QtCore import Qt, pyqtSlot
 from qgis.PyQt.QtWidgets import (
@@ -21,16 +21,16 @@ from qgis.PyQt.QtWidgets import (
     QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
+from ..qgis_adapter.deps import finetune_dependencies_problem
+from ..qgis_adapter.finetune_task import (FinetuneRequest, FinetuneTask, area_wkt, label_source, labels_in_raster,
+                                          make_temp_dir)
+from ..qgis_adapter.paths import library_models_in, model_library_dir
+from ..qgis_adapter.request import RequestError, is_polygon_layer, raster_file_path
 from . import LOG_TAG, settings, tr
 from .curve_chart import CurveChart
-from ..qgis_adapter.finetune_task import (FinetuneRequest, FinetuneTask, area_wkt, is_polygon_layer, label_source,
-                            labels_in_raster, make_temp_dir)
-from ..qgis_adapter.deps import finetune_dependencies_problem
-from ..qgis_adapter.paths import library_models_in, model_library_dir
 from .param_widgets import declared_spin
 from .pickers import (add_model_choices, chosen_model_path, choice_combo, device_combo, layer_combo, model_summary,
                       restore_device, select_data)
-from ..qgis_adapter.request import RequestError, raster_file_path
 
 AREA_MODES = (("labels", "Extent of the label layer"), ("layer", "All polygons of a layer"),
               ("selection", "Selected polygons of a layer"))
@@ -254,16 +254,8 @@ class FinetuneDialog(QDialog):
         self.model_info.setText(model_summary(self.selected_model_path())["text"])
 
     # -- the request -------------------------------------------------------
-    def build_request(self) -> FinetuneRequest:
-        """Check every choice and return the request; raises :class:`RequestError` for bad ones.
-
-        Layers that the engine cannot read from a file are exported to
-        temporary GeoPackages last, once every check has passed.
-        """
-        from ..core.model_library import ModelLibraryError, new_model_path
-
-        raster = self.raster_combo.currentLayer()
-        raster_path = raster_file_path(raster)
+    def _checked_labels(self, raster: QgsRasterLayer) -> Tuple[QgsVectorLayer, bool, List[str]]:
+        """The label layer, whether only its selection counts, and notes; raises :class:`RequestError`."""
         labels = self.labels_combo.currentLayer()
         if not is_polygon_layer(labels):
             raise RequestError(tr("Choose the polygon layer with the buildings (labels)."))
@@ -282,6 +274,19 @@ class FinetuneDialog(QDialog):
         if labels_in_raster(labels, selected_only, raster) is False:
             raise RequestError(tr("No polygon of layer '{labels}' lies inside raster '{raster}'. Check that the "
                                   "buildings cover the orthophoto.").format(labels=labels.name(), raster=raster.name()))
+        return labels, selected_only, notes
+
+    def build_request(self) -> FinetuneRequest:
+        """Check every choice and return the request; raises :class:`RequestError` for bad ones.
+
+        Layers that the engine cannot read from a file are exported to
+        temporary GeoPackages last, once every check has passed.
+        """
+        from ..core.model_library import ModelLibraryError, new_model_path
+
+        raster = self.raster_combo.currentLayer()
+        raster_path = raster_file_path(raster)
+        labels, selected_only, notes = self._checked_labels(raster)
         mode = self.area_combo.currentData()
         area = None
         if mode in ("layer", "selection"):
