@@ -36,7 +36,9 @@ def test_matmul_rate_is_measured():
 
 @pytest.mark.slow
 def test_bench_command_prints_the_figures(tmp_path, repo_root):
-    arch = {"name": "brightness_test", "params": {"gain": 40.0}, "gflop_per_tile": 0.001}
+    # The stated work per tile only feeds the GFLOP/s arithmetic; large enough that the rounded figures
+    # stay above 0 on a loaded machine (0.001 gave 0.0 GFLOP/s at < 50 tiles/s).
+    arch = {"name": "brightness_test", "params": {"gain": 40.0}, "gflop_per_tile": 2.0}
     model = make_test_model(str(tmp_path / "m.pt"), gsd_m=0.5, tile_size_px=64, overlap_px=8,
                             extra_metadata={"architecture": arch})
     proc = subprocess.run([sys.executable, "-m", "devtools", "bench", "--model", model, "--device", "cpu",
