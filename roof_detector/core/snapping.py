@@ -30,7 +30,7 @@ local metric frame). No ``qgis`` import here.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import shapely
