@@ -55,7 +55,7 @@ ACCEPT_IOU = 0.80
 #: The IoU a wing or notch must add to be drawn (the price of two to four more vertices).
 MIN_GAIN = 0.015
 #: An outline whose moment ellipse has at least this IoU with it, more than any right-angled fit, is round.
-ROUND_IOU = 0.88
+ROUND_IOU = 0.93
 #: A diagonal-edged outline replaces the right-angled fit only when its IoU is this much higher.
 DIAGONAL_MARGIN = 0.03
 #: Snapped outlines with more vertices than this are not what a person draws.
