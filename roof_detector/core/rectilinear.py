@@ -247,12 +247,20 @@ def fit_rectilinear(grid: Grid, min_gain: float, min_part_m: float, max_parts: O
                 pg, pc = _prefix(residual), _prefix(~target & ~shape)
             else:
                 pg, pc = _prefix(target & shape), _prefix(residual)
+            # rank the components by the IoU of their bounding boxes (O(1) each); only the
+            # best one per sign is refined by coordinate ascent
+            ranked = []
             for lab in big[np.argsort(sizes[big])[::-1][:MAX_COMPONENTS]] + 1:
-                new_iou, r = _best_rect(pg, pc, inter, union, sign, _bbox(labels == lab))
-                if r[1] - r[0] < min_cells or r[3] - r[2] < min_cells:
-                    continue
-                if best is None or new_iou > best[0]:
-                    best = (new_iou, sign, r)
+                r0, r1, c0, c1 = _bbox(labels == lab)
+                gain_sum = pg[r1, c1] - pg[r0, c1] - pg[r1, c0] + pg[r0, c0]
+                cost_sum = pc[r1, c1] - pc[r0, c1] - pc[r1, c0] + pc[r0, c0]
+                ranked.append(((inter + sign * gain_sum) / max(union + sign * cost_sum, 1), (r0, r1, c0, c1)))
+            start = max(ranked)[1]
+            new_iou, r = _best_rect(pg, pc, inter, union, sign, start)
+            if r[1] - r[0] < min_cells or r[3] - r[2] < min_cells:
+                continue
+            if best is None or new_iou > best[0]:
+                best = (new_iou, sign, r)
         if best is None or best[0] - iou < min_gain:
             break
         trial = shape.copy()
