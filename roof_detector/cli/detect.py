@@ -46,32 +46,45 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Detect, write, print the summary; engine errors propagate to the dispatcher (exit 2)."""
-    from ..core.gpkg_writer import check_output, write_buildings
-    from ..core.pipeline import DetectOptions, detect_buildings
+    from ..core.gpkg_writer import check_output
+    from ..core.pipeline import detect_buildings
 
     # Refuse a clobber before spending minutes on detection.
     check_output(args.output, args.layer, args.overwrite)
-    from .solar import solar_params
-
-    options = DetectOptions(model_path=args.model, device=args.device, threshold=args.threshold,
-                            min_area_m2=args.min_area, batch_size=args.batch_size,
-                            separate_touching=args.separate_touching, regularize=args.regularize,
-                            regularize_tolerance_m=args.tolerance, solar=solar_params(args))
+    options = options_from_args(args)
     t0 = time.perf_counter()
     with progress_bar() as progress:
         result = detect_buildings(args.raster, options, progress=progress)
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    meta = result.model_metadata
-    write_buildings(result.buildings, args.output, result.crs_wkt, layer=args.layer, overwrite=args.overwrite,
-                    metadata={"source_raster": result.raster_path,
-                              "model": f"{meta.get('name', '?')} {meta.get('version', '')}".strip(),
-                              "threshold": result.stats.get("threshold"),
-                              "min_area_m2": args.min_area})
+    write_result(result, args.output, args.layer, args.overwrite, args.min_area)
     seconds = time.perf_counter() - t0
     print(f"{len(result.buildings)} buildings, total area {result.total_area_m2:.1f} m2, "
           f"{seconds:.1f} s -> {args.output} (layer {args.layer})")
     return 0
+
+
+def options_from_args(args: argparse.Namespace):
+    """The engine's ``DetectOptions`` from parsed ``detect`` arguments (also used by the REST service)."""
+    from ..core.pipeline import DetectOptions
+    from .solar import solar_params
+
+    return DetectOptions(model_path=args.model, device=args.device, threshold=args.threshold,
+                         min_area_m2=args.min_area, batch_size=args.batch_size,
+                         separate_touching=args.separate_touching, regularize=args.regularize,
+                         regularize_tolerance_m=args.tolerance, solar=solar_params(args))
+
+
+def write_result(result, output: str, layer: str, overwrite: bool, min_area_m2: float) -> None:
+    """Write a ``DetectionResult`` to GeoPackage ``output`` with the CLI's layer metadata."""
+    from ..core.gpkg_writer import write_buildings
+
+    meta = result.model_metadata
+    write_buildings(result.buildings, output, result.crs_wkt, layer=layer, overwrite=overwrite,
+                    metadata={"source_raster": result.raster_path,
+                              "model": f"{meta.get('name', '?')} {meta.get('version', '')}".strip(),
+                              "threshold": result.stats.get("threshold"),
+                              "min_area_m2": min_area_m2})
 
 
 @contextlib.contextmanager

@@ -74,14 +74,8 @@ def solar_params(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ..core.building import Building
-    from ..core.footprints import measure_metric_batch
     from ..core.gpkg_writer import check_output, write_buildings
-    from ..core.metric_frame import to_local_metric_many
     from ..core.report import build_table, totals, write_report
-    from ..core.solar import SOLAR_FIELDS, solar_rows
 
     params = solar_params(args)
     with _output_flag_names():
@@ -90,24 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.vector_io import read_polygons
 
     layer = read_polygons(args.input, layer=args.layer, with_attributes=True, require_crs=True)
-    # All buildings at once: one projection per local frame, vectorised measuring (the
-    # same functions detection uses).
-    source = np.array(layer.geometries, dtype=object)
-    geoms, columns = measure_metric_batch(source, to_local_metric_many(source, layer.crs_wkt), args.regularize,
-                                          args.tolerance, params)
-    regularized = sum(1 for g, s in zip(geoms, source) if g is not s)
-    rows: List[Dict[str, Any]] = [{"id": fid, **attrs} for fid, attrs in zip(layer.fids, solar_rows(columns))]
-
-    # Source attributes keep their names unless they clash with a solar field (-> src_<name>).
-    solar_names = [name for name, _ in SOLAR_FIELDS]
-    renamed = [(name, _unclash(name, solar_names)) for name, _ in layer.fields]
-    buildings = []
-    for fid, src_attrs, geom, row in zip(layer.fids, layer.attributes, geoms, rows):
-        attrs: Dict[str, Any] = {"src_fid": fid}
-        attrs.update({new: src_attrs.get(old) for old, new in renamed})
-        attrs.update({k: row[k] for k in solar_names if k not in ("area_m2", "perimeter_m")})
-        # confidence is a detection field: NaN (stored as null) for polygons from elsewhere
-        buildings.append(Building(geom, row["area_m2"], row["perimeter_m"], math.nan, attrs))
+    buildings, rows, regularized = size_layer(layer, params, args.regularize, args.tolerance)
     with _output_flag_names():
         write_buildings(buildings, args.output, layer.crs_wkt, layer=args.out_layer, overwrite=args.overwrite,
                         metadata={"source": os.path.abspath(args.input), "source_layer": layer.layer_name,
@@ -122,11 +99,46 @@ def run(args: argparse.Namespace) -> int:
     if layer.skipped:
         print(f"skipped {layer.skipped} features without a polygon", file=sys.stderr)
     if args.regularize:
-        print(f"regularised {regularized} of {len(geoms)} outlines (the others kept as they were)")
+        print(f"regularised {regularized} of {len(buildings)} outlines (the others kept as they were)")
     if args.report:
         paths = write_report(rows, args.report, params=params.as_dict(), source=os.path.abspath(args.input))
         print(f"report: {paths['html']}")
     return 0
+
+
+def size_layer(layer, params, regularize: bool, tolerance_m: float):
+    """Solar-size every polygon of ``layer`` (a ``vector_io`` read with attributes).
+
+    Returns ``(buildings, rows, regularized)``: the buildings to write (source
+    attributes kept, clashing names renamed), the report rows, and how many
+    outlines regularisation changed. Shared by this command and the REST service.
+    """
+    import numpy as np
+
+    from ..core.building import Building
+    from ..core.footprints import measure_metric_batch
+    from ..core.metric_frame import to_local_metric_many
+    from ..core.solar import SOLAR_FIELDS, solar_rows
+
+    # All buildings at once: one projection per local frame, vectorised measuring (the
+    # same functions detection uses).
+    source = np.array(layer.geometries, dtype=object)
+    geoms, columns = measure_metric_batch(source, to_local_metric_many(source, layer.crs_wkt), regularize,
+                                          tolerance_m, params)
+    regularized = sum(1 for g, s in zip(geoms, source) if g is not s)
+    rows: List[Dict[str, Any]] = [{"id": fid, **attrs} for fid, attrs in zip(layer.fids, solar_rows(columns))]
+
+    # Source attributes keep their names unless they clash with a solar field (-> src_<name>).
+    solar_names = [name for name, _ in SOLAR_FIELDS]
+    renamed = [(name, _unclash(name, solar_names)) for name, _ in layer.fields]
+    buildings = []
+    for fid, src_attrs, geom, row in zip(layer.fids, layer.attributes, geoms, rows):
+        attrs: Dict[str, Any] = {"src_fid": fid}
+        attrs.update({new: src_attrs.get(old) for old, new in renamed})
+        attrs.update({k: row[k] for k in solar_names if k not in ("area_m2", "perimeter_m")})
+        # confidence is a detection field: NaN (stored as null) for polygons from elsewhere
+        buildings.append(Building(geom, row["area_m2"], row["perimeter_m"], math.nan, attrs))
+    return buildings, rows, regularized
 
 
 @contextmanager
