@@ -60,6 +60,10 @@ class DetectRequest:
     provider: str = ""
     layer_extent: Optional[Tuple[float, float, float, float]] = None
     layer_params: Dict[str, Any] = field(default_factory=dict)  # decoded URI of a web layer
+    # Where detection runs: "" = this computer, else the URL of a Roof Detector server
+    # (``python -m roof_detector serve``) and the id of its token in QGIS's authentication database.
+    server_url: str = ""
+    server_authcfg: str = ""
 
     @property
     def layer_name(self) -> str:

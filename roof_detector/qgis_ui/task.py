@@ -148,6 +148,16 @@ class DetectTask(GuardedRun, QgsTask):
             result.warnings.extend(getattr(source, "warnings", []))
         if self.isCanceled():
             raise Cancelled()
+        self.deliver(result)
+
+    def deliver(self, result: Any) -> None:
+        """Turn a finished detection into the result layer (and GeoPackage): shared by local and server runs.
+
+        ``result`` has ``buildings`` (``geometry``, ``area_m2``, ``perimeter_m``,
+        ``confidence``, ``attributes``), ``crs_wkt`` and ``warnings``.
+        """
+        from ..core.errors import Cancelled
+
         self.setProgress(DETECT_SHARE)
         # The QGIS layer's CRS first (keeps its authid), the engine's as fallback.
         crs = crs_from(self.request.crs, getattr(result, "crs_wkt", "") or "")
