@@ -137,7 +137,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
                               f"(key: the `detect` command's long option): {detect_keys}.")
     app.state.store, app.state.runner = store, runner
 
-    def caller(request: Request) -> str:
+    async def caller(request: Request) -> str:
         """The caller's owner key; 401 without a valid token when tokens are configured."""
         if not tokens:
             return ""
@@ -155,8 +155,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
             raise HTTPException(404, f"No detection {job_id!r}")
         return job
 
+    # Status calls are cheap (a dict lookup): answered on the event loop itself, no thread hop.
     @app.get("/health")
-    def health() -> Dict[str, Any]:
+    async def health() -> Dict[str, Any]:
         """Liveness: model, device, queue; needs no token."""
         return {"status": "ok", "version": __version__, "api": API_VERSION, "model_loaded": model is not None,
                 "model": f"{model.metadata.get('name', '?')} {model.metadata.get('version', '')}".strip(),
@@ -199,10 +200,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
             else:
                 raise UploadError(415, "Send the raster as multipart/form-data (field 'raster') or a JSON body "
                                        "{\"raster\": \"path under the data dir\"}")
-            detect_options(options)  # refuse bad options now, not after the queue
-            await run_in_threadpool(_check_input, raster_path, input_name, aoi)
-            job = store.create(owner, input_name, options or {}, aoi, upload_path=upload.path if upload else None,
-                               raster_path=None if upload else raster_path)
+            # Off the event loop (GDAL reads, fsync), so status calls are answered meanwhile.
+            await run_in_threadpool(_check_input, raster_path, input_name, options, aoi)
+            job = await run_in_threadpool(store.create, owner, input_name, options or {}, aoi,
+                                          upload.path if upload else None, None if upload else raster_path)
         except (UploadError, OptionsError) as exc:
             if upload is not None:
                 upload.discard()
@@ -221,12 +222,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return JSONResponse(job.public(), status_code=202, headers={"Location": location})
 
     @app.get(f"/{API_VERSION}/detections")
-    def list_detections(owner: str = Depends(caller)) -> Dict[str, Any]:
+    async def list_detections(owner: str = Depends(caller)) -> Dict[str, Any]:
         """The caller's detections (another token's are never listed)."""
         return {"detections": [j.public() for j in store.list(owner)]}
 
     @app.get(f"/{API_VERSION}/detections/{{job_id}}")
-    def get_detection(job_id: str, owner: str = Depends(caller)) -> Dict[str, Any]:
+    async def get_detection(job_id: str, owner: str = Depends(caller)) -> Dict[str, Any]:
         """State (queued/running/done/failed/cancelled), progress 0-1, tiles, timings, error."""
         return own_job(job_id, owner).public()
 
@@ -292,7 +293,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
     return app
 
 
-def _check_input(raster_path: str, input_name: str, aoi: Any) -> None:
+def _check_input(raster_path: str, input_name: str, options: Any, aoi: Any) -> None:
+    detect_options(options)  # refuse bad options now, not after the queue
     check_raster(raster_path, input_name)
     if aoi is not None:
         from .engine import raster_crs_wkt
