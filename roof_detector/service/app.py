@@ -201,7 +201,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 raise UploadError(415, "Send the raster as multipart/form-data (field 'raster') or a JSON body "
                                        "{\"raster\": \"path under the data dir\"}")
             # Off the event loop (GDAL reads, fsync), so status calls are answered meanwhile.
-            await run_in_threadpool(_check_input, raster_path, input_name, options, aoi)
+            await run_in_threadpool(_check_input, raster_path, input_name, options, aoi, upload is not None)
             job = await run_in_threadpool(store.create, owner, input_name, options or {}, aoi,
                                           upload.path if upload else None, None if upload else raster_path)
         except (UploadError, OptionsError) as exc:
@@ -254,12 +254,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
         runner.cancel(job)
         return JSONResponse(job.public(), status_code=202)
 
-    @app.post(f"/{API_VERSION}/solar")
+    @app.post(f"/{API_VERSION}/solar", description=(
+        "GeoJSON polygons in (EPSG:4326), the same polygons with the solar fields out (synchronous). Body: a "
+        "FeatureCollection, or {\"buildings\": FeatureCollection, \"options\": {...}} with the `solar` command's "
+        "options: " + ", ".join(solar_option_names())))
     async def solar(request: Request, owner: str = Depends(caller)):
-        """GeoJSON polygons in (EPSG:4326), the same polygons with the solar fields out (synchronous).
-
-        Body: a FeatureCollection, or ``{"buildings": FeatureCollection, "options": {...}}`` with the
-        ``solar`` command's options: """ + ", ".join(solar_option_names())
+        """Solar sizing of posted polygons (see the route's description)."""
         body = await _json_body(request, max_bytes)
         collection, options = (body.get("buildings"), body.get("options")) if "buildings" in body else (body, None)
         if not isinstance(collection, dict) or collection.get("type") != "FeatureCollection":
@@ -293,9 +293,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
     return app
 
 
-def _check_input(raster_path: str, input_name: str, options: Any, aoi: Any) -> None:
+def _check_input(raster_path: str, input_name: str, options: Any, aoi: Any, uploaded: bool) -> None:
     detect_options(options)  # refuse bad options now, not after the queue
-    check_raster(raster_path, input_name)
+    check_raster(raster_path, input_name, uploaded)
     if aoi is not None:
         from .engine import raster_crs_wkt
 

@@ -111,6 +111,8 @@ class JobStore:
         interrupted = 0
         for job_id in sorted(os.listdir(self.jobs_dir)):
             folder = os.path.join(self.jobs_dir, job_id)
+            if not os.path.isdir(folder):
+                continue
             for name in os.listdir(folder):
                 if name.endswith(".tmp") or ".tmp." in name:  # a write cut short by the stop
                     os.unlink(os.path.join(folder, name))

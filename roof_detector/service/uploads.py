@@ -129,15 +129,23 @@ async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, upl
         raise
 
 
-def check_raster(path: str, shown_name: str) -> None:
+# Formats an upload may have: self-contained image files. A VRT (or any format that names other
+# files) could make the server read files outside the upload, another client's raster included.
+UPLOAD_DRIVERS = {"GTiff", "COG", "JP2OpenJPEG"}
+
+
+def check_raster(path: str, shown_name: str, uploaded: bool = True) -> None:
     """Raise :class:`UploadError` (422) unless ``path`` is a raster the engine can use.
 
+    An upload must be a self-contained GeoTIFF / JPEG 2000 (:data:`UPLOAD_DRIVERS`).
     Opened by the engine's own reader (CRS, geotransform, bands, data type),
     then its last row of blocks is read: a truncated file fails there.
     """
     from ..core.errors import RoofDetectorError
     from ..core.raster_source import open_source
 
+    if uploaded:
+        _check_driver(path, shown_name)
     try:
         source, _ = open_source(path)
     except RoofDetectorError as exc:
@@ -150,6 +158,22 @@ def check_raster(path: str, shown_name: str) -> None:
                                "the file is truncated or corrupt: send it again") from None
     finally:
         source.close()
+
+
+def _check_driver(path: str, shown_name: str) -> None:
+    from ..core.osgeo_exc import gdal
+
+    try:
+        ds = gdal.OpenEx(path, gdal.OF_RASTER)
+    except RuntimeError:
+        return  # not a raster at all: the engine's reader says so, in its words
+    if ds is None:
+        return
+    driver = ds.GetDriver().ShortName
+    ds = None
+    if driver not in UPLOAD_DRIVERS:
+        raise UploadError(422, f"{shown_name} is a {driver} file; upload the raster itself as a GeoTIFF or "
+                               "JPEG 2000 (e.g. `gdal_translate in.vrt out.tif`)")
 
 
 def _read_last_rows(path: str) -> None:

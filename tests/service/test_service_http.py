@@ -137,7 +137,9 @@ def test_solar_endpoint_equals_the_cli(server, tmp_path):
     assert server.json("POST", "/v1/solar", {"type": "Feature"})[0] == 422
 
 
-def test_health_models_metrics_openapi(server):
+def test_health_models_metrics_openapi(server, small_scene):
+    status, _, job = server.upload(small_scene)
+    assert server.wait(job["id"])["state"] == "done"
     status, health = server.json("GET", "/health")
     assert status == 200 and health["model_loaded"] and health["device"] == "cpu" and "queue_length" in health
     status, models = server.json("GET", "/v1/models")
@@ -148,7 +150,9 @@ def test_health_models_metrics_openapi(server):
     assert {"/v1/detections", "/v1/detections/{job_id}", "/v1/detections/{job_id}/buildings", "/v1/solar",
             "/v1/models", "/health"} <= set(api["paths"])
     assert "multipart/form-data" in api["paths"]["/v1/detections"]["post"]["requestBody"]["content"]
-    assert "POST /v1/detections 202" in server.log_text() and "job " in server.log_text()
+    log = server.log_text()
+    assert "POST /v1/detections 202" in log and f"job {job['id']} done" in log and f"job {job['id']} queued" in log
+    assert 'roof_detector_jobs{state="done"}' in text.decode()
 
 
 def test_bad_uploads(tmp_path, model_path, small_scene, scene):
@@ -175,6 +179,15 @@ def test_bad_uploads(tmp_path, model_path, small_scene, scene):
         no_crs = write_raster(tmp_path / "nocrs.tif", np.zeros((3, 8, 8), np.uint8), None, Affine(0.5, 0, 0, 0, -0.5, 0))
         status, _, body = server.upload(no_crs)
         assert status == 422 and "no coordinate reference system" in body["detail"]
+
+        # a VRT names other files (here one outside the data dir): an upload must be the image itself
+        from osgeo import gdal
+
+        vrt = tmp_path / "sneaky.vrt"
+        gdal.Translate(str(vrt), str(small_scene), format="VRT")
+        assert str(small_scene) in vrt.read_text()
+        status, _, body = server.upload(vrt)
+        assert status == 422 and "sneaky.vrt is a VRT file" in body["detail"], body
 
         # a body cut off mid-file (the client goes away): nothing is kept, the server goes on
         body, ctype = multipart({"raster": ("small.tif", Path(small_scene).read_bytes())}, {})
