@@ -13,7 +13,7 @@ from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
 from .qgis_ui import LOG_TAG, tr
-from .qgis_ui.paths import resource_path
+from .qgis_adapter.paths import resource_path
 
 MENU = "&Roof Detector"
 
@@ -67,7 +67,7 @@ class RoofDetectorPlugin:
 
     def unload(self) -> None:
         """Remove every action and menu entry; cancel tasks still running and wait briefly for them."""
-        from .qgis_ui.lifecycle import UNLOAD_WAIT_S, cancel_tasks
+        from .qgis_adapter.lifecycle import UNLOAD_WAIT_S, cancel_tasks
 
         cancel_tasks(self.tasks, UNLOAD_WAIT_S)
         self.tasks.clear()
@@ -96,7 +96,7 @@ class RoofDetectorPlugin:
 
     def run(self) -> None:
         """Action handler: check dependencies, show the dialog, start the task."""
-        from .qgis_ui.deps import check_dependencies
+        from .qgis_adapter.deps import check_dependencies
 
         problem = check_dependencies()
         if problem:
@@ -172,11 +172,13 @@ class RoofDetectorPlugin:
     def start(self, request: Any, task_manager: Optional[Any] = None) -> Any:
         """Queue a :class:`DetectTask` (a :class:`RemoteDetectTask` for a server) for ``request``; return it."""
         if getattr(request, "server_url", ""):
-            from .qgis_ui.remote import RemoteDetectTask as task_class
-        else:
-            from .qgis_ui.task import DetectTask as task_class
+            from .qgis_adapter.remote import RemoteDetectTask
 
-        task = task_class(request, on_finished=self._task_finished)
+            task = RemoteDetectTask(request, on_finished=self._task_finished)
+        else:
+            from .qgis_adapter.task import DetectTask
+
+            task = DetectTask(request, on_finished=self._task_finished)
         self.tasks.add(task)
         (task_manager or QgsApplication.taskManager()).addTask(task)
         QgsMessageLog.logMessage(tr("Started: {name}").format(name=task.description()), LOG_TAG, Qgis.Info)

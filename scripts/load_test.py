@@ -110,8 +110,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from roof_detector.core.pipeline import DetectOptions, detect_buildings
-    from roof_detector.core.synthetic import write_orthophoto
-    from roof_detector.core.test_model import make_test_model
+    from devtools.synthetic import write_orthophoto
+    from devtools.test_model import make_test_model
 
     work = Path(tempfile.mkdtemp(prefix="roof_detector_load_"))
     model = args.model or make_test_model(str(work / "test_model.pt"))

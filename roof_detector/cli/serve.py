@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 
+from .arguments import add_params
+
 DEFAULT_DATA_DIR = "roof-detector-data"
 
 
@@ -24,8 +26,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--model", metavar="PATH", help="model file (default: the bundled model)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
-    p.add_argument("--batch-size", type=int, metavar="N", help="tiles per batch (default: the engine's)")
+    # The server's own choices of two declared parameters (core.params): requests cannot set them.
+    add_params(p, "detect", "device", "batch_size")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR",
                    help=f"job records, uploads and results; rasters named by path must lie under it "
                         f"(default ./{DEFAULT_DATA_DIR})")

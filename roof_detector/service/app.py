@@ -232,7 +232,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return own_job(job_id, owner).public()
 
     @app.get(f"/{API_VERSION}/detections/{{job_id}}/buildings")
-    def get_buildings(job_id: str, format: str = Query("geojson", pattern="^(geojson|gpkg)$"),
+    def get_buildings(job_id: str, format: str = Query("geojson", pattern="^(geojson|gpkg)$"),  # noqa: A002 - the API's name
                       owner: str = Depends(caller)):
         """The buildings: GeoJSON (EPSG:4326, RFC 7946) or GeoPackage (the raster's CRS), fields as `detect`."""
         job = own_job(job_id, owner)

@@ -1,8 +1,8 @@
 """What the service does with the engine: one detection job, and solar sizing of posted polygons.
 
 The same functions as the CLI: ``detect_buildings`` with options from the
-``detect`` parser, ``cli.detect.write_result`` for the GeoPackage (same
-fields and metadata as ``detect -o``), ``cli.solar.size_layer`` for
+parameter declarations (:mod:`.options`), the one GeoPackage writer with the
+result's provenance (same fields and metadata as ``detect -o``), ``cli.solar.size_layer`` for
 ``POST /v1/solar``. GeoJSON is translated from that GeoPackage by GDAL with
 RFC 7946 on (EPSG:4326, right-hand winding), so both formats hold the same
 features and fields.
@@ -55,17 +55,17 @@ def raster_crs_wkt(path: str) -> str:
 def run_detection(job: Job, job_dir: str, model: Any, batch_size: Optional[int],
                   progress: Callable[[float, str], None], is_cancelled: Callable[[], bool]) -> Dict[str, Any]:
     """Detect buildings for ``job`` and write its results; return the fields to record on the job."""
-    from ..cli.detect import write_result
+    from ..core.gpkg_writer import write_buildings
     from ..core.pipeline import detect_buildings
 
-    options, args = detect_options(job.options)
+    options = detect_options(job.options)
     options.batch_size = batch_size
     if job.aoi is not None:
         options.aoi_wkt = aoi_wkt(job.aoi, raster_crs_wkt(job.raster_path))
     result = detect_buildings(job.raster_path, options, progress=progress, is_cancelled=is_cancelled, model=model)
     result.raster_path = job.input_name  # the metadata names what the client sent, not a server path
     gpkg = os.path.join(job_dir, RESULT_GPKG)
-    write_result(result, gpkg, RESULT_LAYER, False, args.min_area)
+    write_buildings(result.buildings, gpkg, result.crs_wkt, layer=RESULT_LAYER, metadata=result.provenance(options))
     gpkg_to_geojson(gpkg, os.path.join(job_dir, RESULT_GEOJSON), RESULT_LAYER)
     return {"buildings": len(result.buildings), "total_area_m2": round(result.total_area_m2, 3),
             "warnings": list(result.warnings), "timings_s": dict(result.stats.get("timings_s", {})),

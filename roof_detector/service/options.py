@@ -1,124 +1,123 @@
-"""Request options -> the engine's options, through the CLI's own argument parsers.
+"""Request options -> the engine's options, from the parameter declarations of :mod:`roof_detector.core.params`.
 
-The service declares no parameter of its own: the JSON keys are the long
-option names of ``python -m roof_detector detect`` / ``solar`` (``-`` written
-as ``_``: ``min_area``, ``separate_touching``, ``yield``...), turned back into
-command-line arguments and parsed by the very parser the CLI builds, so the
-types, ranges, defaults and messages are the CLI's. Options that belong to
-the server (model, device, batch size, output paths) are refused.
+The service declares no parameter of its own: each JSON key is a declared
+parameter, named as the CLI's long option without ``--`` and with ``-`` as
+``_`` (``min_area``, ``separate_touching``, ``tolerance``, ``yield``...), and its
+type, range, default and message are the declaration's (the same as the
+``detect`` / ``solar`` commands', whose options are built from it too).
+Options that belong to the server (device, batch size; model and output
+paths are no parameters at all) are refused.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..core.errors import RoofDetectorError
+from ..core.params import GROUPS, Param, ParameterError
 
-# Chosen by whoever runs the server, never by a request.
-SERVER_OWNED = {"output", "layer", "overwrite", "model", "device", "batch_size", "out_layer", "report",
-                "input", "raster", "help"}
+# Chosen by whoever runs the server (``serve --device/--batch-size``), never by a request.
+SERVER_OWNED = {"device", "batch_size"}
+
+# The declared groups each route takes: those of the ``detect`` and ``solar`` commands.
+DETECT_GROUPS = ("detect", "outlines", "solar")
+SOLAR_GROUPS = ("solar", "outlines")
 
 
 class OptionsError(ValueError):
     """A request option is unknown or has a bad value; the message says which and why."""
 
 
-class _RaisingParser(argparse.ArgumentParser):
-    """An argparse parser that raises instead of printing usage and exiting."""
-
-    def error(self, message: str):  # noqa: D401 - argparse API
-        raise OptionsError(message)
+def request_key(p: Param) -> str:
+    """The JSON key of a declared parameter: its CLI long option, ``--min-area`` -> ``min_area``."""
+    return p.flag[2:].replace("-", "_")
 
 
-def _command_parser(command: str) -> argparse.ArgumentParser:
-    from ..cli import detect, solar
-
-    root = _RaisingParser(prog="roof_detector", add_help=False)
-    sub = root.add_subparsers(dest="command")  # sub-parsers are _RaisingParser too
-    {"detect": detect, "solar": solar}[command].add_parser(sub)
-    return root
+def _declared(groups: Tuple[str, ...]) -> Dict[str, Tuple[str, Param]]:
+    """Request key -> (group, declaration) of the parameters a route accepts."""
+    return {request_key(p): (group, p) for group in groups for name, p in GROUPS[group].items()
+            if name not in SERVER_OWNED}
 
 
-def _request_keys(parser: argparse.ArgumentParser, command: str) -> Dict[str, argparse.Action]:
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
-    keys: Dict[str, argparse.Action] = {}
-    for action in sub._actions:
-        if not action.option_strings or action.dest in SERVER_OWNED:
-            continue
-        for opt in action.option_strings:
-            if opt.startswith("--") and not opt.startswith("--no-"):
-                keys[opt[2:].replace("-", "_")] = action
-    return keys
-
-
-def _argv(options: Optional[Dict[str, Any]], keys: Dict[str, argparse.Action]) -> List[str]:
+def _values(options: Optional[Dict[str, Any]], groups: Tuple[str, ...]) -> Dict[str, Dict[str, Any]]:
+    """The request's options checked by their declarations, as engine keyword arguments per group."""
+    out: Dict[str, Dict[str, Any]] = {group: {} for group in groups}
     if options is None:
-        return []
+        return out
     if not isinstance(options, dict):
         raise OptionsError("options must be a JSON object, e.g. {\"threshold\": 0.5, \"min_area\": 10}")
-    argv: List[str] = []
+    declared = _declared(groups)
     for key, value in options.items():
-        action = keys.get(key)
-        if action is None:
-            raise OptionsError(f"unknown option {key!r}; known options: {', '.join(sorted(keys))}")
-        option = next(o for o in action.option_strings if o.startswith("--") and not o.startswith("--no-"))
-        if isinstance(action, argparse.BooleanOptionalAction):
-            if not isinstance(value, bool):
-                raise OptionsError(f"option {key!r} must be true or false, got {json.dumps(value)}")
-            argv.append(option if value else "--no-" + option[2:])
-        elif value is None:
-            continue  # the CLI's default
-        elif isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        if key not in declared:
+            raise OptionsError(f"unknown option {key!r}; known options: {', '.join(sorted(declared))}")
+        group, p = declared[key]
+        if value is None:
+            continue  # the declared default
+        if p.kind is bool and not isinstance(value, bool):
+            raise OptionsError(f"option {key!r} must be true or false, got {json.dumps(value)}")
+        if p.kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float, str))):
             raise OptionsError(f"option {key!r} must be a number, got {json.dumps(value)}")
-        else:
-            argv += [option, str(value)]
-    return argv
-
-
-def _parse(command: str, positional: List[str], options: Optional[Dict[str, Any]]) -> argparse.Namespace:
-    parser = _command_parser(command)
-    argv = _argv(options, _request_keys(parser, command))
-    try:
-        return parser.parse_args([command, *positional, *argv])
-    except OptionsError as exc:
-        raise OptionsError(f"bad option: {exc}") from None
+        try:
+            out[group][p.name] = p.check(value)
+        except ParameterError as exc:
+            raise OptionsError(f"bad option {key!r}: {exc}") from None
+    return out
 
 
 def detect_options(options: Optional[Dict[str, Any]]):
-    """The engine's ``DetectOptions`` for a request's ``options`` object, exactly as ``detect`` builds them.
+    """The engine's ``DetectOptions`` for a request's ``options`` object (server-owned fields at their defaults).
 
     Raises :class:`OptionsError` naming the bad key or value.
     """
-    from ..cli.detect import options_from_args
+    from ..core.pipeline import DetectOptions
+    from ..core.solar import SolarParams
 
-    args = _parse("detect", ["RASTER", "-o", "OUT.gpkg"], options)
+    values = _values(options, DETECT_GROUPS)
     try:
-        return options_from_args(args), args
+        return DetectOptions(**values["detect"], **values["outlines"],
+                             solar=SolarParams(**values["solar"]).validate()).validate()
     except RoofDetectorError as exc:
         raise OptionsError(str(exc)) from None
 
 
 def solar_options(options: Optional[Dict[str, Any]]):
-    """``(SolarParams, regularize, tolerance_m)`` for ``POST /v1/solar``, as ``solar`` builds them."""
-    from ..cli.solar import solar_params
+    """``(SolarParams, regularize, tolerance_m)`` for ``POST /v1/solar``, with the ``solar`` command's defaults."""
+    from ..cli.solar import REGULARIZE_DEFAULT
+    from ..core.solar import SolarParams
 
-    args = _parse("solar", ["IN", "-o", "OUT.gpkg"], options)
+    values = _values(options, SOLAR_GROUPS)
+    outlines = {"regularize": REGULARIZE_DEFAULT,
+                "regularize_tolerance_m": GROUPS["outlines"]["regularize_tolerance_m"].default, **values["outlines"]}
     try:
-        return solar_params(args), bool(args.regularize), float(args.tolerance)
+        params = SolarParams(**values["solar"]).validate()
     except RoofDetectorError as exc:
         raise OptionsError(str(exc)) from None
+    return params, bool(outlines["regularize"]), float(outlines["regularize_tolerance_m"])
+
+
+def request_options(detect: Dict[str, Any], solar: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The inverse, for clients: engine keyword arguments (``DetectOptions``/``SolarParams`` names) -> request keys.
+
+    Server-owned and undeclared keys (model, device, area of interest...) are left out; None values too.
+    """
+    out: Dict[str, Any] = {}
+    for groups, values in ((("detect", "outlines"), detect), (("solar",), solar or {})):
+        for group in groups:
+            for name, p in GROUPS[group].items():
+                if name not in SERVER_OWNED and values.get(name) is not None:
+                    out[request_key(p)] = values[name]
+    return out
 
 
 def detect_option_names() -> List[str]:
     """The option keys ``POST /v1/detections`` accepts (for the OpenAPI description)."""
-    return sorted(_request_keys(_command_parser("detect"), "detect"))
+    return sorted(_declared(DETECT_GROUPS))
 
 
 def solar_option_names() -> List[str]:
     """The option keys ``POST /v1/solar`` accepts."""
-    return sorted(_request_keys(_command_parser("solar"), "solar"))
+    return sorted(_declared(SOLAR_GROUPS))
 
 
 def aoi_wkt(aoi: Any, crs_wkt: str) -> str:

@@ -29,7 +29,7 @@ def server(tmp_path_factory, model_path):
 def authcfg(qgis_app):
     from qgis.core import QgsApplication
 
-    from roof_detector.qgis_ui.remote import store_token
+    from roof_detector.qgis_adapter.remote import store_token
 
     manager = QgsApplication.authManager()
     if not manager.masterPasswordIsSet():
@@ -74,24 +74,45 @@ def test_remote_run_of_an_area_to_geopackage(plugin, project, ortho_path, qgis_a
     layer = project.mapLayer(plugin.last_layer_id)
     assert layer.providerType() == "ogr" and layer.featureCount() == 1
     assert [f["area_m2"] for f in layer.getFeatures()] == pytest.approx([150.0], rel=0.05)
+    from osgeo import ogr
+
+    ds = ogr.Open(str(out))  # kept: a layer of a freed dataset crashes GDAL
+    meta = ds.GetLayerByName("roofs").GetMetadata()  # the one writer, with the server's provenance
+    ds = None
+    assert meta["server"] == server.url and meta["server_job"] == task.job_id
+    assert meta["source_raster"] and meta["model"] and float(meta["min_area_m2"]) == request.options["min_area_m2"]
 
 
-def test_remote_run_needs_no_engine_packages(plugin, project, ortho_path, qgis_app, server, authcfg, monkeypatch):
-    """With torch, onnxruntime, rasterio and shapely unimportable, a server run still works."""
-    from roof_detector.qgis_ui import deps
+def test_remote_run_needs_no_engine_packages(plugin, project, ortho_path, qgis_app, server, authcfg, monkeypatch,
+                                            tmp_path):
+    """With torch, onnxruntime, rasterio and shapely unimportable, a server run still works (layer and GeoPackage)."""
+    from roof_detector.qgis_adapter import deps
 
     for name in ("torch", "onnxruntime", "rasterio", "shapely", "scipy"):
         monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ImportError
+    # Engine modules loaded by earlier tests are imported afresh, as on a desktop without those packages
+    # (the pure ones stay: their classes are the ones the plugin's error mapper knows).
+    for name in [m for m in sys.modules if m.startswith("roof_detector.core.")
+                 and m not in ("roof_detector.core.errors", "roof_detector.core.params")]:
+        monkeypatch.delitem(sys.modules, name)
     assert deps.check_dependencies() is not None
     assert deps.check_dependencies("server") is None
     task = plugin.start(make_request(ortho_path, "", server_url=server.url, server_authcfg=authcfg))
     wait_for(task, qgis_app)
     assert task.error is None, task.error
     assert project.mapLayer(plugin.last_layer_id).featureCount() == len(EXPECTED_AREAS)
+    out = tmp_path / "no-engine.gpkg"
+    task = plugin.start(make_request(ortho_path, "", server_url=server.url, server_authcfg=authcfg,
+                                     output_mode="gpkg", gpkg_path=str(out), gpkg_layer="roofs"))
+    wait_for(task, qgis_app)
+    assert task.error is None, task.error
+    layer = project.mapLayer(plugin.last_layer_id)
+    assert layer.providerType() == "ogr" and layer.featureCount() == len(EXPECTED_AREAS)
+    assert "kwp" in layer.fields().names()
 
 
 def test_wrong_token_and_unreachable_server_give_one_clear_line(plugin, ortho_path, qgis_app, qgis_iface, server):
-    from roof_detector.qgis_ui.remote import store_token
+    from roof_detector.qgis_adapter.remote import store_token
     from tests.service.server_helpers import free_port
 
     task = plugin.start(make_request(ortho_path, "", server_url=server.url, server_authcfg=store_token("x" * 20)))
@@ -135,7 +156,7 @@ def test_dialog_run_on_server_keeps_the_token_out_of_the_settings(ortho_layer, q
 
     from roof_detector.qgis_ui import settings
     from roof_detector.qgis_ui.dialog import DetectDialog
-    from roof_detector.qgis_ui.remote import load_token
+    from roof_detector.qgis_adapter.remote import load_token
 
     dialog = DetectDialog(qgis_iface, local_problem="Roof Detector needs torch")
     # this computer cannot detect: only the server is offered

@@ -2,7 +2,7 @@
 
 import pytest
 
-from roof_detector.core.test_model import make_test_model
+from devtools.test_model import make_test_model
 from tests.core.synthetic_rasters import rect_scene
 
 from .server_helpers import make_slow_model

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from roof_detector.core.model_io import save_model
-from roof_detector.core.test_model import BrightnessNet, make_test_model
+from devtools.test_model import BrightnessNet, make_test_model
 
 REPO = Path(__file__).resolve().parents[2]
 

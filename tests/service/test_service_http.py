@@ -98,8 +98,10 @@ def test_detection_equals_the_cli(server, scene, model_path, tmp_path):
     assert server.json("GET", f"/v1/detections/{job['id']}")[0] == 404
 
 
-def test_bad_options_are_refused_with_the_clis_messages(server, scene):
-    cases = [({"threshold": 1.5}, "strictly between 0 and 1"), ({"min_area": -1}, "must be zero or more"),
+def test_bad_options_are_refused_with_the_declarations_messages(server, scene):
+    cases = [({"threshold": 1.5}, "Threshold must be from 0.01 to 0.99, got 1.5"),
+             ({"min_area": -1}, "Minimum building area must be from 0 to 100000 m², got -1"),
+             ({"panel_wp": float("nan")}, "Panel power must be a finite number"), ({"device": "cuda"}, "unknown option 'device'"),
              ({"frobnicate": 1}, "unknown option 'frobnicate'"), ({"model": "/etc/passwd"}, "unknown option 'model'"),
              ({"regularize": "yes"}, "true or false"), ({"usable_fraction": 3}, "usable")]
     for options, message in cases:

@@ -29,15 +29,20 @@ from qgis.core import (QgsApplication, QgsAuthMethodConfig, QgsBlockingNetworkRe
 from qgis.PyQt.QtCore import QByteArray, QFile, QIODevice, QUrl
 from qgis.PyQt.QtNetwork import QNetworkRequest
 
+from ..core.errors import RoofDetectorError
 from . import tr
 from .task import DETECT_SHARE, DetectTask
 
 AUTH_CONFIG_NAME = "Roof Detector server"
+_GEOM_TYPES = {"POLYGON": "Polygon", "MULTIPOLYGON": "MultiPolygon"}  # OGR name -> shapely geom_type
 POLL_INTERVAL_S = 0.5
 
 
-class ServerError(RuntimeError):
-    """The server could not be reached or refused the request; the message says what to do."""
+class ServerError(RoofDetectorError):
+    """The server could not be reached or refused the request; the message says what to do.
+
+    A :class:`RoofDetectorError`, so the one error mapper (:mod:`.errors`) shows its message as is.
+    """
 
 
 def store_token(token: str, authcfg: str = "") -> str:
@@ -75,16 +80,10 @@ def load_token(authcfg: str) -> str:
 
 
 def server_options(request: Any) -> Dict[str, Any]:
-    """The request's choices as the service's options (the ``detect`` command's option names)."""
-    solar = request.solar or {}
-    options: Dict[str, Any] = {"min_area": request.min_area_m2, "separate_touching": request.separate_touching,
-                               "regularize": request.regularize, "tolerance": request.regularize_tolerance_m}
-    if request.threshold is not None:
-        options["threshold"] = request.threshold
-    names = {"setback_m": "setback", "usable_fraction": "usable_fraction", "panel_area_m2": "panel_area",
-             "panel_wp": "panel_wp", "specific_yield_kwh_per_kwp": "yield"}
-    options.update({names[k]: v for k, v in solar.items() if k in names and v is not None})
-    return options
+    """The request's choices (engine keyword arguments) as the service's options, by the declarations' names."""
+    from ..service.options import request_options
+
+    return request_options(request.options, request.solar)
 
 
 class ServerClient:
@@ -194,8 +193,9 @@ def clip_to_aoi(raster_path: str, aoi_wkt: str, folder: str) -> str:
     return out
 
 
-def read_buildings(gpkg_path: str, layer: str = "buildings") -> Tuple[List[Any], str]:
-    """The buildings of a downloaded GeoPackage as the engine's Building-like records, and the layer's CRS WKT."""
+def read_buildings(gpkg_path: str, layer: str = "buildings") -> Tuple[List[Any], str, Dict[str, str]]:
+    """The buildings of a downloaded GeoPackage as the engine's Building-like records (geometry with ``wkb``
+    and ``geom_type``, read by OGR: no shapely needed), the layer's CRS WKT and its metadata items."""
     from osgeo import ogr
 
     ds = ogr.Open(gpkg_path)
@@ -209,19 +209,20 @@ def read_buildings(gpkg_path: str, layer: str = "buildings") -> Tuple[List[Any],
         values = {name: feature.GetField(name) for name in names}
         geometry = feature.GetGeometryRef()
         buildings.append(SimpleNamespace(
-            geometry=SimpleNamespace(wkb=bytes(geometry.ExportToWkb())) if geometry is not None else None,
+            geometry=SimpleNamespace(wkb=bytes(geometry.ExportToWkb()),
+                                     geom_type=_GEOM_TYPES.get(geometry.GetGeometryName(), "Polygon"))
+            if geometry is not None else None,
             area_m2=values.pop("area_m2"), perimeter_m=values.pop("perimeter_m"),
             confidence=values.pop("confidence"), attributes=values))
     srs = lyr.GetSpatialRef()
     crs_wkt = srs.ExportToWkt() if srs is not None else ""
+    metadata = dict(lyr.GetMetadata() or {})
     ds = None
-    return buildings, crs_wkt
+    return buildings, crs_wkt, metadata
 
 
 class RemoteDetectTask(DetectTask):
     """A :class:`DetectTask` whose detection runs on a Roof Detector server."""
-
-    SHOWN_ERRORS = DetectTask.SHOWN_ERRORS + (ServerError,)
 
     def __init__(self, request: Any, on_finished: Any = None):
         super().__init__(request, on_finished)
@@ -271,7 +272,7 @@ class RemoteDetectTask(DetectTask):
             gpkg = os.path.join(folder, "buildings.gpkg")
             with open(gpkg, "wb") as f:
                 f.write(data)
-            buildings, crs_wkt = read_buildings(gpkg)
+            buildings, crs_wkt, metadata = read_buildings(gpkg)
         try:  # the result is here: free the server's copy
             client.call("DELETE", f"/v1/detections/{self.job_id}", expect=(204, 404))
         except ServerError:
@@ -279,7 +280,8 @@ class RemoteDetectTask(DetectTask):
         result = SimpleNamespace(buildings=buildings, crs_wkt=crs_wkt, warnings=list(job.get("warnings") or []),
                                  seconds=time.perf_counter() - t0, stats={"server": self.request.server_url,
                                                                           "job": self.job_id})
-        self.deliver(result)
+        # The server's provenance (source, model, threshold, min area), and where it ran.
+        self.deliver(result, {**metadata, "server": self.request.server_url, "server_job": self.job_id})
 
     def _poll(self, client: ServerClient) -> Dict[str, Any]:
         """Follow the job until it ends; DELETE it when the task is cancelled."""
