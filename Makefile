@@ -6,6 +6,7 @@
 #   make lint    ruff check + ruff format --check (settings in ruff.toml)
 #   make demo    detection on the embedded real demo image -> out/demo
 #   make train   train the bundled model (needs ../shared/data; see TRAIN_ARGS)
+#   make serve   the REST service on 127.0.0.1:8000 (SERVE_ARGS)
 #   make clean   remove generated outputs (keeps .venv; `make distclean` drops it)
 
 SHELL := /bin/bash
@@ -113,3 +114,14 @@ score: setup $(SOLARIS_WHEEL)
 BENCH_ARGS ?=
 bench: setup
 	$(PY) -m devtools bench $(BENCH_ARGS)
+
+.PHONY: serve loadtest
+# The REST service (README "REST service"); SERVE_ARGS e.g. --token-file tokens.txt --device cuda.
+SERVE_ARGS ?=
+serve: setup
+	$(PY) -m roof_detector serve $(SERVE_ARGS)
+
+# Bounded load test of the service on loopback: 50 clients x 2 jobs, stops by itself.
+LOADTEST_ARGS ?=
+loadtest: setup
+	$(PY) scripts/load_test.py $(LOADTEST_ARGS)

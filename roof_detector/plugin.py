@@ -100,12 +100,13 @@ class RoofDetectorPlugin:
 
         problem = check_dependencies()
         if problem:
-            self._notify(problem, Qgis.Critical)
-            return
+            # This computer cannot detect; a Roof Detector server still can (the dialog offers only that).
+            self._notify(problem + "\n\n" + tr("Without them, Detect Buildings can still run on a Roof Detector "
+                                                "server: choose it under Run on."), Qgis.Critical)
         from .qgis_ui.dialog import DetectDialog
 
         try:
-            self.dialog = DetectDialog(self.iface, self.iface.mainWindow())
+            self.dialog = DetectDialog(self.iface, self.iface.mainWindow(), local_problem=problem)
             if not self.dialog.exec_() or self.dialog.request is None:
                 return
             self.start(self.dialog.request)
@@ -169,10 +170,15 @@ class RoofDetectorPlugin:
         self._notify(tr("Roof Detector failed: {error}").format(error=exc), Qgis.Critical)
 
     def start(self, request: Any, task_manager: Optional[Any] = None) -> Any:
-        """Queue a :class:`DetectTask` for ``request``; return the task."""
-        from .qgis_adapter.task import DetectTask
+        """Queue a :class:`DetectTask` (a :class:`RemoteDetectTask` for a server) for ``request``; return it."""
+        if getattr(request, "server_url", ""):
+            from .qgis_adapter.remote import RemoteDetectTask
 
-        task = DetectTask(request, on_finished=self._task_finished)
+            task = RemoteDetectTask(request, on_finished=self._task_finished)
+        else:
+            from .qgis_adapter.task import DetectTask
+
+            task = DetectTask(request, on_finished=self._task_finished)
         self.tasks.add(task)
         (task_manager or QgsApplication.taskManager()).addTask(task)
         QgsMessageLog.logMessage(tr("Started: {name}").format(name=task.description()), LOG_TAG, Qgis.Info)

@@ -39,14 +39,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Detect, write, print the summary; engine errors propagate to the dispatcher (exit 2)."""
     from ..core.gpkg_writer import check_output, write_buildings
-    from ..core.pipeline import DetectOptions, detect_buildings
+    from ..core.pipeline import detect_buildings
 
     # Refuse a clobber before spending minutes on detection.
     check_output(args.output, args.layer, args.overwrite)
-    from .solar import solar_params
-
-    options = DetectOptions(model_path=args.model, **values(args, "detect"), **values(args, "outlines"),
-                            solar=solar_params(args))
+    options = options_from_args(args)
     t0 = time.perf_counter()
     with progress_bar() as progress:
         result = detect_buildings(args.raster, options, progress=progress)
@@ -58,6 +55,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(result.buildings)} buildings, total area {result.total_area_m2:.1f} m2, "
           f"{seconds:.1f} s -> {args.output} (layer {args.layer})")
     return 0
+
+
+def options_from_args(args: argparse.Namespace):
+    """The engine's ``DetectOptions`` from parsed ``detect`` arguments (the declared parameters)."""
+    from ..core.pipeline import DetectOptions
+    from .solar import solar_params
+
+    return DetectOptions(model_path=args.model, **values(args, "detect"), **values(args, "outlines"),
+                         solar=solar_params(args))
 
 
 @contextlib.contextmanager

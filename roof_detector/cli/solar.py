@@ -23,6 +23,8 @@ from ..core.errors import OutputError
 from .arguments import add_param, add_params, values
 
 DEFAULT_OUT_LAYER = "rooftops"
+#: ``solar`` does not regularise by default (cadastre outlines are already clean); the REST service follows it.
+REGULARIZE_DEFAULT = False
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -35,8 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--layer", help="input layer name (default: the first polygon layer)")
     p.add_argument("--out-layer", default=DEFAULT_OUT_LAYER, help=f"output layer name (default {DEFAULT_OUT_LAYER})")
     p.add_argument("--overwrite", action="store_true", help="replace the output layer if OUT already has it")
-    # Off by default here: cadastre outlines are already clean.
-    add_solar_arguments(p, regularize_default=False)
+    add_solar_arguments(p, regularize_default=REGULARIZE_DEFAULT)
     p.add_argument("--report", metavar="DIR", help="also write summary.html, buildings.csv and areas.png here")
     p.set_defaults(func=run)
     return p
@@ -58,11 +59,8 @@ def solar_params(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..core.building import Building
-    from ..core.footprints import measure_polygons
     from ..core.gpkg_writer import check_output, write_buildings
     from ..core.report import build_table, totals, write_report
-    from ..core.solar import SOLAR_FIELDS
 
     params = solar_params(args)
     with _output_flag_names():
@@ -71,22 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.vector_io import read_polygons
 
     layer = read_polygons(args.input, layer=args.layer, with_attributes=True, require_crs=True)
-    # All buildings at once: the same batched sizing detection uses.
-    geoms, sized = measure_polygons(layer.geometries, layer.crs_wkt, params, args.regularize,
-                                    args.regularize_tolerance_m)
-    regularized = sum(1 for g, s in zip(geoms, layer.geometries) if g is not s)
-    rows: List[Dict[str, Any]] = [{"id": fid, **attrs} for fid, attrs in zip(layer.fids, sized)]
-
-    # Source attributes keep their names unless they clash with a solar field (-> src_<name>).
-    solar_names = [name for name, _ in SOLAR_FIELDS]
-    renamed = [(name, _unclash(name, solar_names)) for name, _ in layer.fields]
-    buildings = []
-    for fid, src_attrs, geom, row in zip(layer.fids, layer.attributes, geoms, rows):
-        attrs: Dict[str, Any] = {"src_fid": fid}
-        attrs.update({new: src_attrs.get(old) for old, new in renamed})
-        attrs.update({k: row[k] for k in solar_names if k not in ("area_m2", "perimeter_m")})
-        # confidence is a detection field: NaN (stored as null) for polygons from elsewhere
-        buildings.append(Building(geom, row["area_m2"], row["perimeter_m"], math.nan, attrs))
+    buildings, rows, regularized = size_layer(layer, params, args.regularize, args.regularize_tolerance_m)
     with _output_flag_names():
         write_buildings(buildings, args.output, layer.crs_wkt, layer=args.out_layer, overwrite=args.overwrite,
                         metadata={"source": os.path.abspath(args.input), "source_layer": layer.layer_name,
@@ -101,11 +84,40 @@ def run(args: argparse.Namespace) -> int:
     if layer.skipped:
         print(f"skipped {layer.skipped} features without a polygon", file=sys.stderr)
     if args.regularize:
-        print(f"regularised {regularized} of {len(geoms)} outlines (the others kept as they were)")
+        print(f"regularised {regularized} of {len(buildings)} outlines (the others kept as they were)")
     if args.report:
         paths = write_report(rows, args.report, params=params.as_dict(), source=os.path.abspath(args.input))
         print(f"report: {paths['html']}")
     return 0
+
+
+def size_layer(layer, params, regularize: bool, tolerance_m: float):
+    """Solar-size every polygon of ``layer`` (a ``vector_io`` read with attributes).
+
+    Returns ``(buildings, rows, regularized)``: the buildings to write (source
+    attributes kept, clashing names renamed), the report rows, and how many
+    outlines regularisation changed. Shared by this command and the REST service.
+    """
+    from ..core.building import Building
+    from ..core.footprints import measure_polygons
+    from ..core.solar import SOLAR_FIELDS
+
+    # All buildings at once: the same batched sizing detection uses.
+    geoms, sized = measure_polygons(layer.geometries, layer.crs_wkt, params, regularize, tolerance_m)
+    regularized = sum(1 for g, s in zip(geoms, layer.geometries) if g is not s)
+    rows: List[Dict[str, Any]] = [{"id": fid, **attrs} for fid, attrs in zip(layer.fids, sized)]
+
+    # Source attributes keep their names unless they clash with a solar field (-> src_<name>).
+    solar_names = [name for name, _ in SOLAR_FIELDS]
+    renamed = [(name, _unclash(name, solar_names)) for name, _ in layer.fields]
+    buildings = []
+    for fid, src_attrs, geom, row in zip(layer.fids, layer.attributes, geoms, rows):
+        attrs: Dict[str, Any] = {"src_fid": fid}
+        attrs.update({new: src_attrs.get(old) for old, new in renamed})
+        attrs.update({k: row[k] for k in solar_names if k not in ("area_m2", "perimeter_m")})
+        # confidence is a detection field: NaN (stored as null) for polygons from elsewhere
+        buildings.append(Building(geom, row["area_m2"], row["perimeter_m"], math.nan, attrs))
+    return buildings, rows, regularized
 
 
 @contextmanager

@@ -26,11 +26,13 @@ import errno
 import numbers
 import os
 import uuid
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .building import Building
 from .errors import OutputError
 from .osgeo_exc import ogr, osr
+
+if TYPE_CHECKING:  # annotations only: the plugin writes a server's result with GDAL alone (no shapely)
+    from .building import Building
 
 DEFAULT_LAYER = "buildings"
 BASE_FIELDS = ("area_m2", "perimeter_m", "confidence")
@@ -242,8 +244,6 @@ def attribute_schema(buildings: Iterable[Building]) -> List[Tuple[str, str, str]
     None -> string); the solar fields keep their declared kind even when every
     value is None; a key clashing with a built-in name gets ``attr_``.
     """
-    from .solar import SOLAR_FIELDS
-
     rank = {None: -1, "integer": 0, "real": 1, "string": 2}
     kinds: Dict[str, Optional[str]] = {}
     for b in buildings:
@@ -259,7 +259,11 @@ def attribute_schema(buildings: Iterable[Building]) -> List[Tuple[str, str, str]
             else:
                 kind = "string"
             kinds[key] = max(kinds.get(key), kind, key=rank.__getitem__)
-    fixed = dict(SOLAR_FIELDS)
+    fixed: Dict[str, str] = {}
+    if None in kinds.values():  # imported only when needed: core.solar needs shapely
+        from .solar import SOLAR_FIELDS
+
+        fixed = dict(SOLAR_FIELDS)
     return [(key, field_name(key), kind or fixed.get(key) or "string") for key, kind in kinds.items()]
 
 

@@ -6,6 +6,7 @@
 * :mod:`.finetune_task`, :mod:`.lifecycle` -- fine-tuning task, stopping tasks on unload;
 * :mod:`.paths` -- plugin files and model resolution; :mod:`.deps` -- the dependency check;
 * :mod:`.output` -- buildings as QGIS fields, features and layers (the output sink).
+* :mod:`.remote` -- :class:`~.remote.RemoteDetectTask`, the detection task run on a Roof Detector server.
 
 Nothing here imports torch (or the engine) at module level, so the plugin
 loads in a QGIS whose Python lacks torch.

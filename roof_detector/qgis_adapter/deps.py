@@ -108,8 +108,15 @@ def geos_mismatch(shapely_geos: Optional[str] = None, qgis_geos: Optional[str] =
         cmd=install_command(["shapely"]).replace(" install ", " install --force-reinstall --no-binary shapely ", 1))
 
 
-def check_dependencies() -> Optional[str]:
-    """None when everything imports, else the install explanation for what is missing or clashing."""
+def check_dependencies(run_on: str = "local") -> Optional[str]:
+    """None when everything imports, else the install explanation for what is missing or clashing.
+
+    A detection on a Roof Detector server (``run_on="server"``) needs none of
+    the engine's packages on this computer: QGIS alone (its network access
+    manager and GDAL) uploads, polls and reads the result.
+    """
+    if run_on == "server":
+        return None
     missing = missing_modules()
     return install_message(missing) if missing else geos_mismatch()
 

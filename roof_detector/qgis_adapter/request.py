@@ -60,6 +60,10 @@ class DetectRequest:
     provider: str = ""
     layer_extent: Optional[Tuple[float, float, float, float]] = None
     layer_params: Dict[str, Any] = field(default_factory=dict)  # decoded URI of a web layer
+    # Where detection runs: "" = this computer, else the URL of a Roof Detector server
+    # (``python -m roof_detector serve``) and the id of its token in QGIS's authentication database.
+    server_url: str = ""
+    server_authcfg: str = ""
 
     def __post_init__(self) -> None:
         from ..core.params import DETECT, OUTLINES, SOLAR
@@ -120,9 +124,10 @@ class DetectRequest:
 
     def report_params(self) -> Dict[str, Any]:
         """The sizing and outline choices as the Rooftop Report lists them."""
-        from ..core.params import OUTLINES
+        from ..core.params import OUTLINES, SOLAR
 
-        params = dict(self.solar_params().as_dict()) if self.solar is not None else {}
+        # From the declarations, not SolarParams: a server run's desktop may lack the engine's packages.
+        params = {name: self.solar.get(name, p.default) for name, p in SOLAR.items()} if self.solar is not None else {}
         regularize = self.options.get("regularize", OUTLINES["regularize"].default)
         tolerance = self.options.get("regularize_tolerance_m", OUTLINES["regularize_tolerance_m"].default)
         params["regularize"] = tr("yes, tolerance {tol:g} m").format(tol=tolerance) if regularize else tr("no")

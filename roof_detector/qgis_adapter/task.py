@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional
 
 from qgis.core import QgsTask, QgsVectorLayer
 from qgis.PyQt.QtCore import QCoreApplication
@@ -106,6 +106,17 @@ class DetectTask(GuardedRun, QgsTask):
             result.warnings.extend(getattr(source, "warnings", []))
         if self.isCanceled():
             raise Cancelled()
+        self.deliver(result, result.provenance(options))
+
+    def deliver(self, result: Any, metadata: Dict[str, Any]) -> None:
+        """Turn a finished detection into the result layer (and GeoPackage): shared by local and server runs.
+
+        ``result`` has ``buildings`` (``geometry`` with ``wkb`` and ``geom_type``,
+        ``area_m2``, ``perimeter_m``, ``confidence``, ``attributes``), ``crs_wkt``
+        and ``warnings``; ``metadata`` is what a GeoPackage layer records about its making.
+        """
+        from ..core.errors import Cancelled
+
         self.setProgress(DETECT_SHARE)
         if self.request.output_mode == "gpkg":
             # The last step, through the one GeoPackage writer (as the CLI): from here on the
@@ -114,8 +125,8 @@ class DetectTask(GuardedRun, QgsTask):
 
             path = os.path.abspath(self.request.gpkg_path)
             gpkg_writer.write_buildings(result.buildings, path, self.request.crs or result.crs_wkt,
-                            layer=self.request.gpkg_layer, overwrite=self.request.replace_layer,
-                            metadata=result.provenance(options))
+                                        layer=self.request.gpkg_layer, overwrite=self.request.replace_layer,
+                                        metadata=metadata)
             self.output_uri = f"{path}|layername={self.request.gpkg_layer}"
             layer = None
         else:

@@ -20,8 +20,8 @@ from qgis.PyQt.QtWidgets import (
 from ..core.params import ParameterError
 from ..qgis_adapter.output import gpkg_layer_names
 from ..qgis_adapter.paths import library_models, model_library_dir
-from ..qgis_adapter.request import (DetectRequest, RequestError, extent_aoi_wkt, plan_run, raster_input,
-                                    selection_aoi_wkt)
+from ..qgis_adapter.request import (DetectRequest, RequestError, extent_aoi_wkt, plan_run, raster_file_path,
+                                    raster_input, selection_aoi_wkt)
 from . import settings, tr
 from .param_widgets import declared_spin
 from .pickers import (add_model_choices, chosen_model_path, choice_combo, device_combo, layer_combo, model_summary,
@@ -29,14 +29,16 @@ from .pickers import (add_model_choices, chosen_model_path, choice_combo, device
 
 AREA_MODES = (("layer", "Whole layer"), ("extent", "Current map extent"),
               ("selection", "Selected polygons of a layer"))
+RUN_ON = (("local", "This computer"), ("server", "Roof Detector server"))
 
 
 class DetectDialog(QDialog):
     """Dialog collecting the detection choices; ``request`` is set when accepted."""
 
-    def __init__(self, iface: Any = None, parent: Optional[QWidget] = None):
+    def __init__(self, iface: Any = None, parent: Optional[QWidget] = None, local_problem: Optional[str] = None):
         super().__init__(parent)
         self.iface = iface
+        self.local_problem = local_problem  # why this computer cannot detect (missing packages), if it cannot
         self.request: Optional[DetectRequest] = None
         self.setWindowTitle(tr("Detect Buildings"))
         self.setMinimumWidth(520)
@@ -48,6 +50,7 @@ class DetectDialog(QDialog):
     def _build(self) -> None:
         self.bar = QgsMessageBar(self)
         form = QFormLayout()
+        self._build_run_on(form)
         self._build_input_rows(form)
         self._build_model_rows(form)
         self._build_detection_rows(form)
@@ -139,6 +142,26 @@ class DetectDialog(QDialog):
         if canvas is not None:
             canvas.extentsChanged.connect(self.update_estimate)
 
+    def _build_run_on(self, form: QFormLayout) -> None:
+        """Run on: this computer, or a Roof Detector server (its URL, and a token kept in QGIS's auth database)."""
+        self.run_on_combo = choice_combo(self, RUN_ON)
+        self.run_on_combo.setObjectName("roofDetectorRunOn")
+        if self.local_problem:
+            item = self.run_on_combo.model().item(0)
+            item.setEnabled(False)
+            item.setToolTip(self.local_problem)
+        self.server_url_edit = QLineEdit(self)
+        self.server_url_edit.setPlaceholderText("http://127.0.0.1:8000")
+        self.server_url_edit.setToolTip(tr("Address of a Roof Detector server (python -m roof_detector serve)"))
+        self.server_token_edit = QLineEdit(self)
+        self.server_token_edit.setEchoMode(QLineEdit.Password)
+        self.server_token_edit.setToolTip(tr("Bearer token of the server, if it asks for one; kept in QGIS's "
+                                             "authentication database, not in the settings"))
+        form.addRow(tr("Run on"), self.run_on_combo)
+        form.addRow(tr("Server URL"), self.server_url_edit)
+        form.addRow(tr("Server token"), self.server_token_edit)
+        self.run_on_combo.currentIndexChanged.connect(self._update_enabled)
+
     def _build_solar_box(self) -> None:
         """Outline regularisation and the rooftop solar sizing parameters, in a collapsible group."""
         self.solar_box = QgsCollapsibleGroupBox(tr("Outlines and rooftop solar"), self)
@@ -186,6 +209,10 @@ class DetectDialog(QDialog):
 
     # -- settings ------------------------------------------------------------
     def _load_settings(self) -> None:
+        select_data(self.run_on_combo, "server" if self.local_problem else settings.get("run_on"))
+        self.server_url_edit.setText(settings.get("server_url"))
+        if settings.get("server_authcfg"):
+            self.server_token_edit.setPlaceholderText(tr("(stored in QGIS's authentication database)"))
         self.set_raster_layer(self.iface.activeLayer() if self.iface is not None else None)
         select_data(self.area_combo, settings.get("area_mode"))
         aoi = QgsProject.instance().mapLayer(settings.get("aoi_layer_id"))
@@ -213,6 +240,8 @@ class DetectDialog(QDialog):
         self.solar_box.setCollapsed(settings.get("solar_group_collapsed"))
 
     def _save_settings(self) -> None:
+        settings.set("run_on", self.run_on_combo.currentData())
+        settings.set("server_url", self.server_url_edit.text().strip())
         settings.set("area_mode", self.area_combo.currentData())
         layer = self.aoi_layer_combo.currentLayer()
         settings.set("aoi_layer_id", layer.id() if layer is not None else "")
@@ -293,9 +322,19 @@ class DetectDialog(QDialog):
             text = tr("No estimate: {error}").format(error=exc)
         self.estimate_label.setText(text)
 
+    @property
+    def on_server(self) -> bool:
+        """True when the detection is to run on a Roof Detector server."""
+        return self.run_on_combo.currentData() == "server"
+
     def _update_enabled(self, *_: Any) -> None:
+        server = self.on_server
+        for widget in (self.server_url_edit, self.server_token_edit):
+            widget.setEnabled(server)
+        for widget in (self.model_combo, self.model_file, self.device_combo):  # the server's own
+            widget.setEnabled(not server)
         self.aoi_layer_combo.setEnabled(self.area_combo.currentData() == "selection")
-        self.model_file.setEnabled(self.model_combo.currentData() == "file")
+        self.model_file.setEnabled(not server and self.model_combo.currentData() == "file")
         info = model_summary(self.selected_model_path())
         self.model_info.setText(info["text"])
         custom = self.threshold_check.isChecked()
@@ -312,6 +351,10 @@ class DetectDialog(QDialog):
 
     def build_request(self) -> DetectRequest:
         """The request for the current choices; raises :class:`RequestError` for bad ones."""
+        if self.on_server:
+            return self._server_request()
+        if self.local_problem:
+            raise RequestError(self.local_problem)
         raster = self.raster_combo.currentLayer()
         inp = raster_input(raster)
         aoi = self._area_wkt(raster)
@@ -327,16 +370,48 @@ class DetectDialog(QDialog):
             plan_run(inp, aoi, info["meta"])
         try:
             request = DetectRequest.for_layer(inp, options=dict(
-                model_path=model, device=self.device_combo.currentData(), aoi_wkt=aoi,
-                threshold=self.threshold_spin.value() if self.threshold_check.isChecked() else None,
-                min_area_m2=self.min_area_spin.value(), separate_touching=self.separate_check.isChecked(),
-                regularize=self.regularize_check.isChecked(), regularize_tolerance_m=self.tolerance_spin.value()),
+                model_path=model, device=self.device_combo.currentData(), aoi_wkt=aoi, **self.detection_kwargs()),
                 solar=self.solar_kwargs())
         except ParameterError as exc:  # cannot happen through the spin boxes: they share the ranges
             raise RequestError(str(exc)) from None
         if self.gpkg_radio.isChecked():
             self._fill_gpkg(request)
         return request
+
+    def _server_request(self) -> DetectRequest:
+        """A request to run on the server: a file-based raster, the area, the options; the model is the server's."""
+        url = self.server_url_edit.text().strip()
+        if not url.lower().startswith(("http://", "https://")):
+            raise RequestError(tr("Enter the Roof Detector server's URL, e.g. http://127.0.0.1:8000"))
+        raster = self.raster_combo.currentLayer()
+        path = raster_file_path(raster)  # QGIS only: no rasterio needed on this computer
+        aoi = self._area_wkt(raster)
+        authcfg = settings.get("server_authcfg")
+        token = self.server_token_edit.text().strip()
+        if token:
+            from ..qgis_adapter.remote import ServerError, store_token
+
+            try:
+                authcfg = store_token(token, authcfg)
+            except ServerError as exc:
+                raise RequestError(str(exc)) from None
+            settings.set("server_authcfg", authcfg)
+        try:
+            request = DetectRequest(
+                raster_path=path, raster_name=raster.name(), crs=raster.crs().authid() or raster.crs().toWkt(),
+                options=dict(aoi_wkt=aoi, **self.detection_kwargs()), solar=self.solar_kwargs(),
+                server_url=url, server_authcfg=authcfg)
+        except ParameterError as exc:  # cannot happen through the spin boxes: they share the ranges
+            raise RequestError(str(exc)) from None
+        if self.gpkg_radio.isChecked():
+            self._fill_gpkg(request)
+        return request
+
+    def detection_kwargs(self) -> Dict[str, Any]:
+        """Threshold, minimum area, touching roofs and outlines as ``DetectOptions`` keyword arguments."""
+        return dict(threshold=self.threshold_spin.value() if self.threshold_check.isChecked() else None,
+                    min_area_m2=self.min_area_spin.value(), separate_touching=self.separate_check.isChecked(),
+                    regularize=self.regularize_check.isChecked(), regularize_tolerance_m=self.tolerance_spin.value())
 
     def solar_kwargs(self) -> Dict[str, Any]:
         """The solar parameters as keyword arguments of ``core.solar.SolarParams``."""

@@ -49,6 +49,10 @@ DEFAULTS = {
     "solar_yield": (1100.0, float),       # kWh/kWp/yr, used when not estimated from latitude
     "solar_group_collapsed": (True, bool),
     "report_dir": ("", str),              # last folder the Rooftop Report exported to
+    # Run on: this computer or a Roof Detector server (the token lives in QGIS's auth database)
+    "run_on": ("local", str),             # local | server
+    "server_url": ("http://127.0.0.1:8000", str),
+    "server_authcfg": ("", str),          # id of the token's QgsAuthMethodConfig
     # Fine-tune Model dialog
     "ft_area_mode": ("labels", str),      # labels | layer | selection
     "ft_base_model": ("bundled", str),    # bundled | library:<path>

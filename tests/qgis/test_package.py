@@ -74,7 +74,9 @@ def test_real_repository_packages_only_what_users_run(package, repo_root, tmp_pa
     assert not modules & set(DEVELOPER_TOOLS), sorted(modules & set(DEVELOPER_TOOLS))
     assert not any(n.startswith("roof_detector/devtools/") or "/devtools/" in n for n in names)
     top = {n.split("/")[1] for n in names if n.count("/") >= 2}
-    assert top == {"cli", "core", "models", "processing", "qgis_adapter", "qgis_io", "qgis_ui", "resources"}, top
+    # service/: `python -m roof_detector serve`, and the request options the plugin's server client sends
+    assert top == {"cli", "core", "models", "processing", "qgis_adapter", "qgis_io", "qgis_ui", "resources",
+                   "service"}, top
     # every Python module in the zip is one of the package's own (nothing from scripts/, tests/ or devtools/)
     package_files = {f"roof_detector/{p.relative_to(repo_root / 'roof_detector').as_posix()}"
                      for p in (repo_root / "roof_detector").rglob("*.py") if "__pycache__" not in p.parts}

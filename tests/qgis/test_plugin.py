@@ -80,15 +80,18 @@ def test_unload_cancels_running_tasks(plugin):
     assert task.on_finished is None
 
 
-def test_action_refuses_cleanly_when_dependencies_are_missing(plugin, qgis_iface):
+def test_action_explains_missing_dependencies_and_offers_only_the_server(plugin, qgis_iface):
     from roof_detector.qgis_adapter import deps
 
     with mock.patch.object(deps, "missing_modules", return_value=["torch"]), \
             mock.patch("roof_detector.qgis_ui.dialog.DetectDialog") as dialog:
+        dialog.return_value.exec_.return_value = 0  # the user closes the dialog
         plugin.actions[0].trigger()
-    dialog.assert_not_called()
+    # the dialog opens for a server run only: this computer is marked unusable, with the reason
+    assert "torch" in dialog.call_args.kwargs["local_problem"]
     critical = qgis_iface.messageBar().get_messages(2)
     assert critical and "pip install" in critical[-1] and "torch" in critical[-1]
+    assert "Roof Detector server" in critical[-1]
 
 
 @pytest.mark.slow
@@ -108,7 +111,11 @@ def test_plugin_loads_without_torch_and_explains_how_to_install_it(tmp_path, rep
         iface.mainWindow.return_value = window = QMainWindow()
         plugin = roof_detector.classFactory(iface)
         plugin.initGui()
+        from roof_detector.qgis_ui.dialog import DetectDialog
+        DetectDialog.exec_ = lambda self: 0  # the user closes the (modal) dialog
         plugin.actions[0].trigger()
+        # without torch the dialog still opens, for a run on a Roof Detector server
+        assert plugin.dialog.run_on_combo.currentData() == "server", plugin.dialog
         args = iface.messageBar().pushMessage.call_args[0]
         assert args[2] == Qgis.Critical, args
         print("MESSAGE:", args[1])
