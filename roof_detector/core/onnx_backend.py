@@ -12,31 +12,31 @@ The ONNX graph is exported from the Python network (rebuilt from the file's
 architecture metadata and weights), because the TorchScript exporter cannot
 export ``interpolate`` with scale factors from a loaded script module.
 Models of other architectures stay on TorchScript.
+
+:func:`make_twin` writes the same graph as a model file's shipped ONNX
+twin (fp32, or int8 statically quantised on calibration imagery), checked
+against TorchScript; :mod:`.onnx_twin` loads it without torch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import numpy as np
 import torch
 
+from .onnx_twin import (AGREEMENT_KEY, META_KEY, PRECISION_KEY, SOURCE_KEY, OnnxModule, file_sha256,
+                        onnxruntime_available)
 from .unet import ARCHITECTURES, ExportWrapper, build_model
 
+__all__ = ["OnnxModule", "onnxruntime_available", "export_onnx", "onnx_module_for", "make_twin"]
+
 AGREEMENT_TOL = 1e-3
-
-
-def onnxruntime_available() -> bool:
-    """Whether ``onnxruntime`` imports here."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def cache_dir() -> Path:
@@ -73,9 +73,19 @@ def export_onnx(model_path: str, meta: Dict[str, Any], script: Optional[torch.ji
         return str(out)
     if meta["architecture"]["name"] not in ARCHITECTURES:
         raise ValueError(f"architecture {meta['architecture']['name']!r} has no ONNX export")
-    script = script if script is not None else torch.jit.load(model_path, map_location="cpu")
-    wrapper = python_network(script, meta)
-    tile = int(meta["tile_size_px"])
+    script = script if script is not None else _load_script(model_path)
+    _export_graph(python_network(script, meta), int(meta["tile_size_px"]), out)
+    return str(out)
+
+
+def _load_script(model_path: str) -> torch.jit.ScriptModule:
+    from .model_io import _torch_jit_load
+
+    return _torch_jit_load(model_path).eval()
+
+
+def _export_graph(wrapper: torch.nn.Module, tile: int, out: Path) -> None:
+    """Export ``wrapper`` to ``out`` (atomically), dynamic batch and tile size."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=str(out.parent))
     os.close(fd)
@@ -89,29 +99,6 @@ def export_onnx(model_path: str, meta: Dict[str, Any], script: Optional[torch.ji
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return str(out)
-
-
-class OnnxModule:
-    """Callable like the TorchScript module: float32 tensor N x 3 x H x W in, probabilities out."""
-
-    def __init__(self, onnx_path: str, threads: Optional[int] = None):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle intra-op threads sleep instead of spinning: the reader and outline threads of
-        # the pipeline then get the CPU between operators (8192 px bench: 20.2 -> 19.2 s;
-        # the network alone is as fast, 85.4 vs 83.4 tiles/s).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.path = onnx_path
-        self.session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {"image": arr})[0])
 
 
 def onnx_module_for(model_path: str, meta: Dict[str, Any], script: torch.jit.ScriptModule) -> OnnxModule:
@@ -125,3 +112,105 @@ def onnx_module_for(model_path: str, meta: Dict[str, Any], script: torch.jit.Scr
     if not diff <= AGREEMENT_TOL:
         raise ValueError(f"ONNX Runtime output differs from TorchScript by {diff:.2e}")
     return module
+
+
+def _exportable(script: torch.jit.ScriptModule, meta: Dict[str, Any]) -> torch.nn.Module:
+    """The module to export: the Python network for our architectures, else the script module itself."""
+    if meta["architecture"]["name"] in ARCHITECTURES:
+        return python_network(script, meta)
+    return script
+
+
+def make_twin(model_path: str, out_path: Optional[str] = None, precision: str = "fp32",
+              calibration: Optional[Iterable[np.ndarray]] = None, check_tiles: Optional[np.ndarray] = None,
+              max_abs_diff: float = AGREEMENT_TOL, min_mask_agreement: float = 0.99) -> Dict[str, Any]:
+    """Write the ONNX twin of ``model_path`` (default: beside it) and check it against TorchScript.
+
+    ``precision`` ``fp32``: the exported graph, which must agree with
+    TorchScript within ``max_abs_diff`` on random tiles and on
+    ``check_tiles``. ``int8``: the graph statically quantised (QDQ, per-channel
+    weights) with activation ranges from ``calibration`` (float32 N x 3 x T x T
+    RGB batches in [0, 1]); its binary masks at the model threshold must agree
+    with TorchScript's on at least ``min_mask_agreement`` of the pixels of
+    ``check_tiles`` (its held-out quality is measured by ``score``, not here).
+    Returns the check's figures; raises ValueError when the check fails
+    (no twin is left behind then).
+    """
+    from .model_io import read_metadata
+
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"precision must be fp32 or int8, not {precision!r}")
+    meta = read_metadata(model_path)
+    out = Path(out_path) if out_path else Path(model_path).with_suffix(".onnx")
+    script = _load_script(model_path)
+    tile = int(meta["tile_size_px"])
+    with tempfile.TemporaryDirectory(prefix="roofdet-twin-", dir=str(out.parent) if out.parent.exists() else None) as work:
+        graph = Path(work) / "fp32.onnx"
+        _export_graph(_exportable(script, meta), tile, graph)
+        if precision == "int8":
+            if calibration is None:
+                raise ValueError("int8 needs calibration tiles")
+            graph = _quantize_int8(graph, Path(work) / "int8.onnx", calibration)
+        module = OnnxModule(str(graph))
+        x = torch.rand(2, 3, tile, tile, generator=torch.Generator().manual_seed(0)).numpy()
+        batches = [x] + ([np.asarray(check_tiles, dtype=np.float32)] if check_tiles is not None else [])
+        thr = float(meta["threshold"])
+        diff, agree, n = 0.0, 0, 0
+        for b in batches:
+            with torch.inference_mode():
+                ref = script(torch.from_numpy(b)).numpy()
+            got = module.run_numpy(b)
+            diff = max(diff, float(np.abs(got - ref).max()))
+            agree += int(((got >= thr) == (ref >= thr)).sum())
+            n += ref.size
+        figures = {"precision": precision, "max_abs_diff": round(diff, 6), "mask_agreement": round(agree / n, 6),
+                   "check_pixels": n}
+        if precision == "fp32" and not diff <= max_abs_diff:
+            raise ValueError(f"ONNX Runtime output differs from TorchScript by {diff:.2e} (> {max_abs_diff:.0e})")
+        if precision == "int8" and not agree / n >= min_mask_agreement:
+            raise ValueError(f"int8 masks agree with TorchScript on {agree / n:.4f} of the pixels "
+                             f"(< {min_mask_agreement})")
+        _set_properties(graph, {META_KEY: json.dumps(meta, indent=1), SOURCE_KEY: file_sha256(model_path),
+                                PRECISION_KEY: precision, AGREEMENT_KEY: json.dumps(figures)})
+        os.replace(graph, out)
+    os.chmod(out, 0o644)
+    figures["path"] = str(out)
+    figures["size_mb"] = round(out.stat().st_size / 1e6, 2)
+    return figures
+
+
+def _set_properties(path: Path, props: Dict[str, str]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for k, v in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.save(model, str(path))
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader over our float32 batches (defined lazily: onnxruntime.quantization)."""
+
+    def __init__(self, batches: Iterable[np.ndarray]):
+        self._it = iter(batches)
+
+    def get_next(self):
+        b = next(self._it, None)
+        return None if b is None else {"image": np.ascontiguousarray(b, dtype=np.float32)}
+
+
+def _quantize_int8(src: Path, dst: Path, calibration: Iterable[np.ndarray]) -> Path:
+    """Static int8 quantisation (QDQ, per-channel weights, u8 activations) with calibrated ranges."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(_Calibration, CalibrationDataReader):
+        pass
+
+    pre = dst.with_name("pre.onnx")
+    quant_pre_process(str(src), str(pre))
+    quantize_static(str(pre), str(dst), Reader(calibration), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    return dst
