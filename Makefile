@@ -2,7 +2,8 @@
 #
 #   make setup   system packages (Debian 12, as root) + .venv with pinned deps
 #   make test    the whole test suite, headless
-#   make demo    detection on the embedded real demo image -> out/demo
+#   make demo    detection on the embedded real RGB demo crop (no download) -> out/demo
+#   make demo-pan  the panchromatic SpaceNet Atlanta sample (downloads the solaris wheel) -> out/demo-pan
 #   make train   train the bundled model (needs ../shared/data; see TRAIN_ARGS)
 #   make clean   remove generated outputs (keeps .venv; `make distclean` drops it)
 
@@ -29,7 +30,7 @@ TRAIN_ARGS ?= --arch efflite0_unet --epochs 120 --samples-per-epoch 480 --batch-
               --max-minutes 100 --seed 0 --hue 0.4 --threads 2 --test --out runs/efflite0_hue_scratch
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo train clean distclean
+.PHONY: setup test demo demo-pan train clean distclean
 
 setup: $(STAMP)
 
@@ -60,8 +61,11 @@ test: setup
 $(SOLARIS_WHEEL): | $(STAMP)
 	$(PIP) download --no-deps solaris==0.4.0 -d .cache/solaris
 
-demo: setup $(SOLARIS_WHEEL)
+demo: setup
 	$(PY) -m roof_detector demo --out out/demo
+
+demo-pan: setup $(SOLARIS_WHEEL)
+	$(PY) -m roof_detector demo --sample atlanta --out out/demo-pan
 
 $(TRAIN_STAMP): requirements-train.txt $(STAMP)
 	$(PIP) install $(FIND_LINKS) -r requirements-train.txt

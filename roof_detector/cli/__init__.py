@@ -17,7 +17,7 @@ from typing import List, Optional
 from .. import __version__
 
 # Sub-command modules, in the order `--help` lists them.
-COMMANDS = ["detect", "demo", "train", "solar", "evaluate", "finetune", "score", "bench"]
+COMMANDS = ["detect", "demo", "train", "solar", "evaluate", "finetune", "score", "bench", "onnx-twin"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"roof_detector {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+        importlib.import_module(f"{__name__}.{name.replace('-', '_')}").add_parser(sub)
     return parser
 
 

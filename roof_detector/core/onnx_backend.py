@@ -210,7 +210,7 @@ def _quantize_int8(src: Path, dst: Path, calibration: Iterable[np.ndarray]) -> P
         pass
 
     pre = dst.with_name("pre.onnx")
-    quant_pre_process(str(src), str(pre))
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
     quantize_static(str(pre), str(dst), Reader(calibration), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
     return dst
