@@ -76,6 +76,17 @@ class RoofDetectorAlgorithm(QgsProcessingAlgorithm):
     def icon(self) -> QIcon:
         return icon()
 
+    #: what the algorithm needs, for the plugin's one dependency check (qgis_ui.deps.PURPOSES)
+    PURPOSE = "detect"
+
+    def require_dependencies(self) -> None:
+        """The plugin's one dependency check, as a QgsProcessingException (``qgis_process`` prints it)."""
+        from ..qgis_ui.deps import dependency_problem
+
+        problem = dependency_problem(self.PURPOSE)
+        if problem:
+            raise QgsProcessingException(problem)
+
     def optional_value(self, parameters: Dict[str, Any], name: str) -> bool:
         """True when the optional parameter ``name`` was given a value."""
         value = parameters.get(name)
@@ -151,9 +162,9 @@ def engine_errors(feedback: QgsProcessingFeedback) -> Iterator[None]:
     except QgsProcessingException:
         raise
     except ImportError as exc:
-        from ..qgis_ui.deps import check_dependencies
+        from ..qgis_ui.deps import dependency_problem
 
-        raise QgsProcessingException(check_dependencies() or str(exc)) from None
+        raise QgsProcessingException(dependency_problem("detect") or str(exc)) from None
     except (WriteError, ValueError) as exc:
         raise QgsProcessingException(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - every failure becomes a one-line message

@@ -42,7 +42,8 @@ def test_class_factory_loads_and_unloads_cleanly(recording_iface):
     assert action.text() == "Detect Buildings" and not action.icon().isNull()
     assert calls["toolbar"] == [action]
     extra = plugin.menu_actions
-    assert [a.text() for a in extra] == ["Fine-tune Model…", "Model Library…", "Rooftop Report…"]
+    assert [a.text() for a in extra] == ["Fine-tune Model…", "Model Library…", "Rooftop Report…",
+                                         "Check dependencies…"]
     assert calls["menu"] == [("&Roof Detector", action)] + [("&Roof Detector", a) for a in extra]
     plugin.unload()
     assert calls == {"toolbar": [], "menu": []}
@@ -81,18 +82,23 @@ def test_unload_cancels_running_tasks(plugin):
 
 
 def test_action_refuses_cleanly_when_dependencies_are_missing(plugin, qgis_iface):
-    from roof_detector.qgis_ui import deps
+    """A missing package opens the dependency dialog instead of the Detect dialog."""
+    from roof_detector.qgis_ui import deps, deps_dialog
 
-    with mock.patch.object(deps, "missing_modules", return_value=["torch"]), \
+    with mock.patch.object(deps, "missing_modules", return_value=["onnxruntime"]), \
             mock.patch("roof_detector.qgis_ui.dialog.DetectDialog") as dialog:
         plugin.actions[0].trigger()
-    dialog.assert_not_called()
-    critical = qgis_iface.messageBar().get_messages(2)
-    assert critical and "pip install" in critical[-1] and "torch" in critical[-1]
+        dialog.assert_not_called()
+        shown = deps_dialog._dialog
+        assert shown is not None and shown.isVisible()
+        assert "onnxruntime" in shown.summary.toPlainText() and "-m pip install" in shown.command.text()
+        assert "--target" in shown.command.text() and "--user" not in shown.command.text()
+    deps_dialog.close_dependency_dialog()
 
 
-def test_plugin_loads_without_torch_and_explains_how_to_install_it(tmp_path, repo_root):
-    """In a fresh QGIS process where ``import torch`` fails."""
+def test_plugin_detects_without_torch_and_asks_for_it_only_to_fine_tune(tmp_path, repo_root):
+    """In a fresh QGIS process where ``import torch`` fails: Detect opens its dialog (the CPU path needs
+    no torch); Fine-tune opens the dependency dialog naming torch."""
     script = textwrap.dedent(f"""
         import sys
         from unittest import mock
@@ -103,14 +109,19 @@ def test_plugin_loads_without_torch_and_explains_how_to_install_it(tmp_path, rep
         app = QgsApplication([], True)
         app.initQgis()
         import roof_detector
+        from roof_detector.qgis_ui import deps_dialog
         iface = mock.MagicMock()
         iface.mainWindow.return_value = window = QMainWindow()
         plugin = roof_detector.classFactory(iface)
         plugin.initGui()
-        plugin.actions[0].trigger()
-        args = iface.messageBar().pushMessage.call_args[0]
-        assert args[2] == Qgis.Critical, args
-        print("MESSAGE:", args[1])
+        with mock.patch("roof_detector.qgis_ui.dialog.DetectDialog") as dialog:
+            dialog.return_value.exec_.return_value = False
+            plugin.actions[0].trigger()
+        assert dialog.called and deps_dialog._dialog is None, "Detect must not need torch"
+        plugin.menu_actions[0].trigger()     # Fine-tune Model...
+        shown = deps_dialog._dialog
+        assert shown is not None and shown.purpose == "finetune"
+        print("MESSAGE:", shown.summary.toPlainText(), shown.command.text())
         plugin.unload()
         assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
         print("OK")
@@ -122,14 +133,17 @@ def test_plugin_loads_without_torch_and_explains_how_to_install_it(tmp_path, rep
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "OK" in proc.stdout
     message = proc.stdout.split("MESSAGE:", 1)[1]
-    assert "torch" in message and "-m pip install" in message and "Traceback" not in proc.stderr
+    assert "torch" in message and "fine-tuning" in message and "-m pip install" in message
+    assert "Traceback" not in proc.stderr
 
 
 def test_install_command_names_qgis_python_and_packages():
     from roof_detector.qgis_ui import deps
 
     cmd = deps.install_command(["torch", "rasterio"])
-    assert cmd.endswith("-m pip install torch rasterio") or cmd.endswith("-m pip install --user torch rasterio")
-    assert deps.qgis_python_executable() in cmd
-    assert "restart QGIS" in deps.install_message(["torch"])
+    assert cmd.startswith(deps.qgis_python_executable() + " -m pip install ")
+    assert f"--target {deps.deps_dir()}" in cmd and "--user" not in cmd
+    assert "torch rasterio" in cmd and "--extra-index-url https://download.pytorch.org/whl/cpu" in cmd
+    assert "download.pytorch.org" not in deps.install_command(["torch"], gpu=True)
+    assert "--index-url" not in cmd.replace("--extra-index-url", "")  # pip's own index stays
     assert deps.check_dependencies() is None  # the test venv has everything
