@@ -214,22 +214,28 @@ def pip_arguments(requirements: List[str], target: Optional[str] = None, gpu: bo
     if any(r.split("<")[0].split(">")[0].split("=")[0] == "torch" for r in requirements) and not gpu \
             and sys.platform != "darwin":
         args += ["--extra-index-url", "https://download.pytorch.org/whl/cpu"]
-    # What QGIS's Python already has stays as it is: pin it so pip does not pull a second numpy.
-    pins = pinned_present(requirements)
-    return args + requirements + pins
+    # A dependency QGIS's Python already has (numpy, which GDAL is built against) is held at
+    # QGIS's version, so what lands in the folder matches what QGIS imports (its copy wins anyway).
+    constraints = write_constraints(target)
+    if constraints:
+        args += ["--constraint", constraints]
+    return args + requirements
 
 
-def pinned_present(requirements: List[str]) -> List[str]:
-    """``name==version`` of numpy when it is importable already (GDAL is built against it)."""
-    pins = []
+def write_constraints(target: str) -> Optional[str]:
+    """A pip constraints file pinning numpy to QGIS's version (None when numpy is absent)."""
     try:
         import numpy
-
-        if not any(r.startswith("numpy") for r in requirements):
-            pins.append(f"numpy=={numpy.__version__}")
     except Exception:  # noqa: BLE001
-        pass
-    return pins
+        return None
+    path = os.path.join(os.path.dirname(target.rstrip(os.sep)) or target, "constraints.txt")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"numpy=={numpy.__version__}\n")
+    except OSError:
+        return None
+    return path
 
 
 def install_command(requirements: List[str], gpu: bool = False) -> str:

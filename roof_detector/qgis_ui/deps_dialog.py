@@ -206,7 +206,8 @@ class DependencyDialog(QDialog):
             if status != QProcess.NormalExit or code != 0:
                 self._fail(self._pip_failure_hint())
                 return
-            names = [n for n in PURPOSES[self.purpose]] + (["torch"] if self.torch_box.isChecked() else [])
+            names = ([m.module for m in self.report.missing] + list(PURPOSES[self.purpose])
+                     + (["torch"] if self.torch_box.isChecked() else []))
             self._buffer = ""
             self._start("verify", qgis_python_executable(), ["-c", VERIFY_SCRIPT, deps_dir(), *dict.fromkeys(names)])
             self.status.setText(tr("Checking the installed packages in a separate process…"))
