@@ -24,7 +24,7 @@ from qgis.PyQt.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QLabel, Q
                                  QPushButton, QTextBrowser, QVBoxLayout)
 
 from . import LOG_TAG, tr
-from .deps import (PURPOSES, TORCH, DependencyReport, activate_deps_dir, check, deps_dir, install_command,
+from .deps import (PURPOSE_TEXT, PURPOSES, TORCH, DependencyReport, activate_deps_dir, check, deps_dir, install_command,
                    needs_source_shapely, pip_arguments, qgis_python_executable)
 
 # Imports each module named on the command line with the deps folder appended to sys.path,
@@ -64,7 +64,7 @@ class DependencyDialog(QDialog):
         self.summary = QTextBrowser(self)
         self.summary.setObjectName("depsSummary")
         self.summary.setOpenExternalLinks(True)
-        layout.addWidget(self.summary)
+        layout.addWidget(self.summary, 3)
         self.torch_box = QCheckBox(tr("Also install PyTorch, CPU build (about 200 MB): needed to fine-tune models; "
                                       "detection runs without it"), self)
         self.gpu_box = QCheckBox(tr("PyTorch for an NVIDIA GPU (CUDA build, several GB) instead of the CPU build"),
@@ -85,7 +85,7 @@ class DependencyDialog(QDialog):
         self.output.setReadOnly(True)
         self.output.setObjectName("depsOutput")
         self.output.setPlaceholderText(tr("pip's output appears here while it runs."))
-        layout.addWidget(self.output)
+        layout.addWidget(self.output, 2)
         self.status = QLabel(self)
         self.status.setWordWrap(True)
         self.status.setObjectName("depsStatus")
@@ -100,7 +100,7 @@ class DependencyDialog(QDialog):
         self.install_button.clicked.connect(self.install)
         self.check_button.clicked.connect(lambda *_: self.refresh())
         layout.addWidget(self.buttons)
-        self.resize(760, 620)
+        self.resize(780, 720)
         self.refresh(report)
 
     # -- what is missing -------------------------------------------------------
@@ -127,8 +127,9 @@ class DependencyDialog(QDialog):
             escape(m.module), escape(tr(m.why)), escape(m.error)) for m in r.missing)
         html = ""
         if rows:
-            html += "<p>{}</p><ul>{}</ul>".format(
-                escape(tr("QGIS's Python lacks these packages:")), rows)
+            html += "<p><b>{}</b></p><ul>{}</ul>".format(
+                escape(tr("To {what}, Roof Detector needs Python packages that QGIS's Python lacks:").format(
+                    what=tr(PURPOSE_TEXT.get(self.purpose, self.purpose)))), rows)
         if r.geos:
             html += "<p><b>shapely / GEOS:</b> {}</p>".format(escape(r.geos))
         return html + self._notes_html()
@@ -156,6 +157,8 @@ class DependencyDialog(QDialog):
     def _show_command(self) -> None:
         reqs = self.requirements()
         self.command.setText(install_command(reqs, gpu=self.gpu_box.isChecked()) if reqs else "")
+        self.command.setCursorPosition(0)
+        self.command.setToolTip(self.command.text())
         self.install_button.setEnabled(bool(reqs) and self.stage not in ("pip", "verify"))
 
     # -- install ---------------------------------------------------------------
