@@ -82,10 +82,18 @@ distclean: clean
 	rm -rf $(VENV) .cache
 
 # QGIS plugin packaging and review (owner: plugin engineer).
+#   make onnx-twin    release step: models/roof_unet.onnx, the int8 ONNX twin of roof_unet.pt (CPU detection
+#                     without torch), calibrated on OAM areas 1,2,3,5 and gated on the held-out cases
+#                     (needs ../shared/data); `make package` refuses a twin made from another roof_unet.pt
 #   make package      dist/roof_detector-<version>.zip for "Install from ZIP"
 #   make deploy       the same zip unpacked into the default QGIS profile
 #   make screenshots  out/screenshots/{dialog,result_map,report}.png, headless
-.PHONY: package deploy screenshots
+.PHONY: package deploy screenshots onnx-twin
+
+OAM := ../shared/data/oam
+onnx-twin: setup
+	$(PY) -m roof_detector onnx-twin --precision int8 --calibration-tiles 64 \
+	  $(foreach a,1 2 3 5,--calibration $(OAM)/area$(a)/ortho_z19.tif) --heldout ../shared/data
 
 package:
 	python3 scripts/package.py
