@@ -420,3 +420,23 @@ def test_headless_script_lists_the_algorithms(repo_root):
                           capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert {line.split("\t")[0] for line in done.stdout.splitlines()} == ALGORITHM_IDS
+
+
+def test_real_number_parameters_show_two_decimals_and_help_links_the_repository(processing_ready, plugin):
+    from qgis.core import QgsApplication, QgsProcessingContext, QgsProcessingParameterNumber
+    from qgis.gui import QgsGui, QgsProcessingGui
+
+    alg = QgsApplication.processingRegistry().algorithmById("roofdetector:detectbuildings")
+    param = alg.parameterDefinition("MIN_AREA")
+    assert param.dataType() == QgsProcessingParameterNumber.Double
+    wrapper = QgsGui.processingGuiRegistry().createParameterWidgetWrapper(param, QgsProcessingGui.Standard)
+    widget = wrapper.createWrappedWidget(QgsProcessingContext())
+    assert widget.decimals() == 2 and widget.text().replace(",", ".") in ("10.00", "10.00 ")
+    assert alg.helpUrl().startswith("https://github.com/") and "<b>" in alg.shortHelpString()
+
+
+def test_help_as_plain_text_for_qgis_process():
+    from roof_detector.processing.common import html_to_text
+
+    assert html_to_text("<b>Model</b>: a <i>.pt</i> file;<br>empty = bundled &amp; fine") == \
+        "Model: a .pt file;\nempty = bundled & fine"
