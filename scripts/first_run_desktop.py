@@ -87,7 +87,14 @@ def later(ms, fn):
     QTimer.singleShot(ms, guarded(fn))
 
 
+def on_log(text, tag, level):
+    if tag == "Roof Detector":
+        record.setdefault("plugin_log", []).append(text[:2000])
+
+
 def start():
+    from qgis.core import QgsApplication
+    QgsApplication.messageLog().messageReceived.connect(on_log)
     step(f"QGIS started; python {sys.executable}; torch importable: {importlib.util.find_spec('torch') is not None}")
     plugin = qgis.utils.plugins.get("roof_detector")
     if plugin is None:

@@ -310,32 +310,45 @@ def load_model(path: Optional[str | os.PathLike] = None, device: str = "auto",
                     raise ModelError(f"{path} cannot run with ONNX Runtime: {exc}") from None
                 extra["onnx_fallback_reason"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if dev.type == "cpu":
+        ctx = _quiet_torch_deprecations()
         try:
             module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
         except Exception:  # a model that cannot be frozen still runs unfrozen
             pass
+        finally:
+            ctx.__exit__(None, None, None)
     module = module.to(dev)
     if use_half:
         module = module.half()
     return LoadedModel(module=module, metadata=meta, device=dev, path=path, half=use_half, extra=extra)
 
 
-def _torch_jit_load(path: str) -> Any:
-    """``torch.jit.load`` without its deprecation warning in every detection's log.
+def _quiet_torch_deprecations():
+    """A context that hides torch 2.x's TorchScript deprecation warnings.
 
-    torch 2.x warns that TorchScript is deprecated on each load; our model
-    files are TorchScript by design (the format of record), so the warning
-    says nothing the user can act on.
+    torch warns on every ``torch.jit.load`` / ``freeze`` / ``optimize_for_inference``
+    that TorchScript is deprecated; our model files are TorchScript by design
+    (the format of record), so the warning says nothing a user can act on and
+    only filled QGIS's log panel on every detection.
     """
     import warnings
 
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    for category in (DeprecationWarning, FutureWarning, UserWarning):
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated.*", category=category)
+    return ctx
+
+
+def _torch_jit_load(path: str) -> Any:
+    """``torch.jit.load`` on the CPU, without its deprecation warning (see :func:`_quiet_torch_deprecations`)."""
     import torch
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*(deprecat|TorchScript).*", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r".*(deprecat|TorchScript).*", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=r".*(deprecat|TorchScript).*", category=UserWarning)
+    ctx = _quiet_torch_deprecations()
+    try:
         return torch.jit.load(path, map_location="cpu")
+    finally:
+        ctx.__exit__(None, None, None)
 
 
 def _load_onnx_file(path: str, device: str, backend: str) -> LoadedModel:

@@ -35,8 +35,9 @@ from . import tr
 # import name -> (pip requirement, why it is needed)
 ENGINE = {
     "numpy": ("numpy<2", "arrays (QGIS normally ships it)"),
-    "affine": ("affine", "raster geotransforms"),
-    "rasterio": ("rasterio", "reading orthophotos"),
+    # affine 3 (slotted Affine) breaks rasterio 1.4's cached properties: "No '__dict__' attribute"
+    "affine": ("affine>=2.4,<3", "raster geotransforms"),
+    "rasterio": ("rasterio>=1.4,<1.5", "reading orthophotos"),
     "shapely": ("shapely>=2", "building outlines"),
     "pyproj": ("pyproj", "ground areas in metres"),
 }

@@ -126,3 +126,14 @@ def test_without_torch_a_model_without_twin_says_what_to_install(tmp_path):
     """, str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "no lone.onnx beside the model file" in proc.stdout and "install torch" in proc.stdout
+
+
+def test_loading_a_torchscript_model_logs_no_deprecation_warning(tmp_path):
+    """torch 2.x warns that TorchScript is deprecated on every load; a detection must not repeat it."""
+    import warnings
+
+    path = make_test_model(str(tmp_path / "m.pt"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_model(path, "cpu", backend="torch")
+    assert not [w for w in caught if "deprecated" in str(w.message)], [str(w.message) for w in caught]
