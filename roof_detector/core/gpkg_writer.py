@@ -28,6 +28,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from .building import Building
 from .errors import OutputError
 from .osgeo_exc import ogr, osr
+from .precision import rounded
 
 DEFAULT_LAYER = "buildings"
 BASE_FIELDS = ("area_m2", "perimeter_m", "confidence")
@@ -193,16 +194,16 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
             if multi:
                 geom = ogr.ForceToMultiPolygon(geom)
             feat.SetGeometry(geom)
-            feat.SetField(base[0], float(b.area_m2))
-            feat.SetField(base[1], float(b.perimeter_m))
-            feat.SetField(base[2], float(b.confidence))
+            feat.SetField(base[0], rounded("area_m2", b.area_m2))
+            feat.SetField(base[1], rounded("perimeter_m", b.perimeter_m))
+            feat.SetField(base[2], rounded("confidence", b.confidence))
             attrs = b.attributes
             for key, ftype, idx in extra:
                 value = attrs.get(key)
                 if value is None:
                     feat.SetFieldNull(idx)
                 elif ftype == ogr.OFTReal:
-                    feat.SetField(idx, float(value))
+                    feat.SetField(idx, float(rounded(key, value)))
                 elif ftype == ogr.OFTInteger64:
                     feat.SetFieldInteger64(idx, int(value))
                 else:

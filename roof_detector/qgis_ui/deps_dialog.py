@@ -186,7 +186,8 @@ class DependencyDialog(QDialog):
         proc.finished.connect(self._finished)
         proc.errorOccurred.connect(self._error)
         self.process = proc
-        self.output.appendPlainText("$ " + " ".join([program] + args))
+        shown = ["<import check>" if a == VERIFY_SCRIPT else a for a in args]
+        self.output.appendPlainText("$ " + " ".join([program] + shown))
         proc.start(program, args)
 
     def _read_output(self) -> None:
@@ -239,6 +240,8 @@ class DependencyDialog(QDialog):
                           "Install libgeos-dev and a compiler, then Install again.").format(
                 ours=result["geos"], theirs=_Q.geosVersion()))
             return
+        self.output.appendPlainText(tr("Imported in a separate Python: {versions}").format(
+            versions=", ".join(f"{k} {v}" for k, v in result["versions"].items())))
         activate_deps_dir()
         report = self.refresh()
         if report.ok:

@@ -29,6 +29,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
+from ..core.precision import rounded
 from . import tr
 
 CORE_FIELDS = (("area_m2", QVariant.Double), ("perimeter_m", QVariant.Double),
@@ -134,10 +135,10 @@ def build_memory_layer(buildings: Sequence[Any], crs: QgsCoordinateReferenceSyst
             geometry.convertToMultiType()
         feature.setGeometry(geometry)
         attrs = getattr(building, "attributes", None) or {}
-        values = [float(building.area_m2), float(building.perimeter_m),
-                  None if building.confidence is None else float(building.confidence)]
+        values = [rounded("area_m2", building.area_m2), rounded("perimeter_m", building.perimeter_m),
+                  None if building.confidence is None else rounded("confidence", building.confidence)]
         for key, _, kind in extra:
-            value = _plain(attrs.get(key))
+            value = rounded(key, _plain(attrs.get(key)))
             if value is not None and kind == QVariant.String and not isinstance(value, str):
                 value = str(value)
             values.append(value)
