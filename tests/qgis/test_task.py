@@ -115,6 +115,7 @@ def test_geopackage_export_holds_the_same_features(plugin, project, ortho_path, 
     wait_for(task, qgis_app)
     layer = project.mapLayer(plugin.last_layer_id)
     assert layer.providerType() == "ogr" and layer.source().startswith(target)
+    assert layer.name() == "roofs"  # the GeoPackage layer's name
     _assert_expected_buildings(layer)
     assert _areas(layer) == pytest.approx(_areas(memory_layer := project.mapLayersByName(
         "Buildings (ortho)")[0]))
@@ -126,7 +127,29 @@ def test_geopackage_export_holds_the_same_features(plugin, project, ortho_path, 
     wait_for(again, qgis_app)
     assert project.mapLayer(plugin.last_layer_id).featureCount() == 1
     assert layer.featureCount() == 1  # the layer already open shows the new content
+    assert plugin.last_layer_id == layer.id()  # ... and is that layer: no second one on the same source
+    assert len([lyr for lyr in project.mapLayers().values() if lyr.source() == layer.source()]) == 1
     assert sorted(os.listdir(tmp_path)) == ["out.gpkg"]
+    # another memory result of the same raster gets its own name
+    memory2 = plugin.start(make_request(ortho_path, model_path))
+    wait_for(memory2, qgis_app)
+    assert project.mapLayer(plugin.last_layer_id).name() == "Buildings (ortho) (2)"
+
+
+def test_numbers_follow_the_qgis_locale():
+    from qgis.PyQt.QtCore import QLocale
+
+    from roof_detector.qgis_ui.present import format_area, format_number
+
+    old = QLocale()
+    try:
+        QLocale.setDefault(QLocale(QLocale.German, QLocale.Germany))
+        assert format_number(1400433.4) == "1.400.433" and format_area(9315.2) == "9.315 m²"
+        assert format_area(25000) == "2,50 ha"
+        QLocale.setDefault(QLocale(QLocale.English, QLocale.UnitedStates))
+        assert format_number(1400433.4) == "1,400,433" and format_area(9315.2) == "9,315 m²"
+    finally:
+        QLocale.setDefault(old)
 
 
 def test_direct_run_and_aoi(ortho_path, model_path):
