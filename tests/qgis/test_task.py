@@ -230,3 +230,31 @@ def test_out_of_gpu_memory_is_explained(ortho_path, model_path):
     with mock.patch("roof_detector.core.pipeline.detect_buildings", side_effect=oom):
         assert task.run() is False
     assert "GPU ran out of memory" in task.error and "CPU" in task.error
+
+
+def test_work_estimate_uses_the_rate_measured_in_the_last_run(plugin, project, ortho_path, model_path, qgis_app):
+    from qgis.core import QgsSettings
+
+    from roof_detector.qgis_io.layers import (MEASURED_RATE_KEY, SECONDS_PER_MEGAPIXEL, AreaPlan,
+                                              measured_seconds_per_megapixel, record_measured_rate)
+
+    key = MEASURED_RATE_KEY.format(device="cpu")
+    QgsSettings().remove(key)
+    assert measured_seconds_per_megapixel("cpu") is None
+    # the conftest raster is 160 x 128 px at 0.5 m, 64 px tiles: a real run here is one too small to tell,
+    # so the recording rule is checked on figures, and a finished task is checked to store its own
+    record_measured_rate("cpu", 2, 512, 10.0)
+    assert measured_seconds_per_megapixel("cpu") is None  # 0.5 Mpx: start-up time, not speed
+    record_measured_rate("cpu", 100, 256, 65.536)      # 6.5536 Mpx in 65.5 s
+    assert measured_seconds_per_megapixel("cpu") == pytest.approx(10.0)
+    plan = AreaPlan("file", 0, 100, 100 * 0.065536 * 10.0, measured=True)
+    assert plan.describe() == "100 model tiles: about 1 min (at the speed of your last run)"
+    assert SECONDS_PER_MEGAPIXEL["cpu"] != 10.0
+    QgsSettings().remove(key)
+    task = plugin.start(make_request(ortho_path, model_path))
+    wait_for(task, qgis_app)
+    assert measured_seconds_per_megapixel("cpu") is None  # 9 tiles of 64 px: too small to tell
+    task.result.stats["tiles"] = 1000                      # as if the raster had been large
+    task.finished(True)
+    assert measured_seconds_per_megapixel("cpu") == pytest.approx(task.result.seconds / (1000 * 64 * 64 / 1e6))
+    QgsSettings().remove(key)
