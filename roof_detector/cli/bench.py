@@ -76,7 +76,7 @@ def run(args) -> int:
     if device.type == "cpu" and "gflops_per_s" in figures:
         peak = bench.cpu_peak_gflops()
         figures["cpu_peak"] = peak
-        figures["share_of_peak"] = round(figures["gflops_per_s"] / peak["peak_gflops"], 3) if peak["peak_gflops"] else None
+        figures["share_of_peak"] = float(f"{figures['gflops_per_s'] / peak['peak_gflops']:.3g}") if peak["peak_gflops"] else None
         figures["matmul_gflops_per_s"] = bench.matmul_gflops()
         say(f"network: {figures['gflops_per_s']} GFLOP/s = {figures['share_of_peak']:.1%} of the "
             f"{peak['peak_gflops']} GFLOP/s fp32 peak at the base clock ({peak}; cores that boost "

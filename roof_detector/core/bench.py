@@ -105,7 +105,8 @@ def model_throughput(model_path: Optional[str], device: str, batch_size: int, re
     gflop = model.metadata.get("architecture", {}).get("gflop_per_tile")
     if gflop:
         out["gflop_per_tile"] = gflop
-        out["gflops_per_s"] = round(out["model_tiles_per_s"] * gflop, 1)
+        rate = out["model_tiles_per_s"] * gflop  # tiny test models: 3 decimals, not a rounded 0.0
+        out["gflops_per_s"] = round(rate, 1) if rate >= 1 else float(f"{rate:.3g}")
     if model.device.type == "cpu":
         ts = load_model(model_path, "cpu", backend="torch")
         out["torchscript_tiles_per_s"] = round(_median_rate(run(ts.module), batch_size, repeats), 2)
