@@ -138,7 +138,7 @@ def test_detect_buildings_gives_the_bright_rectangles(run, ortho_path, model_pat
     assert layer.crs().authid() == "EPSG:32631"
     areas = sorted(f["area_m2"] for f in layer.getFeatures())
     assert areas == pytest.approx(EXPECTED_AREAS, rel=0.005)
-    assert result["TOTAL_AREA_M2"] == pytest.approx(sum(areas))
+    assert result["TOTAL_AREA_M2"] == pytest.approx(sum(areas), abs=0.005 * len(areas))  # fields: 0.01 m²
     assert all(f["confidence"] > 0.9 for f in layer.getFeatures())
 
 
