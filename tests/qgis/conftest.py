@@ -126,3 +126,15 @@ def make_request(raster_path: str, model: str, **kwargs):
                 crs="EPSG:32631", model_path=model, device="cpu", min_area_m2=5.0)
     base.update(kwargs)
     return DetectRequest(**base)
+
+
+@pytest.fixture(autouse=True)
+def no_measured_rate():
+    """Work estimates in tests use the built-in rate, never one a previous run measured (QgsSettings)."""
+    from qgis.core import QgsSettings
+
+    from roof_detector.qgis_io.layers import MEASURED_RATE_KEY
+
+    for device in ("cpu", "cuda"):
+        QgsSettings().remove(MEASURED_RATE_KEY.format(device=device))
+    yield
