@@ -2,7 +2,7 @@
 "Check dependencies" actions.
 
 Loading the plugin imports neither torch nor the engine; every action runs
-the one dependency check first (:func:`.qgis_ui.deps.dependency_problem`)
+the one dependency check first (:func:`.qgis_adapter.deps.dependency_problem`)
 and opens the dependency dialog, which installs what is missing, when it
 finds something.
 """
@@ -16,7 +16,7 @@ from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
 from .qgis_ui import LOG_TAG, tr
-from .qgis_ui.paths import resource_path
+from .qgis_adapter.paths import resource_path
 
 MENU = "&Roof Detector"
 
@@ -71,7 +71,7 @@ class RoofDetectorPlugin:
 
     def unload(self) -> None:
         """Remove every action and menu entry; cancel tasks still running and wait briefly for them."""
-        from .qgis_ui.lifecycle import UNLOAD_WAIT_S, cancel_tasks
+        from .qgis_adapter.lifecycle import UNLOAD_WAIT_S, cancel_tasks
 
         cancel_tasks(self.tasks, UNLOAD_WAIT_S)
         self.tasks.clear()
@@ -194,7 +194,7 @@ class RoofDetectorPlugin:
 
     def start(self, request: Any, task_manager: Optional[Any] = None) -> Any:
         """Queue a :class:`DetectTask` for ``request``; return the task."""
-        from .qgis_ui.task import DetectTask
+        from .qgis_adapter.task import DetectTask
 
         task = DetectTask(request, on_finished=self._task_finished)
         self.tasks.add(task)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -154,7 +153,7 @@ def wait_detection():
     layer = QgsProject.instance().mapLayer(plugin.last_layer_id) if plugin.last_layer_id else None
     record["result_layer"] = layer.name() if layer else None
     record["buildings"] = layer.featureCount() if layer else 0
-    from roof_detector.qgis_ui import deps
+    from roof_detector.qgis_adapter import deps
     record["deps_dir"] = deps.deps_dir()
     step(f"detection finished: layer {record['result_layer']!r} with {record['buildings']} buildings")
     qgis.utils.iface.mapCanvas().refreshAllLayers()

@@ -13,7 +13,11 @@
 Fields: ``area_m2``, ``perimeter_m``, ``confidence`` and every key of the
 buildings' ``attributes`` (float -> Real, int/bool -> Integer64, str -> String,
 missing/None -> null); a key that clashes with those or with ``fid``/``geom``
-is written as ``attr_<key>`` rather than dropped.
+is written as ``attr_<key>`` rather than dropped (:func:`attribute_schema`,
+the rule the plugin's memory layers and Processing outputs follow too).
+
+Every GeoPackage the project writes goes through :func:`write_buildings`:
+the CLI, the plugin's detection task and the tools.
 """
 
 from __future__ import annotations
@@ -22,8 +26,7 @@ import errno
 import numbers
 import os
 import uuid
-from typing import Any, Dict, Iterable, List, Optional, Sequence
-
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .building import Building
 from .errors import OutputError
@@ -72,7 +75,7 @@ def check_writable(path: str) -> bool:
             raise OutputError(f"Cannot write in {directory} (permission denied); choose another output folder")
         return False
     ds = _open_existing(path, update=False)
-    ds = None
+    ds = None  # noqa: F841 - closes the dataset now
     if not os.access(path, os.W_OK):
         raise OutputError(f"{path} is read-only; choose another output file")
     check_not_locked(path)
@@ -186,7 +189,7 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
         defn = lyr.GetLayerDefn()
         # Field indexes resolved once, not by name per value (62,500 buildings: 3.7 -> 1.5 s).
         base = [defn.GetFieldIndex(n) for n in BASE_FIELDS]
-        extra = [(key, ftype, defn.GetFieldIndex(field_name(key))) for key, ftype in fields.items()]
+        extra = [(key, _KINDS[ftype], defn.GetFieldIndex(field_name(key))) for key, ftype in fields.items()]
         multi = geom_type == ogr.wkbMultiPolygon
         for b in buildings:
             feat = ogr.Feature(defn)
@@ -194,20 +197,20 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
             if multi:
                 geom = ogr.ForceToMultiPolygon(geom)
             feat.SetGeometry(geom)
-            feat.SetField(base[0], rounded("area_m2", b.area_m2))
-            feat.SetField(base[1], rounded("perimeter_m", b.perimeter_m))
-            feat.SetField(base[2], rounded("confidence", b.confidence))
-            attrs = b.attributes
-            for key, ftype, idx in extra:
-                value = attrs.get(key)
+            for idx, value in zip(base, base_values(b)):
                 if value is None:
                     feat.SetFieldNull(idx)
-                elif ftype == ogr.OFTReal:
-                    feat.SetField(idx, float(rounded(key, value)))
-                elif ftype == ogr.OFTInteger64:
-                    feat.SetFieldInteger64(idx, int(value))
                 else:
-                    feat.SetField(idx, str(value))
+                    feat.SetField(idx, value)
+            attrs = b.attributes
+            for key, kind, idx in extra:
+                value = written_value(key, kind, attrs.get(key))
+                if value is None:
+                    feat.SetFieldNull(idx)
+                elif kind == "integer":
+                    feat.SetFieldInteger64(idx, value)
+                else:
+                    feat.SetField(idx, value)
             lyr.CreateFeature(feat)
         if metadata:
             lyr.SetMetadata({str(k): str(v) for k, v in metadata.items()})
@@ -227,9 +230,45 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
         feat = geom = lyr = defn = srs = ds = None  # noqa: F841
 
 
-def _field_types(buildings: Iterable[Building]) -> Dict[str, int]:
-    """OGR field type per attribute key, widened over all buildings (int + float -> Real, any str -> String)."""
-    rank = {None: -1, "int": 0, "real": 1, "str": 2}
+#: Kinds of :func:`attribute_schema` (OGR-style names, as ``core.solar.SOLAR_FIELDS``).
+_OGR_TYPES = {"integer": ogr.OFTInteger64, "real": ogr.OFTReal, "string": ogr.OFTString}
+_KINDS = {ftype: kind for kind, ftype in _OGR_TYPES.items()}
+
+
+def base_values(building: Building) -> Tuple[float, float, Optional[float]]:
+    """(area_m2, perimeter_m, confidence) as every output stores them: rounded once, at write
+    time, to the decimals of :mod:`.precision` (this writer, the plugin's memory layer, the
+    Processing sink)."""
+    confidence = None if building.confidence is None else float(rounded("confidence", building.confidence))
+    return (float(rounded("area_m2", building.area_m2)), float(rounded("perimeter_m", building.perimeter_m)),
+            confidence)
+
+
+def written_value(key: str, kind: str, value: Any) -> Any:
+    """Attribute ``key`` of :func:`attribute_schema` kind ``kind`` as every output stores it: None
+    stays None, a real is rounded to the decimals of :mod:`.precision`, an integer is an int, anything
+    else its text."""
+    if value is None:
+        return None
+    if kind == "real":
+        return float(rounded(key, value))
+    if kind == "integer":
+        return int(value)
+    return value if isinstance(value, str) else str(value)
+
+
+def attribute_schema(buildings: Iterable[Building]) -> List[Tuple[str, str, str]]:
+    """(attribute key, field name, kind) of the buildings' attributes, in first-seen order.
+
+    The one rule for the fields of every output (this writer, the plugin's
+    memory layer, the Processing sink): kind "integer", "real" or "string",
+    widened over all buildings (int + float -> real, any str -> string, only
+    None -> string); the solar fields keep their declared kind even when every
+    value is None; a key clashing with a built-in name gets ``attr_``.
+    """
+    from .solar import SOLAR_FIELDS
+
+    rank = {None: -1, "integer": 0, "real": 1, "string": 2}
     kinds: Dict[str, Optional[str]] = {}
     for b in buildings:
         for key, value in b.attributes.items():
@@ -238,14 +277,19 @@ def _field_types(buildings: Iterable[Building]) -> Dict[str, int]:
             elif type(value) is float:  # the common case first: the ABC checks below are slow
                 kind = "real"
             elif isinstance(value, (bool, numbers.Integral)):
-                kind = "int"
+                kind = "integer"
             elif isinstance(value, numbers.Real):
                 kind = "real"
             else:
-                kind = "str"
+                kind = "string"
             kinds[key] = max(kinds.get(key), kind, key=rank.__getitem__)
-    mapping = {None: ogr.OFTString, "int": ogr.OFTInteger64, "real": ogr.OFTReal, "str": ogr.OFTString}
-    return {k: mapping[v] for k, v in kinds.items()}
+    fixed = dict(SOLAR_FIELDS)
+    return [(key, field_name(key), kind or fixed.get(key) or "string") for key, kind in kinds.items()]
+
+
+def _field_types(buildings: Iterable[Building]) -> Dict[str, int]:
+    """OGR field type per attribute key (see :func:`attribute_schema`)."""
+    return {key: _OGR_TYPES[kind] for key, _, kind in attribute_schema(buildings)}
 
 
 def field_name(key: str) -> str:

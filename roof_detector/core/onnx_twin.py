@@ -2,7 +2,7 @@
 
 A model file (TorchScript, the format of record) may have a twin beside it,
 ``<stem>.onnx`` (``models/roof_unet.onnx`` for the bundled model), made by
-``python -m roof_detector onnx-twin`` (run by ``make package``) and checked
+``python -m devtools onnx-twin`` (the release step ``make onnx-twin``) and checked
 there against the TorchScript file. The twin carries, as ONNX metadata
 properties:
 
@@ -85,7 +85,7 @@ def read_twin_metadata(onnx_path: str | os.PathLike) -> Dict[str, Any]:
     props = read_twin_properties(onnx_path)
     if META_KEY not in props:
         raise ValueError(f"{onnx_path} is an ONNX file without Roof Detector metadata; make it with "
-                         "`python -m roof_detector onnx-twin`")
+                         "`python -m devtools onnx-twin`")
     return json.loads(props[META_KEY])
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any, Callable, List, Optional
 
 from qgis.core import Qgis, QgsMessageLog
@@ -23,9 +22,10 @@ from qgis.PyQt.QtCore import QProcess, QProcessEnvironment
 from qgis.PyQt.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QLabel, QLineEdit, QPlainTextEdit,
                                  QPushButton, QTextBrowser, QVBoxLayout)
 
+from ..qgis_adapter.deps import (PURPOSE_TEXT, PURPOSES, TORCH, DependencyReport, activate_deps_dir, check,
+                                 deps_dir, install_command, needs_source_shapely, pip_arguments,
+                                 qgis_python_executable)
 from . import LOG_TAG, tr
-from .deps import (PURPOSE_TEXT, PURPOSES, TORCH, DependencyReport, activate_deps_dir, check, deps_dir, install_command,
-                   needs_source_shapely, pip_arguments, qgis_python_executable)
 
 # Imports each module named on the command line with the deps folder appended to sys.path,
 # and prints one JSON line: {"versions": {...}, "failed": {...}, "geos": "3.11.1" or null}.
@@ -233,12 +233,10 @@ class DependencyDialog(QDialog):
             self._fail(tr("These packages still do not import: {items}.").format(
                 items="; ".join(f"{k} ({v})" for k, v in result["failed"].items())))
             return
-        from qgis.core import Qgis as _Q
-
-        if result.get("geos") and _Q.geosVersion().split("-")[0] != result["geos"]:
+        if result.get("geos") and Qgis.geosVersion().split("-")[0] != result["geos"]:
             self._fail(tr("shapely was installed with GEOS {ours}, QGIS uses {theirs}: it is not loaded. "
                           "Install libgeos-dev and a compiler, then Install again.").format(
-                ours=result["geos"], theirs=_Q.geosVersion()))
+                ours=result["geos"], theirs=Qgis.geosVersion()))
             return
         self.output.appendPlainText(tr("Imported in a separate Python: {versions}").format(
             versions=", ".join(f"{k} {v}" for k, v in result["versions"].items())))
@@ -308,7 +306,7 @@ def show_dependency_dialog(iface: Any, purpose: str = "detect", report: Optional
 
 def ensure_dependencies(iface: Any, purpose: str = "detect", on_ready: Optional[Callable[[], None]] = None) -> bool:
     """True when ``purpose`` can run; else log the one message, open the dialog and return False."""
-    from .deps import check
+    from ..qgis_adapter.deps import check
 
     report = check(purpose)
     if report.ok:

@@ -11,9 +11,9 @@ import pytest
 
 from roof_detector.core.errors import ModelError
 from roof_detector.core.model_io import load_model, read_metadata
-from roof_detector.core.onnx_backend import make_twin
+from devtools.onnx_twin import make_twin
 from roof_detector.core.onnx_twin import find_twin, read_twin_metadata, read_twin_properties
-from roof_detector.core.test_model import make_test_model
+from devtools.test_model import make_test_model
 
 pytest.importorskip("onnxruntime")
 
@@ -137,3 +137,20 @@ def test_loading_a_torchscript_model_logs_no_deprecation_warning(tmp_path):
         warnings.simplefilter("always")
         load_model(path, "cpu", backend="torch")
     assert not [w for w in caught if "deprecated" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_the_release_command_is_a_developer_tool(tmp_path, capsys):
+    """`python -m devtools onnx-twin` writes the twin beside the model; --if-stale then leaves it alone.
+    The plugin's own CLI has no such command (the twin is made at release time, not by users)."""
+    from devtools.__main__ import COMMANDS
+    from roof_detector.cli import COMMANDS as PLUGIN_COMMANDS
+    from roof_detector.cli import main
+
+    assert "onnx-twin" not in PLUGIN_COMMANDS
+    path = make_test_model(str(tmp_path / "bright.pt"))
+    assert main(["onnx-twin", "--model", path], prog="python -m devtools", commands=COMMANDS) == 0
+    twin = path[:-3] + ".onnx"
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["path"] == twin
+    assert find_twin(path, read_metadata(path)) == (twin, "")
+    assert main(["onnx-twin", "--model", path, "--if-stale"], prog="python -m devtools", commands=COMMANDS) == 0
+    assert "is up to date" in capsys.readouterr().out

@@ -58,13 +58,13 @@ def wait(dialog, qgis_app, timeout_s=180):
 
 
 def missing(name):
-    from roof_detector.qgis_ui.deps import DependencyReport, Missing
+    from roof_detector.qgis_adapter.deps import DependencyReport, Missing
 
     return DependencyReport("report", [Missing(name, name, "a test package")])
 
 
 def test_install_runs_pip_from_the_configured_wheel_folder_and_loads_after_verifying(local_index, qgis_app):
-    from roof_detector.qgis_ui.deps import deps_dir
+    from roof_detector.qgis_adapter.deps import deps_dir
     from roof_detector.qgis_ui.deps_dialog import DependencyDialog
 
     write_wheel(str(local_index), "rdprobe", "VALUE = 42")
@@ -90,7 +90,7 @@ def test_install_runs_pip_from_the_configured_wheel_folder_and_loads_after_verif
 
 
 def test_a_package_that_crashes_python_on_import_is_not_loaded(local_index, qgis_app):
-    from roof_detector.qgis_ui.deps import deps_dir
+    from roof_detector.qgis_adapter.deps import deps_dir
     from roof_detector.qgis_ui.deps_dialog import DependencyDialog
 
     write_wheel(str(local_index), "rdprobe", "import os\nos.abort()")  # like a broken native library

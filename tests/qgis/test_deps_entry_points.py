@@ -3,7 +3,7 @@
 A package is made really unimportable (taken out of ``sys.modules`` and
 refused by a finder at the head of ``sys.meta_path``, so ``import`` raises
 ImportError as in a QGIS whose Python lacks it); then each entry point must
-stop with exactly :func:`roof_detector.qgis_ui.deps.dependency_problem`'s
+stop with exactly :func:`roof_detector.qgis_adapter.deps.dependency_problem`'s
 message: the Processing algorithms as a QgsProcessingException (no
 traceback), the toolbar action and menu entries by opening the dependency
 dialog, the report dialog in the message bar.
@@ -54,7 +54,7 @@ def no_dialog_left():
 
 
 def test_the_message_names_the_package_why_and_the_fix():
-    from roof_detector.qgis_ui.deps import dependency_problem
+    from roof_detector.qgis_adapter.deps import dependency_problem
 
     assert dependency_problem("detect") is None
     with unimportable("onnxruntime"):
@@ -66,7 +66,7 @@ def test_the_message_names_the_package_why_and_the_fix():
 
 
 def test_the_geos_mismatch_is_part_of_the_same_check(monkeypatch):
-    from roof_detector.qgis_ui import deps
+    from roof_detector.qgis_adapter import deps
 
     monkeypatch.setattr(deps, "geos_mismatch", lambda: "GEOS 3.13.1 vs 3.11.1")
     msg = deps.dependency_problem("report")
@@ -83,7 +83,7 @@ def test_the_geos_mismatch_is_part_of_the_same_check(monkeypatch):
 def test_processing_algorithms_raise_the_message(run, ortho_path, model_path, alg, params, module):  # noqa: F811
     from qgis.core import QgsApplication, QgsProcessingException
 
-    from roof_detector.qgis_ui.deps import PURPOSES, dependency_problem
+    from roof_detector.qgis_adapter.deps import PURPOSES, dependency_problem
 
     layer = polygon_layer([box(0, 0, 10, 10)])
     values = {"detect": {"INPUT": ortho_path, "MODEL": model_path, "OUTPUT": "memory:"},
@@ -103,7 +103,7 @@ def test_processing_algorithms_raise_the_message(run, ortho_path, model_path, al
 
 def test_toolbar_action_opens_the_dependency_dialog(plugin):
     from roof_detector.qgis_ui import deps_dialog
-    from roof_detector.qgis_ui.deps import dependency_problem
+    from roof_detector.qgis_adapter.deps import dependency_problem
 
     with unimportable("onnxruntime"):
         plugin.actions[0].trigger()
@@ -138,7 +138,7 @@ def test_check_dependencies_entry_opens_the_dialog_when_all_is_there(plugin):
 
 
 def test_report_dialog_shows_the_message(qgis_iface, ortho_path):
-    from roof_detector.qgis_ui.deps import dependency_problem
+    from roof_detector.qgis_adapter.deps import dependency_problem
     from roof_detector.qgis_ui.report_dialog import show_report
 
     layer = polygon_layer([box(0, 0, 10, 10)])
@@ -149,7 +149,7 @@ def test_report_dialog_shows_the_message(qgis_iface, ortho_path):
 
 
 def test_finetune_dialog_shows_the_message(qgis_iface):
-    from roof_detector.qgis_ui.deps import dependency_problem
+    from roof_detector.qgis_adapter.deps import dependency_problem
     from roof_detector.qgis_ui.finetune_dialog import show_finetune_dialog
 
     with unimportable("matplotlib"):

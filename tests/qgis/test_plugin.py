@@ -83,7 +83,8 @@ def test_unload_cancels_running_tasks(plugin):
 
 def test_action_refuses_cleanly_when_dependencies_are_missing(plugin, qgis_iface):
     """A missing package opens the dependency dialog instead of the Detect dialog."""
-    from roof_detector.qgis_ui import deps, deps_dialog
+    from roof_detector.qgis_adapter import deps
+    from roof_detector.qgis_ui import deps_dialog
 
     with mock.patch.object(deps, "missing_modules", return_value=["onnxruntime"]), \
             mock.patch("roof_detector.qgis_ui.dialog.DetectDialog") as dialog:
@@ -96,6 +97,7 @@ def test_action_refuses_cleanly_when_dependencies_are_missing(plugin, qgis_iface
     deps_dialog.close_dependency_dialog()
 
 
+@pytest.mark.slow
 def test_plugin_detects_without_torch_and_asks_for_it_only_to_fine_tune(tmp_path, repo_root):
     """In a fresh QGIS process where ``import torch`` fails: Detect opens its dialog (the CPU path needs
     no torch); Fine-tune opens the dependency dialog naming torch."""
@@ -138,7 +140,7 @@ def test_plugin_detects_without_torch_and_asks_for_it_only_to_fine_tune(tmp_path
 
 
 def test_install_command_names_qgis_python_and_packages():
-    from roof_detector.qgis_ui import deps
+    from roof_detector.qgis_adapter import deps
 
     cmd = deps.install_command(["torch", "rasterio"])
     assert cmd.startswith(deps.qgis_python_executable() + " -m pip install ")
@@ -146,4 +148,4 @@ def test_install_command_names_qgis_python_and_packages():
     assert "torch rasterio" in cmd and "--extra-index-url https://download.pytorch.org/whl/cpu" in cmd
     assert "download.pytorch.org" not in deps.install_command(["torch"], gpu=True)
     assert "--index-url" not in cmd.replace("--extra-index-url", "")  # pip's own index stays
-    assert deps.check_dependencies() is None  # the test venv has everything
+    assert deps.dependency_problem("detect") is None  # the test venv has everything

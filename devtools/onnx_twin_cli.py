@@ -1,4 +1,4 @@
-"""``python -m roof_detector onnx-twin``: write a model file's ONNX twin, checked against it.
+"""``python -m devtools onnx-twin``: write a model file's ONNX twin, checked against it.
 
 The twin (``<model>.onnx`` beside the model file) lets QGIS detect on the
 CPU with ONNX Runtime alone, without torch. ``--precision fp32`` exports
@@ -37,9 +37,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..core.errors import RoofDetectorError
-    from ..core.model_io import BUNDLED_MODEL_PATH, read_metadata
-    from ..core.onnx_twin import find_twin, twin_path
+    from roof_detector.core.errors import RoofDetectorError
+    from roof_detector.core.model_io import BUNDLED_MODEL_PATH, read_metadata
+    from roof_detector.core.onnx_twin import find_twin, twin_path
 
     model = str(args.model or BUNDLED_MODEL_PATH)
     meta = read_metadata(model)
@@ -48,7 +48,7 @@ def run(args) -> int:
         if found:
             print(f"{found} is up to date")
             return 0
-    from ..core.onnx_backend import make_twin
+    from .onnx_twin import make_twin
 
     calibration = check = None
     if args.precision == "int8":
@@ -85,11 +85,11 @@ def heldout_gate(model: str, int8_path: str, data: str):
     import os
     import tempfile
 
-    from ..core.errors import RoofDetectorError
-    from ..core.heldout import score_all
-    from ..core.onnx_backend import _set_properties, make_twin
-    from ..core.onnx_twin import read_twin_properties
-    from ..core.pipeline import DetectOptions
+    from roof_detector.core.errors import RoofDetectorError
+    from .heldout import score_all
+    from .onnx_twin import make_twin, set_properties
+    from roof_detector.core.onnx_twin import read_twin_properties
+    from roof_detector.core.pipeline import DetectOptions
     from pathlib import Path
 
     quiet = (lambda m: None)
@@ -115,7 +115,7 @@ def heldout_gate(model: str, int8_path: str, data: str):
                                 f"{', '.join(failures)}; no int8 twin written (use --precision fp32)")
     props = read_twin_properties(int8_path)
     props["heldout"] = json.dumps(record)
-    _set_properties(Path(int8_path), props)
+    set_properties(Path(int8_path), props)
     return record
 
 
@@ -123,10 +123,10 @@ def sample_tiles(rasters, meta, count: int, seed: int = 0):
     """``count`` model tiles (float32 N x 3 x T x T) with mostly valid pixels, spread over ``rasters``."""
     import numpy as np
 
-    from ..core.geo import pixel_size_m
-    from ..core.inference import read_tiles
-    from ..core.raster_source import open_source
-    from ..core.tiling import model_grid, tile_grid
+    from roof_detector.core.geo import pixel_size_m
+    from roof_detector.core.inference import read_tiles
+    from roof_detector.core.raster_source import open_source
+    from roof_detector.core.tiling import model_grid, tile_grid
 
     rng = np.random.default_rng(seed)
     tile_px, overlap = int(meta["tile_size_px"]), int(meta["overlap_px"])
@@ -149,7 +149,7 @@ def sample_tiles(rasters, meta, count: int, seed: int = 0):
         finally:
             src.close()
     if not picked:
-        from ..core.errors import InputRasterError
+        from roof_detector.core.errors import InputRasterError
 
         raise InputRasterError("no calibration tile with >= 90 % valid pixels in the rasters given")
     return np.stack(picked[:count])

@@ -270,13 +270,3 @@ def geos_mismatch(shapely_geos: Optional[str] = None, qgis_geos: Optional[str] =
               "(pip install --no-binary shapely; on Debian/Ubuntu first: apt install libgeos-dev python3-dev "
               "build-essential).").format(ours=shapely_geos, theirs=qgis_geos)
 
-
-# Names kept for callers of the earlier check.
-def check_dependencies() -> Optional[str]:
-    """The detection check (see :func:`dependency_problem`)."""
-    return dependency_problem("detect")
-
-
-def finetune_dependencies_problem() -> Optional[str]:
-    """The fine-tuning check (see :func:`dependency_problem`)."""
-    return dependency_problem("finetune")

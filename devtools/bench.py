@@ -21,8 +21,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from .inference import fitted_batch_size
-from .model_io import load_model
+from roof_detector.core.inference import fitted_batch_size
+from roof_detector.core.model_io import load_model
 
 
 def cpu_peak_gflops() -> Dict[str, Any]:
@@ -111,7 +111,7 @@ def model_throughput(model_path: Optional[str], device: str, batch_size: int, re
         ts = load_model(model_path, "cpu", backend="torch")
         out["torchscript_tiles_per_s"] = round(_median_rate(run(ts.module), batch_size, repeats), 2)
         try:  # the fp32 graph exported from TorchScript (cached), whatever twin lies beside the model
-            from .onnx_backend import onnx_module_for
+            from roof_detector.core.onnx_backend import onnx_module_for
 
             fp32 = onnx_module_for(ts.path, ts.metadata, _unfrozen(ts.path))
             out["onnxruntime_tiles_per_s"] = round(_median_rate(run(fp32), batch_size, repeats), 2)
@@ -119,24 +119,24 @@ def model_throughput(model_path: Optional[str], device: str, batch_size: int, re
                 diff = float((fp32(x) - ts.module(x)).abs().max())
             out["onnxruntime_max_abs_diff"] = diff
             out["onnxruntime_agrees_1e-3"] = diff <= 1e-3
-        except Exception as exc:  # reported, not fatal: the bench still gives the other figures
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal: the bench still gives the other figures
             out["onnxruntime_error"] = str(exc).splitlines()[0]
         out.update(twin_figures(model_path, run, batch_size, repeats))
     return out
 
 
 def _unfrozen(path: str):
-    from .model_io import _torch_jit_load
+    from roof_detector.core.torchscript import jit_load
 
-    return _torch_jit_load(path).eval()
+    return jit_load(path).eval()
 
 
 def twin_figures(model_path: Optional[str], run, batch_size: int, repeats: int) -> Dict[str, Any]:
     """The shipped ONNX twin's precision and tiles/s, and the held-out figures recorded in it."""
     import json
 
-    from .model_io import BUNDLED_MODEL_PATH, read_metadata
-    from .onnx_twin import OnnxModule, find_twin, onnxruntime_available, read_twin_properties
+    from roof_detector.core.model_io import BUNDLED_MODEL_PATH, read_metadata
+    from roof_detector.core.onnx_twin import OnnxModule, find_twin, onnxruntime_available, read_twin_properties
 
     path = str(model_path or BUNDLED_MODEL_PATH)
     if not onnxruntime_available():
@@ -158,8 +158,8 @@ def twin_figures(model_path: Optional[str], run, batch_size: int, repeats: int) 
 def pipeline_run(size_px: int, model_path: Optional[str], device: str, batch_size: Optional[int],
                  repeats: int, gsd_m: Optional[float] = None) -> Dict[str, Any]:
     """Whole detection on a generated raster (read .. GeoPackage); meant for a child process."""
-    from .gpkg_writer import write_buildings
-    from .pipeline import DetectOptions, detect_buildings
+    from roof_detector.core.gpkg_writer import write_buildings
+    from roof_detector.core.pipeline import DetectOptions, detect_buildings
     from .synthetic import write_orthophoto
 
     model = load_model(model_path, device)
@@ -233,7 +233,7 @@ def _peak_rss_mb() -> float:
 def pipeline_in_child(size_px: int, model_path: Optional[str], device: str, batch_size: Optional[int],
                       repeats: int) -> Dict[str, Any]:
     """:func:`pipeline_run` in a fresh interpreter, so its peak RSS is its own."""
-    cmd = [sys.executable, "-m", "roof_detector", "bench", "--part", "pipeline", "--size", str(size_px),
+    cmd = [sys.executable, "-m", "devtools", "bench", "--part", "pipeline", "--size", str(size_px),
            "--device", device, "--repeats", str(repeats), "--json"]
     if model_path:
         cmd += ["--model", model_path]
@@ -247,9 +247,9 @@ def pipeline_in_child(size_px: int, model_path: Optional[str], device: str, batc
 
 def finetune_time(model_path: Optional[str], device: str, size_px: int = 2048, epochs: int = 10) -> Dict[str, Any]:
     """Wall time of fine-tuning ``epochs`` epochs on a generated labelled area of ``size_px`` square."""
-    from .model_io import read_metadata, BUNDLED_MODEL_PATH
+    from roof_detector.core.model_io import read_metadata, BUNDLED_MODEL_PATH
     from .synthetic import building_rectangles, write_orthophoto
-    from .training.finetune import FinetuneOptions, finetune
+    from roof_detector.core.training.finetune import FinetuneOptions, finetune
 
     meta = read_metadata(model_path or BUNDLED_MODEL_PATH)
     gsd = float(meta["gsd_m"])
