@@ -4,7 +4,8 @@
 #   make test    the whole test suite, headless
 #   make test-fast  the quick tier (tests not marked slow)
 #   make lint    ruff check + ruff format --check (settings in ruff.toml)
-#   make demo    detection on the embedded real demo image -> out/demo
+#   make demo    detection on the embedded real RGB demo crop (no download) -> out/demo
+#   make demo-pan  the panchromatic SpaceNet Atlanta sample (downloads the solaris wheel) -> out/demo-pan
 #   make train   train the bundled model (needs ../shared/data; see TRAIN_ARGS)
 #   make serve   the REST service on 127.0.0.1:8000 (SERVE_ARGS)
 #   make clean   remove generated outputs (keeps .venv; `make distclean` drops it)
@@ -32,7 +33,7 @@ TRAIN_ARGS ?= --arch efflite0_unet --epochs 120 --samples-per-epoch 480 --batch-
               --max-minutes 100 --seed 0 --hue 0.4 --threads 2 --test --out runs/efflite0_hue_scratch
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast lint demo train clean distclean
+.PHONY: setup test test-fast lint demo demo-pan train clean distclean
 
 setup: $(STAMP)
 
@@ -72,8 +73,11 @@ lint: setup
 $(SOLARIS_WHEEL): | $(STAMP)
 	$(PIP) download --no-deps solaris==0.4.0 -d .cache/solaris
 
-demo: setup $(SOLARIS_WHEEL)
+demo: setup
 	$(PY) -m roof_detector demo --out out/demo
+
+demo-pan: setup $(SOLARIS_WHEEL)
+	$(PY) -m roof_detector demo --sample atlanta --out out/demo-pan
 
 $(TRAIN_STAMP): requirements-train.txt $(STAMP)
 	$(PIP) install $(FIND_LINKS) -r requirements-train.txt
@@ -90,10 +94,18 @@ distclean: clean
 	rm -rf $(VENV) .cache
 
 # QGIS plugin packaging and review (owner: plugin engineer).
+#   make onnx-twin    release step: models/roof_unet.onnx, the int8 ONNX twin of roof_unet.pt (CPU detection
+#                     without torch), calibrated on OAM areas 1,2,3,5 and gated on the held-out cases
+#                     (needs ../shared/data); `make package` refuses a twin made from another roof_unet.pt
 #   make package      dist/roof_detector-<version>.zip for "Install from ZIP"
 #   make deploy       the same zip unpacked into the default QGIS profile
 #   make screenshots  out/screenshots/{dialog,result_map,report}.png, headless
-.PHONY: package deploy screenshots
+.PHONY: package deploy screenshots onnx-twin
+
+OAM := ../shared/data/oam
+onnx-twin: setup
+	$(PY) -m devtools onnx-twin --precision int8 --calibration-tiles 64 \
+	  $(foreach a,1 2 3 5,--calibration $(OAM)/area$(a)/ortho_z19.tif) --heldout ../shared/data
 
 package:
 	python3 scripts/package.py

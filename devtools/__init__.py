@@ -3,6 +3,7 @@
 * ``bench`` (:mod:`.bench`, :mod:`.bench_cli`): speed and memory figures (``make bench``);
 * ``score`` (:mod:`.heldout`, :mod:`.score_cli`): held-out figures on ``../shared/data`` (``make score``);
 * ``train`` (:mod:`.recipe`, :mod:`.train_cli`): the bundled model's training run (``make train``);
+* ``onnx-twin`` (:mod:`.onnx_twin`, :mod:`.onnx_twin_cli`): the bundled model's int8 ONNX twin, a release step (``make onnx-twin``);
 * :mod:`.synthetic` and :mod:`.test_model`: generated rasters and a one-layer model for tests and the bench.
 
 Everything here uses the plugin's engine (:mod:`roof_detector.core`); nothing

@@ -6,7 +6,9 @@ resample, infer, stitch, binarise, polygonise, attributes, GeoPackage on a
 generated raster of ``--size`` px at the model GSD), ``pipeline_over_model``,
 ``gflops_per_s`` with its share of the CPU's base-clock peak and a
 measured fp32 matmul rate for reference, ``onnxruntime_tiles_per_s``
-with output agreement, ``peak_rss_mb`` (per size, each in its own process),
+(the fp32 graph) with output agreement, the shipped ONNX twin's
+``int8_tiles_per_s`` (or ``fp32_tiles_per_s``) with the held-out IoU / F1
+differences recorded in it (``int8_heldout``), ``peak_rss_mb`` (per size, each in its own process),
 and the fine-tuning time for 10 epochs on 2048 x 2048 px.
 """
 
@@ -59,11 +61,21 @@ def run(args) -> int:
     figures.update(bench.model_throughput(args.model, args.device, batch))
     say(f"model ({figures['backend']}): {figures['model_tiles_per_s']} tiles/s"
         + (f", TorchScript {figures.get('torchscript_tiles_per_s')}, ONNX Runtime {figures.get('onnxruntime_tiles_per_s')}"
-           f" (max diff {figures.get('onnxruntime_max_abs_diff', float('nan')):.1e})" if device.type == "cpu" else ""))
+           f" fp32 (max diff {figures.get('onnxruntime_max_abs_diff', float('nan')):.1e})" if device.type == "cpu" else ""))
+    if "onnx_twin_precision" in figures:
+        p = figures["onnx_twin_precision"]
+        say(f"ONNX twin {figures['onnx_twin']} ({p}, {figures['onnx_twin_mb']} MB): {figures[p + '_tiles_per_s']} "
+            f"tiles/s vs fp32 {figures.get('onnxruntime_tiles_per_s')} tiles/s")
+        for case, h in (figures.get("int8_heldout") or {}).items():
+            say(f"  held-out {case}: pixel IoU fp32 {h['fp32_pixel_iou']} int8 {h['int8_pixel_iou']} "
+                f"({h['delta_pixel_iou']:+}), object F1 fp32 {h['fp32_object_f1']} int8 {h['int8_object_f1']} "
+                f"({h['delta_object_f1']:+})")
+    elif device.type == "cpu":
+        say(f"ONNX twin: {figures.get('onnx_twin')}")
     if device.type == "cpu" and "gflops_per_s" in figures:
         peak = bench.cpu_peak_gflops()
         figures["cpu_peak"] = peak
-        figures["share_of_peak"] = round(figures["gflops_per_s"] / peak["peak_gflops"], 3) if peak["peak_gflops"] else None
+        figures["share_of_peak"] = float(f"{figures['gflops_per_s'] / peak['peak_gflops']:.3g}") if peak["peak_gflops"] else None
         figures["matmul_gflops_per_s"] = bench.matmul_gflops()
         say(f"network: {figures['gflops_per_s']} GFLOP/s = {figures['share_of_peak']:.1%} of the "
             f"{peak['peak_gflops']} GFLOP/s fp32 peak at the base clock ({peak}; cores that boost "

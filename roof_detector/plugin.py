@@ -1,7 +1,10 @@
-"""QGIS plugin class: the "Detect Buildings", "Fine-tune Model", "Model Library" and "Rooftop Report" actions.
+"""QGIS plugin class: the "Detect Buildings", "Fine-tune Model", "Model Library", "Rooftop Report" and
+"Check dependencies" actions.
 
-Loading the plugin imports neither torch nor the engine; they are checked
-when the user first clicks the action, with install instructions if absent.
+Loading the plugin imports neither torch nor the engine; every action runs
+the one dependency check first (:func:`.qgis_adapter.deps.dependency_problem`)
+and opens the dependency dialog, which installs what is missing, when it
+finds something.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ class RoofDetectorPlugin:
         self.actions.append(action)
         for text, name, slot in ((tr("Fine-tune Model…"), "roofDetectorFinetune", self.run_finetune),
                                  (tr("Model Library…"), "roofDetectorModelLibrary", self.run_library),
-                                 (tr("Rooftop Report…"), "roofDetectorRooftopReport", self.run_report)):
+                                 (tr("Rooftop Report…"), "roofDetectorRooftopReport", self.run_report),
+                                 (tr("Check dependencies…"), "roofDetectorCheckDependencies", self.run_check)):
             extra = QAction(text, self.iface.mainWindow())
             extra.setObjectName(name)
             extra.triggered.connect(slot)
@@ -80,6 +84,9 @@ class RoofDetectorPlugin:
             self.iface.removePluginMenu(self.menu, action)
             action.deleteLater()
         self.menu_actions = []
+        from .qgis_ui.deps_dialog import close_dependency_dialog
+
+        close_dependency_dialog()
         for dialog in (self.dialog, self.finetune_dialog, self.library_dialog, self.report_dialog):
             if dialog is not None:
                 dialog.deleteLater()
@@ -94,15 +101,36 @@ class RoofDetectorPlugin:
 
         notify(self.iface, text, level)
 
+    def _dependencies_ok(self, purpose: str) -> bool:
+        """The one dependency check; opens the dependency dialog when something is missing."""
+        from .qgis_ui.deps_dialog import ensure_dependencies
+
+        return ensure_dependencies(self.iface, purpose)
+
+    def run_check(self) -> None:
+        """Action handler: open the dependency dialog (what is there, what is missing, Install)."""
+        try:
+            from .qgis_ui.deps_dialog import show_dependency_dialog
+
+            show_dependency_dialog(self.iface, "detect")
+        except Exception as exc:  # noqa: BLE001 - never a traceback dialog
+            self._failed(exc)
+
     def run(self) -> None:
         """Action handler: check dependencies, show the dialog, start the task."""
-        from .qgis_adapter.deps import check_dependencies
+        from .qgis_adapter.deps import dependency_problem
+        from .qgis_ui import settings
 
-        problem = check_dependencies()
-        if problem:
-            # This computer cannot detect; a Roof Detector server still can (the dialog offers only that).
+        problem = dependency_problem("detect")
+        if problem and settings.get("run_on") != "server":
+            # First use on a computer that lacks packages: the dependency dialog does the work.
+            if not self._dependencies_ok("detect"):
+                return
+            problem = None
+        elif problem:
+            # The user runs on a Roof Detector server: the dialog offers only that, with the reason.
             self._notify(problem + "\n\n" + tr("Without them, Detect Buildings can still run on a Roof Detector "
-                                                "server: choose it under Run on."), Qgis.Critical)
+                                                "server: choose it under Run on."), Qgis.Warning)
         from .qgis_ui.dialog import DetectDialog
 
         try:
@@ -118,6 +146,8 @@ class RoofDetectorPlugin:
 
     def run_finetune(self) -> None:
         """Action handler: show the (non-modal) Fine-tune Model dialog; it runs its own task."""
+        if not self._dependencies_ok("finetune"):
+            return
         try:
             from .qgis_ui.finetune_dialog import show_finetune_dialog
 
@@ -127,6 +157,8 @@ class RoofDetectorPlugin:
 
     def run_library(self) -> None:
         """Action handler: show the Model Library dialog."""
+        if not self._dependencies_ok("detect"):
+            return
         try:
             from .qgis_ui.library_dialog import show_library_dialog
 
@@ -137,6 +169,8 @@ class RoofDetectorPlugin:
     def run_report(self) -> None:
         """Action handler: the Rooftop Report of the active layer (sized with the dialog's solar parameters
         if it has no solar fields)."""
+        if not self._dependencies_ok("report"):
+            return
         self.show_report(self.iface.activeLayer())
 
     def show_report(self, layer: Any, described_params: Optional[dict] = None) -> Any:

@@ -10,7 +10,7 @@ Zip layout (one top-level folder, as QGIS requires)::
     roof_detector/__init__.py ...   the package (core/, cli/, qgis_adapter/, qgis_ui/, qgis_io/, processing/, plugin.py)
     roof_detector/metadata.txt
     roof_detector/resources/        icon and styles (no build scripts)
-    roof_detector/models/           roof_unet.pt + README.md, when present
+    roof_detector/models/           roof_unet.pt, its ONNX twin roof_unet.onnx + README.md, when present
     roof_detector/LICENSE           when present
 
 Excluded: tests, __pycache__, *.pyc, .venv and anything else not listed.
@@ -31,7 +31,7 @@ from typing import List, Tuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "roof_detector"
-MODEL_FILES = ("roof_unet.pt", "README.md")
+MODEL_FILES = ("roof_unet.pt", "roof_unet.onnx", "README.md")
 LICENSE_NAMES = ("LICENSE", "LICENSE.txt", "LICENSE.md", "COPYING")
 EXCLUDED_DIRS = {"__pycache__", "tests", "test", ".pytest_cache", ".mypy_cache"}
 EXCLUDED_SUFFIXES = (".pyc", ".pyo", ".orig", ".rej", "~")
@@ -86,6 +86,32 @@ def collect_files(root: Path = REPO_ROOT) -> List[Tuple[Path, str]]:
     return sorted(entries, key=lambda e: e[1])
 
 
+def check_twin(root: Path = REPO_ROOT) -> str:
+    """Refuse to package an ONNX twin made from another version of the bundled model; describe the twin.
+
+    The twin's ``source_sha256`` property (see roof_detector/core/onnx_twin.py)
+    must be the SHA-256 of models/roof_unet.pt. The property is found in the
+    raw protobuf bytes (key and value are plain strings there), so this check
+    needs neither onnx nor onnxruntime.
+    """
+    import hashlib
+    import re
+
+    pt, twin = root / "models" / "roof_unet.pt", root / "models" / "roof_unet.onnx"
+    if not pt.is_file():
+        return "no bundled model"
+    if not twin.is_file():
+        return "no ONNX twin: CPU detection in QGIS will need torch (make onnx-twin)"
+    digest = hashlib.sha256(pt.read_bytes()).hexdigest()
+    data = twin.read_bytes()
+    found = re.search(rb"source_sha256\x12@([0-9a-f]{64})", data)
+    if not found or found.group(1).decode() != digest:
+        raise SystemExit(f"{twin} was not made from the current {pt.name}: run `make onnx-twin` "
+                         "(needs ../shared/data) before packaging")
+    precision = re.search(rb"precision\x12\x04(fp32|int8)", data)
+    return f"ONNX twin {precision.group(1).decode() if precision else '?'}, {twin.stat().st_size / 1e6:.1f} MB"
+
+
 def check_entries(names: List[str]) -> None:
     """Refuse a zip QGIS would reject or that would not load."""
     required = [f"{PLUGIN}/__init__.py", f"{PLUGIN}/metadata.txt", f"{PLUGIN}/plugin.py"]
@@ -101,6 +127,7 @@ def build_zip(root: Path = REPO_ROOT, dist: Path | None = None) -> Path:
     root = Path(root)
     dist = Path(dist) if dist else root / "dist"
     dist.mkdir(parents=True, exist_ok=True)
+    check_twin(root)
     entries = collect_files(root)
     check_entries([arc for _, arc in entries])
     target = dist / f"{PLUGIN}-{read_version(root)}.zip"
@@ -143,7 +170,7 @@ def main(argv=None) -> int:
         names = zf.namelist()
     has_model = f"{PLUGIN}/models/roof_unet.pt" in names
     print(f"{zip_path} ({zip_path.stat().st_size / 1e6:.1f} MB, {len(names)} files"
-          f"{'' if has_model else '; no bundled model: models/roof_unet.pt is absent'})")
+          f"{'' if has_model else '; no bundled model: models/roof_unet.pt is absent'}; {check_twin(REPO_ROOT)})")
     if args.deploy:
         print(f"installed into {deploy(zip_path, Path(args.plugins_dir))}; restart QGIS or reload the plugin")
     return 0

@@ -6,6 +6,9 @@ Writes into ``out/screenshots/`` (or ``--out``):
 * ``dialog.png``      the Detect Buildings dialog, pre-filled with the orthophoto
 * ``result_map.png``  the styled building layer over the orthophoto
 * ``report.png``      the Rooftop Report dialog of the detected buildings
+* ``dependencies.png`` the dependency dialog as a fresh QGIS shows it: what the
+  system Python (``/usr/bin/python3``, QGIS's own on Debian) lacks, found by
+  importing in that interpreter
 
 By default the orthophoto is synthetic (bright roofs on dark ground) and the
 model is the deterministic brightness test model, so the script needs
@@ -110,6 +113,40 @@ def report_screenshot(layer, out_png: str) -> str:
     return out_png
 
 
+FIRST_RUN_PYTHON = "/usr/bin/python3"
+
+
+def missing_in(python: str, purpose: str = "detect") -> list:
+    """Import names ``purpose`` needs that ``python`` cannot import (each tried in that interpreter)."""
+    import subprocess
+
+    from roof_detector.qgis_adapter.deps import PURPOSES
+
+    gone = []
+    for name in PURPOSES[purpose]:
+        proc = subprocess.run([python, "-I", "-c", f"import {name}"], capture_output=True,
+                              timeout=60)
+        if proc.returncode != 0:
+            gone.append(name)
+    return gone
+
+
+def dependencies_screenshot(out_png: str, python: str = FIRST_RUN_PYTHON) -> str:
+    """Grab the dependency dialog listing what ``python`` lacks (the first click in a fresh QGIS)."""
+    from roof_detector.qgis_adapter.deps import ALL, DependencyReport, Missing
+    from roof_detector.qgis_ui.deps_dialog import DependencyDialog
+
+    names = missing_in(python) if os.path.exists(python) else []
+    report = DependencyReport("detect", [Missing(n, *ALL[n], error=f"No module named '{n}'") for n in names])
+    dialog = DependencyDialog("detect", report=report)
+    dialog.resize(780, 720)
+    dialog.show()
+    dialog.grab().save(out_png)
+    dialog.close()
+    dialog.deleteLater()
+    return out_png
+
+
 def render_map(layers, extent, crs, out_png: str, width: int = 900) -> str:
     """Render ``layers`` (top first) over ``extent`` to a PNG with QgsMapRendererParallelJob."""
     from qgis.core import QgsMapRendererParallelJob, QgsMapSettings
@@ -134,7 +171,7 @@ def render_map(layers, extent, crs, out_png: str, width: int = 900) -> str:
 
 def make_screenshots(out_dir: str, raster: str | None = None, model: str | None = None,
                      aoi_wkt: str | None = None) -> list:
-    """Write dialog.png, result_map.png and report.png to ``out_dir``; return their paths."""
+    """Write dialog.png, result_map.png, report.png and dependencies.png to ``out_dir``; return their paths."""
     os.makedirs(out_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="roof_detector-shots-")
     try:
@@ -163,6 +200,7 @@ def _make_screenshots(out_dir, tmp, raster, model, aoi_wkt) -> list:
     extent = QgsGeometry.fromWkt(aoi_wkt).boundingBox() if aoi_wkt else layer.extent()
     shots.append(render_map([buildings, layer], extent, crs, os.path.join(out_dir, "result_map.png")))
     shots.append(report_screenshot(buildings, os.path.join(out_dir, "report.png")))
+    shots.append(dependencies_screenshot(os.path.join(out_dir, "dependencies.png")))
     QgsProject.instance().removeMapLayer(layer.id())
     return shots
 

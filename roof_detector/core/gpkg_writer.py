@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence,
 
 from .errors import OutputError
 from .osgeo_exc import ogr, osr
+from .precision import rounded
 
 if TYPE_CHECKING:  # annotations only: the plugin writes a server's result with GDAL alone (no shapely)
     from .building import Building
@@ -190,7 +191,7 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
         defn = lyr.GetLayerDefn()
         # Field indexes resolved once, not by name per value (62,500 buildings: 3.7 -> 1.5 s).
         base = [defn.GetFieldIndex(n) for n in BASE_FIELDS]
-        extra = [(key, ftype, defn.GetFieldIndex(field_name(key))) for key, ftype in fields.items()]
+        extra = [(key, _KINDS[ftype], defn.GetFieldIndex(field_name(key))) for key, ftype in fields.items()]
         multi = geom_type == ogr.wkbMultiPolygon
         for b in buildings:
             feat = ogr.Feature(defn)
@@ -198,20 +199,20 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
             if multi:
                 geom = ogr.ForceToMultiPolygon(geom)
             feat.SetGeometry(geom)
-            feat.SetField(base[0], float(b.area_m2))
-            feat.SetField(base[1], float(b.perimeter_m))
-            feat.SetField(base[2], float(b.confidence))
-            attrs = b.attributes
-            for key, ftype, idx in extra:
-                value = attrs.get(key)
+            for idx, value in zip(base, base_values(b)):
                 if value is None:
                     feat.SetFieldNull(idx)
-                elif ftype == ogr.OFTReal:
-                    feat.SetField(idx, float(value))
-                elif ftype == ogr.OFTInteger64:
-                    feat.SetFieldInteger64(idx, int(value))
                 else:
-                    feat.SetField(idx, str(value))
+                    feat.SetField(idx, value)
+            attrs = b.attributes
+            for key, kind, idx in extra:
+                value = written_value(key, kind, attrs.get(key))
+                if value is None:
+                    feat.SetFieldNull(idx)
+                elif kind == "integer":
+                    feat.SetFieldInteger64(idx, value)
+                else:
+                    feat.SetField(idx, value)
             lyr.CreateFeature(feat)
         if metadata:
             lyr.SetMetadata({str(k): str(v) for k, v in metadata.items()})
@@ -233,6 +234,29 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
 
 #: Kinds of :func:`attribute_schema` (OGR-style names, as ``core.solar.SOLAR_FIELDS``).
 _OGR_TYPES = {"integer": ogr.OFTInteger64, "real": ogr.OFTReal, "string": ogr.OFTString}
+_KINDS = {ftype: kind for kind, ftype in _OGR_TYPES.items()}
+
+
+def base_values(building: Building) -> Tuple[float, float, Optional[float]]:
+    """(area_m2, perimeter_m, confidence) as every output stores them: rounded once, at write
+    time, to the decimals of :mod:`.precision` (this writer, the plugin's memory layer, the
+    Processing sink)."""
+    confidence = None if building.confidence is None else float(rounded("confidence", building.confidence))
+    return (float(rounded("area_m2", building.area_m2)), float(rounded("perimeter_m", building.perimeter_m)),
+            confidence)
+
+
+def written_value(key: str, kind: str, value: Any) -> Any:
+    """Attribute ``key`` of :func:`attribute_schema` kind ``kind`` as every output stores it: None
+    stays None, a real is rounded to the decimals of :mod:`.precision`, an integer is an int, anything
+    else its text."""
+    if value is None:
+        return None
+    if kind == "real":
+        return float(rounded(key, value))
+    if kind == "integer":
+        return int(value)
+    return value if isinstance(value, str) else str(value)
 
 
 def attribute_schema(buildings: Iterable[Building]) -> List[Tuple[str, str, str]]:

@@ -1,19 +1,22 @@
 """Batched tile prediction with the next batch read while the model runs.
 
-Reading (GDAL decompression, resampling) and inference (PyTorch) both
-release the GIL, so one reader thread keeps the model fed: while batch k
+Reading (GDAL decompression, resampling) and inference (ONNX Runtime or
+PyTorch) both release the GIL, so one reader thread keeps the model fed: while batch k
 runs on the device, batch k + 1 is read. Cancellation is checked before
 every batch, progress is reported after every batch.
+
+torch is imported only for a TorchScript model: an ONNX Runtime model
+(``numpy_io``) runs on numpy arrays, so CPU detection needs no torch.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-import torch
 
 from .errors import Cancelled, ModelError
 from .model_io import LoadedModel
@@ -31,7 +34,7 @@ GPU_BATCH_MAX = 128
 GPU_MEMORY_SHARE = 0.6
 
 
-def default_batch_size(device: torch.device) -> int:
+def default_batch_size(device: Any) -> int:
     """Tiles per batch when the user did not choose and nothing was measured: larger on GPUs."""
     return GPU_BATCH_SIZE if device.type in ("cuda", "mps") else CPU_BATCH_SIZE
 
@@ -47,6 +50,8 @@ def fitted_batch_size(model: LoadedModel) -> int:
     """
     if model.device.type != "cuda":
         return default_batch_size(model.device)
+    import torch
+
     try:
         free_bytes, _total = torch.cuda.mem_get_info(model.device)
         per_tile = _cuda_bytes_per_tile(model)
@@ -59,6 +64,8 @@ def fitted_batch_size(model: LoadedModel) -> int:
 
 def _cuda_bytes_per_tile(model: LoadedModel, probe_tiles: int = 2) -> float:
     """Peak CUDA memory one tile takes in a forward pass (input, activations, output)."""
+    import torch
+
     device = model.device
     tile = model.tile_size_px
     torch.cuda.synchronize(device)
@@ -96,22 +103,30 @@ def read_tiles(source: RasterSource, grid: ModelGrid, tiles: Sequence[Tile],
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for a device (or host) allocation failure: worth retrying with fewer tiles."""
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")  # a torch error can only come from a torch already imported
+    cuda_oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if cuda_oom is not None and isinstance(exc, cuda_oom):
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _to_device(x: Any, device: Any) -> Any:
     """Move a batch to the model's device (a seam: tests fake a GPU on a CPU-only machine)."""
     return x if device.type == "cpu" else x.to(device, non_blocking=True)
 
 
-def _free_device_memory(device: torch.device) -> None:
+def _free_device_memory(device: Any) -> None:
     """Give the failed batch's blocks back to the device before retrying."""
     import gc
 
     gc.collect()
+    if device.type == "cpu":
+        return
+    import torch
+
     if device.type == "cuda":
         torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
     elif device.type == "mps" and hasattr(torch, "mps"):
@@ -120,6 +135,8 @@ def _free_device_memory(device: torch.device) -> None:
 
 def _move_to_cpu(model: LoadedModel) -> None:
     """Continue on the CPU in float32 (the LoadedModel stays there afterwards)."""
+    import torch
+
     module = model.module
     if model.half and hasattr(module, "float"):
         module = module.float()
@@ -173,6 +190,10 @@ class BatchPredictor:
 
     def _run(self, rgb: np.ndarray) -> np.ndarray:
         model = self.model
+        if getattr(model.module, "numpy_io", False):
+            return self._run_numpy(rgb)
+        import torch
+
         with torch.inference_mode():
             try:
                 x = _to_device(torch.from_numpy(rgb), model.device)
@@ -192,6 +213,20 @@ class BatchPredictor:
                     raise ModelError(f"The model failed on a {tuple(rgb.shape)} batch: "
                                      f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
                 raise
+
+    def _run_numpy(self, rgb: np.ndarray) -> np.ndarray:
+        """An ONNX Runtime model: numpy in and out, no torch."""
+        try:
+            y = self.model.module.run_numpy(rgb)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            if is_out_of_memory(exc) or "bad_alloc" in str(exc) or "Failed to allocate" in str(exc):
+                raise MemoryError(str(exc)) from None
+            raise ModelError(f"The model failed on a {tuple(rgb.shape)} batch: "
+                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        if y.ndim != 4 or y.shape[0] != rgb.shape[0] or y.shape[1] != 1 or y.shape[2:] != rgb.shape[2:]:
+            raise ModelError(f"The model returned shape {tuple(y.shape)} for input {tuple(rgb.shape)}; "
+                             "a Roof Detector model must return N x 1 x H x W probabilities")
+        return np.asarray(y[:, 0], dtype=np.float32)
 
     def notes(self) -> List[str]:
         """What the out-of-memory handling did, for the user (empty when nothing happened)."""

@@ -19,6 +19,10 @@ The metadata record (a JSON object) holds at least::
 
 The TorchScript module takes float32 (or float16 on CUDA) RGB in [0, 1],
 shape N x 3 x H x W, and returns building probabilities N x 1 x H x W.
+
+torch is imported only where it is needed: on the CPU a model with an ONNX
+twin beside it (``roof_unet.onnx``, see :mod:`.onnx_twin`) loads and runs
+with ONNX Runtime alone, so detection in QGIS works without torch.
 """
 
 from __future__ import annotations
@@ -33,10 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import torch
-
 from .errors import ModelError, OutputError
 from .locations import bundled_model_file
+from .torchscript import jit_load as _torch_jit_load
+from .torchscript import quiet_deprecations as _quiet_torch_deprecations
 
 FORMAT_NAME = "roof-detector-model"
 FORMAT_VERSION = 1
@@ -50,13 +54,32 @@ KNOWN_BANDS = ("red", "green", "blue")
 BUNDLED_MODEL_PATH = bundled_model_file()
 
 
+def torch_available() -> bool:
+    """Whether torch imports here (needed for GPUs, fine-tuning and models without an ONNX twin)."""
+    try:
+        import torch  # noqa: F401
+    except Exception:  # noqa: BLE001 - ImportError, or a broken install raising OSError
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class CpuDevice:
+    """The CPU where torch is not installed: quacks like ``torch.device("cpu")`` for ``.type``."""
+
+    type: str = "cpu"
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
 @dataclass
 class LoadedModel:
-    """A TorchScript module on its device with the metadata it was saved with."""
+    """A model (TorchScript module or ONNX Runtime session) on its device with its metadata."""
 
-    module: torch.jit.ScriptModule
+    module: Any
     metadata: Dict[str, Any]
-    device: torch.device
+    device: Any  # torch.device, or CpuDevice without torch
     path: str
     half: bool = False
     extra: Dict[str, Any] = field(default_factory=dict)
@@ -134,12 +157,14 @@ def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
     return validate_metadata(meta, path)
 
 
-def save_model(module: torch.nn.Module, path: str | os.PathLike, metadata: Dict[str, Any]) -> str:
+def save_model(module: Any, path: str | os.PathLike, metadata: Dict[str, Any]) -> str:
     """Script (if needed) and save ``module`` with ``metadata``, atomically.
 
     ``module`` must take RGB in [0, 1] and return probabilities (wrap a raw
     network in :class:`roof_detector.core.unet.ExportWrapper`).
     """
+    import torch
+
     meta = copy.deepcopy(metadata)
     meta.setdefault("format", FORMAT_NAME)
     meta.setdefault("format_version", FORMAT_VERSION)
@@ -167,9 +192,19 @@ def save_model(module: torch.nn.Module, path: str | os.PathLike, metadata: Dict[
     return str(path)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; explicit names are checked."""
+def resolve_device(device: str = "auto") -> Any:
+    """``auto`` picks CUDA, then MPS, then CPU; explicit names are checked.
+
+    Without torch only the CPU exists (a :class:`CpuDevice`).
+    """
     device = (device or "auto").lower()
+    if not torch_available():
+        if device in ("auto", "cpu"):
+            return CpuDevice()
+        raise ModelError(f"Device {device!r} needs PyTorch, which is not installed here; use the CPU, or install "
+                         "torch (QGIS: Plugins > Roof Detector > Check dependencies)")
+    import torch
+
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -187,8 +222,14 @@ def resolve_device(device: str = "auto") -> torch.device:
         raise ModelError(f"Unknown device {device!r}; use auto, cpu or cuda") from None
 
 
-def device_description(device: torch.device) -> str:
+def device_description(device: Any) -> str:
     """Human-readable name of a device, e.g. 'CUDA: NVIDIA H100' or 'CPU (2 threads)'."""
+    if isinstance(device, CpuDevice):
+        from .onnx_twin import default_threads
+
+        return f"CPU ({default_threads()} threads)"
+    import torch
+
     if device.type == "cuda":
         try:
             return f"CUDA: {torch.cuda.get_device_name(device)}"
@@ -207,43 +248,89 @@ def load_model(path: Optional[str | os.PathLike] = None, device: str = "auto",
     """Load a model file (default: the bundled one) on ``device``.
 
     Half precision is used on CUDA unless ``half=False``. On CPU, ``backend``
-    ``auto`` runs the model with ONNX Runtime when it is installed and agrees
-    with TorchScript (it is several times faster there), else with TorchScript
-    frozen and optimised for inference (conv+BN folding). The backend in use
-    is in ``LoadedModel.extra["backend"]``.
+    ``auto`` runs the model with ONNX Runtime when it is installed: from the
+    model's ONNX twin when one made from this very file lies beside it (no
+    torch needed), else exported from TorchScript into a cache and checked
+    against it; failing that, with TorchScript frozen and optimised for
+    inference (conv+BN folding). ``path`` may also name an ONNX twin itself
+    (``.onnx``, CPU only). The backend in use is in
+    ``LoadedModel.extra["backend"]``.
     """
     if backend not in BACKENDS:
         raise ModelError(f"Unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     path = str(path or BUNDLED_MODEL_PATH)
+    if path.lower().endswith(".onnx"):
+        return _load_onnx_file(path, device, backend)
     meta = read_metadata(path)
     dev = resolve_device(device)
+    extra: Dict[str, Any] = {"backend": "torch"}
+    if dev.type == "cpu" and backend in ("auto", "onnxruntime"):
+        from . import onnx_twin
+
+        if onnx_twin.onnxruntime_available():
+            twin, why_not = onnx_twin.find_twin(path, meta)
+            if twin is not None:
+                module = onnx_twin.OnnxModule(twin)
+                return LoadedModel(module=module, metadata=meta, device=dev, path=path, half=False,
+                                   extra={"backend": "onnxruntime", "onnx_path": twin,
+                                          "onnx_precision": module.precision})
+            if not torch_available():
+                raise ModelError(f"{path} has no usable ONNX twin ({why_not}) and PyTorch is not installed to run "
+                                 "it; install torch (QGIS: Plugins > Roof Detector > Check dependencies)")
+            extra["onnx_twin_unused"] = why_not
+        elif not torch_available():
+            raise ModelError("Neither ONNX Runtime nor PyTorch is installed: install onnxruntime "
+                             "(QGIS: Plugins > Roof Detector > Check dependencies)")
+        elif backend == "onnxruntime":
+            raise ModelError("ONNX Runtime is not installed: `pip install onnxruntime`, or use backend torch")
+    import torch
+
     try:
-        module = torch.jit.load(path, map_location="cpu")
+        module = _torch_jit_load(path)
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError / ValueError / zip errors
         raise ModelError(f"{path} could not be loaded as TorchScript: {str(exc).splitlines()[0]}") from None
     module.eval()
     use_half = dev.type == "cuda" if half is None else bool(half and dev.type == "cuda")
-    extra: Dict[str, Any] = {"backend": "torch"}
     if dev.type == "cpu" and backend in ("auto", "onnxruntime"):
-        from . import onnx_backend
+        from . import onnx_backend, onnx_twin
 
-        if onnx_backend.onnxruntime_available():
+        if onnx_twin.onnxruntime_available():
             try:
                 ort_module = onnx_backend.onnx_module_for(path, meta, module)
-                return LoadedModel(module=ort_module, metadata=meta, device=dev, path=path, half=False,
-                                   extra={"backend": "onnxruntime", "onnx_path": ort_module.path})
+                extra.update({"backend": "onnxruntime", "onnx_path": ort_module.path, "onnx_precision": "fp32"})
+                return LoadedModel(module=ort_module, metadata=meta, device=dev, path=path, half=False, extra=extra)
             except Exception as exc:  # noqa: BLE001 - any export/runtime problem: TorchScript still works
                 if backend == "onnxruntime":
                     raise ModelError(f"{path} cannot run with ONNX Runtime: {exc}") from None
                 extra["onnx_fallback_reason"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        elif backend == "onnxruntime":
-            raise ModelError("ONNX Runtime is not installed: `pip install onnxruntime`, or use backend torch")
     if dev.type == "cpu":
+        ctx = _quiet_torch_deprecations()
         try:
             module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
         except Exception:  # noqa: BLE001 - a model that cannot be frozen still runs unfrozen
             pass
+        finally:
+            ctx.__exit__(None, None, None)
     module = module.to(dev)
     if use_half:
         module = module.half()
     return LoadedModel(module=module, metadata=meta, device=dev, path=path, half=use_half, extra=extra)
+
+
+def _load_onnx_file(path: str, device: str, backend: str) -> LoadedModel:
+    """An ONNX twin named directly: CPU with ONNX Runtime only."""
+    from . import onnx_twin
+
+    if backend == "torch":
+        raise ModelError(f"{path} is an ONNX model: it runs with ONNX Runtime, not torch")
+    if (device or "auto").lower() not in ("auto", "cpu"):
+        raise ModelError(f"{path} is an ONNX model: it runs on the CPU only; use its TorchScript file for {device}")
+    if not onnx_twin.onnxruntime_available():
+        raise ModelError("ONNX Runtime is not installed: install onnxruntime to run an .onnx model")
+    if not os.path.isfile(path):
+        raise ModelError(f"Model file not found: {path}")
+    meta = validate_metadata(onnx_twin.read_twin_metadata(path), path)
+    module = onnx_twin.OnnxModule(path)
+    dev = resolve_device("cpu")
+    return LoadedModel(module=module, metadata=meta, device=dev, path=path, half=False,
+                       extra={"backend": "onnxruntime", "onnx_path": path, "onnx_precision": module.precision})

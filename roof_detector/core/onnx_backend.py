@@ -12,6 +12,11 @@ The ONNX graph is exported from the Python network (rebuilt from the file's
 architecture metadata and weights), because the TorchScript exporter cannot
 export ``interpolate`` with scale factors from a loaded script module.
 Models of other architectures stay on TorchScript.
+
+``devtools/onnx_twin.py`` (the release step ``make onnx-twin``) writes the
+same graph as a model file's shipped ONNX twin (fp32, or int8 statically
+quantised on calibration imagery), checked against TorchScript;
+:mod:`.onnx_twin` loads it without torch.
 """
 
 from __future__ import annotations
@@ -22,21 +27,15 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import numpy as np
 import torch
 
+from .onnx_twin import OnnxModule, onnxruntime_available
+from .torchscript import jit_load
 from .unet import ARCHITECTURES, ExportWrapper, build_model
 
+__all__ = ["OnnxModule", "onnxruntime_available", "export_onnx", "onnx_module_for"]
+
 AGREEMENT_TOL = 1e-3
-
-
-def onnxruntime_available() -> bool:
-    """Whether ``onnxruntime`` imports here."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def cache_dir() -> Path:
@@ -73,9 +72,17 @@ def export_onnx(model_path: str, meta: Dict[str, Any], script: Optional[torch.ji
         return str(out)
     if meta["architecture"]["name"] not in ARCHITECTURES:
         raise ValueError(f"architecture {meta['architecture']['name']!r} has no ONNX export")
-    script = script if script is not None else torch.jit.load(model_path, map_location="cpu")
-    wrapper = python_network(script, meta)
-    tile = int(meta["tile_size_px"])
+    script = script if script is not None else _load_script(model_path)
+    _export_graph(python_network(script, meta), int(meta["tile_size_px"]), out)
+    return str(out)
+
+
+def _load_script(model_path: str) -> torch.jit.ScriptModule:
+    return jit_load(model_path).eval()
+
+
+def _export_graph(wrapper: torch.nn.Module, tile: int, out: Path) -> None:
+    """Export ``wrapper`` to ``out`` (atomically), dynamic batch and tile size."""
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=str(out.parent))
     os.close(fd)
@@ -89,29 +96,6 @@ def export_onnx(model_path: str, meta: Dict[str, Any], script: Optional[torch.ji
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return str(out)
-
-
-class OnnxModule:
-    """Callable like the TorchScript module: float32 tensor N x 3 x H x W in, probabilities out."""
-
-    def __init__(self, onnx_path: str, threads: Optional[int] = None):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or torch.get_num_threads()
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle intra-op threads sleep instead of spinning: the reader and outline threads of
-        # the pipeline then get the CPU between operators (8192 px bench: 20.2 -> 19.2 s;
-        # the network alone is as fast, 85.4 vs 83.4 tiles/s).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.path = onnx_path
-        self.session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        arr = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.session.run(None, {"image": arr})[0])
 
 
 def onnx_module_for(model_path: str, meta: Dict[str, Any], script: torch.jit.ScriptModule) -> OnnxModule:
@@ -125,3 +109,10 @@ def onnx_module_for(model_path: str, meta: Dict[str, Any], script: torch.jit.Scr
     if not diff <= AGREEMENT_TOL:
         raise ValueError(f"ONNX Runtime output differs from TorchScript by {diff:.2e}")
     return module
+
+
+def _exportable(script: torch.jit.ScriptModule, meta: Dict[str, Any]) -> torch.nn.Module:
+    """The module to export: the Python network for our architectures, else the script module itself."""
+    if meta["architecture"]["name"] in ARCHITECTURES:
+        return python_network(script, meta)
+    return script

@@ -35,6 +35,15 @@ COLUMNS = (
     ("annual_kwh", 1, "Energy (kWh/yr)"),
     ("orientation_deg", 1, "Orientation (° from N)"),
 )
+#: How the report names the sizing parameters (internal keys -> labels with units).
+PARAM_LABELS = {
+    "setback_m": "Setback from the roof edge (m)",
+    "usable_fraction": "Usable fraction of the roof",
+    "panel_area_m2": "Panel area (m²)",
+    "panel_wp": "Panel power (Wp)",
+    "specific_yield_kwh_per_kwp": "Specific yield (kWh/kWp/yr)",
+    "regularize": "Outlines squared",
+}
 #: Totals: table column -> decimals.
 TOTAL_COLUMNS = (("area_m2", 2), ("usable_area_m2", 2), ("panels", 0), ("kwp", 3), ("annual_kwh", 1))
 
@@ -113,7 +122,8 @@ def render_html(table: Sequence[Mapping[str, Any]], total: Mapping[str, Any], pn
     decimals = {k: d for k, d, _ in COLUMNS}
     lines = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{esc(title)}</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#eee}</style>",
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+             "th{background:#eee;white-space:nowrap}</style>",
              "</head><body>", f"<h1>{esc(title)}</h1>"]
     if source:
         lines.append(f"<p>Source: {esc(source)}</p>")
@@ -128,7 +138,7 @@ def render_html(table: Sequence[Mapping[str, Any]], total: Mapping[str, Any], pn
         lines.append("<h2>Parameters</h2><table id='params'>")
         for k, v in params.items():
             shown = "estimated from latitude" if v is None else v
-            lines.append(f"<tr><th>{esc(str(k))}</th><td>{esc(str(shown))}</td></tr>")
+            lines.append(f"<tr><th>{esc(PARAM_LABELS.get(str(k), str(k)))}</th><td>{esc(str(shown))}</td></tr>")
         lines.append("</table>")
     b64 = base64.b64encode(png).decode("ascii")
     # the image in its own paragraph: Qt's rich text (QTextBrowser, QTextDocument -> PDF) otherwise
@@ -136,7 +146,8 @@ def render_html(table: Sequence[Mapping[str, Any]], total: Mapping[str, Any], pn
     lines.append("<h2>Building areas</h2>")
     lines.append(f"<p><img alt='histogram of building areas' src='data:image/png;base64,{b64}'></p>")
     lines.append("<h2>Buildings</h2><table id='buildings'><tr>")
-    lines.extend(f"<th>{esc(h)}</th>" for _, _, h in COLUMNS)
+    # Column headings break only before their unit, never inside a word ("Orientati/on").
+    lines.extend(f"<th>{esc(h).replace(' (', '<br>(')}</th>" for _, _, h in COLUMNS)
     lines.append("</tr>")
     for row in table:
         cells = "".join(f"<td>{esc(_fmt(row.get(k), decimals[k]))}</td>" for k, _, _ in COLUMNS)

@@ -11,6 +11,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingParameterNumber,
     QgsRasterLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication
@@ -20,6 +21,20 @@ from ..qgis_adapter.paths import resource_path
 
 #: Vector formats the engine reads directly; other layers are exported to a temporary GeoPackage.
 ENGINE_VECTOR_FORMATS = ["gpkg", "shp", "geojson", "json", "fgb", "sqlite", "gml", "kml"]
+
+
+HELP_URL = "https://github.com/roof-detector/roof-detector#processing-and-qgis_process"
+
+
+def html_to_text(html: str) -> str:
+    """The help's few tags as plain text: line breaks kept, other tags dropped, entities decoded."""
+    import html as html_lib
+    import re
+
+    text = re.sub(r"<br\s*/?>", "\n", html, flags=re.I)
+    text = re.sub(r"</?(p|li|ul|ol)\b[^>]*>", "\n", text, flags=re.I)
+    text = re.sub(r"<[^>]+>", "", text)
+    return re.sub(r"\n{3,}", "\n\n", html_lib.unescape(text)).strip()
 
 
 def tr(text: str) -> str:
@@ -63,10 +78,40 @@ class RoofDetectorAlgorithm(QgsProcessingAlgorithm):
         return self.GROUP_ID
 
     def shortHelpString(self) -> str:  # noqa: N802
-        return self.tr(self.HELP)
+        """The help as HTML in QGIS; as plain text in ``qgis_process help``, which prints it raw."""
+        text = self.tr(self.HELP)
+        from qgis.core import QgsApplication
+
+        return html_to_text(text) if QgsApplication.platform() == "qgis_process" else text
+
+    def helpUrl(self) -> str:  # noqa: N802
+        """The README's Processing section on the repository page (the zip carries no README)."""
+        return HELP_URL
+
+    def addParameter(self, parameter, createOutput=True):  # noqa: N802, N803 - QGIS API
+        """Real-number parameters show at most 2 decimals (Qt's default is 6: "10.000000")."""
+        if (isinstance(parameter, QgsProcessingParameterNumber)
+                and parameter.dataType() == QgsProcessingParameterNumber.Double):
+            meta = dict(parameter.metadata() or {})
+            wrapper = dict(meta.get("widget_wrapper") or {})
+            wrapper.setdefault("decimals", 2)
+            meta["widget_wrapper"] = wrapper
+            parameter.setMetadata(meta)
+        return super().addParameter(parameter, createOutput)
 
     def icon(self) -> QIcon:
         return icon()
+
+    #: what the algorithm needs, for the plugin's one dependency check (qgis_adapter.deps.PURPOSES)
+    PURPOSE = "detect"
+
+    def require_dependencies(self) -> None:
+        """The plugin's one dependency check, as a QgsProcessingException (``qgis_process`` prints it)."""
+        from ..qgis_adapter.deps import dependency_problem
+
+        problem = dependency_problem(self.PURPOSE)
+        if problem:
+            raise QgsProcessingException(problem)
 
     def optional_value(self, parameters: Dict[str, Any], name: str) -> bool:
         """True when the optional parameter ``name`` was given a value."""

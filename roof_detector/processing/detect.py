@@ -62,6 +62,7 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.TOTAL_AREA, self.tr("Total building area (m²)")))
 
     def processAlgorithm(self, parameters, context, feedback) -> Dict[str, Any]:  # noqa: N802
+        self.require_dependencies()
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         check_raster_layer(layer)
         aoi_wkt = None

@@ -69,6 +69,7 @@ class EvaluateDetectionAlgorithm(RoofDetectorAlgorithm):
     OUTPUT_JSON = "OUTPUT_JSON"
 
     NAME = "evaluatedetection"
+    PURPOSE = "report"
     DISPLAY_NAME = "Evaluate building detection"
     GROUP = "Building detection"
     GROUP_ID = "detection"
@@ -144,6 +145,7 @@ class EvaluateDetectionAlgorithm(RoofDetectorAlgorithm):
                 "crs": crs.authid() or crs.toWkt()}
 
     def processAlgorithm(self, parameters, context, feedback) -> Dict[str, Any]:  # noqa: N802
+        self.require_dependencies()
         grid = self._grid(parameters, context)
         threshold = self.parameterAsDouble(parameters, self.IOU_THRESHOLD, context)
         json_path = self.parameterAsFileOutput(parameters, self.OUTPUT_JSON, context) if \

@@ -36,6 +36,7 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
     THRESHOLD = "THRESHOLD"
 
     NAME = "finetunemodel"
+    PURPOSE = "finetune"
     DISPLAY_NAME = "Fine-tune model"
     GROUP = "Building detection"
     GROUP_ID = "detection"
@@ -88,6 +89,7 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
         return union.asWkt()
 
     def processAlgorithm(self, parameters, context, feedback) -> Dict[str, Any]:  # noqa: N802
+        self.require_dependencies()
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         raster = raster_file(layer)
         output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)

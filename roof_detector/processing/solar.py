@@ -40,6 +40,7 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
     TOTAL_ANNUAL_KWH = "TOTAL_ANNUAL_KWH"
 
     NAME = "rooftopsolar"
+    PURPOSE = "report"
     DISPLAY_NAME = "Rooftop solar potential"
     GROUP = "Rooftop solar"
     GROUP_ID = "solar"
@@ -79,6 +80,7 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
             self.addOutput(QgsProcessingOutputNumber(key, self.tr(label)))
 
     def processAlgorithm(self, parameters, context, feedback) -> Dict[str, Any]:  # noqa: N802
+        self.require_dependencies()
         source = self.parameterAsSource(parameters, self.INPUT, context)
         if source is None:
             raise QgsProcessingException(self.invalidSourceError(parameters, self.INPUT))

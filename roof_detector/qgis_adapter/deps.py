@@ -1,43 +1,179 @@
-"""Check that QGIS's Python has the engine's dependencies; say how to install them.
+"""The one dependency check of every entry point, and how to fix what it finds.
 
-The engine needs torch, numpy, rasterio, shapely and pyproj. QGIS ships
-numpy (and often the rest) but never torch. Nothing is imported at module
-level here; :func:`missing_modules` tries the imports when asked, so the
-plugin loads without them and explains on first use.
+:func:`dependency_problem` is THE check: the toolbar action, the menu
+entries, the Processing algorithms (as a ``QgsProcessingException``, so
+``qgis_process`` prints it), the report and fine-tune dialogs all call it
+and show the same one message. It reports, for a purpose (``detect``,
+``report``, ``finetune``):
+
+* Python packages that cannot be imported (with why each is needed);
+* a shapely built with another GEOS than QGIS's (the Linux GEOS rule: its
+  symbols clash with QGIS's and geometry operations crash QGIS).
+
+Detection on the CPU needs no torch: the bundled model ships with its ONNX
+twin, run by onnxruntime. torch is needed only to fine-tune and for a GPU.
+
+Missing packages are installed by the dependency dialog
+(:mod:`.deps_dialog`) with pip, run by QGIS's own Python, into a folder the
+plugin owns (:func:`deps_dir`, appended to ``sys.path`` at plugin load, so
+QGIS's own numpy/GDAL keep precedence). Nothing is imported at module
+level; a package already imported is not imported again, so the check is
+quick on every click.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 from . import tr
 
-# import name -> pip package name
-REQUIRED = {
-    "numpy": "numpy",
-    "torch": "torch",
-    "rasterio": "rasterio",
-    "shapely": "shapely",
-    "pyproj": "pyproj",
+# import name -> (pip requirement, why it is needed)
+ENGINE = {
+    "numpy": ("numpy<2", "arrays (QGIS normally ships it)"),
+    # affine 3 (slotted Affine) breaks rasterio 1.4's cached properties: "No '__dict__' attribute"
+    "affine": ("affine>=2.4,<3", "raster geotransforms"),
+    "rasterio": ("rasterio>=1.4,<1.5", "reading orthophotos"),
+    "shapely": ("shapely>=2", "building outlines"),
+    "pyproj": ("pyproj", "ground areas in metres"),
 }
+CPU_RUNTIME = {"onnxruntime": ("onnxruntime", "runs the bundled model on the CPU (no torch needed)")}
+TORCH = {"torch": ("torch", "fine-tuning, GPUs, and models without an ONNX twin")}
+CHARTS = {"matplotlib": ("matplotlib", "the training-curve chart")}
+
+PURPOSES: Dict[str, Dict[str, Tuple[str, str]]] = {
+    "detect": {**ENGINE, **CPU_RUNTIME},
+    "report": {**ENGINE},
+    "finetune": {**ENGINE, **TORCH, **CHARTS},
+    # a detection on a Roof Detector server: QGIS alone (its network manager and GDAL) uploads,
+    # polls and reads the result, so none of the engine's packages is needed here
+    "server": {},
+}
+PURPOSE_TEXT = {"detect": "detect buildings", "report": "make the rooftop report", "finetune": "fine-tune a model",
+                "server": "detect buildings on a Roof Detector server"}
+
+ALL = {**ENGINE, **CPU_RUNTIME, **TORCH, **CHARTS}
 
 
-def missing_modules() -> List[str]:
-    """Import names of the required modules that cannot be imported."""
-    missing = []
-    for name in REQUIRED:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - ImportError, or a broken install raising OSError/RuntimeError
-            missing.append(name)
-    return missing
+@dataclass
+class Missing:
+    """One package that cannot be imported."""
+
+    module: str
+    requirement: str
+    why: str
+    error: str = ""
+
+
+@dataclass
+class DependencyReport:
+    """What :func:`check` found for a purpose."""
+
+    purpose: str
+    missing: List[Missing] = field(default_factory=list)
+    geos: Optional[str] = None  # the GEOS-mismatch explanation, or None
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.geos
+
+    def requirements(self) -> List[str]:
+        """pip requirements that fix what is missing (shapely again when its GEOS clashes)."""
+        reqs = [m.requirement for m in self.missing]
+        if self.geos and not any(r.startswith("shapely") for r in reqs):
+            reqs.append(ENGINE["shapely"][0])
+        return reqs
+
+    def message(self) -> str:
+        """The one user-facing message (empty when everything is there)."""
+        if self.ok:
+            return ""
+        parts = []
+        if self.missing:
+            items = "; ".join(f"{m.module} ({tr(m.why)})" for m in self.missing)
+            parts.append(tr("Roof Detector needs Python packages that QGIS's Python does not have to {what}: "
+                            "{items}.").format(what=tr(PURPOSE_TEXT.get(self.purpose, self.purpose)), items=items))
+        if self.geos:
+            parts.append(self.geos)
+        parts.append(tr("Open Plugins > Roof Detector > Check dependencies… and click Install, or run in a "
+                        "terminal:\n\n    {cmd}\n\nthen restart QGIS.").format(
+            cmd=install_command(self.requirements())))
+        return "\n\n".join(parts)
+
+
+def deps_dir() -> str:
+    """The plugin-owned folder pip installs into: $ROOF_DETECTOR_DEPS_DIR, or
+    ``<QGIS settings>/python/roof_detector_deps/py<X.Y>`` (outside the plugin folder,
+    so a plugin upgrade keeps it; per Python version, since wheels are)."""
+    override = os.environ.get("ROOF_DETECTOR_DEPS_DIR")
+    if override:
+        return override
+    base = None
+    try:
+        from qgis.core import QgsApplication
+
+        base = QgsApplication.qgisSettingsDirPath()
+    except Exception:  # noqa: BLE001 - outside QGIS
+        pass
+    if not base:
+        base = os.path.join(os.path.expanduser("~"), ".local", "share", "roof_detector")
+    return os.path.join(base, "python", "roof_detector_deps", f"py{sys.version_info.major}.{sys.version_info.minor}")
+
+
+def activate_deps_dir() -> str:
+    """Put :func:`deps_dir` at the END of ``sys.path`` (QGIS's own packages win); return it."""
+    path = deps_dir()
+    if os.path.isdir(path) and path not in sys.path:
+        sys.path.append(path)
+        importlib.invalidate_caches()
+    return path
+
+
+def _try_import(module: str) -> str:
+    """'' when ``module`` imports, else the first line of why not (absent: no import attempted)."""
+    if module in sys.modules and sys.modules[module] is not None:
+        return ""
+    try:
+        if importlib.util.find_spec(module) is None:
+            return "not installed"
+    except (ImportError, ValueError):
+        return "not installed"
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - ImportError, or a broken install raising OSError/RuntimeError
+        return (str(exc).splitlines() or [type(exc).__name__])[0]
+    return ""
+
+
+def missing_modules(purpose: str = "detect") -> List[str]:
+    """Import names of the packages ``purpose`` needs that cannot be imported."""
+    return [name for name in PURPOSES[purpose] if _try_import(name)]
+
+
+def check(purpose: str = "detect") -> DependencyReport:
+    """What ``purpose`` lacks here (packages, GEOS)."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown purpose {purpose!r}")
+    activate_deps_dir()
+    names = missing_modules(purpose)
+    report = DependencyReport(purpose, [Missing(n, *ALL.get(n, (n, "")), error=_try_import(n)) for n in names])
+    if "shapely" not in names:
+        report.geos = geos_mismatch()
+    return report
+
+
+def dependency_problem(purpose: str = "detect") -> Optional[str]:
+    """THE check of every entry point: None when ``purpose`` can run here, else the one message."""
+    report = check(purpose)
+    return None if report.ok else report.message()
 
 
 def qgis_python_executable() -> str:
-    """Best guess of the Python interpreter QGIS runs (sys.executable may be qgis itself)."""
+    """The Python interpreter QGIS runs (``sys.executable`` is often qgis itself)."""
     exe = sys.executable or ""
     if os.path.basename(exe).lower().startswith("python"):
         return exe
@@ -53,33 +189,65 @@ def qgis_python_executable() -> str:
     return "python3"
 
 
-def install_command(modules: List[str]) -> str:
-    """The pip command that installs ``modules`` into QGIS's Python."""
-    packages = " ".join(REQUIRED.get(m, m) for m in modules)
+def default_cpu_threads() -> int:
+    """CPU threads detection uses (without torch: the CPUs this process may use)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def needs_source_shapely() -> bool:
+    """The Linux GEOS rule: shapely must be built against the system GEOS QGIS links (not a PyPI wheel)."""
+    return sys.platform.startswith("linux")
+
+
+def pip_arguments(requirements: List[str], target: Optional[str] = None, gpu: bool = False) -> List[str]:
+    """Arguments after the interpreter: ``-m pip install --target DIR ...``.
+
+    pip's own configuration (index, proxy, find-links, trusted hosts) applies,
+    as nothing here overrides it. torch comes as the CPU build unless ``gpu``
+    (the CPU wheels' index is added as an *extra* index; the "+cpu" local
+    version outranks PyPI's CUDA build). On Linux shapely is built from source
+    against the system GEOS (needs libgeos-dev and a compiler).
+    """
+    target = target or deps_dir()
+    args = ["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--upgrade",
+            "--target", target]
+    if needs_source_shapely() and any(r.startswith("shapely") for r in requirements):
+        args += ["--no-binary", "shapely"]
+    if any(r.split("<")[0].split(">")[0].split("=")[0] == "torch" for r in requirements) and not gpu \
+            and sys.platform != "darwin":
+        args += ["--extra-index-url", "https://download.pytorch.org/whl/cpu"]
+    # A dependency QGIS's Python already has (numpy, which GDAL is built against) is held at
+    # QGIS's version, so what lands in the folder matches what QGIS imports (its copy wins anyway).
+    constraints = write_constraints(target)
+    if constraints:
+        args += ["--constraint", constraints]
+    return args + requirements
+
+
+def write_constraints(target: str) -> Optional[str]:
+    """A pip constraints file pinning numpy to QGIS's version (None when numpy is absent)."""
+    try:
+        import numpy
+    except Exception:  # noqa: BLE001
+        return None
+    path = os.path.join(os.path.dirname(target.rstrip(os.sep)) or target, "constraints.txt")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(f"numpy=={numpy.__version__}\n")
+    except OSError:
+        return None
+    return path
+
+
+def install_command(requirements: List[str], gpu: bool = False) -> str:
+    """The same pip run as the dialog's Install button, as a command line."""
     exe = qgis_python_executable()
-    quoted = f'"{exe}"' if " " in exe else exe
-    in_venv = sys.prefix != getattr(sys, "base_prefix", sys.prefix)
-    if sys.platform == "win32" or in_venv:
-        return f"{quoted} -m pip install {packages}"
-    return f"{quoted} -m pip install --user {packages}"
-
-
-def install_message(modules: List[str]) -> str:
-    """A user-facing explanation of what is missing and exactly how to install it."""
-    cmd = install_command(modules)
-    text = tr("Roof Detector needs Python packages that QGIS's Python does not have: {names}. "
-              "Install them into QGIS's Python with:\n\n    {cmd}\n\n").format(
-        names=", ".join(modules), cmd=cmd)
-    if sys.platform == "win32":
-        text += tr("On Windows run it in the 'OSGeo4W Shell' (Start menu, as administrator for an "
-                   "all-users install). ")
-    elif sys.platform != "darwin":
-        text += tr("On Debian/Ubuntu with the system QGIS, if pip refuses ('externally managed "
-                   "environment'), add --break-system-packages or install python3-torch from your "
-                   "distribution. ")
-    text += tr("For an NVIDIA GPU use the CUDA wheel from https://pytorch.org/get-started/locally/. "
-               "Then restart QGIS.")
-    return text
+    words = [exe] + pip_arguments(requirements, gpu=gpu)
+    return " ".join(f'"{w}"' if (" " in w or "<" in w or ">" in w) else w for w in words)
 
 
 def geos_mismatch(shapely_geos: Optional[str] = None, qgis_geos: Optional[str] = None) -> Optional[str]:
@@ -92,7 +260,7 @@ def geos_mismatch(shapely_geos: Optional[str] = None, qgis_geos: Optional[str] =
     if shapely_geos is None:
         try:
             import shapely
-        except Exception:  # noqa: BLE001 - any failure means 'not available'
+        except Exception:  # noqa: BLE001
             return None
         shapely_geos = ".".join(str(v) for v in shapely.geos_version)
     if qgis_geos is None:
@@ -102,30 +270,7 @@ def geos_mismatch(shapely_geos: Optional[str] = None, qgis_geos: Optional[str] =
     if qgis_geos.split("-")[0] == shapely_geos:
         return None
     return tr("The shapely package in QGIS's Python was built with GEOS {ours}, but QGIS uses GEOS {theirs}; "
-              "geometry operations would crash QGIS. Rebuild shapely against QGIS's GEOS:\n\n    {cmd}\n\n"
-              "(on Debian/Ubuntu first: apt install libgeos-dev python3-dev). Then restart QGIS.").format(
-        ours=shapely_geos, theirs=qgis_geos,
-        cmd=install_command(["shapely"]).replace(" install ", " install --force-reinstall --no-binary shapely ", 1))
+              "geometry operations would crash QGIS. shapely must be rebuilt against QGIS's GEOS "
+              "(pip install --no-binary shapely; on Debian/Ubuntu first: apt install libgeos-dev python3-dev "
+              "build-essential).").format(ours=shapely_geos, theirs=qgis_geos)
 
-
-def check_dependencies(run_on: str = "local") -> Optional[str]:
-    """None when everything imports, else the install explanation for what is missing or clashing.
-
-    A detection on a Roof Detector server (``run_on="server"``) needs none of
-    the engine's packages on this computer: QGIS alone (its network access
-    manager and GDAL) uploads, polls and reads the result.
-    """
-    if run_on == "server":
-        return None
-    missing = missing_modules()
-    return install_message(missing) if missing else geos_mismatch()
-
-
-def finetune_dependencies_problem() -> Optional[str]:
-    """The install explanation when the engine's or fine-tuning's packages are missing, else None."""
-    missing = missing_modules()
-    try:
-        import matplotlib  # noqa: F401 - the training-curve PNG
-    except Exception:  # noqa: BLE001
-        missing.append("matplotlib")
-    return install_message(missing) if missing else None

@@ -38,9 +38,9 @@ def user_message(exc: BaseException, cancelled: bool = False,
     if isinstance(exc, Cancelled) or cancelled:
         return None
     if isinstance(exc, ImportError):
-        from .deps import check_dependencies
+        from .deps import dependency_problem
 
-        return check_dependencies() or tr("A module could not be imported: {error}").format(error=exc)
+        return dependency_problem("detect") or tr("A module could not be imported: {error}").format(error=exc)
     if isinstance(exc, (RoofDetectorError, RequestError, WriteError)):
         return str(exc)
     if is_out_of_memory(exc):

@@ -29,6 +29,7 @@ from . import tr
 CORE_FIELDS = (("area_m2", QVariant.Double), ("perimeter_m", QVariant.Double),
                ("confidence", QVariant.Double))
 _VARIANTS = {"integer": QVariant.LongLong, "real": QVariant.Double, "string": QVariant.String}
+_KINDS = {variant: kind for kind, variant in _VARIANTS.items()}
 
 
 class WriteError(RuntimeError):
@@ -95,20 +96,19 @@ class ResultFeatures:
         return QgsWkbTypes.MultiPolygon if self.multi else QgsWkbTypes.Polygon
 
     def features(self) -> Iterator[QgsFeature]:
-        """One feature per building, attributes in :attr:`fields` order."""
+        """One feature per building, attributes in :attr:`fields` order (values as the writer stores them)."""
+        from ..core.gpkg_writer import base_values, written_value
+
         for building, geometry in zip(self.buildings, self.geometries):
             feature = QgsFeature(self.fields)
             if self.multi:
                 geometry.convertToMultiType()
             feature.setGeometry(geometry)
             attrs = getattr(building, "attributes", None) or {}
-            values = [float(building.area_m2), float(building.perimeter_m),
-                      None if building.confidence is None else float(building.confidence)]
+            # Rounded by the GeoPackage writer's own rule, so every output holds the same values.
+            values = list(base_values(building))
             for key, _, kind in self.extra:
-                value = _plain(attrs.get(key))
-                if value is not None and kind == QVariant.String and not isinstance(value, str):
-                    value = str(value)
-                values.append(value)
+                values.append(written_value(key, _KINDS[kind], _plain(attrs.get(key))))
             feature.setAttributes(values)
             yield feature
 

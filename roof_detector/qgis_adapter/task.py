@@ -156,10 +156,26 @@ class DetectTask(GuardedRun, QgsTask):
         return open_layer_source(self.request.layer_input(), gsd, self.request.aoi_wkt,
                                  is_cancelled=self.isCanceled)
 
+    def _record_rate(self) -> None:
+        """Keep this run's speed for the next work estimate (local files only: no network time in it)."""
+        result = getattr(self, "result", None)
+        if result is None or self.request.reader != "file":
+            return
+        try:
+            from ..qgis_io.layers import record_measured_rate
+
+            device = "cuda" if str(result.stats.get("device", "")).upper().startswith("CUDA") else "cpu"
+            record_measured_rate(device, int(result.stats["tiles"]), int(result.model_metadata["tile_size_px"]),
+                                 float(result.seconds))
+        except Exception:  # noqa: BLE001 - an estimate must never fail a finished run
+            pass
+
     # -- main thread -------------------------------------------------------
     def finished(self, ok: bool) -> None:  # noqa: D401 - QgsTask API
         """Called by the task manager on the main thread; delegates to ``on_finished``."""
         if not ok and self.isCanceled():
             self.was_cancelled = True
+        if ok:
+            self._record_rate()
         if self.on_finished is not None:
             self.on_finished(self, ok)

@@ -35,6 +35,31 @@ MAX_WEB_REQUESTS = 20000
 SECONDS_PER_TILE_REQUEST = 0.25     # one XYZ tile, with MAX_IN_FLIGHT of them in parallel
 SECONDS_PER_RENDER_REQUEST = 2.0    # one CHUNK_PX x CHUNK_PX image from a WMS/WMTS
 SECONDS_PER_MEGAPIXEL = {"cpu": 4.0, "cuda": 0.15}
+#: Where the rate measured in the last detection on a device is kept (QgsSettings), per device.
+MEASURED_RATE_KEY = "RoofDetector/measured_seconds_per_megapixel/{device}"
+
+
+def measured_seconds_per_megapixel(device: str) -> Optional[float]:
+    """Seconds per model megapixel measured in the last local-file detection on ``device`` (None if never)."""
+    from qgis.core import QgsSettings
+
+    try:
+        value = float(QgsSettings().value(MEASURED_RATE_KEY.format(device=device), 0.0))
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def record_measured_rate(device: str, tiles: int, tile_size_px: int, seconds: float) -> None:
+    """Keep the whole-run rate of a finished detection for the next estimate.
+
+    Runs under 1 model megapixel are ignored: their time is mostly start-up, not speed.
+    """
+    from qgis.core import QgsSettings
+
+    megapixels = tiles * tile_size_px ** 2 / 1e6
+    if megapixels >= 1.0 and seconds > 0:
+        QgsSettings().setValue(MEASURED_RATE_KEY.format(device=device), seconds / megapixels)
 
 Bounds = Tuple[float, float, float, float]
 
@@ -163,6 +188,7 @@ class AreaPlan:
     model_tiles: int
     seconds: float
     zoom: Optional[int] = None
+    measured: bool = False  # the time is based on the rate measured in the last run here
 
     def refusal(self, layer_name: str, whole_layer: bool) -> str:
         """Why this run must not start ('' when it may)."""
@@ -183,7 +209,8 @@ class AreaPlan:
         elif self.reader == READER_RENDER:
             parts.append(f"{self.requests:,} image requests")
         parts.append(f"{self.model_tiles:,} model tiles")
-        return ", ".join(parts) + ": " + format_duration(self.seconds)
+        basis = " (at the speed of your last run)" if self.measured else ""
+        return ", ".join(parts) + ": " + format_duration(self.seconds) + basis
 
 
 def format_duration(seconds: float) -> str:
@@ -223,7 +250,9 @@ def plan_area(inp: LayerInput, gsd_m: float, tile_size_px: int = 512, overlap_px
         mx = my = 1.0
     width_m, height_m = (bounds[2] - bounds[0]) * mx, (bounds[3] - bounds[1]) * my
     tiles = _model_tiles(width_m, height_m, gsd_m, tile_size_px, overlap_px)
-    seconds = tiles * (tile_size_px ** 2) / 1e6 * SECONDS_PER_MEGAPIXEL.get(device, SECONDS_PER_MEGAPIXEL["cpu"])
+    measured = measured_seconds_per_megapixel(device)
+    rate = measured or SECONDS_PER_MEGAPIXEL.get(device, SECONDS_PER_MEGAPIXEL["cpu"])
+    seconds = tiles * (tile_size_px ** 2) / 1e6 * rate
     requests, zoom = 0, None
     if inp.reader == READER_XYZ:
         from .xyz import XyzTemplate, plan_xyz
@@ -237,7 +266,7 @@ def plan_area(inp: LayerInput, gsd_m: float, tile_size_px: int = 512, overlap_px
         px = (width_m / gsd_m, height_m / gsd_m)
         requests = int(math.ceil(px[0] / CHUNK_PX) * math.ceil(px[1] / CHUNK_PX))
         seconds += requests * SECONDS_PER_RENDER_REQUEST
-    return AreaPlan(inp.reader, requests, tiles, seconds, zoom)
+    return AreaPlan(inp.reader, requests, tiles, seconds, zoom, measured=measured is not None)
 
 
 def source_for_layer(layer, model_path: Optional[str] = None, aoi_wkt: Optional[str] = None,

@@ -56,8 +56,10 @@ class DetectDialog(QDialog):
         self._build_detection_rows(form)
         self._build_output_box()
         self._build_solar_box()
-        self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel, self)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel | QDialogButtonBox.Help,
+                                        self)
         self.buttons.button(QDialogButtonBox.Ok).setText(tr("Detect"))
+        self.buttons.helpRequested.connect(open_help)
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
@@ -120,6 +122,9 @@ class DetectDialog(QDialog):
         self.gpkg_file = QgsFileWidget(self.output_box)
         self.gpkg_file.setStorageMode(QgsFileWidget.SaveFile)
         self.gpkg_file.setFilter(tr("GeoPackage (*.gpkg)"))
+        # Ask once: a file that exists keeps its other layers, so Qt's "replace the file?" would be
+        # wrong; confirm_replace asks about the layer when (and only when) it exists.
+        self.gpkg_file.setConfirmOverwrite(False)
         self.gpkg_layer_edit = QLineEdit(self.output_box)
         out = QFormLayout(self.output_box)
         out.addRow(self.memory_radio)
@@ -444,8 +449,8 @@ class DetectDialog(QDialog):
         """Ask whether an existing GeoPackage layer may be replaced."""
         answer = QMessageBox.question(
             self, tr("Replace layer?"),
-            tr("{path} already contains a layer '{layer}'. Replace it with the new buildings? "
-               "Other layers in the file are kept.").format(path=path, layer=layer),
+            tr("{path} already contains a layer '{layer}'. Replace that layer with the new buildings? "
+               "The file's other layers are kept.").format(path=path, layer=layer),
             QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
         return answer == QMessageBox.Yes
 
@@ -460,3 +465,14 @@ class DetectDialog(QDialog):
             return
         self._save_settings()
         super().accept()
+
+
+HELP_URL = "https://github.com/roof-detector/roof-detector#readme"
+
+
+def open_help() -> None:
+    """The Help button: the README on the repository page (the plugin zip carries no README)."""
+    from qgis.PyQt.QtCore import QUrl
+    from qgis.PyQt.QtGui import QDesktopServices
+
+    QDesktopServices.openUrl(QUrl(HELP_URL))

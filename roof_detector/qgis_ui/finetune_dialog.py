@@ -21,7 +21,7 @@ from qgis.PyQt.QtWidgets import (
     QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
-from ..qgis_adapter.deps import finetune_dependencies_problem
+from ..qgis_adapter.deps import dependency_problem
 from ..qgis_adapter.finetune_task import (FinetuneRequest, FinetuneTask, area_wkt, label_source, labels_in_raster,
                                           make_temp_dir)
 from ..qgis_adapter.paths import library_models_in, model_library_dir
@@ -31,6 +31,23 @@ from .curve_chart import CurveChart
 from .param_widgets import declared_spin
 from .pickers import (add_model_choices, chosen_model_path, choice_combo, device_combo, layer_combo, model_summary,
                       restore_device, select_data)
+
+def epochs_text(n: int) -> str:
+    """'1 epoch', '12 epochs'."""
+    return tr("1 epoch") if n == 1 else tr("{n} epochs").format(n=n)
+
+
+def epoch_status(engine_text: str) -> str:
+    """The engine's progress text ('epoch 1 step 3/30 loss 0.412') as the dialog's status line."""
+    import re
+
+    m = re.match(r"epoch (\d+) step (\d+)/(\d+)(?: loss ([\d.]+))?", engine_text or "")
+    if not m:
+        return engine_text
+    return tr("Epoch {epoch}: batch {step} of {steps}{loss}…").format(
+        epoch=m.group(1), step=m.group(2), steps=m.group(3),
+        loss=tr(", training loss {loss}").format(loss=m.group(4)) if m.group(4) else "")
+
 
 AREA_MODES = (("labels", "Extent of the label layer"), ("layer", "All polygons of a layer"),
               ("selection", "Selected polygons of a layer"))
@@ -373,6 +390,10 @@ class FinetuneDialog(QDialog):
     @pyqtSlot(float)
     def _on_progress(self, value: float) -> None:
         self.progress.setValue(int(value))
+        # Until the first epoch ends, say what the task is doing now ("epoch 1 step 3/30 ...").
+        task = self.task
+        if task is not None and not self.chart.rows and getattr(task, "status_text", ""):
+            self.status_label.setText(epoch_status(task.status_text))
 
     def ask_keep_best(self) -> Optional[bool]:
         """Ask what a stop should do: True keep the best epoch, False discard, None go on training."""
@@ -426,17 +447,18 @@ class FinetuneDialog(QDialog):
                 stopped = {"early-stopping": tr("stopped early: validation IoU no longer improved"),
                            "max-epochs": tr("all epochs run"), "cancelled": tr("stopped by you"),
                            "time-budget": tr("time budget reached")}.get(result.stopped, result.stopped)
-                text = tr("Model '{name}' saved to the library after {n} epochs ({stopped}); threshold {thr:.2f}. "
+                text = tr("Model '{name}' saved to the library after {epochs} ({stopped}); threshold {thr:.2f}. "
                           "It is listed in Detect Buildings.").format(
-                    name=task.request.name, n=len(result.history), stopped=stopped, thr=result.threshold)
-                self.status_label.setText(tr("Done: {n} epochs, {stopped}.").format(n=len(result.history),
-                                                                                    stopped=stopped))
+                    name=task.request.name, epochs=epochs_text(len(result.history)), stopped=stopped,
+                    thr=result.threshold)
+                self.status_label.setText(tr("Done: {epochs}, {stopped}.").format(
+                    epochs=epochs_text(len(result.history)), stopped=stopped))
                 self.status_label.setToolTip(text)
                 self.results_info.setText(tr("Saved as {model} in the model library.").format(
                     model=os.path.basename(result.model_path)))
                 self.results_info.setToolTip("\n".join(p for p in (result.model_path, result.curves_path) if p))
-                self.message(text, Qgis.Success, tr("Done"))
-                notify(self.iface, text, Qgis.Success, 10)
+                self.bar.pushMessage(tr("Done"), text, level=Qgis.Success, duration=0)
+                notify(self.iface, text, Qgis.Success, 10)  # logs it too: once
             else:
                 text = tr("Fine-tuning cancelled; the model was not kept.")
                 self.status_label.setText(text)
@@ -486,7 +508,7 @@ def show_finetune_dialog(iface: Any, dialog: Optional[FinetuneDialog] = None,
     """Plugin action: check the dependencies, then show (or bring back) the dialog; return it."""
     from .present import notify
 
-    problem = finetune_dependencies_problem()
+    problem = dependency_problem("finetune")
     if problem:
         notify(iface, problem, Qgis.Critical)
         return dialog

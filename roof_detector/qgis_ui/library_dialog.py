@@ -215,10 +215,10 @@ class ModelLibraryDialog(QDialog):
 
 def show_library_dialog(iface: Any, dialog: Optional[ModelLibraryDialog] = None) -> Optional[ModelLibraryDialog]:
     """Plugin action: check the dependencies, then show the (refreshed) library dialog; return it."""
-    from ..qgis_adapter.deps import check_dependencies
+    from ..qgis_adapter.deps import dependency_problem
     from .present import notify
 
-    problem = check_dependencies()
+    problem = dependency_problem("detect")
     if problem:
         notify(iface, problem, Qgis.Critical)
         return dialog

@@ -26,7 +26,11 @@ def describe_devices() -> Dict[str, Any]:
     try:
         import torch
     except Exception:  # noqa: BLE001 - the plugin checks dependencies before; stay robust
-        return {"cuda": False, "text": tr("PyTorch is not installed")}
+        from ..qgis_adapter.deps import default_cpu_threads
+
+        return {"cuda": False, "text": tr("CPU with {n} threads (ONNX Runtime); a GPU needs PyTorch, which is not "
+                                          "installed: Plugins > Roof Detector > Check dependencies").format(
+            n=default_cpu_threads())}
     if torch.cuda.is_available():
         return {"cuda": True, "text": tr("GPU found: {name}").format(name=torch.cuda.get_device_name(0))}
     return {"cuda": False, "text": tr("No CUDA GPU found; CPU with {n} threads").format(

@@ -25,17 +25,36 @@ def notify(iface: Any, text: str, level: int = Qgis.Info, duration: int = 0) -> 
         iface.messageBar().pushMessage(TITLE, text, level, duration)
 
 
+def format_number(value: float, decimals: int = 0) -> str:
+    """``value`` in QGIS's locale (its decimal and group separators), e.g. '1,400,433' or '1.400.433'."""
+    from qgis.PyQt.QtCore import QLocale
+
+    return QLocale().toString(float(value), "f", int(decimals))
+
+
 def format_area(m2: float) -> str:
-    """'1 234 m²' below a hectare, else hectares with two decimals."""
+    """'1,234 m²' below a hectare, else hectares with two decimals (QGIS's locale)."""
     if m2 >= 10000:
-        return tr("{value:.2f} ha").format(value=m2 / 10000.0)
-    return tr("{value:,.0f} m²").format(value=m2).replace(",", " ")
+        return tr("{value} ha").format(value=format_number(m2 / 10000.0, 2))
+    return tr("{value} m²").format(value=format_number(m2, 0))
+
+
+def unique_layer_name(name: str) -> str:
+    """``name``, or ``name (2)``, ``name (3)``... when the project has a layer of that name already."""
+    taken = {lyr.name() for lyr in QgsProject.instance().mapLayers().values()}
+    if name not in taken:
+        return name
+    n = 2
+    while f"{name} ({n})" in taken:
+        n += 1
+    return f"{name} ({n})"
 
 
 def result_layer(task: Any) -> Optional[QgsVectorLayer]:
     """The layer a successful task made: its memory layer or the GeoPackage layer it wrote."""
-    if task.output_uri:
-        return QgsVectorLayer(task.output_uri, task.request.layer_name, "ogr")
+    if task.output_uri:  # named as in the GeoPackage, so two outputs are told apart
+        name = getattr(task.request, "gpkg_layer", None) or task.request.layer_name
+        return QgsVectorLayer(task.output_uri, name, "ogr")
     return task.layer
 
 
@@ -48,8 +67,9 @@ def solar_summary(buildings: Sequence[Any]) -> str:
     from ..core.report import build_table, totals
 
     total = totals(build_table(rows))
-    return tr("{panels:,} panels, {kwp:,.1f} kWp, {kwh:,.0f} kWh/yr").format(
-        panels=total["panels"], kwp=total["kwp"], kwh=total["annual_kwh"])
+    return tr("{panels} panels, {kwp} kWp, {kwh} kWh/yr").format(
+        panels=format_number(total["panels"]), kwp=format_number(total["kwp"], 1),
+        kwh=format_number(total["annual_kwh"]))
 
 
 def _push_summary(iface: Any, layer: QgsVectorLayer, text: str,
@@ -88,12 +108,19 @@ def on_task_finished(iface: Any, task: Any, ok: bool,
                Qgis.Critical)
         return None
     apply_style(layer)
-    if task.output_uri:  # a replaced GeoPackage layer may already be open: show its new content
+    reused = None
+    if task.output_uri:  # a replaced GeoPackage layer already open: reload it, do not add a second one
         for existing in QgsProject.instance().mapLayers().values():
             if existing.source() == layer.source():
                 existing.reload()
+                existing.updateExtents()
                 existing.triggerRepaint()
-    QgsProject.instance().addMapLayer(layer)
+                reused = reused or existing
+    if reused is not None:
+        layer = reused
+    else:
+        layer.setName(unique_layer_name(layer.name()))
+        QgsProject.instance().addMapLayer(layer)
     count, area = summary(task.result.buildings)
     seconds = float(getattr(task.result, "seconds", 0.0) or task.seconds)
     text = tr("{count} buildings, total roof area {area}, in {seconds:.1f} s.").format(

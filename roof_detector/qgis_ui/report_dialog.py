@@ -300,8 +300,13 @@ def show_report(iface: Any, layer: Any, solar_kwargs: Optional[Dict[str, Any]] =
                 previous: Optional[ReportDialog] = None) -> Optional[ReportDialog]:
     """Plugin action: show the report dialog of ``layer`` (non-modal, replacing ``previous``) and return it;
     or say why not in the message bar and return None."""
+    from ..qgis_adapter.deps import dependency_problem
     from .present import notify
 
+    problem = dependency_problem("report")
+    if problem:
+        notify(iface, problem, Qgis.Critical)
+        return None
     try:
         check_layer(layer)
     except ReportError as exc:

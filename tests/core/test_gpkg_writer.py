@@ -266,3 +266,23 @@ def test_locked_file_is_refused_before_the_detection(tmp_path):
         con.close()
     assert open(path, "rb").read() == before
     check_output(path, "second")  # released: fine again
+
+
+def test_attributes_are_written_rounded(tmp_path):
+    """Areas 0.01 m2, kWp 0.01, kWh 1, degrees 0.1, confidence 0.001: no 17.5581047... in the table."""
+    import shapely
+    from osgeo import ogr as _ogr
+
+    from roof_detector.core.building import Building
+    from roof_detector.core.gpkg_writer import write_buildings
+
+    b = Building(shapely.box(0, 0, 4.19, 4.19), 17.5581047123, 16.76000001, 0.87654321,
+                 {"kwp": 3.23456, "annual_kwh": 3881.4719, "orientation_deg": 12.3456, "panels": 8,
+                  "usable_area_m2": 9.87654})
+    path = str(tmp_path / "r.gpkg")
+    write_buildings([b], path, "EPSG:32631")
+    ds = _ogr.Open(path)  # kept: a layer outliving its dataset crashes GDAL
+    f = ds.GetLayer(0).GetNextFeature()
+    assert (f["area_m2"], f["perimeter_m"], f["confidence"]) == (17.56, 16.76, 0.877)
+    assert (f["kwp"], f["annual_kwh"], f["orientation_deg"], f["usable_area_m2"]) == (3.23, 3881.0, 12.3, 9.88)
+    assert f["panels"] == 8

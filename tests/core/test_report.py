@@ -61,3 +61,13 @@ def test_totals_equal_table_sums_for_any_rows(sizes):
     assert t["buildings"] == len(table)
     for key, _ in TOTAL_COLUMNS:
         assert Decimal(str(t[key])) == sum((Decimal(str(r[key])) for r in table), Decimal(0)), key
+
+
+def test_headings_break_only_before_units_and_parameters_have_labels():
+    from roof_detector.core.report import render_html
+
+    page = render_html([], {"buildings": 0}, b"", params={"setback_m": 0.5, "panel_wp": 400.0,
+                                                           "specific_yield_kwh_per_kwp": None})
+    assert "<th>Orientation<br>(° from N)</th>" in page and "white-space:nowrap" in page
+    assert "<th>Setback from the roof edge (m)</th><td>0.5</td>" in page
+    assert "<th>Panel power (Wp)</th>" in page and "setback_m" not in page

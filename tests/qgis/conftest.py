@@ -133,6 +133,18 @@ def make_request(raster_path: str, model: str, **kwargs):
     return DetectRequest(**base)
 
 
+@pytest.fixture(autouse=True)
+def no_measured_rate():
+    """Work estimates in tests use the built-in rate, never one a previous run measured (QgsSettings)."""
+    from qgis.core import QgsSettings
+
+    from roof_detector.qgis_io.layers import MEASURED_RATE_KEY
+
+    for device in ("cpu", "cuda"):
+        QgsSettings().remove(MEASURED_RATE_KEY.format(device=device))
+    yield
+
+
 def existing_gpkg(path: str, layer: str) -> None:
     """A GeoPackage at ``path`` holding an empty layer ``layer`` (written by the one writer, core.gpkg_writer)."""
     from roof_detector.core.gpkg_writer import write_buildings

@@ -1,6 +1,6 @@
 """The plugin refuses to run with a shapely built on another GEOS than QGIS's (it would crash QGIS)."""
 
-from roof_detector.qgis_adapter.deps import check_dependencies, geos_mismatch
+from roof_detector.qgis_adapter.deps import dependency_problem, geos_mismatch
 
 
 def test_matching_geos_passes():
@@ -14,4 +14,4 @@ def test_other_geos_is_explained_with_the_fix():
 
 def test_this_environment_is_consistent(qgis_app):
     # make setup builds shapely against the system GEOS, so the real check passes here.
-    assert check_dependencies() is None
+    assert dependency_problem("detect") is None

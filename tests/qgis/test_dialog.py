@@ -268,3 +268,19 @@ def test_solar_choices_reach_the_engine_and_are_remembered(qgis_iface, ortho_lay
     assert not again.regularize_check.isChecked() and again.tolerance_spin.value() == 2.5
     assert again.solar_kwargs() == options.solar.as_dict()
     assert not again.yield_auto_check.isChecked() and not again.solar_box.isCollapsed()
+
+
+def test_help_button_opens_the_readme_and_an_existing_file_is_asked_about_once(qgis_iface, ortho_layer):
+    from unittest import mock
+
+    from qgis.PyQt.QtWidgets import QDialogButtonBox
+
+    from roof_detector.qgis_ui.dialog import DetectDialog
+
+    dialog = DetectDialog(qgis_iface)
+    help_button = dialog.buttons.button(QDialogButtonBox.Help)
+    assert help_button is not None
+    with mock.patch("qgis.PyQt.QtGui.QDesktopServices.openUrl") as open_url:
+        help_button.click()
+    assert open_url.call_args[0][0].toString().startswith("https://github.com/")
+    assert not dialog.gpkg_file.confirmOverwrite()  # Qt's "replace the file?" is not asked on top of ours

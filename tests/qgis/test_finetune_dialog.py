@@ -136,6 +136,14 @@ def test_finetune_from_memory_layer_in_another_crs(qgis_iface, qgis_app, project
         real_add_row(row, improved)
 
     dialog.chart.add_row = add_row
+    statuses, logged = [], []
+    real_set_text = dialog.status_label.setText
+    dialog.status_label.setText = lambda text: (statuses.append((len(dialog.chart.rows), text)),
+                                                real_set_text(text))
+    from qgis.core import QgsApplication
+
+    QgsApplication.messageLog().messageReceived.connect(
+        lambda text, tag, level: logged.append(text) if tag == "Roof Detector" else None)
     task = dialog.start()
     assert task is not None, bar_texts(dialog)
     temp_dir = task.request.temp_dir
@@ -166,6 +174,10 @@ def test_finetune_from_memory_layer_in_another_crs(qgis_iface, qgis_app, project
     assert not dialog.running and dialog.start_button.isEnabled()
     assert not os.path.exists(temp_dir)  # the exported layer is cleaned up
     assert any("lyon" in m for m in qgis_iface.messageBar().get_messages(3))
+    # before the first epoch ends the status says which batch runs (not "Preparing…" throughout)
+    assert any(n == 0 and t.startswith("Epoch 1: batch ") for n, t in statuses), statuses
+    done = [t for t in logged if "saved to the library after 2 epochs" in t]
+    assert len(done) == 1, logged  # logged once in the plugin's log tab
     # the new model is offered as a base model and in the Detect dialog
     assert dialog.model_combo.findData("library:" + str(model)) >= 0
     monkeypatch.setattr(paths, "model_library_dir", lambda: str(library))

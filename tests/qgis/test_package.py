@@ -119,3 +119,27 @@ def test_deployed_plugin_loads_and_finds_its_files(package, fake_repo, tmp_path)
     assert f"MODEL {target / 'models' / 'roof_unet.pt'}" in proc.stdout
     assert f"ICON {target / 'resources' / 'icon.png'}" in proc.stdout
     assert "OK" in proc.stdout
+
+
+def test_zip_carries_a_fresh_onnx_twin_and_refuses_a_stale_one(package, fake_repo, tmp_path):
+    from devtools.onnx_twin import make_twin
+
+    make_twin(str(fake_repo / "models" / "roof_unet.pt"))
+    zip_path = package.build_zip(fake_repo, tmp_path / "dist")
+    assert "roof_detector/models/roof_unet.onnx" in zipfile.ZipFile(zip_path).namelist()
+    assert package.check_twin(fake_repo).startswith("ONNX twin fp32")
+    with open(fake_repo / "models" / "roof_unet.pt", "ab") as f:  # the model changes, the twin does not
+        f.write(b"\0")
+    with pytest.raises(SystemExit, match="make onnx-twin"):
+        package.build_zip(fake_repo, tmp_path / "dist3")
+
+
+def test_the_repository_twin_was_made_from_the_bundled_model(package, repo_root):
+    """models/roof_unet.onnx must be remade (`make onnx-twin`) whenever models/roof_unet.pt changes."""
+    if not (repo_root / "models" / "roof_unet.pt").is_file():
+        pytest.skip("no bundled model")
+    assert package.check_twin(repo_root).startswith("ONNX twin int8")
+    from roof_detector.core.model_io import load_model
+
+    model = load_model(repo_root / "models" / "roof_unet.pt", "cpu")
+    assert model.extra["backend"] == "onnxruntime" and model.extra["onnx_precision"] == "int8"

@@ -42,7 +42,8 @@ def test_class_factory_loads_and_unloads_cleanly(recording_iface):
     assert action.text() == "Detect Buildings" and not action.icon().isNull()
     assert calls["toolbar"] == [action]
     extra = plugin.menu_actions
-    assert [a.text() for a in extra] == ["Fine-tune Model…", "Model Library…", "Rooftop Report…"]
+    assert [a.text() for a in extra] == ["Fine-tune Model…", "Model Library…", "Rooftop Report…",
+                                         "Check dependencies…"]
     assert calls["menu"] == [("&Roof Detector", action)] + [("&Roof Detector", a) for a in extra]
     plugin.unload()
     assert calls == {"toolbar": [], "menu": []}
@@ -80,23 +81,46 @@ def test_unload_cancels_running_tasks(plugin):
     assert task.on_finished is None
 
 
-def test_action_explains_missing_dependencies_and_offers_only_the_server(plugin, qgis_iface):
+def test_action_refuses_cleanly_when_dependencies_are_missing(plugin, qgis_iface):
+    """A missing package opens the dependency dialog instead of the Detect dialog."""
     from roof_detector.qgis_adapter import deps
+    from roof_detector.qgis_ui import deps_dialog, settings
 
-    with mock.patch.object(deps, "missing_modules", return_value=["torch"]), \
+    settings.set("run_on", "local")
+    with mock.patch.object(deps, "missing_modules", return_value=["onnxruntime"]), \
             mock.patch("roof_detector.qgis_ui.dialog.DetectDialog") as dialog:
-        dialog.return_value.exec_.return_value = 0  # the user closes the dialog
         plugin.actions[0].trigger()
-    # the dialog opens for a server run only: this computer is marked unusable, with the reason
-    assert "torch" in dialog.call_args.kwargs["local_problem"]
-    critical = qgis_iface.messageBar().get_messages(2)
-    assert critical and "pip install" in critical[-1] and "torch" in critical[-1]
-    assert "Roof Detector server" in critical[-1]
+        dialog.assert_not_called()
+        shown = deps_dialog._dialog
+        assert shown is not None and shown.isVisible()
+        assert "onnxruntime" in shown.summary.toPlainText() and "-m pip install" in shown.command.text()
+        assert "--target" in shown.command.text() and "--user" not in shown.command.text()
+    deps_dialog.close_dependency_dialog()
+
+
+def test_action_offers_only_the_server_to_who_runs_on_one(plugin, qgis_iface):
+    """Packages missing, but the user runs on a Roof Detector server: the Detect dialog opens for that."""
+    from roof_detector.qgis_adapter import deps
+    from roof_detector.qgis_ui import deps_dialog, settings
+
+    settings.set("run_on", "server")
+    try:
+        with mock.patch.object(deps, "missing_modules", return_value=["torch"]), \
+                mock.patch("roof_detector.qgis_ui.dialog.DetectDialog") as dialog:
+            dialog.return_value.exec_.return_value = 0  # the user closes the dialog
+            plugin.actions[0].trigger()
+        assert deps_dialog._dialog is None
+        assert "torch" in dialog.call_args.kwargs["local_problem"]
+        warning = qgis_iface.messageBar().get_messages(1)
+        assert warning and "torch" in warning[-1] and "Roof Detector server" in warning[-1]
+    finally:
+        settings.set("run_on", "local")
 
 
 @pytest.mark.slow
-def test_plugin_loads_without_torch_and_explains_how_to_install_it(tmp_path, repo_root):
-    """In a fresh QGIS process where ``import torch`` fails."""
+def test_plugin_detects_without_torch_and_asks_for_it_only_to_fine_tune(tmp_path, repo_root):
+    """In a fresh QGIS process where ``import torch`` fails: Detect opens its dialog (the CPU path needs
+    no torch); Fine-tune opens the dependency dialog naming torch."""
     script = textwrap.dedent(f"""
         import sys
         from unittest import mock
@@ -107,18 +131,19 @@ def test_plugin_loads_without_torch_and_explains_how_to_install_it(tmp_path, rep
         app = QgsApplication([], True)
         app.initQgis()
         import roof_detector
+        from roof_detector.qgis_ui import deps_dialog
         iface = mock.MagicMock()
         iface.mainWindow.return_value = window = QMainWindow()
         plugin = roof_detector.classFactory(iface)
         plugin.initGui()
-        from roof_detector.qgis_ui.dialog import DetectDialog
-        DetectDialog.exec_ = lambda self: 0  # the user closes the (modal) dialog
-        plugin.actions[0].trigger()
-        # without torch the dialog still opens, for a run on a Roof Detector server
-        assert plugin.dialog.run_on_combo.currentData() == "server", plugin.dialog
-        args = iface.messageBar().pushMessage.call_args[0]
-        assert args[2] == Qgis.Critical, args
-        print("MESSAGE:", args[1])
+        with mock.patch("roof_detector.qgis_ui.dialog.DetectDialog") as dialog:
+            dialog.return_value.exec_.return_value = False
+            plugin.actions[0].trigger()
+        assert dialog.called and deps_dialog._dialog is None, "Detect must not need torch"
+        plugin.menu_actions[0].trigger()     # Fine-tune Model...
+        shown = deps_dialog._dialog
+        assert shown is not None and shown.purpose == "finetune"
+        print("MESSAGE:", shown.summary.toPlainText(), shown.command.text())
         plugin.unload()
         assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
         print("OK")
@@ -130,14 +155,17 @@ def test_plugin_loads_without_torch_and_explains_how_to_install_it(tmp_path, rep
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "OK" in proc.stdout
     message = proc.stdout.split("MESSAGE:", 1)[1]
-    assert "torch" in message and "-m pip install" in message and "Traceback" not in proc.stderr
+    assert "torch" in message and "fine-tuning" in message and "-m pip install" in message
+    assert "Traceback" not in proc.stderr
 
 
 def test_install_command_names_qgis_python_and_packages():
     from roof_detector.qgis_adapter import deps
 
     cmd = deps.install_command(["torch", "rasterio"])
-    assert cmd.endswith("-m pip install torch rasterio") or cmd.endswith("-m pip install --user torch rasterio")
-    assert deps.qgis_python_executable() in cmd
-    assert "restart QGIS" in deps.install_message(["torch"])
-    assert deps.check_dependencies() is None  # the test venv has everything
+    assert cmd.startswith(deps.qgis_python_executable() + " -m pip install ")
+    assert f"--target {deps.deps_dir()}" in cmd and "--user" not in cmd
+    assert "torch rasterio" in cmd and "--extra-index-url https://download.pytorch.org/whl/cpu" in cmd
+    assert "download.pytorch.org" not in deps.install_command(["torch"], gpu=True)
+    assert "--index-url" not in cmd.replace("--extra-index-url", "")  # pip's own index stays
+    assert deps.dependency_problem("detect") is None  # the test venv has everything

@@ -56,7 +56,8 @@ def test_remote_run_makes_the_same_styled_layer_as_a_local_run(plugin, project, 
     assert remote.error is None, remote.error
     layer = project.mapLayer(plugin.last_layer_id)
     assert layer is not None and layer is not local_layer
-    assert layer.name() == "Buildings (ortho)" and layer.crs().authid() == "EPSG:32631"
+    # the second result of the same raster in the project is numbered (issue 17: distinct layer names)
+    assert layer.name() == "Buildings (ortho) (2)" and layer.crs().authid() == "EPSG:32631"
     assert sorted(f["area_m2"] for f in layer.getFeatures()) == pytest.approx(EXPECTED_AREAS, rel=0.05)
     assert _layer_rows(layer) == _layer_rows(local_layer)
     assert 0 < layer.renderer().symbol().symbolLayer(0).color().alpha() < 255  # the same style
@@ -95,8 +96,8 @@ def test_remote_run_needs_no_engine_packages(plugin, project, ortho_path, qgis_a
     for name in [m for m in sys.modules if m.startswith("roof_detector.core.")
                  and m not in ("roof_detector.core.errors", "roof_detector.core.params")]:
         monkeypatch.delitem(sys.modules, name)
-    assert deps.check_dependencies() is not None
-    assert deps.check_dependencies("server") is None
+    assert deps.dependency_problem("detect") is not None
+    assert deps.dependency_problem("server") is None
     task = plugin.start(make_request(ortho_path, "", server_url=server.url, server_authcfg=authcfg))
     wait_for(task, qgis_app)
     assert task.error is None, task.error

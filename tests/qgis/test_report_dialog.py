@@ -78,7 +78,9 @@ def test_layer_without_solar_fields_is_sized_with_the_dialog_parameters(plugin, 
     _assert_totals_match(dialog, sums, len(BOXES))
     assert sum(w * h for _, _, w, h in BOXES) == pytest.approx(dialog.totals["area_m2"], rel=2e-3)
     html = dialog.browser.toHtml()
-    assert "Rooftop solar report" in html and "setback_m" in html
+    text = dialog.browser.toPlainText()
+    assert "Rooftop solar report" in html and "Setback from the roof edge (m)" in text
+    assert "setback_m" not in text  # no internal keys
     assert dialog.report_params()["specific_yield_kwh_per_kwp"] == 1000.0
 
 

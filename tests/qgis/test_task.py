@@ -62,11 +62,13 @@ def _assert_solar_fields(layer):
             (kind == "Real" and field.typeName().lower() == "double") or \
             (kind == "Integer" and field.typeName().lower() == "int8"), (name, field.typeName())  # 64-bit, as GPKG
         assert field.isNumeric(), name
+    from roof_detector.core.precision import rounded
+
     for feature in layer.getFeatures():
         geometry = shapely.from_wkb(bytes(feature.geometry().asWkb()))
         expected = rooftop_attributes(geometry, layer.crs().toWkt(), SolarParams())
-        for name in SOLAR_TYPES:
-            assert feature[name] == pytest.approx(expected[name], rel=1e-6, abs=1e-6), name
+        for name in SOLAR_TYPES:  # written rounded (core.precision)
+            assert feature[name] == pytest.approx(rounded(name, expected[name]), rel=1e-6, abs=1e-6), name
         assert feature["panels"] > 0 and feature["annual_kwh"] > 0
         assert 1000 < feature["specific_yield"] < 1300  # latitude 45.1 N
         # a regularised rectangle: four corners, its area kept
@@ -114,6 +116,7 @@ def test_geopackage_export_holds_the_same_features(plugin, project, ortho_path, 
     wait_for(task, qgis_app)
     layer = project.mapLayer(plugin.last_layer_id)
     assert layer.providerType() == "ogr" and layer.source().startswith(target)
+    assert layer.name() == "roofs"  # the GeoPackage layer's name
     _assert_expected_buildings(layer)
     assert _areas(layer) == pytest.approx(_areas(memory_layer := project.mapLayersByName(
         "Buildings (ortho)")[0]))
@@ -125,7 +128,29 @@ def test_geopackage_export_holds_the_same_features(plugin, project, ortho_path, 
     wait_for(again, qgis_app)
     assert project.mapLayer(plugin.last_layer_id).featureCount() == 1
     assert layer.featureCount() == 1  # the layer already open shows the new content
+    assert plugin.last_layer_id == layer.id()  # ... and is that layer: no second one on the same source
+    assert len([lyr for lyr in project.mapLayers().values() if lyr.source() == layer.source()]) == 1
     assert sorted(os.listdir(tmp_path)) == ["out.gpkg"]
+    # another memory result of the same raster gets its own name
+    memory2 = plugin.start(make_request(ortho_path, model_path))
+    wait_for(memory2, qgis_app)
+    assert project.mapLayer(plugin.last_layer_id).name() == "Buildings (ortho) (2)"
+
+
+def test_numbers_follow_the_qgis_locale():
+    from qgis.PyQt.QtCore import QLocale
+
+    from roof_detector.qgis_ui.present import format_area, format_number
+
+    old = QLocale()
+    try:
+        QLocale.setDefault(QLocale(QLocale.German, QLocale.Germany))
+        assert format_number(1400433.4) == "1.400.433" and format_area(9315.2) == "9.315 m²"
+        assert format_area(25000) == "2,50 ha"
+        QLocale.setDefault(QLocale(QLocale.English, QLocale.UnitedStates))
+        assert format_number(1400433.4) == "1,400,433" and format_area(9315.2) == "9,315 m²"
+    finally:
+        QLocale.setDefault(old)
 
 
 def test_direct_run_and_aoi(ortho_path, model_path):
@@ -204,3 +229,31 @@ def test_out_of_gpu_memory_is_explained(ortho_path, model_path):
     with mock.patch("roof_detector.core.pipeline.detect_buildings", side_effect=oom):
         assert task.run() is False
     assert "GPU ran out of memory" in task.error and "CPU" in task.error
+
+
+def test_work_estimate_uses_the_rate_measured_in_the_last_run(plugin, project, ortho_path, model_path, qgis_app):
+    from qgis.core import QgsSettings
+
+    from roof_detector.qgis_io.layers import (MEASURED_RATE_KEY, SECONDS_PER_MEGAPIXEL, AreaPlan,
+                                              measured_seconds_per_megapixel, record_measured_rate)
+
+    key = MEASURED_RATE_KEY.format(device="cpu")
+    QgsSettings().remove(key)
+    assert measured_seconds_per_megapixel("cpu") is None
+    # the conftest raster is 160 x 128 px at 0.5 m, 64 px tiles: a real run here is one too small to tell,
+    # so the recording rule is checked on figures, and a finished task is checked to store its own
+    record_measured_rate("cpu", 2, 512, 10.0)
+    assert measured_seconds_per_megapixel("cpu") is None  # 0.5 Mpx: start-up time, not speed
+    record_measured_rate("cpu", 100, 256, 65.536)      # 6.5536 Mpx in 65.5 s
+    assert measured_seconds_per_megapixel("cpu") == pytest.approx(10.0)
+    plan = AreaPlan("file", 0, 100, 100 * 0.065536 * 10.0, measured=True)
+    assert plan.describe() == "100 model tiles: about 1 min (at the speed of your last run)"
+    assert SECONDS_PER_MEGAPIXEL["cpu"] != 10.0
+    QgsSettings().remove(key)
+    task = plugin.start(make_request(ortho_path, model_path))
+    wait_for(task, qgis_app)
+    assert measured_seconds_per_megapixel("cpu") is None  # 9 tiles of 64 px: too small to tell
+    task.result.stats["tiles"] = 1000                      # as if the raster had been large
+    task.finished(True)
+    assert measured_seconds_per_megapixel("cpu") == pytest.approx(task.result.seconds / (1000 * 64 * 64 / 1e6))
+    QgsSettings().remove(key)
