@@ -18,12 +18,18 @@ def add_parser(sub) -> None:
     p.add_argument("--area", default=None, help="polygon layer of the fully labelled area (default: label extent)")
     p.add_argument("-o", "--output", required=True, help="the new model file (.pt)")
     p.add_argument("--base-model", default=None, help="model to start from (default: bundled)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=30,
+                   help="most epochs (default 30; training stops earlier when validation stops improving)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--patience", type=int, default=4, help="stop after this many epochs without val IoU gain")
-    p.add_argument("--samples-per-epoch", type=int, default=None)
+    p.add_argument("--patience", type=int, default=5, help="stop after this many epochs without val IoU gain")
+    p.add_argument("--samples-per-epoch", type=int, default=None,
+                   help="training crops per epoch (default: 40 per model tile of labelled area, 96 to 480)")
+    p.add_argument("--max-minutes", type=float, default=15.0,
+                   help="time budget: training stops there and keeps the best epoch (default 15; 0 = none)")
+    p.add_argument("--no-compare-outside", dest="compare_outside", action="store_false",
+                   help="skip the before/after on labels outside the labelled area")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="", help="model name stored in its metadata")
@@ -38,11 +44,16 @@ def run(args) -> int:
                            epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                            val_fraction=args.val_fraction, patience=args.patience,
                            samples_per_epoch=args.samples_per_epoch, device=args.device, seed=args.seed,
-                           name=args.name)
+                           name=args.name, max_minutes=args.max_minutes or None,
+                           compare_outside=args.compare_outside)
     with ProgressBar("fine-tune") as bar:
         res = finetune(opts, progress=bar.update, log=bar.write)
     b, a = res.before, res.after
     print(f"validation IoU {b.get('iou', float('nan')):.4f} -> {a.get('iou', float('nan')):.4f}, "
           f"accuracy {b.get('accuracy', float('nan')):.4f} -> {a.get('accuracy', float('nan')):.4f}; "
           f"{len(res.history)} epochs ({res.stopped}), threshold {res.threshold}, {res.minutes:.1f} min -> {res.model_path}")
+    if res.outside:
+        b, a = res.outside["before"], res.outside["after"]
+        print(f"outside the labelled area ({b['reference']} buildings): IoU {b['iou']:.4f} -> {a['iou']:.4f}, "
+              f"object F1 {b['object_f1']:.4f} -> {a['object_f1']:.4f}")
     return 0

@@ -21,6 +21,7 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--min-area", type=float, default=10.0)
+    p.add_argument("--tta", action="store_true", help="test-time augmentation (4 flips per tile), as detect --tta")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(func=run)
 
@@ -35,7 +36,7 @@ def run(args) -> int:
     if not data:
         raise RoofDetectorError("held-out data not found: pass --data or place it at ../shared/data")
     opts = DetectOptions(model_path=args.model, device=args.device, threshold=args.threshold,
-                         min_area_m2=args.min_area)
+                         min_area_m2=args.min_area, tta=args.tta)
     figures = score_all(data, opts, args.case, log=(lambda m: None) if args.json else print)
     if args.json:
         print(json.dumps(figures))

@@ -35,8 +35,16 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--init-from", default="", metavar="CHECKPOINT",
-                   help="start from the best weights of an earlier run's checkpoint.pt (new optimiser, "
-                        "learning-rate schedule and history; the encoder weights option is then ignored)")
+                   help="start from a model file (e.g. models/roof_unet.pt) or the best weights of an earlier "
+                        "run's checkpoint.pt (new optimiser, learning-rate schedule and history; the encoder "
+                        "weights option is then ignored); missing border/contact outputs start fresh")
+    p.add_argument("--outputs", type=int, choices=(1, 3), default=1,
+                   help="1: building probability only; 3: also the building border and the contact zone "
+                        "between touching buildings, learnt from the label polygons to separate touching roofs")
+    p.add_argument("--gamma", type=float, default=0.0, metavar="P",
+                   help="share of crops given a random gamma in [0.6, 1.7] (dark and grey roofs)")
+    p.add_argument("--brightness", type=float, default=0.25, help="brightness jitter range (+-)")
+    p.add_argument("--contrast", type=float, default=0.25, help="contrast jitter range (+-)")
     p.add_argument("--hue", type=float, default=0.4, metavar="P",
                    help="share of crops whose hue is rotated by a random angle (default 0.4, the bundled "
                         "model's recipe since v1.1.0; 0 turns it off)")
@@ -64,7 +72,7 @@ def run(args) -> int:
 
     from ..core.model_io import resolve_device
     from ..core.training import recipe
-    from ..core.training.export import export_model, result_metadata
+    from ..core.training.export import export_model, initial_network, result_metadata
     from ..core.training.sampling import AugmentConfig, CropSampler, scenes_to_tiles
     from ..core.training.trainer import TrainConfig, plot_curves, train, write_json, evaluate_tiles
     from ..core.unet import build_model, load_efficientnet_lite0_weights
@@ -83,23 +91,22 @@ def run(args) -> int:
 
     log(f"command: python -m roof_detector {' '.join(sys.argv[1:]) if sys.argv[0].endswith('__main__.py') else ''}")
     device = resolve_device(args.device)
-    cfg = TrainConfig(architecture=args.arch, batch_size=args.batch_size, lr=args.lr,
+    cfg = TrainConfig(architecture=args.arch, architecture_params={"out_channels": args.outputs} if args.outputs > 1 else {},
+                      select_on="iou+objects" if args.outputs > 1 else "iou", batch_size=args.batch_size, lr=args.lr,
                       samples_per_epoch=args.samples_per_epoch, max_epochs=args.epochs, patience=args.patience,
                       max_minutes=args.max_minutes, seed=args.seed, device=str(device), threads=args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
     train_scenes, weights, val_scenes = recipe.build_recipe(data, cfg.gsd_m, cfg.tile_px, log=log)
     sampler = CropSampler(train_scenes, cfg.gsd_m, cfg.tile_px, weights, seed=cfg.seed,
-                          config=AugmentConfig(hue_p=args.hue))
+                          config=AugmentConfig(hue_p=args.hue, gamma_p=args.gamma, brightness=args.brightness,
+                                               contrast=args.contrast), n_outputs=cfg.n_outputs)
     val_sets = {k: scenes_to_tiles(v, cfg.tile_px) for k, v in val_scenes.items()}
-    net = build_model(cfg.architecture)
-    weights_path = _encoder_weights(args.encoder_weights, args.arch)
+    net = build_model(cfg.architecture, **cfg.architecture_params)
+    weights_path = _encoder_weights(args.encoder_weights, args.arch) if not args.init_from else None
     if args.init_from and not args.resume:
-        ck = torch.load(args.init_from, map_location="cpu", weights_only=False)
-        net.load_state_dict(ck["best_state"])
-        weights_path = None
-        log(f"initialised from the best weights of {args.init_from} (epoch {ck['best_epoch']}, "
-            f"val IoU {ck['best_iou']:.4f})")
+        net, line = initial_network(args.init_from, cfg.architecture, cfg.architecture_params)
+        log(line)
     elif weights_path and not args.resume:
         log(f"encoder ImageNet weights: {os.path.basename(weights_path)} {load_efficientnet_lite0_weights(net, weights_path)}")
     model_path = os.path.join(out, "model.pt")
@@ -112,6 +119,7 @@ def run(args) -> int:
         "encoder_init": (f"continued from {args.init_from}" if args.init_from
                          else os.path.basename(weights_path) if weights_path else "random"),
         "hue_rotation_p": args.hue,
+        "gamma_p": args.gamma, "brightness": args.brightness, "contrast": args.contrast,
         "attribution": "Imagery: OpenAerialMap contributors (CC BY 4.0), INRIA Aerial Image Labeling, "
                        "Humans in the Loop (CC0), SpaceNet (CC BY-SA 4.0, imagery Maxar); "
                        "labels: (c) OpenStreetMap contributors (ODbL)",
@@ -119,7 +127,7 @@ def run(args) -> int:
 
     def on_epoch(info) -> None:
         if info["best_state"] is not None:
-            best = build_model(cfg.architecture)
+            best = build_model(cfg.architecture, **cfg.architecture_params)
             best.load_state_dict(info["best_state"])
             export_model(best, cfg, model_path, 0.5, {
                 "name": f"roof-detector-{cfg.architecture}", "training": {**data_summary, "partial": True,
@@ -145,13 +153,13 @@ def run(args) -> int:
         for name, scenes in tests.items():
             from ..core.training.scenes import tile_scene
             tiles = scenes_to_tiles([t for s in scenes for t in tile_scene(s, 512, 0.05)], 512)
-            r = evaluate_tiles(result.net, tiles, cfg, torch.device("cpu"), (result.threshold,))
+            r = evaluate_tiles(result.net, tiles, cfg, torch.device("cpu"), (result.threshold,))  # pixels only
             metrics["test"][name] = r[result.threshold].as_dict()
             log(f"test {name}: IoU {metrics['test'][name]['iou']:.4f} accuracy {metrics['test'][name]['accuracy']:.4f}")
     export_model(result.net, cfg, model_path, result.threshold, {
         "name": f"roof-detector-{cfg.architecture}",
         "training": {**data_summary, **result_metadata(result, cfg)},
-        "metrics": {k: v for k, v in metrics.items() if k != "history"}})
+        "metrics": {k: v for k, v in metrics.items() if k != "history"}}, core_threshold=result.core_threshold)
     plot_curves(result.history, os.path.join(out, "curves.png"), f"{cfg.architecture}: best epoch {result.best_epoch}")
     write_json(metrics, os.path.join(out, "metrics.json"))
     log(f"done: {len(result.history)} epochs ({result.stopped}), best epoch {result.best_epoch}, "

@@ -38,6 +38,7 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
     PATIENCE = "PATIENCE"
     DEVICE = "DEVICE"
     SAMPLES_PER_EPOCH = "SAMPLES_PER_EPOCH"
+    MAX_MINUTES = "MAX_MINUTES"
     OUTPUT = "OUTPUT"
     CURVES = "CURVES"
     IOU_BEFORE = "IOU_BEFORE"
@@ -59,8 +60,10 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
         "pixels) are held out for validation, so at least two blocks are needed. The base model's IoU on "
         "those blocks is measured before training, for comparison.<br>"
         "<b>Base model</b>: empty = the bundled model. Training stops after <b>epochs</b>, or after "
-        "<b>patience</b> epochs without a better validation IoU; the best epoch is kept. Cancelling keeps "
-        "the best model so far.<br><br>"
+        "<b>patience</b> epochs without a better validation IoU, or at the <b>time budget</b>; the best "
+        "epoch is kept. Crops per epoch default to 40 per model tile of labelled area (96 to 480); the plan "
+        "and its time are logged before training starts. Cancelling keeps the best model so far. When the "
+        "label layer reaches beyond the labelled area, both models are also compared there (logged).<br><br>"
         "Output: the model file (.pt), its training curves (PNG) and metrics (JSON) beside it, and the "
         "validation IoU before and after (IOU_BEFORE, IOU_AFTER) and the tuned THRESHOLD."
     )
@@ -74,8 +77,8 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, self.tr("Base model (empty: bundled model)"), extension="pt", optional=True))
         integer, double = QgsProcessingParameterNumber.Integer, QgsProcessingParameterNumber.Double
-        self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), integer, defaultValue=10,
-                                                       minValue=1, maxValue=1000))
+        self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs (at most)"), integer,
+                                                       defaultValue=30, minValue=1, maxValue=1000))
         self.addParameter(QgsProcessingParameterNumber(self.LR, self.tr("Learning rate"), double,
                                                        defaultValue=3e-4, minValue=1e-7, maxValue=1.0))
         self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), integer,
@@ -83,12 +86,14 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(self.VAL_FRACTION, self.tr("Validation fraction"), double,
                                                        defaultValue=0.2, minValue=0.05, maxValue=0.5))
         self.addParameter(QgsProcessingParameterNumber(self.PATIENCE, self.tr("Patience (epochs)"), integer,
-                                                       defaultValue=4, minValue=1, maxValue=1000))
+                                                       defaultValue=5, minValue=1, maxValue=1000))
+        self.addParameter(QgsProcessingParameterNumber(self.MAX_MINUTES, self.tr("Time budget (minutes, 0: none)"),
+                                                       double, defaultValue=15.0, minValue=0.0))
         self.addParameter(QgsProcessingParameterEnum(
             self.DEVICE, self.tr("Device"), options=[self.tr("Automatic"), self.tr("CPU"), self.tr("CUDA GPU")],
             defaultValue=0))
         samples = QgsProcessingParameterNumber(
-            self.SAMPLES_PER_EPOCH, self.tr("Training crops per epoch (0: about one pass over the area)"), integer,
+            self.SAMPLES_PER_EPOCH, self.tr("Training crops per epoch (0: scaled to the labelled area)"), integer,
             defaultValue=0, minValue=0)
         samples.setFlags(samples.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(samples)
@@ -139,6 +144,7 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
                 val_fraction=self.parameterAsDouble(parameters, self.VAL_FRACTION, context),
                 patience=self.parameterAsInt(parameters, self.PATIENCE, context),
                 samples_per_epoch=self.parameterAsInt(parameters, self.SAMPLES_PER_EPOCH, context) or None,
+                max_minutes=self.parameterAsDouble(parameters, self.MAX_MINUTES, context) or None,
                 device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)])
             feedback.pushInfo(self.tr("Fine-tuning {base} on {raster}").format(base=base, raster=raster))
             result = finetune(options, progress=engine_progress(feedback), is_cancelled=feedback.isCanceled,

@@ -113,7 +113,16 @@ class FinetuneDialog(QDialog):
         self.samples_spin = QSpinBox(train_box)
         self.samples_spin.setRange(0, 100000)
         self.samples_spin.setSpecialValueText(tr("Automatic"))
-        self.samples_spin.setToolTip(tr("Training crops per epoch; Automatic = about one pass over the area"))
+        self.samples_spin.setToolTip(tr("Training crops per epoch; Automatic = 40 per model tile of labelled area "
+                                        "(96 to 480)"))
+        self.budget_spin = QSpinBox(train_box)
+        self.budget_spin.setRange(0, 10000)
+        self.budget_spin.setSuffix(tr(" min"))
+        self.budget_spin.setSpecialValueText(tr("None"))
+        self.budget_spin.setToolTip(tr("Time budget: training stops after this many minutes and keeps its best "
+                                       "epoch"))
+        self.budget_info = QLabel(train_box)
+        self.budget_info.setWordWrap(True)
         self.device_combo, devices = device_combo(train_box)
         self.device_info = QLabel(devices["text"], train_box)
         self.device_combo.setToolTip(devices["text"])
@@ -122,11 +131,14 @@ class FinetuneDialog(QDialog):
         cells = ((tr("Epochs"), self.epochs_spin), (tr("Learning rate"), self.lr_spin),
                  (tr("Batch size"), self.batch_spin), (tr("Validation"), self.val_spin),
                  (tr("Patience"), self.patience_spin), (tr("Samples/epoch"), self.samples_spin),
-                 (tr("Device"), self.device_combo))
+                 (tr("Time budget"), self.budget_spin), (tr("Device"), self.device_combo))
         for i, (label, widget) in enumerate(cells):
             grid.addWidget(QLabel(label, train_box), i // 2, (i % 2) * 2)
             grid.addWidget(widget, i // 2, (i % 2) * 2 + 1)
-        grid.addWidget(self.device_info, 3, 2, 1, 2)
+        grid.addWidget(self.device_info, 4, 0, 1, 4)
+        grid.addWidget(self.budget_info, 5, 0, 1, 4)
+        for spin in (self.epochs_spin, self.batch_spin, self.samples_spin, self.budget_spin):
+            spin.valueChanged.connect(self._update_budget)
 
         left = QVBoxLayout()
         left.addLayout(form)
@@ -187,6 +199,20 @@ class FinetuneDialog(QDialog):
         self.raster_combo.layerChanged.connect(self._suggest_name)
         self.fill_models()
 
+    def _update_budget(self, *_: Any) -> None:
+        """Say, before starting, how long training may take: the budget and the per-epoch cost."""
+        from ..core.training.finetune import SECONDS_PER_SAMPLE
+
+        budget = self.budget_spin.value()
+        samples = self.samples_spin.value()
+        per_epoch = (tr("{n} crops per epoch, about {s:.0f} s each on 2 CPU cores").format(
+            n=samples, s=samples * SECONDS_PER_SAMPLE["cpu"]) if samples else
+            tr("crops per epoch scaled to the labelled area (96 to 480: about 10 to 50 s each on 2 CPU cores)"))
+        self.budget_info.setText(
+            (tr("Time budget: at most {m} min, then the best epoch is kept").format(m=budget) if budget else
+             tr("No time budget: up to {e} epochs").format(e=self.epochs_spin.value()))
+            + "; " + per_epoch + tr(". The plan for your area is shown when training starts."))
+
     def fill_models(self) -> None:
         """(Re)list the bundled model and the library's models, keeping the current choice."""
         current = self.model_combo.currentData() or settings.get("ft_base_model")
@@ -213,6 +239,8 @@ class FinetuneDialog(QDialog):
         self.val_spin.setValue(settings.get("ft_val_percent"))
         self.patience_spin.setValue(settings.get("ft_patience"))
         self.samples_spin.setValue(settings.get("ft_samples_per_epoch"))
+        self.budget_spin.setValue(settings.get("ft_max_minutes"))
+        self._update_budget()
         restore_device(self.device_combo, settings.get("ft_device"))
         self._suggest_name()
 
@@ -225,6 +253,7 @@ class FinetuneDialog(QDialog):
         settings.set("ft_val_percent", self.val_spin.value())
         settings.set("ft_patience", self.patience_spin.value())
         settings.set("ft_samples_per_epoch", self.samples_spin.value())
+        settings.set("ft_max_minutes", self.budget_spin.value())
         settings.set("ft_device", self.device_combo.currentData())
 
     def _suggest_name(self, *_: Any) -> None:
@@ -247,7 +276,7 @@ class FinetuneDialog(QDialog):
         idle = not self.running
         for widget in (self.raster_combo, self.labels_combo, self.labels_selected, self.area_combo,
                        self.model_combo, self.name_edit, self.epochs_spin, self.lr_spin, self.batch_spin,
-                       self.val_spin, self.patience_spin, self.samples_spin, self.device_combo):
+                       self.val_spin, self.patience_spin, self.samples_spin, self.budget_spin, self.device_combo):
             widget.setEnabled(idle)
         self.area_layer_combo.setEnabled(idle and self.area_combo.currentData() != "labels")
         self.start_button.setEnabled(idle)
@@ -305,6 +334,7 @@ class FinetuneDialog(QDialog):
             base_model_path=model, area_wkt=area, epochs=self.epochs_spin.value(), lr=self.lr_spin.value(),
             batch_size=self.batch_spin.value(), val_fraction=self.val_spin.value() / 100.0,
             patience=self.patience_spin.value(), samples_per_epoch=self.samples_spin.value() or None,
+            max_minutes=float(self.budget_spin.value()) or None,
             device=self.device_combo.currentData(), notes=notes)
 
         def temp_dir() -> str:

@@ -57,12 +57,13 @@ class FinetuneRequest:
     base_model_path: Optional[str] = None
     labels_layer: Optional[str] = None
     area_wkt: Optional[str] = None       # None = the label layer's extent
-    epochs: int = 10
+    epochs: int = 30
     lr: float = 3e-4
     batch_size: int = 8
     val_fraction: float = 0.2
-    patience: int = 4
+    patience: int = 5
     samples_per_epoch: Optional[int] = None
+    max_minutes: Optional[float] = 15.0  # time budget (None: none)
     device: str = "auto"
     keep_best_on_cancel: bool = True
     temp_dir: Optional[str] = None       # exported layers; removed when the task is finished
@@ -75,6 +76,7 @@ class FinetuneRequest:
                     area_wkt=self.area_wkt, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
                     val_fraction=self.val_fraction, patience=self.patience,
                     samples_per_epoch=self.samples_per_epoch, device=self.device, name=self.name,
+                    max_minutes=self.max_minutes,
                     keep_best_on_cancel=self.keep_best_on_cancel)
 
 

@@ -48,6 +48,7 @@ class DetectRequest:
     gpkg_layer: str = ""
     replace_layer: bool = False
     separate_touching: bool = True       # one polygon per roof (DetectOptions.separate_touching)
+    tta: bool = False                    # test-time augmentation (DetectOptions.tta)
     regularize: bool = True              # square the outlines (DetectOptions.regularize)
     regularize_tolerance_m: float = 1.0
     # keyword arguments of core.solar.SolarParams ({}: its defaults); None: no solar fields
@@ -83,7 +84,7 @@ class DetectRequest:
         """Keyword arguments for the engine's ``DetectOptions``."""
         kwargs = dict(model_path=self.model_path, device=self.device, threshold=self.threshold,
                       min_area_m2=self.min_area_m2, aoi_wkt=self.aoi_wkt,
-                      separate_touching=self.separate_touching, regularize=self.regularize,
+                      separate_touching=self.separate_touching, tta=self.tta, regularize=self.regularize,
                       regularize_tolerance_m=self.regularize_tolerance_m, solar=self.solar_params())
         kwargs.update(self.extra_options)
         return kwargs

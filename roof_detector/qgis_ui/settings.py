@@ -18,6 +18,7 @@ DEFAULTS = {
     "threshold": (0.5, float),
     "min_area_m2": (10.0, float),
     "separate_touching": (True, bool),
+    "tta": (False, bool),
     "device": ("auto", str),              # auto | cpu | cuda
     "output_mode": ("memory", str),       # memory | gpkg
     "gpkg_path": ("", str),
@@ -36,12 +37,13 @@ DEFAULTS = {
     # Fine-tune Model dialog
     "ft_area_mode": ("labels", str),      # labels | layer | selection
     "ft_base_model": ("bundled", str),    # bundled | library:<path>
-    "ft_epochs": (10, int),
+    "ft_epochs": (30, int),
     "ft_lr": (3e-4, float),
     "ft_batch_size": (8, int),
     "ft_val_percent": (20, int),
-    "ft_patience": (4, int),
-    "ft_samples_per_epoch": (0, int),     # 0 = the engine's default
+    "ft_patience": (5, int),
+    "ft_samples_per_epoch": (0, int),     # 0 = the engine's default (scaled to the labelled area)
+    "ft_max_minutes": (15, int),          # time budget; 0 = none
     "ft_device": ("auto", str),
 }
 
