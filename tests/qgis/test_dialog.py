@@ -124,6 +124,7 @@ def test_choices_are_remembered(qgis_iface, ortho_layer, model_path, tmp_path):
     assert again.threshold_check.isChecked() and again.threshold_spin.value() == pytest.approx(0.6)
     assert again.min_area_spin.value() == 25.0
     assert not again.separate_check.isChecked()
+    assert not again.tta_check.isChecked()  # off by default
     assert again.device_combo.currentData() == "cpu"
     assert again.gpkg_radio.isChecked() and again.gpkg_layer_edit.text() == "roofs"
 
@@ -275,3 +276,20 @@ def test_solar_choices_reach_the_engine_and_are_remembered(qgis_iface, ortho_lay
     assert not again.regularize_check.isChecked() and again.tolerance_spin.value() == 2.5
     assert again.solar_kwargs() == options.solar.as_dict()
     assert not again.yield_auto_check.isChecked() and not again.solar_box.isCollapsed()
+
+
+def test_tta_checkbox_reaches_the_engine_and_is_remembered(qgis_iface, ortho_layer, model_path):
+    dialog = _dialog(qgis_iface)
+    _use_model_file(dialog, model_path)
+    assert not dialog.tta_check.isChecked()
+    dialog.tta_check.setChecked(True)
+    dialog.accept()
+    assert dialog.request.tta is True and dialog.request.options_kwargs()["tta"] is True
+    from roof_detector.core.pipeline import DetectOptions
+    from roof_detector.qgis_ui.task import make_options
+
+    assert make_options(DetectOptions, dialog.request.options_kwargs()).tta is True
+    again = _dialog(qgis_iface)
+    assert again.tta_check.isChecked()
+    again.tta_check.setChecked(False)
+    again.accept()

@@ -277,6 +277,11 @@ def test_selected_features_only_exports_the_selection(qgis_iface, project, raste
         assert ds.GetLayerByName(request.labels_layer).GetFeatureCount() == 10
         ds = None
         assert request.area_wkt is None and request.val_fraction == pytest.approx(0.2)
+        # the time budget (default 15 min) is shown before starting and reaches the engine
+        assert request.max_minutes == 15.0 and request.options_kwargs()["max_minutes"] == 15.0
+        assert "at most 15 min" in dialog.budget_info.text()
+        dialog.budget_spin.setValue(0)
+        assert "No time budget" in dialog.budget_info.text()
         assert request.output_path == str(library / "lyon.pt")
     finally:
         from roof_detector.qgis_ui.finetune_task import FinetuneTask
