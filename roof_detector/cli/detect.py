@@ -30,8 +30,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--min-area", type=_non_negative, default=10.0, metavar="M2",
                    help="drop buildings smaller than this many square metres (default: 10)")
     p.add_argument("--separate-touching", action=argparse.BooleanOptionalAction, default=True,
-                   help="split touching roofs along the probability valley between them, one polygon per "
-                        "roof (default: yes)")
+                   help="split touching roofs along the probability valley between them (or the seam a "
+                        "model with border/contact outputs marks), one polygon per roof (default: yes)")
     p.add_argument("--tta", action="store_true",
                    help="test-time augmentation: average the model over 4 flips of each tile (fewer missed "
                         "roofs, about 4x the model time)")

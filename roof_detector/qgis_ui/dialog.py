@@ -87,7 +87,8 @@ class DetectDialog(QDialog):
 
         self.separate_check = QCheckBox(tr("Separate touching buildings"), self)
         self.separate_check.setToolTip(tr("Split roofs that touch along the probability valley between their "
-                                          "confident cores: one polygon per roof, not per block"))
+                                          "confident cores (or, with a model that has border and contact "
+                                          "outputs, along the seam it marks): one polygon per roof, not per block"))
         form.addRow("", self.separate_check)
 
         self.tta_check = QCheckBox(tr("Test-time augmentation (slower)"), self)
