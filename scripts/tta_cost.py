@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from roof_detector.core.model_io import load_model  # noqa: E402
 from roof_detector.core.pipeline import DetectOptions, detect_buildings  # noqa: E402
-from roof_detector.core.synthetic import write_orthophoto  # noqa: E402
+from devtools.synthetic import write_orthophoto  # noqa: E402
 
 
 def main(size_px: int = 2048, repeats: int = 2) -> int:

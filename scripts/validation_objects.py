@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from roof_detector.core.training import recipe  # noqa: E402
+from devtools import recipe  # noqa: E402
 from roof_detector.core.training.export import load_trainable  # noqa: E402
 from roof_detector.core.training.sampling import scenes_to_tiles  # noqa: E402
 from roof_detector.core.training.scenes import resample_scene, scenes_from_chips, tile_scene  # noqa: E402

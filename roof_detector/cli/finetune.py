@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import sys
 
+from .arguments import add_param, add_params, values
 from .progress import ProgressBar
 
 
@@ -18,19 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--area", default=None, help="polygon layer of the fully labelled area (default: label extent)")
     p.add_argument("-o", "--output", required=True, help="the new model file (.pt)")
     p.add_argument("--base-model", default=None, help="model to start from (default: bundled)")
-    p.add_argument("--epochs", type=int, default=30,
-                   help="most epochs (default 30; training stops earlier when validation stops improving)")
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--patience", type=int, default=5, help="stop after this many epochs without val IoU gain")
-    p.add_argument("--samples-per-epoch", type=int, default=None,
-                   help="training crops per epoch (default: 40 per model tile of labelled area, 96 to 480)")
-    p.add_argument("--max-minutes", type=float, default=15.0,
-                   help="time budget: training stops there and keeps the best epoch (default 15; 0 = none)")
-    p.add_argument("--no-compare-outside", dest="compare_outside", action="store_false",
-                   help="skip the before/after on labels outside the labelled area")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_params(p, "finetune")
+    add_param(p, "detect", "device")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="", help="model name stored in its metadata")
     p.set_defaults(func=run)
@@ -41,11 +30,7 @@ def run(args) -> int:
 
     opts = FinetuneOptions(raster_path=args.raster, labels_path=args.labels, labels_layer=args.labels_layer,
                            area_path=args.area, output_path=args.output, base_model_path=args.base_model,
-                           epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                           val_fraction=args.val_fraction, patience=args.patience,
-                           samples_per_epoch=args.samples_per_epoch, device=args.device, seed=args.seed,
-                           name=args.name, max_minutes=args.max_minutes or None,
-                           compare_outside=args.compare_outside)
+                           device=args.device, seed=args.seed, name=args.name, **values(args, "finetune"))
     with ProgressBar("fine-tune") as bar:
         res = finetune(opts, progress=bar.update, log=bar.write)
     b, a = res.before, res.after

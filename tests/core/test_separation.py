@@ -14,7 +14,7 @@ from affine import Affine
 from roof_detector.core.errors import ModelError
 from roof_detector.core.model_io import load_model, read_metadata, save_model
 from roof_detector.core.pipeline import DetectOptions, detect_buildings
-from roof_detector.core.test_model import BrightnessNet, make_test_model
+from devtools.test_model import BrightnessNet, make_test_model
 from roof_detector.core.training.export import export_model, initial_network, load_trainable
 from roof_detector.core.training.sampling import AugmentConfig, CropSampler, scenes_to_tiles
 from roof_detector.core.training.scenes import Scene, rasterize_instances, tile_scene

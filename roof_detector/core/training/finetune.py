@@ -11,7 +11,7 @@ same blocks before training, for a before/after comparison.
 
 Defaults that adapt (measured on a 0.3 m suburb, issue 16): crops per epoch
 scale with the labelled area (:func:`default_samples_per_epoch`), up to
-:data:`DEFAULT_EPOCHS` epochs with early stopping, under a time budget
+the declared epochs (``core.params.FINETUNE``) with early stopping, under a time budget
 (``max_minutes``); :func:`plan` gives the numbers and an estimate of the time
 before training starts. Separation models (building, border, contact) train
 all three heads on targets derived from the label polygons.
@@ -33,8 +33,9 @@ import numpy as np
 import shapely
 import torch
 
-from ..errors import Cancelled, LabelError
+from ..errors import LabelError
 from ..model_io import BUNDLED_MODEL_PATH, resolve_device
+from ..params import FINETUNE, check_fields
 from ..vector_io import read_polygons
 from .export import export_model, load_trainable, result_metadata
 from .sampling import AugmentConfig, CropSampler, scenes_to_tiles
@@ -54,18 +55,26 @@ class FinetuneOptions:
     label_fids: Optional[List[int]] = None  # only these feature ids (QGIS "selected features only")
     area_path: Optional[str] = None  # polygon layer of the fully-labelled area
     area_wkt: Optional[str] = None  # or the area itself, in the raster CRS
-    epochs: int = 30
-    lr: float = 3e-4
-    batch_size: int = 8
-    val_fraction: float = 0.2
-    patience: int = 5
-    samples_per_epoch: Optional[int] = None  # None = scaled to the labelled area (default_samples_per_epoch)
-    max_minutes: Optional[float] = 15.0  # time budget: training stops there, keeping the best epoch
-    compare_outside: bool = True  # before/after on labels outside the labelled area, when there are any
+    epochs: int = FINETUNE["epochs"].default
+    lr: float = FINETUNE["lr"].default
+    batch_size: int = FINETUNE["batch_size"].default
+    val_fraction: float = FINETUNE["val_fraction"].default
+    patience: int = FINETUNE["patience"].default
+    # None = scaled to the labelled area (default_samples_per_epoch)
+    samples_per_epoch: Optional[int] = FINETUNE["samples_per_epoch"].default
+    # time budget: training stops there, keeping the best epoch (None or 0: none)
+    max_minutes: Optional[float] = FINETUNE["max_minutes"].default
+    # before/after on labels outside the labelled area, when there are any
+    compare_outside: bool = FINETUNE["compare_outside"].default
     device: str = "auto"
     seed: int = 0
     name: str = ""
     keep_best_on_cancel: bool = True
+
+    def validate(self) -> "FinetuneOptions":
+        """Raise :class:`..params.ParameterError` naming the first unusable value; return self."""
+        check_fields(self, "finetune")
+        return self
 
 
 @dataclass
@@ -90,7 +99,6 @@ class FinetuneResult:
 #: of a 0.3 m suburb, 32 crops per epoch gained +0.035 IoU, 160 with early stopping +0.13).
 SAMPLES_PER_TILE = 40
 MIN_SAMPLES, MAX_SAMPLES = 96, 480
-DEFAULT_EPOCHS = 30
 #: Training seconds per crop: 2 CPU threads (issue 16: 1440 crops in 2.5 min on 2 cores), a CUDA GPU.
 SECONDS_PER_SAMPLE = {"cpu": 0.1, "cuda": 0.01, "mps": 0.03}
 #: Largest ground the outside comparison reads at the model GSD, in pixels (about 40 MB of image).
@@ -302,6 +310,7 @@ def finetune(opts: FinetuneOptions, progress: Optional[Callable[[float, str], No
              on_epoch: Optional[Callable[[Dict], None]] = None,
              log: Callable[[str], None] = print) -> FinetuneResult:
     """Fine-tune the base model on the user's data and write the new model with its curves."""
+    opts.validate()
     base_path = opts.base_model_path or str(BUNDLED_MODEL_PATH)
     net, meta = load_trainable(base_path)
     device = resolve_device(opts.device)
