@@ -65,16 +65,13 @@ class FinetuneDialog(QDialog):
         form = QFormLayout()
         self._build_input_rows(form)
         self._build_model_rows(form)
-        train_box = self._build_training_box()
         left = QVBoxLayout()
         left.addLayout(form)
-        left.addWidget(train_box)
+        left.addWidget(self._build_training_box())
         left.addStretch(1)
-
-        right = self._build_progress_column()
         columns = QHBoxLayout()
         columns.addLayout(left, 5)
-        columns.addLayout(right, 6)
+        columns.addLayout(self._build_progress_column(), 6)
 
         self.buttons = QDialogButtonBox(self)
         self.start_button = QPushButton(tr("Start fine-tuning"), self)
