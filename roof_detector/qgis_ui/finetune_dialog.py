@@ -195,17 +195,10 @@ class FinetuneDialog(QDialog):
 
     def _update_budget(self, *_: Any) -> None:
         """Say, before starting, how long training may take: the budget and the per-epoch cost."""
-        from ..core.training.finetune import SECONDS_PER_SAMPLE
+        from .present import budget_text
 
-        budget = self.budget_spin.value()
-        samples = self.samples_spin.value()
-        per_epoch = (tr("{n} crops per epoch, about {s:.0f} s each on 2 CPU cores").format(
-            n=samples, s=samples * SECONDS_PER_SAMPLE["cpu"]) if samples else
-            tr("crops per epoch scaled to the labelled area (96 to 480: about 10 to 50 s each on 2 CPU cores)"))
-        self.budget_info.setText(
-            (tr("Time budget: at most {m:g} min, then the best epoch is kept").format(m=budget) if budget else
-             tr("No time budget: up to {e} epochs").format(e=self.epochs_spin.value()))
-            + "; " + per_epoch + tr(". The plan for your area is shown when training starts."))
+        self.budget_info.setText(budget_text(self.budget_spin.value(), self.samples_spin.value(),
+                                             self.epochs_spin.value()))
 
     def fill_models(self) -> None:
         """(Re)list the bundled model and the library's models, keeping the current choice."""
