@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     p.add_argument("--data", default="", help="data folder (default: ../shared/data)")
     p.add_argument("--case", action="append", default=None,
                    help="only this case (oam_area4_z21, oam_area4_z19, inria_test, demo_atlanta); repeatable")
-    add_params(p, "detect", "device", "threshold", "min_area_m2")
+    add_params(p, "detect", "device", "threshold", "min_area_m2", "tta")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(func=run)
 

@@ -42,8 +42,16 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--init-from", default="", metavar="CHECKPOINT",
-                   help="start from the best weights of an earlier run's checkpoint.pt (new optimiser, "
-                        "learning-rate schedule and history; the encoder weights option is then ignored)")
+                   help="start from a model file (e.g. models/roof_unet.pt) or the best weights of an earlier "
+                        "run's checkpoint.pt (new optimiser, learning-rate schedule and history; the encoder "
+                        "weights option is then ignored); missing border/contact outputs start fresh")
+    p.add_argument("--outputs", type=int, choices=(1, 3), default=1,
+                   help="1: building probability only; 3: also the building border and the contact zone "
+                        "between touching buildings, learnt from the label polygons to separate touching roofs")
+    p.add_argument("--gamma", type=float, default=0.0, metavar="P",
+                   help="share of crops given a random gamma in [0.6, 1.7] (dark and grey roofs)")
+    p.add_argument("--brightness", type=float, default=0.25, help="brightness jitter range (+-)")
+    p.add_argument("--contrast", type=float, default=0.25, help="contrast jitter range (+-)")
     p.add_argument("--hue", type=float, default=0.4, metavar="P",
                    help="share of crops whose hue is rotated by a random angle (default 0.4, the bundled "
                         "model's recipe since v1.1.0; 0 turns it off)")
@@ -65,7 +73,8 @@ def run(args) -> int:
         encoder_weights=encoder_weights_file(args.encoder_weights, args.arch), epochs=args.epochs,
         samples_per_epoch=args.samples_per_epoch, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
         max_minutes=args.max_minutes, seed=args.seed, device=args.device, threads=args.threads, resume=args.resume,
-        init_from=args.init_from, hue=args.hue, data_summary=DATA_SUMMARY)
+        init_from=args.init_from, hue=args.hue, outputs=args.outputs, gamma=args.gamma,
+        brightness=args.brightness, contrast=args.contrast, data_summary=DATA_SUMMARY)
 
     def load_data(gsd_m, tile_px, log):
         train, weights, val = recipe.build_recipe(data_dir, gsd_m, tile_px, log=log)

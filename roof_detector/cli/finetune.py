@@ -37,4 +37,8 @@ def run(args) -> int:
     print(f"validation IoU {b.get('iou', float('nan')):.4f} -> {a.get('iou', float('nan')):.4f}, "
           f"accuracy {b.get('accuracy', float('nan')):.4f} -> {a.get('accuracy', float('nan')):.4f}; "
           f"{len(res.history)} epochs ({res.stopped}), threshold {res.threshold}, {res.minutes:.1f} min -> {res.model_path}")
+    if res.outside:
+        b, a = res.outside["before"], res.outside["after"]
+        print(f"outside the labelled area ({b['reference']} buildings): IoU {b['iou']:.4f} -> {a['iou']:.4f}, "
+              f"object F1 {b['object_f1']:.4f} -> {a['object_f1']:.4f}")
     return 0

@@ -9,7 +9,12 @@ The metadata record (a JSON object) holds at least::
     bands             ["red", "green", "blue"]: the input channel order
     normalization     {"input_range": [0, 1], "mean": [...], "std": [...],
                        "applied_in_model": true}
-    output            "probability": N x 1 x H x W in [0, 1]
+    output            "probability": N x C x H x W in [0, 1]
+    outputs           optional, the channels in order: ["building"] (the default when
+                      absent: every model before 0.3.0) or ["building", "border",
+                      "contact"] (separation models, see core/training/targets.py)
+    separation        separation models: {"core_threshold": t}, the score a pixel
+                      needs to seed a roof (core/vectorize.py, separation_score)
     gsd_m             ground sample distance the model expects, metres / pixel
     tile_size_px      tile edge the model was trained for (multiple of 32)
     overlap_px        overlap between neighbouring tiles at inference
@@ -18,7 +23,8 @@ The metadata record (a JSON object) holds at least::
     metrics           free-form figures per split, e.g. {"val": {"iou": ...}}
 
 The TorchScript module takes float32 (or float16 on CUDA) RGB in [0, 1],
-shape N x 3 x H x W, and returns building probabilities N x 1 x H x W.
+shape N x 3 x H x W, and returns probabilities N x C x H x W, one channel per
+entry of ``outputs`` (C = 1 for building-only models).
 
 torch is imported only where it is needed: on the CPU a model with an ONNX
 twin beside it (``roof_unet.onnx``, see :mod:`.onnx_twin`) loads and runs
@@ -48,6 +54,8 @@ METADATA_FILE = "metadata.json"
 REQUIRED_KEYS = ("architecture", "bands", "normalization", "gsd_m", "tile_size_px",
                  "overlap_px", "threshold")
 KNOWN_BANDS = ("red", "green", "blue")
+#: The output layouts this version runs: building only, or building with separation outputs.
+KNOWN_OUTPUTS = (["building"], ["building", "border", "contact"])
 
 
 
@@ -100,6 +108,23 @@ class LoadedModel:
     def threshold(self) -> float:
         return float(self.metadata["threshold"])
 
+    @property
+    def outputs(self) -> list:
+        """Output channels in order (``["building"]`` for models without the record)."""
+        return model_outputs(self.metadata)
+
+    @property
+    def core_threshold(self) -> Optional[float]:
+        """Separation models: the score threshold of a roof's core; None for building-only models."""
+        if len(self.outputs) == 1:
+            return None
+        return float(self.metadata.get("separation", {}).get("core_threshold", 0.5))
+
+
+def model_outputs(meta: Dict[str, Any]) -> list:
+    """The output channels a model's metadata declares (``["building"]`` when it declares none)."""
+    return list(meta.get("outputs") or ["building"])
+
 
 def validate_metadata(meta: Dict[str, Any], source: str = "model") -> Dict[str, Any]:
     """Check a metadata record; raise :class:`ModelError` naming what is wrong."""
@@ -126,6 +151,14 @@ def validate_metadata(meta: Dict[str, Any], source: str = "model") -> Dict[str, 
     if not (gsd > 0 and tile >= 32 and 0 <= overlap < tile // 2 and 0.0 < thr < 1.0):
         raise ModelError(f"{source}: metadata values out of range (gsd_m={gsd}, tile_size_px={tile}, "
                          f"overlap_px={overlap}, threshold={thr})")
+    outputs = meta.get("outputs") or ["building"]
+    if outputs not in KNOWN_OUTPUTS:
+        raise ModelError(f"{source}: metadata declares outputs {outputs!r}; this version runs "
+                         + " or ".join(repr(o) for o in KNOWN_OUTPUTS) + ": update Roof Detector")
+    sep = meta.get("separation", {})
+    core = sep.get("core_threshold", 0.5) if isinstance(sep, dict) else None
+    if len(outputs) > 1 and not (isinstance(core, (int, float)) and 0.0 < core < 1.0):
+        raise ModelError(f"{source}: metadata separation.core_threshold must lie between 0 and 1 (got {core!r})")
     return meta
 
 

@@ -129,8 +129,12 @@ DETECT = _params(
     Param("min_area_m2", float, 10.0, "Minimum building area", "drop buildings smaller than this",
           flag="--min-area", key="MIN_AREA", low=0.0, high=100000.0, unit="m²", decimals=1),
     Param("separate_touching", bool, True, "Separate touching buildings",
-          "split touching roofs along the probability valley between them, one polygon per roof",
+          ("split touching roofs along the probability valley between them (or the seam a model with border/contact "
+           "outputs marks), one polygon per roof"),
           flag="--separate-touching", key="SEPARATE_TOUCHING"),
+    Param("tta", bool, False, "Test-time augmentation",
+          "average the model over 4 flips of each tile: fewer missed roofs, about 4 times the model time",
+          flag="--tta", key="TTA"),
     Param("device", str, "auto", "Device", "where the model runs (auto: the GPU when there is one)",
           flag="--device", key="DEVICE", choices=("auto", "cpu", "cuda"),
           choice_labels=("Automatic", "CPU", "CUDA GPU")),
@@ -166,7 +170,7 @@ SOLAR = _params(
 
 #: Fine-tuning (FinetuneOptions).
 FINETUNE = _params(
-    Param("epochs", int, 10, "Epochs", "at most this many epochs (training stops earlier on no gain)",
+    Param("epochs", int, 30, "Epochs", "at most this many epochs (training stops earlier on no gain)",
           flag="--epochs", key="EPOCHS", low=1, high=500, decimals=0),
     Param("lr", float, 3e-4, "Learning rate", "step size of the optimiser", flag="--lr", key="LR", low=1e-6, high=0.1,
           decimals=6, step=0.0001),
@@ -176,11 +180,18 @@ FINETUNE = _params(
     Param("val_fraction", float, 0.2, "Validation share",
           "share of the labelled area held out, in whole blocks, to validate each epoch", flag="--val-fraction", key="VAL_FRACTION",
           low=0.05, high=0.5, step=0.05),
-    Param("patience", int, 4, "Patience", "stop after this many epochs without validation IoU gain",
+    Param("patience", int, 5, "Patience", "stop after this many epochs without validation IoU gain",
           flag="--patience", key="PATIENCE", low=1, high=100, decimals=0),
     Param("samples_per_epoch", int, None, "Samples per epoch", "training crops per epoch",
           flag="--samples-per-epoch", key="SAMPLES_PER_EPOCH", low=1, high=100000, decimals=0, optional=True,
-          none_means="about one pass over the training area"),
+          none_means="40 per model tile of labelled area, 96 to 480"),
+    Param("max_minutes", float, 15.0, "Time budget",
+          "training stops at this time and keeps the best epoch (0: no budget)", flag="--max-minutes",
+          key="MAX_MINUTES", low=0.0, high=10080.0, unit="min", decimals=0, step=5.0, optional=True,
+          none_means="no budget"),
+    Param("compare_outside", bool, True, "Compare outside the labelled area",
+          "measure the base and fine-tuned models on labels beyond the labelled area, when there are any",
+          flag="--compare-outside", key="COMPARE_OUTSIDE"),
 )
 
 #: The model grid a planner assumes before a model is chosen: the bundled model's

@@ -35,7 +35,7 @@ from .raster_source import RasterSource, open_source
 from .solar import SolarParams
 from .strip_mosaic import StripMosaic
 from .tiling import ModelGrid, Tile, model_grid, tile_grid, tile_origins
-from .vectorize import SPLIT_CORE_PROBABILITY, StripVectorizer
+from .vectorize import SEPARATION_MIN_CORE_FRACTION, SPLIT_CORE_PROBABILITY, StripVectorizer
 
 __all__ = ["DetectOptions", "Building", "DetectionResult", "detect_buildings", "COARSE_PIXEL_WARN_M"]
 
@@ -69,7 +69,9 @@ class DetectOptions:
     batch_size: Optional[int] = DETECT["batch_size"].default  # None = 8 on CPU; on CUDA fitted to free memory
     aoi_wkt: Optional[str] = None      # area of interest polygon, in the raster CRS
     max_hole_area_m2: float = 4.0      # holes smaller than this are filled (speckle)
-    separate_touching: bool = DETECT["separate_touching"].default  # split touching roofs (vectorize)
+    # split touching roofs (vectorize; along the seam of a model's separation outputs if it has them)
+    separate_touching: bool = DETECT["separate_touching"].default
+    tta: bool = DETECT["tta"].default  # test-time augmentation: average 4 flipped passes (4x the model time)
     regularize: bool = OUTLINES["regularize"].default       # square outlines (right angles, 45-degree diagonals)
     regularize_tolerance_m: float = OUTLINES["regularize_tolerance_m"].default
     solar: Optional[SolarParams] = field(default_factory=SolarParams)  # None: no solar attributes
@@ -149,13 +151,19 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
         timings["prepare"] = time.perf_counter() - t_start
         report(_PREPARE_END, f"{len(tiles)} tiles to process")
 
-        predictor = BatchPredictor(model)
+        predictor = BatchPredictor(model, tta=options.tta)
         mosaic = StripMosaic(grid, tiles, threshold)
-        # Cores only mean something above the threshold (a fine-tuned model's may be 0.25).
-        split_core = max(SPLIT_CORE_PROBABILITY, threshold) if options.separate_touching else None
+        if model.core_threshold is not None:
+            # a separation model: cores of its separation score, at the threshold tuned on validation
+            split_core = model.core_threshold if options.separate_touching else None
+        else:
+            # Cores only mean something above the threshold (a fine-tuned model's may be 0.25).
+            split_core = max(SPLIT_CORE_PROBABILITY, threshold) if options.separate_touching else None
         vectorizer = StripVectorizer(grid, crs_wkt, _finish_options(options, grid, raster, crs_wkt, aoi),
                                      is_cancelled, split_core_u8=None if split_core is None else
-                                     min(255, int(round(split_core * 255))))
+                                     min(255, int(round(split_core * 255))),
+                                     min_core_fraction=SEPARATION_MIN_CORE_FRACTION
+                                     if model.core_threshold is not None else 1.0)
         tile_progress = report.span(_PREPARE_END, _TILES_END)
         tiles_per_row = len(tile_origins(grid.width_px, model.tile_size_px, model.overlap_px))
         max_pending = max(_MIN_PENDING_BATCHES, -(-_MAX_PENDING_TILE_ROWS * tiles_per_row // batch_size))
@@ -193,6 +201,8 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
         "device": device_description(model.device),
         "backend": model.extra.get("backend", "torch"),
         "half_precision": model.half,
+        "tta_passes": 4 if options.tta else 1,
+        "outputs": model.outputs,
         "threshold": threshold,
         "raster_size_px": (raster.width, raster.height),
         "raster_pixel_size_m": raster_px_m,

@@ -9,11 +9,15 @@ Two networks live here:
   state-dict keys match ``efficientnet-lite0-57934424.pth`` so ImageNet weights
   load directly (see :func:`load_efficientnet_lite0_weights`).
 
-Both map ``N x 3 x H x W`` normalised images to ``N x 1 x H x W`` logits, for
-any H, W divisible by 32 (16 for the plain U-Net).
+Both map ``N x 3 x H x W`` normalised images to ``N x C x H x W`` logits, for
+any H, W divisible by 32 (16 for the plain U-Net). ``C`` (``out_channels``)
+is 1 for a building-only model; separation models add channels for the
+building border and the contact zone between touching buildings (their order
+is :data:`SEPARATION_OUTPUTS`; see :mod:`.training.targets`).
 
 ``ExportWrapper`` adds the input normalisation and the sigmoid, so the
-TorchScript file takes RGB in [0, 1] and returns building probability.
+TorchScript file takes RGB in [0, 1] and returns probabilities, one channel
+per output.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from torch import nn
 import torch.nn.functional as F
 
 ARCHITECTURES = ("plain_unet", "efflite0_unet")
+#: Output channels of a model, in order: building-only models have the first one only.
+SEPARATION_OUTPUTS = ("building", "border", "contact")
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int) -> nn.Sequential:
@@ -43,7 +49,7 @@ class PlainUNet(nn.Module):
     layers, 22 of them counted as "conv layers" in the study (3x3 and 1x1).
     """
 
-    def __init__(self, base_channels: int = 16, in_channels: int = 3):
+    def __init__(self, base_channels: int = 16, in_channels: int = 3, out_channels: int = 1):
         super().__init__()
         c = [base_channels * 2 ** i for i in range(5)]
         self.downs = nn.ModuleList()
@@ -57,7 +63,7 @@ class PlainUNet(nn.Module):
             self.ups.append(nn.ConvTranspose2d(prev, ch, 2, stride=2))
             self.up_convs.append(nn.Sequential(_conv_bn_relu(2 * ch, ch), _conv_bn_relu(ch, ch)))
             prev = ch
-        self.head = nn.Conv2d(prev, 1, 1)
+        self.head = nn.Conv2d(prev, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips: List[torch.Tensor] = []
@@ -173,7 +179,8 @@ class _UpBlock(nn.Module):
 class EffLiteUNet(nn.Module):
     """U-Net decoder over an EfficientNet-Lite0 encoder."""
 
-    def __init__(self, decoder_channels: Sequence[int] = (96, 64, 40, 24, 16), in_channels: int = 3):
+    def __init__(self, decoder_channels: Sequence[int] = (96, 64, 40, 24, 16), in_channels: int = 3,
+                 out_channels: int = 1):
         super().__init__()
         self.encoder = EffLite0Encoder(in_channels)
         enc = self.encoder.out_channels  # strides 2, 4, 8, 16, 32
@@ -185,7 +192,7 @@ class EffLiteUNet(nn.Module):
             prev = out_ch
         self.decoder = nn.ModuleList(blocks)
         self.final = _UpBlock(prev, decoder_channels[-1])
-        self.head = nn.Conv2d(decoder_channels[-1], 1, 3, padding=1)
+        self.head = nn.Conv2d(decoder_channels[-1], out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.encoder(x)
@@ -212,6 +219,28 @@ def load_efficientnet_lite0_weights(model: EffLiteUNet, path: str) -> Dict[str, 
     return {"loaded": len(loaded), "skipped": len(state) - len(loaded)}
 
 
+def load_widening_head(net: nn.Module, state: Dict[str, torch.Tensor]) -> int:
+    """Load ``state`` into ``net`` whose head may have more output channels than ``state``'s.
+
+    The first channels of the head take the saved weights; the extra ones keep
+    their fresh initialisation (new border/contact outputs on a building-only
+    model). Returns the number of head channels added.
+    """
+    own = net.state_dict()
+    state = dict(state)
+    added = 0
+    for key in ("head.weight", "head.bias"):
+        if key in state and key in own and state[key].shape != own[key].shape:
+            old, new = state[key], own[key].clone()
+            if old.shape[1:] != new.shape[1:] or old.shape[0] > new.shape[0]:
+                raise ValueError(f"{key}: saved shape {tuple(old.shape)} cannot widen to {tuple(new.shape)}")
+            new[:old.shape[0]] = old
+            added = new.shape[0] - old.shape[0]
+            state[key] = new
+    net.load_state_dict(state)
+    return added
+
+
 def build_model(architecture: str, **params) -> nn.Module:
     """Instantiate a network by its metadata name."""
     if architecture == "plain_unet":
@@ -222,7 +251,7 @@ def build_model(architecture: str, **params) -> nn.Module:
 
 
 class ExportWrapper(nn.Module):
-    """Normalise RGB in [0, 1], run the net, return probabilities in [0, 1]."""
+    """Normalise RGB in [0, 1], run the net, return probabilities in [0, 1] (N x C x H x W)."""
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]):
         super().__init__()

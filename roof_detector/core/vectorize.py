@@ -12,8 +12,13 @@ rows carried over from the strip above:
    tile or strip border comes out as one polygon, and memory holds only a
    strip plus the open buildings, whatever the raster size;
 3. optionally, a finished component holding two or more confident cores
-   (touching roofs) is split along the probability valleys between them
-   (:func:`split_touching`): one polygon per roof instead of one per block;
+   (touching roofs) is split along the valleys between them
+   (:func:`split_touching`): one polygon per roof instead of one per block.
+   A building-only model's cores and valleys are those of its probability; a
+   separation model's are those of its separation score (building and
+   neither border nor contact, :func:`separation_score`), which marks the
+   seam between touching roofs of the same colour, where the probability
+   has no valley;
 4. each finished component gets its ``confidence`` (mean probability of its
    pixels) from one ``bincount``, and components clearly under the minimum
    area (pixel count) are dropped before tracing;
@@ -54,6 +59,37 @@ _PREFILTER_MARGIN = 0.8
 # summed object F1 2.84 unsplit, 3.12 / 3.29 / 3.23 with cores at 0.8 / 0.9 / 0.95, pixel
 # IoU within 0.003 of unsplit everywhere.
 SPLIT_CORE_PROBABILITY = 0.9
+#: Separation models: a core's minimum size as a share of the minimum building size (a core is
+#: the roof without its border rim, a quarter of a 10 m2 roof at 0.3 m). Training validation
+#: counts objects the same way (training.trainer.object_counts).
+SEPARATION_MIN_CORE_FRACTION = 0.25
+
+
+def separation_score(outputs: np.ndarray) -> np.ndarray:
+    """Per-pixel "inside one roof" score in [0, 1] from a model's outputs (C x H x W probabilities).
+
+    A building-only model (C = 1) has the building probability itself: cores are
+    where it is confident, valleys where it dips. A separation model (C = 3:
+    building, border, contact, see :mod:`.training.targets`) marks the border of
+    every roof and the seam between touching roofs, so a roof's core is building
+    and neither border nor contact: building x (1 - border) x (1 - contact).
+    """
+    if outputs.shape[0] == 1:
+        return outputs[0]
+    return outputs[0] * (1.0 - outputs[1]) * (1.0 - outputs[2])
+
+
+def label_instances(building: np.ndarray, score_u8: Optional[np.ndarray] = None, core_u8: Optional[int] = None,
+                    min_core_px: float = 0) -> Tuple[np.ndarray, int]:
+    """4-connected components of a building mask, split by :func:`split_touching` when
+    ``score_u8`` and ``core_u8`` are given: (labels, count). For whole images (training
+    validation, tests); :class:`StripVectorizer` does the same strip by strip."""
+    labels, count = ndimage.label(building)
+    if score_u8 is None or core_u8 is None or count == 0:
+        return labels, count
+    labels, count, _ = split_touching(labels, count, np.zeros(count + 1, dtype=bool), score_u8, core_u8,
+                                      min_core_px)
+    return labels, count
 
 
 def split_touching(labels: np.ndarray, count: int, open_ids: np.ndarray, prob: np.ndarray, core_u8: int,
@@ -122,7 +158,8 @@ class StripVectorizer:
     """
 
     def __init__(self, grid: ModelGrid, crs_wkt: str, options: FinishOptions,
-                 is_cancelled: Optional[CancelFn] = None, split_core_u8: Optional[int] = None):
+                 is_cancelled: Optional[CancelFn] = None, split_core_u8: Optional[int] = None,
+                 min_core_fraction: float = 1.0):
         if gdal is None:
             from .errors import OutputError
             raise OutputError("GDAL's Python bindings (osgeo) are missing; run `make setup`")
@@ -135,21 +172,29 @@ class StripVectorizer:
         self._carry_row0 = 0
         self._carry_prob: Optional[np.ndarray] = None
         self._carry_building: Optional[np.ndarray] = None
+        self._carry_score: Optional[np.ndarray] = None
         self.buildings: List[Building] = []
         self.seconds = {"polygonise": 0.0, "attributes": 0.0}
         self.split_core_u8 = split_core_u8
+        # A separation model's cores lose the roof's border: they may be far smaller than the roof.
+        self._min_core_pixels = self._min_pixels * min_core_fraction
 
-    def add(self, row0: int, probability_u8: np.ndarray, building: np.ndarray) -> None:
-        """Take rows ``[row0, row0 + len(strip))``: uint8 probability and bool/uint8 building masks."""
+    def add(self, row0: int, probability_u8: np.ndarray, building: np.ndarray,
+            score_u8: Optional[np.ndarray] = None) -> None:
+        """Take rows ``[row0, row0 + len(strip))``: uint8 probability and bool/uint8 building masks,
+        and for separation models the uint8 separation score (cores and valleys are then its)."""
         if self._carry_prob is not None and row0 != self._carry_row0 + len(self._carry_prob):
             self._process(final=True)  # a gap: what is open now cannot go on
         if self._carry_prob is None or len(self._carry_prob) == 0:
             self._carry_row0 = row0
             self._carry_prob = np.asarray(probability_u8, dtype=np.uint8)
             self._carry_building = np.asarray(building, dtype=bool)
+            self._carry_score = None if score_u8 is None else np.asarray(score_u8, dtype=np.uint8)
         else:
             self._carry_prob = np.concatenate([self._carry_prob, probability_u8])
             self._carry_building = np.concatenate([self._carry_building, np.asarray(building, dtype=bool)])
+            if score_u8 is not None:
+                self._carry_score = np.concatenate([self._carry_score, score_u8])
         final = self._carry_row0 + len(self._carry_prob) >= self.grid.height_px
         self._process(final)
 
@@ -162,9 +207,10 @@ class StripVectorizer:
     def _process(self, final: bool) -> None:
         t0 = time.perf_counter()
         building, prob, row0 = self._carry_building, self._carry_prob, self._carry_row0
+        score = self._carry_score if self._carry_score is not None else prob
         labels, count = ndimage.label(building)
         if count == 0:
-            self._carry_prob = self._carry_building = None
+            self._carry_prob = self._carry_building = self._carry_score = None
             return
         open_ids = np.zeros(count + 1, dtype=bool)
         if not final:
@@ -172,8 +218,8 @@ class StripVectorizer:
             open_ids[0] = False
         carry_labels, carry_open = labels, open_ids
         if self.split_core_u8 is not None:
-            labels, count, open_ids = split_touching(labels, count, open_ids, prob, self.split_core_u8,
-                                                     self._min_pixels)
+            labels, count, open_ids = split_touching(labels, count, open_ids, score, self.split_core_u8,
+                                                     self._min_core_pixels)
         # Per-component pixel count and probability sum over the building pixels only
         # (a fraction of the strip: keeps the transient memory near the strip's own size).
         on = labels[building]
@@ -183,7 +229,7 @@ class StripVectorizer:
         traced = ~open_ids & (pixels >= self._min_pixels)
         traced[0] = False
         outlines, ids = self._trace(labels, traced, row0) if traced.any() else ([], np.zeros(0, dtype=np.int64))
-        self._carry_over(carry_labels, carry_open, prob, building, row0)
+        self._carry_over(carry_labels, carry_open, prob, building, row0, self._carry_score)
         t1 = time.perf_counter()
         self.seconds["polygonise"] += t1 - t0
         if len(outlines):
@@ -192,16 +238,17 @@ class StripVectorizer:
         self.seconds["attributes"] += time.perf_counter() - t1
 
     def _carry_over(self, labels: np.ndarray, open_ids: np.ndarray, prob: np.ndarray, building: np.ndarray,
-                    row0: int) -> None:
+                    row0: int, score: Optional[np.ndarray] = None) -> None:
         """Keep the rows from the top of the highest open component on, with only open pixels set."""
         if not open_ids.any():
-            self._carry_prob = self._carry_building = None
+            self._carry_prob = self._carry_building = self._carry_score = None
             return
         # the first row holding an open component (row by row: no strip-sized temporary)
         top = next(r for r in range(len(labels)) if open_ids[labels[r]].any())
         self._carry_row0 = row0 + top
         self._carry_prob = prob[top:].copy()
         self._carry_building = open_ids[labels[top:]]
+        self._carry_score = None if score is None else score[top:].copy()
 
     def _trace(self, labels: np.ndarray, traced: np.ndarray, row0: int) -> Tuple[np.ndarray, np.ndarray]:
         """Polygonise the components flagged in ``traced``: (polygons in the CRS, their label ids)."""

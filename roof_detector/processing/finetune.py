@@ -51,8 +51,10 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
         "pixels) are held out for validation, so at least two blocks are needed. The base model's IoU on "
         "those blocks is measured before training, for comparison.<br>"
         "<b>Base model</b>: empty = the bundled model. Training stops after <b>epochs</b>, or after "
-        "<b>patience</b> epochs without a better validation IoU; the best epoch is kept. Cancelling keeps "
-        "the best model so far.<br><br>"
+        "<b>patience</b> epochs without a better validation IoU, or at the <b>time budget</b>; the best "
+        "epoch is kept. Crops per epoch default to 40 per model tile of labelled area (96 to 480); the plan "
+        "and its time are logged before training starts. Cancelling keeps the best model so far. When the "
+        "label layer reaches beyond the labelled area, both models are also compared there (logged).<br><br>"
         "Output: the model file (.pt), its training curves (PNG) and metrics (JSON) beside it, and the "
         "validation IoU before and after (IOU_BEFORE, IOU_AFTER) and the tuned THRESHOLD."
     )
@@ -65,7 +67,7 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
             self.AREA, self.tr("Fully labelled area"), [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, self.tr("Base model (empty: bundled model)"), extension="pt", optional=True))
-        add(self, "finetune", advanced=("samples_per_epoch",))
+        add(self, "finetune", advanced=("samples_per_epoch", "compare_outside"))
         add(self, "detect", "device")
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT, self.tr("Fine-tuned model"), self.tr("Roof Detector models (*.pt)")))

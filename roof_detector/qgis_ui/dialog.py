@@ -17,7 +17,7 @@ from qgis.PyQt.QtWidgets import (
     QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox, QRadioButton, QVBoxLayout, QWidget,
 )
 
-from ..core.params import ParameterError
+from ..core.params import DETECT, ParameterError
 from ..qgis_adapter.output import gpkg_layer_names
 from ..qgis_adapter.paths import library_models, model_library_dir
 from ..qgis_adapter.request import (DetectRequest, RequestError, extent_aoi_wkt, plan_run, raster_file_path,
@@ -103,8 +103,14 @@ class DetectDialog(QDialog):
         form.addRow(tr("Minimum building area"), self.min_area_spin)
         self.separate_check = QCheckBox(tr("Separate touching buildings"), self)
         self.separate_check.setToolTip(tr("Split roofs that touch along the probability valley between their "
-                                          "confident cores: one polygon per roof, not per block"))
+                                          "confident cores (or, with a model that has border and contact "
+                                          "outputs, along the seam it marks): one polygon per roof, not per block"))
         form.addRow("", self.separate_check)
+        self.tta_check = QCheckBox(tr("Test-time augmentation (slower)"), self)
+        tta_help = DETECT["tta"].help
+        self.tta_check.setToolTip(tr(tta_help[:1].upper() + tta_help[1:]))
+        form.addRow("", self.tta_check)
+
         self.device_combo, devices = device_combo(self)
         self.device_info = QLabel(self)
         self.device_info.setText(devices["text"])
@@ -229,6 +235,7 @@ class DetectDialog(QDialog):
         self.threshold_spin.setValue(settings.get("threshold"))
         self.min_area_spin.setValue(settings.get("min_area_m2"))
         self.separate_check.setChecked(settings.get("separate_touching"))
+        self.tta_check.setChecked(settings.get("tta"))
         restore_device(self.device_combo, settings.get("device"))
         gpkg = settings.get("output_mode") == "gpkg"
         (self.gpkg_radio if gpkg else self.memory_radio).setChecked(True)
@@ -256,6 +263,7 @@ class DetectDialog(QDialog):
         settings.set("threshold", self.threshold_spin.value())
         settings.set("min_area_m2", self.min_area_spin.value())
         settings.set("separate_touching", self.separate_check.isChecked())
+        settings.set("tta", self.tta_check.isChecked())
         settings.set("device", self.device_combo.currentData())
         settings.set("output_mode", "gpkg" if self.gpkg_radio.isChecked() else "memory")
         settings.set("gpkg_path", self.gpkg_file.filePath())
@@ -413,9 +421,10 @@ class DetectDialog(QDialog):
         return request
 
     def detection_kwargs(self) -> Dict[str, Any]:
-        """Threshold, minimum area, touching roofs and outlines as ``DetectOptions`` keyword arguments."""
+        """Threshold, minimum area, touching roofs, TTA and outlines as ``DetectOptions`` keyword arguments."""
         return dict(threshold=self.threshold_spin.value() if self.threshold_check.isChecked() else None,
                     min_area_m2=self.min_area_spin.value(), separate_touching=self.separate_check.isChecked(),
+                    tta=self.tta_check.isChecked(),
                     regularize=self.regularize_check.isChecked(), regularize_tolerance_m=self.tolerance_spin.value())
 
     def solar_kwargs(self) -> Dict[str, Any]:

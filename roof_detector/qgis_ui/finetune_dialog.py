@@ -21,6 +21,7 @@ from qgis.PyQt.QtWidgets import (
     QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
+from ..core.params import FINETUNE
 from ..qgis_adapter.deps import dependency_problem
 from ..qgis_adapter.finetune_task import (FinetuneRequest, FinetuneTask, area_wkt, label_source, labels_in_raster,
                                           make_temp_dir)
@@ -154,17 +155,26 @@ class FinetuneDialog(QDialog):
         self.samples_spin = declared_spin(train_box, "finetune", "samples_per_epoch")
         self.samples_spin.setMinimum(0)  # 0 shows "Automatic" (the declaration's None)
         self.samples_spin.setSpecialValueText(tr("Automatic"))
+        self.samples_spin.setToolTip(tr("Training crops per epoch; Automatic = {what}").format(
+            what=tr(FINETUNE["samples_per_epoch"].none_means)))
+        self.budget_spin = declared_spin(train_box, "finetune", "max_minutes")
+        self.budget_spin.setSpecialValueText(tr("None"))  # 0: no time budget (as the declaration's None)
+        self.budget_info = QLabel(train_box)
+        self.budget_info.setWordWrap(True)
         self.device_combo, devices = device_combo(train_box)
         self.device_info = QLabel(devices["text"], train_box)
         self.device_combo.setToolTip(devices["text"])
         cells = ((tr("Epochs"), self.epochs_spin), (tr("Learning rate"), self.lr_spin),
                  (tr("Batch size"), self.batch_spin), (tr("Validation"), self.val_spin),
                  (tr("Patience"), self.patience_spin), (tr("Samples/epoch"), self.samples_spin),
-                 (tr("Device"), self.device_combo))
+                 (tr("Time budget"), self.budget_spin), (tr("Device"), self.device_combo))
         for i, (label, widget) in enumerate(cells):
             grid.addWidget(QLabel(label, train_box), i // 2, (i % 2) * 2)
             grid.addWidget(widget, i // 2, (i % 2) * 2 + 1)
-        grid.addWidget(self.device_info, 3, 2, 1, 2)
+        grid.addWidget(self.device_info, 4, 0, 1, 4)
+        grid.addWidget(self.budget_info, 5, 0, 1, 4)
+        for spin in (self.epochs_spin, self.batch_spin, self.samples_spin, self.budget_spin):
+            spin.valueChanged.connect(self._update_budget)
         return train_box
 
     def _build_progress_column(self) -> QVBoxLayout:
@@ -200,6 +210,13 @@ class FinetuneDialog(QDialog):
         right.addWidget(self.results_box)
         return right
 
+    def _update_budget(self, *_: Any) -> None:
+        """Say, before starting, how long training may take: the budget and the per-epoch cost."""
+        from .present import budget_text
+
+        self.budget_info.setText(budget_text(self.budget_spin.value(), self.samples_spin.value(),
+                                             self.epochs_spin.value()))
+
     def fill_models(self) -> None:
         """(Re)list the bundled model and the library's models, keeping the current choice."""
         current = self.model_combo.currentData() or settings.get("ft_base_model")
@@ -226,6 +243,8 @@ class FinetuneDialog(QDialog):
         self.val_spin.setValue(settings.get("ft_val_percent"))
         self.patience_spin.setValue(settings.get("ft_patience"))
         self.samples_spin.setValue(settings.get("ft_samples_per_epoch"))
+        self.budget_spin.setValue(settings.get("ft_max_minutes"))
+        self._update_budget()
         restore_device(self.device_combo, settings.get("ft_device"))
         self._suggest_name()
 
@@ -238,6 +257,7 @@ class FinetuneDialog(QDialog):
         settings.set("ft_val_percent", self.val_spin.value())
         settings.set("ft_patience", self.patience_spin.value())
         settings.set("ft_samples_per_epoch", self.samples_spin.value())
+        settings.set("ft_max_minutes", self.budget_spin.value())
         settings.set("ft_device", self.device_combo.currentData())
 
     def _suggest_name(self, *_: Any) -> None:
@@ -260,7 +280,7 @@ class FinetuneDialog(QDialog):
         idle = not self.running
         for widget in (self.raster_combo, self.labels_combo, self.labels_selected, self.area_combo,
                        self.model_combo, self.name_edit, self.epochs_spin, self.lr_spin, self.batch_spin,
-                       self.val_spin, self.patience_spin, self.samples_spin, self.device_combo):
+                       self.val_spin, self.patience_spin, self.samples_spin, self.budget_spin, self.device_combo):
             widget.setEnabled(idle)
         self.area_layer_combo.setEnabled(idle and self.area_combo.currentData() != "labels")
         self.start_button.setEnabled(idle)
@@ -323,6 +343,7 @@ class FinetuneDialog(QDialog):
             area_wkt=area, epochs=self.epochs_spin.value(), lr=self.lr_spin.value(),
             batch_size=self.batch_spin.value(), val_fraction=self.val_spin.value() / 100.0,
             patience=self.patience_spin.value(), samples_per_epoch=self.samples_spin.value() or None,
+            max_minutes=self.budget_spin.value() or None,
             device=self.device_combo.currentData()), notes=notes)
 
         def temp_dir() -> str:

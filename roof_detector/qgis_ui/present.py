@@ -136,3 +136,15 @@ def on_task_finished(iface: Any, task: Any, ok: bool,
     for warning in getattr(task.result, "warnings", None) or []:
         notify(iface, str(warning), Qgis.Warning, 10)
     return layer
+
+
+def budget_text(budget_min: float, samples_per_epoch: int, epochs: int) -> str:
+    """The fine-tune dialog's line on how long training may take (0 = no budget / automatic crops)."""
+    from ..core.training.finetune import SECONDS_PER_SAMPLE
+
+    per_epoch = (tr("{n} crops per epoch, about {s:.0f} s each on 2 CPU cores").format(
+        n=samples_per_epoch, s=samples_per_epoch * SECONDS_PER_SAMPLE["cpu"]) if samples_per_epoch else
+        tr("crops per epoch scaled to the labelled area (96 to 480: about 10 to 50 s each on 2 CPU cores)"))
+    return ((tr("Time budget: at most {m:g} min, then the best epoch is kept").format(m=budget_min) if budget_min
+             else tr("No time budget: up to {e} epochs").format(e=epochs))
+            + "; " + per_epoch + tr(". The plan for your area is shown when training starts."))

@@ -14,6 +14,7 @@ PREFIX = "roof_detector/"
 DECLARED = {
     "min_area_m2": ("detect", "min_area_m2"),
     "separate_touching": ("detect", "separate_touching"),
+    "tta": ("detect", "tta"),
     "device": ("detect", "device"),
     "regularize": ("outlines", "regularize"),
     "regularize_tolerance_m": ("outlines", "regularize_tolerance_m"),
@@ -25,6 +26,7 @@ DECLARED = {
     "ft_lr": ("finetune", "lr"),
     "ft_batch_size": ("finetune", "batch_size"),
     "ft_patience": ("finetune", "patience"),
+    "ft_max_minutes": ("finetune", "max_minutes"),  # time budget; 0 = none
 }
 
 
@@ -57,7 +59,7 @@ DEFAULTS = {
     "ft_area_mode": ("labels", str),      # labels | layer | selection
     "ft_base_model": ("bundled", str),    # bundled | library:<path>
     "ft_val_percent": (20, int),          # val_fraction in percent
-    "ft_samples_per_epoch": (0, int),     # 0 = the engine's default
+    "ft_samples_per_epoch": (0, int),     # 0 = the engine's default (scaled to the labelled area)
     "ft_device": ("auto", str),
 }
 DEFAULTS.update({key: (_declared(key).default, _declared(key).kind) for key in DECLARED})

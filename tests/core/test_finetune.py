@@ -118,3 +118,44 @@ def test_label_fids_select_features_by_their_feature_id(labelled_area, tmp_path)
              log=lambda m: None)
     # GeoPackage feature ids start at 1; fid 25 is the point feature, skipped as no polygon.
     assert read_metadata(out)["training"]["label_polygons"] == 3
+
+
+def test_default_crops_per_epoch_scale_with_the_labelled_area():
+    from roof_detector.core.training.finetune import (MAX_SAMPLES, MIN_SAMPLES, SAMPLES_PER_TILE,
+                                                      default_samples_per_epoch, plan)
+
+    tile = 256
+    sizes = [default_samples_per_epoch(int(t * tile * tile), tile, 8) for t in (0.5, 2, 4, 8, 50)]
+    assert sizes[0] == MIN_SAMPLES and sizes[-1] == MAX_SAMPLES
+    assert sizes[2] == 4 * SAMPLES_PER_TILE and sizes[1] < sizes[2] < sizes[3]  # grows with the area
+    assert all(s % 8 == 0 for s in sizes)
+    opts = FinetuneOptions(raster_path="", labels_path="", output_path="")
+    assert (opts.epochs, opts.patience, opts.max_minutes) == (30, 5, 15.0)  # early stopping does the rest
+    small, large = (plan(int(t * tile * tile), tile, opts, "cpu", threads=2) for t in (2, 8))
+    assert small["samples_per_epoch"] == sizes[1] and large["samples_per_epoch"] == sizes[3]
+    assert large["estimate_minutes"] > small["estimate_minutes"] > 0 and large["budget_minutes"] == 15.0
+    fixed = plan(8 * tile * tile, tile, FinetuneOptions("", "", "", samples_per_epoch=64), "cpu", threads=2)
+    assert fixed["samples_per_epoch"] == 64  # the user's choice wins
+
+
+def test_defaults_used_and_before_after_outside_the_labelled_area(labelled_area, tmp_path):
+    from roof_detector.core.training.finetune import default_samples_per_epoch
+
+    raster, labels, base = labelled_area
+    # train on the left half only; the labels cover the whole raster, so the right half is compared
+    x0, y0 = 500000.0, 5000000.0
+    left = f"POLYGON(({x0} {y0},{x0 + 64} {y0},{x0 + 64} {y0 - 128},{x0} {y0 - 128},{x0} {y0}))"
+    out = str(tmp_path / "half.pt")
+    lines = []
+    res = finetune(FinetuneOptions(raster_path=raster, labels_path=labels, output_path=out, base_model_path=base,
+                                   area_wkt=left, epochs=1, batch_size=4, device="cpu"), log=lines.append)
+    assert any(line.startswith("Plan: ") and "time budget 15 min" in line for line in lines)
+    assert res.plan["samples_per_epoch"] == default_samples_per_epoch(
+        int(res.plan["labelled_tiles"] * 64 * 64 + 0.5), 64, 4)
+    assert res.outside["before"]["reference"] > 5
+    assert res.outside["after"]["reference"] == res.outside["before"]["reference"]
+    for key in ("iou", "object_f1"):
+        assert 0 <= res.outside["before"][key] <= 1 and 0 <= res.outside["after"][key] <= 1
+    meta = read_metadata(out)
+    assert meta["metrics"]["outside_after"]["iou"] == pytest.approx(res.outside["after"]["iou"])
+    assert any("outside the labelled area" in line for line in lines)

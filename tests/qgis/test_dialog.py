@@ -124,6 +124,7 @@ def test_choices_are_remembered(qgis_iface, ortho_layer, model_path, tmp_path):
     assert again.threshold_check.isChecked() and again.threshold_spin.value() == pytest.approx(0.6)
     assert again.min_area_spin.value() == 25.0
     assert not again.separate_check.isChecked()
+    assert not again.tta_check.isChecked()  # off by default
     assert again.device_combo.currentData() == "cpu"
     assert again.gpkg_radio.isChecked() and again.gpkg_layer_edit.text() == "roofs"
 
@@ -284,3 +285,16 @@ def test_help_button_opens_the_readme_and_an_existing_file_is_asked_about_once(q
         help_button.click()
     assert open_url.call_args[0][0].toString().startswith("https://github.com/")
     assert not dialog.gpkg_file.confirmOverwrite()  # Qt's "replace the file?" is not asked on top of ours
+
+
+def test_tta_checkbox_reaches_the_engine_and_is_remembered(qgis_iface, ortho_layer, model_path):
+    dialog = _dialog(qgis_iface)
+    _use_model_file(dialog, model_path)
+    assert not dialog.tta_check.isChecked()
+    dialog.tta_check.setChecked(True)
+    dialog.accept()
+    assert dialog.request.options["tta"] is True and dialog.request.detect_options().tta is True
+    again = _dialog(qgis_iface)
+    assert again.tta_check.isChecked()
+    again.tta_check.setChecked(False)
+    again.accept()

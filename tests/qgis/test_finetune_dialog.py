@@ -291,6 +291,11 @@ def test_selected_features_only_exports_the_selection(qgis_iface, project, raste
         assert ds.GetLayerByName(request.options["labels_layer"]).GetFeatureCount() == 10
         ds = None
         assert request.options["area_wkt"] is None and request.options["val_fraction"] == pytest.approx(0.2)
+        # the time budget (default 15 min) is shown before starting and reaches the engine
+        assert request.options["max_minutes"] == 15.0 and request.finetune_options().max_minutes == 15.0
+        assert "at most 15 min" in dialog.budget_info.text()
+        dialog.budget_spin.setValue(0)
+        assert "No time budget" in dialog.budget_info.text()
         assert request.options["output_path"] == str(library / "lyon.pt")
     finally:
         from roof_detector.qgis_adapter.finetune_task import FinetuneTask

@@ -152,6 +152,29 @@ def test_detect_buildings_separates_touching_roofs_by_default(run, model_path, t
     assert counts == [2, 1]
 
 
+def test_detect_buildings_tta_parameter_reaches_the_engine(run, ortho_path, model_path):
+    from unittest import mock
+
+    from qgis.core import QgsApplication
+
+    from roof_detector.core import pipeline
+
+    alg = QgsApplication.processingRegistry().algorithmById("roofdetector:detectbuildings")
+    assert alg.parameterDefinition("TTA").defaultValue() is False
+    seen = []
+    real = pipeline.detect_buildings
+
+    def spy(source, options=None, **kw):
+        seen.append(options.tta)
+        return real(source, options, **kw)
+
+    with mock.patch.object(pipeline, "detect_buildings", spy):
+        counts = [run("roofdetector:detectbuildings", dict({"INPUT": ortho_path, "MODEL": model_path, "DEVICE": 1,
+                                                            "MIN_AREA": 5.0, "OUTPUT": "memory:"}, **extra))["BUILDINGS"]
+                  for extra in ({}, {"TTA": True})]
+    assert seen == [False, True] and counts == [4, 4]  # the per-pixel test model gives the same roofs
+
+
 def test_detect_buildings_in_an_extent_given_in_another_crs(run, ortho_layer, model_path):
     from pyproj import Transformer
 

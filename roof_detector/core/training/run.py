@@ -43,8 +43,12 @@ class TrainRunOptions:
     device: str = "auto"
     threads: Optional[int] = None
     resume: bool = False
-    init_from: str = ""                     # an earlier run's checkpoint.pt: start from its best weights
+    init_from: str = ""                     # a model file or an earlier run's checkpoint.pt: its (best) weights
     hue: float = 0.4                        # share of crops whose hue is rotated
+    outputs: int = 1                        # 1: building; 3: building, border, contact (separation)
+    gamma: float = 0.0                      # share of crops given a random gamma (dark and grey roofs)
+    brightness: float = 0.25                # brightness jitter range (+-)
+    contrast: float = 0.25                  # contrast jitter range (+-)
     data_summary: Dict[str, Any] = field(default_factory=dict)  # what the model's metadata says of the data
 
 
@@ -81,7 +85,9 @@ def train_run(opts: TrainRunOptions, load_data: Callable[[float, int, Callable[[
     from .trainer import TrainConfig
 
     os.makedirs(opts.out, exist_ok=True)
-    cfg = TrainConfig(architecture=opts.arch, batch_size=opts.batch_size, lr=opts.lr,
+    separation = opts.outputs > 1
+    cfg = TrainConfig(architecture=opts.arch, architecture_params={"out_channels": opts.outputs} if separation else {},
+                      select_on="iou+objects" if separation else "iou", batch_size=opts.batch_size, lr=opts.lr,
                       samples_per_epoch=opts.samples_per_epoch, max_epochs=opts.epochs, patience=opts.patience,
                       max_minutes=opts.max_minutes, seed=opts.seed, device=str(resolve_device(opts.device)),
                       threads=opts.threads)
@@ -89,24 +95,23 @@ def train_run(opts: TrainRunOptions, load_data: Callable[[float, int, Callable[[
         torch.set_num_threads(opts.threads)
     data = load_data(cfg.gsd_m, cfg.tile_px, log)
     net, encoder_init = _initial_net(opts, cfg, log)
-    summary = {**opts.data_summary, "scenes": len(data.train), "encoder_init": encoder_init, "hue_rotation_p": opts.hue}
+    summary = {**opts.data_summary, "scenes": len(data.train), "encoder_init": encoder_init, "hue_rotation_p": opts.hue,
+               "gamma_p": opts.gamma, "brightness": opts.brightness, "contrast": opts.contrast}
     result = _train(opts, cfg, data, net, summary, log)
     return _finish(opts, cfg, data, result, summary, log)
 
 
 def _initial_net(opts: TrainRunOptions, cfg: Any, log: Callable[[str], None]):
     """The network to train and how its weights began (an earlier run, ImageNet encoder, random)."""
-    import torch
-
     from ..unet import build_model, load_efficientnet_lite0_weights
+    from .export import initial_network
 
-    net = build_model(cfg.architecture)
     if opts.init_from and not opts.resume:
-        ck = torch.load(opts.init_from, map_location="cpu", weights_only=False)
-        net.load_state_dict(ck["best_state"])
-        log(f"initialised from the best weights of {opts.init_from} (epoch {ck['best_epoch']}, "
-            f"val IoU {ck['best_iou']:.4f})")
+        # a model file or a checkpoint; missing border/contact outputs start fresh
+        net, line = initial_network(opts.init_from, cfg.architecture, cfg.architecture_params)
+        log(line)
         return net, f"continued from {opts.init_from}"
+    net = build_model(cfg.architecture, **cfg.architecture_params)
     weights = opts.encoder_weights if opts.arch == "efflite0_unet" else None
     if weights and not opts.resume:
         log(f"encoder ImageNet weights: {os.path.basename(weights)} {load_efficientnet_lite0_weights(net, weights)}")
@@ -124,7 +129,8 @@ def _train(opts: TrainRunOptions, cfg: Any, data: TrainData, net: Any, summary: 
     from .trainer import plot_curves, train
 
     sampler = CropSampler(data.train, cfg.gsd_m, cfg.tile_px, data.weights, seed=cfg.seed,
-                          config=AugmentConfig(hue_p=opts.hue))
+                          config=AugmentConfig(hue_p=opts.hue, gamma_p=opts.gamma, brightness=opts.brightness,
+                                               contrast=opts.contrast), n_outputs=cfg.n_outputs)
     val_sets = {k: scenes_to_tiles(v, cfg.tile_px) for k, v in data.val.items()}
     model_path = os.path.join(opts.out, "model.pt")
     history: List[Dict[str, Any]] = []
@@ -132,7 +138,7 @@ def _train(opts: TrainRunOptions, cfg: Any, data: TrainData, net: Any, summary: 
     def on_epoch(info: Dict[str, Any]) -> None:
         history.append(info["row"])
         if info["best_state"] is not None:
-            best = build_model(cfg.architecture)
+            best = build_model(cfg.architecture, **cfg.architecture_params)
             best.load_state_dict(info["best_state"])
             export_model(best, cfg, model_path, 0.5, {
                 "name": f"roof-detector-{cfg.architecture}",
@@ -159,7 +165,7 @@ def _finish(opts: TrainRunOptions, cfg: Any, data: TrainData, result: Any, summa
     model_path = os.path.join(opts.out, "model.pt")
     export_model(result.net, cfg, model_path, result.threshold, {
         "name": f"roof-detector-{cfg.architecture}", "training": {**summary, **result_metadata(result, cfg)},
-        "metrics": {k: v for k, v in metrics.items() if k != "history"}})
+        "metrics": {k: v for k, v in metrics.items() if k != "history"}}, core_threshold=result.core_threshold)
     plot_curves(result.history, os.path.join(opts.out, "curves.png"),
                 f"{cfg.architecture}: best epoch {result.best_epoch}")
     write_json(metrics, os.path.join(opts.out, "metrics.json"))
@@ -182,7 +188,7 @@ def score_test_sets(result: Any, cfg: Any, test_sets: Dict[str, List[Any]],
     for name, scenes in test_sets.items():
         tiles = scenes_to_tiles([t for s in scenes for t in tile_scene(s, TEST_TILE_PX, TEST_TILE_OVERLAP)],
                                 TEST_TILE_PX)
-        r = evaluate_tiles(result.net, tiles, cfg, torch.device("cpu"), (result.threshold,))
+        r = evaluate_tiles(result.net, tiles, cfg, torch.device("cpu"), (result.threshold,))  # pixels only
         figures[name] = r[result.threshold].as_dict()
         log(f"test {name}: IoU {figures[name]['iou']:.4f} accuracy {figures[name]['accuracy']:.4f}")
     return figures

@@ -9,21 +9,27 @@ Inputs coarser than the model GSD reach the network upsampled, i.e. soft;
 
 Augmentations (on batches, in torch): flips and 90-degree rotations,
 brightness/contrast/saturation jitter, random greyscale (panchromatic
-orthophotos), Gaussian blur and noise, and copy-paste of labelled buildings
-from one crop onto another.
+orthophotos), hue rotation, gamma (dark and washed-out roofs), Gaussian blur
+and noise, and copy-paste of labelled buildings from one crop onto another.
+
+With ``n_outputs=3`` the targets of a crop are building, border and contact
+(:mod:`.targets`), derived after the geometric augmentation and copy-paste
+from the crop's building instances (label polygons; connected components of
+the mask for chips without polygons).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .scenes import Scene
+from .targets import instance_map, target_stack
 
 
 @dataclass
@@ -44,6 +50,8 @@ class AugmentConfig:
     noise_std: float = 0.03
     copy_paste_p: float = 0.2
     hue_p: float = 0.0  # rotation of the hue by a random angle (roofs are painted in any colour)
+    gamma_p: float = 0.0  # share of crops given a random gamma: dark shingle and grey flat roofs
+    gamma_range: Tuple[float, float] = (0.6, 1.7)  # drawn log-uniformly; > 1 darkens mid-tones
 
 
 def _image_tensor(img: np.ndarray) -> torch.Tensor:
@@ -60,9 +68,13 @@ class CropSampler:
     """Draws crops from scenes, weighting each scene by its valid area times a weight."""
 
     def __init__(self, scenes: Sequence[Scene], gsd_m: float, tile_px: int, weights: Sequence[float] = (),
-                 config: AugmentConfig = AugmentConfig(), seed: int = 0, min_valid_fraction: float = 0.5):
+                 config: AugmentConfig = AugmentConfig(), seed: int = 0, min_valid_fraction: float = 0.5,
+                 n_outputs: int = 1):
         if not scenes:
             raise ValueError("no training scenes")
+        if n_outputs not in (1, 3):
+            raise ValueError(f"models have 1 or 3 outputs, not {n_outputs}")
+        self.n_outputs = n_outputs
         self.scenes = list(scenes)
         self.gsd_m = gsd_m
         self.tile_px = tile_px
@@ -79,7 +91,7 @@ class CropSampler:
             rr, cc = np.nonzero(s.valid[::8, ::8])
             self._centres.append((rr * 8, cc * 8))
 
-    def _one(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _one(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Optional[np.ndarray]]:
         cfg = self.cfg
         for _ in range(20):
             i = self.rng.choice(len(self.scenes), p=self.p)
@@ -95,21 +107,31 @@ class CropSampler:
             img = s.image[r0:r0 + side, c0:c0 + side]
             lab = s.label[r0:r0 + side, c0:c0 + side]
             val = s.valid[r0:r0 + side, c0:c0 + side]
+            inst = None if s.instances is None else s.instances[r0:r0 + side, c0:c0 + side]
             if val.mean() >= self.min_valid or _ == 19:
-                return _pad(img, lab, val, side)
+                return _pad(img, lab, val, side) + (None if inst is None else _pad_2d(inst, side),)
         raise RuntimeError("unreachable")
 
     def batch(self, n: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``n`` augmented crops: images N x 3 x T x T in [0, 1], labels and valid N x 1 x T x T."""
+        """``n`` augmented crops: images N x 3 x T x T in [0, 1], targets N x n_outputs x T x T
+        (building[, border, contact]) and valid N x 1 x T x T."""
         t = self.tile_px
-        imgs, labs = [], []
+        imgs, labs, insts = [], [], []
         for _ in range(n):
-            img, lab, val = self._one()
+            img, lab, val, inst = self._one()
             x = _image_tensor(img)
             y = torch.from_numpy(np.stack([lab, val]).astype(np.float32))[None]
             down = x.shape[-1] > t
             x = F.interpolate(x, size=(t, t), mode="bilinear", antialias=down, align_corners=False)
             y = F.interpolate(y, size=(t, t), mode="bilinear", antialias=down, align_corners=False)
+            if self.n_outputs > 1:
+                if inst is None:
+                    ids = instance_map((y[0, 0] >= 0.5).numpy())
+                else:
+                    ids = F.interpolate(torch.from_numpy(inst.astype(np.float32))[None, None], size=(t, t),
+                                        mode="nearest")[0, 0].numpy().astype(np.int64)
+                    ids[(y[0, 0] < 0.5).numpy()] = 0
+                insts.append(torch.from_numpy(ids.astype(np.int64))[None, None])
             if self.rng.random() < self.cfg.degrade_p:
                 f = self.rng.uniform(*self.cfg.degrade_range)
                 small = max(8, int(t / f))
@@ -121,9 +143,15 @@ class CropSampler:
         y = torch.cat(labs)
         lab = (y[:, :1] >= 0.5).float()
         val = (y[:, 1:] >= 0.5).float()
-        x, lab, val = geometric(x, lab, val, self.rng)
-        x, lab = copy_paste(x, lab, val, self.rng, self.cfg.copy_paste_p)
+        inst = torch.cat(insts) if insts else None
+        x, lab, val, inst = geometric(x, lab, val, self.rng, inst)
+        if inst is None:
+            x, lab = copy_paste(x, lab, val, self.rng, self.cfg.copy_paste_p)
+        else:
+            x, lab, inst = copy_paste(x, lab, val, self.rng, self.cfg.copy_paste_p, inst)
         x = photometric(x, self.rng, self.cfg)
+        if inst is not None:
+            lab = torch.from_numpy(np.stack([target_stack(i[0].numpy(), self.n_outputs) for i in inst]))
         return x.contiguous(), lab.contiguous(), val.contiguous()
 
 
@@ -138,10 +166,20 @@ def _pad(img, lab, val, side):
     return pi, pl, pv
 
 
-def geometric(x, lab, val, rng):
+def _pad_2d(a, side):
+    h, w = a.shape
+    if h == side and w == side:
+        return a
+    out = np.zeros((side, side), a.dtype)
+    out[:h, :w] = a
+    return out
+
+
+def geometric(x, lab, val, rng, inst=None):
     """Random flips and 90-degree rotations, the same for image and masks, per sample."""
     out = []
-    for tensors in zip(x, lab, val):
+    group = (x, lab, val) if inst is None else (x, lab, val, inst)
+    for tensors in zip(*group):
         k = int(rng.integers(4))
         flip = rng.random() < 0.5
         res = []
@@ -151,16 +189,24 @@ def geometric(x, lab, val, rng):
                 t = torch.flip(t, dims=(2,))
             res.append(t)
         out.append(res)
-    return tuple(torch.stack([o[i] for o in out]) for i in range(3))
+    res = tuple(torch.stack([o[i] for o in out]) for i in range(len(group)))
+    return res if inst is not None else res + (None,)
 
 
-def copy_paste(x, lab, val, rng, p):
-    """Paste the labelled building pixels of a random other crop onto some crops."""
+def copy_paste(x, lab, val, rng, p, inst=None):
+    """Paste the labelled building pixels of a random other crop onto some crops.
+
+    Pasted buildings keep their instances (given ``inst``), under new ids, over
+    whatever they cover.
+    """
     n = x.shape[0]
     if n < 2 or p <= 0:
-        return x, lab
+        return (x, lab) if inst is None else (x, lab, inst)
     x = x.clone()
     lab = lab.clone()
+    offset = int(inst.max()) + 1 if inst is not None else 0
+    if inst is not None:
+        inst = inst.clone()
     for i in range(n):
         if rng.random() >= p:
             continue
@@ -170,7 +216,9 @@ def copy_paste(x, lab, val, rng, p):
         if m.any():
             x[i] = torch.where(m.expand_as(x[i]), x[j], x[i])
             lab[i] = torch.where(m, torch.ones_like(lab[i]), lab[i])
-    return x, lab
+            if inst is not None:
+                inst[i] = torch.where(m, inst[j] + offset * (i + 1), inst[i])
+    return (x, lab) if inst is None else (x, lab, inst)
 
 
 def photometric(x, rng, cfg: AugmentConfig):
@@ -187,6 +235,9 @@ def photometric(x, rng, cfg: AugmentConfig):
             xi = grey + (xi - grey) * s
             xi = (xi - xi.mean()) * c + xi.mean()
             xi = xi * b
+        if cfg.gamma_p > 0 and rng.random() < cfg.gamma_p:
+            lo, hi = cfg.gamma_range
+            xi = xi.clamp(0, 1) ** math.exp(rng.uniform(math.log(lo), math.log(hi)))
         greyed = rng.random() < cfg.grey_p
         if greyed:
             grey = 0.299 * xi[0] + 0.587 * xi[1] + 0.114 * xi[2]
@@ -230,13 +281,21 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return y[0]
 
 
-def scenes_to_tiles(scenes: Sequence[Scene], tile_px: int) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Evaluation tensors (image 3xTxT in [0,1], label, valid) of scenes already at model GSD."""
+def scenes_to_tiles(scenes: Sequence[Scene], tile_px: int) -> List[Tuple[torch.Tensor, ...]]:
+    """Evaluation tensors of scenes already at model GSD: image 3xTxT in [0,1], label, valid and
+    building instances (1xTxT ids: the label polygons', else the mask's connected components)."""
     out = []
     for s in scenes:
         h, w = s.label.shape
-        img, lab, val = _pad(s.image, s.label, s.valid, max(tile_px, h, w)) if (h < tile_px or w < tile_px) else (s.image, s.label, s.valid)
+        inst = instance_map(s.label, s.instances)
+        if h < tile_px or w < tile_px:
+            side = max(tile_px, h, w)
+            img, lab, val = _pad(s.image, s.label, s.valid, side)
+            inst = _pad_2d(inst, side)
+        else:
+            img, lab, val = s.image, s.label, s.valid
         out.append((torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).float() / 255.0,
                     torch.from_numpy(lab.astype(np.float32))[None],
-                    torch.from_numpy(val.astype(np.float32))[None]))
+                    torch.from_numpy(val.astype(np.float32))[None],
+                    torch.from_numpy(np.asarray(inst).astype(np.int64))[None]))
     return out

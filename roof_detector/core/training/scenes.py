@@ -10,7 +10,9 @@ Two kinds of source feed training and fine-tuning:
 
 A :class:`Scene` is what both become: ``image`` (H x W x 3 uint8), ``label``
 (H x W uint8 0/1), ``valid`` (H x W bool) and ``gsd_m`` (ground metres per
-pixel). Samplers in :mod:`.sampling` cut model-GSD crops out of scenes.
+pixel), plus ``instances`` (H x W, one id per label polygon, 0 = background)
+for polygon labels: what separation targets are derived from
+(:mod:`.targets`); chip masks have none (their connected components stand in). Samplers in :mod:`.sampling` cut model-GSD crops out of scenes.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class Scene:
     valid: np.ndarray  # H x W bool
     gsd_m: float
     transform: Optional[object] = None  # affine.Affine of georeferenced scenes
+    instances: Optional[np.ndarray] = None  # H x W uint16/int32 polygon ids (0 = none), polygon labels only
 
     @property
     def valid_fraction(self) -> float:
@@ -45,7 +48,8 @@ class Scene:
         """A sub-scene (views, no copy)."""
         sl = (slice(row0, row0 + rows), slice(col0, col0 + cols))
         return Scene(name or f"{self.name}[{row0}:{row0 + rows},{col0}:{col0 + cols}]",
-                     self.image[sl], self.label[sl], self.valid[sl], self.gsd_m)
+                     self.image[sl], self.label[sl], self.valid[sl], self.gsd_m,
+                     instances=None if self.instances is None else self.instances[sl])
 
 
 def ground_pixel_size_m(dataset) -> Tuple[float, float]:
@@ -101,19 +105,33 @@ def scene_from_raster(raster_path: str, labels_path: Optional[str], name: Option
         transform = ds.window_transform(win) * rasterio.Affine.scale(win.width / out_w, win.height / out_h)
         crs_wkt = ds.crs.to_wkt()
         bounds = rasterio.windows.bounds(win, ds.transform)
-    label = np.zeros((out_h, out_w), dtype=np.uint8)
+    geoms = []
     if label_geometries is not None:
-        label = rasterize_polygons(label_geometries, transform, (out_h, out_w))
+        geoms = list(label_geometries)
     elif labels_path:
-        layer = read_polygons(labels_path, target_crs_wkt=crs_wkt, layer=label_layer, bbox=bounds)
-        label = rasterize_polygons(layer.geometries, transform, (out_h, out_w))
+        geoms = read_polygons(labels_path, target_crs_wkt=crs_wkt, layer=label_layer, bbox=bounds).geometries
+    instances = rasterize_instances(geoms, transform, (out_h, out_w))
     if area_wkt:
         import shapely
         area = shapely.from_wkt(area_wkt)
         valid &= rasterize_polygons([area], transform, (out_h, out_w)).astype(bool)
-    label[~valid] = 0  # labels run past the imagery: clip them to the valid mask
+    instances[~valid] = 0  # labels run past the imagery: clip them to the valid mask
+    label = (instances > 0).view(np.uint8)
     return Scene(name or os.path.basename(raster_path), np.ascontiguousarray(img.transpose(1, 2, 0)),
-                 label, valid, native / scale, transform)
+                 label, valid, native / scale, transform, instances=instances)
+
+
+def rasterize_instances(geometries, transform, shape: Tuple[int, int]) -> np.ndarray:
+    """Burn polygons with ids 1..n (uint16 when they fit, else int32); pixel-centre rule as
+    :func:`~roof_detector.core.vector_io.rasterize_polygons`. Where polygons overlap the later one wins."""
+    from rasterio import features
+
+    geoms = [g for g in geometries if g is not None and not g.is_empty]
+    dtype = "uint16" if len(geoms) < 65535 else "int32"
+    if not geoms:
+        return np.zeros(shape, dtype=dtype)
+    return features.rasterize(((g, i) for i, g in enumerate(geoms, start=1)), out_shape=shape,
+                              transform=transform, fill=0, dtype=dtype)
 
 
 def scenes_from_chips(images_dir: str, masks_dir: str, gsd_m: float, prefix: str = "") -> List[Scene]:
@@ -185,5 +203,11 @@ def resample_scene(scene: Scene, gsd_m: float) -> Scene:
     img = F.interpolate(img, size=size, mode="bilinear", antialias=f < 1, align_corners=False)
     lab = torch.from_numpy(np.stack([scene.label, scene.valid]).astype(np.float32))[None]
     lab = F.interpolate(lab, size=size, mode="bilinear", antialias=f < 1, align_corners=False)[0]
+    label = (lab[0] >= 0.5).numpy().astype(np.uint8)
+    instances = None
+    if scene.instances is not None:
+        inst = torch.from_numpy(scene.instances.astype(np.float32))[None, None]
+        instances = F.interpolate(inst, size=size, mode="nearest")[0, 0].numpy().astype(scene.instances.dtype)
+        instances[label == 0] = 0
     return Scene(scene.name, img[0].permute(1, 2, 0).clamp(0, 255).round().byte().numpy(),
-                 (lab[0] >= 0.5).numpy().astype(np.uint8), (lab[1] >= 0.99).numpy(), gsd_m)
+                 label, (lab[1] >= 0.99).numpy(), gsd_m, instances=instances)

@@ -6,6 +6,15 @@ augmented crops, at threshold 0.5) and for every validation set; the run
 stops early when the validation IoU has not improved for ``patience``
 epochs (as in the seed study) and keeps the best epoch. The threshold is then
 tuned on validation. A checkpoint after every epoch lets a run resume.
+
+Models with separation outputs (building, border, contact; ``out_channels``
+3 in the architecture parameters) train all three heads (:func:`model_loss`)
+and are also scored on objects: validation buildings are separated as the
+engine does (:func:`~roof_detector.core.vectorize.label_instances`) and
+matched one-to-one at IoU >= 0.5 against the label instances; with
+``select_on="iou+objects"`` the best epoch is the one with the highest mean
+of pixel IoU and object F1, and the core threshold of the separation is tuned
+with the building threshold.
 """
 
 from __future__ import annotations
@@ -27,8 +36,13 @@ from ..metrics import Confusion
 from ..unet import build_model, count_parameters, gflops_per_tile
 from .sampling import CropSampler
 
-EvalTiles = List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+EvalTiles = List[Tuple[torch.Tensor, ...]]  # image, label, valid[, instances]
 THRESHOLDS = tuple(round(0.25 + 0.05 * i, 2) for i in range(11))  # 0.25 .. 0.75
+CORE_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)  # separation models' core score, tuned on validation
+#: Loss weight of each output (building, border, contact).
+OUTPUT_WEIGHTS = (1.0, 0.5, 0.5)
+#: Objects smaller than this are not counted on validation tiles (as ``detect``'s default minimum area).
+MIN_OBJECT_M2 = 10.0
 
 
 @dataclass
@@ -53,6 +67,12 @@ class TrainConfig:
     mean: Tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: Tuple[float, float, float] = (0.5, 0.5, 0.5)
     ema_decay: float = 0.995  # 0 = off; validated and exported weights are this average
+    select_on: str = "iou"  # best epoch by "iou" or by "iou+objects" (mean of pixel IoU and object F1)
+
+    @property
+    def n_outputs(self) -> int:
+        """Output channels of the network: 1 (building) or 3 (building, border, contact)."""
+        return int(self.architecture_params.get("out_channels", 1))
 
 
 @dataclass
@@ -66,6 +86,7 @@ class TrainResult:
     val_metrics: Dict[str, Dict[str, float]]
     minutes: float
     stopped: str  # "early-stopping", "max-epochs", "time-budget", "cancelled"
+    core_threshold: Optional[float] = None  # separation models: the tuned core score threshold
 
 
 def _ema_avg(decay: float):
@@ -87,6 +108,62 @@ def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tenso
     return bce + dice
 
 
+def model_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice per output channel, weighted by :data:`OUTPUT_WEIGHTS` (one channel: plain BCE + Dice)."""
+    total = bce_dice_loss(logits[:, :1], target[:, :1], valid)
+    for c in range(1, logits.shape[1]):
+        total = total + OUTPUT_WEIGHTS[c] * bce_dice_loss(logits[:, c:c + 1], target[:, c:c + 1], valid)
+    return total
+
+
+def object_counts(prob: np.ndarray, ref_instances: np.ndarray, valid: np.ndarray, threshold: float,
+                  core: Optional[float], min_px: float) -> Tuple[int, int, int]:
+    """(predicted, reference, matched at IoU >= 0.5) buildings of one tile.
+
+    ``prob``: C x H x W outputs; buildings are separated as the engine does
+    (cores of :func:`~roof_detector.core.vectorize.separation_score` at ``core``;
+    None = no separation). Objects under ``min_px`` pixels and pixels outside
+    ``valid`` do not count.
+    """
+    from ..vectorize import SEPARATION_MIN_CORE_FRACTION, label_instances, separation_score
+
+    building = prob[0] >= threshold
+    score = None if core is None else np.round(separation_score(prob) * 255).astype(np.uint8)
+    core_u8 = None if core is None else int(round(core * 255))
+    # cores may be much smaller than their roof (the border is taken off), as in the engine
+    pred, n_pred = label_instances(building, score, core_u8,
+                                   min_px * (SEPARATION_MIN_CORE_FRACTION if prob.shape[0] > 1 else 1.0))
+    pred = np.where(valid, pred, 0)
+    ref = np.where(valid, ref_instances, 0)
+    p_sizes = np.bincount(pred.ravel(), minlength=n_pred + 1)
+    _, ref = np.unique(ref, return_inverse=True)
+    ref = ref.reshape(pred.shape)
+    r_sizes = np.bincount(ref.ravel())
+    keep_p = p_sizes >= min_px
+    keep_r = r_sizes >= min_px
+    keep_p[0] = keep_r[0] = False
+    pairs = pred.astype(np.int64) * len(r_sizes) + ref
+    both = (pred > 0) & (ref > 0)
+    joint = np.bincount(pairs[both], minlength=1)
+    idx = np.flatnonzero(joint)
+    pi, ri = idx // len(r_sizes), idx % len(r_sizes)
+    inter = joint[idx]
+    iou = inter / (p_sizes[pi] + r_sizes[ri] - inter)
+    ok = (iou >= 0.5) & keep_p[pi] & keep_r[ri]
+    # one-to-one, greedily by decreasing IoU (as evaluate): only ties at exactly 0.5 can compete
+    used_p, used_r, matched = set(), set(), 0
+    for k in np.flatnonzero(ok)[np.argsort(-iou[ok], kind="stable")]:
+        if pi[k] not in used_p and ri[k] not in used_r:
+            used_p.add(pi[k])
+            used_r.add(ri[k])
+            matched += 1
+    return int(keep_p.sum()), int(keep_r.sum()), matched
+
+
+def _object_f1(n_pred: int, n_ref: int, n_match: int) -> float:
+    return 2 * n_match / (n_pred + n_ref) if n_pred + n_ref else 1.0
+
+
 def _confusion_t(prob: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, thr: float) -> Confusion:
     pred = prob >= thr
     tgt = target >= 0.5
@@ -101,12 +178,13 @@ def _confusion_t(prob: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, 
 @torch.inference_mode()
 def predict_tiles(net: torch.nn.Module, tiles: EvalTiles, mean, std, device: torch.device,
                   batch_size: int = 8) -> List[torch.Tensor]:
-    """Probabilities (1 x H x W, on CPU) for each evaluation tile; tiles padded to a multiple of 32."""
+    """Probabilities (C x H x W, on CPU) for each evaluation tile; tiles padded to a multiple of 32."""
     net.eval()
     m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     out: List[torch.Tensor] = []
-    for img, _, _ in tiles:
+    for tile in tiles:
+        img = tile[0]
         h, w = img.shape[-2:]
         ph, pw = (-h) % 32, (-w) % 32
         x = F.pad(img[None].to(device), (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
@@ -114,19 +192,40 @@ def predict_tiles(net: torch.nn.Module, tiles: EvalTiles, mean, std, device: tor
     return out
 
 
-def evaluate_tiles(net, tiles: EvalTiles, cfg: TrainConfig, device, thresholds=(0.5,)) -> Dict[float, Confusion]:
-    """Pooled confusion of the net on tiles at each threshold (and mean loss under key -1)."""
+def evaluate_tiles(net, tiles: EvalTiles, cfg: TrainConfig, device, thresholds=(0.5,),
+                   objects: Sequence[Tuple[float, Optional[float]]] = ()) -> Dict:
+    """Pooled confusion of the net on tiles at each threshold (and mean loss under key -1).
+
+    For each (threshold, core) in ``objects``: predicted / reference / matched
+    building counts under key ``("objects", threshold, core)`` (tiles need instances).
+    """
     probs = predict_tiles(net, tiles, cfg.mean, cfg.std, device)
-    res = {t: Confusion() for t in thresholds}
+    res: Dict = {t: Confusion() for t in thresholds}
+    counts = {o: np.zeros(3, dtype=np.int64) for o in objects}
+    min_px = MIN_OBJECT_M2 / cfg.gsd_m ** 2
     loss_sum, n = 0.0, 0
-    for p, (_, lab, val) in zip(probs, tiles):
+    for p, tile in zip(probs, tiles):
+        lab, val = tile[1], tile[2]
         for t in thresholds:
-            res[t].add(_confusion_t(p, lab, val, t))
-        logit = torch.logit(p.clamp(1e-6, 1 - 1e-6))
+            res[t].add(_confusion_t(p[:1], lab, val, t))
+        logit = torch.logit(p[:1].clamp(1e-6, 1 - 1e-6))
         loss_sum += float(bce_dice_loss(logit[None], lab[None], val[None]))
         n += 1
+        if objects:
+            pn, inst, vn = p.numpy(), tile[3][0].numpy(), val[0].numpy() >= 0.5
+            for o in objects:
+                counts[o] += object_counts(pn, inst, vn, o[0], o[1], min_px)
     res[-1] = loss_sum / max(n, 1)  # type: ignore[assignment]
+    for o, c in counts.items():
+        res[("objects",) + tuple(o)] = tuple(int(v) for v in c)
     return res
+
+
+def default_core(cfg: TrainConfig) -> Optional[float]:
+    """Core threshold used on validation before tuning: the engine's for building-only models."""
+    from ..vectorize import SPLIT_CORE_PROBABILITY
+
+    return SPLIT_CORE_PROBABILITY if cfg.n_outputs == 1 else 0.5
 
 
 def _pooled(conf: Dict[str, Confusion]) -> Confusion:
@@ -194,14 +293,14 @@ def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig
             m = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
             s = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
             logits = net(((x - m) / s).contiguous(memory_format=torch.channels_last))
-            loss = bce_dice_loss(logits, y, v)
+            loss = model_loss(logits, y, v)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             if ema is not None:
                 ema.update_parameters(net)
             tr_loss += float(loss.detach())
-            tr_conf.add(_confusion_t(torch.sigmoid(logits.detach()), y, v, 0.5))
+            tr_conf.add(_confusion_t(torch.sigmoid(logits.detach()[:, :1]), y[:, :1], v, 0.5))
             if progress:
                 done = (epoch - 1 + (step + 1) / steps) / cfg.max_epochs
                 progress(done, f"epoch {epoch} step {step + 1}/{steps} loss {tr_loss / (step + 1):.3f}")
@@ -211,26 +310,38 @@ def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig
                "train_iou": tr_conf.iou(), "train_accuracy": tr_conf.accuracy()}
         confs = {}
         losses = []
+        obj_key = (0.5, default_core(cfg))
+        with_objects = cfg.select_on == "iou+objects"
+        obj_total = np.zeros(3, dtype=np.int64)
         for name, tiles in val_sets.items():
-            r = evaluate_tiles(eval_net, tiles, cfg, device)
+            r = evaluate_tiles(eval_net, tiles, cfg, device, objects=(obj_key,) if with_objects else ())
             confs[name] = r[0.5]
             losses.append(r[-1])
             row[f"val_{name}_iou"] = r[0.5].iou()
             row[f"val_{name}_accuracy"] = r[0.5].accuracy()
+            if with_objects:
+                c = r[("objects",) + obj_key]
+                obj_total += c
+                row[f"val_{name}_object_f1"] = _object_f1(*c)
         pooled = _pooled(confs)
         row["val_loss"] = float(np.mean(losses)) if losses else float("nan")
         row["val_iou"] = pooled.iou()
         row["val_accuracy"] = pooled.accuracy()
+        score = row["val_iou"]
+        if with_objects:
+            row["val_object_f1"] = _object_f1(*obj_total)
+            score = row["val_score"] = (row["val_iou"] + row["val_object_f1"]) / 2
         row["seconds"] = time.time() - t0
         history.append(row)
-        improved = row["val_iou"] > best_iou
+        improved = score > best_iou
         if improved:
-            best_iou, best_epoch = row["val_iou"], epoch
+            best_iou, best_epoch = score, epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in eval_net.state_dict().items()})
-        sched.step(row["val_iou"])
+        sched.step(score)
         log(f"epoch {epoch:3d}  loss {row['train_loss']:.3f}/{row['val_loss']:.3f}  "
             f"IoU {row['train_iou']:.3f}/{row['val_iou']:.3f}  acc {row['train_accuracy']:.3f}/{row['val_accuracy']:.3f}  "
-            f"lr {row['lr']:.1e}  {row['seconds'] / 60:.1f} min" + ("  *best*" if improved else ""))
+            + (f"object F1 {row['val_object_f1']:.3f}  " if with_objects else "")
+            + f"lr {row['lr']:.1e}  {row['seconds'] / 60:.1f} min" + ("  *best*" if improved else ""))
         if checkpoint_path:
             tmp = checkpoint_path + ".tmp"
             torch.save({"net": net.state_dict(), "ema": ema.state_dict() if ema is not None else None,
@@ -250,7 +361,12 @@ def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig
         raise Cancelled("Training cancelled before the first epoch ended; no model was written.")
     net.load_state_dict(best_state)
     threshold, val_metrics = tune_threshold(net, val_sets, cfg, device)
-    return TrainResult(net.cpu(), history, best_epoch, threshold, val_metrics, (time.time() - t0) / 60, stopped)
+    core = None
+    if cfg.select_on == "iou+objects" and val_sets:
+        core, objects = tune_core(net, val_sets, cfg, device, threshold)
+        val_metrics["objects"] = objects
+    return TrainResult(net.cpu(), history, best_epoch, threshold, val_metrics, (time.time() - t0) / 60, stopped,
+                       core_threshold=core if cfg.n_outputs > 1 else None)
 
 
 def tune_threshold(net, val_sets: Dict[str, EvalTiles], cfg: TrainConfig, device) -> Tuple[float, Dict[str, Dict]]:
@@ -266,6 +382,23 @@ def tune_threshold(net, val_sets: Dict[str, EvalTiles], cfg: TrainConfig, device
     metrics = {name: r[best_t].as_dict() for name, r in per_set.items()}
     metrics["pooled"] = _pooled({n: r[best_t] for n, r in per_set.items()}).as_dict()
     return best_t, metrics
+
+
+def tune_core(net, val_sets: Dict[str, EvalTiles], cfg: TrainConfig, device,
+              threshold: float) -> Tuple[float, Dict[str, float]]:
+    """Core threshold with the best pooled validation object F1 at ``threshold`` (separation
+    models; building-only models keep the engine's), and the object figures there."""
+    cores = CORE_THRESHOLDS if cfg.n_outputs > 1 else (default_core(cfg),)
+    keys = [(threshold, c) for c in cores]
+    totals = {k: np.zeros(3, dtype=np.int64) for k in keys}
+    for tiles in val_sets.values():
+        r = evaluate_tiles(net, tiles, cfg, device, (threshold,), objects=keys)
+        for k in keys:
+            totals[k] += r[("objects",) + k]
+    best = max(keys, key=lambda k: (_object_f1(*totals[k]), -abs(k[1] - 0.5)))
+    n_pred, n_ref, n_match = (int(v) for v in totals[best])
+    return best[1], {"core_threshold": best[1], "predicted": n_pred, "reference": n_ref, "matched": n_match,
+                     "object_f1": _object_f1(n_pred, n_ref, n_match)}
 
 
 def plot_curves(history: Sequence[Dict], path: str, title: str = "") -> str:
