@@ -17,7 +17,7 @@ from typing import List, Optional
 from .. import __version__
 
 # Sub-command modules, in the order `--help` lists them.
-COMMANDS = ["detect", "demo", "train", "solar", "evaluate", "finetune", "score", "bench"]
+COMMANDS = ["detect", "detect_many", "demo", "train", "solar", "evaluate", "finetune", "score", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.gpkg", help="GeoPackage to write")
     p.add_argument("--layer", default="buildings", help="layer name in the GeoPackage (default: buildings)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing layer of the same name")
+    add_engine_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """The detection options every detecting command shares (``detect``, ``detect-many``).
+
+    Their values become :class:`~roof_detector.core.pipeline.DetectOptions` through
+    :func:`detect_options`, the one place where arguments map onto the engine.
+    """
     p.add_argument("--model", metavar="PATH", help="model file (default: the bundled model)")
     p.add_argument("--threshold", type=_probability, metavar="T",
                    help="probability threshold in (0, 1) (default: the model's)")
@@ -40,23 +51,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_solar_arguments(p, regularize_default=True,
                         regularize_help="square the outlines (right angles, 45-degree diagonals) before "
                                         "measuring (default: yes)")
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
     """Detect, write, print the summary; engine errors propagate to the dispatcher (exit 2)."""
     from ..core.gpkg_writer import check_output, write_buildings
-    from ..core.pipeline import DetectOptions, detect_buildings
+    from ..core.pipeline import detect_buildings
 
     # Refuse a clobber before spending minutes on detection.
     check_output(args.output, args.layer, args.overwrite)
-    from .solar import solar_params
-
-    options = DetectOptions(model_path=args.model, device=args.device, threshold=args.threshold,
-                            min_area_m2=args.min_area, batch_size=args.batch_size,
-                            separate_touching=args.separate_touching, regularize=args.regularize,
-                            regularize_tolerance_m=args.tolerance, solar=solar_params(args))
+    options = detect_options(args)
     t0 = time.perf_counter()
     with progress_bar() as progress:
         result = detect_buildings(args.raster, options, progress=progress)
@@ -72,6 +76,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(result.buildings)} buildings, total area {result.total_area_m2:.1f} m2, "
           f"{seconds:.1f} s -> {args.output} (layer {args.layer})")
     return 0
+
+
+def detect_options(args: argparse.Namespace):
+    """The engine's :class:`DetectOptions` from the arguments of :func:`add_engine_arguments`."""
+    from ..core.pipeline import DetectOptions
+    from .solar import solar_params
+
+    return DetectOptions(model_path=args.model, device=args.device, threshold=args.threshold,
+                         min_area_m2=args.min_area, batch_size=args.batch_size,
+                         separate_touching=args.separate_touching, regularize=args.regularize,
+                         regularize_tolerance_m=args.tolerance, solar=solar_params(args))
 
 
 @contextlib.contextmanager

@@ -109,14 +109,28 @@ def write_buildings(buildings: Sequence[Building], path: str, crs_wkt: str, laye
     layer metadata items. Returns ``path``. Raises :class:`OutputError` with
     what to do when the file or layer cannot be written.
     """
+    multi = not all(b.geometry.geom_type == "Polygon" for b in buildings)
+    return write_building_stream(buildings, path, crs_wkt, field_types_of(buildings), multi, layer, overwrite,
+                                 metadata)
+
+
+def write_building_stream(buildings: Iterable[Building], path: str, crs_wkt: str, fields: Dict[str, int],
+                          multi: bool, layer: str = DEFAULT_LAYER, overwrite: bool = False,
+                          metadata: Optional[Dict[str, Any]] = None) -> str:
+    """:func:`write_buildings` for buildings that arrive one by one (never all in memory).
+
+    The schema is given up front: ``fields`` maps attribute keys to OGR field
+    types (as :func:`field_types_of` or an existing layer gives them) and
+    ``multi`` says whether any geometry is a MultiPolygon. Same guarantees:
+    the layer appears complete or not at all.
+    """
     check_output(path, layer, overwrite)
-    fields = _field_types(buildings)
     try:
         if not os.path.exists(path):
-            return _write_new_file(buildings, path, crs_wkt, layer, fields, metadata)
+            return _write_new_file(buildings, path, crs_wkt, layer, fields, metadata, multi)
         ds = _open_existing(path, update=True)
         try:
-            _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace=overwrite)
+            _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace=overwrite, multi=multi)
         finally:
             ds = None
     except OSError as exc:  # the rename, or a file system error outside GDAL (full disk, I/O error)
@@ -124,7 +138,7 @@ def write_buildings(buildings: Sequence[Building], path: str, crs_wkt: str, laye
     return path
 
 
-def _write_new_file(buildings, path, crs_wkt, layer, fields, metadata) -> str:
+def _write_new_file(buildings, path, crs_wkt, layer, fields, metadata, multi) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp.gpkg")
     try:
@@ -134,7 +148,7 @@ def _write_new_file(buildings, path, crs_wkt, layer, fields, metadata) -> str:
             raise OutputError(f"Cannot create a GeoPackage in {directory} ({exc}); "
                               "check the folder is writable and the disk not full") from None
         try:
-            _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace=False)
+            _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace=False, multi=multi)
         finally:
             ds = None  # closes the file before the rename
         if os.path.exists(path):  # appeared while we wrote: never clobber it
@@ -147,7 +161,7 @@ def _write_new_file(buildings, path, crs_wkt, layer, fields, metadata) -> str:
     return path
 
 
-def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool) -> None:
+def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool, multi: bool) -> None:
     srs = osr.SpatialReference()
     try:
         srs.SetFromUserInput(crs_wkt)  # WKT, or "EPSG:XXXX"
@@ -155,8 +169,7 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
         ds = None  # no GDAL object may outlive this frame in a traceback (see below)
         raise OutputError(f"The buildings' coordinate reference system is not usable ({exc})") from None
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    all_simple = all(b.geometry.geom_type == "Polygon" for b in buildings)
-    geom_type = ogr.wkbPolygon if all_simple else ogr.wkbMultiPolygon
+    geom_type = ogr.wkbMultiPolygon if multi else ogr.wkbPolygon
     name = ds.GetDescription()
     try:
         ds.StartTransaction()
@@ -226,7 +239,7 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
         feat = geom = lyr = defn = srs = ds = None  # noqa: F841
 
 
-def _field_types(buildings: Iterable[Building]) -> Dict[str, int]:
+def field_types_of(buildings: Iterable[Building]) -> Dict[str, int]:
     """OGR field type per attribute key, widened over all buildings (int + float -> Real, any str -> String)."""
     rank = {None: -1, "int": 0, "real": 1, "str": 2}
     kinds: Dict[str, Optional[str]] = {}
