@@ -1,0 +1,180 @@
+"""detect-many: inputs, ownership, seamless merge, resume and a worker killed mid-task (real Dask)."""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import shapely
+
+from roof_detector.core.detect_many import detect_many
+from roof_detector.core.errors import InputRasterError, OutputError
+from roof_detector.core.mosaic_plan import expand_inputs, owns, plan_jobs, read_mosaic
+from roof_detector.core.pipeline import DetectOptions, detect_buildings
+from roof_detector.core.test_model import make_test_model
+from tests.core.many_fixtures import SEAM_BUILDINGS, cut, read_layer, scene
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return make_test_model(str(tmp_path_factory.mktemp("model") / "bright.pt"))
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    return scene(str(tmp_path_factory.mktemp("scene") / "whole.tif"))
+
+
+@pytest.fixture(scope="module")
+def reference(whole, model_path):
+    """The buildings of the whole raster, by the single-raster engine."""
+    return detect_buildings(whole, DetectOptions(model_path=model_path, device="cpu")).buildings
+
+
+def _options(model_path):
+    return DetectOptions(model_path=model_path, device="cpu")
+
+
+def _check_same_buildings(reference, got):
+    """Same count (within 1 %), each reference building matched by one whole output building, no overlaps."""
+    geoms = [g for g, _ in got]
+    assert abs(len(geoms) - len(reference)) <= 0.01 * len(reference)
+    tree = shapely.STRtree(geoms)
+    for b in reference:
+        hits = [geoms[i] for i in tree.query(b.geometry, predicate="intersects")
+                if geoms[i].intersection(b.geometry).area > 0]
+        assert len(hits) == 1, f"building at {b.geometry.centroid} split or duplicated: {len(hits)} pieces"
+        iou = hits[0].intersection(b.geometry).area / hits[0].union(b.geometry).area
+        assert iou > 0.99
+    # no duplicate: no two output buildings overlap
+    for i, g in enumerate(geoms):
+        assert all(j == i or geoms[j].intersection(g).area < 1e-6 for j in tree.query(g))
+
+
+def test_expand_inputs(tmp_path, whole):
+    tiles = cut(whole, str(tmp_path / "tiles"))
+    (tmp_path / "tiles" / "readme.md").write_text("not a raster")
+    assert expand_inputs([str(tmp_path / "tiles")]) == sorted(tiles)
+    assert expand_inputs([str(tmp_path / "tiles" / "tile_1_*.tif"), tiles[3]]) == sorted(tiles)[2:]
+    listing = tmp_path / "list.txt"
+    listing.write_text("# my tiles\ntiles/tile_0_0.tif\n\nhttps://example.org/a.tif\ns3://bucket/b.tif\n"
+                       "/vsis3/bucket/c.tif\n")
+    assert expand_inputs([str(listing)]) == [tiles[0], "/vsicurl/https://example.org/a.tif", "/vsis3/bucket/b.tif",
+                                             "/vsis3/bucket/c.tif"]
+    from osgeo import gdal
+
+    gdal.BuildVRT(str(tmp_path / "set.vrt"), tiles[:2])
+    assert expand_inputs([str(tmp_path / "set.vrt")]) == tiles[:2]
+    with pytest.raises(InputRasterError, match="matches no file"):
+        expand_inputs([str(tmp_path / "nothing_*.tif")])
+    with pytest.raises(InputRasterError, match="holds no raster"):
+        os.makedirs(tmp_path / "empty")
+        expand_inputs([str(tmp_path / "empty")])
+
+
+def test_owned_areas_partition_the_mosaic(tmp_path, whole):
+    """Every point of the mosaic, seams and overlaps included, has exactly one owner."""
+    tiles = cut(whole, str(tmp_path / "tiles"), parts=3, overlap_px=7)
+    mosaic = read_mosaic(expand_inputs([str(tmp_path / "tiles")]))
+    jobs = plan_jobs(mosaic, margin_m=10.0)
+    x0, y0, x1, y1 = mosaic.bounds
+    rng = np.random.default_rng(1)
+    xs = np.concatenate([rng.uniform(x0, x1, 3000), [j.footprint[0] for j in jobs], [j.footprint[2] for j in jobs]])
+    ys = np.concatenate([rng.uniform(y0, y1, 3000), [j.footprint[3] for j in jobs], [j.footprint[1] for j in jobs]])
+    for x, y in zip(xs, ys):
+        if x0 <= x < x1 and y0 < y <= y1:
+            assert sum(owns(j, x, y) for j in jobs) == 1, (x, y)
+    assert len(jobs) == len(tiles) == 9
+    assert sum(j.area_km2 for j in jobs) == pytest.approx((x1 - x0) * (y1 - y0) / 1e6 / 0.9996 ** 2, rel=1e-3)
+
+
+def test_four_abutting_tiles_give_the_whole_rasters_buildings(tmp_path, whole, reference, model_path):
+    """The seam buildings come out once and whole; no building is split or duplicated."""
+    cut(whole, str(tmp_path / "tiles"))
+    out = str(tmp_path / "many.gpkg")
+    res = detect_many([str(tmp_path / "tiles")], out, _options(model_path), workers=2, processes=False)
+    got = read_layer(out)
+    assert res.buildings == len(got) == len(reference) > 40
+    _check_same_buildings(reference, got)
+    # the planted seam buildings really cross the seams of the 2 x 2 cut
+    seam = shapely.box(*shapely.MultiPolygon([g for g, _ in got]).bounds).centroid
+    crossing = [g for g, _ in got if g.intersects(shapely.LineString([(seam.x, -1e9), (seam.x, 1e9)]))
+                or g.intersects(shapely.LineString([(-1e9, seam.y), (1e9, seam.y)]))]
+    assert len(crossing) == len(SEAM_BUILDINGS)
+    assert res.cut_at_margin == 0
+    assert res.area_km2 == pytest.approx(480 * 480 * 0.25 / 1e6 / 0.9996 ** 2, rel=1e-3)
+
+
+def test_overlapping_tiles_do_not_duplicate(tmp_path, whole, reference, model_path):
+    cut(whole, str(tmp_path / "tiles"), overlap_px=12)  # 6 m of overlap, as delivered orthophoto tiles have
+    out = str(tmp_path / "many.gpkg")
+    detect_many([str(tmp_path / "tiles")], out, _options(model_path), workers=1, processes=False)
+    _check_same_buildings(reference, read_layer(out))
+
+
+def test_margin_too_small_is_reported(tmp_path, whole, model_path):
+    cut(whole, str(tmp_path / "tiles"))
+    res = detect_many([str(tmp_path / "tiles")], str(tmp_path / "m.gpkg"), _options(model_path), margin_m=3.0,
+                      processes=False)
+    assert res.cut_at_margin > 0
+    assert any("--margin-m" in w for w in res.warnings)
+
+
+def test_mixed_crs_refused(tmp_path, whole):
+    from osgeo import gdal
+
+    tiles = cut(whole, str(tmp_path / "tiles"))
+    gdal.Warp(str(tmp_path / "tiles" / "z_merc.tif"), tiles[0], dstSRS="EPSG:3857")
+    with pytest.raises(InputRasterError, match="another CRS"):
+        read_mosaic(expand_inputs([str(tmp_path / "tiles")]))
+
+
+def test_other_settings_in_work_dir_refused(tmp_path, whole, model_path):
+    cut(whole, str(tmp_path / "tiles"))
+    out = str(tmp_path / "many.gpkg")
+    work = str(tmp_path / "work")
+    detect_many([str(tmp_path / "tiles")], out, _options(model_path), processes=False, work_dir=work,
+                keep_parts=True)
+    with pytest.raises(OutputError, match="--restart"):
+        detect_many([str(tmp_path / "tiles")], str(tmp_path / "b.gpkg"),
+                    DetectOptions(model_path=model_path, device="cpu", min_area_m2=50), processes=False,
+                    work_dir=work)
+
+
+def test_worker_killed_mid_task_is_retried_without_hole_or_duplicate(tmp_path, whole, reference, model_path):
+    """SIGKILL a worker process while it runs a job: Dask reruns that job on another worker."""
+    cut(whole, str(tmp_path / "tiles"), parts=3)
+    out = str(tmp_path / "many.gpkg")
+    killed = {}
+
+    def executing(dask_worker):
+        return os.getpid(), [str(ts.key) for ts in dask_worker.state.executing]
+
+    def killer(client):
+        def run():
+            deadline = time.time() + 60
+            while time.time() < deadline and not killed:
+                for address, (pid, keys) in client.run(executing).items():
+                    if keys:
+                        killed.update(pid=pid, key=keys[0], address=address)
+                        os.kill(pid, signal.SIGKILL)
+                        return
+                time.sleep(0.05)
+
+        threading.Thread(target=run, daemon=True).start()
+
+    res = detect_many([str(tmp_path / "tiles")], out, _options(model_path), workers=2, processes=True,
+                      threads_per_worker=1, keep_parts=True, on_cluster=killer)
+    assert killed, "no job was seen running"
+    index = int(killed["key"].split("-")[2])
+    from roof_detector.core.many_manifest import Manifest
+
+    entries = [__import__("json").loads(line) for line in open(f"{out}.parts/manifest.jsonl")][1:]
+    assert sorted(e["job"] for e in entries) == list(range(9))  # every job once
+    redone = [e for e in entries if e["job"] == index][0]
+    assert redone["worker_pid"] != killed["pid"]  # finished by another worker process
+    assert killed["pid"] not in res.stats["worker_pids"]
+    _check_same_buildings(reference, read_layer(out))
+    assert Manifest  # imported for the record format above
