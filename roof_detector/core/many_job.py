@@ -54,11 +54,12 @@ def worker_model(options, threads: Optional[int] = None):
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
-            if threads:
-                # Dask's nanny sets OMP_NUM_THREADS=1 in workers: give the model its share of cores.
-                import torch
+            # Dask's nanny sets OMP_NUM_THREADS=1 in workers: give the model its share of cores
+            # (all of this machine's when not told: a remote worker's machine is not ours).
+            import torch
 
-                torch.set_num_threads(int(threads))
+            torch.set_num_threads(int(threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                                  else os.cpu_count() or 1)))
             model = _MODELS[key] = _load_model(options)
         return model
 
