@@ -82,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
                              threads_per_worker=args.threads_per_worker, margin_m=args.margin_m,
                              block_px=args.block_px, work_dir=args.work_dir, keep_parts=args.keep_parts,
                              restart=args.restart, progress=progress)
+    except KeyboardInterrupt:
+        print(f"error: interrupted; {args.output} was not written, the finished tiles are kept in "
+              f"{args.work_dir or args.output + '.parts'}: run the same command again to go on", file=sys.stderr)
+        return 130
     finally:
         if bar is not None:
             bar.close()

@@ -114,6 +114,14 @@ def test_overlapping_tiles_do_not_duplicate(tmp_path, whole, reference, model_pa
     _check_same_buildings(reference, read_layer(out))
 
 
+def test_one_large_raster_in_blocks(tmp_path, whole, reference, model_path):
+    """A raster larger than the block size is cut into blocks, one task each, seamless like tiles."""
+    out = str(tmp_path / "blocks.gpkg")
+    res = detect_many([whole], out, _options(model_path), block_px=256, processes=False)
+    assert res.jobs == 4
+    _check_same_buildings(reference, read_layer(out))
+
+
 def test_margin_too_small_is_reported(tmp_path, whole, model_path):
     cut(whole, str(tmp_path / "tiles"))
     res = detect_many([str(tmp_path / "tiles")], str(tmp_path / "m.gpkg"), _options(model_path), margin_m=3.0,
