@@ -207,16 +207,23 @@ def _results(client, jobs: Sequence[Job], options, threads: Optional[int], stret
     futures = [client.submit(run_job, job, options, threads, stretch, key=f"roof-job-{job.index:06d}-"
                              f"{os.getpid()}-{id(jobs):x}", pure=False) for job in jobs]
     names = {f.key: job.name for f, job in zip(futures, jobs)}
+    finished = as_completed(futures)
     try:
-        for future in as_completed(futures):
+        while not finished.is_empty():
+            # Polled, not blocking on the next result: a cancel need not wait for a long job to end.
             if is_cancelled is not None and is_cancelled():
                 raise Cancelled("Cancelled; the finished tiles are kept: run the same command again to go on")
-            try:
-                res = future.result()
-            except RoofDetectorError as exc:
-                raise type(exc)(f"{names[future.key]}: {exc}") from None
-            future.release()
-            yield res
+            batch = finished.next_batch(block=False)
+            if not batch:
+                time.sleep(0.1)
+                continue
+            for future in batch:
+                try:
+                    res = future.result()
+                except RoofDetectorError as exc:
+                    raise type(exc)(f"{names[future.key]}: {exc}") from None
+                future.release()
+                yield res
     finally:
         for f in futures:
             if not f.done():

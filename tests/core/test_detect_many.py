@@ -122,6 +122,23 @@ def test_one_large_raster_in_blocks(tmp_path, whole, reference, model_path):
     _check_same_buildings(reference, read_layer(out))
 
 
+def test_cancel_keeps_the_finished_tiles_and_resumes(tmp_path, whole, reference, model_path):
+    from roof_detector.core.errors import Cancelled
+
+    cut(whole, str(tmp_path / "tiles"), parts=3)
+    out = str(tmp_path / "many.gpkg")
+    seen = []
+    with pytest.raises(Cancelled, match="finished tiles are kept"):
+        detect_many([str(tmp_path / "tiles")], out, _options(model_path), processes=False,
+                    progress=lambda state: seen.append(state.done), is_cancelled=lambda: len(seen) >= 3)
+    assert not os.path.exists(out)
+    lines = open(f"{out}.parts/manifest.jsonl").read().splitlines()
+    assert 2 <= len(lines) - 1 < 9
+    res = detect_many([str(tmp_path / "tiles")], out, _options(model_path), processes=False)
+    assert res.skipped == len(lines) - 1
+    _check_same_buildings(reference, read_layer(out))
+
+
 def test_margin_too_small_is_reported(tmp_path, whole, model_path):
     cut(whole, str(tmp_path / "tiles"))
     res = detect_many([str(tmp_path / "tiles")], str(tmp_path / "m.gpkg"), _options(model_path), margin_m=3.0,
