@@ -3,7 +3,8 @@
     python scripts/bench_detect_many.py [--tile-px 2048] [--repeats 3] [--out out/bench_many]
 
 Each variant runs as its own process (the CLI as a user runs it), timed end
-to end (cluster start and merge included). Memory: the peak RSS of each
+to end (cluster start and merge included), in wall time and in CPU seconds of
+the run and all its processes (getrusage of the reaped children). Memory: the peak RSS of each
 process of the run (client, each worker), sampled every 0.2 s. Prints one
 line per run and a JSON summary of the medians.
 """
@@ -49,6 +50,9 @@ def make_tiles(folder: Path, tile_px: int, grid: int = 4) -> Path:
 def run(cmd, label):
     import psutil
 
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
@@ -75,15 +79,19 @@ def run(cmd, label):
     stop.set()
     th.join()
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of the run and every process it started and reaped (its Dask workers): on a
+    # machine shared with other jobs this moves far less than the wall time.
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed ({proc.returncode})")
     client = max(v[1] for k, v in peaks.items() if v[0] == "client") / 2 ** 20
     # Workers: the biggest children (the nanny and the resource tracker are small).
     workers = sorted((v[1] / 2 ** 20 for k, v in peaks.items() if v[0] != "client"), reverse=True)
     line = out.strip().splitlines()[-1]
-    print(f"{label}: {wall:.1f} s, client {client:.0f} MB, children {[round(w) for w in workers[:4]]} MB | {line}",
+    print(f"{label}: {wall:.1f} s wall, {cpu:.1f} s CPU, client {client:.0f} MB, children {[round(w) for w in workers[:4]]} MB | {line}",
           flush=True)
-    return {"wall_s": wall, "client_mb": client, "children_mb": workers[:4], "summary": line}
+    return {"wall_s": wall, "cpu_s": cpu, "client_mb": client, "children_mb": workers[:4], "summary": line}
 
 
 def main() -> int:
@@ -111,6 +119,8 @@ def main() -> int:
             results[k].append(run(variants[k], f"{k} #{r + 1}"))
     summary = {k: {"median_wall_s": round(statistics.median(x["wall_s"] for x in v), 2),
                    "walls_s": [round(x["wall_s"], 2) for x in v],
+                   "median_cpu_s": round(statistics.median(x["cpu_s"] for x in v), 2),
+                   "cpus_s": [round(x["cpu_s"], 2) for x in v],
                    "tiles_per_s": round(16 / statistics.median(x["wall_s"] for x in v), 3),
                    "max_child_mb": round(max(max(x["children_mb"] or [0]) for x in v)),
                    "client_mb": round(max(x["client_mb"] for x in v)),
