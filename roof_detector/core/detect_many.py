@@ -222,7 +222,27 @@ def _results(client, jobs: Sequence[Job], options, threads: Optional[int], stret
                     res = future.result()
                 except RoofDetectorError as exc:
                     raise type(exc)(f"{names[future.key]}: {exc}") from None
+                except Exception as exc:  # noqa: BLE001 - a job's crash becomes one line naming its tile
+                    from distributed import KilledWorker
+
+                    if isinstance(exc, KilledWorker):
+                        raise RoofDetectorError(
+                            f"{names[future.key]}: its worker died on every try (out of memory?); the finished "
+                            "tiles are kept: give workers more memory or fewer threads and run again") from None
+                    text = " ".join(str(exc).split()) or type(exc).__name__
+                    raise RoofDetectorError(f"{names[future.key]} failed: {text}; the finished tiles are kept: "
+                                            "fix or remove that input and run the same command again") from None
                 future.release()
+                if res.error is not None:
+                    from . import errors
+
+                    kind, text = res.error
+                    if not kind:  # a crash of the job, not a refusal: say what was kept
+                        raise RoofDetectorError(f"{names[future.key]} failed: {text}; the finished tiles are kept: "
+                                                "fix or remove the input it names and run the same command again")
+                    cls = getattr(errors, kind, RoofDetectorError)
+                    raise (cls if isinstance(cls, type) and issubclass(cls, RoofDetectorError)
+                           else RoofDetectorError)(f"{names[future.key]}: {text}")
                 yield res
     finally:
         for f in futures:

@@ -44,6 +44,7 @@ class JobResult:
     model_metadata: Dict[str, Any] = field(default_factory=dict)
     threshold: Optional[float] = None
     worker_pid: int = 0
+    error: Optional[Tuple[str, str]] = None  # (RoofDetectorError subclass name, message): bad input, not a crash
 
 
 def worker_model(options, threads: Optional[int] = None):
@@ -69,19 +70,41 @@ def run_job(job: Job, options, threads: Optional[int] = None, stretch: Optional[
     from .pipeline import detect_buildings
     from .raster_source import RasterioSource
 
+    from .errors import RoofDetectorError
+
     t0 = time.perf_counter()
-    model = worker_model(options, threads)
     folder = tempfile.mkdtemp(prefix=f"roof-job-{job.index}-")
     try:
+        model = worker_model(options, threads)
         vrt = write_job_vrt(job, os.path.join(folder, f"{job.index:06d}.vrt"))
         with RasterioSource(vrt, stretch=stretch) as source:
             result = detect_buildings(source, options, model=model)
+    except Exception as exc:  # noqa: BLE001 - sent back as data (below)
+        # As data, not raised: the message arrives whole whatever Dask's exception transport can
+        # unpickle (it turns a RasterioIOError into a bare Exception and drops the GDAL messages
+        # chained to it, which name the file that failed).
+        name = type(exc).__name__ if isinstance(exc, RoofDetectorError) else ""
+        return JobResult(job.index, [], "", time.perf_counter() - t0, job.area_km2,
+                         error=(name, str(exc) if name else _chained_messages(exc)), worker_pid=os.getpid())
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     kept, dropped, cut = keep_owned(job, result.buildings)
     warnings = [f"{job.name}: {w}" for w in result.warnings if "no valid pixels" not in w]
     return JobResult(job.index, kept, result.crs_wkt, time.perf_counter() - t0, job.area_km2, dropped, cut,
                      warnings, dict(result.model_metadata), result.stats.get("threshold"), os.getpid())
+
+
+def _chained_messages(exc: BaseException) -> str:
+    """``exc``'s message and those of the exceptions it was raised from, on one line."""
+    parts: List[str] = []
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if text not in parts:
+            parts.append(text)
+        exc = exc.__cause__ or exc.__context__
+    return "; ".join(parts)
 
 
 def keep_owned(job: Job, buildings: List[Building]) -> Tuple[List[Building], int, int]:

@@ -231,15 +231,20 @@ def plan_jobs(mosaic: MosaicInfo, margin_m: float, block_px: int = 10000) -> Lis
     raster_boxes = [shapely.box(*r.bounds) for r in mosaic.rasters]
     raster_tree = shapely.STRtree(raster_boxes)
 
+    # Overlaps thinner than half a pixel are float noise of abutting tiles (500000 + 3 * 307.2), not overlaps.
+    def overlaps(a, b) -> bool:
+        x0, y0, x1, y1 = a.intersection(b).bounds if a.intersects(b) else (0, 0, 0, 0)
+        return x1 - x0 > 0.5 * rx and y1 - y0 > 0.5 * ry
+
     jobs: List[Job] = []
     for i, (name, fp) in enumerate(footprints):
         window = _snap(((fp[0] - margin), (fp[1] - margin), (fp[2] + margin), (fp[3] + margin)), mosaic)
         win_box = shapely.box(*window)
         # Touching is not overlapping: an abutting earlier tile owns nothing of this one.
         earlier = tuple(footprints[j][1] for j in sorted(tree.query(boxes[i], predicate="intersects"))
-                        if j < i and boxes[j].intersection(boxes[i]).area > 0)
+                        if j < i and overlaps(boxes[j], boxes[i]))
         hits = sorted(raster_tree.query(win_box, predicate="intersects"))
-        sources = tuple(mosaic.rasters[j].path for j in hits if raster_boxes[j].intersection(win_box).area > 0)
+        sources = tuple(mosaic.rasters[j].path for j in hits if overlaps(raster_boxes[j], win_box))
         eps = 0.5 * min(rx, ry)
         inner = (window[0] > mx0 + eps, window[1] > my0 + eps, window[2] < mx1 - eps, window[3] < my1 - eps)
         owned = boxes[i].difference(shapely.union_all([shapely.box(*e) for e in earlier])) if earlier else boxes[i]

@@ -147,6 +147,45 @@ def test_margin_too_small_is_reported(tmp_path, whole, model_path):
     assert any("--margin-m" in w for w in res.warnings)
 
 
+def test_abutting_tiles_with_float_noise_share_nothing():
+    """307.2 m tiles: 500000 + 3 * 307.2 leaves float slivers that are no overlap (margin 0 read failed on them)."""
+    from pyproj import CRS
+
+    from roof_detector.core.mosaic_plan import MosaicInfo, RasterInfo
+
+    size = 307.2
+    rasters = [RasterInfo(f"t{i}{j}", (500000 + j * size, 5000000 - (i + 1) * size, 500000 + (j + 1) * size,
+                                       5000000 - i * size), (0.3, 0.3), 1024, 1024)
+               for i in range(4) for j in range(4)]
+    mosaic = MosaicInfo(rasters, CRS("EPSG:32631").to_wkt(), (0.3, 0.3), (500000, 5000000 - 4 * size,
+                                                                         500000 + 4 * size, 5000000), 3, "Byte")
+    for job in plan_jobs(mosaic, margin_m=0.0):
+        assert job.sources == (rasters[job.index].path,) and job.earlier == ()
+    assert all(len(j.sources) == 9 for j in plan_jobs(mosaic, margin_m=30.0) if j.inner_edges == (True,) * 4)
+
+
+def test_a_tile_failing_in_its_job_is_one_line_naming_it(tmp_path, whole, model_path):
+    """A tile whose header reads but whose pixels are corrupt (real bytes overwritten in a compressed TIFF)."""
+    from osgeo import gdal
+
+    from roof_detector.core.errors import RoofDetectorError
+
+    tiles = cut(whole, str(tmp_path / "raw"))
+    os.makedirs(tmp_path / "tiles")
+    for t in tiles:
+        gdal.Translate(str(tmp_path / "tiles" / os.path.basename(t)), t,
+                       creationOptions=["COMPRESS=DEFLATE", "TILED=YES", "BLOCKXSIZE=64", "BLOCKYSIZE=64"])
+    bad = tmp_path / "tiles" / "tile_0_1.tif"
+    size = bad.stat().st_size
+    with open(bad, "r+b") as fh:
+        fh.seek(size // 3)
+        fh.write(b"\x13" * (size // 3))
+    out = str(tmp_path / "many.gpkg")
+    with pytest.raises(RoofDetectorError, match=r"^tile_\d_\d.tif failed: .*tile_0_1.tif.*finished tiles are kept") as err:
+        detect_many([str(tmp_path / "tiles")], out, _options(model_path), processes=False)
+    assert "\n" not in str(err.value) and not os.path.exists(out)
+
+
 def test_mixed_crs_refused(tmp_path, whole):
     from osgeo import gdal
 
