@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from .building import Building
-from .errors import Cancelled, OutputError, RoofDetectorError
+from .errors import Cancelled, RoofDetectorError
 from .gpkg_writer import check_output, write_building_stream, write_buildings
 from .many_job import JobResult, run_job
 from .many_manifest import Manifest
@@ -122,7 +122,7 @@ def detect_many(inputs: Sequence[str], output: str, options, *, layer: str = "bu
     pids = set()
     if pending:
         with _client(scheduler, workers, threads_per_worker, processes) as client:
-            state.dashboard = _dashboard(client, scheduler is None and not processes)
+            state.dashboard = _dashboard(client)
             if on_cluster is not None:
                 on_cluster(client)
             if progress is not None:
@@ -192,7 +192,7 @@ def _client(scheduler: Optional[str], workers: int, threads: Optional[int], proc
         cluster.close()
 
 
-def _dashboard(client, in_process: bool) -> Optional[str]:
+def _dashboard(client) -> Optional[str]:
     try:
         return client.dashboard_link
     except Exception:  # no dashboard (bokeh missing): the run does not need one

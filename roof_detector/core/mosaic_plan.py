@@ -28,8 +28,8 @@ from __future__ import annotations
 import glob
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Iterable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Iterable, List, Sequence, Tuple
 
 from .errors import InputRasterError
 from .osgeo_exc import gdal, osr
@@ -309,7 +309,7 @@ def write_mosaic_vrt(mosaic: MosaicInfo, path: str) -> str:
     """A VRT of the whole set (for a look in QGIS, or ``detect`` on the whole mosaic)."""
     options = gdal.BuildVRTOptions(xRes=mosaic.res[0], yRes=mosaic.res[1], resolution="user")
     ds = gdal.BuildVRT(path, [r.path for r in mosaic.rasters], options=options)
-    ds = None
+    del ds  # closing the dataset writes the file
     return path
 
 
