@@ -114,6 +114,37 @@ def test_overlapping_tiles_do_not_duplicate(tmp_path, whole, reference, model_pa
     _check_same_buildings(reference, read_layer(out))
 
 
+def test_uint16_tiles_share_the_mosaics_stretch(tmp_path, whole, model_path):
+    """Non-uint8 tiles are stretched once for the mosaic: tiles of a dim uint16 scene match the whole raster."""
+    import rasterio
+
+    with rasterio.open(whole) as src:
+        data = src.read().astype("float64") * 7 + 1000  # values 1140-2540: only a stretch makes them bright
+        # A west-east ramp, so that each tile's own percentiles would differ from the mosaic's.
+        data = (data + np.linspace(0, 400, data.shape[2])[None, None, :]).astype("uint16")
+        profile = dict(src.profile, dtype="uint16")
+    dim = str(tmp_path / "dim.tif")
+    with rasterio.open(dim, "w", **profile) as dst:
+        dst.write(data)
+    cut(dim, str(tmp_path / "tiles"))
+    reference = detect_buildings(dim, _options(model_path)).buildings
+    out = str(tmp_path / "many.gpkg")
+    detect_many([str(tmp_path / "tiles")], out, _options(model_path), processes=False)
+    assert len(reference) > 40
+    got = read_layer(out)
+    _check_same_buildings(reference, got)
+    # The jobs get the mosaic's stretch, which is the whole raster's; each tile's own would differ.
+    from roof_detector.core.detect_many import _mosaic_stretch
+    from roof_detector.core.raster_source import RasterioSource
+
+    shared = _mosaic_stretch(read_mosaic(expand_inputs([str(tmp_path / "tiles")])), str(tmp_path))
+    with RasterioSource(dim) as src:
+        np.testing.assert_allclose(shared, src.stretch)
+    with RasterioSource(str(tmp_path / "tiles" / "tile_0_0.tif")) as a, \
+            RasterioSource(str(tmp_path / "tiles" / "tile_0_1.tif")) as b:
+        assert not np.allclose(a.stretch, b.stretch)
+
+
 def test_one_large_raster_in_blocks(tmp_path, whole, reference, model_path):
     """A raster larger than the block size is cut into blocks, one task each, seamless like tiles."""
     out = str(tmp_path / "blocks.gpkg")
