@@ -170,6 +170,27 @@ def test_cancel_keeps_the_finished_tiles_and_resumes(tmp_path, whole, reference,
     _check_same_buildings(reference, read_layer(out))
 
 
+def test_existing_scheduler(tmp_path, whole, reference, model_path):
+    """--scheduler: the run uses a cluster started elsewhere and leaves it running."""
+    import logging
+
+    from distributed import LocalCluster
+
+    from roof_detector.core.errors import RoofDetectorError
+
+    cut(whole, str(tmp_path / "tiles"))
+    out = str(tmp_path / "many.gpkg")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
+                      silence_logs=logging.ERROR) as cluster:
+        res = detect_many([str(tmp_path / "tiles")], out, _options(model_path), scheduler=cluster.scheduler_address)
+        assert len(cluster.scheduler.workers) == 1  # still there for the next client
+    _check_same_buildings(reference, read_layer(out))
+    assert res.dashboard
+    with pytest.raises(RoofDetectorError, match="Cannot reach the Dask scheduler"):
+        detect_many([str(tmp_path / "tiles")], str(tmp_path / "b.gpkg"), _options(model_path),
+                    scheduler="tcp://127.0.0.1:9")
+
+
 def test_margin_too_small_is_reported(tmp_path, whole, model_path):
     cut(whole, str(tmp_path / "tiles"))
     res = detect_many([str(tmp_path / "tiles")], str(tmp_path / "m.gpkg"), _options(model_path), margin_m=3.0,
