@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 def make_tiles(folder: Path, tile_px: int, grid: int = 4) -> Path:
     from osgeo import gdal
 
-    from roof_detector.core.synthetic import write_orthophoto
+    from devtools.synthetic import write_orthophoto
 
     gdal.UseExceptions()
     folder.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .detect import _non_negative, _positive_int, add_engine_arguments, detect_options
+from .arguments import add_param, add_params, values
+from .detect import add_engine_arguments, detect_options
 
 DESCRIPTION = ("Detect building footprints in many orthophoto tiles (files, folders, glob patterns, a VRT, or a "
                "text file of paths/URLs, /vsicurl/ and /vsis3/ included) on Dask, seamlessly across tile "
@@ -20,9 +21,7 @@ DESCRIPTION = ("Detect building footprints in many orthophoto tiles (files, fold
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register the ``detect-many`` sub-command."""
-    from ..core.detect_many import DEFAULT_BLOCK_PX, DEFAULT_MARGIN_M
-
+    """Register the ``detect-many`` sub-command (distribution options: core.params MANY)."""
     p = subparsers.add_parser("detect-many", help="find building footprints in many rasters (Dask)",
                               description=DESCRIPTION)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
@@ -32,20 +31,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing layer of the same name")
     g = p.add_argument_group("distribution")
     where = g.add_mutually_exclusive_group()
-    where.add_argument("--workers", type=_positive_int, default=1, metavar="N",
-                       help="local worker processes (default: 1; each gets cores / N threads)")
+    add_param(where, "many", "workers")
     where.add_argument("--scheduler", metavar="ADDRESS",
                        help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (workers need roof_detector "
                             "and read access to the inputs)")
-    g.add_argument("--threads-per-worker", type=_positive_int, metavar="T",
-                   help="model threads per worker (default: cores / workers locally, all cores of a remote "
-                        "worker's machine)")
-    g.add_argument("--margin-m", type=_non_negative, default=DEFAULT_MARGIN_M, metavar="M",
-                   help=f"metres read around each tile from its neighbours, so that buildings on a border "
-                        f"come out whole (default: {DEFAULT_MARGIN_M:g})")
-    g.add_argument("--block-px", type=_positive_int, default=DEFAULT_BLOCK_PX, metavar="PX",
-                   help=f"inputs larger than this many pixels a side are cut into blocks, one task each "
-                        f"(default: {DEFAULT_BLOCK_PX})")
+    add_params(g, "many", "threads_per_worker", "margin_m", "block_px")
     g.add_argument("--work-dir", metavar="DIR",
                    help="where finished tiles and the manifest are kept until the end (default: OUT.gpkg.parts)")
     g.add_argument("--keep-parts", action="store_true", help="keep the work folder after the merge")
@@ -78,10 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = detect_many(args.inputs, args.output, options, layer=args.layer, overwrite=args.overwrite,
-                             workers=args.workers, scheduler=args.scheduler,
-                             threads_per_worker=args.threads_per_worker, margin_m=args.margin_m,
-                             block_px=args.block_px, work_dir=args.work_dir, keep_parts=args.keep_parts,
-                             restart=args.restart, progress=progress)
+                             scheduler=args.scheduler, **values(args, "many"), work_dir=args.work_dir,
+                             keep_parts=args.keep_parts, restart=args.restart, progress=progress)
     except KeyboardInterrupt:
         print(f"error: interrupted; {args.output} was not written, the finished tiles are kept in "
               f"{args.work_dir or args.output + '.parts'}: run the same command again to go on", file=sys.stderr)

@@ -32,11 +32,12 @@ from .gpkg_writer import check_output, write_building_stream, write_buildings
 from .many_job import JobResult, run_job
 from .many_manifest import Manifest
 from .mosaic_plan import Job, expand_inputs, plan_jobs, read_mosaic, total_area_km2, write_mosaic_vrt
+from .params import MANY, check
 
-#: Metres read around each input tile so that buildings on its border are seen whole.
-DEFAULT_MARGIN_M = 30.0
-#: Inputs larger than this (pixels a side) are cut into blocks, one job each.
-DEFAULT_BLOCK_PX = 10000
+#: Metres read around each input tile so that buildings on its border are seen whole (declared in .params).
+DEFAULT_MARGIN_M = MANY["margin_m"].default
+#: Inputs larger than this (pixels a side) are cut into blocks, one job each (declared in .params).
+DEFAULT_BLOCK_PX = MANY["block_px"].default
 
 
 @dataclass
@@ -70,8 +71,9 @@ class ManyResult:
 
 
 def detect_many(inputs: Sequence[str], output: str, options, *, layer: str = "buildings",
-                overwrite: bool = False, workers: int = 1, scheduler: Optional[str] = None,
-                threads_per_worker: Optional[int] = None, margin_m: float = DEFAULT_MARGIN_M,
+                overwrite: bool = False, workers: int = MANY["workers"].default, scheduler: Optional[str] = None,
+                threads_per_worker: Optional[int] = MANY["threads_per_worker"].default,
+                margin_m: float = DEFAULT_MARGIN_M,
                 block_px: int = DEFAULT_BLOCK_PX, work_dir: Optional[str] = None, keep_parts: bool = False,
                 restart: bool = False, processes: bool = True,
                 progress: Optional[Callable[[ManyProgress], None]] = None,
@@ -87,16 +89,13 @@ def detect_many(inputs: Sequence[str], output: str, options, *, layer: str = "bu
     once the client is connected (tests use it to reach the workers).
     """
     t0 = time.perf_counter()
-    if margin_m < 0:
-        raise RoofDetectorError(f"The margin must be zero or more metres (got {margin_m})")
-    if block_px < 256:
-        raise RoofDetectorError(f"The block size must be at least 256 pixels (got {block_px})")
-    if scheduler is None and workers < 1:
-        raise RoofDetectorError(f"At least one worker is needed (got {workers})")
+    # The declared ranges (core.params MANY, DETECT...): a ParameterError before any work.
+    checked = check("many", {"workers": workers, "threads_per_worker": threads_per_worker, "margin_m": margin_m,
+                             "block_px": block_px})
+    workers, threads_per_worker = checked["workers"], checked["threads_per_worker"]
+    margin_m, block_px = checked["margin_m"], checked["block_px"]
+    options.validate()
     check_output(output, layer, overwrite)
-    from .pipeline import _check_options
-
-    _check_options(options)
     paths = expand_inputs(inputs)
     mosaic = read_mosaic(paths)
     jobs = plan_jobs(mosaic, margin_m, block_px)
@@ -195,7 +194,7 @@ def _client(scheduler: Optional[str], workers: int, threads: Optional[int], proc
 def _dashboard(client) -> Optional[str]:
     try:
         return client.dashboard_link
-    except Exception:  # no dashboard (bokeh missing): the run does not need one
+    except Exception:  # noqa: BLE001 - no dashboard (bokeh missing): the run does not need one
         return None
 
 

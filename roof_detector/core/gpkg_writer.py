@@ -13,7 +13,13 @@
 Fields: ``area_m2``, ``perimeter_m``, ``confidence`` and every key of the
 buildings' ``attributes`` (float -> Real, int/bool -> Integer64, str -> String,
 missing/None -> null); a key that clashes with those or with ``fid``/``geom``
-is written as ``attr_<key>`` rather than dropped.
+is written as ``attr_<key>`` rather than dropped (:func:`attribute_schema`,
+the rule the plugin's memory layers and Processing outputs follow too).
+
+Every GeoPackage the project writes goes through :func:`write_buildings`:
+the CLI, the plugin's detection task and the tools; ``detect-many`` streams
+its merged parts through :func:`write_building_stream`, the same writer with
+the schema given up front.
 """
 
 from __future__ import annotations
@@ -22,8 +28,7 @@ import errno
 import numbers
 import os
 import uuid
-from typing import Any, Dict, Iterable, List, Optional, Sequence
-
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .building import Building
 from .errors import OutputError
@@ -71,7 +76,7 @@ def check_writable(path: str) -> bool:
             raise OutputError(f"Cannot write in {directory} (permission denied); choose another output folder")
         return False
     ds = _open_existing(path, update=False)
-    ds = None
+    ds = None  # noqa: F841 - closes the dataset now
     if not os.access(path, os.W_OK):
         raise OutputError(f"{path} is read-only; choose another output file")
     check_not_locked(path)
@@ -239,9 +244,22 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool,
         feat = geom = lyr = defn = srs = ds = None  # noqa: F841
 
 
-def field_types_of(buildings: Iterable[Building]) -> Dict[str, int]:
-    """OGR field type per attribute key, widened over all buildings (int + float -> Real, any str -> String)."""
-    rank = {None: -1, "int": 0, "real": 1, "str": 2}
+#: Kinds of :func:`attribute_schema` (OGR-style names, as ``core.solar.SOLAR_FIELDS``).
+_OGR_TYPES = {"integer": ogr.OFTInteger64, "real": ogr.OFTReal, "string": ogr.OFTString}
+
+
+def attribute_schema(buildings: Iterable[Building]) -> List[Tuple[str, str, str]]:
+    """(attribute key, field name, kind) of the buildings' attributes, in first-seen order.
+
+    The one rule for the fields of every output (this writer, the plugin's
+    memory layer, the Processing sink): kind "integer", "real" or "string",
+    widened over all buildings (int + float -> real, any str -> string, only
+    None -> string); the solar fields keep their declared kind even when every
+    value is None; a key clashing with a built-in name gets ``attr_``.
+    """
+    from .solar import SOLAR_FIELDS
+
+    rank = {None: -1, "integer": 0, "real": 1, "string": 2}
     kinds: Dict[str, Optional[str]] = {}
     for b in buildings:
         for key, value in b.attributes.items():
@@ -250,14 +268,19 @@ def field_types_of(buildings: Iterable[Building]) -> Dict[str, int]:
             elif type(value) is float:  # the common case first: the ABC checks below are slow
                 kind = "real"
             elif isinstance(value, (bool, numbers.Integral)):
-                kind = "int"
+                kind = "integer"
             elif isinstance(value, numbers.Real):
                 kind = "real"
             else:
-                kind = "str"
+                kind = "string"
             kinds[key] = max(kinds.get(key), kind, key=rank.__getitem__)
-    mapping = {None: ogr.OFTString, "int": ogr.OFTInteger64, "real": ogr.OFTReal, "str": ogr.OFTString}
-    return {k: mapping[v] for k, v in kinds.items()}
+    fixed = dict(SOLAR_FIELDS)
+    return [(key, field_name(key), kind or fixed.get(key) or "string") for key, kind in kinds.items()]
+
+
+def field_types_of(buildings: Iterable[Building]) -> Dict[str, int]:
+    """OGR field type per attribute key (see :func:`attribute_schema`), as :func:`write_building_stream` takes them."""
+    return {key: _OGR_TYPES[kind] for key, _, kind in attribute_schema(buildings)}
 
 
 def field_name(key: str) -> str:

@@ -33,6 +33,7 @@ from typing import Iterable, List, Sequence, Tuple
 
 from .errors import InputRasterError
 from .osgeo_exc import gdal, osr
+from .params import MANY
 
 #: File names a folder is searched for (recursively), case-insensitive.
 RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".img", ".vrt")
@@ -208,7 +209,7 @@ class Job:
     area_km2: float = 0.0
 
 
-def plan_jobs(mosaic: MosaicInfo, margin_m: float, block_px: int = 10000) -> List[Job]:
+def plan_jobs(mosaic: MosaicInfo, margin_m: float, block_px: int = MANY["block_px"].default) -> List[Job]:
     """One job per raster (per ``block_px`` block of a larger one), with its read window and owned area."""
     import shapely
     from affine import Affine

@@ -34,7 +34,7 @@ import abc
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 from affine import Affine

@@ -15,15 +15,15 @@ from qgis.core import (
     QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterBoolean,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterMultipleLayers,
-    QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
 
+from ..core.params import SOLAR
 from .common import RoofDetectorAlgorithm, engine_errors
+from .parameters import add, help_lines, values
 
 
 class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
@@ -32,11 +32,6 @@ class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
     INPUTS = "INPUTS"
     MORE_INPUTS = "MORE_INPUTS"
     MODEL = "MODEL"
-    THRESHOLD = "THRESHOLD"
-    MIN_AREA = "MIN_AREA"
-    SEPARATE_TOUCHING = "SEPARATE_TOUCHING"
-    WORKERS = "WORKERS"
-    MARGIN = "MARGIN"
     OUTPUT = "OUTPUT"
     BUILDINGS = "BUILDINGS"
     TOTAL_AREA = "TOTAL_AREA_M2"
@@ -51,15 +46,15 @@ class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
         "<b>Orthophoto tiles</b>: raster files or layers (files on disk, any GDAL format, one CRS).<br>"
         "<b>More inputs</b>: optional, separated by <i>;</i>: folders (searched for .tif/.jp2/.img/.vrt), glob "
         "patterns, a VRT (its rasters), a text file of paths or URLs (/vsicurl/, /vsis3/, https://, s3://).<br>"
-        "<b>Workers</b>: local worker processes; the CPU cores are shared between them.<br>"
-        "<b>Margin</b>: metres read around each tile from its neighbours. A building cut by a tile border "
-        "comes out once and whole: each tile keeps the buildings whose representative point lies in it.<br>"
-        "<b>Model file</b>, <b>Threshold</b>, <b>Minimum building area</b>, <b>Separate touching buildings</b>: "
-        "as in <i>Detect buildings</i>.<br><br>"
-        "Output: one GeoPackage layer <i>buildings</i> (replaced if the file has one; other layers are kept) "
-        "with <i>area_m2</i>, <i>perimeter_m</i>, <i>confidence</i> and the solar fields. An interrupted run "
-        "goes on where it stopped when run again with the same inputs and output (finished tiles are kept "
-        "beside the output in OUTPUT.parts until the end)."
+        "<b>Model file</b>: a Roof Detector .pt model; empty = the bundled model.<br>"
+        + help_lines("many") +
+        "A building cut by a tile border comes out once and whole: each tile keeps the buildings whose "
+        "representative point lies in it.<br>"
+        + help_lines("detect") + help_lines("outlines") + help_lines("solar") +
+        "<br>Output: one GeoPackage layer <i>buildings</i> (replaced if the file has one; other layers are kept) "
+        "with <i>area_m2</i>, <i>perimeter_m</i>, <i>confidence</i> and the solar fields, as <i>Detect "
+        "buildings</i>. An interrupted run goes on where it stopped when run again with the same inputs and "
+        "output (finished tiles are kept beside the output in OUTPUT.parts until the end)."
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
@@ -70,22 +65,10 @@ class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
             optional=True))
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, self.tr("Model file (empty: bundled model)"), extension="pt", optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.THRESHOLD, self.tr("Threshold (empty: the model's)"), QgsProcessingParameterNumber.Double,
-            optional=True, minValue=0.0, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.MIN_AREA, self.tr("Minimum building area (m²)"), QgsProcessingParameterNumber.Double,
-            defaultValue=10.0, minValue=0.0))
-        self.addParameter(QgsProcessingParameterBoolean(
-            self.SEPARATE_TOUCHING, self.tr("Separate touching buildings"), defaultValue=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.WORKERS, self.tr("Workers (local processes)"), QgsProcessingParameterNumber.Integer,
-            defaultValue=1, minValue=1, maxValue=max(1, os.cpu_count() or 1)))
-        from ..core.detect_many import DEFAULT_MARGIN_M
-
-        self.addParameter(QgsProcessingParameterNumber(
-            self.MARGIN, self.tr("Margin read around each tile (m)"), QgsProcessingParameterNumber.Double,
-            defaultValue=DEFAULT_MARGIN_M, minValue=0.0))
+        add(self, "many", advanced=("threads_per_worker", "block_px"))
+        add(self, "detect", advanced=("batch_size",))
+        add(self, "outlines")
+        add(self, "solar", advanced=tuple(SOLAR))
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT, self.tr("Buildings (GeoPackage)"), "GeoPackage (*.gpkg)"))
         self.addOutput(QgsProcessingOutputNumber(self.BUILDINGS, self.tr("Number of buildings")))
@@ -100,24 +83,21 @@ class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
             raise QgsProcessingException(self.tr("No input: choose orthophoto tiles or give folders/files"))
         output = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         model = self.parameterAsFile(parameters, self.MODEL, context) or None
-        threshold = (self.parameterAsDouble(parameters, self.THRESHOLD, context)
-                     if self.optional_value(parameters, self.THRESHOLD) else None)
-        workers = self.parameterAsInt(parameters, self.WORKERS, context)
 
         with engine_errors(feedback):
             from ..core.detect_many import detect_many
             from ..core.pipeline import DetectOptions
-            from ..qgis_ui.paths import bundled_model_path
-            from ..qgis_ui.task import make_options
+            from ..core.solar import SolarParams
+            from ..qgis_adapter.paths import bundled_model_path
 
             model = model or bundled_model_path()
             if model is None:
                 raise QgsProcessingException(self.tr("The bundled model is not installed; give a model file "
                                                      "(parameter MODEL)"))
-            options = make_options(DetectOptions, dict(
-                model_path=model, device="cpu", threshold=threshold,
-                min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
-                separate_touching=self.parameterAsBoolean(parameters, self.SEPARATE_TOUCHING, context)))
+            options = DetectOptions(
+                model_path=model, **values(self, parameters, context, "detect"),
+                **values(self, parameters, context, "outlines"),
+                solar=SolarParams(**values(self, parameters, context, "solar")))
             _python_for_workers()
 
             def progress(state) -> None:
@@ -127,8 +107,8 @@ class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
                 feedback.setProgressText(self.tr("{done}/{total} tiles, {km2:.3f} km², {n} buildings").format(
                     done=state.done, total=state.total, km2=state.area_km2, n=state.buildings))
 
-            result = detect_many(inputs, output, options, overwrite=True, workers=workers,
-                                 margin_m=self.parameterAsDouble(parameters, self.MARGIN, context),
+            result = detect_many(inputs, output, options, overwrite=True,
+                                 **values(self, parameters, context, "many"),
                                  progress=progress, is_cancelled=feedback.isCanceled)
         for warning in result.warnings:
             feedback.reportError(warning, False)
@@ -145,6 +125,6 @@ def _python_for_workers() -> None:
     """Worker processes are started from a Python interpreter, not from the QGIS binary that runs us."""
     exe = os.path.basename(sys.executable or "")
     if not exe.startswith("python"):
-        from ..qgis_ui.deps import qgis_python_executable
+        from ..qgis_adapter.deps import qgis_python_executable
 
         multiprocessing.set_executable(qgis_python_executable())

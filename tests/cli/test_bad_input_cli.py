@@ -18,8 +18,8 @@ from affine import Affine
 from osgeo import ogr
 
 from roof_detector import cli
-from roof_detector.core.geo import area_perimeter_m
-from roof_detector.core.test_model import BrightnessNet, make_test_model
+from tests.core.geom_helpers import area_perimeter_m
+from devtools.test_model import BrightnessNet, make_test_model
 from tests.core.synthetic_rasters import (BRIGHT, DARK, LONLAT, NORTH_UP, PX_AREA, UTM, UTM_ORIGIN, rect_scene,
                                           scene_in_crs, write_raster)
 from tests.core.test_faults import FlakyGpuNet, _utm_box_at_60n

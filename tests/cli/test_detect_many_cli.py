@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from roof_detector.core.test_model import make_test_model
+from devtools.test_model import make_test_model
 from tests.core.many_fixtures import cut, read_layer, scene
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +36,7 @@ def _env():
     return dict(os.environ, PYTHONPATH=str(REPO))
 
 
+@pytest.mark.slow
 def test_cli_runs_and_resumes_after_a_crash(tmp_path, setup):
     base, model = setup
     ref = tmp_path / "ref.gpkg"
@@ -77,6 +78,7 @@ def test_cli_runs_and_resumes_after_a_crash(tmp_path, setup):
     assert [(g.wkb, a) for g, a in got] == [(g.wkb, a) for g, a in reference]  # the same result
 
 
+@pytest.mark.slow
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, setup):
     base, model = setup
     proc = subprocess.run(_cmd(tmp_path / "none_*.tif", "-o", tmp_path / "o.gpkg", "--model", model), cwd=REPO,

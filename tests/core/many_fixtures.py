@@ -13,7 +13,7 @@ from typing import List, Tuple
 import numpy as np
 from osgeo import gdal, ogr
 
-from roof_detector.core.synthetic import building_rectangles
+from devtools.synthetic import building_rectangles
 from tests.core.synthetic_rasters import NORTH_UP, UTM, write_raster
 
 gdal.UseExceptions()

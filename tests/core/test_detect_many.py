@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import shapely
 
+from devtools.test_model import make_test_model
 from roof_detector.core.detect_many import detect_many
 from roof_detector.core.errors import InputRasterError, OutputError
 from roof_detector.core.mosaic_plan import expand_inputs, owns, plan_jobs, read_mosaic
 from roof_detector.core.pipeline import DetectOptions, detect_buildings
-from roof_detector.core.test_model import make_test_model
 from tests.core.many_fixtures import SEAM_BUILDINGS, cut, read_layer, scene
 
 
@@ -170,6 +170,7 @@ def test_cancel_keeps_the_finished_tiles_and_resumes(tmp_path, whole, reference,
     _check_same_buildings(reference, read_layer(out))
 
 
+@pytest.mark.slow
 def test_existing_scheduler(tmp_path, whole, reference, model_path):
     """--scheduler: the run uses a cluster started elsewhere and leaves it running."""
     import logging
@@ -259,6 +260,23 @@ def test_other_settings_in_work_dir_refused(tmp_path, whole, model_path):
                     work_dir=work)
 
 
+@pytest.mark.parametrize("keyword, value, words", [
+    ("margin_m", -1.0, "Margin must be from 0 to 1000 m"), ("margin_m", float("nan"), "Margin must be a finite"),
+    ("block_px", 100, "Block size must be from 256"), ("workers", 0, "Workers must be from 1 to 256"),
+    ("threads_per_worker", 2.5, "Threads per worker must be a whole number")])
+def test_distribution_values_are_checked_by_their_declarations_before_any_work(tmp_path, keyword, value, words):
+    from roof_detector.core.params import ParameterError
+
+    # The inputs do not exist: the declared range is refused first, nothing is planned or written.
+    with pytest.raises(ParameterError, match=words):
+        detect_many([str(tmp_path / "none.tif")], str(tmp_path / "o.gpkg"), DetectOptions(device="cpu"),
+                    **{keyword: value})
+    with pytest.raises(ParameterError, match="Threshold"):
+        detect_many([str(tmp_path / "none.tif")], str(tmp_path / "o.gpkg"), DetectOptions(threshold=1.5))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
 def test_worker_killed_mid_task_is_retried_without_hole_or_duplicate(tmp_path, whole, reference, model_path):
     """SIGKILL a worker process while it runs a job: Dask reruns that job on another worker."""
     cut(whole, str(tmp_path / "tiles"), parts=3)

@@ -9,6 +9,7 @@ from .test_processing import processing_ready  # noqa: F401 - fixture
 pytestmark = pytest.mark.qgis
 
 
+@pytest.mark.slow
 def test_detect_buildings_in_many_rasters(processing_ready, plugin, tmp_path, model_path):  # noqa: F811
     import processing
     from qgis.core import QgsProcessingContext, QgsProcessingException, QgsProject

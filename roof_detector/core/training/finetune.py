@@ -18,10 +18,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import shapely
-import torch
 
-from ..errors import Cancelled, LabelError
+from ..errors import LabelError
 from ..model_io import BUNDLED_MODEL_PATH, resolve_device
+from ..params import FINETUNE, check_fields
 from ..vector_io import read_polygons
 from .export import export_model, load_trainable, result_metadata
 from .sampling import AugmentConfig, CropSampler, scenes_to_tiles
@@ -41,16 +41,21 @@ class FinetuneOptions:
     label_fids: Optional[List[int]] = None  # only these feature ids (QGIS "selected features only")
     area_path: Optional[str] = None  # polygon layer of the fully-labelled area
     area_wkt: Optional[str] = None  # or the area itself, in the raster CRS
-    epochs: int = 10
-    lr: float = 3e-4
-    batch_size: int = 8
-    val_fraction: float = 0.2
-    patience: int = 4
-    samples_per_epoch: Optional[int] = None  # None = about one pass over the training area
+    epochs: int = FINETUNE["epochs"].default
+    lr: float = FINETUNE["lr"].default
+    batch_size: int = FINETUNE["batch_size"].default
+    val_fraction: float = FINETUNE["val_fraction"].default
+    patience: int = FINETUNE["patience"].default
+    samples_per_epoch: Optional[int] = FINETUNE["samples_per_epoch"].default  # None = about one pass over the training area
     device: str = "auto"
     seed: int = 0
     name: str = ""
     keep_best_on_cancel: bool = True
+
+    def validate(self) -> "FinetuneOptions":
+        """Raise :class:`..params.ParameterError` naming the first unusable value; return self."""
+        check_fields(self, "finetune")
+        return self
 
 
 @dataclass
@@ -183,6 +188,7 @@ def finetune(opts: FinetuneOptions, progress: Optional[Callable[[float, str], No
              on_epoch: Optional[Callable[[Dict], None]] = None,
              log: Callable[[str], None] = print) -> FinetuneResult:
     """Fine-tune the base model on the user's data and write the new model with its curves."""
+    opts.validate()
     base_path = opts.base_model_path or str(BUNDLED_MODEL_PATH)
     net, meta = load_trainable(base_path)
     device = resolve_device(opts.device)
