@@ -18,7 +18,7 @@ from .. import __version__
 
 # Sub-command modules, in the order `--help` lists them. The developer commands (bench,
 # score, train) live in devtools/ (`python -m devtools`), outside the plugin zip.
-COMMANDS = ["detect", "demo", "solar", "evaluate", "finetune", "serve"]
+COMMANDS = ["detect", "detect_many", "demo", "solar", "evaluate", "finetune", "serve"]
 
 
 def build_parser(prog: str = "python -m roof_detector",

@@ -27,13 +27,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="OUT.gpkg", help="GeoPackage to write")
     p.add_argument("--layer", default="buildings", help="layer name in the GeoPackage (default: buildings)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing layer of the same name")
+    add_engine_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """The detection options every detecting command shares (``detect``, ``detect-many``).
+
+    Built from the declarations of :mod:`roof_detector.core.params` (DETECT,
+    OUTLINES, SOLAR); their values become
+    :class:`~roof_detector.core.pipeline.DetectOptions` through
+    :func:`detect_options`, the one place where arguments map onto the engine.
+    """
     p.add_argument("--model", metavar="PATH", help="model file (default: the bundled model)")
     add_params(p, "detect")
     from .solar import add_solar_arguments
 
     add_solar_arguments(p)
-    p.set_defaults(func=run)
-    return p
+
+
+def detect_options(args: argparse.Namespace):
+    """The engine's :class:`DetectOptions` from the arguments of :func:`add_engine_arguments`."""
+    from ..core.pipeline import DetectOptions
+    from .solar import solar_params
+
+    return DetectOptions(model_path=args.model, **values(args, "detect"), **values(args, "outlines"),
+                         solar=solar_params(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Refuse a clobber before spending minutes on detection.
     check_output(args.output, args.layer, args.overwrite)
-    options = options_from_args(args)
+    options = detect_options(args)
     t0 = time.perf_counter()
     with progress_bar() as progress:
         result = detect_buildings(args.raster, options, progress=progress)
@@ -55,15 +75,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(result.buildings)} buildings, total area {result.total_area_m2:.1f} m2, "
           f"{seconds:.1f} s -> {args.output} (layer {args.layer})")
     return 0
-
-
-def options_from_args(args: argparse.Namespace):
-    """The engine's ``DetectOptions`` from parsed ``detect`` arguments (the declared parameters)."""
-    from ..core.pipeline import DetectOptions
-    from .solar import solar_params
-
-    return DetectOptions(model_path=args.model, **values(args, "detect"), **values(args, "outlines"),
-                         solar=solar_params(args))
 
 
 @contextlib.contextmanager

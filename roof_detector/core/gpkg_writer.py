@@ -17,7 +17,9 @@ is written as ``attr_<key>`` rather than dropped (:func:`attribute_schema`,
 the rule the plugin's memory layers and Processing outputs follow too).
 
 Every GeoPackage the project writes goes through :func:`write_buildings`:
-the CLI, the plugin's detection task and the tools.
+the CLI, the plugin's detection task and the tools; ``detect-many`` streams
+its merged parts through :func:`write_building_stream`, the same writer with
+the schema given up front.
 """
 
 from __future__ import annotations
@@ -115,14 +117,28 @@ def write_buildings(buildings: Sequence[Building], path: str, crs_wkt: str, laye
     layer metadata items. Returns ``path``. Raises :class:`OutputError` with
     what to do when the file or layer cannot be written.
     """
+    multi = not all(b.geometry.geom_type == "Polygon" for b in buildings)
+    return write_building_stream(buildings, path, crs_wkt, field_types_of(buildings), multi, layer, overwrite,
+                                 metadata)
+
+
+def write_building_stream(buildings: Iterable[Building], path: str, crs_wkt: str, fields: Dict[str, int],
+                          multi: bool, layer: str = DEFAULT_LAYER, overwrite: bool = False,
+                          metadata: Optional[Dict[str, Any]] = None) -> str:
+    """:func:`write_buildings` for buildings that arrive one by one (never all in memory).
+
+    The schema is given up front: ``fields`` maps attribute keys to OGR field
+    types (as :func:`field_types_of` or an existing layer gives them) and
+    ``multi`` says whether any geometry is a MultiPolygon. Same guarantees:
+    the layer appears complete or not at all.
+    """
     check_output(path, layer, overwrite)
-    fields = _field_types(buildings)
     try:
         if not os.path.exists(path):
-            return _write_new_file(buildings, path, crs_wkt, layer, fields, metadata)
+            return _write_new_file(buildings, path, crs_wkt, layer, fields, metadata, multi)
         ds = _open_existing(path, update=True)
         try:
-            _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace=overwrite)
+            _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace=overwrite, multi=multi)
         finally:
             ds = None
     except OSError as exc:  # the rename, or a file system error outside GDAL (full disk, I/O error)
@@ -130,7 +146,7 @@ def write_buildings(buildings: Sequence[Building], path: str, crs_wkt: str, laye
     return path
 
 
-def _write_new_file(buildings, path, crs_wkt, layer, fields, metadata) -> str:
+def _write_new_file(buildings, path, crs_wkt, layer, fields, metadata, multi) -> str:
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp.gpkg")
     try:
@@ -140,7 +156,7 @@ def _write_new_file(buildings, path, crs_wkt, layer, fields, metadata) -> str:
             raise OutputError(f"Cannot create a GeoPackage in {directory} ({exc}); "
                               "check the folder is writable and the disk not full") from None
         try:
-            _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace=False)
+            _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace=False, multi=multi)
         finally:
             ds = None  # closes the file before the rename
         if os.path.exists(path):  # appeared while we wrote: never clobber it
@@ -153,7 +169,7 @@ def _write_new_file(buildings, path, crs_wkt, layer, fields, metadata) -> str:
     return path
 
 
-def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool) -> None:
+def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool, multi: bool) -> None:
     srs = osr.SpatialReference()
     try:
         srs.SetFromUserInput(crs_wkt)  # WKT, or "EPSG:XXXX"
@@ -161,8 +177,7 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
         ds = None  # no GDAL object may outlive this frame in a traceback (see below)
         raise OutputError(f"The buildings' coordinate reference system is not usable ({exc})") from None
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
-    all_simple = all(b.geometry.geom_type == "Polygon" for b in buildings)
-    geom_type = ogr.wkbPolygon if all_simple else ogr.wkbMultiPolygon
+    geom_type = ogr.wkbMultiPolygon if multi else ogr.wkbPolygon
     name = ds.GetDescription()
     try:
         ds.StartTransaction()
@@ -291,8 +306,8 @@ def attribute_schema(buildings: Iterable[Building]) -> List[Tuple[str, str, str]
     return [(key, field_name(key), kind or fixed.get(key) or "string") for key, kind in kinds.items()]
 
 
-def _field_types(buildings: Iterable[Building]) -> Dict[str, int]:
-    """OGR field type per attribute key (see :func:`attribute_schema`)."""
+def field_types_of(buildings: Iterable[Building]) -> Dict[str, int]:
+    """OGR field type per attribute key (see :func:`attribute_schema`), as :func:`write_building_stream` takes them."""
     return {key: _OGR_TYPES[kind] for key, _, kind in attribute_schema(buildings)}
 
 

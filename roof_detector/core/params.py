@@ -1,7 +1,7 @@
 """Every user-facing parameter, declared once: name, type, default, range, unit, help.
 
 The engine's option classes (``DetectOptions``, ``SolarParams``,
-``FinetuneOptions``) take their defaults from here, the engine validates
+``FinetuneOptions``; ``detect_many``'s keywords) take their defaults from here, the engine validates
 with :func:`check` (one error type, :class:`ParameterError`), and each front
 end builds its own controls from the same declarations: the CLI's argparse
 options (``cli/arguments.py``), the Processing parameters
@@ -194,12 +194,30 @@ FINETUNE = _params(
           flag="--compare-outside", key="COMPARE_OUTSIDE"),
 )
 
+#: Distribution of ``detect-many`` (core.detect_many): worker processes, the margin read around each tile,
+#: blocks of large rasters.
+MANY = _params(
+    Param("workers", int, 1, "Workers", "local worker processes; the CPU cores are shared between them",
+          flag="--workers", key="WORKERS", low=1, high=256, decimals=0),
+    Param("threads_per_worker", int, None, "Threads per worker", "model threads per worker",
+          flag="--threads-per-worker", key="THREADS_PER_WORKER", low=1, high=1024, decimals=0, optional=True,
+          none_means="cores / workers locally, all cores of a remote worker's machine"),
+    Param("margin_m", float, 30.0, "Margin",
+          "distance read around each tile from its neighbours so that buildings on a border come out whole; "
+          "more than half the width of the largest buildings",
+          flag="--margin-m", key="MARGIN", low=0.0, high=1000.0, unit="m", decimals=1, step=5.0),
+    Param("block_px", int, 10000, "Block size",
+          "inputs larger than this a side are cut into blocks, one task each", flag="--block-px", key="BLOCK_PX",
+          low=256, high=100000, unit="px", decimals=0, step=256),
+)
+
 #: The model grid a planner assumes before a model is chosen: the bundled model's
 #: (a test keeps it equal to models/roof_unet.pt's metadata).
 BUNDLED_MODEL_GRID: Dict[str, float] = {"gsd_m": 0.3, "tile_size_px": 256, "overlap_px": 32}
 
 #: Every group by name, for lookups by the front ends.
-GROUPS: Dict[str, Dict[str, Param]] = {"detect": DETECT, "outlines": OUTLINES, "solar": SOLAR, "finetune": FINETUNE}
+GROUPS: Dict[str, Dict[str, Param]] = {"detect": DETECT, "outlines": OUTLINES, "solar": SOLAR, "finetune": FINETUNE,
+                                      "many": MANY}
 
 
 def default(group: str, name: str) -> Any:

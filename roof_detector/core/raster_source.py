@@ -225,7 +225,9 @@ class RenderedRgbGrid:
 class RasterioSource(RasterSource):
     """A raster file read with rasterio (anything GDAL opens: GeoTIFF, VRT, JPEG2000...)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, stretch: Optional[np.ndarray] = None):
+        """``stretch`` (bands x 2, as :attr:`stretch` gives it) replaces the raster's own percentile
+        stretch of non-uint8 data: the tiles of one mosaic must share one stretch."""
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
@@ -243,12 +245,12 @@ class RasterioSource(RasterSource):
                                    f"({str(exc).splitlines()[0]}); check the file is an image such as a GeoTIFF"
                                    ) from None
         try:
-            self._init_checks()
+            self._init_checks(stretch)
         except BaseException:
             self._ds.close()
             raise
 
-    def _init_checks(self) -> None:
+    def _init_checks(self, stretch: Optional[np.ndarray] = None) -> None:
         from rasterio.enums import ColorInterp
 
         ds = self._ds
@@ -291,7 +293,7 @@ class RasterioSource(RasterSource):
         self._all_valid = all(list(flags) == [MaskFlags.all_valid] for flags in ds.mask_flag_enums)
         self._stretch: Optional[np.ndarray] = None
         if np.dtype(self._dtype) != np.uint8 and self._lut is None:
-            self._stretch = self._compute_stretch()
+            self._stretch = np.asarray(stretch, dtype=np.float64) if stretch is not None else self._compute_stretch()
 
     def _compute_stretch(self) -> np.ndarray:
         """Percentile stretch of the distinct bands, on one decimated read of the whole raster."""

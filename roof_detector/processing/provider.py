@@ -7,12 +7,14 @@ from qgis.PyQt.QtGui import QIcon
 
 from .common import icon, tr
 from .detect import DetectBuildingsAlgorithm
+from .detect_many import DetectBuildingsManyAlgorithm
 from .evaluate import EvaluateDetectionAlgorithm
 from .finetune import FinetuneModelAlgorithm
 from .solar import RooftopSolarAlgorithm
 
 PROVIDER_ID = "roofdetector"
-ALGORITHMS = (DetectBuildingsAlgorithm, FinetuneModelAlgorithm, RooftopSolarAlgorithm, EvaluateDetectionAlgorithm)
+ALGORITHMS = (DetectBuildingsAlgorithm, FinetuneModelAlgorithm, RooftopSolarAlgorithm, EvaluateDetectionAlgorithm,
+              DetectBuildingsManyAlgorithm)
 
 
 class RoofDetectorProvider(QgsProcessingProvider):

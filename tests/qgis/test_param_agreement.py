@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from roof_detector.core.params import DETECT, FINETUNE, OUTLINES, SOLAR
+from roof_detector.core.params import DETECT, FINETUNE, MANY, OUTLINES, SOLAR
 
 pytestmark = pytest.mark.qgis
 
@@ -135,3 +135,26 @@ def test_finetune_ranges_agree_in_cli_and_processing(plugin):
         with pytest.raises(argparse.ArgumentTypeError):
             cli[p.name].type(str(p.high * 2))
     assert alg.parameterDefinition("DEVICE").options() == ["Automatic", "CPU", "CUDA GPU"]
+
+
+def test_detect_many_takes_every_detect_parameter_and_its_declared_distribution_ones(plugin):
+    cli = _cli_actions("detect-many")
+    detect = _cli_actions("detect")
+    alg = _algorithm("roofdetector:detectbuildingsmany")
+    for group in (DETECT, OUTLINES, SOLAR, MANY):
+        for p in group.values():
+            d = alg.parameterDefinition(p.key)
+            assert d is not None, p.key
+            if p.kind in (int, float) and not p.choices:
+                assert (d.minimum(), d.maximum()) == (p.low, p.high), p.name
+                assert bool(d.flags() & d.FlagOptional) == p.optional, p.name
+            if not p.choices:
+                assert d.defaultValue() == p.default, p.name
+            assert cli[p.name].default == p.default, p.name
+            if group is not MANY:  # the same options as detect, from the same function
+                assert cli[p.name].option_strings == detect[p.name].option_strings
+    for p in MANY.values():
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli[p.name].type(str(p.high * 2))
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli[p.name].type("nan")

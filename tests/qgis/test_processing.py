@@ -16,7 +16,7 @@ pytestmark = pytest.mark.qgis
 
 PROCESSING_PLUGINS = "/usr/share/qgis/python/plugins"
 ALGORITHM_IDS = {"roofdetector:detectbuildings", "roofdetector:finetunemodel", "roofdetector:rooftopsolar",
-                 "roofdetector:evaluatedetection"}
+                 "roofdetector:evaluatedetection", "roofdetector:detectbuildingsmany"}
 X0, Y0 = ORIGIN
 
 

@@ -1,0 +1,336 @@
+"""Building detection over many rasters on Dask distributed: :func:`detect_many`.
+
+The client (this process) plans the jobs (:mod:`.mosaic_plan`), submits one
+Dask task per job (:func:`.many_job.run_job`, which runs the same
+:func:`~roof_detector.core.pipeline.detect_buildings` as every front end),
+and is the only writer: each job's buildings become a GeoPackage part as
+soon as they arrive (:mod:`.many_manifest`), so memory holds the jobs in
+flight, not the region. When every job is finished the parts are streamed,
+in job order, into the output layer (:func:`.gpkg_writer.write_building_stream`),
+which appears complete or not at all.
+
+Faults: a worker that dies mid-job (killed, out of memory) loses nothing
+written; Dask's scheduler runs its job again on another worker and the
+client, which accepts each job's result once, writes it once. A crash or
+Ctrl-C of the client keeps the finished parts: the same command again skips
+them (the manifest) and gives the same output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+from .building import Building
+from .errors import Cancelled, RoofDetectorError
+from .gpkg_writer import check_output, write_building_stream, write_buildings
+from .many_job import JobResult, run_job
+from .many_manifest import Manifest
+from .mosaic_plan import Job, expand_inputs, plan_jobs, read_mosaic, total_area_km2, write_mosaic_vrt
+from .params import MANY, check
+
+#: Metres read around each input tile so that buildings on its border are seen whole (declared in .params).
+DEFAULT_MARGIN_M = MANY["margin_m"].default
+#: Inputs larger than this (pixels a side) are cut into blocks, one job each (declared in .params).
+DEFAULT_BLOCK_PX = MANY["block_px"].default
+
+
+@dataclass
+class ManyProgress:
+    """Where a run stands, given to the ``progress`` callback after each job."""
+
+    done: int
+    total: int
+    skipped: int
+    area_km2: float
+    buildings: int
+    dashboard: Optional[str] = None
+
+
+@dataclass
+class ManyResult:
+    """Summary of a finished run (the buildings themselves are in the output file)."""
+
+    output: str
+    layer: str
+    jobs: int
+    skipped: int
+    buildings: int
+    area_km2: float
+    building_area_m2: float
+    seconds: float
+    cut_at_margin: int
+    dashboard: Optional[str]
+    warnings: List[str] = field(default_factory=list)
+    stats: Dict[str, Any] = field(default_factory=dict)
+
+
+def detect_many(inputs: Sequence[str], output: str, options, *, layer: str = "buildings",
+                overwrite: bool = False, workers: int = MANY["workers"].default, scheduler: Optional[str] = None,
+                threads_per_worker: Optional[int] = MANY["threads_per_worker"].default,
+                margin_m: float = DEFAULT_MARGIN_M,
+                block_px: int = DEFAULT_BLOCK_PX, work_dir: Optional[str] = None, keep_parts: bool = False,
+                restart: bool = False, processes: bool = True,
+                progress: Optional[Callable[[ManyProgress], None]] = None,
+                is_cancelled: Optional[Callable[[], bool]] = None,
+                on_cluster: Optional[Callable[[Any], None]] = None) -> ManyResult:
+    """Detect the buildings of every raster in ``inputs`` into one layer of GeoPackage ``output``.
+
+    ``options`` is the :class:`~roof_detector.core.pipeline.DetectOptions` of a
+    single-raster run. ``scheduler`` (an address such as
+    ``tcp://host:8786``) uses an existing Dask cluster; otherwise a
+    ``LocalCluster`` of ``workers`` processes is started (threads when
+    ``processes`` is False) and stopped. ``on_cluster(client)`` is called
+    once the client is connected (tests use it to reach the workers).
+    """
+    t0 = time.perf_counter()
+    # The declared ranges (core.params MANY, DETECT...): a ParameterError before any work.
+    checked = check("many", {"workers": workers, "threads_per_worker": threads_per_worker, "margin_m": margin_m,
+                             "block_px": block_px})
+    workers, threads_per_worker = checked["workers"], checked["threads_per_worker"]
+    margin_m, block_px = checked["margin_m"], checked["block_px"]
+    options.validate()
+    check_output(output, layer, overwrite)
+    paths = expand_inputs(inputs)
+    mosaic = read_mosaic(paths)
+    jobs = plan_jobs(mosaic, margin_m, block_px)
+    work_dir = work_dir or f"{output}.parts"
+    if restart and os.path.isdir(work_dir):
+        shutil.rmtree(work_dir)
+    settings = {"inputs": paths, "options": dataclasses.asdict(options), "margin_m": margin_m,
+                "block_px": block_px, "model": _model_fingerprint(options.model_path)}
+    manifest = Manifest(work_dir, settings)
+    stretch = _mosaic_stretch(mosaic, work_dir)
+    if threads_per_worker is None and scheduler is None:
+        threads_per_worker = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                     else os.cpu_count() or 1) // workers)
+
+    pending = [j for j in jobs if j.index not in manifest.done]
+    state = ManyProgress(len(jobs) - len(pending), len(jobs), len(jobs) - len(pending),
+                         sum(e["area_km2"] for e in manifest.done.values()),
+                         sum(e["buildings"] for e in manifest.done.values()))
+    warnings: List[str] = []
+    cut = sum(e.get("cut_at_margin", 0) for e in manifest.done.values())
+    meta: Dict[str, Any] = {}
+    busy_s = 0.0
+    pids = set()
+    if pending:
+        with _client(scheduler, workers, threads_per_worker, processes) as client:
+            state.dashboard = _dashboard(client)
+            if on_cluster is not None:
+                on_cluster(client)
+            if progress is not None:
+                progress(state)
+            for res in _results(client, pending, options, threads_per_worker, stretch, is_cancelled):
+                job = jobs[res.index]
+                write_buildings(res.buildings, manifest.part_path(job.index), res.crs_wkt, layer="buildings",
+                                overwrite=True)
+                manifest.record(job.index, {"name": job.name, "buildings": len(res.buildings),
+                                            "area_km2": job.area_km2, "seconds": round(res.seconds, 3),
+                                            "cut_at_margin": res.cut_at_margin, "worker_pid": res.worker_pid})
+                warnings.extend(res.warnings)
+                cut += res.cut_at_margin
+                busy_s += res.seconds
+                pids.add(res.worker_pid)
+                meta = meta or {"model": f"{res.model_metadata.get('name', '?')} "
+                                         f"{res.model_metadata.get('version', '')}".strip(),
+                                "threshold": res.threshold}
+                state.done += 1
+                state.area_km2 += job.area_km2
+                state.buildings += len(res.buildings)
+                if progress is not None:
+                    progress(state)
+    elif progress is not None:
+        progress(state)
+
+    if cut:
+        warnings.append(f"{cut} buildings reach the edge of the {margin_m:g} m margin read around their tile and "
+                        f"may be cut there: pass a larger --margin-m (more than half the width of the largest "
+                        "buildings)")
+    building_count, area_m2 = _merge(jobs, manifest, output, mosaic.crs_wkt, layer, overwrite,
+                                     dict(meta, sources=len(paths), jobs=len(jobs), margin_m=margin_m,
+                                          min_area_m2=options.min_area_m2))
+    if not keep_parts:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    seconds = time.perf_counter() - t0
+    return ManyResult(output, layer, len(jobs), state.skipped, building_count, total_area_km2(jobs), area_m2,
+                      seconds, cut, state.dashboard, warnings,
+                      {"job_seconds_sum": round(busy_s, 3), "worker_pids": sorted(pids), "inputs": len(paths)})
+
+
+@contextlib.contextmanager
+def _client(scheduler: Optional[str], workers: int, threads: Optional[int], processes: bool) -> Iterator[Any]:
+    """A Dask client on ``scheduler``, or on a LocalCluster started (and stopped) here."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise RoofDetectorError(f"Cannot reach the Dask scheduler {scheduler} ({exc}); check the address "
+                                    "(tcp://HOST:8786) and that `dask scheduler` runs there") from None
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    # One task at a time per worker: the model's threads are the worker's parallelism.
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
+                           dashboard_address=":0", silence_logs=logging.ERROR)
+    try:
+        with Client(cluster) as client:
+            yield client
+    finally:
+        cluster.close()
+
+
+def _dashboard(client) -> Optional[str]:
+    try:
+        return client.dashboard_link
+    except Exception:  # noqa: BLE001 - no dashboard (bokeh missing): the run does not need one
+        return None
+
+
+def _results(client, jobs: Sequence[Job], options, threads: Optional[int], stretch,
+             is_cancelled: Optional[Callable[[], bool]]) -> Iterator[JobResult]:
+    """Each job's result once, as jobs finish (in any order); cancels the rest on an error or cancel."""
+    from distributed import as_completed
+
+    futures = [client.submit(run_job, job, options, threads, stretch, key=f"roof-job-{job.index:06d}-"
+                             f"{os.getpid()}-{id(jobs):x}", pure=False) for job in jobs]
+    names = {f.key: job.name for f, job in zip(futures, jobs)}
+    finished = as_completed(futures)
+    try:
+        while not finished.is_empty():
+            # Polled, not blocking on the next result: a cancel need not wait for a long job to end.
+            if is_cancelled is not None and is_cancelled():
+                raise Cancelled("Cancelled; the finished tiles are kept: run the same command again to go on")
+            batch = finished.next_batch(block=False)
+            if not batch:
+                time.sleep(0.1)
+                continue
+            for future in batch:
+                try:
+                    res = future.result()
+                except RoofDetectorError as exc:
+                    raise type(exc)(f"{names[future.key]}: {exc}") from None
+                except Exception as exc:  # noqa: BLE001 - a job's crash becomes one line naming its tile
+                    from distributed import KilledWorker
+
+                    if isinstance(exc, KilledWorker):
+                        raise RoofDetectorError(
+                            f"{names[future.key]}: its worker died on every try (out of memory?); the finished "
+                            "tiles are kept: give workers more memory or fewer threads and run again") from None
+                    text = " ".join(str(exc).split()) or type(exc).__name__
+                    raise RoofDetectorError(f"{names[future.key]} failed: {text}; the finished tiles are kept: "
+                                            "fix or remove that input and run the same command again") from None
+                future.release()
+                if res.error is not None:
+                    from . import errors
+
+                    kind, text = res.error
+                    if not kind:  # a crash of the job, not a refusal: say what was kept
+                        raise RoofDetectorError(f"{names[future.key]} failed: {text}; the finished tiles are kept: "
+                                                "fix or remove the input it names and run the same command again")
+                    cls = getattr(errors, kind, RoofDetectorError)
+                    raise (cls if isinstance(cls, type) and issubclass(cls, RoofDetectorError)
+                           else RoofDetectorError)(f"{names[future.key]}: {text}")
+                yield res
+    finally:
+        for f in futures:
+            if not f.done():
+                f.cancel()
+
+
+def _merge(jobs: Sequence[Job], manifest: Manifest, output: str, crs_wkt: str, layer: str, overwrite: bool,
+           metadata: Dict[str, Any]):
+    """Stream every part, in job order, into the output layer; return (buildings, total area m²)."""
+    from .osgeo_exc import ogr
+
+    parts = [manifest.part_path(j.index) for j in jobs]
+    fields: Dict[str, int] = {}
+    multi = False
+    for path in parts:
+        ds = ogr.Open(path)
+        lyr = ds.GetLayer(0)
+        multi = multi or ogr.GT_Flatten(lyr.GetGeomType()) == ogr.wkbMultiPolygon
+        defn = lyr.GetLayerDefn()
+        for i in range(defn.GetFieldCount()):
+            fd = defn.GetFieldDefn(i)
+            if fd.GetName() not in ("area_m2", "perimeter_m", "confidence"):
+                fields[fd.GetName()] = _wider(fields.get(fd.GetName()), fd.GetType())
+        lyr = defn = fd = None
+        ds = None
+    counter = {"n": 0, "area": 0.0}
+
+    def buildings() -> Iterator[Building]:
+        for path in parts:
+            for b in _read_part(path):
+                counter["n"] += 1
+                counter["area"] += b.area_m2
+                yield b
+
+    write_building_stream(buildings(), output, crs_wkt, fields, multi, layer, overwrite, metadata)
+    return counter["n"], counter["area"]
+
+
+def _read_part(path: str) -> Iterator[Building]:
+    import shapely
+
+    from .osgeo_exc import ogr
+
+    ds = ogr.Open(path)
+    try:
+        lyr = ds.GetLayer(0)
+        for feat in lyr:
+            items = feat.items()
+            geom = shapely.from_wkb(bytes(feat.GetGeometryRef().ExportToWkb()))
+            attrs = {k: v for k, v in items.items() if k not in ("area_m2", "perimeter_m", "confidence")}
+            yield Building(geom, items["area_m2"], items["perimeter_m"], items["confidence"], attrs)
+        lyr = feat = None
+    finally:
+        ds = None
+
+
+def _wider(a: Optional[int], b: int) -> int:
+    from .osgeo_exc import ogr
+
+    rank = {ogr.OFTInteger: 0, ogr.OFTInteger64: 0, ogr.OFTReal: 1}
+    if a is None:
+        return b
+    ra, rb = rank.get(a, 2), rank.get(b, 2)
+    if max(ra, rb) == 2:
+        return ogr.OFTString
+    return ogr.OFTReal if max(ra, rb) == 1 else ogr.OFTInteger64
+
+
+def _model_fingerprint(model_path: Optional[str]) -> Any:
+    from .model_io import BUNDLED_MODEL_PATH
+
+    path = str(model_path or BUNDLED_MODEL_PATH)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path
+    return [os.path.abspath(path), st.st_size, int(st.st_mtime)]
+
+
+def _mosaic_stretch(mosaic, work_dir: str):
+    """One percentile stretch for the whole mosaic (non-uint8 data), so that tiles match; None for uint8."""
+    if mosaic.dtype == "Byte":
+        return None
+    from .raster_source import RasterioSource
+
+    vrt = write_mosaic_vrt(mosaic, os.path.join(work_dir, "mosaic.vrt"))
+    with RasterioSource(vrt) as src:
+        return src.stretch
+
+
+__all__ = ["detect_many", "ManyResult", "ManyProgress", "DEFAULT_MARGIN_M", "DEFAULT_BLOCK_PX"]

@@ -1,0 +1,128 @@
+"""One job of ``detect-many``, as a Dask worker runs it: :func:`run_job`.
+
+The job reads its window (footprint + margin) through a small VRT of the
+rasters under it, runs :func:`~roof_detector.core.pipeline.detect_buildings`
+(the function every front end calls) and keeps the buildings whose
+representative point it owns (:func:`.mosaic_plan.owns`). The model is
+loaded once per worker process and kept for its next jobs. The buildings go
+back to the client, which alone writes them: workers need to read the
+inputs, never to write anywhere shared.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import shapely
+
+from .building import Building
+from .mosaic_plan import Job, owns, write_job_vrt
+
+_MODELS: Dict[Tuple[Any, ...], Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+@dataclass
+class JobResult:
+    """What a job sends back: its buildings (owned only) and how it went."""
+
+    index: int
+    buildings: List[Building]
+    crs_wkt: str
+    seconds: float
+    area_km2: float
+    dropped: int = 0             # buildings found in the margin, owned by a neighbour
+    cut_at_margin: int = 0       # owned buildings touching the window's inner edge: maybe larger than the margin
+    warnings: List[str] = field(default_factory=list)
+    model_metadata: Dict[str, Any] = field(default_factory=dict)
+    threshold: Optional[float] = None
+    worker_pid: int = 0
+    error: Optional[Tuple[str, str]] = None  # (RoofDetectorError subclass name, message): bad input, not a crash
+
+
+def worker_model(options, threads: Optional[int] = None):
+    """The model of ``options`` for this process, loaded on its first job and kept."""
+    from .pipeline import _load_model
+
+    key = (options.model_path, options.device, threads)
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            # Dask's nanny sets OMP_NUM_THREADS=1 in workers: give the model its share of cores
+            # (all of this machine's when not told: a remote worker's machine is not ours).
+            import torch
+
+            torch.set_num_threads(int(threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                                  else os.cpu_count() or 1)))
+            model = _MODELS[key] = _load_model(options)
+        return model
+
+
+def run_job(job: Job, options, threads: Optional[int] = None, stretch: Optional[np.ndarray] = None) -> JobResult:
+    """Detect the buildings ``job`` owns (the engine function every front end calls, on the job's window)."""
+    from .pipeline import detect_buildings
+    from .raster_source import RasterioSource
+
+    from .errors import RoofDetectorError
+
+    t0 = time.perf_counter()
+    folder = tempfile.mkdtemp(prefix=f"roof-job-{job.index}-")
+    try:
+        model = worker_model(options, threads)
+        vrt = write_job_vrt(job, os.path.join(folder, f"{job.index:06d}.vrt"))
+        with RasterioSource(vrt, stretch=stretch) as source:
+            result = detect_buildings(source, options, model=model)
+    except Exception as exc:  # noqa: BLE001 - sent back as data (below)
+        # As data, not raised: the message arrives whole whatever Dask's exception transport can
+        # unpickle (it turns a RasterioIOError into a bare Exception and drops the GDAL messages
+        # chained to it, which name the file that failed).
+        name = type(exc).__name__ if isinstance(exc, RoofDetectorError) else ""
+        return JobResult(job.index, [], "", time.perf_counter() - t0, job.area_km2,
+                         error=(name, str(exc) if name else _chained_messages(exc)), worker_pid=os.getpid())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    kept, dropped, cut = keep_owned(job, result.buildings)
+    warnings = [f"{job.name}: {w}" for w in result.warnings if "no valid pixels" not in w]
+    return JobResult(job.index, kept, result.crs_wkt, time.perf_counter() - t0, job.area_km2, dropped, cut,
+                     warnings, dict(result.model_metadata), result.stats.get("threshold"), os.getpid())
+
+
+def _chained_messages(exc: BaseException) -> str:
+    """``exc``'s message and those of the exceptions it was raised from, on one line."""
+    parts: List[str] = []
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if text not in parts:
+            parts.append(text)
+        exc = exc.__cause__ or exc.__context__
+    return "; ".join(parts)
+
+
+def keep_owned(job: Job, buildings: List[Building]) -> Tuple[List[Building], int, int]:
+    """``(kept, dropped, cut)``: the buildings whose representative point ``job`` owns, in their order."""
+    if not buildings:
+        return [], 0, 0
+    points = shapely.point_on_surface(np.asarray([b.geometry for b in buildings], dtype=object))
+    xs, ys = shapely.get_x(points), shapely.get_y(points)
+    kept = [b for b, x, y in zip(buildings, xs, ys) if owns(job, float(x), float(y))]
+    # A kept building touching a cut edge of the window may be larger than the margin (then cut).
+    edge = 1.5 * max(job.res)
+    x0, y0, x1, y1 = job.window
+    cut = 0
+    for b in kept:
+        bx0, by0, bx1, by1 = b.geometry.bounds
+        near = (bx0 - x0 < edge, by0 - y0 < edge, x1 - bx1 < edge, y1 - by1 < edge)
+        cut += any(n and inner for n, inner in zip(near, job.inner_edges))
+    return kept, len(buildings) - len(kept), cut
+
+
+__all__ = ["JobResult", "run_job", "keep_owned", "worker_model"]

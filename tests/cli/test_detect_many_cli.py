@@ -1,0 +1,93 @@
+"""``python -m roof_detector detect-many`` as a real subprocess: summary, progress, crash and resume."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from devtools.test_model import make_test_model
+from tests.core.many_fixtures import cut, read_layer, scene
+
+REPO = Path(__file__).resolve().parents[2]
+SUMMARY = re.compile(r"^(\d+) buildings in (\d+) tiles \(([\d.]+) km², (\d+) already done\), total area ([\d.]+) m2, "
+                     r"[\d.]+ s -> (.+) \(layer (\w+)\)$")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("many")
+    model = make_test_model(str(base / "bright.pt"))
+    whole = scene(str(base / "whole.tif"))
+    cut(whole, str(base / "tiles"), parts=4)
+    return base, model
+
+
+def _cmd(*args):
+    return [sys.executable, "-m", "roof_detector", "detect-many", *map(str, args)]
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(REPO))
+
+
+@pytest.mark.slow
+def test_cli_runs_and_resumes_after_a_crash(tmp_path, setup):
+    base, model = setup
+    ref = tmp_path / "ref.gpkg"
+    args = ["--model", model, "--device", "cpu", "--workers", "1"]
+    proc = subprocess.run(_cmd(base / "tiles", "-o", ref, *args), cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    m = SUMMARY.match(proc.stdout.strip().splitlines()[-1])
+    assert m and m.group(2) == "16" and m.group(4) == "0", proc.stdout
+    assert "Dask dashboard: http://" in proc.stderr and "16/16" in proc.stderr and "buildings]" in proc.stderr
+    assert not (tmp_path / "ref.gpkg.parts").exists()  # the work folder goes once merged
+    reference = read_layer(str(ref))
+    assert int(m.group(1)) == len(reference) > 40
+
+    # A real crash: SIGKILL the client once some tiles are in the manifest, then the same command again.
+    out = tmp_path / "out.gpkg"
+    manifest = Path(f"{out}.parts") / "manifest.jsonl"
+    child = subprocess.Popen(_cmd(base / "tiles", "-o", out, *args), cwd=REPO, env=_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and child.poll() is None:
+        if manifest.exists() and len(manifest.read_text().splitlines()) >= 1 + 3:
+            break
+        time.sleep(0.05)
+    assert child.poll() is None, "the run ended before it could be killed"
+    os.killpg(child.pid, signal.SIGKILL)  # the client and its local workers, as a crash or `kill -9` would
+    child.wait(timeout=30)
+    assert not out.exists()
+    finished = len(manifest.read_text().splitlines()) - 1
+    assert 3 <= finished < 16
+
+    proc = subprocess.run(_cmd(base / "tiles", "-o", out, *args), cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    m = SUMMARY.match(proc.stdout.strip().splitlines()[-1])
+    assert m and int(m.group(4)) >= finished, proc.stdout
+    assert "already done (manifest): skipped" in proc.stderr
+    got = read_layer(str(out))
+    assert [(g.wkb, a) for g, a in got] == [(g.wkb, a) for g, a in reference]  # the same result
+
+
+@pytest.mark.slow
+def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, setup):
+    base, model = setup
+    proc = subprocess.run(_cmd(tmp_path / "none_*.tif", "-o", tmp_path / "o.gpkg", "--model", model), cwd=REPO,
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "matches no file" in lines[0] and "Traceback" not in proc.stderr
+    listing = tmp_path / "list.txt"
+    listing.write_text(json.dumps("not a path") + "\n")
+    proc = subprocess.run(_cmd(listing, "-o", tmp_path / "o.gpkg", "--model", model), cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "error: Input not found" in proc.stderr
