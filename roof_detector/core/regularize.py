@@ -181,6 +181,8 @@ def fit_polygon(poly: Polygon, tolerance_m: float = 1.0, theta_deg: Optional[flo
             fitted = _cut_courtyards(fitted, work, theta, tolerance_m)
             if fitted is None:
                 continue
+        if abs(fitted.area - poly.area) > max_area_change * poly.area:
+            continue  # a fit that agrees in shape but not in size (a thin sliver, a spike) is no fit
         # an outline that is already what the fit draws keeps its exact coordinates
         if fitted.hausdorff_distance(poly) < UNCHANGED_M:
             return poly, shape

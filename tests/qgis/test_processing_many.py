@@ -27,7 +27,8 @@ def test_detect_buildings_in_many_rasters(processing_ready, plugin, tmp_path, mo
         "MODEL": model_path, "WORKERS": 1, "OUTPUT": str(out)}, context=context)
     got = read_layer(str(out))
     assert result["BUILDINGS"] == len(got) == len(reference) > 40
-    assert result["TOTAL_AREA_M2"] == pytest.approx(sum(b.area_m2 for b in reference), rel=1e-6)
+    # areas are written rounded to 0.01 m2 (issue 17), so the total may differ by 0.005 m2 a building
+    assert result["TOTAL_AREA_M2"] == pytest.approx(sum(b.area_m2 for b in reference), abs=0.005 * len(reference))
     assert result["OUTPUT"] == str(out)
     assert list(context.layersToLoadOnCompletion())[0].endswith("many.gpkg|layername=buildings")
     assert not (tmp_path / "many.gpkg.parts").exists()
