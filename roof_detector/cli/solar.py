@@ -2,9 +2,11 @@
 
 For building polygons that did not come from detection (a cadastre,
 OpenStreetMap...). Each input polygon keeps its attributes (a name that
-clashes with a solar field gets a ``src_`` prefix, one that clashes with
-``confidence``/``fid``/``geom`` an ``attr_`` prefix; ``src_fid`` is the input
-feature id) and gains the solar fields of :mod:`roof_detector.core.solar`.
+clashes, ignoring case, with a field we write (the solar fields,
+``confidence``, ``fid``, ``geom``, ``src_fid``) or with an earlier input field
+gets the first free name of ``src_<name>``, ``src_<name>_2``...: see
+:mod:`roof_detector.core.field_names`; ``src_fid`` is the input feature id) and
+gains the solar fields of :mod:`roof_detector.core.solar`.
 ``--regularize`` squares the outlines first (off by default: cadastre outlines
 are already clean). ``--report DIR`` also writes the HTML/CSV/PNG report.
 """
@@ -17,7 +19,7 @@ import math
 import os
 import sys
 from contextlib import contextmanager
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List
 
 from ..core.errors import LabelError, OutputError
 
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..core.building import Building
     from ..core.footprints import measure_metric_batch
-    from ..core.gpkg_writer import check_output, write_buildings
+    from ..core.field_names import free_names
+    from ..core.gpkg_writer import RESERVED_NAMES, check_output, write_buildings
     from ..core.metric_frame import to_local_metric_many
     from ..core.report import build_table, totals, write_report
     from ..core.solar import SOLAR_FIELDS, solar_rows
@@ -98,9 +101,11 @@ def run(args: argparse.Namespace) -> int:
     regularized = sum(1 for g, s in zip(geoms, source) if g is not s)
     rows: List[Dict[str, Any]] = [{"id": fid, **attrs} for fid, attrs in zip(layer.fids, solar_rows(columns))]
 
-    # Source attributes keep their names unless they clash with a solar field (-> src_<name>).
+    # Source attributes keep their names unless they clash with a field we write or with each
+    # other (GeoPackage column names ignore case): never dropped, never shifted.
     solar_names = [name for name, _ in SOLAR_FIELDS]
-    renamed = [(name, _unclash(name, solar_names)) for name, _ in layer.fields]
+    old_names = [name for name, _ in layer.fields]
+    renamed = list(zip(old_names, free_names(old_names, list(RESERVED_NAMES) + solar_names + ["src_fid"])))
     buildings = []
     for fid, src_attrs, geom, row in zip(layer.fids, layer.attributes, geoms, rows):
         attrs: Dict[str, Any] = {"src_fid": fid}
@@ -137,6 +142,3 @@ def _output_flag_names():
     except OutputError as exc:
         raise OutputError(str(exc).replace("(--layer)", "(--out-layer)")) from None
 
-
-def _unclash(name: str, reserved: Sequence[str]) -> str:
-    return f"src_{name}" if name.lower() in {r.lower() for r in list(reserved) + ["src_fid"]} else name

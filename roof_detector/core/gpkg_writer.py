@@ -13,7 +13,8 @@
 Fields: ``area_m2``, ``perimeter_m``, ``confidence`` and every key of the
 buildings' ``attributes`` (float -> Real, int/bool -> Integer64, str -> String,
 missing/None -> null); a key that clashes with those or with ``fid``/``geom``
-is written as ``attr_<key>`` rather than dropped.
+(or with another key, ignoring case) is written as ``attr_<key>`` (or the
+first free ``attr_<key>_N``) rather than dropped (:mod:`.field_names`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from .building import Building
 from .errors import OutputError
+from .field_names import free_names
 from .osgeo_exc import ogr, osr
 
 DEFAULT_LAYER = "buildings"
@@ -176,16 +178,17 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
                                   "to replace it or choose another layer name (--layer)")
             ds.DeleteLayer(index)
         lyr = ds.CreateLayer(layer, srs, geom_type, ["SPATIAL_INDEX=YES", "GEOMETRY_NAME=geom", "FID=fid"])
-        columns = [(n, ogr.OFTReal) for n in BASE_FIELDS] + [(field_name(k), t) for k, t in fields.items()]
-        for name, ftype in columns:
-            lyr.CreateField(ogr.FieldDefn(name, ftype))
+        names = field_names(list(fields))
+        columns = [(n, ogr.OFTReal) for n in BASE_FIELDS] + [(names[k], t) for k, t in fields.items()]
+        for column, ftype in columns:  # not `name`: that one names the file in the messages below
+            lyr.CreateField(ogr.FieldDefn(column, ftype))
         # Create the table (and its triggers) now, inside the transaction: a
         # rollback then leaves GDAL nothing deferred to create on close.
         lyr.SyncToDisk()
         defn = lyr.GetLayerDefn()
         # Field indexes resolved once, not by name per value (62,500 buildings: 3.7 -> 1.5 s).
         base = [defn.GetFieldIndex(n) for n in BASE_FIELDS]
-        extra = [(key, ftype, defn.GetFieldIndex(field_name(key))) for key, ftype in fields.items()]
+        extra = [(key, ftype, defn.GetFieldIndex(names[key])) for key, ftype in fields.items()]
         multi = geom_type == ogr.wkbMultiPolygon
         for b in buildings:
             feat = ogr.Feature(defn)
@@ -247,9 +250,10 @@ def _field_types(buildings: Iterable[Building]) -> Dict[str, int]:
     return {k: mapping[v] for k, v in kinds.items()}
 
 
-def field_name(key: str) -> str:
-    """The field an attribute key is written to: ``attr_<key>`` when it clashes with a built-in name."""
-    return f"attr_{key}" if key.lower() in RESERVED_NAMES else key
+def field_names(keys: Sequence[str]) -> Dict[str, str]:
+    """The field each attribute key is written to: itself, or ``attr_<key>`` (``attr_<key>_2``...) when it
+    clashes, ignoring case, with a built-in name or another key."""
+    return dict(zip(keys, free_names(keys, RESERVED_NAMES, prefix="attr_")))
 
 
 def _open_existing(path: str, update: bool):

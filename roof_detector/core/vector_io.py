@@ -87,15 +87,16 @@ def _field_kinds(lyr) -> List[Tuple[str, str]]:
 
 def _attributes(feat, fields: List[Tuple[str, str]]) -> Dict[str, Any]:
     attrs: Dict[str, Any] = {}
-    for name, kind in fields:
-        if not feat.IsFieldSetAndNotNull(name):
+    # By index, not by name: OGR finds names ignoring case, so `name` would read `NAME`'s value too.
+    for i, (name, kind) in enumerate(fields):
+        if not feat.IsFieldSetAndNotNull(i):
             attrs[name] = None
         elif kind in ("integer", "integer64"):
-            attrs[name] = feat.GetFieldAsInteger64(name)
+            attrs[name] = feat.GetFieldAsInteger64(i)
         elif kind == "real":
-            attrs[name] = feat.GetFieldAsDouble(name)
+            attrs[name] = feat.GetFieldAsDouble(i)
         else:
-            attrs[name] = feat.GetFieldAsString(name)
+            attrs[name] = feat.GetFieldAsString(i)
     return attrs
 
 

@@ -64,7 +64,8 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
         "PVGIS / Global Solar Atlas value for your site when it matters).<br>"
         "<b>Regularize outlines</b> squares the outlines first (within the <b>tolerance</b>, metres); off by "
         "default, as cadastre outlines are already clean.<br><br>"
-        "Input fields are kept; one whose name clashes with an added field is renamed src_&lt;name&gt;. "
+        "Input fields are kept; one whose name clashes (ignoring case) with an added field or an earlier input "
+        "field is renamed src_&lt;name&gt; (or src_&lt;name&gt;_2, _3... when that is taken too). "
         "Features without a geometry are skipped. The optional <b>report folder</b> receives summary.html, "
         "buildings.csv and areas.png. Totals are returned as BUILDINGS, TOTAL_PANELS, TOTAL_KWP and "
         "TOTAL_ANNUAL_KWH."
@@ -116,6 +117,7 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
             self.optional_value(parameters, self.REPORT) else ""
 
         with engine_errors(feedback):
+            from ..core.field_names import free_names
             from ..core.regularize import regularize_outline
             from ..core.report import build_table, totals, write_report
             from ..core.solar import SOLAR_FIELDS, SolarParams, rooftop_attributes
@@ -128,15 +130,19 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
                 panel_wp=self.parameterAsDouble(parameters, self.PANEL_WP, context),
                 specific_yield_kwh_per_kwp=specific_yield if specific_yield > 0 else None).validate()
             solar_names = [name for name, _ in SOLAR_FIELDS]
+            # As the CLI: a source field keeps its value under a free name (src_<name>, src_<name>_2...),
+            # never dropped: QgsFields.append drops a duplicate silently, and values are written by position.
             fields = QgsFields()
-            reserved = {n.lower() for n in solar_names}
-            for field in source.fields():
+            new_names = free_names(source.fields().names(), solar_names)
+            for field, new_name in zip(source.fields(), new_names):
                 field = QgsField(field)
-                if field.name().lower() in reserved:  # as the CLI: the source value stays, under src_<name>
-                    field.setName(f"src_{field.name()}")
+                field.setName(new_name)
                 fields.append(field)
             for name, kind in SOLAR_FIELDS:
                 fields.append(QgsField(name, _VARIANT.get(kind, QVariant.Double)))
+            if fields.count() != len(new_names) + len(solar_names):  # would shift values between columns
+                raise QgsProcessingException(self.tr("Cannot name the output fields of {names}").format(
+                    names=", ".join(source.fields().names())))
             wkb_type = QgsWkbTypes.flatType(source.wkbType()) if regularize else source.wkbType()
             sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, wkb_type, crs)
             if sink is None:

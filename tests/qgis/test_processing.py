@@ -420,3 +420,29 @@ def test_headless_script_lists_the_algorithms(repo_root):
                           capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert {line.split("\t")[0] for line in done.stdout.splitlines()} == ALGORITHM_IDS
+
+
+def test_rooftop_solar_never_shifts_a_column(run):
+    """Release 0.2.0 dropped `src_x` when `x` clashed, then wrote values by position (issue 21)."""
+    hostile = {"area_m2": 1.5, "src_area_m2": 2.5, "src_area_m2_2": 3.5, "kwp": 4.5, "src_kwp": 5.5,
+               "Kwp": 6.5, "name": "lower", "NAME": "UPPER", "orientation_deg": 7.5}
+    kinds = {k: "string" if isinstance(v, str) else "double" for k, v in hostile.items()}
+    layer = polygon_layer([(box(0, 0, 10, 20), hostile)], fields=[f"{k}:{t}" for k, t in kinds.items()])
+    params = {"INPUT": layer, "SPECIFIC_YIELD": 1000, "PANEL_WP": 400, "OUTPUT": "memory:"}
+    out = run("roofdetector:rooftopsolar", params)["OUTPUT"]
+    row = next(out.getFeatures())
+    values = dict(zip(out.fields().names(), row.attributes()))
+    for name, value in hostile.items():  # each input value exactly once
+        assert [k for k, v in values.items() if v == value], name
+    assert values["src_area_m2_3"] == 1.5 and values["src_area_m2"] == 2.5 and values["src_kwp_2"] == 4.5
+    assert values["src_NAME"] == "UPPER" and values["name"] == "lower"  # a GeoPackage sink ignores case
+    assert values["area_m2"] == pytest.approx(200.0, rel=0.002) and values["kwp"] == pytest.approx(20.8)
+    assert values["orientation_deg"] != 7.5 and values["src_orientation_deg"] == 7.5
+    # on its own output with another panel power: the new values are written, the old ones kept
+    again = run("roofdetector:rooftopsolar", {**params, "INPUT": out, "PANEL_WP": 200})
+    row2 = next(again["OUTPUT"].getFeatures())
+    values2 = dict(zip(again["OUTPUT"].fields().names(), row2.attributes()))
+    assert again["TOTAL_KWP"] == pytest.approx(10.4) and values2["kwp"] == pytest.approx(10.4)
+    assert values2["annual_kwh"] == pytest.approx(10400)
+    assert values2["src_kwp_4"] == pytest.approx(20.8)  # the first run's kwp (src_Kwp_3 holds Kwp)
+    assert len(values2) == len(values) + 8
