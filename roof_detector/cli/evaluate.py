@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..core.errors import LabelError
 
@@ -55,11 +56,18 @@ def run(args: argparse.Namespace) -> int:
     px, ob = d["pixel"], d["object"]
     print(f"pixels ({px['valid_pixels']:,} valid)")
     for key in ("iou", "accuracy", "precision", "recall", "f1"):
-        print(f"  {key:<10} {px[key]:.4f}")
+        print(f"  {key:<10} {_fmt(px[key])}")
     print(f"objects (matched one-to-one at IoU >= {ob['iou_threshold']:g})")
     print(f"  predicted  {ob['predicted']}")
     print(f"  reference  {ob['reference']}")
     print(f"  matched    {ob['matched']}")
     for key in ("precision", "recall", "f1"):
-        print(f"  {key:<10} {ob[key]:.4f}")
+        print(f"  {key:<10} {_fmt(ob[key])}")
+    if px["iou"] is None or ob["f1"] is None:
+        print("warning: no building in either layer on the grid: the ratios that need one are n/a "
+              "(nothing measured is not a perfect score)", file=sys.stderr)
     return 0
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

@@ -17,6 +17,7 @@ def add_parser(sub) -> None:
     p.add_argument("--labels-layer", default=None, help="layer name inside --labels (default: first polygon layer)")
     p.add_argument("--area", default=None, help="polygon layer of the fully labelled area (default: label extent)")
     p.add_argument("-o", "--output", required=True, help="the new model file (.pt)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (never the base model)")
     p.add_argument("--base-model", default=None, help="model to start from (default: bundled)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -24,7 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--patience", type=int, default=4, help="stop after this many epochs without val IoU gain")
     p.add_argument("--samples-per-epoch", type=int, default=None)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (cuda:N) or mps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="", help="model name stored in its metadata")
     p.set_defaults(func=run)
@@ -38,9 +39,12 @@ def run(args) -> int:
                            epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                            val_fraction=args.val_fraction, patience=args.patience,
                            samples_per_epoch=args.samples_per_epoch, device=args.device, seed=args.seed,
-                           name=args.name)
+                           name=args.name, overwrite=args.overwrite)
     with ProgressBar("fine-tune") as bar:
         res = finetune(opts, progress=bar.update, log=bar.write)
+    for note in res.notes:
+        if note.startswith("Warning: "):
+            print(f"warning: {note[len('Warning: '):]}", file=sys.stderr)
     b, a = res.before, res.after
     print(f"validation IoU {b.get('iou', float('nan')):.4f} -> {a.get('iou', float('nan')):.4f}, "
           f"accuracy {b.get('accuracy', float('nan')):.4f} -> {a.get('accuracy', float('nan')):.4f}; "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import io
 import json
 import os
 import tempfile
@@ -154,18 +155,29 @@ def save_model(module: torch.nn.Module, path: str | os.PathLike, metadata: Dict[
     meta.setdefault("output", "probability")
     validate_metadata(meta, str(path))
     scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module.eval())
+    # Serialised in memory first (a model is a few MB): torch's zip writer, on a full disk,
+    # throws a C++ c10::Error from a destructor, which aborts the whole process (and QGIS with it).
+    # Python's own writes below fail with a catchable OSError instead.
+    buffer = io.BytesIO()
+    try:
+        torch.jit.save(scripted, buffer, _extra_files={METADATA_FILE: json.dumps(meta, indent=1)})
+    except RuntimeError as exc:  # c10::Error raised while scripting/serialising, not by the disk
+        raise ModelError(f"Cannot serialise the model for {path} ({str(exc).splitlines()[0]})") from None
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=str(path.parent))
-        os.close(fd)
-        torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: json.dumps(meta, indent=1)})
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(buffer.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a model file is meant to be shared
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch reports write failures as RuntimeError
         full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space" in str(exc).lower()
-        raise OutputError(f"Cannot write the model file {path} ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OutputError(f"Cannot write the model file {path} ({detail}); "
                           + ("the disk is full: free space or choose another folder" if full else
                              "check the folder is writable and has free space") + ". No model file was written."
                           ) from None
@@ -190,9 +202,12 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ModelError("MPS was requested but is not available; use --device cpu or auto")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
         raise ModelError(f"Unknown device {device!r}; use auto, cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # e.g. `meta`: tensors without data, nothing would be computed
+        raise ModelError(f"Device {device!r} cannot run the model; use auto, cpu or cuda")
+    return dev
 
 
 def device_description(device: torch.device) -> str:

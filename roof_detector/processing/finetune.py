@@ -139,7 +139,8 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
                 val_fraction=self.parameterAsDouble(parameters, self.VAL_FRACTION, context),
                 patience=self.parameterAsInt(parameters, self.PATIENCE, context),
                 samples_per_epoch=self.parameterAsInt(parameters, self.SAMPLES_PER_EPOCH, context) or None,
-                device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)])
+                device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+                overwrite=True)  # a Processing destination is replaced (QGIS asks first); never the base model
             feedback.pushInfo(self.tr("Fine-tuning {base} on {raster}").format(base=base, raster=raster))
             result = finetune(options, progress=engine_progress(feedback), is_cancelled=feedback.isCanceled,
                               log=feedback.pushInfo)
@@ -148,6 +149,9 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
         before, after = result.before.get("iou"), result.after.get("iou")
         if result.stopped == "cancelled":
             feedback.pushWarning(self.tr("Cancelled: the best model so far was kept"))
+        for note in result.notes:
+            if note.startswith("Warning: "):
+                feedback.pushWarning(note[len("Warning: "):])
         feedback.pushInfo(self.tr("Validation IoU {before} -> {after}, threshold {thr:.2f}, stopped: {why}, "
                                   "{minutes:.1f} min -> {path}").format(
             before=_fmt(before), after=_fmt(after), thr=result.threshold, why=result.stopped,

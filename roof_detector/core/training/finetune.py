@@ -51,6 +51,35 @@ class FinetuneOptions:
     seed: int = 0
     name: str = ""
     keep_best_on_cancel: bool = True
+    overwrite: bool = False  # replace an existing output file (never the base model)
+
+    def validate(self) -> "FinetuneOptions":
+        """Raise :class:`LabelError` naming the first unusable number or device; return self.
+
+        The ranges are those of the Processing algorithm and the dialog.
+        """
+        import math
+
+        def whole(value, low, high) -> bool:
+            return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and low <= value <= high
+
+        def real(value, low, high) -> bool:
+            return isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high
+
+        checks = [("epochs", self.epochs, whole(self.epochs, 1, 1000), "a whole number from 1 to 1000"),
+                  ("learning rate", self.lr, real(self.lr, 1e-7, 1.0), "a number from 1e-7 to 1 (default 3e-4)"),
+                  ("batch size", self.batch_size, whole(self.batch_size, 1, 256), "a whole number from 1 to 256"),
+                  ("validation fraction", self.val_fraction, real(self.val_fraction, 0.05, 0.5),
+                   "a fraction from 0.05 to 0.5: without validation blocks nothing would be measured"),
+                  ("patience", self.patience, whole(self.patience, 1, 1000), "a whole number from 1 to 1000"),
+                  ("samples per epoch", self.samples_per_epoch,
+                   self.samples_per_epoch is None or whole(self.samples_per_epoch, 1, 10_000_000),
+                   "a whole number >= 1 (or none: about one pass over the area)")]
+        for label, value, ok, rule in checks:
+            if not ok:
+                raise LabelError(f"Bad fine-tuning parameter: {label} {value!r} must be {rule}")
+        resolve_device(self.device)  # ModelError for an unknown or unusable device
+        return self
 
 
 @dataclass
@@ -66,6 +95,45 @@ class FinetuneResult:
     stopped: str
     minutes: float
     notes: List[str] = field(default_factory=list)
+
+
+def check_model_output(output_path: str, base_model_path: str, overwrite: bool) -> None:
+    """Fail before any work when the new model file cannot or must not be written."""
+    from ..errors import OutputError
+
+    out = os.path.abspath(output_path)
+    folder = os.path.dirname(out)
+    if os.path.isdir(out):
+        raise OutputError(f"{output_path} is a folder; give a model file name ending in .pt")
+    if not out.lower().endswith(".pt"):
+        raise OutputError(f"{output_path}: a model file name must end in .pt")
+    if os.path.exists(out) and os.path.exists(base_model_path) and os.path.samefile(out, base_model_path):
+        raise OutputError(f"{output_path} is the base model being fine-tuned; write the new model to another file")
+    if os.path.exists(out) and not overwrite:
+        raise OutputError(f"{output_path} already exists; pass --overwrite to replace it or choose another name")
+    parent = folder
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise OutputError(f"Cannot write {output_path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK) or (os.path.exists(out) and not os.access(out, os.W_OK)):
+        raise OutputError(f"Cannot write {output_path} (read-only or permission denied); choose another file")
+    if _read_only_mount(parent):
+        raise OutputError(f"Cannot write {output_path}: {parent} is on a read-only file system")
+
+
+def _read_only_mount(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def check_raster(path: str) -> None:
+    """The rules of detection (CRS, north-up, bands, sample type), checked before fine-tuning."""
+    from ..raster_source import RasterioSource
+
+    RasterioSource(path).close()
 
 
 def _area_polygon(opts: FinetuneOptions, crs_wkt: str, label_geoms) -> Tuple[object, List[str]]:
@@ -184,9 +252,15 @@ def finetune(opts: FinetuneOptions, progress: Optional[Callable[[float, str], No
              log: Callable[[str], None] = print) -> FinetuneResult:
     """Fine-tune the base model on the user's data and write the new model with its curves."""
     base_path = opts.base_model_path or str(BUNDLED_MODEL_PATH)
+    opts.validate()
+    check_model_output(opts.output_path, base_path, opts.overwrite)
+    check_raster(opts.raster_path)
     net, meta = load_trainable(base_path)
     device = resolve_device(opts.device)
     scene, val_mask, notes, area, n_labels = prepare_data(opts, meta, log)
+    if not (scene.label.astype(bool) & scene.valid & val_mask).any():
+        raise LabelError("The validation blocks hold no labelled building, so nothing could be measured; "
+                         "label a larger area (or more buildings), or change --seed")
     tile_px = int(meta["tile_size_px"])
     train_scene, val_tiles = _split(scene, val_mask, tile_px)
     norm = meta["normalization"]
@@ -208,6 +282,13 @@ def finetune(opts: FinetuneOptions, progress: Optional[Callable[[float, str], No
     if result.stopped == "cancelled" and not opts.keep_best_on_cancel:
         return FinetuneResult(None, None, result.history, before, after, result.threshold, result.stopped,
                               result.minutes, notes + ["Cancelled: the model was not kept."])
+    if isinstance(after.get("iou"), float) and isinstance(before.get("iou"), float) \
+            and after["iou"] < before["iou"]:
+        warning = (f"Warning: the fine-tuned model is worse than the base model on the validation blocks "
+                   f"(IoU {before['iou']:.4f} -> {after['iou']:.4f}); keep using the base model, or try a "
+                   "smaller learning rate, more epochs or more labels")
+        notes.append(warning)
+        log(warning)
     out = opts.output_path
     name = opts.name or os.path.splitext(os.path.basename(out))[0]
     export_model(result.net, cfg, out, result.threshold, {
