@@ -210,9 +210,7 @@ def raise_if_cancelled(feedback: QgsProcessingFeedback) -> None:
 
 
 def to_shapely(geometry: Any) -> Any:
-    """A QgsGeometry as a shapely geometry (None for a null/empty one)."""
-    import shapely
+    """A QgsGeometry as a 2D shapely geometry (None for a null/empty one); curves are linearised."""
+    from ..qgis_ui.output import to_shapely as qgs_to_shapely
 
-    if geometry is None or geometry.isNull() or geometry.isEmpty():
-        return None
-    return shapely.from_wkb(bytes(geometry.asWkb()))
+    return qgs_to_shapely(geometry)

@@ -26,6 +26,7 @@ from qgis.core import (
     QgsGeometry,
     QgsVectorFileWriter,
     QgsVectorLayer,
+    QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QVariant
 
@@ -100,6 +101,23 @@ def result_fields(extra: Iterable[Tuple[str, str, QVariant.Type]]) -> QgsFields:
     for _, name, kind in extra:
         fields.append(QgsField(name, kind))
     return fields
+
+
+def to_shapely(geometry: Any) -> Any:
+    """A QgsGeometry as a 2D shapely geometry (None for a null/empty one); curves are linearised.
+
+    shapely reads no curved WKB (CurvePolygon is "Unknown WKB type 10") and no M values.
+    """
+    import shapely
+
+    if geometry is None or geometry.isNull() or geometry.isEmpty():
+        return None
+    if QgsWkbTypes.isCurvedType(geometry.wkbType()) or QgsWkbTypes.hasM(geometry.wkbType()):
+        geometry = QgsGeometry(geometry)
+        if QgsWkbTypes.isCurvedType(geometry.wkbType()):
+            geometry.convertToStraightSegment()
+        geometry.get().dropMValue()
+    return shapely.from_wkb(bytes(geometry.asWkb()))
 
 
 def to_qgs_geometry(geometry: Any) -> QgsGeometry:

@@ -118,7 +118,7 @@ def read_rows(source: Any, fields: Any, solar_kwargs: Optional[Dict[str, Any]], 
     present = [name for name in ROW_FIELDS if name in fields.names()]
     if out.computed:
         from ..core.solar import SolarParams, rooftop_attributes
-        from shapely import from_wkb
+        from .output import to_shapely
 
         params = SolarParams(**solar_kwargs).validate()
         request.setNoAttributes()
@@ -136,7 +136,7 @@ def read_rows(source: Any, fields: Any, solar_kwargs: Optional[Dict[str, Any]], 
             if geometry is None or geometry.isNull() or geometry.isEmpty():
                 out.skipped += 1
                 continue
-            row = rooftop_attributes(from_wkb(bytes(geometry.asWkb())), crs_wkt, params)
+            row = rooftop_attributes(to_shapely(geometry), crs_wkt, params)
         else:
             row = {name: _plain(feature[name]) for name in present}
         row["id"] = feature.id()

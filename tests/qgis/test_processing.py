@@ -446,3 +446,18 @@ def test_rooftop_solar_never_shifts_a_column(run):
     assert values2["annual_kwh"] == pytest.approx(10400)
     assert values2["src_kwp_4"] == pytest.approx(20.8)  # the first run's kwp (src_Kwp_3 holds Kwp)
     assert len(values2) == len(values) + 8
+
+
+def test_rooftop_solar_takes_curved_polygons(run):
+    """A CurvePolygon (common in cadastres) crashed 0.2.0 with `Unknown WKB type 10`."""
+    from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
+
+    layer = QgsVectorLayer("CurvePolygon?crs=EPSG:32631", "parcels", "memory")
+    feature = QgsFeature(layer.fields())
+    x, y = X0, Y0 - 100
+    feature.setGeometry(QgsGeometry.fromWkt(f"CURVEPOLYGON(CIRCULARSTRING({x} {y},{x + 10} {y + 10},{x + 20} {y},"
+                                            f"{x + 10} {y - 10},{x} {y}))"))
+    assert layer.dataProvider().addFeatures([feature])[0]
+    result = run("roofdetector:rooftopsolar", {"INPUT": layer, "SPECIFIC_YIELD": 1000, "OUTPUT": "memory:"})
+    row = next(result["OUTPUT"].getFeatures())
+    assert row["area_m2"] == pytest.approx(314.16, rel=0.01) and result["BUILDINGS"] == 1
