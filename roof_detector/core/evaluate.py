@@ -170,7 +170,11 @@ def _valid_block(grid: Grid, ds, row0: int, rows: int) -> Optional[np.ndarray]:
         return None
     from rasterio.windows import Window
 
-    return ds.dataset_mask(window=Window(0, row0, grid.width, rows)) > 0
+    from .raster_source import read_errors_named
+
+    window = Window(0, row0, grid.width, rows)
+    with read_errors_named(grid.raster_path, window):
+        return ds.dataset_mask(window=window) > 0
 
 
 def _pixel_of_points(geoms: Sequence[BaseGeometry], grid: Grid) -> np.ndarray:
