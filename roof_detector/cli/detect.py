@@ -35,6 +35,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
     p.add_argument("--batch-size", type=_positive_int, metavar="N",
                    help="tiles per batch (default: 8 on CPU, 32 on GPU)")
+    p.add_argument("-y", "--yes", action="store_true",
+                   help="run even when the raster is very large (more than 100,000 tiles or more memory than "
+                        "is free); without it such a run is refused before it starts")
     from .solar import add_solar_arguments
 
     add_solar_arguments(p, regularize_default=True,
@@ -46,8 +49,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Detect, write, print the summary; engine errors propagate to the dispatcher (exit 2)."""
+    from ..core.errors import LargeRunError
     from ..core.gpkg_writer import check_output, write_buildings
-    from ..core.pipeline import DetectOptions, detect_buildings
+    from ..core.pipeline import DetectOptions, check_detection_size, detect_buildings
 
     # Refuse a clobber before spending minutes on detection.
     check_output(args.output, args.layer, args.overwrite)
@@ -56,12 +60,26 @@ def run(args: argparse.Namespace) -> int:
     options = DetectOptions(model_path=args.model, device=args.device, threshold=args.threshold,
                             min_area_m2=args.min_area, batch_size=args.batch_size,
                             separate_touching=args.separate_touching, regularize=args.regularize,
-                            regularize_tolerance_m=args.tolerance, solar=solar_params(args))
+                            regularize_tolerance_m=args.tolerance, solar=solar_params(args),
+                            confirm_large_run=args.yes)
+    # The size of the run and the coarse-pixel warning before the work, not after it.
+    try:
+        estimate = check_detection_size(args.raster, options)
+    except LargeRunError as exc:
+        raise LargeRunError(f"{exc}" + ("; pass --yes to run it anyway" if exc.confirmable else ""),
+                            exc.confirmable) from None
+    shown = set()
+    if estimate is not None:
+        print(f"detect: {estimate.describe()}", file=sys.stderr)
+        for warning in estimate.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+            shown.add(warning)
     t0 = time.perf_counter()
     with progress_bar() as progress:
         result = detect_buildings(args.raster, options, progress=progress)
     for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        if warning not in shown:
+            print(f"warning: {warning}", file=sys.stderr)
     meta = result.model_metadata
     write_buildings(result.buildings, args.output, result.crs_wkt, layer=args.layer, overwrite=args.overwrite,
                     metadata={"source_raster": result.raster_path,

@@ -27,6 +27,7 @@ import copy
 import errno
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -44,6 +45,9 @@ METADATA_FILE = "metadata.json"
 REQUIRED_KEYS = ("architecture", "bands", "normalization", "gsd_m", "tile_size_px",
                  "overlap_px", "threshold")
 KNOWN_BANDS = ("red", "green", "blue")
+#: Plausible model metadata: ground pixel size (m) and largest tile edge (px).
+MODEL_GSD_RANGE_M = (0.02, 5.0)
+MODEL_MAX_TILE_PX = 2048
 
 
 
@@ -109,9 +113,17 @@ def validate_metadata(meta: Dict[str, Any], source: str = "model") -> Dict[str, 
         thr = float(meta["threshold"])
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{source}: metadata has a non-numeric gsd_m/tile_size_px/overlap_px/threshold ({exc})")
-    if not (gsd > 0 and tile >= 32 and 0 <= overlap < tile // 2 and 0.0 < thr < 1.0):
+    if not (math.isfinite(gsd) and gsd > 0 and tile >= 32 and 0 <= overlap < tile // 2 and 0.0 < thr < 1.0):
         raise ModelError(f"{source}: metadata values out of range (gsd_m={gsd}, tile_size_px={tile}, "
                          f"overlap_px={overlap}, threshold={thr})")
+    # Absurd values would size every run absurdly (a 65536 px tile is 50 GB of activations;
+    # 0.0003 m pixels turn a small orthophoto into millions of tiles): refused on load.
+    if not MODEL_GSD_RANGE_M[0] <= gsd <= MODEL_GSD_RANGE_M[1]:
+        raise ModelError(f"{source}: metadata gsd_m={gsd:g} m is not a plausible aerial pixel size "
+                         f"({MODEL_GSD_RANGE_M[0]:g} to {MODEL_GSD_RANGE_M[1]:g} m); the model file is not usable")
+    if tile > MODEL_MAX_TILE_PX:
+        raise ModelError(f"{source}: metadata tile_size_px={tile} is beyond {MODEL_MAX_TILE_PX} px; "
+                         "the model file is not usable")
     return meta
 
 

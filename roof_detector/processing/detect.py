@@ -33,6 +33,7 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
     DEVICE = "DEVICE"
     EXTENT = "EXTENT"
     BATCH_SIZE = "BATCH_SIZE"
+    CONFIRM_LARGE = "CONFIRM_LARGE"
     OUTPUT = "OUTPUT"
     BUILDINGS = "BUILDINGS"
     TOTAL_AREA = "TOTAL_AREA_M2"
@@ -54,7 +55,10 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
         "their confident cores, one polygon per roof (default: yes).<br>"
         "<b>Device</b>: 0 automatic (GPU when present), 1 CPU, 2 CUDA GPU.<br>"
         "<b>Extent</b>: optional area to search; only the tiles touching it are run, results are clipped to it.<br>"
-        "<b>Batch size</b>: tiles per model call; 0 = automatic (8 on CPU, 32 on GPU).<br><br>"
+        "<b>Batch size</b>: tiles per model call; 0 = automatic (8 on CPU, 32 on GPU).<br>"
+        "<b>Run even when very large</b> (CONFIRM_LARGE): a run of more than 100,000 tiles, or needing more "
+        "memory than is free, is refused before it starts unless this is set; one needing more memory than "
+        "the machine has is always refused.<br><br>"
         "Output: polygons in the raster's CRS with <i>area_m2</i> and <i>perimeter_m</i> (true ground "
         "measures), <i>confidence</i> (mean model probability) and any attribute the engine adds. Also "
         "returns the number of buildings (BUILDINGS) and their total area (TOTAL_AREA_M2)."
@@ -82,6 +86,11 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
             defaultValue=0, minValue=0, maxValue=1024)
         batch.setFlags(batch.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(batch)
+        large = QgsProcessingParameterBoolean(
+            self.CONFIRM_LARGE, self.tr("Run even when very large (over 100,000 tiles or the free memory)"),
+            defaultValue=False)
+        large.setFlags(large.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(large)
         self.addParameter(QgsProcessingParameterFeatureSink(
             self.OUTPUT, self.tr("Buildings"), QgsProcessing.TypeVectorPolygon))
         self.addOutput(QgsProcessingOutputNumber(self.BUILDINGS, self.tr("Number of buildings")))
@@ -103,6 +112,7 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
         device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
 
         with engine_errors(feedback):
+            from ..core.errors import LargeRunError
             from ..core.pipeline import DetectOptions, detect_buildings
             from ..qgis_ui.output import build_memory_layer, crs_from, summary
             from ..qgis_ui.paths import bundled_model_path
@@ -116,14 +126,19 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
                 model_path=model, device=device, threshold=threshold,
                 min_area_m2=self.parameterAsDouble(parameters, self.MIN_AREA, context),
                 separate_touching=self.parameterAsBoolean(parameters, self.SEPARATE_TOUCHING, context),
-                batch_size=batch_size, aoi_wkt=aoi_wkt))
+                batch_size=batch_size, aoi_wkt=aoi_wkt,
+                confirm_large_run=self.parameterAsBoolean(parameters, self.CONFIRM_LARGE, context)))
             # Web layers, VRTs and in-memory rasters are read through QGIS (opened again in the source's threads).
             source = raster_source(layer, model, aoi_wkt, feedback.isCanceled)
             try:
                 feedback.pushInfo(self.tr("Detecting buildings in {path} with {model}").format(
                     path=getattr(source, "name", source), model=model))
-                result = detect_buildings(source, options, progress=engine_progress(feedback, 0.0, 95.0),
-                                          is_cancelled=feedback.isCanceled)
+                try:
+                    result = detect_buildings(source, options, progress=engine_progress(feedback, 0.0, 95.0),
+                                              is_cancelled=feedback.isCanceled)
+                except LargeRunError as exc:
+                    raise QgsProcessingException(str(exc) + (self.tr(" (parameter CONFIRM_LARGE)")
+                                                             if exc.confirmable else "")) from None
             finally:
                 source_warnings = close_source(source)
             for warning in list(result.warnings) + source_warnings:

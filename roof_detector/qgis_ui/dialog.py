@@ -345,7 +345,28 @@ class DetectDialog(QDialog):
             regularize_tolerance_m=self.tolerance_spin.value(), solar=self.solar_kwargs())
         if self.gpkg_radio.isChecked():
             self._fill_gpkg(request)
+        if inp.reader == "file" and inp.path:
+            self._check_size(request, inp.path)
         return request
+
+    def _check_size(self, request: DetectRequest, path: str) -> None:
+        """Ask before a very large run (the engine refuses it otherwise); refuse one that cannot fit."""
+        from ..core.errors import LargeRunError
+        from ..core.pipeline import DetectOptions, check_detection_size
+        from .task import make_options
+
+        try:
+            check_detection_size(path, make_options(DetectOptions, request.options_kwargs()))
+        except LargeRunError as exc:
+            if not exc.confirmable or not self.confirm_large(str(exc)):
+                raise RequestError(str(exc)) from None
+            request.extra_options["confirm_large_run"] = True
+
+    def confirm_large(self, message: str) -> bool:
+        """Ask whether a very large run may start."""
+        answer = QMessageBox.question(self, tr("Very large run"), message + "\n\n" + tr("Run it anyway?"),
+                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        return answer == QMessageBox.Yes
 
     def solar_kwargs(self) -> Dict[str, Any]:
         """The solar parameters as keyword arguments of ``core.solar.SolarParams``."""

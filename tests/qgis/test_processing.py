@@ -461,3 +461,15 @@ def test_rooftop_solar_takes_curved_polygons(run):
     result = run("roofdetector:rooftopsolar", {"INPUT": layer, "SPECIFIC_YIELD": 1000, "OUTPUT": "memory:"})
     row = next(result["OUTPUT"].getFeatures())
     assert row["area_m2"] == pytest.approx(314.16, rel=0.01) and result["BUILDINGS"] == 1
+
+
+def test_detect_buildings_refuses_a_runaway_raster_unless_confirmed(run, model_path, tmp_path):
+    """A VRT declaring 20,000² px: 127,449 tiles of the test model, refused before it starts (issue 21)."""
+    from qgis.core import QgsProcessingException, QgsRasterLayer
+
+    from tests.core.test_runaway_work import huge_vrt
+
+    layer = QgsRasterLayer(huge_vrt(tmp_path, 20_000, 0.5), "huge")
+    assert layer.isValid()
+    with pytest.raises(QgsProcessingException, match="more than 100,000 tiles.*CONFIRM_LARGE"):
+        run("roofdetector:detectbuildings", {"INPUT": layer, "MODEL": model_path, "DEVICE": 1, "OUTPUT": "memory:"})
