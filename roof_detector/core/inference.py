@@ -99,7 +99,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    if isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text):
+        return True
+    # ONNX Runtime's own exception classes (onnxruntime...Fail) are not RuntimeErrors:
+    # "[ONNXRuntimeError] : 1 : FAIL : ... BFCArena ... Failed to allocate memory for requested buffer"
+    return "onnxruntime" in type(exc).__module__.lower() and (
+        "failed to allocate memory" in text or "bad_alloc" in text or "out of memory" in text)
 
 
 def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
