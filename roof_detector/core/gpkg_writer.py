@@ -22,13 +22,13 @@ from __future__ import annotations
 import errno
 import numbers
 import os
-import uuid
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 
 from .building import Building
 from .errors import OutputError
 from .field_names import free_names
+from .temp_files import remove_stale, temp_path
 from .osgeo_exc import ogr, osr
 
 DEFAULT_LAYER = "buildings"
@@ -128,7 +128,8 @@ def write_buildings(buildings: Sequence[Building], path: str, crs_wkt: str, laye
 
 def _write_new_file(buildings, path, crs_wkt, layer, fields, metadata) -> str:
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp.gpkg")
+    remove_stale(path, ".gpkg")  # left by a killed run (kill -9, SIGTERM in QGIS)
+    tmp = temp_path(path, ".gpkg")
     try:
         try:
             ds = ogr.GetDriverByName("GPKG").CreateDataSource(tmp)

@@ -29,7 +29,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from .errors import ModelError, OutputError
+from .temp_files import remove_stale, temp_path
 
 FORMAT_NAME = "roof-detector-model"
 FORMAT_VERSION = 1
@@ -179,12 +179,13 @@ def save_model(module: torch.nn.Module, path: str | os.PathLike, metadata: Dict[
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=str(path.parent))
-        with os.fdopen(fd, "wb") as fh:
+        remove_stale(str(path), ".pt")
+        tmp = temp_path(str(path), ".pt")
+        with open(tmp, "xb") as fh:
             fh.write(buffer.getbuffer())
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a model file is meant to be shared
+        os.chmod(tmp, 0o644)  # a model file is meant to be shared, whatever the umask
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch reports write failures as RuntimeError
         full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space" in str(exc).lower()

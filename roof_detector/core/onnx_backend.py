@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 
+from .temp_files import remove_stale, temp_path
 from .unet import ARCHITECTURES, ExportWrapper, build_model
 
 AGREEMENT_TOL = 1e-3
@@ -77,8 +77,8 @@ def export_onnx(model_path: str, meta: Dict[str, Any], script: Optional[torch.ji
     wrapper = python_network(script, meta)
     tile = int(meta["tile_size_px"])
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=str(out.parent))
-    os.close(fd)
+    remove_stale(str(out), ".onnx")  # an export killed by SIGTERM / kill -9
+    tmp = temp_path(str(out), ".onnx")
     try:
         with torch.no_grad():
             torch.onnx.export(wrapper, (torch.rand(2, 3, tile, tile),), tmp, input_names=["image"],
@@ -116,7 +116,18 @@ class OnnxModule:
 
 def onnx_module_for(model_path: str, meta: Dict[str, Any], script: torch.jit.ScriptModule) -> OnnxModule:
     """An ONNX Runtime module for the model, verified to agree with TorchScript within 1e-3."""
-    module = OnnxModule(export_onnx(model_path, meta, script))
+    try:
+        return _verified(OnnxModule(export_onnx(model_path, meta, script)), script, meta)
+    except Exception:  # noqa: BLE001 - a corrupt or stale cache entry: rebuild it once, not fall back forever
+        cached = cache_dir() / f"{_file_hash(model_path)}.onnx"
+        if not cached.exists():
+            raise
+        cached.unlink()
+        return _verified(OnnxModule(export_onnx(model_path, meta, script)), script, meta)
+
+
+def _verified(module: OnnxModule, script: torch.jit.ScriptModule, meta: Dict[str, Any]) -> OnnxModule:
+    """``module`` when it agrees with TorchScript within :data:`AGREEMENT_TOL` on a seeded batch."""
     tile = int(meta["tile_size_px"])
     x = torch.rand(2, 3, tile, tile, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
