@@ -138,6 +138,8 @@ def _write_new_file(buildings, path, crs_wkt, layer, fields, metadata) -> str:
                               "check the folder is writable and the disk not full") from None
         try:
             _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace=False)
+        except OutputError as exc:  # name the file the user asked for, not our temporary
+            raise OutputError(str(exc).replace(tmp, path)) from None
         finally:
             ds = None  # closes the file before the rename
         if os.path.exists(path):  # appeared while we wrote: never clobber it
