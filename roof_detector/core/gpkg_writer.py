@@ -41,6 +41,14 @@ def check_output(path: str, layer: str = DEFAULT_LAYER, overwrite: bool = False)
     _require_gdal()
     if not layer or not layer.strip():
         raise OutputError("The output layer name is empty; choose a name such as 'buildings'")
+    low = layer.strip().lower()
+    if low.startswith(("gpkg_", "gpkgext_", "sqlite_", "rtree_")) or low in ("ogr_empty_table",):
+        raise OutputError(f"{layer!r} is the name of a GeoPackage system table; choose another layer name "
+                          "such as 'buildings'")
+    ext = os.path.splitext(path)[1].lower()
+    if ext != ".gpkg" and not os.path.isdir(path):
+        raise OutputError(f"{path}: the output is written as a GeoPackage only; give a file name ending in .gpkg "
+                          + (f"(convert it to {ext} afterwards, e.g. with ogr2ogr)" if ext else "") )
     if not check_writable(path):
         return
     ds = _open_existing(path, update=False)
@@ -69,8 +77,9 @@ def check_writable(path: str) -> bool:
     if os.path.isdir(path):
         raise OutputError(f"{path} is a folder; give a file name ending in .gpkg")
     if not os.path.exists(path):
-        if not os.access(directory, os.W_OK):
-            raise OutputError(f"Cannot write in {directory} (permission denied); choose another output folder")
+        if not os.access(directory, os.W_OK) or not _can_create_in(directory):
+            raise OutputError(f"Cannot write in {directory} (read-only, immutable or permission denied); "
+                              "choose another output folder")
         return False
     ds = _open_existing(path, update=False)
     ds = None
@@ -78,6 +87,19 @@ def check_writable(path: str) -> bool:
         raise OutputError(f"{path} is read-only; choose another output file")
     check_not_locked(path)
     return True
+
+
+def _can_create_in(directory: str) -> bool:
+    """Create and remove a probe file: root passes every permission check, not an immutable folder
+    (chattr +i) or a read-only mount."""
+    probe = temp_path(os.path.join(directory, "probe"), ".check")
+    try:
+        with open(probe, "xb"):
+            pass
+        os.unlink(probe)
+        return True
+    except OSError:
+        return False
 
 
 def check_not_locked(path: str, timeout_s: float = 1.0) -> None:
