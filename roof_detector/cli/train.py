@@ -95,7 +95,7 @@ def run(args) -> int:
     net = build_model(cfg.architecture)
     weights_path = _encoder_weights(args.encoder_weights, args.arch)
     if args.init_from and not args.resume:
-        ck = torch.load(args.init_from, map_location="cpu", weights_only=False)
+        ck = torch.load(args.init_from, map_location="cpu", weights_only=True)  # a checkpoint runs no code
         net.load_state_dict(ck["best_state"])
         weights_path = None
         log(f"initialised from the best weights of {args.init_from} (epoch {ck['best_epoch']}, "

@@ -127,6 +127,47 @@ def validate_metadata(meta: Dict[str, Any], source: str = "model") -> Dict[str, 
     return meta
 
 
+#: Words of TorchScript operator names that reach files or processes: a model that calls one is refused.
+#: (TorchScript is no sandbox: ``torch.from_file(path, shared=True)`` overwrote a file during a detection.)
+FORBIDDEN_OPERATION_WORDS = ("from_file", "save", "load", "pickle", "open", "system", "popen", "mmap")
+
+
+def check_graph_operations(module: torch.jit.ScriptModule, path: str) -> None:
+    """Raise :class:`ModelError` when the model's code calls a file or process operation.
+
+    Every method of the module and its submodules is inspected (their graphs
+    with calls inlined, and the blocks of loops and branches). A model file
+    is still code: this stops the known ways out, not every misuse; load
+    models from a trusted source only.
+    """
+    found = set()
+    graphs = []
+    for name in module._c._method_names():
+        try:
+            graph = module._c._get_method(name).graph.copy()
+            torch._C._jit_pass_inline(graph)
+            graphs.append(graph)
+        except RuntimeError:
+            continue
+    for _, sub in module.named_modules():
+        if isinstance(sub, torch.jit.ScriptModule) and sub is not module:
+            graphs.extend(sub._c._get_method(m).graph for m in sub._c._method_names())
+
+    def visit(block) -> None:
+        for node in block.nodes():
+            op = node.kind().split("::")[-1].lower()
+            if any(word in op for word in FORBIDDEN_OPERATION_WORDS):
+                found.add(node.kind())
+            for inner in node.blocks():
+                visit(inner)
+
+    for graph in graphs:
+        visit(graph)
+    if found:
+        raise ModelError(f"{path} is refused: its code calls {', '.join(sorted(found))}, which reads or writes "
+                         "files (a model file is a program). Use models from a trusted source only")
+
+
 def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
     """Read only the metadata record of a model file (cheap: no weights are loaded)."""
     path = str(path)
@@ -257,6 +298,7 @@ def load_model(path: Optional[str | os.PathLike] = None, device: str = "auto",
         module = torch.jit.load(path, map_location="cpu")
     except Exception as exc:  # torch raises RuntimeError / ValueError / zip errors
         raise ModelError(f"{path} could not be loaded as TorchScript: {str(exc).splitlines()[0]}") from None
+    check_graph_operations(module, path)
     module.eval()
     use_half = dev.type == "cuda" if half is None else bool(half and dev.type == "cuda")
     extra: Dict[str, Any] = {"backend": "torch"}
