@@ -31,6 +31,11 @@ def run(args) -> int:
     from ..core.pipeline import DetectOptions
     from ..core.training.recipe import shared_data_dir
 
+    from ..core.heldout import CASES
+
+    unknown = [c for c in (args.case or []) if c not in CASES]
+    if unknown:
+        raise RoofDetectorError(f"unknown --case {', '.join(unknown)}; choose from {', '.join(CASES)}")
     data = args.data or shared_data_dir()
     if not data:
         raise RoofDetectorError("held-out data not found: pass --data or place it at ../shared/data")

@@ -89,10 +89,19 @@ def run(args: argparse.Namespace) -> int:
     params = solar_params(args)
     with _output_flag_names():
         check_output(args.output, args.out_layer, args.overwrite)
+    if args.report:
+        from ..core.report import check_report_dir
+
+        check_report_dir(args.report)  # before the work, not after the GeoPackage is written
 
     from ..core.vector_io import read_polygons
 
     layer = read_polygons(args.input, layer=args.layer, with_attributes=True, require_crs=True)
+    if not layer.geometries:
+        what = (f"{layer.skipped} feature(s) skipped as not polygons or empty "
+                f"({', '.join(sorted(set(layer.skipped_reasons)))})" if layer.skipped else "it has no features")
+        raise LabelError(f"Layer {layer.layer_name!r} of {args.input} holds no polygon: {what}. Rooftop sizing "
+                         "needs building polygons")
     # All buildings at once: one projection per local frame, vectorised measuring (the
     # same functions detection uses).
     source = np.array(layer.geometries, dtype=object)

@@ -121,7 +121,7 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
         threshold = options.threshold if options.threshold is not None else model.threshold
         batch_size = options.batch_size or fitted_batch_size(model)
         crs_wkt = raster.crs_wkt
-        raster_px_m = pixel_size_m(crs_wkt, raster.transform, raster.width, raster.height)
+        raster_px_m = pixel_size_m(crs_wkt, raster.transform, raster.width, raster.height, raster.name)
         coarse = coarse_pixel_warning(raster_px_m, model.gsd_m)
         if coarse:
             warnings.append(coarse)

@@ -223,6 +223,10 @@ class RenderedRgbGrid:
         return "uint8"
 
 
+#: Paths GDAL would fetch or unpack itself: refused with a plain word rather than "file not found".
+REMOTE_OR_ARCHIVE_PREFIXES = ("/vsi", "http://", "https://", "ftp://", "s3://", "gs://", "zip://", "tar://")
+
+
 class RasterioSource(RasterSource):
     """A raster file read with rasterio (anything GDAL opens: GeoTIFF, VRT, JPEG2000...)."""
 
@@ -231,6 +235,10 @@ class RasterioSource(RasterSource):
         from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
         self._path = str(path)
+        if self._path.lower().startswith(REMOTE_OR_ARCHIVE_PREFIXES):
+            raise InputRasterError(f"{self._path}: remote and archive paths (/vsicurl/, http(s)://, /vsizip/...) "
+                                   "are not supported; download or unzip the raster to a local file first "
+                                   "(e.g. gdal_translate SOURCE local.tif), or add it to QGIS as a layer")
         if not os.path.exists(self._path):
             raise InputRasterError(f"Raster file not found: {self._path}")
         if os.path.isdir(self._path):

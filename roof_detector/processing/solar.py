@@ -129,6 +129,10 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
                 panel_area_m2=self.parameterAsDouble(parameters, self.PANEL_AREA, context),
                 panel_wp=self.parameterAsDouble(parameters, self.PANEL_WP, context),
                 specific_yield_kwh_per_kwp=specific_yield if specific_yield > 0 else None).validate()
+            if report_dir:
+                from ..core.report import check_report_dir
+
+                check_report_dir(report_dir)  # before the work
             solar_names = [name for name, _ in SOLAR_FIELDS]
             # As the CLI: a source field keeps its value under a free name (src_<name>, src_<name>_2...),
             # never dropped: QgsFields.append drops a duplicate silently, and values are written by position.

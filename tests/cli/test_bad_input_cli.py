@@ -310,3 +310,20 @@ def test_destinations_are_checked_before_any_work(env, capsys, model_path):
         subprocess.run(["chattr", "-i", str(frozen)], capture_output=True)
     frozen.rmdir()
     assert_nothing_left(env)
+
+
+@pytest.mark.parametrize("args, message", [(["bench", "--size", "0"], "--size must be at least 256"),
+                                           (["score", "--case", "bogus"], "unknown --case bogus")])
+def test_bench_and_score_refuse_nonsense(capsys, args, message):
+    """0.2.0 exited 0 on both (issue 21)."""
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", ["/vsicurl/https://example.org/ortho.tif", "https://example.org/ortho.tif",
+                                  "/vsizip/ortho.zip/ortho.tif"])
+def test_remote_and_archive_paths_are_said_to_be_unsupported(env, capsys, model_path, path):
+    """0.2.0: "Raster file not found" (issue 21)."""
+    code, out, err = detect(capsys, path, "-o", env / "out" / "b.gpkg", "--model", model_path)
+    assert code == 2 and "remote and archive paths" in err[0] and "not supported" in err[0]
+    assert_nothing_left(env)

@@ -6,6 +6,7 @@ attr_confidence") and read ``NAME``'s value into ``name``.
 """
 
 import json
+import os
 
 import pytest
 import shapely
@@ -61,3 +62,33 @@ def test_solar_on_its_own_output_with_another_panel_power(tmp_path, capsys):
             # under its own name, or a src_ name derived from it
             assert [k for k, v in after.items() if v == value and (k == name or k.startswith(f"src_{name}"))], name
     assert after["src_kwp_4"] == pytest.approx(20.8)  # the first run's kwp (src_Kwp_3 is taken)
+
+
+def test_solar_on_points_or_lines_says_why(tmp_path, capsys):
+    """0.2.0 exited 0 with an empty layer (issue 21)."""
+    path = tmp_path / "points.geojson"
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [LON, LAT]}},
+        {"type": "Feature", "properties": {}, "geometry": {"type": "LineString",
+                                                            "coordinates": [[LON, LAT], [LON + 1e-4, LAT]]}}]}))
+    assert main(["solar", str(path), "-o", str(tmp_path / "o.gpkg")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no polygon: 2 feature(s) skipped" in err and "(linestring, point)" in err
+    assert not (tmp_path / "o.gpkg").exists()
+
+
+def test_solar_report_destinations(tmp_path, full_disk, capsys):
+    """0.2.0: a traceback after the GeoPackage was written, and a truncated summary.html on a full disk."""
+    src = geojson_layer(tmp_path / "in.geojson", {"name": "a"})
+    a_file = tmp_path / "report.txt"
+    a_file.write_text("x")
+    assert main(["solar", src, "-o", str(tmp_path / "a.gpkg"), "--report", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err and not (tmp_path / "a.gpkg").exists()  # checked first
+    report = full_disk / "rep"
+    assert main(["solar", src, "-o", str(tmp_path / "b.gpkg"), "--report", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert "error: Cannot write the report file" in err and "disk is full" in err and "Traceback" not in err
+    assert (tmp_path / "b.gpkg").exists()  # the buildings were written, as the message says
+    left = os.listdir(report)
+    assert all(os.path.getsize(report / n) > 0 for n in left) and not [n for n in left if n.endswith(".tmp")]
+    assert "summary.html" not in left  # written last, never truncated
