@@ -366,3 +366,18 @@ def test_cuda_batch_size_is_fitted_to_free_memory(model_path, monkeypatch):
     assert fitted_batch_size(gpu) == inference.GPU_BATCH_SIZE                     # the default, not a crash
     cpu = LoadedModel(module=BrightnessNet(), metadata=read_metadata(model_path), device=torch.device("cpu"), path="x")
     assert fitted_batch_size(cpu) == inference.CPU_BATCH_SIZE
+
+
+class NanNet(BrightnessNet):
+    """A broken model: NaN everywhere (0.2.0 found 0 buildings without a word)."""
+
+    def forward(self, x):
+        return super().forward(x) * float("nan")
+
+
+def test_nan_model_output_is_reported(scene, model_path):
+    broken = LoadedModel(module=NanNet(), metadata=read_metadata(model_path), device=torch.device("cpu"),
+                         path="nan.pt", extra={"backend": "torch"})
+    res = detect_buildings(scene, DetectOptions(), model=broken)
+    assert res.buildings == []
+    assert [w for w in res.warnings if "NaN or infinite probabilities" in w and "model file is broken" in w]
