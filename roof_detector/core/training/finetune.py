@@ -283,8 +283,9 @@ def finetune(opts: FinetuneOptions, progress: Optional[Callable[[float, str], No
         return FinetuneResult(None, None, result.history, before, after, result.threshold, result.stopped,
                               result.minutes, notes + ["Cancelled: the model was not kept."])
     if isinstance(after.get("iou"), float) and isinstance(before.get("iou"), float) \
-            and after["iou"] < before["iou"]:
-        warning = (f"Warning: the fine-tuned model is worse than the base model on the validation blocks "
+            and after["iou"] <= before["iou"]:
+        worse = "worse than" if after["iou"] < before["iou"] else "no better than"
+        warning = (f"Warning: the fine-tuned model is {worse} the base model on the validation blocks "
                    f"(IoU {before['iou']:.4f} -> {after['iou']:.4f}); keep using the base model, or try a "
                    "smaller learning rate, more epochs or more labels")
         notes.append(warning)
