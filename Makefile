@@ -2,6 +2,8 @@
 #
 #   make setup   system packages (Debian 12, as root) + .venv with pinned deps
 #   make test    the whole test suite, headless
+#   make test-fast  the quick tier (tests not marked slow)
+#   make lint    ruff check + ruff format --check (settings in ruff.toml)
 #   make demo    detection on the embedded real demo image -> out/demo
 #   make train   train the bundled model (needs ../shared/data; see TRAIN_ARGS)
 #   make clean   remove generated outputs (keeps .venv; `make distclean` drops it)
@@ -24,12 +26,12 @@ FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
 SOLARIS_WHEEL := .cache/solaris/solaris-0.4.0-py3-none-any.whl
 
-# Filled in by the model owner: arguments of `python -m roof_detector train`.
+# Filled in by the model owner: arguments of `python -m devtools train`.
 TRAIN_ARGS ?= --arch efflite0_unet --epochs 120 --samples-per-epoch 480 --batch-size 8 --patience 12 \
               --max-minutes 100 --seed 0 --hue 0.4 --threads 2 --test --out runs/efflite0_hue_scratch
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo train clean distclean
+.PHONY: setup test test-fast lint demo train clean distclean
 
 setup: $(STAMP)
 
@@ -57,6 +59,15 @@ $(STAMP): requirements.txt
 test: setup
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q tests $(PYTEST_ARGS)
 
+# The quick tier: everything not marked `slow` (a few seconds each at most).
+test-fast: setup
+	QT_QPA_PLATFORM=offscreen $(PY) -m pytest -q -m "not slow" tests $(PYTEST_ARGS)
+
+# ruff: lint rules and format settings in ruff.toml.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 $(SOLARIS_WHEEL): | $(STAMP)
 	$(PIP) download --no-deps solaris==0.4.0 -d .cache/solaris
 
@@ -68,7 +79,7 @@ $(TRAIN_STAMP): requirements-train.txt $(STAMP)
 	@touch $(TRAIN_STAMP)
 
 train: setup $(TRAIN_STAMP)
-	$(PY) -m roof_detector train $(TRAIN_ARGS)
+	$(PY) -m devtools train $(TRAIN_ARGS)
 
 clean:
 	rm -rf out .pytest_cache .hypothesis
@@ -95,10 +106,10 @@ screenshots: setup
 .PHONY: score
 # The bundled model's held-out figures (OAM area 4, INRIA test, demo image): needs ../shared/data.
 score: setup $(SOLARIS_WHEEL)
-	$(PY) -m roof_detector score
+	$(PY) -m devtools score
 
 .PHONY: bench
 # Speed and memory figures (human-readable + one JSON line); BENCH_ARGS e.g. --size 20000.
 BENCH_ARGS ?=
 bench: setup
-	$(PY) -m roof_detector bench $(BENCH_ARGS)
+	$(PY) -m devtools bench $(BENCH_ARGS)

@@ -13,7 +13,7 @@ from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
 from .qgis_ui import LOG_TAG, tr
-from .qgis_ui.paths import resource_path
+from .qgis_adapter.paths import resource_path
 
 MENU = "&Roof Detector"
 
@@ -67,7 +67,7 @@ class RoofDetectorPlugin:
 
     def unload(self) -> None:
         """Remove every action and menu entry; cancel tasks still running and wait briefly for them."""
-        from .qgis_ui.lifecycle import UNLOAD_WAIT_S, cancel_tasks
+        from .qgis_adapter.lifecycle import UNLOAD_WAIT_S, cancel_tasks
 
         cancel_tasks(self.tasks, UNLOAD_WAIT_S)
         self.tasks.clear()
@@ -96,7 +96,7 @@ class RoofDetectorPlugin:
 
     def run(self) -> None:
         """Action handler: check dependencies, show the dialog, start the task."""
-        from .qgis_ui.deps import check_dependencies
+        from .qgis_adapter.deps import check_dependencies
 
         problem = check_dependencies()
         if problem:
@@ -170,7 +170,7 @@ class RoofDetectorPlugin:
 
     def start(self, request: Any, task_manager: Optional[Any] = None) -> Any:
         """Queue a :class:`DetectTask` for ``request``; return the task."""
-        from .qgis_ui.task import DetectTask
+        from .qgis_adapter.task import DetectTask
 
         task = DetectTask(request, on_finished=self._task_finished)
         self.tasks.add(task)

@@ -7,7 +7,7 @@
 
 Zip layout (one top-level folder, as QGIS requires)::
 
-    roof_detector/__init__.py ...   the package (core/, cli/, qgis_ui/, plugin.py)
+    roof_detector/__init__.py ...   the package (core/, cli/, qgis_adapter/, qgis_ui/, qgis_io/, processing/, plugin.py)
     roof_detector/metadata.txt
     roof_detector/resources/        icon and styles (no build scripts)
     roof_detector/models/           roof_unet.pt + README.md, when present

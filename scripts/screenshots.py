@@ -85,12 +85,12 @@ def dialog_screenshot(raster_layer, model_path: str, out_png: str) -> str:
 
 def detect_layer(raster_path: str, raster_name: str, crs: str, model_path: str, aoi_wkt=None):
     """Run the plugin's task synchronously; return the styled result layer."""
-    from roof_detector.qgis_ui.request import DetectRequest
+    from roof_detector.qgis_adapter.request import DetectRequest
+    from roof_detector.qgis_adapter.task import DetectTask
     from roof_detector.qgis_ui.style import apply_style
-    from roof_detector.qgis_ui.task import DetectTask
 
     task = DetectTask(DetectRequest(raster_path=raster_path, raster_name=raster_name, crs=crs,
-                                    model_path=model_path, device="auto", aoi_wkt=aoi_wkt))
+                                    options=dict(model_path=model_path, device="auto", aoi_wkt=aoi_wkt)))
     if not task.run():
         raise SystemExit(f"detection failed: {task.error}")
     apply_style(task.layer)
@@ -149,7 +149,7 @@ def _make_screenshots(out_dir, tmp, raster, model, aoi_wkt) -> list:
     if raster is None:
         raster = write_demo_raster(os.path.join(tmp, "demo_ortho.tif"))
     if model is None:
-        from roof_detector.core.test_model import make_test_model
+        from devtools.test_model import make_test_model
 
         model = make_test_model(os.path.join(tmp, "brightness.pt"), gsd_m=0.25, tile_size_px=128,
                                 overlap_px=16)

@@ -16,22 +16,24 @@ import os
 import signal
 import sys
 import threading
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from .. import __version__
 
-# Sub-command modules, in the order `--help` lists them.
-COMMANDS = ["detect", "demo", "train", "solar", "evaluate", "finetune", "score", "bench"]
+# Sub-command modules, in the order `--help` lists them. The developer commands (bench,
+# score, train) live in devtools/ (`python -m devtools`), outside the plugin zip.
+COMMANDS = ["detect", "demo", "solar", "evaluate", "finetune"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every sub-command registered."""
-    parser = argparse.ArgumentParser(prog="python -m roof_detector",
+def build_parser(prog: str = "python -m roof_detector",
+                 commands: Optional[Dict[str, str]] = None) -> argparse.ArgumentParser:
+    """The top-level parser with every sub-command registered (``commands``: name -> module)."""
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Building footprints and rooftop solar sizing from orthophotos.")
     parser.add_argument("--version", action="version", version=f"roof_detector {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    for module in (commands or {name: f"{__name__}.{name}" for name in COMMANDS}).values():
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 
@@ -50,12 +52,13 @@ def _usable_std_streams() -> None:
             setattr(sys, name, open(os.devnull, "w"))
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None, prog: str = "python -m roof_detector",
+         commands: Optional[Dict[str, str]] = None) -> int:
     """Parse ``argv`` and run the chosen sub-command; return the exit status."""
     from ..core.errors import RoofDetectorError
 
     _usable_std_streams()
-    parser = build_parser()
+    parser = build_parser(prog, commands)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model is None and not BUNDLED_MODEL_PATH.is_file():
         raise ModelError(f"The bundled model {BUNDLED_MODEL_PATH} is missing; train it first "
-                         "(`python -m roof_detector train`, or `make model`) or pass --model PATH")
+                         "(`python -m devtools train`, or `make model`) or pass --model PATH")
     image_path, labels_path = extract_sample(args.wheel)
     os.makedirs(args.out, exist_ok=True)
     t0 = time.perf_counter()

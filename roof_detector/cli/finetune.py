@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from .arguments import add_param, add_params, values
 from .progress import ProgressBar
 
 
@@ -17,15 +18,9 @@ def add_parser(sub) -> None:
     p.add_argument("--labels-layer", default=None, help="layer name inside --labels (default: first polygon layer)")
     p.add_argument("--area", default=None, help="polygon layer of the fully labelled area (default: label extent)")
     p.add_argument("-o", "--output", required=True, help="the new model file (.pt)")
-    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists (never the base model)")
     p.add_argument("--base-model", default=None, help="model to start from (default: bundled)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--patience", type=int, default=4, help="stop after this many epochs without val IoU gain")
-    p.add_argument("--samples-per-epoch", type=int, default=None)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda (cuda:N) or mps")
+    add_params(p, "finetune")
+    add_param(p, "detect", "device")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", default="", help="model name stored in its metadata")
     p.set_defaults(func=run)
@@ -36,10 +31,7 @@ def run(args) -> int:
 
     opts = FinetuneOptions(raster_path=args.raster, labels_path=args.labels, labels_layer=args.labels_layer,
                            area_path=args.area, output_path=args.output, base_model_path=args.base_model,
-                           epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                           val_fraction=args.val_fraction, patience=args.patience,
-                           samples_per_epoch=args.samples_per_epoch, device=args.device, seed=args.seed,
-                           name=args.name, overwrite=args.overwrite)
+                           device=args.device, seed=args.seed, name=args.name, **values(args, "finetune"))
     with ProgressBar("fine-tune") as bar:
         res = finetune(opts, progress=bar.update, log=bar.write)
     for note in res.notes:

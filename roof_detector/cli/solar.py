@@ -19,9 +19,10 @@ import math
 import os
 import sys
 from contextlib import contextmanager
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from ..core.errors import LabelError, OutputError
+from .arguments import add_param, add_params, values
 
 DEFAULT_OUT_LAYER = "rooftops"
 
@@ -36,55 +37,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--layer", help="input layer name (default: the first polygon layer)")
     p.add_argument("--out-layer", default=DEFAULT_OUT_LAYER, help=f"output layer name (default {DEFAULT_OUT_LAYER})")
     p.add_argument("--overwrite", action="store_true", help="replace the output layer if OUT already has it")
-    add_solar_arguments(p, regularize_default=False,
-                        regularize_help="square the outlines before sizing (default: no; cadastres are clean)")
+    # Off by default here: cadastre outlines are already clean.
+    add_solar_arguments(p, regularize_default=False)
     p.add_argument("--report", metavar="DIR", help="also write summary.html, buildings.csv and areas.png here")
     p.set_defaults(func=run)
     return p
 
 
-def add_solar_arguments(p: argparse.ArgumentParser, regularize_default: bool, regularize_help: str) -> None:
-    """The solar sizing and regularisation options shared by ``solar`` and ``detect``."""
+def add_solar_arguments(p: argparse.ArgumentParser, regularize_default: Optional[bool] = None) -> None:
+    """The solar sizing and regularisation options shared by ``solar`` and ``detect`` (core.params)."""
     g = p.add_argument_group("rooftop solar sizing")
-    g.add_argument("--setback", type=float, default=0.5, metavar="M", help="roof edge setback, metres (default 0.5)")
-    g.add_argument("--usable-fraction", type=float, default=0.6, metavar="F",
-                   help="share of the inset roof that takes panels (default 0.6)")
-    g.add_argument("--panel-area", type=float, default=1.96, metavar="M2", help="area of one panel, m² (default 1.96)")
-    g.add_argument("--panel-wp", type=float, default=400.0, metavar="W", help="power of one panel, Wp (default 400)")
-    g.add_argument("--yield", dest="specific_yield", type=float, default=None, metavar="KWH_PER_KWP",
-                   help="specific yield, kWh/kWp/yr (default: estimated from each building's latitude)")
-    g.add_argument("--regularize", action=argparse.BooleanOptionalAction, default=regularize_default,
-                   help=regularize_help)
-    g.add_argument("--tolerance", type=float, default=1.0, metavar="M",
-                   help="regularisation tolerance, metres (default 1.0)")
+    add_params(g, "solar")
+    add_param(g, "outlines", "regularize", default=regularize_default)
+    add_param(g, "outlines", "regularize_tolerance_m")
 
 
 def solar_params(args: argparse.Namespace):
-    """SolarParams from the shared options, checked; LabelError names a bad value."""
+    """SolarParams from the shared options (already checked by argparse; checked again by the engine)."""
     from ..core.solar import SolarParams
 
-    params = SolarParams(setback_m=args.setback, usable_fraction=args.usable_fraction,
-                         panel_area_m2=args.panel_area, panel_wp=args.panel_wp,
-                         specific_yield_kwh_per_kwp=args.specific_yield)
-    try:
-        params.validate()
-        if args.tolerance <= 0:
-            raise ValueError(f"tolerance {args.tolerance} must be > 0 metres")
-    except ValueError as exc:
-        raise LabelError(f"Bad parameter: {exc}") from None
-    return params
+    return SolarParams(**values(args, "solar")).validate()
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from ..core.building import Building
-    from ..core.footprints import measure_metric_batch
     from ..core.field_names import free_names
+    from ..core.footprints import measure_polygons
     from ..core.gpkg_writer import RESERVED_NAMES, check_output, write_buildings
-    from ..core.metric_frame import to_local_metric_many
     from ..core.report import build_table, totals, write_report
-    from ..core.solar import SOLAR_FIELDS, solar_rows
+    from ..core.solar import SOLAR_FIELDS
 
     params = solar_params(args)
     with _output_flag_names():
@@ -102,13 +83,11 @@ def run(args: argparse.Namespace) -> int:
                 f"({', '.join(sorted(set(layer.skipped_reasons)))})" if layer.skipped else "it has no features")
         raise LabelError(f"Layer {layer.layer_name!r} of {args.input} holds no polygon: {what}. Rooftop sizing "
                          "needs building polygons")
-    # All buildings at once: one projection per local frame, vectorised measuring (the
-    # same functions detection uses).
-    source = np.array(layer.geometries, dtype=object)
-    geoms, columns = measure_metric_batch(source, to_local_metric_many(source, layer.crs_wkt), args.regularize,
-                                          args.tolerance, params)
-    regularized = sum(1 for g, s in zip(geoms, source) if g is not s)
-    rows: List[Dict[str, Any]] = [{"id": fid, **attrs} for fid, attrs in zip(layer.fids, solar_rows(columns))]
+    # All buildings at once: the same batched sizing detection uses.
+    geoms, sized = measure_polygons(layer.geometries, layer.crs_wkt, params, args.regularize,
+                                    args.regularize_tolerance_m)
+    regularized = sum(1 for g, s in zip(geoms, layer.geometries) if g is not s)
+    rows: List[Dict[str, Any]] = [{"id": fid, **attrs} for fid, attrs in zip(layer.fids, sized)]
 
     # Source attributes keep their names unless they clash with a field we write or with each
     # other (GeoPackage column names ignore case): never dropped, never shifted.
@@ -126,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         write_buildings(buildings, args.output, layer.crs_wkt, layer=args.out_layer, overwrite=args.overwrite,
                         metadata={"source": os.path.abspath(args.input), "source_layer": layer.layer_name,
                                   "solar_params": json.dumps(params.as_dict()),
-                                  "regularized": f"tolerance {args.tolerance} m" if args.regularize else "no"})
+                                  "regularized": f"tolerance {args.regularize_tolerance_m} m" if args.regularize else "no"})
 
     table = build_table(rows)
     total = totals(table)

@@ -16,7 +16,7 @@ whole batch (only regularisation works polygon by polygon):
 5. outlines are squared (:func:`.regularize.regularize_metric`), when asked;
 6. rooftops are sized for solar panels (:func:`.solar.solar_columns`), when asked.
 
-The same function sizes existing layers (:func:`.solar.size_buildings`), so a
+The same function sizes existing layers (:func:`measure_polygons`, :func:`size_buildings`), so a
 building measures the same whichever front end produced it.
 No ``qgis`` import here.
 """
@@ -33,7 +33,7 @@ from shapely.geometry.base import BaseGeometry
 from .building import Building
 from .metric_frame import to_local_metric_many
 from .regularize import regularize_metric
-from .solar import SOLAR_FIELDS, SolarParams, solar_columns
+from .solar import SOLAR_FIELDS, SolarParams, solar_columns, solar_rows
 
 _POLYGON = 3
 _MULTI_OR_COLLECTION = (4, 5, 6, 7)
@@ -113,6 +113,48 @@ def measure_metric_batch(geometries: np.ndarray, batch, regularize: bool, tolera
     else:
         columns = {"area_m2": shapely.area(metric).astype(float), "perimeter_m": shapely.length(metric).astype(float)}
     return geoms, columns
+
+
+def measure_polygons(geometries: Sequence[Optional[BaseGeometry]], crs_wkt: str, params: Optional[SolarParams],
+                     regularize: bool = False, tolerance_m: float = 1.0) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
+    """Size polygons from any source (a cadastre, a QGIS layer) the way detection sizes its buildings.
+
+    Every front end (CLI ``solar``, the Processing algorithm, the Rooftop
+    Report) calls this batched function. Returns the geometries (squared ones
+    replaced, the others the same objects; None stays None) and one row per
+    geometry: ``area_m2``, ``perimeter_m`` and, with ``params``, the solar fields.
+    """
+    params = params.validate() if params is not None else None
+    source = np.array([shapely.Polygon() if g is None else g for g in geometries], dtype=object)
+    if len(source) == 0:
+        return source, []
+    geoms, columns = measure_metric_batch(source, to_local_metric_many(source, crs_wkt), regularize, tolerance_m,
+                                          params)
+    geoms[np.array([g is None for g in geometries])] = None
+    if params is None:
+        return geoms, [{"area_m2": float(a), "perimeter_m": float(p)}
+                       for a, p in zip(columns["area_m2"], columns["perimeter_m"])]
+    return geoms, solar_rows(columns)
+
+
+def size_buildings(buildings: Sequence[Building], crs_wkt: str, params: Optional[SolarParams] = None,
+                   regularize: bool = False, tolerance_m: float = 1.0) -> int:
+    """Add the solar attributes to detected buildings, in place; return how many outlines changed.
+
+    With ``regularize`` each outline is first squared; a changed outline
+    replaces ``geometry`` and updates ``area_m2`` / ``perimeter_m``. The other
+    solar values go to ``attributes``.
+    """
+    geoms, rows = measure_polygons([b.geometry for b in buildings], crs_wkt, params or SolarParams(), regularize,
+                                   tolerance_m)
+    changed = 0
+    for b, g, row in zip(buildings, geoms, rows):
+        if g is not b.geometry:
+            b.geometry = g
+            b.area_m2, b.perimeter_m = row["area_m2"], row["perimeter_m"]
+            changed += 1
+        b.attributes.update({k: v for k, v in row.items() if k not in ("area_m2", "perimeter_m")})
+    return changed
 
 
 def polygon_parts(geometries: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -14,10 +14,8 @@ import math
 from typing import Tuple
 
 import numpy as np
-import shapely
 from affine import Affine
 from pyproj import CRS, Geod, Transformer
-from shapely.geometry.base import BaseGeometry
 
 from .errors import InputRasterError
 
@@ -29,7 +27,7 @@ def crs_from_wkt(crs_wkt: str) -> CRS:
     """Parse a CRS (WKT, or anything pyproj accepts such as ``"EPSG:32631"``)."""
     try:
         return CRS.from_user_input(crs_wkt)
-    except Exception as exc:  # pyproj.exceptions.CRSError and friends
+    except Exception as exc:  # noqa: BLE001 - pyproj.exceptions.CRSError and friends
         raise InputRasterError(f"Unusable coordinate reference system ({exc})") from None
 
 
@@ -75,35 +73,6 @@ def pixel_size_m(crs_wkt: str, transform: Affine, width: int, height: int,
     if not (dx > 0 and dy > 0 and math.isfinite(dx) and math.isfinite(dy)):
         raise InputRasterError(f"Cannot measure the ground pixel size of {name} (got {dx}, {dy} m); {hint}")
     return float(dx), float(dy)
-
-
-def area_perimeter_m(geometry: BaseGeometry, crs_wkt: str) -> Tuple[float, float]:
-    """True ground area (m2) and perimeter (m, holes' rings included) of a (multi)polygon in ``crs_wkt``.
-
-    Rings are oriented (exterior counter-clockwise, holes clockwise) after
-    the conversion to lon/lat because pyproj adds the signed hole areas to
-    the exterior's: holes are then subtracted, as they should be.
-    """
-    if geometry.is_empty:
-        return 0.0, 0.0
-    tr = lonlat_transformer(crs_wkt)
-    lonlat = shapely.transform(geometry, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
-    lonlat = shapely.orient_polygons(lonlat, exterior_cw=False)
-    area, _ = WGS84_GEOD.geometry_area_perimeter(lonlat)
-    # pyproj's perimeter leaves out holes; a courtyard's walls are perimeter too
-    # (as in shapely's ``length`` and QGIS's $perimeter), so sum every ring.
-    perimeter = sum(WGS84_GEOD.geometry_length(ring) for ring in _rings(lonlat))
-    return abs(float(area)), float(perimeter)
-
-
-def _rings(geometry: BaseGeometry):
-    """Every exterior and interior ring of a (multi)polygon or collection."""
-    for poly in getattr(geometry, "geoms", [geometry]):
-        if poly.geom_type == "Polygon":
-            yield poly.exterior
-            yield from poly.interiors
-        elif hasattr(poly, "geoms"):
-            yield from _rings(poly)
 
 
 def m2_per_crs_unit2(crs_wkt: str, transform: Affine, width: int, height: int) -> float:

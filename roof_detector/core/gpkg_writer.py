@@ -14,7 +14,12 @@ Fields: ``area_m2``, ``perimeter_m``, ``confidence`` and every key of the
 buildings' ``attributes`` (float -> Real, int/bool -> Integer64, str -> String,
 missing/None -> null); a key that clashes with those or with ``fid``/``geom``
 (or with another key, ignoring case) is written as ``attr_<key>`` (or the
-first free ``attr_<key>_N``) rather than dropped (:mod:`.field_names`).
+first free ``attr_<key>_N``, :mod:`.field_names`) rather than dropped
+(:func:`attribute_schema`, the rule the plugin's memory layers and
+Processing outputs follow too).
+
+Every GeoPackage the project writes goes through :func:`write_buildings`:
+the CLI, the plugin's detection task and the tools.
 """
 
 from __future__ import annotations
@@ -22,8 +27,7 @@ from __future__ import annotations
 import errno
 import numbers
 import os
-from typing import Any, Dict, Iterable, List, Optional, Sequence
-
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .building import Building
 from .errors import OutputError
@@ -82,7 +86,7 @@ def check_writable(path: str) -> bool:
                               "choose another output folder")
         return False
     ds = _open_existing(path, update=False)
-    ds = None
+    ds = None  # noqa: F841 - closes the dataset now
     if not os.access(path, os.W_OK):
         raise OutputError(f"{path} is read-only; choose another output file")
     check_not_locked(path)
@@ -203,8 +207,7 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
                                   "to replace it or choose another layer name (--layer)")
             ds.DeleteLayer(index)
         lyr = ds.CreateLayer(layer, srs, geom_type, ["SPATIAL_INDEX=YES", "GEOMETRY_NAME=geom", "FID=fid"])
-        names = field_names(list(fields))
-        columns = [(n, ogr.OFTReal) for n in BASE_FIELDS] + [(names[k], t) for k, t in fields.items()]
+        columns = [(n, ogr.OFTReal) for n in BASE_FIELDS] + [(n, t) for _, n, t in fields]
         for column, ftype in columns:  # not `name`: that one names the file in the messages below
             lyr.CreateField(ogr.FieldDefn(column, ftype))
         # Create the table (and its triggers) now, inside the transaction: a
@@ -213,7 +216,7 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
         defn = lyr.GetLayerDefn()
         # Field indexes resolved once, not by name per value (62,500 buildings: 3.7 -> 1.5 s).
         base = [defn.GetFieldIndex(n) for n in BASE_FIELDS]
-        extra = [(key, ftype, defn.GetFieldIndex(names[key])) for key, ftype in fields.items()]
+        extra = [(key, ftype, defn.GetFieldIndex(column)) for key, column, ftype in fields]
         multi = geom_type == ogr.wkbMultiPolygon
         for b in buildings:
             feat = ogr.Feature(defn)
@@ -254,9 +257,23 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool)
         feat = geom = lyr = defn = srs = ds = None  # noqa: F841
 
 
-def _field_types(buildings: Iterable[Building]) -> Dict[str, int]:
-    """OGR field type per attribute key, widened over all buildings (int + float -> Real, any str -> String)."""
-    rank = {None: -1, "int": 0, "real": 1, "str": 2}
+#: Kinds of :func:`attribute_schema` (OGR-style names, as ``core.solar.SOLAR_FIELDS``).
+_OGR_TYPES = {"integer": ogr.OFTInteger64, "real": ogr.OFTReal, "string": ogr.OFTString}
+
+
+def attribute_schema(buildings: Iterable[Building]) -> List[Tuple[str, str, str]]:
+    """(attribute key, field name, kind) of the buildings' attributes, in first-seen order.
+
+    The one rule for the fields of every output (this writer, the plugin's
+    memory layer, the Processing sink): kind "integer", "real" or "string",
+    widened over all buildings (int + float -> real, any str -> string, only
+    None -> string); the solar fields keep their declared kind even when every
+    value is None; a key clashing, ignoring case, with a built-in name or an
+    earlier key gets the first free ``attr_<key>``, ``attr_<key>_2``...
+    """
+    from .solar import SOLAR_FIELDS
+
+    rank = {None: -1, "integer": 0, "real": 1, "string": 2}
     kinds: Dict[str, Optional[str]] = {}
     for b in buildings:
         for key, value in b.attributes.items():
@@ -265,14 +282,20 @@ def _field_types(buildings: Iterable[Building]) -> Dict[str, int]:
             elif type(value) is float:  # the common case first: the ABC checks below are slow
                 kind = "real"
             elif isinstance(value, (bool, numbers.Integral)):
-                kind = "int"
+                kind = "integer"
             elif isinstance(value, numbers.Real):
                 kind = "real"
             else:
-                kind = "str"
+                kind = "string"
             kinds[key] = max(kinds.get(key), kind, key=rank.__getitem__)
-    mapping = {None: ogr.OFTString, "int": ogr.OFTInteger64, "real": ogr.OFTReal, "str": ogr.OFTString}
-    return {k: mapping[v] for k, v in kinds.items()}
+    fixed = dict(SOLAR_FIELDS)
+    names = field_names(list(kinds))
+    return [(key, names[key], kind or fixed.get(key) or "string") for key, kind in kinds.items()]
+
+
+def _field_types(buildings: Iterable[Building]) -> List[Tuple[str, str, int]]:
+    """(attribute key, field name, OGR field type) of each attribute (see :func:`attribute_schema`)."""
+    return [(key, name, _OGR_TYPES[kind]) for key, name, kind in attribute_schema(buildings)]
 
 
 def field_names(keys: Sequence[str]) -> Dict[str, str]:

@@ -37,6 +37,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from .errors import ModelError, OutputError
+from .locations import bundled_model_file
 from .temp_files import remove_stale, temp_path
 
 FORMAT_NAME = "roof-detector-model"
@@ -51,17 +52,7 @@ MODEL_MAX_TILE_PX = 2048
 
 
 
-def _bundled_model_path() -> Path:
-    """models/roof_unet.pt beside the package: repo root in a checkout, plugin folder in the zip."""
-    pkg = Path(__file__).resolve().parents[1]
-    for base in (pkg.parent, pkg):
-        candidate = base / "models" / "roof_unet.pt"
-        if candidate.exists():
-            return candidate
-    return pkg.parent / "models" / "roof_unet.pt"
-
-
-BUNDLED_MODEL_PATH = _bundled_model_path()
+BUNDLED_MODEL_PATH = bundled_model_file()
 
 
 @dataclass
@@ -101,7 +92,7 @@ def validate_metadata(meta: Dict[str, Any], source: str = "model") -> Dict[str, 
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
         raise ModelError(f"{source}: metadata lacks {', '.join(missing)}; "
-                         "re-export the model with `python -m roof_detector train` or `finetune`")
+                         "re-export the model with `python -m devtools train` or `finetune`")
     bands = meta["bands"]
     if not isinstance(bands, list) or not bands or any(b not in KNOWN_BANDS for b in bands):
         raise ModelError(f"{source}: metadata asks for bands {bands!r}; this version supports "
@@ -112,7 +103,8 @@ def validate_metadata(meta: Dict[str, Any], source: str = "model") -> Dict[str, 
         overlap = int(meta["overlap_px"])
         thr = float(meta["threshold"])
     except (TypeError, ValueError) as exc:
-        raise ModelError(f"{source}: metadata has a non-numeric gsd_m/tile_size_px/overlap_px/threshold ({exc})")
+        raise ModelError(f"{source}: metadata has a non-numeric gsd_m/tile_size_px/overlap_px/threshold ({exc})") \
+            from None
     if not (math.isfinite(gsd) and gsd > 0 and tile >= 32 and 0 <= overlap < tile // 2 and 0.0 < thr < 1.0):
         raise ModelError(f"{source}: metadata values out of range (gsd_m={gsd}, tile_size_px={tile}, "
                          f"overlap_px={overlap}, threshold={thr})")
@@ -182,7 +174,7 @@ def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
                     # torch.save() writes the same zip layout, without TorchScript code
                     raise ModelError(f"{path} is not a TorchScript model: a zip archive without Roof Detector "
                                      "metadata or TorchScript code (a checkpoint saved with torch.save?); "
-                                     "export it with `python -m roof_detector train` or `finetune`")
+                                     "export it with `python -m devtools train` or `finetune`")
                 raise ModelError(f"{path} is a TorchScript file without Roof Detector metadata "
                                  f"(no extra/{METADATA_FILE}); export it with this plugin's training tools")
             raw = zf.read(names[0])
@@ -296,7 +288,7 @@ def load_model(path: Optional[str | os.PathLike] = None, device: str = "auto",
     dev = resolve_device(device)
     try:
         module = torch.jit.load(path, map_location="cpu")
-    except Exception as exc:  # torch raises RuntimeError / ValueError / zip errors
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError / ValueError / zip errors
         raise ModelError(f"{path} could not be loaded as TorchScript: {str(exc).splitlines()[0]}") from None
     check_graph_operations(module, path)
     module.eval()
@@ -310,7 +302,7 @@ def load_model(path: Optional[str | os.PathLike] = None, device: str = "auto",
                 ort_module = onnx_backend.onnx_module_for(path, meta, module)
                 return LoadedModel(module=ort_module, metadata=meta, device=dev, path=path, half=False,
                                    extra={"backend": "onnxruntime", "onnx_path": ort_module.path})
-            except Exception as exc:  # any export/runtime problem: TorchScript still works
+            except Exception as exc:  # noqa: BLE001 - any export/runtime problem: TorchScript still works
                 if backend == "onnxruntime":
                     raise ModelError(f"{path} cannot run with ONNX Runtime: {exc}") from None
                 extra["onnx_fallback_reason"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -319,7 +311,7 @@ def load_model(path: Optional[str | os.PathLike] = None, device: str = "auto",
     if dev.type == "cpu":
         try:
             module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
-        except Exception:  # a model that cannot be frozen still runs unfrozen
+        except Exception:  # noqa: BLE001 - a model that cannot be frozen still runs unfrozen
             pass
     module = module.to(dev)
     if use_half:

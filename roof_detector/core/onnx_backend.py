@@ -1,7 +1,7 @@
 """ONNX Runtime as the CPU backend of a model file.
 
 On CPU, ONNX Runtime runs our U-Nets several times faster than TorchScript
-(see the README's performance section, ``python -m roof_detector bench``):
+(see the README's performance section, ``python -m devtools bench``):
 its fused depthwise-convolution kernels suit the EfficientNet encoder. The
 TorchScript file stays the one format users handle; the ONNX graph is
 derived from it on first use, checked against TorchScript on a random batch

@@ -30,6 +30,7 @@ from .footprints import FinishOptions
 from .geo import m2_per_crs_unit2, pixel_size_m
 from .inference import BatchPredictor, fitted_batch_size, predict_tiles
 from .model_io import BUNDLED_MODEL_PATH, LoadedModel, device_description, load_model
+from .params import DETECT, OUTLINES, check_fields
 from .raster_source import RasterSource, open_source
 from .solar import SolarParams
 from .strip_mosaic import StripMosaic
@@ -60,20 +61,28 @@ _MIN_PENDING_BATCHES = 8
 
 @dataclass
 class DetectOptions:
-    """What to detect with; every field has a sensible default."""
+    """What to detect with; defaults and ranges are declared in :mod:`.params` (DETECT, OUTLINES)."""
 
     model_path: Optional[str] = None   # None = bundled model
-    device: str = "auto"               # auto | cpu | cuda | mps
-    threshold: Optional[float] = None  # None = the model's tuned threshold
-    min_area_m2: float = 10.0          # smaller polygons are dropped
-    batch_size: Optional[int] = None   # None = 8 on CPU; on CUDA fitted to free memory
+    device: str = DETECT["device"].default                  # auto | cpu | cuda
+    threshold: Optional[float] = DETECT["threshold"].default  # None = the model's tuned threshold
+    min_area_m2: float = DETECT["min_area_m2"].default      # smaller polygons are dropped
+    batch_size: Optional[int] = DETECT["batch_size"].default  # None = 8 on CPU; on CUDA fitted to free memory
     aoi_wkt: Optional[str] = None      # area of interest polygon, in the raster CRS
     max_hole_area_m2: float = 4.0      # holes smaller than this are filled (speckle)
-    separate_touching: bool = True     # split touching roofs at probability valleys (vectorize.split_touching)
-    regularize: bool = True            # square outlines (right angles, 45-degree diagonals)
-    regularize_tolerance_m: float = 1.0
+    separate_touching: bool = DETECT["separate_touching"].default  # split touching roofs (vectorize)
+    regularize: bool = OUTLINES["regularize"].default       # square outlines (right angles, 45-degree diagonals)
+    regularize_tolerance_m: float = OUTLINES["regularize_tolerance_m"].default
     solar: Optional[SolarParams] = field(default_factory=SolarParams)  # None: no solar attributes
-    confirm_large_run: bool = False    # run beyond the size guard (core.work_estimate); CLI --yes
+    confirm_large_run: bool = DETECT["confirm_large_run"].default  # run beyond the size guard (work_estimate)
+
+    def validate(self) -> "DetectOptions":
+        """Raise :class:`.params.ParameterError` naming the first unusable value; return self."""
+        check_fields(self, "detect")
+        check_fields(self, "outlines")
+        if self.solar is not None:
+            self.solar.validate()
+        return self
 
 
 @dataclass
@@ -93,6 +102,13 @@ class DetectionResult:
         """Sum of the buildings' ground areas."""
         return float(sum(b.area_m2 for b in self.buildings))
 
+    def provenance(self, options: "DetectOptions") -> Dict[str, Any]:
+        """What a written layer records about its making (GeoPackage metadata): source, model, choices."""
+        meta = self.model_metadata
+        return {"source_raster": self.raster_path,
+                "model": f"{meta.get('name', '?')} {meta.get('version', '')}".strip(),
+                "threshold": self.stats.get("threshold"), "min_area_m2": options.min_area_m2}
+
 
 def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Optional[DetectOptions] = None,
                      progress: Optional[ProgressFn] = None, is_cancelled: Optional[CancelFn] = None,
@@ -109,7 +125,7 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
     t_start = time.perf_counter()
     timings: Dict[str, float] = {}
     warnings: List[str] = []
-    _check_options(options)
+    options.validate()
     report = _Progress(progress)
     report(0.0, "Opening the raster")
     check_detection_size(source, options, model)
@@ -360,33 +376,17 @@ class _Progress:
         return _Progress(self.callback, start, end)
 
 
-def _check_options(options: DetectOptions) -> None:
-    if options.threshold is not None and not 0.0 < options.threshold < 1.0:
-        raise RoofDetectorError(f"The threshold must lie strictly between 0 and 1 (got {options.threshold})")
-    if options.min_area_m2 < 0:
-        raise RoofDetectorError(f"The minimum area must be zero or more square metres (got {options.min_area_m2})")
-    if options.batch_size is not None and options.batch_size < 1:
-        raise RoofDetectorError(f"The batch size must be at least 1 (got {options.batch_size})")
-    if options.regularize_tolerance_m <= 0:
-        raise RoofDetectorError(f"The regularisation tolerance must be above 0 m (got {options.regularize_tolerance_m})")
-    if options.solar is not None:
-        try:
-            options.solar.validate()
-        except ValueError as exc:
-            raise RoofDetectorError(f"Solar sizing parameter: {exc}") from None
-
-
 def _load_model(options: DetectOptions) -> LoadedModel:
     if options.model_path is None and not BUNDLED_MODEL_PATH.is_file():
         raise ModelError(f"The bundled model {BUNDLED_MODEL_PATH} is missing; train it with "
-                         "`python -m roof_detector train` or pass a model file (--model PATH)")
+                         "`python -m devtools train` or pass a model file (--model PATH)")
     return load_model(options.model_path, options.device)
 
 
 def _parse_aoi(aoi_wkt: str) -> BaseGeometry:
     try:
         aoi = shapely.from_wkt(aoi_wkt)
-    except Exception as exc:  # shapely.errors.GEOSException
+    except Exception as exc:  # noqa: BLE001 - shapely.errors.GEOSException
         raise InputRasterError(f"The area of interest is not valid WKT ({exc})") from None
     if not aoi.is_valid:
         aoi = shapely.make_valid(aoi)

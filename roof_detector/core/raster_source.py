@@ -35,7 +35,7 @@ import contextlib
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
 from affine import Affine

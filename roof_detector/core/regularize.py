@@ -33,7 +33,7 @@ No ``qgis`` import here.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import shapely
@@ -72,12 +72,6 @@ def regularize_outline(geometry: BaseGeometry, crs_wkt: str, tolerance_m: float 
     if result is metric or result.hausdorff_distance(metric) < UNCHANGED_M:
         return geometry
     return frame.from_metric(result)
-
-
-def regularize_many(geometries: Sequence[BaseGeometry], crs_wkt: str, tolerance_m: float = 1.0,
-                    allow_diagonals: bool = True) -> List[BaseGeometry]:
-    """:func:`regularize_outline` of each geometry."""
-    return [regularize_outline(g, crs_wkt, tolerance_m, allow_diagonals) for g in geometries]
 
 
 def regularize_metric(geometry: BaseGeometry, tolerance_m: float = 1.0, allow_diagonals: bool = True,

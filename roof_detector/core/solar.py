@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import shapely
 from shapely.geometry.base import BaseGeometry
 
 from .metric_frame import lonlat_of, to_local_metric
+from .params import SOLAR, check_fields
 
 #: Attribute names and types written per building (OGR-style type names).
 SOLAR_FIELDS: Tuple[Tuple[str, str], ...] = (
@@ -59,28 +60,17 @@ _YIELD_WIDTH = 4.0
 
 @dataclass
 class SolarParams:
-    """Sizing parameters; defaults are typical of residential rooftop PV."""
+    """Sizing parameters; defaults and ranges are declared in :data:`.params.SOLAR`."""
 
-    setback_m: float = 0.5
-    usable_fraction: float = 0.6
-    panel_area_m2: float = 1.96
-    panel_wp: float = 400.0
-    specific_yield_kwh_per_kwp: Optional[float] = None  # None: estimate from latitude
+    setback_m: float = SOLAR["setback_m"].default
+    usable_fraction: float = SOLAR["usable_fraction"].default
+    panel_area_m2: float = SOLAR["panel_area_m2"].default
+    panel_wp: float = SOLAR["panel_wp"].default
+    specific_yield_kwh_per_kwp: Optional[float] = SOLAR["specific_yield_kwh_per_kwp"].default  # None: latitude
 
     def validate(self) -> "SolarParams":
-        """Raise ValueError naming the first unusable parameter; return self."""
-        checks = [
-            ("setback", self.setback_m, self.setback_m >= 0, "must be >= 0 metres"),
-            ("usable fraction", self.usable_fraction, 0 <= self.usable_fraction <= 1, "must be in [0, 1]"),
-            ("panel area", self.panel_area_m2, self.panel_area_m2 > 0, "must be > 0 m²"),
-            ("panel power", self.panel_wp, self.panel_wp > 0, "must be > 0 Wp"),
-        ]
-        if self.specific_yield_kwh_per_kwp is not None:
-            y = self.specific_yield_kwh_per_kwp
-            checks.append(("specific yield", y, 0 < y < 5000, "must be in (0, 5000) kWh/kWp/yr"))
-        for name, value, ok, rule in checks:
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and ok):
-                raise ValueError(f"{name} {value!r} {rule}")
+        """Raise :class:`.params.ParameterError` naming the first unusable parameter; return self."""
+        check_fields(self, "solar")
         return self
 
     def as_dict(self) -> Dict[str, Any]:
@@ -200,10 +190,6 @@ def _azimuths(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     return np.where(az >= 180.0 - 1e-9, 0.0, az)
 
 
-def _azimuth(dx: float, dy: float) -> float:
-    return float(_azimuths(np.array([dx]), np.array([dy]))[0])
-
-
 def solar_columns(metric_geometries: np.ndarray, latitudes_deg: Optional[np.ndarray],
                   params: Optional[SolarParams] = None) -> Dict[str, np.ndarray]:
     """The solar attributes (see the module docstring) of many geometries in north-up metric frames.
@@ -277,42 +263,3 @@ def rooftop_attributes(geometry: BaseGeometry, crs_wkt: str, params: Optional[So
     if params is None or params.specific_yield_kwh_per_kwp is None:
         lat = lonlat_of(geometry, crs_wkt)[1]
     return rooftop_attributes_metric(metric, lat, params)
-
-
-def rooftop_attributes_many(geometries: Sequence[BaseGeometry], crs_wkt: str,
-                            params: Optional[SolarParams] = None) -> List[Dict[str, Any]]:
-    """:func:`rooftop_attributes` of each geometry, computed together (one projection per frame)."""
-    from .metric_frame import to_local_metric_many
-
-    params = (params or SolarParams()).validate()
-    geoms = np.array([shapely.Polygon() if g is None else g for g in geometries], dtype=object)
-    batch = to_local_metric_many(geoms, crs_wkt)
-    return solar_rows(solar_columns(batch.metric, batch.lat, params))
-
-
-def size_buildings(buildings: Sequence[Any], crs_wkt: str, params: Optional[SolarParams] = None,
-                   regularize: bool = False, tolerance_m: float = 1.0) -> int:
-    """Add the solar attributes to detected buildings (:class:`roof_detector.core.building.Building`), in place.
-
-    With ``regularize`` each outline is first squared (:func:`.regularize.regularize_metric`);
-    a changed outline replaces ``geometry`` and updates ``area_m2`` / ``perimeter_m``.
-    The other solar values go to ``attributes``. Returns how many outlines changed.
-    Detection does the same through :func:`.footprints.finish_outlines`.
-    """
-    from .footprints import measure_metric_batch
-    from .metric_frame import to_local_metric_many
-
-    params = (params or SolarParams()).validate()
-    if not buildings:
-        return 0
-    geoms = np.array([b.geometry for b in buildings], dtype=object)
-    batch = to_local_metric_many(geoms, crs_wkt)
-    out, columns = measure_metric_batch(geoms, batch, regularize, tolerance_m, params)
-    changed = 0
-    for b, g, row in zip(buildings, out, solar_rows(columns)):
-        if g is not b.geometry:
-            b.geometry = g
-            b.area_m2, b.perimeter_m = row["area_m2"], row["perimeter_m"]
-            changed += 1
-        b.attributes.update({k: v for k, v in row.items() if k not in ("area_m2", "perimeter_m")})
-    return changed

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import traceback
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from qgis.core import (
-    Qgis,
-    QgsFeature,
-    QgsFeatureRequest,
     QgsFeatureSink,
-    QgsMessageLog,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -21,11 +16,8 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QCoreApplication
 from qgis.PyQt.QtGui import QIcon
 
-from ..qgis_ui import LOG_TAG
-from ..qgis_ui.paths import resource_path
+from ..qgis_adapter.paths import resource_path
 
-#: DEVICE enum choices, in order (same as the dialog and ``detect --device``).
-DEVICES = ("auto", "cpu", "cuda")
 #: Vector formats the engine reads directly; other layers are exported to a temporary GeoPackage.
 ENGINE_VECTOR_FORMATS = ["gpkg", "shp", "geojson", "json", "fgb", "sqlite", "gml", "kml"]
 
@@ -100,7 +92,7 @@ def raster_source(layer: Optional[QgsRasterLayer], model_path: Optional[str] = N
 
 def check_raster_layer(layer: Optional[QgsRasterLayer]) -> None:
     """The dialog's checks (a valid raster layer with a CRS), as a :class:`QgsProcessingException`."""
-    from ..qgis_ui.request import RequestError, raster_input
+    from ..qgis_adapter.request import RequestError, raster_input
 
     try:
         raster_input(layer)
@@ -119,7 +111,7 @@ def close_source(source: Any) -> List[str]:
 
 def raster_file(layer: Optional[QgsRasterLayer]) -> str:
     """The local file behind a raster layer (for the engine parts that read files: grids, training)."""
-    from ..qgis_ui.request import RequestError, raster_file_path
+    from ..qgis_adapter.request import RequestError, raster_file_path
 
     try:
         return raster_file_path(layer)
@@ -143,33 +135,18 @@ def engine_progress(feedback: QgsProcessingFeedback, start: float = 0.0,
 
 @contextmanager
 def engine_errors(feedback: QgsProcessingFeedback) -> Iterator[None]:
-    """Turn the engine's errors into a :class:`QgsProcessingException` carrying its message."""
-    from ..qgis_ui.output import WriteError
+    """Turn any error into a :class:`QgsProcessingException` with the one message the plugin's tasks show too."""
+    from ..qgis_adapter.errors import OUT_OF_MEMORY_TEXT, user_message
 
     try:
         yield
     except QgsProcessingException:
         raise
-    except ImportError as exc:
-        from ..qgis_ui.deps import check_dependencies
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a one-line message (qgis_adapter.errors)
+        from ..core.errors import Cancelled
 
-        raise QgsProcessingException(check_dependencies() or str(exc)) from None
-    except (WriteError, ValueError) as exc:
-        raise QgsProcessingException(str(exc)) from None
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a one-line message
-        from ..core.errors import Cancelled, RoofDetectorError
-        from ..qgis_ui.task import is_out_of_memory
-
-        if isinstance(exc, Cancelled) or feedback.isCanceled():
-            raise QgsProcessingException(Cancelled().args[0]) from None
-        if isinstance(exc, RoofDetectorError):
-            raise QgsProcessingException(str(exc)) from None
-        if is_out_of_memory(exc):
-            raise QgsProcessingException(tr("The GPU ran out of memory: choose the CPU as device or a smaller "
-                                            "batch size ({error})").format(error=str(exc).splitlines()[0])) from None
-        QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
-        raise QgsProcessingException(tr("Unexpected error: {error} (traceback in the log panel, tab '{tag}')")
-                                     .format(error=str(exc) or type(exc).__name__, tag=LOG_TAG)) from None
+        message = user_message(exc, feedback.isCanceled(), OUT_OF_MEMORY_TEXT)
+        raise QgsProcessingException(message if message is not None else Cancelled().args[0]) from None
 
 
 def source_as_file(alg: QgsProcessingAlgorithm, parameters: Dict[str, Any], name: str,
@@ -186,16 +163,16 @@ def source_as_file(alg: QgsProcessingAlgorithm, parameters: Dict[str, Any], name
     return path, (layer_name or None)
 
 
-def copy_features(layer: Any, sink: QgsFeatureSink, feedback: QgsProcessingFeedback) -> int:
-    """Copy every feature of ``layer`` into ``sink``; return how many.
+def add_features(features: Iterable[Any], sink: QgsFeatureSink) -> int:
+    """Add every feature to ``sink``; return how many.
 
-    Not interrupted by a cancel: the copy of an in-memory layer is quick, and
+    Not interrupted by a cancel: the features are in memory already, and
     stopping half-way would leave a partial output behind as if it were the
     result (callers check for a cancel before they create the sink).
     """
     count = 0
-    for feature in layer.getFeatures(QgsFeatureRequest()):
-        if not sink.addFeature(QgsFeature(feature), QgsFeatureSink.FastInsert):
+    for feature in features:
+        if not sink.addFeature(feature, QgsFeatureSink.FastInsert):
             raise QgsProcessingException(tr("Could not write a feature to the output"))
         count += 1
     return count
@@ -208,9 +185,3 @@ def raise_if_cancelled(feedback: QgsProcessingFeedback) -> None:
 
         raise QgsProcessingException(Cancelled().args[0])
 
-
-def to_shapely(geometry: Any) -> Any:
-    """A QgsGeometry as a 2D shapely geometry (None for a null/empty one); curves are linearised."""
-    from ..qgis_ui.output import to_shapely as qgs_to_shapely
-
-    return qgs_to_shapely(geometry)

@@ -12,16 +12,14 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterDefinition,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
-    QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
 )
 
-from .common import DEVICES, RoofDetectorAlgorithm, engine_errors, engine_progress, raster_file, source_as_file
+from .common import RoofDetectorAlgorithm, engine_errors, engine_progress, raster_file, source_as_file
+from .parameters import add, values
 
 
 class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
@@ -31,13 +29,6 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
     LABELS = "LABELS"
     AREA = "AREA"
     MODEL = "MODEL"
-    EPOCHS = "EPOCHS"
-    LR = "LR"
-    BATCH_SIZE = "BATCH_SIZE"
-    VAL_FRACTION = "VAL_FRACTION"
-    PATIENCE = "PATIENCE"
-    DEVICE = "DEVICE"
-    SAMPLES_PER_EPOCH = "SAMPLES_PER_EPOCH"
     OUTPUT = "OUTPUT"
     CURVES = "CURVES"
     IOU_BEFORE = "IOU_BEFORE"
@@ -73,25 +64,8 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
             self.AREA, self.tr("Fully labelled area"), [QgsProcessing.TypeVectorPolygon], optional=True))
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, self.tr("Base model (empty: bundled model)"), extension="pt", optional=True))
-        integer, double = QgsProcessingParameterNumber.Integer, QgsProcessingParameterNumber.Double
-        self.addParameter(QgsProcessingParameterNumber(self.EPOCHS, self.tr("Epochs"), integer, defaultValue=10,
-                                                       minValue=1, maxValue=1000))
-        self.addParameter(QgsProcessingParameterNumber(self.LR, self.tr("Learning rate"), double,
-                                                       defaultValue=3e-4, minValue=1e-7, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterNumber(self.BATCH_SIZE, self.tr("Batch size"), integer,
-                                                       defaultValue=8, minValue=1, maxValue=256))
-        self.addParameter(QgsProcessingParameterNumber(self.VAL_FRACTION, self.tr("Validation fraction"), double,
-                                                       defaultValue=0.2, minValue=0.05, maxValue=0.5))
-        self.addParameter(QgsProcessingParameterNumber(self.PATIENCE, self.tr("Patience (epochs)"), integer,
-                                                       defaultValue=4, minValue=1, maxValue=1000))
-        self.addParameter(QgsProcessingParameterEnum(
-            self.DEVICE, self.tr("Device"), options=[self.tr("Automatic"), self.tr("CPU"), self.tr("CUDA GPU")],
-            defaultValue=0))
-        samples = QgsProcessingParameterNumber(
-            self.SAMPLES_PER_EPOCH, self.tr("Training crops per epoch (0: about one pass over the area)"), integer,
-            defaultValue=0, minValue=0)
-        samples.setFlags(samples.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-        self.addParameter(samples)
+        add(self, "finetune", advanced=("samples_per_epoch",))
+        add(self, "detect", "device")
         self.addParameter(QgsProcessingParameterFileDestination(
             self.OUTPUT, self.tr("Fine-tuned model"), self.tr("Roof Detector models (*.pt)")))
         self.addOutput(QgsProcessingOutputFile(self.CURVES, self.tr("Training curves (PNG)")))
@@ -122,7 +96,7 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
         area_wkt = self._area_wkt(parameters, context, layer.crs())
         with engine_errors(feedback):
             from ..core.training.finetune import FinetuneOptions, finetune
-            from ..qgis_ui.paths import bundled_model_path
+            from ..qgis_adapter.paths import bundled_model_path
 
             base = self.parameterAsFile(parameters, self.MODEL, context) or bundled_model_path()
             if not base:
@@ -132,14 +106,8 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
             os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
             options = FinetuneOptions(
                 raster_path=raster, labels_path=labels, labels_layer=labels_layer, output_path=output,
-                base_model_path=base, area_wkt=area_wkt,
-                epochs=self.parameterAsInt(parameters, self.EPOCHS, context),
-                lr=self.parameterAsDouble(parameters, self.LR, context),
-                batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-                val_fraction=self.parameterAsDouble(parameters, self.VAL_FRACTION, context),
-                patience=self.parameterAsInt(parameters, self.PATIENCE, context),
-                samples_per_epoch=self.parameterAsInt(parameters, self.SAMPLES_PER_EPOCH, context) or None,
-                device=DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)],
+                base_model_path=base, area_wkt=area_wkt, **values(self, parameters, context, "finetune"),
+                **values(self, parameters, context, "detect", "device"),
                 overwrite=True)  # a Processing destination is replaced (QGIS asks first); never the base model
             feedback.pushInfo(self.tr("Fine-tuning {base} on {raster}").format(base=base, raster=raster))
             result = finetune(options, progress=engine_progress(feedback), is_cancelled=feedback.isCanceled,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 from qgis.core import (
     QgsFeature,
@@ -14,16 +14,15 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputHtml,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterBoolean,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFolderDestination,
-    QgsProcessingParameterNumber,
     QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QVariant
 
-from .common import RoofDetectorAlgorithm, engine_errors, to_shapely
+from .common import RoofDetectorAlgorithm, engine_errors
+from .parameters import add, help_lines, values
 
 _VARIANT = {"real": QVariant.Double, "integer": QVariant.Int}
 
@@ -32,13 +31,6 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
     """Adds rooftop solar attributes to building polygons from any source."""
 
     INPUT = "INPUT"
-    SETBACK = "SETBACK"
-    USABLE_FRACTION = "USABLE_FRACTION"
-    PANEL_AREA = "PANEL_AREA"
-    PANEL_WP = "PANEL_WP"
-    SPECIFIC_YIELD = "SPECIFIC_YIELD"
-    REGULARIZE = "REGULARIZE"
-    TOLERANCE = "TOLERANCE"
     OUTPUT = "OUTPUT"
     REPORT = "REPORT"
     REPORT_HTML = "REPORT_HTML"
@@ -60,10 +52,11 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
         "<i>kwp</i> = panels × <b>panel power</b> / 1000, <i>specific_yield</i> (kWh/kWp/yr), "
         "<i>annual_kwh</i> = kwp × specific yield, <i>orientation_deg</i> (long axis, degrees clockwise from "
         "north, 0-180).<br>"
-        "<b>Specific yield</b>: 0 = estimated from each building's latitude (a coarse curve, ±25 %; give a "
-        "PVGIS / Global Solar Atlas value for your site when it matters).<br>"
-        "<b>Regularize outlines</b> squares the outlines first (within the <b>tolerance</b>, metres); off by "
-        "default, as cadastre outlines are already clean.<br><br>"
+        + help_lines("solar") +
+        "The latitude estimate is a coarse curve (±25 %); give a PVGIS / Global Solar Atlas value for your site "
+        "when it matters.<br>"
+        + help_lines("outlines") +
+        "Regularisation is off by default here, as cadastre outlines are already clean.<br><br>"
         "Input fields are kept; one whose name clashes (ignoring case) with an added field or an earlier input "
         "field is renamed src_&lt;name&gt; (or src_&lt;name&gt;_2, _3... when that is taken too). "
         "Features without a geometry are skipped. The optional <b>report folder</b> receives summary.html, "
@@ -74,23 +67,8 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterFeatureSource(
             self.INPUT, self.tr("Building polygons"), [QgsProcessing.TypeVectorPolygon]))
-        double = QgsProcessingParameterNumber.Double
-        self.addParameter(QgsProcessingParameterNumber(
-            self.SETBACK, self.tr("Roof edge setback (m)"), double, defaultValue=0.5, minValue=0.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.USABLE_FRACTION, self.tr("Usable fraction of the inset roof"), double, defaultValue=0.6,
-            minValue=0.0, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.PANEL_AREA, self.tr("Panel area (m²)"), double, defaultValue=1.96, minValue=0.01))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.PANEL_WP, self.tr("Panel power (Wp)"), double, defaultValue=400.0, minValue=1.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.SPECIFIC_YIELD, self.tr("Specific yield (kWh/kWp/yr; 0: estimate from latitude)"), double,
-            defaultValue=0.0, minValue=0.0, maxValue=4999.0))
-        self.addParameter(QgsProcessingParameterBoolean(
-            self.REGULARIZE, self.tr("Regularize outlines (right angles) first"), defaultValue=False))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.TOLERANCE, self.tr("Regularization tolerance (m)"), double, defaultValue=1.0, minValue=0.01))
+        add(self, "solar")
+        add(self, "outlines", defaults={"regularize": False})
         self.addParameter(QgsProcessingParameterFeatureSink(
             self.OUTPUT, self.tr("Rooftops"), QgsProcessing.TypeVectorPolygon))
         self.addParameter(QgsProcessingParameterFolderDestination(
@@ -110,41 +88,24 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
             raise QgsProcessingException(self.tr("The polygon layer has no CRS; set one (Layer Properties > "
                                                  "Source) so areas can be measured"))
         crs_wkt = crs.toWkt()
-        regularize = self.parameterAsBoolean(parameters, self.REGULARIZE, context)
-        tolerance = self.parameterAsDouble(parameters, self.TOLERANCE, context)
-        specific_yield = self.parameterAsDouble(parameters, self.SPECIFIC_YIELD, context)
         report_dir = self.parameterAsString(parameters, self.REPORT, context) if \
             self.optional_value(parameters, self.REPORT) else ""
 
         with engine_errors(feedback):
-            from ..core.field_names import free_names
-            from ..core.regularize import regularize_outline
+            from ..core.footprints import measure_polygons
             from ..core.report import build_table, totals, write_report
-            from ..core.solar import SOLAR_FIELDS, SolarParams, rooftop_attributes
-            from ..qgis_ui.output import to_qgs_geometry
+            from ..core.solar import SolarParams
+            from ..qgis_adapter.output import to_shapely
 
-            params = SolarParams(
-                setback_m=self.parameterAsDouble(parameters, self.SETBACK, context),
-                usable_fraction=self.parameterAsDouble(parameters, self.USABLE_FRACTION, context),
-                panel_area_m2=self.parameterAsDouble(parameters, self.PANEL_AREA, context),
-                panel_wp=self.parameterAsDouble(parameters, self.PANEL_WP, context),
-                specific_yield_kwh_per_kwp=specific_yield if specific_yield > 0 else None).validate()
+            params = SolarParams(**values(self, parameters, context, "solar")).validate()
+            outlines = values(self, parameters, context, "outlines")
+            regularize = outlines["regularize"]
             if report_dir:
                 from ..core.report import check_report_dir
 
                 check_report_dir(report_dir)  # before the work
-            solar_names = [name for name, _ in SOLAR_FIELDS]
-            # As the CLI: a source field keeps its value under a free name (src_<name>, src_<name>_2...),
-            # never dropped: QgsFields.append drops a duplicate silently, and values are written by position.
-            fields = QgsFields()
-            new_names = free_names(source.fields().names(), solar_names)
-            for field, new_name in zip(source.fields(), new_names):
-                field = QgsField(field)
-                field.setName(new_name)
-                fields.append(field)
-            for name, kind in SOLAR_FIELDS:
-                fields.append(QgsField(name, _VARIANT.get(kind, QVariant.Double)))
-            if fields.count() != len(new_names) + len(solar_names):  # would shift values between columns
+            fields = _output_fields(source.fields())
+            if fields is None:  # QgsFields dropped a duplicate: values would shift between columns
                 raise QgsProcessingException(self.tr("Cannot name the output fields of {names}").format(
                     names=", ".join(source.fields().names())))
             wkb_type = QgsWkbTypes.flatType(source.wkbType()) if regularize else source.wkbType()
@@ -152,34 +113,16 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
             if sink is None:
                 raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
 
-            total = source.featureCount() or 1
-            rows: List[Dict[str, Any]] = []
-            skipped = regularized = 0
-            for i, feature in enumerate(source.getFeatures()):
-                if feedback.isCanceled():
-                    break
-                geom = to_shapely(feature.geometry())
-                if geom is None:
-                    skipped += 1
-                    continue
-                qgs_geometry = feature.geometry()
-                if regularize:
-                    squared = regularize_outline(geom, crs_wkt, tolerance)
-                    if squared is not geom:
-                        regularized += 1
-                        geom = squared
-                        qgs_geometry = to_qgs_geometry(geom)
-                        if QgsWkbTypes.isMultiType(wkb_type):
-                            qgs_geometry.convertToMultiType()
-                attrs = rooftop_attributes(geom, crs_wkt, params)
-                rows.append({"id": feature.id(), **attrs})
-                out = QgsFeature(fields)
-                out.setGeometry(qgs_geometry)
-                out.setAttributes(list(feature.attributes()) + [attrs[name] for name in solar_names])
-                if not sink.addFeature(out, QgsFeatureSink.FastInsert):
-                    raise QgsProcessingException(self.tr("Could not write a feature to the output"))
-                feedback.setProgress(100.0 * (i + 1) / total)
-
+            pairs = [(f, to_shapely(f.geometry())) for f in source.getFeatures()]
+            features = [f for f, g in pairs if g is not None]
+            originals = [g for _, g in pairs if g is not None]
+            skipped = len(pairs) - len(features)
+            feedback.setProgress(10)
+            # All polygons at once: the batched sizing of the CLI and of detection.
+            geoms, sized = measure_polygons(originals, crs_wkt, params, regularize,
+                                            outlines["regularize_tolerance_m"])
+            feedback.setProgress(60)
+            rows, regularized = self._write(sink, fields, wkb_type, features, originals, geoms, sized, feedback)
             summed = totals(build_table(rows))
             results: Dict[str, Any] = {self.OUTPUT: dest_id, self.BUILDINGS: summed["buildings"],
                                        self.TOTAL_PANELS: summed["panels"], self.TOTAL_KWP: summed["kwp"],
@@ -202,3 +145,52 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
                 results[self.REPORT_HTML] = paths["html"]
             feedback.pushDebugInfo(json.dumps(params.as_dict()))
         return results
+
+    def _write(self, sink: Any, fields: QgsFields, wkb_type: int, features: List[QgsFeature], originals: List[Any],
+               geoms: Any, sized: List[Dict[str, Any]], feedback: Any) -> Tuple[List[Dict[str, Any]], int]:
+        """Add each input feature with its solar fields (and squared outline) to ``sink``; (rows, regularised)."""
+        from ..core.solar import SOLAR_FIELDS
+        from ..qgis_adapter.output import to_qgs_geometry
+
+        solar_names = [name for name, _ in SOLAR_FIELDS]
+        rows: List[Dict[str, Any]] = []
+        regularized = 0
+        for i, (feature, original, geom, attrs) in enumerate(zip(features, originals, geoms, sized)):
+            if feedback.isCanceled():
+                break
+            qgs_geometry = feature.geometry()
+            if geom is not original:
+                regularized += 1
+                qgs_geometry = to_qgs_geometry(geom)
+                if QgsWkbTypes.isMultiType(wkb_type):
+                    qgs_geometry.convertToMultiType()
+            rows.append({"id": feature.id(), **attrs})
+            out = QgsFeature(fields)
+            out.setGeometry(qgs_geometry)
+            out.setAttributes(list(feature.attributes()) + [attrs[name] for name in solar_names])
+            if not sink.addFeature(out, QgsFeatureSink.FastInsert):
+                raise QgsProcessingException(self.tr("Could not write a feature to the output"))
+            feedback.setProgress(60 + 40.0 * (i + 1) / max(1, len(features)))
+        return rows, regularized
+
+
+def _output_fields(source_fields: QgsFields) -> Optional[QgsFields]:
+    """The input's fields and the solar fields (None if QgsFields would not take them all).
+
+    As the CLI: a source field keeps its value under a free name (src_<name>, src_<name>_2...,
+    ignoring case), never dropped: QgsFields.append drops a duplicate silently, and values are
+    written by position.
+    """
+    from ..core.field_names import free_names
+    from ..core.solar import SOLAR_FIELDS
+
+    fields = QgsFields()
+    solar_names = [name for name, _ in SOLAR_FIELDS]
+    new_names = free_names(source_fields.names(), solar_names)
+    for field, new_name in zip(source_fields, new_names):
+        field = QgsField(field)
+        field.setName(new_name)
+        fields.append(field)
+    for name, kind in SOLAR_FIELDS:
+        fields.append(QgsField(name, _VARIANT.get(kind, QVariant.Double)))
+    return fields if fields.count() == len(new_names) + len(solar_names) else None

@@ -295,11 +295,6 @@ class RenderGrid:
     def chunks(self) -> Tuple[int, int]:
         return (math.ceil(self.width / CHUNK_PX), math.ceil(self.height / CHUNK_PX))
 
-    @property
-    def chunk_count(self) -> int:
-        cx, cy = self.chunks
-        return cx * cy
-
 
 def render_grid(bounds: Tuple[float, float, float, float], crs_wkt: str, gsd_m: float) -> RenderGrid:
     """A north-up grid over ``bounds`` (layer CRS) whose pixels measure ``gsd_m`` on the ground."""

@@ -1,17 +1,12 @@
-"""QGIS front end of Roof Detector: dialog, background task, styling, settings.
+"""QGIS widgets of Roof Detector: the dialogs, pickers, styling, result presentation, settings.
 
-Everything here is a thin layer over :mod:`roof_detector.core`; it never
-tiles, predicts or polygonises by itself. Nothing in this package imports
-torch (or the engine, which imports torch) at module level, so the plugin
-loads in a QGIS whose Python lacks torch and explains how to install it on
-first use (see :mod:`.deps`).
+Everything that is not a widget (request checks, tasks, error messages,
+paths, dependency check, output layers) lives in :mod:`roof_detector.qgis_adapter`,
+shared with the Processing algorithms. Nothing in this package imports torch
+(or the engine) at module level, so the plugin loads in a QGIS whose Python
+lacks torch and explains how to install it on first use.
 """
 
-from qgis.PyQt.QtCore import QCoreApplication
+from ..qgis_adapter import LOG_TAG, tr
 
-LOG_TAG = "Roof Detector"
-
-
-def tr(message: str) -> str:
-    """Translate ``message`` in the plugin's context (QCoreApplication.translate)."""
-    return QCoreApplication.translate("RoofDetector", message)
+__all__ = ["LOG_TAG", "tr"]

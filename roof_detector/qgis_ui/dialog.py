@@ -13,17 +13,19 @@ from typing import Any, Dict, Optional
 from qgis.core import Qgis, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMessageBar
 from qgis.PyQt.QtWidgets import (
-    QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout,
+    QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFormLayout,
     QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox, QRadioButton, QVBoxLayout, QWidget,
 )
 
+from ..core.params import ParameterError
+from ..qgis_adapter.output import gpkg_layer_names
+from ..qgis_adapter.paths import library_models, model_library_dir
+from ..qgis_adapter.request import (DetectRequest, RequestError, extent_aoi_wkt, plan_run, raster_input,
+                                    selection_aoi_wkt)
 from . import settings, tr
-from .output import gpkg_layer_names
-from .paths import library_models, model_library_dir
+from .param_widgets import declared_spin
 from .pickers import (add_model_choices, chosen_model_path, choice_combo, device_combo, layer_combo, model_summary,
                       restore_device, select_data)
-from .request import (DetectRequest, RequestError, extent_aoi_wkt, plan_run, raster_input,
-                      selection_aoi_wkt)
 
 AREA_MODES = (("layer", "Whole layer"), ("extent", "Current map extent"),
               ("selection", "Selected polygons of a layer"))
@@ -46,10 +48,24 @@ class DetectDialog(QDialog):
     def _build(self) -> None:
         self.bar = QgsMessageBar(self)
         form = QFormLayout()
+        self._build_input_rows(form)
+        self._build_model_rows(form)
+        self._build_detection_rows(form)
+        self._build_output_box()
+        self._build_solar_box()
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel, self)
+        self.buttons.button(QDialogButtonBox.Ok).setText(tr("Detect"))
+        self.buttons.accepted.connect(self.accept)
+        self.buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        for part in (self.bar, form, self.solar_box, self.output_box, self.buttons):
+            (layout.addLayout if isinstance(part, QFormLayout) else layout.addWidget)(part)
+        self._connect_signals()
 
+    def _build_input_rows(self, form: QFormLayout) -> None:
+        """Orthophoto, area and the work estimate."""
         self.raster_combo = layer_combo(self, QgsMapLayerProxyModel.RasterLayer)
         form.addRow(tr("Orthophoto"), self.raster_combo)
-
         self.area_combo = choice_combo(self, AREA_MODES)
         self.aoi_layer_combo = layer_combo(self, QgsMapLayerProxyModel.PolygonLayer)
         form.addRow(tr("Area"), self.area_combo)
@@ -59,6 +75,7 @@ class DetectDialog(QDialog):
         self.estimate_label.setObjectName("roofDetectorEstimate")
         form.addRow(tr("Work"), self.estimate_label)
 
+    def _build_model_rows(self, form: QFormLayout) -> None:
         self.model_combo = QComboBox(self)
         self.model_file = QgsFileWidget(self)
         self.model_file.setFilter(tr("TorchScript model (*.pt)"))
@@ -69,27 +86,20 @@ class DetectDialog(QDialog):
         form.addRow(tr("Model file"), self.model_file)
         form.addRow("", self.model_info)
 
+    def _build_detection_rows(self, form: QFormLayout) -> None:
+        """Threshold, minimum area, touching roofs and device: ranges from core.params."""
         self.threshold_check = QCheckBox(tr("Custom threshold"), self)
-        self.threshold_spin = QDoubleSpinBox(self)
-        self.threshold_spin.setRange(0.01, 0.99)
-        self.threshold_spin.setSingleStep(0.05)
-        self.threshold_spin.setDecimals(2)
+        self.threshold_spin = declared_spin(self, "detect", "threshold")
         row = QHBoxLayout()
         row.addWidget(self.threshold_check)
         row.addWidget(self.threshold_spin)
         form.addRow(tr("Threshold"), row)
-
-        self.min_area_spin = QDoubleSpinBox(self)
-        self.min_area_spin.setRange(0.0, 100000.0)
-        self.min_area_spin.setDecimals(1)
-        self.min_area_spin.setSuffix(" m²")
+        self.min_area_spin = declared_spin(self, "detect", "min_area_m2")
         form.addRow(tr("Minimum building area"), self.min_area_spin)
-
         self.separate_check = QCheckBox(tr("Separate touching buildings"), self)
         self.separate_check.setToolTip(tr("Split roofs that touch along the probability valley between their "
                                           "confident cores: one polygon per roof, not per block"))
         form.addRow("", self.separate_check)
-
         self.device_combo, devices = device_combo(self)
         self.device_info = QLabel(self)
         self.device_info.setText(devices["text"])
@@ -97,6 +107,7 @@ class DetectDialog(QDialog):
         form.addRow(tr("Device"), self.device_combo)
         form.addRow("", self.device_info)
 
+    def _build_output_box(self) -> None:
         self.output_box = QGroupBox(tr("Output"), self)
         self.memory_radio = QRadioButton(tr("Temporary layer"), self.output_box)
         self.gpkg_radio = QRadioButton(tr("GeoPackage file"), self.output_box)
@@ -113,20 +124,7 @@ class DetectDialog(QDialog):
         out.addRow(tr("File"), self.gpkg_file)
         out.addRow(tr("Layer name"), self.gpkg_layer_edit)
 
-        self._build_solar_box()
-
-        self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel, self)
-        self.buttons.button(QDialogButtonBox.Ok).setText(tr("Detect"))
-        self.buttons.accepted.connect(self.accept)
-        self.buttons.rejected.connect(self.reject)
-
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.bar)
-        layout.addLayout(form)
-        layout.addWidget(self.solar_box)
-        layout.addWidget(self.output_box)
-        layout.addWidget(self.buttons)
-
+    def _connect_signals(self) -> None:
         for signal in (self.area_combo.currentIndexChanged, self.model_combo.currentIndexChanged,
                        self.threshold_check.toggled, self.gpkg_radio.toggled,
                        self.memory_radio.toggled, self.device_combo.currentIndexChanged,
@@ -146,35 +144,25 @@ class DetectDialog(QDialog):
         self.solar_box = QgsCollapsibleGroupBox(tr("Outlines and rooftop solar"), self)
         self.solar_box.setObjectName("roofDetectorSolarBox")
         self.solar_box.setSaveCollapsedState(False)  # remembered in our own settings instead
-        grid = QGridLayout(self.solar_box)
-
-        def spin(low: float, high: float, decimals: int, step: float, suffix: str, tip: str) -> QDoubleSpinBox:
-            box = QDoubleSpinBox(self.solar_box)
-            box.setRange(low, high)
-            box.setDecimals(decimals)
-            box.setSingleStep(step)
-            if suffix:
-                box.setSuffix(suffix)
-            box.setToolTip(tip)
-            return box
-
-        self.regularize_check = QCheckBox(tr("Regularise"), self.solar_box)
+        box = self.solar_box
+        self.regularize_check = QCheckBox(tr("Regularise"), box)
         self.regularize_check.setToolTip(tr("Square the traced outlines (right angles, 45° diagonals); shapes "
                                             "that follow no two directions (round tanks, curved roofs) stay "
                                             "as traced."))
-        self.tolerance_spin = spin(0.1, 10.0, 1, 0.1, " m", tr("How far a squared outline may depart from "
-                                                               "the traced one"))
-        self.setback_spin = spin(0.0, 10.0, 2, 0.1, " m", tr("Roof edge setback: panels keep this distance "
-                                                             "from the roof edge"))
-        self.usable_spin = spin(0.0, 1.0, 2, 0.05, "", tr("Share of the inset roof that takes panels "
-                                                          "(chimneys, skylights, shade, faces turned away)"))
-        self.panel_area_spin = spin(0.1, 10.0, 2, 0.01, " m²", tr("Area of one panel"))
-        self.panel_wp_spin = spin(10.0, 2000.0, 0, 10.0, " Wp", tr("Peak power of one panel"))
-        self.yield_auto_check = QCheckBox(tr("From latitude"), self.solar_box)
+        self.tolerance_spin = declared_spin(box, "outlines", "regularize_tolerance_m")
+        self.setback_spin = declared_spin(box, "solar", "setback_m")
+        self.usable_spin = declared_spin(box, "solar", "usable_fraction")
+        self.panel_area_spin = declared_spin(box, "solar", "panel_area_m2")
+        self.panel_wp_spin = declared_spin(box, "solar", "panel_wp", integer=False)
+        self.yield_auto_check = QCheckBox(tr("From latitude"), box)
         self.yield_auto_check.setToolTip(tr("Estimate the yield from each building's latitude: a coarse "
                                             "estimate (about ±25 %); enter your site's value from PVGIS or "
                                             "the Global Solar Atlas when it matters."))
-        self.yield_spin = spin(1.0, 4999.0, 0, 50.0, " kWh/kWp/yr", tr("Yearly energy per kWp installed"))
+        self.yield_spin = declared_spin(box, "solar", "specific_yield_kwh_per_kwp", integer=False)
+        self._lay_out_solar_box()
+
+    def _lay_out_solar_box(self) -> None:
+        grid = QGridLayout(self.solar_box)
         rows = ((tr("Outlines"), self.regularize_check, tr("Tolerance"), self.tolerance_spin),
                 (tr("Setback"), self.setback_spin, tr("Usable fraction"), self.usable_spin),
                 (tr("Panel area"), self.panel_area_spin, tr("Panel power"), self.panel_wp_spin))
@@ -337,12 +325,15 @@ class DetectDialog(QDialog):
             raise RequestError(info["text"])
         if inp.is_web:
             plan_run(inp, aoi, info["meta"])
-        request = DetectRequest.for_layer(
-            inp, model_path=model, device=self.device_combo.currentData(),
-            threshold=self.threshold_spin.value() if self.threshold_check.isChecked() else None,
-            min_area_m2=self.min_area_spin.value(), aoi_wkt=aoi, separate_touching=self.separate_check.isChecked(),
-            regularize=self.regularize_check.isChecked(),
-            regularize_tolerance_m=self.tolerance_spin.value(), solar=self.solar_kwargs())
+        try:
+            request = DetectRequest.for_layer(inp, options=dict(
+                model_path=model, device=self.device_combo.currentData(), aoi_wkt=aoi,
+                threshold=self.threshold_spin.value() if self.threshold_check.isChecked() else None,
+                min_area_m2=self.min_area_spin.value(), separate_touching=self.separate_check.isChecked(),
+                regularize=self.regularize_check.isChecked(), regularize_tolerance_m=self.tolerance_spin.value()),
+                solar=self.solar_kwargs())
+        except ParameterError as exc:  # cannot happen through the spin boxes: they share the ranges
+            raise RequestError(str(exc)) from None
         if self.gpkg_radio.isChecked():
             self._fill_gpkg(request)
         if inp.reader == "file" and inp.path:
@@ -352,15 +343,14 @@ class DetectDialog(QDialog):
     def _check_size(self, request: DetectRequest, path: str) -> None:
         """Ask before a very large run (the engine refuses it otherwise); refuse one that cannot fit."""
         from ..core.errors import LargeRunError
-        from ..core.pipeline import DetectOptions, check_detection_size
-        from .task import make_options
+        from ..core.pipeline import check_detection_size
 
         try:
-            check_detection_size(path, make_options(DetectOptions, request.options_kwargs()))
+            check_detection_size(path, request.detect_options())
         except LargeRunError as exc:
             if not exc.confirmable or not self.confirm_large(str(exc)):
                 raise RequestError(str(exc)) from None
-            request.extra_options["confirm_large_run"] = True
+            request.options["confirm_large_run"] = True
 
     def confirm_large(self, message: str) -> bool:
         """Ask whether a very large run may start."""

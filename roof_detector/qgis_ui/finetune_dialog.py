@@ -10,26 +10,27 @@ only hides it; the run goes on in QGIS's task manager.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from qgis.core import Qgis, QgsMapLayerProxyModel, QgsMessageLog, QgsRasterLayer
+from qgis.core import Qgis, QgsMapLayerProxyModel, QgsMessageLog, QgsRasterLayer, QgsVectorLayer
 from qgis.gui import QgsMessageBar
 from qgis.PyQt.QtCore import Qt, pyqtSlot
 from qgis.PyQt.QtWidgets import (
-    QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QGridLayout, QGroupBox,
-    QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMessageBox, QProgressBar, QPushButton, QSizePolicy, QSpinBox,
+    QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFormLayout, QGridLayout, QGroupBox,
+    QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMessageBox, QProgressBar, QPushButton, QSizePolicy,
     QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
+from ..qgis_adapter.deps import finetune_dependencies_problem
+from ..qgis_adapter.finetune_task import (FinetuneRequest, FinetuneTask, area_wkt, label_source, labels_in_raster,
+                                          make_temp_dir)
+from ..qgis_adapter.paths import library_models_in, model_library_dir
+from ..qgis_adapter.request import RequestError, is_polygon_layer, raster_file_path
 from . import LOG_TAG, settings, tr
 from .curve_chart import CurveChart
-from .finetune_task import (FinetuneRequest, FinetuneTask, area_wkt, is_polygon_layer, label_source,
-                            labels_in_raster, make_temp_dir)
-from .deps import finetune_dependencies_problem
-from .paths import library_models_in, model_library_dir
+from .param_widgets import declared_spin
 from .pickers import (add_model_choices, chosen_model_path, choice_combo, device_combo, layer_combo, model_summary,
                       restore_device, select_data)
-from .request import RequestError, raster_file_path
 
 AREA_MODES = (("labels", "Extent of the label layer"), ("layer", "All polygons of a layer"),
               ("selection", "Selected polygons of a layer"))
@@ -61,7 +62,38 @@ class FinetuneDialog(QDialog):
     def _build(self) -> None:
         self.bar = QgsMessageBar(self)
         form = QFormLayout()
+        self._build_input_rows(form)
+        self._build_model_rows(form)
+        left = QVBoxLayout()
+        left.addLayout(form)
+        left.addWidget(self._build_training_box())
+        left.addStretch(1)
+        columns = QHBoxLayout()
+        columns.addLayout(left, 5)
+        columns.addLayout(self._build_progress_column(), 6)
 
+        self.buttons = QDialogButtonBox(self)
+        self.start_button = QPushButton(tr("Start fine-tuning"), self)
+        self.stop_button = QPushButton(tr("Stop"), self)
+        self.buttons.addButton(self.start_button, QDialogButtonBox.ActionRole)
+        self.buttons.addButton(self.stop_button, QDialogButtonBox.ActionRole)
+        self.buttons.addButton(QDialogButtonBox.Close)
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.buttons.rejected.connect(self.reject)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.bar)
+        layout.addLayout(columns, 1)
+        layout.addWidget(self.buttons)
+
+        self.area_combo.currentIndexChanged.connect(self._update_enabled)
+        self.model_combo.currentIndexChanged.connect(self._update_enabled)
+        self.raster_combo.layerChanged.connect(self._suggest_name)
+        self.fill_models()
+
+    def _build_input_rows(self, form: QFormLayout) -> None:
+        """Orthophoto, labels and the labelled area."""
         self.raster_combo = layer_combo(self, QgsMapLayerProxyModel.RasterLayer)
         form.addRow(tr("Orthophoto"), self.raster_combo)
 
@@ -81,6 +113,7 @@ class FinetuneDialog(QDialog):
         form.addRow(tr("Area layer"), self.area_layer_combo)
         form.addRow(self.area_help)
 
+    def _build_model_rows(self, form: QFormLayout) -> None:
         self.model_combo = QComboBox(self)
         self.model_info = QLabel(self)
         self.model_info.setWordWrap(True)
@@ -92,33 +125,21 @@ class FinetuneDialog(QDialog):
         self.name_edit.setPlaceholderText(tr("e.g. roofs-lyon-2023"))
         form.addRow(tr("New model name"), self.name_edit)
 
+    def _build_training_box(self) -> QGroupBox:
+        """The training parameters: ranges, steps and tooltips from core.params."""
         train_box = QGroupBox(tr("Training"), self)
         grid = QGridLayout(train_box)
-        self.epochs_spin = QSpinBox(train_box)
-        self.epochs_spin.setRange(1, 500)
-        self.lr_spin = QDoubleSpinBox(train_box)
-        self.lr_spin.setDecimals(6)
-        self.lr_spin.setRange(0.000001, 0.1)
-        self.lr_spin.setSingleStep(0.0001)
-        self.batch_spin = QSpinBox(train_box)
-        self.batch_spin.setRange(1, 128)
-        self.val_spin = QSpinBox(train_box)
-        self.val_spin.setRange(5, 50)
-        self.val_spin.setSuffix(" %")
-        self.val_spin.setToolTip(tr("Share of the labelled area held out, in whole blocks, to validate each epoch"))
-        self.patience_spin = QSpinBox(train_box)
-        self.patience_spin.setRange(1, 100)
-        self.patience_spin.setToolTip(tr("Stop when validation IoU has not improved for this many epochs; "
-                                         "the best epoch is kept"))
-        self.samples_spin = QSpinBox(train_box)
-        self.samples_spin.setRange(0, 100000)
+        self.epochs_spin = declared_spin(train_box, "finetune", "epochs")
+        self.lr_spin = declared_spin(train_box, "finetune", "lr")
+        self.batch_spin = declared_spin(train_box, "finetune", "batch_size")
+        self.val_spin = declared_spin(train_box, "finetune", "val_fraction", scale=100.0, suffix=" %", integer=True)
+        self.patience_spin = declared_spin(train_box, "finetune", "patience")
+        self.samples_spin = declared_spin(train_box, "finetune", "samples_per_epoch")
+        self.samples_spin.setMinimum(0)  # 0 shows "Automatic" (the declaration's None)
         self.samples_spin.setSpecialValueText(tr("Automatic"))
-        self.samples_spin.setToolTip(tr("Training crops per epoch; Automatic = about one pass over the area"))
         self.device_combo, devices = device_combo(train_box)
         self.device_info = QLabel(devices["text"], train_box)
         self.device_combo.setToolTip(devices["text"])
-        self.epochs_spin.setToolTip(tr("At most this many epochs; training stops earlier when validation IoU "
-                                       "stops improving"))
         cells = ((tr("Epochs"), self.epochs_spin), (tr("Learning rate"), self.lr_spin),
                  (tr("Batch size"), self.batch_spin), (tr("Validation"), self.val_spin),
                  (tr("Patience"), self.patience_spin), (tr("Samples/epoch"), self.samples_spin),
@@ -127,12 +148,10 @@ class FinetuneDialog(QDialog):
             grid.addWidget(QLabel(label, train_box), i // 2, (i % 2) * 2)
             grid.addWidget(widget, i // 2, (i % 2) * 2 + 1)
         grid.addWidget(self.device_info, 3, 2, 1, 2)
+        return train_box
 
-        left = QVBoxLayout()
-        left.addLayout(form)
-        left.addWidget(train_box)
-        left.addStretch(1)
-
+    def _build_progress_column(self) -> QVBoxLayout:
+        """Training curves, status, progress and the before/after table."""
         self.chart = CurveChart(self)
         self.status_label = QLabel(tr("Not started."), self)
         self.status_label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
@@ -162,30 +181,7 @@ class FinetuneDialog(QDialog):
         right.addWidget(self.status_label)
         right.addWidget(self.progress)
         right.addWidget(self.results_box)
-
-        columns = QHBoxLayout()
-        columns.addLayout(left, 5)
-        columns.addLayout(right, 6)
-
-        self.buttons = QDialogButtonBox(self)
-        self.start_button = QPushButton(tr("Start fine-tuning"), self)
-        self.stop_button = QPushButton(tr("Stop"), self)
-        self.buttons.addButton(self.start_button, QDialogButtonBox.ActionRole)
-        self.buttons.addButton(self.stop_button, QDialogButtonBox.ActionRole)
-        self.buttons.addButton(QDialogButtonBox.Close)
-        self.start_button.clicked.connect(self.start)
-        self.stop_button.clicked.connect(self.stop)
-        self.buttons.rejected.connect(self.reject)
-
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.bar)
-        layout.addLayout(columns, 1)
-        layout.addWidget(self.buttons)
-
-        self.area_combo.currentIndexChanged.connect(self._update_enabled)
-        self.model_combo.currentIndexChanged.connect(self._update_enabled)
-        self.raster_combo.layerChanged.connect(self._suggest_name)
-        self.fill_models()
+        return right
 
     def fill_models(self) -> None:
         """(Re)list the bundled model and the library's models, keeping the current choice."""
@@ -255,16 +251,8 @@ class FinetuneDialog(QDialog):
         self.model_info.setText(model_summary(self.selected_model_path())["text"])
 
     # -- the request -------------------------------------------------------
-    def build_request(self) -> FinetuneRequest:
-        """Check every choice and return the request; raises :class:`RequestError` for bad ones.
-
-        Layers that the engine cannot read from a file are exported to
-        temporary GeoPackages last, once every check has passed.
-        """
-        from ..core.model_library import ModelLibraryError, new_model_path
-
-        raster = self.raster_combo.currentLayer()
-        raster_path = raster_file_path(raster)
+    def _checked_labels(self, raster: QgsRasterLayer) -> Tuple[QgsVectorLayer, bool, List[str]]:
+        """The label layer, whether only its selection counts, and notes; raises :class:`RequestError`."""
         labels = self.labels_combo.currentLayer()
         if not is_polygon_layer(labels):
             raise RequestError(tr("Choose the polygon layer with the buildings (labels)."))
@@ -283,6 +271,19 @@ class FinetuneDialog(QDialog):
         if labels_in_raster(labels, selected_only, raster) is False:
             raise RequestError(tr("No polygon of layer '{labels}' lies inside raster '{raster}'. Check that the "
                                   "buildings cover the orthophoto.").format(labels=labels.name(), raster=raster.name()))
+        return labels, selected_only, notes
+
+    def build_request(self) -> FinetuneRequest:
+        """Check every choice and return the request; raises :class:`RequestError` for bad ones.
+
+        Layers that the engine cannot read from a file are exported to
+        temporary GeoPackages last, once every check has passed.
+        """
+        from ..core.model_library import ModelLibraryError, new_model_path
+
+        raster = self.raster_combo.currentLayer()
+        raster_path = raster_file_path(raster)
+        labels, selected_only, notes = self._checked_labels(raster)
         mode = self.area_combo.currentData()
         area = None
         if mode in ("layer", "selection"):
@@ -300,12 +301,12 @@ class FinetuneDialog(QDialog):
             output = new_model_path(self.library_dir, name)
         except ModelLibraryError as exc:
             raise RequestError(str(exc)) from None
-        request = FinetuneRequest(
-            raster_path=raster_path, raster_name=raster.name(), labels_path="", output_path=output, name=name,
-            base_model_path=model, area_wkt=area, epochs=self.epochs_spin.value(), lr=self.lr_spin.value(),
+        request = FinetuneRequest(raster.name(), dict(
+            raster_path=raster_path, labels_path="", output_path=output, name=name, base_model_path=model,
+            area_wkt=area, epochs=self.epochs_spin.value(), lr=self.lr_spin.value(),
             batch_size=self.batch_spin.value(), val_fraction=self.val_spin.value() / 100.0,
             patience=self.patience_spin.value(), samples_per_epoch=self.samples_spin.value() or None,
-            device=self.device_combo.currentData(), notes=notes)
+            device=self.device_combo.currentData()), notes=notes)
 
         def temp_dir() -> str:
             if request.temp_dir is None:
@@ -313,7 +314,8 @@ class FinetuneDialog(QDialog):
             return request.temp_dir
 
         try:
-            request.labels_path, request.labels_layer, _ = label_source(labels, selected_only, temp_dir)
+            request.options["labels_path"], request.options["labels_layer"], _ = label_source(
+                labels, selected_only, temp_dir)
         except Exception:
             if request.temp_dir:
                 import shutil
@@ -379,11 +381,11 @@ class FinetuneDialog(QDialog):
             box.setText(tr("Keep the best model so far (epoch {epoch}) in the library?").format(
                 epoch=self.chart.best_epoch or len(self.chart.rows)))
             keep = box.addButton(tr("Stop and keep it"), QMessageBox.YesRole)
-            drop = box.addButton(tr("Stop and discard it"), QMessageBox.DestructiveRole)
+            box.addButton(tr("Stop and discard it"), QMessageBox.DestructiveRole)
         else:
             box.setText(tr("No epoch has finished yet, so there is no model to keep. Stop anyway?"))
             keep = None
-            drop = box.addButton(tr("Stop"), QMessageBox.DestructiveRole)
+            box.addButton(tr("Stop"), QMessageBox.DestructiveRole)
         go_on = box.addButton(tr("Continue training"), QMessageBox.RejectRole)
         box.setDefaultButton(go_on)
         box.exec_()

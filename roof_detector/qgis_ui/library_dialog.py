@@ -21,7 +21,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import LOG_TAG, tr
-from .paths import model_library_dir
+from ..qgis_adapter.paths import model_library_dir
 
 COLUMNS = ("Name", "Version", "GSD (m)", "Val. IoU", "File")
 TRUST_WARNING = tr("A model file is a program: it runs on this computer whenever it is used. Import and use "
@@ -223,7 +223,7 @@ class ModelLibraryDialog(QDialog):
 
 def show_library_dialog(iface: Any, dialog: Optional[ModelLibraryDialog] = None) -> Optional[ModelLibraryDialog]:
     """Plugin action: check the dependencies, then show the (refreshed) library dialog; return it."""
-    from .deps import check_dependencies
+    from ..qgis_adapter.deps import check_dependencies
     from .present import notify
 
     problem = check_dependencies()

@@ -12,10 +12,12 @@ from typing import Any, Dict, Iterable, Optional, Tuple
 from qgis.gui import QgsMapLayerComboBox
 from qgis.PyQt.QtWidgets import QComboBox, QWidget
 
+from ..core.params import DETECT
+from ..qgis_adapter.paths import bundled_model_path
 from . import tr
-from .paths import bundled_model_path
 
-DEVICES = (("auto", "Automatic"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
+_DEVICE = DETECT["device"]
+DEVICES = tuple(zip(_DEVICE.choices, _DEVICE.choice_labels))  # the declared choices, as the CLI and Processing
 LIBRARY_PREFIX = "library:"
 
 
@@ -38,7 +40,7 @@ def model_summary(path: Optional[str]) -> Dict[str, Any]:
     try:
         from ..core.model_io import read_metadata
         meta = read_metadata(path)
-    except Exception as exc:  # ModelError, or torch missing
+    except Exception as exc:  # noqa: BLE001 - ModelError, or torch missing
         return {"ok": False, "text": str(exc), "threshold": None, "meta": None}
     text = tr("{name} {version}, {gsd} m/pixel, threshold {thr:.2f}").format(
         name=meta.get("name", os.path.basename(path)), version=meta.get("version", ""),

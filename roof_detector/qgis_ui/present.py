@@ -12,7 +12,7 @@ from qgis.core import Qgis, QgsMessageLog, QgsProject, QgsVectorLayer
 from qgis.PyQt.QtWidgets import QPushButton
 
 from . import LOG_TAG, tr
-from .output import summary
+from ..qgis_adapter.output import summary
 from .style import apply_style
 
 TITLE = "Roof Detector"

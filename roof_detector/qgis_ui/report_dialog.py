@@ -7,7 +7,7 @@ exports what ``core.report`` makes of them.
 
 Rows come from the layer's solar fields when it has them (a detection
 result, or the output of *Rooftop solar potential*); otherwise they are
-computed with :func:`roof_detector.core.solar.rooftop_attributes` and the
+computed with :func:`roof_detector.core.footprints.measure_polygons` and the
 solar parameters remembered by the Detect dialog, without changing the
 layer. A layer of more than :data:`TASK_THRESHOLD` features is read in a
 :class:`QgsTask` (through a ``QgsVectorLayerFeatureSource``, safe in a worker
@@ -18,38 +18,30 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import traceback
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set
 
 from qgis.core import (
     Qgis,
     QgsApplication,
-    QgsFeatureRequest,
     QgsMessageLog,
-    QgsTask,
     QgsVectorLayer,
-    QgsVectorLayerFeatureSource,
-    QgsWkbTypes,
 )
 from qgis.gui import QgsMessageBar
-from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QPageSize, QPdfWriter, QTextDocument
 from qgis.PyQt.QtWidgets import (
     QDialog, QDialogButtonBox, QFileDialog, QLabel, QProgressBar, QPushButton, QTextBrowser, QVBoxLayout,
     QWidget,
 )
 
+from ..qgis_adapter.report_rows import Rows, RowsTask, read_rows  # noqa: F401 - read_rows re-exported
+from ..qgis_adapter.request import is_polygon_layer
 from . import LOG_TAG, settings, tr
 
 #: Features above which the rows are gathered in a background task.
 TASK_THRESHOLD = 2000
 #: Rows of the buildings table shown in the dialog (the exports hold all of them).
 SHOWN_ROWS = 500
-#: The layer fields read into a report row (those of core.solar.SOLAR_FIELDS the report uses).
-ROW_FIELDS = ("area_m2", "perimeter_m", "usable_area_m2", "panels", "kwp", "specific_yield", "annual_kwh",
-              "orientation_deg")
 #: Without these the layer is sized here instead (they make the totals).
 REQUIRED_FIELDS = ("area_m2", "usable_area_m2", "panels", "kwp", "annual_kwh")
 EXPORTS = {"html": ("HTML", "*.html"), "pdf": ("PDF", "*.pdf"), "csv": ("CSV", "*.csv")}
@@ -57,11 +49,6 @@ EXPORTS = {"html": ("HTML", "*.html"), "pdf": ("PDF", "*.pdf"), "csv": ("CSV", "
 
 class ReportError(ValueError):
     """The layer cannot be reported on; the message says why and what to do."""
-
-
-def is_polygon_layer(layer: Any) -> bool:
-    return isinstance(layer, QgsVectorLayer) and layer.isValid() and \
-        layer.geometryType() == QgsWkbTypes.PolygonGeometry
 
 
 def has_solar_fields(layer: QgsVectorLayer) -> bool:
@@ -81,106 +68,6 @@ def check_layer(layer: Any) -> QgsVectorLayer:
         raise ReportError(tr("Layer '{name}' has no coordinate reference system, so its roofs cannot be "
                              "measured. Set it in Layer Properties > Source.").format(name=layer.name()))
     return layer
-
-
-def _plain(value: Any) -> Any:
-    """A QGIS attribute value as None / int / float (a NULL field comes as an empty QVariant)."""
-    if value is None or isinstance(value, QVariant):
-        return None
-    if isinstance(value, (int, float)):
-        return value
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-@dataclass
-class Rows:
-    """One report row per feature (dicts of core.solar.rooftop_attributes with an ``id``)."""
-
-    rows: List[Dict[str, Any]] = field(default_factory=list)
-    computed: bool = False   # True: sized here with the current parameters; False: read from the fields
-    skipped: int = 0         # features without a polygon (sized layers only)
-
-
-def read_rows(source: Any, fields: Any, solar_kwargs: Optional[Dict[str, Any]], crs_wkt: str,
-              count: int = 0, is_cancelled: Callable[[], bool] = lambda: False,
-              progress: Callable[[float], None] = lambda _: None) -> Rows:
-    """The report rows of a feature source (a layer, or a QgsVectorLayerFeatureSource in a task).
-
-    ``fields`` are the layer's QgsFields. With ``solar_kwargs`` None the rows
-    are the features' solar fields; otherwise each polygon is sized with those
-    ``SolarParams`` keyword arguments.
-    """
-    out = Rows(computed=solar_kwargs is not None)
-    request = QgsFeatureRequest()
-    present = [name for name in ROW_FIELDS if name in fields.names()]
-    if out.computed:
-        from ..core.solar import SolarParams, rooftop_attributes
-        from .output import to_shapely
-
-        params = SolarParams(**solar_kwargs).validate()
-        request.setNoAttributes()
-    else:
-        request.setFlags(QgsFeatureRequest.NoGeometry)
-        request.setSubsetOfAttributes(present, fields)
-    step = max(1, count // 100)
-    for i, feature in enumerate(source.getFeatures(request)):
-        if i % 50 == 0 and is_cancelled():
-            from ..core.errors import Cancelled
-
-            raise Cancelled()
-        if out.computed:
-            geometry = feature.geometry()
-            if geometry is None or geometry.isNull() or geometry.isEmpty():
-                out.skipped += 1
-                continue
-            row = rooftop_attributes(to_shapely(geometry), crs_wkt, params)
-        else:
-            row = {name: _plain(feature[name]) for name in present}
-        row["id"] = feature.id()
-        out.rows.append(row)
-        if count and i % step == 0:
-            progress(100.0 * i / count)
-    return out
-
-
-class RowsTask(QgsTask):
-    """Gathers the report rows of a big layer in a worker thread; ``on_finished(task, ok)`` on the main thread."""
-
-    def __init__(self, layer: QgsVectorLayer, solar_kwargs: Optional[Dict[str, Any]],
-                 on_finished: Optional[Callable[["RowsTask", bool], None]] = None):
-        text = tr("Reading rooftops of {name}") if solar_kwargs is None else tr("Sizing rooftops of {name}")
-        super().__init__(text.format(name=layer.name()), QgsTask.CanCancel)
-        self.source = QgsVectorLayerFeatureSource(layer)   # created here, on the main thread
-        self.fields = layer.fields()
-        self.count = layer.featureCount()
-        self.crs_wkt = layer.crs().toWkt()
-        self.solar_kwargs = solar_kwargs
-        self.on_finished = on_finished
-        self.result: Optional[Rows] = None
-        self.error: Optional[str] = None
-        self.run_started = threading.Event()  # as DetectTask: unloading the plugin waits on run_done
-        self.run_done = threading.Event()
-
-    def run(self) -> bool:
-        self.run_started.set()
-        try:
-            self.result = read_rows(self.source, self.fields, self.solar_kwargs, self.crs_wkt, self.count,
-                                    self.isCanceled, self.setProgress)
-            return True
-        except Exception as exc:  # noqa: BLE001 - a message, never a traceback dialog
-            if not self.isCanceled():
-                self.error = str(exc) or type(exc).__name__
-                QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
-            return False
-        finally:
-            self.run_done.set()
-
-    def finished(self, ok: bool) -> None:  # noqa: D401 - QgsTask API
-        if self.on_finished is not None:
-            self.on_finished(self, ok)
 
 
 class ReportDialog(QDialog):

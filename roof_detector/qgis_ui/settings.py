@@ -6,29 +6,45 @@ from typing import Any
 
 from qgis.core import QgsSettings
 
+from ..core.params import GROUPS, Param, ParameterError
+
 PREFIX = "roof_detector/"
 
-# key -> (default, type)
+#: Settings keys that store a declared parameter (core.params): default and range come from there.
+DECLARED = {
+    "min_area_m2": ("detect", "min_area_m2"),
+    "separate_touching": ("detect", "separate_touching"),
+    "device": ("detect", "device"),
+    "regularize": ("outlines", "regularize"),
+    "regularize_tolerance_m": ("outlines", "regularize_tolerance_m"),
+    "solar_setback_m": ("solar", "setback_m"),
+    "solar_usable_fraction": ("solar", "usable_fraction"),
+    "solar_panel_area_m2": ("solar", "panel_area_m2"),
+    "solar_panel_wp": ("solar", "panel_wp"),
+    "ft_epochs": ("finetune", "epochs"),
+    "ft_lr": ("finetune", "lr"),
+    "ft_batch_size": ("finetune", "batch_size"),
+    "ft_patience": ("finetune", "patience"),
+}
+
+
+def _declared(key: str) -> Param:
+    group, name = DECLARED[key]
+    return GROUPS[group][name]
+
+
+# key -> (default, type); declared parameters take theirs from core.params.
 DEFAULTS = {
     "area_mode": ("layer", str),          # layer | extent | selection
     "aoi_layer_id": ("", str),
     "model_choice": ("bundled", str),     # bundled | library:<path> | file
     "model_file": ("", str),
     "threshold_override": (False, bool),
-    "threshold": (0.5, float),
-    "min_area_m2": (10.0, float),
-    "separate_touching": (True, bool),
-    "device": ("auto", str),              # auto | cpu | cuda
+    "threshold": (0.5, float),            # the spin box's value when custom (declared default: the model's)
     "output_mode": ("memory", str),       # memory | gpkg
     "gpkg_path": ("", str),
     "gpkg_layer": ("buildings", str),
-    # outlines and rooftop solar (Detect dialog; the Rooftop Report sizes layers without solar fields with them)
-    "regularize": (True, bool),
-    "regularize_tolerance_m": (1.0, float),
-    "solar_setback_m": (0.5, float),
-    "solar_usable_fraction": (0.6, float),
-    "solar_panel_area_m2": (1.96, float),
-    "solar_panel_wp": (400.0, float),
+    # The Rooftop Report sizes layers without solar fields with the solar choices.
     "solar_yield_from_latitude": (True, bool),
     "solar_yield": (1100.0, float),       # kWh/kWp/yr, used when not estimated from latitude
     "solar_group_collapsed": (True, bool),
@@ -36,14 +52,14 @@ DEFAULTS = {
     # Fine-tune Model dialog
     "ft_area_mode": ("labels", str),      # labels | layer | selection
     "ft_base_model": ("bundled", str),    # bundled | library:<path>
-    "ft_epochs": (10, int),
-    "ft_lr": (3e-4, float),
-    "ft_batch_size": (8, int),
-    "ft_val_percent": (20, int),
-    "ft_patience": (4, int),
+    "ft_val_percent": (20, int),          # val_fraction in percent
     "ft_samples_per_epoch": (0, int),     # 0 = the engine's default
     "ft_device": ("auto", str),
 }
+DEFAULTS.update({key: (_declared(key).default, _declared(key).kind) for key in DECLARED})
+#: Stored numbers that are not declared parameters but hold one: checked against its range.
+_RANGE_OF = {"threshold": ("detect", "threshold"), "solar_yield": ("solar", "specific_yield_kwh_per_kwp"),
+             "ft_val_percent": ("finetune", "val_fraction")}
 
 
 def get(key: str) -> Any:
@@ -55,9 +71,27 @@ def get(key: str) -> Any:
             return value.lower() in ("1", "true", "yes")
         return bool(value)
     try:
-        return kind(value)
+        value = kind(value)
     except (TypeError, ValueError):
         return default
+    return _in_range(key, value, default)
+
+
+def _in_range(key: str, value: Any, default: Any) -> Any:
+    """A stored number outside its declared range (an older version, a hand edit) reads as the default."""
+    if key in DECLARED:
+        p = _declared(key)
+    elif key in _RANGE_OF:
+        group, name = _RANGE_OF[key]
+        p = GROUPS[group][name]
+        value = value / 100.0 if key == "ft_val_percent" else value
+    else:
+        return value
+    try:
+        p.check(value)
+    except ParameterError:
+        return default
+    return int(round(value * 100)) if key == "ft_val_percent" else value
 
 
 def set(key: str, value: Any) -> None:  # noqa: A001 - mirrors QgsSettings.setValue

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from qgis.core import QgsFillSymbol, QgsSingleSymbolRenderer, QgsVectorLayer
 
-from .paths import resource_path
+from ..qgis_adapter.paths import resource_path
 
 QML_NAME = "buildings.qml"
 FILL_RGBA = "255,140,0,80"      # orange, ~30 % opaque: the roof stays visible

@@ -18,8 +18,8 @@ from affine import Affine
 from osgeo import ogr
 
 from roof_detector import cli
-from roof_detector.core.geo import area_perimeter_m
-from roof_detector.core.test_model import BrightnessNet, make_test_model
+from tests.core.geom_helpers import area_perimeter_m
+from devtools.test_model import BrightnessNet, make_test_model
 from tests.core.synthetic_rasters import (BRIGHT, DARK, LONLAT, NORTH_UP, PX_AREA, UTM, UTM_ORIGIN, rect_scene,
                                           scene_in_crs, write_raster)
 from tests.core.test_faults import FlakyGpuNet, _utm_box_at_60n
@@ -315,8 +315,10 @@ def test_destinations_are_checked_before_any_work(env, capsys, model_path):
 @pytest.mark.parametrize("args, message", [(["bench", "--size", "0"], "--size must be at least 256"),
                                            (["score", "--case", "bogus"], "unknown --case bogus")])
 def test_bench_and_score_refuse_nonsense(capsys, args, message):
-    """0.2.0 exited 0 on both (issue 21)."""
-    assert cli.main(args) == 2
+    """0.2.0 exited 0 on both (issue 21); the developer commands run as ``python -m devtools``."""
+    from devtools.__main__ import COMMANDS
+
+    assert cli.main(args, prog="python -m devtools", commands=COMMANDS) == 2
     assert message in capsys.readouterr().err
 
 

@@ -12,7 +12,7 @@ from osgeo import ogr
 
 from roof_detector import cli
 from roof_detector.cli import demo
-from roof_detector.core.test_model import make_test_model
+from devtools.test_model import make_test_model
 
 REPO = Path(__file__).resolve().parents[2]
 

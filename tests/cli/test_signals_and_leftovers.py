@@ -42,7 +42,7 @@ def _wait_for(proc, predicate, timeout_s=240):
 
 @pytest.fixture
 def model_file(tmp_path):
-    from roof_detector.core.test_model import make_test_model
+    from devtools.test_model import make_test_model
 
     return make_test_model(str(tmp_path / "bright.pt"), gsd_m=0.5, tile_size_px=64, overlap_px=8)
 

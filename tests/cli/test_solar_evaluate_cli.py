@@ -98,7 +98,9 @@ def test_solar_refuses_to_clobber_and_bad_parameters(tmp_path, cadastre, capsys)
     assert main(["solar", cadastre, "-o", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["solar", cadastre, "-o", str(out), "--overwrite", "--setback", "0"]) == 0
-    assert main(["solar", cadastre, "-o", str(tmp_path / "x.gpkg"), "--usable-fraction", "2"]) == 2
+    with pytest.raises(SystemExit) as usage:  # argparse refuses it from the declaration (core.params)
+        main(["solar", cadastre, "-o", str(tmp_path / "x.gpkg"), "--usable-fraction", "2"])
+    assert usage.value.code == 2 and "Usable fraction must be from 0 to 1, got 2" in capsys.readouterr().err
     assert main(["solar", str(tmp_path / "missing.gpkg"), "-o", str(tmp_path / "y.gpkg")]) == 2
     assert main(["solar", cadastre, "-o", str(tmp_path / "z.gpkg"), "--layer", "nope"]) == 2
 

@@ -3,7 +3,7 @@
 import pytest
 
 from roof_detector.core.model_io import load_model
-from roof_detector.core.test_model import make_test_model
+from devtools.test_model import make_test_model
 
 
 @pytest.fixture(scope="module")

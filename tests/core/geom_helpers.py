@@ -1,14 +1,18 @@
-"""Geometry fixtures shared by the solar / regularisation / evaluation tests."""
+"""Geometry fixtures shared by the solar / regularisation / evaluation tests, and a geodesic oracle."""
 
 from __future__ import annotations
 
 import math
+from typing import Tuple
 
 import numpy as np
 import shapely
 from pyproj import CRS, Transformer
 from shapely import affinity
 from shapely.geometry import Polygon
+from shapely.geometry.base import BaseGeometry
+
+from roof_detector.core.geo import WGS84_GEOD, lonlat_transformer
 
 WGS84 = CRS.from_epsg(4326).to_wkt()
 WEB_MERCATOR = CRS.from_epsg(3857).to_wkt()
@@ -61,3 +65,32 @@ def staircase(poly: Polygon, pixel: float) -> Polygon:
 def rotated_rect(w: float, h: float, angle_deg: float) -> Polygon:
     """A w x h rectangle centred at the origin, rotated counter-clockwise by ``angle_deg``."""
     return affinity.rotate(shapely.box(-w / 2, -h / 2, w / 2, h / 2), angle_deg, origin=(0, 0))
+
+
+def area_perimeter_m(geometry: BaseGeometry, crs_wkt: str) -> Tuple[float, float]:
+    """True ground area (m2) and perimeter (m, holes' rings included) of a (multi)polygon in ``crs_wkt``.
+
+    Rings are oriented (exterior counter-clockwise, holes clockwise) after
+    the conversion to lon/lat because pyproj adds the signed hole areas to
+    the exterior's: holes are then subtracted, as they should be.
+    """
+    if geometry.is_empty:
+        return 0.0, 0.0
+    tr = lonlat_transformer(crs_wkt)
+    lonlat = shapely.transform(geometry, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
+    lonlat = shapely.orient_polygons(lonlat, exterior_cw=False)
+    area, _ = WGS84_GEOD.geometry_area_perimeter(lonlat)
+    # pyproj's perimeter leaves out holes; a courtyard's walls are perimeter too
+    # (as in shapely's ``length`` and QGIS's $perimeter), so sum every ring.
+    perimeter = sum(WGS84_GEOD.geometry_length(ring) for ring in _rings(lonlat))
+    return abs(float(area)), float(perimeter)
+
+
+def _rings(geometry: BaseGeometry):
+    """Every exterior and interior ring of a (multi)polygon or collection."""
+    for poly in getattr(geometry, "geoms", [geometry]):
+        if poly.geom_type == "Polygon":
+            yield poly.exterior
+            yield from poly.interiors
+        elif hasattr(poly, "geoms"):
+            yield from _rings(poly)

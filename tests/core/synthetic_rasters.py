@@ -1,6 +1,6 @@
 """Tiny generated rasters for the detection tests: bright rectangles on dark ground.
 
-The brightness test model (:mod:`roof_detector.core.test_model`) marks pixels
+The brightness test model (:mod:`devtools.test_model`) marks pixels
 whose mean RGB exceeds 0.5 as building, so the expected buildings are known
 exactly. Scenes are defined on the ground in UTM 31N near its central
 meridian (3 deg E, 50 deg N), where the Web Mercator scale is ~1.55 and a

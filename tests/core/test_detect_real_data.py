@@ -7,12 +7,13 @@ import rasterio
 from roof_detector.core.geo import to_lonlat
 from roof_detector.core.model_io import load_model
 from roof_detector.core.pipeline import DetectOptions, detect_buildings
-from roof_detector.core.test_model import make_test_model
+from devtools.test_model import make_test_model
 from roof_detector.core.vector_io import rasterize_polygons
 
 pytestmark = pytest.mark.shared_data
 
 
+@pytest.mark.slow
 def test_oam_mercator_raster_with_mask_band(shared_data, tmp_path):
     raster = shared_data / "oam" / "area4" / "ortho_z19.tif"   # 1536 x 768, EPSG:3857, 78 % masked
     if not raster.is_file():

@@ -5,7 +5,6 @@ behind (no output, no temporary files). Cases already covered elsewhere are
 not repeated here: see the "Bad input and faults" table in the README.
 """
 
-import errno
 import json
 import os
 from pathlib import Path
@@ -18,11 +17,11 @@ from affine import Affine
 from osgeo import ogr, osr
 
 from roof_detector.core import inference
-from roof_detector.core.errors import Cancelled, LabelError, ModelError, OutputError
-from roof_detector.core.geo import area_perimeter_m
+from roof_detector.core.errors import Cancelled, LabelError, ModelError
+from tests.core.geom_helpers import area_perimeter_m
 from roof_detector.core.model_io import LoadedModel, read_metadata
 from roof_detector.core.pipeline import DetectOptions, detect_buildings
-from roof_detector.core.test_model import BrightnessNet, make_test_model
+from devtools.test_model import BrightnessNet
 from roof_detector.core.training.finetune import FinetuneOptions, prepare_data
 from roof_detector.core.vector_io import read_polygons
 
@@ -163,7 +162,7 @@ def test_model_export_on_a_real_full_disk_leaves_no_file(full_disk):
     import sys
 
     out = full_disk / "lib" / "mine.pt"
-    code = ("import sys; from roof_detector.core.test_model import make_test_model\n"
+    code = ("import sys; from devtools.test_model import make_test_model\n"
             "from roof_detector.core.errors import OutputError\n"
             "try:\n    make_test_model(sys.argv[1])\n"
             "except OutputError as exc:\n    print(exc); sys.exit(2)\n")
@@ -211,6 +210,7 @@ def fake_gpu(monkeypatch, model_path):
     return make
 
 
+@pytest.mark.slow
 def test_gpu_out_of_memory_retries_with_smaller_batches(scene, model, fake_gpu):
     reference = detect_buildings(scene, DetectOptions(batch_size=8), model=model)
     gpu = fake_gpu(fits=2)
@@ -225,6 +225,7 @@ def test_gpu_out_of_memory_retries_with_smaller_batches(scene, model, fake_gpu):
     assert "ran out of memory with 8 tiles per batch" in res.warnings[0] and "with 2 tiles per batch" in res.warnings[0]
 
 
+@pytest.mark.slow
 def test_gpu_out_of_memory_for_one_tile_falls_back_to_the_cpu(scene, model, fake_gpu):
     reference = detect_buildings(scene, DetectOptions(batch_size=4), model=model)
     gpu = fake_gpu(fits=0)

@@ -42,6 +42,7 @@ def labelled_area(tmp_path):
     return raster, labels, base
 
 
+@pytest.mark.slow
 def test_finetune_writes_a_loadable_model_with_metadata_and_curves(labelled_area, tmp_path):
     raster, labels, base = labelled_area
     out = str(tmp_path / "lib" / "mine.pt")
@@ -59,6 +60,7 @@ def test_finetune_writes_a_loadable_model_with_metadata_and_curves(labelled_area
     assert (tmp_path / "lib" / "mine_curves.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_cancel_drops_or_keeps_the_model(labelled_area, tmp_path):
     raster, labels, base = labelled_area
     calls = {"n": 0}
@@ -107,6 +109,7 @@ def test_validation_blocks_are_whole_blocks_and_need_two():
         choose_validation_blocks(np.ones((64, 64), bool), 64, 0.2)
 
 
+@pytest.mark.slow
 def test_label_fids_select_features_by_their_feature_id(labelled_area, tmp_path):
     raster, labels, base = labelled_area
     out = str(tmp_path / "sel.pt")

@@ -8,7 +8,8 @@ import shapely
 from affine import Affine
 from pyproj import Transformer
 
-from roof_detector.core.geo import area_perimeter_m, pixel_size_m
+from roof_detector.core.geo import pixel_size_m
+from tests.core.geom_helpers import area_perimeter_m
 
 from .synthetic_rasters import LONLAT, MERCATOR, UTM, UTM_ORIGIN, utm_rect
 

@@ -157,6 +157,7 @@ def test_killed_writer_leaves_no_partial_layer(tmp_path):
     assert _siblings(path) == []
 
 
+@pytest.mark.slow
 def test_locked_file_is_reported(tmp_path, monkeypatch):
     path = str(tmp_path / "out.gpkg")
     write_buildings(_buildings(1), path, CRS)

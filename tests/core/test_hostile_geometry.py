@@ -7,7 +7,8 @@ from pyproj import Geod
 
 from roof_detector.cli import main
 from roof_detector.core.evaluate import evaluate_files
-from roof_detector.core.solar import rooftop_attributes, rooftop_attributes_many
+from roof_detector.core.footprints import measure_polygons
+from roof_detector.core.solar import SolarParams, rooftop_attributes
 from roof_detector.core.vector_io import read_polygons
 
 ogr.UseExceptions()
@@ -20,7 +21,8 @@ def test_a_roof_across_the_antimeridian_is_sized_geodesically():
     roof = shapely.Polygon([(180 - d, lat), (-180 + d, lat), (-180 + d, lat + 0.0001), (180 - d, lat + 0.0001)])
     geodesic = abs(Geod(ellps="WGS84").geometry_area_perimeter(roof)[0])
     assert rooftop_attributes(roof, WGS84)["area_m2"] == pytest.approx(geodesic, rel=1e-4)
-    assert rooftop_attributes_many([roof], WGS84)[0]["area_m2"] == pytest.approx(geodesic, rel=1e-4)
+    # the batched sizing of every front end (CLI solar, Processing, the Rooftop Report)
+    assert measure_polygons([roof], WGS84, SolarParams())[1][0]["area_m2"] == pytest.approx(geodesic, rel=1e-4)
     # the same roof drawn east of 180° (continuous longitudes) measures the same
     east = shapely.Polygon([(180 - d, lat), (180 + d, lat), (180 + d, lat + 0.0001), (180 - d, lat + 0.0001)])
     assert rooftop_attributes(east, WGS84)["area_m2"] == pytest.approx(geodesic, rel=1e-4)

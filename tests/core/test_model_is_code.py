@@ -1,7 +1,6 @@
 """A model file is a program (issue 21): file-touching TorchScript is refused on load; checkpoints load
 with ``weights_only=True`` (no pickled code runs)."""
 
-import json
 import os
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 
 from roof_detector.core.errors import ModelError
 from roof_detector.core.model_io import load_model, read_metadata, save_model
-from roof_detector.core.test_model import make_test_model
+from devtools.test_model import make_test_model
 
 
 class FileWriter(torch.nn.Module):
@@ -42,9 +41,9 @@ def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path):
     import roof_detector.core.training.trainer as trainer
     import inspect
 
-    import roof_detector.cli.train as cli_train
+    import roof_detector.core.training.run as train_run
 
-    for module in (trainer, cli_train):
+    for module in (trainer, train_run):
         source = inspect.getsource(module)
         assert "weights_only=False" not in source and "weights_only=True" in source
 

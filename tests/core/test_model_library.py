@@ -8,7 +8,7 @@ from roof_detector.core.model_io import read_metadata
 from roof_detector.core.model_library import (ModelLibraryError, delete_model, export_model_file, file_stem,
                                               import_model, list_models, new_model_path, rename_model,
                                               validation_iou)
-from roof_detector.core.test_model import make_test_model
+from devtools.test_model import make_test_model
 
 
 def _model(path, **extra):

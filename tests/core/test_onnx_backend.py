@@ -5,7 +5,7 @@ import torch
 
 from roof_detector.core.errors import ModelError
 from roof_detector.core.model_io import load_model
-from roof_detector.core.test_model import make_test_model
+from devtools.test_model import make_test_model
 from roof_detector.core.training.export import export_model
 from roof_detector.core.training.trainer import TrainConfig
 from roof_detector.core.unet import build_model
@@ -21,6 +21,7 @@ def unet_model(tmp_path, monkeypatch):
     return export_model(build_model("efflite0_unet"), cfg, str(tmp_path / "m.pt"), 0.5, {"name": "t"})
 
 
+@pytest.mark.slow
 def test_auto_backend_on_cpu_is_onnxruntime_and_agrees_with_torchscript(unet_model, tmp_path):
     ort = load_model(unet_model, "cpu")
     ts = load_model(unet_model, "cpu", backend="torch")

@@ -11,11 +11,11 @@ from affine import Affine
 
 from roof_detector.core import pipeline
 from roof_detector.core.errors import Cancelled, InputRasterError, ModelError, RoofDetectorError
-from roof_detector.core.geo import area_perimeter_m
+from tests.core.geom_helpers import area_perimeter_m
 from roof_detector.core.model_io import load_model
 from roof_detector.core.pipeline import DetectOptions, detect_buildings
 from roof_detector.core.raster_source import PixelWindow, RasterSource
-from roof_detector.core.test_model import make_test_model
+from devtools.test_model import make_test_model
 
 from .synthetic_rasters import (BRIGHT, DARK, LONLAT, MERCATOR, PX_AREA, UTM, UTM_ORIGIN, rect_scene, scene_in_crs,
                                 touching_pair_scene, utm_rect, write_raster)
@@ -155,7 +155,7 @@ def test_threshold_override(tmp_path, model):
     path = rect_scene(tmp_path / "dim.tif", [(20, 20, 60, 60)], value=133)
     assert len(_detect(path, model).buildings) == 1
     assert _detect(path, model, threshold=0.8).buildings == []
-    with pytest.raises(RoofDetectorError, match="between 0 and 1"):
+    with pytest.raises(RoofDetectorError, match="Threshold must be from 0.01 to 0.99"):
         _detect(path, model, threshold=1.5)
 
 
@@ -322,6 +322,7 @@ def _peak_python_allocations(tmp_path, rows: int, model) -> tuple:
     return peak, len(res.buildings)
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_the_raster_height(tmp_path):
     """Tiles are stitched into one strip of rows at a time and traced strip by strip: the
     peak of Python-side allocations for 3000 rows of 2000 px is that of 1000 rows plus at

@@ -7,7 +7,7 @@ import pytest
 import shapely
 from shapely.geometry import MultiPolygon, Point, Polygon
 
-from roof_detector.core.regularize import dominant_orientation, is_round, regularize_metric, regularize_outline
+from roof_detector.core.regularize import is_round, regularize_metric, regularize_outline
 
 from .geom_helpers import (WEB_MERCATOR, WGS84, metric_at, noisy_polygon, rotated_rect, staircase,
                            transform_geom, utm_wkt)

@@ -3,6 +3,7 @@
 import csv
 from decimal import Decimal
 
+import pytest
 import shapely
 from hypothesis import given, strategies as st
 
@@ -52,6 +53,7 @@ def test_empty_report(tmp_path):
     assert open(out["png"], "rb").read().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
 @given(st.lists(st.tuples(st.floats(0.5, 80), st.floats(0.5, 80)), max_size=30))
 def test_totals_equal_table_sums_for_any_rows(sizes):
     table = build_table(rows_for(sizes))

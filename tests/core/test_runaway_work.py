@@ -19,7 +19,7 @@ from affine import Affine
 from roof_detector.core.errors import Cancelled, LargeRunError, ModelError
 from roof_detector.core.model_io import read_metadata
 from roof_detector.core.pipeline import DetectOptions, detect_buildings, estimate_detection
-from roof_detector.core.test_model import make_test_model
+from devtools.test_model import make_test_model
 
 from .synthetic_rasters import UTM, UTM_ORIGIN, write_raster
 

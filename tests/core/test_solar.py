@@ -132,7 +132,7 @@ def test_solar_fields_match_attribute_keys():
 
 def test_size_buildings_adds_attributes_and_regularises_in_place():
     from roof_detector.core.building import Building
-    from roof_detector.core.solar import size_buildings
+    from roof_detector.core.footprints import size_buildings
 
     from .geom_helpers import noisy_polygon
 

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import shapely
 from hypothesis import given, strategies as st
 from shapely import affinity
@@ -75,6 +76,7 @@ def test_regularised_outline_is_valid_and_keeps_area(poly, tol):
     assert abs(out.area - poly.area) <= 0.10 * poly.area + 1e-9
 
 
+@pytest.mark.slow
 @given(rectilinear_polygons(), st.floats(-70, 70), st.floats(-179, 179))
 def test_regularise_and_size_in_wgs84_anywhere(poly, lat, lon):
     g = metric_at(poly, lon, lat, WGS84)

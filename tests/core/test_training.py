@@ -91,6 +91,7 @@ def _tiny_cfg(**kw):
     return TrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_train_loop_records_every_epoch_and_exports_a_loadable_model(tmp_path):
     cfg = _tiny_cfg()
     sampler = CropSampler([_synthetic_scene(0), _synthetic_scene(1)], cfg.gsd_m, cfg.tile_px, seed=0)
@@ -121,6 +122,7 @@ def test_train_loop_records_every_epoch_and_exports_a_loadable_model(tmp_path):
     assert all(torch.equal(v, ref[k]) for k, v in net.state_dict().items())
 
 
+@pytest.mark.slow
 def test_training_resumes_from_checkpoint(tmp_path):
     cfg = _tiny_cfg(max_epochs=2)
     scenes = [_synthetic_scene(0)]
@@ -132,6 +134,7 @@ def test_training_resumes_from_checkpoint(tmp_path):
     assert [h["epoch"] for h in res.history] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_best_epoch(tmp_path):
     from roof_detector.core.unet import build_model
 
@@ -162,7 +165,7 @@ def test_threshold_tuning_picks_best_iou():
 
 
 def test_load_trainable_refuses_unknown_architecture(tmp_path):
-    from roof_detector.core.test_model import make_test_model
+    from devtools.test_model import make_test_model
 
     path = make_test_model(str(tmp_path / "t.pt"))
     with pytest.raises(ModelError, match="cannot fine-tune"):
@@ -204,7 +207,7 @@ def test_scene_from_georeferenced_raster_and_labels(tmp_path):
 
 
 def test_shared_data_recipe_builds(shared_data):
-    from roof_detector.core.training import recipe
+    from devtools import recipe
 
     train_scenes, weights, val = recipe.build_recipe(str(shared_data), log=lambda m: None)
     assert len(train_scenes) == len(weights) > 90
@@ -235,6 +238,7 @@ def test_hue_rotation_keeps_grey_and_brightness_and_turns_red_to_green():
     assert torch.allclose(rotate_hue(red, 2 * math.pi / 3).flatten(), torch.tensor([0.2, 0.8, 0.2]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_read_only_scene_images_make_no_torch_warning():
     """Scenes decoded from image files are read-only; sampling them must not print torch's warning."""
     import subprocess

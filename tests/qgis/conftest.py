@@ -50,7 +50,7 @@ def ortho_path(data_dir) -> str:
 
 @pytest.fixture(scope="session")
 def model_path(data_dir) -> str:
-    from roof_detector.core.test_model import make_test_model
+    from devtools.test_model import make_test_model
 
     return make_test_model(str(data_dir / "bright.pt"), gsd_m=GSD, tile_size_px=64, overlap_px=8)
 
@@ -120,9 +120,21 @@ def wait_for(task, qgis_app, timeout_s: float = 60.0) -> None:
 
 def make_request(raster_path: str, model: str, **kwargs):
     """A DetectRequest for the test raster in EPSG:32631."""
-    from roof_detector.qgis_ui.request import DetectRequest
+    from roof_detector.qgis_adapter.request import DetectRequest
 
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(DetectRequest)}
+    options = dict(model_path=model, device="cpu", min_area_m2=5.0, **kwargs.pop("extra_options", {}))
+    options.update({k: kwargs.pop(k) for k in list(kwargs) if k not in fields})
     base = dict(raster_path=raster_path, raster_name=os.path.splitext(os.path.basename(raster_path))[0],
-                crs="EPSG:32631", model_path=model, device="cpu", min_area_m2=5.0)
+                crs="EPSG:32631", options=options)
     base.update(kwargs)
     return DetectRequest(**base)
+
+
+def existing_gpkg(path: str, layer: str) -> None:
+    """A GeoPackage at ``path`` holding an empty layer ``layer`` (written by the one writer, core.gpkg_writer)."""
+    from roof_detector.core.gpkg_writer import write_buildings
+
+    write_buildings([], path, "EPSG:32631", layer=layer, overwrite=True)

@@ -1,6 +1,6 @@
 """The plugin refuses to run with a shapely built on another GEOS than QGIS's (it would crash QGIS)."""
 
-from roof_detector.qgis_ui.deps import check_dependencies, geos_mismatch
+from roof_detector.qgis_adapter.deps import check_dependencies, geos_mismatch
 
 
 def test_matching_geos_passes():

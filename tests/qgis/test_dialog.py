@@ -6,7 +6,7 @@ from unittest import mock
 
 import pytest
 
-from tests.qgis.conftest import GSD, ORIGIN, write_test_raster
+from tests.qgis.conftest import ORIGIN, existing_gpkg, write_test_raster
 
 pytestmark = pytest.mark.qgis
 
@@ -66,7 +66,7 @@ def test_layer_without_crs_is_refused(qgis_iface, project, data_dir, model_path)
 def test_non_file_provider_is_refused():
     from qgis.core import QgsRasterLayer
 
-    from roof_detector.qgis_ui.request import RequestError, raster_file_path
+    from roof_detector.qgis_adapter.request import RequestError, raster_file_path
 
     layer = mock.MagicMock(spec=QgsRasterLayer)
     layer.name.return_value = "OSM"
@@ -87,7 +87,7 @@ def test_broken_model_file_is_refused(qgis_iface, ortho_layer, tmp_path):
 
 
 def test_accepted_request_and_threshold_from_metadata(qgis_iface, ortho_layer, ortho_path, tmp_path):
-    from roof_detector.core.test_model import make_test_model
+    from devtools.test_model import make_test_model
 
     model = make_test_model(str(tmp_path / "m.pt"), threshold=0.35)
     dialog = _dialog(qgis_iface)
@@ -99,7 +99,7 @@ def test_accepted_request_and_threshold_from_metadata(qgis_iface, ortho_layer, o
     assert req is not None and dialog.result() == 1
     assert req.raster_path == ortho_path and req.raster_name == "ortho"
     assert req.crs == "EPSG:32631" and req.model_path == model
-    assert req.threshold is None and req.aoi_wkt is None and req.output_mode == "memory"
+    assert req.options["threshold"] is None and req.aoi_wkt is None and req.output_mode == "memory"
     assert req.layer_name == "Buildings (ortho)"
 
 
@@ -115,9 +115,9 @@ def test_choices_are_remembered(qgis_iface, ortho_layer, model_path, tmp_path):
     dialog.gpkg_file.setFilePath(str(tmp_path / "out.gpkg"))
     dialog.gpkg_layer_edit.setText("roofs")
     dialog.accept()
-    assert dialog.request.threshold == pytest.approx(0.6) and dialog.request.device == "cpu"
+    assert dialog.request.options["threshold"] == pytest.approx(0.6) and dialog.request.options["device"] == "cpu"
     assert dialog.request.gpkg_layer == "roofs"
-    assert dialog.request.options_kwargs()["separate_touching"] is False
+    assert dialog.request.options["separate_touching"] is False
     again = _dialog(qgis_iface)
     assert again.model_combo.currentData() == "file"
     assert again.model_file.filePath() == model_path
@@ -129,7 +129,7 @@ def test_choices_are_remembered(qgis_iface, ortho_layer, model_path, tmp_path):
 
 
 def test_model_library_is_listed(qgis_iface, ortho_layer, model_path):
-    from roof_detector.qgis_ui.paths import model_library_dir
+    from roof_detector.qgis_adapter.paths import model_library_dir
 
     folder = model_library_dir()
     os.makedirs(folder, exist_ok=True)
@@ -195,12 +195,9 @@ def test_selected_polygons_become_aoi(qgis_iface, ortho_layer, project, model_pa
 
 
 def test_existing_gpkg_layer_is_replaced_only_when_confirmed(qgis_iface, ortho_layer, model_path, tmp_path):
-    from qgis.core import QgsCoordinateReferenceSystem
-
-    from roof_detector.qgis_ui.output import build_memory_layer, write_geopackage
 
     target = str(tmp_path / "out.gpkg")
-    write_geopackage(build_memory_layer([], QgsCoordinateReferenceSystem("EPSG:32631"), "x"), target, "roofs")
+    existing_gpkg(target, "roofs")
     dialog = _dialog(qgis_iface)
     _use_model_file(dialog, model_path)
     dialog.gpkg_radio.setChecked(True)
@@ -228,9 +225,7 @@ def test_device_choice_shows_the_gpu_torch_found(qgis_iface, ortho_layer):
 
 
 def test_outlines_are_regularised_and_solar_defaults_by_default(qgis_iface, ortho_layer, model_path):
-    from roof_detector.core.pipeline import DetectOptions
     from roof_detector.core.solar import SolarParams
-    from roof_detector.qgis_ui.task import make_options
 
     dialog = _dialog(qgis_iface)
     assert dialog.regularize_check.isChecked() and dialog.tolerance_spin.value() == 1.0
@@ -240,17 +235,15 @@ def test_outlines_are_regularised_and_solar_defaults_by_default(qgis_iface, orth
             dialog.panel_wp_spin.value()) == (0.5, 0.6, 1.96, 400.0)
     _use_model_file(dialog, model_path)
     dialog.accept()
-    options = make_options(DetectOptions, dialog.request.options_kwargs())
+    options = dialog.request.detect_options()
     assert options.regularize is True and options.regularize_tolerance_m == 1.0
     assert options.separate_touching is True and dialog.separate_check.isChecked()
     assert options.solar == SolarParams()  # the engine's defaults, yield estimated from latitude
 
 
 def test_solar_choices_reach_the_engine_and_are_remembered(qgis_iface, ortho_layer, model_path):
-    from roof_detector.core.pipeline import DetectOptions
     from roof_detector.core.solar import SolarParams
     from roof_detector.qgis_ui import settings
-    from roof_detector.qgis_ui.task import make_options
 
     dialog = _dialog(qgis_iface)
     _use_model_file(dialog, model_path)
@@ -266,7 +259,7 @@ def test_solar_choices_reach_the_engine_and_are_remembered(qgis_iface, ortho_lay
     assert dialog.yield_spin.isEnabled()
     dialog.yield_spin.setValue(1234.0)
     dialog.accept()
-    options = make_options(DetectOptions, dialog.request.options_kwargs())
+    options = dialog.request.detect_options()
     assert options.regularize is False and options.regularize_tolerance_m == 2.5
     assert options.solar == SolarParams(setback_m=1.0, usable_fraction=0.75, panel_area_m2=1.7, panel_wp=430.0,
                                         specific_yield_kwh_per_kwp=1234.0)
@@ -294,4 +287,4 @@ def test_a_very_large_raster_is_run_only_when_confirmed(qgis_iface, project, mod
     assert "more than 100,000 tiles" in _bar_text(dialog)
     with mock.patch.object(dialog, "confirm_large", return_value=True):
         dialog.accept()
-    assert dialog.request.options_kwargs()["confirm_large_run"] is True
+    assert dialog.request.options["confirm_large_run"] is True

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.core.test_faults import FlakyGpuNet
-from tests.qgis.conftest import EXPECTED_AREAS, RECTANGLES, make_request, wait_for
+from tests.qgis.conftest import EXPECTED_AREAS, RECTANGLES, existing_gpkg, make_request, wait_for
 from tests.qgis.test_processing import processing_ready, run  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.qgis
@@ -60,6 +60,7 @@ def test_exception_inside_the_task_is_one_message_and_qgis_goes_on(plugin, proje
     assert sorted(os.listdir(tmp_path)) == ["out.gpkg"]
 
 
+@pytest.mark.slow
 def test_gpu_out_of_memory_falls_back_and_the_user_is_told(plugin, project, ortho_path, model_path, qgis_app,
                                                            qgis_iface, monkeypatch):
     from roof_detector.core import inference, pipeline
@@ -89,11 +90,8 @@ def test_unusable_geopackage_output_fails_before_detection(ortho_path, model_pat
                                                            message):
     import sqlite3
 
-    from qgis.core import QgsCoordinateReferenceSystem
-
     from roof_detector.core import gpkg_writer
-    from roof_detector.qgis_ui.output import build_memory_layer, write_geopackage
-    from roof_detector.qgis_ui.task import DetectTask
+    from roof_detector.qgis_adapter.task import DetectTask
 
     target = str(tmp_path / "out.gpkg")
     if case == "under_a_file":
@@ -102,7 +100,7 @@ def test_unusable_geopackage_output_fails_before_detection(ortho_path, model_pat
     elif case == "not_a_geopackage":
         open(target, "w").write("text")
     else:
-        write_geopackage(build_memory_layer([], QgsCoordinateReferenceSystem("EPSG:32631"), "x"), target, "other")
+        existing_gpkg(target, "other")
     if case == "read_only":
         monkeypatch.setattr(gpkg_writer.os, "access", lambda p, mode: mode != os.W_OK)
     before = sorted((p, os.path.getsize(tmp_path / p)) for p in os.listdir(tmp_path))
@@ -130,16 +128,16 @@ def test_unusable_geopackage_output_fails_before_detection(ortho_path, model_pat
 def test_cancel_while_writing_completes_the_geopackage(plugin, project, ortho_path, model_path, qgis_app, tmp_path,
                                                        monkeypatch):
     """Writing is the last step and is not interrupted: the layer is whole, never half-written."""
-    from roof_detector.qgis_ui import task as task_module
+    from roof_detector.core import gpkg_writer
 
-    real_write = task_module.write_geopackage
+    real_write = gpkg_writer.write_buildings
     tasks = []
 
     def write_after_cancel(*args, **kwargs):
         tasks[0].cancel()
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(task_module, "write_geopackage", write_after_cancel)
+    monkeypatch.setattr(gpkg_writer, "write_buildings", write_after_cancel)
     target = str(tmp_path / "out.gpkg")
     task = plugin.start(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=target,
                                      gpkg_layer="roofs"))
@@ -178,8 +176,8 @@ def _wait_until(event, qgis_app, timeout_s=30):
 def test_unload_cancels_running_tasks_waits_and_leaves_nothing(qgis_iface, project, ortho_path, model_path, qgis_app,
                                                                tmp_path, log_messages):
     from roof_detector.plugin import RoofDetectorPlugin
-    from roof_detector.qgis_ui import lifecycle
-    from roof_detector.qgis_ui.finetune_task import FinetuneRequest, FinetuneTask
+    from roof_detector.qgis_adapter import lifecycle
+    from roof_detector.qgis_adapter.finetune_task import FinetuneRequest, FinetuneTask
 
     plugin = RoofDetectorPlugin(qgis_iface)
     plugin.initGui()
@@ -197,8 +195,8 @@ def test_unload_cancels_running_tasks_waits_and_leaves_nothing(qgis_iface, proje
             mock.patch("roof_detector.core.training.finetune.finetune", finetune):
         detect_task = plugin.start(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=target,
                                                 gpkg_layer="roofs"))
-        ft_task = FinetuneTask(FinetuneRequest(raster_path=ortho_path, raster_name="ortho", labels_path="x",
-                                               output_path=str(tmp_path / "model.pt"), name="m",
+        ft_task = FinetuneTask(FinetuneRequest("ortho", dict(raster_path=ortho_path, labels_path="x",
+                                                             output_path=str(tmp_path / "model.pt"), name="m"),
                                                temp_dir=str(exported)), on_finished=mock.Mock())
         plugin.tasks.add(ft_task)
         from qgis.core import QgsApplication
@@ -234,7 +232,7 @@ def test_unload_cancels_running_tasks_waits_and_leaves_nothing(qgis_iface, proje
 def test_unload_does_not_hang_on_a_task_that_is_slow_to_stop(qgis_iface, project, ortho_path, model_path, qgis_app,
                                                              monkeypatch, log_messages):
     from roof_detector.plugin import RoofDetectorPlugin
-    from roof_detector.qgis_ui import lifecycle
+    from roof_detector.qgis_adapter import lifecycle
 
     monkeypatch.setattr(lifecycle, "UNLOAD_WAIT_S", 0.2)
     plugin = RoofDetectorPlugin(qgis_iface)

@@ -117,12 +117,13 @@ def bar_texts(dialog):
 
 
 # -- runs ---------------------------------------------------------------------------
+@pytest.mark.slow
 def test_finetune_from_memory_layer_in_another_crs(qgis_iface, qgis_app, project, raster_layer, library,
                                                    monkeypatch):
     from qgis.PyQt.QtCore import QThread
 
     from roof_detector.core.model_io import read_metadata
-    from roof_detector.qgis_ui import paths
+    from roof_detector.qgis_adapter import paths
     from roof_detector.qgis_ui.dialog import DetectDialog
 
     labels = labels_in_4326(project)
@@ -138,7 +139,7 @@ def test_finetune_from_memory_layer_in_another_crs(qgis_iface, qgis_app, project
     task = dialog.start()
     assert task is not None, bar_texts(dialog)
     temp_dir = task.request.temp_dir
-    assert temp_dir and os.path.isfile(task.request.labels_path)  # the memory layer went to a GeoPackage
+    assert temp_dir and os.path.isfile(task.request.options["labels_path"])  # the memory layer went to a GeoPackage
     assert dialog.running and not dialog.start_button.isEnabled() and dialog.stop_button.isEnabled()
     wait_for(task, qgis_app, timeout_s=120)
     texts = " | ".join(bar_texts(dialog))
@@ -190,6 +191,7 @@ def _run_and_stop(dialog, qgis_app, keep):
 
 
 @pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.slow
 def test_stop_asks_and_keeps_or_drops_the_model(qgis_iface, qgis_app, project, raster_layer, library, ft_files,
                                                 keep):
     from qgis.core import QgsVectorLayer
@@ -198,7 +200,7 @@ def test_stop_asks_and_keeps_or_drops_the_model(qgis_iface, qgis_app, project, r
     project.addMapLayer(labels)
     dialog = make_dialog(qgis_iface, library, raster_layer, labels, name="stopped", epochs=30, patience=30)
     task = _run_and_stop(dialog, qgis_app, keep)
-    assert task.request.labels_path == ft_files["gpkg"] and task.request.temp_dir is None  # used in place
+    assert task.request.options["labels_path"] == ft_files["gpkg"] and task.request.temp_dir is None  # used in place
     assert task.result is not None and task.result.stopped == "cancelled"
     assert 1 <= len(task.result.history) < 30
     assert (library / "stopped.pt").exists() == keep
@@ -238,7 +240,7 @@ def test_too_small_area_gets_the_engines_message(qgis_iface, qgis_app, project, 
     dialog.area_combo.setCurrentIndex(dialog.area_combo.findData("layer"))
     dialog.area_layer_combo.setLayer(area)
     task = dialog.start()
-    assert task is not None and task.request.area_wkt.startswith("Polygon")
+    assert task is not None and task.request.options["area_wkt"].startswith("Polygon")
     wait_for(task, qgis_app, timeout_s=60)
     assert any("too small for a validation block" in t for t in bar_texts(dialog))
     assert not (library / "lyon.pt").exists() and not dialog.running
@@ -272,16 +274,16 @@ def test_selected_features_only_exports_the_selection(qgis_iface, project, raste
     dialog.labels_selected.setChecked(True)
     request = dialog.build_request()
     try:
-        assert request.labels_path != ft_files["gpkg"] and request.labels_path.startswith(request.temp_dir)
-        ds = ogr.Open(request.labels_path)
-        assert ds.GetLayerByName(request.labels_layer).GetFeatureCount() == 10
+        assert request.options["labels_path"] != ft_files["gpkg"] and request.options["labels_path"].startswith(request.temp_dir)
+        ds = ogr.Open(request.options["labels_path"])
+        assert ds.GetLayerByName(request.options["labels_layer"]).GetFeatureCount() == 10
         ds = None
-        assert request.area_wkt is None and request.val_fraction == pytest.approx(0.2)
-        assert request.output_path == str(library / "lyon.pt")
+        assert request.options["area_wkt"] is None and request.options["val_fraction"] == pytest.approx(0.2)
+        assert request.options["output_path"] == str(library / "lyon.pt")
     finally:
-        from roof_detector.qgis_ui.finetune_task import FinetuneTask
+        from roof_detector.qgis_adapter.finetune_task import FinetuneTask
         FinetuneTask(request).cleanup()
-    assert not os.path.exists(request.labels_path)
+    assert not os.path.exists(request.options["labels_path"])
 
 
 # -- plugin actions ---------------------------------------------------------------------
@@ -300,7 +302,7 @@ def test_plugin_actions_open_the_dialogs(plugin, qgis_iface, project):
 # -- the library dialog --------------------------------------------------------------------
 def test_library_dialog_lists_renames_deletes_imports_exports(qgis_iface, tmp_path):
     from roof_detector.core.model_io import read_metadata
-    from roof_detector.core.test_model import make_test_model
+    from devtools.test_model import make_test_model
     from roof_detector.qgis_ui.library_dialog import ModelLibraryDialog
 
     lib = tmp_path / "lib"

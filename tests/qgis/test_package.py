@@ -48,7 +48,7 @@ def test_zip_layout(package, fake_repo, tmp_path):
     names = zipfile.ZipFile(zip_path).namelist()
     assert all(n.startswith("roof_detector/") for n in names)
     for expected in ("roof_detector/__init__.py", "roof_detector/plugin.py", "roof_detector/metadata.txt",
-                     "roof_detector/core/pipeline.py", "roof_detector/qgis_ui/task.py",
+                     "roof_detector/core/pipeline.py", "roof_detector/qgis_adapter/task.py",
                      "roof_detector/resources/icon.png", "roof_detector/models/roof_unet.pt",
                      "roof_detector/models/README.md", "roof_detector/LICENSE"):
         assert expected in names
@@ -61,14 +61,28 @@ def test_zip_layout(package, fake_repo, tmp_path):
     assert again.read_bytes() == zip_path.read_bytes()  # reproducible
 
 
-def test_real_repository_packages(package, repo_root, tmp_path):
+#: Developer tools that must never ship in the plugin (they live in devtools/).
+DEVELOPER_TOOLS = ("bench", "heldout", "recipe", "synthetic", "test_model", "score", "train")
+
+
+def test_real_repository_packages_only_what_users_run(package, repo_root, tmp_path):
     zip_path = package.build_zip(repo_root, tmp_path)
     names = zipfile.ZipFile(zip_path).namelist()
     package.check_entries(names)
     assert "roof_detector/resources/icon.png" in names
+    modules = {n.rsplit("/", 1)[-1].removesuffix(".py") for n in names if n.endswith(".py")}
+    assert not modules & set(DEVELOPER_TOOLS), sorted(modules & set(DEVELOPER_TOOLS))
+    assert not any(n.startswith("roof_detector/devtools/") or "/devtools/" in n for n in names)
+    top = {n.split("/")[1] for n in names if n.count("/") >= 2}
+    assert top == {"cli", "core", "models", "processing", "qgis_adapter", "qgis_io", "qgis_ui", "resources"}, top
+    # every Python module in the zip is one of the package's own (nothing from scripts/, tests/ or devtools/)
+    package_files = {f"roof_detector/{p.relative_to(repo_root / 'roof_detector').as_posix()}"
+                     for p in (repo_root / "roof_detector").rglob("*.py") if "__pycache__" not in p.parts}
+    assert {n for n in names if n.endswith(".py")} == package_files
 
 
 @pytest.mark.qgis
+@pytest.mark.slow
 def test_deployed_plugin_loads_and_finds_its_files(package, fake_repo, tmp_path):
     plugins = tmp_path / "plugins"
     target = package.deploy(package.build_zip(fake_repo, tmp_path / "dist"), plugins)
@@ -84,7 +98,7 @@ def test_deployed_plugin_loads_and_finds_its_files(package, fake_repo, tmp_path)
         app.initQgis()
         import roof_detector
         assert roof_detector.__file__.startswith({str(target)!r}), roof_detector.__file__
-        from roof_detector.qgis_ui import paths
+        from roof_detector.qgis_adapter import paths
         print("MODEL", paths.bundled_model_path())
         print("ICON", paths.resource_path("icon.png"))
         iface = mock.MagicMock()

@@ -81,7 +81,7 @@ def test_unload_cancels_running_tasks(plugin):
 
 
 def test_action_refuses_cleanly_when_dependencies_are_missing(plugin, qgis_iface):
-    from roof_detector.qgis_ui import deps
+    from roof_detector.qgis_adapter import deps
 
     with mock.patch.object(deps, "missing_modules", return_value=["torch"]), \
             mock.patch("roof_detector.qgis_ui.dialog.DetectDialog") as dialog:
@@ -91,6 +91,7 @@ def test_action_refuses_cleanly_when_dependencies_are_missing(plugin, qgis_iface
     assert critical and "pip install" in critical[-1] and "torch" in critical[-1]
 
 
+@pytest.mark.slow
 def test_plugin_loads_without_torch_and_explains_how_to_install_it(tmp_path, repo_root):
     """In a fresh QGIS process where ``import torch`` fails."""
     script = textwrap.dedent(f"""
@@ -126,7 +127,7 @@ def test_plugin_loads_without_torch_and_explains_how_to_install_it(tmp_path, rep
 
 
 def test_install_command_names_qgis_python_and_packages():
-    from roof_detector.qgis_ui import deps
+    from roof_detector.qgis_adapter import deps
 
     cmd = deps.install_command(["torch", "rasterio"])
     assert cmd.endswith("-m pip install torch rasterio") or cmd.endswith("-m pip install --user torch rasterio")

@@ -226,7 +226,7 @@ def test_rooftop_solar_estimates_yield_and_regularizes(run):
     from shapely import affinity, wkt
 
     layer = polygon_layer([affinity.translate(wkt.loads(stair), X0, Y0 - 100).wkt])
-    result = run("roofdetector:rooftopsolar", {"INPUT": layer, "SPECIFIC_YIELD": 0, "REGULARIZE": True,
+    result = run("roofdetector:rooftopsolar", {"INPUT": layer, "REGULARIZE": True,  # no SPECIFIC_YIELD: latitude
                                                "TOLERANCE": 1.0, "OUTPUT": "memory:"})
     feature = next(result["OUTPUT"].getFeatures())
     assert feature["specific_yield"] == pytest.approx(round(estimate_specific_yield(45.14), 1), abs=1.0)

@@ -6,7 +6,7 @@ from unittest import mock
 import pytest
 from qgis.PyQt.QtCore import QVariant
 
-from tests.qgis.conftest import EXPECTED_AREAS, ORIGIN, RECTANGLES, make_request, wait_for
+from tests.qgis.conftest import EXPECTED_AREAS, ORIGIN, RECTANGLES, existing_gpkg, make_request, wait_for
 
 pytestmark = pytest.mark.qgis
 
@@ -59,7 +59,8 @@ def _assert_solar_fields(layer):
     for name, kind in SOLAR_TYPES.items():
         field = fields.field(name)
         assert field.typeName().lower().startswith(kind.lower()) or \
-            (kind == "Real" and field.typeName().lower() == "double"), (name, field.typeName())
+            (kind == "Real" and field.typeName().lower() == "double") or \
+            (kind == "Integer" and field.typeName().lower() == "int8"), (name, field.typeName())  # 64-bit, as GPKG
         assert field.isNumeric(), name
     for feature in layer.getFeatures():
         geometry = shapely.from_wkb(bytes(feature.geometry().asWkb()))
@@ -128,7 +129,7 @@ def test_geopackage_export_holds_the_same_features(plugin, project, ortho_path, 
 
 
 def test_direct_run_and_aoi(ortho_path, model_path):
-    from roof_detector.qgis_ui.task import DetectTask
+    from roof_detector.qgis_adapter.task import DetectTask
 
     task = DetectTask(make_request(ortho_path, model_path, aoi_wkt=_FIRST_ROOF_AOI))
     assert task.run() is True
@@ -148,7 +149,7 @@ def _cancelling_progress(task):
 
 def test_cancel_mid_run_leaves_no_layer_and_no_file(plugin, project, ortho_path, model_path, qgis_app,
                                                     tmp_path, qgis_iface):
-    from roof_detector.qgis_ui import task as task_module
+    from roof_detector.qgis_adapter import task as task_module
 
     target = str(tmp_path / "out.gpkg")
     started = []
@@ -170,13 +171,11 @@ def test_cancel_mid_run_leaves_no_layer_and_no_file(plugin, project, ortho_path,
 
 
 def test_cancel_with_direct_run_into_existing_geopackage(ortho_path, model_path, tmp_path):
-    from qgis.core import QgsCoordinateReferenceSystem
-
-    from roof_detector.qgis_ui.output import build_memory_layer, gpkg_layer_names, write_geopackage
-    from roof_detector.qgis_ui.task import DetectTask
+    from roof_detector.qgis_adapter.output import gpkg_layer_names
+    from roof_detector.qgis_adapter.task import DetectTask
 
     target = str(tmp_path / "existing.gpkg")
-    write_geopackage(build_memory_layer([], QgsCoordinateReferenceSystem("EPSG:32631"), "x"), target, "other")
+    existing_gpkg(target, "other")
     before = os.path.getmtime(target)
     task = DetectTask(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=target,
                                    gpkg_layer="roofs"))
@@ -198,7 +197,7 @@ def test_engine_errors_become_messages_not_tracebacks(plugin, project, ortho_pat
 
 
 def test_out_of_gpu_memory_is_explained(ortho_path, model_path):
-    from roof_detector.qgis_ui.task import DetectTask
+    from roof_detector.qgis_adapter.task import DetectTask
 
     task = DetectTask(make_request(ortho_path, model_path))
     oom = RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")

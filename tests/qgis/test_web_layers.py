@@ -125,7 +125,7 @@ def _assert_same_buildings(areas, expected, rel=0.02):
 @pytest.fixture(scope="module")
 def geotiff_areas(scene_tif, model_path, qgis_app):
     """The reference: the buildings found on the source GeoTIFF (rasterio)."""
-    from roof_detector.qgis_ui.task import DetectTask
+    from roof_detector.qgis_adapter.task import DetectTask
 
     task = DetectTask(make_request(scene_tif, model_path, crs="EPSG:3857"))
     assert task.run(), task.error
@@ -135,10 +135,10 @@ def geotiff_areas(scene_tif, model_path, qgis_app):
 
 
 def _web_request(layer, model_path, aoi_wkt, **kwargs):
-    from roof_detector.qgis_ui.request import DetectRequest, raster_input
+    from roof_detector.qgis_adapter.request import DetectRequest, raster_input
 
-    return DetectRequest.for_layer(raster_input(layer), model_path=model_path, device="cpu", min_area_m2=5.0,
-                                   aoi_wkt=aoi_wkt, **kwargs)
+    return DetectRequest.for_layer(raster_input(layer), options=dict(model_path=model_path, device="cpu", min_area_m2=5.0,
+                                   aoi_wkt=aoi_wkt), **kwargs)
 
 
 # -- XYZ through the real task ------------------------------------------------------------------
@@ -304,7 +304,7 @@ def test_dialog_refuses_the_whole_world_and_estimates_an_area(qgis_iface, projec
 
 def test_too_large_an_area_is_refused(project, tile_server):
     from roof_detector.qgis_io import layer_input, plan_area
-    from roof_detector.qgis_ui.request import RequestError, plan_run, raster_input
+    from roof_detector.qgis_adapter.request import RequestError, plan_run, raster_input
 
     layer = _xyz_layer(project, tile_server())
     inp = layer_input(layer)
@@ -323,13 +323,13 @@ def test_render_path_reads_through_the_qgis_provider(project, tile_server, model
     import dataclasses
 
     from roof_detector.qgis_io import READER_RENDER, layer_input
-    from roof_detector.qgis_ui.request import DetectRequest
-    from roof_detector.qgis_ui.task import DetectTask
+    from roof_detector.qgis_adapter.request import DetectRequest
+    from roof_detector.qgis_adapter.task import DetectTask
 
     server = tile_server()
     inp = dataclasses.replace(layer_input(_xyz_layer(project, server)), reader=READER_RENDER)
-    task = DetectTask(DetectRequest.for_layer(inp, model_path=model_path, device="cpu", min_area_m2=5.0,
-                                              aoi_wkt=_bounds_wkt(_bounds())))
+    task = DetectTask(DetectRequest.for_layer(inp, options=dict(model_path=model_path, device="cpu", min_area_m2=5.0,
+                                              aoi_wkt=_bounds_wkt(_bounds()))))
     assert task.run(), task.error
     # QGIS draws each tile at whole output pixels: edges move by up to half a pixel, hence 5 %
     _assert_same_buildings(_areas(task.layer), geotiff_areas, rel=0.05)
@@ -341,15 +341,15 @@ def test_render_path_with_the_service_down_is_an_error(project, tile_server, mod
 
     from roof_detector.qgis_io import READER_RENDER, layer_input, provider_source
     from roof_detector.qgis_io.workers import RetryPolicy
-    from roof_detector.qgis_ui.request import DetectRequest
-    from roof_detector.qgis_ui.task import DetectTask
+    from roof_detector.qgis_adapter.request import DetectRequest
+    from roof_detector.qgis_adapter.task import DetectTask
 
     monkeypatch.setattr(provider_source, "DEFAULT_RETRY", RetryPolicy(2, 0.01, 2.0, 0.02))
     server = tile_server()
     inp = dataclasses.replace(layer_input(_xyz_layer(project, server)), reader=READER_RENDER)
     server.close()
-    task = DetectTask(DetectRequest.for_layer(inp, model_path=model_path, device="cpu",
-                                              aoi_wkt=_bounds_wkt(_bounds())))
+    task = DetectTask(DetectRequest.for_layer(inp, options=dict(model_path=model_path, device="cpu",
+                                              aoi_wkt=_bounds_wkt(_bounds()))))
     assert not task.run()
     assert "returned no image" in task.error and task.layer is None
 
@@ -378,7 +378,7 @@ def vrt_path(ortho_path, tmp_path_factory) -> str:
 
 
 def _run(request):
-    from roof_detector.qgis_ui.task import DetectTask
+    from roof_detector.qgis_adapter.task import DetectTask
 
     task = DetectTask(request)
     assert task.run(), task.error
@@ -388,7 +388,7 @@ def _run(request):
 def test_vrt_gives_the_same_buildings_as_its_mosaic(project, vrt_path, ortho_path, model_path):
     from qgis.core import QgsRasterLayer
 
-    from roof_detector.qgis_ui.request import DetectRequest, raster_input
+    from roof_detector.qgis_adapter.request import DetectRequest, raster_input
 
     mosaic = _run(make_request(ortho_path, model_path))
     assert len(mosaic) == len(RECTANGLES)
@@ -396,20 +396,20 @@ def test_vrt_gives_the_same_buildings_as_its_mosaic(project, vrt_path, ortho_pat
     assert layer.isValid()
     inp = raster_input(layer)
     assert inp.reader == "file" and inp.path == vrt_path  # rasterio opens VRTs itself
-    assert _run(DetectRequest.for_layer(inp, model_path=model_path, device="cpu", min_area_m2=5.0)) == mosaic
+    assert _run(DetectRequest.for_layer(inp, options=dict(model_path=model_path, device="cpu", min_area_m2=5.0))) == mosaic
     # the same VRT read through QGIS's provider gives the same buildings
     import dataclasses
 
     via_qgis = dataclasses.replace(inp, reader="provider", path="")
-    _assert_same_buildings(_run(DetectRequest.for_layer(via_qgis, model_path=model_path, device="cpu",
-                                                        min_area_m2=5.0)), mosaic, rel=0.01)
+    _assert_same_buildings(_run(DetectRequest.for_layer(via_qgis, options=dict(model_path=model_path, device="cpu",
+                                                        min_area_m2=5.0))), mosaic, rel=0.01)
 
 
 def test_in_memory_raster_is_read_through_its_provider(project, ortho_path, model_path):
     from osgeo import gdal
     from qgis.core import QgsRasterLayer
 
-    from roof_detector.qgis_ui.request import DetectRequest, raster_input
+    from roof_detector.qgis_adapter.request import DetectRequest, raster_input
 
     mem = "/vsimem/roof_detector_test_ortho.tif"
     gdal.Translate(mem, ortho_path)
@@ -418,7 +418,7 @@ def test_in_memory_raster_is_read_through_its_provider(project, ortho_path, mode
         assert layer.isValid()
         inp = raster_input(layer)
         assert inp.reader == "provider"  # rasterio (its own GDAL) cannot see QGIS's /vsimem/
-        areas = _run(DetectRequest.for_layer(inp, model_path=model_path, device="cpu", min_area_m2=5.0))
+        areas = _run(DetectRequest.for_layer(inp, options=dict(model_path=model_path, device="cpu", min_area_m2=5.0)))
     finally:
         gdal.Unlink(mem)
     _assert_same_buildings(areas, _run(make_request(ortho_path, model_path)), rel=0.01)

@@ -18,10 +18,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import shapely
-import torch
 
-from ..errors import Cancelled, LabelError
+from ..errors import LabelError
 from ..model_io import BUNDLED_MODEL_PATH, resolve_device
+from ..params import FINETUNE, check_fields
 from ..vector_io import read_polygons
 from .export import export_model, load_trainable, result_metadata
 from .sampling import AugmentConfig, CropSampler, scenes_to_tiles
@@ -41,12 +41,12 @@ class FinetuneOptions:
     label_fids: Optional[List[int]] = None  # only these feature ids (QGIS "selected features only")
     area_path: Optional[str] = None  # polygon layer of the fully-labelled area
     area_wkt: Optional[str] = None  # or the area itself, in the raster CRS
-    epochs: int = 10
-    lr: float = 3e-4
-    batch_size: int = 8
-    val_fraction: float = 0.2
-    patience: int = 4
-    samples_per_epoch: Optional[int] = None  # None = about one pass over the training area
+    epochs: int = FINETUNE["epochs"].default
+    lr: float = FINETUNE["lr"].default
+    batch_size: int = FINETUNE["batch_size"].default
+    val_fraction: float = FINETUNE["val_fraction"].default
+    patience: int = FINETUNE["patience"].default
+    samples_per_epoch: Optional[int] = FINETUNE["samples_per_epoch"].default  # None = about one pass over the training area
     device: str = "auto"
     seed: int = 0
     name: str = ""
@@ -54,31 +54,14 @@ class FinetuneOptions:
     overwrite: bool = False  # replace an existing output file (never the base model)
 
     def validate(self) -> "FinetuneOptions":
-        """Raise :class:`LabelError` naming the first unusable number or device; return self.
+        """Raise :class:`..params.ParameterError` naming the first unusable value; return self.
 
-        The ranges are those of the Processing algorithm and the dialog.
+        The numbers are checked by their declarations (the ranges of the CLI, the
+        dialog and Processing); the device by :func:`..model_io.resolve_device`
+        (``ModelError`` for an unknown or unusable one).
         """
-        import math
-
-        def whole(value, low, high) -> bool:
-            return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and low <= value <= high
-
-        def real(value, low, high) -> bool:
-            return isinstance(value, (int, float)) and math.isfinite(value) and low <= value <= high
-
-        checks = [("epochs", self.epochs, whole(self.epochs, 1, 1000), "a whole number from 1 to 1000"),
-                  ("learning rate", self.lr, real(self.lr, 1e-7, 1.0), "a number from 1e-7 to 1 (default 3e-4)"),
-                  ("batch size", self.batch_size, whole(self.batch_size, 1, 256), "a whole number from 1 to 256"),
-                  ("validation fraction", self.val_fraction, real(self.val_fraction, 0.05, 0.5),
-                   "a fraction from 0.05 to 0.5: without validation blocks nothing would be measured"),
-                  ("patience", self.patience, whole(self.patience, 1, 1000), "a whole number from 1 to 1000"),
-                  ("samples per epoch", self.samples_per_epoch,
-                   self.samples_per_epoch is None or whole(self.samples_per_epoch, 1, 10_000_000),
-                   "a whole number >= 1 (or none: about one pass over the area)")]
-        for label, value, ok, rule in checks:
-            if not ok:
-                raise LabelError(f"Bad fine-tuning parameter: {label} {value!r} must be {rule}")
-        resolve_device(self.device)  # ModelError for an unknown or unusable device
+        check_fields(self, "finetune")
+        resolve_device(self.device)
         return self
 
 
@@ -251,8 +234,8 @@ def finetune(opts: FinetuneOptions, progress: Optional[Callable[[float, str], No
              on_epoch: Optional[Callable[[Dict], None]] = None,
              log: Callable[[str], None] = print) -> FinetuneResult:
     """Fine-tune the base model on the user's data and write the new model with its curves."""
-    base_path = opts.base_model_path or str(BUNDLED_MODEL_PATH)
     opts.validate()
+    base_path = opts.base_model_path or str(BUNDLED_MODEL_PATH)
     check_model_output(opts.output_path, base_path, opts.overwrite)
     check_raster(opts.raster_path)
     net, meta = load_trainable(base_path)

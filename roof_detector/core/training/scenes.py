@@ -18,7 +18,7 @@ from __future__ import annotations
 import glob
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -73,7 +73,7 @@ def scene_from_raster(raster_path: str, labels_path: Optional[str], name: Option
 
     try:
         ds = rasterio.open(raster_path)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure is reported below
         raise InputRasterError(f"{raster_path} cannot be opened as a raster ({exc})") from None
     with ds:
         if ds.crs is None:
@@ -190,8 +190,3 @@ def resample_scene(scene: Scene, gsd_m: float) -> Scene:
     lab = F.interpolate(lab, size=size, mode="bilinear", antialias=f < 1, align_corners=False)[0]
     return Scene(scene.name, img[0].permute(1, 2, 0).clamp(0, 255).round().byte().numpy(),
                  (lab[0] >= 0.5).numpy().astype(np.uint8), (lab[1] >= 0.99).numpy(), gsd_m)
-
-
-def concat_names(scenes: Sequence[Scene]) -> str:
-    """Short summary of scene names for metadata."""
-    return ", ".join(s.name for s in scenes)

@@ -28,10 +28,10 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from .evaluate import EvaluationResult, evaluate, grid_from_raster
-from .metrics import Confusion
-from .pipeline import DetectOptions, detect_buildings
-from .vector_io import read_polygons
+from roof_detector.core.evaluate import EvaluationResult, evaluate, grid_from_raster
+from roof_detector.core.metrics import Confusion
+from roof_detector.core.pipeline import DetectOptions, detect_buildings
+from roof_detector.core.vector_io import read_polygons
 
 SOLARIS_WHEEL_GLOB = os.path.join(".cache", "solaris", "solaris-0.4.0-*.whl")
 
@@ -135,7 +135,7 @@ def score_case(case: Case, options: DetectOptions, model=None,
 def score_all(data_dir: str, options: DetectOptions, names: Optional[List[str]] = None,
               log: Callable[[str], None] = print) -> Dict[str, Dict[str, float]]:
     """Score every available held-out case with one loaded model."""
-    from .model_io import load_model
+    from roof_detector.core.model_io import load_model
 
     model = load_model(options.model_path, options.device)
     with tempfile.TemporaryDirectory(prefix="roofdet-heldout-") as work:

@@ -24,6 +24,8 @@ from qgis.core import (
     QgsWkbTypes,
 )
 
+# The declarations are pure Python (no torch): the dialog checks with them before torch is installed.
+from ..core.params import ParameterError
 from . import tr
 
 
@@ -33,26 +35,24 @@ class RequestError(ValueError):
 
 @dataclass
 class DetectRequest:
-    """Everything a detection task needs, as plain values (safe to use in a worker thread)."""
+    """Everything a detection task needs, as plain values (safe to use in a worker thread).
+
+    ``options`` are keyword arguments of the engine's ``DetectOptions`` (the
+    parameters declared in :mod:`roof_detector.core.params` are checked here,
+    at once); ``solar`` those of ``SolarParams`` ({}: its defaults; None: no
+    solar fields). The engine's classes are built only in the task, so that
+    the dialog works before torch is installed.
+    """
 
     raster_path: str                     # the local file ("" when the layer is read through QGIS)
     raster_name: str
     crs: str                             # authority id (EPSG:32631) or WKT of the raster CRS
-    model_path: Optional[str] = None
-    device: str = "auto"
-    threshold: Optional[float] = None
-    min_area_m2: float = 10.0
-    aoi_wkt: Optional[str] = None
+    options: Dict[str, Any] = field(default_factory=dict)
+    solar: Optional[Dict[str, Any]] = field(default_factory=dict)
     output_mode: str = "memory"          # memory | gpkg
     gpkg_path: str = ""
     gpkg_layer: str = ""
     replace_layer: bool = False
-    separate_touching: bool = True       # one polygon per roof (DetectOptions.separate_touching)
-    regularize: bool = True              # square the outlines (DetectOptions.regularize)
-    regularize_tolerance_m: float = 1.0
-    # keyword arguments of core.solar.SolarParams ({}: its defaults); None: no solar fields
-    solar: Optional[Dict[str, Any]] = field(default_factory=dict)
-    extra_options: Dict[str, Any] = field(default_factory=dict)
     # How the task reads the layer (see roof_detector.qgis_io): "file" reads raster_path with
     # rasterio; "provider", "xyz" and "render" open layer_uri with the QGIS provider again.
     reader: str = "file"
@@ -60,6 +60,28 @@ class DetectRequest:
     provider: str = ""
     layer_extent: Optional[Tuple[float, float, float, float]] = None
     layer_params: Dict[str, Any] = field(default_factory=dict)  # decoded URI of a web layer
+
+    def __post_init__(self) -> None:
+        from ..core.params import DETECT, OUTLINES, SOLAR
+
+        for group in (DETECT, OUTLINES):
+            for name, p in group.items():
+                if name in self.options:
+                    self.options[name] = p.check(self.options[name])
+        for name, value in (self.solar or {}).items():
+            if name not in SOLAR:
+                raise ParameterError(f"Unknown solar sizing parameter: {name}")
+            self.solar[name] = SOLAR[name].check(value)
+
+    @property
+    def model_path(self) -> Optional[str]:
+        """The model file (None: the bundled model)."""
+        return self.options.get("model_path")
+
+    @property
+    def aoi_wkt(self) -> Optional[str]:
+        """The area of interest in the raster CRS (None: the whole layer)."""
+        return self.options.get("aoi_wkt")
 
     @property
     def layer_name(self) -> str:
@@ -79,14 +101,14 @@ class DetectRequest:
         return LayerInput(self.reader, self.layer_uri, self.provider, self.raster_name, self.crs,
                           self.raster_path, self.layer_extent, dict(self.layer_params))
 
-    def options_kwargs(self) -> Dict[str, Any]:
-        """Keyword arguments for the engine's ``DetectOptions``."""
-        kwargs = dict(model_path=self.model_path, device=self.device, threshold=self.threshold,
-                      min_area_m2=self.min_area_m2, aoi_wkt=self.aoi_wkt,
-                      separate_touching=self.separate_touching, regularize=self.regularize,
-                      regularize_tolerance_m=self.regularize_tolerance_m, solar=self.solar_params())
-        kwargs.update(self.extra_options)
-        return kwargs
+    def detect_options(self) -> Any:
+        """The engine's ``DetectOptions`` (an unknown option is an error, never dropped)."""
+        from ..core.pipeline import DetectOptions
+
+        try:
+            return DetectOptions(**self.options, solar=self.solar_params())
+        except TypeError as exc:
+            raise ParameterError(f"Unknown detection option ({exc})") from None
 
     def solar_params(self) -> Any:
         """The engine's ``SolarParams`` for this request (None: no solar sizing)."""
@@ -98,10 +120,19 @@ class DetectRequest:
 
     def report_params(self) -> Dict[str, Any]:
         """The sizing and outline choices as the Rooftop Report lists them."""
+        from ..core.params import OUTLINES
+
         params = dict(self.solar_params().as_dict()) if self.solar is not None else {}
-        params["regularize"] = (tr("yes, tolerance {tol:g} m").format(tol=self.regularize_tolerance_m)
-                                if self.regularize else tr("no"))
+        regularize = self.options.get("regularize", OUTLINES["regularize"].default)
+        tolerance = self.options.get("regularize_tolerance_m", OUTLINES["regularize_tolerance_m"].default)
+        params["regularize"] = tr("yes, tolerance {tol:g} m").format(tol=tolerance) if regularize else tr("no")
         return params
+
+
+def is_polygon_layer(layer: Any) -> bool:
+    """True for a valid polygon vector layer (labels, areas, buildings to report on)."""
+    return isinstance(layer, QgsVectorLayer) and layer.isValid() and \
+        layer.geometryType() == QgsWkbTypes.PolygonGeometry
 
 
 def _check_valid_raster(layer: Optional[QgsMapLayer]) -> None:
@@ -162,9 +193,11 @@ def plan_run(inp: Any, aoi_wkt: Optional[str], model_meta: Optional[Dict[str, An
     """
     from ..qgis_io import plan_area
 
-    meta = model_meta or {}
-    plan = plan_area(inp, float(meta.get("gsd_m", 0.5)), int(meta.get("tile_size_px", 512)),
-                     int(meta.get("overlap_px", 64)), aoi_wkt=aoi_wkt, device=device)
+    from ..core.params import BUNDLED_MODEL_GRID
+
+    meta = dict(BUNDLED_MODEL_GRID, **(model_meta or {}))  # no model chosen yet: the bundled model's grid
+    plan = plan_area(inp, float(meta["gsd_m"]), int(meta["tile_size_px"]), int(meta["overlap_px"]),
+                     aoi_wkt=aoi_wkt, device=device)
     refusal = plan.refusal(inp.name, whole_layer=not aoi_wkt)
     if refusal:
         raise RequestError(refusal)
@@ -198,7 +231,7 @@ def extent_aoi_wkt(extent: QgsRectangle, extent_crs: QgsCoordinateReferenceSyste
 
 def selection_aoi_wkt(layer: Optional[QgsMapLayer], raster: QgsRasterLayer) -> str:
     """The union of the selected polygons of ``layer`` as WKT in the raster's CRS."""
-    if not isinstance(layer, QgsVectorLayer) or layer.geometryType() != QgsWkbTypes.PolygonGeometry:
+    if not is_polygon_layer(layer):
         raise RequestError(tr("Choose a polygon layer for the area of interest."))
     features = layer.selectedFeatures()
     if not features:

@@ -1,4 +1,4 @@
-"""``python -m roof_detector bench``: speed and memory figures, human-readable plus one JSON line.
+"""``python -m devtools bench``: speed and memory figures, human-readable plus one JSON line.
 
 Figures: ``model_tiles_per_s`` (forward passes only, the pipeline's backend
 and batch size), ``pipeline_tiles_per_s`` and ``km2_per_min`` (read,
@@ -12,7 +12,6 @@ and the fine-tuning time for 10 epochs on 2048 x 2048 px.
 
 from __future__ import annotations
 
-import sys
 
 
 def add_parser(sub) -> None:
@@ -37,11 +36,10 @@ def argparse_hidden():
 
 
 def run(args) -> int:
-    from ..core import bench
-    from ..core.inference import default_batch_size, fitted_batch_size
-    from ..core.model_io import load_model, resolve_device
-
-    from ..core.errors import RoofDetectorError
+    from . import bench
+    from roof_detector.core.inference import default_batch_size, fitted_batch_size
+    from roof_detector.core.errors import RoofDetectorError
+    from roof_detector.core.model_io import load_model, resolve_device
 
     sizes = args.size or [8192]
     if any(size < 256 for size in sizes) or args.repeats < 1 or (args.batch_size is not None and args.batch_size < 1):

@@ -1,4 +1,4 @@
-"""``python -m roof_detector score``: a model's figures on the held-out test data.
+"""``python -m devtools score``: a model's figures on the held-out test data.
 
 Runs the whole detection (as ``detect``) and the evaluation (as
 ``evaluate``) on OAM area 4, the INRIA test chips and the demo image, none of
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+from roof_detector.cli.arguments import add_params, values
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("score", help="score a model on the held-out test data in ../shared/data",
@@ -18,20 +20,17 @@ def add_parser(sub) -> None:
     p.add_argument("--data", default="", help="data folder (default: ../shared/data)")
     p.add_argument("--case", action="append", default=None,
                    help="only this case (oam_area4_z21, oam_area4_z19, inria_test, demo_atlanta); repeatable")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--min-area", type=float, default=10.0)
+    add_params(p, "detect", "device", "threshold", "min_area_m2")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..core.errors import RoofDetectorError
-    from ..core.heldout import score_all
-    from ..core.pipeline import DetectOptions
-    from ..core.training.recipe import shared_data_dir
+    from roof_detector.core.errors import RoofDetectorError
+    from roof_detector.core.pipeline import DetectOptions
 
-    from ..core.heldout import CASES
+    from .heldout import CASES, score_all
+    from .recipe import shared_data_dir
 
     unknown = [c for c in (args.case or []) if c not in CASES]
     if unknown:
@@ -39,8 +38,7 @@ def run(args) -> int:
     data = args.data or shared_data_dir()
     if not data:
         raise RoofDetectorError("held-out data not found: pass --data or place it at ../shared/data")
-    opts = DetectOptions(model_path=args.model, device=args.device, threshold=args.threshold,
-                         min_area_m2=args.min_area)
+    opts = DetectOptions(model_path=args.model, **values(args, "detect"))
     figures = score_all(data, opts, args.case, log=(lambda m: None) if args.json else print)
     if args.json:
         print(json.dumps(figures))

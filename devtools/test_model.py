@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from .model_io import save_model
+from roof_detector.core.model_io import save_model
 
 
 class BrightnessNet(nn.Module):

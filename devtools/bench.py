@@ -21,8 +21,8 @@ from typing import Any, Dict, Optional
 import numpy as np
 import torch
 
-from .inference import fitted_batch_size
-from .model_io import load_model
+from roof_detector.core.inference import fitted_batch_size
+from roof_detector.core.model_io import load_model
 
 
 def cpu_peak_gflops() -> Dict[str, Any]:
@@ -116,7 +116,7 @@ def model_throughput(model_path: Optional[str], device: str, batch_size: int, re
                 diff = float((ort.module(x) - ts.module(x)).abs().max())
             out["onnxruntime_max_abs_diff"] = diff
             out["onnxruntime_agrees_1e-3"] = diff <= 1e-3
-        except Exception as exc:  # reported, not fatal: the bench still gives the other figures
+        except Exception as exc:  # noqa: BLE001 - reported, not fatal: the bench still gives the other figures
             out["onnxruntime_error"] = str(exc).splitlines()[0]
     return out
 
@@ -124,8 +124,8 @@ def model_throughput(model_path: Optional[str], device: str, batch_size: int, re
 def pipeline_run(size_px: int, model_path: Optional[str], device: str, batch_size: Optional[int],
                  repeats: int, gsd_m: Optional[float] = None) -> Dict[str, Any]:
     """Whole detection on a generated raster (read .. GeoPackage); meant for a child process."""
-    from .gpkg_writer import write_buildings
-    from .pipeline import DetectOptions, detect_buildings
+    from roof_detector.core.gpkg_writer import write_buildings
+    from roof_detector.core.pipeline import DetectOptions, detect_buildings
     from .synthetic import write_orthophoto
 
     model = load_model(model_path, device)
@@ -199,7 +199,7 @@ def _peak_rss_mb() -> float:
 def pipeline_in_child(size_px: int, model_path: Optional[str], device: str, batch_size: Optional[int],
                       repeats: int) -> Dict[str, Any]:
     """:func:`pipeline_run` in a fresh interpreter, so its peak RSS is its own."""
-    cmd = [sys.executable, "-m", "roof_detector", "bench", "--part", "pipeline", "--size", str(size_px),
+    cmd = [sys.executable, "-m", "devtools", "bench", "--part", "pipeline", "--size", str(size_px),
            "--device", device, "--repeats", str(repeats), "--json"]
     if model_path:
         cmd += ["--model", model_path]
@@ -213,9 +213,9 @@ def pipeline_in_child(size_px: int, model_path: Optional[str], device: str, batc
 
 def finetune_time(model_path: Optional[str], device: str, size_px: int = 2048, epochs: int = 10) -> Dict[str, Any]:
     """Wall time of fine-tuning ``epochs`` epochs on a generated labelled area of ``size_px`` square."""
-    from .model_io import read_metadata, BUNDLED_MODEL_PATH
+    from roof_detector.core.model_io import read_metadata, BUNDLED_MODEL_PATH
     from .synthetic import building_rectangles, write_orthophoto
-    from .training.finetune import FinetuneOptions, finetune
+    from roof_detector.core.training.finetune import FinetuneOptions, finetune
 
     meta = read_metadata(model_path or BUNDLED_MODEL_PATH)
     gsd = float(meta["gsd_m"])

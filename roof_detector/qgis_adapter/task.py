@@ -12,51 +12,33 @@ and shown as one line.
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import threading
 import time
-import traceback
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Optional
 
-from qgis.core import Qgis, QgsMessageLog, QgsTask, QgsVectorLayer
+from qgis.core import QgsTask, QgsVectorLayer
 from qgis.PyQt.QtCore import QCoreApplication
 
-from . import LOG_TAG, tr
-from .output import WriteError, build_memory_layer, crs_from, write_geopackage
+from . import tr
+from .errors import OUT_OF_MEMORY_TEXT, is_out_of_memory, user_message  # noqa: F401 - is_out_of_memory re-exported
+from .output import build_memory_layer, crs_from
 from .request import DetectRequest
 
 DETECT_SHARE = 95.0  # percent of the progress bar for the engine, the rest for writing
 
 
-def make_options(options_class: Any, kwargs: Dict[str, Any]) -> Any:
-    """``options_class(**kwargs)`` keeping only the fields it has (engine versions differ)."""
-    if dataclasses.is_dataclass(options_class):
-        names = {f.name for f in dataclasses.fields(options_class)}
-        kwargs = {k: v for k, v in kwargs.items() if k in names}
-    return options_class(**kwargs)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """True for CUDA/MPS out-of-memory errors (torch.cuda.OutOfMemoryError or its message)."""
-    if type(exc).__name__ == "OutOfMemoryError":
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in text
-
-
 class GuardedRun:
-    """``run()`` bookkeeping and error handling shared by :class:`DetectTask` and the fine-tune task.
+    """``run()`` bookkeeping and error handling: the one lifecycle of every plugin task.
 
     The task sets ``run_started``/``run_done`` (threading.Event), ``seconds``,
-    ``error`` and ``was_cancelled``; errors whose message is meant for the user
-    are the engine's and those in ``SHOWN_ERRORS``.
+    ``error`` and ``was_cancelled``; errors become messages through
+    :func:`.errors.user_message`, the one mapper (Processing uses it too).
     """
-
-    SHOWN_ERRORS: Tuple[type, ...] = ()
 
     def out_of_memory_text(self) -> str:
         """Advice for a GPU out of memory, with an ``{error}`` field for the first line of the error."""
-        raise NotImplementedError
+        return OUT_OF_MEMORY_TEXT
 
     def guarded_run(self, work: Callable[[], None]) -> bool:
         """Call ``work()`` (worker thread): True when it returns, else False with ``error`` set (None: cancelled)."""
@@ -65,37 +47,17 @@ class GuardedRun:
         try:
             work()
             return True
-        except ImportError as exc:
-            from .deps import check_dependencies
-            self.error = check_dependencies() or tr("A module could not be imported: {error}").format(error=exc)
-        except Exception as exc:  # every failure becomes a message, never a traceback dialog
-            self._record_error(exc)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a message, never a traceback dialog
+            self.error = user_message(exc, self.isCanceled(), self.out_of_memory_text())
+            self.was_cancelled = self.error is None
         finally:
             self.seconds = time.perf_counter() - start
             self.run_done.set()
         return False
 
-    def _record_error(self, exc: Exception) -> None:
-        from ..core.errors import Cancelled, RoofDetectorError
-
-        if isinstance(exc, Cancelled) or self.isCanceled():
-            self.was_cancelled = True
-            self.error = None
-        elif isinstance(exc, (RoofDetectorError,) + self.SHOWN_ERRORS):
-            self.error = str(exc)
-        elif is_out_of_memory(exc):
-            self.error = self.out_of_memory_text().format(
-                error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        else:
-            self.error = tr("Unexpected error: {error} (details in the log panel, tab '{tag}')").format(
-                error=str(exc) or type(exc).__name__, tag=LOG_TAG)
-            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
-
 
 class DetectTask(GuardedRun, QgsTask):
     """Detect buildings for one :class:`DetectRequest`; cancellable within a batch."""
-
-    SHOWN_ERRORS = (WriteError,)
 
     def __init__(self, request: DetectRequest,
                  on_finished: Optional[Callable[["DetectTask", bool], None]] = None):
@@ -123,15 +85,11 @@ class DetectTask(GuardedRun, QgsTask):
         self.layer = None
         return False
 
-    def out_of_memory_text(self) -> str:
-        return tr("The GPU ran out of memory. Choose CPU as device, close other programs "
-                  "using the GPU, or use a smaller batch size. ({error})")
-
     def _run(self) -> None:
         from ..core.errors import Cancelled
-        from ..core.pipeline import DetectOptions, detect_buildings
+        from ..core.pipeline import detect_buildings
 
-        options = make_options(DetectOptions, self.request.options_kwargs())
+        options = self.request.detect_options()
         if self.request.output_mode == "gpkg":
             # Before minutes of detection: a missing/read-only folder, a file that is not a
             # GeoPackage or one locked by another program fails now (as the CLI does).
@@ -149,17 +107,23 @@ class DetectTask(GuardedRun, QgsTask):
         if self.isCanceled():
             raise Cancelled()
         self.setProgress(DETECT_SHARE)
-        # The QGIS layer's CRS first (keeps its authid), the engine's as fallback.
-        crs = crs_from(self.request.crs, getattr(result, "crs_wkt", "") or "")
-        layer = build_memory_layer(result.buildings, crs, self.request.layer_name)
-        if self.isCanceled():
-            raise Cancelled()
         if self.request.output_mode == "gpkg":
-            # The last step: from here on the result is complete, so it is not interrupted.
-            self.output_uri = write_geopackage(layer, self.request.gpkg_path,
-                                               self.request.gpkg_layer, self.request.replace_layer)
+            # The last step, through the one GeoPackage writer (as the CLI): from here on the
+            # result is complete, so it is not interrupted. The layer's CRS first (keeps its authid).
+            from ..core import gpkg_writer
+
+            path = os.path.abspath(self.request.gpkg_path)
+            gpkg_writer.write_buildings(result.buildings, path, self.request.crs or result.crs_wkt,
+                            layer=self.request.gpkg_layer, overwrite=self.request.replace_layer,
+                            metadata=result.provenance(options))
+            self.output_uri = f"{path}|layername={self.request.gpkg_layer}"
             layer = None
         else:
+            # The QGIS layer's CRS first (keeps its authid), the engine's as fallback.
+            crs = crs_from(self.request.crs, getattr(result, "crs_wkt", "") or "")
+            layer = build_memory_layer(result.buildings, crs, self.request.layer_name)
+            if self.isCanceled():
+                raise Cancelled()
             app = QCoreApplication.instance()
             if app is not None:
                 layer.moveToThread(app.thread())

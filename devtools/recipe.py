@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Tuple
 
-from .scenes import Scene, resample_scene, scene_from_raster, scenes_from_chips, split_blocks, tile_scene
+from roof_detector.core.training.scenes import Scene, resample_scene, scene_from_raster, scenes_from_chips, split_blocks, tile_scene
 
 TRAIN_AREAS = (1, 2, 3, 5)
 VAL_AREA = 1
@@ -35,7 +35,7 @@ DATASET_SHARES = {"oam": 0.55, "inria": 0.2, "spacenet": 0.1, "dubai": 0.15}
 
 def shared_data_dir(start: str = "") -> str:
     """``../shared/data`` relative to the repo (or ``start``), or '' when absent."""
-    here = start or os.path.join(os.path.dirname(__file__), "..", "..", "..")
+    here = start or os.path.join(os.path.dirname(__file__), "..")
     path = os.path.normpath(os.path.join(here, "..", "shared", "data"))
     return path if os.path.isdir(path) else ""
 

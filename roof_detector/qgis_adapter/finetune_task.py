@@ -36,54 +36,52 @@ from qgis.core import (
     QgsTask,
     QgsVectorFileWriter,
     QgsVectorLayer,
-    QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import pyqtSignal
 
 from . import LOG_TAG, tr
-from .request import RequestError
-from .task import GuardedRun, make_options
+from .request import RequestError, is_polygon_layer  # noqa: F401 - is_polygon_layer re-exported
+from .task import GuardedRun
 
 
 @dataclass
 class FinetuneRequest:
-    """Everything a fine-tune task needs, as plain values (safe in a worker thread)."""
+    """Everything a fine-tune task needs, as plain values (safe in a worker thread).
 
-    raster_path: str
+    ``options`` are keyword arguments of the engine's ``FinetuneOptions``
+    (its declared parameters checked here, at once; an unknown key is an
+    error when the task builds the options, never dropped).
+    """
+
     raster_name: str
-    labels_path: str
-    output_path: str
-    name: str
-    base_model_path: Optional[str] = None
-    labels_layer: Optional[str] = None
-    area_wkt: Optional[str] = None       # None = the label layer's extent
-    epochs: int = 10
-    lr: float = 3e-4
-    batch_size: int = 8
-    val_fraction: float = 0.2
-    patience: int = 4
-    samples_per_epoch: Optional[int] = None
-    device: str = "auto"
-    keep_best_on_cancel: bool = True
+    options: Dict[str, Any]
     temp_dir: Optional[str] = None       # exported layers; removed when the task is finished
     notes: List[str] = field(default_factory=list)  # what the dialog found (e.g. CRS reprojection)
 
-    def options_kwargs(self) -> Dict[str, Any]:
-        """Keyword arguments for the engine's ``FinetuneOptions``."""
-        return dict(raster_path=self.raster_path, labels_path=self.labels_path, output_path=self.output_path,
-                    base_model_path=self.base_model_path, labels_layer=self.labels_layer,
-                    area_wkt=self.area_wkt, epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                    val_fraction=self.val_fraction, patience=self.patience,
-                    samples_per_epoch=self.samples_per_epoch, device=self.device, name=self.name,
-                    keep_best_on_cancel=self.keep_best_on_cancel)
+    def __post_init__(self) -> None:
+        from ..core.params import FINETUNE
+
+        for name, p in FINETUNE.items():
+            if name in self.options:
+                self.options[name] = p.check(self.options[name])
+
+    @property
+    def name(self) -> str:
+        """The new model's name."""
+        return self.options.get("name", "")
+
+    def finetune_options(self) -> Any:
+        """The engine's ``FinetuneOptions``."""
+        from ..core.params import ParameterError
+        from ..core.training.finetune import FinetuneOptions
+
+        try:
+            return FinetuneOptions(**self.options)
+        except TypeError as exc:
+            raise ParameterError(f"Unknown fine-tuning option ({exc})") from None
 
 
 # -- main thread: layers to files -------------------------------------------------
-def is_polygon_layer(layer: Any) -> bool:
-    return isinstance(layer, QgsVectorLayer) and layer.isValid() and \
-        layer.geometryType() == QgsWkbTypes.PolygonGeometry
-
-
 def file_source(layer: QgsVectorLayer) -> Optional[Tuple[str, Optional[str]]]:
     """(path, layer name) when the engine can read ``layer`` straight from its file, else None.
 
@@ -215,7 +213,7 @@ class FinetuneTask(GuardedRun, QgsTask):
     def set_keep_best(self, keep: bool) -> None:
         """Whether a cancelled run still writes its best epoch (call before :meth:`cancel`)."""
         with self._lock:
-            self.request.keep_best_on_cancel = bool(keep)
+            self.request.options["keep_best_on_cancel"] = bool(keep)
             if self._options is not None:
                 self._options.keep_best_on_cancel = bool(keep)
 
@@ -237,10 +235,10 @@ class FinetuneTask(GuardedRun, QgsTask):
         return self.guarded_run(self._run)
 
     def _run(self) -> None:
-        from ..core.training.finetune import FinetuneOptions, finetune
+        from ..core.training.finetune import finetune
 
         with self._lock:
-            self._options = make_options(FinetuneOptions, self.request.options_kwargs())
+            self._options = self.request.finetune_options()
         self.result = finetune(self._options, progress=self._progress, is_cancelled=self.isCanceled,
                                on_epoch=self._on_epoch, log=self._log)
         self.was_cancelled = self.result.stopped == "cancelled"

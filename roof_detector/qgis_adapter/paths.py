@@ -1,40 +1,28 @@
-"""Where the plugin's files are, in the repository and in an installed zip.
+"""Where the plugin's files are: resources, the bundled model, the user's model library.
 
-In the repository, ``models/`` and ``resources/`` sit next to the
-``roof_detector/`` package (repo_root/models); in the zip QGIS installs they
-sit inside it (plugins/roof_detector/models). Every lookup tries the plugin
-folder first, then its parent.
+The bundled model and the resources are found by :mod:`roof_detector.core.locations`
+(the engine's own resolver: plugin folder first, then its parent).
 """
 
 from __future__ import annotations
 
 import glob
 import os
-from pathlib import Path
 from typing import List, Optional
 
-PLUGIN_DIR = Path(__file__).resolve().parents[1]
-BUNDLED_MODEL_NAME = "roof_unet.pt"
-
-
-def _first_existing(relative: str) -> Optional[Path]:
-    for base in (PLUGIN_DIR, PLUGIN_DIR.parent):
-        candidate = base / relative
-        if candidate.exists():
-            return candidate
-    return None
+from ..core.locations import bundled_model_file, package_file
 
 
 def resource_path(name: str) -> str:
     """Absolute path of ``resources/<name>`` (zip or repo layout); '' if absent."""
-    found = _first_existing(os.path.join("resources", name))
+    found = package_file(os.path.join("resources", name))
     return str(found) if found else ""
 
 
 def bundled_model_path() -> Optional[str]:
-    """Path of the bundled model ``models/roof_unet.pt``, or None if not shipped."""
-    found = _first_existing(os.path.join("models", BUNDLED_MODEL_NAME))
-    return str(found) if found else None
+    """Path of the bundled model ``models/roof_unet.pt``, or None if not shipped (core.locations resolves it)."""
+    path = bundled_model_file()
+    return str(path) if path.is_file() else None
 
 
 def model_library_dir() -> str:

@@ -31,7 +31,7 @@ def missing_modules() -> List[str]:
     for name in REQUIRED:
         try:
             importlib.import_module(name)
-        except Exception:  # ImportError, or a broken install raising OSError/RuntimeError
+        except Exception:  # noqa: BLE001 - ImportError, or a broken install raising OSError/RuntimeError
             missing.append(name)
     return missing
 
@@ -92,7 +92,7 @@ def geos_mismatch(shapely_geos: Optional[str] = None, qgis_geos: Optional[str] =
     if shapely_geos is None:
         try:
             import shapely
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure means 'not available'
             return None
         shapely_geos = ".".join(str(v) for v in shapely.geos_version)
     if qgis_geos is None:

@@ -1,0 +1,10 @@
+"""``python -m devtools COMMAND``: the developer commands, with the plugin CLI's error handling."""
+
+import sys
+
+from roof_detector.cli import main
+
+COMMANDS = {"bench": "devtools.bench_cli", "score": "devtools.score_cli", "train": "devtools.train_cli"}
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m devtools", commands=COMMANDS))

@@ -1,0 +1,231 @@
+"""Every user-facing parameter, declared once: name, type, default, range, unit, help.
+
+The engine's option classes (``DetectOptions``, ``SolarParams``,
+``FinetuneOptions``) take their defaults from here, the engine validates
+with :func:`check` (one error type, :class:`ParameterError`), and each front
+end builds its own controls from the same declarations: the CLI's argparse
+options (``cli/arguments.py``), the Processing parameters
+(``processing/parameters.py``), the dialogs' spin boxes and the defaults of
+the saved settings (``qgis_ui/param_widgets.py``, ``qgis_ui/settings.py``).
+So a range or a default is changed here and nowhere else.
+
+Ranges are closed intervals and every number must also be finite: ``nan``
+and ``inf`` are refused, as are values so small or large that they only
+make sense as typing errors (a panel of 1e-300 m², 1e308 Wp).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+from .errors import RoofDetectorError
+
+
+class ParameterError(RoofDetectorError, ValueError):
+    """A parameter value is not usable; the message names it, its range and the value given."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter as every front end shows it.
+
+    ``name`` is the engine's field name; ``flag`` the CLI option (``short_flag``
+    its one-letter alias, if any); ``key`` the Processing parameter name
+    (empty: not a Processing parameter); ``optional`` parameters accept None
+    (meaning ``none_means``: "the model's", "automatic"...). A yes/no parameter
+    whose default is no is a plain CLI switch (``--yes``, ``--overwrite``).
+    """
+
+    name: str
+    kind: type
+    default: Any
+    label: str
+    help: str
+    flag: str = ""
+    key: str = ""
+    low: Optional[float] = None
+    high: Optional[float] = None
+    unit: str = ""
+    decimals: int = 2
+    step: float = 1.0
+    optional: bool = False
+    none_means: str = ""
+    choices: Tuple[str, ...] = ()
+    choice_labels: Tuple[str, ...] = ()  # what a list shows for each choice
+    short_flag: str = ""
+
+    def check(self, value: Any) -> Any:
+        """``value`` converted to the parameter's type, or :class:`ParameterError` saying what is wrong."""
+        if value is None:
+            if self.optional:
+                return None
+            raise ParameterError(f"{self.label} needs a value ({self.range_text()})")
+        if self.kind is bool:
+            if isinstance(value, bool):
+                return value
+            raise ParameterError(f"{self.label} must be yes or no, got {value!r}")
+        if self.kind is str:
+            if self.choices and value not in self.choices:
+                raise ParameterError(f"{self.label} must be one of {', '.join(self.choices)}, got {value!r}")
+            return str(value)
+        return self._check_number(value)
+
+    def _check_number(self, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ParameterError(f"{self.label} must be a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ParameterError(f"{self.label} must be a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ParameterError(f"{self.label} must be a finite number ({self.range_text()}), got {value!r}")
+        if self.kind is int and number != int(number):
+            raise ParameterError(f"{self.label} must be a whole number ({self.range_text()}), got {value!r}")
+        if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
+            raise ParameterError(f"{self.label} must be {self.range_text()}, got {value!r}")
+        return int(number) if self.kind is int else number
+
+    def parse(self, text: str) -> Any:
+        """A value typed by a user (CLI, settings) checked as :meth:`check` does."""
+        if self.kind in (int, float):
+            try:
+                number = float(text)
+            except (TypeError, ValueError):
+                raise ParameterError(f"{self.label} must be a number, got {text!r}") from None
+            return self.check(number)
+        return self.check(text)
+
+    def range_text(self) -> str:
+        """The allowed values in words, with the unit: 'from 0 to 100000 m²'."""
+        unit = f" {self.unit}" if self.unit else ""
+        if self.low is not None and self.high is not None:
+            return f"from {self.low:g} to {self.high:g}{unit}"
+        if self.low is not None:
+            return f"at least {self.low:g}{unit}"
+        if self.high is not None:
+            return f"at most {self.high:g}{unit}"
+        return "a finite number"
+
+    def help_text(self) -> str:
+        """Help with range, unit and default, as the CLI and Processing show it."""
+        parts = [self.help]
+        if self.kind in (int, float):
+            parts.append(f"({self.range_text()}")
+            default = self.none_means if self.default is None else f"{self.default:g}"
+            parts[-1] += f"; default: {default})"
+        elif self.kind is bool:
+            parts.append(f"(default: {'yes' if self.default else 'no'})")
+        return " ".join(parts)
+
+
+def _params(*items: Param) -> Dict[str, Param]:
+    return {p.name: p for p in items}
+
+
+#: Detection (DetectOptions).
+DETECT = _params(
+    Param("threshold", float, None, "Threshold", "probability above which a pixel is building",
+          flag="--threshold", key="THRESHOLD", low=0.01, high=0.99, step=0.05, optional=True,
+          none_means="the model's tuned value"),
+    Param("min_area_m2", float, 10.0, "Minimum building area", "drop buildings smaller than this",
+          flag="--min-area", key="MIN_AREA", low=0.0, high=100000.0, unit="m²", decimals=1),
+    Param("separate_touching", bool, True, "Separate touching buildings",
+          "split touching roofs along the probability valley between them, one polygon per roof",
+          flag="--separate-touching", key="SEPARATE_TOUCHING"),
+    Param("device", str, "auto", "Device", "where the model runs (auto: the GPU when there is one)",
+          flag="--device", key="DEVICE", choices=("auto", "cpu", "cuda"),
+          choice_labels=("Automatic", "CPU", "CUDA GPU")),
+    Param("batch_size", int, None, "Batch size", "tiles per model call", flag="--batch-size", key="BATCH_SIZE",
+          low=1, high=1024, decimals=0, optional=True, none_means="8 on CPU, fitted to free memory on GPU"),
+    # The size guard (core.work_estimate): the dialog asks this as a question instead of a check box.
+    Param("confirm_large_run", bool, False, "Run even when very large",
+          "run a raster of more than 100,000 tiles or one needing more memory than is free; without it such a "
+          "run is refused before it starts (one needing more memory than the machine has is always refused)",
+          flag="--yes", short_flag="-y", key="CONFIRM_LARGE"),
+)
+
+#: Outline regularisation (DetectOptions; the solar command and algorithm too).
+OUTLINES = _params(
+    Param("regularize", bool, True, "Regularise outlines",
+          "square the outlines (right angles, 45-degree diagonals) before measuring", flag="--regularize",
+          key="REGULARIZE"),
+    Param("regularize_tolerance_m", float, 1.0, "Regularisation tolerance",
+          "how far a squared outline may depart from the traced one", flag="--tolerance", key="TOLERANCE",
+          low=0.1, high=10.0, unit="m", decimals=1, step=0.1),
+)
+
+#: Rooftop solar sizing (SolarParams).
+SOLAR = _params(
+    Param("setback_m", float, 0.5, "Roof edge setback", "panels keep this distance from the roof edge",
+          flag="--setback", key="SETBACK", low=0.0, high=10.0, unit="m", step=0.1),
+    Param("usable_fraction", float, 0.6, "Usable fraction",
+          "share of the inset roof that takes panels (chimneys, skylights, shade, faces turned away)",
+          flag="--usable-fraction", key="USABLE_FRACTION", low=0.0, high=1.0, step=0.05),
+    Param("panel_area_m2", float, 1.96, "Panel area", "area of one panel", flag="--panel-area", key="PANEL_AREA",
+          low=0.1, high=10.0, unit="m²", step=0.01),
+    Param("panel_wp", float, 400.0, "Panel power", "peak power of one panel", flag="--panel-wp", key="PANEL_WP",
+          low=10.0, high=2000.0, unit="Wp", decimals=0, step=10.0),
+    Param("specific_yield_kwh_per_kwp", float, None, "Specific yield", "yearly energy per kWp installed",
+          flag="--yield", key="SPECIFIC_YIELD", low=1.0, high=4999.0, unit="kWh/kWp/yr", decimals=0, step=50.0,
+          optional=True, none_means="estimated from each building's latitude"),
+)
+
+#: Fine-tuning (FinetuneOptions).
+FINETUNE = _params(
+    Param("epochs", int, 10, "Epochs", "at most this many epochs (training stops earlier on no gain)",
+          flag="--epochs", key="EPOCHS", low=1, high=500, decimals=0),
+    Param("lr", float, 3e-4, "Learning rate", "step size of the optimiser", flag="--lr", key="LR", low=1e-6, high=0.1,
+          decimals=6, step=0.0001),
+    Param("batch_size", int, 8, "Batch size", "training crops per step", flag="--batch-size", key="BATCH_SIZE",
+          low=1, high=128,
+          decimals=0),
+    Param("val_fraction", float, 0.2, "Validation share",
+          "share of the labelled area held out, in whole blocks, to validate each epoch", flag="--val-fraction", key="VAL_FRACTION",
+          low=0.05, high=0.5, step=0.05),
+    Param("patience", int, 4, "Patience", "stop after this many epochs without validation IoU gain",
+          flag="--patience", key="PATIENCE", low=1, high=100, decimals=0),
+    Param("samples_per_epoch", int, None, "Samples per epoch", "training crops per epoch",
+          flag="--samples-per-epoch", key="SAMPLES_PER_EPOCH", low=1, high=100000, decimals=0, optional=True,
+          none_means="about one pass over the training area"),
+    # No Processing key: a Processing destination is replaced after QGIS asked (never the base model);
+    # the dialog always writes a new file of the model library.
+    Param("overwrite", bool, False, "Replace the output model",
+          "replace the output model file if it exists (never the base model)", flag="--overwrite"),
+)
+
+#: The model grid a planner assumes before a model is chosen: the bundled model's
+#: (a test keeps it equal to models/roof_unet.pt's metadata).
+BUNDLED_MODEL_GRID: Dict[str, float] = {"gsd_m": 0.3, "tile_size_px": 256, "overlap_px": 32}
+
+#: Every group by name, for lookups by the front ends.
+GROUPS: Dict[str, Dict[str, Param]] = {"detect": DETECT, "outlines": OUTLINES, "solar": SOLAR, "finetune": FINETUNE}
+
+
+def default(group: str, name: str) -> Any:
+    """The default value of a parameter (what the option classes use as field default)."""
+    return GROUPS[group][name].default
+
+
+def check(group: str, values: Dict[str, Any], names: Optional[Iterable[str]] = None) -> Dict[str, Any]:
+    """Check the declared ``values`` of ``group`` (all of them, or ``names``); return them converted.
+
+    Raises :class:`ParameterError` for the first bad value. Keys not
+    declared in the group are an error too: nothing is silently dropped.
+    """
+    declared = GROUPS[group]
+    unknown = sorted(set(values) - set(declared))
+    if unknown:
+        raise ParameterError(f"Unknown {group} parameter(s): {', '.join(unknown)}")
+    out = dict(values)
+    for name in (names if names is not None else values):
+        out[name] = declared[name].check(values[name])
+    return out
+
+
+def check_fields(obj: Any, group: str) -> None:
+    """Check each declared parameter of ``group`` that the dataclass ``obj`` has as a field."""
+    for name, p in GROUPS[group].items():
+        if hasattr(obj, name):
+            p.check(getattr(obj, name))
