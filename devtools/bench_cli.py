@@ -40,9 +40,12 @@ def argparse_hidden():
 def run(args) -> int:
     from . import bench
     from roof_detector.core.inference import default_batch_size, fitted_batch_size
+    from roof_detector.core.errors import RoofDetectorError
     from roof_detector.core.model_io import load_model, resolve_device
 
     sizes = args.size or [8192]
+    if any(size < 256 for size in sizes) or args.repeats < 1 or (args.batch_size is not None and args.batch_size < 1):
+        raise RoofDetectorError("--size must be at least 256 px, --repeats and --batch-size at least 1")
     if args.part == "pipeline":  # child process of the main bench
         print(bench.as_json_line(bench.pipeline_run(sizes[0], args.model, args.device, args.batch_size, args.repeats)))
         return 0

@@ -83,6 +83,10 @@ def solaris_sample(cache_dir: str) -> Optional[tuple]:
     return os.path.join(out, "sample_geotiff.tif"), os.path.join(out, "geotiff_labels.geojson")
 
 
+#: Every held-out case name, whether or not its data is here.
+CASES = ("oam_area4_z21", "oam_area4_z19", "inria_test", "demo_atlanta")
+
+
 def build_cases(data_dir: str, work_dir: str, names: Optional[List[str]] = None) -> List[Case]:
     """The held-out cases available here (those named, or all)."""
     cases: List[Case] = []

@@ -27,10 +27,14 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from roof_detector.core.errors import RoofDetectorError
-    from .heldout import score_all
     from roof_detector.core.pipeline import DetectOptions
+
+    from .heldout import CASES, score_all
     from .recipe import shared_data_dir
 
+    unknown = [c for c in (args.case or []) if c not in CASES]
+    if unknown:
+        raise RoofDetectorError(f"unknown --case {', '.join(unknown)}; choose from {', '.join(CASES)}")
     data = args.data or shared_data_dir()
     if not data:
         raise RoofDetectorError("held-out data not found: pass --data or place it at ../shared/data")

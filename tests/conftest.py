@@ -37,3 +37,31 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real, almost full file system: a 2 MB tmpfs filled but for 4 KB (needs root; skipped otherwise).
+
+    Faults are tested for real: torch's writer, GDAL and SQLite behave differently on a
+    real ENOSPC than on a monkeypatched one.
+    """
+    import subprocess
+
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        filler = mount_point / ".filler"
+        with open(filler, "wb", buffering=0) as fh:
+            try:
+                while fh.write(b"\0" * 65536):
+                    pass
+            except OSError:  # ENOSPC: full
+                pass
+        os.truncate(filler, max(0, filler.stat().st_size - 4096))
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)

@@ -4,14 +4,18 @@ Each sub-command lives in its own module of this package exposing
 ``add_parser(subparsers)`` (which registers the command and sets
 ``func=run`` as default) and ``run(args) -> int``. Errors of the engine
 (:class:`RoofDetectorError`) end the run with a one-line message and exit
-status 2; Ctrl-C ends it with status 130.
+status 2; Ctrl-C ends it with status 130, SIGTERM (handled like Ctrl-C) with
+143, a closed stdout pipe quietly with 141.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
 from typing import Dict, List, Optional
 
 from .. import __version__
@@ -33,21 +37,59 @@ def build_parser(prog: str = "python -m roof_detector",
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: every clean-up that runs for Ctrl-C runs for it too."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _usable_std_streams() -> None:
+    """A closed stdout/stderr (``2>&-``) becomes /dev/null instead of a traceback at the first message."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w"))
+
+
 def main(argv: Optional[List[str]] = None, prog: str = "python -m roof_detector",
          commands: Optional[Dict[str, str]] = None) -> int:
     """Parse ``argv`` and run the chosen sub-command; return the exit status."""
     from ..core.errors import RoofDetectorError
 
+    _usable_std_streams()
     parser = build_parser(prog, commands)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args.func(args) or 0)
     except RoofDetectorError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _say(f"error: {exc}")
         return 2
+    except Terminated:
+        _say("error: terminated (SIGTERM); nothing was written")
+        return 143
     except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
+        _say("error: interrupted; nothing was written")
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`... | head`): nothing more to say to it. Python would
+        # report the pipe again when flushing stdout at exit, so point stdout at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _say(line: str) -> None:
+    """One line on stderr; a closed or broken stderr must not turn it into a traceback."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass

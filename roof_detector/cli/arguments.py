@@ -36,13 +36,16 @@ def add_param(parser: Any, group: str, name: str, default: Any = None,
     p = GROUPS[group][name]
     value = p.default if default is None else default
     text = help or (p.help_text() if default is None else f"{p.help} (default: {_shown(value)})")
+    flags = [f for f in (p.short_flag, p.flag) if f]
+    if p.kind is bool and not p.default:  # a switch that is off unless given (--yes, --overwrite)
+        return parser.add_argument(*flags, dest=p.name, action="store_true", help=help or p.help)
     if p.kind is bool:
-        return parser.add_argument(p.flag, dest=p.name, action=argparse.BooleanOptionalAction, default=value,
+        return parser.add_argument(*flags, dest=p.name, action=argparse.BooleanOptionalAction, default=value,
                                    help=text)
     if p.choices:
-        return parser.add_argument(p.flag, dest=p.name, default=value, choices=p.choices, help=text)
+        return parser.add_argument(*flags, dest=p.name, default=value, choices=p.choices, help=text)
     metavar = (p.unit or p.kind.__name__).upper().replace("²", "2").replace("/", "_PER_")
-    return parser.add_argument(p.flag, dest=p.name, type=value_type(p), default=value, metavar=metavar,
+    return parser.add_argument(*flags, dest=p.name, type=value_type(p), default=value, metavar=metavar,
                                help=text)
 
 

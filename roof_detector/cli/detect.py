@@ -58,17 +58,33 @@ def detect_options(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Detect, write, print the summary; engine errors propagate to the dispatcher (exit 2)."""
+    from ..core.errors import LargeRunError
     from ..core.gpkg_writer import check_output, write_buildings
-    from ..core.pipeline import detect_buildings
+    from ..core.params import DETECT
+    from ..core.pipeline import check_detection_size, detect_buildings
 
     # Refuse a clobber before spending minutes on detection.
     check_output(args.output, args.layer, args.overwrite)
     options = detect_options(args)
+    # The size of the run and the coarse-pixel warning before the work, not after it.
+    try:
+        estimate = check_detection_size(args.raster, options)
+    except LargeRunError as exc:
+        flag = DETECT["confirm_large_run"].flag
+        raise LargeRunError(f"{exc}" + (f"; pass {flag} to run it anyway" if exc.confirmable else ""),
+                            exc.confirmable) from None
+    shown = set()
+    if estimate is not None:
+        print(f"detect: {estimate.describe()}", file=sys.stderr)
+        for warning in estimate.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+            shown.add(warning)
     t0 = time.perf_counter()
     with progress_bar() as progress:
         result = detect_buildings(args.raster, options, progress=progress)
     for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        if warning not in shown:
+            print(f"warning: {warning}", file=sys.stderr)
     write_buildings(result.buildings, args.output, result.crs_wkt, layer=args.layer, overwrite=args.overwrite,
                     metadata=result.provenance(options))
     seconds = time.perf_counter() - t0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from ..core.errors import LabelError
 
@@ -55,23 +56,26 @@ def run(args: argparse.Namespace) -> int:
     px, ob = d["pixel"], d["object"]
     print(f"pixels ({px['valid_pixels']:,} valid)")
     for key in ("iou", "accuracy", "precision", "recall", "f1"):
-        print(f"  {key:<10} {px[key]:.4f}")
+        print(f"  {key:<10} {_fmt(px[key])}")
     print(f"objects (matched one-to-one at IoU >= {ob['iou_threshold']:g})")
     print(f"  predicted  {ob['predicted']}")
     print(f"  reference  {ob['reference']}")
     print(f"  matched    {ob['matched']}")
     for key in ("precision", "recall", "f1"):
-        print(f"  {key:<10} {ob[key]:.4f}")
-    print(f"  mean IoU of matched buildings {_fmt(ob['mean_matched_iou'], '.4f')}")
+        print(f"  {key:<10} {_fmt(ob[key])}")
+    print(f"  mean IoU of matched buildings {_fmt(ob['mean_matched_iou'])}")
     print("shape (vertices: median per polygon; regular: <= 16 vertices, 90 % of the outline within 10 degrees "
           "of its axes)")
     for side in ("predicted", "reference"):
         sh = d["shape"][side]
         print(f"  {side:<10} median vertices {_fmt(sh['median_vertices'], 'g')}, "
               f"regular {_fmt(sh['regular_share'], '.1%')}")
+    if px["iou"] is None or ob["f1"] is None:
+        print("warning: no building in either layer on the grid: the ratios that need one are n/a "
+              "(nothing measured is not a perfect score)", file=sys.stderr)
     return 0
 
 
-def _fmt(value, spec: str) -> str:
+def _fmt(value, spec: str = ".4f") -> str:
     """A figure, or "n/a" where nothing was measured."""
     return "n/a" if value is None else format(value, spec)

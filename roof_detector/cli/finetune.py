@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 
 from .arguments import add_param, add_params, values
 from .progress import ProgressBar
@@ -33,6 +34,9 @@ def run(args) -> int:
                            device=args.device, seed=args.seed, name=args.name, **values(args, "finetune"))
     with ProgressBar("fine-tune") as bar:
         res = finetune(opts, progress=bar.update, log=bar.write)
+    for note in res.notes:
+        if note.startswith("Warning: "):
+            print(f"warning: {note[len('Warning: '):]}", file=sys.stderr)
     b, a = res.before, res.after
     print(f"validation IoU {b.get('iou', float('nan')):.4f} -> {a.get('iou', float('nan')):.4f}, "
           f"accuracy {b.get('accuracy', float('nan')):.4f} -> {a.get('accuracy', float('nan')):.4f}; "

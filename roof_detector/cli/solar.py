@@ -2,9 +2,11 @@
 
 For building polygons that did not come from detection (a cadastre,
 OpenStreetMap...). Each input polygon keeps its attributes (a name that
-clashes with a solar field gets a ``src_`` prefix, one that clashes with
-``confidence``/``fid``/``geom`` an ``attr_`` prefix; ``src_fid`` is the input
-feature id) and gains the solar fields of :mod:`roof_detector.core.solar`.
+clashes, ignoring case, with a field we write (the solar fields,
+``confidence``, ``fid``, ``geom``, ``src_fid``) or with an earlier input field
+gets the first free name of ``src_<name>``, ``src_<name>_2``...: see
+:mod:`roof_detector.core.field_names`; ``src_fid`` is the input feature id) and
+gains the solar fields of :mod:`roof_detector.core.solar`.
 ``--regularize`` squares the outlines first (off by default: cadastre outlines
 are already clean). ``--report DIR`` also writes the HTML/CSV/PNG report.
 """
@@ -17,9 +19,9 @@ import math
 import os
 import sys
 from contextlib import contextmanager
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
-from ..core.errors import OutputError
+from ..core.errors import LabelError, OutputError
 from .arguments import add_param, add_params, values
 
 DEFAULT_OUT_LAYER = "rooftops"
@@ -65,10 +67,19 @@ def run(args: argparse.Namespace) -> int:
     params = solar_params(args)
     with _output_flag_names():
         check_output(args.output, args.out_layer, args.overwrite)
+    if args.report:
+        from ..core.report import check_report_dir
+
+        check_report_dir(args.report)  # before the work, not after the GeoPackage is written
 
     from ..core.vector_io import read_polygons
 
     layer = read_polygons(args.input, layer=args.layer, with_attributes=True, require_crs=True)
+    if not layer.geometries:
+        what = (f"{layer.skipped} feature(s) skipped as not polygons or empty "
+                f"({', '.join(sorted(set(layer.skipped_reasons)))})" if layer.skipped else "it has no features")
+        raise LabelError(f"Layer {layer.layer_name!r} of {args.input} holds no polygon: {what}. Rooftop sizing "
+                         "needs building polygons")
     buildings, rows, regularized = size_layer(layer, params, args.regularize, args.regularize_tolerance_m)
     with _output_flag_names():
         write_buildings(buildings, args.output, layer.crs_wkt, layer=args.out_layer, overwrite=args.overwrite,
@@ -95,11 +106,13 @@ def size_layer(layer, params, regularize: bool, tolerance_m: float):
     """Solar-size every polygon of ``layer`` (a ``vector_io`` read with attributes).
 
     Returns ``(buildings, rows, regularized)``: the buildings to write (source
-    attributes kept, clashing names renamed), the report rows, and how many
+    attributes kept, clashing names given free names), the report rows, and how many
     outlines regularisation changed. Shared by this command and the REST service.
     """
     from ..core.building import Building
+    from ..core.field_names import free_names
     from ..core.footprints import measure_polygons
+    from ..core.gpkg_writer import RESERVED_NAMES
     from ..core.solar import SOLAR_FIELDS
 
     # All buildings at once: the same batched sizing detection uses.
@@ -107,9 +120,11 @@ def size_layer(layer, params, regularize: bool, tolerance_m: float):
     regularized = sum(1 for g, s in zip(geoms, layer.geometries) if g is not s)
     rows: List[Dict[str, Any]] = [{"id": fid, **attrs} for fid, attrs in zip(layer.fids, sized)]
 
-    # Source attributes keep their names unless they clash with a solar field (-> src_<name>).
+    # Source attributes keep their names unless they clash with a field we write or with each
+    # other (GeoPackage column names ignore case): never dropped, never shifted.
     solar_names = [name for name, _ in SOLAR_FIELDS]
-    renamed = [(name, _unclash(name, solar_names)) for name, _ in layer.fields]
+    old_names = [name for name, _ in layer.fields]
+    renamed = list(zip(old_names, free_names(old_names, list(RESERVED_NAMES) + solar_names + ["src_fid"])))
     buildings = []
     for fid, src_attrs, geom, row in zip(layer.fids, layer.attributes, geoms, rows):
         attrs: Dict[str, Any] = {"src_fid": fid}
@@ -128,6 +143,3 @@ def _output_flag_names():
     except OutputError as exc:
         raise OutputError(str(exc).replace("(--layer)", "(--out-layer)")) from None
 
-
-def _unclash(name: str, reserved: Sequence[str]) -> str:
-    return f"src_{name}" if name.lower() in {r.lower() for r in list(reserved) + ["src_fid"]} else name

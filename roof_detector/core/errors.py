@@ -14,6 +14,14 @@ class InputRasterError(RoofDetectorError):
     """The raster cannot be used (missing, unreadable, no CRS, wrong bands...)."""
 
 
+class LargeRunError(InputRasterError):
+    """A run far beyond the usual size (tiles, memory); ``confirmable``: the user may confirm it."""
+
+    def __init__(self, message: str, confirmable: bool = True):
+        super().__init__(message)
+        self.confirmable = confirmable
+
+
 class ModelError(RoofDetectorError):
     """The model file cannot be loaded or its metadata is unusable."""
 

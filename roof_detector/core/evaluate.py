@@ -117,25 +117,30 @@ class EvaluationResult:
     def n_matched(self) -> int:
         return len(self.matches)
 
-    def object_precision(self) -> float:
+    # Nothing measured is not a perfect score: a ratio whose terms are all zero is None ("no value").
+    def object_precision(self) -> Optional[float]:
         if self.n_predicted == 0:
-            return 1.0 if self.n_reference == 0 else 0.0
+            return None if self.n_reference == 0 else 0.0
         return self.n_matched / self.n_predicted
 
-    def object_recall(self) -> float:
+    def object_recall(self) -> Optional[float]:
         if self.n_reference == 0:
-            return 1.0 if self.n_predicted == 0 else 0.0
+            return None if self.n_predicted == 0 else 0.0
         return self.n_matched / self.n_reference
 
-    def object_f1(self) -> float:
+    def object_f1(self) -> Optional[float]:
         den = self.n_predicted + self.n_reference
-        return 2.0 * self.n_matched / den if den else 1.0
+        return 2.0 * self.n_matched / den if den else None
 
     def as_dict(self) -> Dict[str, Any]:
         p = self.pixel
+        no_buildings = p.tp + p.fp + p.fn == 0  # neither layer has a building pixel on the grid
         return {
-            "pixel": {"iou": p.iou(), "accuracy": p.accuracy(), "precision": p.precision(), "recall": p.recall(),
-                      "f1": p.f1(), "tp": p.tp, "fp": p.fp, "fn": p.fn, "tn": p.tn, "valid_pixels": p.total},
+            "pixel": {"iou": None if no_buildings else p.iou(), "accuracy": p.accuracy() if p.total else None,
+                      "precision": None if no_buildings else p.precision(),
+                      "recall": None if no_buildings else p.recall(),
+                      "f1": None if no_buildings else p.f1(), "tp": p.tp, "fp": p.fp, "fn": p.fn, "tn": p.tn,
+                      "valid_pixels": p.total},
             "object": {"precision": self.object_precision(), "recall": self.object_recall(), "f1": self.object_f1(),
                        "predicted": self.n_predicted, "reference": self.n_reference, "matched": self.n_matched,
                        "iou_threshold": self.iou_threshold, "mean_matched_iou": self.mean_matched_iou()},
@@ -178,7 +183,11 @@ def _valid_block(grid: Grid, ds, row0: int, rows: int) -> Optional[np.ndarray]:
         return None
     from rasterio.windows import Window
 
-    return ds.dataset_mask(window=Window(0, row0, grid.width, rows)) > 0
+    from .raster_source import read_errors_named
+
+    window = Window(0, row0, grid.width, rows)
+    with read_errors_named(grid.raster_path, window):
+        return ds.dataset_mask(window=window) > 0
 
 
 def _pixel_of_points(geoms: Sequence[BaseGeometry], grid: Grid) -> np.ndarray:
@@ -241,6 +250,9 @@ def evaluate(predicted: Sequence[BaseGeometry], reference: Sequence[BaseGeometry
     finally:
         if ds is not None:
             ds.close()
+    if conf.total == 0:
+        raise LabelError("The evaluation grid has no valid pixel (all nodata / masked, or empty): nothing can "
+                         "be measured; choose a raster or an extent that covers imagery")
     matches = match_objects(p_in, r_in, iou_threshold)
     return EvaluationResult(conf, len(p_in), len(r_in), matches, iou_threshold,
                             shape_stats(p_in, grid.crs_wkt), shape_stats(r_in, grid.crs_wkt))
@@ -261,6 +273,7 @@ def evaluate_files(predicted_path: str, reference_path: str, raster_path: Option
         crs_wkt = _crs_wkt(crs) if crs else read_polygons(reference_path, layer=reference_layer).crs_wkt
         if not crs_wkt:
             raise LabelError("The reference layer has no CRS; give the grid CRS with --crs")
+        _check_extent_units(extent, crs_wkt, crs)
         try:
             grid = grid_from_extent(extent, pixel_size, crs_wkt)
         except ValueError as exc:
@@ -270,6 +283,19 @@ def evaluate_files(predicted_path: str, reference_path: str, raster_path: Option
     pred = read_polygons(predicted_path, grid.crs_wkt, layer=predicted_layer)
     ref = read_polygons(reference_path, grid.crs_wkt, layer=reference_layer)
     return evaluate(pred.geometries, ref.geometries, grid, iou_threshold)
+
+
+def _check_extent_units(extent: Sequence[float], crs_wkt: str, crs_name: Optional[str]) -> None:
+    """Refuse an extent in a geographic CRS whose numbers cannot be degrees (metres given by mistake)."""
+    from pyproj import CRS
+
+    if not CRS.from_user_input(crs_wkt).is_geographic:
+        return
+    xmin, ymin, xmax, ymax = (float(v) for v in extent)
+    if not (-360 <= xmin <= 360 and -360 <= xmax <= 360 and -90 <= ymin <= 90 and -90 <= ymax <= 90):
+        raise LabelError(f"The extent {xmin:g}, {ymin:g}, {xmax:g}, {ymax:g} is not in degrees, but its CRS "
+                         f"({crs_name or 'the reference layer'}'s) is geographic (longitude/latitude): give the "
+                         "extent's own CRS (e.g. --crs EPSG:32631) or the extent in degrees")
 
 
 def _crs_wkt(user_input: str) -> str:

@@ -43,7 +43,8 @@ def to_lonlat(x, y, crs_wkt: str) -> Tuple[np.ndarray, np.ndarray]:
     return np.asarray(lon), np.asarray(lat)
 
 
-def pixel_size_m(crs_wkt: str, transform: Affine, width: int, height: int) -> Tuple[float, float]:
+def pixel_size_m(crs_wkt: str, transform: Affine, width: int, height: int,
+                 name: str = "the raster") -> Tuple[float, float]:
     """Ground size (x, y) in metres of one pixel at the centre of a north-up raster.
 
     Measured as geodesic distances between the centres of neighbouring
@@ -58,13 +59,19 @@ def pixel_size_m(crs_wkt: str, transform: Affine, width: int, height: int) -> Tu
     xs = transform.c + cols * transform.a + rows * transform.b
     ys = transform.f + cols * transform.d + rows * transform.e
     lon, lat = to_lonlat(xs, ys, crs_wkt)
-    if not (np.all(np.isfinite(lon)) and np.all(np.isfinite(lat))):
-        raise InputRasterError("The raster centre cannot be converted to longitude/latitude; "
-                               "check its coordinate reference system")
+    from pyproj import CRS
+
+    metres_in_degrees = CRS.from_user_input(crs_wkt).is_geographic and not (
+        np.all(np.abs(ys) <= 90) and np.all(np.abs(xs) <= 360))
+    hint = ("check its coordinate reference system" if not metres_in_degrees else
+            f"its coordinates ({xs[0]:.6g}, {ys[0]:.6g}) are not degrees: the raster is probably in metres with "
+            "a wrong CRS; assign its true CRS, e.g. `gdal_edit.py -a_srs EPSG:XXXX file.tif`")
+    if not (np.all(np.isfinite(lon)) and np.all(np.isfinite(lat))) or np.any(np.abs(lat) > 90):
+        raise InputRasterError(f"The centre of {name} cannot be converted to longitude/latitude; {hint}")
     _, _, dx = WGS84_GEOD.inv(lon[0], lat[0], lon[1], lat[1])
     _, _, dy = WGS84_GEOD.inv(lon[2], lat[2], lon[3], lat[3])
     if not (dx > 0 and dy > 0 and math.isfinite(dx) and math.isfinite(dy)):
-        raise InputRasterError(f"Cannot measure the ground pixel size of the raster (got {dx}, {dy} m)")
+        raise InputRasterError(f"Cannot measure the ground pixel size of {name} (got {dx}, {dy} m); {hint}")
     return float(dx), float(dy)
 
 

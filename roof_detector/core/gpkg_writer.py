@@ -13,8 +13,10 @@
 Fields: ``area_m2``, ``perimeter_m``, ``confidence`` and every key of the
 buildings' ``attributes`` (float -> Real, int/bool -> Integer64, str -> String,
 missing/None -> null); a key that clashes with those or with ``fid``/``geom``
-is written as ``attr_<key>`` rather than dropped (:func:`attribute_schema`,
-the rule the plugin's memory layers and Processing outputs follow too).
+(or with another key, ignoring case) is written as ``attr_<key>`` (or the
+first free ``attr_<key>_N``, :mod:`.field_names`) rather than dropped
+(:func:`attribute_schema`, the rule the plugin's memory layers and
+Processing outputs follow too).
 
 Every GeoPackage the project writes goes through :func:`write_buildings`:
 the CLI, the plugin's detection task and the tools; ``detect-many`` streams
@@ -27,10 +29,11 @@ from __future__ import annotations
 import errno
 import numbers
 import os
-import uuid
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .errors import OutputError
+from .field_names import free_names
+from .temp_files import remove_stale, temp_path
 from .osgeo_exc import ogr, osr
 from .precision import rounded
 
@@ -47,6 +50,14 @@ def check_output(path: str, layer: str = DEFAULT_LAYER, overwrite: bool = False)
     _require_gdal()
     if not layer or not layer.strip():
         raise OutputError("The output layer name is empty; choose a name such as 'buildings'")
+    low = layer.strip().lower()
+    if low.startswith(("gpkg_", "gpkgext_", "sqlite_", "rtree_")) or low in ("ogr_empty_table",):
+        raise OutputError(f"{layer!r} is the name of a GeoPackage system table; choose another layer name "
+                          "such as 'buildings'")
+    ext = os.path.splitext(path)[1].lower()
+    if ext != ".gpkg" and not os.path.isdir(path):
+        raise OutputError(f"{path}: the output is written as a GeoPackage only; give a file name ending in .gpkg "
+                          + (f"(convert it to {ext} afterwards, e.g. with ogr2ogr)" if ext else "") )
     if not check_writable(path):
         return
     ds = _open_existing(path, update=False)
@@ -75,8 +86,9 @@ def check_writable(path: str) -> bool:
     if os.path.isdir(path):
         raise OutputError(f"{path} is a folder; give a file name ending in .gpkg")
     if not os.path.exists(path):
-        if not os.access(directory, os.W_OK):
-            raise OutputError(f"Cannot write in {directory} (permission denied); choose another output folder")
+        if not os.access(directory, os.W_OK) or not _can_create_in(directory):
+            raise OutputError(f"Cannot write in {directory} (read-only, immutable or permission denied); "
+                              "choose another output folder")
         return False
     ds = _open_existing(path, update=False)
     ds = None  # noqa: F841 - closes the dataset now
@@ -84,6 +96,19 @@ def check_writable(path: str) -> bool:
         raise OutputError(f"{path} is read-only; choose another output file")
     check_not_locked(path)
     return True
+
+
+def _can_create_in(directory: str) -> bool:
+    """Create and remove a probe file: root passes every permission check, not an immutable folder
+    (chattr +i) or a read-only mount."""
+    probe = temp_path(os.path.join(directory, "probe"), ".check")
+    try:
+        with open(probe, "xb"):
+            pass
+        os.unlink(probe)
+        return True
+    except OSError:
+        return False
 
 
 def check_not_locked(path: str, timeout_s: float = 1.0) -> None:
@@ -122,16 +147,20 @@ def write_buildings(buildings: Sequence[Building], path: str, crs_wkt: str, laye
                                  metadata)
 
 
-def write_building_stream(buildings: Iterable[Building], path: str, crs_wkt: str, fields: Dict[str, int],
+def write_building_stream(buildings: Iterable[Building], path: str, crs_wkt: str,
+                          fields: Union[Sequence[Tuple[str, str, int]], Dict[str, int]],
                           multi: bool, layer: str = DEFAULT_LAYER, overwrite: bool = False,
                           metadata: Optional[Dict[str, Any]] = None) -> str:
     """:func:`write_buildings` for buildings that arrive one by one (never all in memory).
 
-    The schema is given up front: ``fields`` maps attribute keys to OGR field
-    types (as :func:`field_types_of` or an existing layer gives them) and
+    The schema is given up front: ``fields`` lists (attribute key, field name,
+    OGR type) as :func:`field_types_of` gives them, or maps field names to OGR
+    types as an existing layer gives them; and
     ``multi`` says whether any geometry is a MultiPolygon. Same guarantees:
     the layer appears complete or not at all.
     """
+    if isinstance(fields, dict):  # {field name: OGR type}, e.g. read back from written parts
+        fields = [(key, key, ftype) for key, ftype in fields.items()]
     check_output(path, layer, overwrite)
     try:
         if not os.path.exists(path):
@@ -148,7 +177,8 @@ def write_building_stream(buildings: Iterable[Building], path: str, crs_wkt: str
 
 def _write_new_file(buildings, path, crs_wkt, layer, fields, metadata, multi) -> str:
     directory = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp.gpkg")
+    remove_stale(path, ".gpkg")  # left by a killed run (kill -9, SIGTERM in QGIS)
+    tmp = temp_path(path, ".gpkg")
     try:
         try:
             ds = ogr.GetDriverByName("GPKG").CreateDataSource(tmp)
@@ -157,6 +187,8 @@ def _write_new_file(buildings, path, crs_wkt, layer, fields, metadata, multi) ->
                               "check the folder is writable and the disk not full") from None
         try:
             _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace=False, multi=multi)
+        except OutputError as exc:  # name the file the user asked for, not our temporary
+            raise OutputError(str(exc).replace(tmp, path)) from None
         finally:
             ds = None  # closes the file before the rename
         if os.path.exists(path):  # appeared while we wrote: never clobber it
@@ -197,16 +229,16 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool,
                                   "to replace it or choose another layer name (--layer)")
             ds.DeleteLayer(index)
         lyr = ds.CreateLayer(layer, srs, geom_type, ["SPATIAL_INDEX=YES", "GEOMETRY_NAME=geom", "FID=fid"])
-        columns = [(n, ogr.OFTReal) for n in BASE_FIELDS] + [(field_name(k), t) for k, t in fields.items()]
-        for name, ftype in columns:
-            lyr.CreateField(ogr.FieldDefn(name, ftype))
+        columns = [(n, ogr.OFTReal) for n in BASE_FIELDS] + [(n, t) for _, n, t in fields]
+        for column, ftype in columns:  # not `name`: that one names the file in the messages below
+            lyr.CreateField(ogr.FieldDefn(column, ftype))
         # Create the table (and its triggers) now, inside the transaction: a
         # rollback then leaves GDAL nothing deferred to create on close.
         lyr.SyncToDisk()
         defn = lyr.GetLayerDefn()
         # Field indexes resolved once, not by name per value (62,500 buildings: 3.7 -> 1.5 s).
         base = [defn.GetFieldIndex(n) for n in BASE_FIELDS]
-        extra = [(key, _KINDS[ftype], defn.GetFieldIndex(field_name(key))) for key, ftype in fields.items()]
+        extra = [(key, _KINDS[ftype], defn.GetFieldIndex(column)) for key, column, ftype in fields]
         multi = geom_type == ogr.wkbMultiPolygon
         for b in buildings:
             feat = ogr.Feature(defn)
@@ -281,7 +313,8 @@ def attribute_schema(buildings: Iterable[Building]) -> List[Tuple[str, str, str]
     memory layer, the Processing sink): kind "integer", "real" or "string",
     widened over all buildings (int + float -> real, any str -> string, only
     None -> string); the solar fields keep their declared kind even when every
-    value is None; a key clashing with a built-in name gets ``attr_``.
+    value is None; a key clashing, ignoring case, with a built-in name or an
+    earlier key gets the first free ``attr_<key>``, ``attr_<key>_2``...
     """
     rank = {None: -1, "integer": 0, "real": 1, "string": 2}
     kinds: Dict[str, Optional[str]] = {}
@@ -303,17 +336,20 @@ def attribute_schema(buildings: Iterable[Building]) -> List[Tuple[str, str, str]
         from .solar import SOLAR_FIELDS
 
         fixed = dict(SOLAR_FIELDS)
-    return [(key, field_name(key), kind or fixed.get(key) or "string") for key, kind in kinds.items()]
+    names = field_names(list(kinds))
+    return [(key, names[key], kind or fixed.get(key) or "string") for key, kind in kinds.items()]
 
 
-def field_types_of(buildings: Iterable[Building]) -> Dict[str, int]:
-    """OGR field type per attribute key (see :func:`attribute_schema`), as :func:`write_building_stream` takes them."""
-    return {key: _OGR_TYPES[kind] for key, _, kind in attribute_schema(buildings)}
+def field_types_of(buildings: Iterable[Building]) -> List[Tuple[str, str, int]]:
+    """(attribute key, field name, OGR field type) of each attribute (see :func:`attribute_schema`),
+    as :func:`write_building_stream` takes them."""
+    return [(key, name, _OGR_TYPES[kind]) for key, name, kind in attribute_schema(buildings)]
 
 
-def field_name(key: str) -> str:
-    """The field an attribute key is written to: ``attr_<key>`` when it clashes with a built-in name."""
-    return f"attr_{key}" if key.lower() in RESERVED_NAMES else key
+def field_names(keys: Sequence[str]) -> Dict[str, str]:
+    """The field each attribute key is written to: itself, or ``attr_<key>`` (``attr_<key>_2``...) when it
+    clashes, ignoring case, with a built-in name or another key."""
+    return dict(zip(keys, free_names(keys, RESERVED_NAMES, prefix="attr_")))
 
 
 def _open_existing(path: str, update: bool):

@@ -110,7 +110,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if cuda_oom is not None and isinstance(exc, cuda_oom):
         return True
     text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    if isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text):
+        return True
+    # ONNX Runtime's own exception classes (onnxruntime...Fail) are not RuntimeErrors:
+    # "[ONNXRuntimeError] : 1 : FAIL : ... BFCArena ... Failed to allocate memory for requested buffer"
+    return "onnxruntime" in type(exc).__module__.lower() and (
+        "failed to allocate memory" in text or "bad_alloc" in text or "out of memory" in text)
 
 
 def _to_device(x: Any, device: Any) -> Any:
@@ -172,6 +177,7 @@ class BatchPredictor:
         self.batch_limit: Optional[int] = None  # tiles per model call after an out-of-memory error
         self.first_oom_batch: Optional[int] = None
         self.fell_back_from: Optional[str] = None  # device type we left for the CPU
+        self.nonfinite_px = 0  # NaN / inf probabilities the model returned (counted as "not building")
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """``rgb``: float32 N x 3 x H x W in [0, 1]; returns float32 probabilities N x H x W
@@ -200,7 +206,12 @@ class BatchPredictor:
                 else:
                     raise ModelError("Out of memory on the CPU even with one tile per batch; close other "
                                      "programs, or use a model with a smaller tile size") from None
-        return out[0] if len(out) == 1 else np.concatenate(out)
+        probs = out[0] if len(out) == 1 else np.concatenate(out)
+        bad = ~np.isfinite(probs)
+        if bad.any():  # a broken model: say so rather than silently find nothing
+            self.nonfinite_px += int(bad.sum())
+            probs = np.where(bad, 0.0, probs).astype(np.float32)
+        return probs
 
     def _run(self, rgb: np.ndarray) -> np.ndarray:
         model = self.model
@@ -254,16 +265,19 @@ class BatchPredictor:
         return np.asarray(y[:, 0], dtype=np.float32)
 
     def notes(self) -> List[str]:
-        """What the out-of-memory handling did, for the user (empty when nothing happened)."""
+        """What the out-of-memory handling did, and non-finite model output, for the user."""
+        nan_note = ([f"The model returned {self.nonfinite_px:,} NaN or infinite probabilities (counted as not "
+                     "building): the model file is broken or does not suit this imagery; use another model."]
+                    if self.nonfinite_px else [])
         if self.first_oom_batch is None:
-            return []
+            return nan_note
         where = {"cuda": "GPU", "mps": "GPU (MPS)"}.get(self.fell_back_from or self.model.device.type, "CPU")
         if self.fell_back_from:
-            return [f"The {where} ran out of memory even with 1 tile per batch (first at "
+            return nan_note + [f"The {where} ran out of memory even with 1 tile per batch (first at "
                     f"{self.first_oom_batch} tiles per batch), so the rest of the run went on the CPU: slower, "
                     "same result. Close other programs using the GPU, or choose the CPU as device."]
         tiles = "1 tile" if self.batch_limit == 1 else f"{self.batch_limit} tiles"
-        return [f"The {where} ran out of memory with {self.first_oom_batch} tiles per batch; the run went on "
+        return nan_note + [f"The {where} ran out of memory with {self.first_oom_batch} tiles per batch; the run went on "
                 f"with {tiles} per batch: same result. Set the batch size to {self.batch_limit} "
                 "(--batch-size, or Batch size in QGIS) to skip the retries."]
 

@@ -56,11 +56,32 @@ def lonlat_of(geometry: BaseGeometry, crs_wkt: str) -> Tuple[float, float]:
         raise ValueError("empty geometry has no position")
     minx, miny, maxx, maxy = geometry.bounds
     x, y = (minx + maxx) / 2.0, (miny + maxy) / 2.0
+    if _wraps(crs_wkt, maxx - minx):
+        x = _unwrapped_centre_x(geometry)
     lon, lat = _to_lonlat(crs_wkt).transform(x, y)
     if not (math.isfinite(lon) and math.isfinite(lat)) or abs(lat) > 90.0:
         raise LabelError(f"Coordinates ({x:.6g}, {y:.6g}) are not valid in the layer's CRS; "
                          "is the CRS of the layer right?")
     return float(lon), float(lat)
+
+
+def _wraps(crs_wkt: str, width: float) -> bool:
+    """Whether a geometry of this width in a geographic CRS crosses the antimeridian.
+
+    A building is never 180° of longitude wide: one that seems to be is drawn
+    across ±180° (e.g. from 179.9999 to -179.9999) and is tiny. Its bounding
+    box centre would be on the other side of the Earth, and a frame there
+    distorts its area by a factor of 3 or more (435 m² for 116 m²).
+    """
+    return width > 180.0 and crs_from_wkt(crs_wkt).is_geographic
+
+
+def _unwrapped_centre_x(geometry: BaseGeometry) -> float:
+    """Bounding-box centre longitude of a geometry crossing ±180°, in [-180, 180)."""
+    x = shapely.get_coordinates(geometry)[:, 0]
+    x = np.where(x < 0, x + 360.0, x)
+    centre = (float(x.min()) + float(x.max())) / 2.0
+    return (centre + 180.0) % 360.0 - 180.0
 
 
 @dataclass(frozen=True)
@@ -164,6 +185,9 @@ def to_local_metric_many(geometries, crs_wkt: str) -> MetricBatch:
     cx = (bounds[:, 0] + bounds[:, 2]) / 2.0
     cy = (bounds[:, 1] + bounds[:, 3]) / 2.0
     ok = ~empty
+    for i in np.flatnonzero(ok & (bounds[:, 2] - bounds[:, 0] > 180.0)):
+        if _wraps(crs_wkt, bounds[i, 2] - bounds[i, 0]):
+            cx[i] = _unwrapped_centre_x(geoms[i])
     x, y = _to_lonlat(crs_wkt).transform(cx[ok], cy[ok])
     lon[ok], lat[ok] = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     bad = ok & ~(np.isfinite(lon) & np.isfinite(lat) & (np.abs(lat) <= 90.0))

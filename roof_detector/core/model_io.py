@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import copy
 import errno
+import io
 import json
+import math
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ from .errors import ModelError, OutputError
 from .locations import bundled_model_file
 from .torchscript import jit_load as _torch_jit_load
 from .torchscript import quiet_deprecations as _quiet_torch_deprecations
+from .temp_files import remove_stale, temp_path
 
 FORMAT_NAME = "roof-detector-model"
 FORMAT_VERSION = 1
@@ -56,6 +58,9 @@ REQUIRED_KEYS = ("architecture", "bands", "normalization", "gsd_m", "tile_size_p
 KNOWN_BANDS = ("red", "green", "blue")
 #: The output layouts this version runs: building only, or building with separation outputs.
 KNOWN_OUTPUTS = (["building"], ["building", "border", "contact"])
+#: Plausible model metadata: ground pixel size (m) and largest tile edge (px).
+MODEL_GSD_RANGE_M = (0.02, 5.0)
+MODEL_MAX_TILE_PX = 2048
 
 
 
@@ -148,7 +153,7 @@ def validate_metadata(meta: Dict[str, Any], source: str = "model") -> Dict[str, 
     except (TypeError, ValueError) as exc:
         raise ModelError(f"{source}: metadata has a non-numeric gsd_m/tile_size_px/overlap_px/threshold ({exc})") \
             from None
-    if not (gsd > 0 and tile >= 32 and 0 <= overlap < tile // 2 and 0.0 < thr < 1.0):
+    if not (math.isfinite(gsd) and gsd > 0 and tile >= 32 and 0 <= overlap < tile // 2 and 0.0 < thr < 1.0):
         raise ModelError(f"{source}: metadata values out of range (gsd_m={gsd}, tile_size_px={tile}, "
                          f"overlap_px={overlap}, threshold={thr})")
     outputs = meta.get("outputs") or ["building"]
@@ -159,7 +164,58 @@ def validate_metadata(meta: Dict[str, Any], source: str = "model") -> Dict[str, 
     core = sep.get("core_threshold", 0.5) if isinstance(sep, dict) else None
     if len(outputs) > 1 and not (isinstance(core, (int, float)) and 0.0 < core < 1.0):
         raise ModelError(f"{source}: metadata separation.core_threshold must lie between 0 and 1 (got {core!r})")
+    # Absurd values would size every run absurdly (a 65536 px tile is 50 GB of activations;
+    # 0.0003 m pixels turn a small orthophoto into millions of tiles): refused on load.
+    if not MODEL_GSD_RANGE_M[0] <= gsd <= MODEL_GSD_RANGE_M[1]:
+        raise ModelError(f"{source}: metadata gsd_m={gsd:g} m is not a plausible aerial pixel size "
+                         f"({MODEL_GSD_RANGE_M[0]:g} to {MODEL_GSD_RANGE_M[1]:g} m); the model file is not usable")
+    if tile > MODEL_MAX_TILE_PX:
+        raise ModelError(f"{source}: metadata tile_size_px={tile} is beyond {MODEL_MAX_TILE_PX} px; "
+                         "the model file is not usable")
     return meta
+
+
+#: Words of TorchScript operator names that reach files or processes: a model that calls one is refused.
+#: (TorchScript is no sandbox: ``torch.from_file(path, shared=True)`` overwrote a file during a detection.)
+FORBIDDEN_OPERATION_WORDS = ("from_file", "save", "load", "pickle", "open", "system", "popen", "mmap")
+
+
+def check_graph_operations(module: Any, path: str) -> None:
+    """Raise :class:`ModelError` when the model's code calls a file or process operation.
+
+    Every method of the module and its submodules is inspected (their graphs
+    with calls inlined, and the blocks of loops and branches). A model file
+    is still code: this stops the known ways out, not every misuse; load
+    models from a trusted source only. ``module``: a ``torch.jit.ScriptModule``.
+    """
+    import torch
+
+    found = set()
+    graphs = []
+    for name in module._c._method_names():
+        try:
+            graph = module._c._get_method(name).graph.copy()
+            torch._C._jit_pass_inline(graph)
+            graphs.append(graph)
+        except RuntimeError:
+            continue
+    for _, sub in module.named_modules():
+        if isinstance(sub, torch.jit.ScriptModule) and sub is not module:
+            graphs.extend(sub._c._get_method(m).graph for m in sub._c._method_names())
+
+    def visit(block) -> None:
+        for node in block.nodes():
+            op = node.kind().split("::")[-1].lower()
+            if any(word in op for word in FORBIDDEN_OPERATION_WORDS):
+                found.add(node.kind())
+            for inner in node.blocks():
+                visit(inner)
+
+    for graph in graphs:
+        visit(graph)
+    if found:
+        raise ModelError(f"{path} is refused: its code calls {', '.join(sorted(found))}, which reads or writes "
+                         "files (a model file is a program). Use models from a trusted source only")
 
 
 def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
@@ -204,18 +260,30 @@ def save_model(module: Any, path: str | os.PathLike, metadata: Dict[str, Any]) -
     meta.setdefault("output", "probability")
     validate_metadata(meta, str(path))
     scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.script(module.eval())
+    # Serialised in memory first (a model is a few MB): torch's zip writer, on a full disk,
+    # throws a C++ c10::Error from a destructor, which aborts the whole process (and QGIS with it).
+    # Python's own writes below fail with a catchable OSError instead.
+    buffer = io.BytesIO()
+    try:
+        torch.jit.save(scripted, buffer, _extra_files={METADATA_FILE: json.dumps(meta, indent=1)})
+    except RuntimeError as exc:  # c10::Error raised while scripting/serialising, not by the disk
+        raise ModelError(f"Cannot serialise the model for {path} ({str(exc).splitlines()[0]})") from None
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=str(path.parent))
-        os.close(fd)
-        torch.jit.save(scripted, tmp, _extra_files={METADATA_FILE: json.dumps(meta, indent=1)})
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a model file is meant to be shared
+        remove_stale(str(path), ".pt")
+        tmp = temp_path(str(path), ".pt")
+        with open(tmp, "xb") as fh:
+            fh.write(buffer.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # a model file is meant to be shared, whatever the umask
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch reports write failures as RuntimeError
         full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space" in str(exc).lower()
-        raise OutputError(f"Cannot write the model file {path} ({str(exc).splitlines()[0] if str(exc) else exc!r}); "
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise OutputError(f"Cannot write the model file {path} ({detail}); "
                           + ("the disk is full: free space or choose another folder" if full else
                              "check the folder is writable and has free space") + ". No model file was written."
                           ) from None
@@ -250,9 +318,12 @@ def resolve_device(device: str = "auto") -> Any:
     if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ModelError("MPS was requested but is not available; use --device cpu or auto")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
         raise ModelError(f"Unknown device {device!r}; use auto, cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # e.g. `meta`: tensors without data, nothing would be computed
+        raise ModelError(f"Device {device!r} cannot run the model; use auto, cpu or cuda")
+    return dev
 
 
 def device_description(device: Any) -> str:
@@ -322,6 +393,7 @@ def load_model(path: Optional[str | os.PathLike] = None, device: str = "auto",
         module = _torch_jit_load(path)
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError / ValueError / zip errors
         raise ModelError(f"{path} could not be loaded as TorchScript: {str(exc).splitlines()[0]}") from None
+    check_graph_operations(module, path)
     module.eval()
     use_half = dev.type == "cuda" if half is None else bool(half and dev.type == "cuda")
     if dev.type == "cpu" and backend in ("auto", "onnxruntime"):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -31,6 +30,7 @@ import torch
 
 from .onnx_twin import OnnxModule, onnxruntime_available
 from .torchscript import jit_load
+from .temp_files import remove_stale, temp_path
 from .unet import ARCHITECTURES, ExportWrapper, build_model
 
 __all__ = ["OnnxModule", "onnxruntime_available", "export_onnx", "onnx_module_for"]
@@ -84,8 +84,8 @@ def _load_script(model_path: str) -> torch.jit.ScriptModule:
 def _export_graph(wrapper: torch.nn.Module, tile: int, out: Path) -> None:
     """Export ``wrapper`` to ``out`` (atomically), dynamic batch and tile size."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=str(out.parent))
-    os.close(fd)
+    remove_stale(str(out), ".onnx")  # an export killed by SIGTERM / kill -9
+    tmp = temp_path(str(out), ".onnx")
     try:
         with torch.no_grad():
             torch.onnx.export(wrapper, (torch.rand(2, 3, tile, tile),), tmp, input_names=["image"],
@@ -100,7 +100,18 @@ def _export_graph(wrapper: torch.nn.Module, tile: int, out: Path) -> None:
 
 def onnx_module_for(model_path: str, meta: Dict[str, Any], script: torch.jit.ScriptModule) -> OnnxModule:
     """An ONNX Runtime module for the model, verified to agree with TorchScript within 1e-3."""
-    module = OnnxModule(export_onnx(model_path, meta, script))
+    try:
+        return _verified(OnnxModule(export_onnx(model_path, meta, script)), script, meta)
+    except Exception:  # noqa: BLE001 - a corrupt or stale cache entry: rebuild it once, not fall back forever
+        cached = cache_dir() / f"{_file_hash(model_path)}.onnx"
+        if not cached.exists():
+            raise
+        cached.unlink()
+        return _verified(OnnxModule(export_onnx(model_path, meta, script)), script, meta)
+
+
+def _verified(module: OnnxModule, script: torch.jit.ScriptModule, meta: Dict[str, Any]) -> OnnxModule:
+    """``module`` when it agrees with TorchScript within :data:`AGREEMENT_TOL` on a seeded batch."""
     tile = int(meta["tile_size_px"])
     x = torch.rand(2, 3, tile, tile, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():

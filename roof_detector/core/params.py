@@ -31,9 +31,11 @@ class ParameterError(RoofDetectorError, ValueError):
 class Param:
     """One parameter as every front end shows it.
 
-    ``name`` is the engine's field name; ``flag`` the CLI option; ``key``
-    the Processing parameter name; ``optional`` parameters accept None
-    (meaning ``none_means``: "the model's", "automatic"...).
+    ``name`` is the engine's field name; ``flag`` the CLI option (``short_flag``
+    its one-letter alias, if any); ``key`` the Processing parameter name
+    (empty: not a Processing parameter); ``optional`` parameters accept None
+    (meaning ``none_means``: "the model's", "automatic"...). A yes/no parameter
+    whose default is no is a plain CLI switch (``--yes``, ``--overwrite``).
     """
 
     name: str
@@ -52,6 +54,7 @@ class Param:
     none_means: str = ""
     choices: Tuple[str, ...] = ()
     choice_labels: Tuple[str, ...] = ()  # what a list shows for each choice
+    short_flag: str = ""
 
     def check(self, value: Any) -> Any:
         """``value`` converted to the parameter's type, or :class:`ParameterError` saying what is wrong."""
@@ -140,6 +143,11 @@ DETECT = _params(
           choice_labels=("Automatic", "CPU", "CUDA GPU")),
     Param("batch_size", int, None, "Batch size", "tiles per model call", flag="--batch-size", key="BATCH_SIZE",
           low=1, high=1024, decimals=0, optional=True, none_means="8 on CPU, fitted to free memory on GPU"),
+    # The size guard (core.work_estimate): the dialog asks this as a question instead of a check box.
+    Param("confirm_large_run", bool, False, "Run even when very large",
+          "run a raster of more than 100,000 tiles or one needing more memory than is free; without it such a "
+          "run is refused before it starts (one needing more memory than the machine has is always refused)",
+          flag="--yes", short_flag="-y", key="CONFIRM_LARGE"),
 )
 
 #: Outline regularisation (DetectOptions; the solar command and algorithm too).
@@ -192,6 +200,10 @@ FINETUNE = _params(
     Param("compare_outside", bool, True, "Compare outside the labelled area",
           "measure the base and fine-tuned models on labels beyond the labelled area, when there are any",
           flag="--compare-outside", key="COMPARE_OUTSIDE"),
+    # No Processing key: a Processing destination is replaced after QGIS asked (never the base model);
+    # the dialog always writes a new file of the model library.
+    Param("overwrite", bool, False, "Replace the output model",
+          "replace the output model file if it exists (never the base model)", flag="--overwrite"),
 )
 
 #: Distribution of ``detect-many`` (core.detect_many): worker processes, the margin read around each tile,

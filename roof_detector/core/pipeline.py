@@ -25,7 +25,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from .building import Building
-from .errors import Cancelled, InputRasterError, ModelError
+from .errors import Cancelled, InputRasterError, LargeRunError, ModelError, RoofDetectorError
 from .footprints import FinishOptions
 from .geo import m2_per_crs_unit2, pixel_size_m
 from .inference import BatchPredictor, fitted_batch_size, predict_tiles
@@ -36,6 +36,7 @@ from .solar import SolarParams
 from .strip_mosaic import StripMosaic
 from .tiling import ModelGrid, Tile, model_grid, tile_grid, tile_origins
 from .vectorize import SEPARATION_MIN_CORE_FRACTION, SPLIT_CORE_PROBABILITY, StripVectorizer
+from .work_estimate import WorkEstimate, estimate_grid, size_problem
 
 __all__ = ["DetectOptions", "Building", "DetectionResult", "detect_buildings", "COARSE_PIXEL_WARN_M"]
 
@@ -75,6 +76,7 @@ class DetectOptions:
     regularize: bool = OUTLINES["regularize"].default       # square outlines (right angles, 45-degree diagonals)
     regularize_tolerance_m: float = OUTLINES["regularize_tolerance_m"].default
     solar: Optional[SolarParams] = field(default_factory=SolarParams)  # None: no solar attributes
+    confirm_large_run: bool = DETECT["confirm_large_run"].default  # run beyond the size guard (work_estimate)
 
     def validate(self) -> "DetectOptions":
         """Raise :class:`.params.ParameterError` naming the first unusable value; return self."""
@@ -128,6 +130,7 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
     options.validate()
     report = _Progress(progress)
     report(0.0, "Opening the raster")
+    check_detection_size(source, options, model)
 
     raster, owned = open_source(source)
     try:
@@ -136,13 +139,10 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
         threshold = options.threshold if options.threshold is not None else model.threshold
         batch_size = options.batch_size or fitted_batch_size(model)
         crs_wkt = raster.crs_wkt
-        raster_px_m = pixel_size_m(crs_wkt, raster.transform, raster.width, raster.height)
-        coarsest = max(raster_px_m)
-        if coarsest > COARSE_PIXEL_WARN_M:
-            warnings.append(
-                f"The raster's pixels measure {coarsest:.2f} m on the ground, far coarser than the "
-                f"{model.gsd_m:g} m the model was trained for: buildings are only a few pixels wide and most "
-                f"will be missed or misshapen. Use imagery of {COARSE_PIXEL_WARN_M:g} m/pixel or finer.")
+        raster_px_m = pixel_size_m(crs_wkt, raster.transform, raster.width, raster.height, raster.name)
+        coarse = coarse_pixel_warning(raster_px_m, model.gsd_m)
+        if coarse:
+            warnings.append(coarse)
         full_grid = model_grid(raster.transform, raster.width, raster.height, raster_px_m, model.gsd_m)
         aoi = _parse_aoi(options.aoi_wkt) if options.aoi_wkt else None
         grid = _grid_for_aoi(full_grid, aoi, raster.name) if aoi is not None else full_grid
@@ -212,6 +212,67 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }
     return DetectionResult(buildings, crs_wkt, raster.name, dict(model.metadata), seconds, stats, warnings)
+
+
+def coarse_pixel_warning(raster_px_m: Tuple[float, float], gsd_m: float) -> Optional[str]:
+    """The warning for pixels far coarser than the model's, or None."""
+    coarsest = max(raster_px_m)
+    if coarsest <= COARSE_PIXEL_WARN_M:
+        return None
+    return (f"The raster's pixels measure {coarsest:.2f} m on the ground, far coarser than the "
+            f"{gsd_m:g} m the model was trained for: buildings are only a few pixels wide and most "
+            f"will be missed or misshapen. Use imagery of {COARSE_PIXEL_WARN_M:g} m/pixel or finer.")
+
+
+def estimate_detection(source: Union[RasterSource, str, os.PathLike], options: Optional[DetectOptions] = None,
+                       model: Optional[LoadedModel] = None) -> Optional[WorkEstimate]:
+    """The size of a run, from the raster's header and the model's metadata alone (nothing is read).
+
+    None when the raster or model cannot be opened: the run itself then says why.
+    """
+    from .model_io import read_metadata
+
+    options = options or DetectOptions()
+    try:
+        meta = model.metadata if model is not None else read_metadata(options.model_path or BUNDLED_MODEL_PATH)
+    except RoofDetectorError:
+        return None
+    if isinstance(source, RasterSource):
+        name, crs_wkt, transform, width, height = source.name, source.crs_wkt, source.transform, source.width, \
+            source.height
+    else:
+        import rasterio
+
+        name = str(source)
+        try:
+            with rasterio.open(name) as ds:
+                if ds.crs is None:
+                    return None
+                crs_wkt, transform, width, height = ds.crs.to_wkt(), ds.transform, ds.width, ds.height
+        except Exception:  # noqa: BLE001 - opening it again in the run names the problem
+            return None
+    try:
+        raster_px_m = pixel_size_m(crs_wkt, transform, width, height)
+        grid = model_grid(transform, width, height, raster_px_m, float(meta["gsd_m"]))
+        if options.aoi_wkt:
+            grid = _grid_for_aoi(grid, _parse_aoi(options.aoi_wkt), name)
+    except (RoofDetectorError, ValueError):
+        return None
+    return estimate_grid(grid.width_px, grid.height_px, int(meta["tile_size_px"]), int(meta["overlap_px"]),
+                         raster_px_m, coarse_pixel_warning(raster_px_m, float(meta["gsd_m"])))
+
+
+def check_detection_size(source: Union[RasterSource, str, os.PathLike], options: DetectOptions,
+                         model: Optional[LoadedModel] = None) -> Optional[WorkEstimate]:
+    """Raise :class:`LargeRunError` for a run beyond the size guard (see :mod:`.work_estimate`)."""
+    estimate = estimate_detection(source, options, model)
+    if estimate is None:
+        return None
+    name = source.name if isinstance(source, RasterSource) else str(source)
+    problem, confirmable = size_problem(estimate, name)
+    if problem and (not confirmable or not options.confirm_large_run):
+        raise LargeRunError(problem, confirmable)
+    return estimate
 
 
 def _finish_options(options: DetectOptions, grid: ModelGrid, raster: RasterSource, crs_wkt: str,

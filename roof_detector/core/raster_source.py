@@ -31,10 +31,11 @@ their RGB is set to 0 and they never become buildings.
 from __future__ import annotations
 
 import abc
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
 from affine import Affine
@@ -222,6 +223,10 @@ class RenderedRgbGrid:
         return "uint8"
 
 
+#: Paths GDAL would fetch or unpack itself: refused with a plain word rather than "file not found".
+REMOTE_OR_ARCHIVE_PREFIXES = ("/vsi", "http://", "https://", "ftp://", "s3://", "gs://", "zip://", "tar://")
+
+
 class RasterioSource(RasterSource):
     """A raster file read with rasterio (anything GDAL opens: GeoTIFF, VRT, JPEG2000...)."""
 
@@ -232,6 +237,10 @@ class RasterioSource(RasterSource):
         from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
         self._path = str(path)
+        if self._path.lower().startswith(REMOTE_OR_ARCHIVE_PREFIXES):
+            raise InputRasterError(f"{self._path}: remote and archive paths (/vsicurl/, http(s)://, /vsizip/...) "
+                                   "are not supported; download or unzip the raster to a local file first "
+                                   "(e.g. gdal_translate SOURCE local.tif), or add it to QGIS as a layer")
         if not os.path.exists(self._path):
             raise InputRasterError(f"Raster file not found: {self._path}")
         if os.path.isdir(self._path):
@@ -303,8 +312,9 @@ class RasterioSource(RasterSource):
         factor = max(1.0, max(ds.width, ds.height) / STRETCH_SAMPLE_PX)
         shape = (max(1, int(round(ds.height / factor))), max(1, int(round(ds.width / factor))))
         bands = sorted(set(self._layout.rgb_bands))
-        sample = ds.read(bands, out_shape=(len(bands),) + shape, resampling=Resampling.nearest)
-        valid = ds.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+        with read_errors_named(self._path, None):
+            sample = ds.read(bands, out_shape=(len(bands),) + shape, resampling=Resampling.nearest)
+            valid = ds.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
         if np.dtype(self._dtype).kind == "f":
             valid &= np.isfinite(sample).all(axis=0)
         per_band = percentile_stretch(sample, valid)
@@ -359,11 +369,13 @@ class RasterioSource(RasterSource):
         # (GDAL widens the kernel when downsampling, so it does not alias).
         resampling = Resampling.nearest if self._lut is not None else Resampling.bilinear
         bands = sorted(set(self._layout.rgb_bands))
-        raw = self._ds.read(bands, window=win, out_shape=(len(bands), rows, cols), resampling=resampling)
-        if self._all_valid:
-            valid = np.ones((rows, cols), dtype=bool)
-        else:
-            valid = self._ds.dataset_mask(window=win, out_shape=(rows, cols), resampling=Resampling.nearest) > 0
+        with read_errors_named(self._path, win):
+            raw = self._ds.read(bands, window=win, out_shape=(len(bands), rows, cols), resampling=resampling)
+            if self._all_valid:
+                valid = np.ones((rows, cols), dtype=bool)
+            else:
+                valid = self._ds.dataset_mask(window=win, out_shape=(rows, cols),
+                                              resampling=Resampling.nearest) > 0
         if np.dtype(self._dtype).kind == "f":  # NaN without a declared nodata is still no data
             valid &= np.isfinite(raw).all(axis=0)
         if self._lut is not None:
@@ -379,6 +391,27 @@ class RasterioSource(RasterSource):
 
     def close(self) -> None:
         self._ds.close()
+
+
+@contextlib.contextmanager
+def read_errors_named(path: str, window) -> Iterator[None]:
+    """Turn GDAL's read failure (a damaged file, a VRT whose source is gone) into one line naming both.
+
+    ``window`` is a rasterio/pixel window (None: a decimated read of the whole raster).
+    """
+    from rasterio.errors import RasterioIOError
+
+    try:
+        yield
+    except RasterioIOError as exc:
+        cause = exc.__cause__ or exc.__context__
+        detail = " ".join(str(cause or exc).split())
+        where = "the whole raster (decimated)" if window is None else (
+            f"window col {int(window.col_off)}, row {int(window.row_off)}, "
+            f"{int(round(window.width))} x {int(round(window.height))} px")
+        raise InputRasterError(f"{path} is damaged or incomplete: reading {where} failed ({detail}). Nothing was "
+                               "written; re-export or repair the file (e.g. gdal_translate), or for a VRT check "
+                               "that every source file it lists is there") from None
 
 
 def _clamp_window(window: PixelWindow, width: int, height: int) -> PixelWindow:

@@ -24,6 +24,8 @@ import io
 import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
+from .errors import OutputError
+
 #: Table columns, their decimals (0 = integer; None = as given) and headings.
 COLUMNS = (
     ("id", None, "id"),
@@ -159,10 +161,14 @@ def render_html(table: Sequence[Mapping[str, Any]], total: Mapping[str, Any], pn
 def write_csv(table: Sequence[Mapping[str, Any]], path: str) -> None:
     """The table as CSV (comma-separated, dot decimals, header = column keys)."""
     with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([k for k, _, _ in COLUMNS])
-        for row in table:
-            writer.writerow(["" if row.get(k) is None else row.get(k) for k, _, _ in COLUMNS])
+        _write_csv_to(table, fh)
+
+
+def _write_csv_to(table: Sequence[Mapping[str, Any]], fh) -> None:
+    writer = csv.writer(fh)
+    writer.writerow([k for k, _, _ in COLUMNS])
+    for row in table:
+        writer.writerow(["" if row.get(k) is None else row.get(k) for k, _, _ in COLUMNS])
 
 
 def write_report(rows: Iterable[Mapping[str, Any]], out_dir: str, title: str = "Rooftop solar report",
@@ -171,15 +177,44 @@ def write_report(rows: Iterable[Mapping[str, Any]], out_dir: str, title: str = "
 
     Returns ``{"totals": {...}, "csv": path, "png": path, "html": path}``.
     """
-    os.makedirs(out_dir, exist_ok=True)
+    check_report_dir(out_dir)
     table = build_table(rows)
     total = totals(table)
     png = histogram_png([r["area_m2"] for r in table])
     paths = {"csv": os.path.join(out_dir, "buildings.csv"), "png": os.path.join(out_dir, "areas.png"),
              "html": os.path.join(out_dir, "summary.html")}
-    write_csv(table, paths["csv"])
-    with open(paths["png"], "wb") as fh:
-        fh.write(png)
-    with open(paths["html"], "w", encoding="utf-8") as fh:
-        fh.write(render_html(table, total, png, title, params, source))
+    csv_text = io.StringIO(newline="")
+    _write_csv_to(table, csv_text)
+    contents = {"csv": csv_text.getvalue().encode("utf-8"), "png": png,
+                "html": render_html(table, total, png, title, params, source).encode("utf-8")}
+    # Each file complete or absent: written under a temporary name, renamed when whole (a full
+    # disk left a truncated summary.html in 0.2.0).
+    for key, data in contents.items():
+        tmp = paths[key] + f".{os.getpid()}.tmp"
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, paths[key])
+        except OSError as exc:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            full = "no space" in str(exc).lower()
+            raise OutputError(f"Cannot write the report file {paths[key]} ({exc.strerror or exc})"
+                              + ("; the disk is full" if full else "") + ". The buildings themselves were "
+                              "written; free space or choose another report folder") from None
     return {"totals": total, **paths}
+
+
+def check_report_dir(out_dir: str) -> None:
+    """Fail early (before the work) when ``out_dir`` cannot receive the report files."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise OutputError(f"The report folder {out_dir} is a file; choose a folder for the report")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = os.path.join(out_dir, f".probe.{os.getpid()}.tmp")
+        with open(probe, "wb"):
+            pass
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"Cannot write the report in {out_dir} ({exc.strerror or exc}); "
+                          "choose another report folder") from None

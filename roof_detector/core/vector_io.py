@@ -87,15 +87,16 @@ def _field_kinds(lyr) -> List[Tuple[str, str]]:
 
 def _attributes(feat, fields: List[Tuple[str, str]]) -> Dict[str, Any]:
     attrs: Dict[str, Any] = {}
-    for name, kind in fields:
-        if not feat.IsFieldSetAndNotNull(name):
+    # By index, not by name: OGR finds names ignoring case, so `name` would read `NAME`'s value too.
+    for i, (name, kind) in enumerate(fields):
+        if not feat.IsFieldSetAndNotNull(i):
             attrs[name] = None
         elif kind in ("integer", "integer64"):
-            attrs[name] = feat.GetFieldAsInteger64(name)
+            attrs[name] = feat.GetFieldAsInteger64(i)
         elif kind == "real":
-            attrs[name] = feat.GetFieldAsDouble(name)
+            attrs[name] = feat.GetFieldAsDouble(i)
         else:
-            attrs[name] = feat.GetFieldAsString(name)
+            attrs[name] = feat.GetFieldAsString(i)
     return attrs
 
 
@@ -104,7 +105,7 @@ def read_polygons(path: str, target_crs_wkt: Optional[str] = None, layer: Option
                   with_attributes: bool = False, require_crs: bool = False) -> PolygonLayer:
     """Read the polygons of ``layer`` (default: the first polygon layer) of ``path``.
 
-    Geometries are flattened to 2D, invalid ones repaired (``make_valid``),
+    Curved geometries are linearised (GDAL's default step), geometries are flattened to 2D, invalid ones repaired (``make_valid``),
     multi-polygons kept whole, and non-polygon or empty geometries skipped and
     counted. With ``target_crs_wkt`` they are reprojected to that CRS (a layer
     in another CRS is reprojected, not refused). ``bbox`` (in the target CRS)
@@ -137,6 +138,8 @@ def read_polygons(path: str, target_crs_wkt: Optional[str] = None, layer: Option
             out.skipped_reasons.append("empty")
             continue
         g = g.Clone()
+        if g.HasCurveGeometry():  # CurvePolygon, MultiSurface... (cadastres): shapely reads straight lines only
+            g = g.GetLinearGeometry()
         g.FlattenTo2D()
         if transform is not None:
             g.Transform(transform)

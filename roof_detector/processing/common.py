@@ -230,11 +230,3 @@ def raise_if_cancelled(feedback: QgsProcessingFeedback) -> None:
 
         raise QgsProcessingException(Cancelled().args[0])
 
-
-def to_shapely(geometry: Any) -> Any:
-    """A QgsGeometry as a shapely geometry (None for a null/empty one)."""
-    import shapely
-
-    if geometry is None or geometry.isNull() or geometry.isEmpty():
-        return None
-    return shapely.from_wkb(bytes(geometry.asWkb()))

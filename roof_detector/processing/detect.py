@@ -52,7 +52,7 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Orthophoto")))
         self.addParameter(QgsProcessingParameterFile(
             self.MODEL, self.tr("Model file (empty: bundled model)"), extension="pt", optional=True))
-        add(self, "detect", advanced=("batch_size",))
+        add(self, "detect", advanced=("batch_size", "confirm_large_run"))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Area to search"), optional=True))
         add(self, "outlines")
         add(self, "solar", advanced=tuple(SOLAR))
@@ -73,6 +73,8 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
             aoi_wkt = aoi.asWkt()
         model = self.parameterAsFile(parameters, self.MODEL, context) or None
         with engine_errors(feedback):
+            from ..core.errors import LargeRunError
+            from ..core.params import DETECT
             from ..core.pipeline import DetectOptions, detect_buildings
             from ..core.solar import SolarParams
             from ..qgis_adapter.output import ResultFeatures, crs_from, summary
@@ -91,8 +93,13 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
             try:
                 feedback.pushInfo(self.tr("Detecting buildings in {path} with {model}").format(
                     path=getattr(source, "name", source), model=model))
-                result = detect_buildings(source, options, progress=engine_progress(feedback, 0.0, 95.0),
-                                          is_cancelled=feedback.isCanceled)
+                try:
+                    result = detect_buildings(source, options, progress=engine_progress(feedback, 0.0, 95.0),
+                                              is_cancelled=feedback.isCanceled)
+                except LargeRunError as exc:
+                    key = DETECT["confirm_large_run"].key
+                    raise QgsProcessingException(str(exc) + (self.tr(" (parameter {key})").format(key=key)
+                                                             if exc.confirmable else "")) from None
             finally:
                 source_warnings = close_source(source)
             for warning in list(result.warnings) + source_warnings:

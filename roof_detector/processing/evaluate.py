@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from qgis.core import (
     QgsCoordinateReferenceSystem,
@@ -188,23 +188,29 @@ class EvaluateDetectionAlgorithm(RoofDetectorAlgorithm):
 
     def _log(self, figures: Dict[str, Any], feedback) -> None:
         pixel, objects = figures["pixel"], figures["object"]
-        feedback.pushInfo(self.tr("Pixels ({n:,} valid): IoU {iou:.4f}, accuracy {acc:.4f}, precision {p:.4f}, "
-                                  "recall {r:.4f}, F1 {f1:.4f}").format(
-            n=pixel["valid_pixels"], iou=pixel["iou"], acc=pixel["accuracy"], p=pixel["precision"],
-            r=pixel["recall"], f1=pixel["f1"]))
+        pixel_f = {k: _fmt(pixel[k]) for k in ("iou", "accuracy", "precision", "recall", "f1")}
+        object_f = {k: _fmt(objects[k]) for k in ("precision", "recall", "f1")}
+        feedback.pushInfo(self.tr("Pixels ({n:,} valid): IoU {iou}, accuracy {acc}, precision {p}, "
+                                  "recall {r}, F1 {f1}").format(
+            n=pixel["valid_pixels"], iou=pixel_f["iou"], acc=pixel_f["accuracy"], p=pixel_f["precision"],
+            r=pixel_f["recall"], f1=pixel_f["f1"]))
         feedback.pushInfo(self.tr("Objects matched one-to-one at IoU >= {t:g}: {m} of {np} predicted and {nr} "
-                                  "reference; precision {p:.4f}, recall {r:.4f}, F1 {f1:.4f}").format(
+                                  "reference; precision {p}, recall {r}, F1 {f1}").format(
             t=objects["iou_threshold"], m=objects["matched"], np=objects["predicted"], nr=objects["reference"],
-            p=objects["precision"], r=objects["recall"], f1=objects["f1"]))
+            p=object_f["precision"], r=object_f["recall"], f1=object_f["f1"]))
         shape = figures["shape"]
         feedback.pushInfo(self.tr("Shape: median vertices {pv} predicted, {rv} reference; regular polygons {pr} "
                                   "predicted, {rr} reference; mean IoU of matched buildings {miou}").format(
-            pv=_text(shape["predicted"]["median_vertices"], "g"), rv=_text(shape["reference"]["median_vertices"], "g"),
-            pr=_text(shape["predicted"]["regular_share"], ".1%"), rr=_text(shape["reference"]["regular_share"], ".1%"),
-            miou=_text(objects["mean_matched_iou"], ".4f")))
+            pv=_fmt(shape["predicted"]["median_vertices"], "g"), rv=_fmt(shape["reference"]["median_vertices"], "g"),
+            pr=_fmt(shape["predicted"]["regular_share"], ".1%"), rr=_fmt(shape["reference"]["regular_share"], ".1%"),
+            miou=_fmt(objects["mean_matched_iou"])))
+        if pixel["iou"] is None or objects["f1"] is None:
+            feedback.pushWarning(self.tr("No building in either layer on the grid: the ratios that need one have "
+                                         "no value (nothing measured is not a perfect score)"))
 
 
-def _text(value: Any, spec: str) -> str:
+def _fmt(value: Optional[float], spec: str = ".4f") -> str:
+    """A figure, or "n/a" where nothing was measured."""
     return "n/a" if value is None else format(value, spec)
 
 

@@ -111,7 +111,8 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
             options = FinetuneOptions(
                 raster_path=raster, labels_path=labels, labels_layer=labels_layer, output_path=output,
                 base_model_path=base, area_wkt=area_wkt, **values(self, parameters, context, "finetune"),
-                **values(self, parameters, context, "detect", "device"))
+                **values(self, parameters, context, "detect", "device"),
+                overwrite=True)  # a Processing destination is replaced (QGIS asks first); never the base model
             feedback.pushInfo(self.tr("Fine-tuning {base} on {raster}").format(base=base, raster=raster))
             result = finetune(options, progress=engine_progress(feedback), is_cancelled=feedback.isCanceled,
                               log=feedback.pushInfo)
@@ -120,6 +121,9 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
         before, after = result.before.get("iou"), result.after.get("iou")
         if result.stopped == "cancelled":
             feedback.pushWarning(self.tr("Cancelled: the best model so far was kept"))
+        for note in result.notes:
+            if note.startswith("Warning: "):
+                feedback.pushWarning(note[len("Warning: "):])
         feedback.pushInfo(self.tr("Validation IoU {before} -> {after}, threshold {thr:.2f}, stopped: {why}, "
                                   "{minutes:.1f} min -> {path}").format(
             before=_fmt(before), after=_fmt(after), thr=result.threshold, why=result.stopped,

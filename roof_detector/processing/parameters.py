@@ -3,12 +3,14 @@
 Name (``Param.key``), label, unit, default and range come from the one
 declaration; an optional parameter left empty means the declaration's
 ``none_means`` ("the model's", "automatic"...). Values read back are checked
-by the declaration again (a model or a script can pass anything).
+by the declaration again (a model or a script can pass anything). A
+declaration without a ``key`` is not a Processing parameter (fine-tune's
+``overwrite``: a Processing destination is replaced once QGIS has asked).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from qgis.core import (
     QgsProcessingParameterBoolean,
@@ -47,9 +49,14 @@ def definition(p: Param, default: Any = None) -> QgsProcessingParameterDefinitio
                                         minValue=p.low, maxValue=p.high)
 
 
+def _names(group: str, names: Tuple[str, ...]) -> Tuple[str, ...]:
+    """``names``, or every parameter of ``group`` that Processing shows (those with a key)."""
+    return names or tuple(name for name, p in GROUPS[group].items() if p.key)
+
+
 def add(alg: Any, group: str, *names: str, advanced: tuple = (), defaults: Dict[str, Any] = None) -> None:
     """Add the declared parameters ``names`` of ``group`` (all when none given) to ``alg``."""
-    for name in names or GROUPS[group]:
+    for name in _names(group, names):
         d = definition(GROUPS[group][name], (defaults or {}).get(name))
         if name in advanced:
             d.setFlags(d.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
@@ -74,13 +81,13 @@ def value(alg: Any, parameters: Dict[str, Any], context: Any, group: str, name: 
 
 def values(alg: Any, parameters: Dict[str, Any], context: Any, group: str, *names: str) -> Dict[str, Any]:
     """:func:`value` of each of ``names`` (all of ``group`` when none given), by engine field name."""
-    return {name: value(alg, parameters, context, group, name) for name in names or GROUPS[group]}
+    return {name: value(alg, parameters, context, group, name) for name in _names(group, names)}
 
 
 def help_lines(group: str, *names: str) -> str:
     """The declarations' help as the algorithms' help lists it: '<b>Label</b>: help (range; default).<br>'."""
     out = []
-    for name in names or GROUPS[group]:
+    for name in _names(group, names):
         p = GROUPS[group][name]
         out.append(f"<b>{p.label}</b>: {p.help_text()}.<br>")
     return "".join(out)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from qgis.core import (
     QgsFeature,
@@ -21,7 +21,7 @@ from qgis.core import (
 )
 from qgis.PyQt.QtCore import QVariant
 
-from .common import RoofDetectorAlgorithm, engine_errors, to_shapely
+from .common import RoofDetectorAlgorithm, engine_errors
 from .parameters import add, help_lines, values
 
 _VARIANT = {"real": QVariant.Double, "integer": QVariant.Int}
@@ -58,7 +58,8 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
         "when it matters.<br>"
         + help_lines("outlines") +
         "Regularisation is off by default here, as cadastre outlines are already clean.<br><br>"
-        "Input fields are kept; one whose name clashes with an added field is renamed src_&lt;name&gt;. "
+        "Input fields are kept; one whose name clashes (ignoring case) with an added field or an earlier input "
+        "field is renamed src_&lt;name&gt; (or src_&lt;name&gt;_2, _3... when that is taken too). "
         "Features without a geometry are skipped. The optional <b>report folder</b> receives summary.html, "
         "buildings.csv and areas.png. Totals are returned as BUILDINGS, TOTAL_PANELS, TOTAL_KWP and "
         "TOTAL_ANNUAL_KWH."
@@ -96,11 +97,19 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
             from ..core.footprints import measure_polygons
             from ..core.report import build_table, totals, write_report
             from ..core.solar import SolarParams
+            from ..qgis_adapter.output import to_shapely
 
             params = SolarParams(**values(self, parameters, context, "solar")).validate()
             outlines = values(self, parameters, context, "outlines")
             regularize = outlines["regularize"]
+            if report_dir:
+                from ..core.report import check_report_dir
+
+                check_report_dir(report_dir)  # before the work
             fields = _output_fields(source.fields())
+            if fields is None:  # QgsFields dropped a duplicate: values would shift between columns
+                raise QgsProcessingException(self.tr("Cannot name the output fields of {names}").format(
+                    names=", ".join(source.fields().names())))
             wkb_type = QgsWkbTypes.flatType(source.wkbType()) if regularize else source.wkbType()
             sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, wkb_type, crs)
             if sink is None:
@@ -167,17 +176,23 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
         return rows, regularized
 
 
-def _output_fields(source_fields: QgsFields) -> QgsFields:
-    """The input's fields (a clash with a solar field renamed src_<name>, as the CLI) and the solar fields."""
+def _output_fields(source_fields: QgsFields) -> Optional[QgsFields]:
+    """The input's fields and the solar fields (None if QgsFields would not take them all).
+
+    As the CLI: a source field keeps its value under a free name (src_<name>, src_<name>_2...,
+    ignoring case), never dropped: QgsFields.append drops a duplicate silently, and values are
+    written by position.
+    """
+    from ..core.field_names import free_names
     from ..core.solar import SOLAR_FIELDS
 
     fields = QgsFields()
-    reserved = {name.lower() for name, _ in SOLAR_FIELDS}
-    for field in source_fields:
+    solar_names = [name for name, _ in SOLAR_FIELDS]
+    new_names = free_names(source_fields.names(), solar_names)
+    for field, new_name in zip(source_fields, new_names):
         field = QgsField(field)
-        if field.name().lower() in reserved:
-            field.setName(f"src_{field.name()}")
+        field.setName(new_name)
         fields.append(field)
     for name, kind in SOLAR_FIELDS:
         fields.append(QgsField(name, _VARIANT.get(kind, QVariant.Double)))
-    return fields
+    return fields if fields.count() == len(new_names) + len(solar_names) else None

@@ -69,6 +69,28 @@ def result_fields(extra: Iterable[Tuple[str, str, QVariant.Type]]) -> QgsFields:
     return fields
 
 
+def linear_wkb(geometry: QgsGeometry) -> bytes:
+    """The WKB of a QgsGeometry that shapely reads: curves linearised, M values dropped.
+
+    shapely reads no curved WKB (a cadastre's CurvePolygon is "Unknown WKB type 10") and no M values.
+    """
+    if QgsWkbTypes.isCurvedType(geometry.wkbType()) or QgsWkbTypes.hasM(geometry.wkbType()):
+        geometry = QgsGeometry(geometry)
+        if QgsWkbTypes.isCurvedType(geometry.wkbType()):
+            geometry.convertToStraightSegment()
+        geometry.get().dropMValue()
+    return bytes(geometry.asWkb())
+
+
+def to_shapely(geometry: Any) -> Any:
+    """A QgsGeometry as a 2D shapely geometry (None for a null/empty one); curves are linearised."""
+    import shapely
+
+    if geometry is None or geometry.isNull() or geometry.isEmpty():
+        return None
+    return shapely.from_wkb(linear_wkb(geometry))
+
+
 def to_qgs_geometry(geometry: Any) -> QgsGeometry:
     """A shapely geometry (or anything with ``.wkb``/``.wkt``) as QgsGeometry."""
     result = QgsGeometry()

@@ -14,6 +14,7 @@ from qgis.core import QgsFeatureRequest, QgsTask, QgsVectorLayer, QgsVectorLayer
 from qgis.PyQt.QtCore import QVariant
 
 from . import tr
+from .output import linear_wkb
 from .task import GuardedRun
 
 #: The layer fields read into a report row (those of core.solar.SOLAR_FIELDS the report uses).
@@ -72,7 +73,7 @@ def read_rows(source: Any, fields: Any, solar_kwargs: Optional[Dict[str, Any]], 
                 out.skipped += 1
                 continue
             ids.append(feature.id())
-            polygons.append(bytes(geometry.asWkb()))
+            polygons.append(linear_wkb(geometry))  # curves linearised, as everywhere
         else:
             row = {name: _plain(feature[name]) for name in present}
             row["id"] = feature.id()

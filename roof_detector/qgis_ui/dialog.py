@@ -389,6 +389,8 @@ class DetectDialog(QDialog):
             raise RequestError(str(exc)) from None
         if self.gpkg_radio.isChecked():
             self._fill_gpkg(request)
+        if inp.reader == "file" and inp.path:
+            self._check_size(request, inp.path)
         return request
 
     def _server_request(self) -> DetectRequest:
@@ -426,6 +428,23 @@ class DetectDialog(QDialog):
                     min_area_m2=self.min_area_spin.value(), separate_touching=self.separate_check.isChecked(),
                     tta=self.tta_check.isChecked(),
                     regularize=self.regularize_check.isChecked(), regularize_tolerance_m=self.tolerance_spin.value())
+    def _check_size(self, request: DetectRequest, path: str) -> None:
+        """Ask before a very large run (the engine refuses it otherwise); refuse one that cannot fit."""
+        from ..core.errors import LargeRunError
+        from ..core.pipeline import check_detection_size
+
+        try:
+            check_detection_size(path, request.detect_options())
+        except LargeRunError as exc:
+            if not exc.confirmable or not self.confirm_large(str(exc)):
+                raise RequestError(str(exc)) from None
+            request.options["confirm_large_run"] = True
+
+    def confirm_large(self, message: str) -> bool:
+        """Ask whether a very large run may start."""
+        answer = QMessageBox.question(self, tr("Very large run"), message + "\n\n" + tr("Run it anyway?"),
+                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        return answer == QMessageBox.Yes
 
     def solar_kwargs(self) -> Dict[str, Any]:
         """The solar parameters as keyword arguments of ``core.solar.SolarParams``."""

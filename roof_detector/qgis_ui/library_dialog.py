@@ -24,6 +24,8 @@ from . import LOG_TAG, tr
 from ..qgis_adapter.paths import model_library_dir
 
 COLUMNS = ("Name", "Version", "GSD (m)", "Val. IoU", "File")
+TRUST_WARNING = tr("A model file is a program: it runs on this computer whenever it is used. Import and use "
+                   "models from trusted sources only. Models whose code reads or writes files are refused.")
 
 
 class ModelLibraryDialog(QDialog):
@@ -71,12 +73,17 @@ class ModelLibraryDialog(QDialog):
         middle.addWidget(self.table, 1)
         middle.addLayout(side)
 
+        # TorchScript is no sandbox: a model file runs as code whenever it is used.
+        self.trust_label = QLabel(TRUST_WARNING, self)
+        self.trust_label.setWordWrap(True)
+        self.import_button.setToolTip(TRUST_WARNING)
         buttons = QDialogButtonBox(QDialogButtonBox.Close, self)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addWidget(self.bar)
         layout.addWidget(self.folder_label)
         layout.addLayout(middle, 1)
+        layout.addWidget(self.trust_label)
         layout.addWidget(buttons)
 
     # -- listing -------------------------------------------------------------
@@ -129,7 +136,8 @@ class ModelLibraryDialog(QDialog):
         return answer == QMessageBox.Yes
 
     def ask_import_path(self) -> Optional[str]:
-        path, _ = QFileDialog.getOpenFileName(self, tr("Import a model"), "", tr("TorchScript model (*.pt)"))
+        path, _ = QFileDialog.getOpenFileName(self, tr("Import a model (from a trusted source only: a model file "
+                                                       "is a program)"), "", tr("TorchScript model (*.pt)"))
         return path or None
 
     def ask_export_path(self, entry: Any) -> Optional[str]:

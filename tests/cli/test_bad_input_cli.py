@@ -283,3 +283,49 @@ def test_finetune_with_lines_instead_of_polygons(env, capsys):
     assert code == 2 and "Traceback" not in err
     assert "holds no building polygon: 1 feature(s) skipped as not polygons or empty (linestring)" in err
     assert_nothing_left(env)
+
+
+# --------------------------------------------------------------------------- destinations checked before the run (issue 21)
+
+
+def test_destinations_are_checked_before_any_work(env, capsys, model_path):
+    """0.2.0 found these only after the whole detection (or wrote a GeoPackage named .shp)."""
+    import subprocess
+
+    raster = write_raster(env / "in" / "r.tif", np.full((3, 40, 40), DARK, np.uint8), UTM, NORTH_UP)
+    cases = [(["-o", env / "out" / "b.gpkg", "--layer", "gpkg_contents"], "GeoPackage system table"),
+             (["-o", env / "out" / "b.shp"], "written as a GeoPackage only"),
+             (["-o", env / "out" / "b.geojson"], "written as a GeoPackage only")]
+    for extra, message in cases:
+        code, out, err = detect(capsys, raster, *extra, "--model", model_path)
+        assert code == 2 and len(err) == 1 and message in err[0], err
+    frozen = env / "out" / "frozen"
+    frozen.mkdir()
+    if subprocess.run(["chattr", "+i", str(frozen)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported here")
+    try:
+        code, out, err = detect(capsys, raster, "-o", frozen / "b.gpkg", "--model", model_path)
+        assert code == 2 and "immutable" in err[0] and os.listdir(frozen) == []
+    finally:
+        subprocess.run(["chattr", "-i", str(frozen)], capture_output=True)
+    frozen.rmdir()
+    assert_nothing_left(env)
+
+
+@pytest.mark.parametrize("args, message", [(["bench", "--size", "0"], "--size must be at least 256"),
+                                           (["score", "--case", "bogus"], "unknown --case bogus")])
+def test_bench_and_score_refuse_nonsense(capsys, args, message):
+    """0.2.0 exited 0 on both (issue 21); the developer commands run as ``python -m devtools``."""
+    from devtools.__main__ import COMMANDS
+
+    assert cli.main(args, prog="python -m devtools", commands=COMMANDS) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", ["/vsicurl/https://example.org/ortho.tif", "https://example.org/ortho.tif",
+                                  "/vsizip/ortho.zip/ortho.tif"])
+def test_remote_and_archive_paths_are_said_to_be_unsupported(env, capsys, model_path, path):
+    """0.2.0: "Raster file not found" (issue 21)."""
+    code, out, err = detect(capsys, path, "-o", env / "out" / "b.gpkg", "--model", model_path)
+    assert code == 2 and "remote and archive paths" in err[0] and "not supported" in err[0]
+    assert_nothing_left(env)

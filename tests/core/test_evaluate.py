@@ -99,11 +99,32 @@ def test_matching_is_one_to_one_and_greedy_by_iou():
     assert polygon_iou(preds[0], ref[0]) == pytest.approx(9 / 11)
 
 
-def test_empty_layers():
+def test_empty_layers_have_no_score_not_a_perfect_one():
+    """Release 0.2.0 reported IoU, F1, precision and recall 1.0 for two empty layers (issue 21)."""
     r = evaluate([], [], GRID)
-    assert r.pixel.iou() == 1.0 and r.object_precision() == 1.0 and r.object_recall() == 1.0
+    d = r.as_dict()
+    assert r.object_precision() is None and r.object_recall() is None and r.object_f1() is None
+    assert all(d["pixel"][k] is None for k in ("iou", "precision", "recall", "f1"))
+    assert d["pixel"]["accuracy"] == 1.0 and d["pixel"]["valid_pixels"] == 200  # every pixel truly negative
     r = evaluate([B(0, 0, 5, 5)], [], GRID)
-    assert r.object_precision() == 0.0 and r.pixel.iou() == 0.0
+    assert r.object_precision() == 0.0 and r.pixel.iou() == 0.0 and r.as_dict()["pixel"]["iou"] == 0.0
+
+
+def test_a_grid_without_valid_pixels_is_refused(tmp_path):
+    transform = Affine(1.0, 0, 500000.0, 0, -1.0, 9300010.0)
+    raster = write_raster(tmp_path / "r.tif", transform, (10, 20), UTM, np.zeros((10, 20), dtype=bool))
+    ref = [B(500001, 9300001, 500005, 9300005)]
+    with pytest.raises(LabelError, match="no valid pixel"):
+        evaluate(ref, ref, grid_from_raster(raster))
+
+
+def test_a_metre_extent_declared_in_degrees_is_refused(tmp_path):
+    """0.2.0: every reference fell off the 4326 grid and IoU/F1/accuracy were 1.0."""
+    from roof_detector.core.evaluate import evaluate_files
+
+    path = write_gpkg(tmp_path / "ref.gpkg", [B(500001, 9300001, 500005, 9300005)], UTM)
+    with pytest.raises(LabelError, match="not in degrees.*geographic"):
+        evaluate_files(path, path, extent=(500000, 9300000, 500020, 9300010), pixel_size=1.0, crs="EPSG:4326")
 
 
 def test_objects_outside_the_grid_do_not_count():

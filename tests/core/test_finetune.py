@@ -114,10 +114,10 @@ def test_label_fids_select_features_by_their_feature_id(labelled_area, tmp_path)
     raster, labels, base = labelled_area
     out = str(tmp_path / "sel.pt")
     finetune(FinetuneOptions(raster_path=raster, labels_path=labels, output_path=out, base_model_path=base,
-                             label_fids=[1, 2, 3, 25], epochs=1, batch_size=4, samples_per_epoch=4, device="cpu"),
+                             label_fids=list(range(1, 13)) + [25], epochs=1, batch_size=4, samples_per_epoch=4, device="cpu"),
              log=lambda m: None)
     # GeoPackage feature ids start at 1; fid 25 is the point feature, skipped as no polygon.
-    assert read_metadata(out)["training"]["label_polygons"] == 3
+    assert read_metadata(out)["training"]["label_polygons"] == 12
 
 
 def test_default_crops_per_epoch_scale_with_the_labelled_area():

@@ -5,6 +5,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import shapely
@@ -286,3 +287,46 @@ def test_attributes_are_written_rounded(tmp_path):
     assert (f["area_m2"], f["perimeter_m"], f["confidence"]) == (17.56, 16.76, 0.877)
     assert (f["kwp"], f["annual_kwh"], f["orientation_deg"], f["usable_area_m2"]) == (3.23, 3881.0, 12.3, 9.88)
     assert f["panels"] == 8
+
+
+FULL_DISK_WRITER = """
+import sys, shapely
+from roof_detector.core.building import Building
+from roof_detector.core.gpkg_writer import write_buildings
+from roof_detector.core.errors import OutputError
+path, layer, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+b = [Building(shapely.box(i, 0, i + 0.5, 0.5), 1.0, 1.0, 0.5, {"orientation_deg": float(i)}) for i in range(n)]
+try:
+    write_buildings(b, path, "EPSG:32631", layer=layer)
+except OutputError as exc:
+    print(exc)
+    sys.exit(2)
+"""
+
+
+def test_a_real_full_disk_names_the_file_and_keeps_the_old_layer(tmp_path):
+    """Issue 21: 0.2.0 said "orientation_deg could not be written" (the last field created) on a real ENOSPC."""
+    import subprocess
+    import sys
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        def write(name, layer, n):
+            return subprocess.run([sys.executable, "-c", FULL_DISK_WRITER, str(disk / name), layer, str(n)],
+                                  capture_output=True, text=True, timeout=300, cwd=str(Path(__file__).resolve().parents[2]))
+
+        assert write("roofs.gpkg", "old", 1).returncode == 0
+        before = (disk / "roofs.gpkg").read_bytes()
+        for name, layer in (("roofs.gpkg", "new"), ("other.gpkg", "buildings")):
+            proc = write(name, layer, 20000)
+            assert proc.returncode == 2, proc.stderr[-1500:]
+            assert proc.stdout.startswith(f"The disk is full: {disk / name} could not be written")
+            assert "orientation_deg" not in proc.stdout and "Exception ignored" not in proc.stderr
+        assert (disk / "roofs.gpkg").read_bytes() == before  # the transaction was rolled back
+        assert sorted(os.listdir(disk)) == ["roofs.gpkg"]  # no temporary, no journal
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

@@ -48,3 +48,15 @@ def test_models_without_onnx_export_stay_on_torchscript(tmp_path, monkeypatch):
 def test_unknown_backend_is_refused(unet_model):
     with pytest.raises(ModelError, match="Unknown backend"):
         load_model(unet_model, "cpu", backend="tensorrt")
+
+
+def test_a_corrupt_cache_entry_is_rebuilt_not_fallen_back_from(unet_model, tmp_path):
+    """Issue 21: 0.2.0 fell back to TorchScript (2.3x slower) on every run after the cache was damaged."""
+    first = load_model(unet_model, "cpu")
+    onnx_path = first.extra["onnx_path"]
+    with open(onnx_path, "r+b") as fh:  # damage the cached file in place
+        fh.seek(100)
+        fh.write(b"\xff" * 4000)
+    again = load_model(unet_model, "cpu")
+    assert again.extra["backend"] == "onnxruntime" and "onnx_fallback_reason" not in again.extra
+    assert load_model(unet_model, "cpu").extra["backend"] == "onnxruntime"

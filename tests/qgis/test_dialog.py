@@ -298,3 +298,23 @@ def test_tta_checkbox_reaches_the_engine_and_is_remembered(qgis_iface, ortho_lay
     assert again.tta_check.isChecked()
     again.tta_check.setChecked(False)
     again.accept()
+
+
+def test_a_very_large_raster_is_run_only_when_confirmed(qgis_iface, project, model_path, tmp_path):
+    """Issue 21: the dialog asks before a run of more than 100,000 tiles; the engine refuses it otherwise."""
+    from qgis.core import QgsRasterLayer
+
+    from tests.core.test_runaway_work import huge_vrt
+
+    layer = QgsRasterLayer(huge_vrt(tmp_path, 20_000, 0.5), "huge")
+    project.addMapLayer(layer)
+    dialog = _dialog(qgis_iface)
+    dialog.raster_combo.setLayer(layer)
+    _use_model_file(dialog, model_path)
+    with mock.patch.object(dialog, "confirm_large", return_value=False) as ask:
+        dialog.accept()
+    assert ask.called and "more than 100,000 tiles" in ask.call_args[0][0] and dialog.request is None
+    assert "more than 100,000 tiles" in _bar_text(dialog)
+    with mock.patch.object(dialog, "confirm_large", return_value=True):
+        dialog.accept()
+    assert dialog.request.options["confirm_large_run"] is True

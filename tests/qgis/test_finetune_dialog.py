@@ -364,3 +364,12 @@ def test_library_dialog_lists_renames_deletes_imports_exports(qgis_iface, tmp_pa
     dialog.confirm_delete = lambda entry: True
     assert dialog.delete_selected() is True and not (lib / "junk.pt").exists()
     assert dialog.table.rowCount() == 2
+
+
+def test_library_dialog_says_a_model_file_is_code(qgis_iface, tmp_path):
+    """Issue 21: TorchScript is no sandbox; the library says so where models are imported."""
+    from roof_detector.qgis_ui.library_dialog import ModelLibraryDialog
+
+    dialog = ModelLibraryDialog(qgis_iface, library_dir=str(tmp_path))
+    assert "is a program" in dialog.trust_label.text() and "trusted sources only" in dialog.trust_label.text()
+    assert dialog.import_button.toolTip() == dialog.trust_label.text()

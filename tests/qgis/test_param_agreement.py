@@ -44,6 +44,20 @@ def test_processing_detect_has_every_parameter_the_cli_has(plugin):
     assert {p.key for group in (DETECT, OUTLINES, SOLAR) for p in group.values()} <= keys
 
 
+def test_the_switches_of_issue_21_are_declared_once(plugin):
+    """The size guard's confirmation and fine-tune's overwrite: off unless asked, where each front end asks."""
+    yes = _cli_actions("detect")["confirm_large_run"]
+    assert yes.option_strings == ["-y", "--yes"] and yes.default is False and yes.nargs == 0
+    overwrite = _cli_actions("finetune")["overwrite"]
+    assert overwrite.option_strings == ["--overwrite"] and overwrite.default is False
+    large = _algorithm("roofdetector:detectbuildings").parameterDefinition(DETECT["confirm_large_run"].key)
+    assert large.defaultValue() is False and large.flags() & large.FlagAdvanced
+    # Processing replaces its destination once QGIS has asked: no OVERWRITE parameter
+    finetune = {d.name() for d in _algorithm("roofdetector:finetunemodel").parameterDefinitions()}
+    assert FINETUNE["overwrite"].key == "" and "OVERWRITE" not in finetune
+    assert {p.key for p in FINETUNE.values() if p.key} <= finetune
+
+
 @pytest.mark.parametrize("group, p", NUMBERS, ids=[p.name for _, p in NUMBERS])
 def test_ranges_and_defaults_agree_in_cli_and_processing(plugin, group, p):
     action = _cli_actions("detect")[p.name]
@@ -126,6 +140,8 @@ def test_finetune_ranges_agree_in_cli_and_processing(plugin):
     cli = _cli_actions("finetune")
     alg = _algorithm("roofdetector:finetunemodel")
     for p in FINETUNE.values():
+        if p.kind is bool:  # overwrite: a CLI switch only (see test_the_switches_of_issue_21_are_declared_once)
+            continue
         d = alg.parameterDefinition(p.key)
         assert d.defaultValue() == p.default and cli[p.name].default == p.default, p.name
         if p.kind is bool:  # compare_outside: --compare-outside / --no-compare-outside

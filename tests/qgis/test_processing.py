@@ -478,3 +478,56 @@ def test_help_as_plain_text_for_qgis_process():
 
     assert html_to_text("<b>Model</b>: a <i>.pt</i> file;<br>empty = bundled &amp; fine") == \
         "Model: a .pt file;\nempty = bundled & fine"
+
+
+def test_rooftop_solar_never_shifts_a_column(run):
+    """Release 0.2.0 dropped `src_x` when `x` clashed, then wrote values by position (issue 21)."""
+    hostile = {"area_m2": 1.5, "src_area_m2": 2.5, "src_area_m2_2": 3.5, "kwp": 4.5, "src_kwp": 5.5,
+               "Kwp": 6.5, "name": "lower", "NAME": "UPPER", "orientation_deg": 7.5}
+    kinds = {k: "string" if isinstance(v, str) else "double" for k, v in hostile.items()}
+    layer = polygon_layer([(box(0, 0, 10, 20), hostile)], fields=[f"{k}:{t}" for k, t in kinds.items()])
+    params = {"INPUT": layer, "SPECIFIC_YIELD": 1000, "PANEL_WP": 400, "OUTPUT": "memory:"}
+    out = run("roofdetector:rooftopsolar", params)["OUTPUT"]
+    row = next(out.getFeatures())
+    values = dict(zip(out.fields().names(), row.attributes()))
+    for name, value in hostile.items():  # each input value exactly once
+        assert [k for k, v in values.items() if v == value], name
+    assert values["src_area_m2_3"] == 1.5 and values["src_area_m2"] == 2.5 and values["src_kwp_2"] == 4.5
+    assert values["src_NAME"] == "UPPER" and values["name"] == "lower"  # a GeoPackage sink ignores case
+    assert values["area_m2"] == pytest.approx(200.0, rel=0.002) and values["kwp"] == pytest.approx(20.8)
+    assert values["orientation_deg"] != 7.5 and values["src_orientation_deg"] == 7.5
+    # on its own output with another panel power: the new values are written, the old ones kept
+    again = run("roofdetector:rooftopsolar", {**params, "INPUT": out, "PANEL_WP": 200})
+    row2 = next(again["OUTPUT"].getFeatures())
+    values2 = dict(zip(again["OUTPUT"].fields().names(), row2.attributes()))
+    assert again["TOTAL_KWP"] == pytest.approx(10.4) and values2["kwp"] == pytest.approx(10.4)
+    assert values2["annual_kwh"] == pytest.approx(10400)
+    assert values2["src_kwp_4"] == pytest.approx(20.8)  # the first run's kwp (src_Kwp_3 holds Kwp)
+    assert len(values2) == len(values) + 8
+
+
+def test_rooftop_solar_takes_curved_polygons(run):
+    """A CurvePolygon (common in cadastres) crashed 0.2.0 with `Unknown WKB type 10`."""
+    from qgis.core import QgsFeature, QgsGeometry, QgsVectorLayer
+
+    layer = QgsVectorLayer("CurvePolygon?crs=EPSG:32631", "parcels", "memory")
+    feature = QgsFeature(layer.fields())
+    x, y = X0, Y0 - 100
+    feature.setGeometry(QgsGeometry.fromWkt(f"CURVEPOLYGON(CIRCULARSTRING({x} {y},{x + 10} {y + 10},{x + 20} {y},"
+                                            f"{x + 10} {y - 10},{x} {y}))"))
+    assert layer.dataProvider().addFeatures([feature])[0]
+    result = run("roofdetector:rooftopsolar", {"INPUT": layer, "SPECIFIC_YIELD": 1000, "OUTPUT": "memory:"})
+    row = next(result["OUTPUT"].getFeatures())
+    assert row["area_m2"] == pytest.approx(314.16, rel=0.01) and result["BUILDINGS"] == 1
+
+
+def test_detect_buildings_refuses_a_runaway_raster_unless_confirmed(run, model_path, tmp_path):
+    """A VRT declaring 20,000² px: 127,449 tiles of the test model, refused before it starts (issue 21)."""
+    from qgis.core import QgsProcessingException, QgsRasterLayer
+
+    from tests.core.test_runaway_work import huge_vrt
+
+    layer = QgsRasterLayer(huge_vrt(tmp_path, 20_000, 0.5), "huge")
+    assert layer.isValid()
+    with pytest.raises(QgsProcessingException, match="more than 100,000 tiles.*CONFIRM_LARGE"):
+        run("roofdetector:detectbuildings", {"INPUT": layer, "MODEL": model_path, "DEVICE": 1, "OUTPUT": "memory:"})

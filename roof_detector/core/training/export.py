@@ -109,7 +109,7 @@ def initial_network(init_from: str, architecture: str, params: Dict[str, Any]) -
             raise ModelError(f"{init_from} is a {meta['architecture']['name']} model, not {architecture}")
         net, _ = load_trainable(init_from, int(params.get("out_channels", 1)))
         return net, f"initialised from the model file {init_from} ({meta.get('name')} {meta.get('version')})"
-    ck = torch.load(init_from, map_location="cpu", weights_only=False)
+    ck = torch.load(init_from, map_location="cpu", weights_only=True)
     net = build_model(architecture, **params)
     added = load_widening_head(net, ck["best_state"])
     return net, (f"initialised from the best weights of {init_from} (epoch {ck['best_epoch']}, "

@@ -70,10 +70,17 @@ class FinetuneOptions:
     seed: int = 0
     name: str = ""
     keep_best_on_cancel: bool = True
+    overwrite: bool = False  # replace an existing output file (never the base model)
 
     def validate(self) -> "FinetuneOptions":
-        """Raise :class:`..params.ParameterError` naming the first unusable value; return self."""
+        """Raise :class:`..params.ParameterError` naming the first unusable value; return self.
+
+        The numbers are checked by their declarations (the ranges of the CLI, the
+        dialog and Processing); the device by :func:`..model_io.resolve_device`
+        (``ModelError`` for an unknown or unusable one).
+        """
         check_fields(self, "finetune")
+        resolve_device(self.device)
         return self
 
 
@@ -133,6 +140,45 @@ def plan_text(p: Dict[str, float]) -> str:
     return (f"Plan: {int(p['samples_per_epoch'])} crops per epoch ({p['labelled_tiles']:g} tiles of labelled area), "
             f"up to {int(p['epochs'])} epochs, stopping early when validation stops improving: at most about "
             f"{most:.0f} min" + (f" (time budget {budget:g} min)" if budget else ""))
+
+
+def check_model_output(output_path: str, base_model_path: str, overwrite: bool) -> None:
+    """Fail before any work when the new model file cannot or must not be written."""
+    from ..errors import OutputError
+
+    out = os.path.abspath(output_path)
+    folder = os.path.dirname(out)
+    if os.path.isdir(out):
+        raise OutputError(f"{output_path} is a folder; give a model file name ending in .pt")
+    if not out.lower().endswith(".pt"):
+        raise OutputError(f"{output_path}: a model file name must end in .pt")
+    if os.path.exists(out) and os.path.exists(base_model_path) and os.path.samefile(out, base_model_path):
+        raise OutputError(f"{output_path} is the base model being fine-tuned; write the new model to another file")
+    if os.path.exists(out) and not overwrite:
+        raise OutputError(f"{output_path} already exists; pass --overwrite to replace it or choose another name")
+    parent = folder
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise OutputError(f"Cannot write {output_path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK) or (os.path.exists(out) and not os.access(out, os.W_OK)):
+        raise OutputError(f"Cannot write {output_path} (read-only or permission denied); choose another file")
+    if _read_only_mount(parent):
+        raise OutputError(f"Cannot write {output_path}: {parent} is on a read-only file system")
+
+
+def _read_only_mount(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def check_raster(path: str) -> None:
+    """The rules of detection (CRS, north-up, bands, sample type), checked before fine-tuning."""
+    from ..raster_source import RasterioSource
+
+    RasterioSource(path).close()
 
 
 def _area_polygon(opts: FinetuneOptions, crs_wkt: str, label_geoms) -> Tuple[object, List[str]]:
@@ -312,9 +358,14 @@ def finetune(opts: FinetuneOptions, progress: Optional[Callable[[float, str], No
     """Fine-tune the base model on the user's data and write the new model with its curves."""
     opts.validate()
     base_path = opts.base_model_path or str(BUNDLED_MODEL_PATH)
+    check_model_output(opts.output_path, base_path, opts.overwrite)
+    check_raster(opts.raster_path)
     net, meta = load_trainable(base_path)
     device = resolve_device(opts.device)
     scene, val_mask, notes, area, n_labels = prepare_data(opts, meta, log)
+    if not (scene.label.astype(bool) & scene.valid & val_mask).any():
+        raise LabelError("The validation blocks hold no labelled building, so nothing could be measured; "
+                         "label a larger area (or more buildings), or change --seed")
     tile_px = int(meta["tile_size_px"])
     train_scene, val_tiles = _split(scene, val_mask, tile_px)
     norm = meta["normalization"]
@@ -354,6 +405,14 @@ def finetune(opts: FinetuneOptions, progress: Optional[Callable[[float, str], No
             b, a = outside["before"], outside["after"]
             log(f"outside the labelled area ({b['reference']} buildings): IoU {b['iou']:.4f} -> {a['iou']:.4f}, "
                 f"object F1 {b['object_f1']:.4f} -> {a['object_f1']:.4f}")
+    if isinstance(after.get("iou"), float) and isinstance(before.get("iou"), float) \
+            and after["iou"] <= before["iou"]:
+        worse = "worse than" if after["iou"] < before["iou"] else "no better than"
+        warning = (f"Warning: the fine-tuned model is {worse} the base model on the validation blocks "
+                   f"(IoU {before['iou']:.4f} -> {after['iou']:.4f}); keep using the base model, or try a "
+                   "smaller learning rate, more epochs or more labels")
+        notes.append(warning)
+        log(warning)
     out = opts.output_path
     name = opts.name or os.path.splitext(os.path.basename(out))[0]
     export_model(result.net, cfg, out, result.threshold, {

@@ -107,7 +107,8 @@ def _initial_net(opts: TrainRunOptions, cfg: Any, log: Callable[[str], None]):
     from .export import initial_network
 
     if opts.init_from and not opts.resume:
-        # a model file or a checkpoint; missing border/contact outputs start fresh
+        # a model file or a checkpoint (loaded with weights_only: a checkpoint runs no code);
+        # missing border/contact outputs start fresh
         net, line = initial_network(opts.init_from, cfg.architecture, cfg.architecture_params)
         log(line)
         return net, f"continued from {opts.init_from}"

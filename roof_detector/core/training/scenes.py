@@ -97,11 +97,14 @@ def scene_from_raster(raster_path: str, labels_path: Optional[str], name: Option
         out_w = max(1, int(round(win.width * scale)))
         resampling = Resampling.average if scale < 1 else Resampling.bilinear
         bands = [1, 1, 1] if grey else [1, 2, 3]
-        img = ds.read(bands, window=win, out_shape=(3, out_h, out_w), resampling=resampling)
+        from ..raster_source import read_errors_named
+
+        with read_errors_named(raster_path, win):
+            img = ds.read(bands, window=win, out_shape=(3, out_h, out_w), resampling=resampling)
+            valid = ds.dataset_mask(window=win, out_shape=(out_h, out_w), resampling=Resampling.nearest) > 0
         if img.dtype != np.uint8:
             lo, hi = np.percentile(img[img > 0], [2, 98]) if np.any(img > 0) else (0, 1)
             img = np.clip((img.astype(np.float32) - lo) / max(hi - lo, 1e-6) * 255, 0, 255).astype(np.uint8)
-        valid = ds.dataset_mask(window=win, out_shape=(out_h, out_w), resampling=Resampling.nearest) > 0
         transform = ds.window_transform(win) * rasterio.Affine.scale(win.width / out_w, win.height / out_h)
         crs_wkt = ds.crs.to_wkt()
         bounds = rasterio.windows.bounds(win, ds.transform)

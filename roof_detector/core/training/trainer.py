@@ -20,6 +20,7 @@ with the building threshold.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import math
 import os
@@ -264,7 +265,7 @@ def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig
     start_epoch = 1
     elapsed_before = 0.0
     if resume and checkpoint_path and os.path.exists(checkpoint_path):
-        ck = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        ck = torch.load(checkpoint_path, map_location="cpu", weights_only=True)  # no pickled code runs
         net.load_state_dict(ck["net"])
         if ema is not None:
             if ck.get("ema"):
@@ -344,10 +345,14 @@ def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig
             + f"lr {row['lr']:.1e}  {row['seconds'] / 60:.1f} min" + ("  *best*" if improved else ""))
         if checkpoint_path:
             tmp = checkpoint_path + ".tmp"
+            # Into memory first: torch's zip writer aborts the process (c10::Error) on a full disk.
+            buffer = io.BytesIO()
             torch.save({"net": net.state_dict(), "ema": ema.state_dict() if ema is not None else None,
                         "opt": opt.state_dict(), "sched": sched.state_dict(),
                         "history": history, "best_iou": best_iou, "best_epoch": best_epoch,
-                        "best_state": best_state, "seconds": row["seconds"], "config": asdict(cfg)}, tmp)
+                        "best_state": best_state, "seconds": row["seconds"], "config": asdict(cfg)}, buffer)
+            with open(tmp, "wb") as fh:
+                fh.write(buffer.getbuffer())
             os.replace(tmp, checkpoint_path)
         if on_epoch:
             on_epoch({"row": row, "improved": improved, "best_state": best_state if improved else None})

@@ -1,0 +1,113 @@
+"""Real signals to a real CLI process, and what a killed run leaves behind (issue 21).
+
+0.2.0 had no SIGTERM handler (the process died silently, a new-file write left
+hidden ``.out.gpkg.*.tmp.gpkg`` and ``-journal`` files that nothing removed),
+and a closed stdout/stderr gave a traceback.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import shapely
+from affine import Affine
+
+from tests.core.synthetic_rasters import UTM, UTM_ORIGIN, write_raster
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _start(args):
+    return subprocess.Popen([sys.executable, "-m", "roof_detector", *map(str, args)], cwd=str(REPO),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for(proc, predicate, timeout_s=240):
+    """Read stderr until ``predicate(text so far)``; return the text."""
+    os.set_blocking(proc.stderr.fileno(), False)
+    text, t0 = "", time.monotonic()
+    while time.monotonic() - t0 < timeout_s and proc.poll() is None:
+        chunk = proc.stderr.read()
+        text += (chunk or b"").decode(errors="replace")
+        if predicate(text):
+            return text
+        time.sleep(0.05)
+    raise AssertionError(f"never happened; stderr: {text[-1500:]}")
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    from devtools.test_model import make_test_model
+
+    return make_test_model(str(tmp_path / "bright.pt"), gsd_m=0.5, tile_size_px=64, overlap_px=8)
+
+
+def test_sigterm_during_detection_is_handled_like_ctrl_c(tmp_path, model_file):
+    data = np.full((3, 3000, 3000), 30, np.uint8)
+    data[:, ::50, :] = 220  # stripes: plenty of work for the tracer
+    raster = write_raster(tmp_path / "big.tif", data, UTM, Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1]))
+    out = tmp_path / "out" / "b.gpkg"
+    out.parent.mkdir()
+    proc = _start(["detect", raster, "-o", out, "--model", model_file, "--device", "cpu", "--batch-size", "2"])
+    _wait_for(proc, lambda text: "Detecting buildings: tile" in text)
+    proc.send_signal(signal.SIGTERM)
+    os.set_blocking(proc.stderr.fileno(), True)
+    err = proc.communicate(timeout=60)[1].decode(errors="replace")
+    assert proc.returncode == 143, err[-1500:]
+    assert "error: terminated (SIGTERM); nothing was written" in err and "Traceback" not in err
+    assert os.listdir(out.parent) == []
+
+
+def test_a_kill_9_during_a_new_file_write_leaves_files_the_next_run_removes(tmp_path):
+    from roof_detector.core.building import Building
+    from roof_detector.core.gpkg_writer import write_buildings
+
+    out = tmp_path / "new.gpkg"
+    code = ("import sys, shapely\nfrom roof_detector.core.building import Building\n"
+            "from roof_detector.core.gpkg_writer import write_buildings\n"
+            "b = [Building(shapely.box(i, 0, i + 0.5, 0.5), 1.0, 1.0, 0.5, {'k': float(i)}) for i in range(400000)]\n"
+            "print('writing', flush=True)\nwrite_buildings(b, sys.argv[1], 'EPSG:32631')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=str(REPO), stdout=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while not [n for n in os.listdir(tmp_path) if n.endswith("-journal")] and time.monotonic() - t0 < 240:
+        assert proc.poll() is None, "the writer finished before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    left = sorted(os.listdir(tmp_path))
+    assert left and all(n.startswith(".new.gpkg.") and ".tmp.gpkg" in n for n in left), left
+    write_buildings([Building(shapely.box(0, 0, 10, 10), 100.0, 40.0, 0.9)], str(out), "EPSG:32631")
+    assert sorted(os.listdir(tmp_path)) == ["new.gpkg"]  # the dead writer's files are gone
+
+
+def test_a_live_writers_temporary_is_never_removed(tmp_path):
+    from roof_detector.core.temp_files import remove_stale, temp_path
+
+    target = str(tmp_path / "x.gpkg")
+    mine = temp_path(target, ".gpkg")  # this (live) process's name
+    Path(mine).write_bytes(b"in progress")
+    Path(mine + "-journal").write_bytes(b"j")
+    assert remove_stale(target, ".gpkg") == [] and os.path.exists(mine)
+
+
+def test_closed_stdout_pipe_and_closed_stderr(tmp_path, model_file):
+    # `solar ... | head -0`: the reader is gone before the summary is printed
+    from tests.cli.test_solar_evaluate_cli import write_layer
+    from tests.core.geom_helpers import WGS84, metric_at, rotated_rect
+
+    layer = write_layer(tmp_path / "in.gpkg", [metric_at(rotated_rect(20, 10, 0), 3.0, 50.0, WGS84)], WGS84)
+    proc = _start(["solar", layer, "-o", tmp_path / "a.gpkg"])
+    proc.stdout.close()  # nobody reads stdout any more
+    err = proc.communicate(timeout=240)[1].decode(errors="replace")
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+    assert proc.returncode in (0, 141) and (tmp_path / "a.gpkg").exists()
+    # stderr closed (2>&-) and an error to report: exit 2, no crash
+    proc = subprocess.run(f"{sys.executable} -m roof_detector solar {tmp_path / 'missing.gpkg'} -o "
+                          f"{tmp_path / 'b.gpkg'} 2>&-", shell=True, cwd=str(REPO), capture_output=False,
+                          stdout=subprocess.PIPE, text=True, timeout=240)
+    assert proc.returncode == 2 and "Traceback" not in proc.stdout
