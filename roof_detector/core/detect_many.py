@@ -220,7 +220,8 @@ def _results(client, jobs: Sequence[Job], options, threads: Optional[int], stret
                 try:
                     res = future.result()
                 except RoofDetectorError as exc:
-                    raise type(exc)(f"{names[future.key]}: {exc}") from None
+                    raise type(exc)(f"{names[future.key]}: {exc}; the finished tiles are kept: run the same "
+                                    "command again once the input is fixed") from None
                 except Exception as exc:  # noqa: BLE001 - a job's crash becomes one line naming its tile
                     from distributed import KilledWorker
 
@@ -241,7 +242,8 @@ def _results(client, jobs: Sequence[Job], options, threads: Optional[int], stret
                                                 "fix or remove the input it names and run the same command again")
                     cls = getattr(errors, kind, RoofDetectorError)
                     raise (cls if isinstance(cls, type) and issubclass(cls, RoofDetectorError)
-                           else RoofDetectorError)(f"{names[future.key]}: {text}")
+                           else RoofDetectorError)(f"{names[future.key]}: {text}; the finished tiles are kept: "
+                                                   "run the same command again once the input is fixed")
                 yield res
     finally:
         for f in futures:
