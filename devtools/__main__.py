@@ -4,8 +4,12 @@ import sys
 
 from roof_detector.cli import main
 
-COMMANDS = {"bench": "devtools.bench_cli", "score": "devtools.score_cli", "train": "devtools.train_cli",
-            "onnx-twin": "devtools.onnx_twin_cli"}
+COMMANDS = {
+    "bench": "devtools.bench_cli",
+    "score": "devtools.score_cli",
+    "train": "devtools.train_cli",
+    "onnx-twin": "devtools.onnx_twin_cli",
+}
 
 if __name__ == "__main__":
     sys.exit(main(prog="python -m devtools", commands=COMMANDS))

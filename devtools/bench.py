@@ -55,8 +55,12 @@ def cpu_peak_gflops() -> Dict[str, Any]:
     else:
         per_cycle = 16
     cores = torch.get_num_threads()
-    return {"cores": cores, "ghz": round(mhz / 1000, 3), "flop_per_cycle": per_cycle,
-            "peak_gflops": round(cores * mhz / 1000 * per_cycle, 1)}
+    return {
+        "cores": cores,
+        "ghz": round(mhz / 1000, 3),
+        "flop_per_cycle": per_cycle,
+        "peak_gflops": round(cores * mhz / 1000 * per_cycle, 1),
+    }
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -68,7 +72,7 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     """
     a, b = torch.rand(n, n), torch.rand(n, n)
     rate = _median_rate(lambda: a @ b, 1, repeats)
-    return round(2 * n ** 3 * rate / 1e9, 1)
+    return round(2 * n**3 * rate / 1e9, 1)
 
 
 def _median_rate(fn, n_items: int, repeats: int) -> float:
@@ -98,6 +102,7 @@ def model_throughput(model_path: Optional[str], device: str, batch_size: int, re
                 if model.device.type == "cuda":
                     torch.cuda.synchronize()
             return y
+
         return f
 
     out["backend"] = model.extra.get("backend", "torch")
@@ -146,8 +151,11 @@ def twin_figures(model_path: Optional[str], run, batch_size: int, repeats: int) 
         return {"onnx_twin": why}
     module = OnnxModule(twin)
     props = read_twin_properties(twin)
-    out: Dict[str, Any] = {"onnx_twin": os.path.basename(twin), "onnx_twin_precision": module.precision,
-                           "onnx_twin_mb": round(os.path.getsize(twin) / 1e6, 2)}
+    out: Dict[str, Any] = {
+        "onnx_twin": os.path.basename(twin),
+        "onnx_twin_precision": module.precision,
+        "onnx_twin_mb": round(os.path.getsize(twin) / 1e6, 2),
+    }
     out[f"{module.precision}_tiles_per_s"] = round(_median_rate(run(module), batch_size, repeats), 2)
     if "heldout" in props:
         out["int8_heldout"] = json.loads(props["heldout"])
@@ -155,8 +163,14 @@ def twin_figures(model_path: Optional[str], run, batch_size: int, repeats: int) 
     return out
 
 
-def pipeline_run(size_px: int, model_path: Optional[str], device: str, batch_size: Optional[int],
-                 repeats: int, gsd_m: Optional[float] = None) -> Dict[str, Any]:
+def pipeline_run(
+    size_px: int,
+    model_path: Optional[str],
+    device: str,
+    batch_size: Optional[int],
+    repeats: int,
+    gsd_m: Optional[float] = None,
+) -> Dict[str, Any]:
     """Whole detection on a generated raster (read .. GeoPackage); meant for a child process."""
     from roof_detector.core.gpkg_writer import write_buildings
     from roof_detector.core.pipeline import DetectOptions, detect_buildings
@@ -180,8 +194,9 @@ def pipeline_run(size_px: int, model_path: Optional[str], device: str, batch_siz
             # speed drifts by several per cent over minutes, so each run gets its own reference.
             model_rate = forward(PAIRED_MODEL_BATCHES)
             t0 = time.perf_counter()
-            res = detect_buildings(raster, DetectOptions(model_path=model_path, device=device, batch_size=batch_size),
-                                   model=model)
+            res = detect_buildings(
+                raster, DetectOptions(model_path=model_path, device=device, batch_size=batch_size), model=model
+            )
             write_buildings(res.buildings, gpkg, res.crs_wkt)
             secs.append(time.perf_counter() - t0)
             tiles = res.stats["tiles"]
@@ -190,15 +205,20 @@ def pipeline_run(size_px: int, model_path: Optional[str], device: str, batch_siz
             stages.append(res.stats["timings_s"])
             out["buildings_found"] = len(res.buildings)
         med = statistics.median(secs)
-        out.update({
-            "tiles": tiles, "pipeline_s": round(med, 2), "pipeline_tiles_per_s": round(tiles / med, 2),
-            "km2_per_min": round((size_px * gsd) ** 2 / 1e6 / (med / 60), 3),
-            "stage_s": stages[secs.index(sorted(secs)[len(secs) // 2])],
-            "model_tiles_per_s_paired": [round(r, 2) for r in model_rates],
-            "pipeline_over_model_paired": [round(r, 3) for r in ratios],
-            "pipeline_over_model": round(statistics.median(ratios), 3),
-            "peak_rss_mb": round(_peak_rss_mb(), 1), "peak_rss_before_pipeline_mb": round(rss_before, 1),
-        })
+        out.update(
+            {
+                "tiles": tiles,
+                "pipeline_s": round(med, 2),
+                "pipeline_tiles_per_s": round(tiles / med, 2),
+                "km2_per_min": round((size_px * gsd) ** 2 / 1e6 / (med / 60), 3),
+                "stage_s": stages[secs.index(sorted(secs)[len(secs) // 2])],
+                "model_tiles_per_s_paired": [round(r, 2) for r in model_rates],
+                "pipeline_over_model_paired": [round(r, 3) for r in ratios],
+                "pipeline_over_model": round(statistics.median(ratios), 3),
+                "peak_rss_mb": round(_peak_rss_mb(), 1),
+                "peak_rss_before_pipeline_mb": round(rss_before, 1),
+            }
+        )
     return out
 
 
@@ -223,6 +243,7 @@ def _forward_timer(model, batch_size: int):
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
         return batch_size / statistics.median(times)
+
     return timed
 
 
@@ -230,11 +251,25 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def pipeline_in_child(size_px: int, model_path: Optional[str], device: str, batch_size: Optional[int],
-                      repeats: int) -> Dict[str, Any]:
+def pipeline_in_child(
+    size_px: int, model_path: Optional[str], device: str, batch_size: Optional[int], repeats: int
+) -> Dict[str, Any]:
     """:func:`pipeline_run` in a fresh interpreter, so its peak RSS is its own."""
-    cmd = [sys.executable, "-m", "devtools", "bench", "--part", "pipeline", "--size", str(size_px),
-           "--device", device, "--repeats", str(repeats), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "devtools",
+        "bench",
+        "--part",
+        "pipeline",
+        "--size",
+        str(size_px),
+        "--device",
+        device,
+        "--repeats",
+        str(repeats),
+        "--json",
+    ]
     if model_path:
         cmd += ["--model", model_path]
     if batch_size:
@@ -259,12 +294,24 @@ def finetune_time(model_path: Optional[str], device: str, size_px: int = 2048, e
         labels = os.path.join(tmp, "labels.gpkg")
         _write_rect_labels(labels, building_rectangles(size_px), gsd)
         t0 = time.perf_counter()
-        res = finetune(FinetuneOptions(raster_path=raster, labels_path=labels, output_path=os.path.join(tmp, "m.pt"),
-                                       base_model_path=model_path, epochs=epochs, patience=epochs + 1, device=device),
-                       log=lambda m: None)
-        return {"finetune_size_px": size_px, "finetune_epochs": len(res.history),
-                "finetune_10_epochs_s": round(time.perf_counter() - t0, 1),
-                "finetune_val_iou_before_after": [round(res.before.get("iou", 0), 4), round(res.after.get("iou", 0), 4)]}
+        res = finetune(
+            FinetuneOptions(
+                raster_path=raster,
+                labels_path=labels,
+                output_path=os.path.join(tmp, "m.pt"),
+                base_model_path=model_path,
+                epochs=epochs,
+                patience=epochs + 1,
+                device=device,
+            ),
+            log=lambda m: None,
+        )
+        return {
+            "finetune_size_px": size_px,
+            "finetune_epochs": len(res.history),
+            "finetune_10_epochs_s": round(time.perf_counter() - t0, 1),
+            "finetune_val_iou_before_after": [round(res.before.get("iou", 0), 4), round(res.after.get("iou", 0), 4)],
+        }
 
 
 def _write_rect_labels(path: str, rects, gsd_m: float, origin=(500000.0, 5000000.0)) -> None:
@@ -285,8 +332,12 @@ def _write_rect_labels(path: str, rects, gsd_m: float, origin=(500000.0, 5000000
 
 def machine() -> Dict[str, Any]:
     """What the figures were measured on."""
-    info: Dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+    info: Dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+    }
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -299,6 +350,7 @@ def machine() -> Dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(0)
     try:
         import onnxruntime
+
         info["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         pass

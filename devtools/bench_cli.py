@@ -15,14 +15,17 @@ and the fine-tuning time for 10 epochs on 2048 x 2048 px.
 from __future__ import annotations
 
 
-
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="benchmark the network, the whole pipeline and fine-tuning",
-                       description=__doc__)
+    p = sub.add_parser("bench", help="benchmark the network, the whole pipeline and fine-tuning", description=__doc__)
     p.add_argument("--model", default=None, help="model file (default: bundled)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--size", type=int, action="append", default=None,
-                   help="raster size in px for the pipeline run (repeatable; default 8192)")
+    p.add_argument(
+        "--size",
+        type=int,
+        action="append",
+        default=None,
+        help="raster size in px for the pipeline run (repeatable; default 8192)",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="tiles per batch (default: the pipeline's)")
     p.add_argument("--repeats", type=int, default=3, help="pipeline runs per size (median reported)")
     p.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning timing")
@@ -62,27 +65,41 @@ def run(args) -> int:
     figures = {"machine": bench.machine(), "batch_size": batch}
     say(f"machine: {figures['machine']}")
     figures.update(bench.model_throughput(args.model, args.device, batch))
-    say(f"model ({figures['backend']}): {figures['model_tiles_per_s']} tiles/s"
-        + (f", TorchScript {figures.get('torchscript_tiles_per_s')}, ONNX Runtime {figures.get('onnxruntime_tiles_per_s')}"
-           f" fp32 (max diff {figures.get('onnxruntime_max_abs_diff', float('nan')):.1e})" if device.type == "cpu" else ""))
+    say(
+        f"model ({figures['backend']}): {figures['model_tiles_per_s']} tiles/s"
+        + (
+            f", TorchScript {figures.get('torchscript_tiles_per_s')}, ONNX Runtime {figures.get('onnxruntime_tiles_per_s')}"
+            f" fp32 (max diff {figures.get('onnxruntime_max_abs_diff', float('nan')):.1e})"
+            if device.type == "cpu"
+            else ""
+        )
+    )
     if "onnx_twin_precision" in figures:
         p = figures["onnx_twin_precision"]
-        say(f"ONNX twin {figures['onnx_twin']} ({p}, {figures['onnx_twin_mb']} MB): {figures[p + '_tiles_per_s']} "
-            f"tiles/s vs fp32 {figures.get('onnxruntime_tiles_per_s')} tiles/s")
+        say(
+            f"ONNX twin {figures['onnx_twin']} ({p}, {figures['onnx_twin_mb']} MB): {figures[p + '_tiles_per_s']} "
+            f"tiles/s vs fp32 {figures.get('onnxruntime_tiles_per_s')} tiles/s"
+        )
         for case, h in (figures.get("int8_heldout") or {}).items():
-            say(f"  held-out {case}: pixel IoU fp32 {h['fp32_pixel_iou']} int8 {h['int8_pixel_iou']} "
+            say(
+                f"  held-out {case}: pixel IoU fp32 {h['fp32_pixel_iou']} int8 {h['int8_pixel_iou']} "
                 f"({h['delta_pixel_iou']:+}), object F1 fp32 {h['fp32_object_f1']} int8 {h['int8_object_f1']} "
-                f"({h['delta_object_f1']:+})")
+                f"({h['delta_object_f1']:+})"
+            )
     elif device.type == "cpu":
         say(f"ONNX twin: {figures.get('onnx_twin')}")
     if device.type == "cpu" and "gflops_per_s" in figures:
         peak = bench.cpu_peak_gflops()
         figures["cpu_peak"] = peak
-        figures["share_of_peak"] = float(f"{figures['gflops_per_s'] / peak['peak_gflops']:.3g}") if peak["peak_gflops"] else None
+        figures["share_of_peak"] = (
+            float(f"{figures['gflops_per_s'] / peak['peak_gflops']:.3g}") if peak["peak_gflops"] else None
+        )
         figures["matmul_gflops_per_s"] = bench.matmul_gflops()
-        say(f"network: {figures['gflops_per_s']} GFLOP/s = {figures['share_of_peak']:.1%} of the "
+        say(
+            f"network: {figures['gflops_per_s']} GFLOP/s = {figures['share_of_peak']:.1%} of the "
             f"{peak['peak_gflops']} GFLOP/s fp32 peak at the base clock ({peak}; cores that boost "
-            f"can exceed it); torch fp32 matmul 2048^2 on the same threads: {figures['matmul_gflops_per_s']} GFLOP/s")
+            f"can exceed it); torch fp32 matmul 2048^2 on the same threads: {figures['matmul_gflops_per_s']} GFLOP/s"
+        )
     figures["pipeline"] = {}
     for size in sizes:
         say(f"pipeline on {size} x {size} px ({args.repeats} runs) ...")
@@ -95,11 +112,13 @@ def run(args) -> int:
         # process); the ratio to the up-front figure is kept too.
         r["pipeline_over_model_upfront"] = round(r["pipeline_tiles_per_s"] / figures["model_tiles_per_s"], 3)
         r.setdefault("pipeline_over_model", r["pipeline_over_model_upfront"])
-        say(f"  {r['tiles']} tiles in {r['pipeline_s']} s: {r['pipeline_tiles_per_s']} tiles/s, "
+        say(
+            f"  {r['tiles']} tiles in {r['pipeline_s']} s: {r['pipeline_tiles_per_s']} tiles/s, "
             f"{r['km2_per_min']} km2/min, pipeline/model {r['pipeline_over_model']} (median of runs "
             f"{r.get('pipeline_over_model_paired')}; network before each run {r.get('model_tiles_per_s_paired')} "
             f"tiles/s), peak RSS {r['peak_rss_mb']} MB, "
-            f"stages {r['stage_s']}")
+            f"stages {r['stage_s']}"
+        )
     first = figures["pipeline"].get(str(sizes[0]), {})
     for key in ("pipeline_tiles_per_s", "km2_per_min", "pipeline_over_model", "peak_rss_mb"):
         if key in first:

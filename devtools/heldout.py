@@ -58,8 +58,17 @@ def chip_to_geotiff(image_path: str, mask_path: str, gsd_m: float, out_dir: str)
     mask = (np.asarray(Image.open(mask_path).convert("L")) > 0).astype(np.uint8)
     transform = from_origin(500000.0, 5000000.0, gsd_m, gsd_m)
     path = os.path.join(out_dir, os.path.splitext(os.path.basename(image_path))[0] + ".tif")
-    with rasterio.open(path, "w", driver="GTiff", width=img.shape[2], height=img.shape[1], count=3,
-                       dtype="uint8", crs="EPSG:32631", transform=transform) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=img.shape[2],
+        height=img.shape[1],
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32631",
+        transform=transform,
+    ) as ds:
         ds.write(img)
     polys = [shapely.geometry.shape(g) for g, v in features.shapes(mask, mask=mask > 0, transform=transform) if v]
     return path, polys
@@ -72,8 +81,10 @@ def solaris_sample(cache_dir: str) -> Optional[tuple]:
         return None
     out = os.path.join(cache_dir, "solaris_data")
     os.makedirs(out, exist_ok=True)
-    names = {"solaris/data/sample_geotiff.tif": "sample_geotiff.tif",
-             "solaris/data/geotiff_labels.geojson": "geotiff_labels.geojson"}
+    names = {
+        "solaris/data/sample_geotiff.tif": "sample_geotiff.tif",
+        "solaris/data/geotiff_labels.geojson": "geotiff_labels.geojson",
+    }
     with zipfile.ZipFile(wheels[0]) as zf:
         for member, name in names.items():
             dest = os.path.join(out, name)
@@ -92,8 +103,11 @@ def build_cases(data_dir: str, work_dir: str, names: Optional[List[str]] = None)
     cases: List[Case] = []
     oam4 = os.path.join(data_dir, "oam", "area4")
     for zoom in (21, 19):
-        cases.append(Case(f"oam_area4_z{zoom}", [os.path.join(oam4, f"ortho_z{zoom}.tif")],
-                          [os.path.join(oam4, "buildings.gpkg")]))
+        cases.append(
+            Case(
+                f"oam_area4_z{zoom}", [os.path.join(oam4, f"ortho_z{zoom}.tif")], [os.path.join(oam4, "buildings.gpkg")]
+            )
+        )
     inria = os.path.join(data_dir, "chips", "inria", "test")
     rasters, refs = [], []
     for img in sorted(glob.glob(os.path.join(inria, "images", "*.png"))):
@@ -107,8 +121,7 @@ def build_cases(data_dir: str, work_dir: str, names: Optional[List[str]] = None)
     return [c for c in cases if not names or c.name in names]
 
 
-def score_case(case: Case, options: DetectOptions, model=None,
-               log: Callable[[str], None] = print) -> Dict[str, float]:
+def score_case(case: Case, options: DetectOptions, model=None, log: Callable[[str], None] = print) -> Dict[str, float]:
     """Detect on each raster of the case and evaluate, pooling pixels and objects over rasters."""
     conf = Confusion()
     n_pred = n_ref = n_match = 0
@@ -129,20 +142,32 @@ def score_case(case: Case, options: DetectOptions, model=None,
         pred_shape += ev.predicted_shape
         ref_shape += ev.reference_shape
     d = conf.as_dict()
-    out = {"pixel_iou": d["iou"], "pixel_accuracy": d["accuracy"], "precision": d["precision"],
-           "recall": d["recall"], "f1": d["f1"], "predicted": n_pred, "reference": n_ref, "matched": n_match,
-           "object_precision": n_match / n_pred if n_pred else 0.0,
-           "object_recall": n_match / n_ref if n_ref else 0.0,
-           "object_f1": 2 * n_match / (n_pred + n_ref) if n_pred + n_ref else 0.0,
-           "mean_matched_iou": float(np.mean(ious)) if ious else None,
-           "median_vertices": pred_shape.median_vertices(), "regular_share": pred_shape.regular_share(),
-           "reference_median_vertices": ref_shape.median_vertices(),
-           "reference_regular_share": ref_shape.regular_share(), "seconds": round(seconds, 2)}
-    log(f"{case.name:16s} IoU {out['pixel_iou']:.4f}  accuracy {out['pixel_accuracy']:.4f}  "
+    out = {
+        "pixel_iou": d["iou"],
+        "pixel_accuracy": d["accuracy"],
+        "precision": d["precision"],
+        "recall": d["recall"],
+        "f1": d["f1"],
+        "predicted": n_pred,
+        "reference": n_ref,
+        "matched": n_match,
+        "object_precision": n_match / n_pred if n_pred else 0.0,
+        "object_recall": n_match / n_ref if n_ref else 0.0,
+        "object_f1": 2 * n_match / (n_pred + n_ref) if n_pred + n_ref else 0.0,
+        "mean_matched_iou": float(np.mean(ious)) if ious else None,
+        "median_vertices": pred_shape.median_vertices(),
+        "regular_share": pred_shape.regular_share(),
+        "reference_median_vertices": ref_shape.median_vertices(),
+        "reference_regular_share": ref_shape.regular_share(),
+        "seconds": round(seconds, 2),
+    }
+    log(
+        f"{case.name:16s} IoU {out['pixel_iou']:.4f}  accuracy {out['pixel_accuracy']:.4f}  "
         f"F1 {out['f1']:.4f}  buildings {n_pred} predicted / {n_ref} reference, {n_match} matched "
         f"(object F1 {out['object_f1']:.3f}, matched IoU {_fmt(out['mean_matched_iou'], '.3f')})  "
         f"vertices {_fmt(out['median_vertices'], 'g')} (reference {_fmt(out['reference_median_vertices'], 'g')})  "
-        f"regular {_fmt(out['regular_share'], '.0%')} (reference {_fmt(out['reference_regular_share'], '.0%')})")
+        f"regular {_fmt(out['regular_share'], '.0%')} (reference {_fmt(out['reference_regular_share'], '.0%')})"
+    )
     return out
 
 
@@ -150,8 +175,9 @@ def _fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def score_all(data_dir: str, options: DetectOptions, names: Optional[List[str]] = None,
-              log: Callable[[str], None] = print) -> Dict[str, Dict[str, float]]:
+def score_all(
+    data_dir: str, options: DetectOptions, names: Optional[List[str]] = None, log: Callable[[str], None] = print
+) -> Dict[str, Dict[str, float]]:
     """Score every available held-out case with one loaded model."""
     from roof_detector.core.model_io import load_model
 

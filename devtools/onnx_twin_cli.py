@@ -20,19 +20,30 @@ import json
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("onnx-twin", help="write the ONNX twin of a model file (CPU detection without torch)",
-                       description=__doc__)
+    p = sub.add_parser(
+        "onnx-twin", help="write the ONNX twin of a model file (CPU detection without torch)", description=__doc__
+    )
     p.add_argument("--model", default=None, help="TorchScript model file (default: bundled)")
     p.add_argument("--out", default=None, help="output .onnx (default: beside the model, same name)")
     p.add_argument("--precision", choices=("fp32", "int8"), default="fp32")
-    p.add_argument("--calibration", action="append", default=[], metavar="RASTER",
-                   help="raster whose tiles calibrate int8 activation ranges (repeatable)")
+    p.add_argument(
+        "--calibration",
+        action="append",
+        default=[],
+        metavar="RASTER",
+        help="raster whose tiles calibrate int8 activation ranges (repeatable)",
+    )
     p.add_argument("--calibration-tiles", type=int, default=64, help="tiles sampled for calibration (default 64)")
-    p.add_argument("--heldout", default=None, metavar="DATA",
-                   help="int8 only: score fp32 and int8 on the held-out cases in DATA (../shared/data) and "
-                        "refuse the int8 twin when IoU drops by > 0.005 or object F1 by > 0.01")
-    p.add_argument("--if-stale", action="store_true",
-                   help="do nothing when a twin made from this very model file is already there")
+    p.add_argument(
+        "--heldout",
+        default=None,
+        metavar="DATA",
+        help="int8 only: score fp32 and int8 on the held-out cases in DATA (../shared/data) and "
+        "refuse the int8 twin when IoU drops by > 0.005 or object F1 by > 0.01",
+    )
+    p.add_argument(
+        "--if-stale", action="store_true", help="do nothing when a twin made from this very model file is already there"
+    )
     p.set_defaults(func=run)
 
 
@@ -55,7 +66,7 @@ def run(args) -> int:
         if not args.calibration:
             raise RoofDetectorError("int8 needs --calibration RASTER (training imagery at the model's GSD or finer)")
         tiles = sample_tiles(args.calibration, meta, args.calibration_tiles)
-        calibration = [tiles[i:i + 8] for i in range(0, len(tiles), 8)]
+        calibration = [tiles[i : i + 8] for i in range(0, len(tiles), 8)]
         check = tiles[: min(16, len(tiles))]
     out = args.out or str(twin_path(model))
     try:
@@ -92,7 +103,7 @@ def heldout_gate(model: str, int8_path: str, data: str):
     from roof_detector.core.pipeline import DetectOptions
     from pathlib import Path
 
-    quiet = (lambda m: None)
+    quiet = lambda m: None
     with tempfile.TemporaryDirectory(prefix="roofdet-gate-") as work:
         fp32 = make_twin(model, os.path.join(work, "fp32.onnx"), "fp32")["path"]
         ref = score_all(data, DetectOptions(model_path=fp32, device="cpu"), GATE_CASES, log=quiet)
@@ -102,17 +113,26 @@ def heldout_gate(model: str, int8_path: str, data: str):
         a, b = ref[case], got[case]
         d_iou = b["pixel_iou"] - a["pixel_iou"]
         d_f1 = object_f1(b) - object_f1(a)
-        record[case] = {"fp32_pixel_iou": round(a["pixel_iou"], 4), "int8_pixel_iou": round(b["pixel_iou"], 4),
-                        "fp32_object_f1": round(object_f1(a), 4), "int8_object_f1": round(object_f1(b), 4),
-                        "delta_pixel_iou": round(d_iou, 4), "delta_object_f1": round(d_f1, 4)}
-        print(f"{case:15s} pixel IoU fp32 {a['pixel_iou']:.4f} int8 {b['pixel_iou']:.4f} ({d_iou:+.4f});  "
-              f"object F1 fp32 {object_f1(a):.4f} int8 {object_f1(b):.4f} ({d_f1:+.4f})")
+        record[case] = {
+            "fp32_pixel_iou": round(a["pixel_iou"], 4),
+            "int8_pixel_iou": round(b["pixel_iou"], 4),
+            "fp32_object_f1": round(object_f1(a), 4),
+            "int8_object_f1": round(object_f1(b), 4),
+            "delta_pixel_iou": round(d_iou, 4),
+            "delta_object_f1": round(d_f1, 4),
+        }
+        print(
+            f"{case:15s} pixel IoU fp32 {a['pixel_iou']:.4f} int8 {b['pixel_iou']:.4f} ({d_iou:+.4f});  "
+            f"object F1 fp32 {object_f1(a):.4f} int8 {object_f1(b):.4f} ({d_f1:+.4f})"
+        )
         if d_iou < -IOU_TOL or d_f1 < -F1_TOL:
             failures.append(case)
     if failures:
         Path(int8_path).unlink(missing_ok=True)
-        raise RoofDetectorError(f"int8 loses more than {IOU_TOL} pixel IoU or {F1_TOL} object F1 on "
-                                f"{', '.join(failures)}; no int8 twin written (use --precision fp32)")
+        raise RoofDetectorError(
+            f"int8 loses more than {IOU_TOL} pixel IoU or {F1_TOL} object F1 on "
+            f"{', '.join(failures)}; no int8 twin written (use --precision fp32)"
+        )
     props = read_twin_properties(int8_path)
     props["heldout"] = json.dumps(record)
     set_properties(Path(int8_path), props)

@@ -21,7 +21,14 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Tuple
 
-from roof_detector.core.training.scenes import Scene, resample_scene, scene_from_raster, scenes_from_chips, split_blocks, tile_scene
+from roof_detector.core.training.scenes import (
+    Scene,
+    resample_scene,
+    scene_from_raster,
+    scenes_from_chips,
+    split_blocks,
+    tile_scene,
+)
 
 TRAIN_AREAS = (1, 2, 3, 5)
 VAL_AREA = 1
@@ -43,8 +50,12 @@ def shared_data_dir(start: str = "") -> str:
 def oam_scene(data_dir: str, area: int, zoom: int, load_gsd_m=None) -> Scene:
     """One OAM area at one zoom, with its OSM labels rasterised and clipped to the valid mask."""
     base = os.path.join(data_dir, "oam", f"area{area}")
-    return scene_from_raster(os.path.join(base, f"ortho_z{zoom}.tif"), os.path.join(base, "buildings.gpkg"),
-                             name=f"oam{area}_z{zoom}", load_gsd_m=load_gsd_m)
+    return scene_from_raster(
+        os.path.join(base, f"ortho_z{zoom}.tif"),
+        os.path.join(base, "buildings.gpkg"),
+        name=f"oam{area}_z{zoom}",
+        load_gsd_m=load_gsd_m,
+    )
 
 
 def _split_val_block(scene: Scene) -> Tuple[List[Scene], Scene]:
@@ -55,8 +66,9 @@ def _split_val_block(scene: Scene) -> Tuple[List[Scene], Scene]:
     return blocks[1:], blocks[0]
 
 
-def build_recipe(data_dir: str, gsd_m: float = 0.3, tile_px: int = 256,
-                 log=print) -> Tuple[List[Scene], List[float], Dict[str, list]]:
+def build_recipe(
+    data_dir: str, gsd_m: float = 0.3, tile_px: int = 256, log=print
+) -> Tuple[List[Scene], List[float], Dict[str, list]]:
     """Training scenes with sampling weights, and validation scenes per set (already at ``gsd_m``)."""
     train: List[Scene] = []
     weights: List[float] = []
@@ -76,12 +88,19 @@ def build_recipe(data_dir: str, gsd_m: float = 0.3, tile_px: int = 256,
                 train.append(s)
                 weights.append(w)
     inria = os.path.join(data_dir, "chips", "inria")
-    chips = scenes_from_chips(os.path.join(inria, "train", "images"), os.path.join(inria, "train", "masks"), 0.3, "inria_")
+    chips = scenes_from_chips(
+        os.path.join(inria, "train", "images"), os.path.join(inria, "train", "masks"), 0.3, "inria_"
+    )
     train.extend(chips)
     weights.extend([1.5] * len(chips))
-    val["inria"] = [t for s in resample_scene_list(
-        scenes_from_chips(os.path.join(inria, "val", "images"), os.path.join(inria, "val", "masks"), 0.3, "inria_"),
-        gsd_m) for t in tile_scene(s, tile_px)]
+    val["inria"] = [
+        t
+        for s in resample_scene_list(
+            scenes_from_chips(os.path.join(inria, "val", "images"), os.path.join(inria, "val", "masks"), 0.3, "inria_"),
+            gsd_m,
+        )
+        for t in tile_scene(s, tile_px)
+    ]
     sn = os.path.join(data_dir, "chips", "spacenet")
     chips = scenes_from_chips(os.path.join(sn, "images"), os.path.join(sn, "masks"), 0.3, "spacenet_")
     train.extend(chips)
@@ -110,7 +129,7 @@ def dataset_weights(scenes: List[Scene], weights: List[float]) -> List[float]:
     area; dividing by the dataset's weighted ground area makes each dataset's
     total its share, while scenes inside it keep their relative weights.
     """
-    area = [s.valid.sum() * s.gsd_m ** 2 for s in scenes]
+    area = [s.valid.sum() * s.gsd_m**2 for s in scenes]
     totals: Dict[str, float] = {}
     for s, w, a in zip(scenes, weights, area):
         totals[dataset_of(s)] = totals.get(dataset_of(s), 0.0) + w * a
@@ -127,5 +146,6 @@ def test_sets(data_dir: str, gsd_m: float = 0.3) -> Dict[str, List[Scene]]:
     return {
         "oam_area4": [oam_scene(data_dir, TEST_AREA, 21, load_gsd_m=gsd_m)],
         "inria_test": resample_scene_list(
-            scenes_from_chips(os.path.join(inria, "images"), os.path.join(inria, "masks"), 0.3, "inria_"), gsd_m),
+            scenes_from_chips(os.path.join(inria, "images"), os.path.join(inria, "masks"), 0.3, "inria_"), gsd_m
+        ),
     }

@@ -14,12 +14,15 @@ from roof_detector.cli.arguments import add_params, values
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("score", help="score a model on the held-out test data in ../shared/data",
-                       description=__doc__)
+    p = sub.add_parser("score", help="score a model on the held-out test data in ../shared/data", description=__doc__)
     p.add_argument("--model", default=None, help="model file (default: bundled)")
     p.add_argument("--data", default="", help="data folder (default: ../shared/data)")
-    p.add_argument("--case", action="append", default=None,
-                   help="only this case (oam_area4_z21, oam_area4_z19, inria_test, demo_atlanta); repeatable")
+    p.add_argument(
+        "--case",
+        action="append",
+        default=None,
+        help="only this case (oam_area4_z21, oam_area4_z19, inria_test, demo_atlanta); repeatable",
+    )
     add_params(p, "detect", "device", "threshold", "min_area_m2", "tta")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(func=run)

@@ -27,8 +27,14 @@ def building_rectangles(size_px: int, seed: int = 0, spacing_px: int = 80) -> Li
     return rects
 
 
-def write_orthophoto(path: str, size_px: int, gsd_m: float = 0.3, crs: str = "EPSG:32631", seed: int = 0,
-                     origin: Tuple[float, float] = (500000.0, 5000000.0)) -> int:
+def write_orthophoto(
+    path: str,
+    size_px: int,
+    gsd_m: float = 0.3,
+    crs: str = "EPSG:32631",
+    seed: int = 0,
+    origin: Tuple[float, float] = (500000.0, 5000000.0),
+) -> int:
     """Write a tiled, compressed RGB GeoTIFF of ``size_px`` square; return the number of buildings drawn."""
     import rasterio
     from rasterio.transform import from_origin
@@ -37,14 +43,25 @@ def write_orthophoto(path: str, size_px: int, gsd_m: float = 0.3, crs: str = "EP
     rects = building_rectangles(size_px, seed)
     rects.sort()
     rng = np.random.default_rng(seed + 1)
-    profile = dict(driver="GTiff", width=size_px, height=size_px, count=3, dtype="uint8", crs=crs,
-                   transform=from_origin(origin[0], origin[1], gsd_m, gsd_m), tiled=True, blockxsize=256,
-                   blockysize=256, compress="deflate", photometric="RGB")
+    profile = dict(
+        driver="GTiff",
+        width=size_px,
+        height=size_px,
+        count=3,
+        dtype="uint8",
+        crs=crs,
+        transform=from_origin(origin[0], origin[1], gsd_m, gsd_m),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+        photometric="RGB",
+    )
     k = 0
     with rasterio.open(path, "w", **profile) as ds:
         for r0 in range(0, size_px, STRIP_ROWS):
             rows = min(STRIP_ROWS, size_px - r0)
-            strip = (rng.integers(25, 70, (3, rows, size_px), dtype=np.uint8))
+            strip = rng.integers(25, 70, (3, rows, size_px), dtype=np.uint8)
             while k < len(rects) and rects[k][0] + rects[k][2] < r0:
                 k += 1
             for r, c, h, w in rects[k:]:
@@ -52,6 +69,6 @@ def write_orthophoto(path: str, size_px: int, gsd_m: float = 0.3, crs: str = "EP
                     break
                 a, b = max(r, r0), min(r + h, r0 + rows)
                 if a < b:
-                    strip[:, a - r0:b - r0, c:c + w] = 215
+                    strip[:, a - r0 : b - r0, c : c + w] = 215
             ds.write(strip, window=Window(0, r0, size_px, rows))
     return len(rects)

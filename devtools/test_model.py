@@ -55,9 +55,15 @@ class SeamNet(nn.Module):
         return torch.cat([building, border, contact], dim=1)
 
 
-def make_test_model(path: str, gsd_m: float = 0.5, tile_size_px: int = 64, overlap_px: int = 8,
-                    threshold: float = 0.5, extra_metadata: Optional[Dict[str, Any]] = None,
-                    separation: bool = False) -> str:
+def make_test_model(
+    path: str,
+    gsd_m: float = 0.5,
+    tile_size_px: int = 64,
+    overlap_px: int = 8,
+    threshold: float = 0.5,
+    extra_metadata: Optional[Dict[str, Any]] = None,
+    separation: bool = False,
+) -> str:
     """Write the brightness model (``separation``: :class:`SeamNet`, three outputs) with full
     metadata to ``path``; return the path."""
     meta: Dict[str, Any] = {
@@ -65,8 +71,12 @@ def make_test_model(path: str, gsd_m: float = 0.5, tile_size_px: int = 64, overl
         "version": "0.0.1",
         "architecture": {"name": "brightness_test", "params": {"gain": 40.0}},
         "bands": ["red", "green", "blue"],
-        "normalization": {"input_range": [0, 1], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
-                          "applied_in_model": True},
+        "normalization": {
+            "input_range": [0, 1],
+            "mean": [0.0, 0.0, 0.0],
+            "std": [1.0, 1.0, 1.0],
+            "applied_in_model": True,
+        },
         "gsd_m": gsd_m,
         "tile_size_px": tile_size_px,
         "overlap_px": overlap_px,
@@ -75,7 +85,12 @@ def make_test_model(path: str, gsd_m: float = 0.5, tile_size_px: int = 64, overl
         "metrics": {},
     }
     if separation:
-        meta.update({"architecture": {"name": "seam_test", "params": {}},
-                     "outputs": ["building", "border", "contact"], "separation": {"core_threshold": 0.5}})
+        meta.update(
+            {
+                "architecture": {"name": "seam_test", "params": {}},
+                "outputs": ["building", "border", "contact"],
+                "separation": {"core_threshold": 0.5},
+            }
+        )
     meta.update(extra_metadata or {})
     return save_model(SeamNet() if separation else BrightnessNet(), path, meta)

@@ -30,8 +30,15 @@ def main() -> None:
     # solar panels on the roof
     for i in range(3):
         x0 = 14 + i * 8
-        ax.add_patch(Polygon([(x0, 26), (x0 + 6, 26), (x0 + 6 + 2, 31), (x0 + 2, 31)], closed=True,
-                             color="#1f3b73", ec="#a9c2e8", lw=0.6))
+        ax.add_patch(
+            Polygon(
+                [(x0, 26), (x0 + 6, 26), (x0 + 6 + 2, 31), (x0 + 2, 31)],
+                closed=True,
+                color="#1f3b73",
+                ec="#a9c2e8",
+                lw=0.6,
+            )
+        )
     ax.add_patch(Rectangle((24, 4), 8, 11, color="#5a4a3a"))
     fig.savefig(OUT, dpi=64, transparent=True)
     plt.close(fig)

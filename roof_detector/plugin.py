@@ -51,18 +51,19 @@ class RoofDetectorPlugin:
         """Create the "Detect Buildings" action in the Plugins menu and the toolbar."""
         self.initProcessing()
         icon_path = resource_path("icon.png")
-        action = QAction(QIcon(icon_path) if icon_path else QIcon(), tr("Detect Buildings"),
-                         self.iface.mainWindow())
+        action = QAction(QIcon(icon_path) if icon_path else QIcon(), tr("Detect Buildings"), self.iface.mainWindow())
         action.setObjectName("roofDetectorDetectBuildings")
         action.setToolTip(tr("Detect building footprints in an orthophoto"))
         action.triggered.connect(self.run)
         self.iface.addToolBarIcon(action)
         self.iface.addPluginToMenu(self.menu, action)
         self.actions.append(action)
-        for text, name, slot in ((tr("Fine-tune Model…"), "roofDetectorFinetune", self.run_finetune),
-                                 (tr("Model Library…"), "roofDetectorModelLibrary", self.run_library),
-                                 (tr("Rooftop Report…"), "roofDetectorRooftopReport", self.run_report),
-                                 (tr("Check dependencies…"), "roofDetectorCheckDependencies", self.run_check)):
+        for text, name, slot in (
+            (tr("Fine-tune Model…"), "roofDetectorFinetune", self.run_finetune),
+            (tr("Model Library…"), "roofDetectorModelLibrary", self.run_library),
+            (tr("Rooftop Report…"), "roofDetectorRooftopReport", self.run_report),
+            (tr("Check dependencies…"), "roofDetectorCheckDependencies", self.run_check),
+        ):
             extra = QAction(text, self.iface.mainWindow())
             extra.setObjectName(name)
             extra.triggered.connect(slot)
@@ -129,8 +130,12 @@ class RoofDetectorPlugin:
             problem = None
         elif problem:
             # The user runs on a Roof Detector server: the dialog offers only that, with the reason.
-            self._notify(problem + "\n\n" + tr("Without them, Detect Buildings can still run on a Roof Detector "
-                                                "server: choose it under Run on."), Qgis.Warning)
+            self._notify(
+                problem
+                + "\n\n"
+                + tr("Without them, Detect Buildings can still run on a Roof Detector server: choose it under Run on."),
+                Qgis.Warning,
+            )
         from .qgis_ui.dialog import DetectDialog
 
         try:
@@ -178,8 +183,9 @@ class RoofDetectorPlugin:
         try:
             from .qgis_ui.report_dialog import show_report
 
-            dialog = show_report(self.iface, layer, described_params=described_params, tasks=self.tasks,
-                                 previous=self.report_dialog)
+            dialog = show_report(
+                self.iface, layer, described_params=described_params, tasks=self.tasks, previous=self.report_dialog
+            )
         except Exception as exc:  # noqa: BLE001 - never a traceback dialog
             self._failed(exc)
             return None
@@ -223,6 +229,5 @@ class RoofDetectorPlugin:
 
         self.tasks.discard(task)
         params = task.request.report_params() if ok else None
-        layer = on_task_finished(self.iface, task, ok,
-                                 on_report=lambda layer_id: self._report_layer(layer_id, params))
+        layer = on_task_finished(self.iface, task, ok, on_report=lambda layer_id: self._report_layer(layer_id, params))
         self.last_layer_id = layer.id() if layer is not None else None

@@ -40,9 +40,12 @@ def make_tiles(folder: Path, tile_px: int, grid: int = 4) -> Path:
         tiles.mkdir()
         for i in range(grid):
             for j in range(grid):
-                gdal.Translate(str(tiles / f"t_{i}_{j}.tif"), str(whole), srcWin=[j * tile_px, i * tile_px, tile_px,
-                                                                                tile_px],
-                               creationOptions=["TILED=YES", "COMPRESS=DEFLATE"])
+                gdal.Translate(
+                    str(tiles / f"t_{i}_{j}.tif"),
+                    str(whole),
+                    srcWin=[j * tile_px, i * tile_px, tile_px, tile_px],
+                    creationOptions=["TILED=YES", "COMPRESS=DEFLATE"],
+                )
         gdal.BuildVRT(str(folder / "mosaic.vrt"), sorted(str(p) for p in tiles.glob("*.tif")))
     return folder
 
@@ -54,8 +57,14 @@ def run(cmd, label):
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     peaks = {}
     stop = threading.Event()
 
@@ -85,12 +94,14 @@ def run(cmd, label):
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"{label} failed ({proc.returncode})")
-    client = max(v[1] for k, v in peaks.items() if v[0] == "client") / 2 ** 20
+    client = max(v[1] for k, v in peaks.items() if v[0] == "client") / 2**20
     # Workers: the biggest children (the nanny and the resource tracker are small).
-    workers = sorted((v[1] / 2 ** 20 for k, v in peaks.items() if v[0] != "client"), reverse=True)
+    workers = sorted((v[1] / 2**20 for k, v in peaks.items() if v[0] != "client"), reverse=True)
     line = out.strip().splitlines()[-1]
-    print(f"{label}: {wall:.1f} s wall, {cpu:.1f} s CPU, client {client:.0f} MB, children {[round(w) for w in workers[:4]]} MB | {line}",
-          flush=True)
+    print(
+        f"{label}: {wall:.1f} s wall, {cpu:.1f} s CPU, client {client:.0f} MB, children {[round(w) for w in workers[:4]]} MB | {line}",
+        flush=True,
+    )
     return {"wall_s": wall, "cpu_s": cpu, "client_mb": client, "children_mb": workers[:4], "summary": line}
 
 
@@ -106,25 +117,63 @@ def main() -> int:
     py = [sys.executable, "-m", "roof_detector"]
     variants = {
         "cli": py + ["detect", str(folder / "mosaic.vrt"), "-o", str(folder / "cli.gpkg"), "--overwrite"],
-        "w1": py + ["detect-many", str(folder / "tiles"), "-o", str(folder / "w1.gpkg"), "--overwrite",
-                    "--workers", "1", "--restart", "--margin-m", str(a.margin_m)],
-        "w2": py + ["detect-many", str(folder / "tiles"), "-o", str(folder / "w2.gpkg"), "--overwrite",
-                    "--workers", "2", "--restart", "--margin-m", str(a.margin_m)],
-        "w1m0": py + ["detect-many", str(folder / "tiles"), "-o", str(folder / "w1m0.gpkg"), "--overwrite",
-                      "--workers", "1", "--restart", "--margin-m", "0"],
+        "w1": py
+        + [
+            "detect-many",
+            str(folder / "tiles"),
+            "-o",
+            str(folder / "w1.gpkg"),
+            "--overwrite",
+            "--workers",
+            "1",
+            "--restart",
+            "--margin-m",
+            str(a.margin_m),
+        ],
+        "w2": py
+        + [
+            "detect-many",
+            str(folder / "tiles"),
+            "-o",
+            str(folder / "w2.gpkg"),
+            "--overwrite",
+            "--workers",
+            "2",
+            "--restart",
+            "--margin-m",
+            str(a.margin_m),
+        ],
+        "w1m0": py
+        + [
+            "detect-many",
+            str(folder / "tiles"),
+            "-o",
+            str(folder / "w1m0.gpkg"),
+            "--overwrite",
+            "--workers",
+            "1",
+            "--restart",
+            "--margin-m",
+            "0",
+        ],
     }
     results = {k: [] for k in a.variants.split(",")}
     for r in range(a.repeats):
         for k in results:
             results[k].append(run(variants[k], f"{k} #{r + 1}"))
-    summary = {k: {"median_wall_s": round(statistics.median(x["wall_s"] for x in v), 2),
-                   "walls_s": [round(x["wall_s"], 2) for x in v],
-                   "median_cpu_s": round(statistics.median(x["cpu_s"] for x in v), 2),
-                   "cpus_s": [round(x["cpu_s"], 2) for x in v],
-                   "tiles_per_s": round(16 / statistics.median(x["wall_s"] for x in v), 3),
-                   "max_child_mb": round(max(max(x["children_mb"] or [0]) for x in v)),
-                   "client_mb": round(max(x["client_mb"] for x in v)),
-                   "summary": v[-1]["summary"]} for k, v in results.items()}
+    summary = {
+        k: {
+            "median_wall_s": round(statistics.median(x["wall_s"] for x in v), 2),
+            "walls_s": [round(x["wall_s"], 2) for x in v],
+            "median_cpu_s": round(statistics.median(x["cpu_s"] for x in v), 2),
+            "cpus_s": [round(x["cpu_s"], 2) for x in v],
+            "tiles_per_s": round(16 / statistics.median(x["wall_s"] for x in v), 3),
+            "max_child_mb": round(max(max(x["children_mb"] or [0]) for x in v)),
+            "client_mb": round(max(x["client_mb"] for x in v)),
+            "summary": v[-1]["summary"],
+        }
+        for k, v in results.items()
+    }
     print(json.dumps(summary))
     return 0
 

@@ -206,12 +206,29 @@ def main(argv=None) -> int:
     driver = work / "driver.py"
     driver.write_text(textwrap.dedent(DRIVER))
     result = work / "first_run.json"
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
-           "PIP_CONFIG_FILE": str(pip_conf), "ROOF_FIRST_RUN_RESULT": str(result),
-           "ROOF_FIRST_RUN_RASTER": str(Path(args.raster).resolve()), "QT_QPA_PLATFORM": "xcb"}
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "PIP_CONFIG_FILE": str(pip_conf),
+        "ROOF_FIRST_RUN_RESULT": str(result),
+        "ROOF_FIRST_RUN_RASTER": str(Path(args.raster).resolve()),
+        "QT_QPA_PLATFORM": "xcb",
+    }
     # --profiles-path DIR holds DIR/profiles/<name>/
-    cmd = ["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", args.qgis, "--profiles-path", str(work),
-           "--nologo", "--noversioncheck", "--code", str(driver)]
+    cmd = [
+        "xvfb-run",
+        "-a",
+        "-s",
+        "-screen 0 1600x1000x24",
+        args.qgis,
+        "--profiles-path",
+        str(work),
+        "--nologo",
+        "--noversioncheck",
+        "--code",
+        str(driver),
+    ]
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=args.timeout, cwd=str(work))
         tail = (proc.stdout + proc.stderr)[-2000:]

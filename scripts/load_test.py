@@ -45,8 +45,11 @@ def _free_port() -> int:
 
 def _multipart(path: Path):
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"raster\"; filename=\"{path.name}\"\r\n\r\n"
-            ).encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()
+    body = (
+        (f'--{boundary}\r\nContent-Disposition: form-data; name="raster"; filename="{path.name}"\r\n\r\n').encode()
+        + path.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
@@ -126,10 +129,28 @@ def main(argv=None) -> int:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     log = open(work / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "roof_detector", "serve", "--port", str(port), "--model", model,
-                               "--device", "cpu", "--data-dir", str(work / "data"), "--workers-queue",
-                               str(args.queue)], cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
-                              stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "roof_detector",
+            "serve",
+            "--port",
+            str(port),
+            "--model",
+            model,
+            "--device",
+            "cpu",
+            "--data-dir",
+            str(work / "data"),
+            "--workers-queue",
+            str(args.queue),
+        ],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -211,23 +232,42 @@ def main(argv=None) -> int:
 
     total = args.clients * args.jobs_per_client
     server_ms = _server_status_ms(work / "server.log")
-    figures = {"clients": args.clients, "jobs": total, "jobs_done_right": sum(results),
-               "jobs_wrong": len(results) - sum(results), "errors": len(errors), "wall_s": round(wall_s, 1),
-               "jobs_per_min": round(len(results) / wall_s * 60, 1), "status_calls": len(status_ms),
-               "status_p50_ms": _pct(status_ms, 50), "status_p95_ms": _pct(status_ms, 95),
-               "status_max_ms": round(max(status_ms), 1) if status_ms else None,
-               "probe_calls": len(probe_ms), "probe_p50_ms": _pct(probe_ms, 50), "probe_p95_ms": _pct(probe_ms, 95),
-               "server_side_p50_ms": _pct(server_ms, 50), "server_side_p95_ms": _pct(server_ms, 95),
-               "answers_429": busy_answers[0], "server_peak_rss_mb": round(peak_mb, 1),
-               "raster_px": args.size, "model": os.path.basename(model)}
-    print(f"{figures['jobs_done_right']}/{total} jobs right ({figures['jobs_wrong']} wrong, {len(errors)} errors) "
-          f"from {args.clients} clients in {wall_s:.1f} s: {figures['jobs_per_min']} jobs/min")
-    print(f"status endpoint while jobs ran, as the 50 clients saw it: p50 {figures['status_p50_ms']} ms, "
-          f"p95 {figures['status_p95_ms']} ms, max {figures['status_max_ms']} ms over {len(status_ms)} calls; "
-          f"{busy_answers[0]} answers 429")
-    print(f"  a lone probe process: p50 {figures['probe_p50_ms']} ms, p95 {figures['probe_p95_ms']} ms "
-          f"({len(probe_ms)} calls); server-side handling: p50 {figures['server_side_p50_ms']} ms, "
-          f"p95 {figures['server_side_p95_ms']} ms")
+    figures = {
+        "clients": args.clients,
+        "jobs": total,
+        "jobs_done_right": sum(results),
+        "jobs_wrong": len(results) - sum(results),
+        "errors": len(errors),
+        "wall_s": round(wall_s, 1),
+        "jobs_per_min": round(len(results) / wall_s * 60, 1),
+        "status_calls": len(status_ms),
+        "status_p50_ms": _pct(status_ms, 50),
+        "status_p95_ms": _pct(status_ms, 95),
+        "status_max_ms": round(max(status_ms), 1) if status_ms else None,
+        "probe_calls": len(probe_ms),
+        "probe_p50_ms": _pct(probe_ms, 50),
+        "probe_p95_ms": _pct(probe_ms, 95),
+        "server_side_p50_ms": _pct(server_ms, 50),
+        "server_side_p95_ms": _pct(server_ms, 95),
+        "answers_429": busy_answers[0],
+        "server_peak_rss_mb": round(peak_mb, 1),
+        "raster_px": args.size,
+        "model": os.path.basename(model),
+    }
+    print(
+        f"{figures['jobs_done_right']}/{total} jobs right ({figures['jobs_wrong']} wrong, {len(errors)} errors) "
+        f"from {args.clients} clients in {wall_s:.1f} s: {figures['jobs_per_min']} jobs/min"
+    )
+    print(
+        f"status endpoint while jobs ran, as the 50 clients saw it: p50 {figures['status_p50_ms']} ms, "
+        f"p95 {figures['status_p95_ms']} ms, max {figures['status_max_ms']} ms over {len(status_ms)} calls; "
+        f"{busy_answers[0]} answers 429"
+    )
+    print(
+        f"  a lone probe process: p50 {figures['probe_p50_ms']} ms, p95 {figures['probe_p95_ms']} ms "
+        f"({len(probe_ms)} calls); server-side handling: p50 {figures['server_side_p50_ms']} ms, "
+        f"p95 {figures['server_side_p95_ms']} ms"
+    )
     print(f"server peak memory (VmHWM): {peak_mb:.0f} MB")
     for e in errors[:5]:
         print("error:", e)

@@ -71,8 +71,10 @@ def collect_files(root: Path = REPO_ROOT) -> List[Tuple[Path, str]]:
     if metadata.parent == root:
         entries.append((metadata, f"{PLUGIN}/metadata.txt"))
     if (root / "resources").is_dir():
-        entries += [(p, f"{PLUGIN}/resources/{p.relative_to(root / 'resources').as_posix()}")
-                    for p in _walk(root / "resources", skip_suffixes=(".py",))]
+        entries += [
+            (p, f"{PLUGIN}/resources/{p.relative_to(root / 'resources').as_posix()}")
+            for p in _walk(root / "resources", skip_suffixes=(".py",))
+        ]
     for name in MODEL_FILES:
         if (root / "models" / name).is_file():
             entries.append((root / "models" / name, f"{PLUGIN}/models/{name}"))
@@ -106,8 +108,10 @@ def check_twin(root: Path = REPO_ROOT) -> str:
     data = twin.read_bytes()
     found = re.search(rb"source_sha256\x12@([0-9a-f]{64})", data)
     if not found or found.group(1).decode() != digest:
-        raise SystemExit(f"{twin} was not made from the current {pt.name}: run `make onnx-twin` "
-                         "(needs ../shared/data) before packaging")
+        raise SystemExit(
+            f"{twin} was not made from the current {pt.name}: run `make onnx-twin` "
+            "(needs ../shared/data) before packaging"
+        )
     precision = re.search(rb"precision\x12\x04(fp32|int8)", data)
     return f"ONNX twin {precision.group(1).decode() if precision else '?'}, {twin.stat().st_size / 1e6:.1f} MB"
 
@@ -162,15 +166,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dist", default=str(REPO_ROOT / "dist"), help="output folder (default: dist/)")
     parser.add_argument("--deploy", action="store_true", help="install the zip into a QGIS profile")
-    parser.add_argument("--plugins-dir", default=str(DEFAULT_PLUGINS_DIR),
-                        help="QGIS plugins folder for --deploy (default: the 'default' profile)")
+    parser.add_argument(
+        "--plugins-dir",
+        default=str(DEFAULT_PLUGINS_DIR),
+        help="QGIS plugins folder for --deploy (default: the 'default' profile)",
+    )
     args = parser.parse_args(argv)
     zip_path = build_zip(REPO_ROOT, Path(args.dist))
     with zipfile.ZipFile(zip_path) as zf:
         names = zf.namelist()
     has_model = f"{PLUGIN}/models/roof_unet.pt" in names
-    print(f"{zip_path} ({zip_path.stat().st_size / 1e6:.1f} MB, {len(names)} files"
-          f"{'' if has_model else '; no bundled model: models/roof_unet.pt is absent'}; {check_twin(REPO_ROOT)})")
+    print(
+        f"{zip_path} ({zip_path.stat().st_size / 1e6:.1f} MB, {len(names)} files"
+        f"{'' if has_model else '; no bundled model: models/roof_unet.pt is absent'}; {check_twin(REPO_ROOT)})"
+    )
     if args.deploy:
         print(f"installed into {deploy(zip_path, Path(args.plugins_dir))}; restart QGIS or reload the plugin")
     return 0

@@ -54,18 +54,31 @@ def run_case(case, regularize, tolerance_m):
         shapes = dict(zip(kinds.tolist(), counts.tolist()))
     res = ev.evaluate(pred, ref, grid)
     d = res.as_dict()
-    return {"n": len(pred), "seconds": seconds, "shapes": shapes, "tp": d["pixel"]["tp"], "fp": d["pixel"]["fp"],
-            "fn": d["pixel"]["fn"], "pred": res.n_predicted, "ref": res.n_reference, "matched": res.n_matched,
-            "ious": [m.iou for m in res.matches],
-            "pred_shape": shape_figures(pred, grid.crs_wkt), "ref_shape": shape_figures(ref, grid.crs_wkt)}
+    return {
+        "n": len(pred),
+        "seconds": seconds,
+        "shapes": shapes,
+        "tp": d["pixel"]["tp"],
+        "fp": d["pixel"]["fp"],
+        "fn": d["pixel"]["fn"],
+        "pred": res.n_predicted,
+        "ref": res.n_reference,
+        "matched": res.n_matched,
+        "ious": [m.iou for m in res.matches],
+        "pred_shape": shape_figures(pred, grid.crs_wkt),
+        "ref_shape": shape_figures(ref, grid.crs_wkt),
+    }
 
 
 def pooled(results):
     tp, fp, fn = (sum(r[k] for r in results) for k in ("tp", "fp", "fn"))
     p, r, m = (sum(x[k] for x in results) for k in ("pred", "ref", "matched"))
     ious = [i for x in results for i in x["ious"]]
-    return {"pixel_iou": tp / (tp + fp + fn), "object_f1": 2 * m / (p + r) if p + r else None,
-            "mean_matched_iou": float(np.mean(ious)) if ious else None}
+    return {
+        "pixel_iou": tp / (tp + fp + fn),
+        "object_f1": 2 * m / (p + r) if p + r else None,
+        "mean_matched_iou": float(np.mean(ious)) if ious else None,
+    }
 
 
 def _f(value):
@@ -97,12 +110,15 @@ def main(argv=None):
             print(f"{case['name']:14s} no buildings", file=sys.stderr)
             continue
         ps, rs = r["pred_shape"], r["ref_shape"]
-        print(f"{case['name']:14s} n {r['n']:5d} IoU {r['tp'] / (r['tp'] + r['fp'] + r['fn']):.4f} "
-              f"objF1 {2 * r['matched'] / (r['pred'] + r['ref']):.3f} "
-              f"mIoU {np.mean(r['ious']) if r['ious'] else float('nan'):.3f} "
-              f"medV {ps['median_vertices']} reg {_f(ps['regular_share'])} "
-              f"refV {rs['median_vertices']} refReg {_f(rs['regular_share'])} "
-              f"{r['shapes']} {1000 * r['seconds'] / max(r['n'], 1):.2f} ms/bldg", file=sys.stderr)
+        print(
+            f"{case['name']:14s} n {r['n']:5d} IoU {r['tp'] / (r['tp'] + r['fp'] + r['fn']):.4f} "
+            f"objF1 {2 * r['matched'] / (r['pred'] + r['ref']):.3f} "
+            f"mIoU {np.mean(r['ious']) if r['ious'] else float('nan'):.3f} "
+            f"medV {ps['median_vertices']} reg {_f(ps['regular_share'])} "
+            f"refV {rs['median_vertices']} refReg {_f(rs['regular_share'])} "
+            f"{r['shapes']} {1000 * r['seconds'] / max(r['n'], 1):.2f} ms/bldg",
+            file=sys.stderr,
+        )
     all_p = pooled(list(results.values()))
     regs = [r["pred_shape"]["regular_share"] for r in results.values() if r["n"]]
     medv = [r["pred_shape"]["median_vertices"] for r in results.values() if r["n"]]

@@ -40,19 +40,33 @@ def write_demo_raster(path: str, size=(384, 256), gsd: float = 0.25) -> str:
     width, height = size
     rng = np.random.default_rng(7)
     img = np.empty((3, height, width), dtype=np.float32)
-    img[0], img[1], img[2] = 70, 95, 60                       # grass
+    img[0], img[1], img[2] = 70, 95, 60  # grass
     img += rng.normal(0, 8, img.shape)
     img[:, 118:138, :] = np.array([85, 85, 90])[:, None, None]  # road
-    roofs = [(20, 20, 60, 80, (225, 200, 190)), (25, 130, 50, 50, (235, 235, 230)),
-             (30, 220, 70, 60, (210, 160, 150)), (160, 30, 70, 100, (240, 235, 215)),
-             (165, 170, 40, 40, (220, 220, 225)), (155, 250, 80, 110, (230, 210, 200)),
-             (40, 305, 45, 60, (225, 225, 225))]
+    roofs = [
+        (20, 20, 60, 80, (225, 200, 190)),
+        (25, 130, 50, 50, (235, 235, 230)),
+        (30, 220, 70, 60, (210, 160, 150)),
+        (160, 30, 70, 100, (240, 235, 215)),
+        (165, 170, 40, 40, (220, 220, 225)),
+        (155, 250, 80, 110, (230, 210, 200)),
+        (40, 305, 45, 60, (225, 225, 225)),
+    ]
     for row, col, rows, cols, colour in roofs:
-        img[:, row:row + rows, col:col + cols] = np.array(colour)[:, None, None]
-        img[:, row:row + rows, col + cols // 2] -= 25            # ridge line
+        img[:, row : row + rows, col : col + cols] = np.array(colour)[:, None, None]
+        img[:, row : row + rows, col + cols // 2] -= 25  # ridge line
     data = np.clip(img, 0, 255).astype(np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=3, dtype="uint8",
-                       crs="EPSG:32631", transform=from_origin(500000, 5000000, gsd, gsd)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32631",
+        transform=from_origin(500000, 5000000, gsd, gsd),
+    ) as dst:
         dst.write(data)
     return path
 
@@ -92,8 +106,14 @@ def detect_layer(raster_path: str, raster_name: str, crs: str, model_path: str, 
     from roof_detector.qgis_adapter.task import DetectTask
     from roof_detector.qgis_ui.style import apply_style
 
-    task = DetectTask(DetectRequest(raster_path=raster_path, raster_name=raster_name, crs=crs,
-                                    options=dict(model_path=model_path, device="auto", aoi_wkt=aoi_wkt)))
+    task = DetectTask(
+        DetectRequest(
+            raster_path=raster_path,
+            raster_name=raster_name,
+            crs=crs,
+            options=dict(model_path=model_path, device="auto", aoi_wkt=aoi_wkt),
+        )
+    )
     if not task.run():
         raise SystemExit(f"detection failed: {task.error}")
     apply_style(task.layer)
@@ -124,8 +144,7 @@ def missing_in(python: str, purpose: str = "detect") -> list:
 
     gone = []
     for name in PURPOSES[purpose]:
-        proc = subprocess.run([python, "-I", "-c", f"import {name}"], capture_output=True,
-                              timeout=60)
+        proc = subprocess.run([python, "-I", "-c", f"import {name}"], capture_output=True, timeout=60)
         if proc.returncode != 0:
             gone.append(name)
     return gone
@@ -169,8 +188,9 @@ def render_map(layers, extent, crs, out_png: str, width: int = 900) -> str:
     return out_png
 
 
-def make_screenshots(out_dir: str, raster: str | None = None, model: str | None = None,
-                     aoi_wkt: str | None = None) -> list:
+def make_screenshots(
+    out_dir: str, raster: str | None = None, model: str | None = None, aoi_wkt: str | None = None
+) -> list:
     """Write dialog.png, result_map.png, report.png and dependencies.png to ``out_dir``; return their paths."""
     os.makedirs(out_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="roof_detector-shots-")
@@ -188,8 +208,7 @@ def _make_screenshots(out_dir, tmp, raster, model, aoi_wkt) -> list:
     if model is None:
         from devtools.test_model import make_test_model
 
-        model = make_test_model(os.path.join(tmp, "brightness.pt"), gsd_m=0.25, tile_size_px=128,
-                                overlap_px=16)
+        model = make_test_model(os.path.join(tmp, "brightness.pt"), gsd_m=0.25, tile_size_px=128, overlap_px=16)
     layer = QgsRasterLayer(raster, Path(raster).stem)
     if not layer.isValid():
         raise SystemExit(f"cannot open {raster}")

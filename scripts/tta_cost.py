@@ -30,9 +30,19 @@ def main(size_px: int = 2048, repeats: int = 2) -> int:
             for tta in (False, True):
                 t0 = time.perf_counter()
                 res = detect_buildings(path, DetectOptions(tta=tta), model=model)
-                print(json.dumps({"tta": tta, "seconds": round(time.perf_counter() - t0, 2),
-                                  "infer_s": round(res.stats["timings_s"]["infer"], 2), "tiles": res.stats["tiles"],
-                                  "backend": res.stats["backend"], "buildings": len(res.buildings)}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "tta": tta,
+                            "seconds": round(time.perf_counter() - t0, 2),
+                            "infer_s": round(res.stats["timings_s"]["infer"], 2),
+                            "tiles": res.stats["tiles"],
+                            "backend": res.stats["backend"],
+                            "buildings": len(res.buildings),
+                        }
+                    ),
+                    flush=True,
+                )
     return 0
 
 

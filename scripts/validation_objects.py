@@ -34,9 +34,10 @@ def validation_tiles(data_dir: str, gsd_m: float = 0.3, tile_px: int = 256):
     _, held = recipe._split_val_block(recipe.oam_scene(data_dir, recipe.VAL_AREA, 20))
     inria = os.path.join(data_dir, "chips", "inria", "val")
     chips = scenes_from_chips(os.path.join(inria, "images"), os.path.join(inria, "masks"), 0.3, "inria_")
-    return {"oam": scenes_to_tiles(tile_scene(resample_scene(held, gsd_m), tile_px), tile_px),
-            "inria": scenes_to_tiles([t for s in chips for t in tile_scene(resample_scene(s, gsd_m), tile_px)],
-                                     tile_px)}
+    return {
+        "oam": scenes_to_tiles(tile_scene(resample_scene(held, gsd_m), tile_px), tile_px),
+        "inria": scenes_to_tiles([t for s in chips for t in tile_scene(resample_scene(s, gsd_m), tile_px)], tile_px),
+    }
 
 
 def main(paths) -> int:
@@ -58,18 +59,32 @@ def main(paths) -> int:
             confs[name] = r[thr]
             counts += r[("objects",) + key]
             unsplit += r[("objects", thr, None)]
-        out = {"model": path, "version": meta.get("version"), "threshold": thr, "core": core,
-               "pixel_iou": round(_pooled(confs).iou(), 4),
-               "predicted_reference_matched": [int(v) for v in counts],
-               "object_f1": round(_object_f1(*counts), 4),
-               "object_f1_unsplit": round(_object_f1(*unsplit), 4)}
+        out = {
+            "model": path,
+            "version": meta.get("version"),
+            "threshold": thr,
+            "core": core,
+            "pixel_iou": round(_pooled(confs).iou(), 4),
+            "predicted_reference_matched": [int(v) for v in counts],
+            "object_f1": round(_object_f1(*counts), 4),
+            "object_f1_unsplit": round(_object_f1(*unsplit), 4),
+        }
         print(json.dumps(out))
         for c in sweep or ():
             tot = np.zeros(3, dtype=np.int64)
             for t in tiles.values():
-                tot += evaluate_tiles(net, t, cfg, torch.device("cpu"), (thr,), objects=((thr, c),))[("objects", thr, c)]
-            print(json.dumps({"core": c, "predicted_reference_matched": [int(v) for v in tot],
-                              "object_f1": round(_object_f1(*tot), 4)}))
+                tot += evaluate_tiles(net, t, cfg, torch.device("cpu"), (thr,), objects=((thr, c),))[
+                    ("objects", thr, c)
+                ]
+            print(
+                json.dumps(
+                    {
+                        "core": c,
+                        "predicted_reference_matched": [int(v) for v in tot],
+                        "object_f1": round(_object_f1(*tot), 4),
+                    }
+                )
+            )
     return 0
 
 

@@ -7,8 +7,22 @@ import struct
 
 from tests.conftest import REPO_ROOT
 
-REQUIRED_METADATA = ("name", "qgisMinimumVersion", "description", "about", "version", "author", "email",
-                     "repository", "tracker", "homepage", "icon", "tags", "experimental", "changelog")
+REQUIRED_METADATA = (
+    "name",
+    "qgisMinimumVersion",
+    "description",
+    "about",
+    "version",
+    "author",
+    "email",
+    "repository",
+    "tracker",
+    "homepage",
+    "icon",
+    "tags",
+    "experimental",
+    "changelog",
+)
 
 
 def test_metadata_is_valid_for_the_plugin_repository():

@@ -25,11 +25,13 @@ from .. import __version__
 COMMANDS = ["detect", "detect_many", "demo", "solar", "evaluate", "finetune", "serve"]
 
 
-def build_parser(prog: str = "python -m roof_detector",
-                 commands: Optional[Dict[str, str]] = None) -> argparse.ArgumentParser:
+def build_parser(
+    prog: str = "python -m roof_detector", commands: Optional[Dict[str, str]] = None
+) -> argparse.ArgumentParser:
     """The top-level parser with every sub-command registered (``commands``: name -> module)."""
-    parser = argparse.ArgumentParser(prog=prog,
-                                     description="Building footprints and rooftop solar sizing from orthophotos.")
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Building footprints and rooftop solar sizing from orthophotos."
+    )
     parser.add_argument("--version", action="version", version=f"roof_detector {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (commands or {name: f"{__name__}.{name}" for name in COMMANDS}).values():
@@ -52,8 +54,9 @@ def _usable_std_streams() -> None:
             setattr(sys, name, open(os.devnull, "w"))
 
 
-def main(argv: Optional[List[str]] = None, prog: str = "python -m roof_detector",
-         commands: Optional[Dict[str, str]] = None) -> int:
+def main(
+    argv: Optional[List[str]] = None, prog: str = "python -m roof_detector", commands: Optional[Dict[str, str]] = None
+) -> int:
     """Parse ``argv`` and run the chosen sub-command; return the exit status."""
     from ..core.errors import RoofDetectorError
 

@@ -26,8 +26,7 @@ def value_type(p: Param) -> Callable[[str], Any]:
     return parse
 
 
-def add_param(parser: Any, group: str, name: str, default: Any = None,
-              help: Optional[str] = None) -> argparse.Action:  # noqa: A002 - argparse's name
+def add_param(parser: Any, group: str, name: str, default: Any = None, help: Optional[str] = None) -> argparse.Action:  # noqa: A002 - argparse's name
     """Add the declared parameter ``group.name`` to ``parser`` (dest = the engine's field name).
 
     ``default`` overrides the declared default where a command differs on purpose
@@ -40,13 +39,11 @@ def add_param(parser: Any, group: str, name: str, default: Any = None,
     if p.kind is bool and not p.default:  # a switch that is off unless given (--yes, --overwrite)
         return parser.add_argument(*flags, dest=p.name, action="store_true", help=help or p.help)
     if p.kind is bool:
-        return parser.add_argument(*flags, dest=p.name, action=argparse.BooleanOptionalAction, default=value,
-                                   help=text)
+        return parser.add_argument(*flags, dest=p.name, action=argparse.BooleanOptionalAction, default=value, help=text)
     if p.choices:
         return parser.add_argument(*flags, dest=p.name, default=value, choices=p.choices, help=text)
     metavar = (p.unit or p.kind.__name__).upper().replace("²", "2").replace("/", "_PER_")
-    return parser.add_argument(*flags, dest=p.name, type=value_type(p), default=value, metavar=metavar,
-                               help=text)
+    return parser.add_argument(*flags, dest=p.name, type=value_type(p), default=value, metavar=metavar, help=text)
 
 
 def add_params(parser: Any, group: str, *names: str) -> None:

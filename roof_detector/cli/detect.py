@@ -22,8 +22,11 @@ DESCRIPTION = "Detect building footprints in an orthophoto and write them to a G
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``detect`` sub-command."""
     p = subparsers.add_parser("detect", help="find building footprints in a raster", description=DESCRIPTION)
-    p.add_argument("raster", help="orthophoto: GeoTIFF or any raster GDAL reads (1, 2 = grey + alpha, 3 or 4 "
-                                  "bands; any integer or real type)")
+    p.add_argument(
+        "raster",
+        help="orthophoto: GeoTIFF or any raster GDAL reads (1, 2 = grey + alpha, 3 or 4 "
+        "bands; any integer or real type)",
+    )
     p.add_argument("-o", "--output", required=True, metavar="OUT.gpkg", help="GeoPackage to write")
     p.add_argument("--layer", default="buildings", help="layer name in the GeoPackage (default: buildings)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing layer of the same name")
@@ -52,8 +55,9 @@ def detect_options(args: argparse.Namespace):
     from ..core.pipeline import DetectOptions
     from .solar import solar_params
 
-    return DetectOptions(model_path=args.model, **values(args, "detect"), **values(args, "outlines"),
-                         solar=solar_params(args))
+    return DetectOptions(
+        model_path=args.model, **values(args, "detect"), **values(args, "outlines"), solar=solar_params(args)
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,8 +75,9 @@ def run(args: argparse.Namespace) -> int:
         estimate = check_detection_size(args.raster, options)
     except LargeRunError as exc:
         flag = DETECT["confirm_large_run"].flag
-        raise LargeRunError(f"{exc}" + (f"; pass {flag} to run it anyway" if exc.confirmable else ""),
-                            exc.confirmable) from None
+        raise LargeRunError(
+            f"{exc}" + (f"; pass {flag} to run it anyway" if exc.confirmable else ""), exc.confirmable
+        ) from None
     shown = set()
     if estimate is not None:
         print(f"detect: {estimate.describe()}", file=sys.stderr)
@@ -85,11 +90,19 @@ def run(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         if warning not in shown:
             print(f"warning: {warning}", file=sys.stderr)
-    write_buildings(result.buildings, args.output, result.crs_wkt, layer=args.layer, overwrite=args.overwrite,
-                    metadata=result.provenance(options))
+    write_buildings(
+        result.buildings,
+        args.output,
+        result.crs_wkt,
+        layer=args.layer,
+        overwrite=args.overwrite,
+        metadata=result.provenance(options),
+    )
     seconds = time.perf_counter() - t0
-    print(f"{len(result.buildings)} buildings, total area {result.total_area_m2:.1f} m2, "
-          f"{seconds:.1f} s -> {args.output} (layer {args.layer})")
+    print(
+        f"{len(result.buildings)} buildings, total area {result.total_area_m2:.1f} m2, "
+        f"{seconds:.1f} s -> {args.output} (layer {args.layer})"
+    )
     return 0
 
 

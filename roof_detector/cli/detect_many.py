@@ -15,29 +15,42 @@ import sys
 from .arguments import add_param, add_params, values
 from .detect import add_engine_arguments, detect_options
 
-DESCRIPTION = ("Detect building footprints in many orthophoto tiles (files, folders, glob patterns, a VRT, or a "
-               "text file of paths/URLs, /vsicurl/ and /vsis3/ included) on Dask, seamlessly across tile "
-               "borders, into one GeoPackage layer.")
+DESCRIPTION = (
+    "Detect building footprints in many orthophoto tiles (files, folders, glob patterns, a VRT, or a "
+    "text file of paths/URLs, /vsicurl/ and /vsis3/ included) on Dask, seamlessly across tile "
+    "borders, into one GeoPackage layer."
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``detect-many`` sub-command (distribution options: core.params MANY)."""
-    p = subparsers.add_parser("detect-many", help="find building footprints in many rasters (Dask)",
-                              description=DESCRIPTION)
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="raster file, folder, glob pattern (quoted), VRT, or text file listing paths/URLs")
+    p = subparsers.add_parser(
+        "detect-many", help="find building footprints in many rasters (Dask)", description=DESCRIPTION
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="raster file, folder, glob pattern (quoted), VRT, or text file listing paths/URLs",
+    )
     p.add_argument("-o", "--output", required=True, metavar="OUT.gpkg", help="GeoPackage to write")
     p.add_argument("--layer", default="buildings", help="layer name in the GeoPackage (default: buildings)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing layer of the same name")
     g = p.add_argument_group("distribution")
     where = g.add_mutually_exclusive_group()
     add_param(where, "many", "workers")
-    where.add_argument("--scheduler", metavar="ADDRESS",
-                       help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (workers need roof_detector "
-                            "and read access to the inputs)")
+    where.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (workers need roof_detector "
+        "and read access to the inputs)",
+    )
     add_params(g, "many", "threads_per_worker", "margin_m", "block_px")
-    g.add_argument("--work-dir", metavar="DIR",
-                   help="where finished tiles and the manifest are kept until the end (default: OUT.gpkg.parts)")
+    g.add_argument(
+        "--work-dir",
+        metavar="DIR",
+        help="where finished tiles and the manifest are kept until the end (default: OUT.gpkg.parts)",
+    )
     g.add_argument("--keep-parts", action="store_true", help="keep the work folder after the merge")
     g.add_argument("--restart", action="store_true", help="discard the finished tiles of an earlier run")
     add_engine_arguments(p)
@@ -61,25 +74,41 @@ def run(args: argparse.Namespace) -> int:
                 print(f"Dask dashboard: {state.dashboard}", file=sys.stderr)
             if state.skipped:
                 print(f"{state.skipped} of {state.total} tiles already done (manifest): skipped", file=sys.stderr)
-            bar = tqdm(total=state.total, initial=state.done, file=sys.stderr, unit="tile", dynamic_ncols=True,
-                       desc="tiles")
+            bar = tqdm(
+                total=state.total, initial=state.done, file=sys.stderr, unit="tile", dynamic_ncols=True, desc="tiles"
+            )
         bar.update(state.done - bar.n)
         bar.set_postfix_str(f"{state.area_km2:.3f} km², {state.buildings} buildings")
 
     try:
-        result = detect_many(args.inputs, args.output, options, layer=args.layer, overwrite=args.overwrite,
-                             scheduler=args.scheduler, **values(args, "many"), work_dir=args.work_dir,
-                             keep_parts=args.keep_parts, restart=args.restart, progress=progress)
+        result = detect_many(
+            args.inputs,
+            args.output,
+            options,
+            layer=args.layer,
+            overwrite=args.overwrite,
+            scheduler=args.scheduler,
+            **values(args, "many"),
+            work_dir=args.work_dir,
+            keep_parts=args.keep_parts,
+            restart=args.restart,
+            progress=progress,
+        )
     except KeyboardInterrupt:
-        print(f"error: interrupted; {args.output} was not written, the finished tiles are kept in "
-              f"{args.work_dir or args.output + '.parts'}: run the same command again to go on", file=sys.stderr)
+        print(
+            f"error: interrupted; {args.output} was not written, the finished tiles are kept in "
+            f"{args.work_dir or args.output + '.parts'}: run the same command again to go on",
+            file=sys.stderr,
+        )
         return 130
     finally:
         if bar is not None:
             bar.close()
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"{result.buildings} buildings in {result.jobs} tiles ({result.area_km2:.3f} km², {result.skipped} "
-          f"already done), total area {result.building_area_m2:.1f} m2, {result.seconds:.1f} s -> "
-          f"{result.output} (layer {result.layer})")
+    print(
+        f"{result.buildings} buildings in {result.jobs} tiles ({result.area_km2:.3f} km², {result.skipped} "
+        f"already done), total area {result.building_area_m2:.1f} m2, {result.seconds:.1f} s -> "
+        f"{result.output} (layer {result.layer})"
+    )
     return 0

@@ -9,10 +9,13 @@ from .progress import ProgressBar
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("finetune", help="fine-tune a model on a raster and a layer of building polygons",
-                       description="Fine-tune the bundled (or another) model on your raster and building "
-                                   "polygons. Inside the labelled area, unlabelled buildings count as "
-                                   "'not building'. Validation uses whole blocks held out of training.")
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune a model on a raster and a layer of building polygons",
+        description="Fine-tune the bundled (or another) model on your raster and building "
+        "polygons. Inside the labelled area, unlabelled buildings count as "
+        "'not building'. Validation uses whole blocks held out of training.",
+    )
     p.add_argument("--raster", required=True, help="georeferenced raster (GeoTIFF, VRT, ...)")
     p.add_argument("--labels", required=True, help="polygon layer of buildings (any CRS: reprojected)")
     p.add_argument("--labels-layer", default=None, help="layer name inside --labels (default: first polygon layer)")
@@ -29,20 +32,33 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..core.training.finetune import FinetuneOptions, finetune
 
-    opts = FinetuneOptions(raster_path=args.raster, labels_path=args.labels, labels_layer=args.labels_layer,
-                           area_path=args.area, output_path=args.output, base_model_path=args.base_model,
-                           device=args.device, seed=args.seed, name=args.name, **values(args, "finetune"))
+    opts = FinetuneOptions(
+        raster_path=args.raster,
+        labels_path=args.labels,
+        labels_layer=args.labels_layer,
+        area_path=args.area,
+        output_path=args.output,
+        base_model_path=args.base_model,
+        device=args.device,
+        seed=args.seed,
+        name=args.name,
+        **values(args, "finetune"),
+    )
     with ProgressBar("fine-tune") as bar:
         res = finetune(opts, progress=bar.update, log=bar.write)
     for note in res.notes:
         if note.startswith("Warning: "):
-            print(f"warning: {note[len('Warning: '):]}", file=sys.stderr)
+            print(f"warning: {note[len('Warning: ') :]}", file=sys.stderr)
     b, a = res.before, res.after
-    print(f"validation IoU {b.get('iou', float('nan')):.4f} -> {a.get('iou', float('nan')):.4f}, "
-          f"accuracy {b.get('accuracy', float('nan')):.4f} -> {a.get('accuracy', float('nan')):.4f}; "
-          f"{len(res.history)} epochs ({res.stopped}), threshold {res.threshold}, {res.minutes:.1f} min -> {res.model_path}")
+    print(
+        f"validation IoU {b.get('iou', float('nan')):.4f} -> {a.get('iou', float('nan')):.4f}, "
+        f"accuracy {b.get('accuracy', float('nan')):.4f} -> {a.get('accuracy', float('nan')):.4f}; "
+        f"{len(res.history)} epochs ({res.stopped}), threshold {res.threshold}, {res.minutes:.1f} min -> {res.model_path}"
+    )
     if res.outside:
         b, a = res.outside["before"], res.outside["after"]
-        print(f"outside the labelled area ({b['reference']} buildings): IoU {b['iou']:.4f} -> {a['iou']:.4f}, "
-              f"object F1 {b['object_f1']:.4f} -> {a['object_f1']:.4f}")
+        print(
+            f"outside the labelled area ({b['reference']} buildings): IoU {b['iou']:.4f} -> {a['iou']:.4f}, "
+            f"object F1 {b['object_f1']:.4f} -> {a['object_f1']:.4f}"
+        )
     return 0

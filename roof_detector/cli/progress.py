@@ -11,8 +11,14 @@ class ProgressBar:
     def __init__(self, desc: str = ""):
         from tqdm import tqdm
 
-        self._bar = tqdm(total=100, file=sys.stderr, unit="%", dynamic_ncols=True, desc=desc,
-                         bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+        self._bar = tqdm(
+            total=100,
+            file=sys.stderr,
+            unit="%",
+            dynamic_ncols=True,
+            desc=desc,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
+        )
 
     def update(self, fraction: float, message: str = "") -> None:
         if message:

@@ -19,24 +19,42 @@ DEFAULT_DATA_DIR = "roof-detector-data"
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``serve`` sub-command."""
-    p = subparsers.add_parser("serve", help="run the detector as a REST service",
-                              description="Serve building detection and solar sizing over HTTP (JSON API, "
-                                          "OpenAPI at /docs). Bound to loopback unless --host says otherwise; "
-                                          "no TLS: put it behind a reverse proxy for other machines.")
+    p = subparsers.add_parser(
+        "serve",
+        help="run the detector as a REST service",
+        description="Serve building detection and solar sizing over HTTP (JSON API, "
+        "OpenAPI at /docs). Bound to loopback unless --host says otherwise; "
+        "no TLS: put it behind a reverse proxy for other machines.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--model", metavar="PATH", help="model file (default: the bundled model)")
     # The server's own choices of two declared parameters (core.params): requests cannot set them.
     add_params(p, "detect", "device", "batch_size")
-    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, metavar="DIR",
-                   help=f"job records, uploads and results; rasters named by path must lie under it "
-                        f"(default ./{DEFAULT_DATA_DIR})")
-    p.add_argument("--max-upload-mb", type=float, default=512.0, metavar="N",
-                   help="largest raster upload in MiB (default 512); larger ones get 413")
-    p.add_argument("--workers-queue", type=int, default=16, metavar="N",
-                   help="jobs that may wait for the device (default 16); more get 429 with Retry-After")
-    p.add_argument("--token-file", metavar="F",
-                   help="file of bearer tokens, one per line; every call but /health then needs one")
+    p.add_argument(
+        "--data-dir",
+        default=DEFAULT_DATA_DIR,
+        metavar="DIR",
+        help=f"job records, uploads and results; rasters named by path must lie under it "
+        f"(default ./{DEFAULT_DATA_DIR})",
+    )
+    p.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=512.0,
+        metavar="N",
+        help="largest raster upload in MiB (default 512); larger ones get 413",
+    )
+    p.add_argument(
+        "--workers-queue",
+        type=int,
+        default=16,
+        metavar="N",
+        help="jobs that may wait for the device (default 16); more get 429 with Retry-After",
+    )
+    p.add_argument(
+        "--token-file", metavar="F", help="file of bearer tokens, one per line; every call but /health then needs one"
+    )
     p.set_defaults(func=run)
     return p
 
@@ -46,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.errors import RoofDetectorError
     from ..core.pipeline import DetectOptions, _load_model
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.workers_queue < 1 or args.max_upload_mb <= 0:
         raise RoofDetectorError("--workers-queue must be at least 1 and --max-upload-mb above 0")
     try:
@@ -55,8 +72,10 @@ def run(args: argparse.Namespace) -> int:
 
         from ..service.app import ServiceConfig, create_app, read_token_file
     except ImportError as exc:
-        raise RoofDetectorError(f"The REST service needs fastapi, uvicorn and python-multipart ({exc}); "
-                                "install them with `pip install -r requirements.txt`") from None
+        raise RoofDetectorError(
+            f"The REST service needs fastapi, uvicorn and python-multipart ({exc}); "
+            "install them with `pip install -r requirements.txt`"
+        ) from None
     tokens = None
     if args.token_file:
         try:
@@ -68,14 +87,26 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise RoofDetectorError(f"Cannot create the data dir {args.data_dir}: {exc.strerror}") from None
     model = _load_model(DetectOptions(model_path=args.model, device=args.device))
-    config = ServiceConfig(data_dir=args.data_dir, model=model, model_path=args.model or "bundled",
-                           batch_size=args.batch_size, max_upload_mb=args.max_upload_mb,
-                           max_queued=args.workers_queue, tokens=tokens)
+    config = ServiceConfig(
+        data_dir=args.data_dir,
+        model=model,
+        model_path=args.model or "bundled",
+        batch_size=args.batch_size,
+        max_upload_mb=args.max_upload_mb,
+        max_queued=args.workers_queue,
+        tokens=tokens,
+    )
     app = create_app(config)
     log = logging.getLogger("roof_detector.service")
-    log.info("model %s %s on %s; data dir %s; %s; listening on http://%s:%d",
-             model.metadata.get("name", "?"), model.metadata.get("version", ""), model.device,
-             os.path.realpath(args.data_dir), f"{len(tokens)} token(s)" if tokens else "no token needed",
-             args.host, args.port)
+    log.info(
+        "model %s %s on %s; data dir %s; %s; listening on http://%s:%d",
+        model.metadata.get("name", "?"),
+        model.metadata.get("version", ""),
+        model.device,
+        os.path.realpath(args.data_dir),
+        f"{len(tokens)} token(s)" if tokens else "no token needed",
+        args.host,
+        args.port,
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0

@@ -31,9 +31,11 @@ REGULARIZE_DEFAULT = False
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "solar", help="rooftop solar sizing of existing building polygons",
+        "solar",
+        help="rooftop solar sizing of existing building polygons",
         description="Add rooftop solar attributes (usable area, panels, kWp, kWh/yr, orientation) "
-                    "to building polygons from any source and write them to a GeoPackage.")
+        "to building polygons from any source and write them to a GeoPackage.",
+    )
     p.add_argument("input", metavar="IN", help="polygon layer (GeoPackage, Shapefile, GeoJSON...)")
     p.add_argument("-o", "--output", required=True, metavar="OUT.gpkg", help="GeoPackage to write")
     p.add_argument("--layer", help="input layer name (default: the first polygon layer)")
@@ -76,21 +78,38 @@ def run(args: argparse.Namespace) -> int:
 
     layer = read_polygons(args.input, layer=args.layer, with_attributes=True, require_crs=True)
     if not layer.geometries:
-        what = (f"{layer.skipped} feature(s) skipped as not polygons or empty "
-                f"({', '.join(sorted(set(layer.skipped_reasons)))})" if layer.skipped else "it has no features")
-        raise LabelError(f"Layer {layer.layer_name!r} of {args.input} holds no polygon: {what}. Rooftop sizing "
-                         "needs building polygons")
+        what = (
+            f"{layer.skipped} feature(s) skipped as not polygons or empty "
+            f"({', '.join(sorted(set(layer.skipped_reasons)))})"
+            if layer.skipped
+            else "it has no features"
+        )
+        raise LabelError(
+            f"Layer {layer.layer_name!r} of {args.input} holds no polygon: {what}. Rooftop sizing "
+            "needs building polygons"
+        )
     buildings, rows, regularized = size_layer(layer, params, args.regularize, args.regularize_tolerance_m)
     with _output_flag_names():
-        write_buildings(buildings, args.output, layer.crs_wkt, layer=args.out_layer, overwrite=args.overwrite,
-                        metadata={"source": os.path.abspath(args.input), "source_layer": layer.layer_name,
-                                  "solar_params": json.dumps(params.as_dict()),
-                                  "regularized": f"tolerance {args.regularize_tolerance_m} m" if args.regularize else "no"})
+        write_buildings(
+            buildings,
+            args.output,
+            layer.crs_wkt,
+            layer=args.out_layer,
+            overwrite=args.overwrite,
+            metadata={
+                "source": os.path.abspath(args.input),
+                "source_layer": layer.layer_name,
+                "solar_params": json.dumps(params.as_dict()),
+                "regularized": f"tolerance {args.regularize_tolerance_m} m" if args.regularize else "no",
+            },
+        )
 
     table = build_table(rows)
     total = totals(table)
-    msg = (f"{total['buildings']} buildings: footprint {total['area_m2']:,.1f} m², usable {total['usable_area_m2']:,.1f} m², "
-           f"{total['panels']:,} panels, {total['kwp']:,.1f} kWp, {total['annual_kwh']:,.0f} kWh/yr -> {args.output}")
+    msg = (
+        f"{total['buildings']} buildings: footprint {total['area_m2']:,.1f} m², usable {total['usable_area_m2']:,.1f} m², "
+        f"{total['panels']:,} panels, {total['kwp']:,.1f} kWp, {total['annual_kwh']:,.0f} kWh/yr -> {args.output}"
+    )
     print(msg)
     if layer.skipped:
         print(f"skipped {layer.skipped} features without a polygon", file=sys.stderr)
@@ -142,4 +161,3 @@ def _output_flag_names():
         yield
     except OutputError as exc:
         raise OutputError(str(exc).replace("(--layer)", "(--out-layer)")) from None
-

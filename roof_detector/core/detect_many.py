@@ -70,15 +70,26 @@ class ManyResult:
     stats: Dict[str, Any] = field(default_factory=dict)
 
 
-def detect_many(inputs: Sequence[str], output: str, options, *, layer: str = "buildings",
-                overwrite: bool = False, workers: int = MANY["workers"].default, scheduler: Optional[str] = None,
-                threads_per_worker: Optional[int] = MANY["threads_per_worker"].default,
-                margin_m: float = DEFAULT_MARGIN_M,
-                block_px: int = DEFAULT_BLOCK_PX, work_dir: Optional[str] = None, keep_parts: bool = False,
-                restart: bool = False, processes: bool = True,
-                progress: Optional[Callable[[ManyProgress], None]] = None,
-                is_cancelled: Optional[Callable[[], bool]] = None,
-                on_cluster: Optional[Callable[[Any], None]] = None) -> ManyResult:
+def detect_many(
+    inputs: Sequence[str],
+    output: str,
+    options,
+    *,
+    layer: str = "buildings",
+    overwrite: bool = False,
+    workers: int = MANY["workers"].default,
+    scheduler: Optional[str] = None,
+    threads_per_worker: Optional[int] = MANY["threads_per_worker"].default,
+    margin_m: float = DEFAULT_MARGIN_M,
+    block_px: int = DEFAULT_BLOCK_PX,
+    work_dir: Optional[str] = None,
+    keep_parts: bool = False,
+    restart: bool = False,
+    processes: bool = True,
+    progress: Optional[Callable[[ManyProgress], None]] = None,
+    is_cancelled: Optional[Callable[[], bool]] = None,
+    on_cluster: Optional[Callable[[Any], None]] = None,
+) -> ManyResult:
     """Detect the buildings of every raster in ``inputs`` into one layer of GeoPackage ``output``.
 
     ``options`` is the :class:`~roof_detector.core.pipeline.DetectOptions` of a
@@ -90,8 +101,10 @@ def detect_many(inputs: Sequence[str], output: str, options, *, layer: str = "bu
     """
     t0 = time.perf_counter()
     # The declared ranges (core.params MANY, DETECT...): a ParameterError before any work.
-    checked = check("many", {"workers": workers, "threads_per_worker": threads_per_worker, "margin_m": margin_m,
-                             "block_px": block_px})
+    checked = check(
+        "many",
+        {"workers": workers, "threads_per_worker": threads_per_worker, "margin_m": margin_m, "block_px": block_px},
+    )
     workers, threads_per_worker = checked["workers"], checked["threads_per_worker"]
     margin_m, block_px = checked["margin_m"], checked["block_px"]
     options.validate()
@@ -102,18 +115,28 @@ def detect_many(inputs: Sequence[str], output: str, options, *, layer: str = "bu
     work_dir = work_dir or f"{output}.parts"
     if restart and os.path.isdir(work_dir):
         shutil.rmtree(work_dir)
-    settings = {"inputs": paths, "options": dataclasses.asdict(options), "margin_m": margin_m,
-                "block_px": block_px, "model": _model_fingerprint(options.model_path)}
+    settings = {
+        "inputs": paths,
+        "options": dataclasses.asdict(options),
+        "margin_m": margin_m,
+        "block_px": block_px,
+        "model": _model_fingerprint(options.model_path),
+    }
     manifest = Manifest(work_dir, settings)
     stretch = _mosaic_stretch(mosaic, work_dir)
     if threads_per_worker is None and scheduler is None:
-        threads_per_worker = max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                     else os.cpu_count() or 1) // workers)
+        threads_per_worker = max(
+            1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // workers
+        )
 
     pending = [j for j in jobs if j.index not in manifest.done]
-    state = ManyProgress(len(jobs) - len(pending), len(jobs), len(jobs) - len(pending),
-                         sum(e["area_km2"] for e in manifest.done.values()),
-                         sum(e["buildings"] for e in manifest.done.values()))
+    state = ManyProgress(
+        len(jobs) - len(pending),
+        len(jobs),
+        len(jobs) - len(pending),
+        sum(e["area_km2"] for e in manifest.done.values()),
+        sum(e["buildings"] for e in manifest.done.values()),
+    )
     warnings: List[str] = []
     cut = sum(e.get("cut_at_margin", 0) for e in manifest.done.values())
     meta: Dict[str, Any] = {}
@@ -128,18 +151,28 @@ def detect_many(inputs: Sequence[str], output: str, options, *, layer: str = "bu
                 progress(state)
             for res in _results(client, pending, options, threads_per_worker, stretch, is_cancelled):
                 job = jobs[res.index]
-                write_buildings(res.buildings, manifest.part_path(job.index), res.crs_wkt, layer="buildings",
-                                overwrite=True)
-                manifest.record(job.index, {"name": job.name, "buildings": len(res.buildings),
-                                            "area_km2": job.area_km2, "seconds": round(res.seconds, 3),
-                                            "cut_at_margin": res.cut_at_margin, "worker_pid": res.worker_pid})
+                write_buildings(
+                    res.buildings, manifest.part_path(job.index), res.crs_wkt, layer="buildings", overwrite=True
+                )
+                manifest.record(
+                    job.index,
+                    {
+                        "name": job.name,
+                        "buildings": len(res.buildings),
+                        "area_km2": job.area_km2,
+                        "seconds": round(res.seconds, 3),
+                        "cut_at_margin": res.cut_at_margin,
+                        "worker_pid": res.worker_pid,
+                    },
+                )
                 warnings.extend(res.warnings)
                 cut += res.cut_at_margin
                 busy_s += res.seconds
                 pids.add(res.worker_pid)
-                meta = meta or {"model": f"{res.model_metadata.get('name', '?')} "
-                                         f"{res.model_metadata.get('version', '')}".strip(),
-                                "threshold": res.threshold}
+                meta = meta or {
+                    "model": f"{res.model_metadata.get('name', '?')} {res.model_metadata.get('version', '')}".strip(),
+                    "threshold": res.threshold,
+                }
                 state.done += 1
                 state.area_km2 += job.area_km2
                 state.buildings += len(res.buildings)
@@ -149,18 +182,37 @@ def detect_many(inputs: Sequence[str], output: str, options, *, layer: str = "bu
         progress(state)
 
     if cut:
-        warnings.append(f"{cut} buildings reach the edge of the {margin_m:g} m margin read around their tile and "
-                        f"may be cut there: pass a larger --margin-m (more than half the width of the largest "
-                        "buildings)")
-    building_count, area_m2 = _merge(jobs, manifest, output, mosaic.crs_wkt, layer, overwrite,
-                                     dict(meta, sources=len(paths), jobs=len(jobs), margin_m=margin_m,
-                                          min_area_m2=options.min_area_m2))
+        warnings.append(
+            f"{cut} buildings reach the edge of the {margin_m:g} m margin read around their tile and "
+            f"may be cut there: pass a larger --margin-m (more than half the width of the largest "
+            "buildings)"
+        )
+    building_count, area_m2 = _merge(
+        jobs,
+        manifest,
+        output,
+        mosaic.crs_wkt,
+        layer,
+        overwrite,
+        dict(meta, sources=len(paths), jobs=len(jobs), margin_m=margin_m, min_area_m2=options.min_area_m2),
+    )
     if not keep_parts:
         shutil.rmtree(work_dir, ignore_errors=True)
     seconds = time.perf_counter() - t0
-    return ManyResult(output, layer, len(jobs), state.skipped, building_count, total_area_km2(jobs), area_m2,
-                      seconds, cut, state.dashboard, warnings,
-                      {"job_seconds_sum": round(busy_s, 3), "worker_pids": sorted(pids), "inputs": len(paths)})
+    return ManyResult(
+        output,
+        layer,
+        len(jobs),
+        state.skipped,
+        building_count,
+        total_area_km2(jobs),
+        area_m2,
+        seconds,
+        cut,
+        state.dashboard,
+        warnings,
+        {"job_seconds_sum": round(busy_s, 3), "worker_pids": sorted(pids), "inputs": len(paths)},
+    )
 
 
 @contextlib.contextmanager
@@ -174,16 +226,19 @@ def _client(scheduler: Optional[str], workers: int, threads: Optional[int], proc
         try:
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError) as exc:
-            raise RoofDetectorError(f"Cannot reach the Dask scheduler {scheduler} ({exc}); check the address "
-                                    "(tcp://HOST:8786) and that `dask scheduler` runs there") from None
+            raise RoofDetectorError(
+                f"Cannot reach the Dask scheduler {scheduler} ({exc}); check the address "
+                "(tcp://HOST:8786) and that `dask scheduler` runs there"
+            ) from None
         try:
             yield client
         finally:
             client.close()
         return
     # One task at a time per worker: the model's threads are the worker's parallelism.
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
-                           dashboard_address=":0", silence_logs=logging.ERROR)
+    cluster = LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=processes, dashboard_address=":0", silence_logs=logging.ERROR
+    )
     try:
         with Client(cluster) as client:
             yield client
@@ -198,13 +253,24 @@ def _dashboard(client) -> Optional[str]:
         return None
 
 
-def _results(client, jobs: Sequence[Job], options, threads: Optional[int], stretch,
-             is_cancelled: Optional[Callable[[], bool]]) -> Iterator[JobResult]:
+def _results(
+    client, jobs: Sequence[Job], options, threads: Optional[int], stretch, is_cancelled: Optional[Callable[[], bool]]
+) -> Iterator[JobResult]:
     """Each job's result once, as jobs finish (in any order); cancels the rest on an error or cancel."""
     from distributed import as_completed
 
-    futures = [client.submit(run_job, job, options, threads, stretch, key=f"roof-job-{job.index:06d}-"
-                             f"{os.getpid()}-{id(jobs):x}", pure=False) for job in jobs]
+    futures = [
+        client.submit(
+            run_job,
+            job,
+            options,
+            threads,
+            stretch,
+            key=f"roof-job-{job.index:06d}-{os.getpid()}-{id(jobs):x}",
+            pure=False,
+        )
+        for job in jobs
+    ]
     names = {f.key: job.name for f, job in zip(futures, jobs)}
     finished = as_completed(futures)
     try:
@@ -220,30 +286,38 @@ def _results(client, jobs: Sequence[Job], options, threads: Optional[int], stret
                 try:
                     res = future.result()
                 except RoofDetectorError as exc:
-                    raise type(exc)(f"{names[future.key]}: {exc}; the finished tiles are kept: run the same "
-                                    "command again once the input is fixed") from None
+                    raise type(exc)(
+                        f"{names[future.key]}: {exc}; the finished tiles are kept: run the same "
+                        "command again once the input is fixed"
+                    ) from None
                 except Exception as exc:  # noqa: BLE001 - a job's crash becomes one line naming its tile
                     from distributed import KilledWorker
 
                     if isinstance(exc, KilledWorker):
                         raise RoofDetectorError(
                             f"{names[future.key]}: its worker died on every try (out of memory?); the finished "
-                            "tiles are kept: give workers more memory or fewer threads and run again") from None
+                            "tiles are kept: give workers more memory or fewer threads and run again"
+                        ) from None
                     text = " ".join(str(exc).split()) or type(exc).__name__
-                    raise RoofDetectorError(f"{names[future.key]} failed: {text}; the finished tiles are kept: "
-                                            "fix or remove that input and run the same command again") from None
+                    raise RoofDetectorError(
+                        f"{names[future.key]} failed: {text}; the finished tiles are kept: "
+                        "fix or remove that input and run the same command again"
+                    ) from None
                 future.release()
                 if res.error is not None:
                     from . import errors
 
                     kind, text = res.error
                     if not kind:  # a crash of the job, not a refusal: say what was kept
-                        raise RoofDetectorError(f"{names[future.key]} failed: {text}; the finished tiles are kept: "
-                                                "fix or remove the input it names and run the same command again")
+                        raise RoofDetectorError(
+                            f"{names[future.key]} failed: {text}; the finished tiles are kept: "
+                            "fix or remove the input it names and run the same command again"
+                        )
                     cls = getattr(errors, kind, RoofDetectorError)
-                    raise (cls if isinstance(cls, type) and issubclass(cls, RoofDetectorError)
-                           else RoofDetectorError)(f"{names[future.key]}: {text}; the finished tiles are kept: "
-                                                   "run the same command again once the input is fixed")
+                    raise (cls if isinstance(cls, type) and issubclass(cls, RoofDetectorError) else RoofDetectorError)(
+                        f"{names[future.key]}: {text}; the finished tiles are kept: "
+                        "run the same command again once the input is fixed"
+                    )
                 yield res
     finally:
         for f in futures:
@@ -251,8 +325,15 @@ def _results(client, jobs: Sequence[Job], options, threads: Optional[int], stret
                 f.cancel()
 
 
-def _merge(jobs: Sequence[Job], manifest: Manifest, output: str, crs_wkt: str, layer: str, overwrite: bool,
-           metadata: Dict[str, Any]):
+def _merge(
+    jobs: Sequence[Job],
+    manifest: Manifest,
+    output: str,
+    crs_wkt: str,
+    layer: str,
+    overwrite: bool,
+    metadata: Dict[str, Any],
+):
     """Stream every part, in job order, into the output layer; return (buildings, total area m²)."""
     from .osgeo_exc import ogr
 

@@ -136,14 +136,28 @@ class EvaluationResult:
         p = self.pixel
         no_buildings = p.tp + p.fp + p.fn == 0  # neither layer has a building pixel on the grid
         return {
-            "pixel": {"iou": None if no_buildings else p.iou(), "accuracy": p.accuracy() if p.total else None,
-                      "precision": None if no_buildings else p.precision(),
-                      "recall": None if no_buildings else p.recall(),
-                      "f1": None if no_buildings else p.f1(), "tp": p.tp, "fp": p.fp, "fn": p.fn, "tn": p.tn,
-                      "valid_pixels": p.total},
-            "object": {"precision": self.object_precision(), "recall": self.object_recall(), "f1": self.object_f1(),
-                       "predicted": self.n_predicted, "reference": self.n_reference, "matched": self.n_matched,
-                       "iou_threshold": self.iou_threshold, "mean_matched_iou": self.mean_matched_iou()},
+            "pixel": {
+                "iou": None if no_buildings else p.iou(),
+                "accuracy": p.accuracy() if p.total else None,
+                "precision": None if no_buildings else p.precision(),
+                "recall": None if no_buildings else p.recall(),
+                "f1": None if no_buildings else p.f1(),
+                "tp": p.tp,
+                "fp": p.fp,
+                "fn": p.fn,
+                "tn": p.tn,
+                "valid_pixels": p.total,
+            },
+            "object": {
+                "precision": self.object_precision(),
+                "recall": self.object_recall(),
+                "f1": self.object_f1(),
+                "predicted": self.n_predicted,
+                "reference": self.n_reference,
+                "matched": self.n_matched,
+                "iou_threshold": self.iou_threshold,
+                "mean_matched_iou": self.mean_matched_iou(),
+            },
             "shape": {"predicted": self.predicted_shape.as_dict(), "reference": self.reference_shape.as_dict()},
         }
 
@@ -154,8 +168,9 @@ def polygon_iou(a: BaseGeometry, b: BaseGeometry) -> float:
     return float(a.intersection(b).area / union) if union > 0 else 0.0
 
 
-def match_objects(predicted: Sequence[BaseGeometry], reference: Sequence[BaseGeometry],
-                  iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> List[ObjectMatch]:
+def match_objects(
+    predicted: Sequence[BaseGeometry], reference: Sequence[BaseGeometry], iou_threshold: float = DEFAULT_IOU_THRESHOLD
+) -> List[ObjectMatch]:
     """One-to-one matches, greedy by decreasing IoU, keeping pairs with IoU >= ``iou_threshold``."""
     if not predicted or not reference:
         return []
@@ -212,8 +227,12 @@ def _mark_valid(pix: np.ndarray, keep: np.ndarray, row0: int, valid: np.ndarray)
     keep[sel] = valid[pix[sel, 0] - row0, pix[sel, 1]]
 
 
-def evaluate(predicted: Sequence[BaseGeometry], reference: Sequence[BaseGeometry], grid: Grid,
-             iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> EvaluationResult:
+def evaluate(
+    predicted: Sequence[BaseGeometry],
+    reference: Sequence[BaseGeometry],
+    grid: Grid,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+) -> EvaluationResult:
     """Pixel and object metrics of ``predicted`` against ``reference`` (both in the grid CRS)."""
     predicted = [g for g in predicted if g is not None and not g.is_empty]
     reference = [g for g in reference if g is not None and not g.is_empty]
@@ -251,18 +270,33 @@ def evaluate(predicted: Sequence[BaseGeometry], reference: Sequence[BaseGeometry
         if ds is not None:
             ds.close()
     if conf.total == 0:
-        raise LabelError("The evaluation grid has no valid pixel (all nodata / masked, or empty): nothing can "
-                         "be measured; choose a raster or an extent that covers imagery")
+        raise LabelError(
+            "The evaluation grid has no valid pixel (all nodata / masked, or empty): nothing can "
+            "be measured; choose a raster or an extent that covers imagery"
+        )
     matches = match_objects(p_in, r_in, iou_threshold)
-    return EvaluationResult(conf, len(p_in), len(r_in), matches, iou_threshold,
-                            shape_stats(p_in, grid.crs_wkt), shape_stats(r_in, grid.crs_wkt))
+    return EvaluationResult(
+        conf,
+        len(p_in),
+        len(r_in),
+        matches,
+        iou_threshold,
+        shape_stats(p_in, grid.crs_wkt),
+        shape_stats(r_in, grid.crs_wkt),
+    )
 
 
-def evaluate_files(predicted_path: str, reference_path: str, raster_path: Optional[str] = None,
-                   extent: Optional[Sequence[float]] = None, pixel_size: Optional[float] = None,
-                   crs: Optional[str] = None, predicted_layer: Optional[str] = None,
-                   reference_layer: Optional[str] = None,
-                   iou_threshold: float = DEFAULT_IOU_THRESHOLD) -> EvaluationResult:
+def evaluate_files(
+    predicted_path: str,
+    reference_path: str,
+    raster_path: Optional[str] = None,
+    extent: Optional[Sequence[float]] = None,
+    pixel_size: Optional[float] = None,
+    crs: Optional[str] = None,
+    predicted_layer: Optional[str] = None,
+    reference_layer: Optional[str] = None,
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+) -> EvaluationResult:
     """:func:`evaluate` of two vector files on a raster's grid, or on ``extent`` + ``pixel_size``.
 
     With an extent, ``crs`` (WKT or "EPSG:n") is the grid CRS; default: the reference layer's.
@@ -293,9 +327,11 @@ def _check_extent_units(extent: Sequence[float], crs_wkt: str, crs_name: Optiona
         return
     xmin, ymin, xmax, ymax = (float(v) for v in extent)
     if not (-360 <= xmin <= 360 and -360 <= xmax <= 360 and -90 <= ymin <= 90 and -90 <= ymax <= 90):
-        raise LabelError(f"The extent {xmin:g}, {ymin:g}, {xmax:g}, {ymax:g} is not in degrees, but its CRS "
-                         f"({crs_name or 'the reference layer'}'s) is geographic (longitude/latitude): give the "
-                         "extent's own CRS (e.g. --crs EPSG:32631) or the extent in degrees")
+        raise LabelError(
+            f"The extent {xmin:g}, {ymin:g}, {xmax:g}, {ymax:g} is not in degrees, but its CRS "
+            f"({crs_name or 'the reference layer'}'s) is geographic (longitude/latitude): give the "
+            "extent's own CRS (e.g. --crs EPSG:32631) or the extent in degrees"
+        )
 
 
 def _crs_wkt(user_input: str) -> str:

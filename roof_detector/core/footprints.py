@@ -46,16 +46,17 @@ class FinishOptions:
 
     min_area_m2: float = 10.0
     max_hole_area_m2: float = 4.0
-    m2_per_unit2: float = 1.0          # ground m² per CRS unit², for the hole filter
-    simplify_tolerance: float = 0.0    # CRS units; 0 = no simplification
+    m2_per_unit2: float = 1.0  # ground m² per CRS unit², for the hole filter
+    simplify_tolerance: float = 0.0  # CRS units; 0 = no simplification
     clip_geometry: Optional[BaseGeometry] = None
     regularize: bool = False
     regularize_tolerance_m: float = 1.0
     solar: Optional[SolarParams] = None
 
 
-def finish_outlines(outlines: Sequence[BaseGeometry], confidences: Sequence[float], crs_wkt: str,
-                    options: FinishOptions) -> List[Building]:
+def finish_outlines(
+    outlines: Sequence[BaseGeometry], confidences: Sequence[float], crs_wkt: str, options: FinishOptions
+) -> List[Building]:
     """Buildings from raw traced polygons in ``crs_wkt`` (steps 1-6 of the module docstring)."""
     polys = np.asarray(outlines, dtype=object)
     conf = np.asarray(confidences, dtype=float)
@@ -79,13 +80,15 @@ def finish_outlines(outlines: Sequence[BaseGeometry], confidences: Sequence[floa
         return []
     if not keep.all():
         polys, conf, batch = polys[keep], conf[keep], batch.subset(keep)
-    geoms, columns = measure_metric_batch(polys, batch, options.regularize, options.regularize_tolerance_m,
-                                          options.solar)
+    geoms, columns = measure_metric_batch(
+        polys, batch, options.regularize, options.regularize_tolerance_m, options.solar
+    )
     return _buildings(geoms, conf, columns, options.solar is not None)
 
 
-def measure_metric_batch(geometries: np.ndarray, batch, regularize: bool, tolerance_m: float,
-                         solar: Optional[SolarParams]) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+def measure_metric_batch(
+    geometries: np.ndarray, batch, regularize: bool, tolerance_m: float, solar: Optional[SolarParams]
+) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
     """Regularise (optionally) and measure geometries whose metric versions are in ``batch``.
 
     Returns the geometries in the source CRS (regularised ones replaced, others
@@ -109,8 +112,9 @@ def measure_metric_batch(geometries: np.ndarray, batch, regularize: bool, tolera
         for i, theta, own_deg in zip(fit, axes.tolist(), own.tolist()):
             m = metric[i]
             # Returns m itself when it is left as it is (also when already regular to 1 mm).
-            r, shapes[i] = regularize_metric_shape(m, tolerance_m, theta_deg=theta if theta == theta else None,
-                                                   own_deg=own_deg, known_valid=True)
+            r, shapes[i] = regularize_metric_shape(
+                m, tolerance_m, theta_deg=theta if theta == theta else None, own_deg=own_deg, known_valid=True
+            )
             if r is not m:
                 metric[i] = r
                 changed[i] = True
@@ -126,8 +130,13 @@ def measure_metric_batch(geometries: np.ndarray, batch, regularize: bool, tolera
     return geoms, columns
 
 
-def measure_polygons(geometries: Sequence[Optional[BaseGeometry]], crs_wkt: str, params: Optional[SolarParams],
-                     regularize: bool = False, tolerance_m: float = 1.0) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
+def measure_polygons(
+    geometries: Sequence[Optional[BaseGeometry]],
+    crs_wkt: str,
+    params: Optional[SolarParams],
+    regularize: bool = False,
+    tolerance_m: float = 1.0,
+) -> Tuple[np.ndarray, List[Dict[str, Any]]]:
     """Size polygons from any source (a cadastre, a QGIS layer) the way detection sizes its buildings.
 
     Every front end (CLI ``solar``, the Processing algorithm, the Rooftop
@@ -139,25 +148,33 @@ def measure_polygons(geometries: Sequence[Optional[BaseGeometry]], crs_wkt: str,
     source = np.array([shapely.Polygon() if g is None else g for g in geometries], dtype=object)
     if len(source) == 0:
         return source, []
-    geoms, columns = measure_metric_batch(source, to_local_metric_many(source, crs_wkt), regularize, tolerance_m,
-                                          params)
+    geoms, columns = measure_metric_batch(
+        source, to_local_metric_many(source, crs_wkt), regularize, tolerance_m, params
+    )
     geoms[np.array([g is None for g in geometries])] = None
     if params is None:
-        return geoms, [{"area_m2": float(a), "perimeter_m": float(p)}
-                       for a, p in zip(columns["area_m2"], columns["perimeter_m"])]
+        return geoms, [
+            {"area_m2": float(a), "perimeter_m": float(p)} for a, p in zip(columns["area_m2"], columns["perimeter_m"])
+        ]
     return geoms, solar_rows(columns)
 
 
-def size_buildings(buildings: Sequence[Building], crs_wkt: str, params: Optional[SolarParams] = None,
-                   regularize: bool = False, tolerance_m: float = 1.0) -> int:
+def size_buildings(
+    buildings: Sequence[Building],
+    crs_wkt: str,
+    params: Optional[SolarParams] = None,
+    regularize: bool = False,
+    tolerance_m: float = 1.0,
+) -> int:
     """Add the solar attributes to detected buildings, in place; return how many outlines changed.
 
     With ``regularize`` each outline is first squared; a changed outline
     replaces ``geometry`` and updates ``area_m2`` / ``perimeter_m``. The other
     solar values go to ``attributes``.
     """
-    geoms, rows = measure_polygons([b.geometry for b in buildings], crs_wkt, params or SolarParams(), regularize,
-                                   tolerance_m)
+    geoms, rows = measure_polygons(
+        [b.geometry for b in buildings], crs_wkt, params or SolarParams(), regularize, tolerance_m
+    )
     changed = 0
     for b, g, row in zip(buildings, geoms, rows):
         if g is not b.geometry:
@@ -218,7 +235,9 @@ def _buildings(geoms: np.ndarray, conf: np.ndarray, columns: Dict[str, np.ndarra
     if "shape" in columns:
         extra.append(("shape", "text", columns["shape"].tolist()))
     if solar:
-        extra += [(key, typ, columns[key].tolist()) for key, typ in SOLAR_FIELDS if key not in ("area_m2", "perimeter_m")]
+        extra += [
+            (key, typ, columns[key].tolist()) for key, typ in SOLAR_FIELDS if key not in ("area_m2", "perimeter_m")
+        ]
     out = []
     for i, g in enumerate(geoms):
         attrs: Dict[str, Any] = {}

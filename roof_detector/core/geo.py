@@ -43,8 +43,9 @@ def to_lonlat(x, y, crs_wkt: str) -> Tuple[np.ndarray, np.ndarray]:
     return np.asarray(lon), np.asarray(lat)
 
 
-def pixel_size_m(crs_wkt: str, transform: Affine, width: int, height: int,
-                 name: str = "the raster") -> Tuple[float, float]:
+def pixel_size_m(
+    crs_wkt: str, transform: Affine, width: int, height: int, name: str = "the raster"
+) -> Tuple[float, float]:
     """Ground size (x, y) in metres of one pixel at the centre of a north-up raster.
 
     Measured as geodesic distances between the centres of neighbouring
@@ -62,10 +63,14 @@ def pixel_size_m(crs_wkt: str, transform: Affine, width: int, height: int,
     from pyproj import CRS
 
     metres_in_degrees = CRS.from_user_input(crs_wkt).is_geographic and not (
-        np.all(np.abs(ys) <= 90) and np.all(np.abs(xs) <= 360))
-    hint = ("check its coordinate reference system" if not metres_in_degrees else
-            f"its coordinates ({xs[0]:.6g}, {ys[0]:.6g}) are not degrees: the raster is probably in metres with "
-            "a wrong CRS; assign its true CRS, e.g. `gdal_edit.py -a_srs EPSG:XXXX file.tif`")
+        np.all(np.abs(ys) <= 90) and np.all(np.abs(xs) <= 360)
+    )
+    hint = (
+        "check its coordinate reference system"
+        if not metres_in_degrees
+        else f"its coordinates ({xs[0]:.6g}, {ys[0]:.6g}) are not degrees: the raster is probably in metres with "
+        "a wrong CRS; assign its true CRS, e.g. `gdal_edit.py -a_srs EPSG:XXXX file.tif`"
+    )
     if not (np.all(np.isfinite(lon)) and np.all(np.isfinite(lat))) or np.any(np.abs(lat) > 90):
         raise InputRasterError(f"The centre of {name} cannot be converted to longitude/latitude; {hint}")
     _, _, dx = WGS84_GEOD.inv(lon[0], lat[0], lon[1], lat[1])

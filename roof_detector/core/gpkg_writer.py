@@ -52,20 +52,25 @@ def check_output(path: str, layer: str = DEFAULT_LAYER, overwrite: bool = False)
         raise OutputError("The output layer name is empty; choose a name such as 'buildings'")
     low = layer.strip().lower()
     if low.startswith(("gpkg_", "gpkgext_", "sqlite_", "rtree_")) or low in ("ogr_empty_table",):
-        raise OutputError(f"{layer!r} is the name of a GeoPackage system table; choose another layer name "
-                          "such as 'buildings'")
+        raise OutputError(
+            f"{layer!r} is the name of a GeoPackage system table; choose another layer name such as 'buildings'"
+        )
     ext = os.path.splitext(path)[1].lower()
     if ext != ".gpkg" and not os.path.isdir(path):
-        raise OutputError(f"{path}: the output is written as a GeoPackage only; give a file name ending in .gpkg "
-                          + (f"(convert it to {ext} afterwards, e.g. with ogr2ogr)" if ext else "") )
+        raise OutputError(
+            f"{path}: the output is written as a GeoPackage only; give a file name ending in .gpkg "
+            + (f"(convert it to {ext} afterwards, e.g. with ogr2ogr)" if ext else "")
+        )
     if not check_writable(path):
         return
     ds = _open_existing(path, update=False)
     exists = _layer_index(ds, layer) is not None
     ds = None
     if exists and not overwrite:
-        raise OutputError(f"{path} already has a layer {layer!r}; pass --overwrite to replace it "
-                          "or choose another layer name (--layer)")
+        raise OutputError(
+            f"{path} already has a layer {layer!r}; pass --overwrite to replace it "
+            "or choose another layer name (--layer)"
+        )
 
 
 def check_writable(path: str) -> bool:
@@ -87,8 +92,9 @@ def check_writable(path: str) -> bool:
         raise OutputError(f"{path} is a folder; give a file name ending in .gpkg")
     if not os.path.exists(path):
         if not os.access(directory, os.W_OK) or not _can_create_in(directory):
-            raise OutputError(f"Cannot write in {directory} (read-only, immutable or permission denied); "
-                              "choose another output folder")
+            raise OutputError(
+                f"Cannot write in {directory} (read-only, immutable or permission denied); choose another output folder"
+            )
         return False
     ds = _open_existing(path, update=False)
     ds = None  # noqa: F841 - closes the dataset now
@@ -121,8 +127,9 @@ def check_not_locked(path: str, timeout_s: float = 1.0) -> None:
     from urllib.parse import quote
 
     try:
-        con = sqlite3.connect(f"file:{quote(os.path.abspath(path))}?mode=rw", uri=True, timeout=timeout_s,
-                              isolation_level=None)
+        con = sqlite3.connect(
+            f"file:{quote(os.path.abspath(path))}?mode=rw", uri=True, timeout=timeout_s, isolation_level=None
+        )
     except sqlite3.Error:
         return  # not openable by SQLite: the writer reports it
     try:
@@ -134,8 +141,14 @@ def check_not_locked(path: str, timeout_s: float = 1.0) -> None:
         con.close()
 
 
-def write_buildings(buildings: Sequence[Building], path: str, crs_wkt: str, layer: str = DEFAULT_LAYER,
-                    overwrite: bool = False, metadata: Optional[Dict[str, Any]] = None) -> str:
+def write_buildings(
+    buildings: Sequence[Building],
+    path: str,
+    crs_wkt: str,
+    layer: str = DEFAULT_LAYER,
+    overwrite: bool = False,
+    metadata: Optional[Dict[str, Any]] = None,
+) -> str:
     """Write ``buildings`` (geometries in ``crs_wkt``) to layer ``layer`` of GeoPackage ``path``.
 
     ``metadata`` (e.g. model name and version, source raster) is stored as
@@ -143,14 +156,19 @@ def write_buildings(buildings: Sequence[Building], path: str, crs_wkt: str, laye
     what to do when the file or layer cannot be written.
     """
     multi = not all(b.geometry.geom_type == "Polygon" for b in buildings)
-    return write_building_stream(buildings, path, crs_wkt, field_types_of(buildings), multi, layer, overwrite,
-                                 metadata)
+    return write_building_stream(buildings, path, crs_wkt, field_types_of(buildings), multi, layer, overwrite, metadata)
 
 
-def write_building_stream(buildings: Iterable[Building], path: str, crs_wkt: str,
-                          fields: Union[Sequence[Tuple[str, str, int]], Dict[str, int]],
-                          multi: bool, layer: str = DEFAULT_LAYER, overwrite: bool = False,
-                          metadata: Optional[Dict[str, Any]] = None) -> str:
+def write_building_stream(
+    buildings: Iterable[Building],
+    path: str,
+    crs_wkt: str,
+    fields: Union[Sequence[Tuple[str, str, int]], Dict[str, int]],
+    multi: bool,
+    layer: str = DEFAULT_LAYER,
+    overwrite: bool = False,
+    metadata: Optional[Dict[str, Any]] = None,
+) -> str:
     """:func:`write_buildings` for buildings that arrive one by one (never all in memory).
 
     The schema is given up front: ``fields`` lists (attribute key, field name,
@@ -183,8 +201,9 @@ def _write_new_file(buildings, path, crs_wkt, layer, fields, metadata, multi) ->
         try:
             ds = ogr.GetDriverByName("GPKG").CreateDataSource(tmp)
         except RuntimeError as exc:
-            raise OutputError(f"Cannot create a GeoPackage in {directory} ({exc}); "
-                              "check the folder is writable and the disk not full") from None
+            raise OutputError(
+                f"Cannot create a GeoPackage in {directory} ({exc}); check the folder is writable and the disk not full"
+            ) from None
         try:
             _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace=False, multi=multi)
         except OutputError as exc:  # name the file the user asked for, not our temporary
@@ -225,8 +244,10 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool,
         index = _layer_index(ds, layer)
         if index is not None:
             if not replace:
-                raise OutputError(f"{name} already has a layer {layer!r}; pass --overwrite "
-                                  "to replace it or choose another layer name (--layer)")
+                raise OutputError(
+                    f"{name} already has a layer {layer!r}; pass --overwrite "
+                    "to replace it or choose another layer name (--layer)"
+                )
             ds.DeleteLayer(index)
         lyr = ds.CreateLayer(layer, srs, geom_type, ["SPATIAL_INDEX=YES", "GEOMETRY_NAME=geom", "FID=fid"])
         columns = [(n, ogr.OFTReal) for n in BASE_FIELDS] + [(n, t) for _, n, t in fields]
@@ -289,8 +310,11 @@ def base_values(building: Building) -> Tuple[float, float, Optional[float]]:
     time, to the decimals of :mod:`.precision` (this writer, the plugin's memory layer, the
     Processing sink)."""
     confidence = None if building.confidence is None else float(rounded("confidence", building.confidence))
-    return (float(rounded("area_m2", building.area_m2)), float(rounded("perimeter_m", building.perimeter_m)),
-            confidence)
+    return (
+        float(rounded("area_m2", building.area_m2)),
+        float(rounded("perimeter_m", building.perimeter_m)),
+        confidence,
+    )
 
 
 def written_value(key: str, kind: str, value: Any) -> Any:
@@ -370,15 +394,26 @@ def _layer_index(ds, layer: str) -> Optional[int]:
 
 def _as_output_error(exc: Exception, path: str, existing: bool = False) -> OutputError:
     msg = " ".join(str(exc).split()) or type(exc).__name__  # GDAL messages span lines
-    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "disk is full" in msg.lower() \
-            or "no space left" in msg.lower():
-        return OutputError(f"The disk is full: {path} could not be written ({msg}). Nothing was written; free "
-                           "space or write to another disk")
+    if (
+        (isinstance(exc, OSError) and exc.errno == errno.ENOSPC)
+        or "disk is full" in msg.lower()
+        or "no space left" in msg.lower()
+    ):
+        return OutputError(
+            f"The disk is full: {path} could not be written ({msg}). Nothing was written; free "
+            "space or write to another disk"
+        )
     if "locked" in msg.lower() or "busy" in msg.lower():
-        return OutputError(f"{path} is locked by another program (QGIS editing it?); stop editing or close it, "
-                           "or write to another file")
-    if "readonly" in msg.lower() or "read-only" in msg.lower() or "permission" in msg.lower() \
-            or (isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
+        return OutputError(
+            f"{path} is locked by another program (QGIS editing it?); stop editing or close it, "
+            "or write to another file"
+        )
+    if (
+        "readonly" in msg.lower()
+        or "read-only" in msg.lower()
+        or "permission" in msg.lower()
+        or (isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS))
+    ):
         return OutputError(f"{path} cannot be written (read-only or permission denied); choose another file")
     if existing:
         return OutputError(f"{path} exists but cannot be opened as a GeoPackage ({msg}); choose another file")

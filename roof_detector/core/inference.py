@@ -79,8 +79,9 @@ def _cuda_bytes_per_tile(model: LoadedModel, probe_tiles: int = 2) -> float:
     return peak / probe_tiles
 
 
-def read_tiles(source: RasterSource, grid: ModelGrid, tiles: Sequence[Tile],
-               tile_size_px: int) -> Tuple[np.ndarray, np.ndarray]:
+def read_tiles(
+    source: RasterSource, grid: ModelGrid, tiles: Sequence[Tile], tile_size_px: int
+) -> Tuple[np.ndarray, np.ndarray]:
     """Read tiles on the model grid into one batch: float32 N x 3 x T x T and bool N x T x T.
 
     A tile smaller than ``tile_size_px`` (the grid is smaller than a tile) is
@@ -96,8 +97,8 @@ def read_tiles(source: RasterSource, grid: ModelGrid, tiles: Sequence[Tile],
         if tile.height < tile_size_px or tile.width < tile_size_px:
             rgb[i] = 0.0
             valid[i] = False
-        rgb[i, :, :tile.height, :tile.width] = part_rgb
-        valid[i, :tile.height, :tile.width] = part_valid
+        rgb[i, :, : tile.height, : tile.width] = part_rgb
+        valid[i, : tile.height, : tile.width] = part_valid
     return rgb, valid
 
 
@@ -115,7 +116,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     # ONNX Runtime's own exception classes (onnxruntime...Fail) are not RuntimeErrors:
     # "[ONNXRuntimeError] : 1 : FAIL : ... BFCArena ... Failed to allocate memory for requested buffer"
     return "onnxruntime" in type(exc).__module__.lower() and (
-        "failed to allocate memory" in text or "bad_alloc" in text or "out of memory" in text)
+        "failed to allocate memory" in text or "bad_alloc" in text or "out of memory" in text
+    )
 
 
 def _to_device(x: Any, device: Any) -> Any:
@@ -188,7 +190,7 @@ class BatchPredictor:
         i = 0
         while i < n:
             try:
-                out.append(self._run(rgb[i:i + step]))
+                out.append(self._run(rgb[i : i + step]))
                 i += step
             except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
                 if not is_out_of_memory(exc):
@@ -204,8 +206,10 @@ class BatchPredictor:
                     self.fell_back_from = device.type
                     _move_to_cpu(self.model)
                 else:
-                    raise ModelError("Out of memory on the CPU even with one tile per batch; close other "
-                                     "programs, or use a model with a smaller tile size") from None
+                    raise ModelError(
+                        "Out of memory on the CPU even with one tile per batch; close other "
+                        "programs, or use a model with a smaller tile size"
+                    ) from None
         probs = out[0] if len(out) == 1 else np.concatenate(out)
         bad = ~np.isfinite(probs)
         if bad.any():  # a broken model: say so rather than silently find nothing
@@ -226,12 +230,14 @@ class BatchPredictor:
                     x = x.half()
                 c = self.n_outputs
                 y = None
-                for dims in (TTA_FLIPS if self.tta else ((),)):
+                for dims in TTA_FLIPS if self.tta else ((),):
                     yi = model.module(torch.flip(x, dims) if dims else x)
                     if yi.dim() != 4 or yi.shape[0] != rgb.shape[0] or yi.shape[1] != c or yi.shape[2:] != x.shape[2:]:
-                        raise ModelError(f"The model returned shape {tuple(yi.shape)} for input {tuple(x.shape)}; "
-                                         f"its metadata declares {c} output(s) ({', '.join(model.outputs)}), so it "
-                                         f"must return N x {c} x H x W probabilities")
+                        raise ModelError(
+                            f"The model returned shape {tuple(yi.shape)} for input {tuple(x.shape)}; "
+                            f"its metadata declares {c} output(s) ({', '.join(model.outputs)}), so it "
+                            f"must return N x {c} x H x W probabilities"
+                        )
                     yi = (torch.flip(yi, dims) if dims else yi).float()
                     y = yi if y is None else y + yi
                 y = (y / (len(TTA_FLIPS) if self.tta else 1)).cpu().numpy()
@@ -246,8 +252,10 @@ class BatchPredictor:
                 if is_out_of_memory(exc):
                     raise
                 if isinstance(exc, RuntimeError):
-                    raise ModelError(f"The model failed on a {tuple(rgb.shape)} batch: "
-                                     f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                    raise ModelError(
+                        f"The model failed on a {tuple(rgb.shape)} batch: "
+                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                    ) from None
                 raise
 
     def _run_numpy(self, rgb: np.ndarray) -> np.ndarray:
@@ -257,35 +265,56 @@ class BatchPredictor:
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             if is_out_of_memory(exc) or "bad_alloc" in str(exc) or "Failed to allocate" in str(exc):
                 raise MemoryError(str(exc)) from None
-            raise ModelError(f"The model failed on a {tuple(rgb.shape)} batch: "
-                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise ModelError(
+                f"The model failed on a {tuple(rgb.shape)} batch: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
         if y.ndim != 4 or y.shape[0] != rgb.shape[0] or y.shape[1] != 1 or y.shape[2:] != rgb.shape[2:]:
-            raise ModelError(f"The model returned shape {tuple(y.shape)} for input {tuple(rgb.shape)}; "
-                             "a Roof Detector model must return N x 1 x H x W probabilities")
+            raise ModelError(
+                f"The model returned shape {tuple(y.shape)} for input {tuple(rgb.shape)}; "
+                "a Roof Detector model must return N x 1 x H x W probabilities"
+            )
         return np.asarray(y[:, 0], dtype=np.float32)
 
     def notes(self) -> List[str]:
         """What the out-of-memory handling did, and non-finite model output, for the user."""
-        nan_note = ([f"The model returned {self.nonfinite_px:,} NaN or infinite probabilities (counted as not "
-                     "building): the model file is broken or does not suit this imagery; use another model."]
-                    if self.nonfinite_px else [])
+        nan_note = (
+            [
+                f"The model returned {self.nonfinite_px:,} NaN or infinite probabilities (counted as not "
+                "building): the model file is broken or does not suit this imagery; use another model."
+            ]
+            if self.nonfinite_px
+            else []
+        )
         if self.first_oom_batch is None:
             return nan_note
         where = {"cuda": "GPU", "mps": "GPU (MPS)"}.get(self.fell_back_from or self.model.device.type, "CPU")
         if self.fell_back_from:
-            return nan_note + [f"The {where} ran out of memory even with 1 tile per batch (first at "
-                    f"{self.first_oom_batch} tiles per batch), so the rest of the run went on the CPU: slower, "
-                    "same result. Close other programs using the GPU, or choose the CPU as device."]
+            return nan_note + [
+                f"The {where} ran out of memory even with 1 tile per batch (first at "
+                f"{self.first_oom_batch} tiles per batch), so the rest of the run went on the CPU: slower, "
+                "same result. Close other programs using the GPU, or choose the CPU as device."
+            ]
         tiles = "1 tile" if self.batch_limit == 1 else f"{self.batch_limit} tiles"
-        return nan_note + [f"The {where} ran out of memory with {self.first_oom_batch} tiles per batch; the run went on "
-                f"with {tiles} per batch: same result. Set the batch size to {self.batch_limit} "
-                "(--batch-size, or Batch size in QGIS) to skip the retries."]
+        return nan_note + [
+            f"The {where} ran out of memory with {self.first_oom_batch} tiles per batch; the run went on "
+            f"with {tiles} per batch: same result. Set the batch size to {self.batch_limit} "
+            "(--batch-size, or Batch size in QGIS) to skip the retries."
+        ]
 
 
-def predict_tiles(source: RasterSource, grid: ModelGrid, tiles: Sequence[Tile], model: LoadedModel,
-                  batch_size: int, progress: Optional[ProgressFn] = None, is_cancelled: Optional[CancelFn] = None,
-                  timings: Optional[Dict[str, float]] = None, warnings: Optional[List[str]] = None,
-                  predictor: Optional[BatchPredictor] = None) -> Iterator[List[Tuple[Tile, np.ndarray, np.ndarray]]]:
+def predict_tiles(
+    source: RasterSource,
+    grid: ModelGrid,
+    tiles: Sequence[Tile],
+    model: LoadedModel,
+    batch_size: int,
+    progress: Optional[ProgressFn] = None,
+    is_cancelled: Optional[CancelFn] = None,
+    timings: Optional[Dict[str, float]] = None,
+    warnings: Optional[List[str]] = None,
+    predictor: Optional[BatchPredictor] = None,
+) -> Iterator[List[Tuple[Tile, np.ndarray, np.ndarray]]]:
     """Yield, batch by batch, ``[(tile, probability, valid), ...]`` for every tile.
 
     ``probability`` is float32 ``T x T`` (0 where invalid); for separation
@@ -304,7 +333,7 @@ def predict_tiles(source: RasterSource, grid: ModelGrid, tiles: Sequence[Tile], 
     timings.setdefault("infer", 0.0)
     timings.setdefault("batches", 0)
     tile_px = model.tile_size_px
-    batches = [list(tiles[i:i + batch_size]) for i in range(0, len(tiles), batch_size)]
+    batches = [list(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
     predictor = predictor or BatchPredictor(model)
 
     def read_batch(batch: List[Tile]) -> Tuple[np.ndarray, np.ndarray]:

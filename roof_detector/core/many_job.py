@@ -38,8 +38,8 @@ class JobResult:
     crs_wkt: str
     seconds: float
     area_km2: float
-    dropped: int = 0             # buildings found in the margin, owned by a neighbour
-    cut_at_margin: int = 0       # owned buildings touching the window's inner edge: maybe larger than the margin
+    dropped: int = 0  # buildings found in the margin, owned by a neighbour
+    cut_at_margin: int = 0  # owned buildings touching the window's inner edge: maybe larger than the margin
     warnings: List[str] = field(default_factory=list)
     model_metadata: Dict[str, Any] = field(default_factory=dict)
     threshold: Optional[float] = None
@@ -59,8 +59,12 @@ def worker_model(options, threads: Optional[int] = None):
             # (all of this machine's when not told: a remote worker's machine is not ours).
             import torch
 
-            torch.set_num_threads(int(threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                                                  else os.cpu_count() or 1)))
+            torch.set_num_threads(
+                int(
+                    threads
+                    or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+                )
+            )
             model = _MODELS[key] = _load_model(options)
         return model
 
@@ -84,14 +88,32 @@ def run_job(job: Job, options, threads: Optional[int] = None, stretch: Optional[
         # unpickle (it turns a RasterioIOError into a bare Exception and drops the GDAL messages
         # chained to it, which name the file that failed).
         name = type(exc).__name__ if isinstance(exc, RoofDetectorError) else ""
-        return JobResult(job.index, [], "", time.perf_counter() - t0, job.area_km2,
-                         error=(name, str(exc) if name else _chained_messages(exc)), worker_pid=os.getpid())
+        return JobResult(
+            job.index,
+            [],
+            "",
+            time.perf_counter() - t0,
+            job.area_km2,
+            error=(name, str(exc) if name else _chained_messages(exc)),
+            worker_pid=os.getpid(),
+        )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     kept, dropped, cut = keep_owned(job, result.buildings)
     warnings = [f"{job.name}: {w}" for w in result.warnings if "no valid pixels" not in w]
-    return JobResult(job.index, kept, result.crs_wkt, time.perf_counter() - t0, job.area_km2, dropped, cut,
-                     warnings, dict(result.model_metadata), result.stats.get("threshold"), os.getpid())
+    return JobResult(
+        job.index,
+        kept,
+        result.crs_wkt,
+        time.perf_counter() - t0,
+        job.area_km2,
+        dropped,
+        cut,
+        warnings,
+        dict(result.model_metadata),
+        result.stats.get("threshold"),
+        os.getpid(),
+    )
 
 
 def _chained_messages(exc: BaseException) -> str:

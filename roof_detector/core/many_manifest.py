@@ -42,8 +42,10 @@ class Manifest:
         except (ValueError, KeyError, TypeError):
             header = None
         if header != self.settings:
-            raise OutputError(f"{self.folder} holds the parts of a run with other inputs or settings; pass "
-                              "--restart to discard them, or another --work-dir")
+            raise OutputError(
+                f"{self.folder} holds the parts of a run with other inputs or settings; pass "
+                "--restart to discard them, or another --work-dir"
+            )
         for line in lines[1:]:
             try:
                 entry = json.loads(line)

@@ -60,8 +60,9 @@ def lonlat_of(geometry: BaseGeometry, crs_wkt: str) -> Tuple[float, float]:
         x = _unwrapped_centre_x(geometry)
     lon, lat = _to_lonlat(crs_wkt).transform(x, y)
     if not (math.isfinite(lon) and math.isfinite(lat)) or abs(lat) > 90.0:
-        raise LabelError(f"Coordinates ({x:.6g}, {y:.6g}) are not valid in the layer's CRS; "
-                         "is the CRS of the layer right?")
+        raise LabelError(
+            f"Coordinates ({x:.6g}, {y:.6g}) are not valid in the layer's CRS; is the CRS of the layer right?"
+        )
     return float(lon), float(lat)
 
 
@@ -113,12 +114,17 @@ def _apply(transformer: Transformer, geometry: BaseGeometry) -> BaseGeometry:
 
 @lru_cache(maxsize=512)
 def _frame(crs_wkt: str, lon0: float, lat0: float) -> LocalFrame:
-    aeqd = CRS.from_proj4(f"+proj=aeqd +lat_0={lat0:.6f} +lon_0={lon0:.6f} +x_0=0 +y_0=0 "
-                          "+datum=WGS84 +units=m +no_defs")
+    aeqd = CRS.from_proj4(
+        f"+proj=aeqd +lat_0={lat0:.6f} +lon_0={lon0:.6f} +x_0=0 +y_0=0 +datum=WGS84 +units=m +no_defs"
+    )
     src = crs_from_wkt(crs_wkt)
-    return LocalFrame(crs_wkt, lon0, lat0,
-                      Transformer.from_crs(src, aeqd, always_xy=True),
-                      Transformer.from_crs(aeqd, src, always_xy=True))
+    return LocalFrame(
+        crs_wkt,
+        lon0,
+        lat0,
+        Transformer.from_crs(src, aeqd, always_xy=True),
+        Transformer.from_crs(aeqd, src, always_xy=True),
+    )
 
 
 def local_frame(geometry: BaseGeometry, crs_wkt: str) -> LocalFrame:
@@ -193,8 +199,9 @@ def to_local_metric_many(geometries, crs_wkt: str) -> MetricBatch:
     bad = ok & ~(np.isfinite(lon) & np.isfinite(lat) & (np.abs(lat) <= 90.0))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise LabelError(f"Coordinates ({cx[i]:.6g}, {cy[i]:.6g}) are not valid in the layer's CRS; "
-                         "is the CRS of the layer right?")
+        raise LabelError(
+            f"Coordinates ({cx[i]:.6g}, {cy[i]:.6g}) are not valid in the layer's CRS; is the CRS of the layer right?"
+        )
     cell = FRAME_CELL_DEG
     lon0 = np.round((np.floor(lon / cell) + 0.5) * cell, 6)
     lat0 = np.round(np.clip((np.floor(lat / cell) + 0.5) * cell, -89.0, 89.0), 6)

@@ -51,8 +51,9 @@ class Confusion:
 
     def as_dict(self) -> Dict[str, float]:
         d: Dict[str, float] = dict(asdict(self))
-        d.update(iou=self.iou(), accuracy=self.accuracy(), precision=self.precision(),
-                 recall=self.recall(), f1=self.f1())
+        d.update(
+            iou=self.iou(), accuracy=self.accuracy(), precision=self.precision(), recall=self.recall(), f1=self.f1()
+        )
         return d
 
 

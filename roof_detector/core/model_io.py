@@ -53,15 +53,13 @@ from .temp_files import remove_stale, temp_path
 FORMAT_NAME = "roof-detector-model"
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
-REQUIRED_KEYS = ("architecture", "bands", "normalization", "gsd_m", "tile_size_px",
-                 "overlap_px", "threshold")
+REQUIRED_KEYS = ("architecture", "bands", "normalization", "gsd_m", "tile_size_px", "overlap_px", "threshold")
 KNOWN_BANDS = ("red", "green", "blue")
 #: The output layouts this version runs: building only, or building with separation outputs.
 KNOWN_OUTPUTS = (["building"], ["building", "border", "contact"])
 #: Plausible model metadata: ground pixel size (m) and largest tile edge (px).
 MODEL_GSD_RANGE_M = (0.02, 5.0)
 MODEL_MAX_TILE_PX = 2048
-
 
 
 BUNDLED_MODEL_PATH = bundled_model_file()
@@ -139,27 +137,37 @@ def validate_metadata(meta: Dict[str, Any], source: str = "model") -> Dict[str, 
         raise ModelError(f"{source}: metadata format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
-        raise ModelError(f"{source}: metadata lacks {', '.join(missing)}; "
-                         "re-export the model with `python -m devtools train` or `finetune`")
+        raise ModelError(
+            f"{source}: metadata lacks {', '.join(missing)}; "
+            "re-export the model with `python -m devtools train` or `finetune`"
+        )
     bands = meta["bands"]
     if not isinstance(bands, list) or not bands or any(b not in KNOWN_BANDS for b in bands):
-        raise ModelError(f"{source}: metadata asks for bands {bands!r}; this version supports "
-                         f"only {list(KNOWN_BANDS)} (RGB or grey replicated to RGB)")
+        raise ModelError(
+            f"{source}: metadata asks for bands {bands!r}; this version supports "
+            f"only {list(KNOWN_BANDS)} (RGB or grey replicated to RGB)"
+        )
     try:
         gsd = float(meta["gsd_m"])
         tile = int(meta["tile_size_px"])
         overlap = int(meta["overlap_px"])
         thr = float(meta["threshold"])
     except (TypeError, ValueError) as exc:
-        raise ModelError(f"{source}: metadata has a non-numeric gsd_m/tile_size_px/overlap_px/threshold ({exc})") \
-            from None
+        raise ModelError(
+            f"{source}: metadata has a non-numeric gsd_m/tile_size_px/overlap_px/threshold ({exc})"
+        ) from None
     if not (math.isfinite(gsd) and gsd > 0 and tile >= 32 and 0 <= overlap < tile // 2 and 0.0 < thr < 1.0):
-        raise ModelError(f"{source}: metadata values out of range (gsd_m={gsd}, tile_size_px={tile}, "
-                         f"overlap_px={overlap}, threshold={thr})")
+        raise ModelError(
+            f"{source}: metadata values out of range (gsd_m={gsd}, tile_size_px={tile}, "
+            f"overlap_px={overlap}, threshold={thr})"
+        )
     outputs = meta.get("outputs") or ["building"]
     if outputs not in KNOWN_OUTPUTS:
-        raise ModelError(f"{source}: metadata declares outputs {outputs!r}; this version runs "
-                         + " or ".join(repr(o) for o in KNOWN_OUTPUTS) + ": update Roof Detector")
+        raise ModelError(
+            f"{source}: metadata declares outputs {outputs!r}; this version runs "
+            + " or ".join(repr(o) for o in KNOWN_OUTPUTS)
+            + ": update Roof Detector"
+        )
     sep = meta.get("separation", {})
     core = sep.get("core_threshold", 0.5) if isinstance(sep, dict) else None
     if len(outputs) > 1 and not (isinstance(core, (int, float)) and 0.0 < core < 1.0):
@@ -167,11 +175,14 @@ def validate_metadata(meta: Dict[str, Any], source: str = "model") -> Dict[str, 
     # Absurd values would size every run absurdly (a 65536 px tile is 50 GB of activations;
     # 0.0003 m pixels turn a small orthophoto into millions of tiles): refused on load.
     if not MODEL_GSD_RANGE_M[0] <= gsd <= MODEL_GSD_RANGE_M[1]:
-        raise ModelError(f"{source}: metadata gsd_m={gsd:g} m is not a plausible aerial pixel size "
-                         f"({MODEL_GSD_RANGE_M[0]:g} to {MODEL_GSD_RANGE_M[1]:g} m); the model file is not usable")
+        raise ModelError(
+            f"{source}: metadata gsd_m={gsd:g} m is not a plausible aerial pixel size "
+            f"({MODEL_GSD_RANGE_M[0]:g} to {MODEL_GSD_RANGE_M[1]:g} m); the model file is not usable"
+        )
     if tile > MODEL_MAX_TILE_PX:
-        raise ModelError(f"{source}: metadata tile_size_px={tile} is beyond {MODEL_MAX_TILE_PX} px; "
-                         "the model file is not usable")
+        raise ModelError(
+            f"{source}: metadata tile_size_px={tile} is beyond {MODEL_MAX_TILE_PX} px; the model file is not usable"
+        )
     return meta
 
 
@@ -214,8 +225,10 @@ def check_graph_operations(module: Any, path: str) -> None:
     for graph in graphs:
         visit(graph)
     if found:
-        raise ModelError(f"{path} is refused: its code calls {', '.join(sorted(found))}, which reads or writes "
-                         "files (a model file is a program). Use models from a trusted source only")
+        raise ModelError(
+            f"{path} is refused: its code calls {', '.join(sorted(found))}, which reads or writes "
+            "files (a model file is a program). Use models from a trusted source only"
+        )
 
 
 def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
@@ -230,15 +243,20 @@ def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
             if not names:
                 if not any("/code/" in n for n in all_names):
                     # torch.save() writes the same zip layout, without TorchScript code
-                    raise ModelError(f"{path} is not a TorchScript model: a zip archive without Roof Detector "
-                                     "metadata or TorchScript code (a checkpoint saved with torch.save?); "
-                                     "export it with `python -m devtools train` or `finetune`")
-                raise ModelError(f"{path} is a TorchScript file without Roof Detector metadata "
-                                 f"(no extra/{METADATA_FILE}); export it with this plugin's training tools")
+                    raise ModelError(
+                        f"{path} is not a TorchScript model: a zip archive without Roof Detector "
+                        "metadata or TorchScript code (a checkpoint saved with torch.save?); "
+                        "export it with `python -m devtools train` or `finetune`"
+                    )
+                raise ModelError(
+                    f"{path} is a TorchScript file without Roof Detector metadata "
+                    f"(no extra/{METADATA_FILE}); export it with this plugin's training tools"
+                )
             raw = zf.read(names[0])
     except zipfile.BadZipFile:
-        raise ModelError(f"{path} is not a TorchScript model (not a valid archive; "
-                         "the file may be truncated or of another format)") from None
+        raise ModelError(
+            f"{path} is not a TorchScript model (not a valid archive; the file may be truncated or of another format)"
+        ) from None
     try:
         meta = json.loads(raw.decode("utf-8"))
     except ValueError as exc:
@@ -283,10 +301,15 @@ def save_model(module: Any, path: str | os.PathLike, metadata: Dict[str, Any]) -
     except (OSError, RuntimeError) as exc:  # torch reports write failures as RuntimeError
         full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space" in str(exc).lower()
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise OutputError(f"Cannot write the model file {path} ({detail}); "
-                          + ("the disk is full: free space or choose another folder" if full else
-                             "check the folder is writable and has free space") + ". No model file was written."
-                          ) from None
+        raise OutputError(
+            f"Cannot write the model file {path} ({detail}); "
+            + (
+                "the disk is full: free space or choose another folder"
+                if full
+                else "check the folder is writable and has free space"
+            )
+            + ". No model file was written."
+        ) from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
@@ -302,8 +325,10 @@ def resolve_device(device: str = "auto") -> Any:
     if not torch_available():
         if device in ("auto", "cpu"):
             return CpuDevice()
-        raise ModelError(f"Device {device!r} needs PyTorch, which is not installed here; use the CPU, or install "
-                         "torch (QGIS: Plugins > Roof Detector > Check dependencies)")
+        raise ModelError(
+            f"Device {device!r} needs PyTorch, which is not installed here; use the CPU, or install "
+            "torch (QGIS: Plugins > Roof Detector > Check dependencies)"
+        )
     import torch
 
     if device == "auto":
@@ -347,8 +372,9 @@ def device_description(device: Any) -> str:
 BACKENDS = ("auto", "torch", "onnxruntime")
 
 
-def load_model(path: Optional[str | os.PathLike] = None, device: str = "auto",
-               half: Optional[bool] = None, backend: str = "auto") -> LoadedModel:
+def load_model(
+    path: Optional[str | os.PathLike] = None, device: str = "auto", half: Optional[bool] = None, backend: str = "auto"
+) -> LoadedModel:
     """Load a model file (default: the bundled one) on ``device``.
 
     Half precision is used on CUDA unless ``half=False``. On CPU, ``backend``
@@ -375,16 +401,25 @@ def load_model(path: Optional[str | os.PathLike] = None, device: str = "auto",
             twin, why_not = onnx_twin.find_twin(path, meta)
             if twin is not None:
                 module = onnx_twin.OnnxModule(twin)
-                return LoadedModel(module=module, metadata=meta, device=dev, path=path, half=False,
-                                   extra={"backend": "onnxruntime", "onnx_path": twin,
-                                          "onnx_precision": module.precision})
+                return LoadedModel(
+                    module=module,
+                    metadata=meta,
+                    device=dev,
+                    path=path,
+                    half=False,
+                    extra={"backend": "onnxruntime", "onnx_path": twin, "onnx_precision": module.precision},
+                )
             if not torch_available():
-                raise ModelError(f"{path} has no usable ONNX twin ({why_not}) and PyTorch is not installed to run "
-                                 "it; install torch (QGIS: Plugins > Roof Detector > Check dependencies)")
+                raise ModelError(
+                    f"{path} has no usable ONNX twin ({why_not}) and PyTorch is not installed to run "
+                    "it; install torch (QGIS: Plugins > Roof Detector > Check dependencies)"
+                )
             extra["onnx_twin_unused"] = why_not
         elif not torch_available():
-            raise ModelError("Neither ONNX Runtime nor PyTorch is installed: install onnxruntime "
-                             "(QGIS: Plugins > Roof Detector > Check dependencies)")
+            raise ModelError(
+                "Neither ONNX Runtime nor PyTorch is installed: install onnxruntime "
+                "(QGIS: Plugins > Roof Detector > Check dependencies)"
+            )
         elif backend == "onnxruntime":
             raise ModelError("ONNX Runtime is not installed: `pip install onnxruntime`, or use backend torch")
     import torch
@@ -437,5 +472,11 @@ def _load_onnx_file(path: str, device: str, backend: str) -> LoadedModel:
     meta = validate_metadata(onnx_twin.read_twin_metadata(path), path)
     module = onnx_twin.OnnxModule(path)
     dev = resolve_device("cpu")
-    return LoadedModel(module=module, metadata=meta, device=dev, path=path, half=False,
-                       extra={"backend": "onnxruntime", "onnx_path": path, "onnx_precision": module.precision})
+    return LoadedModel(
+        module=module,
+        metadata=meta,
+        device=dev,
+        path=path,
+        half=False,
+        extra={"backend": "onnxruntime", "onnx_path": path, "onnx_precision": module.precision},
+    )

@@ -117,17 +117,25 @@ def describe(path: str) -> ModelEntry:
         tile = int(meta["tile_size_px"])
     except (TypeError, ValueError, KeyError):
         gsd, tile = None, None
-    return ModelEntry(path=path, name=str(meta.get("name") or stem), version=str(meta.get("version") or ""),
-                      gsd_m=gsd, val_iou=validation_iou(meta), tile_size_px=tile, base_model=str(base_name),
-                      created=str(meta.get("created") or ""))
+    return ModelEntry(
+        path=path,
+        name=str(meta.get("name") or stem),
+        version=str(meta.get("version") or ""),
+        gsd_m=gsd,
+        val_iou=validation_iou(meta),
+        tile_size_px=tile,
+        base_model=str(base_name),
+        created=str(meta.get("created") or ""),
+    )
 
 
 def list_models(library_dir: str) -> List[ModelEntry]:
     """Every ``*.pt`` file of ``library_dir``, sorted by file name (an absent folder is empty)."""
     if not os.path.isdir(library_dir):
         return []
-    paths = sorted(glob.glob(os.path.join(glob.escape(library_dir), "*" + MODEL_SUFFIX)),
-                   key=lambda p: os.path.basename(p).lower())
+    paths = sorted(
+        glob.glob(os.path.join(glob.escape(library_dir), "*" + MODEL_SUFFIX)), key=lambda p: os.path.basename(p).lower()
+    )
     return [describe(p) for p in paths if not os.path.basename(p).startswith(".tmp-")]
 
 
@@ -138,8 +146,9 @@ def _clash(library_dir: str, stem: str, ignore: Optional[str] = None) -> Optiona
         return None
     for entry in os.listdir(library_dir):
         path = os.path.join(library_dir, entry)
-        if entry.lower() == wanted and (ignore is None or os.path.normcase(os.path.abspath(path))
-                                        != os.path.normcase(os.path.abspath(ignore))):
+        if entry.lower() == wanted and (
+            ignore is None or os.path.normcase(os.path.abspath(path)) != os.path.normcase(os.path.abspath(ignore))
+        ):
             return path
     return None
 
@@ -149,8 +158,10 @@ def new_model_path(library_dir: str, name: str) -> str:
     stem = file_stem(name)
     existing = _clash(library_dir, stem)
     if existing:
-        raise ModelLibraryError(f"The library already holds a model file {os.path.basename(existing)}; "
-                                "choose another name, or rename or delete that model first")
+        raise ModelLibraryError(
+            f"The library already holds a model file {os.path.basename(existing)}; "
+            "choose another name, or rename or delete that model first"
+        )
     return os.path.join(library_dir, stem + MODEL_SUFFIX)
 
 
@@ -181,19 +192,25 @@ def rename_model(path: str, new_name: str) -> str:
     target = os.path.join(library_dir, stem + MODEL_SUFFIX)
     existing = _clash(library_dir, stem, ignore=path)
     if existing:
-        raise ModelLibraryError(f"Cannot rename to {new_name!r}: the library already holds "
-                                f"{os.path.basename(existing)}; choose another name")
+        raise ModelLibraryError(
+            f"Cannot rename to {new_name!r}: the library already holds "
+            f"{os.path.basename(existing)}; choose another name"
+        )
     old_base, new_base = os.path.splitext(path)[0], os.path.splitext(target)[0]
     if old_base != new_base:
         for suffix in SIDE_SUFFIXES:
             if os.path.exists(new_base + suffix):
-                raise ModelLibraryError(f"Cannot rename to {new_name!r}: {os.path.basename(new_base + suffix)} "
-                                        "already exists in the library")
+                raise ModelLibraryError(
+                    f"Cannot rename to {new_name!r}: {os.path.basename(new_base + suffix)} "
+                    "already exists in the library"
+                )
     try:
         module = torch.jit.load(path, map_location="cpu", _extra_files={METADATA_FILE: ""})
     except Exception as exc:  # noqa: BLE001 - torch raises several kinds
-        raise ModelLibraryError(f"Cannot rename {os.path.basename(path)}: it does not load as TorchScript "
-                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise ModelLibraryError(
+            f"Cannot rename {os.path.basename(path)}: it does not load as TorchScript "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
     meta = dict(meta)
     meta["name"] = str(new_name).strip()
     save_model(module, target, meta)
@@ -247,8 +264,10 @@ def import_model(source: str, library_dir: str, name: Optional[str] = None) -> s
     try:
         torch.jit.load(source, map_location="cpu")
     except Exception as exc:  # noqa: BLE001
-        raise ModelLibraryError(f"Cannot import {os.path.basename(source)}: it does not load as TorchScript "
-                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise ModelLibraryError(
+            f"Cannot import {os.path.basename(source)}: it does not load as TorchScript "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
     os.makedirs(library_dir, exist_ok=True)
     target = new_model_path(library_dir, name or os.path.splitext(os.path.basename(source))[0])
     if os.path.normcase(os.path.abspath(source)) == os.path.normcase(os.path.abspath(target)):
@@ -256,7 +275,7 @@ def import_model(source: str, library_dir: str, name: Optional[str] = None) -> s
     _copy_atomic(source, target)
     src_base, dst_base = os.path.splitext(source)[0], os.path.splitext(target)[0]
     for side in side_files(source):
-        suffix = side[len(src_base):]
+        suffix = side[len(src_base) :]
         if not os.path.exists(dst_base + suffix):
             _copy_atomic(side, dst_base + suffix)
     return target

@@ -40,8 +40,13 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".jp2", ".img", ".vrt")
 #: Text files whose lines are inputs (paths or URLs).
 LIST_SUFFIXES = (".txt", ".lst", ".list", ".csv")
 #: URL schemes mapped onto GDAL's virtual file systems (no copy of the data).
-URL_PREFIXES = {"http://": "/vsicurl/http://", "https://": "/vsicurl/https://", "s3://": "/vsis3/",
-                "gs://": "/vsigs/", "az://": "/vsiaz/"}
+URL_PREFIXES = {
+    "http://": "/vsicurl/http://",
+    "https://": "/vsicurl/https://",
+    "s3://": "/vsis3/",
+    "gs://": "/vsigs/",
+    "az://": "/vsiaz/",
+}
 
 Bounds = Tuple[float, float, float, float]  # minx, miny, maxx, maxy in the mosaic CRS
 
@@ -65,20 +70,24 @@ def expand_inputs(args: Sequence[str]) -> List[str]:
             seen.add(key)
             unique.append(key)
     if not unique:
-        raise InputRasterError("No raster among the inputs: give raster files, folders, glob patterns, a VRT "
-                               "or a text file listing them")
+        raise InputRasterError(
+            "No raster among the inputs: give raster files, folders, glob patterns, a VRT or a text file listing them"
+        )
     return unique
 
 
 def _expand_one(arg: str, depth: int) -> List[str]:
     for scheme, prefix in URL_PREFIXES.items():
         if arg.startswith(scheme):
-            return [prefix + arg[len(scheme):]]
+            return [prefix + arg[len(scheme) :]]
     if arg.startswith("/vsi"):
         return _vrt_sources(arg) if arg.lower().endswith(".vrt") else [arg]
     if os.path.isdir(arg):
-        found = sorted(p for p in glob.glob(os.path.join(arg, "**", "*"), recursive=True)
-                       if p.lower().endswith(RASTER_SUFFIXES) and os.path.isfile(p))
+        found = sorted(
+            p
+            for p in glob.glob(os.path.join(arg, "**", "*"), recursive=True)
+            if p.lower().endswith(RASTER_SUFFIXES) and os.path.isfile(p)
+        )
         if not found:
             raise InputRasterError(f"The folder {arg} holds no raster ({', '.join(RASTER_SUFFIXES)})")
         return [q for p in found for q in _expand_one(p, depth + 1)]
@@ -86,8 +95,9 @@ def _expand_one(arg: str, depth: int) -> List[str]:
         if any(ch in arg for ch in "*?["):
             found = sorted(glob.glob(arg, recursive=True))
             if not found:
-                raise InputRasterError(f"The pattern {arg} matches no file; check the path (quote it so that "
-                                       "the shell does not expand it)")
+                raise InputRasterError(
+                    f"The pattern {arg} matches no file; check the path (quote it so that the shell does not expand it)"
+                )
             return [q for p in found for q in _expand_one(p, depth + 1)]
         raise InputRasterError(f"Input not found: {arg}")
     if arg.lower().endswith(LIST_SUFFIXES):
@@ -101,8 +111,9 @@ def _expand_one(arg: str, depth: int) -> List[str]:
                 if not line or line.startswith("#"):
                     continue
                 is_remote = line.startswith("/vsi") or "://" in line
-                paths.extend(_expand_one(line if is_remote or os.path.isabs(line) else os.path.join(base, line),
-                                         depth + 1))
+                paths.extend(
+                    _expand_one(line if is_remote or os.path.isabs(line) else os.path.join(base, line), depth + 1)
+                )
         if not paths:
             raise InputRasterError(f"The list {arg} names no raster")
         return paths
@@ -157,12 +168,15 @@ def read_mosaic(paths: Sequence[str]) -> MosaicInfo:
         try:
             ds = gdal.Open(path)
         except RuntimeError as exc:
-            raise InputRasterError(f"{path} is not a raster GDAL can read ({str(exc).splitlines()[0]}); "
-                                   "check the path or URL") from None
+            raise InputRasterError(
+                f"{path} is not a raster GDAL can read ({str(exc).splitlines()[0]}); check the path or URL"
+            ) from None
         wkt = ds.GetProjection()
         if not wkt:
-            raise InputRasterError(f"{path} has no coordinate reference system (CRS); assign one, e.g. "
-                                   "`gdal_edit.py -a_srs EPSG:XXXX file.tif`")
+            raise InputRasterError(
+                f"{path} has no coordinate reference system (CRS); assign one, e.g. "
+                "`gdal_edit.py -a_srs EPSG:XXXX file.tif`"
+            )
         gt = ds.GetGeoTransform()
         check_north_up(Affine.from_gdal(*gt), path)
         srs = osr.SpatialReference(wkt=wkt)
@@ -170,19 +184,26 @@ def read_mosaic(paths: Sequence[str]) -> MosaicInfo:
         if first_srs is None:
             first_srs, crs_wkt, layout = srs, wkt, this_layout
         elif not srs.IsSame(first_srs):
-            raise InputRasterError(f"{path} is in another CRS than {paths[0]}; the inputs of one run must share "
-                                   "one CRS: warp them first (`gdalwarp -t_srs EPSG:XXXX in.tif out.tif`)")
+            raise InputRasterError(
+                f"{path} is in another CRS than {paths[0]}; the inputs of one run must share "
+                "one CRS: warp them first (`gdalwarp -t_srs EPSG:XXXX in.tif out.tif`)"
+            )
         elif this_layout != layout:
-            raise InputRasterError(f"{path} has {this_layout[0]} bands of {this_layout[1]}, {paths[0]} "
-                                   f"{layout[0]} of {layout[1]}; the inputs of one run must share bands and "
-                                   "data type")
+            raise InputRasterError(
+                f"{path} has {this_layout[0]} bands of {this_layout[1]}, {paths[0]} "
+                f"{layout[0]} of {layout[1]}; the inputs of one run must share bands and "
+                "data type"
+            )
         w, h = ds.RasterXSize, ds.RasterYSize
-        rasters.append(RasterInfo(path, (gt[0], gt[3] + h * gt[5], gt[0] + w * gt[1], gt[3]),
-                                  (gt[1], -gt[5]), w, h))
+        rasters.append(RasterInfo(path, (gt[0], gt[3] + h * gt[5], gt[0] + w * gt[1], gt[3]), (gt[1], -gt[5]), w, h))
         ds = None
     res = (min(r.res[0] for r in rasters), min(r.res[1] for r in rasters))  # GDAL's "highest"
-    bounds = (min(r.bounds[0] for r in rasters), min(r.bounds[1] for r in rasters),
-              max(r.bounds[2] for r in rasters), max(r.bounds[3] for r in rasters))
+    bounds = (
+        min(r.bounds[0] for r in rasters),
+        min(r.bounds[1] for r in rasters),
+        max(r.bounds[2] for r in rasters),
+        max(r.bounds[3] for r in rasters),
+    )
     return MosaicInfo(rasters, crs_wkt, res, bounds, layout[0], layout[1])
 
 
@@ -242,15 +263,17 @@ def plan_jobs(mosaic: MosaicInfo, margin_m: float, block_px: int = MANY["block_p
         window = _snap(((fp[0] - margin), (fp[1] - margin), (fp[2] + margin), (fp[3] + margin)), mosaic)
         win_box = shapely.box(*window)
         # Touching is not overlapping: an abutting earlier tile owns nothing of this one.
-        earlier = tuple(footprints[j][1] for j in sorted(tree.query(boxes[i], predicate="intersects"))
-                        if j < i and overlaps(boxes[j], boxes[i]))
+        earlier = tuple(
+            footprints[j][1]
+            for j in sorted(tree.query(boxes[i], predicate="intersects"))
+            if j < i and overlaps(boxes[j], boxes[i])
+        )
         hits = sorted(raster_tree.query(win_box, predicate="intersects"))
         sources = tuple(mosaic.rasters[j].path for j in hits if overlaps(raster_boxes[j], win_box))
         eps = 0.5 * min(rx, ry)
         inner = (window[0] > mx0 + eps, window[1] > my0 + eps, window[2] < mx1 - eps, window[3] < my1 - eps)
         owned = boxes[i].difference(shapely.union_all([shapely.box(*e) for e in earlier])) if earlier else boxes[i]
-        jobs.append(Job(i, name, fp, window, sources, mosaic.res, earlier, inner,
-                        owned.area * m2_per_unit2 / 1e6))
+        jobs.append(Job(i, name, fp, window, sources, mosaic.res, earlier, inner, owned.area * m2_per_unit2 / 1e6))
     return jobs
 
 
@@ -294,8 +317,7 @@ def _in_half_open(b: Bounds, x: float, y: float) -> bool:
 
 def write_job_vrt(job: Job, path: str) -> str:
     """A VRT of ``job.sources`` over ``job.window`` at the mosaic's resolution (what the job reads)."""
-    options = gdal.BuildVRTOptions(outputBounds=job.window, xRes=job.res[0], yRes=job.res[1],
-                                   resolution="user")
+    options = gdal.BuildVRTOptions(outputBounds=job.window, xRes=job.res[0], yRes=job.res[1], resolution="user")
     try:
         ds = gdal.BuildVRT(path, list(job.sources), options=options)
     except RuntimeError as exc:
@@ -319,5 +341,15 @@ def total_area_km2(jobs: Iterable[Job]) -> float:
     return float(sum(j.area_km2 for j in jobs))
 
 
-__all__ = ["expand_inputs", "read_mosaic", "plan_jobs", "owns", "write_job_vrt", "write_mosaic_vrt", "Job",
-           "MosaicInfo", "RasterInfo", "total_area_km2"]
+__all__ = [
+    "expand_inputs",
+    "read_mosaic",
+    "plan_jobs",
+    "owns",
+    "write_job_vrt",
+    "write_mosaic_vrt",
+    "Job",
+    "MosaicInfo",
+    "RasterInfo",
+    "total_area_km2",
+]

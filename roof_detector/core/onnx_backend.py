@@ -41,7 +41,8 @@ AGREEMENT_TOL = 1e-3
 def cache_dir() -> Path:
     """Where derived ONNX files live: $ROOF_DETECTOR_CACHE or ~/.cache/roof_detector/onnx."""
     base = os.environ.get("ROOF_DETECTOR_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "roof_detector")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "roof_detector"
+    )
     return Path(base) / "onnx"
 
 
@@ -49,7 +50,7 @@ def python_network(script: torch.jit.ScriptModule, meta: Dict[str, Any]) -> torc
     """The Python network of a model file, with the file's weights, normalisation and sigmoid."""
     arch = meta["architecture"]
     net = build_model(arch["name"], **arch.get("params", {}))
-    state = {k[len("net."):]: v for k, v in script.state_dict().items() if k.startswith("net.")}
+    state = {k[len("net.") :]: v for k, v in script.state_dict().items() if k.startswith("net.")}
     missing, _ = net.load_state_dict(state, strict=False)
     if missing:
         raise ValueError(f"weights do not match architecture {arch['name']!r} ({len(missing)} tensors missing)")
@@ -88,10 +89,19 @@ def _export_graph(wrapper: torch.nn.Module, tile: int, out: Path) -> None:
     tmp = temp_path(str(out), ".onnx")
     try:
         with torch.no_grad():
-            torch.onnx.export(wrapper, (torch.rand(2, 3, tile, tile),), tmp, input_names=["image"],
-                              output_names=["probability"], opset_version=17, dynamo=False,
-                              dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                                            "probability": {0: "batch", 2: "height", 3: "width"}})
+            torch.onnx.export(
+                wrapper,
+                (torch.rand(2, 3, tile, tile),),
+                tmp,
+                input_names=["image"],
+                output_names=["probability"],
+                opset_version=17,
+                dynamo=False,
+                dynamic_axes={
+                    "image": {0: "batch", 2: "height", 3: "width"},
+                    "probability": {0: "batch", 2: "height", 3: "width"},
+                },
+            )
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):

@@ -84,8 +84,9 @@ def read_twin_metadata(onnx_path: str | os.PathLike) -> Dict[str, Any]:
     """The model metadata record an ONNX twin carries (ValueError when it has none)."""
     props = read_twin_properties(onnx_path)
     if META_KEY not in props:
-        raise ValueError(f"{onnx_path} is an ONNX file without Roof Detector metadata; make it with "
-                         "`python -m devtools onnx-twin`")
+        raise ValueError(
+            f"{onnx_path} is an ONNX file without Roof Detector metadata; make it with `python -m devtools onnx-twin`"
+        )
     return json.loads(props[META_KEY])
 
 

@@ -5,6 +5,7 @@ The GeoPackage writer and the vectoriser import them from here.
 
 try:  # osgeo comes with QGIS / python3-gdal
     from osgeo import gdal, ogr, osr
+
     gdal.UseExceptions()
     ogr.UseExceptions()
     osr.UseExceptions()

@@ -63,17 +63,17 @@ _MIN_PENDING_BATCHES = 8
 class DetectOptions:
     """What to detect with; defaults and ranges are declared in :mod:`.params` (DETECT, OUTLINES)."""
 
-    model_path: Optional[str] = None   # None = bundled model
-    device: str = DETECT["device"].default                  # auto | cpu | cuda
+    model_path: Optional[str] = None  # None = bundled model
+    device: str = DETECT["device"].default  # auto | cpu | cuda
     threshold: Optional[float] = DETECT["threshold"].default  # None = the model's tuned threshold
-    min_area_m2: float = DETECT["min_area_m2"].default      # smaller polygons are dropped
+    min_area_m2: float = DETECT["min_area_m2"].default  # smaller polygons are dropped
     batch_size: Optional[int] = DETECT["batch_size"].default  # None = 8 on CPU; on CUDA fitted to free memory
-    aoi_wkt: Optional[str] = None      # area of interest polygon, in the raster CRS
-    max_hole_area_m2: float = 4.0      # holes smaller than this are filled (speckle)
+    aoi_wkt: Optional[str] = None  # area of interest polygon, in the raster CRS
+    max_hole_area_m2: float = 4.0  # holes smaller than this are filled (speckle)
     # split touching roofs (vectorize; along the seam of a model's separation outputs if it has them)
     separate_touching: bool = DETECT["separate_touching"].default
     tta: bool = DETECT["tta"].default  # test-time augmentation: average 4 flipped passes (4x the model time)
-    regularize: bool = OUTLINES["regularize"].default       # square outlines (right angles, 45-degree diagonals)
+    regularize: bool = OUTLINES["regularize"].default  # square outlines (right angles, 45-degree diagonals)
     regularize_tolerance_m: float = OUTLINES["regularize_tolerance_m"].default
     solar: Optional[SolarParams] = field(default_factory=SolarParams)  # None: no solar attributes
     confirm_large_run: bool = DETECT["confirm_large_run"].default  # run beyond the size guard (work_estimate)
@@ -107,14 +107,21 @@ class DetectionResult:
     def provenance(self, options: "DetectOptions") -> Dict[str, Any]:
         """What a written layer records about its making (GeoPackage metadata): source, model, choices."""
         meta = self.model_metadata
-        return {"source_raster": self.raster_path,
-                "model": f"{meta.get('name', '?')} {meta.get('version', '')}".strip(),
-                "threshold": self.stats.get("threshold"), "min_area_m2": options.min_area_m2}
+        return {
+            "source_raster": self.raster_path,
+            "model": f"{meta.get('name', '?')} {meta.get('version', '')}".strip(),
+            "threshold": self.stats.get("threshold"),
+            "min_area_m2": options.min_area_m2,
+        }
 
 
-def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Optional[DetectOptions] = None,
-                     progress: Optional[ProgressFn] = None, is_cancelled: Optional[CancelFn] = None,
-                     model: Optional[LoadedModel] = None) -> DetectionResult:
+def detect_buildings(
+    source: Union[RasterSource, str, os.PathLike],
+    options: Optional[DetectOptions] = None,
+    progress: Optional[ProgressFn] = None,
+    is_cancelled: Optional[CancelFn] = None,
+    model: Optional[LoadedModel] = None,
+) -> DetectionResult:
     """Detect building footprints in ``source`` (a :class:`RasterSource` or a raster path).
 
     ``progress(fraction, message)`` is called as work advances,
@@ -159,17 +166,21 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
         else:
             # Cores only mean something above the threshold (a fine-tuned model's may be 0.25).
             split_core = max(SPLIT_CORE_PROBABILITY, threshold) if options.separate_touching else None
-        vectorizer = StripVectorizer(grid, crs_wkt, _finish_options(options, grid, raster, crs_wkt, aoi),
-                                     is_cancelled, split_core_u8=None if split_core is None else
-                                     min(255, int(round(split_core * 255))),
-                                     min_core_fraction=SEPARATION_MIN_CORE_FRACTION
-                                     if model.core_threshold is not None else 1.0)
+        vectorizer = StripVectorizer(
+            grid,
+            crs_wkt,
+            _finish_options(options, grid, raster, crs_wkt, aoi),
+            is_cancelled,
+            split_core_u8=None if split_core is None else min(255, int(round(split_core * 255))),
+            min_core_fraction=SEPARATION_MIN_CORE_FRACTION if model.core_threshold is not None else 1.0,
+        )
         tile_progress = report.span(_PREPARE_END, _TILES_END)
         tiles_per_row = len(tile_origins(grid.width_px, model.tile_size_px, model.overlap_px))
         max_pending = max(_MIN_PENDING_BATCHES, -(-_MAX_PENDING_TILE_ROWS * tiles_per_row // batch_size))
         with OutlineWorker(mosaic, vectorizer, max_pending) as outlines:
-            for batch in predict_tiles(raster, grid, tiles, model, batch_size, tile_progress, is_cancelled,
-                                       timings, warnings, predictor):
+            for batch in predict_tiles(
+                raster, grid, tiles, model, batch_size, tile_progress, is_cancelled, timings, warnings, predictor
+            ):
                 outlines.submit(batch)
             t0 = time.perf_counter()
             report(_TILES_END, "Tracing the last building outlines")
@@ -182,9 +193,11 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
         timings["queue_wait"] = outlines.wait_s
         valid_px = outlines.valid_px
         if valid_px == 0:
-            warnings.append("The raster holds no valid pixels"
-                            + (" inside the area of interest" if aoi is not None else "")
-                            + " (all nodata / masked): nothing could be detected.")
+            warnings.append(
+                "The raster holds no valid pixels"
+                + (" inside the area of interest" if aoi is not None else "")
+                + " (all nodata / masked): nothing could be detected."
+            )
         report(1.0, f"{len(buildings)} buildings")
     finally:
         if owned:
@@ -194,8 +207,10 @@ def detect_buildings(source: Union[RasterSource, str, os.PathLike], options: Opt
     seconds = time.perf_counter() - t_start
     stats: Dict[str, Any] = {
         "tiles": len(tiles),
-        "tiles_full_raster": (len(tile_origins(full_grid.width_px, model.tile_size_px, model.overlap_px))
-                              * len(tile_origins(full_grid.height_px, model.tile_size_px, model.overlap_px))),
+        "tiles_full_raster": (
+            len(tile_origins(full_grid.width_px, model.tile_size_px, model.overlap_px))
+            * len(tile_origins(full_grid.height_px, model.tile_size_px, model.overlap_px))
+        ),
         "batches": batches,
         "batch_size": predictor.batch_limit or batch_size,  # smaller after an out-of-memory retry
         "device": device_description(model.device),
@@ -219,13 +234,18 @@ def coarse_pixel_warning(raster_px_m: Tuple[float, float], gsd_m: float) -> Opti
     coarsest = max(raster_px_m)
     if coarsest <= COARSE_PIXEL_WARN_M:
         return None
-    return (f"The raster's pixels measure {coarsest:.2f} m on the ground, far coarser than the "
-            f"{gsd_m:g} m the model was trained for: buildings are only a few pixels wide and most "
-            f"will be missed or misshapen. Use imagery of {COARSE_PIXEL_WARN_M:g} m/pixel or finer.")
+    return (
+        f"The raster's pixels measure {coarsest:.2f} m on the ground, far coarser than the "
+        f"{gsd_m:g} m the model was trained for: buildings are only a few pixels wide and most "
+        f"will be missed or misshapen. Use imagery of {COARSE_PIXEL_WARN_M:g} m/pixel or finer."
+    )
 
 
-def estimate_detection(source: Union[RasterSource, str, os.PathLike], options: Optional[DetectOptions] = None,
-                       model: Optional[LoadedModel] = None) -> Optional[WorkEstimate]:
+def estimate_detection(
+    source: Union[RasterSource, str, os.PathLike],
+    options: Optional[DetectOptions] = None,
+    model: Optional[LoadedModel] = None,
+) -> Optional[WorkEstimate]:
     """The size of a run, from the raster's header and the model's metadata alone (nothing is read).
 
     None when the raster or model cannot be opened: the run itself then says why.
@@ -238,8 +258,13 @@ def estimate_detection(source: Union[RasterSource, str, os.PathLike], options: O
     except RoofDetectorError:
         return None
     if isinstance(source, RasterSource):
-        name, crs_wkt, transform, width, height = source.name, source.crs_wkt, source.transform, source.width, \
-            source.height
+        name, crs_wkt, transform, width, height = (
+            source.name,
+            source.crs_wkt,
+            source.transform,
+            source.width,
+            source.height,
+        )
     else:
         import rasterio
 
@@ -258,12 +283,19 @@ def estimate_detection(source: Union[RasterSource, str, os.PathLike], options: O
             grid = _grid_for_aoi(grid, _parse_aoi(options.aoi_wkt), name)
     except (RoofDetectorError, ValueError):
         return None
-    return estimate_grid(grid.width_px, grid.height_px, int(meta["tile_size_px"]), int(meta["overlap_px"]),
-                         raster_px_m, coarse_pixel_warning(raster_px_m, float(meta["gsd_m"])))
+    return estimate_grid(
+        grid.width_px,
+        grid.height_px,
+        int(meta["tile_size_px"]),
+        int(meta["overlap_px"]),
+        raster_px_m,
+        coarse_pixel_warning(raster_px_m, float(meta["gsd_m"])),
+    )
 
 
-def check_detection_size(source: Union[RasterSource, str, os.PathLike], options: DetectOptions,
-                         model: Optional[LoadedModel] = None) -> Optional[WorkEstimate]:
+def check_detection_size(
+    source: Union[RasterSource, str, os.PathLike], options: DetectOptions, model: Optional[LoadedModel] = None
+) -> Optional[WorkEstimate]:
     """Raise :class:`LargeRunError` for a run beyond the size guard (see :mod:`.work_estimate`)."""
     estimate = estimate_detection(source, options, model)
     if estimate is None:
@@ -275,15 +307,20 @@ def check_detection_size(source: Union[RasterSource, str, os.PathLike], options:
     return estimate
 
 
-def _finish_options(options: DetectOptions, grid: ModelGrid, raster: RasterSource, crs_wkt: str,
-                    aoi: Optional[BaseGeometry]) -> FinishOptions:
+def _finish_options(
+    options: DetectOptions, grid: ModelGrid, raster: RasterSource, crs_wkt: str, aoi: Optional[BaseGeometry]
+) -> FinishOptions:
     return FinishOptions(
-        min_area_m2=options.min_area_m2, max_hole_area_m2=options.max_hole_area_m2,
+        min_area_m2=options.min_area_m2,
+        max_hole_area_m2=options.max_hole_area_m2,
         m2_per_unit2=m2_per_crs_unit2(crs_wkt, raster.transform, raster.width, raster.height),
         # half a model pixel: removes the staircase, moves no wall by more
         simplify_tolerance=0.5 * min(abs(grid.transform.a), abs(grid.transform.e)),
-        clip_geometry=aoi, regularize=options.regularize, regularize_tolerance_m=options.regularize_tolerance_m,
-        solar=options.solar)
+        clip_geometry=aoi,
+        regularize=options.regularize,
+        regularize_tolerance_m=options.regularize_tolerance_m,
+        solar=options.solar,
+    )
 
 
 #: Nice value of the outline thread on Linux, so that it yields to the model's threads at
@@ -330,8 +367,9 @@ class OutlineWorker:
         self.valid_px = 0
         self.stitch_s = 0.0
         self.wait_s = 0.0  # the model's thread waiting for a free place in the queue
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roof-outlines",
-                                        initializer=_lower_thread_priority)
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="roof-outlines", initializer=_lower_thread_priority
+        )
         self._pending: List[Future] = []
 
     def submit(self, batch: List[Tuple[Tile, Any, Any]]) -> None:
@@ -353,7 +391,9 @@ class OutlineWorker:
             t0 = time.perf_counter()
             strip = self.mosaic.add(tile, prob, valid)
             c0, r0, c1, r1 = tile.keep
-            self.valid_px += int(valid[r0 - tile.row_off:r1 - tile.row_off, c0 - tile.col_off:c1 - tile.col_off].sum())
+            self.valid_px += int(
+                valid[r0 - tile.row_off : r1 - tile.row_off, c0 - tile.col_off : c1 - tile.col_off].sum()
+            )
             self.stitch_s += time.perf_counter() - t0
             if strip is not None:
                 self.vectorizer.add(*strip)
@@ -388,8 +428,10 @@ class _Progress:
 
 def _load_model(options: DetectOptions) -> LoadedModel:
     if options.model_path is None and not BUNDLED_MODEL_PATH.is_file():
-        raise ModelError(f"The bundled model {BUNDLED_MODEL_PATH} is missing; train it with "
-                         "`python -m devtools train` or pass a model file (--model PATH)")
+        raise ModelError(
+            f"The bundled model {BUNDLED_MODEL_PATH} is missing; train it with "
+            "`python -m devtools train` or pass a model file (--model PATH)"
+        )
     return load_model(options.model_path, options.device)
 
 
@@ -401,8 +443,9 @@ def _parse_aoi(aoi_wkt: str) -> BaseGeometry:
     if not aoi.is_valid:
         aoi = shapely.make_valid(aoi)
     if aoi.is_empty or aoi.area <= 0:
-        raise InputRasterError("The area of interest must be a polygon with a non-zero area "
-                               "(in the raster's coordinate reference system)")
+        raise InputRasterError(
+            "The area of interest must be a polygon with a non-zero area (in the raster's coordinate reference system)"
+        )
     return aoi
 
 
@@ -410,8 +453,9 @@ def _grid_for_aoi(grid: ModelGrid, aoi: BaseGeometry, name: str) -> ModelGrid:
     """Cut the model grid down to the AOI's bounding box: no work, no disk, outside it."""
     block = grid.pixel_bounds(aoi.bounds)
     if block is None or not aoi.intersects(shapely.box(*_grid_bounds(grid))):
-        raise InputRasterError(f"The area of interest does not overlap {name}; draw it over the raster "
-                               "(coordinates in the raster's CRS)")
+        raise InputRasterError(
+            f"The area of interest does not overlap {name}; draw it over the raster (coordinates in the raster's CRS)"
+        )
     c0, r0, c1, r1 = block
     return grid.subgrid(c0, r0, c1 - c0, r1 - r0)
 

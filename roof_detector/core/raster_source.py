@@ -62,7 +62,7 @@ class BandLayout:
     """Which source bands feed R, G, B, and how the fourth band is used."""
 
     rgb_bands: Tuple[int, int, int]  # 1-based band indexes
-    description: str                 # e.g. "grey", "RGB", "RGBA", "RGB+NIR"
+    description: str  # e.g. "grey", "RGB", "RGBA", "RGB+NIR"
 
 
 def band_layout(band_count: int, alpha_band: Optional[int] = None, name: str = "raster") -> BandLayout:
@@ -81,7 +81,8 @@ def band_layout(band_count: int, alpha_band: Optional[int] = None, name: str = "
     raise InputRasterError(
         f"{name} has {band_count} bands{' (none flagged alpha)' if band_count == 2 else ''}; the detector "
         "needs 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA or RGB+NIR) bands. Make an RGB copy first, "
-        "e.g. `gdal_translate -b 3 -b 2 -b 1 in.tif rgb.tif` with the band numbers of red, green and blue")
+        "e.g. `gdal_translate -b 3 -b 2 -b 1 in.tif rgb.tif` with the band numbers of red, green and blue"
+    )
 
 
 def check_north_up(transform: Affine, name: str = "raster") -> None:
@@ -89,15 +90,18 @@ def check_north_up(transform: Affine, name: str = "raster") -> None:
     if transform.b != 0 or transform.d != 0:
         raise InputRasterError(
             f"{name} has a rotated or sheared geotransform; the detector needs a north-up raster. "
-            "Warp it first, e.g. `gdalwarp in.tif northup.tif`")
+            "Warp it first, e.g. `gdalwarp in.tif northup.tif`"
+        )
     if not (transform.a > 0 and transform.e < 0):
         raise InputRasterError(
             f"{name} is not north-up (pixel size {transform.a}, {transform.e}); "
-            "warp it first, e.g. `gdalwarp in.tif northup.tif`")
+            "warp it first, e.g. `gdalwarp in.tif northup.tif`"
+        )
 
 
-def percentile_stretch(sample: np.ndarray, valid: np.ndarray,
-                       percentiles: Tuple[float, float] = STRETCH_PERCENTILES) -> np.ndarray:
+def percentile_stretch(
+    sample: np.ndarray, valid: np.ndarray, percentiles: Tuple[float, float] = STRETCH_PERCENTILES
+) -> np.ndarray:
     """Per-band ``(low, high)`` of a ``bands x H x W`` sample over its valid pixels.
 
     Returns an array of shape ``bands x 2``. A flat band (high <= low) falls
@@ -238,9 +242,11 @@ class RasterioSource(RasterSource):
 
         self._path = str(path)
         if self._path.lower().startswith(REMOTE_OR_ARCHIVE_PREFIXES):
-            raise InputRasterError(f"{self._path}: remote and archive paths (/vsicurl/, http(s)://, /vsizip/...) "
-                                   "are not supported; download or unzip the raster to a local file first "
-                                   "(e.g. gdal_translate SOURCE local.tif), or add it to QGIS as a layer")
+            raise InputRasterError(
+                f"{self._path}: remote and archive paths (/vsicurl/, http(s)://, /vsizip/...) "
+                "are not supported; download or unzip the raster to a local file first "
+                "(e.g. gdal_translate SOURCE local.tif), or add it to QGIS as a layer"
+            )
         if not os.path.exists(self._path):
             raise InputRasterError(f"Raster file not found: {self._path}")
         if os.path.isdir(self._path):
@@ -250,9 +256,10 @@ class RasterioSource(RasterSource):
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self._ds = rasterio.open(self._path)
         except RasterioIOError as exc:
-            raise InputRasterError(f"{self._path} is not a raster GDAL can read "
-                                   f"({str(exc).splitlines()[0]}); check the file is an image such as a GeoTIFF"
-                                   ) from None
+            raise InputRasterError(
+                f"{self._path} is not a raster GDAL can read "
+                f"({str(exc).splitlines()[0]}); check the file is an image such as a GeoTIFF"
+            ) from None
         try:
             self._init_checks(stretch)
         except BaseException:
@@ -265,19 +272,27 @@ class RasterioSource(RasterSource):
         ds = self._ds
         name = self._path
         if ds.crs is None:
-            hint = (" It is georeferenced by ground control points only: warp it first "
-                    "(`gdalwarp in.tif out.tif`).") if ds.gcps[0] else ""
+            hint = (
+                (" It is georeferenced by ground control points only: warp it first (`gdalwarp in.tif out.tif`).")
+                if ds.gcps[0]
+                else ""
+            )
             raise InputRasterError(
                 f"{name} has no coordinate reference system (CRS).{hint} Assign one, e.g. "
-                "`gdal_edit.py -a_srs EPSG:XXXX file.tif`, or in QGIS with Raster > Projections > Assign Projection")
+                "`gdal_edit.py -a_srs EPSG:XXXX file.tif`, or in QGIS with Raster > Projections > Assign Projection"
+            )
         if ds.transform == Affine.identity():
-            raise InputRasterError(f"{name} has a CRS but no geotransform (pixel positions are unknown); "
-                                   "georeference it in QGIS (Georeferencer) or with gdal_translate -a_ullr")
+            raise InputRasterError(
+                f"{name} has a CRS but no geotransform (pixel positions are unknown); "
+                "georeference it in QGIS (Georeferencer) or with gdal_translate -a_ullr"
+            )
         check_north_up(ds.transform, name)
         dtypes = set(ds.dtypes)
         if len(dtypes) != 1:
-            raise InputRasterError(f"{name} mixes band data types {sorted(dtypes)}; convert it to one type "
-                                   "(gdal_translate -ot Byte or UInt16)")
+            raise InputRasterError(
+                f"{name} mixes band data types {sorted(dtypes)}; convert it to one type "
+                "(gdal_translate -ot Byte or UInt16)"
+            )
         self._dtype = ds.dtypes[0]
         if np.dtype(self._dtype).kind not in "uif":
             raise InputRasterError(f"{name} holds {self._dtype} pixels; only integer or real values are supported")
@@ -374,8 +389,7 @@ class RasterioSource(RasterSource):
             if self._all_valid:
                 valid = np.ones((rows, cols), dtype=bool)
             else:
-                valid = self._ds.dataset_mask(window=win, out_shape=(rows, cols),
-                                              resampling=Resampling.nearest) > 0
+                valid = self._ds.dataset_mask(window=win, out_shape=(rows, cols), resampling=Resampling.nearest) > 0
         if np.dtype(self._dtype).kind == "f":  # NaN without a declared nodata is still no data
             valid &= np.isfinite(raw).all(axis=0)
         if self._lut is not None:
@@ -406,12 +420,19 @@ def read_errors_named(path: str, window) -> Iterator[None]:
     except RasterioIOError as exc:
         cause = exc.__cause__ or exc.__context__
         detail = " ".join(str(cause or exc).split())
-        where = "the whole raster (decimated)" if window is None else (
-            f"window col {int(window.col_off)}, row {int(window.row_off)}, "
-            f"{int(round(window.width))} x {int(round(window.height))} px")
-        raise InputRasterError(f"{path} is damaged or incomplete: reading {where} failed ({detail}). Nothing was "
-                               "written; re-export or repair the file (e.g. gdal_translate), or for a VRT check "
-                               "that every source file it lists is there") from None
+        where = (
+            "the whole raster (decimated)"
+            if window is None
+            else (
+                f"window col {int(window.col_off)}, row {int(window.row_off)}, "
+                f"{int(round(window.width))} x {int(round(window.height))} px"
+            )
+        )
+        raise InputRasterError(
+            f"{path} is damaged or incomplete: reading {where} failed ({detail}). Nothing was "
+            "written; re-export or repair the file (e.g. gdal_translate), or for a VRT check "
+            "that every source file it lists is there"
+        ) from None
 
 
 def _clamp_window(window: PixelWindow, width: int, height: int) -> PixelWindow:
@@ -430,5 +451,14 @@ def open_source(source: "RasterSource | str | os.PathLike") -> Tuple[RasterSourc
     return RasterioSource(source), True
 
 
-__all__ = ("PixelWindow", "BandLayout", "RasterSource", "RasterioSource", "band_layout",
-                          "check_north_up", "percentile_stretch", "scale_to_unit", "open_source")
+__all__ = (
+    "PixelWindow",
+    "BandLayout",
+    "RasterSource",
+    "RasterioSource",
+    "band_layout",
+    "check_north_up",
+    "percentile_stretch",
+    "scale_to_unit",
+    "open_source",
+)

@@ -69,9 +69,9 @@ class Grid:
 
     mask: np.ndarray
     cell_m: float
-    x0: float            # rotated-frame coordinates of the grid's lower-left corner
+    x0: float  # rotated-frame coordinates of the grid's lower-left corner
     y0: float
-    cx: float            # the rotation centre (source metric coordinates)
+    cx: float  # the rotation centre (source metric coordinates)
     cy: float
     cos_t: float
     sin_t: float
@@ -79,13 +79,11 @@ class Grid:
     def to_source(self, xy: np.ndarray) -> np.ndarray:
         """Rotated-frame coordinates back to the source metric frame."""
         x, y = xy[:, 0], xy[:, 1]
-        return np.column_stack([self.cx + x * self.cos_t - y * self.sin_t,
-                                self.cy + x * self.sin_t + y * self.cos_t])
+        return np.column_stack([self.cx + x * self.cos_t - y * self.sin_t, self.cy + x * self.sin_t + y * self.cos_t])
 
     def iou_of(self, polygon: Polygon) -> float:
         """IoU of ``polygon`` (source metric coordinates) with the mask, on this grid."""
-        rings = [np.asarray(polygon.exterior.coords)[:, :2]] + [np.asarray(r.coords)[:, :2]
-                                                                 for r in polygon.interiors]
+        rings = [np.asarray(polygon.exterior.coords)[:, :2]] + [np.asarray(r.coords)[:, :2] for r in polygon.interiors]
         rotated = []
         for ring in rings:
             x, y = ring[:, 0] - self.cx, ring[:, 1] - self.cy
@@ -127,8 +125,7 @@ def burn(polygon: Polygon, theta_deg: float) -> Optional[Grid]:
     return Grid(mask, cell, x0, y0, cx, cy, cos_t, sin_t)
 
 
-def _scanline_fill(rings: List[np.ndarray], x0: float, y0: float, cell: float, height: int,
-                   width: int) -> np.ndarray:
+def _scanline_fill(rings: List[np.ndarray], x0: float, y0: float, cell: float, height: int, width: int) -> np.ndarray:
     """Even-odd fill of the cells whose centres lie inside the rings (all rings at once)."""
     a = np.vstack([r[:-1] for r in rings])
     b = np.vstack([r[1:] for r in rings])
@@ -155,8 +152,9 @@ def _prefix(a: np.ndarray) -> np.ndarray:
     return p
 
 
-def _best_rect(pg: np.ndarray, pc: np.ndarray, inter: int, union: int, sign: int,
-               start: Tuple[int, int, int, int]) -> Tuple[float, Tuple[int, int, int, int]]:
+def _best_rect(
+    pg: np.ndarray, pc: np.ndarray, inter: int, union: int, sign: int, start: Tuple[int, int, int, int]
+) -> Tuple[float, Tuple[int, int, int, int]]:
     """Coordinate ascent on the four edges of a rectangle maximising the new IoU.
 
     ``pg``, ``pc``: prefix sums (:func:`_prefix`) of the gain and cost cells. Adding
@@ -173,8 +171,8 @@ def _best_rect(pg: np.ndarray, pc: np.ndarray, inter: int, union: int, sign: int
         for edge in (0, 1):
             if edge == 0:  # top edge r0 in [0, r1)
                 gs, cs = g[r1] - g[:r1], c[r1] - c[:r1]
-            else:          # bottom edge r1 in (r0, h]
-                gs, cs = g[r0 + 1:] - g[r0], c[r0 + 1:] - c[r0]
+            else:  # bottom edge r1 in (r0, h]
+                gs, cs = g[r0 + 1 :] - g[r0], c[r0 + 1 :] - c[r0]
             v = (inter + sign * gs) / np.maximum(union + sign * cs, 1)
             k = int(v.argmax())
             if v[k] > best + 1e-12:
@@ -188,7 +186,7 @@ def _best_rect(pg: np.ndarray, pc: np.ndarray, inter: int, union: int, sign: int
             if edge == 0:
                 gs, cs = g[c1] - g[:c1], c[c1] - c[:c1]
             else:
-                gs, cs = g[c0 + 1:] - g[c0], c[c0 + 1:] - c[c0]
+                gs, cs = g[c0 + 1 :] - g[c0], c[c0 + 1 :] - c[c0]
             v = (inter + sign * gs) / np.maximum(union + sign * cs, 1)
             k = int(v.argmax())
             if v[k] > best + 1e-12:
@@ -208,8 +206,14 @@ def _bbox(mask: np.ndarray) -> Tuple[int, int, int, int]:
     return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
-def fit_rectilinear(grid: Grid, min_gain: float, min_part_m: float, max_parts: Optional[int] = None,
-                    enough_iou: float = 1.0, max_vertices: Optional[int] = None) -> Optional[RectilinearFit]:
+def fit_rectilinear(
+    grid: Grid,
+    min_gain: float,
+    min_part_m: float,
+    max_parts: Optional[int] = None,
+    enough_iou: float = 1.0,
+    max_vertices: Optional[int] = None,
+) -> Optional[RectilinearFit]:
     """The rectangle plus wings minus notches that best fits ``grid.mask`` (see the module docstring).
 
     A rectangle whose IoU reaches ``enough_iou`` is returned without looking for
@@ -225,7 +229,7 @@ def fit_rectilinear(grid: Grid, min_gain: float, min_part_m: float, max_parts: O
     empty = np.zeros_like(target)
     iou, rect = _best_rect(_prefix(target), _prefix(~target), 0, n_target, +1, _bbox(target))
     shape = empty.copy()
-    shape[rect[0]:rect[1], rect[2]:rect[3]] = True
+    shape[rect[0] : rect[1], rect[2] : rect[3]] = True
     ops: List[Tuple[int, Tuple[int, int, int, int]]] = [(+1, rect)]
     min_cells = max(1, int(math.ceil(min_part_m / grid.cell_m)))
     for _ in range(max_parts if iou < enough_iou else 0):
@@ -264,7 +268,7 @@ def fit_rectilinear(grid: Grid, min_gain: float, min_part_m: float, max_parts: O
         if best is None or best[0] - iou < min_gain:
             break
         trial = shape.copy()
-        trial[best[2][0]:best[2][1], best[2][2]:best[2][3]] = best[1] > 0
+        trial[best[2][0] : best[2][1], best[2][2] : best[2][3]] = best[1] > 0
         if ndimage.label(trial, _FOUR)[1] != 1:
             break  # a cut that splits the building in two is not a notch
         if corner_count(trial) > max_vertices:
@@ -324,7 +328,7 @@ def ellipse_grid_iou(grid: Grid) -> float:
     if not evals.min() > 0:
         return 0.0
     axes = 2.0 * np.sqrt(evals)
-    yy, xx = np.mgrid[:mask.shape[0], :mask.shape[1]]
+    yy, xx = np.mgrid[: mask.shape[0], : mask.shape[1]]
     d = np.stack([yy - rc, xx - cc], axis=-1) @ evecs
     inside = (d[..., 0] / axes[0]) ** 2 + (d[..., 1] / axes[1]) ** 2 <= 1.0
     inter = int((inside & mask).sum())

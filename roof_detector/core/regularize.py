@@ -44,8 +44,17 @@ from .metric_frame import to_local_metric
 from .rectilinear import burn, ellipse_grid_iou, fit_rectilinear
 from .snapping import MAX_AREA_CHANGE, UNCHANGED_M, _clean_ring, dominant_orientation, is_round, snap_polygon
 
-__all__ = ["regularize_outline", "regularize_metric", "fit_polygon", "consensus_orientations", "building_axes", "own_axes",
-           "dominant_orientation", "is_round", "SHAPES"]
+__all__ = [
+    "regularize_outline",
+    "regularize_metric",
+    "fit_polygon",
+    "consensus_orientations",
+    "building_axes",
+    "own_axes",
+    "dominant_orientation",
+    "is_round",
+    "SHAPES",
+]
 
 RECTILINEAR, DIAGONAL, CURVED = "rectilinear", "diagonal", "curved"
 SHAPES = (RECTILINEAR, DIAGONAL, CURVED)
@@ -88,8 +97,13 @@ NEIGHBOUR_RADIUS_M = 10.0
 NEIGHBOUR_MAX_DIFF_DEG = 10.0
 
 
-def regularize_outline(geometry: BaseGeometry, crs_wkt: str, tolerance_m: float = 1.0,
-                       allow_diagonals: bool = True, max_area_change: float = MAX_AREA_CHANGE) -> BaseGeometry:
+def regularize_outline(
+    geometry: BaseGeometry,
+    crs_wkt: str,
+    tolerance_m: float = 1.0,
+    allow_diagonals: bool = True,
+    max_area_change: float = MAX_AREA_CHANGE,
+) -> BaseGeometry:
     """``geometry`` (Polygon/MultiPolygon in ``crs_wkt``) regularised; ``tolerance_m`` in true metres.
 
     Returns the input object itself when it is left as it is.
@@ -105,20 +119,34 @@ def regularize_outline(geometry: BaseGeometry, crs_wkt: str, tolerance_m: float 
     return frame.from_metric(result)
 
 
-def regularize_metric(geometry: BaseGeometry, tolerance_m: float = 1.0, allow_diagonals: bool = True,
-                      max_area_change: float = MAX_AREA_CHANGE, *, known_valid: bool = False) -> BaseGeometry:
+def regularize_metric(
+    geometry: BaseGeometry,
+    tolerance_m: float = 1.0,
+    allow_diagonals: bool = True,
+    max_area_change: float = MAX_AREA_CHANGE,
+    *,
+    known_valid: bool = False,
+) -> BaseGeometry:
     """Regularise a Polygon/MultiPolygon whose coordinates are metres (see :func:`fit_polygon`).
 
     Returns ``geometry`` itself when it is left as it is.
     """
-    out, _shape = regularize_metric_shape(geometry, tolerance_m, allow_diagonals, max_area_change,
-                                          known_valid=known_valid)
+    out, _shape = regularize_metric_shape(
+        geometry, tolerance_m, allow_diagonals, max_area_change, known_valid=known_valid
+    )
     return out
 
 
-def regularize_metric_shape(geometry: BaseGeometry, tolerance_m: float = 1.0, allow_diagonals: bool = True,
-                            max_area_change: float = MAX_AREA_CHANGE, theta_deg: Optional[float] = None, *,
-                            own_deg: Optional[float] = None, known_valid: bool = False) -> Tuple[BaseGeometry, str]:
+def regularize_metric_shape(
+    geometry: BaseGeometry,
+    tolerance_m: float = 1.0,
+    allow_diagonals: bool = True,
+    max_area_change: float = MAX_AREA_CHANGE,
+    theta_deg: Optional[float] = None,
+    *,
+    own_deg: Optional[float] = None,
+    known_valid: bool = False,
+) -> Tuple[BaseGeometry, str]:
     """:func:`regularize_metric` and the ``shape`` class (of the largest part, for a MultiPolygon).
 
     ``theta_deg``, ``own_deg``: see :func:`fit_polygon` (``own_deg`` is used for a Polygon only).
@@ -127,12 +155,12 @@ def regularize_metric_shape(geometry: BaseGeometry, tolerance_m: float = 1.0, al
     if geometry is None or geometry.is_empty:
         return geometry, CURVED
     if geometry.geom_type == "Polygon":
-        return fit_polygon(geometry, tolerance_m, theta_deg, allow_diagonals, max_area_change, known_valid,
-                           own_deg=own_deg)
+        return fit_polygon(
+            geometry, tolerance_m, theta_deg, allow_diagonals, max_area_change, known_valid, own_deg=own_deg
+        )
     if geometry.geom_type == "MultiPolygon":
         parts = list(geometry.geoms)  # each access to .geoms makes new objects: keep one set for `is`
-        fits = [fit_polygon(p, tolerance_m, theta_deg, allow_diagonals, max_area_change, known_valid)
-                for p in parts]
+        fits = [fit_polygon(p, tolerance_m, theta_deg, allow_diagonals, max_area_change, known_valid) for p in parts]
         largest = int(np.argmax([p.area for p in parts]))
         if all(f is p for (f, _), p in zip(fits, parts)):
             return geometry, fits[largest][1]
@@ -143,9 +171,16 @@ def regularize_metric_shape(geometry: BaseGeometry, tolerance_m: float = 1.0, al
     return geometry, CURVED
 
 
-def fit_polygon(poly: Polygon, tolerance_m: float = 1.0, theta_deg: Optional[float] = None,
-                allow_diagonals: bool = True, max_area_change: float = MAX_AREA_CHANGE,
-                known_valid: bool = False, *, own_deg: Optional[float] = None) -> Tuple[Polygon, str]:
+def fit_polygon(
+    poly: Polygon,
+    tolerance_m: float = 1.0,
+    theta_deg: Optional[float] = None,
+    allow_diagonals: bool = True,
+    max_area_change: float = MAX_AREA_CHANGE,
+    known_valid: bool = False,
+    *,
+    own_deg: Optional[float] = None,
+) -> Tuple[Polygon, str]:
     """The regularised polygon (metres) and its ``shape`` class; ``poly`` itself when left as it is.
 
     ``theta_deg``: the building's axes (degrees in [0, 90) from +x), e.g. shared
@@ -286,8 +321,9 @@ def _fill(ring: np.ndarray, area: float, theta: float) -> float:
     return area / box if box > 0 else 0.0
 
 
-def _fit_with_axes(poly: Polygon, theta: float, tol: float, diagonals: bool, max_change: float,
-                   arc=None, roundish: bool = True) -> Optional[Tuple[Polygon, str]]:
+def _fit_with_axes(
+    poly: Polygon, theta: float, tol: float, diagonals: bool, max_change: float, arc=None, roundish: bool = True
+) -> Optional[Tuple[Polygon, str]]:
     """The best fit along ``theta``; None when none agrees with the outline.
 
     ``arc``: the outline has a long smooth arc; it then stays curved unless a fit
@@ -304,14 +340,12 @@ def _fit_with_axes(poly: Polygon, theta: float, tol: float, diagonals: bool, max
     # the exact overlay for these decisions, and no GEOS overlay per building
     fit = fit_rectilinear(grid, MIN_GAIN, tol, enough_iou=RECT_ENOUGH_IOU)
     fit_iou = fit.grid_iou if fit is not None else 0.0
-    if (fit is not None and fit.parts == 1 and fit_iou >= RECT_ENOUGH_IOU
-            and (fit_iou >= ARC_FIT_IOU or not arc)):
+    if fit is not None and fit.parts == 1 and fit_iou >= RECT_ENOUGH_IOU and (fit_iou >= ARC_FIT_IOU or not arc):
         return fit.polygon, RECTILINEAR  # a rectangle this good leaves a diagonal fit no margin
     snapped, snapped_iou = None, 0.0
     if diagonals and fit_iou < 1.0 - DIAGONAL_MARGIN:
         snapped = snap_polygon(poly, tol, True, max_change, True)
-        if (snapped is not None and len(snapped.exterior.coords) - 1 <= MAX_DIAGONAL_VERTICES
-                and _has_diagonal(snapped)):
+        if snapped is not None and len(snapped.exterior.coords) - 1 <= MAX_DIAGONAL_VERTICES and _has_diagonal(snapped):
             snapped_iou = grid.iou_of(snapped)
     # round: the moment ellipse agrees better than any polygon a person would draw
     if roundish and ellipse_grid_iou(grid) >= max(ROUND_IOU, max(fit_iou, snapped_iou) + 0.02):
@@ -355,8 +389,11 @@ def _has_long_arc(ring: np.ndarray, tol: float) -> bool:
             sign = s
             run_turn += abs(t)
             run_len += edge
-            if (run_turn >= ARC_MIN_TURN_DEG and run_len >= ARC_MIN_SHARE * perimeter
-                    and run_len / math.radians(run_turn) >= ARC_MIN_RADIUS * tol):
+            if (
+                run_turn >= ARC_MIN_TURN_DEG
+                and run_len >= ARC_MIN_SHARE * perimeter
+                and run_len / math.radians(run_turn) >= ARC_MIN_RADIUS * tol
+            ):
                 return True
         else:
             run_turn = run_len = 0.0
@@ -404,9 +441,14 @@ def _check_tolerance(tolerance_m: float) -> None:
         raise ValueError(f"tolerance must be a positive number of metres, not {tolerance_m}")
 
 
-def consensus_orientations(metric: Sequence[BaseGeometry], groups: Sequence[int], tolerance_m: float = 1.0,
-                           radius_m: float = NEIGHBOUR_RADIUS_M, max_diff_deg: float = NEIGHBOUR_MAX_DIFF_DEG,
-                           own: Optional[np.ndarray] = None) -> np.ndarray:
+def consensus_orientations(
+    metric: Sequence[BaseGeometry],
+    groups: Sequence[int],
+    tolerance_m: float = 1.0,
+    radius_m: float = NEIGHBOUR_RADIUS_M,
+    max_diff_deg: float = NEIGHBOUR_MAX_DIFF_DEG,
+    own: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """Axes (degrees in [0, 90)) per polygon, shared with aligned neighbours.
 
     ``metric``: polygons in metres; ``groups``: the metric frame of each (only

@@ -116,17 +116,27 @@ def _fmt(value: Any, decimals: Optional[int]) -> str:
     return f"{float(value):,.{decimals}f}"
 
 
-def render_html(table: Sequence[Mapping[str, Any]], total: Mapping[str, Any], png: bytes,
-                title: str = "Rooftop solar report", params: Optional[Mapping[str, Any]] = None,
-                source: Optional[str] = None) -> str:
+def render_html(
+    table: Sequence[Mapping[str, Any]],
+    total: Mapping[str, Any],
+    png: bytes,
+    title: str = "Rooftop solar report",
+    params: Optional[Mapping[str, Any]] = None,
+    source: Optional[str] = None,
+) -> str:
     """A self-contained HTML page: totals, parameters, histogram (embedded PNG), table."""
     esc = html.escape
     decimals = {k: d for k, d, _ in COLUMNS}
-    lines = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{esc(title)}</title>",
-             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
-             "th{background:#eee;white-space:nowrap}</style>",
-             "</head><body>", f"<h1>{esc(title)}</h1>"]
+    lines = [
+        "<!DOCTYPE html>",
+        "<html><head><meta charset='utf-8'>",
+        f"<title>{esc(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+        "th{background:#eee;white-space:nowrap}</style>",
+        "</head><body>",
+        f"<h1>{esc(title)}</h1>",
+    ]
     if source:
         lines.append(f"<p>Source: {esc(source)}</p>")
     lines.append(f"<p>Generated {esc(_dt.datetime.now().isoformat(timespec='seconds'))}</p>")
@@ -171,8 +181,13 @@ def _write_csv_to(table: Sequence[Mapping[str, Any]], fh) -> None:
         writer.writerow(["" if row.get(k) is None else row.get(k) for k, _, _ in COLUMNS])
 
 
-def write_report(rows: Iterable[Mapping[str, Any]], out_dir: str, title: str = "Rooftop solar report",
-                 params: Optional[Mapping[str, Any]] = None, source: Optional[str] = None) -> Dict[str, Any]:
+def write_report(
+    rows: Iterable[Mapping[str, Any]],
+    out_dir: str,
+    title: str = "Rooftop solar report",
+    params: Optional[Mapping[str, Any]] = None,
+    source: Optional[str] = None,
+) -> Dict[str, Any]:
     """Write ``buildings.csv``, ``areas.png`` and ``summary.html`` into ``out_dir``.
 
     Returns ``{"totals": {...}, "csv": path, "png": path, "html": path}``.
@@ -181,12 +196,18 @@ def write_report(rows: Iterable[Mapping[str, Any]], out_dir: str, title: str = "
     table = build_table(rows)
     total = totals(table)
     png = histogram_png([r["area_m2"] for r in table])
-    paths = {"csv": os.path.join(out_dir, "buildings.csv"), "png": os.path.join(out_dir, "areas.png"),
-             "html": os.path.join(out_dir, "summary.html")}
+    paths = {
+        "csv": os.path.join(out_dir, "buildings.csv"),
+        "png": os.path.join(out_dir, "areas.png"),
+        "html": os.path.join(out_dir, "summary.html"),
+    }
     csv_text = io.StringIO(newline="")
     _write_csv_to(table, csv_text)
-    contents = {"csv": csv_text.getvalue().encode("utf-8"), "png": png,
-                "html": render_html(table, total, png, title, params, source).encode("utf-8")}
+    contents = {
+        "csv": csv_text.getvalue().encode("utf-8"),
+        "png": png,
+        "html": render_html(table, total, png, title, params, source).encode("utf-8"),
+    }
     # Each file complete or absent: written under a temporary name, renamed when whole (a full
     # disk left a truncated summary.html in 0.2.0).
     for key, data in contents.items():
@@ -199,9 +220,12 @@ def write_report(rows: Iterable[Mapping[str, Any]], out_dir: str, title: str = "
             if os.path.exists(tmp):
                 os.unlink(tmp)
             full = "no space" in str(exc).lower()
-            raise OutputError(f"Cannot write the report file {paths[key]} ({exc.strerror or exc})"
-                              + ("; the disk is full" if full else "") + ". The buildings themselves were "
-                              "written; free space or choose another report folder") from None
+            raise OutputError(
+                f"Cannot write the report file {paths[key]} ({exc.strerror or exc})"
+                + ("; the disk is full" if full else "")
+                + ". The buildings themselves were "
+                "written; free space or choose another report folder"
+            ) from None
     return {"totals": total, **paths}
 
 
@@ -216,5 +240,6 @@ def check_report_dir(out_dir: str) -> None:
             pass
         os.unlink(probe)
     except OSError as exc:
-        raise OutputError(f"Cannot write the report in {out_dir} ({exc.strerror or exc}); "
-                          "choose another report folder") from None
+        raise OutputError(
+            f"Cannot write the report in {out_dir} ({exc.strerror or exc}); choose another report folder"
+        ) from None

@@ -83,8 +83,9 @@ class ShapeStats:
     regular: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def __add__(self, other: "ShapeStats") -> "ShapeStats":
-        return ShapeStats(np.concatenate([self.vertices, other.vertices]),
-                          np.concatenate([self.regular, other.regular]))
+        return ShapeStats(
+            np.concatenate([self.vertices, other.vertices]), np.concatenate([self.regular, other.regular])
+        )
 
     @property
     def count(self) -> int:
@@ -99,8 +100,7 @@ class ShapeStats:
         return float(self.regular.mean()) if self.count else None
 
     def as_dict(self) -> Dict[str, Optional[float]]:
-        return {"count": self.count, "median_vertices": self.median_vertices(),
-                "regular_share": self.regular_share()}
+        return {"count": self.count, "median_vertices": self.median_vertices(), "regular_share": self.regular_share()}
 
 
 def shape_stats(geometries: Sequence[BaseGeometry], crs_wkt: str) -> ShapeStats:

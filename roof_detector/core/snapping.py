@@ -60,8 +60,9 @@ UNCHANGED_M = 1e-3  # a regularised outline closer than 1 mm to the raw one coun
 # ufuncs, same summation order), so results do not depend on this tuning.
 
 
-def snap_polygon(poly: Polygon, tol: float, diagonals: bool = True, max_change: float = MAX_AREA_CHANGE,
-                 known_valid: bool = False) -> Optional[Polygon]:
+def snap_polygon(
+    poly: Polygon, tol: float, diagonals: bool = True, max_change: float = MAX_AREA_CHANGE, known_valid: bool = False
+) -> Optional[Polygon]:
     """The squared polygon, or None to keep ``poly`` as it is (the checks of the module docstring)."""
     if not known_valid and not poly.is_valid:
         return None
@@ -214,8 +215,9 @@ def dominant_orientation(ring: np.ndarray, tolerance_m: float = 0.0) -> float:
 _NUMPY_SPAN = 64
 
 
-def _simplify_indices(ring: np.ndarray, tol: float, xs: Optional[List[float]] = None,
-                      ys: Optional[List[float]] = None) -> List[int]:
+def _simplify_indices(
+    ring: np.ndarray, tol: float, xs: Optional[List[float]] = None, ys: Optional[List[float]] = None
+) -> List[int]:
     """Sorted indices kept by Douglas-Peucker on a closed ring, anchored at its first point.
 
     ``xs``, ``ys``: the ring's coordinates as lists, when the caller has them already.
@@ -235,15 +237,15 @@ def _simplify_indices(ring: np.ndarray, tol: float, xs: Optional[List[float]] = 
         # operations in the same order, so a point is kept or dropped alike whichever
         # branch ran; ties go to the first point, as np.argmax does.
         if norm < 1e-12:  # closed span (first == last): distance to the anchor point
-            dist = np.hypot(xcol[s + 1:e] - ax, ycol[s + 1:e] - ay)
+            dist = np.hypot(xcol[s + 1 : e] - ax, ycol[s + 1 : e] - ay)
             i = int(dist.argmax())
             far = float(dist[i])
         elif e - s > _NUMPY_SPAN:
-            dist = np.abs(sx * (ycol[s + 1:e] - ay) - sy * (xcol[s + 1:e] - ax)) / norm
+            dist = np.abs(sx * (ycol[s + 1 : e] - ay) - sy * (xcol[s + 1 : e] - ax)) / norm
             i = int(dist.argmax())
             far = float(dist[i])
         else:
-            dl = [abs(sx * (y - ay) - sy * (x - ax)) / norm for x, y in zip(xs[s + 1:e], ys[s + 1:e])]
+            dl = [abs(sx * (y - ay) - sy * (x - ax)) / norm for x, y in zip(xs[s + 1 : e], ys[s + 1 : e])]
             far = max(dl)
             if far <= tol:
                 continue
@@ -298,8 +300,7 @@ class _Line:
 
     __slots__ = ("dir_deg", "c", "weight", "start", "end", "nx", "ny")
 
-    def __init__(self, dir_deg: float, c: float, weight: float, start: Tuple[float, float],
-                 end: Tuple[float, float]):
+    def __init__(self, dir_deg: float, c: float, weight: float, start: Tuple[float, float], end: Tuple[float, float]):
         self.dir_deg = dir_deg
         self.c = c
         self.weight = weight
@@ -309,14 +310,15 @@ class _Line:
         self.nx, self.ny = -math.sin(a), math.cos(a)  # unit normal
 
 
-def _regularize_ring(ring: np.ndarray, theta: float, tol: float,
-                     diagonals: bool) -> Optional[List[Tuple[float, float]]]:
+def _regularize_ring(
+    ring: np.ndarray, theta: float, tol: float, diagonals: bool
+) -> Optional[List[Tuple[float, float]]]:
     """The squared ring (closed list of (x, y)), or None when the ring is not rectilinear or collapses."""
     # Anchor the simplification at the vertex farthest from the centroid: a corner.
     body = ring[:-1]
     centred = body - _add(body, axis=0) / len(body)  # body - body.mean(axis=0), bit for bit
     start = int(np.argmax(np.hypot(centred[:, 0], centred[:, 1])))
-    ring = np.concatenate([body[start:], body[:start], body[start:start + 1]])
+    ring = np.concatenate([body[start:], body[:start], body[start : start + 1]])
     xs, ys = ring[:, 0].tolist(), ring[:, 1].tolist()
     idx = _simplify_indices(ring, tol, xs, ys)
     if len(idx) < 4:

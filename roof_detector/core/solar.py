@@ -190,8 +190,9 @@ def _azimuths(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
     return np.where(az >= 180.0 - 1e-9, 0.0, az)
 
 
-def solar_columns(metric_geometries: np.ndarray, latitudes_deg: Optional[np.ndarray],
-                  params: Optional[SolarParams] = None) -> Dict[str, np.ndarray]:
+def solar_columns(
+    metric_geometries: np.ndarray, latitudes_deg: Optional[np.ndarray], params: Optional[SolarParams] = None
+) -> Dict[str, np.ndarray]:
     """The solar attributes (see the module docstring) of many geometries in north-up metric frames.
 
     Returns one numpy column per key of :data:`SOLAR_FIELDS`; ``orientation_deg``
@@ -223,8 +224,16 @@ def solar_columns(metric_geometries: np.ndarray, latitudes_deg: Optional[np.ndar
         raise ValueError("give a specific yield or the latitude to estimate it from")
     panels = np.floor(usable / params.panel_area_m2 + 1e-9).astype(np.int64)
     kwp = panels * params.panel_wp / 1000.0
-    return {"area_m2": area, "perimeter_m": perimeter, "usable_area_m2": usable, "panels": panels, "kwp": kwp,
-            "specific_yield": spec, "annual_kwh": kwp * spec, "orientation_deg": orientations_deg(geoms)}
+    return {
+        "area_m2": area,
+        "perimeter_m": perimeter,
+        "usable_area_m2": usable,
+        "panels": panels,
+        "kwp": kwp,
+        "specific_yield": spec,
+        "annual_kwh": kwp * spec,
+        "orientation_deg": orientations_deg(geoms),
+    }
 
 
 def solar_rows(columns: Dict[str, np.ndarray]) -> List[Dict[str, Any]]:
@@ -238,8 +247,9 @@ def solar_rows(columns: Dict[str, np.ndarray]) -> List[Dict[str, Any]]:
     return rows
 
 
-def rooftop_attributes_metric(metric_geometry: BaseGeometry, latitude_deg: Optional[float],
-                              params: Optional[SolarParams] = None) -> Dict[str, Any]:
+def rooftop_attributes_metric(
+    metric_geometry: BaseGeometry, latitude_deg: Optional[float], params: Optional[SolarParams] = None
+) -> Dict[str, Any]:
     """:func:`rooftop_attributes` of a geometry already in a north-up metric frame.
 
     ``latitude_deg`` is needed only when ``params`` gives no specific yield.

@@ -39,10 +39,12 @@ def _alive(pid: int) -> bool:
 def remove_stale(target: str, suffix: str) -> List[str]:
     """Remove the temporaries of ``target`` left by dead writers; return their paths."""
     directory, name = os.path.split(os.path.abspath(target))
-    ours = re.compile(re.escape(f".{name}.") + r"(\d+)-[0-9a-f]{8}" + re.escape(f".tmp{suffix}")
-                      + r"(-journal|-wal|-shm)?$")
-    legacy = re.compile(re.escape(f".{name}.") + r"[0-9a-f]{8}" + re.escape(f".tmp{suffix}")
-                        + r"(-journal|-wal|-shm)?$")
+    ours = re.compile(
+        re.escape(f".{name}.") + r"(\d+)-[0-9a-f]{8}" + re.escape(f".tmp{suffix}") + r"(-journal|-wal|-shm)?$"
+    )
+    legacy = re.compile(
+        re.escape(f".{name}.") + r"[0-9a-f]{8}" + re.escape(f".tmp{suffix}") + r"(-journal|-wal|-shm)?$"
+    )
     try:
         entries = os.listdir(directory)
     except OSError:

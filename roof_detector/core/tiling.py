@@ -62,23 +62,34 @@ class ModelGrid:
 
     width_px: int
     height_px: int
-    scale_x: float              # source pixels per model pixel, x
-    scale_y: float              # source pixels per model pixel, y
-    transform: Affine           # model pixel corners -> raster CRS
+    scale_x: float  # source pixels per model pixel, x
+    scale_y: float  # source pixels per model pixel, y
+    transform: Affine  # model pixel corners -> raster CRS
     pixel_size_m: Tuple[float, float]  # ground size of one model pixel (x, y)
     col_off_src: float = 0.0
     row_off_src: float = 0.0
 
     def source_window(self, col_off: int, row_off: int, width: int, height: int) -> PixelWindow:
         """The source-pixel window covered by a block of model pixels."""
-        return PixelWindow(self.col_off_src + col_off * self.scale_x, self.row_off_src + row_off * self.scale_y,
-                           width * self.scale_x, height * self.scale_y)
+        return PixelWindow(
+            self.col_off_src + col_off * self.scale_x,
+            self.row_off_src + row_off * self.scale_y,
+            width * self.scale_x,
+            height * self.scale_y,
+        )
 
     def subgrid(self, col_off: int, row_off: int, width: int, height: int) -> "ModelGrid":
         """The part of this grid starting at (col_off, row_off), ``width`` x ``height`` pixels."""
-        return ModelGrid(width, height, self.scale_x, self.scale_y,
-                         self.transform * Affine.translation(col_off, row_off), self.pixel_size_m,
-                         self.col_off_src + col_off * self.scale_x, self.row_off_src + row_off * self.scale_y)
+        return ModelGrid(
+            width,
+            height,
+            self.scale_x,
+            self.scale_y,
+            self.transform * Affine.translation(col_off, row_off),
+            self.pixel_size_m,
+            self.col_off_src + col_off * self.scale_x,
+            self.row_off_src + row_off * self.scale_y,
+        )
 
     def pixel_bounds(self, bounds: Tuple[float, float, float, float]) -> Optional[Tuple[int, int, int, int]]:
         """Model pixel block (col0, row0, col1, row1), clipped to the grid, covering CRS ``bounds``.
@@ -98,8 +109,13 @@ class ModelGrid:
         return c0, r0, c1, r1
 
 
-def model_grid(raster_transform: Affine, raster_width: int, raster_height: int,
-               raster_pixel_size_m: Tuple[float, float], gsd_m: float) -> ModelGrid:
+def model_grid(
+    raster_transform: Affine,
+    raster_width: int,
+    raster_height: int,
+    raster_pixel_size_m: Tuple[float, float],
+    gsd_m: float,
+) -> ModelGrid:
     """The model grid over a north-up raster whose pixels measure ``raster_pixel_size_m`` on the ground."""
     px_x_m, px_y_m = raster_pixel_size_m
     if abs(px_x_m / gsd_m - 1.0) <= NATIVE_GSD_TOLERANCE and abs(px_y_m / gsd_m - 1.0) <= NATIVE_GSD_TOLERANCE:
@@ -158,6 +174,14 @@ def tile_grid(width_px: int, height_px: int, tile_size_px: int, overlap_px: int)
     tiles: List[Tile] = []
     for r, (row_off, (r0, r1)) in enumerate(zip(rows, row_spans)):
         for c, (col_off, (c0, c1)) in enumerate(zip(cols, col_spans)):
-            tiles.append(Tile(len(tiles), col_off, row_off, min(tile_size_px, width_px - col_off),
-                              min(tile_size_px, height_px - row_off), (c0, r0, c1, r1)))
+            tiles.append(
+                Tile(
+                    len(tiles),
+                    col_off,
+                    row_off,
+                    min(tile_size_px, width_px - col_off),
+                    min(tile_size_px, height_px - row_off),
+                    (c0, r0, c1, r1),
+                )
+            )
     return tiles

@@ -51,7 +51,7 @@ class PlainUNet(nn.Module):
 
     def __init__(self, base_channels: int = 16, in_channels: int = 3, out_channels: int = 1):
         super().__init__()
-        c = [base_channels * 2 ** i for i in range(5)]
+        c = [base_channels * 2**i for i in range(5)]
         self.downs = nn.ModuleList()
         prev = in_channels
         for ch in c:
@@ -83,11 +83,20 @@ class PlainUNet(nn.Module):
 # in the order of the reference checkpoint's ``_blocks.N`` keys.
 _LITE0_BLOCKS = [
     (3, 1, 1, 16),
-    (3, 2, 6, 24), (3, 1, 6, 24),
-    (5, 2, 6, 40), (5, 1, 6, 40),
-    (3, 2, 6, 80), (3, 1, 6, 80), (3, 1, 6, 80),
-    (5, 1, 6, 112), (5, 1, 6, 112), (5, 1, 6, 112),
-    (5, 2, 6, 192), (5, 1, 6, 192), (5, 1, 6, 192), (5, 1, 6, 192),
+    (3, 2, 6, 24),
+    (3, 1, 6, 24),
+    (5, 2, 6, 40),
+    (5, 1, 6, 40),
+    (3, 2, 6, 80),
+    (3, 1, 6, 80),
+    (3, 1, 6, 80),
+    (5, 1, 6, 112),
+    (5, 1, 6, 112),
+    (5, 1, 6, 112),
+    (5, 2, 6, 192),
+    (5, 1, 6, 192),
+    (5, 1, 6, 192),
+    (5, 1, 6, 192),
     (3, 1, 6, 320),
 ]
 # Index of the last block at each output stride 2, 4, 8, 16, 32: the skips.
@@ -109,8 +118,7 @@ class _MBConv(nn.Module):
         else:
             self._expand_conv = nn.Identity()
             self._bn0 = nn.Identity()
-        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride=stride, padding=kernel // 2,
-                                         groups=mid, bias=False)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride=stride, padding=kernel // 2, groups=mid, bias=False)
         self._bn1 = nn.BatchNorm2d(mid, eps=_BN_EPS, momentum=_BN_MOMENTUM)
         self._project_conv = nn.Conv2d(mid, out_ch, 1, bias=False)
         self._bn2 = nn.BatchNorm2d(out_ch, eps=_BN_EPS, momentum=_BN_MOMENTUM)
@@ -179,8 +187,9 @@ class _UpBlock(nn.Module):
 class EffLiteUNet(nn.Module):
     """U-Net decoder over an EfficientNet-Lite0 encoder."""
 
-    def __init__(self, decoder_channels: Sequence[int] = (96, 64, 40, 24, 16), in_channels: int = 3,
-                 out_channels: int = 1):
+    def __init__(
+        self, decoder_channels: Sequence[int] = (96, 64, 40, 24, 16), in_channels: int = 3, out_channels: int = 1
+    ):
         super().__init__()
         self.encoder = EffLite0Encoder(in_channels)
         enc = self.encoder.out_channels  # strides 2, 4, 8, 16, 32
@@ -213,8 +222,10 @@ def load_efficientnet_lite0_weights(model: EffLiteUNet, path: str) -> Dict[str, 
     own = model.encoder.state_dict()
     loaded = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if len(loaded) < len(own) * 0.9:
-        raise ValueError(f"{path} does not look like EfficientNet-Lite0 weights "
-                         f"({len(loaded)} of {len(own)} encoder tensors matched)")
+        raise ValueError(
+            f"{path} does not look like EfficientNet-Lite0 weights "
+            f"({len(loaded)} of {len(own)} encoder tensors matched)"
+        )
     model.encoder.load_state_dict(loaded, strict=False)
     return {"loaded": len(loaded), "skipped": len(state) - len(loaded)}
 
@@ -234,7 +245,7 @@ def load_widening_head(net: nn.Module, state: Dict[str, torch.Tensor]) -> int:
             old, new = state[key], own[key].clone()
             if old.shape[1:] != new.shape[1:] or old.shape[0] > new.shape[0]:
                 raise ValueError(f"{key}: saved shape {tuple(old.shape)} cannot widen to {tuple(new.shape)}")
-            new[:old.shape[0]] = old
+            new[: old.shape[0]] = old
             added = new.shape[0] - old.shape[0]
             state[key] = new
     net.load_state_dict(state)
@@ -281,8 +292,7 @@ def gflops_per_tile(model: nn.Module, tile_size_px: int = 256) -> float:
             k = mod.kernel_size[0] * mod.kernel_size[1] * mod.out_channels
             total[0] += 2 * k * inp[0].numel()
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
     was_training = model.training
     model.eval()
     with torch.no_grad():

@@ -19,6 +19,7 @@ from .errors import LabelError
 
 try:  # osgeo comes with QGIS / python3-gdal
     from osgeo import ogr, osr
+
     ogr.UseExceptions()
     osr.UseExceptions()
 except ImportError:  # pragma: no cover - the set-up installs it
@@ -79,10 +80,17 @@ def _pick_layer(ds, path: str, layer: Optional[str]):
 
 def _field_kinds(lyr) -> List[Tuple[str, str]]:
     defn = lyr.GetLayerDefn()
-    kinds = {ogr.OFTInteger: "integer", ogr.OFTInteger64: "integer64", ogr.OFTReal: "real",
-             ogr.OFTDate: "date", ogr.OFTDateTime: "datetime"}
-    return [(defn.GetFieldDefn(i).GetName(), kinds.get(defn.GetFieldDefn(i).GetType(), "string"))
-            for i in range(defn.GetFieldCount())]
+    kinds = {
+        ogr.OFTInteger: "integer",
+        ogr.OFTInteger64: "integer64",
+        ogr.OFTReal: "real",
+        ogr.OFTDate: "date",
+        ogr.OFTDateTime: "datetime",
+    }
+    return [
+        (defn.GetFieldDefn(i).GetName(), kinds.get(defn.GetFieldDefn(i).GetType(), "string"))
+        for i in range(defn.GetFieldCount())
+    ]
 
 
 def _attributes(feat, fields: List[Tuple[str, str]]) -> Dict[str, Any]:
@@ -100,9 +108,14 @@ def _attributes(feat, fields: List[Tuple[str, str]]) -> Dict[str, Any]:
     return attrs
 
 
-def read_polygons(path: str, target_crs_wkt: Optional[str] = None, layer: Optional[str] = None,
-                  bbox: Optional[Tuple[float, float, float, float]] = None,
-                  with_attributes: bool = False, require_crs: bool = False) -> PolygonLayer:
+def read_polygons(
+    path: str,
+    target_crs_wkt: Optional[str] = None,
+    layer: Optional[str] = None,
+    bbox: Optional[Tuple[float, float, float, float]] = None,
+    with_attributes: bool = False,
+    require_crs: bool = False,
+) -> PolygonLayer:
     """Read the polygons of ``layer`` (default: the first polygon layer) of ``path``.
 
     Curved geometries are linearised (GDAL's default step), geometries are flattened to 2D, invalid ones repaired (``make_valid``),
@@ -118,8 +131,10 @@ def read_polygons(path: str, target_crs_wkt: Optional[str] = None, layer: Option
     transform = None
     crs_wkt = src_srs.ExportToWkt() if src_srs is not None else ""
     if src_srs is None and (target_crs_wkt or require_crs):
-        raise LabelError(f"Layer {lyr.GetName()!r} of {path} has no CRS; set one in QGIS "
-                         "(Layer Properties > Source) and save it again")
+        raise LabelError(
+            f"Layer {lyr.GetName()!r} of {path} has no CRS; set one in QGIS "
+            "(Layer Properties > Source) and save it again"
+        )
     if target_crs_wkt:
         dst = osr.SpatialReference()
         dst.ImportFromWkt(target_crs_wkt)
@@ -185,5 +200,10 @@ def rasterize_polygons(geometries: Sequence[BaseGeometry], transform, shape: Tup
     height, width = shape
     if not geometries:
         return np.zeros((height, width), dtype=np.uint8)
-    return features.rasterize(((g, 1) for g in geometries if not g.is_empty), out_shape=(height, width),
-                              transform=transform, fill=0, dtype="uint8")
+    return features.rasterize(
+        ((g, 1) for g in geometries if not g.is_empty),
+        out_shape=(height, width),
+        transform=transform,
+        fill=0,
+        dtype="uint8",
+    )

@@ -79,21 +79,22 @@ def separation_score(outputs: np.ndarray) -> np.ndarray:
     return outputs[0] * (1.0 - outputs[1]) * (1.0 - outputs[2])
 
 
-def label_instances(building: np.ndarray, score_u8: Optional[np.ndarray] = None, core_u8: Optional[int] = None,
-                    min_core_px: float = 0) -> Tuple[np.ndarray, int]:
+def label_instances(
+    building: np.ndarray, score_u8: Optional[np.ndarray] = None, core_u8: Optional[int] = None, min_core_px: float = 0
+) -> Tuple[np.ndarray, int]:
     """4-connected components of a building mask, split by :func:`split_touching` when
     ``score_u8`` and ``core_u8`` are given: (labels, count). For whole images (training
     validation, tests); :class:`StripVectorizer` does the same strip by strip."""
     labels, count = ndimage.label(building)
     if score_u8 is None or core_u8 is None or count == 0:
         return labels, count
-    labels, count, _ = split_touching(labels, count, np.zeros(count + 1, dtype=bool), score_u8, core_u8,
-                                      min_core_px)
+    labels, count, _ = split_touching(labels, count, np.zeros(count + 1, dtype=bool), score_u8, core_u8, min_core_px)
     return labels, count
 
 
-def split_touching(labels: np.ndarray, count: int, open_ids: np.ndarray, prob: np.ndarray, core_u8: int,
-                   min_core_px: float) -> Tuple[np.ndarray, int, np.ndarray]:
+def split_touching(
+    labels: np.ndarray, count: int, open_ids: np.ndarray, prob: np.ndarray, core_u8: int, min_core_px: float
+) -> Tuple[np.ndarray, int, np.ndarray]:
     """Split finished components holding two or more confident cores along the probability valleys.
 
     Cores are 4-connected runs of ``prob >= core_u8`` of at least ``min_core_px``
@@ -143,7 +144,7 @@ def split_touching(labels: np.ndarray, count: int, open_ids: np.ndarray, prob: n
         next_id += len(ids) - 1
     n = next_id - 1
     new_open = np.zeros(n + 1, dtype=bool)
-    new_open[:count + 1] = open_ids
+    new_open[: count + 1] = open_ids
     return out, n, new_open
 
 
@@ -157,11 +158,18 @@ class StripVectorizer:
     finishing (``"attributes"``).
     """
 
-    def __init__(self, grid: ModelGrid, crs_wkt: str, options: FinishOptions,
-                 is_cancelled: Optional[CancelFn] = None, split_core_u8: Optional[int] = None,
-                 min_core_fraction: float = 1.0):
+    def __init__(
+        self,
+        grid: ModelGrid,
+        crs_wkt: str,
+        options: FinishOptions,
+        is_cancelled: Optional[CancelFn] = None,
+        split_core_u8: Optional[int] = None,
+        min_core_fraction: float = 1.0,
+    ):
         if gdal is None:
             from .errors import OutputError
+
             raise OutputError("GDAL's Python bindings (osgeo) are missing; run `make setup`")
         self.grid = grid
         self.crs_wkt = crs_wkt
@@ -179,8 +187,9 @@ class StripVectorizer:
         # A separation model's cores lose the roof's border: they may be far smaller than the roof.
         self._min_core_pixels = self._min_pixels * min_core_fraction
 
-    def add(self, row0: int, probability_u8: np.ndarray, building: np.ndarray,
-            score_u8: Optional[np.ndarray] = None) -> None:
+    def add(
+        self, row0: int, probability_u8: np.ndarray, building: np.ndarray, score_u8: Optional[np.ndarray] = None
+    ) -> None:
         """Take rows ``[row0, row0 + len(strip))``: uint8 probability and bool/uint8 building masks,
         and for separation models the uint8 separation score (cores and valleys are then its)."""
         if self._carry_prob is not None and row0 != self._carry_row0 + len(self._carry_prob):
@@ -218,8 +227,9 @@ class StripVectorizer:
             open_ids[0] = False
         carry_labels, carry_open = labels, open_ids
         if self.split_core_u8 is not None:
-            labels, count, open_ids = split_touching(labels, count, open_ids, score, self.split_core_u8,
-                                                     self._min_core_pixels)
+            labels, count, open_ids = split_touching(
+                labels, count, open_ids, score, self.split_core_u8, self._min_core_pixels
+            )
         # Per-component pixel count and probability sum over the building pixels only
         # (a fraction of the strip: keeps the transient memory near the strip's own size).
         on = labels[building]
@@ -237,8 +247,15 @@ class StripVectorizer:
             self.buildings.extend(finish_outlines(outlines, confidence, self.crs_wkt, self.options))
         self.seconds["attributes"] += time.perf_counter() - t1
 
-    def _carry_over(self, labels: np.ndarray, open_ids: np.ndarray, prob: np.ndarray, building: np.ndarray,
-                    row0: int, score: Optional[np.ndarray] = None) -> None:
+    def _carry_over(
+        self,
+        labels: np.ndarray,
+        open_ids: np.ndarray,
+        prob: np.ndarray,
+        building: np.ndarray,
+        row0: int,
+        score: Optional[np.ndarray] = None,
+    ) -> None:
         """Keep the rows from the top of the highest open component on, with only open pixels set."""
         if not open_ids.any():
             self._carry_prob = self._carry_building = self._carry_score = None

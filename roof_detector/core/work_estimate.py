@@ -37,8 +37,8 @@ class WorkEstimate:
     """The size of one detection run."""
 
     tiles: int
-    grid_px: Tuple[int, int]            # model grid (width, height)
-    memory_bytes: int                   # peak, about
+    grid_px: Tuple[int, int]  # model grid (width, height)
+    memory_bytes: int  # peak, about
     raster_pixel_size_m: Tuple[float, float]
     warnings: List[str] = field(default_factory=list)  # known before the run (coarse pixels)
 
@@ -47,8 +47,10 @@ class WorkEstimate:
         return self.tiles / CPU_TILES_PER_S / 60.0
 
     def describe(self) -> str:
-        return (f"{self.tiles:,} tiles on a {self.grid_px[0]:,} x {self.grid_px[1]:,} px model grid: about "
-                f"{_duration(self.minutes_cpu)} on 2 CPU cores and {self.memory_bytes / 1e9:.1f} GB of memory")
+        return (
+            f"{self.tiles:,} tiles on a {self.grid_px[0]:,} x {self.grid_px[1]:,} px model grid: about "
+            f"{_duration(self.minutes_cpu)} on 2 CPU cores and {self.memory_bytes / 1e9:.1f} GB of memory"
+        )
 
 
 def _duration(minutes: float) -> str:
@@ -67,16 +69,23 @@ def _tiles_along(length_px: int, tile_px: int, overlap_px: int) -> int:
     return int(math.ceil((length_px - tile_px) / (tile_px - overlap_px))) + 1
 
 
-def estimate_grid(width_px: int, height_px: int, tile_px: int, overlap_px: int,
-                  raster_pixel_size_m: Tuple[float, float], coarse_warning: Optional[str] = None) -> WorkEstimate:
+def estimate_grid(
+    width_px: int,
+    height_px: int,
+    tile_px: int,
+    overlap_px: int,
+    raster_pixel_size_m: Tuple[float, float],
+    coarse_warning: Optional[str] = None,
+) -> WorkEstimate:
     """The work of a model grid of ``width_px`` x ``height_px`` pixels (after any area of interest)."""
     per_row = _tiles_along(width_px, tile_px, overlap_px)
     tiles = per_row * _tiles_along(height_px, tile_px, overlap_px)
     strips = width_px * (tile_px + overlap_px) * STRIPS_HELD * BYTES_PER_STRIP_PX
     queue = 2 * per_row * tile_px * tile_px * 17  # two rows of predicted tiles waiting to be traced
     memory = BASE_MEMORY_BYTES + strips + queue + tiles * BYTES_PER_TILE
-    return WorkEstimate(tiles, (width_px, height_px), memory, raster_pixel_size_m,
-                        [coarse_warning] if coarse_warning else [])
+    return WorkEstimate(
+        tiles, (width_px, height_px), memory, raster_pixel_size_m, [coarse_warning] if coarse_warning else []
+    )
 
 
 def memory_bytes() -> Tuple[Optional[int], Optional[int]]:
@@ -112,9 +121,11 @@ def size_problem(estimate: WorkEstimate, name: str) -> Tuple[Optional[str], bool
     """
     available, total = memory_bytes()
     if total is not None and estimate.memory_bytes > total:
-        return (f"Detecting buildings in {name} would need about {estimate.memory_bytes / 1e9:.0f} GB of memory "
-                f"({estimate.describe()}); this machine has {total / 1e9:.0f} GB. Choose an area of interest or "
-                "a raster at a sensible pixel size"), False
+        return (
+            f"Detecting buildings in {name} would need about {estimate.memory_bytes / 1e9:.0f} GB of memory "
+            f"({estimate.describe()}); this machine has {total / 1e9:.0f} GB. Choose an area of interest or "
+            "a raster at a sensible pixel size"
+        ), False
     reasons = []
     if estimate.tiles > LARGE_RUN_TILES:
         reasons.append(f"more than {LARGE_RUN_TILES:,} tiles")
@@ -122,5 +133,7 @@ def size_problem(estimate: WorkEstimate, name: str) -> Tuple[Optional[str], bool
         reasons.append(f"more memory than is free now ({available / 1e9:.1f} GB)")
     if not reasons:
         return None, True
-    return (f"{name} is a very large run ({' and '.join(reasons)}): {estimate.describe()}. Choose an area of "
-            "interest, or confirm to run it anyway"), True
+    return (
+        f"{name} is a very large run ({' and '.join(reasons)}): {estimate.describe()}. Choose an area of "
+        "interest, or confirm to run it anyway"
+    ), True

@@ -90,8 +90,10 @@ class RoofDetectorAlgorithm(QgsProcessingAlgorithm):
 
     def addParameter(self, parameter, createOutput=True):  # noqa: N802, N803 - QGIS API
         """Real-number parameters show at most 2 decimals (Qt's default is 6: "10.000000")."""
-        if (isinstance(parameter, QgsProcessingParameterNumber)
-                and parameter.dataType() == QgsProcessingParameterNumber.Double):
+        if (
+            isinstance(parameter, QgsProcessingParameterNumber)
+            and parameter.dataType() == QgsProcessingParameterNumber.Double
+        ):
             meta = dict(parameter.metadata() or {})
             wrapper = dict(meta.get("widget_wrapper") or {})
             wrapper.setdefault("decimals", 2)
@@ -119,8 +121,12 @@ class RoofDetectorAlgorithm(QgsProcessingAlgorithm):
         return value is not None and value != ""
 
 
-def raster_source(layer: Optional[QgsRasterLayer], model_path: Optional[str] = None,
-                  aoi_wkt: Optional[str] = None, is_cancelled: Optional[Callable[[], bool]] = None) -> Any:
+def raster_source(
+    layer: Optional[QgsRasterLayer],
+    model_path: Optional[str] = None,
+    aoi_wkt: Optional[str] = None,
+    is_cancelled: Optional[Callable[[], bool]] = None,
+) -> Any:
     """What :func:`roof_detector.core.pipeline.detect_buildings` reads for ``layer``.
 
     The local file of a plain raster file; for any other layer (WMS/WMTS/XYZ,
@@ -164,8 +170,9 @@ def raster_file(layer: Optional[QgsRasterLayer]) -> str:
         raise QgsProcessingException(str(exc)) from None
 
 
-def engine_progress(feedback: QgsProcessingFeedback, start: float = 0.0,
-                    end: float = 100.0) -> Callable[[float, str], None]:
+def engine_progress(
+    feedback: QgsProcessingFeedback, start: float = 0.0, end: float = 100.0
+) -> Callable[[float, str], None]:
     """An engine ``progress(fraction, message)`` mapped onto ``feedback`` between ``start`` and ``end`` %."""
     last = {"message": None}
 
@@ -194,15 +201,21 @@ def engine_errors(feedback: QgsProcessingFeedback) -> Iterator[None]:
         raise QgsProcessingException(message if message is not None else Cancelled().args[0]) from None
 
 
-def source_as_file(alg: QgsProcessingAlgorithm, parameters: Dict[str, Any], name: str,
-                   context: QgsProcessingContext, feedback: QgsProcessingFeedback) -> Tuple[str, Optional[str]]:
+def source_as_file(
+    alg: QgsProcessingAlgorithm,
+    parameters: Dict[str, Any],
+    name: str,
+    context: QgsProcessingContext,
+    feedback: QgsProcessingFeedback,
+) -> Tuple[str, Optional[str]]:
     """(path, layer name or None) of a vector input the engine can read with OGR.
 
     File layers are used in place; memory/database layers, selections and
     filtered sources are exported to a temporary GeoPackage first.
     """
     path, layer_name = alg.parameterAsCompatibleSourceLayerPathAndLayerName(
-        parameters, name, context, ENGINE_VECTOR_FORMATS, "gpkg", feedback)
+        parameters, name, context, ENGINE_VECTOR_FORMATS, "gpkg", feedback
+    )
     if not path:
         raise QgsProcessingException(tr("Cannot read the layer of parameter {name}").format(name=name))
     return path, (layer_name or None)
@@ -229,4 +242,3 @@ def raise_if_cancelled(feedback: QgsProcessingFeedback) -> None:
         from ..core.errors import Cancelled
 
         raise QgsProcessingException(Cancelled().args[0])
-

@@ -15,8 +15,16 @@ from qgis.core import (
 )
 
 from ..core.params import SOLAR
-from .common import (RoofDetectorAlgorithm, add_features, check_raster_layer, close_source, engine_errors,
-                     engine_progress, raise_if_cancelled, raster_source)
+from .common import (
+    RoofDetectorAlgorithm,
+    add_features,
+    check_raster_layer,
+    close_source,
+    engine_errors,
+    engine_progress,
+    raise_if_cancelled,
+    raster_source,
+)
 from .parameters import add, help_lines, values
 
 
@@ -41,8 +49,10 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
         "CRS (files, web layers, VRTs...); any pixel size is resampled to the model's.<br>"
         "<b>Model file</b>: a Roof Detector .pt model; empty = the bundled model.<br>"
         "<b>Area to search</b>: optional; only the tiles touching it are run, results are clipped to it.<br>"
-        + help_lines("detect") + help_lines("outlines") + help_lines("solar") +
-        "<br>Output: polygons in the raster's CRS with <i>area_m2</i> and <i>perimeter_m</i> (true ground "
+        + help_lines("detect")
+        + help_lines("outlines")
+        + help_lines("solar")
+        + "<br>Output: polygons in the raster's CRS with <i>area_m2</i> and <i>perimeter_m</i> (true ground "
         "measures), <i>confidence</i> (mean model probability) and the rooftop solar fields (usable_area_m2, "
         "panels, kwp, specific_yield, annual_kwh, orientation_deg). Also returns the number of buildings "
         "(BUILDINGS) and their total area (TOTAL_AREA_M2)."
@@ -50,14 +60,18 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Orthophoto")))
-        self.addParameter(QgsProcessingParameterFile(
-            self.MODEL, self.tr("Model file (empty: bundled model)"), extension="pt", optional=True))
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL, self.tr("Model file (empty: bundled model)"), extension="pt", optional=True
+            )
+        )
         add(self, "detect", advanced=("batch_size", "confirm_large_run"))
         self.addParameter(QgsProcessingParameterExtent(self.EXTENT, self.tr("Area to search"), optional=True))
         add(self, "outlines")
         add(self, "solar", advanced=tuple(SOLAR))
-        self.addParameter(QgsProcessingParameterFeatureSink(
-            self.OUTPUT, self.tr("Buildings"), QgsProcessing.TypeVectorPolygon))
+        self.addParameter(
+            QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Buildings"), QgsProcessing.TypeVectorPolygon)
+        )
         self.addOutput(QgsProcessingOutputNumber(self.BUILDINGS, self.tr("Number of buildings")))
         self.addOutput(QgsProcessingOutputNumber(self.TOTAL_AREA, self.tr("Total building area (m²)")))
 
@@ -82,24 +96,33 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
 
             model = model or bundled_model_path()
             if model is None:
-                raise QgsProcessingException(self.tr("The bundled model is not installed; give a model file "
-                                                     "(parameter MODEL)"))
+                raise QgsProcessingException(
+                    self.tr("The bundled model is not installed; give a model file (parameter MODEL)")
+                )
             options = DetectOptions(
-                model_path=model, aoi_wkt=aoi_wkt, **values(self, parameters, context, "detect"),
+                model_path=model,
+                aoi_wkt=aoi_wkt,
+                **values(self, parameters, context, "detect"),
                 **values(self, parameters, context, "outlines"),
-                solar=SolarParams(**values(self, parameters, context, "solar")))
+                solar=SolarParams(**values(self, parameters, context, "solar")),
+            )
             # Web layers, VRTs and in-memory rasters are read through QGIS (opened again in the source's threads).
             source = raster_source(layer, model, aoi_wkt, feedback.isCanceled)
             try:
-                feedback.pushInfo(self.tr("Detecting buildings in {path} with {model}").format(
-                    path=getattr(source, "name", source), model=model))
+                feedback.pushInfo(
+                    self.tr("Detecting buildings in {path} with {model}").format(
+                        path=getattr(source, "name", source), model=model
+                    )
+                )
                 try:
-                    result = detect_buildings(source, options, progress=engine_progress(feedback, 0.0, 95.0),
-                                              is_cancelled=feedback.isCanceled)
+                    result = detect_buildings(
+                        source, options, progress=engine_progress(feedback, 0.0, 95.0), is_cancelled=feedback.isCanceled
+                    )
                 except LargeRunError as exc:
                     key = DETECT["confirm_large_run"].key
-                    raise QgsProcessingException(str(exc) + (self.tr(" (parameter {key})").format(key=key)
-                                                             if exc.confirmable else "")) from None
+                    raise QgsProcessingException(
+                        str(exc) + (self.tr(" (parameter {key})").format(key=key) if exc.confirmable else "")
+                    ) from None
             finally:
                 source_warnings = close_source(source)
             for warning in list(result.warnings) + source_warnings:
@@ -108,16 +131,23 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
             crs = crs_from(layer.crs().authid() or layer.crs().toWkt(), result.crs_wkt)
             buildings = ResultFeatures(result.buildings)  # the fields of the plugin's layers and GeoPackages
         raise_if_cancelled(feedback)  # a cancel during sizing: no output is created at all
-        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, buildings.fields,
-                                             buildings.wkb_type, crs)
+        sink, dest_id = self.parameterAsSink(
+            parameters, self.OUTPUT, context, buildings.fields, buildings.wkb_type, crs
+        )
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
         add_features(buildings.features(), sink)
         count, area = summary(result.buildings)
         stats = result.stats
-        feedback.pushInfo(self.tr("{n} buildings, {area:,.1f} m² in {s:.1f} s ({tiles} tiles on {device}, "
-                                  "threshold {thr:g})").format(
-            n=count, area=area, s=result.seconds, tiles=stats.get("tiles", "?"),
-            device=stats.get("device", options.device), thr=stats.get("threshold", 0)))
+        feedback.pushInfo(
+            self.tr("{n} buildings, {area:,.1f} m² in {s:.1f} s ({tiles} tiles on {device}, threshold {thr:g})").format(
+                n=count,
+                area=area,
+                s=result.seconds,
+                tiles=stats.get("tiles", "?"),
+                device=stats.get("device", options.device),
+                thr=stats.get("threshold", 0),
+            )
+        )
         feedback.setProgress(100)
         return {self.OUTPUT: dest_id, self.BUILDINGS: count, self.TOTAL_AREA: area}

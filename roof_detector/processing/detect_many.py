@@ -47,36 +47,48 @@ class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
         "<b>More inputs</b>: optional, separated by <i>;</i>: folders (searched for .tif/.jp2/.img/.vrt), glob "
         "patterns, a VRT (its rasters), a text file of paths or URLs (/vsicurl/, /vsis3/, https://, s3://).<br>"
         "<b>Model file</b>: a Roof Detector .pt model; empty = the bundled model.<br>"
-        + help_lines("many") +
-        "A building cut by a tile border comes out once and whole: each tile keeps the buildings whose "
+        + help_lines("many")
+        + "A building cut by a tile border comes out once and whole: each tile keeps the buildings whose "
         "representative point lies in it.<br>"
-        + help_lines("detect") + help_lines("outlines") + help_lines("solar") +
-        "<br>Output: one GeoPackage layer <i>buildings</i> (replaced if the file has one; other layers are kept) "
+        + help_lines("detect")
+        + help_lines("outlines")
+        + help_lines("solar")
+        + "<br>Output: one GeoPackage layer <i>buildings</i> (replaced if the file has one; other layers are kept) "
         "with <i>area_m2</i>, <i>perimeter_m</i>, <i>confidence</i> and the solar fields, as <i>Detect "
         "buildings</i>. An interrupted run goes on where it stopped when run again with the same inputs and "
         "output (finished tiles are kept beside the output in OUTPUT.parts until the end)."
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
-        self.addParameter(QgsProcessingParameterMultipleLayers(
-            self.INPUTS, self.tr("Orthophoto tiles"), QgsProcessing.TypeRaster, optional=True))
-        self.addParameter(QgsProcessingParameterString(
-            self.MORE_INPUTS, self.tr("More inputs: folders, patterns, VRT, list files, URLs (separated by ;)"),
-            optional=True))
-        self.addParameter(QgsProcessingParameterFile(
-            self.MODEL, self.tr("Model file (empty: bundled model)"), extension="pt", optional=True))
+        self.addParameter(
+            QgsProcessingParameterMultipleLayers(
+                self.INPUTS, self.tr("Orthophoto tiles"), QgsProcessing.TypeRaster, optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterString(
+                self.MORE_INPUTS,
+                self.tr("More inputs: folders, patterns, VRT, list files, URLs (separated by ;)"),
+                optional=True,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL, self.tr("Model file (empty: bundled model)"), extension="pt", optional=True
+            )
+        )
         add(self, "many", advanced=("threads_per_worker", "block_px"))
         add(self, "detect", advanced=("batch_size",))
         add(self, "outlines")
         add(self, "solar", advanced=tuple(SOLAR))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT, self.tr("Buildings (GeoPackage)"), "GeoPackage (*.gpkg)"))
+        self.addParameter(
+            QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("Buildings (GeoPackage)"), "GeoPackage (*.gpkg)")
+        )
         self.addOutput(QgsProcessingOutputNumber(self.BUILDINGS, self.tr("Number of buildings")))
         self.addOutput(QgsProcessingOutputNumber(self.TOTAL_AREA, self.tr("Total building area (m²)")))
 
     def processAlgorithm(self, parameters, context, feedback) -> Dict[str, Any]:  # noqa: N802
-        inputs = [layer.source().split("|")[0] for layer in
-                  self.parameterAsLayerList(parameters, self.INPUTS, context)]
+        inputs = [layer.source().split("|")[0] for layer in self.parameterAsLayerList(parameters, self.INPUTS, context)]
         more = self.parameterAsString(parameters, self.MORE_INPUTS, context) or ""
         inputs += [s.strip() for s in more.split(";") if s.strip()]
         if not inputs:
@@ -92,32 +104,51 @@ class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
 
             model = model or bundled_model_path()
             if model is None:
-                raise QgsProcessingException(self.tr("The bundled model is not installed; give a model file "
-                                                     "(parameter MODEL)"))
+                raise QgsProcessingException(
+                    self.tr("The bundled model is not installed; give a model file (parameter MODEL)")
+                )
             options = DetectOptions(
-                model_path=model, **values(self, parameters, context, "detect"),
+                model_path=model,
+                **values(self, parameters, context, "detect"),
                 **values(self, parameters, context, "outlines"),
-                solar=SolarParams(**values(self, parameters, context, "solar")))
+                solar=SolarParams(**values(self, parameters, context, "solar")),
+            )
             _python_for_workers()
 
             def progress(state) -> None:
                 if state.dashboard and state.done == state.skipped:
                     feedback.pushInfo(self.tr("Dask dashboard: {url}").format(url=state.dashboard))
                 feedback.setProgress(100.0 * state.done / max(1, state.total))
-                feedback.setProgressText(self.tr("{done}/{total} tiles, {km2:.3f} km², {n} buildings").format(
-                    done=state.done, total=state.total, km2=state.area_km2, n=state.buildings))
+                feedback.setProgressText(
+                    self.tr("{done}/{total} tiles, {km2:.3f} km², {n} buildings").format(
+                        done=state.done, total=state.total, km2=state.area_km2, n=state.buildings
+                    )
+                )
 
-            result = detect_many(inputs, output, options, overwrite=True,
-                                 **values(self, parameters, context, "many"),
-                                 progress=progress, is_cancelled=feedback.isCanceled)
+            result = detect_many(
+                inputs,
+                output,
+                options,
+                overwrite=True,
+                **values(self, parameters, context, "many"),
+                progress=progress,
+                is_cancelled=feedback.isCanceled,
+            )
         for warning in result.warnings:
             feedback.reportError(warning, False)
-        feedback.pushInfo(self.tr("{n} buildings, {area:,.1f} m² in {tiles} tiles ({km2:.3f} km²), {s:.1f} s").format(
-            n=result.buildings, area=result.building_area_m2, tiles=result.jobs, km2=result.area_km2,
-            s=result.seconds))
+        feedback.pushInfo(
+            self.tr("{n} buildings, {area:,.1f} m² in {tiles} tiles ({km2:.3f} km²), {s:.1f} s").format(
+                n=result.buildings,
+                area=result.building_area_m2,
+                tiles=result.jobs,
+                km2=result.area_km2,
+                s=result.seconds,
+            )
+        )
         context.addLayerToLoadOnCompletion(
             f"{output}|layername={result.layer}",
-            context.LayerDetails(self.tr("Buildings"), context.project(), self.OUTPUT))
+            context.LayerDetails(self.tr("Buildings"), context.project(), self.OUTPUT),
+        )
         return {self.OUTPUT: output, self.BUILDINGS: result.buildings, self.TOTAL_AREA: result.building_area_m2}
 
 

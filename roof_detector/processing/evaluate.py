@@ -42,18 +42,39 @@ METRICS: Tuple[Tuple[str, str, Tuple[str, ...], str], ...] = (
     ("MATCHED_COUNT", "matched", ("object", "matched"), "Matched buildings"),
     ("VALID_PIXELS_COUNT", "valid_pixels", ("pixel", "valid_pixels"), "Valid pixels"),
     ("MEAN_MATCHED_IOU", "mean_matched_iou", ("object", "mean_matched_iou"), "Mean IoU of matched buildings"),
-    ("PREDICTED_MEDIAN_VERTICES", "predicted_median_vertices", ("shape", "predicted", "median_vertices"),
-     "Median vertices of predicted buildings"),
-    ("REFERENCE_MEDIAN_VERTICES", "reference_median_vertices", ("shape", "reference", "median_vertices"),
-     "Median vertices of reference buildings"),
-    ("PREDICTED_REGULAR_SHARE", "predicted_regular_share", ("shape", "predicted", "regular_share"),
-     "Share of regular predicted buildings"),
-    ("REFERENCE_REGULAR_SHARE", "reference_regular_share", ("shape", "reference", "regular_share"),
-     "Share of regular reference buildings"),
+    (
+        "PREDICTED_MEDIAN_VERTICES",
+        "predicted_median_vertices",
+        ("shape", "predicted", "median_vertices"),
+        "Median vertices of predicted buildings",
+    ),
+    (
+        "REFERENCE_MEDIAN_VERTICES",
+        "reference_median_vertices",
+        ("shape", "reference", "median_vertices"),
+        "Median vertices of reference buildings",
+    ),
+    (
+        "PREDICTED_REGULAR_SHARE",
+        "predicted_regular_share",
+        ("shape", "predicted", "regular_share"),
+        "Share of regular predicted buildings",
+    ),
+    (
+        "REFERENCE_REGULAR_SHARE",
+        "reference_regular_share",
+        ("shape", "reference", "regular_share"),
+        "Share of regular reference buildings",
+    ),
 )
 #: Table-only columns.
-EXTRA_COLUMNS = (("tp", ("pixel", "tp")), ("fp", ("pixel", "fp")), ("fn", ("pixel", "fn")), ("tn", ("pixel", "tn")),
-                 ("iou_threshold", ("object", "iou_threshold")))
+EXTRA_COLUMNS = (
+    ("tp", ("pixel", "tp")),
+    ("fp", ("pixel", "fp")),
+    ("fn", ("pixel", "fn")),
+    ("tn", ("pixel", "tn")),
+    ("iou_threshold", ("object", "iou_threshold")),
+)
 
 
 class EvaluateDetectionAlgorithm(RoofDetectorAlgorithm):
@@ -91,25 +112,47 @@ class EvaluateDetectionAlgorithm(RoofDetectorAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         polygons = [QgsProcessing.TypeVectorPolygon]
-        self.addParameter(QgsProcessingParameterFeatureSource(self.PREDICTED, self.tr("Predicted buildings"),
-                                                              polygons))
-        self.addParameter(QgsProcessingParameterFeatureSource(self.REFERENCE, self.tr("Reference buildings"),
-                                                              polygons))
-        self.addParameter(QgsProcessingParameterRasterLayer(
-            self.RASTER, self.tr("Raster giving the pixel grid"), optional=True))
-        self.addParameter(QgsProcessingParameterExtent(
-            self.EXTENT, self.tr("Or: extent of the pixel grid"), optional=True))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.PIXEL_SIZE, self.tr("Pixel size with an extent (CRS units)"), QgsProcessingParameterNumber.Double,
-            defaultValue=0.5, minValue=0.0))
-        self.addParameter(QgsProcessingParameterNumber(
-            self.IOU_THRESHOLD, self.tr("IoU threshold for matching buildings"), QgsProcessingParameterNumber.Double,
-            defaultValue=0.5, minValue=0.01, maxValue=1.0))
-        self.addParameter(QgsProcessingParameterFeatureSink(
-            self.OUTPUT, self.tr("Metrics table"), QgsProcessing.TypeVector, optional=True, createByDefault=True))
-        self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT_JSON, self.tr("Metrics as JSON"), self.tr("JSON files (*.json)"), optional=True,
-            createByDefault=False))
+        self.addParameter(QgsProcessingParameterFeatureSource(self.PREDICTED, self.tr("Predicted buildings"), polygons))
+        self.addParameter(QgsProcessingParameterFeatureSource(self.REFERENCE, self.tr("Reference buildings"), polygons))
+        self.addParameter(
+            QgsProcessingParameterRasterLayer(self.RASTER, self.tr("Raster giving the pixel grid"), optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterExtent(self.EXTENT, self.tr("Or: extent of the pixel grid"), optional=True)
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.PIXEL_SIZE,
+                self.tr("Pixel size with an extent (CRS units)"),
+                QgsProcessingParameterNumber.Double,
+                defaultValue=0.5,
+                minValue=0.0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterNumber(
+                self.IOU_THRESHOLD,
+                self.tr("IoU threshold for matching buildings"),
+                QgsProcessingParameterNumber.Double,
+                defaultValue=0.5,
+                minValue=0.01,
+                maxValue=1.0,
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFeatureSink(
+                self.OUTPUT, self.tr("Metrics table"), QgsProcessing.TypeVector, optional=True, createByDefault=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                self.OUTPUT_JSON,
+                self.tr("Metrics as JSON"),
+                self.tr("JSON files (*.json)"),
+                optional=True,
+                createByDefault=False,
+            )
+        )
         for key, _, _, label in METRICS:
             self.addOutput(QgsProcessingOutputNumber(key, self.tr(label)))
 
@@ -137,27 +180,42 @@ class EvaluateDetectionAlgorithm(RoofDetectorAlgorithm):
             reference = self.parameterAsSource(parameters, self.REFERENCE, context)
             crs = reference.sourceCrs() if reference is not None else QgsCoordinateReferenceSystem()
         if not crs.isValid():
-            raise QgsProcessingException(self.tr("The extent and the reference layer have no CRS: give the extent "
-                                                 "with its CRS, e.g. 'xmin,xmax,ymin,ymax [EPSG:32631]'"))
+            raise QgsProcessingException(
+                self.tr(
+                    "The extent and the reference layer have no CRS: give the extent "
+                    "with its CRS, e.g. 'xmin,xmax,ymin,ymax [EPSG:32631]'"
+                )
+            )
         rect = self.parameterAsExtent(parameters, self.EXTENT, context, crs)
-        return {"extent": (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()),
-                "pixel_size": self.parameterAsDouble(parameters, self.PIXEL_SIZE, context),
-                "crs": crs.authid() or crs.toWkt()}
+        return {
+            "extent": (rect.xMinimum(), rect.yMinimum(), rect.xMaximum(), rect.yMaximum()),
+            "pixel_size": self.parameterAsDouble(parameters, self.PIXEL_SIZE, context),
+            "crs": crs.authid() or crs.toWkt(),
+        }
 
     def processAlgorithm(self, parameters, context, feedback) -> Dict[str, Any]:  # noqa: N802
         self.require_dependencies()
         grid = self._grid(parameters, context)
         threshold = self.parameterAsDouble(parameters, self.IOU_THRESHOLD, context)
-        json_path = self.parameterAsFileOutput(parameters, self.OUTPUT_JSON, context) if \
-            self.optional_value(parameters, self.OUTPUT_JSON) else ""
+        json_path = (
+            self.parameterAsFileOutput(parameters, self.OUTPUT_JSON, context)
+            if self.optional_value(parameters, self.OUTPUT_JSON)
+            else ""
+        )
         with engine_errors(feedback):
             from ..core.evaluate import evaluate_files
 
             predicted, predicted_layer = source_as_file(self, parameters, self.PREDICTED, context, feedback)
             reference, reference_layer = source_as_file(self, parameters, self.REFERENCE, context, feedback)
             feedback.setProgress(10)
-            result = evaluate_files(predicted, reference, predicted_layer=predicted_layer,
-                                    reference_layer=reference_layer, iou_threshold=threshold, **grid)
+            result = evaluate_files(
+                predicted,
+                reference,
+                predicted_layer=predicted_layer,
+                reference_layer=reference_layer,
+                iou_threshold=threshold,
+                **grid,
+            )
             figures = result.as_dict()
         feedback.setProgress(90)
         self._log(figures, feedback)
@@ -167,11 +225,17 @@ class EvaluateDetectionAlgorithm(RoofDetectorAlgorithm):
         columns += [(field, _get(figures, where)) for field, where in EXTRA_COLUMNS]
         fields = QgsFields()
         for name, value in columns:
-            kind = QVariant.Double if name not in _COUNTS else \
-                QVariant.Int if name in ("predicted", "reference", "matched") else QVariant.LongLong
+            kind = (
+                QVariant.Double
+                if name not in _COUNTS
+                else QVariant.Int
+                if name in ("predicted", "reference", "matched")
+                else QVariant.LongLong
+            )
             fields.append(QgsField(name, kind))
-        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, QgsWkbTypes.NoGeometry,
-                                             QgsCoordinateReferenceSystem())
+        sink, dest_id = self.parameterAsSink(
+            parameters, self.OUTPUT, context, fields, QgsWkbTypes.NoGeometry, QgsCoordinateReferenceSystem()
+        )
         if sink is not None:
             row = QgsFeature(fields)
             row.setAttributes([value for _, value in columns])
@@ -190,23 +254,50 @@ class EvaluateDetectionAlgorithm(RoofDetectorAlgorithm):
         pixel, objects = figures["pixel"], figures["object"]
         pixel_f = {k: _fmt(pixel[k]) for k in ("iou", "accuracy", "precision", "recall", "f1")}
         object_f = {k: _fmt(objects[k]) for k in ("precision", "recall", "f1")}
-        feedback.pushInfo(self.tr("Pixels ({n:,} valid): IoU {iou}, accuracy {acc}, precision {p}, "
-                                  "recall {r}, F1 {f1}").format(
-            n=pixel["valid_pixels"], iou=pixel_f["iou"], acc=pixel_f["accuracy"], p=pixel_f["precision"],
-            r=pixel_f["recall"], f1=pixel_f["f1"]))
-        feedback.pushInfo(self.tr("Objects matched one-to-one at IoU >= {t:g}: {m} of {np} predicted and {nr} "
-                                  "reference; precision {p}, recall {r}, F1 {f1}").format(
-            t=objects["iou_threshold"], m=objects["matched"], np=objects["predicted"], nr=objects["reference"],
-            p=object_f["precision"], r=object_f["recall"], f1=object_f["f1"]))
+        feedback.pushInfo(
+            self.tr("Pixels ({n:,} valid): IoU {iou}, accuracy {acc}, precision {p}, recall {r}, F1 {f1}").format(
+                n=pixel["valid_pixels"],
+                iou=pixel_f["iou"],
+                acc=pixel_f["accuracy"],
+                p=pixel_f["precision"],
+                r=pixel_f["recall"],
+                f1=pixel_f["f1"],
+            )
+        )
+        feedback.pushInfo(
+            self.tr(
+                "Objects matched one-to-one at IoU >= {t:g}: {m} of {np} predicted and {nr} "
+                "reference; precision {p}, recall {r}, F1 {f1}"
+            ).format(
+                t=objects["iou_threshold"],
+                m=objects["matched"],
+                np=objects["predicted"],
+                nr=objects["reference"],
+                p=object_f["precision"],
+                r=object_f["recall"],
+                f1=object_f["f1"],
+            )
+        )
         shape = figures["shape"]
-        feedback.pushInfo(self.tr("Shape: median vertices {pv} predicted, {rv} reference; regular polygons {pr} "
-                                  "predicted, {rr} reference; mean IoU of matched buildings {miou}").format(
-            pv=_fmt(shape["predicted"]["median_vertices"], "g"), rv=_fmt(shape["reference"]["median_vertices"], "g"),
-            pr=_fmt(shape["predicted"]["regular_share"], ".1%"), rr=_fmt(shape["reference"]["regular_share"], ".1%"),
-            miou=_fmt(objects["mean_matched_iou"])))
+        feedback.pushInfo(
+            self.tr(
+                "Shape: median vertices {pv} predicted, {rv} reference; regular polygons {pr} "
+                "predicted, {rr} reference; mean IoU of matched buildings {miou}"
+            ).format(
+                pv=_fmt(shape["predicted"]["median_vertices"], "g"),
+                rv=_fmt(shape["reference"]["median_vertices"], "g"),
+                pr=_fmt(shape["predicted"]["regular_share"], ".1%"),
+                rr=_fmt(shape["reference"]["regular_share"], ".1%"),
+                miou=_fmt(objects["mean_matched_iou"]),
+            )
+        )
         if pixel["iou"] is None or objects["f1"] is None:
-            feedback.pushWarning(self.tr("No building in either layer on the grid: the ratios that need one have "
-                                         "no value (nothing measured is not a perfect score)"))
+            feedback.pushWarning(
+                self.tr(
+                    "No building in either layer on the grid: the ratios that need one have "
+                    "no value (nothing measured is not a perfect score)"
+                )
+            )
 
 
 def _fmt(value: Optional[float], spec: str = ".4f") -> str:

@@ -61,16 +61,28 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
         self.addParameter(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Orthophoto")))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.LABELS, self.tr("Building polygons (labels)"), [QgsProcessing.TypeVectorPolygon]))
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.AREA, self.tr("Fully labelled area"), [QgsProcessing.TypeVectorPolygon], optional=True))
-        self.addParameter(QgsProcessingParameterFile(
-            self.MODEL, self.tr("Base model (empty: bundled model)"), extension="pt", optional=True))
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.LABELS, self.tr("Building polygons (labels)"), [QgsProcessing.TypeVectorPolygon]
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.AREA, self.tr("Fully labelled area"), [QgsProcessing.TypeVectorPolygon], optional=True
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFile(
+                self.MODEL, self.tr("Base model (empty: bundled model)"), extension="pt", optional=True
+            )
+        )
         add(self, "finetune", advanced=("samples_per_epoch", "compare_outside"))
         add(self, "detect", "device")
-        self.addParameter(QgsProcessingParameterFileDestination(
-            self.OUTPUT, self.tr("Fine-tuned model"), self.tr("Roof Detector models (*.pt)")))
+        self.addParameter(
+            QgsProcessingParameterFileDestination(
+                self.OUTPUT, self.tr("Fine-tuned model"), self.tr("Roof Detector models (*.pt)")
+            )
+        )
         self.addOutput(QgsProcessingOutputFile(self.CURVES, self.tr("Training curves (PNG)")))
         self.addOutput(QgsProcessingOutputNumber(self.IOU_BEFORE, self.tr("Validation IoU of the base model")))
         self.addOutput(QgsProcessingOutputNumber(self.IOU_AFTER, self.tr("Validation IoU of the fine-tuned model")))
@@ -104,18 +116,26 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
 
             base = self.parameterAsFile(parameters, self.MODEL, context) or bundled_model_path()
             if not base:
-                raise QgsProcessingException(self.tr("The bundled model is not installed; give a base model "
-                                                     "file (parameter MODEL)"))
+                raise QgsProcessingException(
+                    self.tr("The bundled model is not installed; give a base model file (parameter MODEL)")
+                )
             labels, labels_layer = source_as_file(self, parameters, self.LABELS, context, feedback)
             os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
             options = FinetuneOptions(
-                raster_path=raster, labels_path=labels, labels_layer=labels_layer, output_path=output,
-                base_model_path=base, area_wkt=area_wkt, **values(self, parameters, context, "finetune"),
+                raster_path=raster,
+                labels_path=labels,
+                labels_layer=labels_layer,
+                output_path=output,
+                base_model_path=base,
+                area_wkt=area_wkt,
+                **values(self, parameters, context, "finetune"),
                 **values(self, parameters, context, "detect", "device"),
-                overwrite=True)  # a Processing destination is replaced (QGIS asks first); never the base model
+                overwrite=True,
+            )  # a Processing destination is replaced (QGIS asks first); never the base model
             feedback.pushInfo(self.tr("Fine-tuning {base} on {raster}").format(base=base, raster=raster))
-            result = finetune(options, progress=engine_progress(feedback), is_cancelled=feedback.isCanceled,
-                              log=feedback.pushInfo)
+            result = finetune(
+                options, progress=engine_progress(feedback), is_cancelled=feedback.isCanceled, log=feedback.pushInfo
+            )
         if result.model_path is None:
             raise QgsProcessingException(self.tr("Cancelled; no model was written"))
         before, after = result.before.get("iou"), result.after.get("iou")
@@ -123,13 +143,26 @@ class FinetuneModelAlgorithm(RoofDetectorAlgorithm):
             feedback.pushWarning(self.tr("Cancelled: the best model so far was kept"))
         for note in result.notes:
             if note.startswith("Warning: "):
-                feedback.pushWarning(note[len("Warning: "):])
-        feedback.pushInfo(self.tr("Validation IoU {before} -> {after}, threshold {thr:.2f}, stopped: {why}, "
-                                  "{minutes:.1f} min -> {path}").format(
-            before=_fmt(before), after=_fmt(after), thr=result.threshold, why=result.stopped,
-            minutes=result.minutes, path=result.model_path))
-        return {self.OUTPUT: result.model_path, self.CURVES: result.curves_path, self.IOU_BEFORE: before,
-                self.IOU_AFTER: after, self.THRESHOLD: result.threshold}
+                feedback.pushWarning(note[len("Warning: ") :])
+        feedback.pushInfo(
+            self.tr(
+                "Validation IoU {before} -> {after}, threshold {thr:.2f}, stopped: {why}, {minutes:.1f} min -> {path}"
+            ).format(
+                before=_fmt(before),
+                after=_fmt(after),
+                thr=result.threshold,
+                why=result.stopped,
+                minutes=result.minutes,
+                path=result.model_path,
+            )
+        )
+        return {
+            self.OUTPUT: result.model_path,
+            self.CURVES: result.curves_path,
+            self.IOU_BEFORE: before,
+            self.IOU_AFTER: after,
+            self.THRESHOLD: result.threshold,
+        }
 
 
 def _fmt(value: Optional[float]) -> str:

@@ -42,11 +42,13 @@ def definition(p: Param, default: Any = None) -> QgsProcessingParameterDefinitio
     if p.choices:
         from .common import tr
 
-        return QgsProcessingParameterEnum(p.key, label(p), options=[tr(c) for c in p.choice_labels or p.choices],
-                                          defaultValue=p.choices.index(value))
+        return QgsProcessingParameterEnum(
+            p.key, label(p), options=[tr(c) for c in p.choice_labels or p.choices], defaultValue=p.choices.index(value)
+        )
     kind = QgsProcessingParameterNumber.Integer if p.kind is int else QgsProcessingParameterNumber.Double
-    return QgsProcessingParameterNumber(p.key, label(p), kind, defaultValue=value, optional=p.optional,
-                                        minValue=p.low, maxValue=p.high)
+    return QgsProcessingParameterNumber(
+        p.key, label(p), kind, defaultValue=value, optional=p.optional, minValue=p.low, maxValue=p.high
+    )
 
 
 def _names(group: str, names: Tuple[str, ...]) -> Tuple[str, ...]:

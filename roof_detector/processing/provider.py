@@ -13,8 +13,13 @@ from .finetune import FinetuneModelAlgorithm
 from .solar import RooftopSolarAlgorithm
 
 PROVIDER_ID = "roofdetector"
-ALGORITHMS = (DetectBuildingsAlgorithm, FinetuneModelAlgorithm, RooftopSolarAlgorithm, EvaluateDetectionAlgorithm,
-              DetectBuildingsManyAlgorithm)
+ALGORITHMS = (
+    DetectBuildingsAlgorithm,
+    FinetuneModelAlgorithm,
+    RooftopSolarAlgorithm,
+    EvaluateDetectionAlgorithm,
+    DetectBuildingsManyAlgorithm,
+)
 
 
 class RoofDetectorProvider(QgsProcessingProvider):

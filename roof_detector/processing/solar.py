@@ -53,11 +53,11 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
         "<i>kwp</i> = panels × <b>panel power</b> / 1000, <i>specific_yield</i> (kWh/kWp/yr), "
         "<i>annual_kwh</i> = kwp × specific yield, <i>orientation_deg</i> (long axis, degrees clockwise from "
         "north, 0-180).<br>"
-        + help_lines("solar") +
-        "The latitude estimate is a coarse curve (±25 %); give a PVGIS / Global Solar Atlas value for your site "
+        + help_lines("solar")
+        + "The latitude estimate is a coarse curve (±25 %); give a PVGIS / Global Solar Atlas value for your site "
         "when it matters.<br>"
-        + help_lines("outlines") +
-        "Regularisation is off by default here, as cadastre outlines are already clean.<br><br>"
+        + help_lines("outlines")
+        + "Regularisation is off by default here, as cadastre outlines are already clean.<br><br>"
         "Input fields are kept; one whose name clashes (ignoring case) with an added field or an earlier input "
         "field is renamed src_&lt;name&gt; (or src_&lt;name&gt;_2, _3... when that is taken too). "
         "Features without a geometry are skipped. The optional <b>report folder</b> receives summary.html, "
@@ -66,18 +66,31 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
     )
 
     def initAlgorithm(self, config=None):  # noqa: N802 - QGIS API
-        self.addParameter(QgsProcessingParameterFeatureSource(
-            self.INPUT, self.tr("Building polygons"), [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(
+            QgsProcessingParameterFeatureSource(
+                self.INPUT, self.tr("Building polygons"), [QgsProcessing.TypeVectorPolygon]
+            )
+        )
         add(self, "solar")
         add(self, "outlines", defaults={"regularize": False})
-        self.addParameter(QgsProcessingParameterFeatureSink(
-            self.OUTPUT, self.tr("Rooftops"), QgsProcessing.TypeVectorPolygon))
-        self.addParameter(QgsProcessingParameterFolderDestination(
-            self.REPORT, self.tr("Report folder (summary.html, buildings.csv, areas.png)"), optional=True,
-            createByDefault=False))
+        self.addParameter(
+            QgsProcessingParameterFeatureSink(self.OUTPUT, self.tr("Rooftops"), QgsProcessing.TypeVectorPolygon)
+        )
+        self.addParameter(
+            QgsProcessingParameterFolderDestination(
+                self.REPORT,
+                self.tr("Report folder (summary.html, buildings.csv, areas.png)"),
+                optional=True,
+                createByDefault=False,
+            )
+        )
         self.addOutput(QgsProcessingOutputHtml(self.REPORT_HTML, self.tr("Solar report")))
-        for key, label in ((self.BUILDINGS, "Number of buildings"), (self.TOTAL_PANELS, "Total panels"),
-                           (self.TOTAL_KWP, "Total power (kWp)"), (self.TOTAL_ANNUAL_KWH, "Total energy (kWh/yr)")):
+        for key, label in (
+            (self.BUILDINGS, "Number of buildings"),
+            (self.TOTAL_PANELS, "Total panels"),
+            (self.TOTAL_KWP, "Total power (kWp)"),
+            (self.TOTAL_ANNUAL_KWH, "Total energy (kWh/yr)"),
+        ):
             self.addOutput(QgsProcessingOutputNumber(key, self.tr(label)))
 
     def processAlgorithm(self, parameters, context, feedback) -> Dict[str, Any]:  # noqa: N802
@@ -87,11 +100,15 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
             raise QgsProcessingException(self.invalidSourceError(parameters, self.INPUT))
         crs = source.sourceCrs()
         if not crs.isValid():
-            raise QgsProcessingException(self.tr("The polygon layer has no CRS; set one (Layer Properties > "
-                                                 "Source) so areas can be measured"))
+            raise QgsProcessingException(
+                self.tr("The polygon layer has no CRS; set one (Layer Properties > Source) so areas can be measured")
+            )
         crs_wkt = crs.toWkt()
-        report_dir = self.parameterAsString(parameters, self.REPORT, context) if \
-            self.optional_value(parameters, self.REPORT) else ""
+        report_dir = (
+            self.parameterAsString(parameters, self.REPORT, context)
+            if self.optional_value(parameters, self.REPORT)
+            else ""
+        )
 
         with engine_errors(feedback):
             from ..core.footprints import measure_polygons
@@ -108,8 +125,9 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
                 check_report_dir(report_dir)  # before the work
             fields = _output_fields(source.fields())
             if fields is None:  # QgsFields dropped a duplicate: values would shift between columns
-                raise QgsProcessingException(self.tr("Cannot name the output fields of {names}").format(
-                    names=", ".join(source.fields().names())))
+                raise QgsProcessingException(
+                    self.tr("Cannot name the output fields of {names}").format(names=", ".join(source.fields().names()))
+                )
             wkb_type = QgsWkbTypes.flatType(source.wkbType()) if regularize else source.wkbType()
             sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, wkb_type, crs)
             if sink is None:
@@ -121,35 +139,57 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
             skipped = len(pairs) - len(features)
             feedback.setProgress(10)
             # All polygons at once: the batched sizing of the CLI and of detection.
-            geoms, sized = measure_polygons(originals, crs_wkt, params, regularize,
-                                            outlines["regularize_tolerance_m"])
+            geoms, sized = measure_polygons(originals, crs_wkt, params, regularize, outlines["regularize_tolerance_m"])
             feedback.setProgress(60)
             rows, regularized = self._write(sink, fields, wkb_type, features, originals, geoms, sized, feedback)
             summed = totals(build_table(rows))
-            results: Dict[str, Any] = {self.OUTPUT: dest_id, self.BUILDINGS: summed["buildings"],
-                                       self.TOTAL_PANELS: summed["panels"], self.TOTAL_KWP: summed["kwp"],
-                                       self.TOTAL_ANNUAL_KWH: summed["annual_kwh"]}
-            feedback.pushInfo(self.tr(
-                "{n} buildings: footprint {area:,.1f} m², usable {usable:,.1f} m², {panels:,} panels, "
-                "{kwp:,.1f} kWp, {kwh:,.0f} kWh/yr").format(
-                n=summed["buildings"], area=summed["area_m2"], usable=summed["usable_area_m2"],
-                panels=summed["panels"], kwp=summed["kwp"], kwh=summed["annual_kwh"]))
+            results: Dict[str, Any] = {
+                self.OUTPUT: dest_id,
+                self.BUILDINGS: summed["buildings"],
+                self.TOTAL_PANELS: summed["panels"],
+                self.TOTAL_KWP: summed["kwp"],
+                self.TOTAL_ANNUAL_KWH: summed["annual_kwh"],
+            }
+            feedback.pushInfo(
+                self.tr(
+                    "{n} buildings: footprint {area:,.1f} m², usable {usable:,.1f} m², {panels:,} panels, "
+                    "{kwp:,.1f} kWp, {kwh:,.0f} kWh/yr"
+                ).format(
+                    n=summed["buildings"],
+                    area=summed["area_m2"],
+                    usable=summed["usable_area_m2"],
+                    panels=summed["panels"],
+                    kwp=summed["kwp"],
+                    kwh=summed["annual_kwh"],
+                )
+            )
             if skipped:
                 feedback.pushWarning(self.tr("Skipped {n} features without a geometry").format(n=skipped))
             if regularize:
-                feedback.pushInfo(self.tr("Regularized {n} of {total} outlines (the others kept as they were)")
-                                  .format(n=regularized, total=len(rows)))
+                feedback.pushInfo(
+                    self.tr("Regularized {n} of {total} outlines (the others kept as they were)").format(
+                        n=regularized, total=len(rows)
+                    )
+                )
             if report_dir:
-                paths = write_report(rows, report_dir, params=params.as_dict(),
-                                     source=source.sourceName())
+                paths = write_report(rows, report_dir, params=params.as_dict(), source=source.sourceName())
                 feedback.pushInfo(self.tr("Report: {path}").format(path=paths["html"]))
                 results[self.REPORT] = report_dir
                 results[self.REPORT_HTML] = paths["html"]
             feedback.pushDebugInfo(json.dumps(params.as_dict()))
         return results
 
-    def _write(self, sink: Any, fields: QgsFields, wkb_type: int, features: List[QgsFeature], originals: List[Any],
-               geoms: Any, sized: List[Dict[str, Any]], feedback: Any) -> Tuple[List[Dict[str, Any]], int]:
+    def _write(
+        self,
+        sink: Any,
+        fields: QgsFields,
+        wkb_type: int,
+        features: List[QgsFeature],
+        originals: List[Any],
+        geoms: Any,
+        sized: List[Dict[str, Any]],
+        feedback: Any,
+    ) -> Tuple[List[Dict[str, Any]], int]:
         """Add each input feature with its solar fields (and squared outline) to ``sink``; (rows, regularised)."""
         from ..core.solar import SOLAR_FIELDS
         from ..qgis_adapter.output import to_qgs_geometry

@@ -53,8 +53,12 @@ PURPOSES: Dict[str, Dict[str, Tuple[str, str]]] = {
     # polls and reads the result, so none of the engine's packages is needed here
     "server": {},
 }
-PURPOSE_TEXT = {"detect": "detect buildings", "report": "make the rooftop report", "finetune": "fine-tune a model",
-                "server": "detect buildings on a Roof Detector server"}
+PURPOSE_TEXT = {
+    "detect": "detect buildings",
+    "report": "make the rooftop report",
+    "finetune": "fine-tune a model",
+    "server": "detect buildings on a Roof Detector server",
+}
 
 ALL = {**ENGINE, **CPU_RUNTIME, **TORCH, **CHARTS}
 
@@ -95,13 +99,19 @@ class DependencyReport:
         parts = []
         if self.missing:
             items = "; ".join(f"{m.module} ({tr(m.why)})" for m in self.missing)
-            parts.append(tr("Roof Detector needs Python packages that QGIS's Python does not have to {what}: "
-                            "{items}.").format(what=tr(PURPOSE_TEXT.get(self.purpose, self.purpose)), items=items))
+            parts.append(
+                tr("Roof Detector needs Python packages that QGIS's Python does not have to {what}: {items}.").format(
+                    what=tr(PURPOSE_TEXT.get(self.purpose, self.purpose)), items=items
+                )
+            )
         if self.geos:
             parts.append(self.geos)
-        parts.append(tr("Open Plugins > Roof Detector > Check dependencies… and click Install, or run in a "
-                        "terminal:\n\n    {cmd}\n\nthen restart QGIS.").format(
-            cmd=install_command(self.requirements())))
+        parts.append(
+            tr(
+                "Open Plugins > Roof Detector > Check dependencies… and click Install, or run in a "
+                "terminal:\n\n    {cmd}\n\nthen restart QGIS."
+            ).format(cmd=install_command(self.requirements()))
+        )
         return "\n\n".join(parts)
 
 
@@ -212,12 +222,14 @@ def pip_arguments(requirements: List[str], target: Optional[str] = None, gpu: bo
     against the system GEOS (needs libgeos-dev and a compiler).
     """
     target = target or deps_dir()
-    args = ["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--upgrade",
-            "--target", target]
+    args = ["-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--upgrade", "--target", target]
     if needs_source_shapely() and any(r.startswith("shapely") for r in requirements):
         args += ["--no-binary", "shapely"]
-    if any(r.split("<")[0].split(">")[0].split("=")[0] == "torch" for r in requirements) and not gpu \
-            and sys.platform != "darwin":
+    if (
+        any(r.split("<")[0].split(">")[0].split("=")[0] == "torch" for r in requirements)
+        and not gpu
+        and sys.platform != "darwin"
+    ):
         args += ["--extra-index-url", "https://download.pytorch.org/whl/cpu"]
     # A dependency QGIS's Python already has (numpy, which GDAL is built against) is held at
     # QGIS's version, so what lands in the folder matches what QGIS imports (its copy wins anyway).
@@ -269,8 +281,9 @@ def geos_mismatch(shapely_geos: Optional[str] = None, qgis_geos: Optional[str] =
         qgis_geos = Qgis.geosVersion()
     if qgis_geos.split("-")[0] == shapely_geos:
         return None
-    return tr("The shapely package in QGIS's Python was built with GEOS {ours}, but QGIS uses GEOS {theirs}; "
-              "geometry operations would crash QGIS. shapely must be rebuilt against QGIS's GEOS "
-              "(pip install --no-binary shapely; on Debian/Ubuntu first: apt install libgeos-dev python3-dev "
-              "build-essential).").format(ours=shapely_geos, theirs=qgis_geos)
-
+    return tr(
+        "The shapely package in QGIS's Python was built with GEOS {ours}, but QGIS uses GEOS {theirs}; "
+        "geometry operations would crash QGIS. shapely must be rebuilt against QGIS's GEOS "
+        "(pip install --no-binary shapely; on Debian/Ubuntu first: apt install libgeos-dev python3-dev "
+        "build-essential)."
+    ).format(ours=shapely_geos, theirs=qgis_geos)

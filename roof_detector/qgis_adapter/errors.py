@@ -16,8 +16,10 @@ from qgis.core import Qgis, QgsMessageLog
 from . import LOG_TAG, tr
 
 #: Advice for a GPU out of memory; ``{error}`` is the first line of the error.
-OUT_OF_MEMORY_TEXT = tr("The GPU ran out of memory. Choose CPU as device, close other programs using the GPU, "
-                        "or use a smaller batch size. ({error})")
+OUT_OF_MEMORY_TEXT = tr(
+    "The GPU ran out of memory. Choose CPU as device, close other programs using the GPU, "
+    "or use a smaller batch size. ({error})"
+)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -28,8 +30,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in text
 
 
-def user_message(exc: BaseException, cancelled: bool = False,
-                 out_of_memory_text: str = OUT_OF_MEMORY_TEXT) -> Optional[str]:
+def user_message(
+    exc: BaseException, cancelled: bool = False, out_of_memory_text: str = OUT_OF_MEMORY_TEXT
+) -> Optional[str]:
     """The one-line message for ``exc``; None when the user cancelled (nothing to report)."""
     from ..core.errors import Cancelled, RoofDetectorError
     from .output import WriteError
@@ -45,7 +48,9 @@ def user_message(exc: BaseException, cancelled: bool = False,
         return str(exc)
     if is_out_of_memory(exc):
         return out_of_memory_text.format(error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    QgsMessageLog.logMessage("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), LOG_TAG,
-                             Qgis.Critical)
+    QgsMessageLog.logMessage(
+        "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), LOG_TAG, Qgis.Critical
+    )
     return tr("Unexpected error: {error} (details in the log panel, tab '{tag}')").format(
-        error=str(exc) or type(exc).__name__, tag=LOG_TAG)
+        error=str(exc) or type(exc).__name__, tag=LOG_TAG
+    )

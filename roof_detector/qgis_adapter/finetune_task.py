@@ -55,7 +55,7 @@ class FinetuneRequest:
 
     raster_name: str
     options: Dict[str, Any]
-    temp_dir: Optional[str] = None       # exported layers; removed when the task is finished
+    temp_dir: Optional[str] = None  # exported layers; removed when the task is finished
     notes: List[str] = field(default_factory=list)  # what the dialog found (e.g. CRS reprojection)
 
     def __post_init__(self) -> None:
@@ -106,17 +106,20 @@ def export_layer(layer: QgsVectorLayer, folder: str, name: str, selected_only: b
     options.fileEncoding = "UTF-8"
     options.onlySelectedFeatures = bool(selected_only)
     options.skipAttributeCreation = True
-    result = QgsVectorFileWriter.writeAsVectorFormatV3(layer, path, QgsProject.instance().transformContext(),
-                                                       options)
+    result = QgsVectorFileWriter.writeAsVectorFormatV3(layer, path, QgsProject.instance().transformContext(), options)
     error, message = result[0], result[1]
     if error != QgsVectorFileWriter.NoError:
-        raise RequestError(tr("Layer '{name}' could not be written to a temporary GeoPackage: {error}")
-                           .format(name=layer.name(), error=message or error))
+        raise RequestError(
+            tr("Layer '{name}' could not be written to a temporary GeoPackage: {error}").format(
+                name=layer.name(), error=message or error
+            )
+        )
     return path
 
 
-def label_source(layer: QgsVectorLayer, selected_only: bool, temp_dir: Callable[[], str]
-                 ) -> Tuple[str, Optional[str], bool]:
+def label_source(
+    layer: QgsVectorLayer, selected_only: bool, temp_dir: Callable[[], str]
+) -> Tuple[str, Optional[str], bool]:
     """(path, layer name, exported) of the labels for the engine; exports when needed.
 
     ``temp_dir`` is called (once) for the folder of exported files.
@@ -160,9 +163,12 @@ def area_wkt(layer: Any, selected_only: bool, raster: QgsRasterLayer) -> str:
     if selected_only:
         features = layer.selectedFeatures()
         if not features:
-            raise RequestError(tr("No polygons are selected in layer '{name}'. Select the labelled area "
-                                  "(Select Features tool) or choose another area option.")
-                               .format(name=layer.name()))
+            raise RequestError(
+                tr(
+                    "No polygons are selected in layer '{name}'. Select the labelled area "
+                    "(Select Features tool) or choose another area option."
+                ).format(name=layer.name())
+            )
     else:
         features = list(layer.getFeatures())
     geometries = [f.geometry() for f in features if f.hasGeometry() and not f.geometry().isEmpty()]
@@ -174,8 +180,9 @@ def area_wkt(layer: Any, selected_only: bool, raster: QgsRasterLayer) -> str:
         try:
             union.transform(transform)
         except QgsCsException as exc:
-            raise RequestError(tr("The labelled area cannot be reprojected to the raster's CRS ({error}).")
-                               .format(error=exc)) from None
+            raise RequestError(
+                tr("The labelled area cannot be reprojected to the raster's CRS ({error}).").format(error=exc)
+            ) from None
     if union.isNull() or union.isEmpty():
         raise RequestError(tr("The labelled area is empty."))
     if not union.intersects(QgsGeometry.fromRect(raster.extent())):
@@ -194,12 +201,11 @@ class FinetuneTask(GuardedRun, QgsTask):
 
     epochFinished = pyqtSignal(dict)  # noqa: N815 - Qt signal naming
 
-    def __init__(self, request: FinetuneRequest,
-                 on_finished: Optional[Callable[["FinetuneTask", bool], None]] = None):
+    def __init__(self, request: FinetuneRequest, on_finished: Optional[Callable[["FinetuneTask", bool], None]] = None):
         super().__init__(tr("Fine-tuning model {name}").format(name=request.name), QgsTask.CanCancel)
         self.request = request
         self.on_finished = on_finished
-        self.result: Any = None          # the engine's FinetuneResult
+        self.result: Any = None  # the engine's FinetuneResult
         self.rows: List[Dict[str, Any]] = []
         self.error: Optional[str] = None
         self.was_cancelled = False
@@ -208,7 +214,7 @@ class FinetuneTask(GuardedRun, QgsTask):
         self._lock = threading.Lock()
         self._options: Any = None
         self.run_started = threading.Event()  # set when run() begins, in the worker thread
-        self.run_done = threading.Event()     # set when run() returns: plugin unload waits on it
+        self.run_done = threading.Event()  # set when run() returns: plugin unload waits on it
 
     def set_keep_best(self, keep: bool) -> None:
         """Whether a cancelled run still writes its best epoch (call before :meth:`cancel`)."""
@@ -239,8 +245,9 @@ class FinetuneTask(GuardedRun, QgsTask):
 
         with self._lock:
             self._options = self.request.finetune_options()
-        self.result = finetune(self._options, progress=self._progress, is_cancelled=self.isCanceled,
-                               on_epoch=self._on_epoch, log=self._log)
+        self.result = finetune(
+            self._options, progress=self._progress, is_cancelled=self.isCanceled, on_epoch=self._on_epoch, log=self._log
+        )
         self.was_cancelled = self.result.stopped == "cancelled"
 
     def out_of_memory_text(self) -> str:

@@ -20,6 +20,8 @@ from . import LOG_TAG, tr
 
 # How long unloading (QGIS closing, plugin reload) waits in all for cancelled tasks to stop.
 UNLOAD_WAIT_S = 5.0
+
+
 def cancel_tasks(tasks: Iterable[Any], wait_s: float) -> List[Any]:
     """Cancel ``tasks`` and wait up to ``wait_s`` seconds in all for those already running to stop.
 
@@ -46,7 +48,11 @@ def cancel_tasks(tasks: Iterable[Any], wait_s: float) -> List[Any]:
         if not done.wait(max(0.0, deadline - time.monotonic())):
             still_running.append(task)
     if still_running:
-        QgsMessageLog.logMessage(tr("{n} Roof Detector task(s) still stopping while the plugin unloads; "
-                                    "their results will be discarded.").format(n=len(still_running)),
-                                 LOG_TAG, Qgis.Warning)
+        QgsMessageLog.logMessage(
+            tr(
+                "{n} Roof Detector task(s) still stopping while the plugin unloads; their results will be discarded."
+            ).format(n=len(still_running)),
+            LOG_TAG,
+            Qgis.Warning,
+        )
     return still_running

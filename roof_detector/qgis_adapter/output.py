@@ -26,8 +26,7 @@ from qgis.PyQt.QtCore import QVariant
 
 from . import tr
 
-CORE_FIELDS = (("area_m2", QVariant.Double), ("perimeter_m", QVariant.Double),
-               ("confidence", QVariant.Double))
+CORE_FIELDS = (("area_m2", QVariant.Double), ("perimeter_m", QVariant.Double), ("confidence", QVariant.Double))
 _VARIANTS = {"integer": QVariant.LongLong, "real": QVariant.Double, "string": QVariant.String}
 _KINDS = {variant: kind for kind, variant in _VARIANTS.items()}
 
@@ -135,8 +134,7 @@ class ResultFeatures:
             yield feature
 
 
-def build_memory_layer(buildings: Sequence[Any], crs: QgsCoordinateReferenceSystem,
-                       name: str) -> QgsVectorLayer:
+def build_memory_layer(buildings: Sequence[Any], crs: QgsCoordinateReferenceSystem, name: str) -> QgsVectorLayer:
     """A memory polygon layer holding ``buildings`` with the core and extra fields."""
     result = ResultFeatures(buildings)
     uri = "MultiPolygon" if result.multi else "Polygon"
@@ -148,8 +146,11 @@ def build_memory_layer(buildings: Sequence[Any], crs: QgsCoordinateReferenceSyst
     layer.updateFields()
     features = list(result.features())
     if features and not provider.addFeatures(features)[0]:
-        raise WriteError(tr("Could not build the result layer: {error}")
-                         .format(error="; ".join(provider.errors()) or "unknown error"))
+        raise WriteError(
+            tr("Could not build the result layer: {error}").format(
+                error="; ".join(provider.errors()) or "unknown error"
+            )
+        )
     layer.updateExtents()
     return layer
 
@@ -179,8 +180,11 @@ def crs_from(wkt_or_authid: str, fallback: Optional[str] = None) -> QgsCoordinat
     for text in (wkt_or_authid, fallback):
         if not text:
             continue
-        crs = QgsCoordinateReferenceSystem(text) if ":" in text and "[" not in text \
+        crs = (
+            QgsCoordinateReferenceSystem(text)
+            if ":" in text and "[" not in text
             else QgsCoordinateReferenceSystem.fromWkt(text)
+        )
         if crs.isValid():
             return crs
     return QgsCoordinateReferenceSystem()

@@ -24,8 +24,16 @@ import uuid
 from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple
 
-from qgis.core import (QgsApplication, QgsAuthMethodConfig, QgsBlockingNetworkRequest, QgsCoordinateReferenceSystem,
-                       QgsCoordinateTransform, QgsFeedback, QgsGeometry, QgsProject)
+from qgis.core import (
+    QgsApplication,
+    QgsAuthMethodConfig,
+    QgsBlockingNetworkRequest,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeedback,
+    QgsGeometry,
+    QgsProject,
+)
 from qgis.PyQt.QtCore import QByteArray, QFile, QIODevice, QUrl
 from qgis.PyQt.QtNetwork import QNetworkRequest
 
@@ -64,8 +72,9 @@ def store_token(token: str, authcfg: str = "") -> str:
     result = manager.storeAuthenticationConfig(config)
     ok = result[0] if isinstance(result, tuple) else result
     if not ok:
-        raise ServerError(tr("Could not store the token in QGIS's authentication database (is its master "
-                             "password set?)."))
+        raise ServerError(
+            tr("Could not store the token in QGIS's authentication database (is its master password set?).")
+        )
     return (result[1] if isinstance(result, tuple) else config).id()
 
 
@@ -103,8 +112,9 @@ class ServerClient:
         request.setAttribute(QNetworkRequest.CacheLoadControlAttribute, QNetworkRequest.AlwaysNetwork)
         return request
 
-    def call(self, method: str, path: str, body: Any = None, content_type: str = "",
-             expect: Tuple[int, ...] = (200,)) -> Tuple[int, bytes]:
+    def call(
+        self, method: str, path: str, body: Any = None, content_type: str = "", expect: Tuple[int, ...] = (200,)
+    ) -> Tuple[int, bytes]:
         """``method`` ``path``; return (status, body) or raise :class:`ServerError` with the server's reason."""
         blocking = QgsBlockingNetworkRequest()
         request = self._request(path, content_type)
@@ -124,9 +134,12 @@ class ServerClient:
                 from ..core.errors import Cancelled
 
                 raise Cancelled()
-            raise ServerError(tr("Cannot reach the Roof Detector server at {url}: {error}. Check the server URL "
-                                 "in Detect Buildings and that the server runs.").format(
-                url=self.url, error=blocking.errorMessage() or error))
+            raise ServerError(
+                tr(
+                    "Cannot reach the Roof Detector server at {url}: {error}. Check the server URL "
+                    "in Detect Buildings and that the server runs."
+                ).format(url=self.url, error=blocking.errorMessage() or error)
+            )
         status = int(status)
         if status not in expect:
             raise ServerError(self._refusal(status, data, reply))
@@ -139,8 +152,10 @@ class ServerClient:
             detail = None
         detail = detail if isinstance(detail, str) else data.decode("utf-8", "replace")[:300]
         if status == 401:
-            return tr("The Roof Detector server refused the token (401). Enter the token its operator gave you "
-                      "in Detect Buildings > Run on.")
+            return tr(
+                "The Roof Detector server refused the token (401). Enter the token its operator gave you "
+                "in Detect Buildings > Run on."
+            )
         if status == 429:
             retry = bytes(reply.rawHeader(QByteArray(b"Retry-After"))).decode() or "?"
             return tr("The Roof Detector server is busy (its queue is full); try again in {s} s.").format(s=retry)
@@ -156,10 +171,12 @@ def _multipart_file(raster_path: str, fields: Dict[str, str], folder: str) -> Tu
     path = os.path.join(folder, f"upload-{boundary}.multipart")
     with open(path, "wb") as out:
         for name, value in fields.items():
-            out.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n".encode())
+            out.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
         name = os.path.basename(raster_path).replace('"', "")
-        out.write(f"--{boundary}\r\nContent-Disposition: form-data; name=\"raster\"; filename=\"{name}\"\r\n"
-                  "Content-Type: application/octet-stream\r\n\r\n".encode())
+        out.write(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="raster"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+        )
         with open(raster_path, "rb") as src:
             while True:
                 chunk = src.read(1 << 20)
@@ -184,11 +201,19 @@ def clip_to_aoi(raster_path: str, aoi_wkt: str, folder: str) -> str:
 
     box = QgsGeometry.fromWkt(aoi_wkt).boundingBox()
     out = os.path.join(folder, "area.tif")
-    ds = gdal.Translate(out, raster_path, projWin=[box.xMinimum(), box.yMaximum(), box.xMaximum(), box.yMinimum()],
-                        format="GTiff", creationOptions=["COMPRESS=DEFLATE", "TILED=YES", "BIGTIFF=IF_SAFER"])
+    ds = gdal.Translate(
+        out,
+        raster_path,
+        projWin=[box.xMinimum(), box.yMaximum(), box.xMaximum(), box.yMinimum()],
+        format="GTiff",
+        creationOptions=["COMPRESS=DEFLATE", "TILED=YES", "BIGTIFF=IF_SAFER"],
+    )
     if ds is None:
-        raise ServerError(tr("Could not cut the area of interest out of {path}: {error}").format(
-            path=raster_path, error=gdal.GetLastErrorMsg()))
+        raise ServerError(
+            tr("Could not cut the area of interest out of {path}: {error}").format(
+                path=raster_path, error=gdal.GetLastErrorMsg()
+            )
+        )
     ds = None
     return out
 
@@ -208,12 +233,19 @@ def read_buildings(gpkg_path: str, layer: str = "buildings") -> Tuple[List[Any],
     for feature in lyr:
         values = {name: feature.GetField(name) for name in names}
         geometry = feature.GetGeometryRef()
-        buildings.append(SimpleNamespace(
-            geometry=SimpleNamespace(wkb=bytes(geometry.ExportToWkb()),
-                                     geom_type=_GEOM_TYPES.get(geometry.GetGeometryName(), "Polygon"))
-            if geometry is not None else None,
-            area_m2=values.pop("area_m2"), perimeter_m=values.pop("perimeter_m"),
-            confidence=values.pop("confidence"), attributes=values))
+        buildings.append(
+            SimpleNamespace(
+                geometry=SimpleNamespace(
+                    wkb=bytes(geometry.ExportToWkb()), geom_type=_GEOM_TYPES.get(geometry.GetGeometryName(), "Polygon")
+                )
+                if geometry is not None
+                else None,
+                area_m2=values.pop("area_m2"),
+                perimeter_m=values.pop("perimeter_m"),
+                confidence=values.pop("confidence"),
+                attributes=values,
+            )
+        )
     srs = lyr.GetSpatialRef()
     crs_wkt = srs.ExportToWkt() if srs is not None else ""
     metadata = dict(lyr.GetMetadata() or {})
@@ -226,8 +258,9 @@ class RemoteDetectTask(DetectTask):
 
     def __init__(self, request: Any, on_finished: Any = None):
         super().__init__(request, on_finished)
-        self.setDescription(tr("Detecting buildings in {name} on {url}").format(
-            name=request.raster_name, url=request.server_url))
+        self.setDescription(
+            tr("Detecting buildings in {name} on {url}").format(name=request.raster_name, url=request.server_url)
+        )
         self.feedback = QgsFeedback()
         self.job_id: Optional[str] = None
 
@@ -240,8 +273,12 @@ class RemoteDetectTask(DetectTask):
         from ..core.errors import Cancelled
 
         if self.request.reader != "file" or not self.request.raster_path:
-            raise ServerError(tr("Running on a server needs a raster stored in a file (GeoTIFF...); save the "
-                                 "layer to a file first (right click > Export > Save As...)."))
+            raise ServerError(
+                tr(
+                    "Running on a server needs a raster stored in a file (GeoTIFF...); save the "
+                    "layer to a file first (right click > Export > Save As...)."
+                )
+            )
         if self.request.output_mode == "gpkg":  # before the upload (the writer checks the rest)
             folder = os.path.dirname(os.path.abspath(self.request.gpkg_path))
             if not os.path.isdir(folder):
@@ -252,8 +289,11 @@ class RemoteDetectTask(DetectTask):
             raster = self.request.raster_path
             fields = {"options": json.dumps(server_options(self.request))}
             if self.request.aoi_wkt:
-                crs = QgsCoordinateReferenceSystem(self.request.crs) if ":" in self.request.crs and \
-                    "[" not in self.request.crs else QgsCoordinateReferenceSystem.fromWkt(self.request.crs)
+                crs = (
+                    QgsCoordinateReferenceSystem(self.request.crs)
+                    if ":" in self.request.crs and "[" not in self.request.crs
+                    else QgsCoordinateReferenceSystem.fromWkt(self.request.crs)
+                )
                 fields["aoi"] = json.dumps(aoi_geojson(self.request.aoi_wkt, crs))
                 raster = clip_to_aoi(raster, self.request.aoi_wkt, folder)
             body_path, content_type = _multipart_file(raster, fields, folder)
@@ -277,9 +317,13 @@ class RemoteDetectTask(DetectTask):
             client.call("DELETE", f"/v1/detections/{self.job_id}", expect=(204, 404))
         except ServerError:
             pass
-        result = SimpleNamespace(buildings=buildings, crs_wkt=crs_wkt, warnings=list(job.get("warnings") or []),
-                                 seconds=time.perf_counter() - t0, stats={"server": self.request.server_url,
-                                                                          "job": self.job_id})
+        result = SimpleNamespace(
+            buildings=buildings,
+            crs_wkt=crs_wkt,
+            warnings=list(job.get("warnings") or []),
+            seconds=time.perf_counter() - t0,
+            stats={"server": self.request.server_url, "job": self.job_id},
+        )
         # The server's provenance (source, model, threshold, min area), and where it ran.
         self.deliver(result, {**metadata, "server": self.request.server_url, "server_job": self.job_id})
 

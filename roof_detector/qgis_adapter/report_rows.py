@@ -18,8 +18,16 @@ from .output import linear_wkb
 from .task import GuardedRun
 
 #: The layer fields read into a report row (those of core.solar.SOLAR_FIELDS the report uses).
-ROW_FIELDS = ("area_m2", "perimeter_m", "usable_area_m2", "panels", "kwp", "specific_yield", "annual_kwh",
-              "orientation_deg")
+ROW_FIELDS = (
+    "area_m2",
+    "perimeter_m",
+    "usable_area_m2",
+    "panels",
+    "kwp",
+    "specific_yield",
+    "annual_kwh",
+    "orientation_deg",
+)
 
 
 def _plain(value: Any) -> Any:
@@ -39,13 +47,19 @@ class Rows:
     """One report row per feature (dicts of core.footprints.measure_polygons with an ``id``)."""
 
     rows: List[Dict[str, Any]] = field(default_factory=list)
-    computed: bool = False   # True: sized here with the current parameters; False: read from the fields
-    skipped: int = 0         # features without a polygon (sized layers only)
+    computed: bool = False  # True: sized here with the current parameters; False: read from the fields
+    skipped: int = 0  # features without a polygon (sized layers only)
 
 
-def read_rows(source: Any, fields: Any, solar_kwargs: Optional[Dict[str, Any]], crs_wkt: str,
-              count: int = 0, is_cancelled: Callable[[], bool] = lambda: False,
-              progress: Callable[[float], None] = lambda _: None) -> Rows:
+def read_rows(
+    source: Any,
+    fields: Any,
+    solar_kwargs: Optional[Dict[str, Any]],
+    crs_wkt: str,
+    count: int = 0,
+    is_cancelled: Callable[[], bool] = lambda: False,
+    progress: Callable[[float], None] = lambda _: None,
+) -> Rows:
     """The report rows of a feature source (a layer, or a QgsVectorLayerFeatureSource in a task).
 
     ``fields`` are the layer's QgsFields. With ``solar_kwargs`` None the rows
@@ -95,11 +109,15 @@ def read_rows(source: Any, fields: Any, solar_kwargs: Optional[Dict[str, Any]], 
 class RowsTask(GuardedRun, QgsTask):
     """Gathers the report rows of a big layer in a worker thread; ``on_finished(task, ok)`` on the main thread."""
 
-    def __init__(self, layer: QgsVectorLayer, solar_kwargs: Optional[Dict[str, Any]],
-                 on_finished: Optional[Callable[["RowsTask", bool], None]] = None):
+    def __init__(
+        self,
+        layer: QgsVectorLayer,
+        solar_kwargs: Optional[Dict[str, Any]],
+        on_finished: Optional[Callable[["RowsTask", bool], None]] = None,
+    ):
         text = tr("Reading rooftops of {name}") if solar_kwargs is None else tr("Sizing rooftops of {name}")
         super().__init__(text.format(name=layer.name()), QgsTask.CanCancel)
-        self.source = QgsVectorLayerFeatureSource(layer)   # created here, on the main thread
+        self.source = QgsVectorLayerFeatureSource(layer)  # created here, on the main thread
         self.fields = layer.fields()
         self.count = layer.featureCount()
         self.crs_wkt = layer.crs().toWkt()
@@ -116,8 +134,9 @@ class RowsTask(GuardedRun, QgsTask):
         return self.guarded_run(self._run)
 
     def _run(self) -> None:
-        self.result = read_rows(self.source, self.fields, self.solar_kwargs, self.crs_wkt, self.count,
-                                self.isCanceled, self.setProgress)
+        self.result = read_rows(
+            self.source, self.fields, self.solar_kwargs, self.crs_wkt, self.count, self.isCanceled, self.setProgress
+        )
 
     def finished(self, ok: bool) -> None:  # noqa: D401 - QgsTask API
         if self.on_finished is not None:

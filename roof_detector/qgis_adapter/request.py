@@ -44,12 +44,12 @@ class DetectRequest:
     the dialog works before torch is installed.
     """
 
-    raster_path: str                     # the local file ("" when the layer is read through QGIS)
+    raster_path: str  # the local file ("" when the layer is read through QGIS)
     raster_name: str
-    crs: str                             # authority id (EPSG:32631) or WKT of the raster CRS
+    crs: str  # authority id (EPSG:32631) or WKT of the raster CRS
     options: Dict[str, Any] = field(default_factory=dict)
     solar: Optional[Dict[str, Any]] = field(default_factory=dict)
-    output_mode: str = "memory"          # memory | gpkg
+    output_mode: str = "memory"  # memory | gpkg
     gpkg_path: str = ""
     gpkg_layer: str = ""
     replace_layer: bool = False
@@ -95,15 +95,32 @@ class DetectRequest:
     @classmethod
     def for_layer(cls, inp: Any, **kwargs: Any) -> "DetectRequest":
         """A request reading the layer described by ``inp`` (a ``qgis_io.LayerInput``)."""
-        return cls(raster_path=inp.path, raster_name=inp.name, crs=inp.crs, reader=inp.reader, layer_uri=inp.uri,
-                   provider=inp.provider, layer_extent=inp.extent, layer_params=dict(inp.params), **kwargs)
+        return cls(
+            raster_path=inp.path,
+            raster_name=inp.name,
+            crs=inp.crs,
+            reader=inp.reader,
+            layer_uri=inp.uri,
+            provider=inp.provider,
+            layer_extent=inp.extent,
+            layer_params=dict(inp.params),
+            **kwargs,
+        )
 
     def layer_input(self) -> Any:
         """The layer as :class:`roof_detector.qgis_io.LayerInput` (for reading it in the task)."""
         from ..qgis_io import LayerInput
 
-        return LayerInput(self.reader, self.layer_uri, self.provider, self.raster_name, self.crs,
-                          self.raster_path, self.layer_extent, dict(self.layer_params))
+        return LayerInput(
+            self.reader,
+            self.layer_uri,
+            self.provider,
+            self.raster_name,
+            self.crs,
+            self.raster_path,
+            self.layer_extent,
+            dict(self.layer_params),
+        )
 
     def detect_options(self) -> Any:
         """The engine's ``DetectOptions`` (an unknown option is an error, never dropped)."""
@@ -136,45 +153,55 @@ class DetectRequest:
 
 def is_polygon_layer(layer: Any) -> bool:
     """True for a valid polygon vector layer (labels, areas, buildings to report on)."""
-    return isinstance(layer, QgsVectorLayer) and layer.isValid() and \
-        layer.geometryType() == QgsWkbTypes.PolygonGeometry
+    return isinstance(layer, QgsVectorLayer) and layer.isValid() and layer.geometryType() == QgsWkbTypes.PolygonGeometry
 
 
 def _check_valid_raster(layer: Optional[QgsMapLayer]) -> None:
     """Raise :class:`RequestError` unless ``layer`` is a valid raster layer."""
     if layer is None:
-        raise RequestError(tr("No raster layer chosen. Open an orthophoto (Layer > Add Layer > "
-                              "Add Raster Layer) and choose it in the dialog."))
+        raise RequestError(
+            tr(
+                "No raster layer chosen. Open an orthophoto (Layer > Add Layer > "
+                "Add Raster Layer) and choose it in the dialog."
+            )
+        )
     if not isinstance(layer, QgsRasterLayer):
-        raise RequestError(tr("Layer '{name}' is not a raster layer; choose an orthophoto.")
-                           .format(name=layer.name()))
+        raise RequestError(tr("Layer '{name}' is not a raster layer; choose an orthophoto.").format(name=layer.name()))
     if not layer.isValid():
-        raise RequestError(tr("Layer '{name}' is not valid (its source cannot be read).")
-                           .format(name=layer.name()))
+        raise RequestError(tr("Layer '{name}' is not valid (its source cannot be read).").format(name=layer.name()))
 
 
 def _check_crs(layer: QgsMapLayer) -> None:
     """Raise :class:`RequestError` when ``layer`` has no valid CRS."""
     if not layer.crs().isValid():
-        raise RequestError(tr("Layer '{name}' has no coordinate reference system. Set it in Layer "
-                              "Properties > Source; building areas need a projected CRS in metres.")
-                           .format(name=layer.name()))
+        raise RequestError(
+            tr(
+                "Layer '{name}' has no coordinate reference system. Set it in Layer "
+                "Properties > Source; building areas need a projected CRS in metres."
+            ).format(name=layer.name())
+        )
 
 
 def raster_file_path(layer: Optional[QgsMapLayer]) -> str:
     """The local file behind a raster layer, or raise :class:`RequestError` saying why not."""
     _check_valid_raster(layer)
     if layer.providerType() != "gdal":
-        raise RequestError(tr("Layer '{name}' comes from the '{provider}' provider. This version "
-                              "detects buildings only in file-based rasters (GeoTIFF, JPEG 2000, VRT...). "
-                              "Save it to a file first (right click > Export > Save As...).")
-                           .format(name=layer.name(), provider=layer.providerType()))
+        raise RequestError(
+            tr(
+                "Layer '{name}' comes from the '{provider}' provider. This version "
+                "detects buildings only in file-based rasters (GeoTIFF, JPEG 2000, VRT...). "
+                "Save it to a file first (right click > Export > Save As...)."
+            ).format(name=layer.name(), provider=layer.providerType())
+        )
     _check_crs(layer)
     parts = QgsProviderRegistry.instance().decodeUri("gdal", layer.source())
     path = parts.get("path") or layer.source()
     if not os.path.isfile(path):
-        raise RequestError(tr("The source of layer '{name}' is not a local file ({source}); "
-                              "save it to a GeoTIFF first.").format(name=layer.name(), source=path))
+        raise RequestError(
+            tr("The source of layer '{name}' is not a local file ({source}); save it to a GeoTIFF first.").format(
+                name=layer.name(), source=path
+            )
+        )
     return path
 
 
@@ -201,16 +228,18 @@ def plan_run(inp: Any, aoi_wkt: Optional[str], model_meta: Optional[Dict[str, An
     from ..core.params import BUNDLED_MODEL_GRID
 
     meta = dict(BUNDLED_MODEL_GRID, **(model_meta or {}))  # no model chosen yet: the bundled model's grid
-    plan = plan_area(inp, float(meta["gsd_m"]), int(meta["tile_size_px"]), int(meta["overlap_px"]),
-                     aoi_wkt=aoi_wkt, device=device)
+    plan = plan_area(
+        inp, float(meta["gsd_m"]), int(meta["tile_size_px"]), int(meta["overlap_px"]), aoi_wkt=aoi_wkt, device=device
+    )
     refusal = plan.refusal(inp.name, whole_layer=not aoi_wkt)
     if refusal:
         raise RequestError(refusal)
     return plan
 
 
-def _to_raster_crs(geometry: QgsGeometry, source_crs: QgsCoordinateReferenceSystem,
-                   raster: QgsRasterLayer) -> QgsGeometry:
+def _to_raster_crs(
+    geometry: QgsGeometry, source_crs: QgsCoordinateReferenceSystem, raster: QgsRasterLayer
+) -> QgsGeometry:
     geometry = QgsGeometry(geometry)
     if source_crs.isValid() and source_crs != raster.crs():
         transform = QgsCoordinateTransform(source_crs, raster.crs(), QgsProject.instance())
@@ -222,13 +251,16 @@ def _checked_aoi(geometry: QgsGeometry, raster: QgsRasterLayer) -> str:
     if geometry.isNull() or geometry.isEmpty():
         raise RequestError(tr("The area of interest is empty."))
     if not geometry.intersects(QgsGeometry.fromRect(raster.extent())):
-        raise RequestError(tr("The area of interest does not overlap layer '{name}'. Pan the map "
-                              "over the orthophoto or choose other polygons.").format(name=raster.name()))
+        raise RequestError(
+            tr(
+                "The area of interest does not overlap layer '{name}'. Pan the map "
+                "over the orthophoto or choose other polygons."
+            ).format(name=raster.name())
+        )
     return geometry.asWkt()
 
 
-def extent_aoi_wkt(extent: QgsRectangle, extent_crs: QgsCoordinateReferenceSystem,
-                   raster: QgsRasterLayer) -> str:
+def extent_aoi_wkt(extent: QgsRectangle, extent_crs: QgsCoordinateReferenceSystem, raster: QgsRasterLayer) -> str:
     """The map extent (in ``extent_crs``) as a polygon WKT in the raster's CRS."""
     polygon = QgsGeometry.fromRect(extent).densifyByCount(16)
     return _checked_aoi(_to_raster_crs(polygon, extent_crs, raster), raster)
@@ -240,9 +272,12 @@ def selection_aoi_wkt(layer: Optional[QgsMapLayer], raster: QgsRasterLayer) -> s
         raise RequestError(tr("Choose a polygon layer for the area of interest."))
     features = layer.selectedFeatures()
     if not features:
-        raise RequestError(tr("No polygons are selected in layer '{name}'. Select the areas to "
-                              "search (Select Features tool) or choose another area option.")
-                           .format(name=layer.name()))
+        raise RequestError(
+            tr(
+                "No polygons are selected in layer '{name}'. Select the areas to "
+                "search (Select Features tool) or choose another area option."
+            ).format(name=layer.name())
+        )
     geometries = [f.geometry() for f in features if f.hasGeometry()]
     union = QgsGeometry.unaryUnion(geometries) if geometries else QgsGeometry()
     return _checked_aoi(_to_raster_crs(union, layer.crs(), raster), raster)

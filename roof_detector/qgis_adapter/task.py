@@ -59,20 +59,18 @@ class GuardedRun:
 class DetectTask(GuardedRun, QgsTask):
     """Detect buildings for one :class:`DetectRequest`; cancellable within a batch."""
 
-    def __init__(self, request: DetectRequest,
-                 on_finished: Optional[Callable[["DetectTask", bool], None]] = None):
-        super().__init__(tr("Detecting buildings in {name}").format(name=request.raster_name),
-                         QgsTask.CanCancel)
+    def __init__(self, request: DetectRequest, on_finished: Optional[Callable[["DetectTask", bool], None]] = None):
+        super().__init__(tr("Detecting buildings in {name}").format(name=request.raster_name), QgsTask.CanCancel)
         self.request = request
         self.on_finished = on_finished
-        self.result: Any = None                    # the engine's DetectionResult
+        self.result: Any = None  # the engine's DetectionResult
         self.layer: Optional[QgsVectorLayer] = None  # memory layer (temporary output)
-        self.output_uri: Optional[str] = None      # GeoPackage layer URI
+        self.output_uri: Optional[str] = None  # GeoPackage layer URI
         self.error: Optional[str] = None
         self.seconds: float = 0.0
         self.was_cancelled = False
         self.run_started = threading.Event()  # set when run() begins, in the worker thread
-        self.run_done = threading.Event()     # set when run() returns: plugin unload waits on it
+        self.run_done = threading.Event()  # set when run() returns: plugin unload waits on it
 
     # -- worker thread -----------------------------------------------------
     def _progress(self, fraction: float, message: str = "") -> None:
@@ -124,9 +122,14 @@ class DetectTask(GuardedRun, QgsTask):
             from ..core import gpkg_writer
 
             path = os.path.abspath(self.request.gpkg_path)
-            gpkg_writer.write_buildings(result.buildings, path, self.request.crs or result.crs_wkt,
-                                        layer=self.request.gpkg_layer, overwrite=self.request.replace_layer,
-                                        metadata=metadata)
+            gpkg_writer.write_buildings(
+                result.buildings,
+                path,
+                self.request.crs or result.crs_wkt,
+                layer=self.request.gpkg_layer,
+                overwrite=self.request.replace_layer,
+                metadata=metadata,
+            )
             self.output_uri = f"{path}|layername={self.request.gpkg_layer}"
             layer = None
         else:
@@ -153,8 +156,7 @@ class DetectTask(GuardedRun, QgsTask):
         from ..qgis_io import model_gsd_m, open_layer_source
 
         gsd = model_gsd_m(self.request.model_path) if self.request.reader in ("xyz", "render") else 0.0
-        return open_layer_source(self.request.layer_input(), gsd, self.request.aoi_wkt,
-                                 is_cancelled=self.isCanceled)
+        return open_layer_source(self.request.layer_input(), gsd, self.request.aoi_wkt, is_cancelled=self.isCanceled)
 
     def _record_rate(self) -> None:
         """Keep this run's speed for the next work estimate (local files only: no network time in it)."""
@@ -165,8 +167,9 @@ class DetectTask(GuardedRun, QgsTask):
             from ..qgis_io.layers import record_measured_rate
 
             device = "cuda" if str(result.stats.get("device", "")).upper().startswith("CUDA") else "cpu"
-            record_measured_rate(device, int(result.stats["tiles"]), int(result.model_metadata["tile_size_px"]),
-                                 float(result.seconds))
+            record_measured_rate(
+                device, int(result.stats["tiles"]), int(result.model_metadata["tile_size_px"]), float(result.seconds)
+            )
         except Exception:  # noqa: BLE001 - an estimate must never fail a finished run
             pass
 

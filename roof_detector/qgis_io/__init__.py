@@ -9,9 +9,34 @@ neither torch nor the engine's model code at module level. Entry points:
 * :func:`~.layers.source_for_layer`: both steps at once, for Processing.
 """
 
-from .layers import (MAX_WEB_REQUESTS, READER_FILE, READER_PROVIDER, READER_RENDER, READER_XYZ, WEB_READERS,
-                     AreaPlan, LayerInput, layer_input, model_gsd_m, open_layer_source, plan_area, source_for_layer)
+from .layers import (
+    MAX_WEB_REQUESTS,
+    READER_FILE,
+    READER_PROVIDER,
+    READER_RENDER,
+    READER_XYZ,
+    WEB_READERS,
+    AreaPlan,
+    LayerInput,
+    layer_input,
+    model_gsd_m,
+    open_layer_source,
+    plan_area,
+    source_for_layer,
+)
 
-__all__ = ["MAX_WEB_REQUESTS", "READER_FILE", "READER_PROVIDER", "READER_RENDER", "READER_XYZ", "WEB_READERS",
-           "AreaPlan", "LayerInput", "layer_input", "model_gsd_m", "open_layer_source", "plan_area",
-           "source_for_layer"]
+__all__ = [
+    "MAX_WEB_REQUESTS",
+    "READER_FILE",
+    "READER_PROVIDER",
+    "READER_RENDER",
+    "READER_XYZ",
+    "WEB_READERS",
+    "AreaPlan",
+    "LayerInput",
+    "layer_input",
+    "model_gsd_m",
+    "open_layer_source",
+    "plan_area",
+    "source_for_layer",
+]

@@ -32,8 +32,8 @@ WEB_READERS = (READER_XYZ, READER_RENDER)
 #: More web requests than this for one run are refused (the area is too large, or the whole world).
 MAX_WEB_REQUESTS = 20000
 #: Rough costs for the estimate shown before a run.
-SECONDS_PER_TILE_REQUEST = 0.25     # one XYZ tile, with MAX_IN_FLIGHT of them in parallel
-SECONDS_PER_RENDER_REQUEST = 2.0    # one CHUNK_PX x CHUNK_PX image from a WMS/WMTS
+SECONDS_PER_TILE_REQUEST = 0.25  # one XYZ tile, with MAX_IN_FLIGHT of them in parallel
+SECONDS_PER_RENDER_REQUEST = 2.0  # one CHUNK_PX x CHUNK_PX image from a WMS/WMTS
 SECONDS_PER_MEGAPIXEL = {"cpu": 4.0, "cuda": 0.15}
 #: Where the rate measured in the last detection on a device is kept (QgsSettings), per device.
 MEASURED_RATE_KEY = "RoofDetector/measured_seconds_per_megapixel/{device}"
@@ -57,9 +57,10 @@ def record_measured_rate(device: str, tiles: int, tile_size_px: int, seconds: fl
     """
     from qgis.core import QgsSettings
 
-    megapixels = tiles * tile_size_px ** 2 / 1e6
+    megapixels = tiles * tile_size_px**2 / 1e6
     if megapixels >= 1.0 and seconds > 0:
         QgsSettings().setValue(MEASURED_RATE_KEY.format(device=device), seconds / megapixels)
+
 
 Bounds = Tuple[float, float, float, float]
 
@@ -72,9 +73,9 @@ class LayerInput:
     uri: str
     provider: str
     name: str
-    crs: str = ""                     # authid or WKT of the layer's CRS
-    path: str = ""                    # the local file, for the ``file`` reader
-    extent: Optional[Bounds] = None   # layer extent in its CRS
+    crs: str = ""  # authid or WKT of the layer's CRS
+    path: str = ""  # the local file, for the ``file`` reader
+    extent: Optional[Bounds] = None  # layer extent in its CRS
     params: Dict[str, Any] = field(default_factory=dict, compare=False)  # decoded URI of web layers
 
     @property
@@ -149,9 +150,13 @@ def _layer_crs_wkt(inp: LayerInput) -> str:
     return QgsCoordinateReferenceSystem(inp.crs).toWkt(QgsCoordinateReferenceSystem.WKT_PREFERRED_GDAL)
 
 
-def open_layer_source(inp: LayerInput, gsd_m: float, aoi_wkt: Optional[str] = None,
-                      is_cancelled: Optional[CancelFn] = None, retry: Optional[RetryPolicy] = None
-                      ) -> Union[str, RasterSource]:
+def open_layer_source(
+    inp: LayerInput,
+    gsd_m: float,
+    aoi_wkt: Optional[str] = None,
+    is_cancelled: Optional[CancelFn] = None,
+    retry: Optional[RetryPolicy] = None,
+) -> Union[str, RasterSource]:
     """What ``detect_buildings`` reads for ``inp``: a file path, or a :class:`RasterSource` (close it after).
 
     Call it from the task's thread: every QGIS object it makes lives in the
@@ -195,11 +200,15 @@ class AreaPlan:
         if self.reader not in WEB_READERS or self.requests <= MAX_WEB_REQUESTS:
             return ""
         if whole_layer:
-            return (f"Layer '{layer_name}' is a web service covering the whole world (or a very large area): "
-                    f"reading all of it at the model's resolution would take {self.requests:,} requests. "
-                    "Choose 'Current map extent' or 'Selected polygons of a layer' as the area.")
-        return (f"The area needs {self.requests:,} requests to layer '{layer_name}' (at most "
-                f"{MAX_WEB_REQUESTS:,} are allowed in one run). Zoom in, or select smaller polygons.")
+            return (
+                f"Layer '{layer_name}' is a web service covering the whole world (or a very large area): "
+                f"reading all of it at the model's resolution would take {self.requests:,} requests. "
+                "Choose 'Current map extent' or 'Selected polygons of a layer' as the area."
+            )
+        return (
+            f"The area needs {self.requests:,} requests to layer '{layer_name}' (at most "
+            f"{MAX_WEB_REQUESTS:,} are allowed in one run). Zoom in, or select smaller polygons."
+        )
 
     def describe(self) -> str:
         """One line for the dialog, e.g. '36 tile requests (zoom 18), 121 model tiles: about 2 min'."""
@@ -232,8 +241,14 @@ def _model_tiles(width_m: float, height_m: float, gsd_m: float, tile_size_px: in
     return len(tile_origins(w, tile_size_px, overlap_px)) * len(tile_origins(h, tile_size_px, overlap_px))
 
 
-def plan_area(inp: LayerInput, gsd_m: float, tile_size_px: int = 512, overlap_px: int = 64,
-              aoi_wkt: Optional[str] = None, device: str = "cpu") -> AreaPlan:
+def plan_area(
+    inp: LayerInput,
+    gsd_m: float,
+    tile_size_px: int = 512,
+    overlap_px: int = 64,
+    aoi_wkt: Optional[str] = None,
+    device: str = "cpu",
+) -> AreaPlan:
     """Requests and model tiles for reading ``inp`` over ``aoi_wkt`` (or its extent), and the time it may take."""
     from .xyz import MAX_IN_FLIGHT, ground_m_per_unit
 
@@ -252,7 +267,7 @@ def plan_area(inp: LayerInput, gsd_m: float, tile_size_px: int = 512, overlap_px
     tiles = _model_tiles(width_m, height_m, gsd_m, tile_size_px, overlap_px)
     measured = measured_seconds_per_megapixel(device)
     rate = measured or SECONDS_PER_MEGAPIXEL.get(device, SECONDS_PER_MEGAPIXEL["cpu"])
-    seconds = tiles * (tile_size_px ** 2) / 1e6 * rate
+    seconds = tiles * (tile_size_px**2) / 1e6 * rate
     requests, zoom = 0, None
     if inp.reader == READER_XYZ:
         from .xyz import XyzTemplate, plan_xyz
@@ -269,8 +284,9 @@ def plan_area(inp: LayerInput, gsd_m: float, tile_size_px: int = 512, overlap_px
     return AreaPlan(inp.reader, requests, tiles, seconds, zoom, measured=measured is not None)
 
 
-def source_for_layer(layer, model_path: Optional[str] = None, aoi_wkt: Optional[str] = None,
-                     is_cancelled: Optional[CancelFn] = None) -> Union[str, RasterSource]:
+def source_for_layer(
+    layer, model_path: Optional[str] = None, aoi_wkt: Optional[str] = None, is_cancelled: Optional[CancelFn] = None
+) -> Union[str, RasterSource]:
     """For front ends holding a ``QgsRasterLayer`` (Processing): the engine input for it.
 
     ``model_path`` (None: the bundled model) gives the ground sample distance

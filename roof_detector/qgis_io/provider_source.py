@@ -40,20 +40,34 @@ import numpy as np
 from affine import Affine
 
 from ..core.errors import Cancelled, InputRasterError
-from ..core.raster_source import (STRETCH_SAMPLE_PX, PixelWindow, RasterSource, RenderedRgbGrid, band_layout,
-                                  percentile_stretch, scale_to_unit)
+from ..core.raster_source import (
+    STRETCH_SAMPLE_PX,
+    PixelWindow,
+    RasterSource,
+    RenderedRgbGrid,
+    band_layout,
+    percentile_stretch,
+    scale_to_unit,
+)
 from .resample import paste, read_span, resample, resample_rgba
 from .workers import DEFAULT_RETRY, CancelFn, QtWorkers, RetryPolicy, ServiceError, sleep_unless_cancelled
 
-CHUNK_PX = 1024                      # one request to a render-only service: CHUNK_PX x CHUNK_PX pixels
-CHUNK_CACHE = 24                     # chunks kept in memory (4 MiB each)
+CHUNK_PX = 1024  # one request to a render-only service: CHUNK_PX x CHUNK_PX pixels
+CHUNK_CACHE = 24  # chunks kept in memory (4 MiB each)
 
 
 def _numpy_dtype(data_type: int) -> Optional[np.dtype]:
     from qgis.core import Qgis
 
-    table = {Qgis.Byte: np.uint8, Qgis.UInt16: np.uint16, Qgis.Int16: np.int16, Qgis.UInt32: np.uint32,
-             Qgis.Int32: np.int32, Qgis.Float32: np.float32, Qgis.Float64: np.float64}
+    table = {
+        Qgis.Byte: np.uint8,
+        Qgis.UInt16: np.uint16,
+        Qgis.Int16: np.int16,
+        Qgis.UInt32: np.uint32,
+        Qgis.Int32: np.int32,
+        Qgis.Float32: np.float32,
+        Qgis.Float64: np.float64,
+    }
     int8 = getattr(Qgis, "Int8", None)  # QGIS >= 3.30
     if int8 is not None:
         table[int8] = np.int8
@@ -68,8 +82,10 @@ def _open_layer(uri: str, provider: str, name: str, crs: str = ""):
     options = QgsRasterLayer.LayerOptions(False)  # no default style: only pixels are read
     layer = QgsRasterLayer(uri, name, provider, options)
     if not layer.isValid():
-        raise InputRasterError(f"QGIS cannot open layer '{name}' ({provider} provider) in the background task: "
-                               f"{layer.error().summary() or 'invalid source'}")
+        raise InputRasterError(
+            f"QGIS cannot open layer '{name}' ({provider} provider) in the background task: "
+            f"{layer.error().summary() or 'invalid source'}"
+        )
     if crs:
         # The project layer's CRS wins when the user overrode the provider's.
         wanted = QgsCoordinateReferenceSystem(crs)
@@ -88,7 +104,7 @@ def _crs_wkt(layer) -> str:
 
 def _block_array(block, dtype: np.dtype, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
     """(values, nodata mask) of a QgsRasterBlock."""
-    values = np.frombuffer(bytes(block.data()), dtype=dtype)[:height * width].reshape(height, width)
+    values = np.frombuffer(bytes(block.data()), dtype=dtype)[: height * width].reshape(height, width)
     nodata = np.zeros((height, width), dtype=bool)
     if values.dtype.kind == "f":
         nodata |= ~np.isfinite(values)
@@ -180,12 +196,16 @@ class ProviderSource(_QtLayerSource):
             raise InputRasterError(f"Layer '{name}' has no pixel grid of its own; it is read as rendered images")
         dtypes = {p.dataType(b) for b in range(1, p.bandCount() + 1)}
         if len(dtypes) != 1:
-            raise InputRasterError(f"Layer '{name}' mixes band data types; convert it to one type "
-                                   "(Raster > Conversion > Translate, e.g. to Byte or UInt16)")
+            raise InputRasterError(
+                f"Layer '{name}' mixes band data types; convert it to one type "
+                "(Raster > Conversion > Translate, e.g. to Byte or UInt16)"
+            )
         dtype = _numpy_dtype(dtypes.pop())
         if dtype is None:
-            raise InputRasterError(f"Layer '{name}' holds complex or colour values the detector cannot read; "
-                                   "save it as an RGB GeoTIFF first")
+            raise InputRasterError(
+                f"Layer '{name}' holds complex or colour values the detector cannot read; "
+                "save it as an RGB GeoTIFF first"
+            )
         alpha = next((b for b in range(1, p.bandCount() + 1) if p.colorInterpretation(b) == QgsRaster.AlphaBand), None)
         lut = None
         if p.bandCount() == 1 and p.colorInterpretation(1) == QgsRaster.PaletteIndex:
@@ -202,14 +222,22 @@ class ProviderSource(_QtLayerSource):
             p.setZoomedInResamplingMethod(QgsRasterDataProvider.ResamplingMethod.Bilinear)
             p.setZoomedOutResamplingMethod(QgsRasterDataProvider.ResamplingMethod.Average)
         ext = p.extent()
-        transform = Affine(ext.width() / p.xSize(), 0.0, ext.xMinimum(), 0.0, -ext.height() / p.ySize(),
-                           ext.yMaximum())
-        return dict(crs_wkt=_crs_wkt(layer), transform=transform, width=p.xSize(), height=p.ySize(),
-                    bands=p.bandCount(), dtype=dtype.name, alpha=alpha, lut=lut)
+        transform = Affine(ext.width() / p.xSize(), 0.0, ext.xMinimum(), 0.0, -ext.height() / p.ySize(), ext.yMaximum())
+        return dict(
+            crs_wkt=_crs_wkt(layer),
+            transform=transform,
+            width=p.xSize(),
+            height=p.ySize(),
+            bands=p.bandCount(),
+            dtype=dtype.name,
+            alpha=alpha,
+            lut=lut,
+        )
 
     # -- reading (in the layer's thread) ---------------------------------------------------
-    def _read_block(self, state: Dict[str, Any], c0: int, r0: int, c1: int, r1: int, bw: int, bh: int
-                    ) -> Tuple[np.ndarray, np.ndarray]:
+    def _read_block(
+        self, state: Dict[str, Any], c0: int, r0: int, c1: int, r1: int, bw: int, bh: int
+    ) -> Tuple[np.ndarray, np.ndarray]:
         """Bands (raw values, ``len(bands) x bh x bw``) and validity of source pixels [c0,c1) x [r0,r1)."""
         from qgis.core import QgsRasterBlockFeedback, QgsRectangle
 
@@ -223,8 +251,9 @@ class ProviderSource(_QtLayerSource):
         for band in self._bands:
             block = p.block(band, extent, bw, bh, feedback)
             if block is None or not block.isValid() or block.width() != bw or block.height() != bh:
-                raise InputRasterError(f"Layer '{self._name}': QGIS could not read band {band} "
-                                       f"of pixels {c0}-{c1} x {r0}-{r1}")
+                raise InputRasterError(
+                    f"Layer '{self._name}': QGIS could not read band {band} of pixels {c0}-{c1} x {r0}-{r1}"
+                )
             data, nodata = _block_array(block, dtype, bh, bw)
             values[band] = data
             valid &= ~nodata
@@ -241,8 +270,9 @@ class ProviderSource(_QtLayerSource):
 
     def read(self, window: PixelWindow, out_shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
         rows, cols = int(out_shape[0]), int(out_shape[1])
-        c0, r0, c1, r1 = read_span(window.col_off, window.row_off, window.width, window.height, out_shape,
-                                   (0, 0, self.width, self.height))
+        c0, r0, c1, r1 = read_span(
+            window.col_off, window.row_off, window.width, window.height, out_shape, (0, 0, self.width, self.height)
+        )
         # Reducing more than twice: let the provider average down to about twice the output first.
         fx = max(1.0, (window.width / cols) / 2.0)
         fy = max(1.0, (window.height / rows) / 2.0)
@@ -254,8 +284,15 @@ class ProviderSource(_QtLayerSource):
             rgb = np.moveaxis(self._lut[idx], -1, 0)
         else:
             rgb = scale_to_unit(raw, self._info["dtype"], self._stretch)
-        return resample(rgb, valid, (window.col_off - c0) * sx, (window.row_off - r0) * sy, window.width * sx,
-                        window.height * sy, (rows, cols))
+        return resample(
+            rgb,
+            valid,
+            (window.col_off - c0) * sx,
+            (window.row_off - r0) * sy,
+            window.width * sx,
+            window.height * sy,
+            (rows, cols),
+        )
 
     # -- RasterSource ------------------------------------------------------------------------
     @property
@@ -313,8 +350,17 @@ def render_grid(bounds: Tuple[float, float, float, float], crs_wkt: str, gsd_m: 
 class RenderedSource(RenderedRgbGrid, _QtLayerSource):
     """A render-only layer (WMS, WMTS...) requested in chunks over an area at the model's GSD."""
 
-    def __init__(self, uri: str, provider: str, name: str, bounds: Tuple[float, float, float, float], gsd_m: float,
-                 crs: str = "", is_cancelled: Optional[CancelFn] = None, retry: Optional[RetryPolicy] = None):
+    def __init__(
+        self,
+        uri: str,
+        provider: str,
+        name: str,
+        bounds: Tuple[float, float, float, float],
+        gsd_m: float,
+        crs: str = "",
+        is_cancelled: Optional[CancelFn] = None,
+        retry: Optional[RetryPolicy] = None,
+    ):
         self._bounds, self._gsd_m = bounds, gsd_m
         self.retry = retry or DEFAULT_RETRY
         super().__init__(uri, provider, name, crs, is_cancelled)
@@ -348,7 +394,7 @@ class RenderedSource(RenderedRgbGrid, _QtLayerSource):
             raise Cancelled()
         if block is None or not block.isValid() or block.width() != w or block.height() != h:
             return np.zeros((h, w, 4), dtype=np.uint8)
-        argb = np.frombuffer(bytes(block.data()), dtype="<u4")[:w * h].reshape(h, w)
+        argb = np.frombuffer(bytes(block.data()), dtype="<u4")[: w * h].reshape(h, w)
         rgba = np.empty((h, w, 4), dtype=np.uint8)
         rgba[..., 0] = (argb >> 16) & 0xFF
         rgba[..., 1] = (argb >> 8) & 0xFF
@@ -386,7 +432,8 @@ class RenderedSource(RenderedRgbGrid, _QtLayerSource):
                 raise ServiceError(
                     f"Layer '{self._name}' returned no image for the area after {self.retry.attempts} attempts: "
                     "the service may be down or unreachable, or have no imagery here. Check that the layer "
-                    "shows on the map at this place; nothing was written.")
+                    "shows on the map at this place; nothing was written."
+                )
             self.empty_chunks += 1
         self._cache[key] = rgba
         while len(self._cache) > CHUNK_CACHE:
@@ -395,21 +442,23 @@ class RenderedSource(RenderedRgbGrid, _QtLayerSource):
 
     def read(self, window: PixelWindow, out_shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
         g = self.grid
-        c0, r0, c1, r1 = read_span(window.col_off, window.row_off, window.width, window.height, out_shape,
-                                   (0, 0, g.width, g.height))
+        c0, r0, c1, r1 = read_span(
+            window.col_off, window.row_off, window.width, window.height, out_shape, (0, 0, g.width, g.height)
+        )
         rgba = np.zeros((r1 - r0, c1 - c0, 4), dtype=np.uint8)
         for cy in range(r0 // CHUNK_PX, (r1 - 1) // CHUNK_PX + 1):
             for cx in range(c0 // CHUNK_PX, (c1 - 1) // CHUNK_PX + 1):
                 paste(rgba, c0, r0, self._chunk(cx, cy), cx * CHUNK_PX, cy * CHUNK_PX)
-        return resample_rgba(rgba, window.col_off - c0, window.row_off - r0, window.width, window.height,
-                             out_shape)
+        return resample_rgba(rgba, window.col_off - c0, window.row_off - r0, window.width, window.height, out_shape)
 
     @property
     def warnings(self) -> List[str]:
         if not self.empty_chunks:
             return []
-        return [f"{self.empty_chunks} of {self.requests} image requests to layer '{self._name}' came back "
-                "empty; those parts count as no imagery."]
+        return [
+            f"{self.empty_chunks} of {self.requests} image requests to layer '{self._name}' came back "
+            "empty; those parts count as no imagery."
+        ]
 
     def close(self) -> None:
         super().close()

@@ -54,8 +54,15 @@ def _apply(data: np.ndarray, idx: np.ndarray, w: np.ndarray, axis: int) -> np.nd
     return np.moveaxis(out, 0, axis)
 
 
-def resample(rgb: np.ndarray, valid: np.ndarray, col_off: float, row_off: float, width: float, height: float,
-             out_shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+def resample(
+    rgb: np.ndarray,
+    valid: np.ndarray,
+    col_off: float,
+    row_off: float,
+    width: float,
+    height: float,
+    out_shape: Tuple[int, int],
+) -> Tuple[np.ndarray, np.ndarray]:
     """Resample ``rgb`` (3 x H x W float32) with its ``valid`` mask (H x W bool) to ``out_shape``.
 
     ``(col_off, row_off, width, height)`` is the window to produce, in pixel
@@ -80,8 +87,14 @@ def resample(rgb: np.ndarray, valid: np.ndarray, col_off: float, row_off: float,
 
 
 # -- the steps both QGIS readers (provider blocks, web tiles) take around resample() --------------
-def read_span(col_off: float, row_off: float, width: float, height: float, out_shape: Tuple[int, int],
-              limits: Tuple[int, int, int, int]) -> Tuple[int, int, int, int]:
+def read_span(
+    col_off: float,
+    row_off: float,
+    width: float,
+    height: float,
+    out_shape: Tuple[int, int],
+    limits: Tuple[int, int, int, int],
+) -> Tuple[int, int, int, int]:
     """The whole source pixels ``(c0, r0, c1, r1)`` a window needs, end exclusive.
 
     The window plus the filter's reach (one output pixel's footprint, at
@@ -103,11 +116,12 @@ def paste(canvas: np.ndarray, c0: int, r0: int, block: np.ndarray, block_c0: int
     c1, r1 = c0 + canvas.shape[1], r0 + canvas.shape[0]
     x0, y0 = max(c0, block_c0), max(r0, block_r0)
     x1, y1 = min(c1, block_c0 + block.shape[1]), min(r1, block_r0 + block.shape[0])
-    canvas[y0 - r0:y1 - r0, x0 - c0:x1 - c0] = block[y0 - block_r0:y1 - block_r0, x0 - block_c0:x1 - block_c0]
+    canvas[y0 - r0 : y1 - r0, x0 - c0 : x1 - c0] = block[y0 - block_r0 : y1 - block_r0, x0 - block_c0 : x1 - block_c0]
 
 
-def resample_rgba(rgba: np.ndarray, col_off: float, row_off: float, width: float, height: float,
-                  out_shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
+def resample_rgba(
+    rgba: np.ndarray, col_off: float, row_off: float, width: float, height: float, out_shape: Tuple[int, int]
+) -> Tuple[np.ndarray, np.ndarray]:
     """:func:`resample` an 8-bit RGBA block (rows x cols x 4): transparent pixels are invalid."""
     valid = rgba[..., 3] > 0
     rgb = np.moveaxis(rgba[..., :3], -1, 0).astype(np.float32) * np.float32(1.0 / 255.0)

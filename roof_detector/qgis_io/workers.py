@@ -56,8 +56,9 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
-def sleep_unless_cancelled(seconds: float, is_cancelled: Optional[CancelFn], stop: Optional[threading.Event] = None
-                           ) -> None:
+def sleep_unless_cancelled(
+    seconds: float, is_cancelled: Optional[CancelFn], stop: Optional[threading.Event] = None
+) -> None:
     """Sleep ``seconds`` in small steps; raise :class:`Cancelled` as soon as cancel is asked for."""
     end = time.monotonic() + seconds
     while True:
@@ -162,10 +163,10 @@ class QtWorkers:
 class HttpResult:
     """What one GET produced."""
 
-    status: int                 # HTTP status (0 when no HTTP answer came)
+    status: int  # HTTP status (0 when no HTTP answer came)
     content: bytes
-    error: str                  # '' on success
-    network_error: bool         # no HTTP answer at all (refused, timeout, DNS...)
+    error: str  # '' on success
+    network_error: bool  # no HTTP answer at all (refused, timeout, DNS...)
     retry_after: Optional[float] = None
 
 
@@ -203,8 +204,12 @@ def is_transient(result: HttpResult) -> bool:
     return result.network_error or result.status in (408, 425, 429) or result.status >= 500
 
 
-def with_retries(attempt: Callable[[], Tuple[bool, Any, Optional[float]]], policy: RetryPolicy,
-                 is_cancelled: Optional[CancelFn], stop: Optional[threading.Event] = None) -> Tuple[bool, Any, int]:
+def with_retries(
+    attempt: Callable[[], Tuple[bool, Any, Optional[float]]],
+    policy: RetryPolicy,
+    is_cancelled: Optional[CancelFn],
+    stop: Optional[threading.Event] = None,
+) -> Tuple[bool, Any, int]:
     """Call ``attempt()`` until it succeeds or ``policy.attempts`` are used, backing off in between.
 
     ``attempt()`` returns ``(done, value, retry_after)``: ``done`` True ends

@@ -39,15 +39,24 @@ from affine import Affine
 from ..core.errors import Cancelled
 from ..core.raster_source import PixelWindow, RasterSource, RenderedRgbGrid
 from .resample import paste, read_span, resample_rgba
-from .workers import (DEFAULT_RETRY, CancelFn, HttpResult, QtWorkers, RetryPolicy, ServiceError, http_get,
-                      is_transient, with_retries)
+from .workers import (
+    DEFAULT_RETRY,
+    CancelFn,
+    HttpResult,
+    QtWorkers,
+    RetryPolicy,
+    ServiceError,
+    http_get,
+    is_transient,
+    with_retries,
+)
 
 WEB_MERCATOR_HALF = 20037508.342789244  # metres from the origin to the edge of EPSG:3857
 BASE_TILE_PX = 256
-DEFAULT_ZMIN, DEFAULT_ZMAX = 0, 18      # QGIS's defaults for an XYZ layer without zmin/zmax
-MAX_IN_FLIGHT = 4                       # requests running at once (browsers use about 6 per host)
-TILE_CACHE_BYTES = 128 * 1024 * 1024    # decoded tiles kept in memory (about two rows of a 40 km area)
-EMPTY_STATUSES = (204, 404)             # "no tile here": nodata, not a failure
+DEFAULT_ZMIN, DEFAULT_ZMAX = 0, 18  # QGIS's defaults for an XYZ layer without zmin/zmax
+MAX_IN_FLIGHT = 4  # requests running at once (browsers use about 6 per host)
+TILE_CACHE_BYTES = 128 * 1024 * 1024  # decoded tiles kept in memory (about two rows of a 40 km area)
+EMPTY_STATUSES = (204, 404)  # "no tile here": nodata, not a failure
 
 TileKey = Tuple[int, int, int]  # z, x, y
 
@@ -59,7 +68,7 @@ class XyzTemplate:
     url: str
     zmin: int = DEFAULT_ZMIN
     zmax: int = DEFAULT_ZMAX
-    pixel_ratio: float = 1.0        # tilePixelRatio: 2 for 512 px "retina" tiles
+    pixel_ratio: float = 1.0  # tilePixelRatio: 2 for 512 px "retina" tiles
     headers: Tuple[Tuple[str, str], ...] = ()
     authcfg: str = ""
 
@@ -84,8 +93,10 @@ class XyzTemplate:
         url = params.get("url", "")
         xyz = "{x}" in url and ("{y}" in url or "{-y}" in url) and "{z}" in url
         if not (xyz or "{q}" in url):
-            raise ServiceError(f"The XYZ layer's URL '{url}' has no {{x}}/{{y}}/{{z}} placeholders; "
-                               "check the connection in the Browser panel (XYZ Tiles)")
+            raise ServiceError(
+                f"The XYZ layer's URL '{url}' has no {{x}}/{{y}}/{{z}} placeholders; "
+                "check the connection in the Browser panel (XYZ Tiles)"
+            )
 
         def as_int(key: str, default: int) -> int:
             try:
@@ -98,11 +109,17 @@ class XyzTemplate:
             ratio = float(params.get("tilePixelRatio", 1) or 1)
         except ValueError:
             ratio = 1.0
-        headers = [(k[len("http-header:"):], str(v)) for k, v in params.items() if k.startswith("http-header:")]
+        headers = [(k[len("http-header:") :], str(v)) for k, v in params.items() if k.startswith("http-header:")]
         if params.get("referer") and not any(k.lower() == "referer" for k, _ in headers):
             headers.append(("Referer", str(params["referer"])))
-        return cls(url, max(0, min(zmin, zmax)), max(zmin, zmax), ratio if ratio > 0 else 1.0,
-                   tuple(headers), str(params.get("authcfg", "")))
+        return cls(
+            url,
+            max(0, min(zmin, zmax)),
+            max(zmin, zmax),
+            ratio if ratio > 0 else 1.0,
+            tuple(headers),
+            str(params.get("authcfg", "")),
+        )
 
 
 def quadkey(z: int, x: int, y: int) -> str:
@@ -145,13 +162,13 @@ class XyzPlan:
     """The tile requests for one area: zoom, pixel grid, tile ranges."""
 
     zoom: int
-    resolution: float                 # EPSG:3857 units per tile pixel
-    col0: int                         # pixel grid origin in global tile pixels
+    resolution: float  # EPSG:3857 units per tile pixel
+    col0: int  # pixel grid origin in global tile pixels
     row0: int
     width: int
     height: int
     tile_px: int
-    ground_px_m: float                # ground size of a tile pixel at the area's centre
+    ground_px_m: float  # ground size of a tile pixel at the area's centre
 
     @property
     def transform(self) -> Affine:
@@ -162,8 +179,7 @@ class XyzPlan:
     def tile_range(self) -> Tuple[int, int, int, int]:
         """(x0, y0, x1, y1) inclusive tile indexes covering the grid."""
         t = self.tile_px
-        return (self.col0 // t, self.row0 // t, (self.col0 + self.width - 1) // t,
-                (self.row0 + self.height - 1) // t)
+        return (self.col0 // t, self.row0 // t, (self.col0 + self.width - 1) // t, (self.row0 + self.height - 1) // t)
 
     @property
     def tile_count(self) -> int:
@@ -173,8 +189,12 @@ class XyzPlan:
 
 def plan_xyz(bounds: Tuple[float, float, float, float], template: XyzTemplate, gsd_m: float) -> XyzPlan:
     """Zoom and pixel grid for ``bounds`` (EPSG:3857) at the model's ``gsd_m`` metres per pixel."""
-    minx, miny, maxx, maxy = (max(-WEB_MERCATOR_HALF, bounds[0]), max(-WEB_MERCATOR_HALF, bounds[1]),
-                              min(WEB_MERCATOR_HALF, bounds[2]), min(WEB_MERCATOR_HALF, bounds[3]))
+    minx, miny, maxx, maxy = (
+        max(-WEB_MERCATOR_HALF, bounds[0]),
+        max(-WEB_MERCATOR_HALF, bounds[1]),
+        min(WEB_MERCATOR_HALF, bounds[2]),
+        min(WEB_MERCATOR_HALF, bounds[3]),
+    )
     if not (maxx > minx and maxy > miny):
         raise ServiceError("The area lies outside the Web Mercator world of the XYZ layer")
     m_per_unit = ground_m_per_unit((minx, miny, maxx, maxy), web_mercator_wkt())[0]
@@ -185,8 +205,7 @@ def plan_xyz(bounds: Tuple[float, float, float, float], template: XyzTemplate, g
     row0 = max(0, int(math.floor((WEB_MERCATOR_HALF - maxy) / r + 1e-6)))
     col1 = min(world_px, int(math.ceil((maxx + WEB_MERCATOR_HALF) / r - 1e-6)))
     row1 = min(world_px, int(math.ceil((WEB_MERCATOR_HALF - miny) / r - 1e-6)))
-    return XyzPlan(zoom, r, col0, row0, max(1, col1 - col0), max(1, row1 - row0), template.tile_px,
-                   r * m_per_unit)
+    return XyzPlan(zoom, r, col0, row0, max(1, col1 - col0), max(1, row1 - row0), template.tile_px, r * m_per_unit)
 
 
 def decode_image(content: bytes, size: int) -> Optional[np.ndarray]:
@@ -203,7 +222,7 @@ def decode_image(content: bytes, size: int) -> Optional[np.ndarray]:
     ptr = image.constBits()
     ptr.setsize(image.sizeInBytes())
     rows = np.frombuffer(ptr, dtype=np.uint8).reshape(size, image.bytesPerLine())
-    return rows[:, :size * 4].reshape(size, size, 4).copy()
+    return rows[:, : size * 4].reshape(size, size, 4).copy()
 
 
 @dataclass
@@ -221,8 +240,13 @@ class FetchStats:
 class TileFetcher:
     """Fetches tiles of one template with bounded parallelism, retries and cancel."""
 
-    def __init__(self, template: XyzTemplate, is_cancelled: Optional[CancelFn] = None,
-                 max_in_flight: int = MAX_IN_FLIGHT, retry: Optional[RetryPolicy] = None):
+    def __init__(
+        self,
+        template: XyzTemplate,
+        is_cancelled: Optional[CancelFn] = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        retry: Optional[RetryPolicy] = None,
+    ):
         self.template = template
         self.is_cancelled = is_cancelled
         self.retry = retry or DEFAULT_RETRY
@@ -253,7 +277,8 @@ class TileFetcher:
                 raise ServiceError(
                     f"The tile service {self.template.host} refused tile {z}/{x}/{y} "
                     f"(HTTP {result.status}: {result.error}). Check the layer's URL and authentication "
-                    "(Browser panel > XYZ Tiles > Edit Connection); nothing was written.")
+                    "(Browser panel > XYZ Tiles > Edit Connection); nothing was written."
+                )
             return False, result, result.retry_after
 
         done, value, attempts = with_retries(attempt, self.retry, self.is_cancelled, stop)
@@ -266,7 +291,8 @@ class TileFetcher:
             raise ServiceError(
                 f"The tile service {self.template.host} did not deliver tile {z}/{x}/{y} after {attempts} "
                 f"attempts ({reason}). It may be down or unreachable: check the network connection, or try "
-                "again later; nothing was written.")
+                "again later; nothing was written."
+            )
         return value
 
     def fetch(self, keys: Sequence[TileKey]) -> Dict[TileKey, Optional[np.ndarray]]:
@@ -278,7 +304,8 @@ class TileFetcher:
         t0 = time.perf_counter()
         stop = threading.Event()
         futures: Dict[Future, TileKey] = {
-            self._workers.submit(lambda _state, k=k: self._fetch_one(k, stop)): k for k in keys}
+            self._workers.submit(lambda _state, k=k: self._fetch_one(k, stop)): k for k in keys
+        }
         try:
             pending = set(futures)
             while pending:
@@ -300,9 +327,16 @@ class TileFetcher:
 class XyzTileSource(RenderedRgbGrid, RasterSource):
     """An XYZ tile service over an area, at the zoom level closest to the model's GSD."""
 
-    def __init__(self, template: XyzTemplate, bounds: Tuple[float, float, float, float], gsd_m: float,
-                 name: str = "XYZ layer", is_cancelled: Optional[CancelFn] = None,
-                 max_in_flight: int = MAX_IN_FLIGHT, retry: Optional[RetryPolicy] = None):
+    def __init__(
+        self,
+        template: XyzTemplate,
+        bounds: Tuple[float, float, float, float],
+        gsd_m: float,
+        name: str = "XYZ layer",
+        is_cancelled: Optional[CancelFn] = None,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        retry: Optional[RetryPolicy] = None,
+    ):
         self.template = template
         self.plan = plan_xyz(bounds, template, gsd_m)
         self._name = name
@@ -333,8 +367,10 @@ class XyzTileSource(RenderedRgbGrid, RasterSource):
     def warnings(self) -> List[str]:
         s = self.stats
         if s.tiles and s.empty_tiles:
-            return [f"{s.empty_tiles} of {s.tiles} tiles of {self.template.host} do not exist (HTTP 404/204); "
-                    "they count as no imagery."]
+            return [
+                f"{s.empty_tiles} of {s.tiles} tiles of {self.template.host} do not exist (HTTP 404/204); "
+                "they count as no imagery."
+            ]
         return []
 
     def read(self, window: PixelWindow, out_shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray]:
@@ -343,11 +379,18 @@ class XyzTileSource(RenderedRgbGrid, RasterSource):
         gc0, gr0 = plan.col0 + win.col_off, plan.row0 + win.row_off
         # Only tiles of the planned grid are requested (what the dialog counted); the filter
         # treats pixels past its edge as missing, as GDAL does at a file's edge.
-        c0, r0, c1, r1 = read_span(gc0, gr0, win.width, win.height, out_shape,
-                                   (plan.col0, plan.row0, plan.col0 + plan.width, plan.row0 + plan.height))
+        c0, r0, c1, r1 = read_span(
+            gc0,
+            gr0,
+            win.width,
+            win.height,
+            out_shape,
+            (plan.col0, plan.row0, plan.col0 + plan.width, plan.row0 + plan.height),
+        )
         t = plan.tile_px
-        keys = [(plan.zoom, tx, ty) for ty in range(r0 // t, (r1 - 1) // t + 1)
-                for tx in range(c0 // t, (c1 - 1) // t + 1)]
+        keys = [
+            (plan.zoom, tx, ty) for ty in range(r0 // t, (r1 - 1) // t + 1) for tx in range(c0 // t, (c1 - 1) // t + 1)
+        ]
         tiles = self._tiles(keys)
         rgba = np.zeros((r1 - r0, c1 - c0, 4), dtype=np.uint8)
         for (_, tx, ty), tile in tiles.items():

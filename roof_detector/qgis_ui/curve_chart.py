@@ -67,8 +67,7 @@ class CurveChart(QWidget):
 
     def series(self, key: str) -> List[Tuple[float, float]]:
         """(epoch, value) points of one curve, e.g. ``series('val_iou')``; non-finite values left out."""
-        return [(float(r.get("epoch", i + 1)), float(r[key])) for i, r in enumerate(self.rows)
-                if _finite(r.get(key))]
+        return [(float(r.get("epoch", i + 1)), float(r[key])) for i, r in enumerate(self.rows) if _finite(r.get(key))]
 
     # -- drawing -------------------------------------------------------------
     def paintEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
@@ -95,8 +94,11 @@ class CurveChart(QWidget):
             p.drawText(QRectF(x + 22, rect.top(), width, rect.height()), Qt.AlignVCenter | Qt.AlignLeft, label)
             x += 22 + width + 16
         if self.best_epoch is not None:
-            p.drawText(QRectF(x, rect.top(), rect.width() - x - 4, rect.height()), Qt.AlignVCenter | Qt.AlignLeft,
-                       tr("best epoch: {n}").format(n=self.best_epoch))
+            p.drawText(
+                QRectF(x, rect.top(), rect.width() - x - 4, rect.height()),
+                Qt.AlignVCenter | Qt.AlignLeft,
+                tr("best epoch: {n}").format(n=self.best_epoch),
+            )
 
     def _panel(self, p: QPainter, rect: QRectF, key: str, title: str) -> None:
         text_color = self.palette().text().color()

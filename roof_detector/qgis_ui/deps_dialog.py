@@ -19,12 +19,31 @@ from typing import Any, Callable, List, Optional
 
 from qgis.core import Qgis, QgsMessageLog
 from qgis.PyQt.QtCore import QProcess, QProcessEnvironment
-from qgis.PyQt.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QLabel, QLineEdit, QPlainTextEdit,
-                                 QPushButton, QTextBrowser, QVBoxLayout)
+from qgis.PyQt.QtWidgets import (
+    QCheckBox,
+    QDialog,
+    QDialogButtonBox,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QTextBrowser,
+    QVBoxLayout,
+)
 
-from ..qgis_adapter.deps import (PURPOSE_TEXT, PURPOSES, TORCH, DependencyReport, activate_deps_dir, check,
-                                 deps_dir, install_command, needs_source_shapely, pip_arguments,
-                                 qgis_python_executable)
+from ..qgis_adapter.deps import (
+    PURPOSE_TEXT,
+    PURPOSES,
+    TORCH,
+    DependencyReport,
+    activate_deps_dir,
+    check,
+    deps_dir,
+    install_command,
+    needs_source_shapely,
+    pip_arguments,
+    qgis_python_executable,
+)
 from . import LOG_TAG, tr
 
 # Imports each module named on the command line with the deps folder appended to sys.path,
@@ -50,8 +69,13 @@ print("VERIFY " + json.dumps(out))
 class DependencyDialog(QDialog):
     """Lists what ``purpose`` lacks and installs it (non-modal; one per plugin)."""
 
-    def __init__(self, purpose: str = "detect", parent: Any = None, report: Optional[DependencyReport] = None,
-                 on_ready: Optional[Callable[[], None]] = None):
+    def __init__(
+        self,
+        purpose: str = "detect",
+        parent: Any = None,
+        report: Optional[DependencyReport] = None,
+        on_ready: Optional[Callable[[], None]] = None,
+    ):
         super().__init__(parent)
         self.setObjectName("roofDetectorDependencies")
         self.setWindowTitle(tr("Roof Detector: Python packages"))
@@ -65,18 +89,28 @@ class DependencyDialog(QDialog):
         self.summary.setObjectName("depsSummary")
         self.summary.setOpenExternalLinks(True)
         layout.addWidget(self.summary, 3)
-        self.torch_box = QCheckBox(tr("Also install PyTorch, CPU build (about 200 MB): needed to fine-tune models; "
-                                      "detection runs without it"), self)
-        self.gpu_box = QCheckBox(tr("PyTorch for an NVIDIA GPU (CUDA build, several GB) instead of the CPU build"),
-                                 self)
+        self.torch_box = QCheckBox(
+            tr("Also install PyTorch, CPU build (about 200 MB): needed to fine-tune models; detection runs without it"),
+            self,
+        )
+        self.gpu_box = QCheckBox(
+            tr("PyTorch for an NVIDIA GPU (CUDA build, several GB) instead of the CPU build"), self
+        )
         self.gpu_box.setEnabled(False)
         self.torch_box.toggled.connect(self.gpu_box.setEnabled)
         self.torch_box.toggled.connect(lambda *_: self._show_command())
         self.gpu_box.toggled.connect(lambda *_: self._show_command())
         layout.addWidget(self.torch_box)
         layout.addWidget(self.gpu_box)
-        layout.addWidget(QLabel(tr("pip command (QGIS's Python, into the plugin's own folder; pip's configuration "
-                                   "such as index, proxy and find-links applies):"), self))
+        layout.addWidget(
+            QLabel(
+                tr(
+                    "pip command (QGIS's Python, into the plugin's own folder; pip's configuration "
+                    "such as index, proxy and find-links applies):"
+                ),
+                self,
+            )
+        )
         self.command = QLineEdit(self)
         self.command.setReadOnly(True)
         self.command.setObjectName("depsCommand")
@@ -123,13 +157,20 @@ class DependencyDialog(QDialog):
         r = self.report
         if r.ok:
             return "<p><b>{}</b></p>{}".format(escape(tr("All packages are there.")), self._notes_html())
-        rows = "".join("<li><b>{}</b>: {}<br/><small>{}</small></li>".format(
-            escape(m.module), escape(tr(m.why)), escape(m.error)) for m in r.missing)
+        rows = "".join(
+            "<li><b>{}</b>: {}<br/><small>{}</small></li>".format(escape(m.module), escape(tr(m.why)), escape(m.error))
+            for m in r.missing
+        )
         html = ""
         if rows:
             html += "<p><b>{}</b></p><ul>{}</ul>".format(
-                escape(tr("To {what}, Roof Detector needs Python packages that QGIS's Python lacks:").format(
-                    what=tr(PURPOSE_TEXT.get(self.purpose, self.purpose)))), rows)
+                escape(
+                    tr("To {what}, Roof Detector needs Python packages that QGIS's Python lacks:").format(
+                        what=tr(PURPOSE_TEXT.get(self.purpose, self.purpose))
+                    )
+                ),
+                rows,
+            )
         if r.geos:
             html += "<p><b>shapely / GEOS:</b> {}</p>".format(escape(r.geos))
         return html + self._notes_html()
@@ -137,14 +178,21 @@ class DependencyDialog(QDialog):
     def _notes_html(self) -> str:
         from html import escape
 
-        notes = [tr("Packages go to {folder} (the plugin's own folder, added to QGIS's Python path; nothing is "
-                    "installed system-wide or with --user).").format(folder=deps_dir()),
-                 tr("Detection on the CPU needs no PyTorch: the bundled model also ships as ONNX.")]
+        notes = [
+            tr(
+                "Packages go to {folder} (the plugin's own folder, added to QGIS's Python path; nothing is "
+                "installed system-wide or with --user)."
+            ).format(folder=deps_dir()),
+            tr("Detection on the CPU needs no PyTorch: the bundled model also ships as ONNX."),
+        ]
         if needs_source_shapely():
-            notes.append(tr("Linux: shapely is built from source against the GEOS library QGIS uses (a PyPI "
-                            "shapely wheel brings another GEOS and crashes QGIS). That needs the GEOS headers and "
-                            "a compiler: on Debian/Ubuntu 'sudo apt install libgeos-dev python3-dev build-essential'."
-                            ))
+            notes.append(
+                tr(
+                    "Linux: shapely is built from source against the GEOS library QGIS uses (a PyPI "
+                    "shapely wheel brings another GEOS and crashes QGIS). That needs the GEOS headers and "
+                    "a compiler: on Debian/Ubuntu 'sudo apt install libgeos-dev python3-dev build-essential'."
+                )
+            )
         return "<p><small>{}</small></p>".format("<br/>".join(escape(n) for n in notes))
 
     def requirements(self) -> List[str]:
@@ -210,15 +258,22 @@ class DependencyDialog(QDialog):
             if status != QProcess.NormalExit or code != 0:
                 self._fail(self._pip_failure_hint())
                 return
-            names = ([m.module for m in self.report.missing] + list(PURPOSES[self.purpose])
-                     + (["torch"] if self.torch_box.isChecked() else []))
+            names = (
+                [m.module for m in self.report.missing]
+                + list(PURPOSES[self.purpose])
+                + (["torch"] if self.torch_box.isChecked() else [])
+            )
             self._buffer = ""
             self._start("verify", qgis_python_executable(), ["-c", VERIFY_SCRIPT, deps_dir(), *dict.fromkeys(names)])
             self.status.setText(tr("Checking the installed packages in a separate process…"))
         elif stage == "verify":
             if status != QProcess.NormalExit:
-                self._fail(tr("Importing the new packages crashed a separate Python process; they were NOT loaded "
-                              "into QGIS. See the output above."))
+                self._fail(
+                    tr(
+                        "Importing the new packages crashed a separate Python process; they were NOT loaded "
+                        "into QGIS. See the output above."
+                    )
+                )
                 return
             self._verified(self._buffer)
 
@@ -227,25 +282,37 @@ class DependencyDialog(QDialog):
         if line is None:
             self._fail(tr("The check of the installed packages printed no result; see the output above."))
             return
-        result = json.loads(line[len("VERIFY "):])
+        result = json.loads(line[len("VERIFY ") :])
         self.verified = result
         if result["failed"]:
-            self._fail(tr("These packages still do not import: {items}.").format(
-                items="; ".join(f"{k} ({v})" for k, v in result["failed"].items())))
+            self._fail(
+                tr("These packages still do not import: {items}.").format(
+                    items="; ".join(f"{k} ({v})" for k, v in result["failed"].items())
+                )
+            )
             return
         if result.get("geos") and Qgis.geosVersion().split("-")[0] != result["geos"]:
-            self._fail(tr("shapely was installed with GEOS {ours}, QGIS uses {theirs}: it is not loaded. "
-                          "Install libgeos-dev and a compiler, then Install again.").format(
-                ours=result["geos"], theirs=Qgis.geosVersion()))
+            self._fail(
+                tr(
+                    "shapely was installed with GEOS {ours}, QGIS uses {theirs}: it is not loaded. "
+                    "Install libgeos-dev and a compiler, then Install again."
+                ).format(ours=result["geos"], theirs=Qgis.geosVersion())
+            )
             return
-        self.output.appendPlainText(tr("Imported in a separate Python: {versions}").format(
-            versions=", ".join(f"{k} {v}" for k, v in result["versions"].items())))
+        self.output.appendPlainText(
+            tr("Imported in a separate Python: {versions}").format(
+                versions=", ".join(f"{k} {v}" for k, v in result["versions"].items())
+            )
+        )
         activate_deps_dir()
         report = self.refresh()
         if report.ok:
             self.stage = "done"
-            self.status.setText(tr("Installed and checked: Roof Detector is ready. {versions}").format(
-                versions=", ".join(f"{k} {v}" for k, v in result["versions"].items())))
+            self.status.setText(
+                tr("Installed and checked: Roof Detector is ready. {versions}").format(
+                    versions=", ".join(f"{k} {v}" for k, v in result["versions"].items())
+                )
+            )
             QgsMessageLog.logMessage(self.status.text(), LOG_TAG, Qgis.Info)
             if self.on_ready is not None:
                 callback, self.on_ready = self.on_ready, None
@@ -259,11 +326,15 @@ class DependencyDialog(QDialog):
         if "No module named pip" in text:
             hint += " " + tr("QGIS's Python has no pip: on Debian/Ubuntu 'sudo apt install python3-pip'.")
         elif "geos_c.h" in text or "geos-config" in text or "GEOS" in text and "error" in text.lower():
-            hint += " " + tr("Building shapely needs the GEOS headers: 'sudo apt install libgeos-dev python3-dev "
-                             "build-essential', then Install again.")
+            hint += " " + tr(
+                "Building shapely needs the GEOS headers: 'sudo apt install libgeos-dev python3-dev "
+                "build-essential', then Install again."
+            )
         elif "No matching distribution" in text or "Could not find a version" in text:
-            hint += " " + tr("pip found no suitable package: check the network, or pip's index / find-links "
-                             "configuration (pip config list).")
+            hint += " " + tr(
+                "pip found no suitable package: check the network, or pip's index / find-links "
+                "configuration (pip config list)."
+            )
         return hint
 
     def _fail(self, text: str) -> None:
@@ -283,8 +354,12 @@ class DependencyDialog(QDialog):
 _dialog: Optional[DependencyDialog] = None
 
 
-def show_dependency_dialog(iface: Any, purpose: str = "detect", report: Optional[DependencyReport] = None,
-                           on_ready: Optional[Callable[[], None]] = None) -> DependencyDialog:
+def show_dependency_dialog(
+    iface: Any,
+    purpose: str = "detect",
+    report: Optional[DependencyReport] = None,
+    on_ready: Optional[Callable[[], None]] = None,
+) -> DependencyDialog:
     """Show (or bring back) the one dependency dialog for ``purpose``; return it."""
     global _dialog
     parent = iface.mainWindow() if iface is not None else None

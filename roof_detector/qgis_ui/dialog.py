@@ -13,22 +13,49 @@ from typing import Any, Dict, Optional
 from qgis.core import Qgis, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMessageBar
 from qgis.PyQt.QtWidgets import (
-    QButtonGroup, QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFormLayout,
-    QGridLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QMessageBox, QRadioButton, QVBoxLayout, QWidget,
+    QButtonGroup,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QRadioButton,
+    QVBoxLayout,
+    QWidget,
 )
 
 from ..core.params import DETECT, ParameterError
 from ..qgis_adapter.output import gpkg_layer_names
 from ..qgis_adapter.paths import library_models, model_library_dir
-from ..qgis_adapter.request import (DetectRequest, RequestError, extent_aoi_wkt, plan_run, raster_file_path,
-                                    raster_input, selection_aoi_wkt)
+from ..qgis_adapter.request import (
+    DetectRequest,
+    RequestError,
+    extent_aoi_wkt,
+    plan_run,
+    raster_file_path,
+    raster_input,
+    selection_aoi_wkt,
+)
 from . import settings, tr
 from .param_widgets import declared_spin
-from .pickers import (add_model_choices, chosen_model_path, choice_combo, device_combo, layer_combo, model_summary,
-                      restore_device, select_data)
+from .pickers import (
+    add_model_choices,
+    chosen_model_path,
+    choice_combo,
+    device_combo,
+    layer_combo,
+    model_summary,
+    restore_device,
+    select_data,
+)
 
-AREA_MODES = (("layer", "Whole layer"), ("extent", "Current map extent"),
-              ("selection", "Selected polygons of a layer"))
+AREA_MODES = (("layer", "Whole layer"), ("extent", "Current map extent"), ("selection", "Selected polygons of a layer"))
 RUN_ON = (("local", "This computer"), ("server", "Roof Detector server"))
 
 
@@ -56,8 +83,7 @@ class DetectDialog(QDialog):
         self._build_detection_rows(form)
         self._build_output_box()
         self._build_solar_box()
-        self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel | QDialogButtonBox.Help,
-                                        self)
+        self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel | QDialogButtonBox.Help, self)
         self.buttons.button(QDialogButtonBox.Ok).setText(tr("Detect"))
         self.buttons.helpRequested.connect(open_help)
         self.buttons.accepted.connect(self.accept)
@@ -102,9 +128,13 @@ class DetectDialog(QDialog):
         self.min_area_spin = declared_spin(self, "detect", "min_area_m2")
         form.addRow(tr("Minimum building area"), self.min_area_spin)
         self.separate_check = QCheckBox(tr("Separate touching buildings"), self)
-        self.separate_check.setToolTip(tr("Split roofs that touch along the probability valley between their "
-                                          "confident cores (or, with a model that has border and contact "
-                                          "outputs, along the seam it marks): one polygon per roof, not per block"))
+        self.separate_check.setToolTip(
+            tr(
+                "Split roofs that touch along the probability valley between their "
+                "confident cores (or, with a model that has border and contact "
+                "outputs, along the seam it marks): one polygon per roof, not per block"
+            )
+        )
         form.addRow("", self.separate_check)
         self.tta_check = QCheckBox(tr("Test-time augmentation (slower)"), self)
         tta_help = DETECT["tta"].help
@@ -139,10 +169,16 @@ class DetectDialog(QDialog):
         out.addRow(tr("Layer name"), self.gpkg_layer_edit)
 
     def _connect_signals(self) -> None:
-        for signal in (self.area_combo.currentIndexChanged, self.model_combo.currentIndexChanged,
-                       self.threshold_check.toggled, self.gpkg_radio.toggled,
-                       self.memory_radio.toggled, self.device_combo.currentIndexChanged,
-                       self.regularize_check.toggled, self.yield_auto_check.toggled):
+        for signal in (
+            self.area_combo.currentIndexChanged,
+            self.model_combo.currentIndexChanged,
+            self.threshold_check.toggled,
+            self.gpkg_radio.toggled,
+            self.memory_radio.toggled,
+            self.device_combo.currentIndexChanged,
+            self.regularize_check.toggled,
+            self.yield_auto_check.toggled,
+        ):
             signal.connect(self._update_enabled)
         self.model_file.fileChanged.connect(self._update_enabled)
         # The estimate follows the layer and the area (and the model's resolution).
@@ -166,8 +202,12 @@ class DetectDialog(QDialog):
         self.server_url_edit.setToolTip(tr("Address of a Roof Detector server (python -m roof_detector serve)"))
         self.server_token_edit = QLineEdit(self)
         self.server_token_edit.setEchoMode(QLineEdit.Password)
-        self.server_token_edit.setToolTip(tr("Bearer token of the server, if it asks for one; kept in QGIS's "
-                                             "authentication database, not in the settings"))
+        self.server_token_edit.setToolTip(
+            tr(
+                "Bearer token of the server, if it asks for one; kept in QGIS's "
+                "authentication database, not in the settings"
+            )
+        )
         form.addRow(tr("Run on"), self.run_on_combo)
         form.addRow(tr("Server URL"), self.server_url_edit)
         form.addRow(tr("Server token"), self.server_token_edit)
@@ -180,26 +220,36 @@ class DetectDialog(QDialog):
         self.solar_box.setSaveCollapsedState(False)  # remembered in our own settings instead
         box = self.solar_box
         self.regularize_check = QCheckBox(tr("Regularise"), box)
-        self.regularize_check.setToolTip(tr("Square the traced outlines (right angles, 45° diagonals); shapes "
-                                            "that follow no two directions (round tanks, curved roofs) stay "
-                                            "as traced."))
+        self.regularize_check.setToolTip(
+            tr(
+                "Square the traced outlines (right angles, 45° diagonals); shapes "
+                "that follow no two directions (round tanks, curved roofs) stay "
+                "as traced."
+            )
+        )
         self.tolerance_spin = declared_spin(box, "outlines", "regularize_tolerance_m")
         self.setback_spin = declared_spin(box, "solar", "setback_m")
         self.usable_spin = declared_spin(box, "solar", "usable_fraction")
         self.panel_area_spin = declared_spin(box, "solar", "panel_area_m2")
         self.panel_wp_spin = declared_spin(box, "solar", "panel_wp", integer=False)
         self.yield_auto_check = QCheckBox(tr("From latitude"), box)
-        self.yield_auto_check.setToolTip(tr("Estimate the yield from each building's latitude: a coarse "
-                                            "estimate (about ±25 %); enter your site's value from PVGIS or "
-                                            "the Global Solar Atlas when it matters."))
+        self.yield_auto_check.setToolTip(
+            tr(
+                "Estimate the yield from each building's latitude: a coarse "
+                "estimate (about ±25 %); enter your site's value from PVGIS or "
+                "the Global Solar Atlas when it matters."
+            )
+        )
         self.yield_spin = declared_spin(box, "solar", "specific_yield_kwh_per_kwp", integer=False)
         self._lay_out_solar_box()
 
     def _lay_out_solar_box(self) -> None:
         grid = QGridLayout(self.solar_box)
-        rows = ((tr("Outlines"), self.regularize_check, tr("Tolerance"), self.tolerance_spin),
-                (tr("Setback"), self.setback_spin, tr("Usable fraction"), self.usable_spin),
-                (tr("Panel area"), self.panel_area_spin, tr("Panel power"), self.panel_wp_spin))
+        rows = (
+            (tr("Outlines"), self.regularize_check, tr("Tolerance"), self.tolerance_spin),
+            (tr("Setback"), self.setback_spin, tr("Usable fraction"), self.usable_spin),
+            (tr("Panel area"), self.panel_area_spin, tr("Panel power"), self.panel_wp_spin),
+        )
         for r, (label, left, label2, right) in enumerate(rows):
             grid.addWidget(QLabel(label, self.solar_box), r, 0)
             grid.addWidget(left, r, 1)
@@ -323,8 +373,12 @@ class DetectDialog(QDialog):
             inp = raster_input(raster)
             aoi = self._area_wkt(raster)
             meta = model_summary(self.selected_model_path())["meta"]
-            device = "cuda" if self.device_combo.currentData() == "cuda" or (
-                self.device_combo.currentData() == "auto" and self.device_combo.model().item(2).isEnabled()) else "cpu"
+            device = (
+                "cuda"
+                if self.device_combo.currentData() == "cuda"
+                or (self.device_combo.currentData() == "auto" and self.device_combo.model().item(2).isEnabled())
+                else "cpu"
+            )
             plan = plan_run(inp, aoi, meta, device)
             text = plan.describe()
             if inp.is_web:
@@ -373,18 +427,24 @@ class DetectDialog(QDialog):
         aoi = self._area_wkt(raster)
         model = self.selected_model_path()
         if not model:
-            raise RequestError(tr("The bundled model is not installed; choose a model file.")
-                               if self.model_combo.currentData() == "bundled"
-                               else tr("Choose a model file (*.pt)."))
+            raise RequestError(
+                tr("The bundled model is not installed; choose a model file.")
+                if self.model_combo.currentData() == "bundled"
+                else tr("Choose a model file (*.pt).")
+            )
         info = model_summary(model)
         if not info["ok"]:
             raise RequestError(info["text"])
         if inp.is_web:
             plan_run(inp, aoi, info["meta"])
         try:
-            request = DetectRequest.for_layer(inp, options=dict(
-                model_path=model, device=self.device_combo.currentData(), aoi_wkt=aoi, **self.detection_kwargs()),
-                solar=self.solar_kwargs())
+            request = DetectRequest.for_layer(
+                inp,
+                options=dict(
+                    model_path=model, device=self.device_combo.currentData(), aoi_wkt=aoi, **self.detection_kwargs()
+                ),
+                solar=self.solar_kwargs(),
+            )
         except ParameterError as exc:  # cannot happen through the spin boxes: they share the ranges
             raise RequestError(str(exc)) from None
         if self.gpkg_radio.isChecked():
@@ -413,9 +473,14 @@ class DetectDialog(QDialog):
             settings.set("server_authcfg", authcfg)
         try:
             request = DetectRequest(
-                raster_path=path, raster_name=raster.name(), crs=raster.crs().authid() or raster.crs().toWkt(),
-                options=dict(aoi_wkt=aoi, **self.detection_kwargs()), solar=self.solar_kwargs(),
-                server_url=url, server_authcfg=authcfg)
+                raster_path=path,
+                raster_name=raster.name(),
+                crs=raster.crs().authid() or raster.crs().toWkt(),
+                options=dict(aoi_wkt=aoi, **self.detection_kwargs()),
+                solar=self.solar_kwargs(),
+                server_url=url,
+                server_authcfg=authcfg,
+            )
         except ParameterError as exc:  # cannot happen through the spin boxes: they share the ranges
             raise RequestError(str(exc)) from None
         if self.gpkg_radio.isChecked():
@@ -424,10 +489,15 @@ class DetectDialog(QDialog):
 
     def detection_kwargs(self) -> Dict[str, Any]:
         """Threshold, minimum area, touching roofs, TTA and outlines as ``DetectOptions`` keyword arguments."""
-        return dict(threshold=self.threshold_spin.value() if self.threshold_check.isChecked() else None,
-                    min_area_m2=self.min_area_spin.value(), separate_touching=self.separate_check.isChecked(),
-                    tta=self.tta_check.isChecked(),
-                    regularize=self.regularize_check.isChecked(), regularize_tolerance_m=self.tolerance_spin.value())
+        return dict(
+            threshold=self.threshold_spin.value() if self.threshold_check.isChecked() else None,
+            min_area_m2=self.min_area_spin.value(),
+            separate_touching=self.separate_check.isChecked(),
+            tta=self.tta_check.isChecked(),
+            regularize=self.regularize_check.isChecked(),
+            regularize_tolerance_m=self.tolerance_spin.value(),
+        )
+
     def _check_size(self, request: DetectRequest, path: str) -> None:
         """Ask before a very large run (the engine refuses it otherwise); refuse one that cannot fit."""
         from ..core.errors import LargeRunError
@@ -442,15 +512,24 @@ class DetectDialog(QDialog):
 
     def confirm_large(self, message: str) -> bool:
         """Ask whether a very large run may start."""
-        answer = QMessageBox.question(self, tr("Very large run"), message + "\n\n" + tr("Run it anyway?"),
-                                      QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        answer = QMessageBox.question(
+            self,
+            tr("Very large run"),
+            message + "\n\n" + tr("Run it anyway?"),
+            QMessageBox.Yes | QMessageBox.No,
+            QMessageBox.No,
+        )
         return answer == QMessageBox.Yes
 
     def solar_kwargs(self) -> Dict[str, Any]:
         """The solar parameters as keyword arguments of ``core.solar.SolarParams``."""
-        return dict(setback_m=self.setback_spin.value(), usable_fraction=self.usable_spin.value(),
-                    panel_area_m2=self.panel_area_spin.value(), panel_wp=self.panel_wp_spin.value(),
-                    specific_yield_kwh_per_kwp=None if self.yield_auto_check.isChecked() else self.yield_spin.value())
+        return dict(
+            setback_m=self.setback_spin.value(),
+            usable_fraction=self.usable_spin.value(),
+            panel_area_m2=self.panel_area_spin.value(),
+            panel_wp=self.panel_wp_spin.value(),
+            specific_yield_kwh_per_kwp=None if self.yield_auto_check.isChecked() else self.yield_spin.value(),
+        )
 
     def _fill_gpkg(self, request: DetectRequest) -> None:
         target = self.gpkg_file.filePath().strip()
@@ -462,13 +541,15 @@ class DetectDialog(QDialog):
         if not name:
             raise RequestError(tr("Enter a layer name for the GeoPackage."))
         if not os.path.isdir(os.path.dirname(os.path.abspath(target))):
-            raise RequestError(tr("Folder {folder} does not exist.").format(
-                folder=os.path.dirname(os.path.abspath(target))))
+            raise RequestError(
+                tr("Folder {folder} does not exist.").format(folder=os.path.dirname(os.path.abspath(target)))
+            )
         replace = False
         if name in gpkg_layer_names(target):
             if not self.confirm_replace(target, name):
-                raise RequestError(tr("Layer '{layer}' exists in {path}; choose another layer name.")
-                                   .format(layer=name, path=target))
+                raise RequestError(
+                    tr("Layer '{layer}' exists in {path}; choose another layer name.").format(layer=name, path=target)
+                )
             replace = True
         request.output_mode, request.gpkg_path, request.gpkg_layer = "gpkg", target, name
         request.replace_layer = replace
@@ -476,10 +557,15 @@ class DetectDialog(QDialog):
     def confirm_replace(self, path: str, layer: str) -> bool:
         """Ask whether an existing GeoPackage layer may be replaced."""
         answer = QMessageBox.question(
-            self, tr("Replace layer?"),
-            tr("{path} already contains a layer '{layer}'. Replace that layer with the new buildings? "
-               "The file's other layers are kept.").format(path=path, layer=layer),
-            QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+            self,
+            tr("Replace layer?"),
+            tr(
+                "{path} already contains a layer '{layer}'. Replace that layer with the new buildings? "
+                "The file's other layers are kept."
+            ).format(path=path, layer=layer),
+            QMessageBox.Yes | QMessageBox.No,
+            QMessageBox.No,
+        )
         return answer == QMessageBox.Yes
 
     def accept(self) -> None:

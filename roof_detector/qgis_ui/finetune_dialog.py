@@ -16,22 +16,53 @@ from qgis.core import Qgis, QgsMapLayerProxyModel, QgsMessageLog, QgsRasterLayer
 from qgis.gui import QgsMessageBar
 from qgis.PyQt.QtCore import Qt, pyqtSlot
 from qgis.PyQt.QtWidgets import (
-    QCheckBox, QComboBox, QDialog, QDialogButtonBox, QFormLayout, QGridLayout, QGroupBox,
-    QHBoxLayout, QHeaderView, QLabel, QLineEdit, QMessageBox, QProgressBar, QPushButton, QSizePolicy,
-    QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
 
 from ..core.params import FINETUNE
 from ..qgis_adapter.deps import dependency_problem
-from ..qgis_adapter.finetune_task import (FinetuneRequest, FinetuneTask, area_wkt, label_source, labels_in_raster,
-                                          make_temp_dir)
+from ..qgis_adapter.finetune_task import (
+    FinetuneRequest,
+    FinetuneTask,
+    area_wkt,
+    label_source,
+    labels_in_raster,
+    make_temp_dir,
+)
 from ..qgis_adapter.paths import library_models_in, model_library_dir
 from ..qgis_adapter.request import RequestError, is_polygon_layer, raster_file_path
 from . import LOG_TAG, settings, tr
 from .curve_chart import CurveChart
 from .param_widgets import declared_spin
-from .pickers import (add_model_choices, chosen_model_path, choice_combo, device_combo, layer_combo, model_summary,
-                      restore_device, select_data)
+from .pickers import (
+    add_model_choices,
+    chosen_model_path,
+    choice_combo,
+    device_combo,
+    layer_combo,
+    model_summary,
+    restore_device,
+    select_data,
+)
+
 
 def epochs_text(n: int) -> str:
     """'1 epoch', '12 epochs'."""
@@ -46,21 +77,35 @@ def epoch_status(engine_text: str) -> str:
     if not m:
         return engine_text
     return tr("Epoch {epoch}: batch {step} of {steps}{loss}…").format(
-        epoch=m.group(1), step=m.group(2), steps=m.group(3),
-        loss=tr(", training loss {loss}").format(loss=m.group(4)) if m.group(4) else "")
+        epoch=m.group(1),
+        step=m.group(2),
+        steps=m.group(3),
+        loss=tr(", training loss {loss}").format(loss=m.group(4)) if m.group(4) else "",
+    )
 
 
-AREA_MODES = (("labels", "Extent of the label layer"), ("layer", "All polygons of a layer"),
-              ("selection", "Selected polygons of a layer"))
-AREA_HELP = ("Inside the labelled area every building must be in the label layer: unlabelled buildings "
-             "there count as \"not building\". Outside it nothing is learnt.")
+AREA_MODES = (
+    ("labels", "Extent of the label layer"),
+    ("layer", "All polygons of a layer"),
+    ("selection", "Selected polygons of a layer"),
+)
+AREA_HELP = (
+    "Inside the labelled area every building must be in the label layer: unlabelled buildings "
+    'there count as "not building". Outside it nothing is learnt.'
+)
 
 
 class FinetuneDialog(QDialog):
     """Choices for a fine-tuning run, its live curves and its before/after figures."""
 
-    def __init__(self, iface: Any = None, parent: Optional[QWidget] = None, library_dir: Optional[str] = None,
-                 task_manager: Any = None, tasks: Optional[Set[Any]] = None):
+    def __init__(
+        self,
+        iface: Any = None,
+        parent: Optional[QWidget] = None,
+        library_dir: Optional[str] = None,
+        task_manager: Any = None,
+        tasks: Optional[Set[Any]] = None,
+    ):
         super().__init__(parent)
         self.iface = iface
         self.library_dir = library_dir or model_library_dir()
@@ -116,8 +161,12 @@ class FinetuneDialog(QDialog):
         form.addRow(tr("Orthophoto"), self.raster_combo)
 
         self.labels_combo = layer_combo(self, QgsMapLayerProxyModel.PolygonLayer)
-        self.labels_combo.setToolTip(tr("Building polygons you trust: cadastre, OpenStreetMap or drawn by hand. "
-                                        "Any CRS: they are reprojected to the raster's."))
+        self.labels_combo.setToolTip(
+            tr(
+                "Building polygons you trust: cadastre, OpenStreetMap or drawn by hand. "
+                "Any CRS: they are reprojected to the raster's."
+            )
+        )
         self.labels_selected = QCheckBox(tr("Selected features only"), self)
         form.addRow(tr("Buildings (labels)"), self.labels_combo)
         form.addRow("", self.labels_selected)
@@ -155,8 +204,9 @@ class FinetuneDialog(QDialog):
         self.samples_spin = declared_spin(train_box, "finetune", "samples_per_epoch")
         self.samples_spin.setMinimum(0)  # 0 shows "Automatic" (the declaration's None)
         self.samples_spin.setSpecialValueText(tr("Automatic"))
-        self.samples_spin.setToolTip(tr("Training crops per epoch; Automatic = {what}").format(
-            what=tr(FINETUNE["samples_per_epoch"].none_means)))
+        self.samples_spin.setToolTip(
+            tr("Training crops per epoch; Automatic = {what}").format(what=tr(FINETUNE["samples_per_epoch"].none_means))
+        )
         self.budget_spin = declared_spin(train_box, "finetune", "max_minutes")
         self.budget_spin.setSpecialValueText(tr("None"))  # 0: no time budget (as the declaration's None)
         self.budget_info = QLabel(train_box)
@@ -164,10 +214,16 @@ class FinetuneDialog(QDialog):
         self.device_combo, devices = device_combo(train_box)
         self.device_info = QLabel(devices["text"], train_box)
         self.device_combo.setToolTip(devices["text"])
-        cells = ((tr("Epochs"), self.epochs_spin), (tr("Learning rate"), self.lr_spin),
-                 (tr("Batch size"), self.batch_spin), (tr("Validation"), self.val_spin),
-                 (tr("Patience"), self.patience_spin), (tr("Samples/epoch"), self.samples_spin),
-                 (tr("Time budget"), self.budget_spin), (tr("Device"), self.device_combo))
+        cells = (
+            (tr("Epochs"), self.epochs_spin),
+            (tr("Learning rate"), self.lr_spin),
+            (tr("Batch size"), self.batch_spin),
+            (tr("Validation"), self.val_spin),
+            (tr("Patience"), self.patience_spin),
+            (tr("Samples/epoch"), self.samples_spin),
+            (tr("Time budget"), self.budget_spin),
+            (tr("Device"), self.device_combo),
+        )
         for i, (label, widget) in enumerate(cells):
             grid.addWidget(QLabel(label, train_box), i // 2, (i % 2) * 2)
             grid.addWidget(widget, i // 2, (i % 2) * 2 + 1)
@@ -195,9 +251,11 @@ class FinetuneDialog(QDialog):
         self.results_table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.results_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
         self.results_table.horizontalHeader().setStretchLastSection(True)
-        self.results_table.setFixedHeight(self.results_table.horizontalHeader().sizeHint().height()
-                                          + 2 * self.results_table.verticalHeader().defaultSectionSize()
-                                          + 2 * self.results_table.frameWidth())
+        self.results_table.setFixedHeight(
+            self.results_table.horizontalHeader().sizeHint().height()
+            + 2 * self.results_table.verticalHeader().defaultSectionSize()
+            + 2 * self.results_table.frameWidth()
+        )
         self.results_info = QLabel(self.results_box)
         self.results_info.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         rlayout.addWidget(self.results_table)
@@ -214,8 +272,9 @@ class FinetuneDialog(QDialog):
         """Say, before starting, how long training may take: the budget and the per-epoch cost."""
         from .present import budget_text
 
-        self.budget_info.setText(budget_text(self.budget_spin.value(), self.samples_spin.value(),
-                                             self.epochs_spin.value()))
+        self.budget_info.setText(
+            budget_text(self.budget_spin.value(), self.samples_spin.value(), self.epochs_spin.value())
+        )
 
     def fill_models(self) -> None:
         """(Re)list the bundled model and the library's models, keeping the current choice."""
@@ -278,9 +337,22 @@ class FinetuneDialog(QDialog):
 
     def _update_enabled(self, *_: Any) -> None:
         idle = not self.running
-        for widget in (self.raster_combo, self.labels_combo, self.labels_selected, self.area_combo,
-                       self.model_combo, self.name_edit, self.epochs_spin, self.lr_spin, self.batch_spin,
-                       self.val_spin, self.patience_spin, self.samples_spin, self.budget_spin, self.device_combo):
+        for widget in (
+            self.raster_combo,
+            self.labels_combo,
+            self.labels_selected,
+            self.area_combo,
+            self.model_combo,
+            self.name_edit,
+            self.epochs_spin,
+            self.lr_spin,
+            self.batch_spin,
+            self.val_spin,
+            self.patience_spin,
+            self.samples_spin,
+            self.budget_spin,
+            self.device_combo,
+        ):
             widget.setEnabled(idle)
         self.area_layer_combo.setEnabled(idle and self.area_combo.currentData() != "labels")
         self.start_button.setEnabled(idle)
@@ -295,19 +367,33 @@ class FinetuneDialog(QDialog):
             raise RequestError(tr("Choose the polygon layer with the buildings (labels)."))
         selected_only = self.labels_selected.isChecked()
         if selected_only and labels.selectedFeatureCount() == 0:
-            raise RequestError(tr("No features are selected in layer '{name}'. Select the buildings to learn "
-                                  "from, or untick 'Selected features only'.").format(name=labels.name()))
+            raise RequestError(
+                tr(
+                    "No features are selected in layer '{name}'. Select the buildings to learn "
+                    "from, or untick 'Selected features only'."
+                ).format(name=labels.name())
+            )
         if not labels.crs().isValid():
-            raise RequestError(tr("Layer '{name}' has no coordinate reference system. Set it in Layer "
-                                  "Properties > Source.").format(name=labels.name()))
+            raise RequestError(
+                tr("Layer '{name}' has no coordinate reference system. Set it in Layer Properties > Source.").format(
+                    name=labels.name()
+                )
+            )
         notes = []
         if labels.crs() != raster.crs():
-            notes.append(tr("The labels ({labels_crs}) are reprojected to the raster's CRS ({raster_crs}).")
-                         .format(labels_crs=labels.crs().authid() or labels.crs().description(),
-                                 raster_crs=raster.crs().authid() or raster.crs().description()))
+            notes.append(
+                tr("The labels ({labels_crs}) are reprojected to the raster's CRS ({raster_crs}).").format(
+                    labels_crs=labels.crs().authid() or labels.crs().description(),
+                    raster_crs=raster.crs().authid() or raster.crs().description(),
+                )
+            )
         if labels_in_raster(labels, selected_only, raster) is False:
-            raise RequestError(tr("No polygon of layer '{labels}' lies inside raster '{raster}'. Check that the "
-                                  "buildings cover the orthophoto.").format(labels=labels.name(), raster=raster.name()))
+            raise RequestError(
+                tr(
+                    "No polygon of layer '{labels}' lies inside raster '{raster}'. Check that the "
+                    "buildings cover the orthophoto."
+                ).format(labels=labels.name(), raster=raster.name())
+            )
         return labels, selected_only, notes
 
     def build_request(self) -> FinetuneRequest:
@@ -338,13 +424,26 @@ class FinetuneDialog(QDialog):
             output = new_model_path(self.library_dir, name)
         except ModelLibraryError as exc:
             raise RequestError(str(exc)) from None
-        request = FinetuneRequest(raster.name(), dict(
-            raster_path=raster_path, labels_path="", output_path=output, name=name, base_model_path=model,
-            area_wkt=area, epochs=self.epochs_spin.value(), lr=self.lr_spin.value(),
-            batch_size=self.batch_spin.value(), val_fraction=self.val_spin.value() / 100.0,
-            patience=self.patience_spin.value(), samples_per_epoch=self.samples_spin.value() or None,
-            max_minutes=self.budget_spin.value() or None,
-            device=self.device_combo.currentData()), notes=notes)
+        request = FinetuneRequest(
+            raster.name(),
+            dict(
+                raster_path=raster_path,
+                labels_path="",
+                output_path=output,
+                name=name,
+                base_model_path=model,
+                area_wkt=area,
+                epochs=self.epochs_spin.value(),
+                lr=self.lr_spin.value(),
+                batch_size=self.batch_spin.value(),
+                val_fraction=self.val_spin.value() / 100.0,
+                patience=self.patience_spin.value(),
+                samples_per_epoch=self.samples_spin.value() or None,
+                max_minutes=self.budget_spin.value() or None,
+                device=self.device_combo.currentData(),
+            ),
+            notes=notes,
+        )
 
         def temp_dir() -> str:
             if request.temp_dir is None:
@@ -353,10 +452,12 @@ class FinetuneDialog(QDialog):
 
         try:
             request.options["labels_path"], request.options["labels_layer"], _ = label_source(
-                labels, selected_only, temp_dir)
+                labels, selected_only, temp_dir
+            )
         except Exception:
             if request.temp_dir:
                 import shutil
+
                 shutil.rmtree(request.temp_dir, ignore_errors=True)
             raise
         return request
@@ -403,10 +504,14 @@ class FinetuneDialog(QDialog):
         """One epoch's figures from the task (main thread): add a point to each curve."""
         row = info.get("row", {})
         self.chart.add_row(row, bool(info.get("improved")))
-        self.status_label.setText(tr("Epoch {epoch}: validation IoU {iou:.3f}, accuracy {acc:.3f}{best}").format(
-            epoch=row.get("epoch"), iou=float(row.get("val_iou", float("nan"))),
-            acc=float(row.get("val_accuracy", float("nan"))),
-            best=tr(" (best so far)") if info.get("improved") else ""))
+        self.status_label.setText(
+            tr("Epoch {epoch}: validation IoU {iou:.3f}, accuracy {acc:.3f}{best}").format(
+                epoch=row.get("epoch"),
+                iou=float(row.get("val_iou", float("nan"))),
+                acc=float(row.get("val_accuracy", float("nan"))),
+                best=tr(" (best so far)") if info.get("improved") else "",
+            )
+        )
 
     @pyqtSlot(float)
     def _on_progress(self, value: float) -> None:
@@ -420,8 +525,11 @@ class FinetuneDialog(QDialog):
         """Ask what a stop should do: True keep the best epoch, False discard, None go on training."""
         box = QMessageBox(QMessageBox.Question, tr("Stop fine-tuning?"), "", parent=self)
         if self.chart.rows:
-            box.setText(tr("Keep the best model so far (epoch {epoch}) in the library?").format(
-                epoch=self.chart.best_epoch or len(self.chart.rows)))
+            box.setText(
+                tr("Keep the best model so far (epoch {epoch}) in the library?").format(
+                    epoch=self.chart.best_epoch or len(self.chart.rows)
+                )
+            )
             keep = box.addButton(tr("Stop and keep it"), QMessageBox.YesRole)
             box.addButton(tr("Stop and discard it"), QMessageBox.DestructiveRole)
         else:
@@ -465,18 +573,28 @@ class FinetuneDialog(QDialog):
                 self.message(note, level)
             if result.model_path:
                 self.show_comparison(result.before, result.after)
-                stopped = {"early-stopping": tr("stopped early: validation IoU no longer improved"),
-                           "max-epochs": tr("all epochs run"), "cancelled": tr("stopped by you"),
-                           "time-budget": tr("time budget reached")}.get(result.stopped, result.stopped)
-                text = tr("Model '{name}' saved to the library after {epochs} ({stopped}); threshold {thr:.2f}. "
-                          "It is listed in Detect Buildings.").format(
-                    name=task.request.name, epochs=epochs_text(len(result.history)), stopped=stopped,
-                    thr=result.threshold)
-                self.status_label.setText(tr("Done: {epochs}, {stopped}.").format(
-                    epochs=epochs_text(len(result.history)), stopped=stopped))
+                stopped = {
+                    "early-stopping": tr("stopped early: validation IoU no longer improved"),
+                    "max-epochs": tr("all epochs run"),
+                    "cancelled": tr("stopped by you"),
+                    "time-budget": tr("time budget reached"),
+                }.get(result.stopped, result.stopped)
+                text = tr(
+                    "Model '{name}' saved to the library after {epochs} ({stopped}); threshold {thr:.2f}. "
+                    "It is listed in Detect Buildings."
+                ).format(
+                    name=task.request.name,
+                    epochs=epochs_text(len(result.history)),
+                    stopped=stopped,
+                    thr=result.threshold,
+                )
+                self.status_label.setText(
+                    tr("Done: {epochs}, {stopped}.").format(epochs=epochs_text(len(result.history)), stopped=stopped)
+                )
                 self.status_label.setToolTip(text)
-                self.results_info.setText(tr("Saved as {model} in the model library.").format(
-                    model=os.path.basename(result.model_path)))
+                self.results_info.setText(
+                    tr("Saved as {model} in the model library.").format(model=os.path.basename(result.model_path))
+                )
                 self.results_info.setToolTip("\n".join(p for p in (result.model_path, result.curves_path) if p))
                 self.bar.pushMessage(tr("Done"), text, level=Qgis.Success, duration=0)
                 notify(self.iface, text, Qgis.Success, 10)  # logs it too: once
@@ -503,8 +621,11 @@ class FinetuneDialog(QDialog):
         self.comparison = {"before": dict(before or {}), "after": dict(after or {})}
         for row, key in enumerate(("iou", "accuracy")):
             b, a = (before or {}).get(key), (after or {}).get(key)
-            cells = [f"{b:.3f}" if b is not None else "-", f"{a:.3f}" if a is not None else "-",
-                     f"{a - b:+.3f}" if a is not None and b is not None else "-"]
+            cells = [
+                f"{b:.3f}" if b is not None else "-",
+                f"{a:.3f}" if a is not None else "-",
+                f"{a - b:+.3f}" if a is not None and b is not None else "-",
+            ]
             for col, text in enumerate(cells):
                 self.results_table.setItem(row, col, QTableWidgetItem(text))
         self.results_box.setVisible(True)
@@ -514,8 +635,13 @@ class FinetuneDialog(QDialog):
         """Close: while training runs the dialog only hides; the task goes on."""
         if self.running and self.iface is not None:
             from .present import notify
-            notify(self.iface, tr("Fine-tuning goes on in the background; open Fine-tune Model… again to "
-                                  "follow it."), Qgis.Info, 5)
+
+            notify(
+                self.iface,
+                tr("Fine-tuning goes on in the background; open Fine-tune Model… again to follow it."),
+                Qgis.Info,
+                5,
+            )
         super().reject()
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
@@ -524,8 +650,9 @@ class FinetuneDialog(QDialog):
         super().showEvent(event)
 
 
-def show_finetune_dialog(iface: Any, dialog: Optional[FinetuneDialog] = None,
-                         tasks: Optional[Set[Any]] = None) -> Optional[FinetuneDialog]:
+def show_finetune_dialog(
+    iface: Any, dialog: Optional[FinetuneDialog] = None, tasks: Optional[Set[Any]] = None
+) -> Optional[FinetuneDialog]:
     """Plugin action: check the dependencies, then show (or bring back) the dialog; return it."""
     from .present import notify
 

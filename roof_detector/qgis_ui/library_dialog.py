@@ -16,16 +16,30 @@ from qgis.gui import QgsMessageBar
 from qgis.PyQt.QtCore import QUrl
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import (
-    QAbstractItemView, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QHeaderView, QInputDialog, QLabel,
-    QMessageBox, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QAbstractItemView,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QInputDialog,
+    QLabel,
+    QMessageBox,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
 
 from . import LOG_TAG, tr
 from ..qgis_adapter.paths import model_library_dir
 
 COLUMNS = ("Name", "Version", "GSD (m)", "Val. IoU", "File")
-TRUST_WARNING = tr("A model file is a program: it runs on this computer whenever it is used. Import and use "
-                   "models from trusted sources only. Models whose code reads or writes files are refused.")
+TRUST_WARNING = tr(
+    "A model file is a program: it runs on this computer whenever it is used. Import and use "
+    "models from trusted sources only. Models whose code reads or writes files are refused."
+)
 
 
 class ModelLibraryDialog(QDialog):
@@ -65,8 +79,7 @@ class ModelLibraryDialog(QDialog):
         self.export_button.clicked.connect(self.export_selected)
         self.folder_button.clicked.connect(self.open_folder)
         side = QVBoxLayout()
-        for b in (self.rename_button, self.delete_button, self.import_button, self.export_button,
-                  self.folder_button):
+        for b in (self.rename_button, self.delete_button, self.import_button, self.export_button, self.folder_button):
             side.addWidget(b)
         side.addStretch(1)
         middle = QHBoxLayout()
@@ -94,9 +107,13 @@ class ModelLibraryDialog(QDialog):
         self.entries = list_models(self.library_dir)
         self.table.setRowCount(len(self.entries))
         for row, e in enumerate(self.entries):
-            cells = [e.name if e.ok else tr("{name} (invalid)").format(name=e.name), e.version,
-                     f"{e.gsd_m:g}" if e.gsd_m is not None else "",
-                     f"{e.val_iou:.3f}" if e.val_iou is not None else "", e.file_name]
+            cells = [
+                e.name if e.ok else tr("{name} (invalid)").format(name=e.name),
+                e.version,
+                f"{e.gsd_m:g}" if e.gsd_m is not None else "",
+                f"{e.val_iou:.3f}" if e.val_iou is not None else "",
+                e.file_name,
+            ]
             for col, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setToolTip(e.error or e.path)
@@ -125,24 +142,34 @@ class ModelLibraryDialog(QDialog):
 
     # -- questions (tests answer them) --------------------------------------------
     def ask_new_name(self, entry: Any) -> Optional[str]:
-        text, ok = QInputDialog.getText(self, tr("Rename model"), tr("New name of '{name}':").format(
-            name=entry.name), text=entry.name)
+        text, ok = QInputDialog.getText(
+            self, tr("Rename model"), tr("New name of '{name}':").format(name=entry.name), text=entry.name
+        )
         return text.strip() if ok and text.strip() else None
 
     def confirm_delete(self, entry: Any) -> bool:
-        answer = QMessageBox.question(self, tr("Delete model?"), tr(
-            "Delete '{name}' ({file}) and its training curves from the library? This cannot be undone.").format(
-            name=entry.name, file=entry.file_name), QMessageBox.Yes | QMessageBox.No, QMessageBox.No)
+        answer = QMessageBox.question(
+            self,
+            tr("Delete model?"),
+            tr("Delete '{name}' ({file}) and its training curves from the library? This cannot be undone.").format(
+                name=entry.name, file=entry.file_name
+            ),
+            QMessageBox.Yes | QMessageBox.No,
+            QMessageBox.No,
+        )
         return answer == QMessageBox.Yes
 
     def ask_import_path(self) -> Optional[str]:
-        path, _ = QFileDialog.getOpenFileName(self, tr("Import a model (from a trusted source only: a model file "
-                                                       "is a program)"), "", tr("TorchScript model (*.pt)"))
+        path, _ = QFileDialog.getOpenFileName(
+            self,
+            tr("Import a model (from a trusted source only: a model file is a program)"),
+            "",
+            tr("TorchScript model (*.pt)"),
+        )
         return path or None
 
     def ask_export_path(self, entry: Any) -> Optional[str]:
-        path, _ = QFileDialog.getSaveFileName(self, tr("Export model"), entry.file_name,
-                                              tr("TorchScript model (*.pt)"))
+        path, _ = QFileDialog.getSaveFileName(self, tr("Export model"), entry.file_name, tr("TorchScript model (*.pt)"))
         return path or None
 
     # -- operations ------------------------------------------------------------
@@ -175,8 +202,9 @@ class ModelLibraryDialog(QDialog):
         name = self.ask_new_name(entry)
         if not name:
             return None
-        done, new = self._run(lambda: rename_model(entry.path, name),
-                              lambda path: tr("Renamed to {path}.").format(path=path))
+        done, new = self._run(
+            lambda: rename_model(entry.path, name), lambda path: tr("Renamed to {path}.").format(path=path)
+        )
         self.refresh(select_path=new)
         return new
 
@@ -186,8 +214,9 @@ class ModelLibraryDialog(QDialog):
         entry = self.selected_entry()
         if entry is None or not self.confirm_delete(entry):
             return False
-        done, _ = self._run(lambda: delete_model(entry.path),
-                            lambda removed: tr("Deleted {file}.").format(file=entry.file_name))
+        done, _ = self._run(
+            lambda: delete_model(entry.path), lambda removed: tr("Deleted {file}.").format(file=entry.file_name)
+        )
         self.refresh()
         return done
 
@@ -197,8 +226,9 @@ class ModelLibraryDialog(QDialog):
         source = self.ask_import_path()
         if not source:
             return None
-        done, new = self._run(lambda: import_model(source, self.library_dir),
-                              lambda path: tr("Imported as {path}.").format(path=path))
+        done, new = self._run(
+            lambda: import_model(source, self.library_dir), lambda path: tr("Imported as {path}.").format(path=path)
+        )
         self.refresh(select_path=new)
         return new
 
@@ -212,8 +242,10 @@ class ModelLibraryDialog(QDialog):
         if not target:
             return None
         # The file dialog has asked before replacing an existing file.
-        done, path = self._run(lambda: export_model_file(entry.path, target, overwrite=True),
-                               lambda path: tr("Exported to {path}.").format(path=path))
+        done, path = self._run(
+            lambda: export_model_file(entry.path, target, overwrite=True),
+            lambda path: tr("Exported to {path}.").format(path=path),
+        )
         return path
 
     def open_folder(self) -> None:

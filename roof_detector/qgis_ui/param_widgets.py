@@ -29,8 +29,9 @@ def configure(box: Spin, p: Param, scale: float = 1.0, suffix: str = "") -> Spin
     return box
 
 
-def declared_spin(parent: Any, group: str, name: str, scale: float = 1.0, suffix: str = "",
-                  integer: Optional[bool] = None) -> Spin:
+def declared_spin(
+    parent: Any, group: str, name: str, scale: float = 1.0, suffix: str = "", integer: Optional[bool] = None
+) -> Spin:
     """A new spin box for the declared parameter ``group.name`` (a QSpinBox for whole numbers)."""
     p = GROUPS[group][name]
     integer = p.kind is int if integer is None else integer

@@ -28,13 +28,16 @@ def describe_devices() -> Dict[str, Any]:
     except Exception:  # noqa: BLE001 - the plugin checks dependencies before; stay robust
         from ..qgis_adapter.deps import default_cpu_threads
 
-        return {"cuda": False, "text": tr("CPU with {n} threads (ONNX Runtime); a GPU needs PyTorch, which is not "
-                                          "installed: Plugins > Roof Detector > Check dependencies").format(
-            n=default_cpu_threads())}
+        return {
+            "cuda": False,
+            "text": tr(
+                "CPU with {n} threads (ONNX Runtime); a GPU needs PyTorch, which is not "
+                "installed: Plugins > Roof Detector > Check dependencies"
+            ).format(n=default_cpu_threads()),
+        }
     if torch.cuda.is_available():
         return {"cuda": True, "text": tr("GPU found: {name}").format(name=torch.cuda.get_device_name(0))}
-    return {"cuda": False, "text": tr("No CUDA GPU found; CPU with {n} threads").format(
-        n=torch.get_num_threads())}
+    return {"cuda": False, "text": tr("No CUDA GPU found; CPU with {n} threads").format(n=torch.get_num_threads())}
 
 
 def model_summary(path: Optional[str]) -> Dict[str, Any]:
@@ -43,12 +46,16 @@ def model_summary(path: Optional[str]) -> Dict[str, Any]:
         return {"ok": False, "text": tr("No model file chosen"), "threshold": None, "meta": None}
     try:
         from ..core.model_io import read_metadata
+
         meta = read_metadata(path)
     except Exception as exc:  # noqa: BLE001 - ModelError, or torch missing
         return {"ok": False, "text": str(exc), "threshold": None, "meta": None}
     text = tr("{name} {version}, {gsd} m/pixel, threshold {thr:.2f}").format(
-        name=meta.get("name", os.path.basename(path)), version=meta.get("version", ""),
-        gsd=meta.get("gsd_m"), thr=float(meta["threshold"]))
+        name=meta.get("name", os.path.basename(path)),
+        version=meta.get("version", ""),
+        gsd=meta.get("gsd_m"),
+        thr=float(meta["threshold"]),
+    )
     return {"ok": True, "text": text, "threshold": float(meta["threshold"]), "meta": meta}
 
 
@@ -103,5 +110,5 @@ def chosen_model_path(choice: Optional[str]) -> Optional[str]:
     """The model file behind a model combo's data: the library path, else the bundled model (None if absent)."""
     choice = choice or "bundled"
     if choice.startswith(LIBRARY_PREFIX):
-        return choice[len(LIBRARY_PREFIX):]
+        return choice[len(LIBRARY_PREFIX) :]
     return bundled_model_path()

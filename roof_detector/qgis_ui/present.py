@@ -60,20 +60,22 @@ def result_layer(task: Any) -> Optional[QgsVectorLayer]:
 
 def solar_summary(buildings: Sequence[Any]) -> str:
     """'40 panels, 16.0 kWp, 17,600 kWh/yr' from the buildings' solar attributes (core.report totals), or ''."""
-    rows = [dict(b.attributes, area_m2=b.area_m2) for b in buildings
-            if "kwp" in (getattr(b, "attributes", None) or {})]
+    rows = [dict(b.attributes, area_m2=b.area_m2) for b in buildings if "kwp" in (getattr(b, "attributes", None) or {})]
     if not rows:
         return ""
     from ..core.report import build_table, totals
 
     total = totals(build_table(rows))
     return tr("{panels} panels, {kwp} kWp, {kwh} kWh/yr").format(
-        panels=format_number(total["panels"]), kwp=format_number(total["kwp"], 1),
-        kwh=format_number(total["annual_kwh"]))
+        panels=format_number(total["panels"]),
+        kwp=format_number(total["kwp"], 1),
+        kwh=format_number(total["annual_kwh"]),
+    )
 
 
-def _push_summary(iface: Any, layer: QgsVectorLayer, text: str,
-                  on_report: Optional[Callable[[str], None]] = None) -> None:
+def _push_summary(
+    iface: Any, layer: QgsVectorLayer, text: str, on_report: Optional[Callable[[str], None]] = None
+) -> None:
     bar = iface.messageBar()
     widget = bar.createMessage(TITLE, text)
     button = QPushButton(tr("Open attribute table"), widget)
@@ -89,23 +91,27 @@ def _push_summary(iface: Any, layer: QgsVectorLayer, text: str,
     bar.pushWidget(widget, Qgis.Success, 15)
 
 
-def on_task_finished(iface: Any, task: Any, ok: bool,
-                     on_report: Optional[Callable[[str], None]] = None) -> Optional[QgsVectorLayer]:
+def on_task_finished(
+    iface: Any, task: Any, ok: bool, on_report: Optional[Callable[[str], None]] = None
+) -> Optional[QgsVectorLayer]:
     """Report a finished :class:`DetectTask`; on success add and style its layer and return it.
 
     ``on_report(layer_id)``, if given, is called by the message bar's "Report" button.
     """
     if not ok:
         if task.was_cancelled:
-            notify(iface, tr("Detection in '{name}' cancelled; nothing was written.")
-                   .format(name=task.request.raster_name), Qgis.Info, 5)
+            notify(
+                iface,
+                tr("Detection in '{name}' cancelled; nothing was written.").format(name=task.request.raster_name),
+                Qgis.Info,
+                5,
+            )
         else:
             notify(iface, task.error or tr("Detection failed for an unknown reason."), Qgis.Critical)
         return None
     layer = result_layer(task)
     if layer is None or not layer.isValid():
-        notify(iface, tr("The result layer could not be opened ({uri}).").format(uri=task.output_uri),
-               Qgis.Critical)
+        notify(iface, tr("The result layer could not be opened ({uri}).").format(uri=task.output_uri), Qgis.Critical)
         return None
     apply_style(layer)
     reused = None
@@ -124,7 +130,8 @@ def on_task_finished(iface: Any, task: Any, ok: bool,
     count, area = summary(task.result.buildings)
     seconds = float(getattr(task.result, "seconds", 0.0) or task.seconds)
     text = tr("{count} buildings, total roof area {area}, in {seconds:.1f} s.").format(
-        count=count, area=format_area(area), seconds=seconds)
+        count=count, area=format_area(area), seconds=seconds
+    )
     solar = solar_summary(task.result.buildings)
     if solar:
         text += " " + tr("Rooftop solar: {summary}.").format(summary=solar)
@@ -142,9 +149,20 @@ def budget_text(budget_min: float, samples_per_epoch: int, epochs: int) -> str:
     """The fine-tune dialog's line on how long training may take (0 = no budget / automatic crops)."""
     from ..core.training.finetune import SECONDS_PER_SAMPLE
 
-    per_epoch = (tr("{n} crops per epoch, about {s:.0f} s each on 2 CPU cores").format(
-        n=samples_per_epoch, s=samples_per_epoch * SECONDS_PER_SAMPLE["cpu"]) if samples_per_epoch else
-        tr("crops per epoch scaled to the labelled area (96 to 480: about 10 to 50 s each on 2 CPU cores)"))
-    return ((tr("Time budget: at most {m:g} min, then the best epoch is kept").format(m=budget_min) if budget_min
-             else tr("No time budget: up to {e} epochs").format(e=epochs))
-            + "; " + per_epoch + tr(". The plan for your area is shown when training starts."))
+    per_epoch = (
+        tr("{n} crops per epoch, about {s:.0f} s each on 2 CPU cores").format(
+            n=samples_per_epoch, s=samples_per_epoch * SECONDS_PER_SAMPLE["cpu"]
+        )
+        if samples_per_epoch
+        else tr("crops per epoch scaled to the labelled area (96 to 480: about 10 to 50 s each on 2 CPU cores)")
+    )
+    return (
+        (
+            tr("Time budget: at most {m:g} min, then the best epoch is kept").format(m=budget_min)
+            if budget_min
+            else tr("No time budget: up to {e} epochs").format(e=epochs)
+        )
+        + "; "
+        + per_epoch
+        + tr(". The plan for your area is shown when training starts.")
+    )

@@ -30,7 +30,14 @@ from qgis.core import (
 from qgis.gui import QgsMessageBar
 from qgis.PyQt.QtGui import QPageSize, QPdfWriter, QTextDocument
 from qgis.PyQt.QtWidgets import (
-    QDialog, QDialogButtonBox, QFileDialog, QLabel, QProgressBar, QPushButton, QTextBrowser, QVBoxLayout,
+    QDialog,
+    QDialogButtonBox,
+    QFileDialog,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTextBrowser,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -62,11 +69,16 @@ def check_layer(layer: Any) -> QgsVectorLayer:
     if layer is None:
         raise ReportError(tr("Select a polygon layer of buildings in the Layers panel first."))
     if not is_polygon_layer(layer):
-        raise ReportError(tr("Layer '{name}' is not a polygon layer; select a layer of building outlines.")
-                          .format(name=layer.name()))
+        raise ReportError(
+            tr("Layer '{name}' is not a polygon layer; select a layer of building outlines.").format(name=layer.name())
+        )
     if not has_solar_fields(layer) and not layer.crs().isValid():
-        raise ReportError(tr("Layer '{name}' has no coordinate reference system, so its roofs cannot be "
-                             "measured. Set it in Layer Properties > Source.").format(name=layer.name()))
+        raise ReportError(
+            tr(
+                "Layer '{name}' has no coordinate reference system, so its roofs cannot be "
+                "measured. Set it in Layer Properties > Source."
+            ).format(name=layer.name())
+        )
     return layer
 
 
@@ -79,9 +91,15 @@ class ReportDialog(QDialog):
     unloading the plugin cancels a running one).
     """
 
-    def __init__(self, layer: QgsVectorLayer, solar_kwargs: Optional[Dict[str, Any]] = None,
-                 parent: Optional[QWidget] = None, described_params: Optional[Dict[str, Any]] = None,
-                 tasks: Optional[Set[Any]] = None, task_manager: Any = None):
+    def __init__(
+        self,
+        layer: QgsVectorLayer,
+        solar_kwargs: Optional[Dict[str, Any]] = None,
+        parent: Optional[QWidget] = None,
+        described_params: Optional[Dict[str, Any]] = None,
+        tasks: Optional[Set[Any]] = None,
+        task_manager: Any = None,
+    ):
         super().__init__(parent)
         self.layer = check_layer(layer)
         self.layer_name = layer.name()
@@ -114,8 +132,7 @@ class ReportDialog(QDialog):
         self.buttons = QDialogButtonBox(QDialogButtonBox.Close, self)
         self.export_buttons: Dict[str, QPushButton] = {}
         for kind, (label, _) in EXPORTS.items():
-            button = self.buttons.addButton(tr("Export {format}…").format(format=label),
-                                            QDialogButtonBox.ActionRole)
+            button = self.buttons.addButton(tr("Export {format}…").format(format=label), QDialogButtonBox.ActionRole)
             button.clicked.connect(lambda *_, k=kind: self.export(k))
             button.setEnabled(False)
             self.export_buttons[kind] = button
@@ -133,12 +150,17 @@ class ReportDialog(QDialog):
         solar = None if has_solar_fields(self.layer) else self.solar_kwargs
         count = self.layer.featureCount()
         if solar is None:
-            self.status_label.setText(tr("Figures read from the solar fields of layer '{name}'.")
-                                      .format(name=self.layer_name))
+            self.status_label.setText(
+                tr("Figures read from the solar fields of layer '{name}'.").format(name=self.layer_name)
+            )
         else:
-            self.status_label.setText(tr("Layer '{name}' has no solar fields: its roofs are sized with the "
-                                         "solar parameters of the Detect Buildings dialog (the layer is not "
-                                         "changed).").format(name=self.layer_name))
+            self.status_label.setText(
+                tr(
+                    "Layer '{name}' has no solar fields: its roofs are sized with the "
+                    "solar parameters of the Detect Buildings dialog (the layer is not "
+                    "changed)."
+                ).format(name=self.layer_name)
+            )
         if count > TASK_THRESHOLD:
             task = RowsTask(self.layer, solar, on_finished=self._task_finished)
             task.progressChanged.connect(lambda value: self.progress.setValue(int(value)))
@@ -205,27 +227,43 @@ class ReportDialog(QDialog):
         shown = self.table[:SHOWN_ROWS]
         html = self.html(shown)
         if len(shown) < len(self.table):
-            self.status_label.setText(self.status_label.text() + " " + tr(
-                "The table below lists the first {shown} of {count} buildings; the exports hold all of them.")
-                .format(shown=len(shown), count=len(self.table)))
+            self.status_label.setText(
+                self.status_label.text()
+                + " "
+                + tr(
+                    "The table below lists the first {shown} of {count} buildings; the exports hold all of them."
+                ).format(shown=len(shown), count=len(self.table))
+            )
         if data.skipped:
-            self.bar.pushMessage(tr("Rooftop Report"), tr("{n} features without a polygon were left out.")
-                                 .format(n=data.skipped), level=Qgis.Warning, duration=0)
+            self.bar.pushMessage(
+                tr("Rooftop Report"),
+                tr("{n} features without a polygon were left out.").format(n=data.skipped),
+                level=Qgis.Warning,
+                duration=0,
+            )
         self.browser.setHtml(html)
         for button in self.export_buttons.values():
             button.setEnabled(True)
         QgsMessageLog.logMessage(
             tr("Rooftop report of '{name}': {n} buildings, {kwp} kWp, {kwh} kWh/yr").format(
-                name=self.layer_name, n=self.totals["buildings"], kwp=self.totals["kwp"],
-                kwh=self.totals["annual_kwh"]), LOG_TAG, Qgis.Info)
+                name=self.layer_name, n=self.totals["buildings"], kwp=self.totals["kwp"], kwh=self.totals["annual_kwh"]
+            ),
+            LOG_TAG,
+            Qgis.Info,
+        )
 
     def html(self, table: Optional[List[Dict[str, Any]]] = None) -> str:
         """The report page (core.report.render_html) for ``table`` (default: all rows)."""
         from ..core.report import render_html
 
-        return render_html(self.table if table is None else table, self.totals, self.png,
-                           title=tr("Rooftop solar report"), params=self.report_params(),
-                           source=self.source)
+        return render_html(
+            self.table if table is None else table,
+            self.totals,
+            self.png,
+            title=tr("Rooftop solar report"),
+            params=self.report_params(),
+            source=self.source,
+        )
 
     # -- exporting -----------------------------------------------------------
     def default_path(self, kind: str) -> str:
@@ -236,8 +274,12 @@ class ReportDialog(QDialog):
     def ask_save_path(self, kind: str) -> str:
         """Ask where to write the ``kind`` export ("" when the user cancels)."""
         label, pattern = EXPORTS[kind]
-        path, _ = QFileDialog.getSaveFileName(self, tr("Export the report as {format}").format(format=label),
-                                              self.default_path(kind), f"{label} ({pattern})")
+        path, _ = QFileDialog.getSaveFileName(
+            self,
+            tr("Export the report as {format}").format(format=label),
+            self.default_path(kind),
+            f"{label} ({pattern})",
+        )
         return path
 
     def export(self, kind: str, path: Optional[str] = None) -> Optional[str]:
@@ -295,9 +337,14 @@ class ReportDialog(QDialog):
         super().closeEvent(event)
 
 
-def show_report(iface: Any, layer: Any, solar_kwargs: Optional[Dict[str, Any]] = None,
-                described_params: Optional[Dict[str, Any]] = None, tasks: Optional[Set[Any]] = None,
-                previous: Optional[ReportDialog] = None) -> Optional[ReportDialog]:
+def show_report(
+    iface: Any,
+    layer: Any,
+    solar_kwargs: Optional[Dict[str, Any]] = None,
+    described_params: Optional[Dict[str, Any]] = None,
+    tasks: Optional[Set[Any]] = None,
+    previous: Optional[ReportDialog] = None,
+) -> Optional[ReportDialog]:
     """Plugin action: show the report dialog of ``layer`` (non-modal, replacing ``previous``) and return it;
     or say why not in the message bar and return None."""
     from ..qgis_adapter.deps import dependency_problem

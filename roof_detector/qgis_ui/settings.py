@@ -37,35 +37,38 @@ def _declared(key: str) -> Param:
 
 # key -> (default, type); declared parameters take theirs from core.params.
 DEFAULTS = {
-    "area_mode": ("layer", str),          # layer | extent | selection
+    "area_mode": ("layer", str),  # layer | extent | selection
     "aoi_layer_id": ("", str),
-    "model_choice": ("bundled", str),     # bundled | library:<path> | file
+    "model_choice": ("bundled", str),  # bundled | library:<path> | file
     "model_file": ("", str),
     "threshold_override": (False, bool),
-    "threshold": (0.5, float),            # the spin box's value when custom (declared default: the model's)
-    "output_mode": ("memory", str),       # memory | gpkg
+    "threshold": (0.5, float),  # the spin box's value when custom (declared default: the model's)
+    "output_mode": ("memory", str),  # memory | gpkg
     "gpkg_path": ("", str),
     "gpkg_layer": ("buildings", str),
     # The Rooftop Report sizes layers without solar fields with the solar choices.
     "solar_yield_from_latitude": (True, bool),
-    "solar_yield": (1100.0, float),       # kWh/kWp/yr, used when not estimated from latitude
+    "solar_yield": (1100.0, float),  # kWh/kWp/yr, used when not estimated from latitude
     "solar_group_collapsed": (True, bool),
-    "report_dir": ("", str),              # last folder the Rooftop Report exported to
+    "report_dir": ("", str),  # last folder the Rooftop Report exported to
     # Run on: this computer or a Roof Detector server (the token lives in QGIS's auth database)
-    "run_on": ("local", str),             # local | server
+    "run_on": ("local", str),  # local | server
     "server_url": ("http://127.0.0.1:8000", str),
-    "server_authcfg": ("", str),          # id of the token's QgsAuthMethodConfig
+    "server_authcfg": ("", str),  # id of the token's QgsAuthMethodConfig
     # Fine-tune Model dialog
-    "ft_area_mode": ("labels", str),      # labels | layer | selection
-    "ft_base_model": ("bundled", str),    # bundled | library:<path>
-    "ft_val_percent": (20, int),          # val_fraction in percent
-    "ft_samples_per_epoch": (0, int),     # 0 = the engine's default (scaled to the labelled area)
+    "ft_area_mode": ("labels", str),  # labels | layer | selection
+    "ft_base_model": ("bundled", str),  # bundled | library:<path>
+    "ft_val_percent": (20, int),  # val_fraction in percent
+    "ft_samples_per_epoch": (0, int),  # 0 = the engine's default (scaled to the labelled area)
     "ft_device": ("auto", str),
 }
 DEFAULTS.update({key: (_declared(key).default, _declared(key).kind) for key in DECLARED})
 #: Stored numbers that are not declared parameters but hold one: checked against its range.
-_RANGE_OF = {"threshold": ("detect", "threshold"), "solar_yield": ("solar", "specific_yield_kwh_per_kwp"),
-             "ft_val_percent": ("finetune", "val_fraction")}
+_RANGE_OF = {
+    "threshold": ("detect", "threshold"),
+    "solar_yield": ("solar", "specific_yield_kwh_per_kwp"),
+    "ft_val_percent": ("finetune", "val_fraction"),
+}
 
 
 def get(key: str) -> Any:
@@ -116,6 +119,10 @@ def clear() -> None:
 
 def solar_kwargs() -> dict:
     """The remembered solar sizing choices as keyword arguments of ``core.solar.SolarParams``."""
-    return dict(setback_m=get("solar_setback_m"), usable_fraction=get("solar_usable_fraction"),
-                panel_area_m2=get("solar_panel_area_m2"), panel_wp=get("solar_panel_wp"),
-                specific_yield_kwh_per_kwp=None if get("solar_yield_from_latitude") else get("solar_yield"))
+    return dict(
+        setback_m=get("solar_setback_m"),
+        usable_fraction=get("solar_usable_fraction"),
+        panel_area_m2=get("solar_panel_area_m2"),
+        panel_wp=get("solar_panel_wp"),
+        specific_yield_kwh_per_kwp=None if get("solar_yield_from_latitude") else get("solar_yield"),
+    )

@@ -11,21 +11,23 @@ from qgis.core import QgsFillSymbol, QgsSingleSymbolRenderer, QgsVectorLayer
 from ..qgis_adapter.paths import resource_path
 
 QML_NAME = "buildings.qml"
-FILL_RGBA = "255,140,0,80"      # orange, ~30 % opaque: the roof stays visible
+FILL_RGBA = "255,140,0,80"  # orange, ~30 % opaque: the roof stays visible
 OUTLINE_RGBA = "255,90,0,255"
 OUTLINE_WIDTH_MM = "0.6"
 
 
 def default_symbol() -> QgsFillSymbol:
     """The built-in building symbol."""
-    return QgsFillSymbol.createSimple({
-        "color": FILL_RGBA,
-        "style": "solid",
-        "outline_color": OUTLINE_RGBA,
-        "outline_width": OUTLINE_WIDTH_MM,
-        "outline_width_unit": "MM",
-        "joinstyle": "miter",
-    })
+    return QgsFillSymbol.createSimple(
+        {
+            "color": FILL_RGBA,
+            "style": "solid",
+            "outline_color": OUTLINE_RGBA,
+            "outline_width": OUTLINE_WIDTH_MM,
+            "outline_width_unit": "MM",
+            "joinstyle": "miter",
+        }
+    )
 
 
 def apply_style(layer: QgsVectorLayer) -> None:

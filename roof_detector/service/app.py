@@ -37,7 +37,7 @@ class ServiceConfig:
     """How the service runs (the ``serve`` command's options)."""
 
     data_dir: str
-    model: Any                          # the engine's LoadedModel, loaded once
+    model: Any  # the engine's LoadedModel, loaded once
     model_path: str = ""
     batch_size: Optional[int] = None
     max_upload_mb: float = 512.0
@@ -104,13 +104,28 @@ def _route_label(path: str) -> str:
 _DETECTION_BODY = {
     "required": True,
     "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["raster"], "properties": {
-            "raster": {"type": "string", "format": "binary", "description": "the orthophoto (GeoTIFF...)"},
-            "options": {"type": "string", "description": "JSON object of detect options"},
-            "aoi": {"type": "string", "description": "area of interest, GeoJSON in EPSG:4326"}}}},
-        "application/json": {"schema": {"type": "object", "required": ["raster"], "properties": {
-            "raster": {"type": "string", "description": "path of a raster under the server's --data-dir"},
-            "options": {"type": "object"}, "aoi": {"type": "object"}}}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["raster"],
+                "properties": {
+                    "raster": {"type": "string", "format": "binary", "description": "the orthophoto (GeoTIFF...)"},
+                    "options": {"type": "string", "description": "JSON object of detect options"},
+                    "aoi": {"type": "string", "description": "area of interest, GeoJSON in EPSG:4326"},
+                },
+            }
+        },
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["raster"],
+                "properties": {
+                    "raster": {"type": "string", "description": "path of a raster under the server's --data-dir"},
+                    "options": {"type": "object"},
+                    "aoi": {"type": "object"},
+                },
+            }
+        },
     },
 }
 
@@ -119,8 +134,13 @@ def create_app(config: ServiceConfig) -> FastAPI:
     """The service for ``config`` (the job runner starts with it and stops at shutdown)."""
     store = JobStore(config.data_dir)
     model = config.model
-    runner = JobRunner(store, lambda job, progress, cancelled: run_detection(
-        job, store.job_dir(job.id), model, config.batch_size, progress, cancelled), config.max_queued)
+    runner = JobRunner(
+        store,
+        lambda job, progress, cancelled: run_detection(
+            job, store.job_dir(job.id), model, config.batch_size, progress, cancelled
+        ),
+        config.max_queued,
+    )
     max_bytes = int(config.max_upload_mb * 2**20)
     tokens = list(config.tokens or [])
     detect_keys = ", ".join(detect_option_names())
@@ -132,9 +152,13 @@ def create_app(config: ServiceConfig) -> FastAPI:
         yield
         runner.stop()
 
-    app = FastAPI(title="Roof Detector", version=__version__, lifespan=lifespan,
-                  description="Building footprints and rooftop solar sizing from orthophotos. Detection options "
-                              f"(key: the `detect` command's long option): {detect_keys}.")
+    app = FastAPI(
+        title="Roof Detector",
+        version=__version__,
+        lifespan=lifespan,
+        description="Building footprints and rooftop solar sizing from orthophotos. Detection options "
+        f"(key: the `detect` command's long option): {detect_keys}.",
+    )
     app.state.store, app.state.runner = store, runner
 
     async def caller(request: Request) -> str:
@@ -145,8 +169,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens):
-            raise HTTPException(401, "Missing or wrong bearer token (Authorization: Bearer <token>)",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "Missing or wrong bearer token (Authorization: Bearer <token>)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return owner_of(token)
 
     def own_job(job_id: str, owner: str):
@@ -159,21 +186,40 @@ def create_app(config: ServiceConfig) -> FastAPI:
     @app.get("/health")
     async def health() -> Dict[str, Any]:
         """Liveness: model, device, queue; needs no token."""
-        return {"status": "ok", "version": __version__, "api": API_VERSION, "model_loaded": model is not None,
-                "model": f"{model.metadata.get('name', '?')} {model.metadata.get('version', '')}".strip(),
-                "device": str(model.device), "queue_length": runner.queue_length,
-                "running": runner.running is not None, "max_queued": runner.max_queued}
+        return {
+            "status": "ok",
+            "version": __version__,
+            "api": API_VERSION,
+            "model_loaded": model is not None,
+            "model": f"{model.metadata.get('name', '?')} {model.metadata.get('version', '')}".strip(),
+            "device": str(model.device),
+            "queue_length": runner.queue_length,
+            "running": runner.running is not None,
+            "max_queued": runner.max_queued,
+        }
 
     @app.get(f"/{API_VERSION}/models")
     def models(owner: str = Depends(caller)) -> Dict[str, Any]:
         """The model this server detects with."""
         meta = model.metadata
         keys = ("name", "version", "gsd_m", "tile_size_px", "overlap_px", "threshold", "bands")
-        return {"models": [{**{k: meta.get(k) for k in keys}, "file": os.path.basename(config.model_path),
-                            "device": str(model.device), "default": True}]}
+        return {
+            "models": [
+                {
+                    **{k: meta.get(k) for k in keys},
+                    "file": os.path.basename(config.model_path),
+                    "device": str(model.device),
+                    "default": True,
+                }
+            ]
+        }
 
-    @app.post(f"/{API_VERSION}/detections", status_code=202, openapi_extra={"requestBody": _DETECTION_BODY},
-              responses={202: {"description": "queued; Location names the job"}, 413: {}, 422: {}, 429: {}})
+    @app.post(
+        f"/{API_VERSION}/detections",
+        status_code=202,
+        openapi_extra={"requestBody": _DETECTION_BODY},
+        responses={202: {"description": "queued; Location names the job"}, 413: {}, 422: {}, 429: {}},
+    )
     async def create_detection(request: Request, owner: str = Depends(caller)):
         """Queue a detection of an uploaded raster (multipart) or of a raster under the data dir (JSON)."""
         try:
@@ -186,8 +232,11 @@ def create_app(config: ServiceConfig) -> FastAPI:
             if content_type.startswith("multipart/form-data"):
                 length = request.headers.get("content-length")
                 if length and length.isdigit() and int(length) > max_bytes + (1 << 20):
-                    raise UploadError(413, f"The request is larger than this server's limit of "
-                                           f"{config.max_upload_mb:g} MiB (--max-upload-mb)")
+                    raise UploadError(
+                        413,
+                        f"The request is larger than this server's limit of "
+                        f"{config.max_upload_mb:g} MiB (--max-upload-mb)",
+                    )
                 upload = await receive_multipart(request.stream(), content_type, store.uploads_dir, max_bytes)
                 options = _json_field(upload.fields.get("options"), "options")
                 aoi = _json_field(upload.fields.get("aoi"), "aoi")
@@ -198,12 +247,22 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 input_name = str(body.get("raster") or "")
                 raster_path = _data_dir_path(store, input_name)
             else:
-                raise UploadError(415, "Send the raster as multipart/form-data (field 'raster') or a JSON body "
-                                       "{\"raster\": \"path under the data dir\"}")
+                raise UploadError(
+                    415,
+                    "Send the raster as multipart/form-data (field 'raster') or a JSON body "
+                    '{"raster": "path under the data dir"}',
+                )
             # Off the event loop (GDAL reads, fsync), so status calls are answered meanwhile.
             await run_in_threadpool(_check_input, raster_path, input_name, options, aoi, upload is not None)
-            job = await run_in_threadpool(store.create, owner, input_name, options or {}, aoi,
-                                          upload.path if upload else None, None if upload else raster_path)
+            job = await run_in_threadpool(
+                store.create,
+                owner,
+                input_name,
+                options or {},
+                aoi,
+                upload.path if upload else None,
+                None if upload else raster_path,
+            )
         except (UploadError, OptionsError) as exc:
             if upload is not None:
                 upload.discard()
@@ -232,16 +291,25 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return own_job(job_id, owner).public()
 
     @app.get(f"/{API_VERSION}/detections/{{job_id}}/buildings")
-    def get_buildings(job_id: str, format: str = Query("geojson", pattern="^(geojson|gpkg)$"),  # noqa: A002 - the API's name
-                      owner: str = Depends(caller)):
+    def get_buildings(
+        job_id: str,
+        format: str = Query("geojson", pattern="^(geojson|gpkg)$"),  # noqa: A002 - the API's name
+        owner: str = Depends(caller),
+    ):
         """The buildings: GeoJSON (EPSG:4326, RFC 7946) or GeoPackage (the raster's CRS), fields as `detect`."""
         job = own_job(job_id, owner)
         if job.state != "done":
-            return _error(409, f"Detection {job_id} is {job.state}; buildings exist only once it is done"
-                          + (f" ({job.error})" if job.error else ""))
+            return _error(
+                409,
+                f"Detection {job_id} is {job.state}; buildings exist only once it is done"
+                + (f" ({job.error})" if job.error else ""),
+            )
         if format == "gpkg":
-            return FileResponse(os.path.join(store.job_dir(job.id), RESULT_GPKG),
-                                media_type="application/geopackage+sqlite3", filename=f"buildings-{job.id}.gpkg")
+            return FileResponse(
+                os.path.join(store.job_dir(job.id), RESULT_GPKG),
+                media_type="application/geopackage+sqlite3",
+                filename=f"buildings-{job.id}.gpkg",
+            )
         return FileResponse(os.path.join(store.job_dir(job.id), RESULT_GEOJSON), media_type="application/geo+json")
 
     @app.delete(f"/{API_VERSION}/detections/{{job_id}}", responses={202: {}, 204: {}})
@@ -254,16 +322,20 @@ def create_app(config: ServiceConfig) -> FastAPI:
         runner.cancel(job)
         return JSONResponse(job.public(), status_code=202)
 
-    @app.post(f"/{API_VERSION}/solar", description=(
-        "GeoJSON polygons in (EPSG:4326), the same polygons with the solar fields out (synchronous). Body: a "
-        "FeatureCollection, or {\"buildings\": FeatureCollection, \"options\": {...}} with the `solar` command's "
-        "options: " + ", ".join(solar_option_names())))
+    @app.post(
+        f"/{API_VERSION}/solar",
+        description=(
+            "GeoJSON polygons in (EPSG:4326), the same polygons with the solar fields out (synchronous). Body: a "
+            'FeatureCollection, or {"buildings": FeatureCollection, "options": {...}} with the `solar` command\'s '
+            "options: " + ", ".join(solar_option_names())
+        ),
+    )
     async def solar(request: Request, owner: str = Depends(caller)):
         """Solar sizing of posted polygons (see the route's description)."""
         body = await _json_body(request, max_bytes)
         collection, options = (body.get("buildings"), body.get("options")) if "buildings" in body else (body, None)
         if not isinstance(collection, dict) or collection.get("type") != "FeatureCollection":
-            return _error(422, "The body must be a GeoJSON FeatureCollection (or {\"buildings\": ..., \"options\": ...})")
+            return _error(422, 'The body must be a GeoJSON FeatureCollection (or {"buildings": ..., "options": ...})')
         try:
             return await run_in_threadpool(size_geojson, collection, options, store.uploads_dir)
         except OptionsError as exc:
@@ -284,9 +356,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
         lines.append("# TYPE roof_detector_jobs gauge")
         for state, n in sorted(store.counts().items()):
             lines.append(f'roof_detector_jobs{{state="{state}"}} {n}')
-        lines += ["# TYPE roof_detector_queue_length gauge", f"roof_detector_queue_length {runner.queue_length}",
-                  "# TYPE roof_detector_job_running gauge",
-                  f"roof_detector_job_running {int(runner.running is not None)}"]
+        lines += [
+            "# TYPE roof_detector_queue_length gauge",
+            f"roof_detector_queue_length {runner.queue_length}",
+            "# TYPE roof_detector_job_running gauge",
+            f"roof_detector_job_running {int(runner.running is not None)}",
+        ]
         return "\n".join(lines) + "\n"
 
     app.add_middleware(RequestLog, counts=request_counts)
@@ -329,7 +404,7 @@ async def _json_body(request: Request, limit: int) -> Dict[str, Any]:
 def _data_dir_path(store: JobStore, name: str) -> str:
     """The real path of a raster named relative to the data dir; 403 when it leads outside it."""
     if not name:
-        raise UploadError(422, "The JSON body needs \"raster\": a path relative to the server's data dir")
+        raise UploadError(422, 'The JSON body needs "raster": a path relative to the server\'s data dir')
     if "://" in name or name.startswith("/vsi"):
         raise UploadError(403, "This server reads only rasters under its data dir (no URLs)")
     root = store.data_dir

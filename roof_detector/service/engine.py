@@ -30,8 +30,13 @@ def gpkg_to_geojson(gpkg_path: str, geojson_path: str, layer: Optional[str] = No
 
     tmp = f"{geojson_path}.{uuid.uuid4().hex}.tmp"
     try:
-        ds = gdal.VectorTranslate(tmp, gpkg_path, format="GeoJSON", layers=[layer] if layer else None,
-                                  layerCreationOptions=["RFC7946=YES", "WRITE_NAME=NO"])
+        ds = gdal.VectorTranslate(
+            tmp,
+            gpkg_path,
+            format="GeoJSON",
+            layers=[layer] if layer else None,
+            layerCreationOptions=["RFC7946=YES", "WRITE_NAME=NO"],
+        )
         if ds is None:
             raise OutputError(f"Could not write GeoJSON from {os.path.basename(gpkg_path)}")
         ds = None
@@ -52,8 +57,14 @@ def raster_crs_wkt(path: str) -> str:
         source.close()
 
 
-def run_detection(job: Job, job_dir: str, model: Any, batch_size: Optional[int],
-                  progress: Callable[[float, str], None], is_cancelled: Callable[[], bool]) -> Dict[str, Any]:
+def run_detection(
+    job: Job,
+    job_dir: str,
+    model: Any,
+    batch_size: Optional[int],
+    progress: Callable[[float, str], None],
+    is_cancelled: Callable[[], bool],
+) -> Dict[str, Any]:
     """Detect buildings for ``job`` and write its results; return the fields to record on the job."""
     from ..core.gpkg_writer import write_buildings
     from ..core.pipeline import detect_buildings
@@ -67,9 +78,13 @@ def run_detection(job: Job, job_dir: str, model: Any, batch_size: Optional[int],
     gpkg = os.path.join(job_dir, RESULT_GPKG)
     write_buildings(result.buildings, gpkg, result.crs_wkt, layer=RESULT_LAYER, metadata=result.provenance(options))
     gpkg_to_geojson(gpkg, os.path.join(job_dir, RESULT_GEOJSON), RESULT_LAYER)
-    return {"buildings": len(result.buildings), "total_area_m2": round(result.total_area_m2, 3),
-            "warnings": list(result.warnings), "timings_s": dict(result.stats.get("timings_s", {})),
-            "message": f"{len(result.buildings)} buildings"}
+    return {
+        "buildings": len(result.buildings),
+        "total_area_m2": round(result.total_area_m2, 3),
+        "warnings": list(result.warnings),
+        "timings_s": dict(result.stats.get("timings_s", {})),
+        "message": f"{len(result.buildings)} buildings",
+    }
 
 
 def size_geojson(collection: Any, options: Optional[Dict[str, Any]], work_dir: str) -> Dict[str, Any]:
@@ -94,8 +109,13 @@ def size_geojson(collection: Any, options: Optional[Dict[str, Any]], work_dir: s
             buildings, _, _ = size_layer(layer, params, regularize, tolerance)
         except RoofDetectorError as exc:  # name the posted document, not a server path
             raise type(exc)(str(exc).replace(paths[0], "the posted GeoJSON")) from None
-        write_buildings(buildings, paths[1], layer.crs_wkt, layer="rooftops",
-                        metadata={"solar_params": json.dumps(params.as_dict())})
+        write_buildings(
+            buildings,
+            paths[1],
+            layer.crs_wkt,
+            layer="rooftops",
+            metadata={"solar_params": json.dumps(params.as_dict())},
+        )
         gpkg_to_geojson(paths[1], paths[2], "rooftops")
         with open(paths[2], encoding="utf-8") as f:
             return json.load(f)

@@ -33,8 +33,9 @@ log = logging.getLogger("roof_detector.service")
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINAL_STATES = (DONE, FAILED, CANCELLED)
-INTERRUPTED = ("Interrupted: the server stopped while this job was {state}; nothing was lost but this job, "
-               "submit it again")
+INTERRUPTED = (
+    "Interrupted: the server stopped while this job was {state}; nothing was lost but this job, submit it again"
+)
 # A running job's record is rewritten at most this often for progress (state changes always).
 _SAVE_PROGRESS_EVERY_S = 1.0
 
@@ -52,11 +53,11 @@ class Job:
     """One detection request and what became of it (the JSON record)."""
 
     id: str
-    owner: str                       # a hash of the caller's token ("" without tokens)
-    input_name: str                  # the uploaded file's name or the data-dir path, as the client gave it
-    raster_path: str                 # what the engine reads
-    options: Dict[str, Any] = field(default_factory=dict)   # the request's options, as given
-    aoi: Optional[Any] = None        # GeoJSON (EPSG:4326), as given
+    owner: str  # a hash of the caller's token ("" without tokens)
+    input_name: str  # the uploaded file's name or the data-dir path, as the client gave it
+    raster_path: str  # what the engine reads
+    options: Dict[str, Any] = field(default_factory=dict)  # the request's options, as given
+    aoi: Optional[Any] = None  # GeoJSON (EPSG:4326), as given
     state: str = QUEUED
     progress: float = 0.0
     message: str = ""
@@ -130,15 +131,26 @@ class JobStore:
                 interrupted += 1
             self._jobs[job.id] = job
         if self._jobs:
-            log.info("data dir %s: %d jobs read back, %d interrupted ones marked failed",
-                     self.data_dir, len(self._jobs), interrupted)
+            log.info(
+                "data dir %s: %d jobs read back, %d interrupted ones marked failed",
+                self.data_dir,
+                len(self._jobs),
+                interrupted,
+            )
 
     def job_dir(self, job_id: str) -> str:
         """The folder of job ``job_id``."""
         return os.path.join(self.jobs_dir, job_id)
 
-    def create(self, owner: str, input_name: str, options: Dict[str, Any], aoi: Any,
-               upload_path: Optional[str] = None, raster_path: Optional[str] = None) -> Job:
+    def create(
+        self,
+        owner: str,
+        input_name: str,
+        options: Dict[str, Any],
+        aoi: Any,
+        upload_path: Optional[str] = None,
+        raster_path: Optional[str] = None,
+    ) -> Job:
         """A new queued job; an upload is moved into the job's folder."""
         job_id = uuid.uuid4().hex
         folder = self.job_dir(job_id)
@@ -146,8 +158,15 @@ class JobStore:
         if upload_path is not None:
             raster_path = os.path.join(folder, "input.tif")
             os.replace(upload_path, raster_path)
-        job = Job(id=job_id, owner=owner, input_name=input_name, raster_path=raster_path or "",
-                  options=dict(options or {}), aoi=aoi, created_at=time.time())
+        job = Job(
+            id=job_id,
+            owner=owner,
+            input_name=input_name,
+            raster_path=raster_path or "",
+            options=dict(options or {}),
+            aoi=aoi,
+            created_at=time.time(),
+        )
         self.save(job)
         return job
 
@@ -335,8 +354,14 @@ class JobRunner:
         self.store.save(job)
         self.jobs_finished[state] += 1
         seconds = f"{job.finished_at - job.started_at:.1f} s" if job.started_at else "not started"
-        log.info("job %s %s (%s)%s%s", job.id, state, seconds,
-                 f", {job.buildings} buildings" if state == DONE else "", f": {error}" if error else "")
+        log.info(
+            "job %s %s (%s)%s%s",
+            job.id,
+            state,
+            seconds,
+            f", {job.buildings} buildings" if state == DONE else "",
+            f": {error}" if error else "",
+        )
 
 
 def _tiles(message: str):

@@ -36,8 +36,9 @@ def request_key(p: Param) -> str:
 
 def _declared(groups: Tuple[str, ...]) -> Dict[str, Tuple[str, Param]]:
     """Request key -> (group, declaration) of the parameters a route accepts."""
-    return {request_key(p): (group, p) for group in groups for name, p in GROUPS[group].items()
-            if name not in SERVER_OWNED}
+    return {
+        request_key(p): (group, p) for group in groups for name, p in GROUPS[group].items() if name not in SERVER_OWNED
+    }
 
 
 def _values(options: Optional[Dict[str, Any]], groups: Tuple[str, ...]) -> Dict[str, Dict[str, Any]]:
@@ -46,7 +47,7 @@ def _values(options: Optional[Dict[str, Any]], groups: Tuple[str, ...]) -> Dict[
     if options is None:
         return out
     if not isinstance(options, dict):
-        raise OptionsError("options must be a JSON object, e.g. {\"threshold\": 0.5, \"min_area\": 10}")
+        raise OptionsError('options must be a JSON object, e.g. {"threshold": 0.5, "min_area": 10}')
     declared = _declared(groups)
     for key, value in options.items():
         if key not in declared:
@@ -75,8 +76,9 @@ def detect_options(options: Optional[Dict[str, Any]]):
 
     values = _values(options, DETECT_GROUPS)
     try:
-        return DetectOptions(**values["detect"], **values["outlines"],
-                             solar=SolarParams(**values["solar"]).validate()).validate()
+        return DetectOptions(
+            **values["detect"], **values["outlines"], solar=SolarParams(**values["solar"]).validate()
+        ).validate()
     except RoofDetectorError as exc:
         raise OptionsError(str(exc)) from None
 
@@ -87,8 +89,11 @@ def solar_options(options: Optional[Dict[str, Any]]):
     from ..core.solar import SolarParams
 
     values = _values(options, SOLAR_GROUPS)
-    outlines = {"regularize": REGULARIZE_DEFAULT,
-                "regularize_tolerance_m": GROUPS["outlines"]["regularize_tolerance_m"].default, **values["outlines"]}
+    outlines = {
+        "regularize": REGULARIZE_DEFAULT,
+        "regularize_tolerance_m": GROUPS["outlines"]["regularize_tolerance_m"].default,
+        **values["outlines"],
+    }
     try:
         params = SolarParams(**values["solar"]).validate()
     except RoofDetectorError as exc:

@@ -41,8 +41,9 @@ class Upload:
         self.path = None
 
 
-async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, uploads_dir: str,
-                            max_file_bytes: int, file_field: str = "raster") -> Upload:
+async def receive_multipart(
+    stream: AsyncIterator[bytes], content_type: str, uploads_dir: str, max_file_bytes: int, file_field: str = "raster"
+) -> Upload:
     """Parse a ``multipart/form-data`` body from ``stream`` (see the module doc)."""
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -51,8 +52,15 @@ async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, upl
     if not boundary:
         raise UploadError(400, "multipart/form-data without a boundary")
     upload = Upload()
-    state: Dict[str, object] = {"headers": {}, "field": b"", "name": None, "file": None, "ended": False,
-                                "header_field": b"", "header_value": b""}
+    state: Dict[str, object] = {
+        "headers": {},
+        "field": b"",
+        "name": None,
+        "file": None,
+        "ended": False,
+        "header_field": b"",
+        "header_value": b"",
+    }
 
     def on_part_begin() -> None:
         state.update(headers={}, field=b"", name=None, file=None, header_field=b"", header_value=b"")
@@ -83,9 +91,12 @@ async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, upl
         if f is not None:
             upload.size += end - start
             if upload.size > max_file_bytes:
-                raise UploadError(413, f"The raster is larger than this server's limit of "
-                                       f"{max_file_bytes / 2**20:g} MiB (--max-upload-mb); send a smaller "
-                                       "area (an area of interest) or ask the operator to raise the limit")
+                raise UploadError(
+                    413,
+                    f"The raster is larger than this server's limit of "
+                    f"{max_file_bytes / 2**20:g} MiB (--max-upload-mb); send a smaller "
+                    "area (an area of interest) or ask the operator to raise the limit",
+                )
             f.write(data[start:end])
         else:
             state["field"] += data[start:end]
@@ -102,10 +113,19 @@ async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, upl
     def on_end() -> None:
         state["ended"] = True
 
-    parser = MultipartParser(boundary, dict(
-        on_part_begin=on_part_begin, on_header_field=on_header_field, on_header_value=on_header_value,
-        on_header_end=on_header_end, on_headers_finished=on_headers_finished, on_part_data=on_part_data,
-        on_part_end=on_part_end, on_end=on_end))
+    parser = MultipartParser(
+        boundary,
+        dict(
+            on_part_begin=on_part_begin,
+            on_header_field=on_header_field,
+            on_header_value=on_header_value,
+            on_header_end=on_header_end,
+            on_headers_finished=on_headers_finished,
+            on_part_data=on_part_data,
+            on_part_end=on_part_end,
+            on_end=on_end,
+        ),
+    )
     try:
         async for chunk in stream:
             parser.write(chunk)
@@ -113,8 +133,7 @@ async def receive_multipart(stream: AsyncIterator[bytes], content_type: str, upl
         if not state["ended"]:
             raise UploadError(400, "The upload ended before the closing boundary (truncated body); send it again")
         if upload.path is None:
-            raise UploadError(422, f"No '{file_field}' file part: send the GeoTIFF as multipart field "
-                                   f"'{file_field}'")
+            raise UploadError(422, f"No '{file_field}' file part: send the GeoTIFF as multipart field '{file_field}'")
         return upload
     except BaseException as exc:
         if state["file"] is not None:
@@ -154,8 +173,11 @@ def check_raster(path: str, shown_name: str, uploaded: bool = True) -> None:
         _read_last_rows(path)
     except Exception as exc:  # noqa: BLE001 - rasterio/GDAL read errors
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UploadError(422, f"{shown_name} cannot be read to its end ({first.replace(path, shown_name)}); "
-                               "the file is truncated or corrupt: send it again") from None
+        raise UploadError(
+            422,
+            f"{shown_name} cannot be read to its end ({first.replace(path, shown_name)}); "
+            "the file is truncated or corrupt: send it again",
+        ) from None
     finally:
         source.close()
 
@@ -172,8 +194,11 @@ def _check_driver(path: str, shown_name: str) -> None:
     driver = ds.GetDriver().ShortName
     ds = None
     if driver not in UPLOAD_DRIVERS:
-        raise UploadError(422, f"{shown_name} is a {driver} file; upload the raster itself as a GeoTIFF or "
-                               "JPEG 2000 (e.g. `gdal_translate in.vrt out.tif`)")
+        raise UploadError(
+            422,
+            f"{shown_name} is a {driver} file; upload the raster itself as a GeoTIFF or "
+            "JPEG 2000 (e.g. `gdal_translate in.vrt out.tif`)",
+        )
 
 
 def _read_last_rows(path: str) -> None:

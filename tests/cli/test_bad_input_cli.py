@@ -20,8 +20,18 @@ from osgeo import ogr
 from roof_detector import cli
 from tests.core.geom_helpers import area_perimeter_m
 from devtools.test_model import BrightnessNet, make_test_model
-from tests.core.synthetic_rasters import (BRIGHT, DARK, LONLAT, NORTH_UP, PX_AREA, UTM, UTM_ORIGIN, rect_scene,
-                                          scene_in_crs, write_raster)
+from tests.core.synthetic_rasters import (
+    BRIGHT,
+    DARK,
+    LONLAT,
+    NORTH_UP,
+    PX_AREA,
+    UTM,
+    UTM_ORIGIN,
+    rect_scene,
+    scene_in_crs,
+    write_raster,
+)
 from tests.core.test_faults import FlakyGpuNet, _utm_box_at_60n
 
 SUMMARY = re.compile(r"^(\d+) buildings, total area ([\d.]+) m2, [\d.]+ s -> (.+) \(layer (\w+)\)$")
@@ -66,17 +76,22 @@ def assert_nothing_left(env, outputs=()):
 # --------------------------------------------------------------------------- rasters refused
 
 
-@pytest.mark.parametrize("case, message", [
-    ("rotated", "has a rotated or sheared geotransform; the detector needs a north-up raster. Warp it first"),
-    ("south_up", "is not north-up"),
-    ("two_bands", "has 2 bands (none flagged alpha); the detector needs 1 (grey), 2 (grey + alpha), 3 (RGB)"),
-    ("five_bands", "has 5 bands"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("rotated", "has a rotated or sheared geotransform; the detector needs a north-up raster. Warp it first"),
+        ("south_up", "is not north-up"),
+        ("two_bands", "has 2 bands (none flagged alpha); the detector needs 1 (grey), 2 (grey + alpha), 3 (RGB)"),
+        ("five_bands", "has 5 bands"),
+    ],
+)
 def test_unusable_rasters_exit_2_with_what_to_do(env, capsys, model_path, case, message):
     img = np.zeros((3, 8, 8), np.uint8)
     path = env / "in" / f"{case}.tif"
-    transform = {"rotated": Affine(0.5, 0.1, UTM_ORIGIN[0], 0.1, -0.5, UTM_ORIGIN[1]),
-                 "south_up": Affine(0.5, 0, UTM_ORIGIN[0], 0, 0.5, UTM_ORIGIN[1])}.get(case, NORTH_UP)
+    transform = {
+        "rotated": Affine(0.5, 0.1, UTM_ORIGIN[0], 0.1, -0.5, UTM_ORIGIN[1]),
+        "south_up": Affine(0.5, 0, UTM_ORIGIN[0], 0, 0.5, UTM_ORIGIN[1]),
+    }.get(case, NORTH_UP)
     bands = {"two_bands": 2, "five_bands": 5}.get(case, 3)
     write_raster(path, np.zeros((bands,) + img.shape[1:], np.uint8), UTM, transform)
     code, out, err = detect(capsys, path, "-o", env / "out" / "b.gpkg", "--model", model_path)
@@ -105,12 +120,14 @@ def _features(path, layer="buildings"):
 @pytest.mark.parametrize("case", ["uint16_pan", "float32", "int16", "tiny"])
 def test_odd_but_supported_rasters(env, capsys, model_path, case):
     rects = [(20, 20, 60, 80), (120, 200, 140, 220)]
-    kwargs = {"uint16_pan": dict(bands=1, dtype="uint16", value=3000, ground=400),  # 1-band panchromatic
-              "float32": dict(dtype="float32", value=0.61, ground=0.07),
-              "int16": dict(dtype="int16", value=1500, ground=-300),
-              "tiny": dict(shape=(30, 40))}[case]
+    kwargs = {
+        "uint16_pan": dict(bands=1, dtype="uint16", value=3000, ground=400),  # 1-band panchromatic
+        "float32": dict(dtype="float32", value=0.61, ground=0.07),
+        "int16": dict(dtype="int16", value=1500, ground=-300),
+        "tiny": dict(shape=(30, 40)),
+    }[case]
     if case == "tiny":
-        rects = [(5, 5, 25, 35)]                                     # 15 x 20 m raster, under one 64 px tile
+        rects = [(5, 5, 25, 35)]  # 15 x 20 m raster, under one 64 px tile
     path = rect_scene(env / "in" / f"{case}.tif", rects, **kwargs)
     out_path = env / "out" / "b.gpkg"
     code, out, err = detect(capsys, path, "-o", out_path, "--model", model_path)
@@ -133,13 +150,13 @@ def test_entirely_nodata_raster_warns_and_writes_an_empty_layer(env, capsys, mod
 
 def test_ten_metre_pixels_warn_and_still_measure_on_the_ground(env, capsys, model_path):
     data = np.full((3, 16, 16), DARK, np.uint8)
-    data[:, 5:10, 5:10] = BRIGHT                                     # 50 x 50 m
+    data[:, 5:10, 5:10] = BRIGHT  # 50 x 50 m
     path = write_raster(env / "in" / "coarse.tif", data, UTM, Affine(10, 0, UTM_ORIGIN[0], 0, -10, UTM_ORIGIN[1]))
     code, out, err = detect(capsys, path, "-o", env / "out" / "b.gpkg", "--model", model_path)
     assert code == 0
     assert len(err) == 1 and "pixels measure 10.00 m on the ground" in err[0] and "will be missed" in err[0]
     count, area = _summary(out)
-    assert count == 1 and area == pytest.approx(2500 / 0.9996 ** 2, rel=0.05)
+    assert count == 1 and area == pytest.approx(2500 / 0.9996**2, rel=0.05)
 
 
 def test_degrees_at_60_north_give_ground_areas(env, capsys, model_path):
@@ -154,17 +171,20 @@ def test_degrees_at_60_north_give_ground_areas(env, capsys, model_path):
 # --------------------------------------------------------------------------- model files
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("truncated", "is not a TorchScript model (not a valid archive; the file may be truncated"),
-    ("checkpoint", "is not a TorchScript model: a zip archive without Roof Detector metadata"),
-    ("no_metadata", "is a TorchScript file without Roof Detector metadata"),
-    ("nir", "metadata asks for bands ['red', 'green', 'blue', 'nir']; this version supports only"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("truncated", "is not a TorchScript model (not a valid archive; the file may be truncated"),
+        ("checkpoint", "is not a TorchScript model: a zip archive without Roof Detector metadata"),
+        ("no_metadata", "is a TorchScript file without Roof Detector metadata"),
+        ("nir", "metadata asks for bands ['red', 'green', 'blue', 'nir']; this version supports only"),
+    ],
+)
 def test_unusable_model_files(env, capsys, scene, model_path, kind, message):
     bad = env / "in" / f"{kind}.pt"
     if kind == "truncated":
         data = open(model_path, "rb").read()
-        bad.write_bytes(data[:len(data) * 2 // 3])
+        bad.write_bytes(data[: len(data) * 2 // 3])
     elif kind == "checkpoint":
         torch.save(BrightnessNet().state_dict(), str(bad))
     elif kind == "no_metadata":
@@ -196,7 +216,7 @@ def test_output_under_a_file_read_only_or_locked(env, capsys, scene, model_path,
     assert detect(capsys, scene, "-o", existing, "--model", model_path)[0] == 0
     before = existing.read_bytes()
     con = sqlite3.connect(str(existing), isolation_level=None)
-    con.execute("BEGIN IMMEDIATE")                                   # another program is writing to it
+    con.execute("BEGIN IMMEDIATE")  # another program is writing to it
     try:
         code, _, err = detect(capsys, scene, "-o", existing, "--layer", "second", "--model", model_path)
     finally:
@@ -213,10 +233,13 @@ def test_output_under_a_file_read_only_or_locked(env, capsys, scene, model_path,
     assert_nothing_left(env, ["b.gpkg", "notes"])
 
 
-@pytest.mark.parametrize("fault, code, message", [
-    (RuntimeError("sqlite3_step() failed: database or disk is full"), 2, "error: The disk is full"),
-    (KeyboardInterrupt(), 130, "error: interrupted; nothing was written"),
-])
+@pytest.mark.parametrize(
+    "fault, code, message",
+    [
+        (RuntimeError("sqlite3_step() failed: database or disk is full"), 2, "error: The disk is full"),
+        (KeyboardInterrupt(), 130, "error: interrupted; nothing was written"),
+    ],
+)
 def test_fault_while_writing_leaves_no_file(env, capsys, scene, model_path, monkeypatch, fault, code, message):
     real = ogr.Layer.CreateFeature
     written = []
@@ -240,13 +263,17 @@ def test_gpu_out_of_memory_is_a_warning_with_the_full_result(env, capsys, scene,
     from roof_detector.core import inference, pipeline
     from roof_detector.core.model_io import LoadedModel, read_metadata
 
-    gpu = LoadedModel(module=FlakyGpuNet(fits=3), metadata=read_metadata(model_path), device=torch.device("cuda"),
-                      path=model_path, extra={"backend": "torch"})
+    gpu = LoadedModel(
+        module=FlakyGpuNet(fits=3),
+        metadata=read_metadata(model_path),
+        device=torch.device("cuda"),
+        path=model_path,
+        extra={"backend": "torch"},
+    )
     monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: gpu)
     monkeypatch.setattr(inference, "_to_device", lambda x, device: x)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    code, out, err = detect(capsys, scene, "-o", env / "out" / "b.gpkg", "--model", model_path,
-                            "--batch-size", "12")
+    code, out, err = detect(capsys, scene, "-o", env / "out" / "b.gpkg", "--model", model_path, "--batch-size", "12")
     assert code == 0 and _summary(out)[0] == 2
     assert len(err) == 1 and err[0].startswith("warning: The GPU ran out of memory with 12 tiles per batch")
     assert "with 3 tiles per batch" in err[0] and "--batch-size" in err[0]
@@ -264,9 +291,15 @@ def test_finetune_with_lines_instead_of_polygons(env, capsys):
     from roof_detector.core.unet import build_model
 
     raster = rect_scene(env / "in" / "ortho.tif", [(20, 20, 60, 80)], shape=(128, 128))
-    base = export_model(build_model("plain_unet", base_channels=4),
-                        TrainConfig(architecture="plain_unet", architecture_params={"base_channels": 4}, gsd_m=0.5,
-                                    tile_px=64, overlap_px=8), str(env / "in" / "base.pt"), 0.5, {"name": "b"})
+    base = export_model(
+        build_model("plain_unet", base_channels=4),
+        TrainConfig(
+            architecture="plain_unet", architecture_params={"base_channels": 4}, gsd_m=0.5, tile_px=64, overlap_px=8
+        ),
+        str(env / "in" / "base.pt"),
+        0.5,
+        {"name": "b"},
+    )
     labels = str(env / "in" / "lines.gpkg")
     ds = ogr.GetDriverByName("GPKG").CreateDataSource(labels)
     srs = osr.SpatialReference()
@@ -277,8 +310,23 @@ def test_finetune_with_lines_instead_of_polygons(env, capsys):
     f.SetGeometry(ogr.CreateGeometryFromWkt(f"LINESTRING({x + 10} {y - 10},{x + 40} {y - 10},{x + 40} {y - 30})"))
     lyr.CreateFeature(f)
     f = lyr = ds = None
-    code = cli.main(["finetune", "--raster", raster, "--labels", labels, "-o", str(env / "out" / "m.pt"),
-                     "--base-model", base, "--device", "cpu", "--epochs", "1"])
+    code = cli.main(
+        [
+            "finetune",
+            "--raster",
+            raster,
+            "--labels",
+            labels,
+            "-o",
+            str(env / "out" / "m.pt"),
+            "--base-model",
+            base,
+            "--device",
+            "cpu",
+            "--epochs",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "holds no building polygon: 1 feature(s) skipped as not polygons or empty (linestring)" in err
@@ -293,9 +341,11 @@ def test_destinations_are_checked_before_any_work(env, capsys, model_path):
     import subprocess
 
     raster = write_raster(env / "in" / "r.tif", np.full((3, 40, 40), DARK, np.uint8), UTM, NORTH_UP)
-    cases = [(["-o", env / "out" / "b.gpkg", "--layer", "gpkg_contents"], "GeoPackage system table"),
-             (["-o", env / "out" / "b.shp"], "written as a GeoPackage only"),
-             (["-o", env / "out" / "b.geojson"], "written as a GeoPackage only")]
+    cases = [
+        (["-o", env / "out" / "b.gpkg", "--layer", "gpkg_contents"], "GeoPackage system table"),
+        (["-o", env / "out" / "b.shp"], "written as a GeoPackage only"),
+        (["-o", env / "out" / "b.geojson"], "written as a GeoPackage only"),
+    ]
     for extra, message in cases:
         code, out, err = detect(capsys, raster, *extra, "--model", model_path)
         assert code == 2 and len(err) == 1 and message in err[0], err
@@ -312,8 +362,10 @@ def test_destinations_are_checked_before_any_work(env, capsys, model_path):
     assert_nothing_left(env)
 
 
-@pytest.mark.parametrize("args, message", [(["bench", "--size", "0"], "--size must be at least 256"),
-                                           (["score", "--case", "bogus"], "unknown --case bogus")])
+@pytest.mark.parametrize(
+    "args, message",
+    [(["bench", "--size", "0"], "--size must be at least 256"), (["score", "--case", "bogus"], "unknown --case bogus")],
+)
 def test_bench_and_score_refuse_nonsense(capsys, args, message):
     """0.2.0 exited 0 on both (issue 21); the developer commands run as ``python -m devtools``."""
     from devtools.__main__ import COMMANDS
@@ -322,8 +374,9 @@ def test_bench_and_score_refuse_nonsense(capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("path", ["/vsicurl/https://example.org/ortho.tif", "https://example.org/ortho.tif",
-                                  "/vsizip/ortho.zip/ortho.tif"])
+@pytest.mark.parametrize(
+    "path", ["/vsicurl/https://example.org/ortho.tif", "https://example.org/ortho.tif", "/vsizip/ortho.zip/ortho.tif"]
+)
 def test_remote_and_archive_paths_are_said_to_be_unsupported(env, capsys, model_path, path):
     """0.2.0: "Raster file not found" (issue 21)."""
     code, out, err = detect(capsys, path, "-o", env / "out" / "b.gpkg", "--model", model_path)

@@ -29,15 +29,37 @@ def test_demo_runs_on_the_sample(tmp_path):
     model = make_test_model(str(tmp_path / "bright.pt"))
     out = tmp_path / "demo"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "roof_detector", "demo", "--sample", "atlanta", "--out", str(out),
-                           "--model", model, "--device", "cpu"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "roof_detector",
+            "demo",
+            "--sample",
+            "atlanta",
+            "--out",
+            str(out),
+            "--model",
+            model,
+            "--device",
+            "cpu",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
-    m = re.search(r"^(\d+) buildings, total area ([\d.]+) m2, pixel IoU ([\d.]+), pixel accuracy ([\d.]+) "
-                  r"\(vs (\d+) labelled buildings\)", proc.stdout, re.M)
+    m = re.search(
+        r"^(\d+) buildings, total area ([\d.]+) m2, pixel IoU ([\d.]+), pixel accuracy ([\d.]+) "
+        r"\(vs (\d+) labelled buildings\)",
+        proc.stdout,
+        re.M,
+    )
     assert m, proc.stdout
     n, iou, acc, labels = int(m.group(1)), float(m.group(3)), float(m.group(4)), int(m.group(5))
-    assert labels > 20                    # the sample's labels were read and reprojected
+    assert labels > 20  # the sample's labels were read and reprojected
     assert 0.0 <= iou <= 1.0 and 0.0 < acc <= 1.0
     assert "CC BY-SA 4.0" in proc.stdout  # attribution of the data
     assert (out / "overlay.png").stat().st_size > 10_000
@@ -53,6 +75,7 @@ def test_scores_are_computed_on_the_image_grid(tmp_path):
     from roof_detector.core.vector_io import read_polygons
 
     import rasterio
+
     with rasterio.open(image) as ds:
         assert (ds.count, ds.dtypes[0], ds.res) == (1, "uint16", (0.5, 0.5))
         crs = ds.crs.to_wkt()
@@ -71,8 +94,22 @@ def test_missing_bundled_model_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 def test_missing_wheel_is_a_clear_error(tmp_path, capsys):
     model = make_test_model(str(tmp_path / "bright.pt"))
-    assert cli.main(["demo", "--sample", "atlanta", "--model", model, "--wheel", str(tmp_path / "nope.whl"),
-                     "--out", str(tmp_path / "out")]) == 2
+    assert (
+        cli.main(
+            [
+                "demo",
+                "--sample",
+                "atlanta",
+                "--model",
+                model,
+                "--wheel",
+                str(tmp_path / "nope.whl"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 2
+    )
     assert "solaris wheel not found" in capsys.readouterr().err
 
 
@@ -95,14 +132,21 @@ def test_demo_runs_on_the_embedded_crop_without_download(tmp_path):
     model = make_test_model(str(tmp_path / "bright.pt"), gsd_m=0.3)
     out = tmp_path / "demo"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "roof_detector", "demo", "--out", str(out), "--model", model,
-                           "--device", "cpu"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "roof_detector", "demo", "--out", str(out), "--model", model, "--device", "cpu"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     m = re.search(r"^(\d+) buildings, .* pixel IoU ([\d.]+), .*\(vs (\d+) labelled buildings\)", proc.stdout, re.M)
     assert m, proc.stdout
     assert int(m.group(3)) == 85
-    assert re.search(r"^objects \(IoU >= 0.5\): \d+ matched, precision [\d.]+, recall [\d.]+, F1 [\d.]+$",
-                     proc.stdout, re.M), proc.stdout
+    assert re.search(
+        r"^objects \(IoU >= 0.5\): \d+ matched, precision [\d.]+, recall [\d.]+, F1 [\d.]+$", proc.stdout, re.M
+    ), proc.stdout
     assert re.search(r"^solar: \d+ panels, [\d.]+ kWp, [\d,]+ kWh/yr", proc.stdout, re.M), proc.stdout
     assert "OpenAerialMap contributors, CC BY 4.0" in proc.stdout and "OpenStreetMap contributors, ODbL" in proc.stdout
     assert (out / "overlay.png").is_file()
@@ -115,6 +159,7 @@ def test_embedded_labels_scored_against_themselves_give_iou_one():
     from roof_detector.core.vector_io import read_polygons
 
     import rasterio
+
     image, labels = demo.embedded_sample()
     with rasterio.open(image) as ds:
         crs = ds.crs.to_wkt()

@@ -31,8 +31,14 @@ def scene(tmp_path_factory):
 
 def _run(*args):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "roof_detector", "detect", *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "roof_detector", "detect", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _error_line(proc):
@@ -52,7 +58,7 @@ def test_detect_writes_gpkg_and_prints_summary(tmp_path, scene, model_path):
     m = SUMMARY.match(lines[0])
     assert m, lines[0]
     assert int(m.group(1)) == 2 and m.group(3) == str(out) and m.group(4) == "buildings"
-    assert float(m.group(2)) == pytest.approx(700 / 0.9996 ** 2, abs=0.2)
+    assert float(m.group(2)) == pytest.approx(700 / 0.9996**2, abs=0.2)
     assert "%" in proc.stderr  # the progress bar
     ds = ogr.Open(str(out))
     lyr = ds.GetLayerByName("buildings")
@@ -69,15 +75,21 @@ def test_detect_writes_gpkg_and_prints_summary(tmp_path, scene, model_path):
     assert _run(scene, "-o", out, "--model", model_path, "--overwrite", "--threshold", "0.9").returncode == 0
     ds = ogr.Open(str(out))
     assert {ds.GetLayer(i).GetName(): ds.GetLayer(i).GetFeatureCount() for i in range(ds.GetLayerCount())} == {
-        "buildings": 2, "second": 1}
+        "buildings": 2,
+        "second": 1,
+    }
 
 
 @pytest.mark.slow
 def test_bad_inputs_exit_2_with_one_line(tmp_path, scene, model_path):
     text = tmp_path / "notes.tif"
     text.write_text("hello")
-    no_crs = write_raster(tmp_path / "nocrs.tif", np.zeros((3, 8, 8), np.uint8), None,
-                          __import__("affine").Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1]))
+    no_crs = write_raster(
+        tmp_path / "nocrs.tif",
+        np.zeros((3, 8, 8), np.uint8),
+        None,
+        __import__("affine").Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1]),
+    )
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x00" * 100)
     cases = [
@@ -95,15 +107,18 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, scene, model_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corrupt.pt", "nocrs.tif", "notes.tif"]
 
 
-@pytest.mark.parametrize("flag, value, words", [
-    ("--threshold", "1.5", "Threshold must be from 0.01 to 0.99, got 1.5"),
-    ("--min-area", "nan", "Minimum building area must be a finite number"),
-    ("--tolerance", "nan", "Regularisation tolerance must be a finite number"),
-    ("--tolerance", "inf", "Regularisation tolerance must be a finite number"),
-    ("--panel-area", "1e-300", "Panel area must be from 0.1 to 10 m²"),
-    ("--panel-wp", "1e308", "Panel power must be from 10 to 2000 Wp"),
-    ("--batch-size", "2.5", "Batch size must be a whole number"),
-])
+@pytest.mark.parametrize(
+    "flag, value, words",
+    [
+        ("--threshold", "1.5", "Threshold must be from 0.01 to 0.99, got 1.5"),
+        ("--min-area", "nan", "Minimum building area must be a finite number"),
+        ("--tolerance", "nan", "Regularisation tolerance must be a finite number"),
+        ("--tolerance", "inf", "Regularisation tolerance must be a finite number"),
+        ("--panel-area", "1e-300", "Panel area must be from 0.1 to 10 m²"),
+        ("--panel-wp", "1e308", "Panel power must be from 10 to 2000 Wp"),
+        ("--batch-size", "2.5", "Batch size must be a whole number"),
+    ],
+)
 def test_bad_option_values_are_usage_errors(tmp_path, scene, flag, value, words):
     """Refused by argparse from the one declaration in core.params: before any work, nothing written."""
     proc = _run(scene, "-o", tmp_path / "x.gpkg", flag, value)
@@ -127,6 +142,7 @@ def test_ctrl_c_during_detection_leaves_nothing(tmp_path, scene, model_path, mon
         def progress(fraction, message):
             if "tile" in message and fraction > 0.3:
                 raise KeyboardInterrupt
+
         yield progress
 
     monkeypatch.setattr(detect_cli, "progress_bar", interrupting_bar)

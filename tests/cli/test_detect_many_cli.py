@@ -15,8 +15,10 @@ from devtools.test_model import make_test_model
 from tests.core.many_fixtures import cut, read_layer, scene
 
 REPO = Path(__file__).resolve().parents[2]
-SUMMARY = re.compile(r"^(\d+) buildings in (\d+) tiles \(([\d.]+) km², (\d+) already done\), total area ([\d.]+) m2, "
-                     r"[\d.]+ s -> (.+) \(layer (\w+)\)$")
+SUMMARY = re.compile(
+    r"^(\d+) buildings in (\d+) tiles \(([\d.]+) km², (\d+) already done\), total area ([\d.]+) m2, "
+    r"[\d.]+ s -> (.+) \(layer (\w+)\)$"
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +43,9 @@ def test_cli_runs_and_resumes_after_a_crash(tmp_path, setup):
     base, model = setup
     ref = tmp_path / "ref.gpkg"
     args = ["--model", model, "--device", "cpu", "--workers", "1"]
-    proc = subprocess.run(_cmd(base / "tiles", "-o", ref, *args), cwd=REPO, env=_env(), capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        _cmd(base / "tiles", "-o", ref, *args), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     m = SUMMARY.match(proc.stdout.strip().splitlines()[-1])
     assert m and m.group(2) == "16" and m.group(4) == "0", proc.stdout
@@ -54,8 +57,14 @@ def test_cli_runs_and_resumes_after_a_crash(tmp_path, setup):
     # A real crash: SIGKILL the client once some tiles are in the manifest, then the same command again.
     out = tmp_path / "out.gpkg"
     manifest = Path(f"{out}.parts") / "manifest.jsonl"
-    child = subprocess.Popen(_cmd(base / "tiles", "-o", out, *args), cwd=REPO, env=_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    child = subprocess.Popen(
+        _cmd(base / "tiles", "-o", out, *args),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and child.poll() is None:
         if manifest.exists() and len(manifest.read_text().splitlines()) >= 1 + 3:
@@ -68,8 +77,9 @@ def test_cli_runs_and_resumes_after_a_crash(tmp_path, setup):
     finished = len(manifest.read_text().splitlines()) - 1
     assert 3 <= finished < 16
 
-    proc = subprocess.run(_cmd(base / "tiles", "-o", out, *args), cwd=REPO, env=_env(), capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        _cmd(base / "tiles", "-o", out, *args), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     m = SUMMARY.match(proc.stdout.strip().splitlines()[-1])
     assert m and int(m.group(4)) >= finished, proc.stdout
@@ -81,13 +91,25 @@ def test_cli_runs_and_resumes_after_a_crash(tmp_path, setup):
 @pytest.mark.slow
 def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, setup):
     base, model = setup
-    proc = subprocess.run(_cmd(tmp_path / "none_*.tif", "-o", tmp_path / "o.gpkg", "--model", model), cwd=REPO,
-                          env=_env(), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        _cmd(tmp_path / "none_*.tif", "-o", tmp_path / "o.gpkg", "--model", model),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "matches no file" in lines[0] and "Traceback" not in proc.stderr
     listing = tmp_path / "list.txt"
     listing.write_text(json.dumps("not a path") + "\n")
-    proc = subprocess.run(_cmd(listing, "-o", tmp_path / "o.gpkg", "--model", model), cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        _cmd(listing, "-o", tmp_path / "o.gpkg", "--model", model),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "error: Input not found" in proc.stderr

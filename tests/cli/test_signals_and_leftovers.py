@@ -23,8 +23,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _start(args):
-    return subprocess.Popen([sys.executable, "-m", "roof_detector", *map(str, args)], cwd=str(REPO),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "roof_detector", *map(str, args)],
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _wait_for(proc, predicate, timeout_s=240):
@@ -68,10 +72,12 @@ def test_a_kill_9_during_a_new_file_write_leaves_files_the_next_run_removes(tmp_
     from roof_detector.core.gpkg_writer import write_buildings
 
     out = tmp_path / "new.gpkg"
-    code = ("import sys, shapely\nfrom roof_detector.core.building import Building\n"
-            "from roof_detector.core.gpkg_writer import write_buildings\n"
-            "b = [Building(shapely.box(i, 0, i + 0.5, 0.5), 1.0, 1.0, 0.5, {'k': float(i)}) for i in range(400000)]\n"
-            "print('writing', flush=True)\nwrite_buildings(b, sys.argv[1], 'EPSG:32631')\n")
+    code = (
+        "import sys, shapely\nfrom roof_detector.core.building import Building\n"
+        "from roof_detector.core.gpkg_writer import write_buildings\n"
+        "b = [Building(shapely.box(i, 0, i + 0.5, 0.5), 1.0, 1.0, 0.5, {'k': float(i)}) for i in range(400000)]\n"
+        "print('writing', flush=True)\nwrite_buildings(b, sys.argv[1], 'EPSG:32631')\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=str(REPO), stdout=subprocess.PIPE, text=True)
     t0 = time.monotonic()
     while not [n for n in os.listdir(tmp_path) if n.endswith("-journal")] and time.monotonic() - t0 < 240:
@@ -107,7 +113,13 @@ def test_closed_stdout_pipe_and_closed_stderr(tmp_path, model_file):
     assert "Traceback" not in err and "BrokenPipeError" not in err
     assert proc.returncode in (0, 141) and (tmp_path / "a.gpkg").exists()
     # stderr closed (2>&-) and an error to report: exit 2, no crash
-    proc = subprocess.run(f"{sys.executable} -m roof_detector solar {tmp_path / 'missing.gpkg'} -o "
-                          f"{tmp_path / 'b.gpkg'} 2>&-", shell=True, cwd=str(REPO), capture_output=False,
-                          stdout=subprocess.PIPE, text=True, timeout=240)
+    proc = subprocess.run(
+        f"{sys.executable} -m roof_detector solar {tmp_path / 'missing.gpkg'} -o {tmp_path / 'b.gpkg'} 2>&-",
+        shell=True,
+        cwd=str(REPO),
+        capture_output=False,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stdout

@@ -17,15 +17,31 @@ from tests.core.geom_helpers import WGS84, metric_at, rotated_rect
 from .test_solar_evaluate_cli import LAT, LON, read_layer
 
 # Every name the sizing might pick for a clashing column, and case-only twins.
-HOSTILE = {"area_m2": 1.5, "src_area_m2": 2.5, "src_area_m2_2": 3.5, "kwp": 4.5, "src_kwp": 5.5,
-           "confidence": 6.5, "attr_confidence": 7.5, "src_confidence": 8.5, "src_fid": 9.5, "src_src_fid": 10.5,
-           "geom": "g", "perimeter_m": 11.5, "name": "lower", "NAME": "UPPER", "Kwp": 12.5}
+HOSTILE = {
+    "area_m2": 1.5,
+    "src_area_m2": 2.5,
+    "src_area_m2_2": 3.5,
+    "kwp": 4.5,
+    "src_kwp": 5.5,
+    "confidence": 6.5,
+    "attr_confidence": 7.5,
+    "src_confidence": 8.5,
+    "src_fid": 9.5,
+    "src_src_fid": 10.5,
+    "geom": "g",
+    "perimeter_m": 11.5,
+    "name": "lower",
+    "NAME": "UPPER",
+    "Kwp": 12.5,
+}
 
 
 def geojson_layer(path, properties):
     roof = metric_at(rotated_rect(20, 10, 0), LON, LAT, WGS84)
-    doc = {"type": "FeatureCollection",
-           "features": [{"type": "Feature", "properties": properties, "geometry": shapely.geometry.mapping(roof)}]}
+    doc = {
+        "type": "FeatureCollection",
+        "features": [{"type": "Feature", "properties": properties, "geometry": shapely.geometry.mapping(roof)}],
+    }
     path.write_text(json.dumps(doc))
     return str(path)
 
@@ -67,10 +83,21 @@ def test_solar_on_its_own_output_with_another_panel_power(tmp_path, capsys):
 def test_solar_on_points_or_lines_says_why(tmp_path, capsys):
     """0.2.0 exited 0 with an empty layer (issue 21)."""
     path = tmp_path / "points.geojson"
-    path.write_text(json.dumps({"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [LON, LAT]}},
-        {"type": "Feature", "properties": {}, "geometry": {"type": "LineString",
-                                                            "coordinates": [[LON, LAT], [LON + 1e-4, LAT]]}}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [LON, LAT]}},
+                    {
+                        "type": "Feature",
+                        "properties": {},
+                        "geometry": {"type": "LineString", "coordinates": [[LON, LAT], [LON + 1e-4, LAT]]},
+                    },
+                ],
+            }
+        )
+    )
     assert main(["solar", str(path), "-o", str(tmp_path / "o.gpkg")]) == 2
     err = capsys.readouterr().err
     assert "holds no polygon: 2 feature(s) skipped" in err and "(linestring, point)" in err

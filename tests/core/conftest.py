@@ -8,8 +8,9 @@ from devtools.test_model import make_test_model
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
-    return make_test_model(str(tmp_path_factory.mktemp("model") / "bright.pt"), gsd_m=0.5, tile_size_px=64,
-                           overlap_px=8)
+    return make_test_model(
+        str(tmp_path_factory.mktemp("model") / "bright.pt"), gsd_m=0.5, tile_size_px=64, overlap_px=8
+    )
 
 
 @pytest.fixture(scope="module")

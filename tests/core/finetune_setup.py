@@ -43,9 +43,18 @@ def write_ortho(path: str, rects: Sequence[Rect]) -> str:
 
     img = np.full((3, SIZE, SIZE), 40, np.uint8)
     for r, c, h, w in rects:
-        img[:, r:r + h, c:c + w] = 200
-    with rasterio.open(path, "w", driver="GTiff", width=SIZE, height=SIZE, count=3, dtype="uint8",
-                       crs="EPSG:32631", transform=from_origin(ORIGIN[0], ORIGIN[1], GSD, GSD)) as ds:
+        img[:, r : r + h, c : c + w] = 200
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=SIZE,
+        height=SIZE,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32631",
+        transform=from_origin(ORIGIN[0], ORIGIN[1], GSD, GSD),
+    ) as ds:
         ds.write(img)
     return path
 
@@ -56,7 +65,8 @@ def write_base_model(path: str) -> str:
     from roof_detector.core.training.trainer import TrainConfig
     from roof_detector.core.unet import build_model
 
-    cfg = TrainConfig(architecture="plain_unet", architecture_params={"base_channels": 4}, gsd_m=GSD, tile_px=64,
-                      overlap_px=8)
+    cfg = TrainConfig(
+        architecture="plain_unet", architecture_params={"base_channels": 4}, gsd_m=GSD, tile_px=64, overlap_px=8
+    )
     export_model(build_model("plain_unet", base_channels=4), cfg, path, 0.5, {"name": "tiny-base"})
     return path

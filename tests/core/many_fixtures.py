@@ -20,8 +20,7 @@ gdal.UseExceptions()
 
 SCENE_PX = 480
 # (row, col, height, width) in pixels: across the vertical seam, the horizontal one, and the corner.
-SEAM_BUILDINGS = [(40, 225, 20, 30), (300, 230, 40, 22), (228, 60, 26, 18), (232, 380, 14, 40),
-                  (226, 226, 28, 28)]
+SEAM_BUILDINGS = [(40, 225, 20, 30), (300, 230, 40, 22), (228, 60, 26, 18), (232, 380, 14, 40), (226, 226, 28, 28)]
 
 
 def scene(path: str) -> str:
@@ -32,9 +31,9 @@ def scene(path: str) -> str:
     for r, c, h, w in building_rectangles(SCENE_PX, seed=3, spacing_px=60):
         near = any(seams[0] < v < seams[1] for v in (r, r + h, c, c + w))
         if not near:  # keep the generated ones clear of the planted seam buildings
-            img[:, r:r + h, c:c + w] = 220
+            img[:, r : r + h, c : c + w] = 220
     for r, c, h, w in SEAM_BUILDINGS:
-        img[:, r:r + h, c:c + w] = 220
+        img[:, r : r + h, c : c + w] = 220
     return write_raster(path, img, UTM, NORTH_UP)
 
 

@@ -26,21 +26,27 @@ DARK, BRIGHT = 30, 220
 # The default scene: north-up 0.5 m pixels from UTM_ORIGIN; a pixel's ground area in m2 there
 # (the UTM scale factor 0.9996 on the central meridian).
 NORTH_UP = Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1])
-PX_AREA = 0.25 / 0.9996 ** 2
+PX_AREA = 0.25 / 0.9996**2
 
 
-def write_raster(path, data: np.ndarray, crs: Optional[str], transform: Affine, nodata=None,
-                 mask: Optional[np.ndarray] = None, alpha: bool = False,
-                 colormap: Optional[Dict[int, Tuple[int, int, int, int]]] = None,
-                 colorinterp: Optional[Sequence[str]] = None) -> str:
+def write_raster(
+    path,
+    data: np.ndarray,
+    crs: Optional[str],
+    transform: Affine,
+    nodata=None,
+    mask: Optional[np.ndarray] = None,
+    alpha: bool = False,
+    colormap: Optional[Dict[int, Tuple[int, int, int, int]]] = None,
+    colorinterp: Optional[Sequence[str]] = None,
+) -> str:
     """Write ``data`` (bands x rows x cols) as a GeoTIFF; ``mask`` (rows x cols, True = valid)
     becomes an internal per-dataset mask band; ``alpha`` flags the last band as alpha;
     ``colorinterp`` names each band's colour interpretation (e.g. "undefined" for NIR)."""
     from rasterio.enums import ColorInterp
 
     bands, rows, cols = data.shape
-    profile = dict(driver="GTiff", width=cols, height=rows, count=bands, dtype=data.dtype.name,
-                   transform=transform)
+    profile = dict(driver="GTiff", width=cols, height=rows, count=bands, dtype=data.dtype.name, transform=transform)
     if crs is not None:
         profile["crs"] = crs
     if nodata is not None:
@@ -63,9 +69,19 @@ def write_raster(path, data: np.ndarray, crs: Optional[str], transform: Affine, 
     return str(path)
 
 
-def rect_scene(path, rects_px: Sequence[Tuple[int, int, int, int]], shape=(200, 300), pixel_m: float = 0.5,
-               bands: int = 3, dtype="uint8", crs: str = UTM, origin=UTM_ORIGIN, value=BRIGHT,
-               ground=DARK, **kwargs) -> str:
+def rect_scene(
+    path,
+    rects_px: Sequence[Tuple[int, int, int, int]],
+    shape=(200, 300),
+    pixel_m: float = 0.5,
+    bands: int = 3,
+    dtype="uint8",
+    crs: str = UTM,
+    origin=UTM_ORIGIN,
+    value=BRIGHT,
+    ground=DARK,
+    **kwargs,
+) -> str:
     """A north-up raster with bright rectangles given as (row0, col0, row1, col1) pixel blocks."""
     data = np.full((bands,) + tuple(shape), ground, dtype=dtype)
     for r0, c0, r1, c1 in rects_px:
@@ -93,8 +109,14 @@ def utm_rect(x0_m: float, y0_m: float, width_m: float, height_m: float) -> shape
     return shapely.box(x, y, x + width_m, y + height_m)
 
 
-def scene_in_crs(path, crs: str, building_utm: shapely.Polygon, ground_px_m: float = 0.5,
-                 offset_px: Tuple[int, int] = (40, 60), shape=(200, 200)) -> Tuple[str, shapely.Polygon]:
+def scene_in_crs(
+    path,
+    crs: str,
+    building_utm: shapely.Polygon,
+    ground_px_m: float = 0.5,
+    offset_px: Tuple[int, int] = (40, 60),
+    shape=(200, 200),
+) -> Tuple[str, shapely.Polygon]:
     """One bright building drawn in a raster of ``crs`` whose pixels measure ~``ground_px_m``.
 
     The pixel size is chosen so the building's edges fall exactly on pixel
@@ -112,6 +134,6 @@ def scene_in_crs(path, crs: str, building_utm: shapely.Polygon, ground_px_m: flo
     col0, row0 = offset_px
     transform = Affine(px_x, 0, bx0 - col0 * px_x, 0, -px_y, by1 + row0 * px_y)
     data = np.full((3,) + tuple(shape), DARK, dtype=np.uint8)
-    data[:, row0:row0 + n_rows, col0:col0 + n_cols] = BRIGHT
+    data[:, row0 : row0 + n_rows, col0 : col0 + n_cols] = BRIGHT
     write_raster(path, data, crs, transform)
     return str(path), shapely.box(bx0, by0, bx1, by1)

@@ -19,7 +19,7 @@ def test_synthetic_orthophoto_draws_its_buildings(tmp_path):
     with rasterio.open(path) as ds:
         img = ds.read(1)
     r, c, h, w = building_rectangles(700)[3]
-    assert (img[r:r + h, c:c + w] == 215).all()
+    assert (img[r : r + h, c : c + w] == 215).all()
     assert img.mean() < 120
 
 
@@ -39,26 +39,54 @@ def test_bench_command_prints_the_figures(tmp_path, repo_root):
     # The stated work per tile only feeds the GFLOP/s arithmetic; large enough that the rounded figures
     # stay above 0 on a loaded machine (0.001 gave 0.0 GFLOP/s at < 50 tiles/s).
     arch = {"name": "brightness_test", "params": {"gain": 40.0}, "gflop_per_tile": 2.0}
-    model = make_test_model(str(tmp_path / "m.pt"), gsd_m=0.5, tile_size_px=64, overlap_px=8,
-                            extra_metadata={"architecture": arch})
-    proc = subprocess.run([sys.executable, "-m", "devtools", "bench", "--model", model, "--device", "cpu",
-                           "--size", "256", "--repeats", "1", "--no-finetune", "--json"],
-                          capture_output=True, text=True, cwd=str(repo_root), timeout=300)
+    model = make_test_model(
+        str(tmp_path / "m.pt"), gsd_m=0.5, tile_size_px=64, overlap_px=8, extra_metadata={"architecture": arch}
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "devtools",
+            "bench",
+            "--model",
+            model,
+            "--device",
+            "cpu",
+            "--size",
+            "256",
+            "--repeats",
+            "1",
+            "--no-finetune",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=str(repo_root),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     fig = json.loads(proc.stdout.strip().splitlines()[-1])
-    for key in ("model_tiles_per_s", "torchscript_tiles_per_s", "pipeline_tiles_per_s", "km2_per_min",
-                "pipeline_over_model", "peak_rss_mb"):
+    for key in (
+        "model_tiles_per_s",
+        "torchscript_tiles_per_s",
+        "pipeline_tiles_per_s",
+        "km2_per_min",
+        "pipeline_over_model",
+        "peak_rss_mb",
+    ):
         assert fig[key] > 0, key
     run = fig["pipeline"]["256"]
     # 256 px at the model GSD with 64 px tiles overlapping by 8: 5 x 5 tiles; every drawn building found.
     assert run["tiles"] == 25 and run["buildings_found"] == run["buildings_drawn"]
     # rel for the tiles/s rounded to 0.01, abs for the ratio rounded to 0.001
-    assert run["pipeline_over_model_upfront"] == pytest.approx(run["pipeline_tiles_per_s"] / fig["model_tiles_per_s"],
-                                                               rel=0.01, abs=6e-4)
+    assert run["pipeline_over_model_upfront"] == pytest.approx(
+        run["pipeline_tiles_per_s"] / fig["model_tiles_per_s"], rel=0.01, abs=6e-4
+    )
     # the reported ratio: the median of each run against the network timed just before it
     assert len(run["pipeline_over_model_paired"]) == 1 == len(run["model_tiles_per_s_paired"])
     assert fig["pipeline_over_model"] == run["pipeline_over_model"] == run["pipeline_over_model_paired"][0]
     assert run["pipeline_over_model"] == pytest.approx(
-        run["pipeline_tiles_per_s"] / run["model_tiles_per_s_paired"][0], rel=0.01, abs=6e-4)
+        run["pipeline_tiles_per_s"] / run["model_tiles_per_s_paired"][0], rel=0.01, abs=6e-4
+    )
     assert fig["gflops_per_s"] > 0 and fig["share_of_peak"] > 0 and fig["matmul_gflops_per_s"] > 0
     assert "onnxruntime_error" in fig  # the brightness test model has no ONNX export: said, not hidden

@@ -34,26 +34,30 @@ def _imports(module, path, tree):
 
 
 def test_core_imports_no_qgis_or_qt_anywhere():
-    offenders = [(m, name) for m, path, tree in _modules() for name in _imports(m, path, tree)
-                 if name.split(".")[0] in FORBIDDEN]
+    offenders = [
+        (m, name) for m, path, tree in _modules() for name in _imports(m, path, tree) if name.split(".")[0] in FORBIDDEN
+    ]
     assert offenders == []
 
 
 @pytest.mark.slow
 def test_importing_all_of_core_loads_no_qgis():
     names = [m for m, _, _ in _modules()]
-    code = ("import sys, importlib\n"
-            f"for n in {names!r}: importlib.import_module(n)\n"
-            f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, importlib\n"
+        f"for n in {names!r}: importlib.import_module(n)\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {FORBIDDEN!r})\n"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=CORE.parents[1])
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_no_import_cycle_between_core_modules():
     modules = {m: (path, tree) for m, path, tree in _modules()}
-    graph = {m: {n for n in _imports(m, *modules[m]) if n in modules and n != m and not n.endswith("core")}
-             for m in modules}
+    graph = {
+        m: {n for n in _imports(m, *modules[m]) if n in modules and n != m and not n.endswith("core")} for m in modules
+    }
     graph = {m: {n for n in deps if not (modules[n][0].name == "__init__.py")} for m, deps in graph.items()}
     cycles, state = [], {}
 
@@ -61,7 +65,7 @@ def test_no_import_cycle_between_core_modules():
         state[m] = "open"
         for n in sorted(graph[m]):
             if state.get(n) == "open":
-                cycles.append(stack[stack.index(n):] + [n])
+                cycles.append(stack[stack.index(n) :] + [n])
             elif n not in state:
                 visit(n, stack + [n])
         state[m] = "done"

@@ -43,8 +43,11 @@ def _check_same_buildings(reference, got):
     assert abs(len(geoms) - len(reference)) <= 0.01 * len(reference)
     tree = shapely.STRtree(geoms)
     for b in reference:
-        hits = [geoms[i] for i in tree.query(b.geometry, predicate="intersects")
-                if geoms[i].intersection(b.geometry).area > 0]
+        hits = [
+            geoms[i]
+            for i in tree.query(b.geometry, predicate="intersects")
+            if geoms[i].intersection(b.geometry).area > 0
+        ]
         assert len(hits) == 1, f"building at {b.geometry.centroid} split or duplicated: {len(hits)} pieces"
         iou = hits[0].intersection(b.geometry).area / hits[0].union(b.geometry).area
         assert iou > 0.99
@@ -59,10 +62,15 @@ def test_expand_inputs(tmp_path, whole):
     assert expand_inputs([str(tmp_path / "tiles")]) == sorted(tiles)
     assert expand_inputs([str(tmp_path / "tiles" / "tile_1_*.tif"), tiles[3]]) == sorted(tiles)[2:]
     listing = tmp_path / "list.txt"
-    listing.write_text("# my tiles\ntiles/tile_0_0.tif\n\nhttps://example.org/a.tif\ns3://bucket/b.tif\n"
-                       "/vsis3/bucket/c.tif\n")
-    assert expand_inputs([str(listing)]) == [tiles[0], "/vsicurl/https://example.org/a.tif", "/vsis3/bucket/b.tif",
-                                             "/vsis3/bucket/c.tif"]
+    listing.write_text(
+        "# my tiles\ntiles/tile_0_0.tif\n\nhttps://example.org/a.tif\ns3://bucket/b.tif\n/vsis3/bucket/c.tif\n"
+    )
+    assert expand_inputs([str(listing)]) == [
+        tiles[0],
+        "/vsicurl/https://example.org/a.tif",
+        "/vsis3/bucket/b.tif",
+        "/vsis3/bucket/c.tif",
+    ]
     from osgeo import gdal
 
     gdal.BuildVRT(str(tmp_path / "set.vrt"), tiles[:2])
@@ -87,7 +95,7 @@ def test_owned_areas_partition_the_mosaic(tmp_path, whole):
         if x0 <= x < x1 and y0 < y <= y1:
             assert sum(owns(j, x, y) for j in jobs) == 1, (x, y)
     assert len(jobs) == len(tiles) == 9
-    assert sum(j.area_km2 for j in jobs) == pytest.approx((x1 - x0) * (y1 - y0) / 1e6 / 0.9996 ** 2, rel=1e-3)
+    assert sum(j.area_km2 for j in jobs) == pytest.approx((x1 - x0) * (y1 - y0) / 1e6 / 0.9996**2, rel=1e-3)
 
 
 def test_four_abutting_tiles_give_the_whole_rasters_buildings(tmp_path, whole, reference, model_path):
@@ -100,11 +108,15 @@ def test_four_abutting_tiles_give_the_whole_rasters_buildings(tmp_path, whole, r
     _check_same_buildings(reference, got)
     # the planted seam buildings really cross the seams of the 2 x 2 cut
     seam = shapely.box(*shapely.MultiPolygon([g for g, _ in got]).bounds).centroid
-    crossing = [g for g, _ in got if g.intersects(shapely.LineString([(seam.x, -1e9), (seam.x, 1e9)]))
-                or g.intersects(shapely.LineString([(-1e9, seam.y), (1e9, seam.y)]))]
+    crossing = [
+        g
+        for g, _ in got
+        if g.intersects(shapely.LineString([(seam.x, -1e9), (seam.x, 1e9)]))
+        or g.intersects(shapely.LineString([(-1e9, seam.y), (1e9, seam.y)]))
+    ]
     assert len(crossing) == len(SEAM_BUILDINGS)
     assert res.cut_at_margin == 0
-    assert res.area_km2 == pytest.approx(480 * 480 * 0.25 / 1e6 / 0.9996 ** 2, rel=1e-3)
+    assert res.area_km2 == pytest.approx(480 * 480 * 0.25 / 1e6 / 0.9996**2, rel=1e-3)
 
 
 def test_overlapping_tiles_do_not_duplicate(tmp_path, whole, reference, model_path):
@@ -140,8 +152,10 @@ def test_uint16_tiles_share_the_mosaics_stretch(tmp_path, whole, model_path):
     shared = _mosaic_stretch(read_mosaic(expand_inputs([str(tmp_path / "tiles")])), str(tmp_path))
     with RasterioSource(dim) as src:
         np.testing.assert_allclose(shared, src.stretch)
-    with RasterioSource(str(tmp_path / "tiles" / "tile_0_0.tif")) as a, \
-            RasterioSource(str(tmp_path / "tiles" / "tile_0_1.tif")) as b:
+    with (
+        RasterioSource(str(tmp_path / "tiles" / "tile_0_0.tif")) as a,
+        RasterioSource(str(tmp_path / "tiles" / "tile_0_1.tif")) as b,
+    ):
         assert not np.allclose(a.stretch, b.stretch)
 
 
@@ -160,8 +174,14 @@ def test_cancel_keeps_the_finished_tiles_and_resumes(tmp_path, whole, reference,
     out = str(tmp_path / "many.gpkg")
     seen = []
     with pytest.raises(Cancelled, match="finished tiles are kept"):
-        detect_many([str(tmp_path / "tiles")], out, _options(model_path), processes=False,
-                    progress=lambda state: seen.append(state.done), is_cancelled=lambda: len(seen) >= 3)
+        detect_many(
+            [str(tmp_path / "tiles")],
+            out,
+            _options(model_path),
+            processes=False,
+            progress=lambda state: seen.append(state.done),
+            is_cancelled=lambda: len(seen) >= 3,
+        )
     assert not os.path.exists(out)
     lines = open(f"{out}.parts/manifest.jsonl").read().splitlines()
     assert 2 <= len(lines) - 1 < 9
@@ -181,21 +201,24 @@ def test_existing_scheduler(tmp_path, whole, reference, model_path):
 
     cut(whole, str(tmp_path / "tiles"))
     out = str(tmp_path / "many.gpkg")
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
-                      silence_logs=logging.ERROR) as cluster:
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0", silence_logs=logging.ERROR
+    ) as cluster:
         res = detect_many([str(tmp_path / "tiles")], out, _options(model_path), scheduler=cluster.scheduler_address)
         assert len(cluster.scheduler.workers) == 1  # still there for the next client
     _check_same_buildings(reference, read_layer(out))
     assert res.dashboard
     with pytest.raises(RoofDetectorError, match="Cannot reach the Dask scheduler"):
-        detect_many([str(tmp_path / "tiles")], str(tmp_path / "b.gpkg"), _options(model_path),
-                    scheduler="tcp://127.0.0.1:9")
+        detect_many(
+            [str(tmp_path / "tiles")], str(tmp_path / "b.gpkg"), _options(model_path), scheduler="tcp://127.0.0.1:9"
+        )
 
 
 def test_margin_too_small_is_reported(tmp_path, whole, model_path):
     cut(whole, str(tmp_path / "tiles"))
-    res = detect_many([str(tmp_path / "tiles")], str(tmp_path / "m.gpkg"), _options(model_path), margin_m=3.0,
-                      processes=False)
+    res = detect_many(
+        [str(tmp_path / "tiles")], str(tmp_path / "m.gpkg"), _options(model_path), margin_m=3.0, processes=False
+    )
     assert res.cut_at_margin > 0
     assert any("--margin-m" in w for w in res.warnings)
 
@@ -207,11 +230,25 @@ def test_abutting_tiles_with_float_noise_share_nothing():
     from roof_detector.core.mosaic_plan import MosaicInfo, RasterInfo
 
     size = 307.2
-    rasters = [RasterInfo(f"t{i}{j}", (500000 + j * size, 5000000 - (i + 1) * size, 500000 + (j + 1) * size,
-                                       5000000 - i * size), (0.3, 0.3), 1024, 1024)
-               for i in range(4) for j in range(4)]
-    mosaic = MosaicInfo(rasters, CRS("EPSG:32631").to_wkt(), (0.3, 0.3), (500000, 5000000 - 4 * size,
-                                                                         500000 + 4 * size, 5000000), 3, "Byte")
+    rasters = [
+        RasterInfo(
+            f"t{i}{j}",
+            (500000 + j * size, 5000000 - (i + 1) * size, 500000 + (j + 1) * size, 5000000 - i * size),
+            (0.3, 0.3),
+            1024,
+            1024,
+        )
+        for i in range(4)
+        for j in range(4)
+    ]
+    mosaic = MosaicInfo(
+        rasters,
+        CRS("EPSG:32631").to_wkt(),
+        (0.3, 0.3),
+        (500000, 5000000 - 4 * size, 500000 + 4 * size, 5000000),
+        3,
+        "Byte",
+    )
     for job in plan_jobs(mosaic, margin_m=0.0):
         assert job.sources == (rasters[job.index].path,) and job.earlier == ()
     assert all(len(j.sources) == 9 for j in plan_jobs(mosaic, margin_m=30.0) if j.inner_edges == (True,) * 4)
@@ -226,8 +263,11 @@ def test_a_tile_failing_in_its_job_is_one_line_naming_it(tmp_path, whole, model_
     tiles = cut(whole, str(tmp_path / "raw"))
     os.makedirs(tmp_path / "tiles")
     for t in tiles:
-        gdal.Translate(str(tmp_path / "tiles" / os.path.basename(t)), t,
-                       creationOptions=["COMPRESS=DEFLATE", "TILED=YES", "BLOCKXSIZE=64", "BLOCKYSIZE=64"])
+        gdal.Translate(
+            str(tmp_path / "tiles" / os.path.basename(t)),
+            t,
+            creationOptions=["COMPRESS=DEFLATE", "TILED=YES", "BLOCKXSIZE=64", "BLOCKYSIZE=64"],
+        )
     bad = tmp_path / "tiles" / "tile_0_1.tif"
     size = bad.stat().st_size
     with open(bad, "r+b") as fh:
@@ -235,7 +275,9 @@ def test_a_tile_failing_in_its_job_is_one_line_naming_it(tmp_path, whole, model_
         fh.write(b"\x13" * (size // 3))
     out = str(tmp_path / "many.gpkg")
     # the tile whose job read the damaged file (its own pixels or its margin) is named, and the damaged file
-    with pytest.raises(RoofDetectorError, match=r"^tile_\d_\d.tif(:| failed:) .*tile_0_1.tif.*finished tiles are kept") as err:
+    with pytest.raises(
+        RoofDetectorError, match=r"^tile_\d_\d.tif(:| failed:) .*tile_0_1.tif.*finished tiles are kept"
+    ) as err:
         detect_many([str(tmp_path / "tiles")], out, _options(model_path), processes=False)
     assert "\n" not in str(err.value) and not os.path.exists(out)
 
@@ -253,25 +295,35 @@ def test_other_settings_in_work_dir_refused(tmp_path, whole, model_path):
     cut(whole, str(tmp_path / "tiles"))
     out = str(tmp_path / "many.gpkg")
     work = str(tmp_path / "work")
-    detect_many([str(tmp_path / "tiles")], out, _options(model_path), processes=False, work_dir=work,
-                keep_parts=True)
+    detect_many([str(tmp_path / "tiles")], out, _options(model_path), processes=False, work_dir=work, keep_parts=True)
     with pytest.raises(OutputError, match="--restart"):
-        detect_many([str(tmp_path / "tiles")], str(tmp_path / "b.gpkg"),
-                    DetectOptions(model_path=model_path, device="cpu", min_area_m2=50), processes=False,
-                    work_dir=work)
+        detect_many(
+            [str(tmp_path / "tiles")],
+            str(tmp_path / "b.gpkg"),
+            DetectOptions(model_path=model_path, device="cpu", min_area_m2=50),
+            processes=False,
+            work_dir=work,
+        )
 
 
-@pytest.mark.parametrize("keyword, value, words", [
-    ("margin_m", -1.0, "Margin must be from 0 to 1000 m"), ("margin_m", float("nan"), "Margin must be a finite"),
-    ("block_px", 100, "Block size must be from 256"), ("workers", 0, "Workers must be from 1 to 256"),
-    ("threads_per_worker", 2.5, "Threads per worker must be a whole number")])
+@pytest.mark.parametrize(
+    "keyword, value, words",
+    [
+        ("margin_m", -1.0, "Margin must be from 0 to 1000 m"),
+        ("margin_m", float("nan"), "Margin must be a finite"),
+        ("block_px", 100, "Block size must be from 256"),
+        ("workers", 0, "Workers must be from 1 to 256"),
+        ("threads_per_worker", 2.5, "Threads per worker must be a whole number"),
+    ],
+)
 def test_distribution_values_are_checked_by_their_declarations_before_any_work(tmp_path, keyword, value, words):
     from roof_detector.core.params import ParameterError
 
     # The inputs do not exist: the declared range is refused first, nothing is planned or written.
     with pytest.raises(ParameterError, match=words):
-        detect_many([str(tmp_path / "none.tif")], str(tmp_path / "o.gpkg"), DetectOptions(device="cpu"),
-                    **{keyword: value})
+        detect_many(
+            [str(tmp_path / "none.tif")], str(tmp_path / "o.gpkg"), DetectOptions(device="cpu"), **{keyword: value}
+        )
     with pytest.raises(ParameterError, match="Threshold"):
         detect_many([str(tmp_path / "none.tif")], str(tmp_path / "o.gpkg"), DetectOptions(threshold=1.5))
     assert list(tmp_path.iterdir()) == []
@@ -300,8 +352,16 @@ def test_worker_killed_mid_task_is_retried_without_hole_or_duplicate(tmp_path, w
 
         threading.Thread(target=run, daemon=True).start()
 
-    res = detect_many([str(tmp_path / "tiles")], out, _options(model_path), workers=2, processes=True,
-                      threads_per_worker=1, keep_parts=True, on_cluster=killer)
+    res = detect_many(
+        [str(tmp_path / "tiles")],
+        out,
+        _options(model_path),
+        workers=2,
+        processes=True,
+        threads_per_worker=1,
+        keep_parts=True,
+        on_cluster=killer,
+    )
     assert killed, "no job was seen running"
     index = int(killed["key"].split("-")[2])
     from roof_detector.core.many_manifest import Manifest

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.shared_data
 
 @pytest.mark.slow
 def test_oam_mercator_raster_with_mask_band(shared_data, tmp_path):
-    raster = shared_data / "oam" / "area4" / "ortho_z19.tif"   # 1536 x 768, EPSG:3857, 78 % masked
+    raster = shared_data / "oam" / "area4" / "ortho_z19.tif"  # 1536 x 768, EPSG:3857, 78 % masked
     if not raster.is_file():
         pytest.skip(f"{raster} is absent")
     model = load_model(make_test_model(str(tmp_path / "bright.pt")), "cpu")

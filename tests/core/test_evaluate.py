@@ -8,8 +8,14 @@ from affine import Affine
 from pyproj import CRS
 
 from roof_detector.core.errors import InputRasterError, LabelError
-from roof_detector.core.evaluate import (evaluate, evaluate_files, grid_from_extent, grid_from_raster,
-                                         match_objects, polygon_iou)
+from roof_detector.core.evaluate import (
+    evaluate,
+    evaluate_files,
+    grid_from_extent,
+    grid_from_raster,
+    match_objects,
+    polygon_iou,
+)
 
 from .geom_helpers import WGS84, transform_geom, utm_wkt
 
@@ -36,8 +42,17 @@ def write_raster(path, transform, shape, crs_wkt, valid=None):
     h, w = shape
     data = np.full((3, h, w), 128, dtype=np.uint8)
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-        with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=3, dtype="uint8",
-                           crs=CRS.from_wkt(crs_wkt).to_wkt(), transform=transform) as ds:
+        with rasterio.open(
+            path,
+            "w",
+            driver="GTiff",
+            width=w,
+            height=h,
+            count=3,
+            dtype="uint8",
+            crs=CRS.from_wkt(crs_wkt).to_wkt(),
+            transform=transform,
+        ) as ds:
             ds.write(data)
             if valid is not None:
                 ds.write_mask(np.where(valid, 255, 0).astype(np.uint8))
@@ -54,8 +69,15 @@ def test_identical_layers_score_one():
     d = r.as_dict()
     assert d["pixel"]["iou"] == 1 and d["pixel"]["precision"] == 1 and d["pixel"]["recall"] == 1
     assert d["pixel"]["f1"] == 1 and d["pixel"]["accuracy"] == 1
-    assert d["object"] == {**d["object"], "predicted": 2, "reference": 2, "matched": 2, "precision": 1.0,
-                           "recall": 1.0, "f1": 1.0}
+    assert d["object"] == {
+        **d["object"],
+        "predicted": 2,
+        "reference": 2,
+        "matched": 2,
+        "precision": 1.0,
+        "recall": 1.0,
+        "f1": 1.0,
+    }
 
 
 def test_disjoint_layers_score_zero():
@@ -78,10 +100,12 @@ def test_half_overlap_gives_the_computed_values():
 
 def test_object_matching_counts():
     refs = [B(0, 0, 10, 10), B(20, 0, 30, 10), B(40, 0, 50, 10)]
-    preds = [B(0, 0, 10, 10),          # exact
-             B(22, 0, 32, 10),         # IoU 8/12 = 0.667: match
-             B(45, 0, 55, 10),         # IoU 1/3: no match
-             B(60, 0, 65, 5)]          # false positive
+    preds = [
+        B(0, 0, 10, 10),  # exact
+        B(22, 0, 32, 10),  # IoU 8/12 = 0.667: match
+        B(45, 0, 55, 10),  # IoU 1/3: no match
+        B(60, 0, 65, 5),
+    ]  # false positive
     grid = grid_from_extent((0, 0, 70, 10), 0.5, UTM)
     r = evaluate(preds, refs, grid)
     assert (r.n_predicted, r.n_reference, r.n_matched) == (4, 3, 2)

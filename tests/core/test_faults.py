@@ -25,8 +25,18 @@ from devtools.test_model import BrightnessNet
 from roof_detector.core.training.finetune import FinetuneOptions, prepare_data
 from roof_detector.core.vector_io import read_polygons
 
-from .synthetic_rasters import (BRIGHT, DARK, LONLAT, MERCATOR, NORTH_UP, PX_AREA, UTM, rect_scene, scene_in_crs,
-                                write_raster)
+from .synthetic_rasters import (
+    BRIGHT,
+    DARK,
+    LONLAT,
+    MERCATOR,
+    NORTH_UP,
+    PX_AREA,
+    UTM,
+    rect_scene,
+    scene_in_crs,
+    write_raster,
+)
 
 # Three buildings: 20 x 30 m, 10 x 10 m and 15 x 5 m.
 RECTS = [(20, 20, 60, 80), (120, 200, 140, 220), (150, 40, 160, 70)]
@@ -63,9 +73,9 @@ def test_non_byte_rasters_are_stretched_per_band(tmp_path, model, dtype, ground,
 
 def test_nan_pixels_of_a_real_raster_are_nodata(tmp_path, model):
     data = np.full((3, 100, 160), 0.1, np.float32)
-    data[:, 20:60, 20:60] = 0.9           # a building
-    data[:, :, 100:] = np.nan             # no data, but no nodata value declared
-    data[:, 40:80, 110:150] = 0.9         # "bright" under NaN in one band only: still no data
+    data[:, 20:60, 20:60] = 0.9  # a building
+    data[:, :, 100:] = np.nan  # no data, but no nodata value declared
+    data[:, 40:80, 110:150] = 0.9  # "bright" under NaN in one band only: still no data
     data[1, 40:80, 110:150] = np.nan
     path = write_raster(tmp_path / "nan.tif", data, UTM, NORTH_UP)
     res = detect_buildings(path, DetectOptions(), model=model)
@@ -77,15 +87,25 @@ def test_nan_pixels_of_a_real_raster_are_nodata(tmp_path, model):
 def test_grey_plus_alpha_is_grey_with_alpha_as_validity(tmp_path, model):
     data = np.full((2, 100, 160), DARK, np.uint8)
     data[0, 20:60, 20:60] = BRIGHT
-    data[0, 20:60, 100:140] = BRIGHT      # under alpha 0: never a building
+    data[0, 20:60, 100:140] = BRIGHT  # under alpha 0: never a building
     data[1] = 255
     data[1, :, 90:] = 0
     path = str(tmp_path / "la.tif")
     import rasterio
     from rasterio.enums import ColorInterp
 
-    with rasterio.open(path, "w", driver="GTiff", width=160, height=100, count=2, dtype="uint8", crs=UTM,
-                       transform=NORTH_UP, alpha="YES") as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=160,
+        height=100,
+        count=2,
+        dtype="uint8",
+        crs=UTM,
+        transform=NORTH_UP,
+        alpha="YES",
+    ) as ds:
         ds.write(data)
         ds.colorinterp = [ColorInterp.gray, ColorInterp.alpha]
     res = detect_buildings(path, DetectOptions(), model=model)
@@ -132,7 +152,7 @@ def _checkpoint(path):
 
 def _truncated(path, model_path):
     data = open(model_path, "rb").read()
-    path.write_bytes(data[:len(data) // 2])
+    path.write_bytes(data[: len(data) // 2])
 
 
 def _asks_for_nir(path, model_path):
@@ -141,16 +161,23 @@ def _asks_for_nir(path, model_path):
     torch.jit.save(torch.jit.script(BrightnessNet()), str(path), _extra_files={"metadata.json": json.dumps(meta)})
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("truncated", "not a TorchScript model .*truncated"),
-    ("checkpoint", "not a TorchScript model: a zip archive without Roof Detector metadata or TorchScript code"),
-    ("no_metadata", "TorchScript file without Roof Detector metadata"),
-    ("nir", r"asks for bands \['red', 'green', 'blue', 'nir'\]; this version supports only"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("truncated", "not a TorchScript model .*truncated"),
+        ("checkpoint", "not a TorchScript model: a zip archive without Roof Detector metadata or TorchScript code"),
+        ("no_metadata", "TorchScript file without Roof Detector metadata"),
+        ("nir", r"asks for bands \['red', 'green', 'blue', 'nir'\]; this version supports only"),
+    ],
+)
 def test_unusable_model_files_are_refused_before_any_work(tmp_path, scene, model_path, kind, message):
     bad = tmp_path / f"{kind}.pt"
-    {"truncated": lambda: _truncated(bad, model_path), "checkpoint": lambda: _checkpoint(bad),
-     "no_metadata": lambda: _torchscript_without_metadata(bad), "nir": lambda: _asks_for_nir(bad, model_path)}[kind]()
+    {
+        "truncated": lambda: _truncated(bad, model_path),
+        "checkpoint": lambda: _checkpoint(bad),
+        "no_metadata": lambda: _torchscript_without_metadata(bad),
+        "nir": lambda: _asks_for_nir(bad, model_path),
+    }[kind]()
     with pytest.raises(ModelError, match=message) as info:
         detect_buildings(scene, DetectOptions(model_path=str(bad), device="cpu"))
     assert str(bad) in str(info.value)
@@ -162,12 +189,19 @@ def test_model_export_on_a_real_full_disk_leaves_no_file(full_disk):
     import sys
 
     out = full_disk / "lib" / "mine.pt"
-    code = ("import sys; from devtools.test_model import make_test_model\n"
-            "from roof_detector.core.errors import OutputError\n"
-            "try:\n    make_test_model(sys.argv[1])\n"
-            "except OutputError as exc:\n    print(exc); sys.exit(2)\n")
-    proc = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=120,
-                          cwd=str(Path(__file__).resolve().parents[2]))
+    code = (
+        "import sys; from devtools.test_model import make_test_model\n"
+        "from roof_detector.core.errors import OutputError\n"
+        "try:\n    make_test_model(sys.argv[1])\n"
+        "except OutputError as exc:\n    print(exc); sys.exit(2)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "disk is full" in proc.stdout and "No model file was written" in proc.stdout
     assert "c10::Error" not in proc.stderr
@@ -204,8 +238,14 @@ def fake_gpu(monkeypatch, model_path):
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
 
     def make(fits):
-        return LoadedModel(module=FlakyGpuNet(fits), metadata=read_metadata(model_path), device=torch.device("cuda"),
-                           path="fake-gpu.pt", extra={"backend": "torch"})
+        return LoadedModel(
+            module=FlakyGpuNet(fits),
+            metadata=read_metadata(model_path),
+            device=torch.device("cuda"),
+            path="fake-gpu.pt",
+            extra={"backend": "torch"},
+        )
+
     make.emptied = emptied
     return make
 
@@ -215,11 +255,11 @@ def test_gpu_out_of_memory_retries_with_smaller_batches(scene, model, fake_gpu):
     reference = detect_buildings(scene, DetectOptions(batch_size=8), model=model)
     gpu = fake_gpu(fits=2)
     res = detect_buildings(scene, DetectOptions(batch_size=8), model=gpu)
-    assert _areas(res) == pytest.approx(_areas(reference), rel=1e-9)   # nothing lost
+    assert _areas(res) == pytest.approx(_areas(reference), rel=1e-9)  # nothing lost
     assert gpu.module.calls[:3] == [("gpu", 8), ("gpu", 4), ("gpu", 2)]
     assert {n for _, n in gpu.module.calls[3:]} <= {1, 2} and all(d == "gpu" for d, _ in gpu.module.calls)
     assert sum(n for _, n in gpu.module.calls if n <= 2) == res.stats["tiles"]  # every tile once
-    assert len(fake_gpu.emptied) == 2                                    # cache emptied before each retry
+    assert len(fake_gpu.emptied) == 2  # cache emptied before each retry
     assert res.stats["batch_size"] == 2 and gpu.device.type == "cuda"
     assert len(res.warnings) == 1
     assert "ran out of memory with 8 tiles per batch" in res.warnings[0] and "with 2 tiles per batch" in res.warnings[0]
@@ -250,9 +290,14 @@ def test_out_of_memory_on_the_cpu_with_one_tile_is_an_error(scene, model_path, m
 # --------------------------------------------------------------------------- cancel at every stage
 
 
-@pytest.mark.parametrize("stage", ["tiles to process",           # raster opened, nothing read yet
-                                   "Detecting buildings: tile",   # reading, inference, tracing strips
-                                   "Tracing the last building"])  # the last strip, after inference
+@pytest.mark.parametrize(
+    "stage",
+    [
+        "tiles to process",  # raster opened, nothing read yet
+        "Detecting buildings: tile",  # reading, inference, tracing strips
+        "Tracing the last building",
+    ],
+)  # the last strip, after inference
 def test_cancel_at_every_stage_leaves_nothing(tmp_path, model, stage):
     many = [(r, c, r + 8, c + 8) for r in range(4, 190, 12) for c in range(4, 290, 12)]  # 384 buildings
     path = rect_scene(tmp_path / "many.tif", many)
@@ -264,11 +309,15 @@ def test_cancel_at_every_stage_leaves_nothing(tmp_path, model, stage):
             seen["cancel"] = True
 
     with pytest.raises(Cancelled, match="nothing was written"):
-        detect_buildings(path, DetectOptions(batch_size=4), progress=progress,
-                         is_cancelled=lambda: seen["cancel"], model=model)
+        detect_buildings(
+            path, DetectOptions(batch_size=4), progress=progress, is_cancelled=lambda: seen["cancel"], model=model
+        )
     assert seen["cancel"]
-    later = {"tiles to process": "Detecting", "Detecting buildings: tile": "Tracing the last",
-             "Tracing the last building": " buildings"}[stage]
+    later = {
+        "tiles to process": "Detecting",
+        "Detecting buildings: tile": "Tracing the last",
+        "Tracing the last building": " buildings",
+    }[stage]
     assert not any(m.endswith(later) or m.startswith(later) for m in seen["messages"])  # it stopped in that stage
 
 
@@ -300,23 +349,28 @@ def _sq(x, y, s=10.0, z=None):
 
 
 def test_label_geometries_are_repaired_flattened_or_skipped(tmp_path):
-    bowtie = (f"POLYGON(({ORIGIN[0]} {ORIGIN[1]},{ORIGIN[0] + 10} {ORIGIN[1] - 10},{ORIGIN[0] + 10} {ORIGIN[1]},"
-              f"{ORIGIN[0]} {ORIGIN[1] - 10},{ORIGIN[0]} {ORIGIN[1]}))")
-    path = _label_file(tmp_path / "mixed.gpkg", [
-        f"POLYGON(({_sq(20, 20)}))",                                   # fine
-        bowtie,                                                         # invalid: repaired
-        f"MULTIPOLYGON((({_sq(40, 20)})),(({_sq(60, 20)})))",          # multi-part: kept whole
-        f"POLYGON Z(({_sq(80, 20, z=35.0)}))",                         # 3D: flattened
-        "POLYGON EMPTY",                                                # empty: skipped
-        None,                                                           # no geometry: skipped
-        f"POINT({ORIGIN[0] + 5} {ORIGIN[1] - 5})",                     # point: skipped
-        f"LINESTRING({ORIGIN[0]} {ORIGIN[1]},{ORIGIN[0] + 30} {ORIGIN[1] - 30})",  # line: skipped
-    ])
+    bowtie = (
+        f"POLYGON(({ORIGIN[0]} {ORIGIN[1]},{ORIGIN[0] + 10} {ORIGIN[1] - 10},{ORIGIN[0] + 10} {ORIGIN[1]},"
+        f"{ORIGIN[0]} {ORIGIN[1] - 10},{ORIGIN[0]} {ORIGIN[1]}))"
+    )
+    path = _label_file(
+        tmp_path / "mixed.gpkg",
+        [
+            f"POLYGON(({_sq(20, 20)}))",  # fine
+            bowtie,  # invalid: repaired
+            f"MULTIPOLYGON((({_sq(40, 20)})),(({_sq(60, 20)})))",  # multi-part: kept whole
+            f"POLYGON Z(({_sq(80, 20, z=35.0)}))",  # 3D: flattened
+            "POLYGON EMPTY",  # empty: skipped
+            None,  # no geometry: skipped
+            f"POINT({ORIGIN[0] + 5} {ORIGIN[1] - 5})",  # point: skipped
+            f"LINESTRING({ORIGIN[0]} {ORIGIN[1]},{ORIGIN[0] + 30} {ORIGIN[1] - 30})",  # line: skipped
+        ],
+    )
     layer = read_polygons(path, target_crs_wkt=_wkt(32631))
     assert len(layer.geometries) == 4 and layer.repaired == 1 and layer.skipped == 4
     assert sorted(set(layer.skipped_reasons)) == ["empty", "linestring", "point"]
     assert all(g.is_valid and not g.has_z for g in layer.geometries)
-    assert layer.geometries[1].area == pytest.approx(50.0)            # the bowtie's two triangles
+    assert layer.geometries[1].area == pytest.approx(50.0)  # the bowtie's two triangles
     assert layer.geometries[2].geom_type == "MultiPolygon" and layer.geometries[2].area == pytest.approx(200.0)
 
 
@@ -332,12 +386,20 @@ def small_raster(tmp_path):
     return write_raster(tmp_path / "ortho.tif", data, UTM, Affine(0.5, 0, ORIGIN[0], 0, -0.5, ORIGIN[1]))
 
 
-@pytest.mark.parametrize("geometries, message", [
-    ([f"POINT({ORIGIN[0] + 5} {ORIGIN[1] - 5})", f"LINESTRING({ORIGIN[0]} {ORIGIN[1]},{ORIGIN[0] + 9} {ORIGIN[1]})"],
-     r"holds no building polygon: 2 feature\(s\) skipped as not polygons or empty \(linestring, point\)"),
-    ([], "holds no building polygon: it has no features"),
-    ([f"POLYGON(({_sq(-900, -900)}))"], "No label polygon lies inside the raster"),
-])
+@pytest.mark.parametrize(
+    "geometries, message",
+    [
+        (
+            [
+                f"POINT({ORIGIN[0] + 5} {ORIGIN[1] - 5})",
+                f"LINESTRING({ORIGIN[0]} {ORIGIN[1]},{ORIGIN[0] + 9} {ORIGIN[1]})",
+            ],
+            r"holds no building polygon: 2 feature\(s\) skipped as not polygons or empty \(linestring, point\)",
+        ),
+        ([], "holds no building polygon: it has no features"),
+        ([f"POLYGON(({_sq(-900, -900)}))"], "No label polygon lies inside the raster"),
+    ],
+)
 def test_label_layers_without_usable_polygons_are_refused(tmp_path, small_raster, geometries, message):
     labels = _label_file(tmp_path / "labels.gpkg", geometries)
     opts = FinetuneOptions(raster_path=small_raster, labels_path=labels, output_path=str(tmp_path / "out.pt"))
@@ -346,25 +408,29 @@ def test_label_layers_without_usable_polygons_are_refused(tmp_path, small_raster
     assert not (tmp_path / "out.pt").exists()
 
 
-
 def test_cuda_batch_size_is_fitted_to_free_memory(model_path, monkeypatch):
     from roof_detector.core.inference import GPU_BATCH_MAX, fitted_batch_size
 
-    gpu = LoadedModel(module=BrightnessNet(), metadata=read_metadata(model_path), device=torch.device("cuda"),
-                      path="fake-gpu.pt", extra={"backend": "torch"})
-    monkeypatch.setattr(inference, "_cuda_bytes_per_tile", lambda model: 50e6)   # 50 MB per tile
+    gpu = LoadedModel(
+        module=BrightnessNet(),
+        metadata=read_metadata(model_path),
+        device=torch.device("cuda"),
+        path="fake-gpu.pt",
+        extra={"backend": "torch"},
+    )
+    monkeypatch.setattr(inference, "_cuda_bytes_per_tile", lambda model: 50e6)  # 50 MB per tile
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2e9, 8e9))  # 2 GB free
-    assert fitted_batch_size(gpu) == 24                                           # 60 % of 2 GB / 50 MB
+    assert fitted_batch_size(gpu) == 24  # 60 % of 2 GB / 50 MB
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (70e9, 80e9))
     assert fitted_batch_size(gpu) == GPU_BATCH_MAX
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (30e6, 8e9))
-    assert fitted_batch_size(gpu) == 1                                            # never 0
+    assert fitted_batch_size(gpu) == 1  # never 0
 
     def no_probe(model):
         raise RuntimeError("CUDA error: unspecified launch failure")
 
     monkeypatch.setattr(inference, "_cuda_bytes_per_tile", no_probe)
-    assert fitted_batch_size(gpu) == inference.GPU_BATCH_SIZE                     # the default, not a crash
+    assert fitted_batch_size(gpu) == inference.GPU_BATCH_SIZE  # the default, not a crash
     cpu = LoadedModel(module=BrightnessNet(), metadata=read_metadata(model_path), device=torch.device("cpu"), path="x")
     assert fitted_batch_size(cpu) == inference.CPU_BATCH_SIZE
 
@@ -377,8 +443,13 @@ class NanNet(BrightnessNet):
 
 
 def test_nan_model_output_is_reported(scene, model_path):
-    broken = LoadedModel(module=NanNet(), metadata=read_metadata(model_path), device=torch.device("cpu"),
-                         path="nan.pt", extra={"backend": "torch"})
+    broken = LoadedModel(
+        module=NanNet(),
+        metadata=read_metadata(model_path),
+        device=torch.device("cpu"),
+        path="nan.pt",
+        extra={"backend": "torch"},
+    )
     res = detect_buildings(scene, DetectOptions(), model=broken)
     assert res.buildings == []
     assert [w for w in res.warnings if "NaN or infinite probabilities" in w and "model file is broken" in w]

@@ -47,9 +47,21 @@ def test_finetune_writes_a_loadable_model_with_metadata_and_curves(labelled_area
     raster, labels, base = labelled_area
     out = str(tmp_path / "lib" / "mine.pt")
     epochs = []
-    res = finetune(FinetuneOptions(raster_path=raster, labels_path=labels, output_path=out, base_model_path=base,
-                                   epochs=2, lr=3e-3, batch_size=4, samples_per_epoch=8, device="cpu"),
-                   on_epoch=lambda i: epochs.append(i["row"]["epoch"]), log=lambda m: None)
+    res = finetune(
+        FinetuneOptions(
+            raster_path=raster,
+            labels_path=labels,
+            output_path=out,
+            base_model_path=base,
+            epochs=2,
+            lr=3e-3,
+            batch_size=4,
+            samples_per_epoch=8,
+            device="cpu",
+        ),
+        on_epoch=lambda i: epochs.append(i["row"]["epoch"]),
+        log=lambda m: None,
+    )
     assert res.model_path == out and epochs == [1, 2] and len(res.history) == 2
     meta = read_metadata(out)
     assert meta["base_model"]["name"] == "tiny-base"
@@ -72,10 +84,21 @@ def test_cancel_drops_or_keeps_the_model(labelled_area, tmp_path):
     for keep in (False, True):
         calls["n"] = 0
         out = str(tmp_path / f"keep{keep}.pt")
-        res = finetune(FinetuneOptions(raster_path=raster, labels_path=labels, output_path=out, base_model_path=base,
-                                       epochs=5, batch_size=4, samples_per_epoch=8, device="cpu",
-                                       keep_best_on_cancel=keep),
-                       is_cancelled=cancel_after_first_epoch, log=lambda m: None)
+        res = finetune(
+            FinetuneOptions(
+                raster_path=raster,
+                labels_path=labels,
+                output_path=out,
+                base_model_path=base,
+                epochs=5,
+                batch_size=4,
+                samples_per_epoch=8,
+                device="cpu",
+                keep_best_on_cancel=keep,
+            ),
+            is_cancelled=cancel_after_first_epoch,
+            log=lambda m: None,
+        )
         assert res.stopped == "cancelled"
         assert (res.model_path is not None) == keep
         assert (tmp_path / f"keep{keep}.pt").exists() == keep
@@ -95,8 +118,16 @@ def test_labels_outside_the_raster_are_refused(labelled_area, tmp_path):
     lyr.CreateFeature(f)
     ds = None
     with pytest.raises(LabelError, match="No label polygon lies inside the raster"):
-        finetune(FinetuneOptions(raster_path=raster, labels_path=far, output_path=str(tmp_path / "x.pt"),
-                                 base_model_path=base, device="cpu"), log=lambda m: None)
+        finetune(
+            FinetuneOptions(
+                raster_path=raster,
+                labels_path=far,
+                output_path=str(tmp_path / "x.pt"),
+                base_model_path=base,
+                device="cpu",
+            ),
+            log=lambda m: None,
+        )
 
 
 def test_validation_blocks_are_whole_blocks_and_need_two():
@@ -113,16 +144,32 @@ def test_validation_blocks_are_whole_blocks_and_need_two():
 def test_label_fids_select_features_by_their_feature_id(labelled_area, tmp_path):
     raster, labels, base = labelled_area
     out = str(tmp_path / "sel.pt")
-    finetune(FinetuneOptions(raster_path=raster, labels_path=labels, output_path=out, base_model_path=base,
-                             label_fids=list(range(1, 13)) + [25], epochs=1, batch_size=4, samples_per_epoch=4, device="cpu"),
-             log=lambda m: None)
+    finetune(
+        FinetuneOptions(
+            raster_path=raster,
+            labels_path=labels,
+            output_path=out,
+            base_model_path=base,
+            label_fids=list(range(1, 13)) + [25],
+            epochs=1,
+            batch_size=4,
+            samples_per_epoch=4,
+            device="cpu",
+        ),
+        log=lambda m: None,
+    )
     # GeoPackage feature ids start at 1; fid 25 is the point feature, skipped as no polygon.
     assert read_metadata(out)["training"]["label_polygons"] == 12
 
 
 def test_default_crops_per_epoch_scale_with_the_labelled_area():
-    from roof_detector.core.training.finetune import (MAX_SAMPLES, MIN_SAMPLES, SAMPLES_PER_TILE,
-                                                      default_samples_per_epoch, plan)
+    from roof_detector.core.training.finetune import (
+        MAX_SAMPLES,
+        MIN_SAMPLES,
+        SAMPLES_PER_TILE,
+        default_samples_per_epoch,
+        plan,
+    )
 
     tile = 256
     sizes = [default_samples_per_epoch(int(t * tile * tile), tile, 8) for t in (0.5, 2, 4, 8, 50)]
@@ -147,11 +194,23 @@ def test_defaults_used_and_before_after_outside_the_labelled_area(labelled_area,
     left = f"POLYGON(({x0} {y0},{x0 + 64} {y0},{x0 + 64} {y0 - 128},{x0} {y0 - 128},{x0} {y0}))"
     out = str(tmp_path / "half.pt")
     lines = []
-    res = finetune(FinetuneOptions(raster_path=raster, labels_path=labels, output_path=out, base_model_path=base,
-                                   area_wkt=left, epochs=1, batch_size=4, device="cpu"), log=lines.append)
+    res = finetune(
+        FinetuneOptions(
+            raster_path=raster,
+            labels_path=labels,
+            output_path=out,
+            base_model_path=base,
+            area_wkt=left,
+            epochs=1,
+            batch_size=4,
+            device="cpu",
+        ),
+        log=lines.append,
+    )
     assert any(line.startswith("Plan: ") and "time budget 15 min" in line for line in lines)
     assert res.plan["samples_per_epoch"] == default_samples_per_epoch(
-        int(res.plan["labelled_tiles"] * 64 * 64 + 0.5), 64, 4)
+        int(res.plan["labelled_tiles"] * 64 * 64 + 0.5), 64, 4
+    )
     assert res.outside["before"]["reference"] > 5
     assert res.outside["after"]["reference"] == res.outside["before"]["reference"]
     for key in ("iou", "object_f1"):

@@ -24,19 +24,33 @@ from .test_finetune import labelled_area  # noqa: F401 - fixture
 
 def _opts(raster, labels, base, out, **kw):
     kw.setdefault("epochs", 1)
-    return FinetuneOptions(raster_path=raster, labels_path=labels, output_path=str(out), base_model_path=base,
-                           batch_size=kw.pop("batch_size", 4), samples_per_epoch=kw.pop("samples_per_epoch", 4),
-                           device=kw.pop("device", "cpu"), **kw)
+    return FinetuneOptions(
+        raster_path=raster,
+        labels_path=labels,
+        output_path=str(out),
+        base_model_path=base,
+        batch_size=kw.pop("batch_size", 4),
+        samples_per_epoch=kw.pop("samples_per_epoch", 4),
+        device=kw.pop("device", "cpu"),
+        **kw,
+    )
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("epochs", 0, "Epochs must be from 1 to 500, got 0"), ("epochs", -1, "Epochs must be .*got -1"),
-    ("val_fraction", 0.0, "Validation share must be from 0.05 to 0.5, got 0.0"),
-    ("val_fraction", 1.5, "Validation share must be .*got 1.5"), ("batch_size", 0, "Batch size must be .*got 0"),
-    ("lr", math.nan, "Learning rate must be a finite number .*got nan"), ("lr", -1e-3, "Learning rate .*got -0.001"),
-    ("lr", math.inf, "Learning rate must be a finite number .*got inf"), ("patience", 0, "Patience .*got 0"),
-    ("samples_per_epoch", 0, "Samples per epoch .*got 0"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("epochs", 0, "Epochs must be from 1 to 500, got 0"),
+        ("epochs", -1, "Epochs must be .*got -1"),
+        ("val_fraction", 0.0, "Validation share must be from 0.05 to 0.5, got 0.0"),
+        ("val_fraction", 1.5, "Validation share must be .*got 1.5"),
+        ("batch_size", 0, "Batch size must be .*got 0"),
+        ("lr", math.nan, "Learning rate must be a finite number .*got nan"),
+        ("lr", -1e-3, "Learning rate .*got -0.001"),
+        ("lr", math.inf, "Learning rate must be a finite number .*got inf"),
+        ("patience", 0, "Patience .*got 0"),
+        ("samples_per_epoch", 0, "Samples per epoch .*got 0"),
+    ],
+)
 def test_bad_numbers_are_refused_before_any_work(labelled_area, tmp_path, field, value, message):  # noqa: F811
     """The declarations' checks (core.params), run by finetune() before anything is read or written."""
     raster, labels, base = labelled_area
@@ -75,8 +89,10 @@ def test_a_read_only_output_folder_is_refused_before_training(labelled_area, tmp
     raster, labels, base = labelled_area
     ro = tmp_path / "ro"
     ro.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(ro)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(ro)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("mounting a read-only tmpfs needs root")
     try:
         with pytest.raises(OutputError, match="read-only"):
@@ -92,8 +108,9 @@ def test_rasters_that_detection_refuses_are_refused(labelled_area, tmp_path, kin
         data = np.full((3, 64, 64), 40, np.uint8)
         raster = write_raster(tmp_path / "rot.tif", data, UTM, Affine(0.5, 0.1, 500000, 0.1, -0.5, 5000000))
     else:
-        raster = write_raster(tmp_path / "five.tif", np.full((5, 64, 64), 40, np.uint8), UTM,
-                              Affine(0.5, 0, 500000, 0, -0.5, 5000000))
+        raster = write_raster(
+            tmp_path / "five.tif", np.full((5, 64, 64), 40, np.uint8), UTM, Affine(0.5, 0, 500000, 0, -0.5, 5000000)
+        )
     with pytest.raises(InputRasterError, match=message):
         finetune(_opts(raster, labels, base, tmp_path / "m.pt"), log=lambda m: None)
     assert not (tmp_path / "m.pt").exists()
@@ -112,14 +129,18 @@ def _base_that_calls_everything_a_building(path):
     with torch.no_grad():  # the 1x1 output head: logit 10 everywhere
         net.head.weight.zero_()
         net.head.bias.fill_(10.0)
-    cfg = TrainConfig(architecture="plain_unet", architecture_params={"base_channels": 4}, gsd_m=GSD, tile_px=64,
-                      overlap_px=8)
+    cfg = TrainConfig(
+        architecture="plain_unet", architecture_params={"base_channels": 4}, gsd_m=GSD, tile_px=64, overlap_px=8
+    )
     export_model(net, cfg, path, 0.5, {"name": "tiny-base"})
     return path
 
 
-def test_a_useless_learning_rate_is_flagged_as_worse_than_the_base(labelled_area, tmp_path,  # noqa: F811
-                                                                  monkeypatch):
+def test_a_useless_learning_rate_is_flagged_as_worse_than_the_base(
+    labelled_area,
+    tmp_path,  # noqa: F811
+    monkeypatch,
+):
     raster, labels, _ = labelled_area
     # The fixture's base is an unseeded untrained net: it calls everything a building (IoU 0.14, the
     # building share) or nothing (IoU 0), and from nothing any one-class model is better. This base
@@ -130,11 +151,15 @@ def test_a_useless_learning_rate_is_flagged_as_worse_than_the_base(labelled_area
     # this test only: what is tested is the warning, not the range.
     monkeypatch.setitem(FINETUNE, "lr", dataclasses.replace(FINETUNE["lr"], high=1.0))
     logs = []
-    res = finetune(_opts(raster, labels, base, tmp_path / "m.pt", lr=1.0, epochs=2, samples_per_epoch=8),
-                   log=logs.append)
+    res = finetune(
+        _opts(raster, labels, base, tmp_path / "m.pt", lr=1.0, epochs=2, samples_per_epoch=8), log=logs.append
+    )
     not_better = res.after["iou"] <= res.before["iou"]
-    warned = [n for n in res.notes if n.startswith("Warning: the fine-tuned model is")
-              and "the base model on the validation blocks" in n]
+    warned = [
+        n
+        for n in res.notes
+        if n.startswith("Warning: the fine-tuned model is") and "the base model on the validation blocks" in n
+    ]
     assert bool(warned) == not_better and (not warned or warned[0] in logs)
     assert not_better, f"IoU {res.before['iou']} -> {res.after['iou']}"
     assert os.path.exists(res.model_path)

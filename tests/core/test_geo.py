@@ -41,14 +41,14 @@ def test_pixel_size_in_web_mercator_shrinks_with_cos_latitude():
 def test_pixel_size_in_degrees_differs_in_x_and_y():
     t = Affine(1e-5, 0, 3.0, 0, -1e-5, 50.0)
     x_m, y_m = pixel_size_m(LONLAT, t, 100, 100)
-    assert y_m == pytest.approx(1.1121, rel=2e-3)        # a degree of latitude ~111.2 km at 50 N
+    assert y_m == pytest.approx(1.1121, rel=2e-3)  # a degree of latitude ~111.2 km at 50 N
     assert x_m == pytest.approx(y_m * math.cos(math.radians(50.0)), rel=5e-3)
 
 
 def test_same_building_same_area_in_three_crs():
     building = utm_rect(10, 10, 25.0, 12.0)
     area_utm, perim_utm = area_perimeter_m(building, UTM)
-    assert area_utm == pytest.approx(300 / 0.9996 ** 2, rel=1e-3)
+    assert area_utm == pytest.approx(300 / 0.9996**2, rel=1e-3)
     assert perim_utm == pytest.approx(74 / 0.9996, rel=1e-3)
     for crs in (MERCATOR, LONLAT):
         area, perim = area_perimeter_m(_to(crs, building), crs)
@@ -65,7 +65,7 @@ def test_holes_are_subtracted_whatever_the_ring_orientation():
     reversed_rings = shapely.Polygon(list(outer.exterior.coords)[::-1], [list(hole.exterior.coords)[::-1]])
     for geom in (with_hole, reversed_rings):
         area, perim = area_perimeter_m(geom, UTM)
-        assert area == pytest.approx(300 / 0.9996 ** 2, rel=1e-3)
+        assert area == pytest.approx(300 / 0.9996**2, rel=1e-3)
         assert perim == pytest.approx(120 / 0.9996, rel=1e-3)
 
 

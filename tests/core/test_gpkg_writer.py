@@ -20,14 +20,15 @@ CRS = "EPSG:32631"
 
 
 def _buildings(n=3, **attrs):
-    return [Building(shapely.box(500000 + 20 * i, 5539000, 500010 + 20 * i, 5539010), 100.0 + i, 40.0, 0.9,
-                     dict(attrs)) for i in range(n)]
+    return [
+        Building(shapely.box(500000 + 20 * i, 5539000, 500010 + 20 * i, 5539010), 100.0 + i, 40.0, 0.9, dict(attrs))
+        for i in range(n)
+    ]
 
 
 def _layers(path):
     ds = ogr.Open(str(path))
-    out = {ds.GetLayerByIndex(i).GetName(): ds.GetLayerByIndex(i).GetFeatureCount()
-           for i in range(ds.GetLayerCount())}
+    out = {ds.GetLayerByIndex(i).GetName(): ds.GetLayerByIndex(i).GetFeatureCount() for i in range(ds.GetLayerCount())}
     ds = None
     return out
 
@@ -56,13 +57,20 @@ def test_new_file_has_fields_values_and_crs(tmp_path):
     bs[1].attributes = {"panels": 3.5, "kwp": None}
     write_buildings(bs, path, CRS, metadata={"model": "test 1.0"})
     assert _layers(path) == {"buildings": 2}
-    assert _siblings(path) == []                       # no temp / journal file left
+    assert _siblings(path) == []  # no temp / journal file left
     ds = ogr.Open(path)
     lyr = ds.GetLayerByName("buildings")
     defn = lyr.GetLayerDefn()
     types = {defn.GetFieldDefn(i).GetName(): defn.GetFieldDefn(i).GetTypeName() for i in range(defn.GetFieldCount())}
-    assert types == {"area_m2": "Real", "perimeter_m": "Real", "confidence": "Real", "panels": "Real",
-                     "kwp": "Real", "orientation": "String", "attr_fid": "Integer64"}
+    assert types == {
+        "area_m2": "Real",
+        "perimeter_m": "Real",
+        "confidence": "Real",
+        "panels": "Real",
+        "kwp": "Real",
+        "orientation": "String",
+        "attr_fid": "Integer64",
+    }
     assert lyr.GetSpatialRef().GetAuthorityCode(None) == "32631"
     assert lyr.GetGeomType() == ogr.wkbPolygon
     assert lyr.GetMetadataItem("model") == "test 1.0"
@@ -119,7 +127,7 @@ def test_failure_keeps_old_layer_and_other_layers(tmp_path, exc):
         write_buildings(broken, path, CRS, overwrite=True)
     with pytest.raises((OutputError, KeyboardInterrupt)):
         write_buildings(broken, path, CRS, layer="new")
-    assert _layers(path) == {"buildings": 3, "other": 2}   # old layer intact, no partial "new"
+    assert _layers(path) == {"buildings": 3, "other": 2}  # old layer intact, no partial "new"
     assert _siblings(path) == []
 
 
@@ -150,7 +158,7 @@ def test_killed_writer_leaves_no_partial_layer(tmp_path):
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=os.getcwd(), capture_output=True, timeout=60)
     assert proc.returncode == 9, proc.stderr.decode()
-    assert _layers(path) == {"keep_me": 3}                  # the half-written layer is not there
+    assert _layers(path) == {"keep_me": 3}  # the half-written layer is not there
     # SQLite's hot journal of the killed run is rolled back by the next writer and removed
     write_buildings(_buildings(1), path, CRS, layer="after")
     assert _layers(path) == {"keep_me": 3, "after": 1}
@@ -165,7 +173,7 @@ def test_locked_file_is_reported(tmp_path, monkeypatch):
     # reported by the write transaction itself.
     monkeypatch.setattr(gpkg_writer, "check_not_locked", lambda path: None)
     con = sqlite3.connect(path, isolation_level=None)
-    con.execute("BEGIN IMMEDIATE")                          # another writer holds the lock
+    con.execute("BEGIN IMMEDIATE")  # another writer holds the lock
     # (GDAL retries for its 5 s busy timeout before giving up: this test takes 5 s)
     try:
         with pytest.raises(OutputError, match="locked by another program"):
@@ -202,8 +210,9 @@ def test_read_only_folder(tmp_path):
         folder.chmod(0o755)
 
 
-@pytest.mark.parametrize("exc", [OSError(28, "No space left on device"),
-                                 RuntimeError("sqlite3_step() failed: database or disk is full")])
+@pytest.mark.parametrize(
+    "exc", [OSError(28, "No space left on device"), RuntimeError("sqlite3_step() failed: database or disk is full")]
+)
 def test_full_disk_mid_write_keeps_everything_else(tmp_path, exc):
     path = str(tmp_path / "out.gpkg")
     write_buildings(_buildings(3), path, CRS)
@@ -277,9 +286,13 @@ def test_attributes_are_written_rounded(tmp_path):
     from roof_detector.core.building import Building
     from roof_detector.core.gpkg_writer import write_buildings
 
-    b = Building(shapely.box(0, 0, 4.19, 4.19), 17.5581047123, 16.76000001, 0.87654321,
-                 {"kwp": 3.23456, "annual_kwh": 3881.4719, "orientation_deg": 12.3456, "panels": 8,
-                  "usable_area_m2": 9.87654})
+    b = Building(
+        shapely.box(0, 0, 4.19, 4.19),
+        17.5581047123,
+        16.76000001,
+        0.87654321,
+        {"kwp": 3.23456, "annual_kwh": 3881.4719, "orientation_deg": 12.3456, "panels": 8, "usable_area_m2": 9.87654},
+    )
     path = str(tmp_path / "r.gpkg")
     write_buildings([b], path, "EPSG:32631")
     ds = _ogr.Open(path)  # kept: a layer outliving its dataset crashes GDAL
@@ -311,13 +324,21 @@ def test_a_real_full_disk_names_the_file_and_keeps_the_old_layer(tmp_path):
 
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(disk)], capture_output=True).returncode
+        != 0
+    ):
         pytest.skip("mounting a small tmpfs needs root")
     try:
+
         def write(name, layer, n):
-            return subprocess.run([sys.executable, "-c", FULL_DISK_WRITER, str(disk / name), layer, str(n)],
-                                  capture_output=True, text=True, timeout=300, cwd=str(Path(__file__).resolve().parents[2]))
+            return subprocess.run(
+                [sys.executable, "-c", FULL_DISK_WRITER, str(disk / name), layer, str(n)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                cwd=str(Path(__file__).resolve().parents[2]),
+            )
 
         assert write("roofs.gpkg", "old", 1).returncode == 0
         before = (disk / "roofs.gpkg").read_bytes()

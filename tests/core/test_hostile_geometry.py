@@ -28,8 +28,7 @@ def test_a_roof_across_the_antimeridian_is_sized_geodesically():
     assert rooftop_attributes(east, WGS84)["area_m2"] == pytest.approx(geodesic, rel=1e-4)
 
 
-CURVED = ("CURVEPOLYGON(CIRCULARSTRING(500000 5000000,500010 5000010,500020 5000000,500010 4999990,"
-          "500000 5000000))")
+CURVED = "CURVEPOLYGON(CIRCULARSTRING(500000 5000000,500010 5000010,500020 5000000,500010 4999990,500000 5000000))"
 
 
 def _curved_layer(path):

@@ -5,9 +5,17 @@ import os
 import pytest
 
 from roof_detector.core.model_io import read_metadata
-from roof_detector.core.model_library import (ModelLibraryError, delete_model, export_model_file, file_stem,
-                                              import_model, list_models, new_model_path, rename_model,
-                                              validation_iou)
+from roof_detector.core.model_library import (
+    ModelLibraryError,
+    delete_model,
+    export_model_file,
+    file_stem,
+    import_model,
+    list_models,
+    new_model_path,
+    rename_model,
+    validation_iou,
+)
 from devtools.test_model import make_test_model
 
 
@@ -19,8 +27,12 @@ def _model(path, **extra):
 def library(tmp_path):
     lib = tmp_path / "lib"
     lib.mkdir()
-    _model(lib / "alpha.pt", name="Alpha", version="1.2.0",
-           metrics={"val_before": {"iou": 0.5}, "val_after": {"iou": 0.71}})
+    _model(
+        lib / "alpha.pt",
+        name="Alpha",
+        version="1.2.0",
+        metrics={"val_before": {"iou": 0.5}, "val_after": {"iou": 0.71}},
+    )
     (lib / "alpha_curves.png").write_bytes(b"png")
     (lib / "alpha_metrics.json").write_text("{}")
     _model(lib / "Beta.pt", metrics={"val": {"pooled": {"iou": 0.66}, "oam": {"iou": 0.6}}})
@@ -60,11 +72,18 @@ def test_file_stem_and_new_model_path(library):
 def test_rename_moves_file_side_files_and_metadata_name(library):
     new = rename_model(str(library / "alpha.pt"), "Lyon centre")
     assert new == str(library / "Lyon_centre.pt")
-    assert sorted(os.listdir(library)) == ["Beta.pt", "Lyon_centre.pt", "Lyon_centre_curves.png",
-                                           "Lyon_centre_metrics.json", "broken.pt", "notes.txt"]
+    assert sorted(os.listdir(library)) == [
+        "Beta.pt",
+        "Lyon_centre.pt",
+        "Lyon_centre_curves.png",
+        "Lyon_centre_metrics.json",
+        "broken.pt",
+        "notes.txt",
+    ]
     meta = read_metadata(new)
     assert meta["name"] == "Lyon centre" and meta["version"] == "1.2.0" and meta["metrics"]["val_after"]["iou"] == 0.71
     from roof_detector.core.model_io import load_model
+
     assert load_model(new, device="cpu").threshold == 0.5
     # same file name, new metadata name only
     assert rename_model(new, "Lyon_centre") == new and read_metadata(new)["name"] == "Lyon_centre"
@@ -105,6 +124,7 @@ def test_import_validates_copies_and_refuses_clashes(library, tmp_path):
     with pytest.raises(ModelLibraryError, match="Cannot import fake.pt: .*not a TorchScript model"):
         import_model(str(bad), str(library))
     import zipfile
+
     with zipfile.ZipFile(outside / "nometa.pt", "w") as zf:
         zf.writestr("nometa/data.pkl", b"x")
     with pytest.raises(ModelLibraryError, match="without Roof Detector metadata"):

@@ -33,8 +33,14 @@ NO_TORCH_PRELUDE = textwrap.dedent("""
 
 def run_without_torch(code: str, cwd: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=REPO_ROOT)
-    return subprocess.run([sys.executable, "-c", NO_TORCH_PRELUDE + textwrap.dedent(code)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", NO_TORCH_PRELUDE + textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture()
@@ -99,7 +105,8 @@ def test_cpu_detection_imports_no_torch(model_with_twin, tmp_path):
     img[:, 40:80, 50:110] = 220
     raster = write_raster(str(tmp_path / "scene.tif"), img, "EPSG:32631", NORTH_UP)
     out = tmp_path / "out.gpkg"
-    proc = run_without_torch(f"""
+    proc = run_without_torch(
+        f"""
         import sys
         from roof_detector.core.gpkg_writer import write_buildings
         from roof_detector.core.pipeline import DetectOptions, detect_buildings
@@ -107,7 +114,9 @@ def test_cpu_detection_imports_no_torch(model_with_twin, tmp_path):
         write_buildings(res.buildings, {str(out)!r}, res.crs_wkt, overwrite=True)
         assert "torch" not in sys.modules, "torch was imported"
         print("BUILDINGS", len(res.buildings), round(res.total_area_m2, 1), res.stats["backend"])
-    """, str(tmp_path))
+    """,
+        str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BUILDINGS")][0].split()
     assert line[1] == "1" and abs(float(line[2]) - 600.0) < 30 and line[3] == "onnxruntime"
@@ -116,14 +125,17 @@ def test_cpu_detection_imports_no_torch(model_with_twin, tmp_path):
 
 def test_without_torch_a_model_without_twin_says_what_to_install(tmp_path):
     path = make_test_model(str(tmp_path / "lone.pt"))
-    proc = run_without_torch(f"""
+    proc = run_without_torch(
+        f"""
         from roof_detector.core.errors import ModelError
         from roof_detector.core.model_io import load_model
         try:
             load_model({path!r})
         except ModelError as exc:
             print("MSG", exc)
-    """, str(tmp_path))
+    """,
+        str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "no lone.onnx beside the model file" in proc.stdout and "install torch" in proc.stdout
 

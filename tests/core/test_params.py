@@ -31,22 +31,33 @@ def test_option_classes_take_their_defaults_from_the_declarations():
                 assert getattr(obj, name) == p.default, (group, name)
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("min_area_m2", math.nan, "Minimum building area must be a finite number"),
-    ("regularize_tolerance_m", math.nan, "Regularisation tolerance must be a finite number"),
-    ("regularize_tolerance_m", math.inf, "Regularisation tolerance must be a finite number"),
-    ("threshold", 1.0, "Threshold must be from 0.01 to 0.99"),
-    ("batch_size", 0, "Batch size must be from 1 to 1024"),
-    ("device", "gpu", "Device must be one of auto, cpu, cuda"),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("min_area_m2", math.nan, "Minimum building area must be a finite number"),
+        ("regularize_tolerance_m", math.nan, "Regularisation tolerance must be a finite number"),
+        ("regularize_tolerance_m", math.inf, "Regularisation tolerance must be a finite number"),
+        ("threshold", 1.0, "Threshold must be from 0.01 to 0.99"),
+        ("batch_size", 0, "Batch size must be from 1 to 1024"),
+        ("device", "gpu", "Device must be one of auto, cpu, cuda"),
+    ],
+)
 def test_detect_refuses_a_bad_option_before_any_work(tmp_path, field, value, words):
     """The raster does not exist: the parameter error comes first (nothing opened, nothing loaded)."""
     with pytest.raises(ParameterError, match=words):
         detect_buildings(str(tmp_path / "missing.tif"), DetectOptions(**{field: value}))
 
 
-@pytest.mark.parametrize("field, value", [("panel_area_m2", 1e-300), ("panel_wp", 1e308), ("setback_m", math.nan),
-                                          ("usable_fraction", 1.5), ("specific_yield_kwh_per_kwp", 0.0)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("panel_area_m2", 1e-300),
+        ("panel_wp", 1e308),
+        ("setback_m", math.nan),
+        ("usable_fraction", 1.5),
+        ("specific_yield_kwh_per_kwp", 0.0),
+    ],
+)
 def test_solar_params_refuse_with_the_one_error_type(tmp_path, field, value):
     with pytest.raises(ParameterError) as info:
         detect_buildings(str(tmp_path / "missing.tif"), DetectOptions(solar=SolarParams(**{field: value})))

@@ -17,8 +17,20 @@ from roof_detector.core.pipeline import DetectOptions, detect_buildings
 from roof_detector.core.raster_source import PixelWindow, RasterSource
 from devtools.test_model import make_test_model
 
-from .synthetic_rasters import (BRIGHT, DARK, LONLAT, MERCATOR, PX_AREA, UTM, UTM_ORIGIN, rect_scene, scene_in_crs,
-                                touching_pair_scene, utm_rect, write_raster)
+from .synthetic_rasters import (
+    BRIGHT,
+    DARK,
+    LONLAT,
+    MERCATOR,
+    PX_AREA,
+    UTM,
+    UTM_ORIGIN,
+    rect_scene,
+    scene_in_crs,
+    touching_pair_scene,
+    utm_rect,
+    write_raster,
+)
 
 
 def _detect(path, model, **kw):
@@ -87,10 +99,16 @@ def test_resampling_to_model_gsd_keeps_ground_area(tmp_path, model):
     res = _detect(path, model)
     assert res.stats["model_grid_px"] == (150, 150)
     assert len(res.buildings) == 1
-    assert res.buildings[0].area_m2 == pytest.approx(120 * 160 * 0.0625 / 0.9996 ** 2, rel=0.02)
+    assert res.buildings[0].area_m2 == pytest.approx(120 * 160 * 0.0625 / 0.9996**2, rel=0.02)
 
-    merc = rect_scene(tmp_path / "merc.tif", [(40, 40, 160, 200)], shape=(300, 300), pixel_m=0.5,
-                      crs=MERCATOR, origin=(334000.0, 6446000.0))
+    merc = rect_scene(
+        tmp_path / "merc.tif",
+        [(40, 40, 160, 200)],
+        shape=(300, 300),
+        pixel_m=0.5,
+        crs=MERCATOR,
+        origin=(334000.0, 6446000.0),
+    )
     res = _detect(merc, model)
     lat = 50.0
     expected = 120 * 160 * 0.25  # Mercator units^2 ...
@@ -121,11 +139,11 @@ def _bright_with_invalid(tmp_path, kind):
     """
     rows, cols = 100, 160
     data = np.full((4 if kind == "alpha" else 3, rows, cols), BRIGHT, np.uint8)
-    data[:3, 45:55, :] = DARK                       # splits the valid half into two buildings
+    data[:3, 45:55, :] = DARK  # splits the valid half into two buildings
     t = Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1])
     kwargs = {}
     if kind == "nodata":
-        data[:3, :, :80] = 255                      # white nodata: bright, must not count
+        data[:3, :, :80] = 255  # white nodata: bright, must not count
         kwargs["nodata"] = 255
     elif kind == "mask":
         mask = np.ones((rows, cols), bool)
@@ -143,8 +161,8 @@ def _bright_with_invalid(tmp_path, kind):
 def test_invalid_pixels_never_become_buildings(tmp_path, model, kind):
     path, valid_half = _bright_with_invalid(tmp_path, kind)
     res = _detect(path, model)
-    assert len(res.buildings) == 2                  # the two valid bright blocks...
-    for b in res.buildings:                         # ...and nothing from the invalid half
+    assert len(res.buildings) == 2  # the two valid bright blocks...
+    for b in res.buildings:  # ...and nothing from the invalid half
         assert valid_half.buffer(1e-6).contains(b.geometry)
     assert sum(b.area_m2 for b in res.buildings) == pytest.approx(80 * 90 * PX_AREA, rel=1e-3)
     assert res.stats["valid_pixels"] == 80 * 100
@@ -162,10 +180,11 @@ def test_threshold_override(tmp_path, model):
 def test_small_holes_filled_large_holes_kept(tmp_path, model):
     path = rect_scene(tmp_path / "holes.tif", [(10, 10, 90, 90), (10, 110, 90, 190)])
     import rasterio
+
     with rasterio.open(path, "r+") as ds:
         data = ds.read()
-        data[:, 40:42, 40:42] = DARK      # 1 m2 speckle hole
-        data[:, 40:50, 140:150] = DARK    # 25 m2 courtyard
+        data[:, 40:42, 40:42] = DARK  # 1 m2 speckle hole
+        data[:, 40:50, 140:150] = DARK  # 25 m2 courtyard
         ds.write(data)
     res = _detect(path, model)
     by_x = sorted(res.buildings, key=lambda b: b.geometry.bounds[0])
@@ -188,7 +207,7 @@ def test_area_of_interest_limits_work_and_clips(tmp_path, model):
     cut = shapely.box(x0 + 5, y0 - 40, x0 + 25, y0 - 5)
     res = _detect(path, model, aoi_wkt=cut.wkt)
     assert len(res.buildings) == 1
-    assert res.buildings[0].area_m2 == pytest.approx(15 * 20 / 0.9996 ** 2, rel=1e-3)  # x 10..25, y -30..-10
+    assert res.buildings[0].area_m2 == pytest.approx(15 * 20 / 0.9996**2, rel=1e-3)  # x 10..25, y -30..-10
     assert cut.buffer(1e-6).contains(res.buildings[0].geometry)
 
 
@@ -209,14 +228,19 @@ def test_coarse_pixels_warn(tmp_path, model):
 def test_progress_reaches_one_and_stage_timings_are_reported(tmp_path, model):
     path = rect_scene(tmp_path / "p.tif", [(20, 20, 60, 80)])
     seen = []
-    res = detect_buildings(path, DetectOptions(batch_size=3),
-                           progress=lambda f, m: seen.append((f, m)), model=model)
+    res = detect_buildings(path, DetectOptions(batch_size=3), progress=lambda f, m: seen.append((f, m)), model=model)
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert any("tile" in m for _, m in seen)
     assert res.stats["batches"] == -(-res.stats["tiles"] // 3)
-    assert set(res.stats["timings_s"]) >= {"read", "infer", "write", "polygonise", "attributes",
-                                           "outlines_after_inference"}
+    assert set(res.stats["timings_s"]) >= {
+        "read",
+        "infer",
+        "write",
+        "polygonise",
+        "attributes",
+        "outlines_after_inference",
+    }
 
 
 def test_cancel_stops_before_the_next_batch(tmp_path, model):
@@ -251,7 +275,7 @@ class ArraySource(RasterSource):
     def read(self, window: PixelWindow, out_shape):
         self.reads += 1
         c0, r0 = int(round(window.col_off)), int(round(window.row_off))
-        part = self.rgb[:, r0:r0 + out_shape[0], c0:c0 + out_shape[1]]
+        part = self.rgb[:, r0 : r0 + out_shape[0], c0 : c0 + out_shape[1]]
         return part.copy(), np.ones(out_shape, bool)
 
 
@@ -288,8 +312,9 @@ def test_invalid_pixels_stay_out_when_resampled(tmp_path, model, kind):
     data = np.full((3, 200, 200), 100, np.uint8)
     data[:, :, :101] = 255
     kwargs = {"nodata": 255} if kind == "nodata" else {"mask": np.arange(200)[None, :].repeat(200, 0) >= 101}
-    path = write_raster(tmp_path / f"{kind}.tif", data, UTM,
-                        Affine(0.3, 0, UTM_ORIGIN[0], 0, -0.3, UTM_ORIGIN[1]), **kwargs)
+    path = write_raster(
+        tmp_path / f"{kind}.tif", data, UTM, Affine(0.3, 0, UTM_ORIGIN[0], 0, -0.3, UTM_ORIGIN[1]), **kwargs
+    )
     res = _detect(path, model, min_area_m2=0.0)
     assert res.stats["model_grid_px"] == (120, 120)
     assert res.buildings == []
@@ -305,12 +330,22 @@ def _peak_python_allocations(tmp_path, rows: int, model) -> tuple:
 
     n = 2000
     path = str(tmp_path / f"big{rows}.tif")
-    with rasterio.open(path, "w", driver="GTiff", width=n, height=rows, count=3, dtype="uint8", crs=UTM,
-                       transform=Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1]), tiled=True,
-                       compress="deflate") as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=n,
+        height=rows,
+        count=3,
+        dtype="uint8",
+        crs=UTM,
+        transform=Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1]),
+        tiled=True,
+        compress="deflate",
+    ) as ds:
         block = np.full((3, 200, n), DARK, np.uint8)
         for c in range(0, n, 100):
-            block[:, 50:90, c + 10:c + 60] = BRIGHT  # 25 x 20 m buildings, 20 per 200-row band
+            block[:, 50:90, c + 10 : c + 60] = BRIGHT  # 25 x 20 m buildings, 20 per 200-row band
         for r in range(0, rows, 200):
             ds.write(block, window=rasterio.windows.Window(0, r, n, 200))
     tracemalloc.start()
@@ -364,8 +399,8 @@ def test_touching_roofs_are_separated_and_nothing_is_lost(tmp_path, model):
     assert whole.total_area_m2 == pytest.approx(pixels * PX_AREA, rel=1e-3)
     assert split.total_area_m2 == pytest.approx(whole.total_area_m2, rel=1e-6)
     x0, y0 = UTM_ORIGIN
-    left = shapely.Point(x0 + 35, y0 - 35)    # centre of the left roof (col 70, row 70)
-    right = shapely.Point(x0 + 67, y0 - 35)   # centre of the right roof (col 134)
+    left = shapely.Point(x0 + 35, y0 - 35)  # centre of the left roof (col 70, row 70)
+    right = shapely.Point(x0 + 67, y0 - 35)  # centre of the right roof (col 134)
     owners = [[b.geometry.contains(p) for p in (left, right)] for b in split.buildings]
     assert sorted(owners) == [[False, True], [True, False]]
     assert all(b.area_m2 >= 3600 * PX_AREA for b in split.buildings)  # the bridge is shared out, not dropped

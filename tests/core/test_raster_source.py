@@ -80,8 +80,7 @@ def test_rgba_alpha_is_validity(tmp_path):
 def test_four_bands_without_alpha_are_rgb_plus_nir(tmp_path):
     data = np.zeros((4, 8, 8), np.uint8)
     data[3] = 255  # bright NIR must not leak into RGB
-    path = write_raster(tmp_path / "rgbn.tif", data, UTM, NORTH_UP,
-                        colorinterp=["red", "green", "blue", "undefined"])
+    path = write_raster(tmp_path / "rgbn.tif", data, UTM, NORTH_UP, colorinterp=["red", "green", "blue", "undefined"])
     with RasterioSource(path) as src:
         assert src.layout.description == "RGB+NIR"
         rgb, valid = _read_all(src)
@@ -110,16 +109,19 @@ def test_resampled_window_read(tmp_path):
         assert 30 / 255 < rgb[0, 0, 0] < 220 / 255
 
 
-@pytest.mark.parametrize("case, expected", [
-    ("missing", "not found"),
-    ("text", "not a raster GDAL can read"),
-    ("directory", "is a directory"),
-    ("no_crs", "no coordinate reference system"),
-    ("rotated", "rotated or sheared"),
-    ("south_up", "not north-up"),
-    ("two_bands", "has 2 bands"),
-    ("five_bands", "has 5 bands"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing", "not found"),
+        ("text", "not a raster GDAL can read"),
+        ("directory", "is a directory"),
+        ("no_crs", "no coordinate reference system"),
+        ("rotated", "rotated or sheared"),
+        ("south_up", "not north-up"),
+        ("two_bands", "has 2 bands"),
+        ("five_bands", "has 5 bands"),
+    ],
+)
 def test_bad_inputs_are_refused_with_a_clear_message(tmp_path, case, expected):
     path = tmp_path / f"{case}.tif"
     img = np.zeros((3, 8, 8), np.uint8)

@@ -23,8 +23,16 @@ SIZE = 512
 def _tiff(path, **creation):
     rng = np.random.default_rng(0)
     data = rng.integers(0, 255, (3, SIZE, SIZE), dtype=np.uint8)  # noise: compresses badly, many bytes
-    profile = dict(driver="GTiff", width=SIZE, height=SIZE, count=3, dtype="uint8", crs=UTM,
-                   transform=from_origin(UTM_ORIGIN[0], UTM_ORIGIN[1], 0.5, 0.5), **creation)
+    profile = dict(
+        driver="GTiff",
+        width=SIZE,
+        height=SIZE,
+        count=3,
+        dtype="uint8",
+        crs=UTM,
+        transform=from_origin(UTM_ORIGIN[0], UTM_ORIGIN[1], 0.5, 0.5),
+        **creation,
+    )
     with rasterio.open(path, "w", **profile) as ds:
         ds.write(data)
     return str(path)
@@ -91,8 +99,17 @@ def test_fine_tuning_on_a_damaged_raster_names_it(tmp_path):
 def test_a_metre_raster_labelled_epsg_4326_is_named_and_explained(tmp_path, model):
     """0.2.0: "Cannot measure the ground pixel size (got nan, nan m)", no file name."""
     path = str(tmp_path / "metres_as_degrees.tif")
-    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8", crs="EPSG:4326",
-                       transform=from_origin(UTM_ORIGIN[0], UTM_ORIGIN[1], 0.5, 0.5)) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:4326",
+        transform=from_origin(UTM_ORIGIN[0], UTM_ORIGIN[1], 0.5, 0.5),
+    ) as ds:
         ds.write(np.full((3, 64, 64), 30, np.uint8))
     with pytest.raises(InputRasterError, match="metres_as_degrees.tif.*not degrees.*gdal_edit"):
         detect_buildings(path, DetectOptions(), model=model)

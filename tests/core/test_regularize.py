@@ -9,8 +9,16 @@ from shapely.geometry import MultiPolygon, Point, Polygon
 
 from roof_detector.core.regularize import is_round, regularize_metric, regularize_outline
 
-from .geom_helpers import (WEB_MERCATOR, WGS84, metric_at, noisy_polygon, rotated_rect, staircase,
-                           transform_geom, utm_wkt)
+from .geom_helpers import (
+    WEB_MERCATOR,
+    WGS84,
+    metric_at,
+    noisy_polygon,
+    rotated_rect,
+    staircase,
+    transform_geom,
+    utm_wkt,
+)
 
 
 def edge_angles(poly):
@@ -100,12 +108,15 @@ def test_small_step_below_tolerance_is_flattened_and_large_step_kept():
     assert len(out.exterior.coords) - 1 == 6
 
 
-@pytest.mark.parametrize("shape", [
-    Point(0, 0).buffer(10, quad_segs=32),                       # round tank
-    Point(0, 0).buffer(6, quad_segs=4),                         # coarse 16-gon tank
-    shapely.affinity.scale(Point(0, 0).buffer(10, quad_segs=32), 2.0, 0.8),  # oval roof
-    Point(0, 0).buffer(10, quad_segs=32).intersection(shapely.box(-20, 0, 20, 20)),  # half-round
-])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        Point(0, 0).buffer(10, quad_segs=32),  # round tank
+        Point(0, 0).buffer(6, quad_segs=4),  # coarse 16-gon tank
+        shapely.affinity.scale(Point(0, 0).buffer(10, quad_segs=32), 2.0, 0.8),  # oval roof
+        Point(0, 0).buffer(10, quad_segs=32).intersection(shapely.box(-20, 0, 20, 20)),  # half-round
+    ],
+)
 def test_round_and_curved_shapes_stay_as_they_are(shape):
     assert regularize_metric(shape, tolerance_m=1.0) is shape
 
@@ -117,8 +128,10 @@ def test_rasterised_round_tank_stays_as_it_is():
 
 def test_polygon_with_courtyard_squares_both_rings():
     truth = shapely.box(0, 0, 30, 30).difference(shapely.box(10, 10, 20, 20))
-    raw = Polygon(noisy_polygon(Polygon(truth.exterior), 0.1, seed=1).exterior,
-                  [noisy_polygon(Polygon(truth.interiors[0]), 0.1, seed=2).exterior.coords])
+    raw = Polygon(
+        noisy_polygon(Polygon(truth.exterior), 0.1, seed=1).exterior,
+        [noisy_polygon(Polygon(truth.interiors[0]), 0.1, seed=2).exterior.coords],
+    )
     out = regularize_metric(raw, tolerance_m=1.0)
     assert len(out.interiors) == 1
     assert len(out.exterior.coords) - 1 == 4 and len(out.interiors[0].coords) - 1 == 4
@@ -176,8 +189,13 @@ def test_round_check_shortcuts_agree_with_the_minimum_bounding_circle():
     # the brackets must never decide differently from the circle itself, including for
     # regular polygons on either side of the 0.92 threshold (9-gon 0.925, 8-gon 0.900).
     shapes = [Point(0, 0).buffer(5, quad_segs=q) for q in (2, 3, 4, 8, 32)]
-    shapes += [shapely.affinity.rotate(Polygon([(10 * math.cos(2 * math.pi * k / n), 10 * math.sin(2 * math.pi * k / n))
-                                                 for k in range(n)]), a) for n in (7, 8, 9, 10, 12) for a in (0, 13, 45)]
+    shapes += [
+        shapely.affinity.rotate(
+            Polygon([(10 * math.cos(2 * math.pi * k / n), 10 * math.sin(2 * math.pi * k / n)) for k in range(n)]), a
+        )
+        for n in (7, 8, 9, 10, 12)
+        for a in (0, 13, 45)
+    ]
     shapes += [rotated_rect(w, h, a) for w, h in ((10, 10), (14, 9), (30, 4)) for a in (0, 20, 45)]
     shapes += [shapely.affinity.scale(Point(0, 0).buffer(10, quad_segs=32), sx, 1.0) for sx in (1.05, 1.1, 1.2, 1.5)]
     shapes += [staircase(Point(0, 0).buffer(8, quad_segs=32), 0.3), Polygon([(0, 0), (1e-4, 0), (0, 1e-4)])]

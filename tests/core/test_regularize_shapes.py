@@ -14,8 +14,14 @@ from shapely.geometry import Point, Polygon
 from roof_detector.core import snapping
 from roof_detector.core.footprints import measure_metric_batch
 from roof_detector.core.metric_frame import to_local_metric_many
-from roof_detector.core.regularize import (CURVED, DIAGONAL, RECTILINEAR, consensus_orientations, fit_polygon,
-                                           regularize_metric_shape)
+from roof_detector.core.regularize import (
+    CURVED,
+    DIAGONAL,
+    RECTILINEAR,
+    consensus_orientations,
+    fit_polygon,
+    regularize_metric_shape,
+)
 from roof_detector.core.shape_metrics import is_regular
 
 from .geom_helpers import WGS84, metric_at, noisy_polygon, staircase
@@ -105,9 +111,11 @@ def test_blob_that_release_0_2_0_kept_raw_is_now_squared():
     assert shape == RECTILINEAR and n_vertices(out) == 4 and is_regular(out)
 
 
-@pytest.mark.parametrize("disc", [Point(0, 0).buffer(7, quad_segs=32),
-                                  affinity.scale(Point(0, 0).buffer(8, quad_segs=32), 1.6, 1.0)],
-                         ids=["tank", "oval"])
+@pytest.mark.parametrize(
+    "disc",
+    [Point(0, 0).buffer(7, quad_segs=32), affinity.scale(Point(0, 0).buffer(8, quad_segs=32), 1.6, 1.0)],
+    ids=["tank", "oval"],
+)
 def test_traced_disc_and_oval_stay_curved(disc):
     raw = staircase(noisy_polygon(disc, 0.1, seed=1), 0.3)
     out, shape = fit_polygon(raw, 1.0)
@@ -119,15 +127,19 @@ def test_chamfered_building_is_diagonal_and_a_bevel_of_a_pixel_is_not():
     chamfered = Polygon([(5, 0), (20, 0), (25, 5), (25, 11), (20, 16), (5, 16), (0, 11), (0, 5)])
     out, shape = fit_polygon(noisy_polygon(chamfered, 0.08, seed=5), 1.0)
     assert shape == DIAGONAL and n_vertices(out) == 8
-    slight = Polygon([(0.4, 0), (20, 0), (20, 12), (0, 12), (0, 0.4)])   # a 0.4 m bevel: noise
+    slight = Polygon([(0.4, 0), (20, 0), (20, 12), (0, 12), (0, 0.4)])  # a 0.4 m bevel: noise
     out, shape = fit_polygon(staircase(slight, 0.3), 1.0)
     assert shape == RECTILINEAR and n_vertices(out) == 4
 
 
 def test_fit_keeps_what_agrees_with_the_outline_only():
     # a star agrees with no rectangle or right-angled polygon: it keeps its outline
-    star = Polygon([(10 * np.cos(a) * (1 if k % 2 else 0.35), 10 * np.sin(a) * (1 if k % 2 else 0.35))
-                    for k, a in enumerate(np.linspace(0, 2 * np.pi, 14, endpoint=False))])
+    star = Polygon(
+        [
+            (10 * np.cos(a) * (1 if k % 2 else 0.35), 10 * np.sin(a) * (1 if k % 2 else 0.35))
+            for k, a in enumerate(np.linspace(0, 2 * np.pi, 14, endpoint=False))
+        ]
+    )
     out, shape = fit_polygon(star, 1.0)
     assert shape == CURVED and out is star
 
@@ -142,8 +154,15 @@ def test_multipolygon_shape_is_that_of_its_largest_part():
 
 def _row_of_houses(angles, spacing=14.0):
     """Blobby 10 x 7 m houses side by side along the x axis, each turned by its own small angle."""
-    return [blob(affinity.rotate(shapely.box(i * spacing, 0, i * spacing + 10, 7), a, origin="centroid"),
-                 corner_m=1.5, noise=0.2, seed=i) for i, a in enumerate(angles)]
+    return [
+        blob(
+            affinity.rotate(shapely.box(i * spacing, 0, i * spacing + 10, 7), a, origin="centroid"),
+            corner_m=1.5,
+            noise=0.2,
+            seed=i,
+        )
+        for i, a in enumerate(angles)
+    ]
 
 
 def test_row_of_houses_comes_out_parallel():

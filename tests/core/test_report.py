@@ -13,8 +13,10 @@ from roof_detector.core.solar import SolarParams, rooftop_attributes_metric
 
 def rows_for(sizes, yield_=1234.5):
     params = SolarParams(specific_yield_kwh_per_kwp=yield_)
-    return [dict(id=i, **rooftop_attributes_metric(shapely.box(0, 0, w, h), None, params))
-            for i, (w, h) in enumerate(sizes, start=10)]
+    return [
+        dict(id=i, **rooftop_attributes_metric(shapely.box(0, 0, w, h), None, params))
+        for i, (w, h) in enumerate(sizes, start=10)
+    ]
 
 
 def test_report_files_and_totals_equal_csv_sums(tmp_path):
@@ -48,8 +50,7 @@ def test_totals_are_sums_of_rounded_table_values():
 
 def test_empty_report(tmp_path):
     out = write_report([], str(tmp_path))
-    assert out["totals"] == {"buildings": 0, "area_m2": 0, "usable_area_m2": 0, "panels": 0, "kwp": 0,
-                             "annual_kwh": 0}
+    assert out["totals"] == {"buildings": 0, "area_m2": 0, "usable_area_m2": 0, "panels": 0, "kwp": 0, "annual_kwh": 0}
     assert open(out["png"], "rb").read().startswith(b"\x89PNG")
 
 
@@ -66,8 +67,9 @@ def test_totals_equal_table_sums_for_any_rows(sizes):
 def test_headings_break_only_before_units_and_parameters_have_labels():
     from roof_detector.core.report import render_html
 
-    page = render_html([], {"buildings": 0}, b"", params={"setback_m": 0.5, "panel_wp": 400.0,
-                                                           "specific_yield_kwh_per_kwp": None})
+    page = render_html(
+        [], {"buildings": 0}, b"", params={"setback_m": 0.5, "panel_wp": 400.0, "specific_yield_kwh_per_kwp": None}
+    )
     assert "<th>Orientation<br>(° from N)</th>" in page and "white-space:nowrap" in page
     assert "<th>Setback from the roof edge (m)</th><td>0.5</td>" in page
     assert "<th>Panel power (Wp)</th>" in page and "setback_m" not in page

@@ -28,16 +28,24 @@ REPO = Path(__file__).resolve().parents[2]
 
 def huge_vrt(tmp_path, size_px, pixel_m):
     """A few-KB VRT declaring ``size_px``² pixels of ``pixel_m`` over one small real GeoTIFF."""
-    src = write_raster(tmp_path / "small.tif", np.full((3, 64, 64), 30, np.uint8), UTM,
-                       Affine(pixel_m, 0, UTM_ORIGIN[0], 0, -pixel_m, UTM_ORIGIN[1]))
+    src = write_raster(
+        tmp_path / "small.tif",
+        np.full((3, 64, 64), 30, np.uint8),
+        UTM,
+        Affine(pixel_m, 0, UTM_ORIGIN[0], 0, -pixel_m, UTM_ORIGIN[1]),
+    )
     bands = "".join(
         f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource><SourceFilename relativeToVRT="1">small.tif'
         f'</SourceFilename><SourceBand>{b}</SourceBand><SrcRect xOff="0" yOff="0" xSize="64" ySize="64"/>'
-        f'<DstRect xOff="0" yOff="0" xSize="64" ySize="64"/></SimpleSource></VRTRasterBand>' for b in (1, 2, 3))
+        f'<DstRect xOff="0" yOff="0" xSize="64" ySize="64"/></SimpleSource></VRTRasterBand>'
+        for b in (1, 2, 3)
+    )
     vrt = tmp_path / "huge.vrt"
-    vrt.write_text(f'<VRTDataset rasterXSize="{size_px}" rasterYSize="{size_px}"><SRS>{UTM}</SRS>'
-                   f'<GeoTransform>{UTM_ORIGIN[0]}, {pixel_m}, 0, {UTM_ORIGIN[1]}, 0, -{pixel_m}</GeoTransform>'
-                   f'{bands}</VRTDataset>')
+    vrt.write_text(
+        f'<VRTDataset rasterXSize="{size_px}" rasterYSize="{size_px}"><SRS>{UTM}</SRS>'
+        f"<GeoTransform>{UTM_ORIGIN[0]}, {pixel_m}, 0, {UTM_ORIGIN[1]}, 0, -{pixel_m}</GeoTransform>"
+        f"{bands}</VRTDataset>"
+    )
     assert vrt.stat().st_size < 4000 and Path(src).exists()
     return str(vrt)
 
@@ -46,8 +54,22 @@ def test_a_vrt_declaring_more_than_the_machine_holds_is_refused_at_once(tmp_path
     """Run as the CLI in a child process under a 4 GB address-space cap (prlimit): 0.2.0 hit MemoryError."""
     vrt = huge_vrt(tmp_path, 200_000, 10.0)
     out = tmp_path / "out.gpkg"
-    cmd = ["prlimit", "--as=4000000000", sys.executable, "-m", "roof_detector", "detect", vrt, "-o", str(out),
-           "--model", model_path, "--device", "cpu", "--yes"]
+    cmd = [
+        "prlimit",
+        "--as=4000000000",
+        sys.executable,
+        "-m",
+        "roof_detector",
+        "detect",
+        vrt,
+        "-o",
+        str(out),
+        "--model",
+        model_path,
+        "--device",
+        "cpu",
+        "--yes",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(REPO))
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "would need about" in proc.stderr and "GB of memory" in proc.stderr and "huge.vrt" in proc.stderr
@@ -59,7 +81,7 @@ def test_a_run_beyond_the_tile_limit_needs_a_confirmation(tmp_path, model, model
 
     vrt = huge_vrt(tmp_path, 20_000, 0.5)  # 120,409 tiles of 64 px, a 1.2 GB run: fits, but long
     estimate = estimate_detection(vrt, DetectOptions(model_path=model_path))
-    assert estimate.tiles == 357 ** 2 and estimate.memory_bytes < 2e9
+    assert estimate.tiles == 357**2 and estimate.memory_bytes < 2e9
     with pytest.raises(LargeRunError, match="more than 100,000 tiles"):
         detect_buildings(vrt, DetectOptions(), model=model)
     assert main(["detect", vrt, "-o", str(tmp_path / "o.gpkg"), "--model", model_path, "--device", "cpu"]) == 2
@@ -73,8 +95,12 @@ def test_a_run_beyond_the_tile_limit_needs_a_confirmation(tmp_path, model, model
 def test_the_coarse_pixel_warning_comes_before_the_run(tmp_path, model_path, capsys):
     from roof_detector.cli import main
 
-    raster = write_raster(tmp_path / "coarse.tif", np.full((3, 16, 16), 30, np.uint8), UTM,
-                          Affine(10.0, 0, UTM_ORIGIN[0], 0, -10.0, UTM_ORIGIN[1]))
+    raster = write_raster(
+        tmp_path / "coarse.tif",
+        np.full((3, 16, 16), 30, np.uint8),
+        UTM,
+        Affine(10.0, 0, UTM_ORIGIN[0], 0, -10.0, UTM_ORIGIN[1]),
+    )
     assert main(["detect", raster, "-o", str(tmp_path / "o.gpkg"), "--model", model_path, "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     warning = err.index("warning: The raster's pixels measure 10.00 m")
@@ -84,9 +110,14 @@ def test_the_coarse_pixel_warning_comes_before_the_run(tmp_path, model_path, cap
     assert err.count("pixels measure 10.00 m") == 1
 
 
-@pytest.mark.parametrize("key, value, message", [("tile_size_px", 65536, "tile_size_px=65536 is beyond"),
-                                                 ("gsd_m", 0.0003, "gsd_m=0.0003 m is not a plausible"),
-                                                 ("gsd_m", float("inf"), "out of range")])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("tile_size_px", 65536, "tile_size_px=65536 is beyond"),
+        ("gsd_m", 0.0003, "gsd_m=0.0003 m is not a plausible"),
+        ("gsd_m", float("inf"), "out of range"),
+    ],
+)
 def test_absurd_model_metadata_is_refused_on_load(tmp_path, key, value, message):
     path = make_test_model(str(tmp_path / "m.pt"))
     with zipfile.ZipFile(path) as zf:

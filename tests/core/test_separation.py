@@ -59,7 +59,7 @@ def test_contact_covers_a_narrow_gap_but_not_a_wide_one():
     for gap, expect in ((4, True), (8, False)):
         inst = rasterize_instances([_box(5, 5, 15, 15), _box(15 + gap, 5, 25 + gap, 15)], GRID, (40, 40))
         _, contact = separation_targets(inst, contact_px=3)
-        assert bool(contact[5:15, 15:15 + gap].any()) is expect
+        assert bool(contact[5:15, 15 : 15 + gap].any()) is expect
 
 
 def test_crop_edge_is_not_a_border_and_stack_layout():
@@ -86,9 +86,14 @@ def _touching_scene(n=64):
 
 
 def test_sampler_gives_three_targets_that_follow_the_geometric_augmentation():
-    sampler = CropSampler([_touching_scene()], 0.3, 64, seed=3, n_outputs=3,
-                          config=AugmentConfig(scale_range=(1, 1), degrade_p=0, color_p=0, grey_p=0, blur_p=0,
-                                               noise_p=0, copy_paste_p=0))
+    sampler = CropSampler(
+        [_touching_scene()],
+        0.3,
+        64,
+        seed=3,
+        n_outputs=3,
+        config=AugmentConfig(scale_range=(1, 1), degrade_p=0, color_p=0, grey_p=0, blur_p=0, noise_p=0, copy_paste_p=0),
+    )
     x, y, v = sampler.batch(4)
     assert x.shape == (4, 3, 64, 64) and y.shape == (4, 3, 64, 64) and v.shape == (4, 1, 64, 64)
     for i in range(4):
@@ -99,8 +104,9 @@ def test_sampler_gives_three_targets_that_follow_the_geometric_augmentation():
     # chips without polygons: instances from the mask's components, so borders but no seam
     chip = _touching_scene()
     chip.instances = None
-    x, y, _ = CropSampler([chip], 0.3, 64, seed=3, n_outputs=3,
-                          config=AugmentConfig(scale_range=(1, 1), degrade_p=0, copy_paste_p=0)).batch(2)
+    x, y, _ = CropSampler(
+        [chip], 0.3, 64, seed=3, n_outputs=3, config=AugmentConfig(scale_range=(1, 1), degrade_p=0, copy_paste_p=0)
+    ).batch(2)
     assert y[:, 1].sum() > 0 and y[:, 2].sum() == 0
 
 
@@ -110,8 +116,10 @@ def test_model_files_with_and_without_separation_outputs(tmp_path):
     assert plain.outputs == ["building"] and plain.core_threshold is None
     assert sep.outputs == ["building", "border", "contact"] and sep.core_threshold == 0.5
     # metadata that does not match what the module returns: one clear error, at the first batch
-    wrong = make_test_model(str(tmp_path / "wrong.pt"), extra_metadata={
-        "outputs": ["building", "border", "contact"], "separation": {"core_threshold": 0.5}})
+    wrong = make_test_model(
+        str(tmp_path / "wrong.pt"),
+        extra_metadata={"outputs": ["building", "border", "contact"], "separation": {"core_threshold": 0.5}},
+    )
     raster = tmp_path / "r.tif"
     data = np.full((3, 64, 64), DARK, np.uint8)
     write_raster(str(raster), data, UTM, NORTH_UP)
@@ -120,8 +128,9 @@ def test_model_files_with_and_without_separation_outputs(tmp_path):
     with pytest.raises(ModelError, match="outputs"):
         make_test_model(str(tmp_path / "bad.pt"), extra_metadata={"outputs": ["building", "edges"]})
     with pytest.raises(ModelError, match="core_threshold"):
-        make_test_model(str(tmp_path / "bad.pt"), separation=True,
-                        extra_metadata={"separation": {"core_threshold": 1.5}})
+        make_test_model(
+            str(tmp_path / "bad.pt"), separation=True, extra_metadata={"separation": {"core_threshold": 1.5}}
+        )
 
 
 def test_two_touching_same_colour_roofs_give_two_polygons_only_with_separation_outputs(tmp_path):
@@ -138,7 +147,7 @@ def test_two_touching_same_colour_roofs_give_two_polygons_only_with_separation_o
     assert len(one) == 1
     assert len(two.buildings) == 2 and two.stats["outputs"] == ["building", "border", "contact"]
     areas = sorted(b.area_m2 for b in two.buildings)
-    total = 120 * 60 * 0.25 / 0.9996 ** 2
+    total = 120 * 60 * 0.25 / 0.9996**2
     assert sum(areas) == pytest.approx(total, rel=1e-3)  # no pixel lost at the seam
     assert areas[0] == pytest.approx(total / 2, rel=0.03)
     # the user can still turn separation off
@@ -196,8 +205,7 @@ def test_object_counts_match_instances_at_iou_half():
 def test_widened_head_keeps_the_building_output_and_trains_all_three(tmp_path):
     torch.manual_seed(0)
     one = build_model("plain_unet", base_channels=4)
-    cfg1 = TrainConfig(architecture="plain_unet", architecture_params={"base_channels": 4}, tile_px=64,
-                       overlap_px=8)
+    cfg1 = TrainConfig(architecture="plain_unet", architecture_params={"base_channels": 4}, tile_px=64, overlap_px=8)
     path = export_model(one, cfg1, str(tmp_path / "one.pt"), 0.5, {"name": "one"})
     assert read_metadata(path)["outputs"] == ["building"]
     net, meta = load_trainable(path, out_channels=3)
@@ -211,9 +219,18 @@ def test_widened_head_keeps_the_building_output_and_trains_all_three(tmp_path):
     with pytest.raises(ValueError):
         load_widening_head(build_model("plain_unet", base_channels=4), net.state_dict())  # cannot narrow
     scene = _touching_scene()
-    cfg = TrainConfig(architecture="plain_unet", architecture_params={"base_channels": 4, "out_channels": 3},
-                      tile_px=64, overlap_px=8, samples_per_epoch=8, batch_size=4, max_epochs=2, patience=5,
-                      select_on="iou+objects", ema_decay=0)
+    cfg = TrainConfig(
+        architecture="plain_unet",
+        architecture_params={"base_channels": 4, "out_channels": 3},
+        tile_px=64,
+        overlap_px=8,
+        samples_per_epoch=8,
+        batch_size=4,
+        max_epochs=2,
+        patience=5,
+        select_on="iou+objects",
+        ema_decay=0,
+    )
     before = {k: v.clone() for k, v in net.state_dict().items()}
     sampler = CropSampler([scene], 0.3, 64, seed=0, n_outputs=3)
     result = train(sampler, {"v": scenes_to_tiles(tile_scene(scene, 64), 64)}, cfg, net=net, log=lambda m: None)
@@ -221,8 +238,14 @@ def test_widened_head_keeps_the_building_output_and_trains_all_three(tmp_path):
     assert all(not torch.equal(head[c], before["head.weight"][c]) for c in range(3))  # every head learnt
     assert "val_object_f1" in result.history[0] and "objects" in result.val_metrics
     assert result.core_threshold is not None
-    out = export_model(result.net, cfg, str(tmp_path / "three.pt"), result.threshold, {"name": "three"},
-                       core_threshold=result.core_threshold)
+    out = export_model(
+        result.net,
+        cfg,
+        str(tmp_path / "three.pt"),
+        result.threshold,
+        {"name": "three"},
+        core_threshold=result.core_threshold,
+    )
     meta3 = read_metadata(out)
     assert meta3["outputs"] == ["building", "border", "contact"]
     assert meta3["separation"]["core_threshold"] == result.core_threshold

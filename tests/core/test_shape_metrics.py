@@ -39,7 +39,7 @@ def test_what_is_not_regular():
     # large 45-degree chamfers: 4 x 5.7 m of the 73 m outline is 31 % off the axes
     chamfered = Polygon([(4, 0), (20, 0), (24, 4), (24, 12), (20, 16), (4, 16), (0, 12), (0, 4)])
     assert not is_regular(chamfered)
-    assert aligned_share(chamfered) == pytest.approx(48 / (48 + 4 * 32 ** 0.5), rel=1e-6)
+    assert aligned_share(chamfered) == pytest.approx(48 / (48 + 4 * 32**0.5), rel=1e-6)
     # a small bevel (under 10 % of the outline) does not spoil a rectangle
     assert is_regular(Polygon([(1, 0), (30, 0), (30, 20), (0, 20), (0, 1)]))
     # a staircase of 9 steps: right angles but 20 vertices

@@ -6,8 +6,13 @@ import pytest
 import shapely
 from shapely.geometry import Point, Polygon
 
-from roof_detector.core.solar import (SOLAR_FIELDS, SolarParams, estimate_specific_yield, rooftop_attributes,
-                                      rooftop_attributes_metric)
+from roof_detector.core.solar import (
+    SOLAR_FIELDS,
+    SolarParams,
+    estimate_specific_yield,
+    rooftop_attributes,
+    rooftop_attributes_metric,
+)
 
 from .geom_helpers import WEB_MERCATOR, WGS84, metric_at, rotated_rect, utm_wkt
 
@@ -43,10 +48,11 @@ def test_l_shape_known_figures():
 
 def test_circle_known_figures():
     circle = Point(0, 0).buffer(10, quad_segs=64)
-    p = SolarParams(setback_m=1.0, usable_fraction=0.5, panel_area_m2=2.0, panel_wp=500,
-                    specific_yield_kwh_per_kwp=1500)
+    p = SolarParams(
+        setback_m=1.0, usable_fraction=0.5, panel_area_m2=2.0, panel_wp=500, specific_yield_kwh_per_kwp=1500
+    )
     a = rooftop_attributes_metric(circle, None, p)
-    usable = math.pi * 9 ** 2 * 0.5
+    usable = math.pi * 9**2 * 0.5
     assert a["area_m2"] == pytest.approx(math.pi * 100, rel=1e-3)
     assert a["usable_area_m2"] == pytest.approx(usable, rel=1e-3)
     assert a["panels"] == int(usable // 2.0) == 63
@@ -103,9 +109,18 @@ def test_default_yield_comes_from_latitude():
     assert north["annual_kwh"] == pytest.approx(north["kwp"] * north["specific_yield"])
 
 
-@pytest.mark.parametrize("lat, low, high", [(0, 1550, 1650), (-1.3, 1550, 1650), (25, 1550, 1650),
-                                            (48.1, 1100, 1200), (51.5, 1000, 1100), (59.3, 940, 1000),
-                                            (89.9, 949, 960)])
+@pytest.mark.parametrize(
+    "lat, low, high",
+    [
+        (0, 1550, 1650),
+        (-1.3, 1550, 1650),
+        (25, 1550, 1650),
+        (48.1, 1100, 1200),
+        (51.5, 1000, 1100),
+        (59.3, 940, 1000),
+        (89.9, 949, 960),
+    ],
+)
 def test_yield_curve_reproduces_documented_figures(lat, low, high):
     assert low <= estimate_specific_yield(lat) <= high
 
@@ -117,9 +132,17 @@ def test_yield_curve_is_symmetric_and_decreasing():
     assert estimate_specific_yield(-40) == estimate_specific_yield(40)
 
 
-@pytest.mark.parametrize("kwargs", [dict(setback_m=-1), dict(usable_fraction=1.5), dict(panel_area_m2=0),
-                                    dict(panel_wp=-400), dict(specific_yield_kwh_per_kwp=0),
-                                    dict(setback_m=float("nan"))])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(setback_m=-1),
+        dict(usable_fraction=1.5),
+        dict(panel_area_m2=0),
+        dict(panel_wp=-400),
+        dict(specific_yield_kwh_per_kwp=0),
+        dict(setback_m=float("nan")),
+    ],
+)
 def test_bad_parameters_are_refused(kwargs):
     with pytest.raises(ValueError):
         SolarParams(**kwargs).validate()

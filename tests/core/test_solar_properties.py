@@ -42,7 +42,7 @@ def rectilinear_polygons(draw):
         poly = max(poly.geoms, key=lambda g: g.area)
     poly = affinity.rotate(poly, draw(st.floats(0, 180)), origin="centroid")
     noise = draw(st.floats(0, 0.2))
-    seed = draw(st.integers(0, 2 ** 16))
+    seed = draw(st.integers(0, 2**16))
     coords = np.asarray(poly.segmentize(0.7).exterior.coords)[:-1]
     coords = coords + np.random.default_rng(seed).normal(0, noise, coords.shape)
     out = Polygon(coords)
@@ -50,7 +50,8 @@ def rectilinear_polygons(draw):
 
 
 polygons = st.one_of(star_polygons(), rectilinear_polygons()).filter(
-    lambda g: g.geom_type in ("Polygon", "MultiPolygon") and g.area > 0.5)
+    lambda g: g.geom_type in ("Polygon", "MultiPolygon") and g.area > 0.5
+)
 
 
 def polygonal(g):

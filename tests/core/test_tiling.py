@@ -10,8 +10,8 @@ from roof_detector.core.tiling import kept_spans, model_grid, tile_grid, tile_or
 
 
 def test_origins_regular_stride_and_last_tile_flush():
-    assert tile_origins(200, 64, 8) == [0, 56, 112, 136]   # 136 + 64 = 200
-    assert tile_origins(120, 64, 8) == [0, 56]             # fits exactly
+    assert tile_origins(200, 64, 8) == [0, 56, 112, 136]  # 136 + 64 = 200
+    assert tile_origins(120, 64, 8) == [0, 56]  # fits exactly
     assert tile_origins(65, 64, 8) == [0, 1]
 
 
@@ -39,15 +39,15 @@ def test_kept_spans_partition_the_axis(length, tile_k, overlap_frac):
     assert origins[0] == 0
     assert all(b > a for a, b in zip(origins, origins[1:]))
     if length > tile:
-        assert origins[-1] + tile == length                   # last tile flush with the edge
+        assert origins[-1] + tile == length  # last tile flush with the edge
         assert all(b - a <= tile - overlap for a, b in zip(origins, origins[1:]))
     assert spans[0][0] == 0 and spans[-1][1] == length
     for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
-        assert a1 == b0                                        # contiguous: no gap, no double
+        assert a1 == b0  # contiguous: no gap, no double
     for i, ((s0, s1), o) in enumerate(zip(spans, origins)):
-        assert o <= s0 < s1 <= o + tile                        # kept part lies inside its tile
+        assert o <= s0 < s1 <= o + tile  # kept part lies inside its tile
         if i > 0:
-            assert s0 - o >= overlap // 2                      # inner borders are cropped
+            assert s0 - o >= overlap // 2  # inner borders are cropped
         if i < len(origins) - 1:
             assert o + tile - s1 >= overlap // 2
 

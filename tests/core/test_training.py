@@ -22,8 +22,8 @@ def _synthetic_scene(seed=0, size=160, gsd_m=0.5):
     for _ in range(8):
         r, c = rng.integers(0, size - 24, 2)
         h, w = rng.integers(8, 24, 2)
-        img[r:r + h, c:c + w] = 220
-        lab[r:r + h, c:c + w] = 1
+        img[r : r + h, c : c + w] = 220
+        lab[r : r + h, c : c + w] = 1
     return Scene(f"synthetic{seed}", img, lab, np.ones((size, size), bool), gsd_m)
 
 
@@ -84,9 +84,20 @@ def test_loss_ignores_invalid_pixels():
 
 
 def _tiny_cfg(**kw):
-    base = dict(architecture="plain_unet", architecture_params={"base_channels": 4}, gsd_m=0.5, tile_px=64,
-                overlap_px=8, batch_size=4, lr=3e-3, samples_per_epoch=16, max_epochs=3, patience=5, seed=0,
-                device="cpu")
+    base = dict(
+        architecture="plain_unet",
+        architecture_params={"base_channels": 4},
+        gsd_m=0.5,
+        tile_px=64,
+        overlap_px=8,
+        batch_size=4,
+        lr=3e-3,
+        samples_per_epoch=16,
+        max_epochs=3,
+        patience=5,
+        seed=0,
+        device="cpu",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -97,8 +108,14 @@ def test_train_loop_records_every_epoch_and_exports_a_loadable_model(tmp_path):
     sampler = CropSampler([_synthetic_scene(0), _synthetic_scene(1)], cfg.gsd_m, cfg.tile_px, seed=0)
     val = {"synthetic": scenes_to_tiles(tile_scene(_synthetic_scene(7), 64), 64)}
     epochs_seen = []
-    res = train(sampler, val, cfg, checkpoint_path=str(tmp_path / "ck.pt"), on_epoch=lambda i: epochs_seen.append(i),
-                log=lambda m: None)
+    res = train(
+        sampler,
+        val,
+        cfg,
+        checkpoint_path=str(tmp_path / "ck.pt"),
+        on_epoch=lambda i: epochs_seen.append(i),
+        log=lambda m: None,
+    )
     assert [h["epoch"] for h in res.history] == [1, 2, 3] == [e["row"]["epoch"] for e in epochs_seen]
     for h in res.history:
         for k in ("train_loss", "train_iou", "train_accuracy", "val_loss", "val_iou", "val_accuracy"):
@@ -129,8 +146,14 @@ def test_training_resumes_from_checkpoint(tmp_path):
     val = {"s": scenes_to_tiles(tile_scene(_synthetic_scene(3), 64), 64)}
     ck = str(tmp_path / "ck.pt")
     train(CropSampler(scenes, 0.5, 64, seed=0), val, cfg, checkpoint_path=ck, log=lambda m: None)
-    res = train(CropSampler(scenes, 0.5, 64, seed=0), val, _tiny_cfg(max_epochs=3), checkpoint_path=ck,
-                resume=True, log=lambda m: None)
+    res = train(
+        CropSampler(scenes, 0.5, 64, seed=0),
+        val,
+        _tiny_cfg(max_epochs=3),
+        checkpoint_path=ck,
+        resume=True,
+        log=lambda m: None,
+    )
     assert [h["epoch"] for h in res.history] == [1, 2, 3]
 
 
@@ -143,21 +166,33 @@ def test_early_stopping_keeps_best_epoch(tmp_path):
     for m in net.modules():  # frozen: lr 0 and BN statistics fixed, so val IoU never improves after epoch 1
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = 0.0
-    res = train(CropSampler([_synthetic_scene(0)], 0.5, 64, seed=0),
-                {"s": scenes_to_tiles(tile_scene(_synthetic_scene(3), 64), 64)}, cfg, net=net, log=lambda m: None)
+    res = train(
+        CropSampler([_synthetic_scene(0)], 0.5, 64, seed=0),
+        {"s": scenes_to_tiles(tile_scene(_synthetic_scene(3), 64), 64)},
+        cfg,
+        net=net,
+        log=lambda m: None,
+    )
     assert res.stopped == "early-stopping" and len(res.history) == 2 and res.best_epoch == 1
 
 
 def test_cancel_before_first_epoch_raises(tmp_path):
     with pytest.raises(Cancelled):
-        train(CropSampler([_synthetic_scene(0)], 0.5, 64, seed=0), {}, _tiny_cfg(), is_cancelled=lambda: True,
-              log=lambda m: None)
+        train(
+            CropSampler([_synthetic_scene(0)], 0.5, 64, seed=0),
+            {},
+            _tiny_cfg(),
+            is_cancelled=lambda: True,
+            log=lambda m: None,
+        )
 
 
 def test_threshold_tuning_picks_best_iou():
     class Fixed(torch.nn.Module):
         def forward(self, x):  # logit of 0.6 everywhere the image is bright, of 0.4 elsewhere
-            return torch.where(x.mean(1, keepdim=True) > 0, torch.logit(torch.tensor(0.6)), torch.logit(torch.tensor(0.4)))
+            return torch.where(
+                x.mean(1, keepdim=True) > 0, torch.logit(torch.tensor(0.6)), torch.logit(torch.tensor(0.4))
+            )
 
     s = _synthetic_scene(0, size=64)
     thr, metrics = tune_threshold(Fixed(), {"s": scenes_to_tiles([s], 64)}, _tiny_cfg(), torch.device("cpu"))
@@ -179,8 +214,18 @@ def test_scene_from_georeferenced_raster_and_labels(tmp_path):
 
     path = str(tmp_path / "r.tif")
     data = np.zeros((3, 100, 100), np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", width=100, height=100, count=3, dtype="uint8",
-                       crs="EPSG:32631", transform=from_origin(500000, 5000100, 0.5, 0.5), nodata=0) as ds:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=100,
+        height=100,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:32631",
+        transform=from_origin(500000, 5000100, 0.5, 0.5),
+        nodata=0,
+    ) as ds:
         data[:, 10:90, 10:90] = 120
         ds.write(data)
     gpkg = str(tmp_path / "l.gpkg")
@@ -191,9 +236,12 @@ def test_scene_from_georeferenced_raster_and_labels(tmp_path):
     srs.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
     lyr = dso.CreateLayer("buildings", srs, ogr.wkbPolygon)
     from pyproj import Transformer
+
     tr = Transformer.from_crs("EPSG:32631", "EPSG:4326", always_xy=True)
-    ring = [tr.transform(x, y) for x, y in [(500010, 5000090), (500020, 5000090), (500020, 5000080),
-                                             (500010, 5000080), (500010, 5000090)]]
+    ring = [
+        tr.transform(x, y)
+        for x, y in [(500010, 5000090), (500020, 5000090), (500020, 5000080), (500010, 5000080), (500010, 5000090)]
+    ]
     f = ogr.Feature(lyr.GetLayerDefn())
     f.SetGeometry(ogr.CreateGeometryFromWkt("POLYGON((" + ",".join(f"{x} {y}" for x, y in ring) + "))"))
     lyr.CreateFeature(f)
@@ -229,11 +277,11 @@ def test_hue_rotation_keeps_grey_and_brightness_and_turns_red_to_green():
     from roof_detector.core.training.sampling import rotate_hue
 
     grey = torch.full((3, 4, 4), 0.4)
-    assert torch.allclose(rotate_hue(grey, 1.234), grey, atol=1e-6)          # grey stays grey
-    x = torch.rand(3, 8, 8) * 0.5 + 0.25                                     # no clipping for these
+    assert torch.allclose(rotate_hue(grey, 1.234), grey, atol=1e-6)  # grey stays grey
+    x = torch.rand(3, 8, 8) * 0.5 + 0.25  # no clipping for these
     y = rotate_hue(x, 0.7)
-    assert torch.allclose(y.mean(0), x.mean(0), atol=1e-5)                   # brightness kept
-    assert not torch.allclose(y, x, atol=1e-3)                               # colours did move
+    assert torch.allclose(y.mean(0), x.mean(0), atol=1e-5)  # brightness kept
+    assert not torch.allclose(y, x, atol=1e-3)  # colours did move
     red = torch.tensor([0.8, 0.2, 0.2]).view(3, 1, 1)
     assert torch.allclose(rotate_hue(red, 2 * math.pi / 3).flatten(), torch.tensor([0.2, 0.8, 0.2]), atol=1e-5)
 
@@ -243,6 +291,7 @@ def test_read_only_scene_images_make_no_torch_warning():
     """Scenes decoded from image files are read-only; sampling them must not print torch's warning."""
     import subprocess
     import sys
+
     code = (
         "import numpy as np\n"
         "from roof_detector.core.training.sampling import AugmentConfig, CropSampler\n"

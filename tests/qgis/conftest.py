@@ -28,9 +28,15 @@ def write_test_raster(path: Path, crs: str | None = "EPSG:32631") -> Path:
 
     data = np.full((3, HEIGHT, WIDTH), 30, dtype=np.uint8)
     for row, col, rows, cols in RECTANGLES:
-        data[:, row:row + rows, col:col + cols] = 220
-    profile = dict(driver="GTiff", width=WIDTH, height=HEIGHT, count=3, dtype="uint8",
-                   transform=from_origin(ORIGIN[0], ORIGIN[1], GSD, GSD))
+        data[:, row : row + rows, col : col + cols] = 220
+    profile = dict(
+        driver="GTiff",
+        width=WIDTH,
+        height=HEIGHT,
+        count=3,
+        dtype="uint8",
+        transform=from_origin(ORIGIN[0], ORIGIN[1], GSD, GSD),
+    )
     if crs:
         profile["crs"] = crs
     with rasterio.open(path, "w", **profile) as dst:
@@ -127,8 +133,12 @@ def make_request(raster_path: str, model: str, **kwargs):
     fields = {f.name for f in dataclasses.fields(DetectRequest)}
     options = dict(model_path=model, device="cpu", min_area_m2=5.0, **kwargs.pop("extra_options", {}))
     options.update({k: kwargs.pop(k) for k in list(kwargs) if k not in fields})
-    base = dict(raster_path=raster_path, raster_name=os.path.splitext(os.path.basename(raster_path))[0],
-                crs="EPSG:32631", options=options)
+    base = dict(
+        raster_path=raster_path,
+        raster_name=os.path.splitext(os.path.basename(raster_path))[0],
+        crs="EPSG:32631",
+        options=options,
+    )
     base.update(kwargs)
     return DetectRequest(**base)
 

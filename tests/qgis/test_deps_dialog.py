@@ -16,9 +16,11 @@ pytestmark = pytest.mark.qgis
 def write_wheel(folder, name, code):
     """A minimal pure-Python wheel ``name-1.0`` whose module runs ``code`` on import; return its path."""
     dist = f"{name}-1.0"
-    files = {f"{name}/__init__.py": code + "\n__version__ = '1.0'\n",
-             f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
-             f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files = {
+        f"{name}/__init__.py": code + "\n__version__ = '1.0'\n",
+        f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+        f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
     record = []
     for path, text in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
@@ -78,10 +80,10 @@ def test_install_runs_pip_from_the_configured_wheel_folder_and_loads_after_verif
     wait(dialog, qgis_app)
     log = dialog.output.toPlainText()
     assert dialog.stage == "done", dialog.status.text() + "\n" + log
-    assert "Successfully installed rdprobe-1.0" in log          # pip's own output, shown live
+    assert "Successfully installed rdprobe-1.0" in log  # pip's own output, shown live
     assert os.path.isfile(os.path.join(deps_dir(), "rdprobe", "__init__.py"))
-    assert dialog.verified["versions"]["rdprobe"] == "1.0"        # imported in the separate process first
-    assert sys.path[-1] == deps_dir()                             # then appended: QGIS's own packages win
+    assert dialog.verified["versions"]["rdprobe"] == "1.0"  # imported in the separate process first
+    assert sys.path[-1] == deps_dir()  # then appended: QGIS's own packages win
     import rdprobe
 
     assert rdprobe.VALUE == 42 and ready == [True]

@@ -74,24 +74,38 @@ def test_the_geos_mismatch_is_part_of_the_same_check(monkeypatch):
     assert deps.dependency_problem("finetune").count("GEOS 3.13.1") == 1
 
 
-@pytest.mark.parametrize("alg,params,module", [
-    ("roofdetector:detectbuildings", "detect", "onnxruntime"),
-    ("roofdetector:rooftopsolar", "solar", "affine"),
-    ("roofdetector:evaluatedetection", "evaluate", "affine"),
-    ("roofdetector:finetunemodel", "finetune", "matplotlib"),
-])
+@pytest.mark.parametrize(
+    "alg,params,module",
+    [
+        ("roofdetector:detectbuildings", "detect", "onnxruntime"),
+        ("roofdetector:rooftopsolar", "solar", "affine"),
+        ("roofdetector:evaluatedetection", "evaluate", "affine"),
+        ("roofdetector:finetunemodel", "finetune", "matplotlib"),
+    ],
+)
 def test_processing_algorithms_raise_the_message(run, ortho_path, model_path, alg, params, module):  # noqa: F811
     from qgis.core import QgsApplication, QgsProcessingException
 
     from roof_detector.qgis_adapter.deps import PURPOSES, dependency_problem
 
     layer = polygon_layer([box(0, 0, 10, 10)])
-    values = {"detect": {"INPUT": ortho_path, "MODEL": model_path, "OUTPUT": "memory:"},
-              "solar": {"INPUT": layer, "OUTPUT": "memory:"},
-              "evaluate": {"PREDICTED": layer, "REFERENCE": polygon_layer([box(0, 0, 10, 10)]),
-                           "RASTER": ortho_path, "OUTPUT": "memory:"},
-              "finetune": {"INPUT": ortho_path, "LABELS": layer, "MODEL": model_path, "EPOCHS": 1,
-                           "OUTPUT": "/tmp/never-written.pt"}}[params]
+    values = {
+        "detect": {"INPUT": ortho_path, "MODEL": model_path, "OUTPUT": "memory:"},
+        "solar": {"INPUT": layer, "OUTPUT": "memory:"},
+        "evaluate": {
+            "PREDICTED": layer,
+            "REFERENCE": polygon_layer([box(0, 0, 10, 10)]),
+            "RASTER": ortho_path,
+            "OUTPUT": "memory:",
+        },
+        "finetune": {
+            "INPUT": ortho_path,
+            "LABELS": layer,
+            "MODEL": model_path,
+            "EPOCHS": 1,
+            "OUTPUT": "/tmp/never-written.pt",
+        },
+    }[params]
     purpose = QgsApplication.processingRegistry().algorithmById(alg).PURPOSE
     assert module in PURPOSES[purpose]
     with unimportable(module):
@@ -114,8 +128,9 @@ def test_toolbar_action_opens_the_dependency_dialog(plugin):
     assert "onnxruntime" in dialog.summary.toPlainText() and "onnxruntime" in dialog.command.text()
 
 
-@pytest.mark.parametrize("index,purpose,module", [(0, "finetune", "matplotlib"), (1, "detect", "onnxruntime"),
-                                                   (2, "report", "affine")])
+@pytest.mark.parametrize(
+    "index,purpose,module", [(0, "finetune", "matplotlib"), (1, "detect", "onnxruntime"), (2, "report", "affine")]
+)
 def test_menu_entries_open_the_dependency_dialog(plugin, index, purpose, module):
     from roof_detector.qgis_ui import deps_dialog
 

@@ -165,8 +165,9 @@ def test_map_extent_becomes_aoi_in_raster_crs(qgis_iface, ortho_layer, model_pat
     # The canvas widens the extent to its aspect ratio; the AOI is that extent, in UTM metres.
     back = QgsCoordinateTransform(crs4326, ortho_layer.crs(), QgsProject.instance())
     shown = back.transformBoundingBox(canvas.extent())
-    assert aoi.bounds == pytest.approx((shown.xMinimum(), shown.yMinimum(), shown.xMaximum(),
-                                        shown.yMaximum()), abs=1.0)
+    assert aoi.bounds == pytest.approx(
+        (shown.xMinimum(), shown.yMinimum(), shown.xMaximum(), shown.yMaximum()), abs=1.0
+    )
     assert aoi.contains(box(inner.xMinimum(), inner.yMinimum(), inner.xMaximum(), inner.yMaximum()).buffer(-0.5))
 
 
@@ -178,8 +179,9 @@ def test_selected_polygons_become_aoi(qgis_iface, ortho_layer, project, model_pa
     feats = []
     for x0 in (0, 50):
         f = QgsFeature()
-        f.setGeometry(QgsGeometry.fromRect(QgsRectangle(ORIGIN[0] + x0, ORIGIN[1] - 30,
-                                                        ORIGIN[0] + x0 + 20, ORIGIN[1])))
+        f.setGeometry(
+            QgsGeometry.fromRect(QgsRectangle(ORIGIN[0] + x0, ORIGIN[1] - 30, ORIGIN[0] + x0 + 20, ORIGIN[1]))
+        )
         feats.append(f)
     polys.dataProvider().addFeatures(feats)
     project.addMapLayer(polys)
@@ -218,8 +220,10 @@ def test_device_choice_shows_the_gpu_torch_found(qgis_iface, ortho_layer):
     dialog = _dialog(qgis_iface)
     cuda_item = dialog.device_combo.model().item(dialog.device_combo.findData("cuda"))
     assert cuda_item.isEnabled() == torch.cuda.is_available()
-    with mock.patch("torch.cuda.is_available", return_value=True), \
-            mock.patch("torch.cuda.get_device_name", return_value="NVIDIA H100 80GB HBM3"):
+    with (
+        mock.patch("torch.cuda.is_available", return_value=True),
+        mock.patch("torch.cuda.get_device_name", return_value="NVIDIA H100 80GB HBM3"),
+    ):
         dialog = _dialog(qgis_iface)
     assert "NVIDIA H100" in dialog.device_info.text()
     assert dialog.device_combo.model().item(dialog.device_combo.findData("cuda")).isEnabled()
@@ -232,8 +236,12 @@ def test_outlines_are_regularised_and_solar_defaults_by_default(qgis_iface, orth
     assert dialog.regularize_check.isChecked() and dialog.tolerance_spin.value() == 1.0
     assert dialog.tolerance_spin.isEnabled()
     assert dialog.yield_auto_check.isChecked() and not dialog.yield_spin.isEnabled()
-    assert (dialog.setback_spin.value(), dialog.usable_spin.value(), dialog.panel_area_spin.value(),
-            dialog.panel_wp_spin.value()) == (0.5, 0.6, 1.96, 400.0)
+    assert (
+        dialog.setback_spin.value(),
+        dialog.usable_spin.value(),
+        dialog.panel_area_spin.value(),
+        dialog.panel_wp_spin.value(),
+    ) == (0.5, 0.6, 1.96, 400.0)
     _use_model_file(dialog, model_path)
     dialog.accept()
     options = dialog.request.detect_options()
@@ -262,8 +270,9 @@ def test_solar_choices_reach_the_engine_and_are_remembered(qgis_iface, ortho_lay
     dialog.accept()
     options = dialog.request.detect_options()
     assert options.regularize is False and options.regularize_tolerance_m == 2.5
-    assert options.solar == SolarParams(setback_m=1.0, usable_fraction=0.75, panel_area_m2=1.7, panel_wp=430.0,
-                                        specific_yield_kwh_per_kwp=1234.0)
+    assert options.solar == SolarParams(
+        setback_m=1.0, usable_fraction=0.75, panel_area_m2=1.7, panel_wp=430.0, specific_yield_kwh_per_kwp=1234.0
+    )
     assert settings.solar_kwargs() == options.solar.as_dict()  # what the Rooftop Report sizes with
     again = _dialog(qgis_iface)
     assert not again.regularize_check.isChecked() and again.tolerance_spin.value() == 2.5

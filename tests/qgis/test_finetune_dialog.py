@@ -118,8 +118,7 @@ def bar_texts(dialog):
 
 # -- runs ---------------------------------------------------------------------------
 @pytest.mark.slow
-def test_finetune_from_memory_layer_in_another_crs(qgis_iface, qgis_app, project, raster_layer, library,
-                                                   monkeypatch):
+def test_finetune_from_memory_layer_in_another_crs(qgis_iface, qgis_app, project, raster_layer, library, monkeypatch):
     from qgis.PyQt.QtCore import QThread
 
     from roof_detector.core.model_io import read_metadata
@@ -138,12 +137,12 @@ def test_finetune_from_memory_layer_in_another_crs(qgis_iface, qgis_app, project
     dialog.chart.add_row = add_row
     statuses, logged = [], []
     real_set_text = dialog.status_label.setText
-    dialog.status_label.setText = lambda text: (statuses.append((len(dialog.chart.rows), text)),
-                                                real_set_text(text))
+    dialog.status_label.setText = lambda text: (statuses.append((len(dialog.chart.rows), text)), real_set_text(text))
     from qgis.core import QgsApplication
 
     QgsApplication.messageLog().messageReceived.connect(
-        lambda text, tag, level: logged.append(text) if tag == "Roof Detector" else None)
+        lambda text, tag, level: logged.append(text) if tag == "Roof Detector" else None
+    )
     task = dialog.start()
     assert task is not None, bar_texts(dialog)
     temp_dir = task.request.temp_dir
@@ -204,8 +203,7 @@ def _run_and_stop(dialog, qgis_app, keep):
 
 @pytest.mark.parametrize("keep", [True, False])
 @pytest.mark.slow
-def test_stop_asks_and_keeps_or_drops_the_model(qgis_iface, qgis_app, project, raster_layer, library, ft_files,
-                                                keep):
+def test_stop_asks_and_keeps_or_drops_the_model(qgis_iface, qgis_app, project, raster_layer, library, ft_files, keep):
     from qgis.core import QgsVectorLayer
 
     labels = QgsVectorLayer(ft_files["gpkg"] + "|layername=buildings", "buildings", "ogr")
@@ -246,8 +244,7 @@ def test_labels_outside_the_raster_are_refused_before_starting(qgis_iface, proje
 def test_too_small_area_gets_the_engines_message(qgis_iface, qgis_app, project, raster_layer, library):
     labels = memory_polygons(project, [_wkt(ring(*r)) for r in RECTS])
     x, y = ORIGIN[0] + 20, ORIGIN[1] - 20
-    area = memory_polygons(project, [_wkt([(x, y), (x + 20, y), (x + 20, y - 20), (x, y - 20), (x, y)])],
-                           name="area")
+    area = memory_polygons(project, [_wkt([(x, y), (x + 20, y), (x + 20, y - 20), (x, y - 20), (x, y)])], name="area")
     dialog = make_dialog(qgis_iface, library, raster_layer, labels)
     dialog.area_combo.setCurrentIndex(dialog.area_combo.findData("layer"))
     dialog.area_layer_combo.setLayer(area)
@@ -286,7 +283,9 @@ def test_selected_features_only_exports_the_selection(qgis_iface, project, raste
     dialog.labels_selected.setChecked(True)
     request = dialog.build_request()
     try:
-        assert request.options["labels_path"] != ft_files["gpkg"] and request.options["labels_path"].startswith(request.temp_dir)
+        assert request.options["labels_path"] != ft_files["gpkg"] and request.options["labels_path"].startswith(
+            request.temp_dir
+        )
         ds = ogr.Open(request.options["labels_path"])
         assert ds.GetLayerByName(request.options["labels_layer"]).GetFeatureCount() == 10
         ds = None
@@ -299,6 +298,7 @@ def test_selected_features_only_exports_the_selection(qgis_iface, project, raste
         assert request.options["output_path"] == str(library / "lyon.pt")
     finally:
         from roof_detector.qgis_adapter.finetune_task import FinetuneTask
+
         FinetuneTask(request).cleanup()
     assert not os.path.exists(request.options["labels_path"])
 

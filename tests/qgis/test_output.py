@@ -1,6 +1,5 @@
 """Result layers (the output sink), independent of the engine; GeoPackages come from core.gpkg_writer."""
 
-
 import pytest
 from shapely.geometry import MultiPolygon, box
 
@@ -41,8 +40,7 @@ def test_multipolygons_make_a_multipolygon_layer(crs):
     from qgis.core import QgsWkbTypes
 
     multi = MultiPolygon([box(0, 0, 1, 1), box(2, 2, 3, 3)])
-    layer = build_memory_layer([Building(multi, 2.0, 8.0, 0.8), Building(box(5, 5, 6, 6), 1.0, 4.0, 0.8)],
-                               crs, "b")
+    layer = build_memory_layer([Building(multi, 2.0, 8.0, 0.8), Building(box(5, 5, 6, 6), 1.0, 4.0, 0.8)], crs, "b")
     assert QgsWkbTypes.flatType(layer.wkbType()) == QgsWkbTypes.MultiPolygon
     assert layer.featureCount() == 2
 
@@ -85,10 +83,23 @@ def test_solar_fields_have_fixed_numeric_types(crs, tmp_path):
     from qgis.PyQt.QtCore import QVariant
 
     from roof_detector.core.gpkg_writer import write_buildings
-    first = {"usable_area_m2": 0.0, "panels": 0, "kwp": 0.0, "specific_yield": 1100.0, "annual_kwh": 0.0,
-             "orientation_deg": None}
-    second = {"usable_area_m2": 21.5, "panels": 10, "kwp": 4.0, "specific_yield": 1100.0, "annual_kwh": 4400.0,
-              "orientation_deg": 90.0}
+
+    first = {
+        "usable_area_m2": 0.0,
+        "panels": 0,
+        "kwp": 0.0,
+        "specific_yield": 1100.0,
+        "annual_kwh": 0.0,
+        "orientation_deg": None,
+    }
+    second = {
+        "usable_area_m2": 21.5,
+        "panels": 10,
+        "kwp": 4.0,
+        "specific_yield": 1100.0,
+        "annual_kwh": 4400.0,
+        "orientation_deg": 90.0,
+    }
     buildings = [Building(box(0, 0, 1, 1), 1.0, 4.0, 0.9, first), Building(box(0, 0, 9, 9), 81.0, 36.0, 0.9, second)]
     memory = build_memory_layer(buildings, crs, "b")
     uri = write_buildings(buildings, str(tmp_path / "s.gpkg"), "EPSG:32631", layer="roofs") + "|layername=roofs"
@@ -97,8 +108,7 @@ def test_solar_fields_have_fixed_numeric_types(crs, tmp_path):
         assert fields.field("panels").type() in (QVariant.Int, QVariant.LongLong)
         for name in ("usable_area_m2", "kwp", "specific_yield", "annual_kwh", "orientation_deg"):
             assert fields.field(name).type() == QVariant.Double, name
-        values = sorted((f["panels"], f["orientation_deg"]) for f in layer.getFeatures()
-                        if f["panels"] == 10)
+        values = sorted((f["panels"], f["orientation_deg"]) for f in layer.getFeatures() if f["panels"] == 10)
         assert values == [(10, 90.0)]
     alone = build_memory_layer(buildings[:1], crs, "b")  # no orientation anywhere: still a number column
     assert alone.fields().field("orientation_deg").type() == QVariant.Double

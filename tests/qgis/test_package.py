@@ -22,8 +22,7 @@ def package(repo_root):
 def fake_repo(repo_root, tmp_path, model_path):
     """A copy of the repository layout with a bundled model and some clutter to leave out."""
     root = tmp_path / "repo"
-    shutil.copytree(repo_root / "roof_detector", root / "roof_detector",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(repo_root / "roof_detector", root / "roof_detector", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(repo_root / "resources", root / "resources")
     shutil.copy(repo_root / "metadata.txt", root / "metadata.txt")
     (root / "models").mkdir()
@@ -47,10 +46,17 @@ def test_zip_layout(package, fake_repo, tmp_path):
     assert zip_path.name == f"roof_detector-{package.read_version(fake_repo)}.zip"
     names = zipfile.ZipFile(zip_path).namelist()
     assert all(n.startswith("roof_detector/") for n in names)
-    for expected in ("roof_detector/__init__.py", "roof_detector/plugin.py", "roof_detector/metadata.txt",
-                     "roof_detector/core/pipeline.py", "roof_detector/qgis_adapter/task.py",
-                     "roof_detector/resources/icon.png", "roof_detector/models/roof_unet.pt",
-                     "roof_detector/models/README.md", "roof_detector/LICENSE"):
+    for expected in (
+        "roof_detector/__init__.py",
+        "roof_detector/plugin.py",
+        "roof_detector/metadata.txt",
+        "roof_detector/core/pipeline.py",
+        "roof_detector/qgis_adapter/task.py",
+        "roof_detector/resources/icon.png",
+        "roof_detector/models/roof_unet.pt",
+        "roof_detector/models/README.md",
+        "roof_detector/LICENSE",
+    ):
         assert expected in names
     for name in names:
         assert "__pycache__" not in name and not name.endswith(".pyc")
@@ -75,11 +81,23 @@ def test_real_repository_packages_only_what_users_run(package, repo_root, tmp_pa
     assert not any(n.startswith("roof_detector/devtools/") or "/devtools/" in n for n in names)
     top = {n.split("/")[1] for n in names if n.count("/") >= 2}
     # service/: `python -m roof_detector serve`, and the request options the plugin's server client sends
-    assert top == {"cli", "core", "models", "processing", "qgis_adapter", "qgis_io", "qgis_ui", "resources",
-                   "service"}, top
+    assert top == {
+        "cli",
+        "core",
+        "models",
+        "processing",
+        "qgis_adapter",
+        "qgis_io",
+        "qgis_ui",
+        "resources",
+        "service",
+    }, top
     # every Python module in the zip is one of the package's own (nothing from scripts/, tests/ or devtools/)
-    package_files = {f"roof_detector/{p.relative_to(repo_root / 'roof_detector').as_posix()}"
-                     for p in (repo_root / "roof_detector").rglob("*.py") if "__pycache__" not in p.parts}
+    package_files = {
+        f"roof_detector/{p.relative_to(repo_root / 'roof_detector').as_posix()}"
+        for p in (repo_root / "roof_detector").rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
     assert {n for n in names if n.endswith(".py")} == package_files
 
 
@@ -111,10 +129,15 @@ def test_deployed_plugin_loads_and_finds_its_files(package, fake_repo, tmp_path)
         plugin.unload()
         print("OK")
     """)
-    env = {"QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
-           "QGIS_CUSTOM_CONFIG_PATH": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                          timeout=120, cwd=str(tmp_path))
+    env = {
+        "QT_QPA_PLATFORM": "offscreen",
+        "HOME": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+        "QGIS_CUSTOM_CONFIG_PATH": str(tmp_path),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120, cwd=str(tmp_path)
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"MODEL {target / 'models' / 'roof_unet.pt'}" in proc.stdout
     assert f"ICON {target / 'resources' / 'icon.png'}" in proc.stdout

@@ -15,8 +15,12 @@ from roof_detector.core.params import DETECT, FINETUNE, MANY, OUTLINES, SOLAR
 
 pytestmark = pytest.mark.qgis
 
-NUMBERS = [(g, p) for g, group in (("detect", DETECT), ("outlines", OUTLINES), ("solar", SOLAR))
-           for p in group.values() if p.kind in (int, float)]
+NUMBERS = [
+    (g, p)
+    for g, group in (("detect", DETECT), ("outlines", OUTLINES), ("solar", SOLAR))
+    for p in group.values()
+    if p.kind in (int, float)
+]
 
 
 def _cli_actions(command):
@@ -86,10 +90,16 @@ def test_dialog_spin_boxes_use_the_declared_ranges(qgis_iface):
     from roof_detector.qgis_ui.dialog import DetectDialog
 
     dialog = DetectDialog(qgis_iface)
-    spins = {"threshold": dialog.threshold_spin, "min_area_m2": dialog.min_area_spin,
-             "regularize_tolerance_m": dialog.tolerance_spin, "setback_m": dialog.setback_spin,
-             "usable_fraction": dialog.usable_spin, "panel_area_m2": dialog.panel_area_spin,
-             "panel_wp": dialog.panel_wp_spin, "specific_yield_kwh_per_kwp": dialog.yield_spin}
+    spins = {
+        "threshold": dialog.threshold_spin,
+        "min_area_m2": dialog.min_area_spin,
+        "regularize_tolerance_m": dialog.tolerance_spin,
+        "setback_m": dialog.setback_spin,
+        "usable_fraction": dialog.usable_spin,
+        "panel_area_m2": dialog.panel_area_spin,
+        "panel_wp": dialog.panel_wp_spin,
+        "specific_yield_kwh_per_kwp": dialog.yield_spin,
+    }
     for name, spin in spins.items():
         p = {**DETECT, **OUTLINES, **SOLAR}[name]
         assert (spin.minimum(), spin.maximum()) == pytest.approx((p.low, p.high)), name
@@ -100,9 +110,13 @@ def test_finetune_dialog_uses_the_declared_ranges(qgis_iface, tmp_path):
     from roof_detector.qgis_ui.finetune_dialog import FinetuneDialog
 
     dialog = FinetuneDialog(qgis_iface, library_dir=str(tmp_path))
-    for name, spin, scale in (("epochs", dialog.epochs_spin, 1), ("lr", dialog.lr_spin, 1),
-                              ("batch_size", dialog.batch_spin, 1), ("val_fraction", dialog.val_spin, 100),
-                              ("patience", dialog.patience_spin, 1)):
+    for name, spin, scale in (
+        ("epochs", dialog.epochs_spin, 1),
+        ("lr", dialog.lr_spin, 1),
+        ("batch_size", dialog.batch_spin, 1),
+        ("val_fraction", dialog.val_spin, 100),
+        ("patience", dialog.patience_spin, 1),
+    ):
         p = FINETUNE[name]
         assert (spin.minimum(), spin.maximum()) == pytest.approx((p.low * scale, p.high * scale)), name
     assert dialog.samples_spin.maximum() == FINETUNE["samples_per_epoch"].high

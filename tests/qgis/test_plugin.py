@@ -15,14 +15,16 @@ def recording_iface(qgis_iface):
     """The stub iface with its toolbar/menu methods recording what the plugin adds and removes."""
     calls = {"toolbar": [], "menu": []}
     patches = [
-        mock.patch.object(qgis_iface, "addToolBarIcon", side_effect=lambda a: calls["toolbar"].append(a),
-                          create=True),
-        mock.patch.object(qgis_iface, "removeToolBarIcon", side_effect=lambda a: calls["toolbar"].remove(a),
-                          create=True),
-        mock.patch.object(qgis_iface, "addPluginToMenu", side_effect=lambda m, a: calls["menu"].append((m, a)),
-                          create=True),
-        mock.patch.object(qgis_iface, "removePluginMenu", side_effect=lambda m, a: calls["menu"].remove((m, a)),
-                          create=True),
+        mock.patch.object(qgis_iface, "addToolBarIcon", side_effect=lambda a: calls["toolbar"].append(a), create=True),
+        mock.patch.object(
+            qgis_iface, "removeToolBarIcon", side_effect=lambda a: calls["toolbar"].remove(a), create=True
+        ),
+        mock.patch.object(
+            qgis_iface, "addPluginToMenu", side_effect=lambda m, a: calls["menu"].append((m, a)), create=True
+        ),
+        mock.patch.object(
+            qgis_iface, "removePluginMenu", side_effect=lambda m, a: calls["menu"].remove((m, a)), create=True
+        ),
     ]
     for p in patches:
         p.start()
@@ -42,8 +44,7 @@ def test_class_factory_loads_and_unloads_cleanly(recording_iface):
     assert action.text() == "Detect Buildings" and not action.icon().isNull()
     assert calls["toolbar"] == [action]
     extra = plugin.menu_actions
-    assert [a.text() for a in extra] == ["Fine-tune Model…", "Model Library…", "Rooftop Report…",
-                                         "Check dependencies…"]
+    assert [a.text() for a in extra] == ["Fine-tune Model…", "Model Library…", "Rooftop Report…", "Check dependencies…"]
     assert calls["menu"] == [("&Roof Detector", action)] + [("&Roof Detector", a) for a in extra]
     plugin.unload()
     assert calls == {"toolbar": [], "menu": []}
@@ -87,8 +88,10 @@ def test_action_refuses_cleanly_when_dependencies_are_missing(plugin, qgis_iface
     from roof_detector.qgis_ui import deps_dialog, settings
 
     settings.set("run_on", "local")
-    with mock.patch.object(deps, "missing_modules", return_value=["onnxruntime"]), \
-            mock.patch("roof_detector.qgis_ui.dialog.DetectDialog") as dialog:
+    with (
+        mock.patch.object(deps, "missing_modules", return_value=["onnxruntime"]),
+        mock.patch("roof_detector.qgis_ui.dialog.DetectDialog") as dialog,
+    ):
         plugin.actions[0].trigger()
         dialog.assert_not_called()
         shown = deps_dialog._dialog
@@ -105,8 +108,10 @@ def test_action_offers_only_the_server_to_who_runs_on_one(plugin, qgis_iface):
 
     settings.set("run_on", "server")
     try:
-        with mock.patch.object(deps, "missing_modules", return_value=["torch"]), \
-                mock.patch("roof_detector.qgis_ui.dialog.DetectDialog") as dialog:
+        with (
+            mock.patch.object(deps, "missing_modules", return_value=["torch"]),
+            mock.patch("roof_detector.qgis_ui.dialog.DetectDialog") as dialog,
+        ):
             dialog.return_value.exec_.return_value = 0  # the user closes the dialog
             plugin.actions[0].trigger()
         assert deps_dialog._dialog is None
@@ -148,10 +153,13 @@ def test_plugin_detects_without_torch_and_asks_for_it_only_to_fine_tune(tmp_path
         assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
         print("OK")
     """)
-    env = {"QT_QPA_PLATFORM": "offscreen", "HOME": str(tmp_path), "PATH": "/usr/bin:/bin",
-           "QGIS_CUSTOM_CONFIG_PATH": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
-                          timeout=120)
+    env = {
+        "QT_QPA_PLATFORM": "offscreen",
+        "HOME": str(tmp_path),
+        "PATH": "/usr/bin:/bin",
+        "QGIS_CUSTOM_CONFIG_PATH": str(tmp_path),
+    }
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "OK" in proc.stdout
     message = proc.stdout.split("MESSAGE:", 1)[1]

@@ -15,8 +15,13 @@ from .conftest import EXPECTED_AREAS, GSD, ORIGIN, RECTANGLES
 pytestmark = pytest.mark.qgis
 
 PROCESSING_PLUGINS = "/usr/share/qgis/python/plugins"
-ALGORITHM_IDS = {"roofdetector:detectbuildings", "roofdetector:finetunemodel", "roofdetector:rooftopsolar",
-                 "roofdetector:evaluatedetection", "roofdetector:detectbuildingsmany"}
+ALGORITHM_IDS = {
+    "roofdetector:detectbuildings",
+    "roofdetector:finetunemodel",
+    "roofdetector:rooftopsolar",
+    "roofdetector:evaluatedetection",
+    "roofdetector:detectbuildingsmany",
+}
 X0, Y0 = ORIGIN
 
 
@@ -130,8 +135,10 @@ def test_detect_buildings_gives_the_bright_rectangles(run, ortho_path, model_pat
     from qgis.core import QgsVectorLayer
 
     out = str(tmp_path / "buildings.gpkg")
-    result = run("roofdetector:detectbuildings", {"INPUT": ortho_path, "MODEL": model_path, "MIN_AREA": 5.0,
-                                                  "DEVICE": 1, "OUTPUT": out})
+    result = run(
+        "roofdetector:detectbuildings",
+        {"INPUT": ortho_path, "MODEL": model_path, "MIN_AREA": 5.0, "DEVICE": 1, "OUTPUT": out},
+    )
     layer = QgsVectorLayer(result["OUTPUT"], "b")
     assert layer.isValid() and layer.featureCount() == 4 and result["BUILDINGS"] == 4
     assert {"area_m2", "perimeter_m", "confidence"} <= set(layer.fields().names())
@@ -146,9 +153,13 @@ def test_detect_buildings_separates_touching_roofs_by_default(run, model_path, t
     from tests.core.synthetic_rasters import touching_pair_scene
 
     pair, _ = touching_pair_scene(tmp_path / "pair.tif")
-    counts = [run("roofdetector:detectbuildings", dict({"INPUT": pair, "MODEL": model_path, "DEVICE": 1,
-                                                        "OUTPUT": "memory:"}, **extra))["BUILDINGS"]
-              for extra in ({}, {"SEPARATE_TOUCHING": False})]
+    counts = [
+        run(
+            "roofdetector:detectbuildings",
+            dict({"INPUT": pair, "MODEL": model_path, "DEVICE": 1, "OUTPUT": "memory:"}, **extra),
+        )["BUILDINGS"]
+        for extra in ({}, {"SEPARATE_TOUCHING": False})
+    ]
     assert counts == [2, 1]
 
 
@@ -169,9 +180,16 @@ def test_detect_buildings_tta_parameter_reaches_the_engine(run, ortho_path, mode
         return real(source, options, **kw)
 
     with mock.patch.object(pipeline, "detect_buildings", spy):
-        counts = [run("roofdetector:detectbuildings", dict({"INPUT": ortho_path, "MODEL": model_path, "DEVICE": 1,
-                                                            "MIN_AREA": 5.0, "OUTPUT": "memory:"}, **extra))["BUILDINGS"]
-                  for extra in ({}, {"TTA": True})]
+        counts = [
+            run(
+                "roofdetector:detectbuildings",
+                dict(
+                    {"INPUT": ortho_path, "MODEL": model_path, "DEVICE": 1, "MIN_AREA": 5.0, "OUTPUT": "memory:"},
+                    **extra,
+                ),
+            )["BUILDINGS"]
+            for extra in ({}, {"TTA": True})
+        ]
     assert seen == [False, True] and counts == [4, 4]  # the per-pixel test model gives the same roofs
 
 
@@ -183,8 +201,17 @@ def test_detect_buildings_in_an_extent_given_in_another_crs(run, ortho_layer, mo
     corners = [to_lonlat.transform(x, y) for x in (X0, X0 + 30) for y in (Y0 - 20, Y0)]
     lons, lats = [c[0] for c in corners], [c[1] for c in corners]
     extent = f"{min(lons)},{max(lons)},{min(lats)},{max(lats)} [EPSG:4326]"
-    result = run("roofdetector:detectbuildings", {"INPUT": ortho_layer, "MODEL": model_path, "MIN_AREA": 5.0,
-                                                  "DEVICE": 1, "EXTENT": extent, "OUTPUT": "memory:"})
+    result = run(
+        "roofdetector:detectbuildings",
+        {
+            "INPUT": ortho_layer,
+            "MODEL": model_path,
+            "MIN_AREA": 5.0,
+            "DEVICE": 1,
+            "EXTENT": extent,
+            "OUTPUT": "memory:",
+        },
+    )
     layer = result["OUTPUT"]
     assert layer.featureCount() == 1
     assert next(layer.getFeatures())["area_m2"] == pytest.approx(150.0, rel=0.005)
@@ -196,8 +223,7 @@ def test_detect_buildings_reports_engine_errors(run, ortho_path, tmp_path):
     bad = tmp_path / "not_a_model.pt"
     bad.write_text("nope")
     with pytest.raises(QgsProcessingException) as info:
-        run("roofdetector:detectbuildings", {"INPUT": ortho_path, "MODEL": str(bad), "DEVICE": 1,
-                                             "OUTPUT": "memory:"})
+        run("roofdetector:detectbuildings", {"INPUT": ortho_path, "MODEL": str(bad), "DEVICE": 1, "OUTPUT": "memory:"})
     assert "not_a_model.pt" in str(info.value) and "Traceback" not in str(info.value)
 
 
@@ -207,26 +233,51 @@ def test_detect_buildings_stops_when_cancelled(run, ortho_path, model_path):
     feedback = QgsProcessingFeedback()
     feedback.cancel()  # the engine polls feedback.isCanceled() before the first batch
     with pytest.raises(QgsProcessingException, match="Cancelled"):
-        run("roofdetector:detectbuildings", {"INPUT": ortho_path, "MODEL": model_path, "DEVICE": 1,
-                                             "OUTPUT": "memory:"}, feedback=feedback)
+        run(
+            "roofdetector:detectbuildings",
+            {"INPUT": ortho_path, "MODEL": model_path, "DEVICE": 1, "OUTPUT": "memory:"},
+            feedback=feedback,
+        )
 
 
 # --------------------------------------------------------------------------- solar
 
 
 def test_rooftop_solar_sizes_any_polygon_layer(run, tmp_path):
-    layer = polygon_layer([(box(0, 0, 10, 20), {"name": "A", "area_m2": 1.0}),
-                           (box(30, 0, 34, 4), {"name": "B", "area_m2": 2.0}),
-                           ("", {"name": "no geometry"})],
-                          fields=("name:string", "area_m2:double"))
-    result = run("roofdetector:rooftopsolar", {"INPUT": layer, "SETBACK": 0.5, "USABLE_FRACTION": 0.6,
-                                               "PANEL_AREA": 1.96, "PANEL_WP": 400, "SPECIFIC_YIELD": 1000,
-                                               "OUTPUT": "memory:", "REPORT": str(tmp_path / "report")})
+    layer = polygon_layer(
+        [
+            (box(0, 0, 10, 20), {"name": "A", "area_m2": 1.0}),
+            (box(30, 0, 34, 4), {"name": "B", "area_m2": 2.0}),
+            ("", {"name": "no geometry"}),
+        ],
+        fields=("name:string", "area_m2:double"),
+    )
+    result = run(
+        "roofdetector:rooftopsolar",
+        {
+            "INPUT": layer,
+            "SETBACK": 0.5,
+            "USABLE_FRACTION": 0.6,
+            "PANEL_AREA": 1.96,
+            "PANEL_WP": 400,
+            "SPECIFIC_YIELD": 1000,
+            "OUTPUT": "memory:",
+            "REPORT": str(tmp_path / "report"),
+        },
+    )
     out = result["OUTPUT"]
     names = out.fields().names()
     assert names[:2] == ["name", "src_area_m2"]  # input kept, the clash renamed as in the CLI
-    assert names[2:] == ["area_m2", "perimeter_m", "usable_area_m2", "panels", "kwp", "specific_yield",
-                         "annual_kwh", "orientation_deg"]
+    assert names[2:] == [
+        "area_m2",
+        "perimeter_m",
+        "usable_area_m2",
+        "panels",
+        "kwp",
+        "specific_yield",
+        "annual_kwh",
+        "orientation_deg",
+    ]
     rows = {f["name"]: f for f in out.getFeatures()}
     assert set(rows) == {"A", "B"}  # the feature without geometry is skipped
     a = rows["A"]
@@ -249,8 +300,15 @@ def test_rooftop_solar_estimates_yield_and_regularizes(run):
     from shapely import affinity, wkt
 
     layer = polygon_layer([affinity.translate(wkt.loads(stair), X0, Y0 - 100).wkt])
-    result = run("roofdetector:rooftopsolar", {"INPUT": layer, "REGULARIZE": True,  # no SPECIFIC_YIELD: latitude
-                                               "TOLERANCE": 1.0, "OUTPUT": "memory:"})
+    result = run(
+        "roofdetector:rooftopsolar",
+        {
+            "INPUT": layer,
+            "REGULARIZE": True,  # no SPECIFIC_YIELD: latitude
+            "TOLERANCE": 1.0,
+            "OUTPUT": "memory:",
+        },
+    )
     feature = next(result["OUTPUT"].getFeatures())
     assert feature["specific_yield"] == pytest.approx(round(estimate_specific_yield(45.14), 1), abs=1.0)
     # written rounded to 1 kWh/yr (kWp to 0.01)
@@ -265,9 +323,13 @@ def test_rooftop_solar_estimates_yield_and_regularizes(run):
 
 def evaluate(run, predicted, reference, **extra):
     """Run the evaluation on a 20 x 10 m grid of 1 m pixels; return the results and the table row."""
-    params = {"PREDICTED": polygon_layer(predicted, name="pred"), "REFERENCE": polygon_layer(reference, name="ref"),
-              "EXTENT": f"{X0},{X0 + 20},{Y0 - 100},{Y0 - 90} [EPSG:32631]", "PIXEL_SIZE": 1.0,
-              "OUTPUT": "memory:"}
+    params = {
+        "PREDICTED": polygon_layer(predicted, name="pred"),
+        "REFERENCE": polygon_layer(reference, name="ref"),
+        "EXTENT": f"{X0},{X0 + 20},{Y0 - 100},{Y0 - 90} [EPSG:32631]",
+        "PIXEL_SIZE": 1.0,
+        "OUTPUT": "memory:",
+    }
     params.update(extra)
     result = run("roofdetector:evaluatedetection", params)
     table = result["OUTPUT"]
@@ -280,8 +342,16 @@ def test_identical_layers_score_one(run, tmp_path):
     squares = [box(2, 2, 6, 6), box(10, 2, 14, 6)]
     out_json = str(tmp_path / "metrics.json")
     result, row = evaluate(run, squares, squares, OUTPUT_JSON=out_json)
-    for key in ("PIXEL_IOU", "PIXEL_ACCURACY", "PIXEL_PRECISION", "PIXEL_RECALL", "PIXEL_F1",
-                "OBJECT_PRECISION", "OBJECT_RECALL", "OBJECT_F1"):
+    for key in (
+        "PIXEL_IOU",
+        "PIXEL_ACCURACY",
+        "PIXEL_PRECISION",
+        "PIXEL_RECALL",
+        "PIXEL_F1",
+        "OBJECT_PRECISION",
+        "OBJECT_RECALL",
+        "OBJECT_F1",
+    ):
         assert result[key] == 1.0, key
     assert (result["PREDICTED_COUNT"], result["REFERENCE_COUNT"], result["MATCHED_COUNT"]) == (2, 2, 2)
     assert result["VALID_PIXELS_COUNT"] == 200 and row["tp"] == 32 and row["pixel_iou"] == 1.0
@@ -321,8 +391,11 @@ def test_object_counts(run):
 def test_shape_figures_are_outputs_and_columns(run):
     # predicted: a square (regular) and a hexagon (not), matched to nothing; reference: a rectangle
     dx, dy = X0, Y0 - 100
-    hexagon = "POLYGON((" + ",".join(f"{x + dx} {y + dy}" for x, y in
-                                     ((14, 5), (15, 3), (17, 3), (18, 5), (17, 7), (15, 7), (14, 5))) + "))"
+    hexagon = (
+        "POLYGON(("
+        + ",".join(f"{x + dx} {y + dy}" for x, y in ((14, 5), (15, 3), (17, 3), (18, 5), (17, 7), (15, 7), (14, 5)))
+        + "))"
+    )
     predicted = [box(1, 1, 5, 5), hexagon]
     result, row = evaluate(run, predicted, [box(1, 1, 5, 6)])
     assert result["MATCHED_COUNT"] == 1 and result["MEAN_MATCHED_IOU"] == pytest.approx(16 / 20)
@@ -340,8 +413,10 @@ def test_evaluate_on_the_raster_grid_with_selected_features(run, ortho_layer):
     QgsProject.instance().addMapLayers([reference, predicted])
     predicted.selectByIds([f.id() for f in predicted.getFeatures()][:4])  # not the false alarm
     selected = QgsProcessingFeatureSourceDefinition(predicted.id(), selectedFeaturesOnly=True)
-    result = run("roofdetector:evaluatedetection", {"PREDICTED": selected, "REFERENCE": reference.id(),
-                                                    "RASTER": ortho_layer, "OUTPUT": "memory:"})
+    result = run(
+        "roofdetector:evaluatedetection",
+        {"PREDICTED": selected, "REFERENCE": reference.id(), "RASTER": ortho_layer, "OUTPUT": "memory:"},
+    )
     assert result["PIXEL_IOU"] == 1.0 and result["MATCHED_COUNT"] == 4 and result["PREDICTED_COUNT"] == 4
     assert result["VALID_PIXELS_COUNT"] == 160 * 128
 
@@ -350,8 +425,14 @@ def test_evaluate_needs_one_grid(run):
     from qgis.core import QgsProcessingException
 
     with pytest.raises(QgsProcessingException, match="either a raster or an extent"):
-        run("roofdetector:evaluatedetection", {"PREDICTED": polygon_layer([box(0, 0, 1, 1)]),
-                                               "REFERENCE": polygon_layer([box(0, 0, 1, 1)]), "OUTPUT": "memory:"})
+        run(
+            "roofdetector:evaluatedetection",
+            {
+                "PREDICTED": polygon_layer([box(0, 0, 1, 1)]),
+                "REFERENCE": polygon_layer([box(0, 0, 1, 1)]),
+                "OUTPUT": "memory:",
+            },
+        )
 
 
 # --------------------------------------------------------------------------- fine-tune and models
@@ -365,8 +446,9 @@ def base_model(data_dir):
     from roof_detector.core.unet import build_model
 
     path = str(data_dir / "tiny_base.pt")
-    cfg = TrainConfig(architecture="plain_unet", architecture_params={"base_channels": 4}, gsd_m=GSD, tile_px=64,
-                      overlap_px=8)
+    cfg = TrainConfig(
+        architecture="plain_unet", architecture_params={"base_channels": 4}, gsd_m=GSD, tile_px=64, overlap_px=8
+    )
     return export_model(build_model("plain_unet", base_channels=4), cfg, path, 0.5, {"name": "tiny-base"})
 
 
@@ -381,9 +463,20 @@ def test_finetune_model_writes_a_model(run, ortho_layer, base_model, tmp_path):
     labels = polygon_layer([ops.transform(to_lonlat, wkt.loads(w)).wkt for w in rectangle_wkts()], crs="EPSG:4326")
     area = polygon_layer([box(0, 0, 80, 64, dx=X0, dy=Y0 - 64)])
     out = str(tmp_path / "models" / "mine.pt")
-    result = run("roofdetector:finetunemodel", {"INPUT": ortho_layer, "LABELS": labels, "AREA": area,
-                                                "MODEL": base_model, "EPOCHS": 1, "BATCH_SIZE": 2,
-                                                "SAMPLES_PER_EPOCH": 2, "DEVICE": 1, "OUTPUT": out})
+    result = run(
+        "roofdetector:finetunemodel",
+        {
+            "INPUT": ortho_layer,
+            "LABELS": labels,
+            "AREA": area,
+            "MODEL": base_model,
+            "EPOCHS": 1,
+            "BATCH_SIZE": 2,
+            "SAMPLES_PER_EPOCH": 2,
+            "DEVICE": 1,
+            "OUTPUT": out,
+        },
+    )
     assert result["OUTPUT"] == out
     meta = read_metadata(out)
     assert meta["training"]["kind"] == "fine-tune" and meta["training"]["label_polygons"] == 4
@@ -404,8 +497,9 @@ def test_algorithms_chain_in_a_processing_model(run, ortho_path, model_path):
     )
 
     model = QgsProcessingModelAlgorithm("roofs", "tests")
-    model.addModelParameter(QgsProcessingParameterRasterLayer("ortho", "Orthophoto"),
-                            QgsProcessingModelParameter("ortho"))
+    model.addModelParameter(
+        QgsProcessingParameterRasterLayer("ortho", "Orthophoto"), QgsProcessingModelParameter("ortho")
+    )
     detect = QgsProcessingModelChildAlgorithm("roofdetector:detectbuildings")
     detect.setChildId("detect")
     detect.addParameterSources("INPUT", [Src.fromModelParameter("ortho")])
@@ -440,11 +534,17 @@ def test_algorithms_chain_in_a_processing_model(run, ortho_path, model_path):
 def test_headless_script_parses_parameters_like_qgis_process(repo_root):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("roofdetector_process", repo_root / "scripts" / "roofdetector_process.py")
+    spec = importlib.util.spec_from_file_location(
+        "roofdetector_process", repo_root / "scripts" / "roofdetector_process.py"
+    )
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.parse_parameters(["INPUT=a.tif", "--DEVICE=1", "EXTENT=1,2,3,4 [EPSG:32631]", "L=x", "L=y"]) == {
-        "INPUT": "a.tif", "DEVICE": "1", "EXTENT": "1,2,3,4 [EPSG:32631]", "L": ["x", "y"]}
+        "INPUT": "a.tif",
+        "DEVICE": "1",
+        "EXTENT": "1,2,3,4 [EPSG:32631]",
+        "L": ["x", "y"],
+    }
     with pytest.raises(SystemExit):
         script.parse_parameters(["INPUT"])
 
@@ -454,8 +554,13 @@ def test_headless_script_lists_the_algorithms(repo_root):
     import subprocess
 
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
-    done = subprocess.run([sys.executable, str(repo_root / "scripts" / "roofdetector_process.py"), "list"],
-                          capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(
+        [sys.executable, str(repo_root / "scripts" / "roofdetector_process.py"), "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     assert {line.split("\t")[0] for line in done.stdout.splitlines()} == ALGORITHM_IDS
 
@@ -476,14 +581,25 @@ def test_real_number_parameters_show_two_decimals_and_help_links_the_repository(
 def test_help_as_plain_text_for_qgis_process():
     from roof_detector.processing.common import html_to_text
 
-    assert html_to_text("<b>Model</b>: a <i>.pt</i> file;<br>empty = bundled &amp; fine") == \
-        "Model: a .pt file;\nempty = bundled & fine"
+    assert (
+        html_to_text("<b>Model</b>: a <i>.pt</i> file;<br>empty = bundled &amp; fine")
+        == "Model: a .pt file;\nempty = bundled & fine"
+    )
 
 
 def test_rooftop_solar_never_shifts_a_column(run):
     """Release 0.2.0 dropped `src_x` when `x` clashed, then wrote values by position (issue 21)."""
-    hostile = {"area_m2": 1.5, "src_area_m2": 2.5, "src_area_m2_2": 3.5, "kwp": 4.5, "src_kwp": 5.5,
-               "Kwp": 6.5, "name": "lower", "NAME": "UPPER", "orientation_deg": 7.5}
+    hostile = {
+        "area_m2": 1.5,
+        "src_area_m2": 2.5,
+        "src_area_m2_2": 3.5,
+        "kwp": 4.5,
+        "src_kwp": 5.5,
+        "Kwp": 6.5,
+        "name": "lower",
+        "NAME": "UPPER",
+        "orientation_deg": 7.5,
+    }
     kinds = {k: "string" if isinstance(v, str) else "double" for k, v in hostile.items()}
     layer = polygon_layer([(box(0, 0, 10, 20), hostile)], fields=[f"{k}:{t}" for k, t in kinds.items()])
     params = {"INPUT": layer, "SPECIFIC_YIELD": 1000, "PANEL_WP": 400, "OUTPUT": "memory:"}
@@ -513,8 +629,11 @@ def test_rooftop_solar_takes_curved_polygons(run):
     layer = QgsVectorLayer("CurvePolygon?crs=EPSG:32631", "parcels", "memory")
     feature = QgsFeature(layer.fields())
     x, y = X0, Y0 - 100
-    feature.setGeometry(QgsGeometry.fromWkt(f"CURVEPOLYGON(CIRCULARSTRING({x} {y},{x + 10} {y + 10},{x + 20} {y},"
-                                            f"{x + 10} {y - 10},{x} {y}))"))
+    feature.setGeometry(
+        QgsGeometry.fromWkt(
+            f"CURVEPOLYGON(CIRCULARSTRING({x} {y},{x + 10} {y + 10},{x + 20} {y},{x + 10} {y - 10},{x} {y}))"
+        )
+    )
     assert layer.dataProvider().addFeatures([feature])[0]
     result = run("roofdetector:rooftopsolar", {"INPUT": layer, "SPECIFIC_YIELD": 1000, "OUTPUT": "memory:"})
     row = next(result["OUTPUT"].getFeatures())

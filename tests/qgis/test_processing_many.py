@@ -22,9 +22,17 @@ def test_detect_buildings_in_many_rasters(processing_ready, plugin, tmp_path, mo
     out = tmp_path / "many.gpkg"
     context = QgsProcessingContext()
     context.setProject(QgsProject.instance())
-    result = processing.run("roofdetector:detectbuildingsmany", {
-        "INPUTS": tiles[:2], "MORE_INPUTS": f"{tiles[2]}; {tmp_path / 'tiles' / 'tile_1_1.tif'}",
-        "MODEL": model_path, "WORKERS": 1, "OUTPUT": str(out)}, context=context)
+    result = processing.run(
+        "roofdetector:detectbuildingsmany",
+        {
+            "INPUTS": tiles[:2],
+            "MORE_INPUTS": f"{tiles[2]}; {tmp_path / 'tiles' / 'tile_1_1.tif'}",
+            "MODEL": model_path,
+            "WORKERS": 1,
+            "OUTPUT": str(out),
+        },
+        context=context,
+    )
     got = read_layer(str(out))
     assert result["BUILDINGS"] == len(got) == len(reference) > 40
     # areas are written rounded to 0.01 m2 (issue 17), so the total may differ by 0.005 m2 a building
@@ -36,5 +44,7 @@ def test_detect_buildings_in_many_rasters(processing_ready, plugin, tmp_path, mo
     with pytest.raises(QgsProcessingException, match="No input"):
         processing.run("roofdetector:detectbuildingsmany", {"MODEL": model_path, "OUTPUT": str(tmp_path / "x.gpkg")})
     with pytest.raises(QgsProcessingException, match="matches no file"):
-        processing.run("roofdetector:detectbuildingsmany", {"MORE_INPUTS": str(tmp_path / "nothing_*.tif"),
-                                                            "MODEL": model_path, "OUTPUT": str(tmp_path / "x.gpkg")})
+        processing.run(
+            "roofdetector:detectbuildingsmany",
+            {"MORE_INPUTS": str(tmp_path / "nothing_*.tif"), "MODEL": model_path, "OUTPUT": str(tmp_path / "x.gpkg")},
+        )

@@ -44,8 +44,13 @@ def qgis_process(tmp_path_factory, repo_root):
     site.mkdir()
     (site / "sitecustomize.py").write_text(BLOCKER)
     venv_site = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", QGIS_CUSTOM_CONFIG_PATH=str(config),
-               PYTHONPATH=f"{site}:{venv_site}", HOME=str(tmp_path))
+    env = dict(
+        os.environ,
+        QT_QPA_PLATFORM="offscreen",
+        QGIS_CUSTOM_CONFIG_PATH=str(config),
+        PYTHONPATH=f"{site}:{venv_site}",
+        HOME=str(tmp_path),
+    )
 
     def run(*args):
         return subprocess.run([QGIS_PROCESS, *args], capture_output=True, text=True, env=env, timeout=300)
@@ -54,8 +59,9 @@ def qgis_process(tmp_path_factory, repo_root):
 
 
 def test_qgis_process_prints_the_dependency_message(qgis_process, ortho_path, tmp_path):
-    proc = qgis_process("run", "roofdetector:detectbuildings", "--", f"INPUT={ortho_path}",
-                        f"OUTPUT={tmp_path / 'b.gpkg'}")
+    proc = qgis_process(
+        "run", "roofdetector:detectbuildings", "--", f"INPUT={ortho_path}", f"OUTPUT={tmp_path / 'b.gpkg'}"
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
     assert "onnxruntime (runs the bundled model on the CPU" in out and "Check dependencies" in out, out

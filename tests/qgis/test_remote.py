@@ -10,8 +10,10 @@ pytest.importorskip("fastapi")
 pytestmark = pytest.mark.qgis
 
 TOKEN = "t0ken-for-the-plugin-tests-0123456789"
-_FIRST_ROOF_AOI = (f"POLYGON(({ORIGIN[0]} {ORIGIN[1] - 20}, {ORIGIN[0] + 25} {ORIGIN[1] - 20}, "
-                   f"{ORIGIN[0] + 25} {ORIGIN[1]}, {ORIGIN[0]} {ORIGIN[1]}, {ORIGIN[0]} {ORIGIN[1] - 20}))")
+_FIRST_ROOF_AOI = (
+    f"POLYGON(({ORIGIN[0]} {ORIGIN[1] - 20}, {ORIGIN[0] + 25} {ORIGIN[1] - 20}, "
+    f"{ORIGIN[0] + 25} {ORIGIN[1]}, {ORIGIN[0]} {ORIGIN[1]}, {ORIGIN[0]} {ORIGIN[1] - 20}))"
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +42,16 @@ def authcfg(qgis_app):
 def _layer_rows(layer):
     names = [n for n in layer.fields().names() if n != "fid"]
     types = [layer.fields().field(n).typeName() for n in names]
-    rows = sorted((tuple(round(f[n], 6) if isinstance(f[n], float) else f[n] for n in names),
-                   f.geometry().asWkt(3)) for f in layer.getFeatures())
+    rows = sorted(
+        (tuple(round(f[n], 6) if isinstance(f[n], float) else f[n] for n in names), f.geometry().asWkt(3))
+        for f in layer.getFeatures()
+    )
     return names, types, rows
 
 
-def test_remote_run_makes_the_same_styled_layer_as_a_local_run(plugin, project, ortho_path, model_path, qgis_app,
-                                                                server, authcfg):
+def test_remote_run_makes_the_same_styled_layer_as_a_local_run(
+    plugin, project, ortho_path, model_path, qgis_app, server, authcfg
+):
     local = plugin.start(make_request(ortho_path, model_path))
     wait_for(local, qgis_app)
     local_layer = project.mapLayer(plugin.last_layer_id)
@@ -67,8 +72,16 @@ def test_remote_run_makes_the_same_styled_layer_as_a_local_run(plugin, project, 
 
 def test_remote_run_of_an_area_to_geopackage(plugin, project, ortho_path, qgis_app, server, authcfg, tmp_path):
     out = tmp_path / "remote.gpkg"
-    request = make_request(ortho_path, "", server_url=server.url, server_authcfg=authcfg, aoi_wkt=_FIRST_ROOF_AOI,
-                           output_mode="gpkg", gpkg_path=str(out), gpkg_layer="roofs")
+    request = make_request(
+        ortho_path,
+        "",
+        server_url=server.url,
+        server_authcfg=authcfg,
+        aoi_wkt=_FIRST_ROOF_AOI,
+        output_mode="gpkg",
+        gpkg_path=str(out),
+        gpkg_layer="roofs",
+    )
     task = plugin.start(request)
     wait_for(task, qgis_app)
     assert task.error is None, task.error
@@ -84,8 +97,9 @@ def test_remote_run_of_an_area_to_geopackage(plugin, project, ortho_path, qgis_a
     assert meta["source_raster"] and meta["model"] and float(meta["min_area_m2"]) == request.options["min_area_m2"]
 
 
-def test_remote_run_needs_no_engine_packages(plugin, project, ortho_path, qgis_app, server, authcfg, monkeypatch,
-                                            tmp_path):
+def test_remote_run_needs_no_engine_packages(
+    plugin, project, ortho_path, qgis_app, server, authcfg, monkeypatch, tmp_path
+):
     """With torch, onnxruntime, rasterio and shapely unimportable, a server run still works (layer and GeoPackage)."""
     from roof_detector.qgis_adapter import deps
 
@@ -93,8 +107,11 @@ def test_remote_run_needs_no_engine_packages(plugin, project, ortho_path, qgis_a
         monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ImportError
     # Engine modules loaded by earlier tests are imported afresh, as on a desktop without those packages
     # (the pure ones stay: their classes are the ones the plugin's error mapper knows).
-    for name in [m for m in sys.modules if m.startswith("roof_detector.core.")
-                 and m not in ("roof_detector.core.errors", "roof_detector.core.params")]:
+    for name in [
+        m
+        for m in sys.modules
+        if m.startswith("roof_detector.core.") and m not in ("roof_detector.core.errors", "roof_detector.core.params")
+    ]:
         monkeypatch.delitem(sys.modules, name)
     assert deps.dependency_problem("detect") is not None
     assert deps.dependency_problem("server") is None
@@ -103,8 +120,17 @@ def test_remote_run_needs_no_engine_packages(plugin, project, ortho_path, qgis_a
     assert task.error is None, task.error
     assert project.mapLayer(plugin.last_layer_id).featureCount() == len(EXPECTED_AREAS)
     out = tmp_path / "no-engine.gpkg"
-    task = plugin.start(make_request(ortho_path, "", server_url=server.url, server_authcfg=authcfg,
-                                     output_mode="gpkg", gpkg_path=str(out), gpkg_layer="roofs"))
+    task = plugin.start(
+        make_request(
+            ortho_path,
+            "",
+            server_url=server.url,
+            server_authcfg=authcfg,
+            output_mode="gpkg",
+            gpkg_path=str(out),
+            gpkg_layer="roofs",
+        )
+    )
     wait_for(task, qgis_app)
     assert task.error is None, task.error
     layer = project.mapLayer(plugin.last_layer_id)

@@ -23,8 +23,9 @@ def _polygon_layer(project, name="cadastre", fields=(), values=None, boxes=BOXES
     feats = []
     for i, (x, y, w, h) in enumerate(boxes):
         f = QgsFeature(layer.fields())
-        f.setGeometry(QgsGeometry.fromRect(QgsRectangle(ORIGIN[0] + x, ORIGIN[1] + y,
-                                                        ORIGIN[0] + x + w, ORIGIN[1] + y + h)))
+        f.setGeometry(
+            QgsGeometry.fromRect(QgsRectangle(ORIGIN[0] + x, ORIGIN[1] + y, ORIGIN[0] + x + w, ORIGIN[1] + y + h))
+        )
         if values is not None:
             f.setAttributes(list(values[i]))
         feats.append(f)
@@ -67,8 +68,9 @@ def test_layer_without_solar_fields_is_sized_with_the_dialog_parameters(plugin, 
     params = SolarParams(setback_m=1.0, specific_yield_kwh_per_kwp=1000.0)
     expected = {}
     for f in layer.getFeatures():
-        expected[f.id()] = rooftop_attributes(shapely.from_wkb(bytes(f.geometry().asWkb())), layer.crs().toWkt(),
-                                              params)
+        expected[f.id()] = rooftop_attributes(
+            shapely.from_wkb(bytes(f.geometry().asWkb())), layer.crs().toWkt(), params
+        )
     # the rows are core.solar's figures, the totals the sums of those figures
     assert {r["id"] for r in dialog.data.rows} == set(expected)
     for row in dialog.data.rows:
@@ -90,10 +92,17 @@ def test_layer_with_solar_fields_reports_their_sums(project, qgis_app):
 
     from roof_detector.qgis_ui.report_dialog import ReportDialog
 
-    fields = [("area_m2", QVariant.Double), ("usable_area_m2", QVariant.Double), ("panels", QVariant.Int),
-              ("kwp", QVariant.Double), ("annual_kwh", QVariant.Double), ("orientation_deg", QVariant.Double)]
-    values = [(100.5 + i, 40.25 * i, 3 * i, 1.2 * i, 1100.3 * i, None if i == 2 else 10.0 * i)
-              for i in range(len(BOXES))]
+    fields = [
+        ("area_m2", QVariant.Double),
+        ("usable_area_m2", QVariant.Double),
+        ("panels", QVariant.Int),
+        ("kwp", QVariant.Double),
+        ("annual_kwh", QVariant.Double),
+        ("orientation_deg", QVariant.Double),
+    ]
+    values = [
+        (100.5 + i, 40.25 * i, 3 * i, 1.2 * i, 1100.3 * i, None if i == 2 else 10.0 * i) for i in range(len(BOXES))
+    ]
     layer = _polygon_layer(project, "solar", fields, values)
     dialog = ReportDialog(layer, {})
     assert not dialog.data.computed

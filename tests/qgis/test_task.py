@@ -11,8 +11,10 @@ from tests.qgis.conftest import EXPECTED_AREAS, ORIGIN, RECTANGLES, existing_gpk
 pytestmark = pytest.mark.qgis
 
 # only the first rectangle (rows 10-30, cols 10-40 at 0.5 m) lies in this area
-_FIRST_ROOF_AOI = (f"POLYGON(({ORIGIN[0]} {ORIGIN[1] - 20}, {ORIGIN[0] + 25} {ORIGIN[1] - 20}, "
-                   f"{ORIGIN[0] + 25} {ORIGIN[1]}, {ORIGIN[0]} {ORIGIN[1]}, {ORIGIN[0]} {ORIGIN[1] - 20}))")
+_FIRST_ROOF_AOI = (
+    f"POLYGON(({ORIGIN[0]} {ORIGIN[1] - 20}, {ORIGIN[0] + 25} {ORIGIN[1] - 20}, "
+    f"{ORIGIN[0] + 25} {ORIGIN[1]}, {ORIGIN[0]} {ORIGIN[1]}, {ORIGIN[0]} {ORIGIN[1] - 20}))"
+)
 
 
 def _areas(layer):
@@ -29,8 +31,7 @@ def _assert_expected_buildings(layer):
         assert feature.geometry().area() == pytest.approx(feature["area_m2"], rel=0.05)
 
 
-def test_task_adds_a_styled_layer_to_the_project(plugin, project, ortho_path, model_path, qgis_app,
-                                                 qgis_iface):
+def test_task_adds_a_styled_layer_to_the_project(plugin, project, ortho_path, model_path, qgis_app, qgis_iface):
     task = plugin.start(make_request(ortho_path, model_path))
     wait_for(task, qgis_app)
     layer = project.mapLayer(plugin.last_layer_id)
@@ -45,8 +46,14 @@ def test_task_adds_a_styled_layer_to_the_project(plugin, project, ortho_path, mo
     assert item is not None and "4 buildings" in item.text()
 
 
-SOLAR_TYPES = {"usable_area_m2": "Real", "panels": "Integer", "kwp": "Real", "specific_yield": "Real",
-               "annual_kwh": "Real", "orientation_deg": "Real"}
+SOLAR_TYPES = {
+    "usable_area_m2": "Real",
+    "panels": "Integer",
+    "kwp": "Real",
+    "specific_yield": "Real",
+    "annual_kwh": "Real",
+    "orientation_deg": "Real",
+}
 
 
 def _assert_solar_fields(layer):
@@ -58,9 +65,11 @@ def _assert_solar_fields(layer):
     fields = layer.fields()
     for name, kind in SOLAR_TYPES.items():
         field = fields.field(name)
-        assert field.typeName().lower().startswith(kind.lower()) or \
-            (kind == "Real" and field.typeName().lower() == "double") or \
-            (kind == "Integer" and field.typeName().lower() == "int8"), (name, field.typeName())  # 64-bit, as GPKG
+        assert (
+            field.typeName().lower().startswith(kind.lower())
+            or (kind == "Real" and field.typeName().lower() == "double")
+            or (kind == "Integer" and field.typeName().lower() == "int8")
+        ), (name, field.typeName())  # 64-bit, as GPKG
         assert field.isNumeric(), name
     from roof_detector.core.precision import rounded
 
@@ -77,16 +86,18 @@ def _assert_solar_fields(layer):
         assert feature.geometry().area() == pytest.approx(feature["area_m2"], rel=2e-3)
 
 
-def test_result_layer_has_the_solar_fields_of_regularised_outlines(plugin, project, ortho_path, model_path,
-                                                                  qgis_app, tmp_path):
+def test_result_layer_has_the_solar_fields_of_regularised_outlines(
+    plugin, project, ortho_path, model_path, qgis_app, tmp_path
+):
     task = plugin.start(make_request(ortho_path, model_path))
     wait_for(task, qgis_app)
     memory = project.mapLayer(plugin.last_layer_id)
     _assert_expected_buildings(memory)
     _assert_solar_fields(memory)
     assert _areas(memory) == pytest.approx(EXPECTED_AREAS, rel=0.02)
-    task = plugin.start(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=str(tmp_path / "o.gpkg"),
-                                     gpkg_layer="roofs"))
+    task = plugin.start(
+        make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=str(tmp_path / "o.gpkg"), gpkg_layer="roofs")
+    )
     wait_for(task, qgis_app)
     written = project.mapLayer(plugin.last_layer_id)
     assert written.providerType() == "ogr"
@@ -106,25 +117,31 @@ def test_result_layer_has_the_solar_fields_of_regularised_outlines(plugin, proje
     assert dialog.report_params()["regularize"] == "yes, tolerance 1 m"
 
 
-def test_geopackage_export_holds_the_same_features(plugin, project, ortho_path, model_path, qgis_app,
-                                                   tmp_path):
+def test_geopackage_export_holds_the_same_features(plugin, project, ortho_path, model_path, qgis_app, tmp_path):
     memory = plugin.start(make_request(ortho_path, model_path))
     wait_for(memory, qgis_app)
     target = str(tmp_path / "out.gpkg")
-    task = plugin.start(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=target,
-                                     gpkg_layer="roofs"))
+    task = plugin.start(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=target, gpkg_layer="roofs"))
     wait_for(task, qgis_app)
     layer = project.mapLayer(plugin.last_layer_id)
     assert layer.providerType() == "ogr" and layer.source().startswith(target)
     assert layer.name() == "roofs"  # the GeoPackage layer's name
     _assert_expected_buildings(layer)
-    assert _areas(layer) == pytest.approx(_areas(memory_layer := project.mapLayersByName(
-        "Buildings (ortho)")[0]))
+    assert _areas(layer) == pytest.approx(_areas(memory_layer := project.mapLayersByName("Buildings (ortho)")[0]))
     assert memory_layer.featureCount() == layer.featureCount()
     assert sorted(os.listdir(tmp_path)) == ["out.gpkg"]
     # detecting again into the same layer replaces it (the dialog asked first)
-    again = plugin.start(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=target,
-                                      gpkg_layer="roofs", replace_layer=True, aoi_wkt=_FIRST_ROOF_AOI))
+    again = plugin.start(
+        make_request(
+            ortho_path,
+            model_path,
+            output_mode="gpkg",
+            gpkg_path=target,
+            gpkg_layer="roofs",
+            replace_layer=True,
+            aoi_wkt=_FIRST_ROOF_AOI,
+        )
+    )
     wait_for(again, qgis_app)
     assert project.mapLayer(plugin.last_layer_id).featureCount() == 1
     assert layer.featureCount() == 1  # the layer already open shows the new content
@@ -169,11 +186,13 @@ def _cancelling_progress(task):
         original(fraction, message)
         if fraction > 0.05:
             task.cancel()
+
     return progress
 
 
-def test_cancel_mid_run_leaves_no_layer_and_no_file(plugin, project, ortho_path, model_path, qgis_app,
-                                                    tmp_path, qgis_iface):
+def test_cancel_mid_run_leaves_no_layer_and_no_file(
+    plugin, project, ortho_path, model_path, qgis_app, tmp_path, qgis_iface
+):
     from roof_detector.qgis_adapter import task as task_module
 
     target = str(tmp_path / "out.gpkg")
@@ -186,8 +205,9 @@ def test_cancel_mid_run_leaves_no_layer_and_no_file(plugin, project, ortho_path,
         started.append(self)
 
     with mock.patch.object(task_module.DetectTask, "__init__", init):
-        task = plugin.start(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=target,
-                                         gpkg_layer="roofs"))
+        task = plugin.start(
+            make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=target, gpkg_layer="roofs")
+        )
         wait_for(task, qgis_app)
     assert started and started[0].was_cancelled and started[0].error is None
     assert plugin.last_layer_id is None and project.count() == 0
@@ -202,16 +222,14 @@ def test_cancel_with_direct_run_into_existing_geopackage(ortho_path, model_path,
     target = str(tmp_path / "existing.gpkg")
     existing_gpkg(target, "other")
     before = os.path.getmtime(target)
-    task = DetectTask(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=target,
-                                   gpkg_layer="roofs"))
+    task = DetectTask(make_request(ortho_path, model_path, output_mode="gpkg", gpkg_path=target, gpkg_layer="roofs"))
     task._progress = _cancelling_progress(task)
     assert task.run() is False
     assert task.was_cancelled and task.layer is None and task.output_uri is None
     assert gpkg_layer_names(target) == ["other"] and os.path.getmtime(target) == before
 
 
-def test_engine_errors_become_messages_not_tracebacks(plugin, project, ortho_path, tmp_path, qgis_app,
-                                                      qgis_iface):
+def test_engine_errors_become_messages_not_tracebacks(plugin, project, ortho_path, tmp_path, qgis_app, qgis_iface):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"garbage")
     task = plugin.start(make_request(ortho_path, str(bad)))
@@ -234,8 +252,13 @@ def test_out_of_gpu_memory_is_explained(ortho_path, model_path):
 def test_work_estimate_uses_the_rate_measured_in_the_last_run(plugin, project, ortho_path, model_path, qgis_app):
     from qgis.core import QgsSettings
 
-    from roof_detector.qgis_io.layers import (MEASURED_RATE_KEY, SECONDS_PER_MEGAPIXEL, AreaPlan,
-                                              measured_seconds_per_megapixel, record_measured_rate)
+    from roof_detector.qgis_io.layers import (
+        MEASURED_RATE_KEY,
+        SECONDS_PER_MEGAPIXEL,
+        AreaPlan,
+        measured_seconds_per_megapixel,
+        record_measured_rate,
+    )
 
     key = MEASURED_RATE_KEY.format(device="cpu")
     QgsSettings().remove(key)
@@ -244,7 +267,7 @@ def test_work_estimate_uses_the_rate_measured_in_the_last_run(plugin, project, o
     # so the recording rule is checked on figures, and a finished task is checked to store its own
     record_measured_rate("cpu", 2, 512, 10.0)
     assert measured_seconds_per_megapixel("cpu") is None  # 0.5 Mpx: start-up time, not speed
-    record_measured_rate("cpu", 100, 256, 65.536)      # 6.5536 Mpx in 65.5 s
+    record_measured_rate("cpu", 100, 256, 65.536)  # 6.5536 Mpx in 65.5 s
     assert measured_seconds_per_megapixel("cpu") == pytest.approx(10.0)
     plan = AreaPlan("file", 0, 100, 100 * 0.065536 * 10.0, measured=True)
     assert plan.describe() == "100 model tiles: about 1 min (at the speed of your last run)"
@@ -253,7 +276,7 @@ def test_work_estimate_uses_the_rate_measured_in_the_last_run(plugin, project, o
     task = plugin.start(make_request(ortho_path, model_path))
     wait_for(task, qgis_app)
     assert measured_seconds_per_megapixel("cpu") is None  # 9 tiles of 64 px: too small to tell
-    task.result.stats["tiles"] = 1000                      # as if the raster had been large
+    task.result.stats["tiles"] = 1000  # as if the raster had been large
     task.finished(True)
     assert measured_seconds_per_megapixel("cpu") == pytest.approx(task.result.seconds / (1000 * 64 * 64 / 1e6))
     QgsSettings().remove(key)

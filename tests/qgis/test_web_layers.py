@@ -32,7 +32,7 @@ def _scene() -> np.ndarray:
     rgba[..., :3] = 30
     rgba[..., 3] = 255
     for row, col, rows, cols in WEB_RECTANGLES:
-        rgba[row:row + rows, col:col + cols, :3] = 220
+        rgba[row : row + rows, col : col + cols, :3] = 220
     return rgba
 
 
@@ -68,8 +68,17 @@ def scene_tif(tmp_path_factory) -> str:
 
     path = str(tmp_path_factory.mktemp("web") / "scene_3857.tif")
     data = np.moveaxis(_scene()[..., :3], -1, 0)
-    with rasterio.open(path, "w", driver="GTiff", width=SIZE, height=SIZE, count=3, dtype="uint8",
-                       crs="EPSG:3857", transform=from_bounds(*_bounds(), SIZE, SIZE)) as dst:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=SIZE,
+        height=SIZE,
+        count=3,
+        dtype="uint8",
+        crs="EPSG:3857",
+        transform=from_bounds(*_bounds(), SIZE, SIZE),
+    ) as dst:
         dst.write(data)
     return path
 
@@ -137,14 +146,19 @@ def geotiff_areas(scene_tif, model_path, qgis_app):
 def _web_request(layer, model_path, aoi_wkt, **kwargs):
     from roof_detector.qgis_adapter.request import DetectRequest, raster_input
 
-    return DetectRequest.for_layer(raster_input(layer), options=dict(model_path=model_path, device="cpu", min_area_m2=5.0,
-                                   aoi_wkt=aoi_wkt), **kwargs)
+    return DetectRequest.for_layer(
+        raster_input(layer),
+        options=dict(model_path=model_path, device="cpu", min_area_m2=5.0, aoi_wkt=aoi_wkt),
+        **kwargs,
+    )
 
 
 # -- XYZ through the real task ------------------------------------------------------------------
 
-def test_xyz_layer_finds_the_same_buildings_as_the_geotiff(plugin, project, tile_server, model_path, qgis_app,
-                                                           geotiff_areas):
+
+def test_xyz_layer_finds_the_same_buildings_as_the_geotiff(
+    plugin, project, tile_server, model_path, qgis_app, geotiff_areas
+):
     server = tile_server()
     layer = _xyz_layer(project, server)
     request = _web_request(layer, model_path, _bounds_wkt(_bounds()))
@@ -160,8 +174,9 @@ def test_xyz_layer_finds_the_same_buildings_as_the_geotiff(plugin, project, tile
     assert len(server.requests) == 4
 
 
-def test_failing_requests_are_retried_and_the_result_is_complete(plugin, project, tile_server, model_path,
-                                                                 qgis_app, geotiff_areas, fast_retries):
+def test_failing_requests_are_retried_and_the_result_is_complete(
+    plugin, project, tile_server, model_path, qgis_app, geotiff_areas, fast_retries
+):
     server = tile_server(fail_every=3)
     layer = _xyz_layer(project, server)
     task = plugin.start(_web_request(layer, model_path, _bounds_wkt(_bounds())))
@@ -172,8 +187,9 @@ def test_failing_requests_are_retried_and_the_result_is_complete(plugin, project
     _assert_same_buildings(_areas(result), geotiff_areas)
 
 
-def test_server_down_gives_a_clear_message_and_no_layer(plugin, project, tile_server, model_path, qgis_app,
-                                                        qgis_iface, fast_retries):
+def test_server_down_gives_a_clear_message_and_no_layer(
+    plugin, project, tile_server, model_path, qgis_app, qgis_iface, fast_retries
+):
     server = tile_server()
     layer = _xyz_layer(project, server)
     server.close()  # nothing listens on the port any more
@@ -238,12 +254,13 @@ def test_in_flight_requests_are_bounded(tile_server, scene_tiles):
 
 # -- zoom choice, plan, dialog ---------------------------------------------------------------------
 
+
 def test_zoom_level_closest_to_the_model_resolution():
     from roof_detector.qgis_io.xyz import XyzTemplate, choose_zoom, plan_xyz, zoom_resolution
 
-    assert choose_zoom(0.5, 0, 20) == 18           # 0.597 m beats 0.299 m
-    assert choose_zoom(0.4, 0, 20) == 19           # 0.299 m beats 0.597 m
-    assert choose_zoom(0.5, 0, 16) == 16           # the finest zoom the service has
+    assert choose_zoom(0.5, 0, 20) == 18  # 0.597 m beats 0.299 m
+    assert choose_zoom(0.4, 0, 20) == 19  # 0.299 m beats 0.597 m
+    assert choose_zoom(0.5, 0, 16) == 16  # the finest zoom the service has
     assert choose_zoom(0.5, 0, 20, pixel_ratio=2) == 17  # 512 px tiles: zoom 17 has 0.299 m pixels
     assert zoom_resolution(18) == pytest.approx(0.5972, abs=1e-4)
     # at 60 degrees north a 3857 metre is 0.5 m on the ground: 0.5 m pixels need 1 m in 3857 -> zoom 17
@@ -256,8 +273,16 @@ def test_url_template_and_parameters():
     from roof_detector.qgis_io.workers import ServiceError
     from roof_detector.qgis_io.xyz import XyzTemplate, quadkey
 
-    t = XyzTemplate.from_params({"type": "xyz", "url": "https://t.example/{z}/{x}/{-y}.jpg", "zmin": "2",
-                                 "zmax": "19", "referer": "https://me", "tilePixelRatio": "2"})
+    t = XyzTemplate.from_params(
+        {
+            "type": "xyz",
+            "url": "https://t.example/{z}/{x}/{-y}.jpg",
+            "zmin": "2",
+            "zmax": "19",
+            "referer": "https://me",
+            "tilePixelRatio": "2",
+        }
+    )
     assert (t.zmin, t.zmax, t.tile_px, t.host) == (2, 19, 512, "t.example")
     assert t.tile_url(3, 1, 2) == "https://t.example/3/1/5.jpg"
     assert ("Referer", "https://me") in t.headers
@@ -319,6 +344,7 @@ def test_too_large_an_area_is_refused(project, tile_server):
 
 # -- the render path (WMS/WMTS-like: QGIS's own provider draws the layer) --------------------------
 
+
 def test_render_path_reads_through_the_qgis_provider(project, tile_server, model_path, geotiff_areas):
     import dataclasses
 
@@ -328,8 +354,11 @@ def test_render_path_reads_through_the_qgis_provider(project, tile_server, model
 
     server = tile_server()
     inp = dataclasses.replace(layer_input(_xyz_layer(project, server)), reader=READER_RENDER)
-    task = DetectTask(DetectRequest.for_layer(inp, options=dict(model_path=model_path, device="cpu", min_area_m2=5.0,
-                                              aoi_wkt=_bounds_wkt(_bounds()))))
+    task = DetectTask(
+        DetectRequest.for_layer(
+            inp, options=dict(model_path=model_path, device="cpu", min_area_m2=5.0, aoi_wkt=_bounds_wkt(_bounds()))
+        )
+    )
     assert task.run(), task.error
     # QGIS draws each tile at whole output pixels: edges move by up to half a pixel, hence 5 %
     _assert_same_buildings(_areas(task.layer), geotiff_areas, rel=0.05)
@@ -348,13 +377,15 @@ def test_render_path_with_the_service_down_is_an_error(project, tile_server, mod
     server = tile_server()
     inp = dataclasses.replace(layer_input(_xyz_layer(project, server)), reader=READER_RENDER)
     server.close()
-    task = DetectTask(DetectRequest.for_layer(inp, options=dict(model_path=model_path, device="cpu",
-                                              aoi_wkt=_bounds_wkt(_bounds()))))
+    task = DetectTask(
+        DetectRequest.for_layer(inp, options=dict(model_path=model_path, device="cpu", aoi_wkt=_bounds_wkt(_bounds())))
+    )
     assert not task.run()
     assert "returned no image" in task.error and task.layer is None
 
 
 # -- VRT and in-memory rasters -----------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def vrt_path(ortho_path, tmp_path_factory) -> str:
@@ -396,13 +427,18 @@ def test_vrt_gives_the_same_buildings_as_its_mosaic(project, vrt_path, ortho_pat
     assert layer.isValid()
     inp = raster_input(layer)
     assert inp.reader == "file" and inp.path == vrt_path  # rasterio opens VRTs itself
-    assert _run(DetectRequest.for_layer(inp, options=dict(model_path=model_path, device="cpu", min_area_m2=5.0))) == mosaic
+    assert (
+        _run(DetectRequest.for_layer(inp, options=dict(model_path=model_path, device="cpu", min_area_m2=5.0))) == mosaic
+    )
     # the same VRT read through QGIS's provider gives the same buildings
     import dataclasses
 
     via_qgis = dataclasses.replace(inp, reader="provider", path="")
-    _assert_same_buildings(_run(DetectRequest.for_layer(via_qgis, options=dict(model_path=model_path, device="cpu",
-                                                        min_area_m2=5.0))), mosaic, rel=0.01)
+    _assert_same_buildings(
+        _run(DetectRequest.for_layer(via_qgis, options=dict(model_path=model_path, device="cpu", min_area_m2=5.0))),
+        mosaic,
+        rel=0.01,
+    )
 
 
 def test_in_memory_raster_is_read_through_its_provider(project, ortho_path, model_path):
@@ -434,8 +470,10 @@ def test_resampling_matches_gdal_bilinear(ortho_path):
     same, ok = resample(img, valid, 0, 0, 80, 60, (60, 80))
     assert ok.all() and np.allclose(same, img, atol=1e-6)  # identity window: the pixels themselves
     with RasterioSource(ortho_path) as src:
-        for window, shape in [(PixelWindow(10.3, 7.7, 71.4, 53.6), (60, 80)),   # reduce 1.19x
-                              (PixelWindow(5.0, 5.0, 40.0, 30.0), (50, 66))]:   # enlarge
+        for window, shape in [
+            (PixelWindow(10.3, 7.7, 71.4, 53.6), (60, 80)),  # reduce 1.19x
+            (PixelWindow(5.0, 5.0, 40.0, 30.0), (50, 66)),
+        ]:  # enlarge
             want, _ = src.read(window, shape)
             full, _ = src.read(PixelWindow(0, 0, src.width, src.height), (src.height, src.width))
             got, got_ok = resample(full, np.ones(full.shape[1:], bool), *window, shape)
@@ -444,6 +482,7 @@ def test_resampling_matches_gdal_bilinear(ortho_path):
 
 
 # -- Processing ----------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def processing_run(qgis_app, plugin):
@@ -460,18 +499,28 @@ def processing_run(qgis_app, plugin):
     return processing.run
 
 
-def test_processing_detects_on_an_xyz_layer_over_an_extent(processing_run, project, tile_server, model_path,
-                                                           geotiff_areas):
+def test_processing_detects_on_an_xyz_layer_over_an_extent(
+    processing_run, project, tile_server, model_path, geotiff_areas
+):
     from qgis.core import QgsProcessingException
 
     server = tile_server()
     layer = _xyz_layer(project, server)
     x0, y0, x1, y1 = _bounds()
-    result = processing_run("roofdetector:detectbuildings", {
-        "INPUT": layer, "MODEL": model_path, "MIN_AREA": 5.0, "DEVICE": 1,
-        "EXTENT": f"{x0},{x1},{y0},{y1} [EPSG:3857]", "OUTPUT": "memory:"})
+    result = processing_run(
+        "roofdetector:detectbuildings",
+        {
+            "INPUT": layer,
+            "MODEL": model_path,
+            "MIN_AREA": 5.0,
+            "DEVICE": 1,
+            "EXTENT": f"{x0},{x1},{y0},{y1} [EPSG:3857]",
+            "OUTPUT": "memory:",
+        },
+    )
     _assert_same_buildings(_areas(result["OUTPUT"]), geotiff_areas)
     assert server.zooms() == [Z]
     with pytest.raises(QgsProcessingException, match="whole world"):
-        processing_run("roofdetector:detectbuildings", {"INPUT": layer, "MODEL": model_path, "DEVICE": 1,
-                                                        "OUTPUT": "memory:"})
+        processing_run(
+            "roofdetector:detectbuildings", {"INPUT": layer, "MODEL": model_path, "DEVICE": 1, "OUTPUT": "memory:"}
+        )

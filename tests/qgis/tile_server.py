@@ -43,8 +43,8 @@ def cut_tiles(rgba: np.ndarray, z: int, tx0: int, ty0: int) -> Dict[Tuple[int, i
     for j in range(math.ceil(h / 256)):
         for i in range(math.ceil(w / 256)):
             tile = np.zeros((256, 256, 4), dtype=np.uint8)
-            part = rgba[j * 256:(j + 1) * 256, i * 256:(i + 1) * 256]
-            tile[:part.shape[0], :part.shape[1]] = part
+            part = rgba[j * 256 : (j + 1) * 256, i * 256 : (i + 1) * 256]
+            tile[: part.shape[0], : part.shape[1]] = part
             tiles[(z, tx0 + i, ty0 + j)] = png_bytes(tile)
     return tiles
 
@@ -92,8 +92,9 @@ class TileServer:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="test-tile-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="test-tile-server", daemon=True
+        )
         self._thread.start()
 
     @staticmethod

@@ -74,9 +74,26 @@ class Server:
         env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "roof_detector", "serve", "--port", str(self.port), "--model", model,
-             "--device", "cpu", "--data-dir", str(self.data_dir), *args],
-            cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "roof_detector",
+                "serve",
+                "--port",
+                str(self.port),
+                "--model",
+                model,
+                "--device",
+                "cpu",
+                "--data-dir",
+                str(self.data_dir),
+                *args,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -107,8 +124,14 @@ class Server:
         return self.proc.returncode
 
     # -- HTTP ---------------------------------------------------------------
-    def request(self, method: str, path: str, body: Optional[bytes] = None,
-                headers: Optional[Dict[str, str]] = None, token: Any = "default") -> Tuple[int, Dict[str, str], bytes]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Optional[bytes] = None,
+        headers: Optional[Dict[str, str]] = None,
+        token: Any = "default",
+    ) -> Tuple[int, Dict[str, str], bytes]:
         headers = dict(headers or {})
         token = self.token if token == "default" else token
         if token:
@@ -128,9 +151,10 @@ class Server:
 
     def upload(self, raster: Path, options: Optional[dict] = None, aoi: Any = None, **kw):
         """POST /v1/detections with a multipart body; returns (status, headers, json)."""
-        body, ctype = multipart({"raster": (Path(raster).name, Path(raster).read_bytes())},
-                                {"options": json.dumps(options) if options else None,
-                                 "aoi": json.dumps(aoi) if aoi else None})
+        body, ctype = multipart(
+            {"raster": (Path(raster).name, Path(raster).read_bytes())},
+            {"options": json.dumps(options) if options else None, "aoi": json.dumps(aoi) if aoi else None},
+        )
         status, headers, data = self.request("POST", "/v1/detections", body, {"Content-Type": ctype}, **kw)
         return status, headers, json.loads(data) if data else None
 
@@ -152,9 +176,15 @@ def multipart(files: Dict[str, Tuple[str, bytes]], fields: Dict[str, Optional[st
     for name, value in fields.items():
         if value is None:
             continue
-        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").encode()
+        out += (f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n').encode()
     for name, (filename, data) in files.items():
-        out += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n"
-                "Content-Type: image/tiff\r\n\r\n").encode() + data + b"\r\n"
+        out += (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                "Content-Type: image/tiff\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
     out += f"--{boundary}--\r\n".encode()
     return bytes(out), f"multipart/form-data; boundary={boundary}"

@@ -7,16 +7,26 @@ import pytest
 from roof_detector.cli import detect as detect_cli
 from roof_detector.cli import solar as solar_cli
 from roof_detector.core.params import GROUPS
-from roof_detector.service.options import (OptionsError, detect_option_names, detect_options, request_options,
-                                           solar_option_names, solar_options)
+from roof_detector.service.options import (
+    OptionsError,
+    detect_option_names,
+    detect_options,
+    request_options,
+    solar_option_names,
+    solar_options,
+)
 
 
 def _cli_keys(command_module):
     """The long options of a CLI command, as request keys, without the server's and the paths."""
     sub = argparse.ArgumentParser().add_subparsers()
     parser = command_module.add_parser(sub)
-    keys = {opt[2:].replace("-", "_") for action in parser._actions for opt in action.option_strings
-            if opt.startswith("--") and not opt.startswith("--no-")}
+    keys = {
+        opt[2:].replace("-", "_")
+        for action in parser._actions
+        for opt in action.option_strings
+        if opt.startswith("--") and not opt.startswith("--no-")
+    }
     return keys - {"help", "output", "layer", "out_layer", "overwrite", "model", "report", "device", "batch_size"}
 
 
@@ -39,27 +49,50 @@ def test_defaults_are_the_declarations_and_the_cli_commands():
 
 
 def test_a_clients_engine_options_round_trip():
-    engine = dict(threshold=0.4, min_area_m2=12.0, separate_touching=False, regularize=False,
-                  regularize_tolerance_m=2.0, model_path="/m.pt", device="cuda", aoi_wkt="POLYGON EMPTY")
+    engine = dict(
+        threshold=0.4,
+        min_area_m2=12.0,
+        separate_touching=False,
+        regularize=False,
+        regularize_tolerance_m=2.0,
+        model_path="/m.pt",
+        device="cuda",
+        aoi_wkt="POLYGON EMPTY",
+    )
     solar = dict(setback_m=0.8, panel_wp=420.0, specific_yield_kwh_per_kwp=None)
     wire = request_options(engine, solar)
-    assert wire == {"threshold": 0.4, "min_area": 12.0, "separate_touching": False, "regularize": False,
-                    "tolerance": 2.0, "setback": 0.8, "panel_wp": 420.0}  # no model, device, area or None
+    assert wire == {
+        "threshold": 0.4,
+        "min_area": 12.0,
+        "separate_touching": False,
+        "regularize": False,
+        "tolerance": 2.0,
+        "setback": 0.8,
+        "panel_wp": 420.0,
+    }  # no model, device, area or None
     options = detect_options(wire)
-    assert (options.threshold, options.min_area_m2, options.separate_touching, options.regularize,
-            options.regularize_tolerance_m) == (0.4, 12.0, False, False, 2.0)
+    assert (
+        options.threshold,
+        options.min_area_m2,
+        options.separate_touching,
+        options.regularize,
+        options.regularize_tolerance_m,
+    ) == (0.4, 12.0, False, False, 2.0)
     assert (options.solar.setback_m, options.solar.panel_wp) == (0.8, 420.0)
     assert options.model_path is None and options.device == "auto"
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"yield": 1e308}, "Specific yield must be from 1 to 4999"),
-    ({"tolerance": float("inf")}, "finite"),
-    ({"separate_touching": 1}, "true or false"),
-    ({"min_area": [1]}, "must be a number"),
-    ({"batch_size": 4}, "unknown option 'batch_size'"),
-    ("threshold=0.5", "must be a JSON object"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"yield": 1e308}, "Specific yield must be from 1 to 4999"),
+        ({"tolerance": float("inf")}, "finite"),
+        ({"separate_touching": 1}, "true or false"),
+        ({"min_area": [1]}, "must be a number"),
+        ({"batch_size": 4}, "unknown option 'batch_size'"),
+        ("threshold=0.5", "must be a JSON object"),
+    ],
+)
 def test_bad_values_name_the_option_and_the_declared_range(options, message):
     with pytest.raises(OptionsError, match=message):
         detect_options(options)

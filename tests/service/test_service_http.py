@@ -19,17 +19,36 @@ def _features(gpkg, layer):
     lyr = ds.GetLayerByName(layer)
     defn = lyr.GetLayerDefn()
     fields = [(defn.GetFieldDefn(i).GetName(), defn.GetFieldDefn(i).GetTypeName()) for i in range(defn.GetFieldCount())]
-    feats = sorted(([f.GetField(i) for i in range(defn.GetFieldCount())], f.GetGeometryRef().ExportToWkt())
-                   for f in lyr)
+    feats = sorted(
+        ([f.GetField(i) for i in range(defn.GetFieldCount())], f.GetGeometryRef().ExportToWkt()) for f in lyr
+    )
     srs = lyr.GetSpatialRef().ExportToWkt()
     return fields, feats, srs
 
 
 def _cli_detect(raster, out, model, *args):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "roof_detector", "detect", str(raster), "-o", str(out),
-                           "--model", model, "--device", "cpu", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "roof_detector",
+            "detect",
+            str(raster),
+            "-o",
+            str(out),
+            "--model",
+            model,
+            "--device",
+            "cpu",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return out
 
@@ -54,8 +73,18 @@ def test_detection_equals_the_cli(server, scene, model_path, tmp_path):
     status, _, gpkg = server.request("GET", f"/v1/detections/{job['id']}/buildings?format=gpkg")
     assert status == 200
     (tmp_path / "served.gpkg").write_bytes(gpkg)
-    cli = _cli_detect(scene, tmp_path / "cli.gpkg", model_path, "--min-area", "12", "--no-separate-touching",
-                      "--setback", "0.8", "--yield", "1000")
+    cli = _cli_detect(
+        scene,
+        tmp_path / "cli.gpkg",
+        model_path,
+        "--min-area",
+        "12",
+        "--no-separate-touching",
+        "--setback",
+        "0.8",
+        "--yield",
+        "1000",
+    )
     served_fields, served, served_srs = _features(tmp_path / "served.gpkg", "buildings")
     cli_fields, expected, cli_srs = _features(cli, "buildings")
     assert served_fields == cli_fields and "kwp" in dict(cli_fields)
@@ -84,8 +113,12 @@ def test_detection_equals_the_cli(server, scene, model_path, tmp_path):
     assert _features(tmp_path / "path.gpkg", "buildings")[1] == expected
 
     # an area of interest (GeoJSON lon/lat) around the 20 x 30 m building only
-    aoi = {"type": "Polygon", "coordinates": [[[3.0001, 50.0030], [3.0006, 50.0030], [3.0006, 50.0033],
-                                               [3.0001, 50.0033], [3.0001, 50.0030]]]}
+    aoi = {
+        "type": "Polygon",
+        "coordinates": [
+            [[3.0001, 50.0030], [3.0006, 50.0030], [3.0006, 50.0033], [3.0001, 50.0033], [3.0001, 50.0030]]
+        ],
+    }
     status, _, in_aoi = server.upload(scene, options, aoi=aoi)
     assert status == 202, in_aoi
     assert server.wait(in_aoi["id"])["buildings"] == 1
@@ -99,11 +132,16 @@ def test_detection_equals_the_cli(server, scene, model_path, tmp_path):
 
 
 def test_bad_options_are_refused_with_the_declarations_messages(server, scene):
-    cases = [({"threshold": 1.5}, "Threshold must be from 0.01 to 0.99, got 1.5"),
-             ({"min_area": -1}, "Minimum building area must be from 0 to 100000 m², got -1"),
-             ({"panel_wp": float("nan")}, "Panel power must be a finite number"), ({"device": "cuda"}, "unknown option 'device'"),
-             ({"frobnicate": 1}, "unknown option 'frobnicate'"), ({"model": "/etc/passwd"}, "unknown option 'model'"),
-             ({"regularize": "yes"}, "true or false"), ({"usable_fraction": 3}, "usable")]
+    cases = [
+        ({"threshold": 1.5}, "Threshold must be from 0.01 to 0.99, got 1.5"),
+        ({"min_area": -1}, "Minimum building area must be from 0 to 100000 m², got -1"),
+        ({"panel_wp": float("nan")}, "Panel power must be a finite number"),
+        ({"device": "cuda"}, "unknown option 'device'"),
+        ({"frobnicate": 1}, "unknown option 'frobnicate'"),
+        ({"model": "/etc/passwd"}, "unknown option 'model'"),
+        ({"regularize": "yes"}, "true or false"),
+        ({"usable_fraction": 3}, "usable"),
+    ]
     for options, message in cases:
         status, _, body = server.upload(scene, options)
         assert status == 422, (options, body)
@@ -116,21 +154,50 @@ def test_bad_options_are_refused_with_the_declarations_messages(server, scene):
 def test_solar_endpoint_equals_the_cli(server, tmp_path):
     from shapely.geometry import box, mapping
 
-    fc = {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "properties": {"name": "town hall"},
-         "geometry": mapping(box(3.0001, 50.0030, 3.0004, 50.0032))},
-        {"type": "Feature", "properties": {"name": "barn"}, "geometry": mapping(box(3.001, 50.001, 3.0011, 50.0011))}]}
+    fc = {
+        "type": "FeatureCollection",
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"name": "town hall"},
+                "geometry": mapping(box(3.0001, 50.0030, 3.0004, 50.0032)),
+            },
+            {
+                "type": "Feature",
+                "properties": {"name": "barn"},
+                "geometry": mapping(box(3.001, 50.001, 3.0011, 50.0011)),
+            },
+        ],
+    }
     status, out = server.json("POST", "/v1/solar", {"buildings": fc, "options": {"panel_wp": 420}})
     assert status == 200, out
     src = tmp_path / "in.geojson"
     src.write_text(json.dumps(fc))
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "roof_detector", "solar", str(src), "-o", str(tmp_path / "cli.gpkg"),
-                           "--panel-wp", "420"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "roof_detector",
+            "solar",
+            str(src),
+            "-o",
+            str(tmp_path / "cli.gpkg"),
+            "--panel-wp",
+            "420",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     fields, expected, _ = _features(tmp_path / "cli.gpkg", "rooftops")
     assert [f["properties"]["name"] for f in out["features"]] == ["town hall", "barn"]
-    for feat, (values, _) in zip(out["features"], sorted(expected, key=lambda e: e[0][fields.index(("src_fid", "Integer64"))])):
+    for feat, (values, _) in zip(
+        out["features"], sorted(expected, key=lambda e: e[0][fields.index(("src_fid", "Integer64"))])
+    ):
         props = feat["properties"]
         assert list(props) == [n for n, _ in fields]
         assert props["kwp"] == pytest.approx(values[[n for n, _ in fields].index("kwp")]) and props["kwp"] > 0
@@ -149,8 +216,14 @@ def test_health_models_metrics_openapi(server, small_scene):
     status, _, text = server.request("GET", "/metrics")
     assert status == 200 and b'roof_detector_requests_total{method="GET",path="/health",status="200"}' in text
     status, api = server.json("GET", "/openapi.json")
-    assert {"/v1/detections", "/v1/detections/{job_id}", "/v1/detections/{job_id}/buildings", "/v1/solar",
-            "/v1/models", "/health"} <= set(api["paths"])
+    assert {
+        "/v1/detections",
+        "/v1/detections/{job_id}",
+        "/v1/detections/{job_id}/buildings",
+        "/v1/solar",
+        "/v1/models",
+        "/health",
+    } <= set(api["paths"])
     assert "multipart/form-data" in api["paths"]["/v1/detections"]["post"]["requestBody"]["content"]
     log = server.log_text()
     assert "POST /v1/detections 202" in log and f"job {job['id']} done" in log and f"job {job['id']} queued" in log
@@ -178,7 +251,9 @@ def test_bad_uploads(tmp_path, model_path, small_scene, scene):
         import numpy as np
         from affine import Affine
 
-        no_crs = write_raster(tmp_path / "nocrs.tif", np.zeros((3, 8, 8), np.uint8), None, Affine(0.5, 0, 0, 0, -0.5, 0))
+        no_crs = write_raster(
+            tmp_path / "nocrs.tif", np.zeros((3, 8, 8), np.uint8), None, Affine(0.5, 0, 0, 0, -0.5, 0)
+        )
         status, _, body = server.upload(no_crs)
         assert status == 422 and "no coordinate reference system" in body["detail"]
 
@@ -194,8 +269,11 @@ def test_bad_uploads(tmp_path, model_path, small_scene, scene):
         # a body cut off mid-file (the client goes away): nothing is kept, the server goes on
         body, ctype = multipart({"raster": ("small.tif", Path(small_scene).read_bytes())}, {})
         with socket.create_connection(("127.0.0.1", server.port)) as s:
-            s.sendall(f"POST /v1/detections HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:len(body) // 2])
+            s.sendall(
+                f"POST /v1/detections HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body[: len(body) // 2]
+            )
             time.sleep(0.5)
         time.sleep(0.5)
         status, _, job = server.upload(small_scene)
@@ -234,8 +312,14 @@ def test_tokens_isolate_callers_and_paths_stay_in_the_data_dir(tmp_path, model_p
         assert alice not in record  # only a hash of the token is stored
 
         (server.data_dir / "link.tif").symlink_to(outside)
-        for name in ("../outside.tif", str(outside), "link.tif", f"jobs/{job['id']}/input.tif",
-                     "/vsicurl/http://127.0.0.1/x.tif", "http://127.0.0.1/x.tif"):
+        for name in (
+            "../outside.tif",
+            str(outside),
+            "link.tif",
+            f"jobs/{job['id']}/input.tif",
+            "/vsicurl/http://127.0.0.1/x.tif",
+            "http://127.0.0.1/x.tif",
+        ):
             status, body = server.json("POST", "/v1/detections", {"raster": name})
             assert status == 403, (name, body)
         assert server.json("POST", "/v1/detections", {"raster": "missing.tif"})[0] == 422
@@ -277,8 +361,9 @@ def test_cancel_mid_job_and_full_queue(tmp_path, slow_model_path, big_scene, sma
         server.stop()
 
 
-def test_restart_mid_job_keeps_finished_results_and_fails_the_interrupted(tmp_path, slow_model_path, big_scene,
-                                                                          small_scene):
+def test_restart_mid_job_keeps_finished_results_and_fails_the_interrupted(
+    tmp_path, slow_model_path, big_scene, small_scene
+):
     data = tmp_path / "data"
     server = Server(data, slow_model_path, "--batch-size", "1")
     status, _, first = server.upload(small_scene)

@@ -14,8 +14,14 @@ from ..unet import SEPARATION_OUTPUTS, ExportWrapper, build_model, load_widening
 from .trainer import TrainConfig, TrainResult, describe_network
 
 
-def export_model(net: torch.nn.Module, cfg: TrainConfig, path: str, threshold: float,
-                 extra: Dict[str, Any], core_threshold: Optional[float] = None) -> str:
+def export_model(
+    net: torch.nn.Module,
+    cfg: TrainConfig,
+    path: str,
+    threshold: float,
+    extra: Dict[str, Any],
+    core_threshold: Optional[float] = None,
+) -> str:
     """Save ``net`` as TorchScript (normalisation and sigmoid inside) with full metadata.
 
     Separation models record their outputs (``outputs``: building, border,
@@ -25,13 +31,20 @@ def export_model(net: torch.nn.Module, cfg: TrainConfig, path: str, threshold: f
     meta: Dict[str, Any] = {
         "name": extra.pop("name", "roof-detector-unet"),
         "version": extra.pop("version", "1.0.0"),
-        "architecture": {"name": cfg.architecture, "params": dict(cfg.architecture_params),
-                         **describe_network(net, cfg.tile_px)},
+        "architecture": {
+            "name": cfg.architecture,
+            "params": dict(cfg.architecture_params),
+            **describe_network(net, cfg.tile_px),
+        },
         "bands": ["red", "green", "blue"],
-        "normalization": {"input_range": [0, 1], "mean": list(cfg.mean), "std": list(cfg.std),
-                          "applied_in_model": True},
+        "normalization": {
+            "input_range": [0, 1],
+            "mean": list(cfg.mean),
+            "std": list(cfg.std),
+            "applied_in_model": True,
+        },
         "output": "probability",
-        "outputs": list(SEPARATION_OUTPUTS[:cfg.n_outputs]),
+        "outputs": list(SEPARATION_OUTPUTS[: cfg.n_outputs]),
         "gsd_m": cfg.gsd_m,
         "tile_size_px": cfg.tile_px,
         "overlap_px": cfg.overlap_px,
@@ -81,12 +94,11 @@ def load_trainable(path: str, out_channels: Optional[int] = None) -> Tuple[torch
     except (ValueError, TypeError) as exc:
         raise ModelError(f"{path}: cannot fine-tune this model ({exc})") from None
     script = torch.jit.load(path, map_location="cpu")
-    state = {k[len("net."):]: v for k, v in script.state_dict().items() if k.startswith("net.")}
+    state = {k[len("net.") :]: v for k, v in script.state_dict().items() if k.startswith("net.")}
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     if missing:
-        raise ModelError(f"{path}: weights do not match architecture {arch['name']!r} "
-                         f"({len(missing)} tensors missing)")
+        raise ModelError(f"{path}: weights do not match architecture {arch['name']!r} ({len(missing)} tensors missing)")
     try:
         load_widening_head(net, {k: v for k, v in state.items() if k in own})
     except (ValueError, RuntimeError) as exc:
@@ -112,5 +124,7 @@ def initial_network(init_from: str, architecture: str, params: Dict[str, Any]) -
     ck = torch.load(init_from, map_location="cpu", weights_only=True)
     net = build_model(architecture, **params)
     added = load_widening_head(net, ck["best_state"])
-    return net, (f"initialised from the best weights of {init_from} (epoch {ck['best_epoch']}, "
-                 f"val score {ck['best_iou']:.4f})" + (f", {added} new output channels" if added else ""))
+    return net, (
+        f"initialised from the best weights of {init_from} (epoch {ck['best_epoch']}, "
+        f"val score {ck['best_iou']:.4f})" + (f", {added} new output channels" if added else "")
+    )

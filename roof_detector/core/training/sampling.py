@@ -67,9 +67,17 @@ def _image_tensor(img: np.ndarray) -> torch.Tensor:
 class CropSampler:
     """Draws crops from scenes, weighting each scene by its valid area times a weight."""
 
-    def __init__(self, scenes: Sequence[Scene], gsd_m: float, tile_px: int, weights: Sequence[float] = (),
-                 config: AugmentConfig = AugmentConfig(), seed: int = 0, min_valid_fraction: float = 0.5,
-                 n_outputs: int = 1):
+    def __init__(
+        self,
+        scenes: Sequence[Scene],
+        gsd_m: float,
+        tile_px: int,
+        weights: Sequence[float] = (),
+        config: AugmentConfig = AugmentConfig(),
+        seed: int = 0,
+        min_valid_fraction: float = 0.5,
+        n_outputs: int = 1,
+    ):
         if not scenes:
             raise ValueError("no training scenes")
         if n_outputs not in (1, 3):
@@ -82,7 +90,7 @@ class CropSampler:
         self.rng = np.random.default_rng(seed)
         self.min_valid = min_valid_fraction
         w = np.array(list(weights) or [1.0] * len(self.scenes), dtype=np.float64)
-        area = np.array([s.valid.sum() * s.gsd_m ** 2 for s in self.scenes], dtype=np.float64)
+        area = np.array([s.valid.sum() * s.gsd_m**2 for s in self.scenes], dtype=np.float64)
         p = w * area
         self.p = p / p.sum()
         # Valid pixel coordinates (subsampled) per scene, to centre crops on imagery.
@@ -104,10 +112,10 @@ class CropSampler:
             k = self.rng.integers(len(rr))
             r0 = int(np.clip(rr[k] - side // 2, 0, max(h - side, 0)))
             c0 = int(np.clip(cc[k] - side // 2, 0, max(w - side, 0)))
-            img = s.image[r0:r0 + side, c0:c0 + side]
-            lab = s.label[r0:r0 + side, c0:c0 + side]
-            val = s.valid[r0:r0 + side, c0:c0 + side]
-            inst = None if s.instances is None else s.instances[r0:r0 + side, c0:c0 + side]
+            img = s.image[r0 : r0 + side, c0 : c0 + side]
+            lab = s.label[r0 : r0 + side, c0 : c0 + side]
+            val = s.valid[r0 : r0 + side, c0 : c0 + side]
+            inst = None if s.instances is None else s.instances[r0 : r0 + side, c0 : c0 + side]
             if val.mean() >= self.min_valid or _ == 19:
                 return _pad(img, lab, val, side) + (None if inst is None else _pad_2d(inst, side),)
         raise RuntimeError("unreachable")
@@ -128,8 +136,13 @@ class CropSampler:
                 if inst is None:
                     ids = instance_map((y[0, 0] >= 0.5).numpy())
                 else:
-                    ids = F.interpolate(torch.from_numpy(inst.astype(np.float32))[None, None], size=(t, t),
-                                        mode="nearest")[0, 0].numpy().astype(np.int64)
+                    ids = (
+                        F.interpolate(
+                            torch.from_numpy(inst.astype(np.float32))[None, None], size=(t, t), mode="nearest"
+                        )[0, 0]
+                        .numpy()
+                        .astype(np.int64)
+                    )
                     ids[(y[0, 0] < 0.5).numpy()] = 0
                 insts.append(torch.from_numpy(ids.astype(np.int64))[None, None])
             if self.rng.random() < self.cfg.degrade_p:
@@ -265,15 +278,20 @@ def rotate_hue(x: torch.Tensor, angle_rad: float) -> torch.Tensor:
     k = 1.0 / 3.0
     r = math.sqrt(k)
     # Rodrigues' formula for the unit axis (1, 1, 1) / sqrt(3)
-    m = torch.tensor([[c + (1 - c) * k, (1 - c) * k - r * s, (1 - c) * k + r * s],
-                      [(1 - c) * k + r * s, c + (1 - c) * k, (1 - c) * k - r * s],
-                      [(1 - c) * k - r * s, (1 - c) * k + r * s, c + (1 - c) * k]], dtype=x.dtype)
+    m = torch.tensor(
+        [
+            [c + (1 - c) * k, (1 - c) * k - r * s, (1 - c) * k + r * s],
+            [(1 - c) * k + r * s, c + (1 - c) * k, (1 - c) * k - r * s],
+            [(1 - c) * k - r * s, (1 - c) * k + r * s, c + (1 - c) * k],
+        ],
+        dtype=x.dtype,
+    )
     return torch.einsum("ij,jhw->ihw", m, x).clamp(0, 1)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     r = max(1, int(math.ceil(2 * sigma)))
-    k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * sigma ** 2))
+    k = torch.exp(-(torch.arange(-r, r + 1, dtype=torch.float32) ** 2) / (2 * sigma**2))
     k = (k / k.sum()).to(x.dtype)
     c = x.shape[0]
     y = F.conv2d(F.pad(x[None], (r, r, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
@@ -294,8 +312,12 @@ def scenes_to_tiles(scenes: Sequence[Scene], tile_px: int) -> List[Tuple[torch.T
             inst = _pad_2d(inst, side)
         else:
             img, lab, val = s.image, s.label, s.valid
-        out.append((torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).float() / 255.0,
-                    torch.from_numpy(lab.astype(np.float32))[None],
-                    torch.from_numpy(val.astype(np.float32))[None],
-                    torch.from_numpy(np.asarray(inst).astype(np.int64))[None]))
+        out.append(
+            (
+                torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).float() / 255.0,
+                torch.from_numpy(lab.astype(np.float32))[None],
+                torch.from_numpy(val.astype(np.float32))[None],
+                torch.from_numpy(np.asarray(inst).astype(np.int64))[None],
+            )
+        )
     return out

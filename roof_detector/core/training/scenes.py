@@ -47,9 +47,14 @@ class Scene:
     def crop(self, row0: int, col0: int, rows: int, cols: int, name: str = "") -> "Scene":
         """A sub-scene (views, no copy)."""
         sl = (slice(row0, row0 + rows), slice(col0, col0 + cols))
-        return Scene(name or f"{self.name}[{row0}:{row0 + rows},{col0}:{col0 + cols}]",
-                     self.image[sl], self.label[sl], self.valid[sl], self.gsd_m,
-                     instances=None if self.instances is None else self.instances[sl])
+        return Scene(
+            name or f"{self.name}[{row0}:{row0 + rows},{col0}:{col0 + cols}]",
+            self.image[sl],
+            self.label[sl],
+            self.valid[sl],
+            self.gsd_m,
+            instances=None if self.instances is None else self.instances[sl],
+        )
 
 
 def ground_pixel_size_m(dataset) -> Tuple[float, float]:
@@ -59,10 +64,16 @@ def ground_pixel_size_m(dataset) -> Tuple[float, float]:
     return pixel_size_m(dataset.crs.to_wkt(), dataset.transform, dataset.width, dataset.height)
 
 
-def scene_from_raster(raster_path: str, labels_path: Optional[str], name: Optional[str] = None,
-                      bbox: Optional[Tuple[float, float, float, float]] = None,
-                      load_gsd_m: Optional[float] = None, area_wkt: Optional[str] = None,
-                      label_layer: Optional[str] = None, label_geometries=None) -> Scene:
+def scene_from_raster(
+    raster_path: str,
+    labels_path: Optional[str],
+    name: Optional[str] = None,
+    bbox: Optional[Tuple[float, float, float, float]] = None,
+    load_gsd_m: Optional[float] = None,
+    area_wkt: Optional[str] = None,
+    label_layer: Optional[str] = None,
+    label_geometries=None,
+) -> Scene:
     """Load a raster (inside ``bbox`` in its CRS, if given) with its labels as a Scene.
 
     ``load_gsd_m`` resamples on read (area-averaging when coarser than the
@@ -116,12 +127,20 @@ def scene_from_raster(raster_path: str, labels_path: Optional[str], name: Option
     instances = rasterize_instances(geoms, transform, (out_h, out_w))
     if area_wkt:
         import shapely
+
         area = shapely.from_wkt(area_wkt)
         valid &= rasterize_polygons([area], transform, (out_h, out_w)).astype(bool)
     instances[~valid] = 0  # labels run past the imagery: clip them to the valid mask
     label = (instances > 0).view(np.uint8)
-    return Scene(name or os.path.basename(raster_path), np.ascontiguousarray(img.transpose(1, 2, 0)),
-                 label, valid, native / scale, transform, instances=instances)
+    return Scene(
+        name or os.path.basename(raster_path),
+        np.ascontiguousarray(img.transpose(1, 2, 0)),
+        label,
+        valid,
+        native / scale,
+        transform,
+        instances=instances,
+    )
 
 
 def rasterize_instances(geometries, transform, shape: Tuple[int, int]) -> np.ndarray:
@@ -133,8 +152,9 @@ def rasterize_instances(geometries, transform, shape: Tuple[int, int]) -> np.nda
     dtype = "uint16" if len(geoms) < 65535 else "int32"
     if not geoms:
         return np.zeros(shape, dtype=dtype)
-    return features.rasterize(((g, i) for i, g in enumerate(geoms, start=1)), out_shape=shape,
-                              transform=transform, fill=0, dtype=dtype)
+    return features.rasterize(
+        ((g, i) for i, g in enumerate(geoms, start=1)), out_shape=shape, transform=transform, fill=0, dtype=dtype
+    )
 
 
 def scenes_from_chips(images_dir: str, masks_dir: str, gsd_m: float, prefix: str = "") -> List[Scene]:
@@ -212,5 +232,11 @@ def resample_scene(scene: Scene, gsd_m: float) -> Scene:
         inst = torch.from_numpy(scene.instances.astype(np.float32))[None, None]
         instances = F.interpolate(inst, size=size, mode="nearest")[0, 0].numpy().astype(scene.instances.dtype)
         instances[label == 0] = 0
-    return Scene(scene.name, img[0].permute(1, 2, 0).clamp(0, 255).round().byte().numpy(),
-                 label, (lab[1] >= 0.99).numpy(), gsd_m, instances=instances)
+    return Scene(
+        scene.name,
+        img[0].permute(1, 2, 0).clamp(0, 255).round().byte().numpy(),
+        label,
+        (lab[1] >= 0.99).numpy(),
+        gsd_m,
+        instances=instances,
+    )

@@ -49,8 +49,9 @@ def _window_max(a: torch.Tensor, radius: int) -> torch.Tensor:
     return F.max_pool2d(x, 2 * radius + 1, stride=1)[0, 0]
 
 
-def separation_targets(instances: np.ndarray, border_px: int = BORDER_PX,
-                       contact_px: int = CONTACT_PX) -> Tuple[np.ndarray, np.ndarray]:
+def separation_targets(
+    instances: np.ndarray, border_px: int = BORDER_PX, contact_px: int = CONTACT_PX
+) -> Tuple[np.ndarray, np.ndarray]:
     """(border, contact) uint8 0/1 maps of an H x W instance map (0 = background)."""
     ids_np = np.asarray(instances)
     # ids are renumbered 0..n so they stay exact in float32 (max pooling runs on floats)

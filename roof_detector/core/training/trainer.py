@@ -94,6 +94,7 @@ def _ema_avg(decay: float):
     def avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
         d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
         return averaged * d + current * (1.0 - d)
+
     return avg
 
 
@@ -113,12 +114,18 @@ def model_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) 
     """BCE + soft Dice per output channel, weighted by :data:`OUTPUT_WEIGHTS` (one channel: plain BCE + Dice)."""
     total = bce_dice_loss(logits[:, :1], target[:, :1], valid)
     for c in range(1, logits.shape[1]):
-        total = total + OUTPUT_WEIGHTS[c] * bce_dice_loss(logits[:, c:c + 1], target[:, c:c + 1], valid)
+        total = total + OUTPUT_WEIGHTS[c] * bce_dice_loss(logits[:, c : c + 1], target[:, c : c + 1], valid)
     return total
 
 
-def object_counts(prob: np.ndarray, ref_instances: np.ndarray, valid: np.ndarray, threshold: float,
-                  core: Optional[float], min_px: float) -> Tuple[int, int, int]:
+def object_counts(
+    prob: np.ndarray,
+    ref_instances: np.ndarray,
+    valid: np.ndarray,
+    threshold: float,
+    core: Optional[float],
+    min_px: float,
+) -> Tuple[int, int, int]:
     """(predicted, reference, matched at IoU >= 0.5) buildings of one tile.
 
     ``prob``: C x H x W outputs; buildings are separated as the engine does
@@ -132,8 +139,9 @@ def object_counts(prob: np.ndarray, ref_instances: np.ndarray, valid: np.ndarray
     score = None if core is None else np.round(separation_score(prob) * 255).astype(np.uint8)
     core_u8 = None if core is None else int(round(core * 255))
     # cores may be much smaller than their roof (the border is taken off), as in the engine
-    pred, n_pred = label_instances(building, score, core_u8,
-                                   min_px * (SEPARATION_MIN_CORE_FRACTION if prob.shape[0] > 1 else 1.0))
+    pred, n_pred = label_instances(
+        building, score, core_u8, min_px * (SEPARATION_MIN_CORE_FRACTION if prob.shape[0] > 1 else 1.0)
+    )
     pred = np.where(valid, pred, 0)
     ref = np.where(valid, ref_instances, 0)
     p_sizes = np.bincount(pred.ravel(), minlength=n_pred + 1)
@@ -177,8 +185,9 @@ def _confusion_t(prob: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, 
 
 
 @torch.inference_mode()
-def predict_tiles(net: torch.nn.Module, tiles: EvalTiles, mean, std, device: torch.device,
-                  batch_size: int = 8) -> List[torch.Tensor]:
+def predict_tiles(
+    net: torch.nn.Module, tiles: EvalTiles, mean, std, device: torch.device, batch_size: int = 8
+) -> List[torch.Tensor]:
     """Probabilities (C x H x W, on CPU) for each evaluation tile; tiles padded to a multiple of 32."""
     net.eval()
     m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
@@ -193,8 +202,14 @@ def predict_tiles(net: torch.nn.Module, tiles: EvalTiles, mean, std, device: tor
     return out
 
 
-def evaluate_tiles(net, tiles: EvalTiles, cfg: TrainConfig, device, thresholds=(0.5,),
-                   objects: Sequence[Tuple[float, Optional[float]]] = ()) -> Dict:
+def evaluate_tiles(
+    net,
+    tiles: EvalTiles,
+    cfg: TrainConfig,
+    device,
+    thresholds=(0.5,),
+    objects: Sequence[Tuple[float, Optional[float]]] = (),
+) -> Dict:
     """Pooled confusion of the net on tiles at each threshold (and mean loss under key -1).
 
     For each (threshold, core) in ``objects``: predicted / reference / matched
@@ -203,7 +218,7 @@ def evaluate_tiles(net, tiles: EvalTiles, cfg: TrainConfig, device, thresholds=(
     probs = predict_tiles(net, tiles, cfg.mean, cfg.std, device)
     res: Dict = {t: Confusion() for t in thresholds}
     counts = {o: np.zeros(3, dtype=np.int64) for o in objects}
-    min_px = MIN_OBJECT_M2 / cfg.gsd_m ** 2
+    min_px = MIN_OBJECT_M2 / cfg.gsd_m**2
     loss_sum, n = 0.0, 0
     for p, tile in zip(probs, tiles):
         lab, val = tile[1], tile[2]
@@ -236,12 +251,18 @@ def _pooled(conf: Dict[str, Confusion]) -> Confusion:
     return total
 
 
-def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig, net: Optional[torch.nn.Module] = None,
-          checkpoint_path: Optional[str] = None, resume: bool = False,
-          on_epoch: Optional[Callable[[Dict], None]] = None,
-          progress: Optional[Callable[[float, str], None]] = None,
-          is_cancelled: Optional[Callable[[], bool]] = None,
-          log: Callable[[str], None] = print) -> TrainResult:
+def train(
+    sampler: CropSampler,
+    val_sets: Dict[str, EvalTiles],
+    cfg: TrainConfig,
+    net: Optional[torch.nn.Module] = None,
+    checkpoint_path: Optional[str] = None,
+    resume: bool = False,
+    on_epoch: Optional[Callable[[Dict], None]] = None,
+    progress: Optional[Callable[[float, str], None]] = None,
+    is_cancelled: Optional[Callable[[], bool]] = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
     """Train ``net`` (default: a new ``cfg.architecture``) and return the best epoch's network."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -256,8 +277,11 @@ def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig
     # to epoch (validation IoU moved by 0.2 between neighbouring epochs without it).
     # The decay warms up, (1 + n) / (10 + n) until it reaches ema_decay, so that a network trained
     # from scratch is not validated on an average still dominated by its random start.
-    ema = (torch.optim.swa_utils.AveragedModel(net, avg_fn=_ema_avg(cfg.ema_decay), use_buffers=True)
-           if cfg.ema_decay > 0 else None)
+    ema = (
+        torch.optim.swa_utils.AveragedModel(net, avg_fn=_ema_avg(cfg.ema_decay), use_buffers=True)
+        if cfg.ema_decay > 0
+        else None
+    )
     eval_net = ema.module if ema is not None else net
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=max(2, cfg.patience // 3))
     history: List[Dict] = []
@@ -278,7 +302,9 @@ def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig
         sampler.rng = np.random.default_rng(cfg.seed + len(history))
         start_epoch = len(history) + 1
         elapsed_before = ck.get("seconds", 0.0)
-        log(f"resumed from {checkpoint_path} at epoch {start_epoch} (best val IoU {best_iou:.4f} at epoch {best_epoch})")
+        log(
+            f"resumed from {checkpoint_path} at epoch {start_epoch} (best val IoU {best_iou:.4f} at epoch {best_epoch})"
+        )
     t0 = time.time() - elapsed_before
     steps = max(1, cfg.samples_per_epoch // cfg.batch_size)
     stopped = "max-epochs"
@@ -307,8 +333,13 @@ def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig
                 progress(done, f"epoch {epoch} step {step + 1}/{steps} loss {tr_loss / (step + 1):.3f}")
         if stopped == "cancelled":
             break
-        row = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "train_loss": tr_loss / steps,
-               "train_iou": tr_conf.iou(), "train_accuracy": tr_conf.accuracy()}
+        row = {
+            "epoch": epoch,
+            "lr": opt.param_groups[0]["lr"],
+            "train_loss": tr_loss / steps,
+            "train_iou": tr_conf.iou(),
+            "train_accuracy": tr_conf.accuracy(),
+        }
         confs = {}
         losses = []
         obj_key = (0.5, default_core(cfg))
@@ -339,18 +370,32 @@ def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig
             best_iou, best_epoch = score, epoch
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in eval_net.state_dict().items()})
         sched.step(score)
-        log(f"epoch {epoch:3d}  loss {row['train_loss']:.3f}/{row['val_loss']:.3f}  "
+        log(
+            f"epoch {epoch:3d}  loss {row['train_loss']:.3f}/{row['val_loss']:.3f}  "
             f"IoU {row['train_iou']:.3f}/{row['val_iou']:.3f}  acc {row['train_accuracy']:.3f}/{row['val_accuracy']:.3f}  "
             + (f"object F1 {row['val_object_f1']:.3f}  " if with_objects else "")
-            + f"lr {row['lr']:.1e}  {row['seconds'] / 60:.1f} min" + ("  *best*" if improved else ""))
+            + f"lr {row['lr']:.1e}  {row['seconds'] / 60:.1f} min"
+            + ("  *best*" if improved else "")
+        )
         if checkpoint_path:
             tmp = checkpoint_path + ".tmp"
             # Into memory first: torch's zip writer aborts the process (c10::Error) on a full disk.
             buffer = io.BytesIO()
-            torch.save({"net": net.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                        "opt": opt.state_dict(), "sched": sched.state_dict(),
-                        "history": history, "best_iou": best_iou, "best_epoch": best_epoch,
-                        "best_state": best_state, "seconds": row["seconds"], "config": asdict(cfg)}, buffer)
+            torch.save(
+                {
+                    "net": net.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                    "history": history,
+                    "best_iou": best_iou,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                    "seconds": row["seconds"],
+                    "config": asdict(cfg),
+                },
+                buffer,
+            )
             with open(tmp, "wb") as fh:
                 fh.write(buffer.getbuffer())
             os.replace(tmp, checkpoint_path)
@@ -370,8 +415,16 @@ def train(sampler: CropSampler, val_sets: Dict[str, EvalTiles], cfg: TrainConfig
     if cfg.select_on == "iou+objects" and val_sets:
         core, objects = tune_core(net, val_sets, cfg, device, threshold)
         val_metrics["objects"] = objects
-    return TrainResult(net.cpu(), history, best_epoch, threshold, val_metrics, (time.time() - t0) / 60, stopped,
-                       core_threshold=core if cfg.n_outputs > 1 else None)
+    return TrainResult(
+        net.cpu(),
+        history,
+        best_epoch,
+        threshold,
+        val_metrics,
+        (time.time() - t0) / 60,
+        stopped,
+        core_threshold=core if cfg.n_outputs > 1 else None,
+    )
 
 
 def tune_threshold(net, val_sets: Dict[str, EvalTiles], cfg: TrainConfig, device) -> Tuple[float, Dict[str, Dict]]:
@@ -389,8 +442,9 @@ def tune_threshold(net, val_sets: Dict[str, EvalTiles], cfg: TrainConfig, device
     return best_t, metrics
 
 
-def tune_core(net, val_sets: Dict[str, EvalTiles], cfg: TrainConfig, device,
-              threshold: float) -> Tuple[float, Dict[str, float]]:
+def tune_core(
+    net, val_sets: Dict[str, EvalTiles], cfg: TrainConfig, device, threshold: float
+) -> Tuple[float, Dict[str, float]]:
     """Core threshold with the best pooled validation object F1 at ``threshold`` (separation
     models; building-only models keep the engine's), and the object figures there."""
     cores = CORE_THRESHOLDS if cfg.n_outputs > 1 else (default_core(cfg),)
@@ -402,8 +456,13 @@ def tune_core(net, val_sets: Dict[str, EvalTiles], cfg: TrainConfig, device,
             totals[k] += r[("objects",) + k]
     best = max(keys, key=lambda k: (_object_f1(*totals[k]), -abs(k[1] - 0.5)))
     n_pred, n_ref, n_match = (int(v) for v in totals[best])
-    return best[1], {"core_threshold": best[1], "predicted": n_pred, "reference": n_ref, "matched": n_match,
-                     "object_f1": _object_f1(n_pred, n_ref, n_match)}
+    return best[1], {
+        "core_threshold": best[1],
+        "predicted": n_pred,
+        "reference": n_ref,
+        "matched": n_match,
+        "object_f1": _object_f1(n_pred, n_ref, n_match),
+    }
 
 
 def plot_curves(history: Sequence[Dict], path: str, title: str = "") -> str:
