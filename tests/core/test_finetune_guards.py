@@ -137,8 +137,8 @@ def _base_that_calls_everything_a_building(path):
 
 
 def test_a_useless_learning_rate_is_flagged_as_worse_than_the_base(
-    labelled_area,
-    tmp_path,  # noqa: F811
+    labelled_area,  # noqa: F811
+    tmp_path,
     monkeypatch,
 ):
     raster, labels, _ = labelled_area
