@@ -41,9 +41,9 @@ def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path):
     import roof_detector.core.training.trainer as trainer
     import inspect
 
-    import roof_detector.core.training.run as train_run
+    import roof_detector.core.training.export as export  # train --init-from loads through initial_network
 
-    for module in (trainer, train_run):
+    for module in (trainer, export):
         source = inspect.getsource(module)
         assert "weights_only=False" not in source and "weights_only=True" in source
 
