@@ -165,39 +165,42 @@ def _best_rect(
     r0, r1, c0, c1 = start
     best = -1.0
     for _ in range(6):
-        moved = False
-        # sums over the current columns for every prefix of rows, then the same for rows
-        g, c = pg[:, c1] - pg[:, c0], pc[:, c1] - pc[:, c0]
-        for edge in (0, 1):
-            if edge == 0:  # top edge r0 in [0, r1)
-                gs, cs = g[r1] - g[:r1], c[r1] - c[:r1]
-            else:  # bottom edge r1 in (r0, h]
-                gs, cs = g[r0 + 1 :] - g[r0], c[r0 + 1 :] - c[r0]
-            v = (inter + sign * gs) / np.maximum(union + sign * cs, 1)
-            k = int(v.argmax())
-            if v[k] > best + 1e-12:
-                best, moved = float(v[k]), True
-                if edge == 0:
-                    r0 = k
-                else:
-                    r1 = r0 + 1 + k
-        g, c = pg[r1, :] - pg[r0, :], pc[r1, :] - pc[r0, :]
-        for edge in (0, 1):
-            if edge == 0:
-                gs, cs = g[c1] - g[:c1], c[c1] - c[:c1]
-            else:
-                gs, cs = g[c0 + 1 :] - g[c0], c[c0 + 1 :] - c[c0]
-            v = (inter + sign * gs) / np.maximum(union + sign * cs, 1)
-            k = int(v.argmax())
-            if v[k] > best + 1e-12:
-                best, moved = float(v[k]), True
-                if edge == 0:
-                    c0 = k
-                else:
-                    c1 = c0 + 1 + k
-        if not moved:
+        # sums over the current columns for every prefix of rows: the top and bottom edges move;
+        # then the same over the current rows for the left and right edges
+        r0, r1, best, moved_rows = _move_edges(
+            pg[:, c1] - pg[:, c0], pc[:, c1] - pc[:, c0], r0, r1, inter, union, sign, best
+        )
+        c0, c1, best, moved_cols = _move_edges(
+            pg[r1, :] - pg[r0, :], pc[r1, :] - pc[r0, :], c0, c1, inter, union, sign, best
+        )
+        if not (moved_rows or moved_cols):
             break
     return best, (r0, r1, c0, c1)
+
+
+def _move_edges(
+    g: np.ndarray, c: np.ndarray, lo: int, hi: int, inter: int, union: int, sign: int, best: float
+) -> Tuple[int, int, float, bool]:
+    """Move the low edge, then the high edge, of the interval ``[lo, hi)`` to its best position.
+
+    ``g``, ``c``: prefix sums of gain and cost along one axis over the rectangle's
+    extent on the other. Returns the interval, the best IoU and whether an edge moved.
+    """
+    moved = False
+    for edge in (0, 1):
+        if edge == 0:  # low edge in [0, hi)
+            gs, cs = g[hi] - g[:hi], c[hi] - c[:hi]
+        else:  # high edge in (lo, n]
+            gs, cs = g[lo + 1 :] - g[lo], c[lo + 1 :] - c[lo]
+        v = (inter + sign * gs) / np.maximum(union + sign * cs, 1)
+        k = int(v.argmax())
+        if v[k] > best + 1e-12:
+            best, moved = float(v[k]), True
+            if edge == 0:
+                lo = k
+            else:
+                hi = lo + 1 + k
+    return lo, hi, best, moved
 
 
 def _bbox(mask: np.ndarray) -> Tuple[int, int, int, int]:
