@@ -5,7 +5,7 @@ this. Stages: open the raster, load the model, lay the model grid and the
 tiles, predict tiles in batches (the next batch is read on a worker thread
 meanwhile) and stitch them into full-width strips of finished rows; each
 finished strip is traced and its buildings measured on a second worker
-thread while the model goes on with the rows below (:class:`OutlineWorker`).
+thread while the model goes on with the rows below (:class:`.outline_worker.OutlineWorker`).
 So reading and tracing overlap inference instead of adding to it, nothing
 is written to disk, and memory holds a few strips, whatever the raster's
 size.
@@ -14,10 +14,7 @@ size.
 from __future__ import annotations
 
 import os
-import sys
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -30,6 +27,7 @@ from .footprints import FinishOptions
 from .geo import m2_per_crs_unit2, pixel_size_m
 from .inference import BatchPredictor, fitted_batch_size, predict_tiles
 from .model_io import BUNDLED_MODEL_PATH, LoadedModel, device_description, load_model
+from .outline_worker import OutlineWorker, max_pending_batches
 from .params import DETECT, OUTLINES, check_fields
 from .raster_source import RasterSource, open_source
 from .solar import SolarParams
@@ -50,13 +48,6 @@ COARSE_PIXEL_WARN_M = 2.0
 # outlines are traced while the tiles are predicted, only the last strip after).
 _PREPARE_END = 0.02
 _TILES_END = 0.98
-
-# Predicted tiles waiting for the outline thread before the model's thread waits for it,
-# in rows of tiles: a finished strip is a burst of tracing work, and the queue must absorb
-# it rather than stop the network (a queue of 8 batches made the 20000 px run wait 8 s).
-# Memory: 2 rows x 91 tiles x 330 kB = 60 MB at 20000 px, growing with width, not area.
-_MAX_PENDING_TILE_ROWS = 2
-_MIN_PENDING_BATCHES = 8
 
 
 @dataclass
@@ -145,57 +136,17 @@ def detect_buildings(
             model = _load_model(options)
         threshold = options.threshold if options.threshold is not None else model.threshold
         batch_size = options.batch_size or fitted_batch_size(model)
-        crs_wkt = raster.crs_wkt
-        raster_px_m = pixel_size_m(crs_wkt, raster.transform, raster.width, raster.height, raster.name)
-        coarse = coarse_pixel_warning(raster_px_m, model.gsd_m)
-        if coarse:
-            warnings.append(coarse)
-        full_grid = model_grid(raster.transform, raster.width, raster.height, raster_px_m, model.gsd_m)
-        aoi = _parse_aoi(options.aoi_wkt) if options.aoi_wkt else None
-        grid = _grid_for_aoi(full_grid, aoi, raster.name) if aoi is not None else full_grid
-        all_tiles = tile_grid(grid.width_px, grid.height_px, model.tile_size_px, model.overlap_px)
-        tiles = _tiles_in_aoi(all_tiles, grid, aoi) if aoi is not None else all_tiles
+        layout = _lay_out(raster, model, options, warnings)
         timings["prepare"] = time.perf_counter() - t_start
-        report(_PREPARE_END, f"{len(tiles)} tiles to process")
-
+        report(_PREPARE_END, f"{len(layout.tiles)} tiles to process")
         predictor = BatchPredictor(model, tta=options.tta)
-        mosaic = StripMosaic(grid, tiles, threshold)
-        if model.core_threshold is not None:
-            # a separation model: cores of its separation score, at the threshold tuned on validation
-            split_core = model.core_threshold if options.separate_touching else None
-        else:
-            # Cores only mean something above the threshold (a fine-tuned model's may be 0.25).
-            split_core = max(SPLIT_CORE_PROBABILITY, threshold) if options.separate_touching else None
-        vectorizer = StripVectorizer(
-            grid,
-            crs_wkt,
-            _finish_options(options, grid, raster, crs_wkt, aoi),
-            is_cancelled,
-            split_core_u8=None if split_core is None else min(255, int(round(split_core * 255))),
-            min_core_fraction=SEPARATION_MIN_CORE_FRACTION if model.core_threshold is not None else 1.0,
+        buildings, valid_px = _predict_and_trace(
+            raster, model, options, layout, threshold, batch_size, predictor, report, is_cancelled, timings, warnings
         )
-        tile_progress = report.span(_PREPARE_END, _TILES_END)
-        tiles_per_row = len(tile_origins(grid.width_px, model.tile_size_px, model.overlap_px))
-        max_pending = max(_MIN_PENDING_BATCHES, -(-_MAX_PENDING_TILE_ROWS * tiles_per_row // batch_size))
-        with OutlineWorker(mosaic, vectorizer, max_pending) as outlines:
-            for batch in predict_tiles(
-                raster, grid, tiles, model, batch_size, tile_progress, is_cancelled, timings, warnings, predictor
-            ):
-                outlines.submit(batch)
-            t0 = time.perf_counter()
-            report(_TILES_END, "Tracing the last building outlines")
-            buildings = outlines.finish()
-            if is_cancelled is not None and is_cancelled():  # also when the last strip had nothing to trace
-                raise Cancelled()
-            timings["outlines_after_inference"] = time.perf_counter() - t0
-        timings.update(vectorizer.seconds)
-        timings["write"] = outlines.stitch_s
-        timings["queue_wait"] = outlines.wait_s
-        valid_px = outlines.valid_px
         if valid_px == 0:
             warnings.append(
                 "The raster holds no valid pixels"
-                + (" inside the area of interest" if aoi is not None else "")
+                + (" inside the area of interest" if layout.aoi is not None else "")
                 + " (all nodata / masked): nothing could be detected."
             )
         report(1.0, f"{len(buildings)} buildings")
@@ -203,16 +154,119 @@ def detect_buildings(
         if owned:
             raster.close()
 
-    batches = int(timings.pop("batches", 0))
+    batch_size = predictor.batch_limit or batch_size  # smaller after an out-of-memory retry
+    stats = _run_stats(raster, model, options, layout, threshold, batch_size, valid_px, timings)
     seconds = time.perf_counter() - t_start
-    stats: Dict[str, Any] = {
-        "tiles": len(tiles),
+    return DetectionResult(buildings, raster.crs_wkt, raster.name, dict(model.metadata), seconds, stats, warnings)
+
+
+@dataclass
+class _Layout:
+    """Where the model looks: the raster's pixel size, the model grid (whole and cut to the AOI), the tiles."""
+
+    raster_px_m: Tuple[float, float]
+    full_grid: ModelGrid
+    grid: ModelGrid
+    aoi: Optional[BaseGeometry]
+    tiles: List[Tile]
+
+
+def _lay_out(raster: RasterSource, model: LoadedModel, options: DetectOptions, warnings: List[str]) -> _Layout:
+    """Lay the model grid over the raster (cut to the area of interest) and the tiles over the grid."""
+    raster_px_m = pixel_size_m(raster.crs_wkt, raster.transform, raster.width, raster.height, raster.name)
+    coarse = coarse_pixel_warning(raster_px_m, model.gsd_m)
+    if coarse:
+        warnings.append(coarse)
+    full_grid = model_grid(raster.transform, raster.width, raster.height, raster_px_m, model.gsd_m)
+    aoi = _parse_aoi(options.aoi_wkt) if options.aoi_wkt else None
+    grid = _grid_for_aoi(full_grid, aoi, raster.name) if aoi is not None else full_grid
+    all_tiles = tile_grid(grid.width_px, grid.height_px, model.tile_size_px, model.overlap_px)
+    tiles = _tiles_in_aoi(all_tiles, grid, aoi) if aoi is not None else all_tiles
+    return _Layout(raster_px_m, full_grid, grid, aoi, tiles)
+
+
+def _vectorizer(
+    raster: RasterSource,
+    model: LoadedModel,
+    options: DetectOptions,
+    layout: _Layout,
+    threshold: float,
+    is_cancelled: Optional[CancelFn],
+) -> StripVectorizer:
+    """The outline tracer, with the cores that split touching roofs where asked."""
+    if model.core_threshold is not None:
+        # a separation model: cores of its separation score, at the threshold tuned on validation
+        split_core = model.core_threshold if options.separate_touching else None
+    else:
+        # Cores only mean something above the threshold (a fine-tuned model's may be 0.25).
+        split_core = max(SPLIT_CORE_PROBABILITY, threshold) if options.separate_touching else None
+    return StripVectorizer(
+        layout.grid,
+        raster.crs_wkt,
+        _finish_options(options, layout.grid, raster, raster.crs_wkt, layout.aoi),
+        is_cancelled,
+        split_core_u8=None if split_core is None else min(255, int(round(split_core * 255))),
+        min_core_fraction=SEPARATION_MIN_CORE_FRACTION if model.core_threshold is not None else 1.0,
+    )
+
+
+def _predict_and_trace(
+    raster: RasterSource,
+    model: LoadedModel,
+    options: DetectOptions,
+    layout: _Layout,
+    threshold: float,
+    batch_size: int,
+    predictor: BatchPredictor,
+    report: "_Progress",
+    is_cancelled: Optional[CancelFn],
+    timings: Dict[str, float],
+    warnings: List[str],
+) -> Tuple[List[Building], int]:
+    """Predict the tiles in batches while the outline thread traces finished strips; (buildings, valid pixels)."""
+    grid, tiles = layout.grid, layout.tiles
+    mosaic = StripMosaic(grid, tiles, threshold)
+    vectorizer = _vectorizer(raster, model, options, layout, threshold, is_cancelled)
+    tile_progress = report.span(_PREPARE_END, _TILES_END)
+    tiles_per_row = len(tile_origins(grid.width_px, model.tile_size_px, model.overlap_px))
+    with OutlineWorker(mosaic, vectorizer, max_pending_batches(tiles_per_row, batch_size)) as outlines:
+        for batch in predict_tiles(
+            raster, grid, tiles, model, batch_size, tile_progress, is_cancelled, timings, warnings, predictor
+        ):
+            outlines.submit(batch)
+        t0 = time.perf_counter()
+        report(_TILES_END, "Tracing the last building outlines")
+        buildings = outlines.finish()
+        if is_cancelled is not None and is_cancelled():  # also when the last strip had nothing to trace
+            raise Cancelled()
+        timings["outlines_after_inference"] = time.perf_counter() - t0
+    timings.update(vectorizer.seconds)
+    timings["write"] = outlines.stitch_s
+    timings["queue_wait"] = outlines.wait_s
+    return buildings, outlines.valid_px
+
+
+def _run_stats(
+    raster: RasterSource,
+    model: LoadedModel,
+    options: DetectOptions,
+    layout: _Layout,
+    threshold: float,
+    batch_size: int,
+    valid_px: int,
+    timings: Dict[str, float],
+) -> Dict[str, Any]:
+    """How the run went (``DetectionResult.stats``)."""
+    batches = int(timings.pop("batches", 0))
+    full_grid, grid = layout.full_grid, layout.grid
+    return {
+        "tiles": len(layout.tiles),
         "tiles_full_raster": (
             len(tile_origins(full_grid.width_px, model.tile_size_px, model.overlap_px))
             * len(tile_origins(full_grid.height_px, model.tile_size_px, model.overlap_px))
         ),
         "batches": batches,
-        "batch_size": predictor.batch_limit or batch_size,  # smaller after an out-of-memory retry
+        "batch_size": batch_size,
         "device": device_description(model.device),
         "backend": model.extra.get("backend", "torch"),
         "half_precision": model.half,
@@ -220,13 +274,12 @@ def detect_buildings(
         "outputs": model.outputs,
         "threshold": threshold,
         "raster_size_px": (raster.width, raster.height),
-        "raster_pixel_size_m": raster_px_m,
+        "raster_pixel_size_m": layout.raster_px_m,
         "model_grid_px": (grid.width_px, grid.height_px),
         "model_pixel_size_m": grid.pixel_size_m,
         "valid_pixels": valid_px,
         "timings_s": {k: round(v, 4) for k, v in timings.items()},
     }
-    return DetectionResult(buildings, crs_wkt, raster.name, dict(model.metadata), seconds, stats, warnings)
 
 
 def coarse_pixel_warning(raster_px_m: Tuple[float, float], gsd_m: float) -> Optional[str]:
@@ -321,95 +374,6 @@ def _finish_options(
         regularize_tolerance_m=options.regularize_tolerance_m,
         solar=options.solar,
     )
-
-
-#: Nice value of the outline thread on Linux, so that it yields to the model's threads at
-#: once (``ROOF_DETECTOR_OUTLINE_NICE=0`` turns it off, to compare).
-OUTLINE_THREAD_NICE = int(os.environ.get("ROOF_DETECTOR_OUTLINE_NICE", "19"))
-
-
-def _lower_thread_priority() -> None:
-    """Run the calling thread at the lowest CPU priority, where the OS allows it (Linux).
-
-    The network's operators run on all cores and each waits for its slowest
-    thread, so a tracing thread that takes a core from it stalls the whole
-    network, not just one thread. At nice 19 the tracing thread runs in the
-    gaps the network leaves (between operators and batches) instead: the
-    8192 px bench went from 19.4 to 18.3 s, inference itself from 19.0 to 16.6 s.
-    Linux only: elsewhere a thread id is not a process id setpriority accepts.
-    """
-    if OUTLINE_THREAD_NICE <= 0 or not sys.platform.startswith("linux"):
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), OUTLINE_THREAD_NICE)
-    except (AttributeError, OSError):  # not Linux, or not allowed: same result, less overlap
-        pass
-
-
-class OutlineWorker:
-    """Stitches predicted batches and traces finished strips on one worker thread.
-
-    The thread that calls the model is one of ONNX Runtime's (or torch's)
-    compute threads, so anything else it does stalls the network; it only
-    hands each batch over. The worker writes the tiles into the strip mosaic,
-    counts valid pixels and, when a strip is complete, traces and measures
-    its buildings, while the model goes on with the next batches. ONNX
-    Runtime, torch, GDAL and shapely's array functions release the GIL. An
-    error on the worker is raised in the caller at the next :meth:`submit`
-    or at :meth:`finish`; leaving the ``with`` block early (cancel, error)
-    drops the batches not started and waits for the one running.
-    """
-
-    def __init__(self, mosaic: StripMosaic, vectorizer: StripVectorizer, max_pending: int = _MIN_PENDING_BATCHES):
-        self.max_pending = max(1, max_pending)
-        self.mosaic = mosaic
-        self.vectorizer = vectorizer
-        self.valid_px = 0
-        self.stitch_s = 0.0
-        self.wait_s = 0.0  # the model's thread waiting for a free place in the queue
-        self._pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="roof-outlines", initializer=_lower_thread_priority
-        )
-        self._pending: List[Future] = []
-
-    def submit(self, batch: List[Tuple[Tile, Any, Any]]) -> None:
-        """Queue one predicted batch ``[(tile, probability, valid), ...]`` (in run order)."""
-        t0 = time.perf_counter()
-        self._reap(block=len(self._pending) >= self.max_pending)
-        self.wait_s += time.perf_counter() - t0
-        self._pending.append(self._pool.submit(self._take, batch))
-
-    def finish(self) -> List[Building]:
-        """Wait for every queued batch, trace the last rows and return the buildings."""
-        self._pending.append(self._pool.submit(self.vectorizer.finish))
-        while self._pending:
-            self._reap(block=True)
-        return self.vectorizer.buildings
-
-    def _take(self, batch: List[Tuple[Tile, Any, Any]]) -> None:
-        for tile, prob, valid in batch:
-            t0 = time.perf_counter()
-            strip = self.mosaic.add(tile, prob, valid)
-            c0, r0, c1, r1 = tile.keep
-            self.valid_px += int(
-                valid[r0 - tile.row_off : r1 - tile.row_off, c0 - tile.col_off : c1 - tile.col_off].sum()
-            )
-            self.stitch_s += time.perf_counter() - t0
-            if strip is not None:
-                self.vectorizer.add(*strip)
-
-    def _reap(self, block: bool) -> None:
-        while self._pending and (block or self._pending[0].done()):
-            self._pending.pop(0).result()  # re-raises the worker's error here
-            block = False
-
-    def __enter__(self) -> "OutlineWorker":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for f in self._pending:
-            f.cancel()
-        self._pool.shutdown(wait=True)
 
 
 class _Progress:

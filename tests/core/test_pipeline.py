@@ -9,7 +9,7 @@ import pytest
 import shapely
 from affine import Affine
 
-from roof_detector.core import pipeline
+from roof_detector.core import outline_worker, pipeline
 from roof_detector.core.errors import Cancelled, InputRasterError, ModelError, RoofDetectorError
 from tests.core.geom_helpers import area_perimeter_m
 from roof_detector.core.model_io import load_model
@@ -386,7 +386,7 @@ def test_outline_thread_runs_at_low_priority_and_the_caller_keeps_its_own(tmp_pa
     with mock.patch.object(pipeline.StripVectorizer, "add", add):
         res = detect_buildings(path, DetectOptions(batch_size=2), model=model)
     assert len(res.buildings) == 1
-    assert seen["outline"] == min(19, max(before, pipeline.OUTLINE_THREAD_NICE))
+    assert seen["outline"] == min(19, max(before, outline_worker.OUTLINE_THREAD_NICE))
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
 
 
