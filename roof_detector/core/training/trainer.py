@@ -19,13 +19,11 @@ with the building threshold.
 
 from __future__ import annotations
 
-import copy
-import io
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -36,6 +34,7 @@ from ..errors import Cancelled
 from ..metrics import Confusion
 from ..unet import build_model, count_parameters, gflops_per_tile
 from .sampling import CropSampler
+from .train_state import TrainState
 
 EvalTiles = List[Tuple[torch.Tensor, ...]]  # image, label, valid[, instances]
 THRESHOLDS = tuple(round(0.25 + 0.05 * i, 2) for i in range(11))  # 0.25 .. 0.75
@@ -88,14 +87,6 @@ class TrainResult:
     minutes: float
     stopped: str  # "early-stopping", "max-epochs", "time-budget", "cancelled"
     core_threshold: Optional[float] = None  # separation models: the tuned core score threshold
-
-
-def _ema_avg(decay: float):
-    def avg(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-        return averaged * d + current * (1.0 - d)
-
-    return avg
 
 
 def bce_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -271,145 +262,124 @@ def train(
     net = net if net is not None else build_model(cfg.architecture, **cfg.architecture_params)
     # channels_last doubles CPU training speed with oneDNN (measured 5.9 -> 11.2 samples/s).
     net.to(device=device, memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # An exponential moving average of weights and BN statistics is what gets validated and
-    # exported: single-step weights of a small-batch, heavily augmented run swing from epoch
-    # to epoch (validation IoU moved by 0.2 between neighbouring epochs without it).
-    # The decay warms up, (1 + n) / (10 + n) until it reaches ema_decay, so that a network trained
-    # from scratch is not validated on an average still dominated by its random start.
-    ema = (
-        torch.optim.swa_utils.AveragedModel(net, avg_fn=_ema_avg(cfg.ema_decay), use_buffers=True)
-        if cfg.ema_decay > 0
-        else None
-    )
-    eval_net = ema.module if ema is not None else net
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=max(2, cfg.patience // 3))
-    history: List[Dict] = []
-    best_iou, best_epoch, best_state = -1.0, 0, copy.deepcopy(net.state_dict())
-    start_epoch = 1
-    elapsed_before = 0.0
+    state = TrainState.start(net, cfg)
     if resume and checkpoint_path and os.path.exists(checkpoint_path):
-        ck = torch.load(checkpoint_path, map_location="cpu", weights_only=True)  # no pickled code runs
-        net.load_state_dict(ck["net"])
-        if ema is not None:
-            if ck.get("ema"):
-                ema.load_state_dict(ck["ema"])
-            else:  # a checkpoint from before EMA: start the average at the current weights
-                ema.module.load_state_dict(ck["net"])
-        opt.load_state_dict(ck["opt"])
-        sched.load_state_dict(ck["sched"])
-        history, best_iou, best_epoch, best_state = ck["history"], ck["best_iou"], ck["best_epoch"], ck["best_state"]
-        sampler.rng = np.random.default_rng(cfg.seed + len(history))
-        start_epoch = len(history) + 1
-        elapsed_before = ck.get("seconds", 0.0)
-        log(
-            f"resumed from {checkpoint_path} at epoch {start_epoch} (best val IoU {best_iou:.4f} at epoch {best_epoch})"
-        )
-    t0 = time.time() - elapsed_before
-    steps = max(1, cfg.samples_per_epoch // cfg.batch_size)
+        state.resume(checkpoint_path, log)
+        sampler.rng = np.random.default_rng(cfg.seed + len(state.history))
+    t0 = time.time() - state.elapsed_before
     stopped = "max-epochs"
-    for epoch in range(start_epoch, cfg.max_epochs + 1):
-        net.train()
-        tr_conf, tr_loss = Confusion(), 0.0
-        for step in range(steps):
-            if is_cancelled and is_cancelled():
-                stopped = "cancelled"
-                break
-            x, y, v = sampler.batch(cfg.batch_size)
-            x, y, v = x.to(device), y.to(device), v.to(device)
-            m = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
-            s = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
-            logits = net(((x - m) / s).contiguous(memory_format=torch.channels_last))
-            loss = model_loss(logits, y, v)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if ema is not None:
-                ema.update_parameters(net)
-            tr_loss += float(loss.detach())
-            tr_conf.add(_confusion_t(torch.sigmoid(logits.detach()[:, :1]), y[:, :1], v, 0.5))
-            if progress:
-                done = (epoch - 1 + (step + 1) / steps) / cfg.max_epochs
-                progress(done, f"epoch {epoch} step {step + 1}/{steps} loss {tr_loss / (step + 1):.3f}")
-        if stopped == "cancelled":
+    for epoch in range(state.start_epoch, cfg.max_epochs + 1):
+        row = _train_epoch(state, sampler, cfg, device, epoch, progress, is_cancelled)
+        if row is None:
+            stopped = "cancelled"
             break
-        row = {
-            "epoch": epoch,
-            "lr": opt.param_groups[0]["lr"],
-            "train_loss": tr_loss / steps,
-            "train_iou": tr_conf.iou(),
-            "train_accuracy": tr_conf.accuracy(),
-        }
-        confs = {}
-        losses = []
-        obj_key = (0.5, default_core(cfg))
-        with_objects = cfg.select_on == "iou+objects"
-        obj_total = np.zeros(3, dtype=np.int64)
-        for name, tiles in val_sets.items():
-            r = evaluate_tiles(eval_net, tiles, cfg, device, objects=(obj_key,) if with_objects else ())
-            confs[name] = r[0.5]
-            losses.append(r[-1])
-            row[f"val_{name}_iou"] = r[0.5].iou()
-            row[f"val_{name}_accuracy"] = r[0.5].accuracy()
-            if with_objects:
-                c = r[("objects",) + obj_key]
-                obj_total += c
-                row[f"val_{name}_object_f1"] = _object_f1(*c)
-        pooled = _pooled(confs)
-        row["val_loss"] = float(np.mean(losses)) if losses else float("nan")
-        row["val_iou"] = pooled.iou()
-        row["val_accuracy"] = pooled.accuracy()
-        score = row["val_iou"]
-        if with_objects:
-            row["val_object_f1"] = _object_f1(*obj_total)
-            score = row["val_score"] = (row["val_iou"] + row["val_object_f1"]) / 2
+        score = _validate_epoch(state.eval_net, val_sets, cfg, device, row)
         row["seconds"] = time.time() - t0
-        history.append(row)
-        improved = score > best_iou
-        if improved:
-            best_iou, best_epoch = score, epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in eval_net.state_dict().items()})
-        sched.step(score)
-        log(
-            f"epoch {epoch:3d}  loss {row['train_loss']:.3f}/{row['val_loss']:.3f}  "
-            f"IoU {row['train_iou']:.3f}/{row['val_iou']:.3f}  acc {row['train_accuracy']:.3f}/{row['val_accuracy']:.3f}  "
-            + (f"object F1 {row['val_object_f1']:.3f}  " if with_objects else "")
-            + f"lr {row['lr']:.1e}  {row['seconds'] / 60:.1f} min"
-            + ("  *best*" if improved else "")
-        )
+        improved = state.record(row, score)
+        _log_epoch(row, improved, log)
         if checkpoint_path:
-            tmp = checkpoint_path + ".tmp"
-            # Into memory first: torch's zip writer aborts the process (c10::Error) on a full disk.
-            buffer = io.BytesIO()
-            torch.save(
-                {
-                    "net": net.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "opt": opt.state_dict(),
-                    "sched": sched.state_dict(),
-                    "history": history,
-                    "best_iou": best_iou,
-                    "best_epoch": best_epoch,
-                    "best_state": best_state,
-                    "seconds": row["seconds"],
-                    "config": asdict(cfg),
-                },
-                buffer,
-            )
-            with open(tmp, "wb") as fh:
-                fh.write(buffer.getbuffer())
-            os.replace(tmp, checkpoint_path)
+            state.save(checkpoint_path, cfg, row["seconds"])
         if on_epoch:
-            on_epoch({"row": row, "improved": improved, "best_state": best_state if improved else None})
-        if epoch - best_epoch >= cfg.patience:
+            on_epoch({"row": row, "improved": improved, "best_state": state.best_state if improved else None})
+        if epoch - state.best_epoch >= cfg.patience:
             stopped = "early-stopping"
             break
         if cfg.max_minutes and (time.time() - t0) / 60 >= cfg.max_minutes:
             stopped = "time-budget"
             break
-    if stopped == "cancelled" and not history:
+    if stopped == "cancelled" and not state.history:
         raise Cancelled("Training cancelled before the first epoch ended; no model was written.")
-    net.load_state_dict(best_state)
+    return _best_result(state, val_sets, cfg, device, t0, stopped)
+
+
+def _train_epoch(
+    state: TrainState,
+    sampler: CropSampler,
+    cfg: TrainConfig,
+    device: torch.device,
+    epoch: int,
+    progress: Optional[Callable[[float, str], None]],
+    is_cancelled: Optional[Callable[[], bool]],
+) -> Optional[Dict]:
+    """One epoch of optimiser steps on random crops; the epoch's train figures, or None when cancelled."""
+    net = state.net
+    net.train()
+    steps = max(1, cfg.samples_per_epoch // cfg.batch_size)
+    tr_conf, tr_loss = Confusion(), 0.0
+    for step in range(steps):
+        if is_cancelled and is_cancelled():
+            return None
+        x, y, v = sampler.batch(cfg.batch_size)
+        x, y, v = x.to(device), y.to(device), v.to(device)
+        m = torch.tensor(cfg.mean, device=device).view(1, 3, 1, 1)
+        s = torch.tensor(cfg.std, device=device).view(1, 3, 1, 1)
+        logits = net(((x - m) / s).contiguous(memory_format=torch.channels_last))
+        loss = model_loss(logits, y, v)
+        state.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        state.opt.step()
+        if state.ema is not None:
+            state.ema.update_parameters(net)
+        tr_loss += float(loss.detach())
+        tr_conf.add(_confusion_t(torch.sigmoid(logits.detach()[:, :1]), y[:, :1], v, 0.5))
+        if progress:
+            done = (epoch - 1 + (step + 1) / steps) / cfg.max_epochs
+            progress(done, f"epoch {epoch} step {step + 1}/{steps} loss {tr_loss / (step + 1):.3f}")
+    return {
+        "epoch": epoch,
+        "lr": state.opt.param_groups[0]["lr"],
+        "train_loss": tr_loss / steps,
+        "train_iou": tr_conf.iou(),
+        "train_accuracy": tr_conf.accuracy(),
+    }
+
+
+def _validate_epoch(
+    eval_net: torch.nn.Module, val_sets: Dict[str, EvalTiles], cfg: TrainConfig, device: torch.device, row: Dict
+) -> float:
+    """Add the validation figures to the epoch's ``row``; return the score that picks the best epoch."""
+    confs = {}
+    losses = []
+    obj_key = (0.5, default_core(cfg))
+    with_objects = cfg.select_on == "iou+objects"
+    obj_total = np.zeros(3, dtype=np.int64)
+    for name, tiles in val_sets.items():
+        r = evaluate_tiles(eval_net, tiles, cfg, device, objects=(obj_key,) if with_objects else ())
+        confs[name] = r[0.5]
+        losses.append(r[-1])
+        row[f"val_{name}_iou"] = r[0.5].iou()
+        row[f"val_{name}_accuracy"] = r[0.5].accuracy()
+        if with_objects:
+            c = r[("objects",) + obj_key]
+            obj_total += c
+            row[f"val_{name}_object_f1"] = _object_f1(*c)
+    pooled = _pooled(confs)
+    row["val_loss"] = float(np.mean(losses)) if losses else float("nan")
+    row["val_iou"] = pooled.iou()
+    row["val_accuracy"] = pooled.accuracy()
+    if not with_objects:
+        return row["val_iou"]
+    row["val_object_f1"] = _object_f1(*obj_total)
+    row["val_score"] = (row["val_iou"] + row["val_object_f1"]) / 2
+    return row["val_score"]
+
+
+def _log_epoch(row: Dict, improved: bool, log: Callable[[str], None]) -> None:
+    log(
+        f"epoch {row['epoch']:3d}  loss {row['train_loss']:.3f}/{row['val_loss']:.3f}  "
+        f"IoU {row['train_iou']:.3f}/{row['val_iou']:.3f}  acc {row['train_accuracy']:.3f}/{row['val_accuracy']:.3f}  "
+        + (f"object F1 {row['val_object_f1']:.3f}  " if "val_object_f1" in row else "")
+        + f"lr {row['lr']:.1e}  {row['seconds'] / 60:.1f} min"
+        + ("  *best*" if improved else "")
+    )
+
+
+def _best_result(
+    state: TrainState, val_sets: Dict[str, EvalTiles], cfg: TrainConfig, device: torch.device, t0: float, stopped: str
+) -> TrainResult:
+    """The best epoch's network with its threshold (and core threshold) tuned on validation."""
+    net = state.net
+    net.load_state_dict(state.best_state)
     threshold, val_metrics = tune_threshold(net, val_sets, cfg, device)
     core = None
     if cfg.select_on == "iou+objects" and val_sets:
@@ -417,8 +387,8 @@ def train(
         val_metrics["objects"] = objects
     return TrainResult(
         net.cpu(),
-        history,
-        best_epoch,
+        state.history,
+        state.best_epoch,
         threshold,
         val_metrics,
         (time.time() - t0) / 60,
