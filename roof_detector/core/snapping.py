@@ -314,11 +314,7 @@ def _regularize_ring(
     ring: np.ndarray, theta: float, tol: float, diagonals: bool
 ) -> Optional[List[Tuple[float, float]]]:
     """The squared ring (closed list of (x, y)), or None when the ring is not rectilinear or collapses."""
-    # Anchor the simplification at the vertex farthest from the centroid: a corner.
-    body = ring[:-1]
-    centred = body - _add(body, axis=0) / len(body)  # body - body.mean(axis=0), bit for bit
-    start = int(np.argmax(np.hypot(centred[:, 0], centred[:, 1])))
-    ring = np.concatenate([body[start:], body[:start], body[start : start + 1]])
+    ring = _from_a_corner(ring)
     xs, ys = ring[:, 0].tolist(), ring[:, 1].tolist()
     idx = _simplify_indices(ring, tol, xs, ys)
     if len(idx) < 4:
@@ -327,6 +323,26 @@ def _regularize_ring(
     perimeter = _np_sum(lengths)
     if perimeter <= 0:
         return None
+    nearest = _nearest_directions(angles, lengths, theta, diagonals, perimeter)
+    if nearest is None:
+        return None
+    lines = _merge_parallel(_edge_lines(ring, idx, xs, ys, lengths, nearest, theta, tol), tol)
+    if lines is None or len(lines) < 3:
+        return None
+    return _corners(lines)
+
+
+def _from_a_corner(ring: np.ndarray) -> np.ndarray:
+    """The closed ring restarted at the vertex farthest from the centroid (a corner), to anchor the simplification."""
+    body = ring[:-1]
+    centred = body - _add(body, axis=0) / len(body)  # body - body.mean(axis=0), bit for bit
+    start = int(np.argmax(np.hypot(centred[:, 0], centred[:, 1])))
+    return np.concatenate([body[start:], body[:start], body[start : start + 1]])
+
+
+def _nearest_directions(angles, lengths, theta: float, diagonals: bool, perimeter: float) -> Optional[List[float]]:
+    """Each simplified edge's nearest allowed direction relative to ``theta``; None when too little
+    of the perimeter lies within :data:`ALIGN_TOLERANCE_DEG` of one (not a rectilinear outline)."""
     dirs = (0.0, 90.0, 180.0, 45.0, 135.0) if diagonals else (0.0, 90.0, 180.0)
     nearest = []
     aligned = []
@@ -339,7 +355,11 @@ def _regularize_ring(
             aligned.append(length)
     if _np_sum(aligned) < MIN_ALIGNED_FRACTION * perimeter:
         return None
+    return nearest
 
+
+def _edge_lines(ring, idx, xs, ys, lengths, nearest, theta: float, tol: float) -> List[_Line]:
+    """One snapped line per simplified edge long enough to carry a direction, through the raw boundary."""
     # Raw segment lengths and midpoints, sliced per snapped edge below: elementwise,
     # so identical to computing them on each edge's own stretch of the ring.
     step = ring[1:] - ring[:-1]
@@ -368,9 +388,11 @@ def _regularize_ring(
         else:
             line.c = line.nx * xs[i0] + line.ny * ys[i0]
         lines.append(line)
-    lines = _merge_parallel(lines, tol)
-    if lines is None or len(lines) < 3:
-        return None
+    return lines
+
+
+def _corners(lines: List[_Line]) -> Optional[List[Tuple[float, float]]]:
+    """The closed ring of consecutive lines' intersections; None when two neighbours do not meet."""
     corners = []
     for i in range(len(lines)):
         p = _intersect(lines[i], lines[(i + 1) % len(lines)])

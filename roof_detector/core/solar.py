@@ -138,14 +138,25 @@ def orientations_deg(metric_geometries: np.ndarray) -> np.ndarray:
     n_pts = shapely.get_num_coordinates(rings)
     big = n_pts > _VECTOR_HULL_MAX
     for i in polys[big]:  # rare: a huge round hull
-        rect = shapely.minimum_rotated_rectangle(geoms[i])
-        c = shapely.get_coordinates(rect)
-        e1, e2 = c[1] - c[0], c[2] - c[1]
-        long_edge = e1 if np.hypot(*e1) >= np.hypot(*e2) else e2
-        out[i] = _azimuths(np.array([long_edge[0]]), np.array([long_edge[1]]))[0]
+        out[i] = _rectangle_azimuth(geoms[i])
     polys, rings, n_pts = polys[~big], rings[~big], n_pts[~big]
-    if not len(polys):
-        return out
+    if len(polys):
+        hull_of, azimuths = _hull_azimuths(rings, n_pts)
+        out[polys[hull_of]] = azimuths
+    return out
+
+
+def _rectangle_azimuth(geometry) -> float:
+    """Long axis of shapely's minimum rotated rectangle (one geometry at a time)."""
+    rect = shapely.minimum_rotated_rectangle(geometry)
+    c = shapely.get_coordinates(rect)
+    e1, e2 = c[1] - c[0], c[2] - c[1]
+    long_edge = e1 if np.hypot(*e1) >= np.hypot(*e2) else e2
+    return _azimuths(np.array([long_edge[0]]), np.array([long_edge[1]]))[0]
+
+
+def _hull_azimuths(rings: np.ndarray, n_pts: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Long axes of the minimum-area rectangles of convex hull ``rings``: (ring indexes, azimuths)."""
     xy, owner = shapely.get_coordinates(rings, return_index=True)  # closed rings: first == last
     pt_start = np.concatenate([[0], np.cumsum(n_pts)[:-1]])
     # Edges j -> j + 1 inside each ring (the ring's last coordinate starts none).
@@ -157,23 +168,14 @@ def orientations_deg(metric_geometries: np.ndarray) -> np.ndarray:
     length = np.hypot(d[:, 0], d[:, 1])
     with np.errstate(invalid="ignore", divide="ignore"):
         ux, uy = d[:, 0] / length, d[:, 1] / length
-    # Every (edge, vertex of the same hull) pair, grouped by edge.
-    seg = n_pts[e_owner]
-    seg_start = np.concatenate([[0], np.cumsum(seg)[:-1]])
-    pair_edge = np.repeat(np.arange(len(e_from)), seg)
-    pair_pt = np.repeat(pt_start[e_owner] - seg_start, seg) + np.arange(int(seg.sum()))
-    px, py = xy[pair_pt, 0], xy[pair_pt, 1]
-    along = px * ux[pair_edge] + py * uy[pair_edge]
-    across = py * ux[pair_edge] - px * uy[pair_edge]
-    width = np.maximum.reduceat(along, seg_start) - np.minimum.reduceat(along, seg_start)
-    height = np.maximum.reduceat(across, seg_start) - np.minimum.reduceat(across, seg_start)
+    width, height = _extents_along_edges(xy, n_pts, pt_start, e_owner, ux, uy)
     area = np.where(length > 0, width * height, np.inf)
     area = np.nan_to_num(area, nan=np.inf)
     # The first edge of least area per hull.
-    n_edges = np.bincount(e_owner, minlength=len(polys))
+    n_edges = np.bincount(e_owner, minlength=len(rings))
     edge_start = np.concatenate([[0], np.cumsum(n_edges)[:-1]])
     has_edges = n_edges > 0
-    best_area = np.full(len(polys), np.inf)
+    best_area = np.full(len(rings), np.inf)
     best_area[has_edges] = np.minimum.reduceat(area, edge_start[has_edges])
     is_best = (area <= best_area[e_owner]) & np.isfinite(area)
     hull_of, first = np.unique(e_owner[is_best], return_index=True)
@@ -181,8 +183,24 @@ def orientations_deg(metric_geometries: np.ndarray) -> np.ndarray:
     long_is_edge = width[best] >= height[best]
     ax = np.where(long_is_edge, ux[best], -uy[best])
     ay = np.where(long_is_edge, uy[best], ux[best])
-    out[polys[hull_of]] = _azimuths(ax, ay)
-    return out
+    return hull_of, _azimuths(ax, ay)
+
+
+def _extents_along_edges(
+    xy: np.ndarray, n_pts: np.ndarray, pt_start: np.ndarray, e_owner: np.ndarray, ux: np.ndarray, uy: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Extent of each edge's hull along the edge (unit vector ux, uy) and across it, in one numpy pass."""
+    # Every (edge, vertex of the same hull) pair, grouped by edge.
+    seg = n_pts[e_owner]
+    seg_start = np.concatenate([[0], np.cumsum(seg)[:-1]])
+    pair_edge = np.repeat(np.arange(len(e_owner)), seg)
+    pair_pt = np.repeat(pt_start[e_owner] - seg_start, seg) + np.arange(int(seg.sum()))
+    px, py = xy[pair_pt, 0], xy[pair_pt, 1]
+    along = px * ux[pair_edge] + py * uy[pair_edge]
+    across = py * ux[pair_edge] - px * uy[pair_edge]
+    width = np.maximum.reduceat(along, seg_start) - np.minimum.reduceat(along, seg_start)
+    height = np.maximum.reduceat(across, seg_start) - np.minimum.reduceat(across, seg_start)
+    return width, height
 
 
 def _azimuths(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
