@@ -10,63 +10,46 @@ only hides it; the run goes on in QGIS's task manager.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set
 
-from qgis.core import Qgis, QgsMapLayerProxyModel, QgsMessageLog, QgsRasterLayer, QgsVectorLayer
+from qgis.core import Qgis, QgsMapLayerProxyModel, QgsMessageLog, QgsRasterLayer
 from qgis.gui import QgsMessageBar
-from qgis.PyQt.QtCore import Qt, pyqtSlot
+from qgis.PyQt.QtCore import pyqtSlot
 from qgis.PyQt.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
-    QGridLayout,
-    QGroupBox,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QMessageBox,
     QProgressBar,
     QPushButton,
     QSizePolicy,
-    QTableWidget,
-    QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from ..core.params import FINETUNE
 from ..qgis_adapter.deps import dependency_problem
-from ..qgis_adapter.finetune_task import (
-    FinetuneRequest,
-    FinetuneTask,
-    area_wkt,
-    label_source,
-    labels_in_raster,
-    make_temp_dir,
-)
+from ..qgis_adapter.finetune_task import FinetuneRequest, FinetuneTask
 from ..qgis_adapter.paths import library_models_in, model_library_dir
-from ..qgis_adapter.request import RequestError, is_polygon_layer, raster_file_path
+from ..qgis_adapter.request import RequestError, is_polygon_layer
 from . import LOG_TAG, settings, tr
 from .curve_chart import CurveChart
-from .param_widgets import declared_spin
+from .finetune_request import finetune_request
+from .finetune_results import ComparisonBox, epochs_text, stop_reason
+from .finetune_training_box import TrainingBox
 from .pickers import (
     add_model_choices,
     chosen_model_path,
     choice_combo,
-    device_combo,
     layer_combo,
     model_summary,
-    restore_device,
     select_data,
 )
-
-
-def epochs_text(n: int) -> str:
-    """'1 epoch', '12 epochs'."""
-    return tr("1 epoch") if n == 1 else tr("{n} epochs").format(n=n)
+from .widget_settings import save_widgets
 
 
 def epoch_status(engine_text: str) -> str:
@@ -129,7 +112,8 @@ class FinetuneDialog(QDialog):
         self._build_model_rows(form)
         left = QVBoxLayout()
         left.addLayout(form)
-        left.addWidget(self._build_training_box())
+        self.training = TrainingBox(self)
+        left.addWidget(self.training)
         left.addStretch(1)
         columns = QHBoxLayout()
         columns.addLayout(left, 5)
@@ -192,47 +176,6 @@ class FinetuneDialog(QDialog):
         self.name_edit.setPlaceholderText(tr("e.g. roofs-lyon-2023"))
         form.addRow(tr("New model name"), self.name_edit)
 
-    def _build_training_box(self) -> QGroupBox:
-        """The training parameters: ranges, steps and tooltips from core.params."""
-        train_box = QGroupBox(tr("Training"), self)
-        grid = QGridLayout(train_box)
-        self.epochs_spin = declared_spin(train_box, "finetune", "epochs")
-        self.lr_spin = declared_spin(train_box, "finetune", "lr")
-        self.batch_spin = declared_spin(train_box, "finetune", "batch_size")
-        self.val_spin = declared_spin(train_box, "finetune", "val_fraction", scale=100.0, suffix=" %", integer=True)
-        self.patience_spin = declared_spin(train_box, "finetune", "patience")
-        self.samples_spin = declared_spin(train_box, "finetune", "samples_per_epoch")
-        self.samples_spin.setMinimum(0)  # 0 shows "Automatic" (the declaration's None)
-        self.samples_spin.setSpecialValueText(tr("Automatic"))
-        self.samples_spin.setToolTip(
-            tr("Training crops per epoch; Automatic = {what}").format(what=tr(FINETUNE["samples_per_epoch"].none_means))
-        )
-        self.budget_spin = declared_spin(train_box, "finetune", "max_minutes")
-        self.budget_spin.setSpecialValueText(tr("None"))  # 0: no time budget (as the declaration's None)
-        self.budget_info = QLabel(train_box)
-        self.budget_info.setWordWrap(True)
-        self.device_combo, devices = device_combo(train_box)
-        self.device_info = QLabel(devices["text"], train_box)
-        self.device_combo.setToolTip(devices["text"])
-        cells = (
-            (tr("Epochs"), self.epochs_spin),
-            (tr("Learning rate"), self.lr_spin),
-            (tr("Batch size"), self.batch_spin),
-            (tr("Validation"), self.val_spin),
-            (tr("Patience"), self.patience_spin),
-            (tr("Samples/epoch"), self.samples_spin),
-            (tr("Time budget"), self.budget_spin),
-            (tr("Device"), self.device_combo),
-        )
-        for i, (label, widget) in enumerate(cells):
-            grid.addWidget(QLabel(label, train_box), i // 2, (i % 2) * 2)
-            grid.addWidget(widget, i // 2, (i % 2) * 2 + 1)
-        grid.addWidget(self.device_info, 4, 0, 1, 4)
-        grid.addWidget(self.budget_info, 5, 0, 1, 4)
-        for spin in (self.epochs_spin, self.batch_spin, self.samples_spin, self.budget_spin):
-            spin.valueChanged.connect(self._update_budget)
-        return train_box
-
     def _build_progress_column(self) -> QVBoxLayout:
         """Training curves, status, progress and the before/after table."""
         self.chart = CurveChart(self)
@@ -241,40 +184,13 @@ class FinetuneDialog(QDialog):
         self.progress = QProgressBar(self)
         self.progress.setRange(0, 100)
         self.progress.setValue(0)
-        self.results_box = QGroupBox(tr("Validation before / after"), self)
-        rlayout = QVBoxLayout(self.results_box)
-        self.results_table = QTableWidget(2, 3, self.results_box)
-        self.results_table.setHorizontalHeaderLabels([tr("Base model"), tr("Fine-tuned"), tr("Change")])
-        self.results_table.setVerticalHeaderLabels([tr("IoU"), tr("Accuracy")])
-        self.results_table.setEditTriggers(QTableWidget.NoEditTriggers)
-        self.results_table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        self.results_table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        self.results_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
-        self.results_table.horizontalHeader().setStretchLastSection(True)
-        self.results_table.setFixedHeight(
-            self.results_table.horizontalHeader().sizeHint().height()
-            + 2 * self.results_table.verticalHeader().defaultSectionSize()
-            + 2 * self.results_table.frameWidth()
-        )
-        self.results_info = QLabel(self.results_box)
-        self.results_info.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
-        rlayout.addWidget(self.results_table)
-        rlayout.addWidget(self.results_info)
-        self.results_box.setVisible(False)
+        self.results_box = ComparisonBox(self)
         right = QVBoxLayout()
         right.addWidget(self.chart, 1)
         right.addWidget(self.status_label)
         right.addWidget(self.progress)
         right.addWidget(self.results_box)
         return right
-
-    def _update_budget(self, *_: Any) -> None:
-        """Say, before starting, how long training may take: the budget and the per-epoch cost."""
-        from .present import budget_text
-
-        self.budget_info.setText(
-            budget_text(self.budget_spin.value(), self.samples_spin.value(), self.epochs_spin.value())
-        )
 
     def fill_models(self) -> None:
         """(Re)list the bundled model and the library's models, keeping the current choice."""
@@ -296,28 +212,12 @@ class FinetuneDialog(QDialog):
             self.labels_combo.setLayer(active)
         select_data(self.area_combo, settings.get("ft_area_mode"))
         select_data(self.model_combo, settings.get("ft_base_model"))
-        self.epochs_spin.setValue(settings.get("ft_epochs"))
-        self.lr_spin.setValue(settings.get("ft_lr"))
-        self.batch_spin.setValue(settings.get("ft_batch_size"))
-        self.val_spin.setValue(settings.get("ft_val_percent"))
-        self.patience_spin.setValue(settings.get("ft_patience"))
-        self.samples_spin.setValue(settings.get("ft_samples_per_epoch"))
-        self.budget_spin.setValue(settings.get("ft_max_minutes"))
-        self._update_budget()
-        restore_device(self.device_combo, settings.get("ft_device"))
+        self.training.load_settings()
         self._suggest_name()
 
     def _save_settings(self) -> None:
-        settings.set("ft_area_mode", self.area_combo.currentData())
-        settings.set("ft_base_model", self.model_combo.currentData())
-        settings.set("ft_epochs", self.epochs_spin.value())
-        settings.set("ft_lr", self.lr_spin.value())
-        settings.set("ft_batch_size", self.batch_spin.value())
-        settings.set("ft_val_percent", self.val_spin.value())
-        settings.set("ft_patience", self.patience_spin.value())
-        settings.set("ft_samples_per_epoch", self.samples_spin.value())
-        settings.set("ft_max_minutes", self.budget_spin.value())
-        settings.set("ft_device", self.device_combo.currentData())
+        save_widgets((("ft_area_mode", self.area_combo), ("ft_base_model", self.model_combo)))
+        self.training.save_settings()
 
     def _suggest_name(self, *_: Any) -> None:
         """Propose 'finetuned-<raster>' while the user has not typed a name of their own."""
@@ -344,14 +244,7 @@ class FinetuneDialog(QDialog):
             self.area_combo,
             self.model_combo,
             self.name_edit,
-            self.epochs_spin,
-            self.lr_spin,
-            self.batch_spin,
-            self.val_spin,
-            self.patience_spin,
-            self.samples_spin,
-            self.budget_spin,
-            self.device_combo,
+            *self.training.inputs(),
         ):
             widget.setEnabled(idle)
         self.area_layer_combo.setEnabled(idle and self.area_combo.currentData() != "labels")
@@ -360,107 +253,17 @@ class FinetuneDialog(QDialog):
         self.model_info.setText(model_summary(self.selected_model_path())["text"])
 
     # -- the request -------------------------------------------------------
-    def _checked_labels(self, raster: QgsRasterLayer) -> Tuple[QgsVectorLayer, bool, List[str]]:
-        """The label layer, whether only its selection counts, and notes; raises :class:`RequestError`."""
-        labels = self.labels_combo.currentLayer()
-        if not is_polygon_layer(labels):
-            raise RequestError(tr("Choose the polygon layer with the buildings (labels)."))
-        selected_only = self.labels_selected.isChecked()
-        if selected_only and labels.selectedFeatureCount() == 0:
-            raise RequestError(
-                tr(
-                    "No features are selected in layer '{name}'. Select the buildings to learn "
-                    "from, or untick 'Selected features only'."
-                ).format(name=labels.name())
-            )
-        if not labels.crs().isValid():
-            raise RequestError(
-                tr("Layer '{name}' has no coordinate reference system. Set it in Layer Properties > Source.").format(
-                    name=labels.name()
-                )
-            )
-        notes = []
-        if labels.crs() != raster.crs():
-            notes.append(
-                tr("The labels ({labels_crs}) are reprojected to the raster's CRS ({raster_crs}).").format(
-                    labels_crs=labels.crs().authid() or labels.crs().description(),
-                    raster_crs=raster.crs().authid() or raster.crs().description(),
-                )
-            )
-        if labels_in_raster(labels, selected_only, raster) is False:
-            raise RequestError(
-                tr(
-                    "No polygon of layer '{labels}' lies inside raster '{raster}'. Check that the "
-                    "buildings cover the orthophoto."
-                ).format(labels=labels.name(), raster=raster.name())
-            )
-        return labels, selected_only, notes
-
     def build_request(self) -> FinetuneRequest:
-        """Check every choice and return the request; raises :class:`RequestError` for bad ones.
-
-        Layers that the engine cannot read from a file are exported to
-        temporary GeoPackages last, once every check has passed.
-        """
-        from ..core.model_library import ModelLibraryError, new_model_path
-
-        raster = self.raster_combo.currentLayer()
-        raster_path = raster_file_path(raster)
-        labels, selected_only, notes = self._checked_labels(raster)
-        mode = self.area_combo.currentData()
-        area = None
-        if mode in ("layer", "selection"):
-            area = area_wkt(self.area_layer_combo.currentLayer(), mode == "selection", raster)
-        model = self.selected_model_path()
-        if not model:
-            raise RequestError(tr("The bundled model is not installed; choose a model from the library."))
-        info = model_summary(model)
-        if not info["ok"]:
-            raise RequestError(info["text"])
-        name = self.name_edit.text().strip()
-        if not name:
-            raise RequestError(tr("Enter a name for the new model."))
-        try:
-            output = new_model_path(self.library_dir, name)
-        except ModelLibraryError as exc:
-            raise RequestError(str(exc)) from None
-        request = FinetuneRequest(
-            raster.name(),
-            dict(
-                raster_path=raster_path,
-                labels_path="",
-                output_path=output,
-                name=name,
-                base_model_path=model,
-                area_wkt=area,
-                epochs=self.epochs_spin.value(),
-                lr=self.lr_spin.value(),
-                batch_size=self.batch_spin.value(),
-                val_fraction=self.val_spin.value() / 100.0,
-                patience=self.patience_spin.value(),
-                samples_per_epoch=self.samples_spin.value() or None,
-                max_minutes=self.budget_spin.value() or None,
-                device=self.device_combo.currentData(),
-            ),
-            notes=notes,
+        """Check every choice and return the request; raises :class:`RequestError` for bad ones."""
+        return finetune_request(
+            self.raster_combo.currentLayer(),
+            (self.labels_combo.currentLayer(), self.labels_selected.isChecked()),
+            (self.area_combo.currentData(), self.area_layer_combo.currentLayer()),
+            self.selected_model_path(),
+            self.name_edit.text().strip(),
+            self.library_dir,
+            self.training.options(),
         )
-
-        def temp_dir() -> str:
-            if request.temp_dir is None:
-                request.temp_dir = make_temp_dir()
-            return request.temp_dir
-
-        try:
-            request.options["labels_path"], request.options["labels_layer"], _ = label_source(
-                labels, selected_only, temp_dir
-            )
-        except Exception:
-            if request.temp_dir:
-                import shutil
-
-                shutil.rmtree(request.temp_dir, ignore_errors=True)
-            raise
-        return request
 
     # -- running -----------------------------------------------------------
     def message(self, text: str, level: int = Qgis.Info, title: str = "") -> None:
@@ -566,42 +369,13 @@ class FinetuneDialog(QDialog):
             self.task = None
         self._update_enabled()
         result = task.result if ok else None
-        if result is not None:
-            self.progress.setValue(100)
-            for note in result.notes:
-                level = Qgis.Warning if ("repaired" in note or "skipped" in note) else Qgis.Info
-                self.message(note, level)
-            if result.model_path:
-                self.show_comparison(result.before, result.after)
-                stopped = {
-                    "early-stopping": tr("stopped early: validation IoU no longer improved"),
-                    "max-epochs": tr("all epochs run"),
-                    "cancelled": tr("stopped by you"),
-                    "time-budget": tr("time budget reached"),
-                }.get(result.stopped, result.stopped)
-                text = tr(
-                    "Model '{name}' saved to the library after {epochs} ({stopped}); threshold {thr:.2f}. "
-                    "It is listed in Detect Buildings."
-                ).format(
-                    name=task.request.name,
-                    epochs=epochs_text(len(result.history)),
-                    stopped=stopped,
-                    thr=result.threshold,
-                )
-                self.status_label.setText(
-                    tr("Done: {epochs}, {stopped}.").format(epochs=epochs_text(len(result.history)), stopped=stopped)
-                )
-                self.status_label.setToolTip(text)
-                self.results_info.setText(
-                    tr("Saved as {model} in the model library.").format(model=os.path.basename(result.model_path))
-                )
-                self.results_info.setToolTip("\n".join(p for p in (result.model_path, result.curves_path) if p))
-                self.bar.pushMessage(tr("Done"), text, level=Qgis.Success, duration=0)
-                notify(self.iface, text, Qgis.Success, 10)  # logs it too: once
-            else:
-                text = tr("Fine-tuning cancelled; the model was not kept.")
-                self.status_label.setText(text)
-                self.message(text, Qgis.Info)
+        if result is not None and result.model_path:
+            self._report_saved(task, result)
+        elif result is not None:
+            self._report_notes(result)
+            text = tr("Fine-tuning cancelled; the model was not kept.")
+            self.status_label.setText(text)
+            self.message(text, Qgis.Info)
         elif task.was_cancelled:
             text = tr("Fine-tuning cancelled before the first epoch ended; no model was written.")
             self.status_label.setText(text)
@@ -616,19 +390,37 @@ class FinetuneDialog(QDialog):
         if self.on_task_finished is not None:
             self.on_task_finished(task, ok)
 
+    def _report_notes(self, result: Any) -> None:
+        self.progress.setValue(100)
+        for note in result.notes:
+            level = Qgis.Warning if ("repaired" in note or "skipped" in note) else Qgis.Info
+            self.message(note, level)
+
+    def _report_saved(self, task: FinetuneTask, result: Any) -> None:
+        """A model was written: figures, where it is, and a message in QGIS's bar."""
+        from .present import notify
+
+        self._report_notes(result)
+        self.show_comparison(result.before, result.after)
+        stopped = stop_reason(result.stopped)
+        epochs = epochs_text(len(result.history))
+        text = tr(
+            "Model '{name}' saved to the library after {epochs} ({stopped}); threshold {thr:.2f}. "
+            "It is listed in Detect Buildings."
+        ).format(name=task.request.name, epochs=epochs, stopped=stopped, thr=result.threshold)
+        self.status_label.setText(tr("Done: {epochs}, {stopped}.").format(epochs=epochs, stopped=stopped))
+        self.status_label.setToolTip(text)
+        self.results_box.info.setText(
+            tr("Saved as {model} in the model library.").format(model=os.path.basename(result.model_path))
+        )
+        self.results_box.info.setToolTip("\n".join(p for p in (result.model_path, result.curves_path) if p))
+        self.bar.pushMessage(tr("Done"), text, level=Qgis.Success, duration=0)
+        notify(self.iface, text, Qgis.Success, 10)  # logs it too: once
+
     def show_comparison(self, before: Dict[str, float], after: Dict[str, float]) -> None:
         """Fill the before/after table (validation IoU and accuracy)."""
         self.comparison = {"before": dict(before or {}), "after": dict(after or {})}
-        for row, key in enumerate(("iou", "accuracy")):
-            b, a = (before or {}).get(key), (after or {}).get(key)
-            cells = [
-                f"{b:.3f}" if b is not None else "-",
-                f"{a:.3f}" if a is not None else "-",
-                f"{a - b:+.3f}" if a is not None and b is not None else "-",
-            ]
-            for col, text in enumerate(cells):
-                self.results_table.setItem(row, col, QTableWidgetItem(text))
-        self.results_box.setVisible(True)
+        self.results_box.show_figures(before, after)
 
     # -- closing -----------------------------------------------------------
     def reject(self) -> None:

@@ -102,12 +102,12 @@ def make_dialog(iface, library, raster, labels, name="lyon", epochs=2, patience=
     dialog.model_combo.setCurrentIndex(dialog.model_combo.findData("library:" + str(library / "base.pt")))
     assert dialog.model_combo.currentIndex() >= 0
     dialog.name_edit.setText(name)
-    dialog.epochs_spin.setValue(epochs)
-    dialog.lr_spin.setValue(0.003)
-    dialog.batch_spin.setValue(4)
-    dialog.samples_spin.setValue(8)
-    dialog.patience_spin.setValue(patience)
-    dialog.device_combo.setCurrentIndex(dialog.device_combo.findData("cpu"))
+    dialog.training.epochs_spin.setValue(epochs)
+    dialog.training.lr_spin.setValue(0.003)
+    dialog.training.batch_spin.setValue(4)
+    dialog.training.samples_spin.setValue(8)
+    dialog.training.patience_spin.setValue(patience)
+    dialog.training.device_combo.setCurrentIndex(dialog.training.device_combo.findData("cpu"))
     return dialog
 
 
@@ -169,7 +169,7 @@ def test_finetune_from_memory_layer_in_another_crs(qgis_iface, qgis_app, project
     assert set(dialog.comparison) == {"before", "after"}
     assert dialog.comparison["after"]["iou"] == pytest.approx(meta["metrics"]["val_after"]["iou"])
     assert dialog.results_box.isVisibleTo(dialog)
-    assert dialog.results_table.item(0, 0).text() == f"{meta['metrics']['val_before']['iou']:.3f}"
+    assert dialog.results_box.table.item(0, 0).text() == f"{meta['metrics']['val_before']['iou']:.3f}"
     assert not dialog.running and dialog.start_button.isEnabled()
     assert not os.path.exists(temp_dir)  # the exported layer is cleaned up
     assert any("lyon" in m for m in qgis_iface.messageBar().get_messages(3))
@@ -292,9 +292,9 @@ def test_selected_features_only_exports_the_selection(qgis_iface, project, raste
         assert request.options["area_wkt"] is None and request.options["val_fraction"] == pytest.approx(0.2)
         # the time budget (default 15 min) is shown before starting and reaches the engine
         assert request.options["max_minutes"] == 15.0 and request.finetune_options().max_minutes == 15.0
-        assert "at most 15 min" in dialog.budget_info.text()
-        dialog.budget_spin.setValue(0)
-        assert "No time budget" in dialog.budget_info.text()
+        assert "at most 15 min" in dialog.training.budget_info.text()
+        dialog.training.budget_spin.setValue(0)
+        assert "No time budget" in dialog.training.budget_info.text()
         assert request.options["output_path"] == str(library / "lyon.pt")
     finally:
         from roof_detector.qgis_adapter.finetune_task import FinetuneTask
@@ -308,7 +308,7 @@ def test_plugin_actions_open_the_dialogs(plugin, qgis_iface, project):
     by_name = {a.objectName(): a for a in plugin.menu_actions}
     by_name["roofDetectorFinetune"].trigger()
     assert plugin.finetune_dialog is not None and plugin.finetune_dialog.isVisible()
-    assert plugin.finetune_dialog.val_spin.value() == 20  # the seed study's 80/20 split
+    assert plugin.finetune_dialog.training.val_spin.value() == 20  # the seed study's 80/20 split
     assert "unlabelled buildings" in plugin.finetune_dialog.area_help.text()
     by_name["roofDetectorModelLibrary"].trigger()
     assert plugin.library_dialog is not None and plugin.library_dialog.isVisible()

@@ -111,15 +111,15 @@ def test_finetune_dialog_uses_the_declared_ranges(qgis_iface, tmp_path):
 
     dialog = FinetuneDialog(qgis_iface, library_dir=str(tmp_path))
     for name, spin, scale in (
-        ("epochs", dialog.epochs_spin, 1),
-        ("lr", dialog.lr_spin, 1),
-        ("batch_size", dialog.batch_spin, 1),
-        ("val_fraction", dialog.val_spin, 100),
-        ("patience", dialog.patience_spin, 1),
+        ("epochs", dialog.training.epochs_spin, 1),
+        ("lr", dialog.training.lr_spin, 1),
+        ("batch_size", dialog.training.batch_spin, 1),
+        ("val_fraction", dialog.training.val_spin, 100),
+        ("patience", dialog.training.patience_spin, 1),
     ):
         p = FINETUNE[name]
         assert (spin.minimum(), spin.maximum()) == pytest.approx((p.low * scale, p.high * scale)), name
-    assert dialog.samples_spin.maximum() == FINETUNE["samples_per_epoch"].high
+    assert dialog.training.samples_spin.maximum() == FINETUNE["samples_per_epoch"].high
 
 
 def test_saved_settings_default_to_the_declarations_and_refuse_out_of_range_values(qgis_app):
