@@ -42,9 +42,8 @@ def argparse_hidden():
 
 def run(args) -> int:
     from . import bench
-    from roof_detector.core.inference import default_batch_size, fitted_batch_size
     from roof_detector.core.errors import RoofDetectorError
-    from roof_detector.core.model_io import load_model, resolve_device
+    from roof_detector.core.devices import resolve_device
 
     sizes = args.size or [8192]
     if any(size < 256 for size in sizes) or args.repeats < 1 or (args.batch_size is not None and args.batch_size < 1):
@@ -54,17 +53,37 @@ def run(args) -> int:
         return 0
     say = (lambda *a: None) if args.json else (lambda *a: print(*a, flush=True))
     device = resolve_device(args.device)
-    # The batch size detection would pick (fitted to free memory on CUDA), passed on to the
-    # pipeline runs so that both figures use the same settings.
-    if args.batch_size:
-        batch = args.batch_size
-    elif device.type == "cuda":
-        batch = fitted_batch_size(load_model(args.model, args.device))
-    else:
-        batch = default_batch_size(device)
+    batch = _batch_size(args, device)
     figures = {"machine": bench.machine(), "batch_size": batch}
     say(f"machine: {figures['machine']}")
     figures.update(bench.model_throughput(args.model, args.device, batch))
+    _say_model(figures, device, say)
+    if device.type == "cpu" and "gflops_per_s" in figures:
+        _add_peak_share(figures, say)
+    _add_pipeline_runs(figures, sizes, args, batch, say)
+    if not args.no_finetune:
+        say("fine-tuning 10 epochs on 2048 x 2048 px ...")
+        figures.update(bench.finetune_time(args.model, args.device))
+        say(f"  {figures['finetune_10_epochs_s']} s")
+    print(bench.as_json_line(figures))
+    return 0
+
+
+def _batch_size(args, device) -> int:
+    """The batch size detection would pick (fitted to free memory on CUDA), passed on to the
+    pipeline runs so that both figures use the same settings."""
+    from roof_detector.core.inference import default_batch_size, fitted_batch_size
+    from roof_detector.core.model_io import load_model
+
+    if args.batch_size:
+        return args.batch_size
+    if device.type == "cuda":
+        return fitted_batch_size(load_model(args.model, args.device))
+    return default_batch_size(device)
+
+
+def _say_model(figures: dict, device, say) -> None:
+    """The network's throughput per backend, and the ONNX twin's with its held-out differences."""
     say(
         f"model ({figures['backend']}): {figures['model_tiles_per_s']} tiles/s"
         + (
@@ -88,18 +107,29 @@ def run(args) -> int:
             )
     elif device.type == "cpu":
         say(f"ONNX twin: {figures.get('onnx_twin')}")
-    if device.type == "cpu" and "gflops_per_s" in figures:
-        peak = bench.cpu_peak_gflops()
-        figures["cpu_peak"] = peak
-        figures["share_of_peak"] = (
-            float(f"{figures['gflops_per_s'] / peak['peak_gflops']:.3g}") if peak["peak_gflops"] else None
-        )
-        figures["matmul_gflops_per_s"] = bench.matmul_gflops()
-        say(
-            f"network: {figures['gflops_per_s']} GFLOP/s = {figures['share_of_peak']:.1%} of the "
-            f"{peak['peak_gflops']} GFLOP/s fp32 peak at the base clock ({peak}; cores that boost "
-            f"can exceed it); torch fp32 matmul 2048^2 on the same threads: {figures['matmul_gflops_per_s']} GFLOP/s"
-        )
+
+
+def _add_peak_share(figures: dict, say) -> None:
+    """The network's GFLOP/s as a share of the CPU's fp32 peak, beside a measured matmul rate."""
+    from . import bench
+
+    peak = bench.cpu_peak_gflops()
+    figures["cpu_peak"] = peak
+    figures["share_of_peak"] = (
+        float(f"{figures['gflops_per_s'] / peak['peak_gflops']:.3g}") if peak["peak_gflops"] else None
+    )
+    figures["matmul_gflops_per_s"] = bench.matmul_gflops()
+    say(
+        f"network: {figures['gflops_per_s']} GFLOP/s = {figures['share_of_peak']:.1%} of the "
+        f"{peak['peak_gflops']} GFLOP/s fp32 peak at the base clock ({peak}; cores that boost "
+        f"can exceed it); torch fp32 matmul 2048^2 on the same threads: {figures['matmul_gflops_per_s']} GFLOP/s"
+    )
+
+
+def _add_pipeline_runs(figures: dict, sizes, args, batch: int, say) -> None:
+    """Whole-pipeline runs per size, each in its own process; the first size's figures at the top level."""
+    from . import bench
+
     figures["pipeline"] = {}
     for size in sizes:
         say(f"pipeline on {size} x {size} px ({args.repeats} runs) ...")
@@ -123,9 +153,3 @@ def run(args) -> int:
     for key in ("pipeline_tiles_per_s", "km2_per_min", "pipeline_over_model", "peak_rss_mb"):
         if key in first:
             figures[key] = first[key]
-    if not args.no_finetune:
-        say("fine-tuning 10 epochs on 2048 x 2048 px ...")
-        figures.update(bench.finetune_time(args.model, args.device))
-        say(f"  {figures['finetune_10_epochs_s']} s")
-    print(bench.as_json_line(figures))
-    return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 from qgis.core import (
     QgsProcessing,
@@ -25,7 +25,7 @@ from .common import (
     raise_if_cancelled,
     raster_source,
 )
-from .parameters import add, help_lines, values
+from .parameters import add, detect_options, help_lines
 
 
 class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
@@ -79,54 +79,13 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
         self.require_dependencies()
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         check_raster_layer(layer)
-        aoi_wkt = None
-        if self.optional_value(parameters, self.EXTENT):
-            aoi = self.parameterAsExtentGeometry(parameters, self.EXTENT, context, layer.crs())
-            if aoi.isNull() or aoi.isEmpty():
-                raise QgsProcessingException(self.tr("The area to search is empty"))
-            aoi_wkt = aoi.asWkt()
+        aoi_wkt = self._area_to_search(parameters, context, layer)
         model = self.parameterAsFile(parameters, self.MODEL, context) or None
         with engine_errors(feedback):
-            from ..core.errors import LargeRunError
-            from ..core.params import DETECT
-            from ..core.pipeline import DetectOptions, detect_buildings
-            from ..core.solar import SolarParams
-            from ..qgis_adapter.output import ResultFeatures, crs_from, summary
-            from ..qgis_adapter.paths import bundled_model_path
+            from ..qgis_adapter.output import ResultFeatures, crs_from
 
-            model = model or bundled_model_path()
-            if model is None:
-                raise QgsProcessingException(
-                    self.tr("The bundled model is not installed; give a model file (parameter MODEL)")
-                )
-            options = DetectOptions(
-                model_path=model,
-                aoi_wkt=aoi_wkt,
-                **values(self, parameters, context, "detect"),
-                **values(self, parameters, context, "outlines"),
-                solar=SolarParams(**values(self, parameters, context, "solar")),
-            )
-            # Web layers, VRTs and in-memory rasters are read through QGIS (opened again in the source's threads).
-            source = raster_source(layer, model, aoi_wkt, feedback.isCanceled)
-            try:
-                feedback.pushInfo(
-                    self.tr("Detecting buildings in {path} with {model}").format(
-                        path=getattr(source, "name", source), model=model
-                    )
-                )
-                try:
-                    result = detect_buildings(
-                        source, options, progress=engine_progress(feedback, 0.0, 95.0), is_cancelled=feedback.isCanceled
-                    )
-                except LargeRunError as exc:
-                    key = DETECT["confirm_large_run"].key
-                    raise QgsProcessingException(
-                        str(exc) + (self.tr(" (parameter {key})").format(key=key) if exc.confirmable else "")
-                    ) from None
-            finally:
-                source_warnings = close_source(source)
-            for warning in list(result.warnings) + source_warnings:
-                feedback.reportError(warning, False)
+            options = detect_options(self, parameters, context, model, aoi_wkt=aoi_wkt)
+            result = self._detect(layer, options, feedback)
             # The layer's own CRS first (keeps its authid), the engine's as fallback: as the dialog does.
             crs = crs_from(layer.crs().authid() or layer.crs().toWkt(), result.crs_wkt)
             buildings = ResultFeatures(result.buildings)  # the fields of the plugin's layers and GeoPackages
@@ -137,6 +96,51 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
         if sink is None:
             raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
         add_features(buildings.features(), sink)
+        count, area = self._report(result, options, feedback)
+        return {self.OUTPUT: dest_id, self.BUILDINGS: count, self.TOTAL_AREA: area}
+
+    def _area_to_search(self, parameters, context, layer) -> Optional[str]:
+        """The EXTENT parameter as WKT in the raster's CRS (None: the whole raster)."""
+        if not self.optional_value(parameters, self.EXTENT):
+            return None
+        aoi = self.parameterAsExtentGeometry(parameters, self.EXTENT, context, layer.crs())
+        if aoi.isNull() or aoi.isEmpty():
+            raise QgsProcessingException(self.tr("The area to search is empty"))
+        return aoi.asWkt()
+
+    def _detect(self, layer, options, feedback) -> Any:
+        """Run the engine on ``layer`` (its warnings go to the log); the ``DetectionResult``."""
+        from ..core.errors import LargeRunError
+        from ..core.params import DETECT
+        from ..core.pipeline import detect_buildings
+
+        # Web layers, VRTs and in-memory rasters are read through QGIS (opened again in the source's threads).
+        source = raster_source(layer, options.model_path, options.aoi_wkt, feedback.isCanceled)
+        try:
+            feedback.pushInfo(
+                self.tr("Detecting buildings in {path} with {model}").format(
+                    path=getattr(source, "name", source), model=options.model_path
+                )
+            )
+            try:
+                result = detect_buildings(
+                    source, options, progress=engine_progress(feedback, 0.0, 95.0), is_cancelled=feedback.isCanceled
+                )
+            except LargeRunError as exc:
+                key = DETECT["confirm_large_run"].key
+                raise QgsProcessingException(
+                    str(exc) + (self.tr(" (parameter {key})").format(key=key) if exc.confirmable else "")
+                ) from None
+        finally:
+            source_warnings = close_source(source)
+        for warning in list(result.warnings) + source_warnings:
+            feedback.reportError(warning, False)
+        return result
+
+    def _report(self, result, options, feedback) -> Tuple[int, float]:
+        """Say what was found; (number of buildings, total area m²)."""
+        from ..qgis_adapter.output import summary
+
         count, area = summary(result.buildings)
         stats = result.stats
         feedback.pushInfo(
@@ -150,4 +154,4 @@ class DetectBuildingsAlgorithm(RoofDetectorAlgorithm):
             )
         )
         feedback.setProgress(100)
-        return {self.OUTPUT: dest_id, self.BUILDINGS: count, self.TOTAL_AREA: area}
+        return count, area

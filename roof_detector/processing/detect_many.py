@@ -23,7 +23,7 @@ from qgis.core import (
 
 from ..core.params import SOLAR
 from .common import RoofDetectorAlgorithm, engine_errors
-from .parameters import add, help_lines, values
+from .parameters import add, detect_options, help_lines, values
 
 
 class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
@@ -98,33 +98,10 @@ class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
 
         with engine_errors(feedback):
             from ..core.detect_many import detect_many
-            from ..core.pipeline import DetectOptions
-            from ..core.solar import SolarParams
-            from ..qgis_adapter.paths import bundled_model_path
 
-            model = model or bundled_model_path()
-            if model is None:
-                raise QgsProcessingException(
-                    self.tr("The bundled model is not installed; give a model file (parameter MODEL)")
-                )
-            options = DetectOptions(
-                model_path=model,
-                **values(self, parameters, context, "detect"),
-                **values(self, parameters, context, "outlines"),
-                solar=SolarParams(**values(self, parameters, context, "solar")),
-            )
+            options = detect_options(self, parameters, context, model)
             _python_for_workers()
-
-            def progress(state) -> None:
-                if state.dashboard and state.done == state.skipped:
-                    feedback.pushInfo(self.tr("Dask dashboard: {url}").format(url=state.dashboard))
-                feedback.setProgress(100.0 * state.done / max(1, state.total))
-                feedback.setProgressText(
-                    self.tr("{done}/{total} tiles, {km2:.3f} km², {n} buildings").format(
-                        done=state.done, total=state.total, km2=state.area_km2, n=state.buildings
-                    )
-                )
-
+            progress = self._progress_reporter(feedback)
             result = detect_many(
                 inputs,
                 output,
@@ -150,6 +127,21 @@ class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
             context.LayerDetails(self.tr("Buildings"), context.project(), self.OUTPUT),
         )
         return {self.OUTPUT: output, self.BUILDINGS: result.buildings, self.TOTAL_AREA: result.building_area_m2}
+
+    def _progress_reporter(self, feedback):
+        """The engine's progress callback: tiles, km² and buildings so far (and the Dask dashboard once)."""
+
+        def progress(state) -> None:
+            if state.dashboard and state.done == state.skipped:
+                feedback.pushInfo(self.tr("Dask dashboard: {url}").format(url=state.dashboard))
+            feedback.setProgress(100.0 * state.done / max(1, state.total))
+            feedback.setProgressText(
+                self.tr("{done}/{total} tiles, {km2:.3f} km², {n} buildings").format(
+                    done=state.done, total=state.total, km2=state.area_km2, n=state.buildings
+                )
+            )
+
+        return progress
 
 
 def _python_for_workers() -> None:

@@ -10,7 +10,7 @@ declaration without a ``key`` is not a Processing parameter (fine-tune's
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from qgis.core import (
     QgsProcessingParameterBoolean,
@@ -93,3 +93,28 @@ def help_lines(group: str, *names: str) -> str:
         p = GROUPS[group][name]
         out.append(f"<b>{p.label}</b>: {p.help_text()}.<br>")
     return "".join(out)
+
+
+def detect_options(alg: Any, parameters: Dict[str, Any], context: Any, model: Optional[str], **fields: Any) -> Any:
+    """The engine's ``DetectOptions`` from an algorithm's detect, outlines and solar parameters.
+
+    ``model``: the model file given, else the bundled model (a :class:`QgsProcessingException`
+    when it is not installed); ``fields``: other options (e.g. the area to search).
+    """
+    from qgis.core import QgsProcessingException
+
+    from ..core.pipeline import DetectOptions
+    from ..core.solar import SolarParams
+    from ..qgis_adapter.paths import bundled_model_path
+    from .common import tr
+
+    model = model or bundled_model_path()
+    if model is None:
+        raise QgsProcessingException(tr("The bundled model is not installed; give a model file (parameter MODEL)"))
+    return DetectOptions(
+        model_path=model,
+        **fields,
+        **values(alg, parameters, context, "detect"),
+        **values(alg, parameters, context, "outlines"),
+        solar=SolarParams(**values(alg, parameters, context, "solar")),
+    )

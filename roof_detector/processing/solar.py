@@ -103,7 +103,6 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
             raise QgsProcessingException(
                 self.tr("The polygon layer has no CRS; set one (Layer Properties > Source) so areas can be measured")
             )
-        crs_wkt = crs.toWkt()
         report_dir = (
             self.parameterAsString(parameters, self.REPORT, context)
             if self.optional_value(parameters, self.REPORT)
@@ -112,7 +111,7 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
 
         with engine_errors(feedback):
             from ..core.footprints import measure_polygons
-            from ..core.report import build_table, totals, write_report
+            from ..core.report import build_table, totals
             from ..core.solar import SolarParams
             from ..qgis_adapter.output import to_shapely
 
@@ -123,26 +122,19 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
                 from ..core.report import check_report_dir
 
                 check_report_dir(report_dir)  # before the work
-            fields = _output_fields(source.fields())
-            if fields is None:  # QgsFields dropped a duplicate: values would shift between columns
-                raise QgsProcessingException(
-                    self.tr("Cannot name the output fields of {names}").format(names=", ".join(source.fields().names()))
-                )
-            wkb_type = QgsWkbTypes.flatType(source.wkbType()) if regularize else source.wkbType()
-            sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, wkb_type, crs)
-            if sink is None:
-                raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
-
+            sink, dest_id, fields, wkb_type = self._sink(parameters, context, source, regularize)
             pairs = [(f, to_shapely(f.geometry())) for f in source.getFeatures()]
             features = [f for f, g in pairs if g is not None]
             originals = [g for _, g in pairs if g is not None]
-            skipped = len(pairs) - len(features)
             feedback.setProgress(10)
             # All polygons at once: the batched sizing of the CLI and of detection.
-            geoms, sized = measure_polygons(originals, crs_wkt, params, regularize, outlines["regularize_tolerance_m"])
+            geoms, sized = measure_polygons(
+                originals, crs.toWkt(), params, regularize, outlines["regularize_tolerance_m"]
+            )
             feedback.setProgress(60)
             rows, regularized = self._write(sink, fields, wkb_type, features, originals, geoms, sized, feedback)
             summed = totals(build_table(rows))
+            self._report(summed, len(pairs) - len(features), regularized if regularize else None, len(rows), feedback)
             results: Dict[str, Any] = {
                 self.OUTPUT: dest_id,
                 self.BUILDINGS: summed["buildings"],
@@ -150,34 +142,57 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
                 self.TOTAL_KWP: summed["kwp"],
                 self.TOTAL_ANNUAL_KWH: summed["annual_kwh"],
             }
-            feedback.pushInfo(
-                self.tr(
-                    "{n} buildings: footprint {area:,.1f} m², usable {usable:,.1f} m², {panels:,} panels, "
-                    "{kwp:,.1f} kWp, {kwh:,.0f} kWh/yr"
-                ).format(
-                    n=summed["buildings"],
-                    area=summed["area_m2"],
-                    usable=summed["usable_area_m2"],
-                    panels=summed["panels"],
-                    kwp=summed["kwp"],
-                    kwh=summed["annual_kwh"],
-                )
-            )
-            if skipped:
-                feedback.pushWarning(self.tr("Skipped {n} features without a geometry").format(n=skipped))
-            if regularize:
-                feedback.pushInfo(
-                    self.tr("Regularized {n} of {total} outlines (the others kept as they were)").format(
-                        n=regularized, total=len(rows)
-                    )
-                )
             if report_dir:
-                paths = write_report(rows, report_dir, params=params.as_dict(), source=source.sourceName())
-                feedback.pushInfo(self.tr("Report: {path}").format(path=paths["html"]))
-                results[self.REPORT] = report_dir
-                results[self.REPORT_HTML] = paths["html"]
+                results.update(self._write_report(rows, report_dir, params, source.sourceName(), feedback))
             feedback.pushDebugInfo(json.dumps(params.as_dict()))
         return results
+
+    def _sink(self, parameters, context, source, regularize: bool) -> Tuple[Any, str, QgsFields, int]:
+        """The output sink with the input's fields and the solar ones: (sink, id, fields, geometry type)."""
+        fields = _output_fields(source.fields())
+        if fields is None:  # QgsFields dropped a duplicate: values would shift between columns
+            raise QgsProcessingException(
+                self.tr("Cannot name the output fields of {names}").format(names=", ".join(source.fields().names()))
+            )
+        wkb_type = QgsWkbTypes.flatType(source.wkbType()) if regularize else source.wkbType()
+        sink, dest_id = self.parameterAsSink(parameters, self.OUTPUT, context, fields, wkb_type, source.sourceCrs())
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, self.OUTPUT))
+        return sink, dest_id, fields, wkb_type
+
+    def _report(
+        self, summed: Dict[str, Any], skipped: int, regularized: Optional[int], total: int, feedback: Any
+    ) -> None:
+        """The totals in the log; features skipped; outlines regularised (``regularized`` None: not asked)."""
+        feedback.pushInfo(
+            self.tr(
+                "{n} buildings: footprint {area:,.1f} m², usable {usable:,.1f} m², {panels:,} panels, "
+                "{kwp:,.1f} kWp, {kwh:,.0f} kWh/yr"
+            ).format(
+                n=summed["buildings"],
+                area=summed["area_m2"],
+                usable=summed["usable_area_m2"],
+                panels=summed["panels"],
+                kwp=summed["kwp"],
+                kwh=summed["annual_kwh"],
+            )
+        )
+        if skipped:
+            feedback.pushWarning(self.tr("Skipped {n} features without a geometry").format(n=skipped))
+        if regularized is not None:
+            feedback.pushInfo(
+                self.tr("Regularized {n} of {total} outlines (the others kept as they were)").format(
+                    n=regularized, total=total
+                )
+            )
+
+    def _write_report(self, rows, report_dir: str, params: Any, source_name: str, feedback: Any) -> Dict[str, str]:
+        """Write the Rooftop Report into ``report_dir``; the REPORT and REPORT_HTML outputs."""
+        from ..core.report import write_report
+
+        paths = write_report(rows, report_dir, params=params.as_dict(), source=source_name)
+        feedback.pushInfo(self.tr("Report: {path}").format(path=paths["html"]))
+        return {self.REPORT: report_dir, self.REPORT_HTML: paths["html"]}
 
     def _write(
         self,
