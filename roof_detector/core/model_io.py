@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from .devices import resolve_device, torch_available
 from .errors import ModelError, OutputError
 from .locations import bundled_model_file
 from .torchscript import jit_load as _torch_jit_load
@@ -63,25 +64,6 @@ MODEL_MAX_TILE_PX = 2048
 
 
 BUNDLED_MODEL_PATH = bundled_model_file()
-
-
-def torch_available() -> bool:
-    """Whether torch imports here (needed for GPUs, fine-tuning and models without an ONNX twin)."""
-    try:
-        import torch  # noqa: F401
-    except Exception:  # noqa: BLE001 - ImportError, or a broken install raising OSError
-        return False
-    return True
-
-
-@dataclass(frozen=True)
-class CpuDevice:
-    """The CPU where torch is not installed: quacks like ``torch.device("cpu")`` for ``.type``."""
-
-    type: str = "cpu"
-
-    def __str__(self) -> str:
-        return "cpu"
 
 
 @dataclass
@@ -316,59 +298,6 @@ def save_model(module: Any, path: str | os.PathLike, metadata: Dict[str, Any]) -
     return str(path)
 
 
-def resolve_device(device: str = "auto") -> Any:
-    """``auto`` picks CUDA, then MPS, then CPU; explicit names are checked.
-
-    Without torch only the CPU exists (a :class:`CpuDevice`).
-    """
-    device = (device or "auto").lower()
-    if not torch_available():
-        if device in ("auto", "cpu"):
-            return CpuDevice()
-        raise ModelError(
-            f"Device {device!r} needs PyTorch, which is not installed here; use the CPU, or install "
-            "torch (QGIS: Plugins > Roof Detector > Check dependencies)"
-        )
-    import torch
-
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError("CUDA was requested but no CUDA GPU is available to PyTorch; use --device cpu or auto")
-    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ModelError("MPS was requested but is not available; use --device cpu or auto")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ModelError(f"Unknown device {device!r}; use auto, cpu or cuda") from None
-    if dev.type not in ("cpu", "cuda", "mps"):  # e.g. `meta`: tensors without data, nothing would be computed
-        raise ModelError(f"Device {device!r} cannot run the model; use auto, cpu or cuda")
-    return dev
-
-
-def device_description(device: Any) -> str:
-    """Human-readable name of a device, e.g. 'CUDA: NVIDIA H100' or 'CPU (2 threads)'."""
-    if isinstance(device, CpuDevice):
-        from .onnx_twin import default_threads
-
-        return f"CPU ({default_threads()} threads)"
-    import torch
-
-    if device.type == "cuda":
-        try:
-            return f"CUDA: {torch.cuda.get_device_name(device)}"
-        except Exception:  # noqa: BLE001 - a description must not fail a finished run
-            return "CUDA GPU"
-    if device.type == "mps":
-        return "Apple MPS"
-    return f"CPU ({torch.get_num_threads()} threads)"
-
-
 BACKENDS = ("auto", "torch", "onnxruntime")
 
 
@@ -394,35 +323,63 @@ def load_model(
     meta = read_metadata(path)
     dev = resolve_device(device)
     extra: Dict[str, Any] = {"backend": "torch"}
-    if dev.type == "cpu" and backend in ("auto", "onnxruntime"):
-        from . import onnx_twin
+    use_onnx = dev.type == "cpu" and backend in ("auto", "onnxruntime")
+    if use_onnx:
+        twin = _twin_model(path, meta, dev, backend, extra)
+        if twin is not None:
+            return twin
+    module = _torchscript_module(path)
+    use_half = dev.type == "cuda" if half is None else bool(half and dev.type == "cuda")
+    if use_onnx:
+        exported = _exported_onnx_model(path, meta, module, dev, backend, extra)
+        if exported is not None:
+            return exported
+    if dev.type == "cpu":
+        module = _optimised_for_cpu(module)
+    module = module.to(dev)
+    if use_half:
+        module = module.half()
+    return LoadedModel(module=module, metadata=meta, device=dev, path=path, half=use_half, extra=extra)
 
-        if onnx_twin.onnxruntime_available():
-            twin, why_not = onnx_twin.find_twin(path, meta)
-            if twin is not None:
-                module = onnx_twin.OnnxModule(twin)
-                return LoadedModel(
-                    module=module,
-                    metadata=meta,
-                    device=dev,
-                    path=path,
-                    half=False,
-                    extra={"backend": "onnxruntime", "onnx_path": twin, "onnx_precision": module.precision},
-                )
-            if not torch_available():
-                raise ModelError(
-                    f"{path} has no usable ONNX twin ({why_not}) and PyTorch is not installed to run "
-                    "it; install torch (QGIS: Plugins > Roof Detector > Check dependencies)"
-                )
-            extra["onnx_twin_unused"] = why_not
-        elif not torch_available():
-            raise ModelError(
-                "Neither ONNX Runtime nor PyTorch is installed: install onnxruntime "
-                "(QGIS: Plugins > Roof Detector > Check dependencies)"
+
+def _twin_model(path: str, meta: Dict[str, Any], dev, backend: str, extra: Dict[str, Any]) -> Optional[LoadedModel]:
+    """The model run from its ONNX twin, when one made from ``path`` lies beside it; else None (why in ``extra``).
+
+    Raises :class:`ModelError` when neither the twin nor PyTorch can run it.
+    """
+    from . import onnx_twin
+
+    if onnx_twin.onnxruntime_available():
+        twin, why_not = onnx_twin.find_twin(path, meta)
+        if twin is not None:
+            module = onnx_twin.OnnxModule(twin)
+            return LoadedModel(
+                module=module,
+                metadata=meta,
+                device=dev,
+                path=path,
+                half=False,
+                extra={"backend": "onnxruntime", "onnx_path": twin, "onnx_precision": module.precision},
             )
-        elif backend == "onnxruntime":
-            raise ModelError("ONNX Runtime is not installed: `pip install onnxruntime`, or use backend torch")
-    import torch
+        if not torch_available():
+            raise ModelError(
+                f"{path} has no usable ONNX twin ({why_not}) and PyTorch is not installed to run "
+                "it; install torch (QGIS: Plugins > Roof Detector > Check dependencies)"
+            )
+        extra["onnx_twin_unused"] = why_not
+    elif not torch_available():
+        raise ModelError(
+            "Neither ONNX Runtime nor PyTorch is installed: install onnxruntime "
+            "(QGIS: Plugins > Roof Detector > Check dependencies)"
+        )
+    elif backend == "onnxruntime":
+        raise ModelError("ONNX Runtime is not installed: `pip install onnxruntime`, or use backend torch")
+    return None
+
+
+def _torchscript_module(path: str):
+    """The TorchScript module of ``path``, checked and in eval mode; :class:`ModelError` when it cannot load."""
+    import torch  # noqa: F401 - without torch: ImportError here, as always, not a "could not be loaded"
 
     try:
         module = _torch_jit_load(path)
@@ -430,31 +387,39 @@ def load_model(
         raise ModelError(f"{path} could not be loaded as TorchScript: {str(exc).splitlines()[0]}") from None
     check_graph_operations(module, path)
     module.eval()
-    use_half = dev.type == "cuda" if half is None else bool(half and dev.type == "cuda")
-    if dev.type == "cpu" and backend in ("auto", "onnxruntime"):
-        from . import onnx_backend, onnx_twin
+    return module
 
-        if onnx_twin.onnxruntime_available():
-            try:
-                ort_module = onnx_backend.onnx_module_for(path, meta, module)
-                extra.update({"backend": "onnxruntime", "onnx_path": ort_module.path, "onnx_precision": "fp32"})
-                return LoadedModel(module=ort_module, metadata=meta, device=dev, path=path, half=False, extra=extra)
-            except Exception as exc:  # noqa: BLE001 - any export/runtime problem: TorchScript still works
-                if backend == "onnxruntime":
-                    raise ModelError(f"{path} cannot run with ONNX Runtime: {exc}") from None
-                extra["onnx_fallback_reason"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    if dev.type == "cpu":
-        ctx = _quiet_torch_deprecations()
-        try:
-            module = torch.jit.optimize_for_inference(torch.jit.freeze(module))
-        except Exception:  # noqa: BLE001 - a model that cannot be frozen still runs unfrozen
-            pass
-        finally:
-            ctx.__exit__(None, None, None)
-    module = module.to(dev)
-    if use_half:
-        module = module.half()
-    return LoadedModel(module=module, metadata=meta, device=dev, path=path, half=use_half, extra=extra)
+
+def _exported_onnx_model(
+    path: str, meta: Dict[str, Any], module, dev, backend: str, extra: Dict[str, Any]
+) -> Optional[LoadedModel]:
+    """The model exported from TorchScript to ONNX (cached) and run by ONNX Runtime; None to stay on TorchScript."""
+    from . import onnx_backend, onnx_twin
+
+    if not onnx_twin.onnxruntime_available():
+        return None
+    try:
+        ort_module = onnx_backend.onnx_module_for(path, meta, module)
+        extra.update({"backend": "onnxruntime", "onnx_path": ort_module.path, "onnx_precision": "fp32"})
+        return LoadedModel(module=ort_module, metadata=meta, device=dev, path=path, half=False, extra=extra)
+    except Exception as exc:  # noqa: BLE001 - any export/runtime problem: TorchScript still works
+        if backend == "onnxruntime":
+            raise ModelError(f"{path} cannot run with ONNX Runtime: {exc}") from None
+        extra["onnx_fallback_reason"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return None
+
+
+def _optimised_for_cpu(module):
+    """TorchScript frozen and optimised for inference (conv+BN folding); the module as is when that fails."""
+    import torch
+
+    ctx = _quiet_torch_deprecations()
+    try:
+        return torch.jit.optimize_for_inference(torch.jit.freeze(module))
+    except Exception:  # noqa: BLE001 - a model that cannot be frozen still runs unfrozen
+        return module
+    finally:
+        ctx.__exit__(None, None, None)
 
 
 def _load_onnx_file(path: str, device: str, backend: str) -> LoadedModel:

@@ -26,7 +26,8 @@ from .errors import Cancelled, InputRasterError, LargeRunError, ModelError, Roof
 from .footprints import FinishOptions
 from .geo import m2_per_crs_unit2, pixel_size_m
 from .inference import BatchPredictor, fitted_batch_size, predict_tiles
-from .model_io import BUNDLED_MODEL_PATH, LoadedModel, device_description, load_model
+from .devices import device_description
+from .model_io import BUNDLED_MODEL_PATH, LoadedModel, load_model
 from .outline_worker import OutlineWorker, max_pending_batches
 from .params import DETECT, OUTLINES, check_fields
 from .raster_source import RasterSource, open_source

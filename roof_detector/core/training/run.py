@@ -85,7 +85,7 @@ def train_run(
     """Train a network on ``load_data(gsd_m, tile_px, log)``'s scenes; return the model path."""
     import torch
 
-    from ..model_io import resolve_device
+    from ..devices import resolve_device
     from .trainer import TrainConfig
 
     os.makedirs(opts.out, exist_ok=True)

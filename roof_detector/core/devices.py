@@ -1,0 +1,84 @@
+"""Which device runs a model: resolving ``auto`` / ``cpu`` / ``cuda`` / ``mps``, and naming it.
+
+torch is optional on the CPU (a model with an ONNX twin runs without it): without torch
+the only device is a :class:`CpuDevice`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ModelError
+
+
+def torch_available() -> bool:
+    """Whether torch imports here (needed for GPUs, fine-tuning and models without an ONNX twin)."""
+    try:
+        import torch  # noqa: F401
+    except Exception:  # noqa: BLE001 - ImportError, or a broken install raising OSError
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class CpuDevice:
+    """The CPU where torch is not installed: quacks like ``torch.device("cpu")`` for ``.type``."""
+
+    type: str = "cpu"
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
+def resolve_device(device: str = "auto") -> Any:
+    """``auto`` picks CUDA, then MPS, then CPU; explicit names are checked.
+
+    Without torch only the CPU exists (a :class:`CpuDevice`).
+    """
+    device = (device or "auto").lower()
+    if not torch_available():
+        if device in ("auto", "cpu"):
+            return CpuDevice()
+        raise ModelError(
+            f"Device {device!r} needs PyTorch, which is not installed here; use the CPU, or install "
+            "torch (QGIS: Plugins > Roof Detector > Check dependencies)"
+        )
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("CUDA was requested but no CUDA GPU is available to PyTorch; use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelError("MPS was requested but is not available; use --device cpu or auto")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"Unknown device {device!r}; use auto, cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # e.g. `meta`: tensors without data, nothing would be computed
+        raise ModelError(f"Device {device!r} cannot run the model; use auto, cpu or cuda")
+    return dev
+
+
+def device_description(device: Any) -> str:
+    """Human-readable name of a device, e.g. 'CUDA: NVIDIA H100' or 'CPU (2 threads)'."""
+    if isinstance(device, CpuDevice):
+        from .onnx_twin import default_threads
+
+        return f"CPU ({default_threads()} threads)"
+    import torch
+
+    if device.type == "cuda":
+        try:
+            return f"CUDA: {torch.cuda.get_device_name(device)}"
+        except Exception:  # noqa: BLE001 - a description must not fail a finished run
+            return "CUDA GPU"
+    if device.type == "mps":
+        return "Apple MPS"
+    return f"CPU ({torch.get_num_threads()} threads)"
