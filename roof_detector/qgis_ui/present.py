@@ -147,7 +147,7 @@ def on_task_finished(
 
 def budget_text(budget_min: float, samples_per_epoch: int, epochs: int) -> str:
     """The fine-tune dialog's line on how long training may take (0 = no budget / automatic crops)."""
-    from ..core.training.finetune import SECONDS_PER_SAMPLE
+    from ..core.training.finetune_plan import SECONDS_PER_SAMPLE
 
     per_epoch = (
         tr("{n} crops per epoch, about {s:.0f} s each on 2 CPU cores").format(

@@ -163,7 +163,7 @@ def test_label_fids_select_features_by_their_feature_id(labelled_area, tmp_path)
 
 
 def test_default_crops_per_epoch_scale_with_the_labelled_area():
-    from roof_detector.core.training.finetune import (
+    from roof_detector.core.training.finetune_plan import (
         MAX_SAMPLES,
         MIN_SAMPLES,
         SAMPLES_PER_TILE,
@@ -186,7 +186,7 @@ def test_default_crops_per_epoch_scale_with_the_labelled_area():
 
 
 def test_defaults_used_and_before_after_outside_the_labelled_area(labelled_area, tmp_path):
-    from roof_detector.core.training.finetune import default_samples_per_epoch
+    from roof_detector.core.training.finetune_plan import default_samples_per_epoch
 
     raster, labels, base = labelled_area
     # train on the left half only; the labels cover the whole raster, so the right half is compared

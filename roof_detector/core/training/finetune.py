@@ -10,15 +10,15 @@ pixels). The base model's own validation IoU and accuracy are measured on the
 same blocks before training, for a before/after comparison.
 
 Defaults that adapt (measured on a 0.3 m suburb, issue 16): crops per epoch
-scale with the labelled area (:func:`default_samples_per_epoch`), up to
+scale with the labelled area (:func:`.finetune_plan.default_samples_per_epoch`), up to
 the declared epochs (``core.params.FINETUNE``) with early stopping, under a time budget
-(``max_minutes``); :func:`plan` gives the numbers and an estimate of the time
+(``max_minutes``); :func:`.finetune_plan.plan` gives the numbers and an estimate of the time
 before training starts. Separation models (building, border, contact) train
 all three heads on targets derived from the label polygons.
 
 With labels beyond the labelled area (the label layer reaches further, or only
 some features are selected), the base and the fine-tuned models are also
-compared there, on ground neither trained on (:func:`compare_outside`):
+compared there, on ground neither trained on (:func:`.outside.compare_outside`):
 pixel IoU and object F1 before and after.
 """
 
@@ -34,10 +34,13 @@ import shapely
 import torch
 
 from ..errors import LabelError
-from ..model_io import BUNDLED_MODEL_PATH, resolve_device
+from ..devices import resolve_device
+from ..model_io import BUNDLED_MODEL_PATH
 from ..params import FINETUNE, check_fields
 from ..vector_io import read_polygons
 from .export import export_model, load_trainable, result_metadata
+from .finetune_plan import plan, plan_text
+from .outside import measure_outside
 from .sampling import AugmentConfig, CropSampler, scenes_to_tiles
 from .scenes import Scene, scene_from_raster
 from .trainer import TrainConfig, TrainResult, evaluate_tiles, plot_curves, train, write_json
@@ -76,7 +79,7 @@ class FinetuneOptions:
         """Raise :class:`..params.ParameterError` naming the first unusable value; return self.
 
         The numbers are checked by their declarations (the ranges of the CLI, the
-        dialog and Processing); the device by :func:`..model_io.resolve_device`
+        dialog and Processing); the device by :func:`..devices.resolve_device`
         (``ModelError`` for an unknown or unusable one).
         """
         check_fields(self, "finetune")
@@ -100,54 +103,6 @@ class FinetuneResult:
     # pixel IoU / object F1 of the base and fine-tuned models outside the labelled area ({} when not measured)
     outside: Dict[str, Dict[str, float]] = field(default_factory=dict)
     plan: Dict[str, float] = field(default_factory=dict)
-
-
-#: Crops per epoch per model tile of labelled training area, and the bounds (issue 16: on a fifth
-#: of a 0.3 m suburb, 32 crops per epoch gained +0.035 IoU, 160 with early stopping +0.13).
-SAMPLES_PER_TILE = 40
-MIN_SAMPLES, MAX_SAMPLES = 96, 480
-#: Training seconds per crop: 2 CPU threads (issue 16: 1440 crops in 2.5 min on 2 cores), a CUDA GPU.
-SECONDS_PER_SAMPLE = {"cpu": 0.1, "cuda": 0.01, "mps": 0.03}
-#: Largest ground the outside comparison reads at the model GSD, in pixels (about 40 MB of image).
-MAX_OUTSIDE_PX = 4096 * 4096
-
-
-def default_samples_per_epoch(train_px: int, tile_px: int, batch_size: int) -> int:
-    """Crops per epoch for ``train_px`` labelled training pixels: :data:`SAMPLES_PER_TILE` per model tile,
-    within [:data:`MIN_SAMPLES`, :data:`MAX_SAMPLES`], a whole number of batches."""
-    tiles = train_px / float(tile_px * tile_px)
-    n = min(MAX_SAMPLES, max(MIN_SAMPLES, int(round(SAMPLES_PER_TILE * tiles))))
-    return max(batch_size, n // batch_size * batch_size)
-
-
-def plan(
-    train_px: int, tile_px: int, opts: "FinetuneOptions", device_type: str = "cpu", threads: Optional[int] = None
-) -> Dict[str, float]:
-    """What a fine-tune run will do: crops per epoch, most epochs, and the time it may take (minutes):
-    ``estimate_minutes`` for every epoch at this device's usual speed, capped by ``budget_minutes``."""
-    samples = opts.samples_per_epoch or default_samples_per_epoch(train_px, tile_px, opts.batch_size)
-    per_sample = SECONDS_PER_SAMPLE.get(device_type, 0.1)
-    if device_type == "cpu":
-        per_sample *= 2.0 / max(1, threads or torch.get_num_threads())
-    estimate = samples * opts.epochs * per_sample / 60.0
-    return {
-        "samples_per_epoch": samples,
-        "epochs": opts.epochs,
-        "estimate_minutes": round(estimate, 1),
-        "budget_minutes": opts.max_minutes or 0.0,
-        "labelled_tiles": round(train_px / tile_px**2, 1),
-    }
-
-
-def plan_text(p: Dict[str, float]) -> str:
-    """One line for the user before training starts."""
-    budget = p.get("budget_minutes") or 0
-    most = min(p["estimate_minutes"], budget) if budget else p["estimate_minutes"]
-    return (
-        f"Plan: {int(p['samples_per_epoch'])} crops per epoch ({p['labelled_tiles']:g} tiles of labelled area), "
-        f"up to {int(p['epochs'])} epochs, stopping early when validation stops improving: at most about "
-        f"{most:.0f} min" + (f" (time budget {budget:g} min)" if budget else "")
-    )
 
 
 def check_model_output(output_path: str, base_model_path: str, overwrite: bool) -> None:
@@ -268,93 +223,6 @@ def prepare_data(
     return scene, val_mask, notes, area, len(inside)
 
 
-def outside_scene(opts: FinetuneOptions, meta: Dict, area, log: Callable[[str], None] = print) -> Optional[Scene]:
-    """The labelled ground outside the training area, at the model GSD, or None (nothing there, or too large).
-
-    Its extent is that of every polygon of the label layer (all features, selected or not); inside
-    it, beyond the training area, unlabelled pixels count as "not building".
-    """
-    import rasterio
-
-    with rasterio.open(opts.raster_path) as ds:
-        crs_wkt = ds.crs.to_wkt()
-        raster_box = shapely.box(*ds.bounds)
-        gx = abs(ds.transform.a)
-    geoms = [
-        g
-        for g in read_polygons(opts.labels_path, target_crs_wkt=crs_wkt, layer=opts.labels_layer).geometries
-        if g.intersects(raster_box)
-    ]
-    if not geoms:
-        return None
-    outside = shapely.box(*shapely.union_all(geoms).bounds).intersection(raster_box).difference(area)
-    labelled = [g for g in geoms if g.intersects(outside)]
-    if outside.is_empty or not labelled:
-        return None
-    from .scenes import ground_pixel_size_m
-
-    gsd_m = float(meta["gsd_m"])
-    with rasterio.open(opts.raster_path) as ds:
-        native_m = sum(ground_pixel_size_m(ds)) / 2.0
-    # raster pixels of the outside ground, then as many at the model's pixel size
-    px = outside.area / (gx * gx) * (native_m / gsd_m) ** 2
-    if px > MAX_OUTSIDE_PX:
-        log(
-            f"The labelled ground outside the training area is too large to compare here ({px / 1e6:.0f} Mpx at "
-            f"the model's {gsd_m:g} m); use `python -m roof_detector evaluate` on a detection there."
-        )
-        return None
-    return scene_from_raster(
-        opts.raster_path,
-        None,
-        bbox=outside.bounds,
-        load_gsd_m=gsd_m,
-        area_wkt=outside.wkt,
-        label_geometries=labelled,
-        name="outside",
-    )
-
-
-def compare_outside(
-    base_net,
-    new_net,
-    scene: Scene,
-    cfg: TrainConfig,
-    base_threshold: float,
-    base_core: Optional[float],
-    new_threshold: float,
-    new_core: Optional[float],
-    device,
-) -> Dict[str, Dict[str, float]]:
-    """Pixel IoU and object F1 (buildings separated as the engine does) of two networks on ``scene``."""
-    from ..vectorize import SPLIT_CORE_PROBABILITY
-    from .scenes import tile_scene
-    from .trainer import _object_f1
-
-    tiles = scenes_to_tiles(tile_scene(scene, cfg.tile_px, 0.01), cfg.tile_px)
-    out = {}
-    for key, net, thr, core in (
-        ("before", base_net, base_threshold, base_core),
-        ("after", new_net, new_threshold, new_core),
-    ):
-        c = core if core is not None else max(SPLIT_CORE_PROBABILITY, thr)
-        n_out = int(getattr(net.head, "out_channels", 1))
-        c_cfg = TrainConfig(
-            **{**cfg.__dict__, "architecture_params": {**cfg.architecture_params, "out_channels": n_out}}
-        )
-        r = evaluate_tiles(net.to(device), tiles, c_cfg, device, (thr,), objects=((thr, c),))
-        n_pred, n_ref, n_match = r[("objects", thr, c)]
-        out[key] = {
-            "iou": r[thr].iou(),
-            "accuracy": r[thr].accuracy(),
-            "object_f1": _object_f1(n_pred, n_ref, n_match),
-            "predicted": n_pred,
-            "reference": n_ref,
-            "matched": n_match,
-        }
-    return out
-
-
 def choose_validation_blocks(valid: np.ndarray, block_px: int, fraction: float, seed: int = 0) -> np.ndarray:
     """Pixel mask of whole ``block_px`` blocks holding about ``fraction`` of the valid pixels.
 
@@ -420,83 +288,152 @@ def finetune(
     check_raster(opts.raster_path)
     net, meta = load_trainable(base_path)
     device = resolve_device(opts.device)
-    scene, val_mask, notes, area, n_labels = prepare_data(opts, meta, log)
-    if not (scene.label.astype(bool) & scene.valid & val_mask).any():
+    data = _prepared(opts, meta, device, log)
+    cfg = data.cfg
+    base_thr = float(meta["threshold"])
+    base_net = copy.deepcopy(net) if opts.compare_outside else None
+    before = evaluate_tiles(net.to(device), data.val_sets["val"], cfg, device, (base_thr,))[base_thr].as_dict()
+    log(f"base model on the validation blocks: IoU {before['iou']:.4f}, accuracy {before['accuracy']:.4f}")
+    sampler = _sampler(data.train_scene, cfg, opts.seed)
+    result: TrainResult = train(
+        sampler, data.val_sets, cfg, net=net, on_epoch=on_epoch, progress=progress, is_cancelled=is_cancelled, log=log
+    )
+    after = result.val_metrics.get("val", {})
+    if result.stopped == "cancelled" and not opts.keep_best_on_cancel:
+        notes = data.notes + ["Cancelled: the model was not kept."]
+        return _finetune_result(result, {"before": before, "after": after}, notes, data.plan)
+    outside: Dict[str, Dict[str, float]] = {}
+    if opts.compare_outside and not (is_cancelled and is_cancelled()):
+        outside = measure_outside(opts, meta, data.area, base_net, result, cfg, device, data.notes, log)
+    _warn_if_no_better(before, after, data.notes, log)
+    return _write_model(opts, meta, base_path, data, result, {"before": before, "after": after, "outside": outside})
+
+
+@dataclass
+class _Data:
+    """The run's data: the labelled scene and its split, notes, the labelled area, the plan and the configuration."""
+
+    scene: Scene
+    val_mask: np.ndarray
+    notes: List[str]
+    area: object
+    n_labels: int
+    train_scene: Optional[Scene] = None
+    val_sets: Dict[str, list] = field(default_factory=dict)
+    plan: Dict[str, float] = field(default_factory=dict)
+    cfg: Optional[TrainConfig] = None
+
+
+def _prepared(opts: FinetuneOptions, meta: Dict, device: torch.device, log: Callable[[str], None]) -> _Data:
+    """Read the data (:func:`prepare_data`), split training and validation blocks, plan the run."""
+    data = _Data(*prepare_data(opts, meta, log))
+    if not (data.scene.label.astype(bool) & data.scene.valid & data.val_mask).any():
         raise LabelError(
             "The validation blocks hold no labelled building, so nothing could be measured; "
             "label a larger area (or more buildings), or change --seed"
         )
     tile_px = int(meta["tile_size_px"])
-    train_scene, val_tiles = _split(scene, val_mask, tile_px)
+    data.train_scene, val_tiles = _split(data.scene, data.val_mask, tile_px)
+    data.plan = plan(int(data.train_scene.valid.sum()), tile_px, opts, device.type)
+    log(plan_text(data.plan))
+    data.cfg = _train_config(meta, opts, str(device), int(data.plan["samples_per_epoch"]))
+    data.val_sets = {"val": scenes_to_tiles(val_tiles, tile_px)}
+    return data
+
+
+def _write_model(
+    opts: FinetuneOptions, meta: Dict, base_path: str, data: _Data, result: TrainResult, figures: Dict
+) -> FinetuneResult:
+    """Write the model (with its metadata), its curves and its metrics file; ``figures``: before, after, outside."""
+    before, after, outside = figures["before"], figures["after"], figures["outside"]
+    metrics = {"val_before": before, "val_after": after}
+    if outside:
+        metrics.update(outside_before=outside["before"], outside_after=outside["after"])
+    out = opts.output_path
+    name = opts.name or os.path.splitext(os.path.basename(out))[0]
+    metadata = _model_metadata(opts, meta, base_path, name, data, result, metrics)
+    export_model(result.net, data.cfg, out, result.threshold, metadata, core_threshold=result.core_threshold)
+    curves = plot_curves(result.history, os.path.splitext(out)[0] + "_curves.png", f"fine-tune: {name}")
+    write_json(
+        {
+            "before": before,
+            "after": after,
+            "outside": outside,
+            "plan": data.plan,
+            "threshold": result.threshold,
+            "history": result.history,
+            "notes": data.notes,
+        },
+        os.path.splitext(out)[0] + "_metrics.json",
+    )
+    return _finetune_result(result, figures, data.notes, data.plan, out, curves)
+
+
+def _finetune_result(
+    result: TrainResult,
+    figures: Dict,
+    notes: List[str],
+    the_plan: Dict[str, float],
+    model_path: Optional[str] = None,
+    curves_path: Optional[str] = None,
+) -> FinetuneResult:
+    """The run's result (no model or curves file when the model was not kept)."""
+    before, after = figures["before"], figures["after"]
+    return FinetuneResult(
+        model_path,
+        curves_path,
+        result.history,
+        before,
+        after,
+        result.threshold,
+        result.stopped,
+        result.minutes,
+        notes,
+        outside=figures.get("outside", {}),
+        plan=the_plan,
+    )
+
+
+def _sampler(train_scene: Scene, cfg: TrainConfig, seed: int) -> CropSampler:
+    """Random augmented crops of the training blocks (milder scaling than training from scratch)."""
+    return CropSampler(
+        [train_scene],
+        cfg.gsd_m,
+        cfg.tile_px,
+        seed=seed,
+        min_valid_fraction=0.3,
+        config=AugmentConfig(scale_range=(0.85, 1.2), degrade_p=0.1),
+        n_outputs=cfg.n_outputs,
+    )
+
+
+def _train_config(meta: Dict, opts: FinetuneOptions, device: str, samples_per_epoch: int) -> TrainConfig:
+    """The training run's configuration: the base model's architecture and grid, the user's choices."""
     norm = meta["normalization"]
     params = meta["architecture"].get("params", {})
     separation = int(params.get("out_channels", 1)) > 1
-    the_plan = plan(int(train_scene.valid.sum()), tile_px, opts, device.type)
-    log(plan_text(the_plan))
-    cfg = TrainConfig(
+    return TrainConfig(
         architecture=meta["architecture"]["name"],
         architecture_params=params,
         gsd_m=float(meta["gsd_m"]),
-        tile_px=tile_px,
+        tile_px=int(meta["tile_size_px"]),
         overlap_px=int(meta["overlap_px"]),
         batch_size=opts.batch_size,
         lr=opts.lr,
         max_epochs=opts.epochs,
         patience=opts.patience,
         seed=opts.seed,
-        device=str(device),
+        device=device,
         mean=tuple(norm["mean"]),
         std=tuple(norm["std"]),
-        samples_per_epoch=int(the_plan["samples_per_epoch"]),
+        samples_per_epoch=samples_per_epoch,
         max_minutes=opts.max_minutes or None,
         select_on="iou+objects" if separation else "iou",
     )
-    val_sets = {"val": scenes_to_tiles(val_tiles, tile_px)}
-    base_thr = float(meta["threshold"])
-    base_core = meta.get("separation", {}).get("core_threshold") if separation else None
-    base_net = copy.deepcopy(net) if opts.compare_outside else None
-    before = evaluate_tiles(net.to(device), val_sets["val"], cfg, device, (base_thr,))[base_thr].as_dict()
-    log(f"base model on the validation blocks: IoU {before['iou']:.4f}, accuracy {before['accuracy']:.4f}")
-    sampler = CropSampler(
-        [train_scene],
-        cfg.gsd_m,
-        tile_px,
-        seed=opts.seed,
-        min_valid_fraction=0.3,
-        config=AugmentConfig(scale_range=(0.85, 1.2), degrade_p=0.1),
-        n_outputs=cfg.n_outputs,
-    )
-    result: TrainResult = train(
-        sampler, val_sets, cfg, net=net, on_epoch=on_epoch, progress=progress, is_cancelled=is_cancelled, log=log
-    )
-    after = result.val_metrics.get("val", {})
-    if result.stopped == "cancelled" and not opts.keep_best_on_cancel:
-        return FinetuneResult(
-            None,
-            None,
-            result.history,
-            before,
-            after,
-            result.threshold,
-            result.stopped,
-            result.minutes,
-            notes + ["Cancelled: the model was not kept."],
-            plan=the_plan,
-        )
-    outside: Dict[str, Dict[str, float]] = {}
-    if opts.compare_outside and not (is_cancelled and is_cancelled()):
-        other = outside_scene(opts, meta, area, log)
-        if other is None:
-            notes.append("No labels outside the labelled area: no before/after there.")
-        else:
-            outside = compare_outside(
-                base_net, result.net, other, cfg, base_thr, base_core, result.threshold, result.core_threshold, device
-            )
-            b, a = outside["before"], outside["after"]
-            log(
-                f"outside the labelled area ({b['reference']} buildings): IoU {b['iou']:.4f} -> {a['iou']:.4f}, "
-                f"object F1 {b['object_f1']:.4f} -> {a['object_f1']:.4f}"
-            )
+
+
+def _warn_if_no_better(before: Dict, after: Dict, notes: List[str], log: Callable[[str], None]) -> None:
+    """A note when the fine-tuned model does not beat the base model on the validation blocks."""
     if isinstance(after.get("iou"), float) and isinstance(before.get("iou"), float) and after["iou"] <= before["iou"]:
         worse = "worse than" if after["iou"] < before["iou"] else "no better than"
         warning = (
@@ -506,61 +443,34 @@ def finetune(
         )
         notes.append(warning)
         log(warning)
-    out = opts.output_path
-    name = opts.name or os.path.splitext(os.path.basename(out))[0]
-    export_model(
-        result.net,
-        cfg,
-        out,
-        result.threshold,
-        {
-            "name": name,
-            "version": "1.0.0",
-            "base_model": {
-                "path": os.path.basename(base_path),
-                "name": meta.get("name"),
-                "version": meta.get("version"),
-            },
-            "training": {
-                "kind": "fine-tune",
-                "raster": os.path.basename(opts.raster_path),
-                "labels": os.path.basename(opts.labels_path),
-                "area_bounds": [round(v, 6) for v in area.bounds],
-                "label_polygons": n_labels,
-                "validation_fraction": opts.val_fraction,
-                **result_metadata(result, cfg),
-            },
-            "metrics": {
-                "val_before": before,
-                "val_after": after,
-                **({"outside_before": outside["before"], "outside_after": outside["after"]} if outside else {}),
-            },
+
+
+def _model_metadata(
+    opts: FinetuneOptions,
+    meta: Dict,
+    base_path: str,
+    name: str,
+    data: _Data,
+    result: TrainResult,
+    metrics: Dict,
+) -> Dict:
+    """The new model's metadata record: its base, how it was trained, its validation figures."""
+    return {
+        "name": name,
+        "version": "1.0.0",
+        "base_model": {
+            "path": os.path.basename(base_path),
+            "name": meta.get("name"),
+            "version": meta.get("version"),
         },
-        core_threshold=result.core_threshold,
-    )
-    curves = plot_curves(result.history, os.path.splitext(out)[0] + "_curves.png", f"fine-tune: {name}")
-    write_json(
-        {
-            "before": before,
-            "after": after,
-            "outside": outside,
-            "plan": the_plan,
-            "threshold": result.threshold,
-            "history": result.history,
-            "notes": notes,
+        "training": {
+            "kind": "fine-tune",
+            "raster": os.path.basename(opts.raster_path),
+            "labels": os.path.basename(opts.labels_path),
+            "area_bounds": [round(v, 6) for v in data.area.bounds],
+            "label_polygons": data.n_labels,
+            "validation_fraction": opts.val_fraction,
+            **result_metadata(result, data.cfg),
         },
-        os.path.splitext(out)[0] + "_metrics.json",
-    )
-    return FinetuneResult(
-        out,
-        curves,
-        result.history,
-        before,
-        after,
-        result.threshold,
-        result.stopped,
-        result.minutes,
-        notes,
-        outside=outside,
-        plan=the_plan,
-    )
+        "metrics": metrics,
+    }
