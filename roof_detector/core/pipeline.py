@@ -135,19 +135,15 @@ def detect_buildings(
     try:
         if model is None:
             model = _load_model(options)
-        threshold = options.threshold if options.threshold is not None else model.threshold
-        batch_size = options.batch_size or fitted_batch_size(model)
-        layout = _lay_out(raster, model, options, warnings)
+        run = _lay_out(raster, model, options, warnings)
         timings["prepare"] = time.perf_counter() - t_start
-        report(_PREPARE_END, f"{len(layout.tiles)} tiles to process")
+        report(_PREPARE_END, f"{len(run.tiles)} tiles to process")
         predictor = BatchPredictor(model, tta=options.tta)
-        buildings, valid_px = _predict_and_trace(
-            raster, model, options, layout, threshold, batch_size, predictor, report, is_cancelled, timings, warnings
-        )
+        buildings, valid_px = _predict_and_trace(run, predictor, report, is_cancelled, timings, warnings)
         if valid_px == 0:
             warnings.append(
                 "The raster holds no valid pixels"
-                + (" inside the area of interest" if layout.aoi is not None else "")
+                + (" inside the area of interest" if run.aoi is not None else "")
                 + " (all nodata / masked): nothing could be detected."
             )
         report(1.0, f"{len(buildings)} buildings")
@@ -155,16 +151,22 @@ def detect_buildings(
         if owned:
             raster.close()
 
-    batch_size = predictor.batch_limit or batch_size  # smaller after an out-of-memory retry
-    stats = _run_stats(raster, model, options, layout, threshold, batch_size, valid_px, timings)
+    run.batch_size = predictor.batch_limit or run.batch_size  # smaller after an out-of-memory retry
+    stats = _run_stats(run, valid_px, timings)
     seconds = time.perf_counter() - t_start
     return DetectionResult(buildings, raster.crs_wkt, raster.name, dict(model.metadata), seconds, stats, warnings)
 
 
 @dataclass
-class _Layout:
-    """Where the model looks: the raster's pixel size, the model grid (whole and cut to the AOI), the tiles."""
+class _Run:
+    """One run's raster, model and choices, and where the model looks: the raster's pixel size,
+    the model grid (whole and cut to the area of interest) and the tiles."""
 
+    raster: RasterSource
+    model: LoadedModel
+    options: DetectOptions
+    threshold: float
+    batch_size: int
     raster_px_m: Tuple[float, float]
     full_grid: ModelGrid
     grid: ModelGrid
@@ -172,8 +174,10 @@ class _Layout:
     tiles: List[Tile]
 
 
-def _lay_out(raster: RasterSource, model: LoadedModel, options: DetectOptions, warnings: List[str]) -> _Layout:
+def _lay_out(raster: RasterSource, model: LoadedModel, options: DetectOptions, warnings: List[str]) -> _Run:
     """Lay the model grid over the raster (cut to the area of interest) and the tiles over the grid."""
+    threshold = options.threshold if options.threshold is not None else model.threshold
+    batch_size = options.batch_size or fitted_batch_size(model)
     raster_px_m = pixel_size_m(raster.crs_wkt, raster.transform, raster.width, raster.height, raster.name)
     coarse = coarse_pixel_warning(raster_px_m, model.gsd_m)
     if coarse:
@@ -183,28 +187,22 @@ def _lay_out(raster: RasterSource, model: LoadedModel, options: DetectOptions, w
     grid = _grid_for_aoi(full_grid, aoi, raster.name) if aoi is not None else full_grid
     all_tiles = tile_grid(grid.width_px, grid.height_px, model.tile_size_px, model.overlap_px)
     tiles = _tiles_in_aoi(all_tiles, grid, aoi) if aoi is not None else all_tiles
-    return _Layout(raster_px_m, full_grid, grid, aoi, tiles)
+    return _Run(raster, model, options, threshold, batch_size, raster_px_m, full_grid, grid, aoi, tiles)
 
 
-def _vectorizer(
-    raster: RasterSource,
-    model: LoadedModel,
-    options: DetectOptions,
-    layout: _Layout,
-    threshold: float,
-    is_cancelled: Optional[CancelFn],
-) -> StripVectorizer:
+def _vectorizer(run: _Run, is_cancelled: Optional[CancelFn]) -> StripVectorizer:
     """The outline tracer, with the cores that split touching roofs where asked."""
+    model, options = run.model, run.options
     if model.core_threshold is not None:
         # a separation model: cores of its separation score, at the threshold tuned on validation
         split_core = model.core_threshold if options.separate_touching else None
     else:
         # Cores only mean something above the threshold (a fine-tuned model's may be 0.25).
-        split_core = max(SPLIT_CORE_PROBABILITY, threshold) if options.separate_touching else None
+        split_core = max(SPLIT_CORE_PROBABILITY, run.threshold) if options.separate_touching else None
     return StripVectorizer(
-        layout.grid,
-        raster.crs_wkt,
-        _finish_options(options, layout.grid, raster, raster.crs_wkt, layout.aoi),
+        run.grid,
+        run.raster.crs_wkt,
+        _finish_options(options, run.grid, run.raster, run.raster.crs_wkt, run.aoi),
         is_cancelled,
         split_core_u8=None if split_core is None else min(255, int(round(split_core * 255))),
         min_core_fraction=SEPARATION_MIN_CORE_FRACTION if model.core_threshold is not None else 1.0,
@@ -212,12 +210,7 @@ def _vectorizer(
 
 
 def _predict_and_trace(
-    raster: RasterSource,
-    model: LoadedModel,
-    options: DetectOptions,
-    layout: _Layout,
-    threshold: float,
-    batch_size: int,
+    run: _Run,
     predictor: BatchPredictor,
     report: "_Progress",
     is_cancelled: Optional[CancelFn],
@@ -225,14 +218,14 @@ def _predict_and_trace(
     warnings: List[str],
 ) -> Tuple[List[Building], int]:
     """Predict the tiles in batches while the outline thread traces finished strips; (buildings, valid pixels)."""
-    grid, tiles = layout.grid, layout.tiles
-    mosaic = StripMosaic(grid, tiles, threshold)
-    vectorizer = _vectorizer(raster, model, options, layout, threshold, is_cancelled)
+    grid, tiles, model = run.grid, run.tiles, run.model
+    mosaic = StripMosaic(grid, tiles, run.threshold)
+    vectorizer = _vectorizer(run, is_cancelled)
     tile_progress = report.span(_PREPARE_END, _TILES_END)
     tiles_per_row = len(tile_origins(grid.width_px, model.tile_size_px, model.overlap_px))
-    with OutlineWorker(mosaic, vectorizer, max_pending_batches(tiles_per_row, batch_size)) as outlines:
+    with OutlineWorker(mosaic, vectorizer, max_pending_batches(tiles_per_row, run.batch_size)) as outlines:
         for batch in predict_tiles(
-            raster, grid, tiles, model, batch_size, tile_progress, is_cancelled, timings, warnings, predictor
+            run.raster, grid, tiles, model, run.batch_size, tile_progress, is_cancelled, timings, warnings, predictor
         ):
             outlines.submit(batch)
         t0 = time.perf_counter()
@@ -247,35 +240,26 @@ def _predict_and_trace(
     return buildings, outlines.valid_px
 
 
-def _run_stats(
-    raster: RasterSource,
-    model: LoadedModel,
-    options: DetectOptions,
-    layout: _Layout,
-    threshold: float,
-    batch_size: int,
-    valid_px: int,
-    timings: Dict[str, float],
-) -> Dict[str, Any]:
+def _run_stats(run: _Run, valid_px: int, timings: Dict[str, float]) -> Dict[str, Any]:
     """How the run went (``DetectionResult.stats``)."""
     batches = int(timings.pop("batches", 0))
-    full_grid, grid = layout.full_grid, layout.grid
+    model, full_grid, grid = run.model, run.full_grid, run.grid
     return {
-        "tiles": len(layout.tiles),
+        "tiles": len(run.tiles),
         "tiles_full_raster": (
             len(tile_origins(full_grid.width_px, model.tile_size_px, model.overlap_px))
             * len(tile_origins(full_grid.height_px, model.tile_size_px, model.overlap_px))
         ),
         "batches": batches,
-        "batch_size": batch_size,
+        "batch_size": run.batch_size,
         "device": device_description(model.device),
         "backend": model.extra.get("backend", "torch"),
         "half_precision": model.half,
-        "tta_passes": 4 if options.tta else 1,
+        "tta_passes": 4 if run.options.tta else 1,
         "outputs": model.outputs,
-        "threshold": threshold,
-        "raster_size_px": (raster.width, raster.height),
-        "raster_pixel_size_m": layout.raster_px_m,
+        "threshold": run.threshold,
+        "raster_size_px": (run.raster.width, run.raster.height),
+        "raster_pixel_size_m": run.raster_px_m,
         "model_grid_px": (grid.width_px, grid.height_px),
         "model_pixel_size_m": grid.pixel_size_m,
         "valid_pixels": valid_px,
