@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from typing import AsyncIterator, Dict, Optional
+from typing import AsyncIterator, Callable, Dict, Optional
 
 MAX_FIELD_BYTES = 1 << 20
 
@@ -51,93 +51,21 @@ async def receive_multipart(
     boundary = params.get(b"boundary")
     if not boundary:
         raise UploadError(400, "multipart/form-data without a boundary")
-    upload = Upload()
-    state: Dict[str, object] = {
-        "headers": {},
-        "field": b"",
-        "name": None,
-        "file": None,
-        "ended": False,
-        "header_field": b"",
-        "header_value": b"",
-    }
-
-    def on_part_begin() -> None:
-        state.update(headers={}, field=b"", name=None, file=None, header_field=b"", header_value=b"")
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["header_field"] += data[start:end]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["header_value"] += data[start:end]
-
-    def on_header_end() -> None:
-        state["headers"][state["header_field"].lower()] = state["header_value"]
-        state["header_field"], state["header_value"] = b"", b""
-
-    def on_headers_finished() -> None:
-        _, disp = parse_options_header(state["headers"].get(b"content-disposition", b""))
-        name = disp.get(b"name", b"").decode("utf-8", "replace")
-        state["name"] = name
-        if name == file_field:
-            if upload.path is not None:
-                raise UploadError(400, f"more than one '{file_field}' part")
-            upload.filename = os.path.basename(disp.get(b"filename", b"upload.tif").decode("utf-8", "replace"))
-            upload.path = os.path.join(uploads_dir, f"{uuid.uuid4().hex}.part")
-            state["file"] = open(upload.path, "wb")
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        f = state["file"]
-        if f is not None:
-            upload.size += end - start
-            if upload.size > max_file_bytes:
-                raise UploadError(
-                    413,
-                    f"The raster is larger than this server's limit of "
-                    f"{max_file_bytes / 2**20:g} MiB (--max-upload-mb); send a smaller "
-                    "area (an area of interest) or ask the operator to raise the limit",
-                )
-            f.write(data[start:end])
-        else:
-            state["field"] += data[start:end]
-            if len(state["field"]) > MAX_FIELD_BYTES:
-                raise UploadError(413, f"form field '{state['name']}' is larger than 1 MiB")
-
-    def on_part_end() -> None:
-        if state["file"] is not None:
-            state["file"].close()
-            state["file"] = None
-        elif state["name"]:
-            upload.fields[state["name"]] = state["field"].decode("utf-8", "replace")
-
-    def on_end() -> None:
-        state["ended"] = True
-
-    parser = MultipartParser(
-        boundary,
-        dict(
-            on_part_begin=on_part_begin,
-            on_header_field=on_header_field,
-            on_header_value=on_header_value,
-            on_header_end=on_header_end,
-            on_headers_finished=on_headers_finished,
-            on_part_data=on_part_data,
-            on_part_end=on_part_end,
-            on_end=on_end,
-        ),
-    )
+    receiver = _PartReceiver(uploads_dir, max_file_bytes, file_field)
+    upload = receiver.upload
+    parser = MultipartParser(boundary, receiver.callbacks())
     try:
         async for chunk in stream:
             parser.write(chunk)
         parser.finalize()
-        if not state["ended"]:
+        if not receiver.ended:
             raise UploadError(400, "The upload ended before the closing boundary (truncated body); send it again")
         if upload.path is None:
             raise UploadError(422, f"No '{file_field}' file part: send the GeoTIFF as multipart field '{file_field}'")
         return upload
     except BaseException as exc:
-        if state["file"] is not None:
-            state["file"].close()
+        if receiver.file is not None:
+            receiver.file.close()
         upload.discard()
         if isinstance(exc, UploadError):
             raise
@@ -146,6 +74,84 @@ async def receive_multipart(
         if isinstance(exc, MultipartParseError):
             raise UploadError(400, f"The multipart body is malformed ({exc})") from None
         raise
+
+
+class _PartReceiver:
+    """The parser's callbacks: the file part written to ``uploads_dir`` under the limit, text parts kept."""
+
+    def __init__(self, uploads_dir: str, max_file_bytes: int, file_field: str):
+        self.uploads_dir, self.max_file_bytes, self.file_field = uploads_dir, max_file_bytes, file_field
+        self.upload = Upload()
+        self.ended = False
+        self.file = None
+        self.on_part_begin()
+
+    def callbacks(self) -> Dict[str, Callable]:
+        return dict(
+            on_part_begin=self.on_part_begin,
+            on_header_field=self.on_header_field,
+            on_header_value=self.on_header_value,
+            on_header_end=self.on_header_end,
+            on_headers_finished=self.on_headers_finished,
+            on_part_data=self.on_part_data,
+            on_part_end=self.on_part_end,
+            on_end=self.on_end,
+        )
+
+    def on_part_begin(self) -> None:
+        self.headers: Dict[bytes, bytes] = {}
+        self.field, self.name, self.file = b"", None, None
+        self.header_field, self.header_value = b"", b""
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[self.header_field.lower()] = self.header_value
+        self.header_field, self.header_value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        _, disp = parse_options_header(self.headers.get(b"content-disposition", b""))
+        name = disp.get(b"name", b"").decode("utf-8", "replace")
+        self.name = name
+        if name == self.file_field:
+            upload = self.upload
+            if upload.path is not None:
+                raise UploadError(400, f"more than one '{self.file_field}' part")
+            upload.filename = os.path.basename(disp.get(b"filename", b"upload.tif").decode("utf-8", "replace"))
+            upload.path = os.path.join(self.uploads_dir, f"{uuid.uuid4().hex}.part")
+            self.file = open(upload.path, "wb")
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.file is not None:
+            self.upload.size += end - start
+            if self.upload.size > self.max_file_bytes:
+                raise UploadError(
+                    413,
+                    f"The raster is larger than this server's limit of "
+                    f"{self.max_file_bytes / 2**20:g} MiB (--max-upload-mb); send a smaller "
+                    "area (an area of interest) or ask the operator to raise the limit",
+                )
+            self.file.write(data[start:end])
+        else:
+            self.field += data[start:end]
+            if len(self.field) > MAX_FIELD_BYTES:
+                raise UploadError(413, f"form field '{self.name}' is larger than 1 MiB")
+
+    def on_part_end(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        elif self.name:
+            self.upload.fields[self.name] = self.field.decode("utf-8", "replace")
+
+    def on_end(self) -> None:
+        self.ended = True
 
 
 # Formats an upload may have: self-contained image files. A VRT (or any format that names other
