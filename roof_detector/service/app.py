@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
@@ -132,43 +132,56 @@ _DETECTION_BODY = {
 
 def create_app(config: ServiceConfig) -> FastAPI:
     """The service for ``config`` (the job runner starts with it and stops at shutdown)."""
-    store = JobStore(config.data_dir)
-    model = config.model
-    runner = JobRunner(
-        store,
-        lambda job, progress, cancelled: run_detection(
-            job, store.job_dir(job.id), model, config.batch_size, progress, cancelled
-        ),
-        config.max_queued,
-    )
-    max_bytes = int(config.max_upload_mb * 2**20)
-    tokens = list(config.tokens or [])
-    detect_keys = ", ".join(detect_option_names())
-
-    request_counts: Dict[tuple, int] = {}
+    svc = _Service(config)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         yield
-        runner.stop()
+        svc.runner.stop()
 
     app = FastAPI(
         title="Roof Detector",
         version=__version__,
         lifespan=lifespan,
         description="Building footprints and rooftop solar sizing from orthophotos. Detection options "
-        f"(key: the `detect` command's long option): {detect_keys}.",
+        f"(key: the `detect` command's long option): {', '.join(detect_option_names())}.",
     )
-    app.state.store, app.state.runner = store, runner
+    app.state.store, app.state.runner = svc.store, svc.runner
+    # In this order: the OpenAPI document lists the routes as they are added.
+    _add_model_routes(app, svc)
+    _add_create_detection(app, svc)
+    _add_detection_routes(app, svc)
+    _add_solar_and_metrics(app, svc)
+    app.add_middleware(RequestLog, counts=svc.request_counts)
+    return app
 
-    async def caller(request: Request) -> str:
+
+class _Service:
+    """What the routes share: the configuration, the job store and runner, the tokens, the request counts."""
+
+    def __init__(self, config: ServiceConfig):
+        self.config = config
+        self.store = store = JobStore(config.data_dir)
+        self.model = model = config.model
+        self.runner = JobRunner(
+            store,
+            lambda job, progress, cancelled: run_detection(
+                job, store.job_dir(job.id), model, config.batch_size, progress, cancelled
+            ),
+            config.max_queued,
+        )
+        self.max_bytes = int(config.max_upload_mb * 2**20)
+        self.tokens = list(config.tokens or [])
+        self.request_counts: Dict[tuple, int] = {}
+
+    async def caller(self, request: Request) -> str:
         """The caller's owner key; 401 without a valid token when tokens are configured."""
-        if not tokens:
+        if not self.tokens:
             return ""
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         token = token.strip()
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens):
+        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), t.encode()) for t in self.tokens):
             raise HTTPException(
                 401,
                 "Missing or wrong bearer token (Authorization: Bearer <token>)",
@@ -176,11 +189,44 @@ def create_app(config: ServiceConfig) -> FastAPI:
             )
         return owner_of(token)
 
-    def own_job(job_id: str, owner: str):
-        job = store.get(job_id, owner)
+    def own_job(self, job_id: str, owner: str):
+        job = self.store.get(job_id, owner)
         if job is None:
             raise HTTPException(404, f"No detection {job_id!r}")
         return job
+
+    async def receive_input(self, request: Request) -> Tuple[Any, Any, str, str, Any]:
+        """(options, aoi, input name, raster path, upload or None) of a detection request."""
+        content_type = request.headers.get("content-type", "")
+        if content_type.startswith("multipart/form-data"):
+            length = request.headers.get("content-length")
+            if length and length.isdigit() and int(length) > self.max_bytes + (1 << 20):
+                raise UploadError(
+                    413,
+                    f"The request is larger than this server's limit of "
+                    f"{self.config.max_upload_mb:g} MiB (--max-upload-mb)",
+                )
+            upload = await receive_multipart(request.stream(), content_type, self.store.uploads_dir, self.max_bytes)
+            try:
+                options = _json_field(upload.fields.get("options"), "options")
+                aoi = _json_field(upload.fields.get("aoi"), "aoi")
+            except BaseException:
+                upload.discard()  # the caller never holds it: nothing of a refused request stays
+                raise
+            return options, aoi, upload.filename, upload.path, upload
+        if content_type.startswith("application/json"):
+            body = await _json_body(request, 4 << 20)
+            input_name = str(body.get("raster") or "")
+            return body.get("options"), body.get("aoi"), input_name, _data_dir_path(self.store, input_name), None
+        raise UploadError(
+            415,
+            "Send the raster as multipart/form-data (field 'raster') or a JSON body "
+            '{"raster": "path under the data dir"}',
+        )
+
+
+def _add_model_routes(app: FastAPI, svc: _Service) -> None:
+    model, runner = svc.model, svc.runner
 
     # Status calls are cheap (a dict lookup): answered on the event loop itself, no thread hop.
     @app.get("/health")
@@ -199,7 +245,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         }
 
     @app.get(f"/{API_VERSION}/models")
-    def models(owner: str = Depends(caller)) -> Dict[str, Any]:
+    def models(owner: str = Depends(svc.caller)) -> Dict[str, Any]:
         """The model this server detects with."""
         meta = model.metadata
         keys = ("name", "version", "gsd_m", "tile_size_px", "overlap_px", "threshold", "bands")
@@ -207,12 +253,16 @@ def create_app(config: ServiceConfig) -> FastAPI:
             "models": [
                 {
                     **{k: meta.get(k) for k in keys},
-                    "file": os.path.basename(config.model_path),
+                    "file": os.path.basename(svc.config.model_path),
                     "device": str(model.device),
                     "default": True,
                 }
             ]
         }
+
+
+def _add_create_detection(app: FastAPI, svc: _Service) -> None:
+    store, runner = svc.store, svc.runner
 
     @app.post(
         f"/{API_VERSION}/detections",
@@ -220,38 +270,15 @@ def create_app(config: ServiceConfig) -> FastAPI:
         openapi_extra={"requestBody": _DETECTION_BODY},
         responses={202: {"description": "queued; Location names the job"}, 413: {}, 422: {}, 429: {}},
     )
-    async def create_detection(request: Request, owner: str = Depends(caller)):
+    async def create_detection(request: Request, owner: str = Depends(svc.caller)):
         """Queue a detection of an uploaded raster (multipart) or of a raster under the data dir (JSON)."""
         try:
             runner.check_room()
         except QueueFull as exc:
             return _error(429, str(exc), {"Retry-After": str(exc.retry_after_s)})
-        content_type = request.headers.get("content-type", "")
         upload = None
         try:
-            if content_type.startswith("multipart/form-data"):
-                length = request.headers.get("content-length")
-                if length and length.isdigit() and int(length) > max_bytes + (1 << 20):
-                    raise UploadError(
-                        413,
-                        f"The request is larger than this server's limit of "
-                        f"{config.max_upload_mb:g} MiB (--max-upload-mb)",
-                    )
-                upload = await receive_multipart(request.stream(), content_type, store.uploads_dir, max_bytes)
-                options = _json_field(upload.fields.get("options"), "options")
-                aoi = _json_field(upload.fields.get("aoi"), "aoi")
-                input_name, raster_path = upload.filename, upload.path
-            elif content_type.startswith("application/json"):
-                body = await _json_body(request, 4 << 20)
-                options, aoi = body.get("options"), body.get("aoi")
-                input_name = str(body.get("raster") or "")
-                raster_path = _data_dir_path(store, input_name)
-            else:
-                raise UploadError(
-                    415,
-                    "Send the raster as multipart/form-data (field 'raster') or a JSON body "
-                    '{"raster": "path under the data dir"}',
-                )
+            options, aoi, input_name, raster_path, upload = await svc.receive_input(request)
             # Off the event loop (GDAL reads, fsync), so status calls are answered meanwhile.
             await run_in_threadpool(_check_input, raster_path, input_name, options, aoi, upload is not None)
             job = await run_in_threadpool(
@@ -279,6 +306,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
             return _error(429, str(exc), {"Retry-After": str(exc.retry_after_s)})
         location = f"/{API_VERSION}/detections/{job.id}"
         return JSONResponse(job.public(), status_code=202, headers={"Location": location})
+
+
+def _add_detection_routes(app: FastAPI, svc: _Service) -> None:
+    store, runner, caller, own_job = svc.store, svc.runner, svc.caller, svc.own_job
 
     @app.get(f"/{API_VERSION}/detections")
     async def list_detections(owner: str = Depends(caller)) -> Dict[str, Any]:
@@ -322,6 +353,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
         runner.cancel(job)
         return JSONResponse(job.public(), status_code=202)
 
+
+def _add_solar_and_metrics(app: FastAPI, svc: _Service) -> None:
+    store, runner = svc.store, svc.runner
+
     @app.post(
         f"/{API_VERSION}/solar",
         description=(
@@ -330,9 +365,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
             "options: " + ", ".join(solar_option_names())
         ),
     )
-    async def solar(request: Request, owner: str = Depends(caller)):
+    async def solar(request: Request, owner: str = Depends(svc.caller)):
         """Solar sizing of posted polygons (see the route's description)."""
-        body = await _json_body(request, max_bytes)
+        body = await _json_body(request, svc.max_bytes)
         collection, options = (body.get("buildings"), body.get("options")) if "buildings" in body else (body, None)
         if not isinstance(collection, dict) or collection.get("type") != "FeatureCollection":
             return _error(422, 'The body must be a GeoJSON FeatureCollection (or {"buildings": ..., "options": ...})')
@@ -348,10 +383,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
             raise
 
     @app.get("/metrics", response_class=PlainTextResponse)
-    def metrics(owner: str = Depends(caller)) -> str:
+    def metrics(owner: str = Depends(svc.caller)) -> str:
         """Prometheus text format: requests, jobs by state, queue length."""
         lines = ["# TYPE roof_detector_requests_total counter"]
-        for (method, path, status), n in sorted(request_counts.items()):
+        for (method, path, status), n in sorted(svc.request_counts.items()):
             lines.append(f'roof_detector_requests_total{{method="{method}",path="{path}",status="{status}"}} {n}')
         lines.append("# TYPE roof_detector_jobs gauge")
         for state, n in sorted(store.counts().items()):
@@ -363,9 +398,6 @@ def create_app(config: ServiceConfig) -> FastAPI:
             f"roof_detector_job_running {int(runner.running is not None)}",
         ]
         return "\n".join(lines) + "\n"
-
-    app.add_middleware(RequestLog, counts=request_counts)
-    return app
 
 
 def _check_input(raster_path: str, input_name: str, options: Any, aoi: Any, uploaded: bool) -> None:
