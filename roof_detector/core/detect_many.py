@@ -115,87 +115,31 @@ def detect_many(
     work_dir = work_dir or f"{output}.parts"
     if restart and os.path.isdir(work_dir):
         shutil.rmtree(work_dir)
-    settings = {
-        "inputs": paths,
-        "options": dataclasses.asdict(options),
-        "margin_m": margin_m,
-        "block_px": block_px,
-        "model": _model_fingerprint(options.model_path),
-    }
-    manifest = Manifest(work_dir, settings)
+    manifest = Manifest(work_dir, _run_settings(paths, options, margin_m, block_px))
     stretch = _mosaic_stretch(mosaic, work_dir)
     if threads_per_worker is None and scheduler is None:
-        threads_per_worker = max(
-            1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // workers
-        )
-
+        threads_per_worker = _threads_per_worker(workers)
     pending = [j for j in jobs if j.index not in manifest.done]
-    state = ManyProgress(
-        len(jobs) - len(pending),
-        len(jobs),
-        len(jobs) - len(pending),
-        sum(e["area_km2"] for e in manifest.done.values()),
-        sum(e["buildings"] for e in manifest.done.values()),
-    )
-    warnings: List[str] = []
-    cut = sum(e.get("cut_at_margin", 0) for e in manifest.done.values())
-    meta: Dict[str, Any] = {}
-    busy_s = 0.0
-    pids = set()
+    tally = _Tally.of_finished(manifest, len(jobs), len(pending))
     if pending:
         with _client(scheduler, workers, threads_per_worker, processes) as client:
-            state.dashboard = _dashboard(client)
+            tally.state.dashboard = _dashboard(client)
             if on_cluster is not None:
                 on_cluster(client)
             if progress is not None:
-                progress(state)
+                progress(tally.state)
             for res in _results(client, pending, options, threads_per_worker, stretch, is_cancelled):
-                job = jobs[res.index]
-                write_buildings(
-                    res.buildings, manifest.part_path(job.index), res.crs_wkt, layer="buildings", overwrite=True
-                )
-                manifest.record(
-                    job.index,
-                    {
-                        "name": job.name,
-                        "buildings": len(res.buildings),
-                        "area_km2": job.area_km2,
-                        "seconds": round(res.seconds, 3),
-                        "cut_at_margin": res.cut_at_margin,
-                        "worker_pid": res.worker_pid,
-                    },
-                )
-                warnings.extend(res.warnings)
-                cut += res.cut_at_margin
-                busy_s += res.seconds
-                pids.add(res.worker_pid)
-                meta = meta or {
-                    "model": f"{res.model_metadata.get('name', '?')} {res.model_metadata.get('version', '')}".strip(),
-                    "threshold": res.threshold,
-                }
-                state.done += 1
-                state.area_km2 += job.area_km2
-                state.buildings += len(res.buildings)
+                tally.add(res, jobs[res.index], manifest)
                 if progress is not None:
-                    progress(state)
+                    progress(tally.state)
     elif progress is not None:
-        progress(state)
+        progress(tally.state)
 
-    if cut:
-        warnings.append(
-            f"{cut} buildings reach the edge of the {margin_m:g} m margin read around their tile and "
-            f"may be cut there: pass a larger --margin-m (more than half the width of the largest "
-            "buildings)"
-        )
-    building_count, area_m2 = _merge(
-        jobs,
-        manifest,
-        output,
-        mosaic.crs_wkt,
-        layer,
-        overwrite,
-        dict(meta, sources=len(paths), jobs=len(jobs), margin_m=margin_m, min_area_m2=options.min_area_m2),
+    tally.warn_if_cut(margin_m)
+    provenance = dict(
+        tally.meta, sources=len(paths), jobs=len(jobs), margin_m=margin_m, min_area_m2=options.min_area_m2
     )
+    building_count, area_m2 = _merge(jobs, manifest, output, mosaic.crs_wkt, layer, overwrite, provenance)
     if not keep_parts:
         shutil.rmtree(work_dir, ignore_errors=True)
     seconds = time.perf_counter() - t0
@@ -203,16 +147,93 @@ def detect_many(
         output,
         layer,
         len(jobs),
-        state.skipped,
+        tally.state.skipped,
         building_count,
         total_area_km2(jobs),
         area_m2,
         seconds,
-        cut,
-        state.dashboard,
-        warnings,
-        {"job_seconds_sum": round(busy_s, 3), "worker_pids": sorted(pids), "inputs": len(paths)},
+        tally.cut,
+        tally.state.dashboard,
+        tally.warnings,
+        {"job_seconds_sum": round(tally.busy_s, 3), "worker_pids": sorted(tally.pids), "inputs": len(paths)},
     )
+
+
+def _run_settings(paths: List[str], options, margin_m: float, block_px: int) -> Dict[str, Any]:
+    """What makes an earlier run's finished parts reusable (the manifest refuses them when any differs)."""
+    return {
+        "inputs": paths,
+        "options": dataclasses.asdict(options),
+        "margin_m": margin_m,
+        "block_px": block_px,
+        "model": _model_fingerprint(options.model_path),
+    }
+
+
+def _threads_per_worker(workers: int) -> int:
+    """The CPUs this process may use, shared among ``workers`` (at least one thread each)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // workers)
+
+
+@dataclass
+class _Tally:
+    """What the client has gathered so far: progress, warnings, buildings cut at a margin, model, workers."""
+
+    state: ManyProgress
+    cut: int
+    warnings: List[str] = field(default_factory=list)
+    meta: Dict[str, Any] = field(default_factory=dict)
+    busy_s: float = 0.0
+    pids: set = field(default_factory=set)
+
+    @classmethod
+    def of_finished(cls, manifest: Manifest, n_jobs: int, n_pending: int) -> "_Tally":
+        """The tally of the jobs an earlier run finished (the manifest's)."""
+        done = manifest.done.values()
+        state = ManyProgress(
+            n_jobs - n_pending,
+            n_jobs,
+            n_jobs - n_pending,
+            sum(e["area_km2"] for e in done),
+            sum(e["buildings"] for e in done),
+        )
+        return cls(state, sum(e.get("cut_at_margin", 0) for e in done))
+
+    def add(self, res: JobResult, job: Job, manifest: Manifest) -> None:
+        """Write a finished job's part, record it in the manifest and count it."""
+        write_buildings(res.buildings, manifest.part_path(job.index), res.crs_wkt, layer="buildings", overwrite=True)
+        manifest.record(
+            job.index,
+            {
+                "name": job.name,
+                "buildings": len(res.buildings),
+                "area_km2": job.area_km2,
+                "seconds": round(res.seconds, 3),
+                "cut_at_margin": res.cut_at_margin,
+                "worker_pid": res.worker_pid,
+            },
+        )
+        self.warnings.extend(res.warnings)
+        self.cut += res.cut_at_margin
+        self.busy_s += res.seconds
+        self.pids.add(res.worker_pid)
+        self.meta = self.meta or {
+            "model": f"{res.model_metadata.get('name', '?')} {res.model_metadata.get('version', '')}".strip(),
+            "threshold": res.threshold,
+        }
+        self.state.done += 1
+        self.state.area_km2 += job.area_km2
+        self.state.buildings += len(res.buildings)
+
+    def warn_if_cut(self, margin_m: float) -> None:
+        """Say so when buildings reached the edge of the margin read around their tile."""
+        if self.cut:
+            self.warnings.append(
+                f"{self.cut} buildings reach the edge of the {margin_m:g} m margin read around their tile and "
+                f"may be cut there: pass a larger --margin-m (more than half the width of the largest "
+                "buildings)"
+            )
 
 
 @contextlib.contextmanager
@@ -283,46 +304,54 @@ def _results(
                 time.sleep(0.1)
                 continue
             for future in batch:
-                try:
-                    res = future.result()
-                except RoofDetectorError as exc:
-                    raise type(exc)(
-                        f"{names[future.key]}: {exc}; the finished tiles are kept: run the same "
-                        "command again once the input is fixed"
-                    ) from None
-                except Exception as exc:  # noqa: BLE001 - a job's crash becomes one line naming its tile
-                    from distributed import KilledWorker
-
-                    if isinstance(exc, KilledWorker):
-                        raise RoofDetectorError(
-                            f"{names[future.key]}: its worker died on every try (out of memory?); the finished "
-                            "tiles are kept: give workers more memory or fewer threads and run again"
-                        ) from None
-                    text = " ".join(str(exc).split()) or type(exc).__name__
-                    raise RoofDetectorError(
-                        f"{names[future.key]} failed: {text}; the finished tiles are kept: "
-                        "fix or remove that input and run the same command again"
-                    ) from None
+                res = _job_result(future, names[future.key])
                 future.release()
-                if res.error is not None:
-                    from . import errors
-
-                    kind, text = res.error
-                    if not kind:  # a crash of the job, not a refusal: say what was kept
-                        raise RoofDetectorError(
-                            f"{names[future.key]} failed: {text}; the finished tiles are kept: "
-                            "fix or remove the input it names and run the same command again"
-                        )
-                    cls = getattr(errors, kind, RoofDetectorError)
-                    raise (cls if isinstance(cls, type) and issubclass(cls, RoofDetectorError) else RoofDetectorError)(
-                        f"{names[future.key]}: {text}; the finished tiles are kept: "
-                        "run the same command again once the input is fixed"
-                    )
+                _raise_refusal(res, names[future.key])
                 yield res
     finally:
         for f in futures:
             if not f.done():
                 f.cancel()
+
+
+def _job_result(future, name: str) -> JobResult:
+    """A finished job's result; a job that raised becomes one error naming its tile ``name``."""
+    try:
+        return future.result()
+    except RoofDetectorError as exc:
+        raise type(exc)(
+            f"{name}: {exc}; the finished tiles are kept: run the same command again once the input is fixed"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - a job's crash becomes one line naming its tile
+        from distributed import KilledWorker
+
+        if isinstance(exc, KilledWorker):
+            raise RoofDetectorError(
+                f"{name}: its worker died on every try (out of memory?); the finished "
+                "tiles are kept: give workers more memory or fewer threads and run again"
+            ) from None
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise RoofDetectorError(
+            f"{name} failed: {text}; the finished tiles are kept: "
+            "fix or remove that input and run the same command again"
+        ) from None
+
+
+def _raise_refusal(res: JobResult, name: str) -> None:
+    """Raise the error a job reported (the engine refused its input, or the job crashed), naming its tile."""
+    if res.error is not None:
+        from . import errors
+
+        kind, text = res.error
+        if not kind:  # a crash of the job, not a refusal: say what was kept
+            raise RoofDetectorError(
+                f"{name} failed: {text}; the finished tiles are kept: "
+                "fix or remove the input it names and run the same command again"
+            )
+        cls = getattr(errors, kind, RoofDetectorError)
+        raise (cls if isinstance(cls, type) and issubclass(cls, RoofDetectorError) else RoofDetectorError)(
+            f"{name}: {text}; the finished tiles are kept: run the same command again once the input is fixed"
+        )
 
 
 def _merge(
