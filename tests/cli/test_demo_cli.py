@@ -24,33 +24,25 @@ def _wheel():
     return found[-1]
 
 
-def test_demo_runs_on_the_sample(tmp_path):
-    _wheel()
-    model = make_test_model(str(tmp_path / "bright.pt"))
-    out = tmp_path / "demo"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+def _demo(*args: str) -> subprocess.CompletedProcess:
+    """``python -m roof_detector demo ARGS --device cpu`` in a fresh process; it must succeed."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "roof_detector",
-            "demo",
-            "--sample",
-            "atlanta",
-            "--out",
-            str(out),
-            "--model",
-            model,
-            "--device",
-            "cpu",
-        ],
+        [sys.executable, "-m", "roof_detector", "demo", *args, "--device", "cpu"],
         cwd=REPO,
-        env=env,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_demo_runs_on_the_sample(tmp_path):
+    _wheel()
+    model = make_test_model(str(tmp_path / "bright.pt"))
+    out = tmp_path / "demo"
+    proc = _demo("--sample", "atlanta", "--out", str(out), "--model", model)
     m = re.search(
         r"^(\d+) buildings, total area ([\d.]+) m2, pixel IoU ([\d.]+), pixel accuracy ([\d.]+) "
         r"\(vs (\d+) labelled buildings\)",
@@ -131,16 +123,7 @@ def test_demo_runs_on_the_embedded_crop_without_download(tmp_path):
     """The default demo needs no wheel: it runs, scores objects and sizes solar on the embedded crop."""
     model = make_test_model(str(tmp_path / "bright.pt"), gsd_m=0.3)
     out = tmp_path / "demo"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run(
-        [sys.executable, "-m", "roof_detector", "demo", "--out", str(out), "--model", model, "--device", "cpu"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = _demo("--out", str(out), "--model", model)
     m = re.search(r"^(\d+) buildings, .* pixel IoU ([\d.]+), .*\(vs (\d+) labelled buildings\)", proc.stdout, re.M)
     assert m, proc.stdout
     assert int(m.group(3)) == 85

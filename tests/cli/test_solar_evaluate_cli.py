@@ -115,47 +115,16 @@ def test_evaluate_prints_json_with_known_values(tmp_path, capsys):
     pred = [shapely.box(x0 + 5, y0, x0 + 15, y0 + 10), shapely.box(x0 + 20, y0, x0 + 30, y0 + 10)]
     ref_path = write_layer(tmp_path / "ref.gpkg", ref, utm)
     pred_path = write_layer(tmp_path / "pred.gpkg", [transform_geom(g, utm, WGS84) for g in pred], WGS84)
-    rc = main(
-        [
-            "evaluate",
-            "--reference",
-            ref_path,
-            "--predicted",
-            pred_path,
-            "--extent",
-            str(x0),
-            str(y0),
-            str(x0 + 40),
-            str(y0 + 10),
-            "--pixel-size",
-            "0.5",
-            "--crs",
-            "EPSG:32737",
-            "--json",
-        ]
-    )
+    extent = ["--extent", str(x0), str(y0), str(x0 + 40), str(y0 + 10), "--pixel-size", "0.5"]
+    evaluate = ["evaluate", "--reference", ref_path, "--predicted", pred_path, *extent]
+    rc = main([*evaluate, "--crs", "EPSG:32737", "--json"])
     assert rc == 0
     d = json.loads(capsys.readouterr().out)
     # tp = 50 + 100 m², fp = 50, fn = 50 (m², 0.25 m² pixels): IoU = 150 / 250
     assert d["pixel"]["iou"] == pytest.approx(0.6, abs=0.01)
     assert d["object"]["matched"] == 1 and d["object"]["predicted"] == 2 and d["object"]["reference"] == 2
     assert d["object"]["precision"] == 0.5 and d["object"]["recall"] == 0.5
-    rc = main(
-        [
-            "evaluate",
-            "--reference",
-            ref_path,
-            "--predicted",
-            pred_path,
-            "--extent",
-            str(x0),
-            str(y0),
-            str(x0 + 40),
-            str(y0 + 10),
-            "--pixel-size",
-            "0.5",
-        ]
-    )
+    rc = main(evaluate)
     out = capsys.readouterr().out
     assert rc == 0 and "iou" in out and "matched    1" in out
 
