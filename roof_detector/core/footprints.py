@@ -33,7 +33,8 @@ from shapely.geometry.base import BaseGeometry
 
 from .building import Building
 from .metric_frame import to_local_metric_many
-from .regularize import CURVED, consensus_orientations, own_axes, regularize_metric_shape
+from .axes import consensus_orientations, own_axes, working_rings
+from .regularize import CURVED, regularize_metric_shape
 from .solar import SOLAR_FIELDS, SolarParams, solar_columns, solar_rows
 
 _POLYGON = 3
@@ -105,15 +106,21 @@ def measure_metric_batch(
         kinds = shapely.get_type_id(metric)
         fit = np.flatnonzero((kinds == 3) | (kinds == 6))
         # rows of houses come out parallel: axes shared by aligned neighbours (one frame at a time)
-        own = own_axes(metric[fit], tolerance_m)
+        prepared = working_rings(metric[fit], tolerance_m)  # shared by the axes and the fits
+        own = own_axes(metric[fit], tolerance_m, prepared)
         axes = consensus_orientations(metric[fit], batch.frame_index[fit], tolerance_m, own=own)
         # The outlines were checked valid (and repaired) in the source CRS by the caller, and
         # projecting a few metres changes no topology: checking again would cost 27 us each.
-        for i, theta, own_deg in zip(fit, axes.tolist(), own.tolist()):
+        for i, theta, own_deg, prep in zip(fit, axes.tolist(), own.tolist(), prepared):
             m = metric[i]
             # Returns m itself when it is left as it is (also when already regular to 1 mm).
             r, shapes[i] = regularize_metric_shape(
-                m, tolerance_m, theta_deg=theta if theta == theta else None, own_deg=own_deg, known_valid=True
+                m,
+                tolerance_m,
+                theta_deg=theta if theta == theta else None,
+                own_deg=own_deg,
+                known_valid=True,
+                prepared=prep,
             )
             if r is not m:
                 metric[i] = r

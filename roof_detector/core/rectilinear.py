@@ -134,14 +134,14 @@ def _scanline_fill(rings: List[np.ndarray], x0: float, y0: float, cell: float, h
     lo, hi = np.minimum(ya, yb), np.maximum(ya, yb)
     crosses = (rows_y[:, None] >= lo[None, :]) & (rows_y[:, None] < hi[None, :])
     r_idx, e_idx = np.nonzero(crosses)
-    diff = np.zeros((height, width + 1), dtype=np.int32)
-    if len(r_idx):
-        ax, ay, bx, by = a[e_idx, 0], ya[e_idx], b[e_idx, 0], yb[e_idx]
-        x = ax + (rows_y[r_idx] - ay) * (bx - ax) / (by - ay)
-        # the first cell whose centre is at or right of each crossing
-        col = np.clip(np.ceil((x - x0) / cell - 0.5).astype(np.int64), 0, width)
-        # even-odd: every crossing toggles; summing toggles along the row gives the parity
-        np.add.at(diff, (r_idx, col), 1)
+    if not len(r_idx):
+        return np.zeros((height, width), dtype=bool)
+    ax, ay, bx, by = a[e_idx, 0], ya[e_idx], b[e_idx, 0], yb[e_idx]
+    x = ax + (rows_y[r_idx] - ay) * (bx - ax) / (by - ay)
+    # the first cell whose centre is at or right of each crossing
+    col = np.clip(np.ceil((x - x0) / cell - 0.5).astype(np.int64), 0, width)
+    # even-odd: every crossing toggles; summing toggles along the row gives the parity
+    diff = np.bincount(r_idx * (width + 1) + col, minlength=height * (width + 1)).reshape(height, width + 1)
     return (np.cumsum(diff[:, :width], axis=1) & 1).astype(bool)
 
 

@@ -18,10 +18,10 @@ shapes, reported in the ``shape`` field of a detection:
   that no fit matches keep their smooth traced outline, unchanged.
 
 Orientation: a building's axes come from its own walls
-(:func:`.snapping.dominant_orientation`). In a batch (a strip of a detection,
+(:mod:`.axes`). In a batch (a strip of a detection,
 a layer), :func:`consensus_orientations` aligns neighbours within
-:data:`NEIGHBOUR_RADIUS_M` whose axes differ by at most
-:data:`NEIGHBOUR_MAX_DIFF_DEG`, so rows of houses come out parallel; a building
+:data:`.axes.NEIGHBOUR_RADIUS_M` whose axes differ by at most
+:data:`.axes.NEIGHBOUR_MAX_DIFF_DEG`, so rows of houses come out parallel; a building
 whose fit fails with the shared axes is fitted again with its own.
 
 The constants were chosen on data that no test figure uses (OAM areas 1, 2, 3
@@ -31,18 +31,22 @@ and 5 at z19, INRIA validation chips); see the README. No ``qgis`` import here.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import shapely
 from shapely.geometry import MultiPolygon, Polygon
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from shapely.geometry.base import BaseGeometry
 
+from .axes import (
+    batch_axes,
+    consensus_orientations,
+    own_axes,
+    working_rings,
+)
 from .metric_frame import to_local_metric
 from .rectilinear import burn, ellipse_grid_iou, fit_rectilinear
-from .snapping import MAX_AREA_CHANGE, UNCHANGED_M, _clean_ring, dominant_orientation, is_round, snap_polygon
+from .snapping import MAX_AREA_CHANGE, UNCHANGED_M, is_round, snap_polygon
 
 __all__ = [
     "regularize_outline",
@@ -51,7 +55,7 @@ __all__ = [
     "consensus_orientations",
     "building_axes",
     "own_axes",
-    "dominant_orientation",
+    "working_rings",
     "is_round",
     "SHAPES",
 ]
@@ -79,11 +83,6 @@ ARC_MIN_RADIUS = 3.0
 ARC_FIT_IOU = 0.95
 #: An outline that fills its bounding rectangle (along its axes) this much becomes that rectangle.
 FAST_FILL = 0.97
-#: Vertices that move the outline by less than this x tolerance are dropped before fitting.
-PRESIMPLIFY = 0.1
-#: How far (degrees) the smallest bounding rectangle may turn a building's axes from its walls' histogram.
-AXES_SEARCH_DEG = 5.0
-_AXES_OFFSETS = np.arange(-AXES_SEARCH_DEG, AXES_SEARCH_DEG + 1e-9, 0.25)
 #: A rectangle whose IoU with the outline reaches this is kept as it is (no wings, notches or diagonals).
 RECT_ENOUGH_IOU = 0.95
 #: Outlines filling more of their bounding rectangle than this are not round (a disc fills pi/4).
@@ -92,9 +91,6 @@ ROUNDISH_FILL = 0.88
 HOLE_FILL = 0.85
 #: A hole that fits no right-angled polygon and is smaller than this share of its building is filled.
 ODD_HOLE_SHARE = 0.05
-#: Neighbours within this distance (metres, edge to edge) share their axes when those are close.
-NEIGHBOUR_RADIUS_M = 10.0
-NEIGHBOUR_MAX_DIFF_DEG = 10.0
 
 
 def regularize_outline(
@@ -146,17 +142,26 @@ def regularize_metric_shape(
     *,
     own_deg: Optional[float] = None,
     known_valid: bool = False,
+    prepared: Optional[Tuple[Optional[Polygon], Optional[np.ndarray]]] = None,
 ) -> Tuple[BaseGeometry, str]:
     """:func:`regularize_metric` and the ``shape`` class (of the largest part, for a MultiPolygon).
 
-    ``theta_deg``, ``own_deg``: see :func:`fit_polygon` (``own_deg`` is used for a Polygon only).
+    ``theta_deg``, ``own_deg``, ``prepared``: see :func:`fit_polygon` (the last two are used
+    for a Polygon only).
     """
     _check_tolerance(tolerance_m)
     if geometry is None or geometry.is_empty:
         return geometry, CURVED
     if geometry.geom_type == "Polygon":
         return fit_polygon(
-            geometry, tolerance_m, theta_deg, allow_diagonals, max_area_change, known_valid, own_deg=own_deg
+            geometry,
+            tolerance_m,
+            theta_deg,
+            allow_diagonals,
+            max_area_change,
+            known_valid,
+            own_deg=own_deg,
+            prepared=prepared,
         )
     if geometry.geom_type == "MultiPolygon":
         parts = list(geometry.geoms)  # each access to .geoms makes new objects: keep one set for `is`
@@ -180,21 +185,19 @@ def fit_polygon(
     known_valid: bool = False,
     *,
     own_deg: Optional[float] = None,
+    prepared: Optional[Tuple[Optional[Polygon], Optional[np.ndarray]]] = None,
 ) -> Tuple[Polygon, str]:
     """The regularised polygon (metres) and its ``shape`` class; ``poly`` itself when left as it is.
 
     ``theta_deg``: the building's axes (degrees in [0, 90) from +x), e.g. shared
     with its neighbours; default: its own. When the fit with the given axes fails,
     the building's own axes are tried. ``own_deg``: its own axes when the caller
-    has them already (:func:`own_axes`).
+    has them already (:func:`own_axes`); ``prepared``: its :func:`working_rings` entry.
     """
     if not known_valid and not poly.is_valid:
         return poly, CURVED
-    work = _working_outline(poly, tolerance_m)
-    if work is None:
-        return poly, CURVED
-    ring = _clean_ring(shapely.get_coordinates(work.exterior))
-    if ring is None:
+    work, ring = prepared if prepared is not None else working_rings([poly], tolerance_m)[0]
+    if work is None or ring is None:
         return poly, CURVED
     own = building_axes(ring, tolerance_m) if own_deg is None or own_deg != own_deg else own_deg
     # Discs, ovals and half-rounds fill at most about pi/4 of their bounding rectangle; outlines
@@ -225,34 +228,6 @@ def fit_polygon(
     return poly, CURVED
 
 
-def _working_outline(poly: Polygon, tol: float) -> Optional[Polygon]:
-    """``poly`` without vertices that move it by less than :data:`PRESIMPLIFY` x tolerance.
-
-    A traced outline has a vertex every pixel or two; fitting needs only its
-    shape, and every later step costs in proportion to its vertices.
-    """
-    if poly.area <= 0:
-        return None
-    if len(poly.exterior.coords) <= 16 and not poly.interiors:
-        return poly
-    # plain Douglas-Peucker (GEOS's topology-preserving variant costs ten times more); the
-    # rare result that is no longer a valid polygon falls back to the outline itself
-    out = shapely.simplify(poly, PRESIMPLIFY * tol, preserve_topology=False)
-    return out if out.geom_type == "Polygon" and out.area > 0 and out.is_valid else poly
-
-
-def own_axes(metric: Sequence[BaseGeometry], tolerance_m: float = 1.0) -> np.ndarray:
-    """:func:`building_axes` of each polygon (metres), as :func:`fit_polygon` computes them; NaN if none."""
-    out = np.full(len(metric), np.nan)
-    for i, g in enumerate(metric):
-        if g is not None and g.geom_type == "Polygon" and not g.is_empty:
-            work = _working_outline(g, tolerance_m)
-            ring = None if work is None else _clean_ring(shapely.get_coordinates(work.exterior))
-            if ring is not None:
-                out[i] = building_axes(ring, tolerance_m)
-    return out
-
-
 def _cut_courtyards(fitted: Polygon, poly: Polygon, theta: float, tol: float) -> Optional[Polygon]:
     """``fitted`` minus the holes of ``poly``, squared like buildings along the same axes.
 
@@ -280,23 +255,9 @@ def _cut_courtyards(fitted: Polygon, poly: Polygon, theta: float, tol: float) ->
 
 
 def building_axes(ring: np.ndarray, tolerance_m: float = 1.0) -> float:
-    """A building's axes, degrees in [0, 90) from +x: its dominant wall direction, refined.
-
-    The edge-direction histogram (:func:`.snapping.dominant_orientation`) is pulled
-    a degree or three towards the raster's axes or diagonals by pixel staircases;
-    within ±:data:`AXES_SEARCH_DEG` of it, the direction whose bounding rectangle is
-    smallest (walls, not stairs, touch the rectangle) is the building's.
-    """
-    theta = dominant_orientation(ring, tolerance_m)
-    xy = ring[:-1] - ring[:-1].mean(axis=0)
-    a = np.radians(theta + _AXES_OFFSETS)
-    c, s = np.cos(a), np.sin(a)
-    u = np.outer(xy[:, 0], c) + np.outer(xy[:, 1], s)
-    v = np.outer(xy[:, 1], c) - np.outer(xy[:, 0], s)
-    area = (u.max(axis=0) - u.min(axis=0)) * (v.max(axis=0) - v.min(axis=0))
-    # ties (a rotation-symmetric outline) keep the histogram's direction
-    best = int(np.argmin(area * (1.0 + 1e-9 * np.abs(_AXES_OFFSETS))))
-    return float((theta + _AXES_OFFSETS[best]) % 90.0)
+    """A building's axes, degrees in [0, 90) from +x: its dominant wall direction, refined
+    (:mod:`.axes`; a batch of rings at once: :func:`.axes.batch_axes`)."""
+    return float(batch_axes([ring], tolerance_m)[0])
 
 
 class _LazyArc:
@@ -439,59 +400,3 @@ def _iou(a: BaseGeometry, b: BaseGeometry) -> float:
 def _check_tolerance(tolerance_m: float) -> None:
     if not (isinstance(tolerance_m, (int, float)) and math.isfinite(tolerance_m) and tolerance_m > 0):
         raise ValueError(f"tolerance must be a positive number of metres, not {tolerance_m}")
-
-
-def consensus_orientations(
-    metric: Sequence[BaseGeometry],
-    groups: Sequence[int],
-    tolerance_m: float = 1.0,
-    radius_m: float = NEIGHBOUR_RADIUS_M,
-    max_diff_deg: float = NEIGHBOUR_MAX_DIFF_DEG,
-    own: Optional[np.ndarray] = None,
-) -> np.ndarray:
-    """Axes (degrees in [0, 90)) per polygon, shared with aligned neighbours.
-
-    ``metric``: polygons in metres; ``groups``: the metric frame of each (only
-    polygons of one frame are compared); ``own``: their own axes
-    (:func:`own_axes`, computed when not given). Polygons within ``radius_m`` of
-    each other whose axes differ by at most ``max_diff_deg`` are linked; each
-    cluster of linked polygons (a row, a block) takes the perimeter-weighted
-    circular mean (modulo 90°) of its members' axes, except members farther than
-    ``max_diff_deg`` from it. NaN where a polygon has no axes (empty, degenerate).
-    """
-    geoms = np.asarray(metric, dtype=object)
-    n = len(geoms)
-    own = own_axes(geoms, tolerance_m) if own is None else np.asarray(own, dtype=float)
-    out = own.copy()
-    ok = np.isfinite(own)
-    if ok.sum() < 2:
-        return out
-    weight = shapely.length(geoms[ok]) if ok.any() else np.zeros(0)
-    idx = np.flatnonzero(ok)
-    w = np.zeros(n)
-    w[idx] = weight
-    vec = np.exp(1j * np.radians(4.0 * np.nan_to_num(own)))
-    groups = np.asarray(groups)
-    pairs_a, pairs_b = [], []
-    for g in np.unique(groups[idx]):
-        members = idx[groups[idx] == g]
-        if len(members) < 2:
-            continue
-        tree = shapely.STRtree(geoms[members])
-        a, b = tree.query(geoms[members], predicate="dwithin", distance=radius_m)
-        a, b = members[a], members[b]
-        close = np.abs((own[a] - own[b] + 45.0) % 90.0 - 45.0) <= max_diff_deg
-        pairs_a.append(a[close])
-        pairs_b.append(b[close])
-    if not pairs_a:
-        return out
-    a, b = np.concatenate(pairs_a), np.concatenate(pairs_b)
-    # a row or block of aligned neighbours is one cluster with one axis (a link may join
-    # buildings up to max_diff apart, so a member far from the cluster's axis keeps its own)
-    n_clusters, label = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
-    total = np.zeros(n_clusters, dtype=complex)
-    np.add.at(total, label[idx], w[idx] * vec[idx])
-    mean = (np.degrees(np.angle(total[label[idx]])) / 4.0) % 90.0
-    near = np.abs((mean - own[idx] + 45.0) % 90.0 - 45.0) <= max_diff_deg
-    out[idx[near]] = mean[near]
-    return out
