@@ -30,7 +30,7 @@ from .building import Building
 from .errors import Cancelled, RoofDetectorError
 from .gpkg_writer import check_output, write_building_stream, write_buildings
 from .many_job import JobResult, run_job
-from .many_manifest import Manifest
+from .many_manifest import Manifest, saved_setting
 from .mosaic_plan import Job, expand_inputs, plan_jobs, read_mosaic, total_area_km2, write_mosaic_vrt
 from .params import MANY, check
 
@@ -50,6 +50,7 @@ class ManyProgress:
     area_km2: float
     buildings: int
     dashboard: Optional[str] = None
+    group_tiles: int = 1  # each job is a block of group_tiles x group_tiles input tiles
 
 
 @dataclass
@@ -81,6 +82,7 @@ def detect_many(
     scheduler: Optional[str] = None,
     threads_per_worker: Optional[int] = MANY["threads_per_worker"].default,
     margin_m: float = DEFAULT_MARGIN_M,
+    group_tiles: Optional[int] = MANY["group_tiles"].default,
     block_px: int = DEFAULT_BLOCK_PX,
     work_dir: Optional[str] = None,
     keep_parts: bool = False,
@@ -98,27 +100,43 @@ def detect_many(
     ``LocalCluster`` of ``workers`` processes is started (threads when
     ``processes`` is False) and stopped. ``on_cluster(client)`` is called
     once the client is connected (tests use it to reach the workers).
+    ``group_tiles`` K makes each job a block of K x K neighbouring inputs
+    (None: :func:`auto_group`, for ``workers`` or, with ``scheduler``, for the
+    workers the scheduler has when the run starts).
     """
     t0 = time.perf_counter()
     # The declared ranges (core.params MANY, DETECT...): a ParameterError before any work.
     checked = check(
         "many",
-        {"workers": workers, "threads_per_worker": threads_per_worker, "margin_m": margin_m, "block_px": block_px},
+        {
+            "workers": workers,
+            "threads_per_worker": threads_per_worker,
+            "margin_m": margin_m,
+            "group_tiles": group_tiles,
+            "block_px": block_px,
+        },
     )
+    group_tiles = checked["group_tiles"]
     workers, threads_per_worker = checked["workers"], checked["threads_per_worker"]
     margin_m, block_px = checked["margin_m"], checked["block_px"]
     options.validate()
     check_output(output, layer, overwrite)
     paths = expand_inputs(inputs)
     mosaic = read_mosaic(paths)
-    jobs = plan_jobs(mosaic, margin_m, block_px)
     work_dir = work_dir or f"{output}.parts"
     if restart and os.path.isdir(work_dir):
         shutil.rmtree(work_dir)
+    if group_tiles is None:
+        # An interrupted run goes on with the blocks it started with, whatever --workers says now.
+        group_tiles = saved_setting(work_dir, "group_tiles") or auto_group(
+            mosaic, margin_m, block_px, _cluster_workers(scheduler) if scheduler else workers
+        )
+    jobs = plan_jobs(mosaic, margin_m, block_px, group_tiles)
     settings = {
         "inputs": paths,
         "options": dataclasses.asdict(options),
         "margin_m": margin_m,
+        "group_tiles": group_tiles,
         "block_px": block_px,
         "model": _model_fingerprint(options.model_path),
     }
@@ -136,6 +154,7 @@ def detect_many(
         len(jobs) - len(pending),
         sum(e["area_km2"] for e in manifest.done.values()),
         sum(e["buildings"] for e in manifest.done.values()),
+        group_tiles=group_tiles,
     )
     warnings: List[str] = []
     cut = sum(e.get("cut_at_margin", 0) for e in manifest.done.values())
@@ -211,8 +230,35 @@ def detect_many(
         cut,
         state.dashboard,
         warnings,
-        {"job_seconds_sum": round(busy_s, 3), "worker_pids": sorted(pids), "inputs": len(paths)},
+        {
+            "job_seconds_sum": round(busy_s, 3),
+            "worker_pids": sorted(pids),
+            "inputs": len(paths),
+            "group_tiles": group_tiles,
+        },
     )
+
+
+def auto_group(mosaic, margin_m: float, block_px: int, workers: int) -> int:
+    """Tiles per job side when not told: 4, 2 or 1, the largest leaving at least 4 jobs and 2 per worker.
+
+    Blocks of K x K tiles pay the margin once per block: for 1 km tiles at 0.25 m and a 30 m
+    margin the model runs 15.3 % more tiles than one run over the mosaic with K = 1, 8.2 % with
+    K = 2, 4.1 % with K = 4 (README, "Many rasters"). Enough jobs remain to share among the
+    workers and to resume from.
+    """
+    single = len(plan_jobs(mosaic, margin_m, block_px, 1))
+    for k in (4, 2):
+        n = len(plan_jobs(mosaic, margin_m, block_px, k))
+        if max(4, 2 * workers) <= n < single:  # n == single: inputs too large to group
+            return k
+    return 1
+
+
+def _cluster_workers(scheduler: str) -> int:
+    """How many workers the cluster at ``scheduler`` has now (at least 1)."""
+    with _client(scheduler, 1, None, True) as client:
+        return max(1, len(client.scheduler_info().get("workers", {})))
 
 
 @contextlib.contextmanager

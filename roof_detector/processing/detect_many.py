@@ -77,7 +77,7 @@ class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
                 self.MODEL, self.tr("Model file (empty: bundled model)"), extension="pt", optional=True
             )
         )
-        add(self, "many", advanced=("threads_per_worker", "block_px"))
+        add(self, "many", advanced=("threads_per_worker", "group_tiles", "block_px"))
         add(self, "detect", advanced=("batch_size",))
         add(self, "outlines")
         add(self, "solar", advanced=tuple(SOLAR))
