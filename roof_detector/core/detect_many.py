@@ -203,8 +203,8 @@ def detect_many(
     if cut:
         warnings.append(
             f"{cut} buildings reach the edge of the {margin_m:g} m margin read around their tile and "
-            f"may be cut there: pass a larger --margin-m (more than half the width of the largest "
-            "buildings)"
+            f"may be cut there: pass a larger --margin-m (the largest buildings' reach from their middle, "
+            "plus 5 m)"
         )
     building_count, area_m2 = _merge(
         jobs,

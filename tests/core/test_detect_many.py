@@ -313,6 +313,7 @@ def test_other_settings_in_work_dir_refused(tmp_path, whole, model_path):
         ("margin_m", -1.0, "Margin must be from 0 to 1000 m"),
         ("margin_m", float("nan"), "Margin must be a finite"),
         ("block_px", 100, "Block size must be from 256"),
+        ("group_tiles", 0, "Tiles per job must be from 1 to 16"),
         ("workers", 0, "Workers must be from 1 to 256"),
         ("threads_per_worker", 2.5, "Threads per worker must be a whole number"),
     ],
@@ -437,3 +438,20 @@ def test_model_tile_counts_of_a_plan(whole, model_path):
     assert model_tile_count(plan_jobs(region, 30.0), region) == (25600, 22201)  # +15.3 %
     assert model_tile_count(plan_jobs(region, 30.0, group_tiles=2), region)[0] == 24025  # +8.2 %
     assert model_tile_count(plan_jobs(region, 30.0, group_tiles=4), region)[0] == 23104  # +4.1 %
+
+
+def test_worker_model_is_loaded_once_with_the_workers_threads():
+    """2 workers x 1 thread on 2 cores must not run 2 x 2 model threads: the session gets the worker's share."""
+    import torch
+
+    from roof_detector.core.many_job import worker_model
+
+    before = torch.get_num_threads()
+    try:
+        model = worker_model(DetectOptions(device="cpu"), 1)  # the bundled model: ONNX Runtime on the CPU
+        assert worker_model(DetectOptions(device="cpu"), 1) is model  # loaded once per process
+        assert torch.get_num_threads() == 1
+        assert model.extra["backend"] == "onnxruntime"  # the shipped int8 twin
+        assert model.module.session.get_session_options().intra_op_num_threads == 1
+    finally:
+        torch.set_num_threads(before)
