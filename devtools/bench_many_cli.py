@@ -212,19 +212,8 @@ def run(args) -> int:
                 f"{v} #{r + 1}: {res['wall_s']:.1f} s wall, {res['cpu_s']:.1f} CPU s, client {res['client_mb']:.0f} MB, "
                 f"workers {[round(m) for m in res['children_mb']]} MB | {res['summary'].splitlines()[-1]}"
             )
-    figures = {"tile_px": args.tile_px, "cores": args.cores, "repeats": args.repeats, "plan": plan, "runs": {}}
-    for v, rs in runs.items():
-        wall = statistics.median(x["wall_s"] for x in rs)
-        figures["runs"][v] = {
-            "median_wall_s": round(wall, 2),
-            "walls_s": [round(x["wall_s"], 2) for x in rs],
-            "tiles_per_s": round(TILES / wall, 3),
-            "model_tiles_per_s": round((plan["model_tiles_cli"] if v == "cli" else plan["model_tiles"]) / wall, 1),
-            "median_cpu_s": round(statistics.median(x["cpu_s"] for x in rs), 2),
-            "client_peak_mb": round(max(x["client_mb"] for x in rs)),
-            "worker_peak_mb": round(max(max(x["children_mb"] or [0]) for x in rs)),
-            "summary": rs[-1]["summary"].splitlines()[-1],
-        }
+    figures = {"tile_px": args.tile_px, "cores": args.cores, "repeats": args.repeats, "plan": plan}
+    figures["runs"] = {v: summarize(v, rs, plan) for v, rs in runs.items()}
     base = figures["runs"].get("cli")
     for v, f in figures["runs"].items():
         if base and v != "cli":
@@ -247,6 +236,21 @@ def run(args) -> int:
     figures["bench_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(figures))
     return 0
+
+
+def summarize(variant: str, rs: list, plan: dict) -> dict:
+    """Medians and peaks of one variant's runs."""
+    wall = statistics.median(x["wall_s"] for x in rs)
+    return {
+        "median_wall_s": round(wall, 2),
+        "walls_s": [round(x["wall_s"], 2) for x in rs],
+        "tiles_per_s": round(TILES / wall, 3),
+        "model_tiles_per_s": round((plan["model_tiles_cli"] if variant == "cli" else plan["model_tiles"]) / wall, 1),
+        "median_cpu_s": round(statistics.median(x["cpu_s"] for x in rs), 2),
+        "client_peak_mb": round(max(x["client_mb"] for x in rs)),
+        "worker_peak_mb": round(max(max(x["children_mb"] or [0]) for x in rs)),
+        "summary": rs[-1]["summary"].splitlines()[-1],
+    }
 
 
 def region_estimate(figures: dict, plan: dict, cores: int) -> dict:

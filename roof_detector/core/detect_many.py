@@ -156,11 +156,7 @@ def detect_many(
         sum(e["buildings"] for e in manifest.done.values()),
         group_tiles=group_tiles,
     )
-    warnings: List[str] = []
-    cut = sum(e.get("cut_at_margin", 0) for e in manifest.done.values())
-    meta: Dict[str, Any] = {}
-    busy_s = 0.0
-    pids = set()
+    tally = _Tally(cut=sum(e.get("cut_at_margin", 0) for e in manifest.done.values()))
     if pending:
         with _client(scheduler, workers, threads_per_worker, processes) as client:
             state.dashboard = _dashboard(client)
@@ -169,36 +165,12 @@ def detect_many(
             if progress is not None:
                 progress(state)
             for res in _results(client, pending, options, threads_per_worker, stretch, is_cancelled):
-                job = jobs[res.index]
-                write_buildings(
-                    res.buildings, manifest.part_path(job.index), res.crs_wkt, layer="buildings", overwrite=True
-                )
-                manifest.record(
-                    job.index,
-                    {
-                        "name": job.name,
-                        "buildings": len(res.buildings),
-                        "area_km2": job.area_km2,
-                        "seconds": round(res.seconds, 3),
-                        "cut_at_margin": res.cut_at_margin,
-                        "worker_pid": res.worker_pid,
-                    },
-                )
-                warnings.extend(res.warnings)
-                cut += res.cut_at_margin
-                busy_s += res.seconds
-                pids.add(res.worker_pid)
-                meta = meta or {
-                    "model": f"{res.model_metadata.get('name', '?')} {res.model_metadata.get('version', '')}".strip(),
-                    "threshold": res.threshold,
-                }
-                state.done += 1
-                state.area_km2 += job.area_km2
-                state.buildings += len(res.buildings)
+                _record(res, jobs[res.index], manifest, state, tally)
                 if progress is not None:
                     progress(state)
     elif progress is not None:
         progress(state)
+    warnings, cut, meta, busy_s, pids = tally.warnings, tally.cut, tally.meta, tally.busy_s, tally.pids
 
     if cut:
         warnings.append(
@@ -237,6 +209,44 @@ def detect_many(
             "group_tiles": group_tiles,
         },
     )
+
+
+@dataclass
+class _Tally:
+    """What the finished jobs of this run add up to (besides ``ManyProgress``)."""
+
+    cut: int = 0
+    warnings: List[str] = field(default_factory=list)
+    meta: Dict[str, Any] = field(default_factory=dict)
+    busy_s: float = 0.0
+    pids: set = field(default_factory=set)
+
+
+def _record(res: JobResult, job: Job, manifest: Manifest, state: ManyProgress, tally: _Tally) -> None:
+    """Write ``res`` as ``job``'s part, then mark the job finished in the manifest; count it."""
+    write_buildings(res.buildings, manifest.part_path(job.index), res.crs_wkt, layer="buildings", overwrite=True)
+    manifest.record(
+        job.index,
+        {
+            "name": job.name,
+            "buildings": len(res.buildings),
+            "area_km2": job.area_km2,
+            "seconds": round(res.seconds, 3),
+            "cut_at_margin": res.cut_at_margin,
+            "worker_pid": res.worker_pid,
+        },
+    )
+    tally.warnings.extend(res.warnings)
+    tally.cut += res.cut_at_margin
+    tally.busy_s += res.seconds
+    tally.pids.add(res.worker_pid)
+    tally.meta = tally.meta or {
+        "model": f"{res.model_metadata.get('name', '?')} {res.model_metadata.get('version', '')}".strip(),
+        "threshold": res.threshold,
+    }
+    state.done += 1
+    state.area_km2 += job.area_km2
+    state.buildings += len(res.buildings)
 
 
 def auto_group(mosaic, margin_m: float, block_px: int, workers: int) -> int:
