@@ -25,5 +25,7 @@ RUN python3 -m venv --system-site-packages /venv \
 COPY roof_detector /app/roof_detector
 COPY models /app/models
 
-ENV PATH=/venv/bin:$PATH PYTHONPATH=/app PYTHONUNBUFFERED=1
+# PROJ_DATA: pyproj looks in the venv (sys.prefix) and beside a `proj` binary, finds neither and
+# would warn on every process without it (seen running the image).
+ENV PATH=/venv/bin:$PATH PYTHONPATH=/app PYTHONUNBUFFERED=1 PROJ_DATA=/usr/share/proj
 CMD ["python", "-m", "roof_detector", "detect-many", "--help"]

@@ -127,6 +127,13 @@ BENCH_ARGS ?=
 bench: setup
 	$(PY) -m devtools bench $(BENCH_ARGS)
 
+.PHONY: bench-many
+# detect vs detect-many (1 worker x 2 threads, 2 workers x 1 thread) on 16 generated tiles, same cores;
+# about 8 minutes on a quiet 2-core machine. BENCH_MANY_ARGS e.g. --tile-px 2048 --repeats 5.
+BENCH_MANY_ARGS ?=
+bench-many: setup
+	$(PY) -m devtools bench-many $(BENCH_MANY_ARGS)
+
 .PHONY: serve loadtest
 # The REST service (README "REST service"); SERVE_ARGS e.g. --token-file tokens.txt --device cuda.
 SERVE_ARGS ?=

@@ -6,6 +6,7 @@ from roof_detector.cli import main
 
 COMMANDS = {
     "bench": "devtools.bench_cli",
+    "bench-many": "devtools.bench_many_cli",
     "score": "devtools.score_cli",
     "train": "devtools.train_cli",
     "onnx-twin": "devtools.onnx_twin_cli",

@@ -45,7 +45,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (workers need roof_detector "
         "and read access to the inputs)",
     )
-    add_params(g, "many", "threads_per_worker", "margin_m", "block_px")
+    add_params(g, "many", "threads_per_worker", "margin_m", "group_tiles", "block_px")
     g.add_argument(
         "--work-dir",
         metavar="DIR",
@@ -67,15 +67,22 @@ def run(args: argparse.Namespace) -> int:
     options = detect_options(args)
     bar = None
 
+    def jobs_word(k: int) -> str:
+        return "tiles" if k == 1 else f"blocks of {k}x{k} tiles"
+
     def progress(state) -> None:
         nonlocal bar
         if bar is None:
             if state.dashboard:
                 print(f"Dask dashboard: {state.dashboard}", file=sys.stderr)
             if state.skipped:
-                print(f"{state.skipped} of {state.total} tiles already done (manifest): skipped", file=sys.stderr)
+                print(
+                    f"{state.skipped} of {state.total} {jobs_word(state.group_tiles)} already done (manifest): skipped",
+                    file=sys.stderr,
+                )
+            word = "tiles" if state.group_tiles == 1 else "blocks"
             bar = tqdm(
-                total=state.total, initial=state.done, file=sys.stderr, unit="tile", dynamic_ncols=True, desc="tiles"
+                total=state.total, initial=state.done, file=sys.stderr, unit=word[:-1], dynamic_ncols=True, desc=word
             )
         bar.update(state.done - bar.n)
         bar.set_postfix_str(f"{state.area_km2:.3f} km², {state.buildings} buildings")
@@ -107,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(
-        f"{result.buildings} buildings in {result.jobs} tiles ({result.area_km2:.3f} km², {result.skipped} "
+        f"{result.buildings} buildings in {result.jobs} {jobs_word(result.stats.get('group_tiles', 1))} "
+        f"({result.area_km2:.3f} km², {result.skipped} "
         f"already done), total area {result.building_area_m2:.1f} m2, {result.seconds:.1f} s -> "
         f"{result.output} (layer {result.layer})"
     )

@@ -30,8 +30,8 @@ from .building import Building
 from .errors import Cancelled, RoofDetectorError
 from .gpkg_writer import check_output, write_building_stream, write_buildings
 from .many_job import JobResult, run_job
-from .many_manifest import Manifest
-from .mosaic_plan import Job, expand_inputs, plan_jobs, read_mosaic, total_area_km2, write_mosaic_vrt
+from .many_manifest import Manifest, saved_setting
+from .mosaic_plan import Job, auto_group, expand_inputs, plan_jobs, read_mosaic, total_area_km2, write_mosaic_vrt
 from .params import MANY, check
 
 #: Metres read around each input tile so that buildings on its border are seen whole (declared in .params).
@@ -50,6 +50,7 @@ class ManyProgress:
     area_km2: float
     buildings: int
     dashboard: Optional[str] = None
+    group_tiles: int = 1  # each job is a block of group_tiles x group_tiles input tiles
 
 
 @dataclass
@@ -81,6 +82,7 @@ def detect_many(
     scheduler: Optional[str] = None,
     threads_per_worker: Optional[int] = MANY["threads_per_worker"].default,
     margin_m: float = DEFAULT_MARGIN_M,
+    group_tiles: Optional[int] = MANY["group_tiles"].default,
     block_px: int = DEFAULT_BLOCK_PX,
     work_dir: Optional[str] = None,
     keep_parts: bool = False,
@@ -98,42 +100,43 @@ def detect_many(
     ``LocalCluster`` of ``workers`` processes is started (threads when
     ``processes`` is False) and stopped. ``on_cluster(client)`` is called
     once the client is connected (tests use it to reach the workers).
+    ``group_tiles`` K makes each job a block of K x K neighbouring inputs
+    (None: :func:`auto_group`, for ``workers`` or, with ``scheduler``, for the
+    workers the scheduler has when the run starts).
     """
     t0 = time.perf_counter()
     # The declared ranges (core.params MANY, DETECT...): a ParameterError before any work.
-    checked = check(
-        "many",
-        {"workers": workers, "threads_per_worker": threads_per_worker, "margin_m": margin_m, "block_px": block_px},
-    )
+    checked = _checked(workers, threads_per_worker, margin_m, group_tiles, block_px)
+    group_tiles = checked["group_tiles"]
     workers, threads_per_worker = checked["workers"], checked["threads_per_worker"]
     margin_m, block_px = checked["margin_m"], checked["block_px"]
     options.validate()
     check_output(output, layer, overwrite)
     paths = expand_inputs(inputs)
     mosaic = read_mosaic(paths)
-    jobs = plan_jobs(mosaic, margin_m, block_px)
     work_dir = work_dir or f"{output}.parts"
     if restart and os.path.isdir(work_dir):
         shutil.rmtree(work_dir)
-    manifest = Manifest(work_dir, _run_settings(paths, options, margin_m, block_px))
+    group_tiles = _group_tiles(group_tiles, work_dir, mosaic, margin_m, block_px, scheduler, workers)
+    jobs = plan_jobs(mosaic, margin_m, block_px, group_tiles)
+    manifest = Manifest(work_dir, _run_settings(paths, options, margin_m, block_px, group_tiles))
     stretch = _mosaic_stretch(mosaic, work_dir)
     if threads_per_worker is None and scheduler is None:
         threads_per_worker = _threads_per_worker(workers)
     pending = [j for j in jobs if j.index not in manifest.done]
-    tally = _Tally.of_finished(manifest, len(jobs), len(pending))
+    tally = _Tally.of_finished(manifest, len(jobs), len(pending), group_tiles)
+    report = progress or (lambda _state: None)
     if pending:
         with _client(scheduler, workers, threads_per_worker, processes) as client:
             tally.state.dashboard = _dashboard(client)
             if on_cluster is not None:
                 on_cluster(client)
-            if progress is not None:
-                progress(tally.state)
+            report(tally.state)
             for res in _results(client, pending, options, threads_per_worker, stretch, is_cancelled):
                 tally.add(res, jobs[res.index], manifest)
-                if progress is not None:
-                    progress(tally.state)
-    elif progress is not None:
-        progress(tally.state)
+                report(tally.state)
+    else:
+        report(tally.state)
 
     tally.warn_if_cut(margin_m)
     provenance = dict(
@@ -155,16 +158,41 @@ def detect_many(
         tally.cut,
         tally.state.dashboard,
         tally.warnings,
-        {"job_seconds_sum": round(tally.busy_s, 3), "worker_pids": sorted(tally.pids), "inputs": len(paths)},
+        dict(tally.stats(), inputs=len(paths), group_tiles=group_tiles),
     )
 
 
-def _run_settings(paths: List[str], options, margin_m: float, block_px: int) -> Dict[str, Any]:
+def _checked(workers, threads_per_worker, margin_m, group_tiles, block_px) -> Dict[str, Any]:
+    """The run's numbers checked against their declarations (one ParameterError before any work)."""
+    values = {
+        "workers": workers,
+        "threads_per_worker": threads_per_worker,
+        "margin_m": margin_m,
+        "group_tiles": group_tiles,
+        "block_px": block_px,
+    }
+    return check("many", values)
+
+
+def _group_tiles(group_tiles, work_dir, mosaic, margin_m, block_px, scheduler, workers) -> int:
+    """Tiles per job side: as asked, else as the interrupted run in ``work_dir`` had it, else :func:`auto_group`.
+
+    An interrupted run goes on with the blocks it started with, whatever --workers says now.
+    """
+    if group_tiles is not None:
+        return group_tiles
+    return saved_setting(work_dir, "group_tiles") or auto_group(
+        mosaic, margin_m, block_px, _cluster_workers(scheduler) if scheduler else workers
+    )
+
+
+def _run_settings(paths: List[str], options, margin_m: float, block_px: int, group_tiles: int) -> Dict[str, Any]:
     """What makes an earlier run's finished parts reusable (the manifest refuses them when any differs)."""
     return {
         "inputs": paths,
         "options": dataclasses.asdict(options),
         "margin_m": margin_m,
+        "group_tiles": group_tiles,
         "block_px": block_px,
         "model": _model_fingerprint(options.model_path),
     }
@@ -188,7 +216,7 @@ class _Tally:
     pids: set = field(default_factory=set)
 
     @classmethod
-    def of_finished(cls, manifest: Manifest, n_jobs: int, n_pending: int) -> "_Tally":
+    def of_finished(cls, manifest: Manifest, n_jobs: int, n_pending: int, group_tiles: int) -> "_Tally":
         """The tally of the jobs an earlier run finished (the manifest's)."""
         done = manifest.done.values()
         state = ManyProgress(
@@ -197,6 +225,7 @@ class _Tally:
             n_jobs - n_pending,
             sum(e["area_km2"] for e in done),
             sum(e["buildings"] for e in done),
+            group_tiles=group_tiles,
         )
         return cls(state, sum(e.get("cut_at_margin", 0) for e in done))
 
@@ -226,14 +255,24 @@ class _Tally:
         self.state.area_km2 += job.area_km2
         self.state.buildings += len(res.buildings)
 
+    def stats(self) -> Dict[str, Any]:
+        """The run's figures for :attr:`ManyResult.stats`: busy seconds summed over jobs, worker processes."""
+        return {"job_seconds_sum": round(self.busy_s, 3), "worker_pids": sorted(self.pids)}
+
     def warn_if_cut(self, margin_m: float) -> None:
         """Say so when buildings reached the edge of the margin read around their tile."""
         if self.cut:
             self.warnings.append(
                 f"{self.cut} buildings reach the edge of the {margin_m:g} m margin read around their tile and "
-                f"may be cut there: pass a larger --margin-m (more than half the width of the largest "
-                "buildings)"
+                f"may be cut there: pass a larger --margin-m (the largest buildings' reach from their "
+                "middle, plus 5 m)"
             )
+
+
+def _cluster_workers(scheduler: str) -> int:
+    """How many workers the cluster at ``scheduler`` has now (at least 1)."""
+    with _client(scheduler, 1, None, True) as client:
+        return max(1, len(client.scheduler_info().get("workers", {})))
 
 
 @contextlib.contextmanager

@@ -20,6 +20,15 @@ from .errors import OutputError
 MANIFEST = "manifest.jsonl"
 
 
+def saved_setting(folder: str, name: str) -> Any:
+    """Setting ``name`` of the run whose parts ``folder`` holds (None: no run, or unreadable)."""
+    try:
+        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as fh:
+            return json.loads(fh.readline())["settings"].get(name)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 class Manifest:
     """Finished jobs of one run, kept in ``folder/manifest.jsonl`` next to their parts."""
 

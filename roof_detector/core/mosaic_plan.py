@@ -29,7 +29,7 @@ import glob
 import math
 import os
 from dataclasses import dataclass
-from typing import Iterable, List, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from .errors import InputRasterError
 from .osgeo_exc import gdal, osr
@@ -230,9 +230,59 @@ class Job:
     area_km2: float = 0.0
 
 
-def plan_jobs(mosaic: MosaicInfo, margin_m: float, block_px: int = MANY["block_px"].default) -> List[Job]:
-    """One job per raster (per ``block_px`` block of a larger one), with its read window and owned area."""
+def plan_jobs(
+    mosaic: MosaicInfo, margin_m: float, block_px: int = MANY["block_px"].default, group_tiles: int = 1
+) -> List[Job]:
+    """One job per raster (per ``block_px`` block of a larger one), or per block of ``group_tiles`` x
+    ``group_tiles`` neighbouring rasters, with its read window and owned area."""
     import shapely
+
+    rx, ry = mosaic.res
+    mx0, my0, mx1, my1 = mosaic.bounds
+    m2_per_unit2 = _m2_per_unit2(mosaic)
+    margin = margin_m / math.sqrt(m2_per_unit2)  # metres -> CRS units
+
+    raster_boxes = [shapely.box(*r.bounds) for r in mosaic.rasters]
+    raster_tree = shapely.STRtree(raster_boxes)
+    cells = _cells(mosaic, group_tiles, block_px, raster_boxes, raster_tree) if group_tiles > 1 else None
+    footprints: List[Tuple[str, Bounds]] = []
+    if cells is not None:
+        footprints = [(name, cell) for name, cell, _ in cells]
+    else:
+        for raster in mosaic.rasters:
+            footprints.extend(_blocks(raster, block_px))
+    boxes = [shapely.box(*b) for _, b in footprints]
+    tree = shapely.STRtree(boxes)
+
+    def overlaps(a, b) -> bool:
+        return _overlaps(a, b, mosaic.res)
+
+    jobs: List[Job] = []
+    for i, (name, fp) in enumerate(footprints):
+        # A block reads the data under it (not the empty rest of its cell), plus the margin.
+        data = cells[i][2] if cells is not None else fp
+        window = _snap(((data[0] - margin), (data[1] - margin), (data[2] + margin), (data[3] + margin)), mosaic)
+        win_box = shapely.box(*window)
+        # Touching is not overlapping: an abutting earlier tile owns nothing of this one. Blocks are
+        # cells of one grid: they never overlap.
+        earlier = tuple(
+            footprints[j][1]
+            for j in sorted(tree.query(boxes[i], predicate="intersects"))
+            if cells is None and j < i and overlaps(boxes[j], boxes[i])
+        )
+        hits = sorted(raster_tree.query(win_box, predicate="intersects"))
+        sources = tuple(mosaic.rasters[j].path for j in hits if overlaps(raster_boxes[j], win_box))
+        eps = 0.5 * min(rx, ry)
+        inner = (window[0] > mx0 + eps, window[1] > my0 + eps, window[2] < mx1 - eps, window[3] < my1 - eps)
+        owned = boxes[i].difference(shapely.union_all([shapely.box(*e) for e in earlier])) if earlier else boxes[i]
+        if cells is not None:  # a cell owns its whole square; its area is the data in it
+            owned = owned.intersection(shapely.union_all([raster_boxes[j] for j in raster_tree.query(owned)]))
+        jobs.append(Job(i, name, fp, window, sources, mosaic.res, earlier, inner, owned.area * m2_per_unit2 / 1e6))
+    return jobs
+
+
+def _m2_per_unit2(mosaic: MosaicInfo) -> float:
+    """Square metres per square CRS unit over the mosaic."""
     from affine import Affine
 
     from .geo import m2_per_crs_unit2
@@ -242,39 +292,79 @@ def plan_jobs(mosaic: MosaicInfo, margin_m: float, block_px: int = MANY["block_p
     transform = Affine(rx, 0, mx0, 0, -ry, my1)
     width = max(1, round((mx1 - mx0) / rx))
     height = max(1, round((my1 - my0) / ry))
-    m2_per_unit2 = m2_per_crs_unit2(mosaic.crs_wkt, transform, width, height)
-    margin = margin_m / math.sqrt(m2_per_unit2)  # metres -> CRS units
+    return m2_per_crs_unit2(mosaic.crs_wkt, transform, width, height)
 
-    footprints: List[Tuple[str, Bounds]] = []
-    for raster in mosaic.rasters:
-        footprints.extend(_blocks(raster, block_px))
-    boxes = [shapely.box(*b) for _, b in footprints]
-    tree = shapely.STRtree(boxes)
-    raster_boxes = [shapely.box(*r.bounds) for r in mosaic.rasters]
-    raster_tree = shapely.STRtree(raster_boxes)
 
-    # Overlaps thinner than half a pixel are float noise of abutting tiles (500000 + 3 * 307.2), not overlaps.
-    def overlaps(a, b) -> bool:
-        x0, y0, x1, y1 = a.intersection(b).bounds if a.intersects(b) else (0, 0, 0, 0)
-        return x1 - x0 > 0.5 * rx and y1 - y0 > 0.5 * ry
+def _overlaps(a, b, res: Tuple[float, float]) -> bool:
+    """Whether boxes ``a`` and ``b`` share more than half a pixel each way.
 
-    jobs: List[Job] = []
-    for i, (name, fp) in enumerate(footprints):
-        window = _snap(((fp[0] - margin), (fp[1] - margin), (fp[2] + margin), (fp[3] + margin)), mosaic)
-        win_box = shapely.box(*window)
-        # Touching is not overlapping: an abutting earlier tile owns nothing of this one.
-        earlier = tuple(
-            footprints[j][1]
-            for j in sorted(tree.query(boxes[i], predicate="intersects"))
-            if j < i and overlaps(boxes[j], boxes[i])
-        )
-        hits = sorted(raster_tree.query(win_box, predicate="intersects"))
-        sources = tuple(mosaic.rasters[j].path for j in hits if overlaps(raster_boxes[j], win_box))
-        eps = 0.5 * min(rx, ry)
-        inner = (window[0] > mx0 + eps, window[1] > my0 + eps, window[2] < mx1 - eps, window[3] < my1 - eps)
-        owned = boxes[i].difference(shapely.union_all([shapely.box(*e) for e in earlier])) if earlier else boxes[i]
-        jobs.append(Job(i, name, fp, window, sources, mosaic.res, earlier, inner, owned.area * m2_per_unit2 / 1e6))
-    return jobs
+    Overlaps thinner than that are float noise of abutting tiles (500000 + 3 * 307.2), not overlaps.
+    """
+    x0, y0, x1, y1 = a.intersection(b).bounds if a.intersects(b) else (0, 0, 0, 0)
+    return x1 - x0 > 0.5 * res[0] and y1 - y0 > 0.5 * res[1]
+
+
+def _cells(mosaic: MosaicInfo, group_tiles: int, block_px: int, raster_boxes, raster_tree):
+    """``(name, cell, data_bounds)`` of each block of ``group_tiles`` x ``group_tiles`` typical inputs.
+
+    The cells are squares of one grid from the mosaic's top-left corner, ``group_tiles`` times the
+    median input's size: regular tiles fall into whole blocks of K x K, irregular or overlapping
+    ones into the cell holding each point (the cells partition the mosaic, so ownership stays
+    one-to-one). Cells without data are left out; ``data_bounds`` is the part of the cell the
+    inputs cover, what the job reads (plus the margin). None when the inputs are too large to
+    group (over ``block_px`` / 2 a side: those are cut into blocks instead).
+    """
+    import statistics
+
+    import shapely
+
+    rx, ry = mosaic.res
+    mx0, my0, mx1, my1 = mosaic.bounds
+    med_w = statistics.median(r.bounds[2] - r.bounds[0] for r in mosaic.rasters)
+    med_h = statistics.median(r.bounds[3] - r.bounds[1] for r in mosaic.rasters)
+    if max(med_w / rx, med_h / ry) > block_px / 2:
+        return None
+    # Whole mosaic pixels per cell, so that cell edges fall on pixel edges like the tiles'.
+    cw = max(1, round(group_tiles * med_w / rx)) * rx
+    ch = max(1, round(group_tiles * med_h / ry)) * ry
+    ncols = max(1, math.ceil(round((mx1 - mx0) / cw, 6)))
+    nrows = max(1, math.ceil(round((my1 - my0) / ch, 6)))
+    out = []
+    for r in range(nrows):
+        for c in range(ncols):
+            cell = (mx0 + c * cw, max(my0, my1 - (r + 1) * ch), min(mx1, mx0 + (c + 1) * cw), my1 - r * ch)
+            cell_box = shapely.box(*cell)
+            hits = [j for j in raster_tree.query(cell_box) if _overlaps(raster_boxes[j], cell_box, mosaic.res)]
+            if not hits:
+                continue
+            data = shapely.union_all([raster_boxes[j] for j in hits]).intersection(cell_box).bounds
+            out.append((f"block[{r},{c}] ({len(hits)} rasters)", cell, data))
+    return out
+
+
+def model_tile_count(jobs: Sequence[Job], mosaic: MosaicInfo, grid: Optional[dict] = None) -> Tuple[int, int]:
+    """``(jobs_total, whole)``: model tiles the jobs run together, and one run over the whole mosaic.
+
+    Tiling maths only (:mod:`.tiling`, no model): ``grid`` is the model's ``gsd_m``,
+    ``tile_size_px`` and ``overlap_px`` (default: the bundled model's).
+    """
+    from affine import Affine
+
+    from .params import BUNDLED_MODEL_GRID
+    from .tiling import model_grid, tile_origins
+
+    grid = dict(grid or BUNDLED_MODEL_GRID)
+    px_m = math.sqrt(_m2_per_unit2(mosaic))
+    rx, ry = mosaic.res
+
+    def count(bounds: Bounds) -> int:
+        w = max(1, round((bounds[2] - bounds[0]) / rx))
+        h = max(1, round((bounds[3] - bounds[1]) / ry))
+        g = model_grid(Affine(rx, 0, bounds[0], 0, -ry, bounds[3]), w, h, (rx * px_m, ry * px_m), grid["gsd_m"])
+        size, overlap = int(grid["tile_size_px"]), int(grid["overlap_px"])
+        return len(tile_origins(g.width_px, size, overlap)) * len(tile_origins(g.height_px, size, overlap))
+
+    return sum(count(j.window) for j in jobs), count(mosaic.bounds)
 
 
 def _blocks(raster: RasterInfo, block_px: int) -> List[Tuple[str, Bounds]]:
@@ -346,6 +436,7 @@ __all__ = [
     "read_mosaic",
     "plan_jobs",
     "owns",
+    "model_tile_count",
     "write_job_vrt",
     "write_mosaic_vrt",
     "Job",
@@ -353,3 +444,19 @@ __all__ = [
     "RasterInfo",
     "total_area_km2",
 ]
+
+
+def auto_group(mosaic, margin_m: float, block_px: int, workers: int) -> int:
+    """Tiles per job side when not told: 4, 2 or 1, the largest leaving at least 4 jobs and 2 per worker.
+
+    Blocks of K x K tiles pay the margin once per block: for 1 km tiles at 0.25 m and a 30 m
+    margin the model runs 15.3 % more tiles than one run over the mosaic with K = 1, 8.2 % with
+    K = 2, 4.1 % with K = 4 (README, "Many rasters"). Enough jobs remain to share among the
+    workers and to resume from.
+    """
+    single = len(plan_jobs(mosaic, margin_m, block_px, 1))
+    for k in (4, 2):
+        n = len(plan_jobs(mosaic, margin_m, block_px, k))
+        if max(4, 2 * workers) <= n < single:  # n == single: inputs too large to group
+            return k
+    return 1

@@ -365,8 +365,9 @@ MANY = _params(
         float,
         30.0,
         "Margin",
-        "distance read around each tile from its neighbours so that buildings on a border come out whole; "
-        "more than half the width of the largest buildings",
+        "distance read around each job from its neighbours so that buildings on a border come out whole: "
+        "the largest reach of a building beyond the seam plus the model's context (30 m: 25 m, the "
+        "99th percentile of 798 OpenStreetMap buildings, + 4.8 m, half the model's tile overlap)",
         flag="--margin-m",
         key="MARGIN",
         low=0.0,
@@ -374,6 +375,22 @@ MANY = _params(
         unit="m",
         decimals=1,
         step=5.0,
+    ),
+    Param(
+        "group_tiles",
+        int,
+        None,
+        "Tiles per job",
+        "neighbouring input tiles per job side (K x K tiles read as one block through a VRT): the margin "
+        "is read once per block instead of once per tile",
+        flag="--group-tiles",
+        key="GROUP_TILES",
+        low=1,
+        high=16,
+        decimals=0,
+        optional=True,
+        none_means="4, or 2, or 1: the largest that leaves at least 4 jobs and 2 per worker "
+        "(an interrupted run goes on with its own)",
     ),
     Param(
         "block_px",

@@ -77,7 +77,7 @@ class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
                 self.MODEL, self.tr("Model file (empty: bundled model)"), extension="pt", optional=True
             )
         )
-        add(self, "many", advanced=("threads_per_worker", "block_px"))
+        add(self, "many", advanced=("threads_per_worker", "group_tiles", "block_px"))
         add(self, "detect", advanced=("batch_size",))
         add(self, "outlines")
         add(self, "solar", advanced=tuple(SOLAR))
@@ -114,7 +114,7 @@ class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
         for warning in result.warnings:
             feedback.reportError(warning, False)
         feedback.pushInfo(
-            self.tr("{n} buildings, {area:,.1f} m² in {tiles} tiles ({km2:.3f} km²), {s:.1f} s").format(
+            self.tr("{n} buildings, {area:,.1f} m² in {tiles} jobs ({km2:.3f} km²), {s:.1f} s").format(
                 n=result.buildings,
                 area=result.building_area_m2,
                 tiles=result.jobs,
@@ -136,7 +136,7 @@ class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
                 feedback.pushInfo(self.tr("Dask dashboard: {url}").format(url=state.dashboard))
             feedback.setProgress(100.0 * state.done / max(1, state.total))
             feedback.setProgressText(
-                self.tr("{done}/{total} tiles, {km2:.3f} km², {n} buildings").format(
+                self.tr("{done}/{total} jobs, {km2:.3f} km², {n} buildings").format(
                     done=state.done, total=state.total, km2=state.area_km2, n=state.buildings
                 )
             )

@@ -16,7 +16,7 @@ from tests.core.many_fixtures import cut, read_layer, scene
 
 REPO = Path(__file__).resolve().parents[2]
 SUMMARY = re.compile(
-    r"^(\d+) buildings in (\d+) tiles \(([\d.]+) km², (\d+) already done\), total area ([\d.]+) m2, "
+    r"^(\d+) buildings in (\d+) (?:tiles|blocks of \d+x\d+ tiles) \(([\d.]+) km², (\d+) already done\), total area ([\d.]+) m2, "
     r"[\d.]+ s -> (.+) \(layer (\w+)\)$"
 )
 
@@ -42,7 +42,8 @@ def _env():
 def test_cli_runs_and_resumes_after_a_crash(tmp_path, setup):
     base, model = setup
     ref = tmp_path / "ref.gpkg"
-    args = ["--model", model, "--device", "cpu", "--workers", "1"]
+    # One job per tile (not blocks): the crash comes after 3 of 16 jobs.
+    args = ["--model", model, "--device", "cpu", "--workers", "1", "--group-tiles", "1"]
     proc = subprocess.run(
         _cmd(base / "tiles", "-o", ref, *args), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300
     )

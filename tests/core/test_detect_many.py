@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import shapely
 
+from devtools.bench_many_cli import grid_mosaic
 from devtools.test_model import make_test_model
 from roof_detector.core.detect_many import detect_many
 from roof_detector.core.errors import InputRasterError, OutputError
@@ -312,6 +313,7 @@ def test_other_settings_in_work_dir_refused(tmp_path, whole, model_path):
         ("margin_m", -1.0, "Margin must be from 0 to 1000 m"),
         ("margin_m", float("nan"), "Margin must be a finite"),
         ("block_px", 100, "Block size must be from 256"),
+        ("group_tiles", 0, "Tiles per job must be from 1 to 16"),
         ("workers", 0, "Workers must be from 1 to 256"),
         ("threads_per_worker", 2.5, "Threads per worker must be a whole number"),
     ],
@@ -367,9 +369,89 @@ def test_worker_killed_mid_task_is_retried_without_hole_or_duplicate(tmp_path, w
     from roof_detector.core.many_manifest import Manifest
 
     entries = [__import__("json").loads(line) for line in open(f"{out}.parts/manifest.jsonl")][1:]
-    assert sorted(e["job"] for e in entries) == list(range(9))  # every job once
+    assert res.stats["group_tiles"] == 2 and res.jobs == 4  # 3 x 3 tiles in blocks of 2 x 2 (auto)
+    assert sorted(e["job"] for e in entries) == list(range(res.jobs))  # every job once
     redone = [e for e in entries if e["job"] == index][0]
     assert redone["worker_pid"] != killed["pid"]  # finished by another worker process
     assert killed["pid"] not in res.stats["worker_pids"]
     _check_same_buildings(reference, read_layer(out))
     assert Manifest  # imported for the record format above
+
+
+def test_blocks_of_tiles_partition_the_mosaic(tmp_path, whole):
+    """Blocks of K x K tiles own cells of one grid: every point once, overlapping tiles included."""
+    cut(whole, str(tmp_path / "tiles"), parts=3, overlap_px=7)
+    mosaic = read_mosaic(expand_inputs([str(tmp_path / "tiles")]))
+    jobs = plan_jobs(mosaic, margin_m=10.0, group_tiles=2)
+    assert len(jobs) == 4 and all(j.earlier == () for j in jobs)
+    x0, y0, x1, y1 = mosaic.bounds
+    rng = np.random.default_rng(2)
+    xs = np.concatenate([rng.uniform(x0, x1, 3000), [j.footprint[0] for j in jobs], [j.footprint[2] for j in jobs]])
+    ys = np.concatenate([rng.uniform(y0, y1, 3000), [j.footprint[3] for j in jobs], [j.footprint[1] for j in jobs]])
+    for x, y in zip(xs, ys):
+        if x0 <= x < x1 and y0 < y <= y1:
+            assert sum(owns(j, x, y) for j in jobs) == 1, (x, y)
+    assert sum(j.area_km2 for j in jobs) == pytest.approx((x1 - x0) * (y1 - y0) / 1e6 / 0.9996**2, rel=1e-3)
+    # the first block reads the 4 tiles under it and those its margin reaches
+    assert len(jobs[0].sources) == 9 and jobs[3].window[2] == pytest.approx(x1)
+
+
+def test_blocks_of_tiles_give_the_whole_rasters_buildings(tmp_path, whole, reference, model_path):
+    """16 tiles in 4 blocks of 2 x 2, abutting and overlapping: the whole raster's buildings, once each."""
+    for overlap in (0, 12):
+        folder = str(tmp_path / f"tiles{overlap}")
+        cut(whole, folder, parts=4, overlap_px=overlap)
+        out = str(tmp_path / f"blocks{overlap}.gpkg")
+        res = detect_many([folder], out, _options(model_path), group_tiles=2, processes=False)
+        assert (res.jobs, res.stats["group_tiles"], res.cut_at_margin) == (4, 2, 0)
+        _check_same_buildings(reference, read_layer(out))
+
+
+def test_group_size_when_not_told_and_on_resume(tmp_path, whole, model_path):
+    """Auto: the largest of 4, 2, 1 leaving 4 jobs and 2 per worker; a resumed run keeps its own."""
+    from roof_detector.core.mosaic_plan import auto_group
+
+    assert auto_group(grid_mosaic(2, 1000, 0.25), 30.0, 10000, 1) == 1
+    assert auto_group(grid_mosaic(4, 1000, 0.25), 30.0, 10000, 2) == 2
+    assert auto_group(grid_mosaic(4, 1000, 0.25), 30.0, 10000, 4) == 1
+    assert auto_group(grid_mosaic(10, 1000, 0.25), 30.0, 10000, 2) == 4
+    assert auto_group(grid_mosaic(2, 4000, 0.5), 30.0, 10000, 1) == 1  # 8000 px tiles: too large to group
+    cut(whole, str(tmp_path / "tiles"))
+    out = str(tmp_path / "m.gpkg")
+    first = detect_many([str(tmp_path / "tiles")], out, _options(model_path), group_tiles=2, keep_parts=True)
+    again = detect_many([str(tmp_path / "tiles")], out, _options(model_path), overwrite=True, processes=False)
+    assert (first.jobs, again.jobs, again.skipped, again.stats["group_tiles"]) == (1, 1, 1, 2)
+
+
+def test_model_tile_counts_of_a_plan(whole, model_path):
+    """Tiling maths: the pipeline's own tile count for one raster, and the 1 km tiles' margin cost."""
+    from roof_detector.core.model_io import load_model
+    from roof_detector.core.mosaic_plan import model_tile_count
+
+    model = load_model(model_path, "cpu")
+    grid = {"gsd_m": model.gsd_m, "tile_size_px": model.tile_size_px, "overlap_px": model.overlap_px}
+    mosaic = read_mosaic([whole])
+    ran = detect_buildings(whole, _options(model_path)).stats["tiles"]
+    assert model_tile_count(plan_jobs(mosaic, 0.0), mosaic, grid) == (ran, ran)
+    # 10 x 10 tiles of 1 km at 0.25 m, bundled model (0.3 m, 256 px, overlap 32), 30 m margin
+    region = grid_mosaic(10, 1000, 0.25)
+    assert model_tile_count(plan_jobs(region, 30.0), region) == (25600, 22201)  # +15.3 %
+    assert model_tile_count(plan_jobs(region, 30.0, group_tiles=2), region)[0] == 24025  # +8.2 %
+    assert model_tile_count(plan_jobs(region, 30.0, group_tiles=4), region)[0] == 23104  # +4.1 %
+
+
+def test_worker_model_is_loaded_once_with_the_workers_threads():
+    """2 workers x 1 thread on 2 cores must not run 2 x 2 model threads: the session gets the worker's share."""
+    import torch
+
+    from roof_detector.core.many_job import worker_model
+
+    before = torch.get_num_threads()
+    try:
+        model = worker_model(DetectOptions(device="cpu"), 1)  # the bundled model: ONNX Runtime on the CPU
+        assert worker_model(DetectOptions(device="cpu"), 1) is model  # loaded once per process
+        assert torch.get_num_threads() == 1
+        assert model.extra["backend"] == "onnxruntime"  # the shipped int8 twin
+        assert model.module.session.get_session_options().intra_op_num_threads == 1
+    finally:
+        torch.set_num_threads(before)

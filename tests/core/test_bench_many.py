@@ -1,0 +1,36 @@
+"""``python -m devtools bench-many`` runs its three variants and reports consistent figures (tiny size; no timing asserted)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_bench_many_runs_every_variant_on_the_same_work(tmp_path, repo_root):
+    proc = subprocess.run(
+        [sys.executable, "-m", "devtools", "bench-many", "--tile-px", "256", "--repeats", "1"]
+        + ["--out", str(tmp_path / "b"), "--json"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    fig = json.loads(proc.stdout.strip().splitlines()[-1])
+    runs = fig["runs"]
+    assert set(runs) == {"cli", "w1t2", "w2t1"}
+    # 16 tiles of 256 px = a 1024 px mosaic: 5 x 5 model tiles in one run; auto blocks of 2 x 2 tiles
+    assert fig["plan"]["model_tiles_cli"] == 25 and fig["plan"]["group_tiles"] == 2
+    assert fig["plan"]["model_tiles"] == 4 * 9 and fig["plan"]["model_tiles_k1"] == 16 * 4
+    counts = {v: int(r["summary"].split()[0]) for v, r in runs.items()}
+    assert len(set(counts.values())) == 1 and counts["cli"] > 50  # the same buildings by every path
+    for v in ("w1t2", "w2t1"):
+        assert runs[v]["worker_peak_mb"] > 100 and runs[v]["median_cpu_s"] > 0
+        assert runs[v]["overhead_wall"] == pytest.approx(
+            runs[v]["median_wall_s"] / runs["cli"]["median_wall_s"] - 1, abs=1e-3
+        )
+    region = fig["region"]
+    assert region["jobs"] == 625 and region["model_tiles"] > region["model_tiles_one_run"] > 2.2e6
+    assert region["core_hours"] > 0 and region["wall_h"]["10"] == pytest.approx(region["core_hours"] / 20, rel=0.02)
