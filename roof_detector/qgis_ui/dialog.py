@@ -1,8 +1,11 @@
 """The "Detect Buildings" dialog: choices in, a :class:`DetectRequest` out.
 
-Built in code (no .ui file) so it stays testable and translatable. Bad
-choices are refused in the dialog's own message bar; the last choices are
-remembered through :mod:`.settings`.
+Built in code (no .ui file) so it stays testable and translatable. Non-modal:
+the map stays usable while it is open. Its parts live beside it: the
+orthophoto and area rows (:mod:`.area_rows`), the output group
+(:mod:`.output_box`), the outline and solar group (:mod:`.solar_box`). Bad
+choices are refused in the dialog's own message bar (whole text,
+:mod:`.message_bar`); the last choices are remembered through :mod:`.settings`.
 """
 
 from __future__ import annotations

@@ -67,6 +67,7 @@ def message_item(
 ) -> QgsMessageBarItem:
     """A message bar item: bold ``title``, the whole ``text`` wrapped, then ``buttons`` (0 = stays until closed)."""
     widget = QWidget()
+    widget.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)  # the text takes the bar's width
     row = QHBoxLayout(widget)
     row.setContentsMargins(0, 0, 0, 0)
     heading = QLabel(f"<b>{html.escape(title)}:</b>" if title else "")

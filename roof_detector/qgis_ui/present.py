@@ -74,6 +74,20 @@ def solar_summary(buildings: Sequence[Any]) -> str:
     )
 
 
+def summary_text(buildings: Sequence[Any], seconds: float, saved_to: str = "") -> str:
+    """The success message: count, area and time; the solar totals; where it was saved (one line each)."""
+    count, area = summary(buildings)
+    text = tr("{count} buildings, total roof area {area}, in {seconds:.1f} s.").format(
+        count=count, area=format_area(area), seconds=seconds
+    )
+    solar = solar_summary(buildings)
+    if solar:  # one line each: the bar shows them all (message_bar)
+        text += "\n" + tr("Rooftop solar: {summary}.").format(summary=solar)
+    if saved_to:
+        text += "\n" + tr("Saved to {path}.").format(path=saved_to)
+    return text
+
+
 def _push_summary(
     iface: Any, layer: QgsVectorLayer, text: str, on_report: Optional[Callable[[str], None]] = None
 ) -> None:
@@ -127,16 +141,8 @@ def on_task_finished(
     else:
         layer.setName(unique_layer_name(layer.name()))
         QgsProject.instance().addMapLayer(layer)
-    count, area = summary(task.result.buildings)
     seconds = float(getattr(task.result, "seconds", 0.0) or task.seconds)
-    text = tr("{count} buildings, total roof area {area}, in {seconds:.1f} s.").format(
-        count=count, area=format_area(area), seconds=seconds
-    )
-    solar = solar_summary(task.result.buildings)
-    if solar:  # one line each: the bar shows them all (message_bar)
-        text += "\n" + tr("Rooftop solar: {summary}.").format(summary=solar)
-    if task.output_uri:
-        text += "\n" + tr("Saved to {path}.").format(path=task.request.gpkg_path)
+    text = summary_text(task.result.buildings, seconds, task.request.gpkg_path if task.output_uri else "")
     QgsMessageLog.logMessage(f"{task.request.raster_name}: {text}", LOG_TAG, Qgis.Success)
     if iface is not None:
         _push_summary(iface, layer, text, on_report)
