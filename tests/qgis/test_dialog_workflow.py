@@ -81,7 +81,7 @@ def test_the_extent_follows_the_map_while_the_dialog_is_open(qgis_iface, ortho_l
 
 
 def test_a_layer_extent_or_a_rectangle_drawn_on_the_map_is_the_area(qgis_iface, project, ortho_layer, model_path):
-    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsVectorLayer
+    from qgis.core import QgsCoordinateReferenceSystem, QgsCoordinateTransform, QgsRectangle, QgsVectorLayer
 
     from roof_detector.qgis_ui.dialog import DetectDialog
 
@@ -113,16 +113,34 @@ def test_a_layer_extent_or_a_rectangle_drawn_on_the_map_is_the_area(qgis_iface, 
     _use_model_file(dialog, model_path)
     dialog.area_combo.setCurrentIndex(dialog.area_combo.findData("extent"))
     dialog.show()
+    from qgis.gui import QgsMapToolPan
+
+    pan = QgsMapToolPan(canvas)  # QGIS's usual tool, given back after drawing
+    canvas.setMapTool(pan)
     dialog.extent_widget.setOutputExtentFromDrawOnCanvas()  # the dialog steps aside for drawing
     assert not dialog.isVisible()
-    tool = canvas.mapTool()
-    drawn = to3857.transformBoundingBox(_rect(5, 5, 45, 35))
-    tool.extentChanged.emit(drawn)  # what the map tool emits when the mouse is released
-    assert dialog.isVisible()
+    from qgis.gui import QgsMapToolExtent
+    from qgis.PyQt.QtCore import QPoint, Qt
+    from qgis.PyQt.QtTest import QTest
+
+    assert isinstance(canvas.mapTool(), QgsMapToolExtent)
+    viewport = canvas.viewport()
+    start, end = (
+        QPoint(viewport.width() // 5, viewport.height() // 4),
+        QPoint(viewport.width() // 2, viewport.height() // 2),
+    )
+    QTest.mousePress(viewport, Qt.LeftButton, Qt.NoModifier, start)  # drag a rectangle on the map
+    QTest.mouseMove(viewport, end)
+    QTest.mouseRelease(viewport, Qt.LeftButton, Qt.NoModifier, end)
+    assert dialog.isVisible() and canvas.mapTool() is pan
+    to_map = canvas.getCoordinateTransform()
+    corners = [to_map.toMapCoordinates(p.x(), p.y()) for p in (start, end)]
+    drawn = QgsRectangle(corners[0], corners[1])
     dialog.accept()
     aoi = wkt.loads(dialog.request.aoi_wkt)
     back = QgsCoordinateTransform(crs3857, ortho_layer.crs(), project)
     assert aoi.bounds == pytest.approx(_bounds(back.transformBoundingBox(drawn)), abs=0.05)
+    canvas.unsetMapTool(pan)
 
 
 def test_a_raster_file_not_in_the_project_is_added_once_and_chosen(qgis_iface, project, ortho_layer, tmp_path):
