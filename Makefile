@@ -99,7 +99,7 @@ distclean: clean
 #                     (needs ../shared/data); `make package` refuses a twin made from another roof_unet.pt
 #   make package      dist/roof_detector-<version>.zip for "Install from ZIP"
 #   make deploy       the same zip unpacked into the default QGIS profile
-#   make screenshots  out/screenshots/{dialog,result_map,report}.png, headless
+#   make screenshots  out/screenshots/{dialog,result_map,report,dependencies,message_bar}.png, headless
 .PHONY: package deploy screenshots onnx-twin
 
 OAM := ../shared/data/oam

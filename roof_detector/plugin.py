@@ -118,7 +118,15 @@ class RoofDetectorPlugin:
             self._failed(exc)
 
     def run(self) -> None:
-        """Action handler: check dependencies, show the dialog, start the task."""
+        """Action handler: check dependencies, show the (non-modal) Detect dialog; its Detect starts the task.
+
+        One dialog at a time: clicking again while it is open brings it to the front.
+        """
+        if self.dialog is not None:
+            self.dialog.show()
+            self.dialog.raise_()
+            self.dialog.activateWindow()
+            return
         from .qgis_adapter.deps import dependency_problem
         from .qgis_ui import settings
 
@@ -139,15 +147,25 @@ class RoofDetectorPlugin:
         from .qgis_ui.dialog import DetectDialog
 
         try:
-            self.dialog = DetectDialog(self.iface, self.iface.mainWindow(), local_problem=problem)
-            if not self.dialog.exec_() or self.dialog.request is None:
-                return
-            self.start(self.dialog.request)
+            dialog = DetectDialog(self.iface, self.iface.mainWindow(), local_problem=problem)
+            dialog.finished.connect(lambda result, d=dialog: self._detect_finished(d, result))
+            self.dialog = dialog
+            dialog.show()
         except Exception as exc:  # noqa: BLE001 - never a traceback dialog
-            import traceback
+            self._failed(exc)
 
-            QgsMessageLog.logMessage(traceback.format_exc(), LOG_TAG, Qgis.Critical)
-            self._notify(tr("Roof Detector failed: {error}").format(error=exc), Qgis.Critical)
+    def _detect_finished(self, dialog: Any, result: int) -> None:
+        """The Detect dialog closed: start its request if it was accepted; the next click opens a fresh one."""
+        if self.dialog is dialog:
+            self.dialog = None
+        request = dialog.request if result else None
+        dialog.deleteLater()
+        if request is None:
+            return
+        try:
+            self.start(request)
+        except Exception as exc:  # noqa: BLE001 - never a traceback dialog
+            self._failed(exc)
 
     def run_finetune(self) -> None:
         """Action handler: show the (non-modal) Fine-tune Model dialog; it runs its own task."""

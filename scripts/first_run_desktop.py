@@ -132,14 +132,14 @@ def wait_install():
     step(f"install finished: {dialog.stage}: {dialog.status.text()[:300]}")
     if dialog.stage != "done":
         return done(False)
-    later(2500, accept_detect_dialog)   # the modal Detect dialog opens below; this accepts it
-    state["plugin"].actions[0].trigger()
+    state["plugin"].actions[0].trigger()  # the (non-modal) Detect dialog opens
+    later(2500, accept_detect_dialog)
 
 
 def accept_detect_dialog():
-    w = QApplication.activeModalWidget()
-    step(f"modal dialog: {type(w).__name__ if w else None}")
-    if w is None or not hasattr(w, "buttons"):
+    w = state["plugin"].dialog
+    step(f"Detect dialog: {type(w).__name__ if w else None}, modal: {w.isModal() if w else None}")
+    if w is None or not w.isVisible():
         return done(False)
     w.buttons.button(w.buttons.Ok).click()
     step("Detect clicked")

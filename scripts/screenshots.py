@@ -6,6 +6,7 @@ Writes into ``out/screenshots/`` (or ``--out``):
 * ``dialog.png``      the Detect Buildings dialog, pre-filled with the orthophoto
 * ``result_map.png``  the styled building layer over the orthophoto
 * ``report.png``      the Rooftop Report dialog of the detected buildings
+* ``message_bar.png`` the message bar after the detection (every line of the summary shown)
 * ``dependencies.png`` the dependency dialog as a fresh QGIS shows it: what the
   system Python (``/usr/bin/python3``, QGIS's own on Debian) lacks, found by
   importing in that interpreter
@@ -84,24 +85,70 @@ class _Iface:
         return self._canvas
 
 
+def _canvas_on(layer, size=(800, 500)):
+    """A map canvas showing ``layer`` (the Detect dialog takes the map extent from it)."""
+    from qgis.gui import QgsMapCanvas
+
+    canvas = QgsMapCanvas()
+    canvas.resize(*size)
+    canvas.setDestinationCrs(layer.crs())
+    canvas.setLayers([layer])
+    canvas.setExtent(layer.extent())
+    return canvas
+
+
 def dialog_screenshot(raster_layer, model_path: str, out_png: str) -> str:
-    """Grab the dialog pre-filled with ``raster_layer`` and ``model_path``."""
+    """Grab the dialog pre-filled with ``raster_layer`` and ``model_path``, the area being the map extent."""
     from roof_detector.qgis_ui.dialog import DetectDialog
 
-    dialog = DetectDialog(_Iface(raster_layer))
-    dialog.model_combo.setCurrentIndex(dialog.model_combo.findData("file"))
-    dialog.model_file.setFilePath(model_path)
+    canvas = _canvas_on(raster_layer)
+    dialog = DetectDialog(_Iface(raster_layer, canvas))
+    from roof_detector.qgis_adapter.paths import bundled_model_path
+
+    bundled = bundled_model_path()
+    if not (bundled and os.path.samefile(bundled, model_path)):  # the bundled model shows as such
+        dialog.model_combo.setCurrentIndex(dialog.model_combo.findData("file"))
+        dialog.model_file.setFilePath(model_path)
+    dialog.area_combo.setCurrentIndex(dialog.area_combo.findData("extent"))  # QGIS's extent widget
     dialog.solar_box.setCollapsed(False)  # show the outline and solar choices too
-    dialog.resize(560, dialog.sizeHint().height())
+    dialog.resize(600, dialog.sizeHint().height())
     dialog.show()  # styles the collapsible group's title
     dialog.grab().save(out_png)
     dialog.hide()
     dialog.deleteLater()
+    canvas.deleteLater()
     return out_png
 
 
-def detect_layer(raster_path: str, raster_name: str, crs: str, model_path: str, aoi_wkt=None):
-    """Run the plugin's task synchronously; return the styled result layer."""
+def message_bar_screenshot(task, out_png: str, width: int = 900) -> str:
+    """Grab QGIS's message bar with the success message of the detection ``task`` (every line shown)."""
+    from types import SimpleNamespace
+
+    from qgis.gui import QgsMessageBar
+    from qgis.PyQt.QtWidgets import QApplication, QVBoxLayout, QWidget
+
+    from roof_detector.qgis_ui import present
+
+    window = QWidget()
+    box = QVBoxLayout(window)
+    bar = QgsMessageBar(window)
+    box.addWidget(bar)
+    iface = SimpleNamespace(messageBar=lambda: bar, showAttributeTable=lambda *_: None)
+    text = present.summary_text(task.result.buildings, task.result.seconds)
+    present._push_summary(iface, task.layer, text, on_report=lambda *_: None)
+    window.resize(width, 10)
+    window.show()
+    for _ in range(5):
+        QApplication.processEvents()
+    window.resize(width, window.sizeHint().height())
+    QApplication.processEvents()
+    window.grab().save(out_png)
+    window.deleteLater()
+    return out_png
+
+
+def detect_task(raster_path: str, raster_name: str, crs: str, model_path: str, aoi_wkt=None):
+    """Run the plugin's task synchronously; return it, its result layer styled."""
     from roof_detector.qgis_adapter.request import DetectRequest
     from roof_detector.qgis_adapter.task import DetectTask
     from roof_detector.qgis_ui.style import apply_style
@@ -117,7 +164,7 @@ def detect_layer(raster_path: str, raster_name: str, crs: str, model_path: str, 
     if not task.run():
         raise SystemExit(f"detection failed: {task.error}")
     apply_style(task.layer)
-    return task.layer
+    return task
 
 
 def report_screenshot(layer, out_png: str) -> str:
@@ -215,11 +262,13 @@ def _make_screenshots(out_dir, tmp, raster, model, aoi_wkt) -> list:
     QgsProject.instance().addMapLayer(layer)
     shots = [dialog_screenshot(layer, model, os.path.join(out_dir, "dialog.png"))]
     crs = layer.crs()
-    buildings = detect_layer(raster, layer.name(), crs.authid() or crs.toWkt(), model, aoi_wkt)
+    task = detect_task(raster, layer.name(), crs.authid() or crs.toWkt(), model, aoi_wkt)
+    buildings = task.layer
     extent = QgsGeometry.fromWkt(aoi_wkt).boundingBox() if aoi_wkt else layer.extent()
     shots.append(render_map([buildings, layer], extent, crs, os.path.join(out_dir, "result_map.png")))
     shots.append(report_screenshot(buildings, os.path.join(out_dir, "report.png")))
     shots.append(dependencies_screenshot(os.path.join(out_dir, "dependencies.png")))
+    shots.append(message_bar_screenshot(task, os.path.join(out_dir, "message_bar.png")))
     QgsProject.instance().removeMapLayer(layer.id())
     return shots
 

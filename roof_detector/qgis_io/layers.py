@@ -203,7 +203,8 @@ class AreaPlan:
             return (
                 f"Layer '{layer_name}' is a web service covering the whole world (or a very large area): "
                 f"reading all of it at the model's resolution would take {self.requests:,} requests. "
-                "Choose 'Current map extent' or 'Selected polygons of a layer' as the area."
+                "Choose a smaller area: an extent (the map's, a layer's or one drawn on the map) "
+                "or the selected polygons of a layer."
             )
         return (
             f"The area needs {self.requests:,} requests to layer '{layer_name}' (at most "

@@ -1,66 +1,64 @@
 """The "Detect Buildings" dialog: choices in, a :class:`DetectRequest` out.
 
-Built in code (no .ui file) so it stays testable and translatable. Bad
-choices are refused in the dialog's own message bar; the last choices are
-remembered through :mod:`.settings`.
+Built in code (no .ui file) so it stays testable and translatable. Non-modal:
+the map stays usable while it is open. Its parts live beside it: the
+orthophoto and area rows (:mod:`.area_rows`), the output group
+(:mod:`.output_box`), the outline and solar group (:mod:`.solar_box`). Bad
+choices are refused in the dialog's own message bar (whole text,
+:mod:`.message_bar`); the last choices are remembered through :mod:`.settings`.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Optional
 
-from qgis.core import Qgis, QgsMapLayerProxyModel, QgsProject, QgsRasterLayer
-from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget, QgsMessageBar
+from qgis.core import Qgis, QgsProject, QgsRasterLayer
+from qgis.gui import QgsFileWidget, QgsMessageBar
 from qgis.PyQt.QtWidgets import (
-    QButtonGroup,
     QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
     QFormLayout,
-    QGridLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QMessageBox,
-    QRadioButton,
     QVBoxLayout,
     QWidget,
 )
 
 from ..core.params import DETECT, ParameterError
-from ..qgis_adapter.output import gpkg_layer_names
 from ..qgis_adapter.paths import library_models, model_library_dir
-from ..qgis_adapter.request import (
-    DetectRequest,
-    RequestError,
-    extent_aoi_wkt,
-    plan_run,
-    raster_file_path,
-    raster_input,
-    selection_aoi_wkt,
-)
+from ..qgis_adapter.request import DetectRequest, RequestError, plan_run, raster_file_path, raster_input
 from . import settings, tr
+from .area_rows import AREA_MODES, AreaRows
+from .message_bar import push
+from .output_box import OutputBox
 from .param_widgets import declared_spin
 from .pickers import (
     add_model_choices,
     chosen_model_path,
     choice_combo,
     device_combo,
-    layer_combo,
     model_summary,
     restore_device,
     select_data,
 )
+from .solar_box import WIDGETS as SOLAR_WIDGETS, SolarBox
 
-AREA_MODES = (("layer", "Whole layer"), ("extent", "Current map extent"), ("selection", "Selected polygons of a layer"))
+__all__ = ["AREA_MODES", "DetectDialog", "open_help"]
 RUN_ON = (("local", "This computer"), ("server", "Roof Detector server"))
+AREA_WIDGETS = ("raster_combo", "browse_button", "area_combo", "extent_widget", "aoi_layer_combo")
+OUTPUT_WIDGETS = ("memory_radio", "gpkg_radio", "gpkg_file", "gpkg_layer_edit")
 
 
 class DetectDialog(QDialog):
-    """Dialog collecting the detection choices; ``request`` is set when accepted."""
+    """Dialog collecting the detection choices; ``request`` is set when accepted.
+
+    Non-modal: the map stays usable (pan to the area, draw an extent); the plugin
+    keeps one and starts the task when it is accepted (its ``finished`` signal).
+    """
 
     def __init__(self, iface: Any = None, parent: Optional[QWidget] = None, local_problem: Optional[str] = None):
         super().__init__(parent)
@@ -69,6 +67,7 @@ class DetectDialog(QDialog):
         self.request: Optional[DetectRequest] = None
         self.setWindowTitle(tr("Detect Buildings"))
         self.setMinimumWidth(520)
+        self.setModal(False)
         self._build()
         self._load_settings()
         self._update_enabled()
@@ -78,11 +77,23 @@ class DetectDialog(QDialog):
         self.bar = QgsMessageBar(self)
         form = QFormLayout()
         self._build_run_on(form)
-        self._build_input_rows(form)
+        self.area = AreaRows(self, self._canvas())
+        self.area.add_rows(form)
+        self.estimate_label = QLabel(self)
+        self.estimate_label.setWordWrap(True)
+        self.estimate_label.setObjectName("roofDetectorEstimate")
+        form.addRow(tr("Work"), self.estimate_label)
         self._build_model_rows(form)
         self._build_detection_rows(form)
-        self._build_output_box()
-        self._build_solar_box()
+        self.output_box = OutputBox(self)
+        self.solar_box = SolarBox(self)
+        for box, names in (
+            (self.area, AREA_WIDGETS),
+            (self.output_box, OUTPUT_WIDGETS),
+            (self.solar_box, SOLAR_WIDGETS),
+        ):
+            for name in names:  # the widgets, as attributes of the dialog too (tests, screenshots)
+                setattr(self, name, getattr(box, name))
         self.buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel | QDialogButtonBox.Help, self)
         self.buttons.button(QDialogButtonBox.Ok).setText(tr("Detect"))
         self.buttons.helpRequested.connect(open_help)
@@ -93,18 +104,8 @@ class DetectDialog(QDialog):
             (layout.addLayout if isinstance(part, QFormLayout) else layout.addWidget)(part)
         self._connect_signals()
 
-    def _build_input_rows(self, form: QFormLayout) -> None:
-        """Orthophoto, area and the work estimate."""
-        self.raster_combo = layer_combo(self, QgsMapLayerProxyModel.RasterLayer)
-        form.addRow(tr("Orthophoto"), self.raster_combo)
-        self.area_combo = choice_combo(self, AREA_MODES)
-        self.aoi_layer_combo = layer_combo(self, QgsMapLayerProxyModel.PolygonLayer)
-        form.addRow(tr("Area"), self.area_combo)
-        form.addRow(tr("Polygon layer"), self.aoi_layer_combo)
-        self.estimate_label = QLabel(self)
-        self.estimate_label.setWordWrap(True)
-        self.estimate_label.setObjectName("roofDetectorEstimate")
-        form.addRow(tr("Work"), self.estimate_label)
+    def _canvas(self) -> Any:
+        return self.iface.mapCanvas() if self.iface is not None and hasattr(self.iface, "mapCanvas") else None
 
     def _build_model_rows(self, form: QFormLayout) -> None:
         self.model_combo = QComboBox(self)
@@ -148,46 +149,20 @@ class DetectDialog(QDialog):
         form.addRow(tr("Device"), self.device_combo)
         form.addRow("", self.device_info)
 
-    def _build_output_box(self) -> None:
-        self.output_box = QGroupBox(tr("Output"), self)
-        self.memory_radio = QRadioButton(tr("Temporary layer"), self.output_box)
-        self.gpkg_radio = QRadioButton(tr("GeoPackage file"), self.output_box)
-        self.output_group = QButtonGroup(self)
-        self.output_group.addButton(self.memory_radio)
-        self.output_group.addButton(self.gpkg_radio)
-        self.gpkg_file = QgsFileWidget(self.output_box)
-        self.gpkg_file.setStorageMode(QgsFileWidget.SaveFile)
-        self.gpkg_file.setFilter(tr("GeoPackage (*.gpkg)"))
-        # Ask once: a file that exists keeps its other layers, so Qt's "replace the file?" would be
-        # wrong; confirm_replace asks about the layer when (and only when) it exists.
-        self.gpkg_file.setConfirmOverwrite(False)
-        self.gpkg_layer_edit = QLineEdit(self.output_box)
-        out = QFormLayout(self.output_box)
-        out.addRow(self.memory_radio)
-        out.addRow(self.gpkg_radio)
-        out.addRow(tr("File"), self.gpkg_file)
-        out.addRow(tr("Layer name"), self.gpkg_layer_edit)
-
     def _connect_signals(self) -> None:
         for signal in (
-            self.area_combo.currentIndexChanged,
             self.model_combo.currentIndexChanged,
             self.threshold_check.toggled,
-            self.gpkg_radio.toggled,
-            self.memory_radio.toggled,
             self.device_combo.currentIndexChanged,
-            self.regularize_check.toggled,
-            self.yield_auto_check.toggled,
         ):
             signal.connect(self._update_enabled)
         self.model_file.fileChanged.connect(self._update_enabled)
-        # The estimate follows the layer and the area (and the model's resolution).
+        # The estimate follows the layer, the area (the map while its extent is chosen) and the model.
         self._selection_layer = None
-        self.raster_combo.layerChanged.connect(self.update_estimate)
+        self.area.changed.connect(self.update_estimate)
+        self.raster_combo.layerChanged.connect(self.output_box.set_raster)
         self.aoi_layer_combo.layerChanged.connect(self._watch_selection)
-        canvas = self.iface.mapCanvas() if self.iface is not None and hasattr(self.iface, "mapCanvas") else None
-        if canvas is not None:
-            canvas.extentsChanged.connect(self.update_estimate)
+        self.browse_button.clicked.connect(self._browse_raster)
 
     def _build_run_on(self, form: QFormLayout) -> None:
         """Run on: this computer, or a Roof Detector server (its URL, and a token kept in QGIS's auth database)."""
@@ -213,57 +188,6 @@ class DetectDialog(QDialog):
         form.addRow(tr("Server token"), self.server_token_edit)
         self.run_on_combo.currentIndexChanged.connect(self._update_enabled)
 
-    def _build_solar_box(self) -> None:
-        """Outline regularisation and the rooftop solar sizing parameters, in a collapsible group."""
-        self.solar_box = QgsCollapsibleGroupBox(tr("Outlines and rooftop solar"), self)
-        self.solar_box.setObjectName("roofDetectorSolarBox")
-        self.solar_box.setSaveCollapsedState(False)  # remembered in our own settings instead
-        box = self.solar_box
-        self.regularize_check = QCheckBox(tr("Regularise"), box)
-        self.regularize_check.setToolTip(
-            tr(
-                "Square the traced outlines (right angles, 45° diagonals); shapes "
-                "that follow no two directions (round tanks, curved roofs) stay "
-                "as traced."
-            )
-        )
-        self.tolerance_spin = declared_spin(box, "outlines", "regularize_tolerance_m")
-        self.setback_spin = declared_spin(box, "solar", "setback_m")
-        self.usable_spin = declared_spin(box, "solar", "usable_fraction")
-        self.panel_area_spin = declared_spin(box, "solar", "panel_area_m2")
-        self.panel_wp_spin = declared_spin(box, "solar", "panel_wp", integer=False)
-        self.yield_auto_check = QCheckBox(tr("From latitude"), box)
-        self.yield_auto_check.setToolTip(
-            tr(
-                "Estimate the yield from each building's latitude: a coarse "
-                "estimate (about ±25 %); enter your site's value from PVGIS or "
-                "the Global Solar Atlas when it matters."
-            )
-        )
-        self.yield_spin = declared_spin(box, "solar", "specific_yield_kwh_per_kwp", integer=False)
-        self._lay_out_solar_box()
-
-    def _lay_out_solar_box(self) -> None:
-        grid = QGridLayout(self.solar_box)
-        rows = (
-            (tr("Outlines"), self.regularize_check, tr("Tolerance"), self.tolerance_spin),
-            (tr("Setback"), self.setback_spin, tr("Usable fraction"), self.usable_spin),
-            (tr("Panel area"), self.panel_area_spin, tr("Panel power"), self.panel_wp_spin),
-        )
-        for r, (label, left, label2, right) in enumerate(rows):
-            grid.addWidget(QLabel(label, self.solar_box), r, 0)
-            grid.addWidget(left, r, 1)
-            grid.addWidget(QLabel(label2, self.solar_box), r, 2)
-            grid.addWidget(right, r, 3)
-        grid.itemAtPosition(1, 0).widget().setToolTip(self.setback_spin.toolTip())
-        yield_row = QHBoxLayout()
-        yield_row.addWidget(self.yield_auto_check)
-        yield_row.addWidget(self.yield_spin, 1)
-        grid.addWidget(QLabel(tr("Specific yield"), self.solar_box), len(rows), 0)
-        grid.addLayout(yield_row, len(rows), 1, 1, 3)
-        grid.setColumnStretch(1, 1)
-        grid.setColumnStretch(3, 1)
-
     def _fill_models(self) -> None:
         add_model_choices(self.model_combo, library_models(), model_library_dir())
         self.model_combo.addItem(tr("Model file..."), "file")
@@ -275,10 +199,13 @@ class DetectDialog(QDialog):
         if settings.get("server_authcfg"):
             self.server_token_edit.setPlaceholderText(tr("(stored in QGIS's authentication database)"))
         self.set_raster_layer(self.iface.activeLayer() if self.iface is not None else None)
+        raster = self.raster_combo.currentLayer()
+        self.area.set_raster(raster)
         select_data(self.area_combo, settings.get("area_mode"))
         aoi = QgsProject.instance().mapLayer(settings.get("aoi_layer_id"))
         if aoi is not None:
             self.aoi_layer_combo.setLayer(aoi)
+        self.area.update_enabled()
         self.model_file.setFilePath(settings.get("model_file"))
         select_data(self.model_combo, settings.get("model_choice"))
         self.threshold_check.setChecked(settings.get("threshold_override"))
@@ -287,19 +214,8 @@ class DetectDialog(QDialog):
         self.separate_check.setChecked(settings.get("separate_touching"))
         self.tta_check.setChecked(settings.get("tta"))
         restore_device(self.device_combo, settings.get("device"))
-        gpkg = settings.get("output_mode") == "gpkg"
-        (self.gpkg_radio if gpkg else self.memory_radio).setChecked(True)
-        self.gpkg_file.setFilePath(settings.get("gpkg_path"))
-        self.gpkg_layer_edit.setText(settings.get("gpkg_layer"))
-        self.regularize_check.setChecked(settings.get("regularize"))
-        self.tolerance_spin.setValue(settings.get("regularize_tolerance_m"))
-        self.setback_spin.setValue(settings.get("solar_setback_m"))
-        self.usable_spin.setValue(settings.get("solar_usable_fraction"))
-        self.panel_area_spin.setValue(settings.get("solar_panel_area_m2"))
-        self.panel_wp_spin.setValue(settings.get("solar_panel_wp"))
-        self.yield_auto_check.setChecked(settings.get("solar_yield_from_latitude"))
-        self.yield_spin.setValue(settings.get("solar_yield"))
-        self.solar_box.setCollapsed(settings.get("solar_group_collapsed"))
+        self.output_box.load(raster)
+        self.solar_box.load()
 
     def _save_settings(self) -> None:
         settings.set("run_on", self.run_on_combo.currentData())
@@ -315,18 +231,8 @@ class DetectDialog(QDialog):
         settings.set("separate_touching", self.separate_check.isChecked())
         settings.set("tta", self.tta_check.isChecked())
         settings.set("device", self.device_combo.currentData())
-        settings.set("output_mode", "gpkg" if self.gpkg_radio.isChecked() else "memory")
-        settings.set("gpkg_path", self.gpkg_file.filePath())
-        settings.set("gpkg_layer", self.gpkg_layer_edit.text())
-        settings.set("regularize", self.regularize_check.isChecked())
-        settings.set("regularize_tolerance_m", self.tolerance_spin.value())
-        settings.set("solar_setback_m", self.setback_spin.value())
-        settings.set("solar_usable_fraction", self.usable_spin.value())
-        settings.set("solar_panel_area_m2", self.panel_area_spin.value())
-        settings.set("solar_panel_wp", self.panel_wp_spin.value())
-        settings.set("solar_yield_from_latitude", self.yield_auto_check.isChecked())
-        settings.set("solar_yield", self.yield_spin.value())
-        settings.set("solar_group_collapsed", self.solar_box.isCollapsed())
+        self.output_box.save(self.raster_combo.currentLayer())
+        self.solar_box.save()
 
     def set_raster_layer(self, layer: Any) -> None:
         """Pre-select ``layer`` if it is a raster layer (the active layer when opened)."""
@@ -356,15 +262,14 @@ class DetectDialog(QDialog):
 
     def _area_wkt(self, raster: QgsRasterLayer) -> Optional[str]:
         """The chosen area as WKT in the raster CRS (None: whole layer); raises RequestError."""
-        mode = self.area_combo.currentData()
-        if mode == "extent":
-            canvas = self.iface.mapCanvas() if self.iface is not None else None
-            if canvas is None:
-                raise RequestError(tr("No map canvas to take the extent from."))
-            return extent_aoi_wkt(canvas.extent(), canvas.mapSettings().destinationCrs(), raster)
-        if mode == "selection":
-            return selection_aoi_wkt(self.aoi_layer_combo.currentLayer(), raster)
-        return None
+        return self.area.area_wkt(raster)
+
+    def _browse_raster(self, *_: Any) -> None:
+        """The file button beside the orthophoto: a file not in the project is added to it and chosen."""
+        try:
+            self.area.choose_raster_file()
+        except RequestError as exc:
+            push(self.bar, tr("Cannot open"), str(exc), Qgis.Warning)
 
     def update_estimate(self, *_: Any) -> None:
         """Show how many requests / model tiles the current choices take, and roughly how long."""
@@ -400,7 +305,6 @@ class DetectDialog(QDialog):
             widget.setEnabled(server)
         for widget in (self.model_combo, self.model_file, self.device_combo):  # the server's own
             widget.setEnabled(not server)
-        self.aoi_layer_combo.setEnabled(self.area_combo.currentData() == "selection")
         self.model_file.setEnabled(not server and self.model_combo.currentData() == "file")
         info = model_summary(self.selected_model_path())
         self.model_info.setText(info["text"])
@@ -408,11 +312,6 @@ class DetectDialog(QDialog):
         self.threshold_spin.setEnabled(custom)
         if not custom and info["threshold"] is not None:
             self.threshold_spin.setValue(info["threshold"])
-        self.tolerance_spin.setEnabled(self.regularize_check.isChecked())
-        self.yield_spin.setEnabled(not self.yield_auto_check.isChecked())
-        gpkg = self.gpkg_radio.isChecked()
-        self.gpkg_file.setEnabled(gpkg)
-        self.gpkg_layer_edit.setEnabled(gpkg)
         if hasattr(self, "estimate_label"):
             self.update_estimate()
 
@@ -447,8 +346,7 @@ class DetectDialog(QDialog):
             )
         except ParameterError as exc:  # cannot happen through the spin boxes: they share the ranges
             raise RequestError(str(exc)) from None
-        if self.gpkg_radio.isChecked():
-            self._fill_gpkg(request)
+        self.output_box.fill(request, self.confirm_replace)
         if inp.reader == "file" and inp.path:
             self._check_size(request, inp.path)
         return request
@@ -483,8 +381,7 @@ class DetectDialog(QDialog):
             )
         except ParameterError as exc:  # cannot happen through the spin boxes: they share the ranges
             raise RequestError(str(exc)) from None
-        if self.gpkg_radio.isChecked():
-            self._fill_gpkg(request)
+        self.output_box.fill(request, self.confirm_replace)
         return request
 
     def detection_kwargs(self) -> Dict[str, Any]:
@@ -494,8 +391,7 @@ class DetectDialog(QDialog):
             min_area_m2=self.min_area_spin.value(),
             separate_touching=self.separate_check.isChecked(),
             tta=self.tta_check.isChecked(),
-            regularize=self.regularize_check.isChecked(),
-            regularize_tolerance_m=self.tolerance_spin.value(),
+            **self.solar_box.outline_kwargs(),
         )
 
     def _check_size(self, request: DetectRequest, path: str) -> None:
@@ -523,36 +419,7 @@ class DetectDialog(QDialog):
 
     def solar_kwargs(self) -> Dict[str, Any]:
         """The solar parameters as keyword arguments of ``core.solar.SolarParams``."""
-        return dict(
-            setback_m=self.setback_spin.value(),
-            usable_fraction=self.usable_spin.value(),
-            panel_area_m2=self.panel_area_spin.value(),
-            panel_wp=self.panel_wp_spin.value(),
-            specific_yield_kwh_per_kwp=None if self.yield_auto_check.isChecked() else self.yield_spin.value(),
-        )
-
-    def _fill_gpkg(self, request: DetectRequest) -> None:
-        target = self.gpkg_file.filePath().strip()
-        name = self.gpkg_layer_edit.text().strip()
-        if not target:
-            raise RequestError(tr("Choose the GeoPackage file to write."))
-        if not target.lower().endswith(".gpkg"):
-            target += ".gpkg"
-        if not name:
-            raise RequestError(tr("Enter a layer name for the GeoPackage."))
-        if not os.path.isdir(os.path.dirname(os.path.abspath(target))):
-            raise RequestError(
-                tr("Folder {folder} does not exist.").format(folder=os.path.dirname(os.path.abspath(target)))
-            )
-        replace = False
-        if name in gpkg_layer_names(target):
-            if not self.confirm_replace(target, name):
-                raise RequestError(
-                    tr("Layer '{layer}' exists in {path}; choose another layer name.").format(layer=name, path=target)
-                )
-            replace = True
-        request.output_mode, request.gpkg_path, request.gpkg_layer = "gpkg", target, name
-        request.replace_layer = replace
+        return self.solar_box.solar_kwargs()
 
     def confirm_replace(self, path: str, layer: str) -> bool:
         """Ask whether an existing GeoPackage layer may be replaced."""
@@ -575,7 +442,7 @@ class DetectDialog(QDialog):
             self.request = self.build_request()
         except RequestError as exc:
             self.request = None
-            self.bar.pushMessage(tr("Cannot start"), str(exc), level=Qgis.Warning, duration=0)
+            push(self.bar, tr("Cannot start"), str(exc), Qgis.Warning)
             return
         self._save_settings()
         super().accept()

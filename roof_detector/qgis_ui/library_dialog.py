@@ -33,6 +33,7 @@ from qgis.PyQt.QtWidgets import (
 )
 
 from . import LOG_TAG, tr
+from .message_bar import push
 from ..qgis_adapter.paths import model_library_dir
 
 COLUMNS = ("Name", "Version", "GSD (m)", "Val. IoU", "File")
@@ -175,7 +176,7 @@ class ModelLibraryDialog(QDialog):
     # -- operations ------------------------------------------------------------
     def _report(self, text: str, level: int) -> None:
         QgsMessageLog.logMessage(text, LOG_TAG, level)
-        self.bar.pushMessage(text, level=level, duration=0 if level >= Qgis.Warning else 5)
+        push(self.bar, "", text, level, 0 if level >= Qgis.Warning else 5)
 
     def _run(self, action: Callable[[], Any], success: Callable[[Any], str]) -> Tuple[bool, Any]:
         """(done, result) of ``action``; its refusal or success goes to the message bar and the log."""

@@ -13,16 +13,17 @@ from qgis.PyQt.QtWidgets import QPushButton
 
 from . import LOG_TAG, tr
 from ..qgis_adapter.output import summary
+from .message_bar import push
 from .style import apply_style
 
 TITLE = "Roof Detector"
 
 
 def notify(iface: Any, text: str, level: int = Qgis.Info, duration: int = 0) -> None:
-    """Show ``text`` in the message bar (if any) and write it to the log."""
+    """Show the whole ``text`` in the message bar (if any; 0 = until closed) and write it to the log."""
     QgsMessageLog.logMessage(text, LOG_TAG, level)
     if iface is not None:
-        iface.messageBar().pushMessage(TITLE, text, level, duration)
+        push(iface.messageBar(), TITLE, text, level, duration)
 
 
 def format_number(value: float, decimals: int = 0) -> str:
@@ -73,22 +74,35 @@ def solar_summary(buildings: Sequence[Any]) -> str:
     )
 
 
+def summary_text(buildings: Sequence[Any], seconds: float, saved_to: str = "") -> str:
+    """The success message: count, area and time; the solar totals; where it was saved (one line each)."""
+    count, area = summary(buildings)
+    text = tr("{count} buildings, total roof area {area}, in {seconds:.1f} s.").format(
+        count=count, area=format_area(area), seconds=seconds
+    )
+    solar = solar_summary(buildings)
+    if solar:  # one line each: the bar shows them all (message_bar)
+        text += "\n" + tr("Rooftop solar: {summary}.").format(summary=solar)
+    if saved_to:
+        text += "\n" + tr("Saved to {path}.").format(path=saved_to)
+    return text
+
+
 def _push_summary(
     iface: Any, layer: QgsVectorLayer, text: str, on_report: Optional[Callable[[str], None]] = None
 ) -> None:
-    bar = iface.messageBar()
-    widget = bar.createMessage(TITLE, text)
-    button = QPushButton(tr("Open attribute table"), widget)
-    button.clicked.connect(lambda *_: iface.showAttributeTable(layer))
-    widget.layout().addWidget(button)
+    """The success message, every line of it visible, with its attribute table and report buttons."""
+    table = QPushButton(tr("Open attribute table"))
+    table.clicked.connect(lambda *_: iface.showAttributeTable(layer))
+    buttons = [table]
     if on_report is not None:
         layer_id = layer.id()
-        report = QPushButton(tr("Report"), widget)
+        report = QPushButton(tr("Report"))
         report.setObjectName("roofDetectorReportButton")
         report.setToolTip(tr("Rooftop solar report: totals, histogram of building areas, HTML/PDF/CSV export"))
         report.clicked.connect(lambda *_: on_report(layer_id))
-        widget.layout().addWidget(report)
-    bar.pushWidget(widget, Qgis.Success, 15)
+        buttons.append(report)
+    push(iface.messageBar(), TITLE, text, Qgis.Success, 15, buttons)
 
 
 def on_task_finished(
@@ -127,16 +141,8 @@ def on_task_finished(
     else:
         layer.setName(unique_layer_name(layer.name()))
         QgsProject.instance().addMapLayer(layer)
-    count, area = summary(task.result.buildings)
     seconds = float(getattr(task.result, "seconds", 0.0) or task.seconds)
-    text = tr("{count} buildings, total roof area {area}, in {seconds:.1f} s.").format(
-        count=count, area=format_area(area), seconds=seconds
-    )
-    solar = solar_summary(task.result.buildings)
-    if solar:
-        text += " " + tr("Rooftop solar: {summary}.").format(summary=solar)
-    if task.output_uri:
-        text += " " + tr("Saved to {path}.").format(path=task.request.gpkg_path)
+    text = summary_text(task.result.buildings, seconds, task.request.gpkg_path if task.output_uri else "")
     QgsMessageLog.logMessage(f"{task.request.raster_name}: {text}", LOG_TAG, Qgis.Success)
     if iface is not None:
         _push_summary(iface, layer, text, on_report)

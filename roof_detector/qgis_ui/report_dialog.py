@@ -44,6 +44,7 @@ from qgis.PyQt.QtWidgets import (
 from ..qgis_adapter.report_rows import Rows, RowsTask, read_rows  # noqa: F401 - read_rows re-exported
 from ..qgis_adapter.request import is_polygon_layer
 from . import LOG_TAG, settings, tr
+from .message_bar import push
 
 #: Features above which the rows are gathered in a background task.
 TASK_THRESHOLD = 2000
@@ -194,7 +195,7 @@ class ReportDialog(QDialog):
     def _fail(self, error: str) -> None:
         text = tr("The report could not be made: {error}").format(error=error)
         QgsMessageLog.logMessage(f"{self.layer_name}: {text}", LOG_TAG, Qgis.Critical)
-        self.bar.pushMessage(tr("Rooftop Report"), text, level=Qgis.Critical, duration=0)
+        push(self.bar, tr("Rooftop Report"), text, Qgis.Critical)
         self.browser.setPlainText(text)
 
     def cancel(self) -> None:
@@ -235,11 +236,11 @@ class ReportDialog(QDialog):
                 ).format(shown=len(shown), count=len(self.table))
             )
         if data.skipped:
-            self.bar.pushMessage(
+            push(
+                self.bar,
                 tr("Rooftop Report"),
                 tr("{n} features without a polygon were left out.").format(n=data.skipped),
-                level=Qgis.Warning,
-                duration=0,
+                Qgis.Warning,
             )
         self.browser.setHtml(html)
         for button in self.export_buttons.values():
@@ -296,12 +297,12 @@ class ReportDialog(QDialog):
         except Exception as exc:  # noqa: BLE001 - OSError mostly; a message, never a traceback dialog
             text = tr("Could not write {path}: {error}").format(path=path, error=exc)
             QgsMessageLog.logMessage(text, LOG_TAG, Qgis.Critical)
-            self.bar.pushMessage(tr("Export failed"), text, level=Qgis.Critical, duration=0)
+            push(self.bar, tr("Export failed"), text, Qgis.Critical)
             return None
         settings.set("report_dir", os.path.dirname(os.path.abspath(path)))
         text = tr("Report written to {path}").format(path=path)
         QgsMessageLog.logMessage(text, LOG_TAG, Qgis.Success)
-        self.bar.pushMessage(tr("Exported"), text, level=Qgis.Success, duration=8)
+        push(self.bar, tr("Exported"), text, Qgis.Success, 8)
         return path
 
     def write_html(self, path: str) -> None:

@@ -44,7 +44,6 @@ DEFAULTS = {
     "threshold_override": (False, bool),
     "threshold": (0.5, float),  # the spin box's value when custom (declared default: the model's)
     "output_mode": ("memory", str),  # memory | gpkg
-    "gpkg_path": ("", str),
     "gpkg_layer": ("buildings", str),
     # The Rooftop Report sizes layers without solar fields with the solar choices.
     "solar_yield_from_latitude": (True, bool),

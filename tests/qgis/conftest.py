@@ -84,12 +84,15 @@ def ortho_layer(project, ortho_path, qgis_iface):
 
 @pytest.fixture(autouse=True)
 def clean_settings(qgis_app):
-    """Each test starts without remembered dialog choices."""
+    """Each test starts without remembered dialog choices (settings, and this session's output paths)."""
     from roof_detector.qgis_ui import settings
+    from roof_detector.qgis_ui.output_box import SESSION_PATHS
 
     settings.clear()
+    SESSION_PATHS.clear()
     yield
     settings.clear()
+    SESSION_PATHS.clear()
 
 
 @pytest.fixture
@@ -160,3 +163,26 @@ def existing_gpkg(path: str, layer: str) -> None:
     from roof_detector.core.gpkg_writer import write_buildings
 
     write_buildings([], path, "EPSG:32631", layer=layer, overwrite=True)
+
+
+@pytest.fixture(autouse=True)
+def bar_items_are_recorded(qgis_iface):
+    """pytest-qgis records the texts given to its message bar's ``pushMessage``; the plugin pushes
+    whole-text items (``qgis_ui.message_bar``) through ``pushItem``, recorded here the same way
+    ("title:text" under the item's level) so ``get_messages`` sees every message. The item still
+    reaches the real QgsMessageBar."""
+    from qgis.gui import QgsMessageBar
+
+    from roof_detector.qgis_ui.message_bar import TEXT_PROPERTY, TITLE_PROPERTY
+
+    bar = qgis_iface.messageBar()
+
+    def push_item(item):
+        text = item.property(TEXT_PROPERTY)
+        if text is not None:
+            bar.messages[item.level()].append(f"{item.property(TITLE_PROPERTY) or 'no-title'}:{text}")
+        QgsMessageBar.pushItem(bar, item)
+
+    bar.pushItem = push_item
+    yield
+    del bar.pushItem

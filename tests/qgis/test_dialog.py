@@ -18,8 +18,9 @@ def _dialog(iface):
 
 
 def _bar_text(dialog):
-    item = dialog.bar.currentItem()
-    return f"{item.title()} {item.text()}" if item is not None else ""
+    from roof_detector.qgis_ui.message_bar import item_text
+
+    return item_text(dialog.bar.currentItem())
 
 
 def _use_model_file(dialog, path):

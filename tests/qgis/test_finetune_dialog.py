@@ -338,7 +338,9 @@ def test_library_dialog_lists_renames_deletes_imports_exports(qgis_iface, tmp_pa
     dialog.select_file("a.pt")
     dialog.ask_new_name = lambda entry: "junk"
     assert dialog.rename_selected() is None
-    assert "already holds junk.pt" in dialog.bar.currentItem().text()
+    from roof_detector.qgis_ui.message_bar import item_text
+
+    assert "already holds junk.pt" in item_text(dialog.bar.currentItem())
     dialog.ask_new_name = lambda entry: "Paris 2024"
     assert dialog.rename_selected() == str(lib / "Paris_2024.pt")
     assert read_metadata(lib / "Paris_2024.pt")["name"] == "Paris 2024"
@@ -352,7 +354,7 @@ def test_library_dialog_lists_renames_deletes_imports_exports(qgis_iface, tmp_pa
 
     dialog.ask_import_path = lambda: str(lib / "junk.pt")
     assert dialog.import_file() is None
-    assert "Cannot import junk.pt" in dialog.bar.currentItem().text()
+    assert "Cannot import junk.pt" in item_text(dialog.bar.currentItem())
     make_test_model(str(out / "berlin.pt"))
     dialog.ask_import_path = lambda: str(out / "berlin.pt")
     assert dialog.import_file() == str(lib / "berlin.pt")

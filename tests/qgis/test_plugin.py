@@ -112,8 +112,8 @@ def test_action_offers_only_the_server_to_who_runs_on_one(plugin, qgis_iface):
             mock.patch.object(deps, "missing_modules", return_value=["torch"]),
             mock.patch("roof_detector.qgis_ui.dialog.DetectDialog") as dialog,
         ):
-            dialog.return_value.exec_.return_value = 0  # the user closes the dialog
             plugin.actions[0].trigger()
+            dialog.return_value.show.assert_called_once()  # non-modal: shown, not exec_()
         assert deps_dialog._dialog is None
         assert "torch" in dialog.call_args.kwargs["local_problem"]
         warning = qgis_iface.messageBar().get_messages(1)
@@ -142,7 +142,6 @@ def test_plugin_detects_without_torch_and_asks_for_it_only_to_fine_tune(tmp_path
         plugin = roof_detector.classFactory(iface)
         plugin.initGui()
         with mock.patch("roof_detector.qgis_ui.dialog.DetectDialog") as dialog:
-            dialog.return_value.exec_.return_value = False
             plugin.actions[0].trigger()
         assert dialog.called and deps_dialog._dialog is None, "Detect must not need torch"
         plugin.menu_actions[0].trigger()     # Fine-tune Model...

@@ -138,7 +138,9 @@ def test_exports_html_pdf_and_csv(project, tmp_path, monkeypatch):
     assert dialog.default_path("pdf") == str(tmp_path / "cadastre_rooftop_report.pdf")
     # a write error is a message in the dialog, not an exception
     assert dialog.export("csv", str(tmp_path / "missing" / "x.csv")) is None
-    assert "Could not write" in dialog.bar.currentItem().text()
+    from roof_detector.qgis_ui.message_bar import item_text
+
+    assert "Could not write" in item_text(dialog.bar.currentItem())
 
 
 def test_big_layer_is_sized_in_a_task(project, qgis_app, monkeypatch):

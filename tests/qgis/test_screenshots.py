@@ -14,7 +14,8 @@ def test_screenshots_show_the_dialog_styled_buildings_and_report(repo_root, qgis
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = repo_root / "out" / "screenshots"
-    dialog_png, map_png, report_png, deps_png = module.make_screenshots(str(out))
+    dialog_png, map_png, report_png, deps_png, bar_png = module.make_screenshots(str(out))
+    assert QImage(bar_png).width() == 900 and QImage(bar_png).height() > 40  # the summary's lines, not one
     assert QImage(deps_png).width() >= 700
     assert QImage(dialog_png).width() >= 500
     assert report_png.endswith("report.png") and QImage(report_png).width() >= 700

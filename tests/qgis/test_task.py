@@ -43,7 +43,9 @@ def test_task_adds_a_styled_layer_to_the_project(plugin, project, ortho_path, mo
     assert 0 < layer.renderer().symbol().symbolLayer(0).color().alpha() < 255
     assert not plugin.tasks
     item = qgis_iface.messageBar().currentItem()
-    assert item is not None and "4 buildings" in item.text()
+    from roof_detector.qgis_ui.message_bar import item_text
+
+    assert item is not None and "4 buildings" in item_text(item)
 
 
 SOLAR_TYPES = {
@@ -107,7 +109,9 @@ def test_result_layer_has_the_solar_fields_of_regularised_outlines(
     from qgis.PyQt.QtWidgets import QPushButton
 
     item = plugin.iface.messageBar().currentItem()
-    assert "kWp" in item.text()
+    from roof_detector.qgis_ui.message_bar import item_text
+
+    assert "kWp" in item_text(item)
     buttons = {b.text(): b for b in item.findChildren(QPushButton)}
     assert {"Open attribute table", "Report"} <= set(buttons)
     buttons["Report"].click()

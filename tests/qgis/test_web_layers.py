@@ -306,8 +306,10 @@ def test_dialog_refuses_the_whole_world_and_estimates_an_area(qgis_iface, projec
     assert "whole world" in dialog.estimate_label.text()
     dialog.accept()
     assert dialog.request is None
-    text = dialog.bar.currentItem().text()
-    assert "whole world" in text and "Current map extent" in text
+    from roof_detector.qgis_ui.message_bar import item_text
+
+    text = item_text(dialog.bar.currentItem())
+    assert "whole world" in text and "drawn on the map" in text
 
     zones = QgsVectorLayer("Polygon?crs=EPSG:3857", "zones", "memory")
     feature = QgsFeature()
