@@ -2,7 +2,8 @@
 
 GDAL's ``/vsicurl/`` reads a raster with HTTP Range requests (``bytes=a-b``);
 Python's ``SimpleHTTPRequestHandler`` ignores Range, so this handler answers
-them itself (206 with Content-Range), plus 302 redirects on ``redirects``.
+them itself (206 with Content-Range), plus 302 redirects on ``redirects``
+(and whole 200 answers on ``no_range``, as a server without Range support).
 Every request path is recorded in ``requests`` so a test can tell what the
 detector fetched (and what it never asked for).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Dict, List
+from typing import Dict, List, Set
 
 
 class RangeServer:
@@ -21,6 +22,7 @@ class RangeServer:
     def __init__(self) -> None:
         self.files: Dict[str, bytes] = {}
         self.redirects: Dict[str, str] = {}
+        self.no_range: Set[str] = set()  # paths answered whole (200), as a server without Range support
         self.requests: List[str] = []
         owner = self
 
@@ -49,7 +51,7 @@ class RangeServer:
                     return
                 start, end, status = 0, len(data) - 1, 200
                 m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
-                if m:
+                if m and path not in owner.no_range:
                     start = int(m.group(1))
                     end = min(int(m.group(2)) if m.group(2) else end, len(data) - 1)
                     if start >= len(data):

@@ -123,6 +123,10 @@ def test_unreachable_slow_missing_too_big_and_non_raster_urls(url_server, files,
     assert f"{http.url}/ortho/notes.tif" in body["detail"] and "/vsicurl/" not in body["detail"]
     status, body = _submit(url_server, f"{http.url}/ortho/missing.tif")
     assert status == 422 and "HTTP 404" in body["detail"], body
+    http.files["/ortho/whole.tif"] = Path(big_scene).read_bytes()[:1000]
+    http.no_range.add("/ortho/whole.tif")
+    status, body = _submit(url_server, f"{http.url}/ortho/whole.tif")
+    assert status == 422 and "does not answer HTTP Range requests" in body["detail"], body
     status, body = _submit(url_server, f"{http.url}/ortho/big.tif")
     assert status == 413 and "--max-upload-mb" in body["detail"], body
     status, body = _submit(url_server, f"{http.url}/ortho/a.vrt")
