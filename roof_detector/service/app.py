@@ -165,6 +165,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
         lifespan=lifespan,
         description="Building footprints and rooftop solar sizing from orthophotos. Detection options "
         f"(key: the `detect` command's long option): {detect_keys}.",
+        # With tokens every call but /health needs one, the API description too: FastAPI's own
+        # /openapi.json, /docs and /redoc take no dependency, so they are replaced (below) or off.
+        **({"openapi_url": None, "docs_url": None, "redoc_url": None} if tokens else {}),
     )
     app.state.store, app.state.runner = store, runner
 
@@ -182,6 +185,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         return owner_of(token)
+
+    if tokens:
+
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi_with_token(owner: str = Depends(caller)) -> Dict[str, Any]:
+            return app.openapi()
 
     def own_job(job_id: str, owner: str):
         job = store.get(job_id, owner)
