@@ -92,14 +92,7 @@ def run(args: argparse.Namespace) -> int:
             f"The REST service needs fastapi, uvicorn and python-multipart ({exc}); "
             "install them with `pip install -r requirements.txt`"
         ) from None
-    from ..service.url_rasters import configure_gdal_http, parse_prefixes
-
-    try:
-        url_prefixes = parse_prefixes(args.allow_url_prefix)
-    except ValueError as exc:
-        raise RoofDetectorError(str(exc)) from None
-    if url_prefixes:
-        configure_gdal_http(args.url_timeout_s)
+    url_prefixes = _url_prefixes(args)
     tokens = None
     if args.token_file:
         try:
@@ -137,3 +130,17 @@ def run(args: argparse.Namespace) -> int:
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
+
+
+def _url_prefixes(args: argparse.Namespace):
+    """The checked ``--allow-url-prefix`` values; with any, GDAL's HTTP reads are bounded."""
+    from ..core.errors import RoofDetectorError
+    from ..service.url_rasters import configure_gdal_http, parse_prefixes
+
+    try:
+        prefixes = parse_prefixes(args.allow_url_prefix)
+    except ValueError as exc:
+        raise RoofDetectorError(str(exc)) from None
+    if prefixes:
+        configure_gdal_http(args.url_timeout_s)
+    return prefixes

@@ -262,12 +262,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 body = await _json_body(request, 4 << 20)
                 options, aoi = body.get("options"), body.get("aoi")
                 input_name = str(body.get("raster") or "")
-                if is_url(input_name):  # off the event loop: it asks the URL for its first byte
-                    raster_path = await run_in_threadpool(
-                        vsicurl_path, input_name, config.url_prefixes, max_bytes, config.url_timeout_s
-                    )
-                else:
-                    raster_path = _data_dir_path(store, input_name)
+                # off the event loop: a URL is asked for its first byte
+                raster_path = await run_in_threadpool(_named_raster, store, config, input_name)
             else:
                 raise UploadError(
                     415,
@@ -422,6 +418,13 @@ async def _json_body(request: Request, limit: int) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise HTTPException(422, "The body must be a JSON object")
     return data
+
+
+def _named_raster(store: JobStore, config: ServiceConfig, name: str) -> str:
+    """What the engine reads for a JSON ``raster``: an allowed URL's /vsicurl/ path, or a data-dir file."""
+    if is_url(name):
+        return vsicurl_path(name, config.url_prefixes, int(config.max_upload_mb * 2**20), config.url_timeout_s)
+    return _data_dir_path(store, name)
 
 
 def _data_dir_path(store: JobStore, name: str) -> str:

@@ -2,6 +2,8 @@
 HTTP server with Range support, refused when not allowed, not reachable, too big or not a raster."""
 
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,7 +11,7 @@ import pytest
 from roof_detector.service.url_rasters import parse_prefixes
 
 from .range_http import RangeServer
-from .server_helpers import Server
+from .server_helpers import REPO, Server
 from .test_service_http import _features
 
 
@@ -174,5 +176,16 @@ def test_without_the_switch_urls_are_refused_and_bad_prefixes_stop_the_start(tmp
     for bad in ("file:///srv/", "ftp://host/", "https://u:p@host/", "https://host/a/../b/", "https://host/?a=1", "x"):
         with pytest.raises(ValueError, match="--allow-url-prefix"):
             parse_prefixes([bad])
+    proc = subprocess.run(
+        [sys.executable, "-m", "roof_detector", "serve", "--data-dir", str(tmp_path / "d2")]
+        + ["--allow-url-prefix", "https://example.org/ortho/", "--allow-url-prefix", "file:///srv/"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and proc.stderr.strip().splitlines() == [
+        "error: --allow-url-prefix 'file:///srv/': only http:// and https:// URLs can be read, not file://"
+    ], proc.stderr
     (prefix,) = parse_prefixes(["HTTPS://Data.Example.org/ortho/"])
     assert (prefix.scheme, prefix.host, prefix.port, prefix.path) == ("https", "data.example.org", 443, "/ortho/")
