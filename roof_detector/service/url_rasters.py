@@ -173,7 +173,7 @@ def _first_byte(url: _Url, timeout_s: float) -> Tuple[Optional[str], int]:
     except socket.timeout:
         raise UploadError(422, f"{url.text} did not answer within {timeout_s:g} s; check the URL") from None
     except (OSError, http.client.HTTPException) as exc:
-        reason = exc.strerror or str(exc) if isinstance(exc, OSError) else type(exc).__name__
+        reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else type(exc).__name__
         raise UploadError(422, f"{url.text} cannot be reached ({reason}); check the URL") from None
     finally:
         conn.close()
