@@ -261,9 +261,14 @@ class RasterioSource(RasterSource):
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self._ds = rasterio.open(self._path)
         except RasterioIOError as exc:
+            detail = str(exc).splitlines()[0]
+            if remote:  # an HTTP error, a timeout or not an image: the cause in brackets says which
+                raise InputRasterError(
+                    f"{self._path} cannot be read as a raster ({detail}); check that the URL answers "
+                    "and names an image such as a GeoTIFF"
+                ) from None
             raise InputRasterError(
-                f"{self._path} is not a raster GDAL can read "
-                f"({str(exc).splitlines()[0]}); check the file is an image such as a GeoTIFF"
+                f"{self._path} is not a raster GDAL can read ({detail}); check the file is an image such as a GeoTIFF"
             ) from None
         try:
             self._init_checks(stretch)

@@ -67,10 +67,15 @@ def run_detection(
 
     options = detect_options(job.options)
     options.batch_size = batch_size
-    if job.aoi is not None:
-        options.aoi_wkt = aoi_wkt(job.aoi, raster_crs_wkt(job.raster_path))
-    with open_checked(job.raster_path) as source:  # a file, or an allowed URL read by /vsicurl/
-        result = detect_buildings(source, options, progress=progress, is_cancelled=is_cancelled, model=model)
+    try:
+        if job.aoi is not None:
+            options.aoi_wkt = aoi_wkt(job.aoi, raster_crs_wkt(job.raster_path))
+        with open_checked(job.raster_path) as source:  # a file, or an allowed URL read by /vsicurl/
+            result = detect_buildings(source, options, progress=progress, is_cancelled=is_cancelled, model=model)
+    except RoofDetectorError as exc:  # e.g. a URL gone since the check: name what the client sent
+        if job.raster_path and job.raster_path in str(exc):
+            exc.args = (str(exc).replace(job.raster_path, job.input_name),)
+        raise
     result.raster_path = job.input_name  # the metadata names what the client sent, not a server path
     gpkg = os.path.join(job_dir, RESULT_GPKG)
     write_buildings(result.buildings, gpkg, result.crs_wkt, layer=RESULT_LAYER, metadata=result.provenance(options))

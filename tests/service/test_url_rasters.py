@@ -121,7 +121,8 @@ def test_unreachable_slow_missing_too_big_and_non_raster_urls(url_server, files,
     jobs_before = url_server.json("GET", "/v1/detections")[1]["detections"]
 
     status, body = _submit(url_server, f"{http.url}/ortho/notes.tif")
-    assert status == 422 and "is not a raster GDAL can read" in body["detail"], body
+    assert status == 422 and "cannot be read as a raster" in body["detail"], body
+    assert "not recognized as being in a supported file format" in body["detail"], body
     assert f"{http.url}/ortho/notes.tif" in body["detail"] and "/vsicurl/" not in body["detail"]
     status, body = _submit(url_server, f"{http.url}/ortho/missing.tif")
     assert status == 422 and "HTTP 404" in body["detail"], body
@@ -189,3 +190,23 @@ def test_without_the_switch_urls_are_refused_and_bad_prefixes_stop_the_start(tmp
     ], proc.stderr
     (prefix,) = parse_prefixes(["HTTPS://Data.Example.org/ortho/"])
     assert (prefix.scheme, prefix.host, prefix.port, prefix.path) == ("https", "data.example.org", 443, "/ortho/")
+
+
+def test_a_url_gone_by_the_time_its_job_runs_fails_the_job_naming_the_url(url_server, files, small_scene, tmp_path):
+    http, _ = files
+    from tests.core.synthetic_rasters import rect_scene
+
+    # a long job (a data-dir raster: no upload limit) keeps the device busy, so the URL job waits in the queue
+    rect_scene(url_server.data_dir / "long.tif", [(20, 20, 60, 80)], shape=(1500, 1500))
+    http.files["/ortho/gone.tif"] = Path(small_scene).read_bytes()
+    status, first = _submit(url_server, "long.tif")
+    assert status == 202, first
+    status, job = _submit(url_server, f"{http.url}/ortho/gone.tif")
+    assert status == 202 and job["state"] == "queued", job
+    del http.files["/ortho/gone.tif"]  # the URL answers 404 from now on
+    assert url_server.json("GET", f"/v1/detections/{first['id']}")[1]["state"] in ("queued", "running")
+    assert url_server.wait(first["id"], timeout_s=300)["state"] == "done"
+    job = url_server.wait(job["id"])
+    assert job["state"] == "failed" and "cannot be read as a raster (HTTP response code: 404)" in job["error"], job
+    assert f"{http.url}/ortho/gone.tif" in job["error"] and "/vsicurl/" not in job["error"], job
+    assert url_server.json("GET", "/health")[1]["status"] == "ok"
