@@ -8,8 +8,11 @@ in-process on the same raster (same buildings, same total area). A fixed
 number of requests and an overall deadline: it always stops by itself.
 
 Reports jobs/min, p50/p95/max latency of the status endpoint while inference
-runs, the server's peak memory (VmHWM), 429 answers, and whether every job
-was right; the last line is JSON.
+runs (all status calls of the clients, those answered "running", a separate
+probe process, and the server's own handling time from its request log), the
+server's peak memory (VmHWM), 429 answers, and whether every job was right
+(each building's area as stored, against the engine in-process); the last
+line is JSON. Exit status 0 only when every job was right.
 
     python scripts/load_test.py                 # 50 clients x 2 jobs, the one-layer test model
     python scripts/load_test.py --model PATH    # another model (e.g. the bundled one)
@@ -107,12 +110,14 @@ def main(argv=None) -> int:
     p.add_argument("--rasters", type=int, default=10, help="distinct generated rasters (reused round-robin)")
     p.add_argument("--size", type=int, default=256, help="raster side in pixels (0.5 m pixels)")
     p.add_argument("--model", help="model file (default: the one-layer test model, generated)")
+    p.add_argument("--device", default="cpu", help="server --device, and the reference runs' (default cpu)")
     p.add_argument("--queue", type=int, default=16, help="server --workers-queue")
     p.add_argument("--poll-s", type=float, default=0.25, help="pause between a client's status calls")
     p.add_argument("--deadline-s", type=float, default=900, help="stop everything after this long")
     args = p.parse_args(argv)
 
     from roof_detector.core.pipeline import DetectOptions, detect_buildings
+    from roof_detector.core.precision import rounded
     from devtools.synthetic import write_orthophoto
     from devtools.test_model import make_test_model
 
@@ -122,9 +127,10 @@ def main(argv=None) -> int:
     for i in range(args.rasters):
         path = work / f"r{i}.tif"
         write_orthophoto(str(path), args.size, gsd_m=0.5, seed=i)
-        ref = detect_buildings(str(path), DetectOptions(model_path=model, device="cpu"))
+        ref = detect_buildings(str(path), DetectOptions(model_path=model, device=args.device))
         rasters.append(path)
-        expected.append((len(ref.buildings), ref.total_area_m2))
+        # each building's area as every output stores it (rounded once, by core.precision)
+        expected.append(sorted(float(rounded("area_m2", b.area_m2)) for b in ref.buildings))
 
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
@@ -140,7 +146,7 @@ def main(argv=None) -> int:
             "--model",
             model,
             "--device",
-            "cpu",
+            args.device,
             "--data-dir",
             str(work / "data"),
             "--workers-queue",
@@ -172,7 +178,7 @@ def main(argv=None) -> int:
         probe.start()
         stop_at = time.monotonic() + args.deadline_s
         lock = threading.Lock()
-        status_ms, busy_answers, results, errors = [], [0], [], []
+        status_ms, running_ms, busy_answers, results, errors = [], [], [0], [], []
 
         def client(k: int) -> None:
             for j in range(args.jobs_per_client):
@@ -198,6 +204,8 @@ def main(argv=None) -> int:
                     job = json.loads(data)
                     with lock:
                         status_ms.append(ms)
+                        if job["state"] == "running":  # answered while this very job was being inferred
+                            running_ms.append(ms)
                     if job["state"] in ("done", "failed", "cancelled"):
                         break
                     time.sleep(args.poll_s)
@@ -206,10 +214,16 @@ def main(argv=None) -> int:
                     continue
                 status, _, data = _call(f"{base}/v1/detections/{job_id}/buildings?format=geojson")
                 fc = json.loads(data)
-                area = sum(f["properties"]["area_m2"] for f in fc["features"])
-                ok = len(fc["features"]) == expected[idx][0] and abs(area - expected[idx][1]) <= 1e-6 * max(1, area)
+                areas = sorted(f["properties"]["area_m2"] for f in fc["features"])
+                want = expected[idx]
+                ok = len(areas) == len(want) and all(abs(a - b) <= 1e-9 for a, b in zip(areas, want))
                 with lock:
                     results.append(ok)
+                    if not ok:
+                        errors.append(
+                            f"job {job_id} on {rasters[idx].name}: {len(areas)} buildings, {sum(areas):.2f} m2; "
+                            f"the engine in-process: {len(want)}, {sum(want):.2f} m2"
+                        )
 
         t_start = time.perf_counter()
         threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(args.clients)]
@@ -244,6 +258,9 @@ def main(argv=None) -> int:
         "status_p50_ms": _pct(status_ms, 50),
         "status_p95_ms": _pct(status_ms, 95),
         "status_max_ms": round(max(status_ms), 1) if status_ms else None,
+        "status_running_calls": len(running_ms),
+        "status_running_p50_ms": _pct(running_ms, 50),
+        "status_running_p95_ms": _pct(running_ms, 95),
         "probe_calls": len(probe_ms),
         "probe_p50_ms": _pct(probe_ms, 50),
         "probe_p95_ms": _pct(probe_ms, 95),
@@ -253,15 +270,20 @@ def main(argv=None) -> int:
         "server_peak_rss_mb": round(peak_mb, 1),
         "raster_px": args.size,
         "model": os.path.basename(model),
+        "device": args.device,
     }
     print(
         f"{figures['jobs_done_right']}/{total} jobs right ({figures['jobs_wrong']} wrong, {len(errors)} errors) "
         f"from {args.clients} clients in {wall_s:.1f} s: {figures['jobs_per_min']} jobs/min"
     )
     print(
-        f"status endpoint while jobs ran, as the 50 clients saw it: p50 {figures['status_p50_ms']} ms, "
+        f"status endpoint as the {args.clients} clients saw it: p50 {figures['status_p50_ms']} ms, "
         f"p95 {figures['status_p95_ms']} ms, max {figures['status_max_ms']} ms over {len(status_ms)} calls; "
         f"{busy_answers[0]} answers 429"
+    )
+    print(
+        f"  answers saying 'running' (inference of that job under way): p50 {figures['status_running_p50_ms']} ms, "
+        f"p95 {figures['status_running_p95_ms']} ms over {len(running_ms)} calls"
     )
     print(
         f"  a lone probe process: p50 {figures['probe_p50_ms']} ms, p95 {figures['probe_p95_ms']} ms "

@@ -55,6 +55,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument(
         "--token-file", metavar="F", help="file of bearer tokens, one per line; every call but /health then needs one"
     )
+    p.add_argument(
+        "--allow-url-prefix",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="also read rasters named by an http(s) URL starting with PREFIX, e.g. "
+        "https://data.example.org/ortho/ (repeatable; end it with / to allow one folder). Default: "
+        "no URL is read. Only hosts you trust: see README 'Rasters by URL'",
+    )
+    p.add_argument(
+        "--url-timeout-s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="give up on a raster URL that does not answer (or stalls) for S seconds (default 30)",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -65,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     from ..core.pipeline import DetectOptions, _load_model
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.workers_queue < 1 or args.max_upload_mb <= 0:
-        raise RoofDetectorError("--workers-queue must be at least 1 and --max-upload-mb above 0")
+    if args.workers_queue < 1 or args.max_upload_mb <= 0 or not args.url_timeout_s > 0:
+        raise RoofDetectorError("--workers-queue must be at least 1, --max-upload-mb and --url-timeout-s above 0")
     try:
         import uvicorn
 
@@ -76,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             f"The REST service needs fastapi, uvicorn and python-multipart ({exc}); "
             "install them with `pip install -r requirements.txt`"
         ) from None
+    url_prefixes = _url_prefixes(args)
     tokens = None
     if args.token_file:
         try:
@@ -95,18 +112,35 @@ def run(args: argparse.Namespace) -> int:
         max_upload_mb=args.max_upload_mb,
         max_queued=args.workers_queue,
         tokens=tokens,
+        url_prefixes=url_prefixes,
+        url_timeout_s=args.url_timeout_s,
     )
     app = create_app(config)
     log = logging.getLogger("roof_detector.service")
     log.info(
-        "model %s %s on %s; data dir %s; %s; listening on http://%s:%d",
+        "model %s %s on %s; data dir %s; %s; %s; listening on http://%s:%d",
         model.metadata.get("name", "?"),
         model.metadata.get("version", ""),
         model.device,
         os.path.realpath(args.data_dir),
         f"{len(tokens)} token(s)" if tokens else "no token needed",
+        f"rasters by URL under {', '.join(p.text for p in url_prefixes)}" if url_prefixes else "no raster by URL",
         args.host,
         args.port,
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
     return 0
+
+
+def _url_prefixes(args: argparse.Namespace):
+    """The checked ``--allow-url-prefix`` values; with any, GDAL's HTTP reads are bounded."""
+    from ..core.errors import RoofDetectorError
+    from ..service.url_rasters import configure_gdal_http, parse_prefixes
+
+    try:
+        prefixes = parse_prefixes(args.allow_url_prefix)
+    except ValueError as exc:
+        raise RoofDetectorError(str(exc)) from None
+    if prefixes:
+        configure_gdal_http(args.url_timeout_s)
+    return prefixes

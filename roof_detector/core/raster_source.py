@@ -234,31 +234,41 @@ REMOTE_OR_ARCHIVE_PREFIXES = ("/vsi", "http://", "https://", "ftp://", "s3://", 
 class RasterioSource(RasterSource):
     """A raster file read with rasterio (anything GDAL opens: GeoTIFF, VRT, JPEG2000...)."""
 
-    def __init__(self, path: str | os.PathLike, stretch: Optional[np.ndarray] = None):
+    def __init__(self, path: str | os.PathLike, stretch: Optional[np.ndarray] = None, allow_remote: bool = False):
         """``stretch`` (bands x 2, as :attr:`stretch` gives it) replaces the raster's own percentile
-        stretch of non-uint8 data: the tiles of one mosaic must share one stretch."""
+        stretch of non-uint8 data: the tiles of one mosaic must share one stretch.
+
+        ``allow_remote``: a ``/vsicurl/http(s)://`` path is read too (by GDAL, with HTTP Range
+        requests); only for callers that decided the URL may be read (the REST service's allow-list).
+        """
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
         self._path = str(path)
-        if self._path.lower().startswith(REMOTE_OR_ARCHIVE_PREFIXES):
+        remote = allow_remote and self._path.startswith(("/vsicurl/http://", "/vsicurl/https://"))
+        if not remote and self._path.lower().startswith(REMOTE_OR_ARCHIVE_PREFIXES):
             raise InputRasterError(
                 f"{self._path}: remote and archive paths (/vsicurl/, http(s)://, /vsizip/...) "
                 "are not supported; download or unzip the raster to a local file first "
                 "(e.g. gdal_translate SOURCE local.tif), or add it to QGIS as a layer"
             )
-        if not os.path.exists(self._path):
+        if not remote and not os.path.exists(self._path):
             raise InputRasterError(f"Raster file not found: {self._path}")
-        if os.path.isdir(self._path):
+        if not remote and os.path.isdir(self._path):
             raise InputRasterError(f"{self._path} is a directory, not a raster file")
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 self._ds = rasterio.open(self._path)
         except RasterioIOError as exc:
+            detail = str(exc).splitlines()[0]
+            if remote:  # an HTTP error, a timeout or not an image: the cause in brackets says which
+                raise InputRasterError(
+                    f"{self._path} cannot be read as a raster ({detail}); check that the URL answers "
+                    "and names an image such as a GeoTIFF"
+                ) from None
             raise InputRasterError(
-                f"{self._path} is not a raster GDAL can read "
-                f"({str(exc).splitlines()[0]}); check the file is an image such as a GeoTIFF"
+                f"{self._path} is not a raster GDAL can read ({detail}); check the file is an image such as a GeoTIFF"
             ) from None
         try:
             self._init_checks(stretch)

@@ -9,6 +9,7 @@ and are written by the one GeoPackage writer. Modules:
 * :mod:`.jobs` — job records under the data dir (atomic files) and the one-at-a-time job runner;
 * :mod:`.engine` — what one job does (detect, write GeoPackage and GeoJSON), and solar sizing;
 * :mod:`.uploads` — multipart uploads streamed to the data dir with a size limit, raster check;
+* :mod:`.url_rasters` — rasters by URL: the operator's allow-list, a first look, GDAL's HTTP limits;
 * :mod:`.app` — the FastAPI application (routes, auth, request log, metrics).
 """
 

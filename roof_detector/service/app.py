@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -28,6 +28,7 @@ from .engine import RESULT_GEOJSON, RESULT_GPKG, run_detection, size_geojson
 from .jobs import FINAL_STATES, JobRunner, JobStore, QueueFull
 from .options import OptionsError, aoi_wkt, detect_option_names, detect_options, solar_option_names
 from .uploads import UploadError, check_raster, receive_multipart
+from .url_rasters import UrlPrefix, is_url, vsicurl_path
 
 log = logging.getLogger("roof_detector.service")
 
@@ -43,6 +44,8 @@ class ServiceConfig:
     max_upload_mb: float = 512.0
     max_queued: int = 16
     tokens: Optional[List[str]] = None  # None: no token needed
+    url_prefixes: List[UrlPrefix] = field(default_factory=list)  # empty: no raster is read by URL
+    url_timeout_s: float = 30.0
 
 
 def read_token_file(path: str) -> List[str]:
@@ -120,7 +123,11 @@ _DETECTION_BODY = {
                 "type": "object",
                 "required": ["raster"],
                 "properties": {
-                    "raster": {"type": "string", "description": "path of a raster under the server's --data-dir"},
+                    "raster": {
+                        "type": "string",
+                        "description": "path of a raster under the server's --data-dir, or an http(s) URL "
+                        "under a prefix the operator allows (serve --allow-url-prefix)",
+                    },
                     "options": {"type": "object"},
                     "aoi": {"type": "object"},
                 },
@@ -145,8 +152,17 @@ def create_app(config: ServiceConfig) -> FastAPI:
         lifespan=lifespan,
         description="Building footprints and rooftop solar sizing from orthophotos. Detection options "
         f"(key: the `detect` command's long option): {', '.join(detect_option_names())}.",
+        # With tokens every call but /health needs one, the API description too: FastAPI's own
+        # /openapi.json, /docs and /redoc take no dependency, so they are replaced (below) or off.
+        **({"openapi_url": None, "docs_url": None, "redoc_url": None} if svc.tokens else {}),
     )
     app.state.store, app.state.runner = svc.store, svc.runner
+    if svc.tokens:
+
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi_with_token(owner: str = Depends(svc.caller)) -> Dict[str, Any]:
+            return app.openapi()
+
     # In this order: the OpenAPI document lists the routes as they are added.
     _add_model_routes(app, svc)
     _add_create_detection(app, svc)
@@ -217,11 +233,13 @@ class _Service:
         if content_type.startswith("application/json"):
             body = await _json_body(request, 4 << 20)
             input_name = str(body.get("raster") or "")
-            return body.get("options"), body.get("aoi"), input_name, _data_dir_path(self.store, input_name), None
+            # off the event loop: a URL is asked for its first byte
+            raster_path = await run_in_threadpool(_named_raster, self.store, self.config, input_name)
+            return body.get("options"), body.get("aoi"), input_name, raster_path, None
         raise UploadError(
             415,
             "Send the raster as multipart/form-data (field 'raster') or a JSON body "
-            '{"raster": "path under the data dir"}',
+            '{"raster": "path under the data dir, or an allowed URL"}',
         )
 
 
@@ -271,7 +289,8 @@ def _add_create_detection(app: FastAPI, svc: _Service) -> None:
         responses={202: {"description": "queued; Location names the job"}, 413: {}, 422: {}, 429: {}},
     )
     async def create_detection(request: Request, owner: str = Depends(svc.caller)):
-        """Queue a detection of an uploaded raster (multipart) or of a raster under the data dir (JSON)."""
+        """Queue a detection of an uploaded raster (multipart), or of a raster under the data dir or at an
+        allowed URL (JSON)."""
         try:
             runner.check_room()
         except QueueFull as exc:
@@ -280,7 +299,8 @@ def _add_create_detection(app: FastAPI, svc: _Service) -> None:
         try:
             options, aoi, input_name, raster_path, upload = await svc.receive_input(request)
             # Off the event loop (GDAL reads, fsync), so status calls are answered meanwhile.
-            await run_in_threadpool(_check_input, raster_path, input_name, options, aoi, upload is not None)
+            self_contained = upload is not None or raster_path.startswith("/vsicurl/")
+            await run_in_threadpool(_check_input, raster_path, input_name, options, aoi, self_contained)
             job = await run_in_threadpool(
                 store.create,
                 owner,
@@ -400,9 +420,9 @@ def _add_solar_and_metrics(app: FastAPI, svc: _Service) -> None:
         return "\n".join(lines) + "\n"
 
 
-def _check_input(raster_path: str, input_name: str, options: Any, aoi: Any, uploaded: bool) -> None:
+def _check_input(raster_path: str, input_name: str, options: Any, aoi: Any, self_contained: bool) -> None:
     detect_options(options)  # refuse bad options now, not after the queue
-    check_raster(raster_path, input_name, uploaded)
+    check_raster(raster_path, input_name, self_contained)
     if aoi is not None:
         from .engine import raster_crs_wkt
 
@@ -433,12 +453,17 @@ async def _json_body(request: Request, limit: int) -> Dict[str, Any]:
     return data
 
 
+def _named_raster(store: JobStore, config: ServiceConfig, name: str) -> str:
+    """What the engine reads for a JSON ``raster``: an allowed URL's /vsicurl/ path, or a data-dir file."""
+    if is_url(name):
+        return vsicurl_path(name, config.url_prefixes, int(config.max_upload_mb * 2**20), config.url_timeout_s)
+    return _data_dir_path(store, name)
+
+
 def _data_dir_path(store: JobStore, name: str) -> str:
     """The real path of a raster named relative to the data dir; 403 when it leads outside it."""
     if not name:
         raise UploadError(422, 'The JSON body needs "raster": a path relative to the server\'s data dir')
-    if "://" in name or name.startswith("/vsi"):
-        raise UploadError(403, "This server reads only rasters under its data dir (no URLs)")
     root = store.data_dir
     path = os.path.realpath(os.path.join(root, name))  # symlinks resolved before the check
     private = (store.jobs_dir, store.uploads_dir)

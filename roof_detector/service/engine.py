@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Optional
 from ..core.errors import OutputError, RoofDetectorError
 from .jobs import Job
 from .options import aoi_wkt, detect_options
+from .uploads import open_checked
 
 RESULT_GPKG = "buildings.gpkg"
 RESULT_GEOJSON = "buildings.geojson"
@@ -48,13 +49,8 @@ def gpkg_to_geojson(gpkg_path: str, geojson_path: str, layer: Optional[str] = No
 
 def raster_crs_wkt(path: str) -> str:
     """The CRS of a raster as WKT (the engine's own reader does the checks)."""
-    from ..core.raster_source import open_source
-
-    source, _ = open_source(path)
-    try:
+    with open_checked(path) as source:
         return source.crs_wkt
-    finally:
-        source.close()
 
 
 def run_detection(
@@ -71,9 +67,15 @@ def run_detection(
 
     options = detect_options(job.options)
     options.batch_size = batch_size
-    if job.aoi is not None:
-        options.aoi_wkt = aoi_wkt(job.aoi, raster_crs_wkt(job.raster_path))
-    result = detect_buildings(job.raster_path, options, progress=progress, is_cancelled=is_cancelled, model=model)
+    try:
+        if job.aoi is not None:
+            options.aoi_wkt = aoi_wkt(job.aoi, raster_crs_wkt(job.raster_path))
+        with open_checked(job.raster_path) as source:  # a file, or an allowed URL read by /vsicurl/
+            result = detect_buildings(source, options, progress=progress, is_cancelled=is_cancelled, model=model)
+    except RoofDetectorError as exc:  # e.g. a URL gone since the check: name what the client sent
+        if job.raster_path and job.raster_path in str(exc):
+            exc.args = (str(exc).replace(job.raster_path, job.input_name),)
+        raise
     result.raster_path = job.input_name  # the metadata names what the client sent, not a server path
     gpkg = os.path.join(job_dir, RESULT_GPKG)
     write_buildings(result.buildings, gpkg, result.crs_wkt, layer=RESULT_LAYER, metadata=result.provenance(options))

@@ -154,25 +154,32 @@ class _PartReceiver:
         self.ended = True
 
 
-# Formats an upload may have: self-contained image files. A VRT (or any format that names other
-# files) could make the server read files outside the upload, another client's raster included.
+# Formats an upload (or a URL) may have: self-contained image files. A VRT (or any format that names
+# other files) could make the server read files outside the upload, another client's raster included.
 UPLOAD_DRIVERS = {"GTiff", "COG", "JP2OpenJPEG"}
 
 
-def check_raster(path: str, shown_name: str, uploaded: bool = True) -> None:
+def open_checked(path: str):
+    """The engine's reader on ``path``: a file, or a ``/vsicurl/`` URL the service has allowed."""
+    from ..core.raster_source import RasterioSource
+
+    return RasterioSource(path, allow_remote=path.startswith("/vsicurl/"))
+
+
+def check_raster(path: str, shown_name: str, self_contained: bool = True) -> None:
     """Raise :class:`UploadError` (422) unless ``path`` is a raster the engine can use.
 
-    An upload must be a self-contained GeoTIFF / JPEG 2000 (:data:`UPLOAD_DRIVERS`).
-    Opened by the engine's own reader (CRS, geotransform, bands, data type),
-    then its last row of blocks is read: a truncated file fails there.
+    With ``self_contained`` (uploads, URLs) it must be a GeoTIFF / JPEG 2000
+    (:data:`UPLOAD_DRIVERS`). Opened by the engine's own reader (CRS,
+    geotransform, bands, data type), then its last row of blocks is read: a
+    truncated file fails there.
     """
     from ..core.errors import RoofDetectorError
-    from ..core.raster_source import open_source
 
-    if uploaded:
+    if self_contained:
         _check_driver(path, shown_name)
     try:
-        source, _ = open_source(path)
+        source = open_checked(path)
     except RoofDetectorError as exc:
         raise UploadError(422, str(exc).replace(path, shown_name)) from None
     try:
@@ -189,20 +196,18 @@ def check_raster(path: str, shown_name: str, uploaded: bool = True) -> None:
 
 
 def _check_driver(path: str, shown_name: str) -> None:
-    from ..core.osgeo_exc import gdal
+    import rasterio
+    from rasterio.errors import RasterioIOError
 
     try:
-        ds = gdal.OpenEx(path, gdal.OF_RASTER)
-    except RuntimeError:
+        with rasterio.open(path) as ds:
+            driver = ds.driver
+    except RasterioIOError:
         return  # not a raster at all: the engine's reader says so, in its words
-    if ds is None:
-        return
-    driver = ds.GetDriver().ShortName
-    ds = None
     if driver not in UPLOAD_DRIVERS:
         raise UploadError(
             422,
-            f"{shown_name} is a {driver} file; upload the raster itself as a GeoTIFF or "
+            f"{shown_name} is a {driver} file; send the raster itself as a GeoTIFF or "
             "JPEG 2000 (e.g. `gdal_translate in.vrt out.tif`)",
         )
 

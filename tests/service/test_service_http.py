@@ -298,6 +298,11 @@ def test_tokens_isolate_callers_and_paths_stay_in_the_data_dir(tmp_path, model_p
             status, headers, _ = server.request("GET", "/v1/detections", token=token)
             assert status == 401 and headers["www-authenticate"] == "Bearer"
         assert server.upload(small_scene, token="c" * 32)[0] == 401
+        # the API description too (FastAPI serves its own without any check): token needed, docs pages off
+        assert server.request("GET", "/openapi.json", token=None)[0] == 401
+        assert server.request("GET", "/docs", token=None)[0] == server.request("GET", "/redoc")[0] == 404
+        status, api = server.json("GET", "/openapi.json")
+        assert status == 200 and "/v1/detections" in api["paths"] and "/openapi.json" not in api["paths"]
         assert os.listdir(server.data_dir / "uploads") == []
 
         status, _, job = server.upload(small_scene)
