@@ -37,6 +37,7 @@ from ..qgis_adapter.finetune_task import FinetuneRequest, FinetuneTask
 from ..qgis_adapter.paths import library_models_in, model_library_dir
 from ..qgis_adapter.request import RequestError, is_polygon_layer
 from . import LOG_TAG, settings, tr
+from .message_bar import push
 from .curve_chart import CurveChart
 from .finetune_request import finetune_request
 from .finetune_results import ComparisonBox, epochs_text, stop_reason
@@ -269,7 +270,7 @@ class FinetuneDialog(QDialog):
     def message(self, text: str, level: int = Qgis.Info, title: str = "") -> None:
         """Show ``text`` in the dialog's message bar and write it to the log."""
         QgsMessageLog.logMessage(text, LOG_TAG, level)
-        self.bar.pushMessage(title, text, level=level, duration=0)
+        push(self.bar, title, text, level)  # the whole text: QGIS's own items show one line
 
     def start(self) -> Optional[FinetuneTask]:
         """Validate the choices and queue the task; return it (None when refused)."""
@@ -414,7 +415,7 @@ class FinetuneDialog(QDialog):
             tr("Saved as {model} in the model library.").format(model=os.path.basename(result.model_path))
         )
         self.results_box.info.setToolTip("\n".join(p for p in (result.model_path, result.curves_path) if p))
-        self.bar.pushMessage(tr("Done"), text, level=Qgis.Success, duration=0)
+        push(self.bar, tr("Done"), text, Qgis.Success)
         notify(self.iface, text, Qgis.Success, 10)  # logs it too: once
 
     def show_comparison(self, before: Dict[str, float], after: Dict[str, float]) -> None:

@@ -112,8 +112,10 @@ def make_dialog(iface, library, raster, labels, name="lyon", epochs=2, patience=
 
 
 def bar_texts(dialog):
-    """Every message in the dialog's message bar as 'title text'."""
-    return [f"{w.title()} {w.text()}" for w in dialog.bar.items()]
+    """Every message in the dialog's message bar as 'title: text' (the whole text, as shown)."""
+    from roof_detector.qgis_ui.message_bar import item_text
+
+    return [item_text(w) for w in dialog.bar.items()]
 
 
 # -- runs ---------------------------------------------------------------------------

@@ -115,3 +115,27 @@ def test_a_refusal_in_the_dialog_is_shown_whole(qgis_iface, project, model_path)
         QApplication.processEvents()
     assert label.fontMetrics().horizontalAdvance(label.text()) > label.width()  # it needs more than one line
     assert _fully_visible(label)
+
+
+def test_the_fine_tune_dialogs_messages_are_shown_whole(qgis_iface):
+    from qgis.core import Qgis
+    from qgis.PyQt.QtWidgets import QApplication
+
+    from roof_detector.qgis_ui.finetune_dialog import FinetuneDialog
+
+    dialog = FinetuneDialog(qgis_iface)
+    dialog.resize(520, dialog.sizeHint().height())
+    dialog.show()
+    text = (
+        "Fine-tuning stopped: the labelled area holds only 3 model tiles of buildings, too few to keep "
+        "two blocks for validation. Draw labels over a larger part of the raster, or choose a raster "
+        "with more buildings under the labels."
+    )
+    dialog.message(text, Qgis.Warning, "Fine-tuning")
+    label = _label(dialog.bar.currentItem())
+    assert label is not None and label.text() == text
+    for _ in range(3):
+        QApplication.processEvents()
+    assert label.fontMetrics().horizontalAdvance(text) > label.width()  # more than one line at this width
+    assert _fully_visible(label)
+    dialog.close()
