@@ -32,6 +32,7 @@ from ..core.params import DETECT, ParameterError
 from ..qgis_adapter.paths import library_models, model_library_dir
 from ..qgis_adapter.request import DetectRequest, RequestError, plan_run, raster_file_path, raster_input
 from . import settings, tr
+from .widget_settings import load_widgets, save_widgets
 from .area_rows import AREA_MODES, AreaRows
 from .message_bar import push
 from .output_box import OutputBox
@@ -206,16 +207,22 @@ class DetectDialog(QDialog):
         if aoi is not None:
             self.aoi_layer_combo.setLayer(aoi)
         self.area.update_enabled()
-        self.model_file.setFilePath(settings.get("model_file"))
-        select_data(self.model_combo, settings.get("model_choice"))
-        self.threshold_check.setChecked(settings.get("threshold_override"))
-        self.threshold_spin.setValue(settings.get("threshold"))
-        self.min_area_spin.setValue(settings.get("min_area_m2"))
-        self.separate_check.setChecked(settings.get("separate_touching"))
-        self.tta_check.setChecked(settings.get("tta"))
+        load_widgets(self._bindings())
         restore_device(self.device_combo, settings.get("device"))
         self.output_box.load(raster)
         self.solar_box.load()
+
+    def _bindings(self):
+        """The widgets saved as they are (the model file before the choice that may need it)."""
+        return [
+            ("model_file", self.model_file),
+            ("model_choice", self.model_combo),
+            ("threshold_override", self.threshold_check),
+            ("threshold", self.threshold_spin),
+            ("min_area_m2", self.min_area_spin),
+            ("separate_touching", self.separate_check),
+            ("tta", self.tta_check),
+        ]
 
     def _save_settings(self) -> None:
         settings.set("run_on", self.run_on_combo.currentData())
@@ -223,13 +230,7 @@ class DetectDialog(QDialog):
         settings.set("area_mode", self.area_combo.currentData())
         layer = self.aoi_layer_combo.currentLayer()
         settings.set("aoi_layer_id", layer.id() if layer is not None else "")
-        settings.set("model_choice", self.model_combo.currentData())
-        settings.set("model_file", self.model_file.filePath())
-        settings.set("threshold_override", self.threshold_check.isChecked())
-        settings.set("threshold", self.threshold_spin.value())
-        settings.set("min_area_m2", self.min_area_spin.value())
-        settings.set("separate_touching", self.separate_check.isChecked())
-        settings.set("tta", self.tta_check.isChecked())
+        save_widgets(self._bindings())
         settings.set("device", self.device_combo.currentData())
         self.output_box.save(self.raster_combo.currentLayer())
         self.solar_box.save()
