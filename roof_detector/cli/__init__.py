@@ -76,10 +76,10 @@ def main(
         return 2
     except Terminated:
         _say("error: terminated (SIGTERM); nothing was written")
-        return 143
+        return _leave(143)
     except KeyboardInterrupt:
         _say("error: interrupted; nothing was written")
-        return 130
+        return _leave(130)
     except BrokenPipeError:
         # The reader of stdout went away (`... | head`): nothing more to say to it. Python would
         # report the pipe again when flushing stdout at exit, so point stdout at /dev/null.
@@ -88,6 +88,28 @@ def main(
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _leave(status: int) -> int:
+    """``status``, or the process ends here and now when a model call it abandoned still runs.
+
+    A model file that never returns (an endless loop) keeps its thread in C++
+    (core/interruptible.py): the interpreter's normal exit would run C++
+    destructors under it. Nothing is left to write, so leave at once.
+    """
+    interruptible = sys.modules.get("roof_detector.core.interruptible")
+    try:
+        stuck = interruptible is not None and interruptible.stuck_calls() > 0
+    except BaseException:  # noqa: BLE001 - a second Ctrl-C while waiting: leave all the same
+        stuck = True
+    if stuck:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(status)
+    return status
 
 
 def _say(line: str) -> None:

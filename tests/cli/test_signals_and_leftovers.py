@@ -123,3 +123,47 @@ def test_closed_stdout_pipe_and_closed_stderr(tmp_path, model_file):
         timeout=240,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stdout
+
+
+# A model file is code: one whose forward pass never returns ran in C++ on the main
+# thread, where Python never handles a signal, so Ctrl-C and SIGTERM did nothing
+# (0.3.0: still running 15 s after SIGINT, killed with SIGKILL).
+@pytest.mark.parametrize(
+    "kind, sig, status, message",
+    [
+        ("torchscript", signal.SIGINT, 130, "error: interrupted; nothing was written"),
+        ("torchscript", signal.SIGTERM, 143, "error: terminated (SIGTERM); nothing was written"),
+        ("onnx", signal.SIGINT, 130, "error: interrupted; nothing was written"),
+    ],
+)
+def test_a_model_that_never_returns_can_be_interrupted(tmp_path, kind, sig, status, message):
+    from devtools import hostile_models
+
+    if kind == "onnx":
+        pytest.importorskip("onnx")
+        pytest.importorskip("onnxruntime")
+        model = hostile_models.make_endless_onnx(str(tmp_path / "endless.onnx"))
+    else:
+        model = hostile_models.make_endless_torchscript(str(tmp_path / "endless.pt"))
+    data = np.full((3, 200, 200), 30, np.uint8)
+    data[:, 50:100, 50:100] = 220
+    raster = write_raster(tmp_path / "r.tif", data, UTM, Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1]))
+    out = tmp_path / "out" / "b.gpkg"
+    out.parent.mkdir()
+    proc = _start(["detect", raster, "-o", out, "--model", model, "--device", "cpu"])
+    _wait_for(proc, lambda text: "tiles to process" in text)  # the model runs from here on, for ever
+    time.sleep(1.0)
+    assert proc.poll() is None
+    proc.send_signal(sig)
+    t0 = time.monotonic()
+    os.set_blocking(proc.stderr.fileno(), True)
+    try:
+        err = proc.communicate(timeout=20)[1].decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"still running 20 s after {sig.name}") from None
+    assert proc.returncode == status, err[-1500:]
+    assert time.monotonic() - t0 < 10
+    assert message in err and "Traceback" not in err and "onnxruntime" not in err, err[-1500:]
+    assert os.listdir(out.parent) == []
