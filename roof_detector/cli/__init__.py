@@ -54,6 +54,39 @@ def _usable_std_streams() -> None:
             setattr(sys, name, open(os.devnull, "w"))
 
 
+class _Guarded:
+    """A standard stream whose write errors are remembered (``failed``) and, for stderr, dropped:
+    a full disk under ``2> log`` must not end the run (the progress bar failed the detection after
+    the work, and the traceback itself was lost), and a failed stdout is told apart from the engine's
+    own OSErrors."""
+
+    def __init__(self, stream, swallow: bool):
+        self._stream = stream
+        self._swallow = swallow
+        self.failed: Optional[BaseException] = None
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError) as exc:
+            return self._failed(exc, len(text))
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except (OSError, ValueError) as exc:
+            self._failed(exc, None)
+
+    def _failed(self, exc, result):
+        self.failed = exc
+        if self._swallow:
+            return result
+        raise exc
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(
     argv: Optional[List[str]] = None, prog: str = "python -m roof_detector", commands: Optional[Dict[str, str]] = None
 ) -> int:
@@ -69,6 +102,8 @@ def main(
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Guarded(sys.stdout, swallow=False), _Guarded(sys.stderr, swallow=True)
     try:
         return int(args.func(args) or 0)
     except RoofDetectorError as exc:
@@ -85,7 +120,15 @@ def main(
         # report the pipe again when flushing stdout at exit, so point stdout at /dev/null.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:
+        if sys.stdout.failed is not exc or isinstance(exc, BrokenPipeError):
+            raise
+        # `> /dev/full`, a full disk: the work is done (files written), only the summary is lost.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _say(f"error: cannot write to the standard output ({exc.strerror or exc}); what it was to print is lost")
+        return 2
     finally:
+        sys.stdout, sys.stderr = streams
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 

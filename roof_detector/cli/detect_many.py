@@ -94,13 +94,17 @@ def run(args: argparse.Namespace) -> int:
             restart=args.restart,
             progress=progress,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from . import Terminated
+
+        terminated = isinstance(exc, Terminated)  # SIGTERM: as Ctrl-C, with its own words and status
         print(
-            f"error: interrupted; {args.output} was not written, the finished tiles are kept in "
-            f"{args.work_dir or args.output + '.parts'}: run the same command again to go on",
+            f"error: {'terminated (SIGTERM)' if terminated else 'interrupted'}; {args.output} was not written, "
+            f"the finished tiles are kept in {args.work_dir or args.output + '.parts'}: run the same command "
+            "again to go on",
             file=sys.stderr,
         )
-        return 130
+        return 143 if terminated else 130
     finally:
         if bar is not None:
             bar.close()

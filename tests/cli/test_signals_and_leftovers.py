@@ -127,7 +127,7 @@ def test_closed_stdout_pipe_and_closed_stderr(tmp_path, model_file):
 
 # A model file is code: one whose forward pass never returns ran in C++ on the main
 # thread, where Python never handles a signal, so Ctrl-C and SIGTERM did nothing
-# (0.3.0: still running 15 s after SIGINT, killed with SIGKILL).
+# (before this fix: still running 15 s after SIGINT, killed with SIGKILL).
 @pytest.mark.parametrize(
     "kind, sig, status, message",
     [
@@ -167,3 +167,22 @@ def test_a_model_that_never_returns_can_be_interrupted(tmp_path, kind, sig, stat
     assert time.monotonic() - t0 < 10
     assert message in err and "Traceback" not in err and "onnxruntime" not in err, err[-1500:]
     assert os.listdir(out.parent) == []
+
+
+def test_stdout_or_stderr_on_a_full_device(tmp_path, model_file):
+    """Issue 21 sweep rerun: `> /dev/full` gave an OSError traceback after the work; `2> /dev/full`
+    failed the detection at the progress bar (exit 1, nothing written, the traceback lost)."""
+    data = np.full((3, 200, 200), 30, np.uint8)
+    data[:, 50:100, 50:100] = 220
+    raster = write_raster(tmp_path / "r.tif", data, UTM, Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1]))
+    cmd = f"{sys.executable} -m roof_detector detect {raster} --model {model_file} --device cpu -o"
+    proc = subprocess.run(
+        f"{cmd} {tmp_path / 'a.gpkg'} 2> /dev/full", shell=True, cwd=str(REPO), capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "1 buildings" in proc.stdout and (tmp_path / "a.gpkg").exists()
+    proc = subprocess.run(
+        f"{cmd} {tmp_path / 'b.gpkg'} > /dev/full", shell=True, cwd=str(REPO), capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+    assert "error: cannot write to the standard output (No space left on device)" in proc.stderr
+    assert (tmp_path / "b.gpkg").exists()  # the work was done; only the summary line is lost
