@@ -3,7 +3,7 @@
 A small tmpfs is filled to leave a given number of bytes free, then 2,000 buildings
 are written, as a new file and as a new layer in an existing file, with the free
 space stepped so the disk fills at different stages: creating the file, the
-inserts, the spatial index, the COMMIT. 0.3.0 left GDAL work deferred to closing
+inserts, the spatial index, the COMMIT. The writer used to leave GDAL work deferred to closing
 the dataset (the spatial index, the feature-count triggers), where an ENOSPC only
 printed "Exception ignored in: <built-in function delete_DataSource>": after a
 failed COMMIT ("no such table"), and, worse, after a write reported as done, which
