@@ -36,7 +36,12 @@ def test_a_failed_run_exits_with_a_status_not_a_signal(qgis_process, ortho_path,
     bad = tmp_path / "not_a_model.pt"
     bad.write_text("nope")
     proc = qgis_process(
-        "run", "roofdetector:detectbuildings", "--", f"INPUT={ortho_path}", f"MODEL={bad}", f"OUTPUT={tmp_path / 'b.gpkg'}"
+        "run",
+        "roofdetector:detectbuildings",
+        "--",
+        f"INPUT={ortho_path}",
+        f"MODEL={bad}",
+        f"OUTPUT={tmp_path / 'b.gpkg'}",
     )
     assert proc.returncode == 1, (proc.returncode, proc.stderr[-1500:])  # qgis_process: failed algorithm
     assert "not_a_model.pt" in proc.stdout + proc.stderr and "Traceback" not in proc.stdout + proc.stderr
