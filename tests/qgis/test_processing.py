@@ -680,6 +680,13 @@ def test_a_failed_run_releases_the_engines_objects(run, ortho_path, model_path, 
 
     from qgis.core import QgsProcessingException, QgsProcessingFeedback
 
+    core = str(Path(__file__).resolve().parents[2] / "roof_detector" / "core")
+
+    def core_frames():
+        gc.collect()
+        return [o for o in gc.get_objects() if isinstance(o, types.FrameType) and o.f_code.co_filename.startswith(core)]
+
+    before = {id(frame) for frame in core_frames()}  # other tests' leftovers are not this test's business
     feedback = QgsProcessingFeedback()
     feedback.cancel()  # fails inside the engine, after the model is loaded
     with pytest.raises(QgsProcessingException, match="Cancelled"):
@@ -688,11 +695,9 @@ def test_a_failed_run_releases_the_engines_objects(run, ortho_path, model_path, 
             {"INPUT": ortho_path, "MODEL": model_path, "DEVICE": 1, "OUTPUT": "memory:"},
             feedback=feedback,
         )
-    gc.collect()
-    core = str(Path(__file__).resolve().parents[2] / "roof_detector" / "core")
     holding = [
-        f"{frame.f_code.co_name}: {sorted(frame.f_locals)}"
-        for frame in gc.get_objects()
-        if isinstance(frame, types.FrameType) and frame.f_code.co_filename.startswith(core) and frame.f_locals
+        f"{frame.f_code.co_name}: {sorted(k for k, v in frame.f_locals.items() if v is not None)}"
+        for frame in core_frames()
+        if id(frame) not in before and any(v is not None for v in frame.f_locals.values())
     ]
     assert holding == []
