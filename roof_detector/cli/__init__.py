@@ -155,6 +155,31 @@ def _leave(status: int) -> int:
     return status
 
 
+def leave_after_interrupt(status: int) -> None:
+    """End the process with ``status``, also when Ctrl-C / SIGTERM ended the run (130, 143).
+
+    A Ctrl-C that lands while a native library runs Python code through the C API
+    (``import torch`` does) leaves CPython's "unhandled KeyboardInterrupt" flag set even
+    though our handler caught it, and the interpreter then ends itself with SIGINT
+    after the message (status -2 instead of 130, seen on fine-tuning). After an
+    interrupt the exit handlers run here and the process leaves with our status.
+    """
+    if status not in (130, 143):
+        sys.exit(status)
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001 - a second Ctrl-C while cleaning up: leave all the same
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
+
 def _say(line: str) -> None:
     """One line on stderr; a closed or broken stderr must not turn it into a traceback."""
     try:
