@@ -1,8 +1,6 @@
 """``python -m devtools COMMAND``: the developer commands, with the plugin CLI's error handling."""
 
-import sys
-
-from roof_detector.cli import main
+from roof_detector.cli import leave_after_interrupt, main
 
 COMMANDS = {
     "bench": "devtools.bench_cli",
@@ -13,4 +11,4 @@ COMMANDS = {
 }
 
 if __name__ == "__main__":
-    sys.exit(main(prog="python -m devtools", commands=COMMANDS))
+    leave_after_interrupt(main(prog="python -m devtools", commands=COMMANDS))

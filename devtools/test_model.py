@@ -66,7 +66,24 @@ def make_test_model(
 ) -> str:
     """Write the brightness model (``separation``: :class:`SeamNet`, three outputs) with full
     metadata to ``path``; return the path."""
-    meta: Dict[str, Any] = {
+    meta = brightness_metadata(gsd_m, tile_size_px, overlap_px, threshold)
+    if separation:
+        meta.update(
+            {
+                "architecture": {"name": "seam_test", "params": {}},
+                "outputs": ["building", "border", "contact"],
+                "separation": {"core_threshold": 0.5},
+            }
+        )
+    meta.update(extra_metadata or {})
+    return save_model(SeamNet() if separation else BrightnessNet(), path, meta)
+
+
+def brightness_metadata(
+    gsd_m: float = 0.5, tile_size_px: int = 64, overlap_px: int = 8, threshold: float = 0.5
+) -> Dict[str, Any]:
+    """The metadata record of the brightness test model."""
+    return {
         "name": "brightness-test-model",
         "version": "0.0.1",
         "architecture": {"name": "brightness_test", "params": {"gain": 40.0}},
@@ -84,13 +101,3 @@ def make_test_model(
         "training": {"summary": "not trained: fixed weights for tests"},
         "metrics": {},
     }
-    if separation:
-        meta.update(
-            {
-                "architecture": {"name": "seam_test", "params": {}},
-                "outputs": ["building", "border", "contact"],
-                "separation": {"core_threshold": 0.5},
-            }
-        )
-    meta.update(extra_metadata or {})
-    return save_model(SeamNet() if separation else BrightnessNet(), path, meta)

@@ -1,7 +1,5 @@
 """``python -m roof_detector``: see :mod:`roof_detector.cli`."""
 
-import sys
+from .cli import leave_after_interrupt, main
 
-from .cli import main
-
-sys.exit(main())
+leave_after_interrupt(main())

@@ -71,30 +71,3 @@ def full_disk(tmp_path):
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
-
-
-# --------------------------------------------------------------------------- interpreter teardown
-# Known defect, open (see the closing note of the 0.3.0 merge): after the whole of
-# tests/qgis/test_processing.py has run in one process, that process segfaults in
-# C++ static destructors while the interpreter shuts down (QGIS/GDAL teardown order),
-# AFTER every test has finished and pytest has printed its summary; either half of
-# the file alone exits cleanly. Until it is found, the test process leaves with
-# pytest's own exit status and skips the native teardown (os._exit), so a crash
-# after the results cannot turn a green run red, and a red run stays red.
-# ROOF_DETECTOR_TEST_TEARDOWN=1 runs the normal teardown (to reproduce the defect).
-_SESSION_STATUS = {}
-
-
-def pytest_sessionfinish(session, exitstatus):
-    _SESSION_STATUS["status"] = int(exitstatus)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    if os.environ.get("ROOF_DETECTOR_TEST_TEARDOWN") == "1" or "status" not in _SESSION_STATUS:
-        return
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_SESSION_STATUS["status"])

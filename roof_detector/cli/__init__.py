@@ -54,6 +54,39 @@ def _usable_std_streams() -> None:
             setattr(sys, name, open(os.devnull, "w"))
 
 
+class _Guarded:
+    """A standard stream whose write errors are remembered (``failed``) and, for stderr, dropped:
+    a full disk under ``2> log`` must not end the run (the progress bar failed the detection after
+    the work, and the traceback itself was lost), and a failed stdout is told apart from the engine's
+    own OSErrors."""
+
+    def __init__(self, stream, swallow: bool):
+        self._stream = stream
+        self._swallow = swallow
+        self.failed: Optional[BaseException] = None
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError) as exc:
+            return self._failed(exc, len(text))
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except (OSError, ValueError) as exc:
+            self._failed(exc, None)
+
+    def _failed(self, exc, result):
+        self.failed = exc
+        if self._swallow:
+            return result
+        raise exc
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(
     argv: Optional[List[str]] = None, prog: str = "python -m roof_detector", commands: Optional[Dict[str, str]] = None
 ) -> int:
@@ -69,6 +102,8 @@ def main(
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Guarded(sys.stdout, swallow=False), _Guarded(sys.stderr, swallow=True)
     try:
         return int(args.func(args) or 0)
     except RoofDetectorError as exc:
@@ -76,18 +111,73 @@ def main(
         return 2
     except Terminated:
         _say("error: terminated (SIGTERM); nothing was written")
-        return 143
+        return _leave(143)
     except KeyboardInterrupt:
         _say("error: interrupted; nothing was written")
-        return 130
+        return _leave(130)
     except BrokenPipeError:
         # The reader of stdout went away (`... | head`): nothing more to say to it. Python would
         # report the pipe again when flushing stdout at exit, so point stdout at /dev/null.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:
+        if sys.stdout.failed is not exc or isinstance(exc, BrokenPipeError):
+            raise
+        # `> /dev/full`, a full disk: the work is done (files written), only the summary is lost.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _say(f"error: cannot write to the standard output ({exc.strerror or exc}); what it was to print is lost")
+        return 2
     finally:
+        sys.stdout, sys.stderr = streams
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _leave(status: int) -> int:
+    """``status``, or the process ends here and now when a model call it abandoned still runs.
+
+    A model file that never returns (an endless loop) keeps its thread in C++
+    (core/interruptible.py): the interpreter's normal exit would run C++
+    destructors under it. Nothing is left to write, so leave at once.
+    """
+    interruptible = sys.modules.get("roof_detector.core.interruptible")
+    try:
+        stuck = interruptible is not None and interruptible.stuck_calls() > 0
+    except BaseException:  # noqa: BLE001 - a second Ctrl-C while waiting: leave all the same
+        stuck = True
+    if stuck:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(status)
+    return status
+
+
+def leave_after_interrupt(status: int) -> None:
+    """End the process with ``status``, also when Ctrl-C / SIGTERM ended the run (130, 143).
+
+    A Ctrl-C that lands while a native library runs Python code through the C API
+    (``import torch`` does) leaves CPython's "unhandled KeyboardInterrupt" flag set even
+    though our handler caught it, and the interpreter then ends itself with SIGINT
+    after the message (status -2 instead of 130, seen on fine-tuning). After an
+    interrupt the exit handlers run here and the process leaves with our status.
+    """
+    if status not in (130, 143):
+        sys.exit(status)
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:  # noqa: BLE001 - a second Ctrl-C while cleaning up: leave all the same
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 def _say(line: str) -> None:

@@ -58,35 +58,59 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    """Plan, run on Dask, merge, print the summary; engine errors propagate (exit 2)."""
-    from tqdm import tqdm
+def _jobs_word(k: int) -> str:
+    return "tiles" if k == 1 else f"blocks of {k}x{k} tiles"
 
-    from ..core.detect_many import detect_many
 
-    options = detect_options(args)
-    bar = None
+class _ProgressBar:
+    """The engine's progress callback: a tqdm bar of jobs with km² and buildings so far."""
 
-    def jobs_word(k: int) -> str:
-        return "tiles" if k == 1 else f"blocks of {k}x{k} tiles"
+    def __init__(self):
+        self.bar = None
 
-    def progress(state) -> None:
-        nonlocal bar
-        if bar is None:
+    def __call__(self, state) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
             if state.dashboard:
                 print(f"Dask dashboard: {state.dashboard}", file=sys.stderr)
             if state.skipped:
                 print(
-                    f"{state.skipped} of {state.total} {jobs_word(state.group_tiles)} already done (manifest): skipped",
+                    f"{state.skipped} of {state.total} {_jobs_word(state.group_tiles)} already done (manifest): skipped",
                     file=sys.stderr,
                 )
             word = "tiles" if state.group_tiles == 1 else "blocks"
-            bar = tqdm(
+            self.bar = tqdm(
                 total=state.total, initial=state.done, file=sys.stderr, unit=word[:-1], dynamic_ncols=True, desc=word
             )
-        bar.update(state.done - bar.n)
-        bar.set_postfix_str(f"{state.area_km2:.3f} km², {state.buildings} buildings")
+        self.bar.update(state.done - self.bar.n)
+        self.bar.set_postfix_str(f"{state.area_km2:.3f} km², {state.buildings} buildings")
 
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _interrupted(exc: KeyboardInterrupt, args: argparse.Namespace) -> int:
+    """One line saying what was kept; the exit status of Ctrl-C (130) or SIGTERM (143)."""
+    from . import Terminated
+
+    terminated = isinstance(exc, Terminated)  # SIGTERM: as Ctrl-C, with its own words and status
+    print(
+        f"error: {'terminated (SIGTERM)' if terminated else 'interrupted'}; {args.output} was not written, "
+        f"the finished tiles are kept in {args.work_dir or args.output + '.parts'}: run the same command "
+        "again to go on",
+        file=sys.stderr,
+    )
+    return 143 if terminated else 130
+
+
+def run(args: argparse.Namespace) -> int:
+    """Plan, run on Dask, merge, print the summary; engine errors propagate (exit 2)."""
+    from ..core.detect_many import detect_many
+
+    options = detect_options(args)
+    progress = _ProgressBar()
     try:
         result = detect_many(
             args.inputs,
@@ -101,20 +125,14 @@ def run(args: argparse.Namespace) -> int:
             restart=args.restart,
             progress=progress,
         )
-    except KeyboardInterrupt:
-        print(
-            f"error: interrupted; {args.output} was not written, the finished tiles are kept in "
-            f"{args.work_dir or args.output + '.parts'}: run the same command again to go on",
-            file=sys.stderr,
-        )
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc, args)
     finally:
-        if bar is not None:
-            bar.close()
+        progress.close()
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(
-        f"{result.buildings} buildings in {result.jobs} {jobs_word(result.stats.get('group_tiles', 1))} "
+        f"{result.buildings} buildings in {result.jobs} {_jobs_word(result.stats.get('group_tiles', 1))} "
         f"({result.area_km2:.3f} km², {result.skipped} "
         f"already done), total area {result.building_area_m2:.1f} m2, {result.seconds:.1f} s -> "
         f"{result.output} (layer {result.layer})"

@@ -46,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
         raise LabelError("Give --raster, or --extent and --pixel-size, for the pixel grid")
     if args.raster and args.extent is not None:
         raise LabelError("Give either --raster or --extent, not both")
+    if args.raster and (args.pixel_size is not None or args.crs is not None):
+        # the raster's own grid is used: a pixel size or CRS given too was silently ignored
+        raise LabelError("--pixel-size and --crs go with --extent; with --raster the grid is the raster's own")
     if not 0 < args.iou_threshold <= 1:
         raise LabelError(f"--iou-threshold {args.iou_threshold} must be in (0, 1]")
     result = evaluate_files(

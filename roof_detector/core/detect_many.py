@@ -295,13 +295,26 @@ def _client(scheduler: Optional[str], workers: int, threads: Optional[int], proc
         finally:
             client.close()
         return
-    # One task at a time per worker: the model's threads are the worker's parallelism.
+    # One task at a time per worker: the model's threads are the worker's parallelism. The workers'
+    # own logs stay quiet (CRITICAL): a job's error reaches the client with its future, while a
+    # worker stopped by Ctrl-C / SIGTERM logged "CommClosedError ... heartbeat_worker" tracebacks.
     cluster = LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=processes, dashboard_address=":0", silence_logs=logging.ERROR
+        n_workers=workers,
+        threads_per_worker=1,
+        processes=processes,
+        dashboard_address=":0",
+        silence_logs=logging.CRITICAL,
     )
     try:
         with Client(cluster) as client:
-            yield client
+            try:
+                yield client
+            except BaseException:
+                # Ctrl-C / SIGTERM / an error: the workers' heartbeats then meet closed streams
+                # while the cluster stops, which distributed logs with a traceback; say nothing.
+                for name in ("distributed", "tornado"):
+                    logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+                raise
     finally:
         cluster.close()
 

@@ -34,7 +34,15 @@ def crs_from_wkt(crs_wkt: str) -> CRS:
 @functools.lru_cache(maxsize=32)
 def lonlat_transformer(crs_wkt: str) -> Transformer:
     """Transformer from ``crs_wkt`` to WGS84 longitude/latitude (x = lon, y = lat)."""
-    return Transformer.from_crs(crs_from_wkt(crs_wkt), CRS.from_epsg(4326), always_xy=True)
+    crs = crs_from_wkt(crs_wkt)
+    try:
+        return Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
+    except Exception:  # noqa: BLE001 - pyproj.exceptions.ProjError: an engineering (LOCAL_CS) CRS
+        raise InputRasterError(
+            f"The coordinate reference system {crs.name!r} cannot be placed on the Earth (a local or engineering "
+            "CRS), so ground sizes cannot be measured; assign the data's true CRS, e.g. "
+            "`gdal_edit.py -a_srs EPSG:XXXX file.tif` (vector layers: `ogr2ogr -a_srs EPSG:XXXX out.gpkg in.gpkg`)"
+        ) from None
 
 
 def to_lonlat(x, y, crs_wkt: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -59,7 +67,10 @@ def pixel_size_m(
     rows = np.array([cy, cy, cy - 0.5, cy + 0.5])
     xs = transform.c + cols * transform.a + rows * transform.b
     ys = transform.f + cols * transform.d + rows * transform.e
-    lon, lat = to_lonlat(xs, ys, crs_wkt)
+    try:
+        lon, lat = to_lonlat(xs, ys, crs_wkt)
+    except InputRasterError as exc:
+        raise InputRasterError(f"{name}: {exc}") from None
     from pyproj import CRS
 
     metres_in_degrees = CRS.from_user_input(crs_wkt).is_geographic and not (

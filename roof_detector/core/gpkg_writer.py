@@ -201,8 +201,16 @@ def _write_new_file(buildings, path, crs_wkt, layer, fields, metadata, multi) ->
         try:
             ds = ogr.GetDriverByName("GPKG").CreateDataSource(tmp)
         except RuntimeError as exc:
+            # GDAL gives no message on a real ENOSPC here: say what the file system says.
+            detail = f" ({' '.join(str(exc).split())})" if str(exc).strip() else ""
+            free_kb = _free_kb(directory)
             raise OutputError(
-                f"Cannot create a GeoPackage in {directory} ({exc}); check the folder is writable and the disk not full"
+                f"Cannot create the GeoPackage {path}{detail}: "
+                + (
+                    f"the disk is full ({free_kb} KB free); free space or write to another disk"
+                    if free_kb is not None and free_kb < 1024
+                    else "check the folder is writable and the disk not full"
+                )
             ) from None
         try:
             _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace=False, multi=multi)
@@ -243,6 +251,12 @@ def _write_layer(ds, buildings, crs_wkt, layer, fields, metadata, replace: bool,
         _write_features(lyr, buildings, fields, multi=geom_type == ogr.wkbMultiPolygon)
         if metadata:
             lyr.SetMetadata({str(k): str(v) for k, v in metadata.items()})
+        # GDAL defers work on a layer to its next sync or to closing: the spatial index and
+        # the feature-count triggers it dropped for the bulk insert. Done here, inside the
+        # transaction, a failed COMMIT (a full disk) rolls it all back and leaves nothing for
+        # closing to do; deferred, it failed in the dataset's destructor ("Exception ignored
+        # in delete_DataSource: ... no such table", a real ENOSPC at commit on a tmpfs).
+        lyr.SyncToDisk()
         ds.CommitTransaction()
     except BaseException as exc:  # KeyboardInterrupt too: the transaction must not stay open
         try:
@@ -401,6 +415,15 @@ def field_names(keys: Sequence[str]) -> Dict[str, str]:
     """The field each attribute key is written to: itself, or ``attr_<key>`` (``attr_<key>_2``...) when it
     clashes, ignoring case, with a built-in name or another key."""
     return dict(zip(keys, free_names(keys, RESERVED_NAMES, prefix="attr_")))
+
+
+def _free_kb(directory: str) -> Optional[int]:
+    """Free space (KB) of the file system holding ``directory``; None where it cannot be told."""
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):  # AttributeError: no statvfs (Windows)
+        return None
+    return st.f_bavail * st.f_frsize // 1024
 
 
 def _open_existing(path: str, update: bool):

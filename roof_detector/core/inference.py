@@ -19,6 +19,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from .errors import Cancelled, ModelError
+from .interruptible import call_interruptibly
 from .model_io import LoadedModel
 from .raster_source import RasterSource
 from .tiling import ModelGrid, Tile
@@ -68,15 +69,19 @@ def _cuda_bytes_per_tile(model: LoadedModel, probe_tiles: int = 2) -> float:
 
     device = model.device
     tile = model.tile_size_px
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    with torch.inference_mode():
-        x = torch.zeros(probe_tiles, 3, tile, tile, device=device)
-        model.module(x.half() if model.half else x)
-    torch.cuda.synchronize(device)
-    peak = torch.cuda.max_memory_allocated(device) - before
-    return peak / probe_tiles
+
+    def probe() -> float:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        with torch.inference_mode():
+            x = torch.zeros(probe_tiles, 3, tile, tile, device=device)
+            model.module(x.half() if model.half else x)
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+
+    # On a thread Ctrl-C can leave: a model file may never return (see core/interruptible.py).
+    return call_interruptibly(probe) / probe_tiles
 
 
 def read_tiles(
@@ -170,11 +175,16 @@ class BatchPredictor:
     tile, and later batches keep the smaller size); when even one tile does
     not fit on the GPU, the model moves to the CPU and the run goes on there.
     What happened is said in :meth:`notes` (the result's warnings).
+
+    Each model call runs on its own thread (:func:`.interruptible.call_interruptibly`):
+    Ctrl-C, SIGTERM and ``is_cancelled`` end a call that never returns (a model
+    file is code and may loop for ever).
     """
 
-    def __init__(self, model: LoadedModel, tta: bool = False):
+    def __init__(self, model: LoadedModel, tta: bool = False, is_cancelled: Optional[CancelFn] = None):
         self.model = model
         self.tta = bool(tta)
+        self.is_cancelled = is_cancelled
         self.n_outputs = len(model.outputs)
         self.batch_limit: Optional[int] = None  # tiles per model call after an out-of-memory error
         self.first_oom_batch: Optional[int] = None
@@ -190,7 +200,7 @@ class BatchPredictor:
         i = 0
         while i < n:
             try:
-                out.append(self._run(rgb[i : i + step]))
+                out.append(self._call(rgb[i : i + step]))
                 i += step
             except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
                 if not is_out_of_memory(exc):
@@ -216,6 +226,12 @@ class BatchPredictor:
             self.nonfinite_px += int(bad.sum())
             probs = np.where(bad, 0.0, probs).astype(np.float32)
         return probs
+
+    def _call(self, rgb: np.ndarray) -> np.ndarray:
+        """:meth:`_run` on a thread that Ctrl-C, SIGTERM or a cancel can leave at once."""
+        return call_interruptibly(
+            lambda: self._run(rgb), self.is_cancelled, getattr(self.model.module, "stop_runs", None)
+        )
 
     def _run(self, rgb: np.ndarray) -> np.ndarray:
         model = self.model
@@ -335,6 +351,8 @@ def predict_tiles(
     tile_px = model.tile_size_px
     batches = [list(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
     predictor = predictor or BatchPredictor(model)
+    if predictor.is_cancelled is None:
+        predictor.is_cancelled = is_cancelled
 
     def read_batch(batch: List[Tile]) -> Tuple[np.ndarray, np.ndarray]:
         t0 = time.perf_counter()

@@ -36,12 +36,18 @@ class Manifest:
         self.folder = folder
         self.settings = json.loads(json.dumps(settings, sort_keys=True, default=str))
         self.done: Dict[int, Dict[str, Any]] = {}
-        os.makedirs(folder, exist_ok=True)
         self.path = os.path.join(folder, MANIFEST)
-        if os.path.exists(self.path):
-            self._load()
-        else:
-            self._append({"settings": self.settings})
+        try:
+            os.makedirs(folder, exist_ok=True)
+            if os.path.exists(self.path):
+                self._load()
+            else:
+                self._append({"settings": self.settings})
+        except OSError as exc:  # a read-only or full disk, a file in the way: before any work
+            raise OutputError(
+                f"Cannot use the work folder {folder} ({exc.strerror or exc}); choose another --work-dir "
+                "on a writable disk with free space"
+            ) from None
 
     def _load(self) -> None:
         with open(self.path, encoding="utf-8") as fh:

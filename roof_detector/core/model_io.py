@@ -434,8 +434,18 @@ def _load_onnx_file(path: str, device: str, backend: str) -> LoadedModel:
         raise ModelError("ONNX Runtime is not installed: install onnxruntime to run an .onnx model")
     if not os.path.isfile(path):
         raise ModelError(f"Model file not found: {path}")
-    meta = validate_metadata(onnx_twin.read_twin_metadata(path), path)
-    module = onnx_twin.OnnxModule(path)
+    try:
+        meta = onnx_twin.read_twin_metadata(path)
+        module = onnx_twin.OnnxModule(path)
+    except ValueError as exc:  # no metadata, or metadata that is not JSON
+        raise ModelError(f"{path}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own types (InvalidProtobuf, Fail...)
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ModelError(
+            f"{path} is not an ONNX model ONNX Runtime can load ({detail}); the file may be truncated "
+            "or of another format: make it again with `python -m devtools onnx-twin`"
+        ) from None
+    meta = validate_metadata(meta, path)
     dev = resolve_device("cpu")
     return LoadedModel(
         module=module,

@@ -122,11 +122,18 @@ def onnx_module_for(model_path: str, meta: Dict[str, Any], script: torch.jit.Scr
 
 def _verified(module: OnnxModule, script: torch.jit.ScriptModule, meta: Dict[str, Any]) -> OnnxModule:
     """``module`` when it agrees with TorchScript within :data:`AGREEMENT_TOL` on a seeded batch."""
+    from .interruptible import call_interruptibly
+
     tile = int(meta["tile_size_px"])
     x = torch.rand(2, 3, tile, tile, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        ref = script(x)
-    diff = float((module(x) - ref).abs().max())
+
+    def reference() -> torch.Tensor:
+        with torch.inference_mode():
+            return script(x)
+
+    # Both run the model file's code, which may never return: on threads Ctrl-C can leave.
+    ref = call_interruptibly(reference)
+    diff = float((call_interruptibly(lambda: module(x), stop=module.stop_runs) - ref).abs().max())
     if not diff <= AGREEMENT_TOL:
         raise ValueError(f"ONNX Runtime output differs from TorchScript by {diff:.2e}")
     return module

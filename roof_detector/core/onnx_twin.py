@@ -134,11 +134,26 @@ class OnnxModule:
         self.session = ort.InferenceSession(self.path, opts, providers=["CPUExecutionProvider"])
         props = dict(self.session.get_modelmeta().custom_metadata_map)
         self.precision = props.get(PRECISION_KEY, "fp32")
+        self._runs: set = set()  # RunOptions of the runs in progress (see stop_runs)
 
     def run_numpy(self, x: np.ndarray) -> np.ndarray:
         """Probabilities N x 1 x H x W (float32) for RGB N x 3 x H x W."""
+        import onnxruntime as ort
+
         arr = np.ascontiguousarray(x, dtype=np.float32)
-        return self.session.run(None, {"image": arr})[0]
+        run_options = ort.RunOptions()
+        run_options.log_severity_level = 4  # failures come back as exceptions; a stopped run logs none
+        self._runs.add(run_options)
+        try:
+            return self.session.run(None, {"image": arr}, run_options)[0]
+        finally:
+            self._runs.discard(run_options)
+
+    def stop_runs(self) -> None:
+        """Ask every run in progress to stop (it raises in its own thread): Ctrl-C or a cancel
+        abandoned it, and a graph may loop for ever (ONNX ``Loop``)."""
+        for run_options in list(self._runs):
+            run_options.terminate = True
 
     def __call__(self, x: Any) -> Any:
         if isinstance(x, np.ndarray):

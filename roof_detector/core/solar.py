@@ -58,6 +58,10 @@ _YIELD_MID_LAT = 45.0
 _YIELD_WIDTH = 4.0
 
 
+#: Setbacks below this (metres) are no setback: GEOS gives an empty inset for tiny negative buffers.
+MIN_SETBACK_M = 1e-3
+
+
 @dataclass
 class SolarParams:
     """Sizing parameters; defaults and ranges are declared in :data:`.params.SOLAR`."""
@@ -231,7 +235,9 @@ def solar_columns(
         geoms[invalid] = shapely.make_valid(geoms[invalid])
     area = shapely.area(geoms).astype(float)
     perimeter = shapely.length(geoms).astype(float)
-    inset = shapely.buffer(geoms, -params.setback_m) if params.setback_m > 0 else geoms
+    # GEOS turns a sub-micrometre negative buffer into an empty polygon (a 1e-320 m setback gave 0 panels):
+    # a setback finer than a millimetre is no setback.
+    inset = shapely.buffer(geoms, -params.setback_m) if params.setback_m >= MIN_SETBACK_M else geoms
     usable = np.maximum(0.0, shapely.area(inset).astype(float)) * params.usable_fraction
     if params.specific_yield_kwh_per_kwp is not None:
         spec = np.full(n, float(params.specific_yield_kwh_per_kwp))

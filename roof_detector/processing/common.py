@@ -192,13 +192,32 @@ def engine_errors(feedback: QgsProcessingFeedback) -> Iterator[None]:
 
     try:
         yield
-    except QgsProcessingException:
+    except QgsProcessingException as exc:
+        release_frames(exc)
         raise
     except Exception as exc:  # noqa: BLE001 - every failure becomes a one-line message (qgis_adapter.errors)
         from ..core.errors import Cancelled
 
         message = user_message(exc, feedback.isCanceled(), OUT_OF_MEMORY_TEXT)
+        release_frames(exc)
         raise QgsProcessingException(message if message is not None else Cancelled().args[0]) from None
+
+
+def release_frames(exc: BaseException) -> None:
+    """Drop the local variables of the finished frames in ``exc``'s traceback and its chain.
+
+    QGIS 3.22's bindings never release the exception a Python ``processAlgorithm``
+    raises: without this, a failed run kept the engine's frames (the loaded model,
+    rasters, tiles) in memory until QGIS exits, and the caller's frames too when
+    it was run from Python (processing.run), its context and layers among them.
+    """
+    import traceback
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)  # frames still running (ours) are skipped
+        exc = exc.__cause__ or exc.__context__
 
 
 def source_as_file(

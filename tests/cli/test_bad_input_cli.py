@@ -178,11 +178,30 @@ def test_degrees_at_60_north_give_ground_areas(env, capsys, model_path):
         ("checkpoint", "is not a TorchScript model: a zip archive without Roof Detector metadata"),
         ("no_metadata", "is a TorchScript file without Roof Detector metadata"),
         ("nir", "metadata asks for bands ['red', 'green', 'blue', 'nir']; this version supports only"),
+        # issue 21 sweep rerun: an .onnx model ONNX Runtime cannot parse gave an InvalidProtobuf traceback
+        ("onnx_random", "is not an ONNX model ONNX Runtime can load ("),
+        ("onnx_truncated", "is not an ONNX model ONNX Runtime can load ("),
+        ("onnx_no_metadata", "is an ONNX file without Roof Detector metadata"),
     ],
 )
 def test_unusable_model_files(env, capsys, scene, model_path, kind, message):
-    bad = env / "in" / f"{kind}.pt"
-    if kind == "truncated":
+    bad = env / "in" / (f"{kind}.onnx" if kind.startswith("onnx") else f"{kind}.pt")
+    if kind.startswith("onnx"):
+        pytest.importorskip("onnxruntime")
+        onnx = pytest.importorskip("onnx")
+        from devtools.hostile_models import make_endless_onnx
+
+        good = make_endless_onnx(str(env / "in" / "good.onnx"))
+        if kind == "onnx_random":
+            bad.write_bytes(np.random.default_rng(0).integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+        elif kind == "onnx_truncated":
+            data = open(good, "rb").read()
+            bad.write_bytes(data[: len(data) // 2])
+        else:
+            model = onnx.load(good)
+            del model.metadata_props[:]
+            onnx.save(model, str(bad))
+    elif kind == "truncated":
         data = open(model_path, "rb").read()
         bad.write_bytes(data[: len(data) * 2 // 3])
     elif kind == "checkpoint":

@@ -114,3 +114,47 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, setup):
         timeout=120,
     )
     assert proc.returncode == 2 and "error: Input not found" in proc.stderr
+
+
+def test_a_work_folder_on_a_read_only_disk_is_refused_in_one_line(tmp_path, setup):
+    """Issue 21 sweep rerun: an OSError traceback from creating the manifest (a real read-only tmpfs)."""
+    base, model = setup
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        proc = subprocess.run(
+            _cmd(base / "tiles", "-o", tmp_path / "o.gpkg", "--model", model, "--work-dir", disk / "work"),
+            cwd=REPO,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-1500:]
+    assert f"error: Cannot use the work folder {disk / 'work'} (Read-only file system)" in proc.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_is_reported_as_sigterm(tmp_path, setup):
+    """Issue 21 sweep rerun: SIGTERM said "interrupted" and exited 130 (and a worker's heartbeat
+    sometimes logged a CommClosedError traceback while the cluster stopped)."""
+    base, model = setup
+    out = tmp_path / "out.gpkg"
+    proc = subprocess.Popen(
+        _cmd(base / "tiles", "-o", out, "--model", model, "--device", "cpu", "--workers", "1"),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    t0 = time.monotonic()
+    while not Path(f"{out}.parts").exists() and time.monotonic() - t0 < 240 and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1].decode(errors="replace")
+    assert proc.returncode == 143, err[-1500:]
+    assert "error: terminated (SIGTERM);" in err and "Traceback" not in err and not out.exists()

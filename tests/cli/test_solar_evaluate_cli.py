@@ -133,3 +133,23 @@ def test_evaluate_needs_a_grid(tmp_path, capsys):
     ref = write_layer(tmp_path / "ref.gpkg", [shapely.box(0, 0, 1, 1)], utm_wkt(LON, LAT))
     assert main(["evaluate", "--reference", ref, "--predicted", ref]) == 2
     assert "--raster" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra", [["--pixel-size", "nan"], ["--pixel-size", "-1"], ["--crs", "EPSG:3857"]])
+def test_evaluate_refuses_grid_options_a_raster_would_ignore(tmp_path, capsys, extra):
+    """Issue 21 sweep rerun: with --raster, `--pixel-size nan` (or -1, 0, inf) ran and exited 0."""
+    import numpy as np
+    from affine import Affine
+
+    from tests.core.synthetic_rasters import UTM, UTM_ORIGIN, write_raster
+
+    raster = write_raster(
+        tmp_path / "r.tif", np.zeros((3, 32, 32), np.uint8), UTM, Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1])
+    )
+    box = shapely.box(UTM_ORIGIN[0] + 2, UTM_ORIGIN[1] - 8, UTM_ORIGIN[0] + 8, UTM_ORIGIN[1] - 2)
+    from pyproj import CRS
+
+    layer = write_layer(tmp_path / "l.gpkg", [box], CRS.from_user_input(UTM).to_wkt())
+    code = main(["evaluate", "--reference", str(layer), "--predicted", str(layer), "--raster", str(raster), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and "--pixel-size and --crs go with --extent" in err

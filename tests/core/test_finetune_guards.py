@@ -49,6 +49,9 @@ def _opts(raster, labels, base, out, **kw):
         ("lr", math.inf, "Learning rate must be a finite number .*got inf"),
         ("patience", 0, "Patience .*got 0"),
         ("samples_per_epoch", 0, "Samples per epoch .*got 0"),
+        # issue 21 sweep rerun: `finetune --seed -1` gave numpy's ValueError traceback after loading the data
+        ("seed", -1, "Seed must be a whole number from 0 to 4294967295, got -1"),
+        ("seed", 2**32, "Seed must be .*got 4294967296"),
     ],
 )
 def test_bad_numbers_are_refused_before_any_work(labelled_area, tmp_path, field, value, message):  # noqa: F811

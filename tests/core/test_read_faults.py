@@ -113,3 +113,51 @@ def test_a_metre_raster_labelled_epsg_4326_is_named_and_explained(tmp_path, mode
         ds.write(np.full((3, 64, 64), 30, np.uint8))
     with pytest.raises(InputRasterError, match="metres_as_degrees.tif.*not degrees.*gdal_edit"):
         detect_buildings(path, DetectOptions(), model=model)
+
+
+LOCAL_CS = 'LOCAL_CS["site grid",UNIT["metre",1]]'
+
+
+def test_an_engineering_crs_raster_is_named_and_explained(tmp_path, model):
+    """Issue 21 sweep rerun: a LOCAL_CS raster gave a pyproj ProjError traceback before any work."""
+    path = str(tmp_path / "site_grid.tif")
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=64,
+        height=64,
+        count=3,
+        dtype="uint8",
+        crs=LOCAL_CS,
+        transform=from_origin(0, 64, 0.5, 0.5),
+    ) as ds:
+        ds.write(np.full((3, 64, 64), 30, np.uint8))
+    with pytest.raises(InputRasterError, match="site_grid.tif.*'site grid' cannot be placed on the Earth.*gdal_edit"):
+        detect_buildings(path, DetectOptions(), model=model)
+
+
+@pytest.mark.parametrize("command", ["solar", "evaluate"])
+def test_an_engineering_crs_layer_gets_one_line(tmp_path, capsys, command):
+    from osgeo import ogr, osr
+
+    from roof_detector import cli
+
+    srs = osr.SpatialReference()
+    srs.SetFromUserInput(LOCAL_CS)
+    layer = str(tmp_path / "local.gpkg")
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(layer)
+    lyr = ds.CreateLayer("roofs", srs, ogr.wkbPolygon)
+    feat = ogr.Feature(lyr.GetLayerDefn())
+    feat.SetGeometry(ogr.CreateGeometryFromWkt("POLYGON((0 0,10 0,10 10,0 10,0 0))"))
+    lyr.CreateFeature(feat)
+    feat = lyr = ds = None
+    args = {
+        "solar": ["solar", layer, "-o", str(tmp_path / "out.gpkg")],
+        "evaluate": ["evaluate", "--reference", layer, "--predicted", layer, "--extent", "0", "0", "20", "20"]
+        + ["--pixel-size", "1"],
+    }[command]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'site grid' cannot be placed on the Earth" in err[0]
+    assert not (tmp_path / "out.gpkg").exists()

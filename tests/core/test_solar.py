@@ -170,3 +170,13 @@ def test_size_buildings_adds_attributes_and_regularises_in_place():
         assert set(b.attributes) >= {"usable_area_m2", "panels", "kwp", "annual_kwh", "orientation_deg"}
         assert "area_m2" not in b.attributes
     assert buildings[1].attributes["x"] == 1
+
+
+@pytest.mark.parametrize("setback_m", [1e-320, 1e-300, 1e-12])
+def test_a_vanishing_setback_is_no_setback(setback_m):
+    """Issue 21 sweep rerun: `solar --setback 1e-320` wrote 0 panels (GEOS empties a tiny negative buffer)."""
+    roof = shapely.box(0, 0, 20, 10)
+    none = rooftop_attributes_metric(roof, None, SolarParams(setback_m=0.0, specific_yield_kwh_per_kwp=1000))
+    tiny = rooftop_attributes_metric(roof, None, SolarParams(setback_m=setback_m, specific_yield_kwh_per_kwp=1000))
+    assert tiny["usable_area_m2"] == pytest.approx(none["usable_area_m2"]) == pytest.approx(120.0)
+    assert tiny["panels"] == none["panels"] > 0

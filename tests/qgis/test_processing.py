@@ -7,6 +7,8 @@ on hand-made squares whose pixel and object figures are worked out below.
 
 import json
 import sys
+import types
+from pathlib import Path
 
 import pytest
 
@@ -38,10 +40,26 @@ def processing_ready(qgis_app):
 
 @pytest.fixture
 def run(processing_ready, plugin):
-    """``processing.run`` with the plugin (and so its provider) loaded."""
-    import processing
+    """``processing.run`` with the plugin (and so its provider) loaded.
 
-    return processing.run
+    Each run gets its own context, whose temporary layers (inputs given as paths) are
+    released as soon as the run ends. QGIS 3.22's bindings never release the Python
+    exception a Python algorithm raises: its traceback keeps every frame of the run
+    alive, processing.run's context among them, and PyQt destroys such leftovers
+    only at interpreter exit, after QgsApplication.exitQgis(); a raster layer
+    destroyed then segfaults (the test process exited with status 139 after this file).
+    """
+    import processing
+    from processing.tools import dataobjects
+
+    def run_algorithm(algorithm, parameters, feedback=None, context=None):
+        context = context if context is not None else dataobjects.createContext(feedback)
+        try:
+            return processing.run(algorithm, parameters, feedback=feedback, context=context)
+        finally:
+            context.temporaryLayerStore().removeAllMapLayers()
+
+    return run_algorithm
 
 
 def polygon_layer(polygons, crs="EPSG:32631", fields=(), name="polygons"):
@@ -640,7 +658,7 @@ def test_rooftop_solar_takes_curved_polygons(run):
     assert row["area_m2"] == pytest.approx(314.16, rel=0.01) and result["BUILDINGS"] == 1
 
 
-def test_detect_buildings_refuses_a_runaway_raster_unless_confirmed(run, model_path, tmp_path):
+def test_detect_buildings_refuses_a_runaway_raster_unless_confirmed(run, project, model_path, tmp_path):
     """A VRT declaring 20,000² px: 127,449 tiles of the test model, refused before it starts (issue 21)."""
     from qgis.core import QgsProcessingException, QgsRasterLayer
 
@@ -648,5 +666,38 @@ def test_detect_buildings_refuses_a_runaway_raster_unless_confirmed(run, model_p
 
     layer = QgsRasterLayer(huge_vrt(tmp_path, 20_000, 0.5), "huge")
     assert layer.isValid()
+    # Owned by the project, which releases it after the test: the failed run's frames,
+    # leaked by QGIS's bindings (see ``run``), must not hold the last reference to it.
+    project.addMapLayer(layer)
     with pytest.raises(QgsProcessingException, match="more than 100,000 tiles.*CONFIRM_LARGE"):
         run("roofdetector:detectbuildings", {"INPUT": layer, "MODEL": model_path, "DEVICE": 1, "OUTPUT": "memory:"})
+
+
+def test_a_failed_run_releases_the_engines_objects(run, ortho_path, model_path, tmp_path):
+    """QGIS's bindings keep the exception of a failed Python algorithm for ever: the engine's
+    frames in its traceback (the loaded model, the raster, the tiles) must hold nothing."""
+    import gc
+
+    from qgis.core import QgsProcessingException, QgsProcessingFeedback
+
+    core = str(Path(__file__).resolve().parents[2] / "roof_detector" / "core")
+
+    def core_frames():
+        gc.collect()
+        return [o for o in gc.get_objects() if isinstance(o, types.FrameType) and o.f_code.co_filename.startswith(core)]
+
+    before = {id(frame) for frame in core_frames()}  # other tests' leftovers are not this test's business
+    feedback = QgsProcessingFeedback()
+    feedback.cancel()  # fails inside the engine, after the model is loaded
+    with pytest.raises(QgsProcessingException, match="Cancelled"):
+        run(
+            "roofdetector:detectbuildings",
+            {"INPUT": ortho_path, "MODEL": model_path, "DEVICE": 1, "OUTPUT": "memory:"},
+            feedback=feedback,
+        )
+    holding = [
+        f"{frame.f_code.co_name}: {sorted(k for k, v in frame.f_locals.items() if v is not None)}"
+        for frame in core_frames()
+        if id(frame) not in before and any(v is not None for v in frame.f_locals.values())
+    ]
+    assert holding == []

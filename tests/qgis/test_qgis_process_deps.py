@@ -29,7 +29,12 @@ BLOCKER = textwrap.dedent("""
 def qgis_process(tmp_path_factory, repo_root):
     """Run qgis_process with the plugin (from this checkout) enabled in a fresh settings folder;
     onnxruntime made unimportable by a sitecustomize."""
-    tmp_path = tmp_path_factory.mktemp("qgis_process")
+    return qgis_process_runner(tmp_path_factory.mktemp("qgis_process"), repo_root, BLOCKER)
+
+
+def qgis_process_runner(tmp_path, repo_root, sitecustomize=""):
+    """A function running qgis_process with the plugin (built and installed from this checkout
+    as Install from ZIP does) enabled in a fresh settings folder under ``tmp_path``."""
     config = tmp_path / "config"
     plugins = config / "profiles" / "default" / "python" / "plugins"
     plugins.mkdir(parents=True)
@@ -42,7 +47,7 @@ def qgis_process(tmp_path_factory, repo_root):
     ini.write_text("[PythonPlugins]\nroof_detector=true\n")
     site = tmp_path / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(BLOCKER)
+    (site / "sitecustomize.py").write_text(sitecustomize)
     venv_site = next(Path(sys.prefix, "lib").glob("python3*/site-packages"))
     env = dict(
         os.environ,

@@ -36,7 +36,7 @@ import torch
 from ..errors import LabelError
 from ..devices import resolve_device
 from ..model_io import BUNDLED_MODEL_PATH
-from ..params import FINETUNE, check_fields
+from ..params import FINETUNE, ParameterError, check_fields
 from ..vector_io import read_polygons
 from .export import export_model, load_trainable, result_metadata
 from .finetune_plan import plan, plan_text
@@ -83,8 +83,14 @@ class FinetuneOptions:
         (``ModelError`` for an unknown or unusable one).
         """
         check_fields(self, "finetune")
+        if not (isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED):  # numpy refuses negative seeds
+            raise ParameterError(f"Seed must be a whole number from 0 to {MAX_SEED}, got {self.seed}")
         resolve_device(self.device)
         return self
+
+
+#: Largest seed numpy's generators take from a plain int of this size (numpy refuses negative seeds).
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
