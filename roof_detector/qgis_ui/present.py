@@ -36,8 +36,9 @@ def format_number(value: float, decimals: int = 0) -> str:
 def format_area(m2: float) -> str:
     """'1,234 m²' below a hectare, else hectares with two decimals (QGIS's locale)."""
     if m2 >= 10000:
-        return tr("{value} ha").format(value=format_number(m2 / 10000.0, 2))
-    return tr("{value} m²").format(value=format_number(m2, 0))
+        return tr("{value}\u00a0ha").format(value=format_number(m2 / 10000.0, 2))
+    # a no-break space: a wrapped message line never leaves the unit apart from its number
+    return tr("{value}\u00a0m²").format(value=format_number(m2, 0))
 
 
 def unique_layer_name(name: str) -> str:
@@ -67,7 +68,7 @@ def solar_summary(buildings: Sequence[Any]) -> str:
     from ..core.report import build_table, totals
 
     total = totals(build_table(rows))
-    return tr("{panels} panels, {kwp} kWp, {kwh} kWh/yr").format(
+    return tr("{panels}\u00a0panels, {kwp}\u00a0kWp, {kwh}\u00a0kWh/yr").format(
         panels=format_number(total["panels"]),
         kwp=format_number(total["kwp"], 1),
         kwh=format_number(total["annual_kwh"]),

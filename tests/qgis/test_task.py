@@ -166,10 +166,12 @@ def test_numbers_follow_the_qgis_locale():
     old = QLocale()
     try:
         QLocale.setDefault(QLocale(QLocale.German, QLocale.Germany))
-        assert format_number(1400433.4) == "1.400.433" and format_area(9315.2) == "9.315 m²"
-        assert format_area(25000) == "2,50 ha"
+        assert format_number(1400433.4) == "1.400.433" and format_area(9315.2) == "9.315\u00a0m²"
+        assert format_area(25000) == "2,50\u00a0ha"
         QLocale.setDefault(QLocale(QLocale.English, QLocale.UnitedStates))
-        assert format_number(1400433.4) == "1,400,433" and format_area(9315.2) == "9,315 m²"
+        assert (
+            format_number(1400433.4) == "1,400,433" and format_area(9315.2) == "9,315\u00a0m²"
+        )  # no-break: never wrapped apart
     finally:
         QLocale.setDefault(old)
 
