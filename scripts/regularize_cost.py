@@ -20,24 +20,19 @@ import tempfile
 import time
 
 import numpy as np
-import shapely
 
 
 def _raw_layers(case_files):
-    from osgeo import ogr
-
     from roof_detector.core.metric_frame import to_local_metric_many
+    from roof_detector.core.vector_io import read_polygons
 
     items = []
     for case_file in case_files:
         for case in json.load(open(case_file)):
-            ds = ogr.Open(case["predicted"])
-            lyr = ds.GetLayer(0)
-            crs = lyr.GetSpatialRef().ExportToWkt()
-            geoms = [shapely.from_wkb(bytes(f.GetGeometryRef().ExportToWkb())) for f in lyr]
-            if geoms:
-                g = np.array(geoms, dtype=object)
-                items.append((g, to_local_metric_many(g, crs)))
+            layer = read_polygons(case["predicted"])  # the reader detection's other tools use
+            if layer.geometries:
+                g = np.array(layer.geometries, dtype=object)
+                items.append((g, to_local_metric_many(g, layer.crs_wkt)))
     return items
 
 
