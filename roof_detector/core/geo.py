@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from affine import Affine
@@ -31,18 +31,27 @@ def crs_from_wkt(crs_wkt: str) -> CRS:
         raise InputRasterError(f"Unusable coordinate reference system ({exc})") from None
 
 
+def earth_transformer(crs: CRS) -> Optional[Transformer]:
+    """Transformer from ``crs`` to WGS84 longitude/latitude (x = lon, y = lat); None when ``crs``
+    cannot be placed on the Earth (a local or engineering CRS: each caller says so in its own words)."""
+    try:
+        return Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
+    except Exception:  # noqa: BLE001 - pyproj.exceptions.ProjError: an engineering (LOCAL_CS) CRS
+        return None
+
+
 @functools.lru_cache(maxsize=32)
 def lonlat_transformer(crs_wkt: str) -> Transformer:
     """Transformer from ``crs_wkt`` to WGS84 longitude/latitude (x = lon, y = lat)."""
     crs = crs_from_wkt(crs_wkt)
-    try:
-        return Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
-    except Exception:  # noqa: BLE001 - pyproj.exceptions.ProjError: an engineering (LOCAL_CS) CRS
+    transformer = earth_transformer(crs)
+    if transformer is None:
         raise InputRasterError(
             f"The coordinate reference system {crs.name!r} cannot be placed on the Earth (a local or engineering "
             "CRS), so ground sizes cannot be measured; assign the data's true CRS, e.g. "
             "`gdal_edit.py -a_srs EPSG:XXXX file.tif` (vector layers: `ogr2ogr -a_srs EPSG:XXXX out.gpkg in.gpkg`)"
-        ) from None
+        )
+    return transformer
 
 
 def to_lonlat(x, y, crs_wkt: str) -> Tuple[np.ndarray, np.ndarray]:

@@ -29,6 +29,7 @@ from pyproj.exceptions import CRSError
 from shapely.geometry.base import BaseGeometry
 
 from .errors import LabelError
+from .geo import earth_transformer
 
 #: Size of the lon/lat cell whose geometries share one frame, degrees.
 FRAME_CELL_DEG = 0.25
@@ -48,14 +49,14 @@ def crs_from_wkt(crs_wkt: str) -> CRS:
 @lru_cache(maxsize=64)
 def _to_lonlat(crs_wkt: str) -> Transformer:
     crs = crs_from_wkt(crs_wkt)
-    try:
-        return Transformer.from_crs(crs, CRS.from_epsg(4326), always_xy=True)
-    except Exception:  # noqa: BLE001 - pyproj.exceptions.ProjError: an engineering (LOCAL_CS) CRS
+    transformer = earth_transformer(crs)
+    if transformer is None:
         raise LabelError(
             f"The layer's coordinate reference system {crs.name!r} cannot be placed on the Earth (a local or "
             "engineering CRS), so ground areas cannot be measured; assign the layer's true CRS (in QGIS: Layer "
             "Properties > Source; or `ogr2ogr -a_srs EPSG:XXXX out.gpkg in.gpkg`)"
-        ) from None
+        )
+    return transformer
 
 
 def lonlat_of(geometry: BaseGeometry, crs_wkt: str) -> Tuple[float, float]:
