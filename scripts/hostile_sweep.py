@@ -62,6 +62,25 @@ def _cli(*args) -> List[str]:
     return [sys.executable, "-m", "roof_detector", *map(str, args)]
 
 
+def _finetune_args(p: Dict[str, Path], out, *extra, labels=None) -> List:
+    """``finetune`` arguments: the sweep's small raster and labels (or ``labels``) onto the base model, on the CPU."""
+    labels = p["ft_labels"] if labels is None else labels
+    return [
+        "finetune",
+        "--raster",
+        p["ft_raster"],
+        "--labels",
+        labels,
+        "-o",
+        out,
+        "--base-model",
+        p["base"],
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
 # --------------------------------------------------------------------------- inputs
 
 
@@ -392,25 +411,9 @@ def numeric_cases(p: Dict[str, Path]) -> List[Case]:
         "detect": lambda o: ["detect", p["r"], "-o", o, "--model", p["model"], "--device", "cpu"],
         "solar": lambda o: ["solar", p["labels"], "-o", o],
         "evaluate": lambda o: ["evaluate", "--reference", p["labels"], "--predicted", p["labels"], "--raster", p["r"]],
-        "finetune": lambda o: [
-            "finetune",
-            "--raster",
-            p["ft_raster"],
-            "--labels",
-            p["ft_labels"],
-            "-o",
-            str(o).replace(".gpkg", ".pt"),
-            "--base-model",
-            p["base"],
-            "--device",
-            "cpu",
-            "--epochs",
-            "1",
-            "--samples-per-epoch",
-            "8",
-            "--max-minutes",
-            "1",
-        ],
+        "finetune": lambda o: _finetune_args(
+            p, str(o).replace(".gpkg", ".pt"), "--epochs", "1", "--samples-per-epoch", "8", "--max-minutes", "1"
+        ),
         "detect-many": lambda o: ["detect-many", p["r"], "-o", o, "--model", p["model"], "--device", "cpu"],
     }
     cases = []
@@ -550,21 +553,9 @@ def other_cases(p: Dict[str, Path], rng: random.Random, root_ok: bool) -> List[C
             "finetune with curve labels",
             "geometry",
             _cli(
-                "finetune",
-                "--raster",
-                p["ft_raster"],
-                "--labels",
-                p["multisurface"],
-                "-o",
-                o / "ft_curve.pt",
-                "--base-model",
-                p["base"],
-                "--device",
-                "cpu",
-                "--epochs",
-                "1",
-                "--samples-per-epoch",
-                "8",
+                *_finetune_args(
+                    p, o / "ft_curve.pt", "--epochs", "1", "--samples-per-epoch", "8", labels=p["multisurface"]
+                )
             ),
             expect="either",
             timeout_s=300,
@@ -658,21 +649,7 @@ def other_cases(p: Dict[str, Path], rng: random.Random, root_ok: bool) -> List[C
         ("solar", lambda k: _cli("solar", labels, "-o", o / f"sig_s{k}.gpkg", "--report", o / f"sig_report{k}")),
         (
             "finetune",
-            lambda k: _cli(
-                "finetune",
-                "--raster",
-                p["ft_raster"],
-                "--labels",
-                p["ft_labels"],
-                "-o",
-                o / f"sig_f{k}.pt",
-                "--base-model",
-                p["base"],
-                "--device",
-                "cpu",
-                "--epochs",
-                "2",
-            ),
+            lambda k: _cli(*_finetune_args(p, o / f"sig_f{k}.pt", "--epochs", "2")),
         ),
         (
             "detect-many",
@@ -710,21 +687,7 @@ def other_cases(p: Dict[str, Path], rng: random.Random, root_ok: bool) -> List[C
         Case(
             "finetune under prlimit --as=1500M",
             "memory caps",
-            _cli(
-                "finetune",
-                "--raster",
-                p["ft_raster"],
-                "--labels",
-                p["ft_labels"],
-                "-o",
-                o / "cap_ft.pt",
-                "--base-model",
-                p["base"],
-                "--device",
-                "cpu",
-                "--epochs",
-                "1",
-            ),
+            _cli(*_finetune_args(p, o / "cap_ft.pt", "--epochs", "1")),
             expect="either",
             prefix=["prlimit", f"--as={_bytes('1500M')}"],
             timeout_s=240,
@@ -796,21 +759,7 @@ def tmpfs_cases(p: Dict[str, Path]) -> List[Case]:
             Case(
                 "finetune onto a full tmpfs",
                 "destinations",
-                _cli(
-                    "finetune",
-                    "--raster",
-                    p["ft_raster"],
-                    "--labels",
-                    p["ft_labels"],
-                    "-o",
-                    full / "m.pt",
-                    "--base-model",
-                    p["base"],
-                    "--device",
-                    "cpu",
-                    "--epochs",
-                    "1",
-                ),
+                _cli(*_finetune_args(p, full / "m.pt", "--epochs", "1")),
                 watch=full,
                 timeout_s=300,
             ),
