@@ -18,7 +18,7 @@ from typing import Any, Iterable, Optional
 from qgis.gui import QgsMessageBar, QgsMessageBarItem
 from qgis.PyQt import sip
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSizePolicy, QWidget
+from qgis.PyQt.QtWidgets import QDialog, QHBoxLayout, QLabel, QPushButton, QSizePolicy, QWidget
 
 from . import tr
 
@@ -92,7 +92,26 @@ def push(
     """Show ``text`` in ``bar`` as a :func:`message_item`; return the item."""
     item = message_item(title, text, level, duration, buttons)
     bar.pushItem(item)
+    _fit_dialog(bar)
     return item
+
+
+def _fit_dialog(bar: QgsMessageBar) -> None:
+    """Grow the dialog holding ``bar`` to the height its contents need at its width.
+
+    A window's minimum size ignores word-wrapped labels (Qt's layouts leave height-for-width
+    out of it), so a message pushed into a dialog's bar would squeeze the dialog's own
+    wrapped notes until they overlap their neighbours. QGIS's main window is left as it is.
+    """
+    window = bar.window()
+    layout = window.layout() if isinstance(window, QDialog) else None
+    if layout is None:
+        return
+    layout.activate()
+    need = layout.totalHeightForWidth(window.width()) if layout.hasHeightForWidth() else -1
+    need = max(need, layout.totalMinimumSize().height())
+    if need > window.height():
+        window.resize(window.width(), need)
 
 
 def item_text(item: Optional[Any]) -> str:

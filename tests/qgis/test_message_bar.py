@@ -138,4 +138,11 @@ def test_the_fine_tune_dialogs_messages_are_shown_whole(qgis_iface):
         QApplication.processEvents()
     assert label.fontMetrics().horizontalAdvance(text) > label.width()  # more than one line at this width
     assert _fully_visible(label)
+    # the dialog grew for the message: its own wrapped notes are not squeezed into their neighbours
+    from qgis.PyQt.QtWidgets import QLabel
+
+    notes = [w for w in dialog.findChildren(QLabel) if w.wordWrap() and w.isVisible() and w.text()]
+    assert len(notes) >= 3
+    squeezed = [n.text()[:40] for n in notes if not _fully_visible(n)]
+    assert squeezed == []
     dialog.close()
