@@ -105,7 +105,9 @@ def main(
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Guarded(sys.stdout, swallow=False), _Guarded(sys.stderr, swallow=True)
     try:
-        return int(args.func(args) or 0)
+        # also after a normal return: a command that cancelled a model call (the REST service
+        # stopping mid-job) must not run the interpreter's teardown under the abandoned call
+        return _leave(int(args.func(args) or 0))
     except RoofDetectorError as exc:
         _say(f"error: {exc}")
         return 2
