@@ -34,7 +34,8 @@ from shapely.geometry.base import BaseGeometry
 from .building import Building
 from .metric_frame import to_local_metric_many
 from .axes import consensus_orientations, own_axes, working_rings
-from .regularize import CURVED, regularize_metric_shape
+from .batch_regularize import regularize_batch
+from .regularize import CURVED
 from .solar import SOLAR_FIELDS, SolarParams, solar_columns, solar_rows
 
 _POLYGON = 3
@@ -111,18 +112,11 @@ def measure_metric_batch(
         axes = consensus_orientations(metric[fit], batch.frame_index[fit], tolerance_m, own=own)
         # The outlines were checked valid (and repaired) in the source CRS by the caller, and
         # projecting a few metres changes no topology: checking again would cost 27 us each.
-        for i, theta, own_deg, prep in zip(fit, axes.tolist(), own.tolist(), prepared):
-            m = metric[i]
-            # Returns m itself when it is left as it is (also when already regular to 1 mm).
-            r, shapes[i] = regularize_metric_shape(
-                m,
-                tolerance_m,
-                theta_deg=theta if theta == theta else None,
-                own_deg=own_deg,
-                known_valid=True,
-                prepared=prep,
-            )
-            if r is not m:
+        fits = regularize_batch(metric[fit], axes, own, prepared, tolerance_m)
+        for i, (r, shape) in zip(fit.tolist(), fits):
+            shapes[i] = shape
+            # r is metric[i] itself when it is left as it is (also when already regular to 1 mm)
+            if r is not metric[i]:
                 metric[i] = r
                 changed[i] = True
         if changed.any():

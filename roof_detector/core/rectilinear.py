@@ -216,12 +216,15 @@ def fit_rectilinear(
     max_parts: Optional[int] = None,
     enough_iou: float = 1.0,
     max_vertices: Optional[int] = None,
+    first: Optional[Tuple[float, Tuple[int, int, int, int]]] = None,
 ) -> Optional[RectilinearFit]:
     """The rectangle plus wings minus notches that best fits ``grid.mask`` (see the module docstring).
 
     A rectangle whose IoU reaches ``enough_iou`` is returned without looking for
     parts; no part is added that would give the polygon more than ``max_vertices``
     corners (default :data:`MAX_VERTICES`: people draw buildings with fewer).
+    ``first``: the best rectangle's grid IoU and rows/columns, when a batch found it
+    already (:func:`.batch_rectangles.best_rectangles`).
     """
     max_parts = MAX_PARTS if max_parts is None else max_parts
     max_vertices = MAX_VERTICES if max_vertices is None else max_vertices
@@ -230,7 +233,7 @@ def fit_rectilinear(
     if n_target == 0:
         return None
     empty = np.zeros_like(target)
-    iou, rect = _best_rect(_prefix(target), _prefix(~target), 0, n_target, +1, _bbox(target))
+    iou, rect = _first_rect(target, n_target, first)
     shape = empty.copy()
     shape[rect[0] : rect[1], rect[2] : rect[3]] = True
     ops: List[Tuple[int, Tuple[int, int, int, int]]] = [(+1, rect)]
@@ -282,6 +285,13 @@ def fit_rectilinear(
     if polygon is None:
         return None
     return RectilinearFit(polygon, iou, len(ops))
+
+
+def _first_rect(target: np.ndarray, n_target: int, first) -> Tuple[float, Tuple[int, int, int, int]]:
+    """The best rectangle alone (given as ``first`` when a batch found it)."""
+    if first is not None:
+        return float(first[0]), tuple(int(v) for v in first[1])
+    return _best_rect(_prefix(target), _prefix(~target), 0, n_target, +1, _bbox(target))
 
 
 def corner_count(mask: np.ndarray) -> int:

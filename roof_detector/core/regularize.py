@@ -45,7 +45,7 @@ from .axes import (
     working_rings,
 )
 from .metric_frame import to_local_metric
-from .rectilinear import burn, ellipse_grid_iou, fit_rectilinear
+from .rectilinear import Grid, burn, ellipse_grid_iou, fit_rectilinear
 from .snapping import MAX_AREA_CHANGE, UNCHANGED_M, is_round, snap_polygon
 
 __all__ = [
@@ -186,13 +186,16 @@ def fit_polygon(
     *,
     own_deg: Optional[float] = None,
     prepared: Optional[Tuple[Optional[Polygon], Optional[np.ndarray]]] = None,
+    first_fit: Optional[Tuple[Grid, float, Tuple[int, int, int, int]]] = None,
 ) -> Tuple[Polygon, str]:
     """The regularised polygon (metres) and its ``shape`` class; ``poly`` itself when left as it is.
 
     ``theta_deg``: the building's axes (degrees in [0, 90) from +x), e.g. shared
     with its neighbours; default: its own. When the fit with the given axes fails,
     the building's own axes are tried. ``own_deg``: its own axes when the caller
-    has them already (:func:`own_axes`); ``prepared``: its :func:`working_rings` entry.
+    has them already (:func:`own_axes`); ``prepared``: its :func:`working_rings` entry;
+    ``first_fit``: the fitting grid along the first axes tried and its best rectangle
+    (grid IoU, rows/columns), when a batch computed them (:mod:`.batch_regularize`).
     """
     if not known_valid and not poly.is_valid:
         return poly, CURVED
@@ -208,8 +211,9 @@ def fit_polygon(
     # Holes bigger than speckle (the detection fills those) are courtyards: the outer
     # outline is fitted alone and each courtyard is cut out of it, squared where it can be.
     shell = Polygon(work.exterior) if work.interiors else work
-    for theta in thetas:
-        out = _fit_with_axes(shell, theta, tolerance_m, allow_diagonals, max_area_change, arc, roundish)
+    for k, theta in enumerate(thetas):
+        hint = first_fit if k == 0 else None
+        out = _fit_with_axes(shell, theta, tolerance_m, allow_diagonals, max_area_change, arc, roundish, hint)
         if out is None:
             continue
         fitted, shape = out
@@ -283,23 +287,32 @@ def _fill(ring: np.ndarray, area: float, theta: float) -> float:
 
 
 def _fit_with_axes(
-    poly: Polygon, theta: float, tol: float, diagonals: bool, max_change: float, arc=None, roundish: bool = True
+    poly: Polygon,
+    theta: float,
+    tol: float,
+    diagonals: bool,
+    max_change: float,
+    arc=None,
+    roundish: bool = True,
+    hint: Optional[Tuple[Grid, float, Tuple[int, int, int, int]]] = None,
 ) -> Optional[Tuple[Polygon, str]]:
     """The best fit along ``theta``; None when none agrees with the outline.
 
     ``arc``: the outline has a long smooth arc; it then stays curved unless a fit
     agrees with it almost exactly (IoU >= :data:`ARC_FIT_IOU`: an octagon-like
-    chamfered building, not a half-round one).
+    chamfered building, not a half-round one). ``hint``: the grid along ``theta``
+    and its best rectangle, already computed (see :func:`fit_polygon`).
     """
     rect = _filled_rectangle(poly, theta)
     if rect is not None:
         return rect, RECTILINEAR
-    grid = burn(poly, theta)
+    grid = burn(poly, theta) if hint is None else hint[0]
     if grid is None:
         return None
     # IoUs are taken on the fitting grid (cells of at most 1/60 of the building): as good as
     # the exact overlay for these decisions, and no GEOS overlay per building
-    fit = fit_rectilinear(grid, MIN_GAIN, tol, enough_iou=RECT_ENOUGH_IOU)
+    first = None if hint is None else hint[1:]
+    fit = fit_rectilinear(grid, MIN_GAIN, tol, enough_iou=RECT_ENOUGH_IOU, first=first)
     fit_iou = fit.grid_iou if fit is not None else 0.0
     if fit is not None and fit.parts == 1 and fit_iou >= RECT_ENOUGH_IOU and (fit_iou >= ARC_FIT_IOU or not arc):
         return fit.polygon, RECTILINEAR  # a rectangle this good leaves a diagonal fit no margin

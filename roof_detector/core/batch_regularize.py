@@ -1,0 +1,144 @@
+"""Regularise a batch of outlines, settling the plain rectangles with array operations.
+
+:func:`.regularize.fit_polygon` decides one building at a time. Most buildings
+are rectangles, and for a rectangle its answer is known after two steps that
+can run over the whole batch at once: the bounding rectangle along the
+building's axes when the outline fills it (:data:`.regularize.FAST_FILL`), else
+the best rectangle on the fitting grid when its IoU reaches
+:data:`.regularize.RECT_ENOUGH_IOU` (:mod:`.batch_rectangles`), followed by the
+same size check and the same "already regular" check. Every other outline
+(wings, notches, diagonals, curves, courtyards, multi-part) goes through
+:func:`.regularize.fit_polygon`, handed the grid and rectangle already computed,
+so nothing is done twice. The results are those of :func:`.regularize.fit_polygon`
+for every outline (``tests/core/test_batch_rectangles.py``).
+
+No ``qgis`` import here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import shapely
+from shapely.geometry import Polygon
+from shapely.geometry.base import BaseGeometry
+
+from .batch_rectangles import best_rectangles, burn_many
+from .rectilinear import _build
+from .regularize import (
+    ARC_FIT_IOU,
+    FAST_FILL,
+    RECT_ENOUGH_IOU,
+    RECTILINEAR,
+    _check_tolerance,
+    fit_polygon,
+    regularize_metric_shape,
+)
+from .snapping import MAX_AREA_CHANGE, UNCHANGED_M
+
+Prepared = Tuple[Optional[Polygon], Optional[np.ndarray]]
+
+
+def regularize_batch(
+    metric: Sequence[BaseGeometry],
+    thetas_deg: np.ndarray,
+    own_deg: np.ndarray,
+    prepared: List[Prepared],
+    tolerance_m: float = 1.0,
+) -> List[Tuple[BaseGeometry, str]]:
+    """:func:`.regularize.regularize_metric_shape` of each valid outline (metres): (geometry, shape).
+
+    ``thetas_deg``: the axes to fit along (shared with neighbours; NaN: the building's
+    own), ``own_deg``: each building's own axes, ``prepared``: :func:`.axes.working_rings`
+    of the outlines. A geometry left as it is comes back as the very same object.
+    """
+    _check_tolerance(tolerance_m)
+    metric = list(metric)
+    out: List[Optional[Tuple[BaseGeometry, str]]] = [None] * len(metric)
+    simple = [
+        i
+        for i, (work, ring) in enumerate(prepared)
+        if work is not None
+        and ring is not None
+        and own_deg[i] == own_deg[i]
+        and metric[i].geom_type == "Polygon"
+        and not work.interiors
+    ]
+    # fit_polygon's first axes: the shared ones unless they are the building's own
+    first = np.array([_first_axes(thetas_deg[i], own_deg[i]) for i in simple], dtype=float)
+    works = np.array([prepared[i][0] for i in simple], dtype=object)
+    fitted = _filled_rectangles(works, first)
+    hints: dict = {}
+    miss = np.flatnonzero(fitted == None)  # noqa: E711 (an object array, element-wise)
+    grids = burn_many(works[miss], first[miss])
+    iou, rects = best_rectangles(grids)
+    good = max(RECT_ENOUGH_IOU, ARC_FIT_IOU)
+    for k, grid, v, rect in zip(miss.tolist(), grids, iou.tolist(), rects):
+        if grid is not None and v >= good:
+            fitted[k] = _build(grid, [(+1, tuple(int(x) for x in rect))])
+        elif grid is not None and v == v:
+            hints[k] = (grid, v, rect)
+    done = np.flatnonzero(fitted != None)  # noqa: E711
+    _settle([simple[k] for k in done.tolist()], metric, fitted[done], out)
+    for k, i in enumerate(simple):
+        if out[i] is None:
+            out[i] = _one(metric[i], thetas_deg[i], own_deg[i], prepared[i], tolerance_m, hints.get(k))
+    for i in range(len(metric)):
+        if out[i] is None:
+            out[i] = _one(metric[i], thetas_deg[i], own_deg[i], prepared[i], tolerance_m, None)
+    return out  # type: ignore[return-value]
+
+
+def _first_axes(theta: float, own: float) -> float:
+    return own if theta != theta or abs(theta - own) < 1e-9 else theta
+
+
+def _one(geom, theta, own, prep, tolerance_m, hint):
+    """One outline through :func:`.regularize.fit_polygon` (Polygon) or the MultiPolygon path."""
+    theta = None if theta != theta else float(theta)
+    own = None if own != own else float(own)
+    if geom.geom_type == "Polygon":
+        return fit_polygon(geom, tolerance_m, theta, known_valid=True, own_deg=own, prepared=prep, first_fit=hint)
+    return regularize_metric_shape(geom, tolerance_m, theta_deg=theta, known_valid=True)
+
+
+def _settle(which: List[int], metric: List[BaseGeometry], fitted: np.ndarray, out: list) -> None:
+    """fit_polygon's last checks on rectangles found for the outlines ``which``: a rectangle of
+    another size is no fit (left to fit_polygon), one within 1 mm keeps the outline's coordinates."""
+    if not which:
+        return
+    polys = np.array([metric[i] for i in which], dtype=object)
+    area = shapely.area(polys)
+    size_ok = ~(np.abs(shapely.area(fitted) - area) > MAX_AREA_CHANGE * area)
+    same = shapely.hausdorff_distance(fitted, polys) < UNCHANGED_M
+    for i, p, f, ok, keep in zip(which, polys, fitted, size_ok.tolist(), same.tolist()):
+        if ok:
+            out[i] = (p, RECTILINEAR) if keep else (f, RECTILINEAR)
+
+
+def _filled_rectangles(works: np.ndarray, thetas: np.ndarray) -> np.ndarray:
+    """:func:`.regularize._filled_rectangle` (at :data:`.regularize.FAST_FILL`) of each outline; None where it misses."""
+    out = np.full(len(works), None, dtype=object)
+    if not len(works):
+        return out
+    xy, owner = shapely.get_coordinates(shapely.get_exterior_ring(works), return_index=True)
+    c = np.array([math.cos(math.radians(t)) for t in thetas.tolist()])
+    s = np.array([math.sin(math.radians(t)) for t in thetas.tolist()])
+    co, so = c[owner], s[owner]
+    u = xy[:, 0] * co + xy[:, 1] * so
+    v = -xy[:, 0] * so + xy[:, 1] * co
+    starts = np.searchsorted(owner, np.arange(len(works)))
+    u0, u1 = np.minimum.reduceat(u, starts), np.maximum.reduceat(u, starts)
+    v0, v1 = np.minimum.reduceat(v, starts), np.maximum.reduceat(v, starts)
+    box_area = (u1 - u0) * (v1 - v0)
+    hit = np.flatnonzero((box_area > 0) & (shapely.area(works) >= FAST_FILL * box_area))
+    if not len(hit):
+        return out
+    cu = np.stack([u0[hit], u1[hit], u1[hit], u0[hit], u0[hit]], axis=1)
+    cv = np.stack([v0[hit], v0[hit], v1[hit], v1[hit], v0[hit]], axis=1)
+    ch, sh = c[hit][:, None], s[hit][:, None]
+    rings = np.stack([cu * ch - cv * sh, cu * sh + cv * ch], axis=2)
+    out[hit] = shapely.polygons(rings)
+    return out
