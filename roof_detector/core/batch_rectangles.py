@@ -223,3 +223,22 @@ def _move_edges(g, c, lo, hi, size, union, best):
         else:
             hi = np.where(better, k, hi)
     return lo, hi, best, moved
+
+
+def rectangle_polygons(grids: Sequence[Grid], rects: np.ndarray) -> np.ndarray:
+    """The rectangles ``rects`` (rows/columns of each grid) as polygons in the source frame.
+
+    The same coordinates as :func:`.rectilinear._build` of a single rectangle (the
+    corners of :meth:`.rectilinear.Grid.box` in its order, rotated back).
+    """
+    if not len(grids):
+        return np.zeros(0, dtype=object)
+    x0, y0, cell, cx, cy, cos_t, sin_t = (
+        np.array([getattr(g, k) for g in grids]) for k in ("x0", "y0", "cell_m", "cx", "cy", "cos_t", "sin_t")
+    )
+    r0, r1, c0, c1 = np.asarray(rects, dtype=np.int64).T
+    minx, miny, maxx, maxy = x0 + c0 * cell, y0 + r0 * cell, x0 + c1 * cell, y0 + r1 * cell
+    x = np.stack([maxx, maxx, minx, minx, maxx], axis=1)
+    y = np.stack([miny, maxy, maxy, miny, miny], axis=1)
+    c, s = cos_t[:, None], sin_t[:, None]
+    return shapely.polygons(np.stack([cx[:, None] + x * c - y * s, cy[:, None] + x * s + y * c], axis=2))

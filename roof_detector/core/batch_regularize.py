@@ -25,8 +25,7 @@ import shapely
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from .batch_rectangles import best_rectangles, burn_many
-from .rectilinear import _build
+from .batch_rectangles import best_rectangles, burn_many, rectangle_polygons
 from .regularize import (
     ARC_FIT_IOU,
     FAST_FILL,
@@ -74,12 +73,10 @@ def regularize_batch(
     miss = np.flatnonzero(fitted == None)  # noqa: E711 (an object array, element-wise)
     grids = burn_many(works[miss], first[miss])
     iou, rects = best_rectangles(grids)
-    good = max(RECT_ENOUGH_IOU, ARC_FIT_IOU)
-    for k, grid, v, rect in zip(miss.tolist(), grids, iou.tolist(), rects):
-        if grid is not None and v >= good:
-            fitted[k] = _build(grid, [(+1, tuple(int(x) for x in rect))])
-        elif grid is not None and v == v:
-            hints[k] = (grid, v, rect)
+    good = iou >= max(RECT_ENOUGH_IOU, ARC_FIT_IOU)  # NaN (no grid) is not
+    fitted[miss[good]] = rectangle_polygons([grids[j] for j in np.flatnonzero(good)], rects[good])
+    for j in np.flatnonzero(~good & (iou == iou)).tolist():
+        hints[int(miss[j])] = (grids[j], float(iou[j]), rects[j])
     done = np.flatnonzero(fitted != None)  # noqa: E711
     _settle([simple[k] for k in done.tolist()], metric, fitted[done], out)
     for k, i in enumerate(simple):

@@ -9,7 +9,7 @@ from shapely.geometry import MultiPolygon, Point, Polygon, box
 
 from roof_detector.core import batch_rectangles, batch_regularize
 from roof_detector.core.axes import consensus_orientations, own_axes, working_rings
-from roof_detector.core.batch_rectangles import best_rectangles, burn_many
+from roof_detector.core.batch_rectangles import best_rectangles, burn_many, rectangle_polygons
 from roof_detector.core.batch_regularize import regularize_batch
 from roof_detector.core.rectilinear import _build, burn, fit_rectilinear
 from roof_detector.core.regularize import regularize_metric_shape
@@ -59,10 +59,12 @@ def test_best_rectangles_equal_the_first_rectangle_of_fit_rectilinear(monkeypatc
     grids = burn_many(polys, thetas) + [None]
     iou, rects = best_rectangles(grids)
     assert np.isnan(iou[-1])
-    for grid, v, rect in zip(grids[:-1], iou[:-1], rects[:-1]):
+    polygons = rectangle_polygons(grids[:-1], rects[:-1])
+    for grid, v, rect, polygon in zip(grids[:-1], iou[:-1], rects[:-1], polygons):
         alone = fit_rectilinear(grid, 1.0, 1.0, max_parts=0)  # the rectangle alone
         assert v == alone.grid_iou
         assert _build(grid, [(+1, tuple(int(x) for x in rect))]).equals_exact(alone.polygon, 0.0)
+        assert polygon.equals_exact(alone.polygon, 0.0)
 
 
 def test_outlines_with_holes_are_refused_and_an_empty_batch_is_fine():
