@@ -182,9 +182,10 @@ def _ascend(masks: List[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
         target[i, : h[i], : w[i]] = a
     # prefix sums as in rectilinear._prefix; the padding is never inside a candidate rectangle
     pg = np.zeros((m, h.max() + 1, w.max() + 1), dtype=np.int32)
-    pc = np.zeros_like(pg)
     np.cumsum(np.cumsum(target, axis=1, dtype=np.int32), axis=2, out=pg[:, 1:, 1:])
-    np.cumsum(np.cumsum(~target, axis=1, dtype=np.int32), axis=2, out=pc[:, 1:, 1:])
+    # the cells that are not building: all r x c cells of the prefix but the building's
+    # (the same integers as the prefix sums of ~target wherever a rectangle can lie)
+    pc = np.arange(h.max() + 1, dtype=np.int32)[:, None] * np.arange(w.max() + 1, dtype=np.int32)[None, :] - pg
     union = target.sum(axis=(1, 2))
     rows, cols = target.any(axis=2), target.any(axis=1)
     r0, c0 = rows.argmax(axis=1), cols.argmax(axis=1)

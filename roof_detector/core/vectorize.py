@@ -52,6 +52,8 @@ CancelFn = Callable[[], bool]
 # Components are pre-filtered on their pixel area; this margin keeps borderline
 # ones for the exact check after hole filling and simplification.
 _PREFILTER_MARGIN = 0.8
+# Rows searched at once for the top of the open components (a 64-row band of a 20000 px strip is 1.3 MB).
+_CARRY_BAND_ROWS = 64
 
 
 # Probability a pixel needs to belong to a building's confident core. Chosen on data the
@@ -260,8 +262,14 @@ class StripVectorizer:
         if not open_ids.any():
             self._carry_prob = self._carry_building = self._carry_score = None
             return
-        # the first row holding an open component (row by row: no strip-sized temporary)
-        top = next(r for r in range(len(labels)) if open_ids[labels[r]].any())
+        # the first row holding an open component (a band of rows at a time: no strip-sized temporary)
+        band = _CARRY_BAND_ROWS
+        top = next(
+            r0 + int(rows.argmax())
+            for r0 in range(0, len(labels), band)
+            for rows in [open_ids[labels[r0 : r0 + band]].any(axis=1)]
+            if rows.any()
+        )
         self._carry_row0 = row0 + top
         self._carry_prob = prob[top:].copy()
         self._carry_building = open_ids[labels[top:]]
