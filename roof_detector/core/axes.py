@@ -41,7 +41,7 @@ AXES_OFFSETS = np.arange(-AXES_SEARCH_DEG, AXES_SEARCH_DEG + 1e-9, 0.25)
 PRESIMPLIFY = 0.1
 #: Neighbours within this distance (metres, edge to edge) share their axes when those are close.
 NEIGHBOUR_RADIUS_M = 10.0
-NEIGHBOUR_MAX_DIFF_DEG = 10.0
+NEIGHBOUR_MAX_DIFF_DEG = 3.0
 _KERNEL = np.array([1, 2, 3, 4, 3, 2, 1], dtype=float)
 
 

@@ -39,6 +39,12 @@ from .snapping import MAX_AREA_CHANGE, UNCHANGED_M
 
 Prepared = Tuple[Optional[Polygon], Optional[np.ndarray]]
 
+#: Turns (degrees) of the axes also tried for an outline that its best rectangle does not fit
+#: well (grid IoU under RECT_ENOUGH_IOU): the axes come from traced walls, whose pixel
+#: staircases pull them towards the raster's axes by a degree or two (README, "How the
+#: constants were chosen"). The turn whose best rectangle has the highest grid IoU is fitted.
+AXES_TURNS_DEG: Tuple[float, ...] = (-2.0, -1.0, 1.0, 2.0)
+
 
 def regularize_batch(
     metric: Sequence[BaseGeometry],
@@ -68,24 +74,53 @@ def regularize_batch(
     # fit_polygon's first axes: the shared ones unless they are the building's own
     first = np.array([_first_axes(thetas_deg[i], own_deg[i]) for i in simple], dtype=float)
     works = np.array([prepared[i][0] for i in simple], dtype=object)
-    fitted = _filled_rectangles(works, first)
-    hints: dict = {}
-    miss = np.flatnonzero(fitted == None)  # noqa: E711 (an object array, element-wise)
-    grids = burn_many(works[miss], first[miss])
-    iou, rects = best_rectangles(grids)
-    good = iou >= max(RECT_ENOUGH_IOU, ARC_FIT_IOU)  # NaN (no grid) is not
-    fitted[miss[good]] = rectangle_polygons([grids[j] for j in np.flatnonzero(good)], rects[good])
-    for j in np.flatnonzero(~good & (iou == iou)).tolist():
-        hints[int(miss[j])] = (grids[j], float(iou[j]), rects[j])
-    done = np.flatnonzero(fitted != None)  # noqa: E711
+    # only a building on its own axes is turned: shared axes keep a row of houses parallel
+    on_own = np.array([first[k] == own_deg[i] for k, i in enumerate(simple)], dtype=bool)
+    fitted, hints = _rectangles(works, first, on_own)
+    done = np.flatnonzero(fitted != None)  # noqa: E711 (an object array, element-wise)
     _settle([simple[k] for k in done.tolist()], metric, fitted[done], out)
     for k, i in enumerate(simple):
         if out[i] is None:
-            out[i] = _one(metric[i], thetas_deg[i], own_deg[i], prepared[i], tolerance_m, hints.get(k))
+            out[i] = _one(metric[i], first[k], own_deg[i], prepared[i], tolerance_m, hints.get(k))
     for i in range(len(metric)):
         if out[i] is None:
             out[i] = _one(metric[i], thetas_deg[i], own_deg[i], prepared[i], tolerance_m, None)
     return out  # type: ignore[return-value]
+
+
+def _rectangles(works: np.ndarray, first: np.ndarray, turnable: np.ndarray) -> Tuple[np.ndarray, dict]:
+    """The rectangles that settle outlines (None elsewhere), and for the others the grid and best
+    rectangle along their first axes (``first``; where ``turnable``, turned by :data:`AXES_TURNS_DEG`
+    when that fits better)."""
+    fitted = _filled_rectangles(works, first)
+    miss = np.flatnonzero(fitted == None)  # noqa: E711
+    grids = burn_many(works[miss], first[miss])
+    iou, rects = best_rectangles(grids)
+    enough = max(RECT_ENOUGH_IOU, ARC_FIT_IOU)
+    slow = np.flatnonzero(~(iou >= enough) & (iou == iou) & turnable[miss])  # NaN: no grid
+    if len(slow) and AXES_TURNS_DEG:
+        _turn_axes(works, first, miss[slow], slow, grids, iou, rects)
+    good = iou >= enough
+    fitted[miss[good]] = rectangle_polygons([grids[j] for j in np.flatnonzero(good)], rects[good])
+    hints = {int(miss[j]): (grids[j], float(iou[j]), rects[j]) for j in np.flatnonzero(~good & (iou == iou))}
+    return fitted, hints
+
+
+def _turn_axes(works, first, which, slots, grids, iou, rects) -> None:
+    """Turn the axes of outlines ``which`` by :data:`AXES_TURNS_DEG` where a rectangle fits better.
+
+    Updates ``first`` (per outline) and ``grids``/``iou``/``rects`` (at ``slots``) in place.
+    """
+    turns = np.asarray(AXES_TURNS_DEG, dtype=float)
+    thetas = ((first[which][:, None] + turns[None, :]) % 90.0).ravel()
+    turned = burn_many(np.repeat(works[which], len(turns)), thetas)
+    t_iou, t_rects = best_rectangles(turned)
+    t_iou = np.nan_to_num(t_iou, nan=-1.0).reshape(len(which), len(turns))
+    pick = t_iou.argmax(axis=1)
+    for j in np.flatnonzero(t_iou[np.arange(len(which)), pick] > iou[slots]).tolist():
+        flat = j * len(turns) + int(pick[j])
+        grids[slots[j]], iou[slots[j]], rects[slots[j]] = turned[flat], t_iou[j, pick[j]], t_rects[flat]
+        first[which[j]] = thetas[flat]
 
 
 def _first_axes(theta: float, own: float) -> float:

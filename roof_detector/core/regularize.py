@@ -64,7 +64,7 @@ RECTILINEAR, DIAGONAL, CURVED = "rectilinear", "diagonal", "curved"
 SHAPES = (RECTILINEAR, DIAGONAL, CURVED)
 
 #: A fitted polygon is kept when its IoU with the traced outline is at least this.
-ACCEPT_IOU = 0.80
+ACCEPT_IOU = 0.84
 #: The IoU a wing or notch must add to be drawn (the price of two to four more vertices).
 MIN_GAIN = 0.015
 #: An outline whose moment ellipse has at least this IoU with it, more than any right-angled fit, is round.

@@ -84,6 +84,7 @@ def _one_by_one(metric, thetas, own, prepared):
 
 
 def test_regularize_batch_equals_fit_polygon_one_by_one(monkeypatch):
+    monkeypatch.setattr(batch_regularize, "AXES_TURNS_DEG", ())  # fit_polygon alone never turns the axes
     calls = []
     real_fit = batch_regularize.fit_polygon
     monkeypatch.setattr(batch_regularize, "fit_polygon", lambda *a, **k: calls.append(1) or real_fit(*a, **k))
@@ -139,3 +140,27 @@ def test_first_row_at_puts_a_crossing_on_a_row_centre_where_burn_does():
     below, above = y0 - 10.0, y0 + (height + 5) * cell
     assert (batch_rectangles._first_row_at(below, y0, cell, height) == 0).all()
     assert (batch_rectangles._first_row_at(above, y0, cell, height) == height).all()
+
+
+def _direction(poly):
+    xy = np.asarray(poly.exterior.coords)
+    d = np.diff(xy, axis=0)
+    k = int(np.argmax(np.hypot(d[:, 0], d[:, 1])))
+    return (np.degrees(np.arctan2(d[k, 1], d[k, 0])) + 45.0) % 90.0 - 45.0
+
+
+@pytest.mark.parametrize("off_deg", [1.8, -1.6])
+def test_own_axes_a_degree_or_two_off_are_turned_to_where_the_rectangle_fits(monkeypatch, off_deg):
+    house = blob(box(0, 0, 40, 7), corner_m=1.0, noise=0.1, seed=4)  # long: a turn of 2 degrees costs IoU
+    prepared = working_rings([house])
+    off = np.array([off_deg % 90.0])  # its own axes, pulled off by a pixel staircase
+    nan = np.array([np.nan])
+    ((fit, shape),) = regularize_batch([house], nan, off, prepared)
+    assert shape == "rectilinear" and len(fit.exterior.coords) == 5
+    assert abs(_direction(fit)) < 0.6
+    # axes shared with neighbours are kept (rows stay parallel), and without turns the own are too
+    ((shared, _),) = regularize_batch([house], off, np.array([0.0]), prepared)
+    assert abs(_direction(shared) - off_deg) < 0.6
+    monkeypatch.setattr(batch_regularize, "AXES_TURNS_DEG", ())
+    ((unturned, _),) = regularize_batch([house], nan, off, prepared)
+    assert abs(_direction(unturned) - off_deg) < 0.6

@@ -12,6 +12,7 @@ from shapely import affinity
 from shapely.geometry import Point, Polygon
 
 from roof_detector.core import snapping
+from roof_detector.core.axes import NEIGHBOUR_MAX_DIFF_DEG, own_axes
 from roof_detector.core.footprints import measure_metric_batch
 from roof_detector.core.metric_frame import to_local_metric_many
 from roof_detector.core.regularize import (
@@ -157,8 +158,8 @@ def _row_of_houses(angles, spacing=14.0):
     return [
         blob(
             affinity.rotate(shapely.box(i * spacing, 0, i * spacing + 10, 7), a, origin="centroid"),
-            corner_m=1.5,
-            noise=0.2,
+            corner_m=0.8,
+            noise=0.1,
             seed=i,
         )
         for i, a in enumerate(angles)
@@ -166,9 +167,11 @@ def _row_of_houses(angles, spacing=14.0):
 
 
 def test_row_of_houses_comes_out_parallel():
-    # a row drawn with the same axes, traced with a few degrees of wobble each
+    # a row drawn with the same axes, traced with a few degrees of wobble each (their own
+    # axes differ by up to 2.4 degrees, within NEIGHBOUR_MAX_DIFF_DEG)
     angles = [0.0, 2.0, -2.0, 1.5, -1.5]
     houses = _row_of_houses(angles)
+    assert np.ptp((own_axes(houses) + 45.0) % 90.0) <= NEIGHBOUR_MAX_DIFF_DEG
     own = [fit_polygon(h, 1.0)[0] for h in houses]
     spread_own = np.ptp([(edge_dirs(p)[int(np.argmax(_lengths(p)))] + 45) % 90 for p in own])
     axes = consensus_orientations(houses, np.zeros(len(houses), int), 1.0)
@@ -177,6 +180,12 @@ def test_row_of_houses_comes_out_parallel():
     dirs = [(edge_dirs(p)[0] + 45) % 90 for p in shared]
     assert np.ptp(dirs) < 0.5 < spread_own
     assert all(n_vertices(p) == 4 for p in shared)
+
+
+def test_neighbours_further_apart_than_the_limit_keep_their_own_axes():
+    houses = _row_of_houses([0.0, 2.0 * NEIGHBOUR_MAX_DIFF_DEG])
+    own = own_axes(houses)
+    assert np.array_equal(consensus_orientations(houses, np.zeros(2, int), 1.0, own=own), own)
 
 
 def test_buildings_at_other_angles_keep_their_own_axes():
