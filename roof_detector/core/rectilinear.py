@@ -243,6 +243,8 @@ def fit_rectilinear(
         union = int((shape | target).sum())
         best = None
         for sign, residual in ((+1, target & ~shape), (-1, shape & ~target)):
+            if not _may_gain(int(residual.sum()), inter, union, sign, iou + min_gain, min_cells):
+                continue  # not even the whole residual would gain enough: no component can
             labels, n = ndimage.label(residual, _FOUR)
             if n == 0:
                 continue
@@ -285,6 +287,13 @@ def fit_rectilinear(
     if polygon is None:
         return None
     return RectilinearFit(polygon, iou, len(ops))
+
+
+def _may_gain(total: int, inter: int, union: int, sign: int, needed: float, min_cells: int) -> bool:
+    """Whether a residual of ``total`` cells could hold a component worth adding (+1) or cutting (-1):
+    the bound of fit_rectilinear's component test, taken for all components at once."""
+    bound = (inter + total) / union if sign > 0 else inter / max(union - total, 1)
+    return total >= min_cells * min_cells and bound >= needed
 
 
 def _first_rect(target: np.ndarray, n_target: int, first) -> Tuple[float, Tuple[int, int, int, int]]:
