@@ -243,36 +243,9 @@ def fit_rectilinear(
         union = int((shape | target).sum())
         best = None
         for sign, residual in ((+1, target & ~shape), (-1, shape & ~target)):
-            if not _may_gain(int(residual.sum()), inter, union, sign, iou + min_gain, min_cells):
-                continue  # not even the whole residual would gain enough: no component can
-            labels, n = ndimage.label(residual, _FOUR)
-            if n == 0:
-                continue
-            sizes = np.bincount(labels.ravel())[1:]
-            # the IoU if the whole component were added or cut bounds what any rectangle in it gains
-            bound = (inter + sizes) / union if sign > 0 else inter / np.maximum(union - sizes, 1)
-            big = np.flatnonzero((sizes >= min_cells * min_cells) & (bound >= iou + min_gain))
-            if not len(big):
-                continue
-            # the same gain and cost cells serve every component of this sign
-            if sign > 0:
-                pg, pc = _prefix(residual), _prefix(~target & ~shape)
-            else:
-                pg, pc = _prefix(target & shape), _prefix(residual)
-            # rank the components by the IoU of their bounding boxes (O(1) each); only the
-            # best one per sign is refined by coordinate ascent
-            ranked = []
-            for lab in big[np.argsort(sizes[big])[::-1][:MAX_COMPONENTS]] + 1:
-                r0, r1, c0, c1 = _bbox(labels == lab)
-                gain_sum = pg[r1, c1] - pg[r0, c1] - pg[r1, c0] + pg[r0, c0]
-                cost_sum = pc[r1, c1] - pc[r0, c1] - pc[r1, c0] + pc[r0, c0]
-                ranked.append(((inter + sign * gain_sum) / max(union + sign * cost_sum, 1), (r0, r1, c0, c1)))
-            start = max(ranked)[1]
-            new_iou, r = _best_rect(pg, pc, inter, union, sign, start)
-            if r[1] - r[0] < min_cells or r[3] - r[2] < min_cells:
-                continue
-            if best is None or new_iou > best[0]:
-                best = (new_iou, sign, r)
+            found = _best_part(sign, residual, target, shape, inter, union, iou + min_gain, min_cells)
+            if found is not None and (best is None or found[0] > best[0]):
+                best = (found[0], sign, found[1])
         if best is None or best[0] - iou < min_gain:
             break
         trial = shape.copy()
@@ -287,6 +260,48 @@ def fit_rectilinear(
     if polygon is None:
         return None
     return RectilinearFit(polygon, iou, len(ops))
+
+
+def _best_part(
+    sign: int,
+    residual: np.ndarray,
+    target: np.ndarray,
+    shape: np.ndarray,
+    inter: int,
+    union: int,
+    needed: float,
+    min_cells: int,
+) -> Optional[Tuple[float, Tuple[int, int, int, int]]]:
+    """The best wing (``sign`` +1) or notch (-1) in ``residual``: (new IoU, rows/columns), or None
+    when no component of at least ``min_cells`` squared could reach the IoU ``needed``."""
+    if not _may_gain(int(residual.sum()), inter, union, sign, needed, min_cells):
+        return None  # not even the whole residual would gain enough: no component can
+    labels, n = ndimage.label(residual, _FOUR)
+    if n == 0:
+        return None
+    sizes = np.bincount(labels.ravel())[1:]
+    # the IoU if the whole component were added or cut bounds what any rectangle in it gains
+    bound = (inter + sizes) / union if sign > 0 else inter / np.maximum(union - sizes, 1)
+    big = np.flatnonzero((sizes >= min_cells * min_cells) & (bound >= needed))
+    if not len(big):
+        return None
+    # the same gain and cost cells serve every component of this sign
+    if sign > 0:
+        pg, pc = _prefix(residual), _prefix(~target & ~shape)
+    else:
+        pg, pc = _prefix(target & shape), _prefix(residual)
+    # rank the components by the IoU of their bounding boxes (O(1) each); only the
+    # best one is refined by coordinate ascent
+    ranked = []
+    for lab in big[np.argsort(sizes[big])[::-1][:MAX_COMPONENTS]] + 1:
+        r0, r1, c0, c1 = _bbox(labels == lab)
+        gain_sum = pg[r1, c1] - pg[r0, c1] - pg[r1, c0] + pg[r0, c0]
+        cost_sum = pc[r1, c1] - pc[r0, c1] - pc[r1, c0] + pc[r0, c0]
+        ranked.append(((inter + sign * gain_sum) / max(union + sign * cost_sum, 1), (r0, r1, c0, c1)))
+    new_iou, r = _best_rect(pg, pc, inter, union, sign, max(ranked)[1])
+    if r[1] - r[0] < min_cells or r[3] - r[2] < min_cells:
+        return None
+    return new_iou, r
 
 
 def _may_gain(total: int, inter: int, union: int, sign: int, needed: float, min_cells: int) -> bool:
