@@ -52,15 +52,12 @@ def regularize_batch(
     own_deg: np.ndarray,
     prepared: List[Prepared],
     tolerance_m: float = 1.0,
-    allow_diagonals: bool = True,
-    max_area_change: float = MAX_AREA_CHANGE,
 ) -> List[Tuple[BaseGeometry, str]]:
     """:func:`.regularize.regularize_metric_shape` of each valid outline (metres): (geometry, shape).
 
     ``thetas_deg``: the axes to fit along (shared with neighbours; NaN: the building's
     own), ``own_deg``: each building's own axes, ``prepared``: :func:`.axes.working_rings`
-    of the outlines; ``allow_diagonals``, ``max_area_change``: see :func:`.regularize.fit_polygon`.
-    A geometry left as it is comes back as the very same object.
+    of the outlines. A geometry left as it is comes back as the very same object.
     """
     _check_tolerance(tolerance_m)
     metric = list(metric)
@@ -81,14 +78,13 @@ def regularize_batch(
     on_own = np.array([first[k] == own_deg[i] for k, i in enumerate(simple)], dtype=bool)
     fitted, hints = _rectangles(works, first, on_own)
     done = np.flatnonzero(fitted != None)  # noqa: E711 (an object array, element-wise)
-    _settle([simple[k] for k in done.tolist()], metric, fitted[done], out, max_area_change)
-    options = (tolerance_m, allow_diagonals, max_area_change)
+    _settle([simple[k] for k in done.tolist()], metric, fitted[done], out)
     for k, i in enumerate(simple):
         if out[i] is None:
-            out[i] = _one(metric[i], first[k], own_deg[i], prepared[i], options, hints.get(k))
+            out[i] = _one(metric[i], first[k], own_deg[i], prepared[i], tolerance_m, hints.get(k))
     for i in range(len(metric)):
         if out[i] is None:
-            out[i] = _one(metric[i], thetas_deg[i], own_deg[i], prepared[i], options, None)
+            out[i] = _one(metric[i], thetas_deg[i], own_deg[i], prepared[i], tolerance_m, None)
     return out  # type: ignore[return-value]
 
 
@@ -131,27 +127,23 @@ def _first_axes(theta: float, own: float) -> float:
     return own if theta != theta or abs(theta - own) < 1e-9 else theta
 
 
-def _one(geom, theta, own, prep, options, hint):
-    """One outline through :func:`.regularize.fit_polygon` (Polygon) or the MultiPolygon path;
-    ``options``: tolerance, diagonals allowed, largest area change."""
-    tolerance_m, diagonals, max_change = options
+def _one(geom, theta, own, prep, tolerance_m, hint):
+    """One outline through :func:`.regularize.fit_polygon` (Polygon) or the MultiPolygon path."""
     theta = None if theta != theta else float(theta)
     own = None if own != own else float(own)
     if geom.geom_type == "Polygon":
-        return fit_polygon(
-            geom, tolerance_m, theta, diagonals, max_change, True, own_deg=own, prepared=prep, first_fit=hint
-        )
-    return regularize_metric_shape(geom, tolerance_m, diagonals, max_change, theta, known_valid=True)
+        return fit_polygon(geom, tolerance_m, theta, known_valid=True, own_deg=own, prepared=prep, first_fit=hint)
+    return regularize_metric_shape(geom, tolerance_m, theta_deg=theta, known_valid=True)
 
 
-def _settle(which: List[int], metric: List[BaseGeometry], fitted: np.ndarray, out: list, max_change: float) -> None:
+def _settle(which: List[int], metric: List[BaseGeometry], fitted: np.ndarray, out: list) -> None:
     """fit_polygon's last checks on rectangles found for the outlines ``which``: a rectangle of
     another size is no fit (left to fit_polygon), one within 1 mm keeps the outline's coordinates."""
     if not which:
         return
     polys = np.array([metric[i] for i in which], dtype=object)
     area = shapely.area(polys)
-    size_ok = ~(np.abs(shapely.area(fitted) - area) > max_change * area)
+    size_ok = ~(np.abs(shapely.area(fitted) - area) > MAX_AREA_CHANGE * area)
     same = shapely.hausdorff_distance(fitted, polys) < UNCHANGED_M
     for i, p, f, ok, keep in zip(which, polys, fitted, size_ok.tolist(), same.tolist()):
         if ok:

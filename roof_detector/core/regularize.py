@@ -147,23 +147,22 @@ def regularize_metric_shape(
     """:func:`regularize_metric` and the ``shape`` class (of the largest part, for a MultiPolygon).
 
     ``theta_deg``, ``own_deg``, ``prepared``: see :func:`fit_polygon` (the last two are used
-    for a Polygon only). A Polygon goes through the detection's own batch path
-    (:func:`.batch_regularize.regularize_batch`, a batch of one), so it comes out as in a layer.
+    for a Polygon only).
     """
     _check_tolerance(tolerance_m)
     if geometry is None or geometry.is_empty:
         return geometry, CURVED
     if geometry.geom_type == "Polygon":
-        from .batch_regularize import regularize_batch  # it builds on this module
-
-        if not known_valid and not geometry.is_valid:
-            return geometry, CURVED
-        prep = [prepared] if prepared is not None else working_rings([geometry], tolerance_m)
-        own = np.array([np.nan if own_deg is None else own_deg], dtype=float)
-        if own[0] != own[0]:
-            own = own_axes([geometry], tolerance_m, prep)
-        theta = np.array([np.nan if theta_deg is None else theta_deg], dtype=float)
-        return regularize_batch([geometry], theta, own, prep, tolerance_m, allow_diagonals, max_area_change)[0]
+        return fit_polygon(
+            geometry,
+            tolerance_m,
+            theta_deg,
+            allow_diagonals,
+            max_area_change,
+            known_valid,
+            own_deg=own_deg,
+            prepared=prepared,
+        )
     if geometry.geom_type == "MultiPolygon":
         parts = list(geometry.geoms)  # each access to .geoms makes new objects: keep one set for `is`
         fits = [fit_polygon(p, tolerance_m, theta_deg, allow_diagonals, max_area_change, known_valid) for p in parts]

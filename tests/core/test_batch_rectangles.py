@@ -12,7 +12,7 @@ from roof_detector.core.axes import consensus_orientations, own_axes, working_ri
 from roof_detector.core.batch_rectangles import best_rectangles, burn_many, rectangle_polygons
 from roof_detector.core.batch_regularize import regularize_batch
 from roof_detector.core.rectilinear import _build, burn, fit_rectilinear
-from roof_detector.core.regularize import fit_polygon, regularize_metric_shape
+from roof_detector.core.regularize import regularize_metric_shape
 
 from .test_regularize_shapes import blob
 
@@ -75,14 +75,11 @@ def test_outlines_with_holes_are_refused_and_an_empty_batch_is_fine():
 
 
 def _one_by_one(metric, thetas, own, prepared):
-    """fit_polygon on each Polygon (the per-building path), the MultiPolygon path for the rest."""
     out = []
     for m, t, o, p in zip(metric, thetas.tolist(), own.tolist(), prepared):
-        theta = t if t == t else None
-        if m.geom_type == "Polygon":
-            out.append(fit_polygon(m, 1.0, theta, known_valid=True, own_deg=o, prepared=p))
-        else:
-            out.append(regularize_metric_shape(m, 1.0, theta_deg=theta, known_valid=True))
+        out.append(
+            regularize_metric_shape(m, 1.0, theta_deg=t if t == t else None, own_deg=o, known_valid=True, prepared=p)
+        )
     return out
 
 
@@ -161,8 +158,6 @@ def test_own_axes_a_degree_or_two_off_are_turned_to_where_the_rectangle_fits(mon
     ((fit, shape),) = regularize_batch([house], nan, off, prepared)
     assert shape == "rectilinear" and len(fit.exterior.coords) == 5
     assert abs(_direction(fit)) < 0.6
-    # one outline on its own goes the same way as in a layer
-    assert regularize_metric_shape(house, 1.0, own_deg=float(off[0]))[0].equals_exact(fit, 0.0)
     # axes shared with neighbours are kept (rows stay parallel), and without turns the own are too
     ((shared, _),) = regularize_batch([house], off, np.array([0.0]), prepared)
     assert abs(_direction(shared) - off_deg) < 0.6
