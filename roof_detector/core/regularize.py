@@ -102,7 +102,11 @@ def regularize_outline(
 ) -> BaseGeometry:
     """``geometry`` (Polygon/MultiPolygon in ``crs_wkt``) regularised; ``tolerance_m`` in true metres.
 
-    Returns the input object itself when it is left as it is.
+    Returns the input object itself when it is left as it is. One outline by itself, with
+    :func:`fit_polygon`; a layer (detection, ``solar``, Processing) goes through
+    :func:`.footprints.measure_metric_batch`, which adds what needs the batch: axes shared with
+    aligned neighbours, and turning a poorly fitting building's own axes by a degree or two
+    (:mod:`.batch_regularize`).
     """
     if geometry is None or geometry.is_empty or geometry.geom_type not in ("Polygon", "MultiPolygon"):
         return geometry
