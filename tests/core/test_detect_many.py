@@ -455,3 +455,27 @@ def test_worker_model_is_loaded_once_with_the_workers_threads():
         assert model.module.session.get_session_options().intra_op_num_threads == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_a_single_local_worker_runs_in_this_process_and_more_in_their_own(tmp_path, whole, reference, model_path):
+    """One local worker is threads of the client's process (no second start and import of the
+    engine); its model is freed and torch's threads given back after the run. Two are processes."""
+    import torch
+
+    from roof_detector.core import many_job
+
+    cut(whole, str(tmp_path / "tiles"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = detect_many([str(tmp_path / "tiles")], str(tmp_path / "one.gpkg"), _options(model_path), workers=1)
+        assert res.stats["worker_pids"] == [os.getpid()]
+        assert torch.get_num_threads() == 1 and not many_job._MODELS
+    finally:
+        torch.set_num_threads(before)
+    _check_same_buildings(reference, read_layer(str(tmp_path / "one.gpkg")))
+    res = detect_many([str(tmp_path / "tiles")], str(tmp_path / "two.gpkg"), _options(model_path), workers=2)
+    assert res.stats["worker_pids"] and os.getpid() not in res.stats["worker_pids"]
+    one, two = (read_layer(str(tmp_path / f"{n}.gpkg")) for n in ("one", "two"))
+    assert [(g.wkb, a) for g, a in two] == [(g.wkb, a) for g, a in one]  # the same output either way
