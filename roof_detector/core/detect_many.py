@@ -6,15 +6,11 @@ Dask task per job (:func:`.many_job.run_job`, which runs the same
 and is the only writer: each job's buildings become a GeoPackage part as
 soon as they arrive (:mod:`.many_manifest`), so memory holds the jobs in
 flight, not the region. When every job is finished the parts are streamed,
-in job order, into the output layer (:func:`.gpkg_writer.write_building_stream`),
+in job order, into the output layer (:func:`.many_merge.merge_parts`),
 which appears complete or not at all.
 
-Local workers: two or more are processes (Dask's nanny starts, watches and
-restarts each); a single one runs as threads of this process, the way the
-single-raster CLI runs, which saves the second Python start, the second import
-of the engine and the process hand-over of every result (measured in the
-README, "Where the overhead goes"). Its jobs are stopped by the client
-(:func:`.many_job.stop_jobs`) when the run stops.
+Local workers: a single one runs as threads of this process, two or more as
+processes (:mod:`.many_cluster`).
 
 Faults: a worker that dies mid-job (killed, out of memory) loses nothing
 written; Dask's scheduler runs its job again on another worker and the
@@ -25,7 +21,6 @@ them (the manifest) and gives the same output.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
@@ -34,10 +29,11 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
-from .building import Building
 from .errors import Cancelled, RoofDetectorError
-from .gpkg_writer import check_output, write_building_stream, write_buildings
-from .many_job import JobResult, release_models, run_job, stop_jobs
+from .gpkg_writer import check_output, write_buildings
+from .many_cluster import cluster_workers, dashboard_link, dask_client, stopping
+from .many_job import JobResult, run_job
+from .many_merge import merge_parts
 from .many_manifest import Manifest, saved_setting
 from .mosaic_plan import Job, auto_group, expand_inputs, plan_jobs, read_mosaic, total_area_km2, write_mosaic_vrt
 from .params import MANY, check
@@ -139,8 +135,8 @@ def detect_many(
         processes = workers > 1
     if pending:
         run_id = f"{os.getpid()}-{uuid.uuid4().hex}"
-        with _client(scheduler, workers, threads_per_worker, processes) as client, _stopping(run_id):
-            tally.state.dashboard = _dashboard(client)
+        with dask_client(scheduler, workers, threads_per_worker, processes) as client, stopping(run_id):
+            tally.state.dashboard = dashboard_link(client)
             if on_cluster is not None:
                 on_cluster(client)
             report(tally.state)
@@ -154,7 +150,7 @@ def detect_many(
     provenance = dict(
         tally.meta, sources=len(paths), jobs=len(jobs), margin_m=margin_m, min_area_m2=options.min_area_m2
     )
-    building_count, area_m2 = _merge(jobs, manifest, output, mosaic.crs_wkt, layer, overwrite, provenance)
+    building_count, area_m2 = merge_parts(jobs, manifest, output, mosaic.crs_wkt, layer, overwrite, provenance)
     if not keep_parts:
         shutil.rmtree(work_dir, ignore_errors=True)
     seconds = time.perf_counter() - t0
@@ -194,7 +190,7 @@ def _group_tiles(group_tiles, work_dir, mosaic, margin_m, block_px, scheduler, w
     if group_tiles is not None:
         return group_tiles
     return saved_setting(work_dir, "group_tiles") or auto_group(
-        mosaic, margin_m, block_px, _cluster_workers(scheduler) if scheduler else workers
+        mosaic, margin_m, block_px, cluster_workers(scheduler) if scheduler else workers
     )
 
 
@@ -279,93 +275,6 @@ class _Tally:
                 f"may be cut there: pass a larger --margin-m (the largest buildings' reach from their "
                 "middle, plus 5 m)"
             )
-
-
-def _cluster_workers(scheduler: str) -> int:
-    """How many workers the cluster at ``scheduler`` has now (at least 1)."""
-    with _client(scheduler, 1, None, True) as client:
-        return max(1, len(client.scheduler_info().get("workers", {})))
-
-
-#: Dask settings of the local cluster (read while it starts; the nanny hands them to worker processes).
-#: Its servers check their event loop every 20 ms by default, only to log a blocked loop (our logs are
-#: off); and a single worker has nobody to steal work from (work stealing runs every 100 ms): an idle
-#: in-process cluster took 3.8 % of a core with Dask's defaults, 2.5 % with these (15 s, loaded machine).
-_LOCAL_CLUSTER_CONFIG = {"distributed.admin.tick.interval": "1s"}
-
-
-@contextlib.contextmanager
-def _client(scheduler: Optional[str], workers: int, threads: Optional[int], processes: bool) -> Iterator[Any]:
-    """A Dask client on ``scheduler``, or on a LocalCluster started (and stopped) here."""
-    import logging
-
-    import dask
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise RoofDetectorError(
-                f"Cannot reach the Dask scheduler {scheduler} ({exc}); check the address "
-                "(tcp://HOST:8786) and that `dask scheduler` runs there"
-            ) from None
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    torch_threads = None
-    if not processes:  # the worker's jobs set torch's (process-wide) threads here: given back below
-        import torch
-
-        torch_threads = torch.get_num_threads()
-    # One task at a time per worker: the model's threads are the worker's parallelism. The workers'
-    # own logs stay quiet (CRITICAL): a job's error reaches the client with its future, while a
-    # worker stopped by Ctrl-C / SIGTERM logged "CommClosedError ... heartbeat_worker" tracebacks.
-    with dask.config.set(dict(_LOCAL_CLUSTER_CONFIG, **{"distributed.scheduler.work-stealing": workers > 1})):
-        cluster = LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=processes,
-            dashboard_address=":0",
-            silence_logs=logging.CRITICAL,
-        )
-    try:
-        with Client(cluster) as client:
-            try:
-                yield client
-            except BaseException:
-                # Ctrl-C / SIGTERM / an error: the workers' heartbeats then meet closed streams
-                # while the cluster stops, which distributed logs with a traceback; say nothing.
-                for name in ("distributed", "tornado"):
-                    logging.getLogger(name).setLevel(logging.CRITICAL + 1)
-                raise
-    finally:
-        cluster.close()
-        if torch_threads is not None:  # the worker's model was loaded here: free it, give torch its threads back
-            release_models()
-            torch.set_num_threads(torch_threads)
-
-
-@contextlib.contextmanager
-def _stopping(run_id: str) -> Iterator[None]:
-    """On leaving (done, Ctrl-C, SIGTERM, an error, a cancel): stop ``run_id``'s jobs running in this process.
-
-    Jobs of a local single worker run on threads here; closing its cluster waits for the job
-    in progress, which Dask cannot stop: the job itself gives up at its next check.
-    """
-    try:
-        yield
-    finally:
-        stop_jobs(run_id)
-
-
-def _dashboard(client) -> Optional[str]:
-    try:
-        return client.dashboard_link
-    except Exception:  # noqa: BLE001 - no dashboard (bokeh missing): the run does not need one
-        return None
 
 
 def _results(
@@ -453,85 +362,6 @@ def _raise_refusal(res: JobResult, name: str) -> None:
         raise (cls if isinstance(cls, type) and issubclass(cls, RoofDetectorError) else RoofDetectorError)(
             f"{name}: {text}; the finished tiles are kept: run the same command again once the input is fixed"
         )
-
-
-def _merge(
-    jobs: Sequence[Job],
-    manifest: Manifest,
-    output: str,
-    crs_wkt: str,
-    layer: str,
-    overwrite: bool,
-    metadata: Dict[str, Any],
-):
-    """Stream every part, in job order, into the output layer; return (buildings, total area m²)."""
-    from .osgeo_exc import ogr
-
-    parts = [manifest.part_path(j.index) for j in jobs]
-    fields: Dict[str, int] = {}
-    multi = False
-    for path in parts:
-        ds = ogr.Open(path)
-        lyr = ds.GetLayer(0)
-        multi = multi or ogr.GT_Flatten(lyr.GetGeomType()) == ogr.wkbMultiPolygon
-        defn = lyr.GetLayerDefn()
-        for i in range(defn.GetFieldCount()):
-            fd = defn.GetFieldDefn(i)
-            if fd.GetName() not in ("area_m2", "perimeter_m", "confidence"):
-                fields[fd.GetName()] = _wider(fields.get(fd.GetName()), fd.GetType())
-        lyr = defn = fd = None
-        ds = None
-    counter = {"n": 0, "area": 0.0}
-
-    def buildings() -> Iterator[Building]:
-        for path in parts:
-            for b in _read_part(path):
-                counter["n"] += 1
-                counter["area"] += b.area_m2
-                yield b
-
-    write_building_stream(buildings(), output, crs_wkt, fields, multi, layer, overwrite, metadata)
-    return counter["n"], counter["area"]
-
-
-def _read_part(path: str) -> Iterator[Building]:
-    """The buildings of one part, in their order (the fields as they were written)."""
-    import shapely
-
-    from .osgeo_exc import ogr
-
-    ds = ogr.Open(path)
-    try:
-        lyr = ds.GetLayer(0)
-        defn = lyr.GetLayerDefn()
-        # Each field read by index with its type's getter: Feature.items() / GetField(name) look every
-        # name up in Python, which made reading the parts 10 times slower than writing them
-        # (23,409 buildings: 5.2 -> 0.5 CPU s on a loaded machine).
-        getters = {ogr.OFTInteger64: ogr.Feature.GetFieldAsInteger64, ogr.OFTReal: ogr.Feature.GetFieldAsDouble}
-        columns = []
-        for i in range(defn.GetFieldCount()):
-            fd = defn.GetFieldDefn(i)
-            columns.append((fd.GetName(), i, getters.get(fd.GetType(), ogr.Feature.GetField)))
-        fd = defn = None
-        for feat in lyr:
-            attrs = {name: get(feat, i) if feat.IsFieldSetAndNotNull(i) else None for name, i, get in columns}
-            geom = shapely.from_wkb(bytes(feat.GetGeometryRef().ExportToWkb()))
-            yield Building(geom, attrs.pop("area_m2"), attrs.pop("perimeter_m"), attrs.pop("confidence"), attrs)
-        lyr = feat = None
-    finally:
-        ds = None
-
-
-def _wider(a: Optional[int], b: int) -> int:
-    from .osgeo_exc import ogr
-
-    rank = {ogr.OFTInteger: 0, ogr.OFTInteger64: 0, ogr.OFTReal: 1}
-    if a is None:
-        return b
-    ra, rb = rank.get(a, 2), rank.get(b, 2)
-    if max(ra, rb) == 2:
-        return ogr.OFTString
-    return ogr.OFTReal if max(ra, rb) == 1 else ogr.OFTInteger64
 
 
 def _model_fingerprint(model_path: Optional[str]) -> Any:
