@@ -9,7 +9,7 @@ the client, which alone writes them: workers need to read the inputs, never
 to write anywhere shared.
 
 A single local worker runs as threads of the client's own process (see
-:mod:`.detect_many`): there the client stops its run's jobs itself
+:mod:`.many_cluster`): there the client stops its run's jobs itself
 (:func:`stop_jobs`), since Dask cannot stop a running task and closing the
 cluster would wait for it.
 """
