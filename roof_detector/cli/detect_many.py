@@ -1,6 +1,6 @@
 """``python -m roof_detector detect-many INPUT... -o OUT.gpkg``: one seamless layer from many rasters.
 
-Runs on Dask distributed: a LocalCluster of ``--workers`` processes by
+Runs on Dask distributed: a LocalCluster of ``--workers`` workers by
 default, or an existing cluster (``--scheduler tcp://HOST:8786``). Shows a
 bar of tiles done / total with km² and buildings so far (and the Dask
 dashboard link); ends with one summary line on stdout. Interrupted runs go on

@@ -6,8 +6,11 @@ Dask task per job (:func:`.many_job.run_job`, which runs the same
 and is the only writer: each job's buildings become a GeoPackage part as
 soon as they arrive (:mod:`.many_manifest`), so memory holds the jobs in
 flight, not the region. When every job is finished the parts are streamed,
-in job order, into the output layer (:func:`.gpkg_writer.write_building_stream`),
+in job order, into the output layer (:func:`.many_merge.merge_parts`),
 which appears complete or not at all.
+
+Local workers: a single one runs as threads of this process, two or more as
+processes (:mod:`.many_cluster`).
 
 Faults: a worker that dies mid-job (killed, out of memory) loses nothing
 written; Dask's scheduler runs its job again on another worker and the
@@ -18,18 +21,19 @@ them (the manifest) and gives the same output.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
-from .building import Building
 from .errors import Cancelled, RoofDetectorError
-from .gpkg_writer import check_output, write_building_stream, write_buildings
+from .gpkg_writer import check_output, write_buildings
+from .many_cluster import cluster_workers, dashboard_link, dask_client, stopping
 from .many_job import JobResult, run_job
+from .many_merge import merge_parts
 from .many_manifest import Manifest, saved_setting
 from .mosaic_plan import Job, auto_group, expand_inputs, plan_jobs, read_mosaic, total_area_km2, write_mosaic_vrt
 from .params import MANY, check
@@ -87,7 +91,7 @@ def detect_many(
     work_dir: Optional[str] = None,
     keep_parts: bool = False,
     restart: bool = False,
-    processes: bool = True,
+    processes: Optional[bool] = None,
     progress: Optional[Callable[[ManyProgress], None]] = None,
     is_cancelled: Optional[Callable[[], bool]] = None,
     on_cluster: Optional[Callable[[Any], None]] = None,
@@ -97,8 +101,9 @@ def detect_many(
     ``options`` is the :class:`~roof_detector.core.pipeline.DetectOptions` of a
     single-raster run. ``scheduler`` (an address such as
     ``tcp://host:8786``) uses an existing Dask cluster; otherwise a
-    ``LocalCluster`` of ``workers`` processes is started (threads when
-    ``processes`` is False) and stopped. ``on_cluster(client)`` is called
+    ``LocalCluster`` of ``workers`` workers is started and stopped: processes,
+    or threads of this process when ``processes`` is False (None: threads for a
+    single worker, processes for more). ``on_cluster(client)`` is called
     once the client is connected (tests use it to reach the workers).
     ``group_tiles`` K makes each job a block of K x K neighbouring inputs
     (None: :func:`auto_group`, for ``workers`` or, with ``scheduler``, for the
@@ -126,13 +131,16 @@ def detect_many(
     pending = [j for j in jobs if j.index not in manifest.done]
     tally = _Tally.of_finished(manifest, len(jobs), len(pending), group_tiles)
     report = progress or (lambda _state: None)
+    if processes is None:
+        processes = workers > 1
     if pending:
-        with _client(scheduler, workers, threads_per_worker, processes) as client:
-            tally.state.dashboard = _dashboard(client)
+        run_id = f"{os.getpid()}-{uuid.uuid4().hex}"
+        with dask_client(scheduler, workers, threads_per_worker, processes) as client, stopping(run_id):
+            tally.state.dashboard = dashboard_link(client)
             if on_cluster is not None:
                 on_cluster(client)
             report(tally.state)
-            for res in _results(client, pending, options, threads_per_worker, stretch, is_cancelled):
+            for res in _results(client, pending, options, threads_per_worker, stretch, run_id, is_cancelled):
                 tally.add(res, jobs[res.index], manifest)
                 report(tally.state)
     else:
@@ -142,7 +150,7 @@ def detect_many(
     provenance = dict(
         tally.meta, sources=len(paths), jobs=len(jobs), margin_m=margin_m, min_area_m2=options.min_area_m2
     )
-    building_count, area_m2 = _merge(jobs, manifest, output, mosaic.crs_wkt, layer, overwrite, provenance)
+    building_count, area_m2 = merge_parts(jobs, manifest, output, mosaic.crs_wkt, layer, overwrite, provenance)
     if not keep_parts:
         shutil.rmtree(work_dir, ignore_errors=True)
     seconds = time.perf_counter() - t0
@@ -182,7 +190,7 @@ def _group_tiles(group_tiles, work_dir, mosaic, margin_m, block_px, scheduler, w
     if group_tiles is not None:
         return group_tiles
     return saved_setting(work_dir, "group_tiles") or auto_group(
-        mosaic, margin_m, block_px, _cluster_workers(scheduler) if scheduler else workers
+        mosaic, margin_m, block_px, cluster_workers(scheduler) if scheduler else workers
     )
 
 
@@ -269,65 +277,14 @@ class _Tally:
             )
 
 
-def _cluster_workers(scheduler: str) -> int:
-    """How many workers the cluster at ``scheduler`` has now (at least 1)."""
-    with _client(scheduler, 1, None, True) as client:
-        return max(1, len(client.scheduler_info().get("workers", {})))
-
-
-@contextlib.contextmanager
-def _client(scheduler: Optional[str], workers: int, threads: Optional[int], processes: bool) -> Iterator[Any]:
-    """A Dask client on ``scheduler``, or on a LocalCluster started (and stopped) here."""
-    import logging
-
-    from distributed import Client, LocalCluster
-
-    if scheduler:
-        try:
-            client = Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise RoofDetectorError(
-                f"Cannot reach the Dask scheduler {scheduler} ({exc}); check the address "
-                "(tcp://HOST:8786) and that `dask scheduler` runs there"
-            ) from None
-        try:
-            yield client
-        finally:
-            client.close()
-        return
-    # One task at a time per worker: the model's threads are the worker's parallelism. The workers'
-    # own logs stay quiet (CRITICAL): a job's error reaches the client with its future, while a
-    # worker stopped by Ctrl-C / SIGTERM logged "CommClosedError ... heartbeat_worker" tracebacks.
-    cluster = LocalCluster(
-        n_workers=workers,
-        threads_per_worker=1,
-        processes=processes,
-        dashboard_address=":0",
-        silence_logs=logging.CRITICAL,
-    )
-    try:
-        with Client(cluster) as client:
-            try:
-                yield client
-            except BaseException:
-                # Ctrl-C / SIGTERM / an error: the workers' heartbeats then meet closed streams
-                # while the cluster stops, which distributed logs with a traceback; say nothing.
-                for name in ("distributed", "tornado"):
-                    logging.getLogger(name).setLevel(logging.CRITICAL + 1)
-                raise
-    finally:
-        cluster.close()
-
-
-def _dashboard(client) -> Optional[str]:
-    try:
-        return client.dashboard_link
-    except Exception:  # noqa: BLE001 - no dashboard (bokeh missing): the run does not need one
-        return None
-
-
 def _results(
-    client, jobs: Sequence[Job], options, threads: Optional[int], stretch, is_cancelled: Optional[Callable[[], bool]]
+    client,
+    jobs: Sequence[Job],
+    options,
+    threads: Optional[int],
+    stretch,
+    run_id: str,
+    is_cancelled: Optional[Callable[[], bool]],
 ) -> Iterator[JobResult]:
     """Each job's result once, as jobs finish (in any order); cancels the rest on an error or cancel."""
     from distributed import as_completed
@@ -339,7 +296,8 @@ def _results(
             options,
             threads,
             stretch,
-            key=f"roof-job-{job.index:06d}-{os.getpid()}-{id(jobs):x}",
+            run_id,
+            key=f"roof-job-{job.index:06d}-{run_id}",
             pure=False,
         )
         for job in jobs
@@ -404,75 +362,6 @@ def _raise_refusal(res: JobResult, name: str) -> None:
         raise (cls if isinstance(cls, type) and issubclass(cls, RoofDetectorError) else RoofDetectorError)(
             f"{name}: {text}; the finished tiles are kept: run the same command again once the input is fixed"
         )
-
-
-def _merge(
-    jobs: Sequence[Job],
-    manifest: Manifest,
-    output: str,
-    crs_wkt: str,
-    layer: str,
-    overwrite: bool,
-    metadata: Dict[str, Any],
-):
-    """Stream every part, in job order, into the output layer; return (buildings, total area m²)."""
-    from .osgeo_exc import ogr
-
-    parts = [manifest.part_path(j.index) for j in jobs]
-    fields: Dict[str, int] = {}
-    multi = False
-    for path in parts:
-        ds = ogr.Open(path)
-        lyr = ds.GetLayer(0)
-        multi = multi or ogr.GT_Flatten(lyr.GetGeomType()) == ogr.wkbMultiPolygon
-        defn = lyr.GetLayerDefn()
-        for i in range(defn.GetFieldCount()):
-            fd = defn.GetFieldDefn(i)
-            if fd.GetName() not in ("area_m2", "perimeter_m", "confidence"):
-                fields[fd.GetName()] = _wider(fields.get(fd.GetName()), fd.GetType())
-        lyr = defn = fd = None
-        ds = None
-    counter = {"n": 0, "area": 0.0}
-
-    def buildings() -> Iterator[Building]:
-        for path in parts:
-            for b in _read_part(path):
-                counter["n"] += 1
-                counter["area"] += b.area_m2
-                yield b
-
-    write_building_stream(buildings(), output, crs_wkt, fields, multi, layer, overwrite, metadata)
-    return counter["n"], counter["area"]
-
-
-def _read_part(path: str) -> Iterator[Building]:
-    import shapely
-
-    from .osgeo_exc import ogr
-
-    ds = ogr.Open(path)
-    try:
-        lyr = ds.GetLayer(0)
-        for feat in lyr:
-            items = feat.items()
-            geom = shapely.from_wkb(bytes(feat.GetGeometryRef().ExportToWkb()))
-            attrs = {k: v for k, v in items.items() if k not in ("area_m2", "perimeter_m", "confidence")}
-            yield Building(geom, items["area_m2"], items["perimeter_m"], items["confidence"], attrs)
-        lyr = feat = None
-    finally:
-        ds = None
-
-
-def _wider(a: Optional[int], b: int) -> int:
-    from .osgeo_exc import ogr
-
-    rank = {ogr.OFTInteger: 0, ogr.OFTInteger64: 0, ogr.OFTReal: 1}
-    if a is None:
-        return b
-    ra, rb = rank.get(a, 2), rank.get(b, 2)
-    if max(ra, rb) == 2:
-        return ogr.OFTString
-    return ogr.OFTReal if max(ra, rb) == 1 else ogr.OFTInteger64
 
 
 def _model_fingerprint(model_path: Optional[str]) -> Any:

@@ -4,9 +4,14 @@ The job reads its window (footprint + margin) through a small VRT of the
 rasters under it, runs :func:`~roof_detector.core.pipeline.detect_buildings`
 (the function every front end calls) and keeps the buildings whose
 representative point it owns (:func:`.mosaic_plan.owns`). The model is
-loaded once per worker process and kept for its next jobs. The buildings go
-back to the client, which alone writes them: workers need to read the
-inputs, never to write anywhere shared.
+loaded once per worker and kept for its next jobs. The buildings go back to
+the client, which alone writes them: workers need to read the inputs, never
+to write anywhere shared.
+
+A single local worker runs as threads of the client's own process (see
+:mod:`.many_cluster`): there the client stops its run's jobs itself
+(:func:`stop_jobs`), since Dask cannot stop a running task and closing the
+cluster would wait for it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import shapely
@@ -27,6 +32,9 @@ from .mosaic_plan import Job, owns, write_job_vrt
 
 _MODELS: Dict[Tuple[Any, ...], Any] = {}
 _MODELS_LOCK = threading.Lock()
+#: Runs whose client has stopped (done, Ctrl-C, SIGTERM, an error, a cancel): their jobs still
+#: running in this process give up at their next check (at least once per batch of tiles).
+_STOPPED_RUNS: Set[str] = set()
 
 
 @dataclass
@@ -69,8 +77,30 @@ def worker_model(options, threads: Optional[int] = None):
         return model
 
 
-def run_job(job: Job, options, threads: Optional[int] = None, stretch: Optional[np.ndarray] = None) -> JobResult:
-    """Detect the buildings ``job`` owns (the engine function every front end calls, on the job's window)."""
+def release_models() -> None:
+    """Forget the models loaded by jobs run in this process (a single local worker's): a
+    long-lived process (QGIS) frees them, and its next run reads the model file again."""
+    with _MODELS_LOCK:
+        _MODELS.clear()
+
+
+def stop_jobs(run_id: str) -> None:
+    """Make the jobs of run ``run_id`` that run in this process stop at their next check."""
+    _STOPPED_RUNS.add(run_id)
+
+
+def run_job(
+    job: Job,
+    options,
+    threads: Optional[int] = None,
+    stretch: Optional[np.ndarray] = None,
+    run_id: Optional[str] = None,
+) -> JobResult:
+    """Detect the buildings ``job`` owns (the engine function every front end calls, on the job's window).
+
+    ``run_id`` names the run for :func:`stop_jobs`: a job of a stopped run raises
+    :class:`~roof_detector.core.errors.Cancelled` inside the engine (its model call is left at once).
+    """
     from .pipeline import detect_buildings
     from .raster_source import RasterioSource
 
@@ -81,8 +111,9 @@ def run_job(job: Job, options, threads: Optional[int] = None, stretch: Optional[
     try:
         model = worker_model(options, threads)
         vrt = write_job_vrt(job, os.path.join(folder, f"{job.index:06d}.vrt"))
+        stopped = (lambda: run_id in _STOPPED_RUNS) if run_id else None
         with RasterioSource(vrt, stretch=stretch) as source:
-            result = detect_buildings(source, options, model=model)
+            result = detect_buildings(source, options, model=model, is_cancelled=stopped)
     except Exception as exc:  # noqa: BLE001 - sent back as data (below)
         # As data, not raised: the message arrives whole whatever Dask's exception transport can
         # unpickle (it turns a RasterioIOError into a bare Exception and drops the GDAL messages
@@ -147,4 +178,4 @@ def keep_owned(job: Job, buildings: List[Building]) -> Tuple[List[Building], int
     return kept, len(buildings) - len(kept), cut
 
 
-__all__ = ["JobResult", "run_job", "keep_owned", "worker_model"]
+__all__ = ["JobResult", "run_job", "keep_owned", "worker_model", "stop_jobs", "release_models"]

@@ -331,7 +331,7 @@ FINETUNE = _params(
     ),
 )
 
-#: Distribution of ``detect-many`` (core.detect_many): worker processes, the margin read around each tile,
+#: Distribution of ``detect-many`` (core.detect_many): local workers, the margin read around each tile,
 #: blocks of large rasters.
 MANY = _params(
     Param(
@@ -339,7 +339,7 @@ MANY = _params(
         int,
         1,
         "Workers",
-        "local worker processes; the CPU cores are shared between them",
+        "local Dask workers (1: threads of this process; more: one process each); the CPU cores are shared between them",
         flag="--workers",
         key="WORKERS",
         low=1,

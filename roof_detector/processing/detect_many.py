@@ -1,7 +1,7 @@
 """Processing algorithm ``roofdetector:detectbuildingsmany``: *Detect buildings in many rasters*.
 
 The same :func:`~roof_detector.core.detect_many.detect_many` as
-``python -m roof_detector detect-many``, on local Dask worker processes.
+``python -m roof_detector detect-many``, on local Dask workers.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
     GROUP_ID = "detection"
     HELP = (
         "Finds building footprints in many orthophoto tiles at once, the same engine as "
-        "<i>python -m roof_detector detect-many</i>, run on local Dask worker processes.<br><br>"
+        "<i>python -m roof_detector detect-many</i>, run on local Dask workers (one: threads of QGIS's own process; more: worker processes).<br><br>"
         "<b>Orthophoto tiles</b>: raster files or layers (files on disk, any GDAL format, one CRS).<br>"
         "<b>More inputs</b>: optional, separated by <i>;</i>: folders (searched for .tif/.jp2/.img/.vrt), glob "
         "patterns, a VRT (its rasters), a text file of paths or URLs (/vsicurl/, /vsis3/, https://, s3://).<br>"

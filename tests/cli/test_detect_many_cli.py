@@ -158,3 +158,53 @@ def test_sigterm_is_reported_as_sigterm(tmp_path, setup):
     err = proc.communicate(timeout=120)[1].decode(errors="replace")
     assert proc.returncode == 143, err[-1500:]
     assert "error: terminated (SIGTERM);" in err and "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sig, status, words", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated (SIGTERM)")]
+)
+def test_a_signal_stops_a_single_workers_job_in_progress_at_once(tmp_path, setup, sig, status, words):
+    """One local worker runs its jobs on threads of the CLI's own process: Dask cannot stop a running
+    task and closing the cluster waits for it, so the client stops its jobs itself. A model that never
+    returns makes a job that would otherwise never end."""
+    import psutil
+
+    from devtools.hostile_models import make_endless_torchscript
+
+    base, _ = setup
+    model = make_endless_torchscript(str(tmp_path / "endless.pt"))
+    out = tmp_path / "out.gpkg"
+    proc = subprocess.Popen(
+        _cmd(base / "tiles", "-o", out, "--model", model, "--device", "cpu", "--workers", "1"),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        os.set_blocking(proc.stderr.fileno(), False)
+        err, t0 = b"", time.monotonic()
+        while b"0/" not in err and proc.poll() is None and time.monotonic() - t0 < 240:
+            err += proc.stderr.read() or b""
+            time.sleep(0.05)
+        assert b"0/" in err, err.decode(errors="replace")[-1500:]  # the bar: jobs submitted
+        # The endless model spins in this very process (no worker process): wait for 2 CPU s of it.
+        me = psutil.Process(proc.pid)
+        assert [c for c in me.children(recursive=True) if "spawn_main" in " ".join(c.cmdline())] == []
+        busy = sum(me.cpu_times()[:2])
+        while sum(me.cpu_times()[:2]) - busy < 2.0 and time.monotonic() - t0 < 240:
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        t_sig = time.monotonic()
+        os.set_blocking(proc.stderr.fileno(), True)
+        err += proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    text = err.decode(errors="replace")
+    assert proc.returncode == status, text[-1500:]
+    assert time.monotonic() - t_sig < 10, f"{time.monotonic() - t_sig:.1f} s to stop"
+    assert f"error: {words}; {out} was not written" in text and "Traceback" not in text, text[-1500:]
+    assert not out.exists() and Path(f"{out}.parts", "manifest.jsonl").exists()

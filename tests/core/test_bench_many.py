@@ -31,6 +31,9 @@ def test_bench_many_runs_every_variant_on_the_same_work(tmp_path, repo_root):
         assert runs[v]["overhead_wall"] == pytest.approx(
             runs[v]["median_wall_s"] / runs["cli"]["median_wall_s"] - 1, abs=1e-3
         )
+    # the single local worker runs in the client's process (its memory is the client's), two are processes
+    assert runs["w1t2"]["worker_in_client"] and not runs["w2t1"]["worker_in_client"]
+    assert runs["w1t2"]["worker_peak_mb"] == runs["w1t2"]["client_peak_mb"]
     region = fig["region"]
     assert region["jobs"] == 625 and region["model_tiles"] > region["model_tiles_one_run"] > 2.2e6
     assert region["core_hours"] > 0 and region["wall_h"]["10"] == pytest.approx(region["core_hours"] / 20, rel=0.02)

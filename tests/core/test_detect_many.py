@@ -455,3 +455,56 @@ def test_worker_model_is_loaded_once_with_the_workers_threads():
         assert model.module.session.get_session_options().intra_op_num_threads == 1
     finally:
         torch.set_num_threads(before)
+
+
+def _cluster_settings(seen):
+    """An on_cluster hook recording the scheduler's and workers' tick interval (s) and work stealing."""
+
+    def hook(client):
+        seen["scheduler"] = client.run_on_scheduler(
+            lambda dask_scheduler: (dask_scheduler._tick_interval, "stealing" in dask_scheduler.extensions)
+        )
+        seen["workers"] = sorted(client.run(lambda dask_worker: dask_worker._tick_interval).values())
+
+    return hook
+
+
+@pytest.mark.slow
+def test_a_single_local_worker_runs_in_this_process_and_more_in_their_own(tmp_path, whole, reference, model_path):
+    """One local worker is threads of the client's process (no second start and import of the
+    engine); its model is freed and torch's threads given back after the run. Two are processes.
+    The local cluster checks its event loops once a second (not every 20 ms) and steals work only
+    when there is another worker to steal from."""
+    import torch
+
+    from roof_detector.core import many_job
+
+    cut(whole, str(tmp_path / "tiles"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    seen: dict = {}
+    try:
+        res = detect_many(
+            [str(tmp_path / "tiles")],
+            str(tmp_path / "one.gpkg"),
+            _options(model_path),
+            workers=1,
+            on_cluster=_cluster_settings(seen),
+        )
+        assert res.stats["worker_pids"] == [os.getpid()]
+        assert torch.get_num_threads() == 1 and not many_job._MODELS
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"scheduler": (1.0, False), "workers": [1.0]}
+    _check_same_buildings(reference, read_layer(str(tmp_path / "one.gpkg")))
+    res = detect_many(
+        [str(tmp_path / "tiles")],
+        str(tmp_path / "two.gpkg"),
+        _options(model_path),
+        workers=2,
+        on_cluster=_cluster_settings(seen),
+    )
+    assert res.stats["worker_pids"] and os.getpid() not in res.stats["worker_pids"]
+    assert seen == {"scheduler": (1.0, True), "workers": [1.0, 1.0]}  # handed to the worker processes too
+    one, two = (read_layer(str(tmp_path / f"{n}.gpkg")) for n in ("one", "two"))
+    assert [(g.wkb, a) for g, a in two] == [(g.wkb, a) for g, a in one]  # the same output either way
