@@ -5,7 +5,12 @@ import pytest
 
 from roof_detector.core.errors import LabelError
 from roof_detector.core.model_io import read_metadata
-from roof_detector.core.training.finetune import FinetuneOptions, choose_validation_blocks, finetune
+from roof_detector.core.training.finetune import (
+    FinetuneOptions,
+    choose_validation_blocks,
+    finetune,
+    validation_block_px,
+)
 
 from .finetune_setup import building_rects, ring, write_base_model, write_ortho
 
@@ -136,8 +141,48 @@ def test_validation_blocks_are_whole_blocks_and_need_two():
     assert 0.1 <= mask.mean() <= 0.3
     blocks = mask.reshape(4, 64, 4, 64).transpose(0, 2, 1, 3).reshape(16, -1)
     assert all(b.all() or not b.any() for b in blocks)  # never a partial block
-    with pytest.raises(LabelError, match="too small for a validation block"):
+    with pytest.raises(LabelError, match="too small to hold out validation"):
         choose_validation_blocks(np.ones((64, 64), bool), 64, 0.2)
+
+
+def _whole_blocks(mask: np.ndarray, block_px: int) -> bool:
+    h, w = mask.shape
+    for r in range(0, h, block_px):
+        for c in range(0, w, block_px):
+            b = mask[r : r + block_px, c : c + block_px]
+            if b.any() and not b.all():
+                return False
+    return True
+
+
+def test_a_fifth_of_a_neighbourhood_splits_into_smaller_validation_blocks():
+    # The left fifth of OAM area 4 at 0.3 m: 256 rows x 268 columns of imagery inside a 727 x 268 px
+    # box (the rest is nodata); with one-tile blocks (256 px) it held a single usable block.
+    valid = np.zeros((727, 268), bool)
+    valid[471:, :] = True
+    assert validation_block_px(valid, 256) == 128
+    mask = choose_validation_blocks(valid, 128, 0.2, seed=0)
+    share = (mask & valid).sum() / valid.sum()
+    assert 0.1 <= share <= 0.35 and _whole_blocks(mask, 128)
+    assert (valid & ~mask).sum() > 0.6 * valid.sum()  # most of it still trains
+    # a big area keeps one model tile per block, a thin strip goes down to the smallest block
+    assert validation_block_px(np.ones((1024, 1024), bool), 256) == 256
+    assert validation_block_px(np.ones((70, 400), bool), 256) == 64
+
+
+def test_blocks_never_take_much_more_than_the_asked_share():
+    valid = np.ones((256, 640), bool)  # 10 blocks of 128 px: 20 % is two blocks, never three or more
+    for seed in range(5):
+        mask = choose_validation_blocks(valid, 128, 0.2, seed=seed)
+        assert mask.sum() == 2 * 128 * 128
+
+
+def test_an_area_too_small_even_for_the_smallest_blocks_says_what_is_missing():
+    valid = np.ones((60, 60), bool)
+    block = validation_block_px(valid, 256)
+    assert block == 64
+    with pytest.raises(LabelError, match=r"at least two blocks of 64 x 64 px .* holds 3600 px; draw a larger area"):
+        choose_validation_blocks(valid, block, 0.2)
 
 
 @pytest.mark.slow

@@ -253,7 +253,7 @@ def test_too_small_area_gets_the_engines_message(qgis_iface, qgis_app, project, 
     task = dialog.start()
     assert task is not None and task.request.options["area_wkt"].startswith("Polygon")
     wait_for(task, qgis_app, timeout_s=60)
-    assert any("too small for a validation block" in t for t in bar_texts(dialog))
+    assert any("too small to hold out validation" in t for t in bar_texts(dialog))
     assert not (library / "lyon.pt").exists() and not dialog.running
 
 

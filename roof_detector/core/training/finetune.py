@@ -69,6 +69,7 @@ class FinetuneOptions:
     max_minutes: Optional[float] = FINETUNE["max_minutes"].default
     # before/after on labels outside the labelled area, when there are any
     compare_outside: bool = FINETUNE["compare_outside"].default
+    freeze_encoder: bool = False
     device: str = "auto"
     seed: int = 0
     name: str = ""
@@ -223,10 +224,39 @@ def prepare_data(
     scene = scene_from_raster(
         opts.raster_path, None, bbox=area.bounds, load_gsd_m=gsd_m, area_wkt=area.wkt, label_geometries=inside
     )
-    val_mask = choose_validation_blocks(scene.valid, tile_px, opts.val_fraction, opts.seed)
+    block_px = validation_block_px(scene.valid, tile_px)
+    if block_px < tile_px:
+        notes.append(f"Small labelled area: validation holds out blocks of {block_px} x {block_px} px.")
+    val_mask = choose_validation_blocks(scene.valid, block_px, opts.val_fraction, opts.seed)
     for n in notes:
         log(n)
     return scene, val_mask, notes, area, len(inside)
+
+
+#: Smallest validation block, in pixels at the model GSD (about 19 m at 0.3 m: a few houses).
+MIN_BLOCK_PX = 64
+#: Blocks the labelled area should hold before a larger block size is used (one in five validates).
+MIN_BLOCKS = 5
+
+
+def validation_block_px(valid: np.ndarray, tile_px: int) -> int:
+    """Side of the validation blocks: one model tile, halved (down to :data:`MIN_BLOCK_PX`) until the
+    labelled area holds :data:`MIN_BLOCKS` usable blocks, so that a small area (a fifth of a
+    neighbourhood, ~30 buildings) still splits into training and validation near the asked share."""
+    block = tile_px
+    while block // 2 >= MIN_BLOCK_PX and len(_usable_blocks(valid, block)[0]) < MIN_BLOCKS:
+        block //= 2
+    return block
+
+
+def _usable_blocks(valid: np.ndarray, block_px: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(row, col) of the blocks with at least an eighth of their pixels valid, and every block's valid count."""
+    h, w = valid.shape
+    rows, cols = -(-h // block_px), -(-w // block_px)
+    padded = np.zeros((rows * block_px, cols * block_px), dtype=np.int64)
+    padded[:h, :w] = valid
+    counts = padded.reshape(rows, block_px, cols, block_px).sum(axis=(1, 3))
+    return np.argwhere(counts > block_px * block_px // 8), counts
 
 
 def choose_validation_blocks(valid: np.ndarray, block_px: int, fraction: float, seed: int = 0) -> np.ndarray:
@@ -235,18 +265,12 @@ def choose_validation_blocks(valid: np.ndarray, block_px: int, fraction: float, 
     Raises :class:`LabelError` when the area has fewer than two blocks with
     labelled pixels (one for training, one for validation).
     """
-    h, w = valid.shape
-    rows, cols = -(-h // block_px), -(-w // block_px)
-    counts = np.zeros((rows, cols), dtype=np.int64)
-    for r in range(rows):
-        for c in range(cols):
-            counts[r, c] = valid[r * block_px : (r + 1) * block_px, c * block_px : (c + 1) * block_px].sum()
-    usable = np.argwhere(counts > block_px * block_px // 8)
+    usable, counts = _usable_blocks(valid, block_px)
     if len(usable) < 2:
-        size_m = "one model tile"
         raise LabelError(
-            f"The labelled area is too small for a validation block: it needs at least two "
-            f"blocks of {block_px} x {block_px} px ({size_m} each) with imagery; draw a larger area"
+            f"The labelled area is too small to hold out validation: it needs imagery in at least two "
+            f"blocks of {block_px} x {block_px} px at the model's resolution, and holds "
+            f"{int(valid.sum())} px; draw a larger area (or label more buildings around it)"
         )
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(usable))
@@ -255,6 +279,9 @@ def choose_validation_blocks(valid: np.ndarray, block_px: int, fraction: float, 
     for i in order:
         if total >= target or len(picked) == len(usable) - 1:
             break
+        # a block that would overshoot the share by more than half of it is skipped (unless none is picked yet)
+        if picked and total + counts[tuple(usable[i])] > 1.5 * target:
+            continue
         picked.append(tuple(usable[i]))
         total += counts[tuple(usable[i])]
     mask = np.zeros_like(valid, dtype=bool)
@@ -435,6 +462,7 @@ def _train_config(meta: Dict, opts: FinetuneOptions, device: str, samples_per_ep
         samples_per_epoch=samples_per_epoch,
         max_minutes=opts.max_minutes or None,
         select_on="iou+objects" if separation else "iou",
+        freeze_encoder=opts.freeze_encoder,
     )
 
 
