@@ -26,11 +26,13 @@ from roof_detector.core.training.finetune import FinetuneOptions, finetune  # no
 
 #: Candidate settings (overrides of the declared defaults).
 CANDIDATES = {
-    "defaults": {},
-    "old": {"epochs": 10, "patience": 4, "samples_per_epoch": 32, "max_minutes": 0.0},
-    "lr1e-4": {"lr": 1e-4},
+    # release 0.3's defaults (every layer trained), whatever core/params.py declares now
+    "defaults": {"freeze_encoder": False},
+    "old": {"epochs": 10, "patience": 4, "samples_per_epoch": 32, "max_minutes": 0.0, "freeze_encoder": False},
+    "lr1e-4": {"lr": 1e-4, "freeze_encoder": False},
     "decoder": {"freeze_encoder": True},
     "decoder-lr1e-3": {"freeze_encoder": True, "lr": 1e-3},
+    "decoder-lr1e-4": {"freeze_encoder": True, "lr": 1e-4},
 }
 
 
