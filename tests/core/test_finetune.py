@@ -263,3 +263,80 @@ def test_defaults_used_and_before_after_outside_the_labelled_area(labelled_area,
     meta = read_metadata(out)
     assert meta["metrics"]["outside_after"]["iou"] == pytest.approx(res.outside["after"]["iou"])
     assert any("outside the labelled area" in line for line in lines)
+
+
+def _efflite_base(path: str) -> str:
+    """An untrained EfficientNet-Lite0 U-Net exported as a base model (64 px tiles at the raster's 0.5 m)."""
+    from roof_detector.core.training.export import export_model
+    from roof_detector.core.training.trainer import TrainConfig
+    from roof_detector.core.unet import build_model
+
+    cfg = TrainConfig(architecture="efflite0_unet", gsd_m=0.5, tile_px=64, overlap_px=8)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    export_model(build_model("efflite0_unet"), cfg, path, 0.5, {"name": "efflite-base"})
+    return path
+
+
+@pytest.mark.slow
+def test_decoder_only_keeps_the_encoder_and_trains_the_rest(labelled_area, tmp_path):
+    from roof_detector.core.training.export import load_trainable
+
+    raster, labels, _ = labelled_area
+    base = _efflite_base(str(tmp_path / "eff.pt"))
+    runs = {}
+    for frozen in (True, False):
+        out = str(tmp_path / f"frozen_{frozen}.pt")
+        finetune(
+            FinetuneOptions(
+                raster_path=raster,
+                labels_path=labels,
+                output_path=out,
+                base_model_path=base,
+                epochs=1,
+                batch_size=4,
+                samples_per_epoch=8,
+                lr=0.01,
+                freeze_encoder=frozen,
+                compare_outside=False,
+                device="cpu",
+            ),
+            log=lambda m: None,
+        )
+        runs[frozen] = load_trainable(out)
+    base_net, _ = load_trainable(base)
+    enc0 = base_net.encoder.state_dict()
+    for frozen, (net, meta) in runs.items():
+        enc = net.encoder.state_dict()
+        # weights and batch-norm statistics; the exported weights are an average of the steps' weights,
+        # which for a frozen encoder is its own value up to rounding
+        drift = max(float((enc[k].double() - enc0[k].double()).abs().max()) for k in enc0)
+        assert (drift < 1e-5) is frozen, (frozen, drift)
+        assert not torch_equal(net.head.weight, base_net.head.weight)  # the head always trains
+        assert meta["training"].get("frozen") == ("encoder" if frozen else None)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_a_model_without_an_encoder_trains_every_layer_and_says_so(labelled_area, tmp_path):
+    raster, labels, base = labelled_area  # the tiny plain U-Net
+    res = finetune(
+        FinetuneOptions(
+            raster_path=raster,
+            labels_path=labels,
+            output_path=str(tmp_path / "plain.pt"),
+            base_model_path=base,
+            epochs=1,
+            batch_size=4,
+            samples_per_epoch=8,
+            freeze_encoder=True,
+            compare_outside=False,
+            device="cpu",
+        ),
+        log=lambda m: None,
+    )
+    assert "The base model has no separate encoder to keep: every layer is trained." in res.notes

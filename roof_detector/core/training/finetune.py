@@ -69,7 +69,8 @@ class FinetuneOptions:
     max_minutes: Optional[float] = FINETUNE["max_minutes"].default
     # before/after on labels outside the labelled area, when there are any
     compare_outside: bool = FINETUNE["compare_outside"].default
-    freeze_encoder: bool = False
+    # train decoder and head only (base models without a separate encoder train every layer)
+    freeze_encoder: bool = FINETUNE["freeze_encoder"].default
     device: str = "auto"
     seed: int = 0
     name: str = ""
@@ -368,6 +369,8 @@ def _prepared(opts: FinetuneOptions, meta: Dict, device: torch.device, log: Call
     tile_px = int(meta["tile_size_px"])
     data.train_scene, val_tiles = _split(data.scene, data.val_mask, tile_px)
     data.plan = plan(int(data.train_scene.valid.sum()), tile_px, opts, device.type)
+    if opts.freeze_encoder and not has_encoder(meta):
+        data.notes.append("The base model has no separate encoder to keep: every layer is trained.")
     log(plan_text(data.plan))
     data.cfg = _train_config(meta, opts, str(device), int(data.plan["samples_per_epoch"]))
     data.val_sets = {"val": scenes_to_tiles(val_tiles, tile_px)}
@@ -462,8 +465,17 @@ def _train_config(meta: Dict, opts: FinetuneOptions, device: str, samples_per_ep
         samples_per_epoch=samples_per_epoch,
         max_minutes=opts.max_minutes or None,
         select_on="iou+objects" if separation else "iou",
-        freeze_encoder=opts.freeze_encoder,
+        freeze_encoder=opts.freeze_encoder and has_encoder(meta),
     )
+
+
+def has_encoder(meta: Dict) -> bool:
+    """Whether the model's architecture has a separate (pretrained) encoder that fine-tuning can keep."""
+    return meta["architecture"]["name"] in ENCODER_ARCHITECTURES
+
+
+#: Architectures of ``core.unet`` with an ``encoder`` module (EfficientNet-Lite0); the plain U-Net has none.
+ENCODER_ARCHITECTURES = ("efflite0_unet",)
 
 
 def _warn_if_no_better(before: Dict, after: Dict, notes: List[str], log: Callable[[str], None]) -> None:
