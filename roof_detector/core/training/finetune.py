@@ -6,14 +6,16 @@ Inside that area every unlabelled pixel counts as "not building"; outside it
 pixels are ignored. The area is cut into square blocks of one model tile;
 whole blocks go to validation (``val_fraction`` of the labelled pixels), so
 training and validation never share pixels (a spatial split, not random
-pixels). The base model's own validation IoU and accuracy are measured on the
-same blocks before training, for a before/after comparison.
+pixels). A small area (fewer than :data:`MIN_BLOCKS` such blocks) is cut into 128 or 64 px
+blocks instead (:func:`validation_block_px`). The base model's own validation IoU and accuracy
+are measured on the same blocks before training, for a before/after comparison.
 
 Defaults that adapt (measured on a 0.3 m suburb, issue 16): crops per epoch
 scale with the labelled area (:func:`.finetune_plan.default_samples_per_epoch`), up to
 the declared epochs (``core.params.FINETUNE``) with early stopping, under a time budget
-(``max_minutes``); :func:`.finetune_plan.plan` gives the numbers and an estimate of the time
-before training starts. Separation models (building, border, contact) train
+(``max_minutes``), training the decoder and head only (``freeze_encoder``; chosen by
+``models/finetune_rule.md``); :func:`.finetune_plan.plan` gives the numbers and an estimate of
+the time before training starts. Separation models (building, border, contact) train
 all three heads on targets derived from the label polygons.
 
 With labels beyond the labelled area (the label layer reaches further, or only
