@@ -5,12 +5,8 @@ import pytest
 
 from roof_detector.core.errors import LabelError
 from roof_detector.core.model_io import read_metadata
-from roof_detector.core.training.finetune import (
-    FinetuneOptions,
-    choose_validation_blocks,
-    finetune,
-    validation_block_px,
-)
+from roof_detector.core.training.finetune import FinetuneOptions, finetune
+from roof_detector.core.training.validation_blocks import choose_validation_blocks, validation_block_px
 
 from .finetune_setup import building_rects, ring, write_base_model, write_ortho
 
