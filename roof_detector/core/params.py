@@ -311,6 +311,18 @@ FINETUNE = _params(
         none_means="no budget",
     ),
     Param(
+        "freeze_encoder",
+        bool,
+        True,
+        "Train the decoder only",
+        (
+            "keep the base model's encoder (its weights and statistics) and train the decoder and head: "
+            "adapts to a small labelled area without forgetting the rest, and each epoch is faster"
+        ),
+        flag="--freeze-encoder",
+        key="FREEZE_ENCODER",
+    ),
+    Param(
         "compare_outside",
         bool,
         True,

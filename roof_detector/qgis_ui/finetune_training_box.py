@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from qgis.PyQt.QtWidgets import QGridLayout, QGroupBox, QLabel, QWidget
+from qgis.PyQt.QtWidgets import QCheckBox, QGridLayout, QGroupBox, QLabel, QWidget
 
 from ..core.params import FINETUNE
 from . import settings, tr
@@ -19,7 +19,7 @@ from .widget_settings import load_widgets, save_widgets
 
 
 class TrainingBox(QGroupBox):
-    """Epochs, learning rate, batch size, validation share, patience, samples, time budget, device."""
+    """Epochs, learning rate, batch size, validation share, patience, samples, time budget, frozen encoder, device."""
 
     def __init__(self, parent: QWidget):
         super().__init__(tr("Training"), parent)
@@ -36,6 +36,9 @@ class TrainingBox(QGroupBox):
         )
         self.budget_spin = declared_spin(self, "finetune", "max_minutes")
         self.budget_spin.setSpecialValueText(tr("None"))  # 0: no time budget (as the declaration's None)
+        freeze = FINETUNE["freeze_encoder"]
+        self.freeze_check = QCheckBox(tr(freeze.label), self)
+        self.freeze_check.setToolTip(tr(freeze.help[:1].upper() + freeze.help[1:]))
         self.budget_info = QLabel(self)
         self.budget_info.setWordWrap(True)
         self.device_combo, devices = device_combo(self)
@@ -60,8 +63,9 @@ class TrainingBox(QGroupBox):
         for i, (label, widget) in enumerate(cells):
             grid.addWidget(QLabel(label, self), i // 2, (i % 2) * 2)
             grid.addWidget(widget, i // 2, (i % 2) * 2 + 1)
-        grid.addWidget(self.device_info, 4, 0, 1, 4)
-        grid.addWidget(self.budget_info, 5, 0, 1, 4)
+        grid.addWidget(self.freeze_check, 4, 0, 1, 4)
+        grid.addWidget(self.device_info, 5, 0, 1, 4)
+        grid.addWidget(self.budget_info, 6, 0, 1, 4)
 
     def _bindings(self):
         return (
@@ -72,6 +76,7 @@ class TrainingBox(QGroupBox):
             ("ft_patience", self.patience_spin),
             ("ft_samples_per_epoch", self.samples_spin),
             ("ft_max_minutes", self.budget_spin),
+            ("ft_freeze_encoder", self.freeze_check),
         )
 
     def inputs(self) -> List[QWidget]:
@@ -97,6 +102,7 @@ class TrainingBox(QGroupBox):
             patience=self.patience_spin.value(),
             samples_per_epoch=self.samples_spin.value() or None,
             max_minutes=self.budget_spin.value() or None,
+            freeze_encoder=self.freeze_check.isChecked(),
             device=self.device_combo.currentData(),
         )
 

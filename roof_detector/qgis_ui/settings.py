@@ -27,6 +27,7 @@ DECLARED = {
     "ft_batch_size": ("finetune", "batch_size"),
     "ft_patience": ("finetune", "patience"),
     "ft_max_minutes": ("finetune", "max_minutes"),  # time budget; 0 = none
+    "ft_freeze_encoder": ("finetune", "freeze_encoder"),
 }
 
 

@@ -5,7 +5,8 @@ import pytest
 
 from roof_detector.core.errors import LabelError
 from roof_detector.core.model_io import read_metadata
-from roof_detector.core.training.finetune import FinetuneOptions, choose_validation_blocks, finetune
+from roof_detector.core.training.finetune import FinetuneOptions, finetune
+from roof_detector.core.training.validation_blocks import choose_validation_blocks, validation_block_px
 
 from .finetune_setup import building_rects, ring, write_base_model, write_ortho
 
@@ -136,8 +137,48 @@ def test_validation_blocks_are_whole_blocks_and_need_two():
     assert 0.1 <= mask.mean() <= 0.3
     blocks = mask.reshape(4, 64, 4, 64).transpose(0, 2, 1, 3).reshape(16, -1)
     assert all(b.all() or not b.any() for b in blocks)  # never a partial block
-    with pytest.raises(LabelError, match="too small for a validation block"):
+    with pytest.raises(LabelError, match="too small to hold out validation"):
         choose_validation_blocks(np.ones((64, 64), bool), 64, 0.2)
+
+
+def _whole_blocks(mask: np.ndarray, block_px: int) -> bool:
+    h, w = mask.shape
+    for r in range(0, h, block_px):
+        for c in range(0, w, block_px):
+            b = mask[r : r + block_px, c : c + block_px]
+            if b.any() and not b.all():
+                return False
+    return True
+
+
+def test_a_fifth_of_a_neighbourhood_splits_into_smaller_validation_blocks():
+    # The left fifth of OAM area 4 at 0.3 m: 256 rows x 268 columns of imagery inside a 727 x 268 px
+    # box (the rest is nodata); with one-tile blocks (256 px) it held a single usable block.
+    valid = np.zeros((727, 268), bool)
+    valid[471:, :] = True
+    assert validation_block_px(valid, 256) == 128
+    mask = choose_validation_blocks(valid, 128, 0.2, seed=0)
+    share = (mask & valid).sum() / valid.sum()
+    assert 0.1 <= share <= 0.35 and _whole_blocks(mask, 128)
+    assert (valid & ~mask).sum() > 0.6 * valid.sum()  # most of it still trains
+    # a big area keeps one model tile per block, a thin strip goes down to the smallest block
+    assert validation_block_px(np.ones((1024, 1024), bool), 256) == 256
+    assert validation_block_px(np.ones((70, 400), bool), 256) == 64
+
+
+def test_blocks_never_take_much_more_than_the_asked_share():
+    valid = np.ones((256, 640), bool)  # 10 blocks of 128 px: 20 % is two blocks, never three or more
+    for seed in range(5):
+        mask = choose_validation_blocks(valid, 128, 0.2, seed=seed)
+        assert mask.sum() == 2 * 128 * 128
+
+
+def test_an_area_too_small_even_for_the_smallest_blocks_says_what_is_missing():
+    valid = np.ones((60, 60), bool)
+    block = validation_block_px(valid, 256)
+    assert block == 64
+    with pytest.raises(LabelError, match=r"at least two blocks of 64 x 64 px .* holds 3600 px; draw a larger area"):
+        choose_validation_blocks(valid, block, 0.2)
 
 
 @pytest.mark.slow
@@ -218,3 +259,80 @@ def test_defaults_used_and_before_after_outside_the_labelled_area(labelled_area,
     meta = read_metadata(out)
     assert meta["metrics"]["outside_after"]["iou"] == pytest.approx(res.outside["after"]["iou"])
     assert any("outside the labelled area" in line for line in lines)
+
+
+def _efflite_base(path: str) -> str:
+    """An untrained EfficientNet-Lite0 U-Net exported as a base model (64 px tiles at the raster's 0.5 m)."""
+    from roof_detector.core.training.export import export_model
+    from roof_detector.core.training.trainer import TrainConfig
+    from roof_detector.core.unet import build_model
+
+    cfg = TrainConfig(architecture="efflite0_unet", gsd_m=0.5, tile_px=64, overlap_px=8)
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    export_model(build_model("efflite0_unet"), cfg, path, 0.5, {"name": "efflite-base"})
+    return path
+
+
+@pytest.mark.slow
+def test_decoder_only_keeps_the_encoder_and_trains_the_rest(labelled_area, tmp_path):
+    from roof_detector.core.training.export import load_trainable
+
+    raster, labels, _ = labelled_area
+    base = _efflite_base(str(tmp_path / "eff.pt"))
+    runs = {}
+    for frozen in (True, False):
+        out = str(tmp_path / f"frozen_{frozen}.pt")
+        finetune(
+            FinetuneOptions(
+                raster_path=raster,
+                labels_path=labels,
+                output_path=out,
+                base_model_path=base,
+                epochs=1,
+                batch_size=4,
+                samples_per_epoch=8,
+                lr=0.01,
+                freeze_encoder=frozen,
+                compare_outside=False,
+                device="cpu",
+            ),
+            log=lambda m: None,
+        )
+        runs[frozen] = load_trainable(out)
+    base_net, _ = load_trainable(base)
+    enc0 = base_net.encoder.state_dict()
+    for frozen, (net, meta) in runs.items():
+        enc = net.encoder.state_dict()
+        # weights and batch-norm statistics; the exported weights are an average of the steps' weights,
+        # which for a frozen encoder is its own value up to rounding
+        drift = max(float((enc[k].double() - enc0[k].double()).abs().max()) for k in enc0)
+        assert (drift < 1e-5) is frozen, (frozen, drift)
+        assert not torch_equal(net.head.weight, base_net.head.weight)  # the head always trains
+        assert meta["training"].get("frozen") == ("encoder" if frozen else None)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a, b))
+
+
+def test_a_model_without_an_encoder_trains_every_layer_and_says_so(labelled_area, tmp_path):
+    raster, labels, base = labelled_area  # the tiny plain U-Net
+    res = finetune(
+        FinetuneOptions(
+            raster_path=raster,
+            labels_path=labels,
+            output_path=str(tmp_path / "plain.pt"),
+            base_model_path=base,
+            epochs=1,
+            batch_size=4,
+            samples_per_epoch=8,
+            freeze_encoder=True,
+            compare_outside=False,
+            device="cpu",
+        ),
+        log=lambda m: None,
+    )
+    assert "The base model has no separate encoder to keep: every layer is trained." in res.notes

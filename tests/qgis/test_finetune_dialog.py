@@ -253,7 +253,7 @@ def test_too_small_area_gets_the_engines_message(qgis_iface, qgis_app, project, 
     task = dialog.start()
     assert task is not None and task.request.options["area_wkt"].startswith("Polygon")
     wait_for(task, qgis_app, timeout_s=60)
-    assert any("too small for a validation block" in t for t in bar_texts(dialog))
+    assert any("too small to hold out validation" in t for t in bar_texts(dialog))
     assert not (library / "lyon.pt").exists() and not dialog.running
 
 
@@ -303,6 +303,30 @@ def test_selected_features_only_exports_the_selection(qgis_iface, project, raste
 
         FinetuneTask(request).cleanup()
     assert not os.path.exists(request.options["labels_path"])
+
+
+def test_decoder_only_is_the_declared_default_reaches_the_engine_and_is_remembered(
+    qgis_iface, project, raster_layer, library, ft_files
+):
+    from qgis.core import QgsVectorLayer
+
+    from roof_detector.core.params import FINETUNE
+    from roof_detector.qgis_ui import settings
+
+    labels = QgsVectorLayer(ft_files["gpkg"] + "|layername=buildings", "buildings", "ogr")
+    project.addMapLayer(labels)
+    try:
+        dialog = make_dialog(qgis_iface, library, raster_layer, labels)
+        check = dialog.training.freeze_check
+        assert check.isChecked() is FINETUNE["freeze_encoder"].default
+        assert "encoder" in check.toolTip()
+        check.setChecked(not FINETUNE["freeze_encoder"].default)
+        assert dialog.training.options()["freeze_encoder"] is (not FINETUNE["freeze_encoder"].default)
+        dialog.training.save_settings()
+        again = make_dialog(qgis_iface, library, raster_layer, labels)
+        assert again.training.freeze_check.isChecked() is (not FINETUNE["freeze_encoder"].default)
+    finally:
+        settings.clear()
 
 
 # -- plugin actions ---------------------------------------------------------------------

@@ -154,11 +154,11 @@ def test_finetune_ranges_agree_in_cli_and_processing(plugin):
     cli = _cli_actions("finetune")
     alg = _algorithm("roofdetector:finetunemodel")
     for p in FINETUNE.values():
-        if p.kind is bool:  # overwrite: a CLI switch only (see test_the_switches_of_issue_21_are_declared_once)
+        if not p.key:  # overwrite: a CLI switch only (see test_the_switches_of_issue_21_are_declared_once)
             continue
         d = alg.parameterDefinition(p.key)
         assert d.defaultValue() == p.default and cli[p.name].default == p.default, p.name
-        if p.kind is bool:  # compare_outside: --compare-outside / --no-compare-outside
+        if p.kind is bool:  # compare_outside, freeze_encoder: --NAME / --no-NAME
             assert isinstance(cli[p.name], argparse.BooleanOptionalAction), p.name
             continue
         assert (d.minimum(), d.maximum()) == (p.low, p.high), p.name

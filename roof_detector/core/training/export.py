@@ -71,6 +71,7 @@ def result_metadata(result: TrainResult, cfg: TrainConfig) -> Dict[str, Any]:
         "lr": cfg.lr,
         "patience": cfg.patience,
         "device": cfg.device,
+        **({"frozen": "encoder"} if cfg.freeze_encoder else {}),
     }
 
 

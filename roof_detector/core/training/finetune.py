@@ -6,14 +6,16 @@ Inside that area every unlabelled pixel counts as "not building"; outside it
 pixels are ignored. The area is cut into square blocks of one model tile;
 whole blocks go to validation (``val_fraction`` of the labelled pixels), so
 training and validation never share pixels (a spatial split, not random
-pixels). The base model's own validation IoU and accuracy are measured on the
-same blocks before training, for a before/after comparison.
+pixels). A small area is cut into 128 or 64 px blocks instead
+(:mod:`.validation_blocks`). The base model's own validation IoU and accuracy
+are measured on the same blocks before training, for a before/after comparison.
 
 Defaults that adapt (measured on a 0.3 m suburb, issue 16): crops per epoch
 scale with the labelled area (:func:`.finetune_plan.default_samples_per_epoch`), up to
 the declared epochs (``core.params.FINETUNE``) with early stopping, under a time budget
-(``max_minutes``); :func:`.finetune_plan.plan` gives the numbers and an estimate of the time
-before training starts. Separation models (building, border, contact) train
+(``max_minutes``), training the decoder and head only (``freeze_encoder``; chosen by
+``models/finetune_rule.md``); :func:`.finetune_plan.plan` gives the numbers and an estimate of
+the time before training starts. Separation models (building, border, contact) train
 all three heads on targets derived from the label polygons.
 
 With labels beyond the labelled area (the label layer reaches further, or only
@@ -44,6 +46,7 @@ from .outside import measure_outside
 from .sampling import AugmentConfig, CropSampler, scenes_to_tiles
 from .scenes import Scene, scene_from_raster
 from .trainer import TrainConfig, TrainResult, evaluate_tiles, plot_curves, train, write_json
+from .validation_blocks import choose_validation_blocks, validation_block_px
 
 
 @dataclass
@@ -69,6 +72,8 @@ class FinetuneOptions:
     max_minutes: Optional[float] = FINETUNE["max_minutes"].default
     # before/after on labels outside the labelled area, when there are any
     compare_outside: bool = FINETUNE["compare_outside"].default
+    # train decoder and head only (base models without a separate encoder train every layer)
+    freeze_encoder: bool = FINETUNE["freeze_encoder"].default
     device: str = "auto"
     seed: int = 0
     name: str = ""
@@ -223,44 +228,13 @@ def prepare_data(
     scene = scene_from_raster(
         opts.raster_path, None, bbox=area.bounds, load_gsd_m=gsd_m, area_wkt=area.wkt, label_geometries=inside
     )
-    val_mask = choose_validation_blocks(scene.valid, tile_px, opts.val_fraction, opts.seed)
+    block_px = validation_block_px(scene.valid, tile_px)
+    if block_px < tile_px:
+        notes.append(f"Small labelled area: validation holds out blocks of {block_px} x {block_px} px.")
+    val_mask = choose_validation_blocks(scene.valid, block_px, opts.val_fraction, opts.seed)
     for n in notes:
         log(n)
     return scene, val_mask, notes, area, len(inside)
-
-
-def choose_validation_blocks(valid: np.ndarray, block_px: int, fraction: float, seed: int = 0) -> np.ndarray:
-    """Pixel mask of whole ``block_px`` blocks holding about ``fraction`` of the valid pixels.
-
-    Raises :class:`LabelError` when the area has fewer than two blocks with
-    labelled pixels (one for training, one for validation).
-    """
-    h, w = valid.shape
-    rows, cols = -(-h // block_px), -(-w // block_px)
-    counts = np.zeros((rows, cols), dtype=np.int64)
-    for r in range(rows):
-        for c in range(cols):
-            counts[r, c] = valid[r * block_px : (r + 1) * block_px, c * block_px : (c + 1) * block_px].sum()
-    usable = np.argwhere(counts > block_px * block_px // 8)
-    if len(usable) < 2:
-        size_m = "one model tile"
-        raise LabelError(
-            f"The labelled area is too small for a validation block: it needs at least two "
-            f"blocks of {block_px} x {block_px} px ({size_m} each) with imagery; draw a larger area"
-        )
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(usable))
-    target = fraction * counts.sum()
-    picked, total = [], 0
-    for i in order:
-        if total >= target or len(picked) == len(usable) - 1:
-            break
-        picked.append(tuple(usable[i]))
-        total += counts[tuple(usable[i])]
-    mask = np.zeros_like(valid, dtype=bool)
-    for r, c in picked:
-        mask[r * block_px : (r + 1) * block_px, c * block_px : (c + 1) * block_px] = True
-    return mask
 
 
 def _split(scene: Scene, val_mask: np.ndarray, tile_px: int) -> Tuple[Scene, List[Scene]]:
@@ -341,6 +315,8 @@ def _prepared(opts: FinetuneOptions, meta: Dict, device: torch.device, log: Call
     tile_px = int(meta["tile_size_px"])
     data.train_scene, val_tiles = _split(data.scene, data.val_mask, tile_px)
     data.plan = plan(int(data.train_scene.valid.sum()), tile_px, opts, device.type)
+    if opts.freeze_encoder and not has_encoder(meta):
+        data.notes.append("The base model has no separate encoder to keep: every layer is trained.")
     log(plan_text(data.plan))
     data.cfg = _train_config(meta, opts, str(device), int(data.plan["samples_per_epoch"]))
     data.val_sets = {"val": scenes_to_tiles(val_tiles, tile_px)}
@@ -435,7 +411,17 @@ def _train_config(meta: Dict, opts: FinetuneOptions, device: str, samples_per_ep
         samples_per_epoch=samples_per_epoch,
         max_minutes=opts.max_minutes or None,
         select_on="iou+objects" if separation else "iou",
+        freeze_encoder=opts.freeze_encoder and has_encoder(meta),
     )
+
+
+def has_encoder(meta: Dict) -> bool:
+    """Whether the model's architecture has a separate (pretrained) encoder that fine-tuning can keep."""
+    return meta["architecture"]["name"] in ENCODER_ARCHITECTURES
+
+
+#: Architectures of ``core.unet`` with an ``encoder`` module (EfficientNet-Lite0); the plain U-Net has none.
+ENCODER_ARCHITECTURES = ("efflite0_unet",)
 
 
 def _warn_if_no_better(before: Dict, after: Dict, notes: List[str], log: Callable[[str], None]) -> None:

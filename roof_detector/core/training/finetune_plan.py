@@ -53,5 +53,6 @@ def plan_text(p: Dict[str, float]) -> str:
     return (
         f"Plan: {int(p['samples_per_epoch'])} crops per epoch ({p['labelled_tiles']:g} tiles of labelled area), "
         f"up to {int(p['epochs'])} epochs, stopping early when validation stops improving: at most about "
-        f"{most:.0f} min" + (f" (time budget {budget:g} min)" if budget else "")
+        + (f"{most:.0f} min" if most >= 0.5 else "half a minute")
+        + (f" (time budget {budget:g} min)" if budget else "")
     )
