@@ -243,3 +243,35 @@ def rectangle_polygons(grids: Sequence[Grid], rects: np.ndarray) -> np.ndarray:
     y = np.stack([miny, maxy, maxy, miny, miny], axis=1)
     c, s = cos_t[:, None], sin_t[:, None]
     return shapely.polygons(np.stack([cx[:, None] + x * c - y * s, cy[:, None] + x * s + y * c], axis=2))
+
+
+def filled_rectangles(works: Sequence[Polygon], thetas_deg: Sequence[float], min_fill: float) -> np.ndarray:
+    """The bounding rectangle of each outline along its angle where the outline fills at least
+    ``min_fill`` of it (their IoU: the outline lies inside); None elsewhere.
+
+    No grid and no overlay: the many clean rectangles cost a few array operations.
+    """
+    works = np.asarray(works, dtype=object)
+    thetas_deg = np.asarray(thetas_deg, dtype=float)
+    out = np.full(len(works), None, dtype=object)
+    if not len(works):
+        return out
+    xy, owner = shapely.get_coordinates(shapely.get_exterior_ring(works), return_index=True)
+    c = np.array([math.cos(math.radians(t)) for t in thetas_deg.tolist()])
+    s = np.array([math.sin(math.radians(t)) for t in thetas_deg.tolist()])
+    co, so = c[owner], s[owner]
+    u = xy[:, 0] * co + xy[:, 1] * so
+    v = -xy[:, 0] * so + xy[:, 1] * co
+    starts = np.searchsorted(owner, np.arange(len(works)))
+    u0, u1 = np.minimum.reduceat(u, starts), np.maximum.reduceat(u, starts)
+    v0, v1 = np.minimum.reduceat(v, starts), np.maximum.reduceat(v, starts)
+    box_area = (u1 - u0) * (v1 - v0)
+    hit = np.flatnonzero((box_area > 0) & (shapely.area(works) >= min_fill * box_area))
+    if not len(hit):
+        return out
+    cu = np.stack([u0[hit], u1[hit], u1[hit], u0[hit], u0[hit]], axis=1)
+    cv = np.stack([v0[hit], v0[hit], v1[hit], v1[hit], v0[hit]], axis=1)
+    ch, sh = c[hit][:, None], s[hit][:, None]
+    rings = np.stack([cu * ch - cv * sh, cu * sh + cv * ch], axis=2)
+    out[hit] = shapely.polygons(rings)
+    return out

@@ -17,7 +17,6 @@ No ``qgis`` import here.
 
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -25,12 +24,13 @@ import shapely
 from shapely.geometry import Polygon
 from shapely.geometry.base import BaseGeometry
 
-from .batch_rectangles import best_rectangles, burn_many, rectangle_polygons
+from .batch_rectangles import best_rectangles, burn_many, filled_rectangles, rectangle_polygons
 from .regularize import (
     ARC_FIT_IOU,
     FAST_FILL,
     RECT_ENOUGH_IOU,
     RECTILINEAR,
+    _axes_to_try,
     _check_tolerance,
     fit_polygon,
     regularize_metric_shape,
@@ -72,7 +72,7 @@ def regularize_batch(
         and not work.interiors
     ]
     # fit_polygon's first axes: the shared ones unless they are the building's own
-    first = np.array([_first_axes(thetas_deg[i], own_deg[i]) for i in simple], dtype=float)
+    first = np.array([_axes_to_try(thetas_deg[i], own_deg[i])[0] for i in simple], dtype=float)
     works = np.array([prepared[i][0] for i in simple], dtype=object)
     # only a building on its own axes is turned: shared axes keep a row of houses parallel
     on_own = np.array([first[k] == own_deg[i] for k, i in enumerate(simple)], dtype=bool)
@@ -92,7 +92,7 @@ def _rectangles(works: np.ndarray, first: np.ndarray, turnable: np.ndarray) -> T
     """The rectangles that settle outlines (None elsewhere), and for the others the grid and best
     rectangle along their first axes (``first``; where ``turnable``, turned by :data:`AXES_TURNS_DEG`
     when that fits better)."""
-    fitted = _filled_rectangles(works, first)
+    fitted = filled_rectangles(works, first, FAST_FILL)
     miss = np.flatnonzero(fitted == None)  # noqa: E711
     grids = burn_many(works[miss], first[miss])
     iou, rects = best_rectangles(grids)
@@ -123,10 +123,6 @@ def _turn_axes(works, first, which, slots, grids, iou, rects) -> None:
         first[which[j]] = thetas[flat]
 
 
-def _first_axes(theta: float, own: float) -> float:
-    return own if theta != theta or abs(theta - own) < 1e-9 else theta
-
-
 def _one(geom, theta, own, prep, tolerance_m, hint):
     """One outline through :func:`.regularize.fit_polygon` (Polygon) or the MultiPolygon path."""
     theta = None if theta != theta else float(theta)
@@ -148,29 +144,3 @@ def _settle(which: List[int], metric: List[BaseGeometry], fitted: np.ndarray, ou
     for i, p, f, ok, keep in zip(which, polys, fitted, size_ok.tolist(), same.tolist()):
         if ok:
             out[i] = (p, RECTILINEAR) if keep else (f, RECTILINEAR)
-
-
-def _filled_rectangles(works: np.ndarray, thetas: np.ndarray) -> np.ndarray:
-    """:func:`.regularize._filled_rectangle` (at :data:`.regularize.FAST_FILL`) of each outline; None where it misses."""
-    out = np.full(len(works), None, dtype=object)
-    if not len(works):
-        return out
-    xy, owner = shapely.get_coordinates(shapely.get_exterior_ring(works), return_index=True)
-    c = np.array([math.cos(math.radians(t)) for t in thetas.tolist()])
-    s = np.array([math.sin(math.radians(t)) for t in thetas.tolist()])
-    co, so = c[owner], s[owner]
-    u = xy[:, 0] * co + xy[:, 1] * so
-    v = -xy[:, 0] * so + xy[:, 1] * co
-    starts = np.searchsorted(owner, np.arange(len(works)))
-    u0, u1 = np.minimum.reduceat(u, starts), np.maximum.reduceat(u, starts)
-    v0, v1 = np.minimum.reduceat(v, starts), np.maximum.reduceat(v, starts)
-    box_area = (u1 - u0) * (v1 - v0)
-    hit = np.flatnonzero((box_area > 0) & (shapely.area(works) >= FAST_FILL * box_area))
-    if not len(hit):
-        return out
-    cu = np.stack([u0[hit], u1[hit], u1[hit], u0[hit], u0[hit]], axis=1)
-    cv = np.stack([v0[hit], v0[hit], v1[hit], v1[hit], v0[hit]], axis=1)
-    ch, sh = c[hit][:, None], s[hit][:, None]
-    rings = np.stack([cu * ch - cv * sh, cu * sh + cv * ch], axis=2)
-    out[hit] = shapely.polygons(rings)
-    return out

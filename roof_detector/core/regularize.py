@@ -31,7 +31,7 @@ and 5 at z19, INRIA validation chips); see the README. No ``qgis`` import here.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import shapely
@@ -45,6 +45,7 @@ from .axes import (
     working_rings,
 )
 from .metric_frame import to_local_metric
+from .batch_rectangles import filled_rectangles
 from .rectilinear import Grid, burn, ellipse_grid_iou, fit_rectilinear
 from .snapping import MAX_AREA_CHANGE, UNCHANGED_M, is_round, snap_polygon
 
@@ -211,7 +212,7 @@ def fit_polygon(
     # that fill much more are not round, which spares them the two roundness tests.
     roundish = _fill(ring, work.area, own) < ROUNDISH_FILL
     arc = _LazyArc(ring, tolerance_m) if roundish else None
-    thetas = [own] if theta_deg is None or abs(theta_deg - own) < 1e-9 else [theta_deg, own]
+    thetas = _axes_to_try(theta_deg, own)
     # Holes bigger than speckle (the detection fills those) are courtyards: the outer
     # outline is fitted alone and each courtyard is cut out of it, squared where it can be.
     shell = Polygon(work.exterior) if work.interiors else work
@@ -234,6 +235,14 @@ def fit_polygon(
             return poly, shape
         return fitted, shape
     return poly, CURVED
+
+
+def _axes_to_try(theta_deg: Optional[float], own: float) -> List[float]:
+    """The axes a fit tries, in order: the given (shared) ones, then the building's own;
+    only its own when none are given (None or NaN) or they are its own."""
+    if theta_deg is None or theta_deg != theta_deg or abs(theta_deg - own) < 1e-9:
+        return [own]
+    return [theta_deg, own]
 
 
 def _cut_courtyards(fitted: Polygon, poly: Polygon, theta: float, tol: float) -> Optional[Polygon]:
@@ -380,22 +389,8 @@ def _has_long_arc(ring: np.ndarray, tol: float) -> bool:
 
 
 def _filled_rectangle(poly: Polygon, theta: float, min_fill: Optional[float] = None) -> Optional[Polygon]:
-    """The bounding rectangle along ``theta`` when the outline fills it (IoU >= ``min_fill``, :data:`FAST_FILL`).
-
-    The outline lies inside its bounding rectangle, so their IoU is the ratio of
-    their areas: no grid and no overlay are needed for the many clean rectangles.
-    """
-    xy = np.asarray(poly.exterior.coords)[:, :2]
-    t = math.radians(theta)
-    c, s = math.cos(t), math.sin(t)
-    u = xy[:, 0] * c + xy[:, 1] * s
-    v = -xy[:, 0] * s + xy[:, 1] * c
-    u0, u1, v0, v1 = u.min(), u.max(), v.min(), v.max()
-    box_area = (u1 - u0) * (v1 - v0)
-    if not (box_area > 0 and poly.area >= (FAST_FILL if min_fill is None else min_fill) * box_area):
-        return None
-    corners = np.array([(u0, v0), (u1, v0), (u1, v1), (u0, v1), (u0, v0)])
-    return Polygon(np.column_stack([corners[:, 0] * c - corners[:, 1] * s, corners[:, 0] * s + corners[:, 1] * c]))
+    """The bounding rectangle along ``theta`` when the outline fills it (IoU >= ``min_fill``, :data:`FAST_FILL`)."""
+    return filled_rectangles([poly], [theta], FAST_FILL if min_fill is None else min_fill)[0]
 
 
 def _has_diagonal(poly: Polygon) -> bool:
