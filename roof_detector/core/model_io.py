@@ -352,15 +352,7 @@ def _twin_model(path: str, meta: Dict[str, Any], dev, backend: str, extra: Dict[
     if onnx_twin.onnxruntime_available():
         twin, why_not = onnx_twin.find_twin(path, meta)
         if twin is not None:
-            module = onnx_twin.OnnxModule(twin)
-            return LoadedModel(
-                module=module,
-                metadata=meta,
-                device=dev,
-                path=path,
-                half=False,
-                extra={"backend": "onnxruntime", "onnx_path": twin, "onnx_precision": module.precision},
-            )
+            return _onnx_loaded(onnx_twin.OnnxModule(twin), meta, dev, path, twin)
         if not torch_available():
             raise ModelError(
                 f"{path} has no usable ONNX twin ({why_not}) and PyTorch is not installed to run "
@@ -445,13 +437,10 @@ def _load_onnx_file(path: str, device: str, backend: str) -> LoadedModel:
             f"{path} is not an ONNX model ONNX Runtime can load ({detail}); the file may be truncated "
             "or of another format: make it again with `python -m devtools onnx-twin`"
         ) from None
-    meta = validate_metadata(meta, path)
-    dev = resolve_device("cpu")
-    return LoadedModel(
-        module=module,
-        metadata=meta,
-        device=dev,
-        path=path,
-        half=False,
-        extra={"backend": "onnxruntime", "onnx_path": path, "onnx_precision": module.precision},
-    )
+    return _onnx_loaded(module, validate_metadata(meta, path), resolve_device("cpu"), path, path)
+
+
+def _onnx_loaded(module, meta: Dict[str, Any], dev, path: str, onnx_path: str) -> LoadedModel:
+    """A model that runs with ONNX Runtime (``onnx_path``), named ``path`` (its TorchScript file or itself)."""
+    extra = {"backend": "onnxruntime", "onnx_path": onnx_path, "onnx_precision": module.precision}
+    return LoadedModel(module=module, metadata=meta, device=dev, path=path, half=False, extra=extra)
