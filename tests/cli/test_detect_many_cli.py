@@ -38,6 +38,17 @@ def _env():
     return dict(os.environ, PYTHONPATH=str(REPO))
 
 
+def _start_one_worker(base, out, model):
+    """The CLI on the tiles with one local worker on the CPU, its output pipes open."""
+    return subprocess.Popen(
+        _cmd(base / "tiles", "-o", out, "--model", model, "--device", "cpu", "--workers", "1"),
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 @pytest.mark.slow
 def test_cli_runs_and_resumes_after_a_crash(tmp_path, setup):
     base, model = setup
@@ -144,13 +155,7 @@ def test_sigterm_is_reported_as_sigterm(tmp_path, setup):
     sometimes logged a CommClosedError traceback while the cluster stopped)."""
     base, model = setup
     out = tmp_path / "out.gpkg"
-    proc = subprocess.Popen(
-        _cmd(base / "tiles", "-o", out, "--model", model, "--device", "cpu", "--workers", "1"),
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _start_one_worker(base, out, model)
     t0 = time.monotonic()
     while not Path(f"{out}.parts").exists() and time.monotonic() - t0 < 240 and proc.poll() is None:
         time.sleep(0.1)
@@ -175,13 +180,7 @@ def test_a_signal_stops_a_single_workers_job_in_progress_at_once(tmp_path, setup
     base, _ = setup
     model = make_endless_torchscript(str(tmp_path / "endless.pt"))
     out = tmp_path / "out.gpkg"
-    proc = subprocess.Popen(
-        _cmd(base / "tiles", "-o", out, "--model", model, "--device", "cpu", "--workers", "1"),
-        cwd=REPO,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    proc = _start_one_worker(base, out, model)
     try:
         os.set_blocking(proc.stderr.fileno(), False)
         err, t0 = b"", time.monotonic()
