@@ -83,20 +83,26 @@ def test_expand_inputs(tmp_path, whole):
         expand_inputs([str(tmp_path / "empty")])
 
 
-def test_owned_areas_partition_the_mosaic(tmp_path, whole):
-    """Every point of the mosaic, seams and overlaps included, has exactly one owner."""
-    tiles = cut(whole, str(tmp_path / "tiles"), parts=3, overlap_px=7)
-    mosaic = read_mosaic(expand_inputs([str(tmp_path / "tiles")]))
-    jobs = plan_jobs(mosaic, margin_m=10.0)
+def _assert_partition(mosaic, jobs, seed):
+    """Every point of the mosaic (random ones, and the jobs' footprint corners) has exactly one owning
+    job, and the jobs' areas add up to the mosaic's."""
     x0, y0, x1, y1 = mosaic.bounds
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     xs = np.concatenate([rng.uniform(x0, x1, 3000), [j.footprint[0] for j in jobs], [j.footprint[2] for j in jobs]])
     ys = np.concatenate([rng.uniform(y0, y1, 3000), [j.footprint[3] for j in jobs], [j.footprint[1] for j in jobs]])
     for x, y in zip(xs, ys):
         if x0 <= x < x1 and y0 < y <= y1:
             assert sum(owns(j, x, y) for j in jobs) == 1, (x, y)
-    assert len(jobs) == len(tiles) == 9
     assert sum(j.area_km2 for j in jobs) == pytest.approx((x1 - x0) * (y1 - y0) / 1e6 / 0.9996**2, rel=1e-3)
+
+
+def test_owned_areas_partition_the_mosaic(tmp_path, whole):
+    """Every point of the mosaic, seams and overlaps included, has exactly one owner."""
+    tiles = cut(whole, str(tmp_path / "tiles"), parts=3, overlap_px=7)
+    mosaic = read_mosaic(expand_inputs([str(tmp_path / "tiles")]))
+    jobs = plan_jobs(mosaic, margin_m=10.0)
+    _assert_partition(mosaic, jobs, seed=1)
+    assert len(jobs) == len(tiles) == 9
 
 
 def test_four_abutting_tiles_give_the_whole_rasters_buildings(tmp_path, whole, reference, model_path):
@@ -384,16 +390,9 @@ def test_blocks_of_tiles_partition_the_mosaic(tmp_path, whole):
     mosaic = read_mosaic(expand_inputs([str(tmp_path / "tiles")]))
     jobs = plan_jobs(mosaic, margin_m=10.0, group_tiles=2)
     assert len(jobs) == 4 and all(j.earlier == () for j in jobs)
-    x0, y0, x1, y1 = mosaic.bounds
-    rng = np.random.default_rng(2)
-    xs = np.concatenate([rng.uniform(x0, x1, 3000), [j.footprint[0] for j in jobs], [j.footprint[2] for j in jobs]])
-    ys = np.concatenate([rng.uniform(y0, y1, 3000), [j.footprint[3] for j in jobs], [j.footprint[1] for j in jobs]])
-    for x, y in zip(xs, ys):
-        if x0 <= x < x1 and y0 < y <= y1:
-            assert sum(owns(j, x, y) for j in jobs) == 1, (x, y)
-    assert sum(j.area_km2 for j in jobs) == pytest.approx((x1 - x0) * (y1 - y0) / 1e6 / 0.9996**2, rel=1e-3)
+    _assert_partition(mosaic, jobs, seed=2)
     # the first block reads the 4 tiles under it and those its margin reaches
-    assert len(jobs[0].sources) == 9 and jobs[3].window[2] == pytest.approx(x1)
+    assert len(jobs[0].sources) == 9 and jobs[3].window[2] == pytest.approx(mosaic.bounds[2])
 
 
 def test_blocks_of_tiles_give_the_whole_rasters_buildings(tmp_path, whole, reference, model_path):
