@@ -37,7 +37,7 @@ from ..qgis_adapter.finetune_task import FinetuneRequest, FinetuneTask
 from ..qgis_adapter.paths import library_models_in, model_library_dir
 from ..qgis_adapter.request import RequestError, is_polygon_layer
 from . import LOG_TAG, settings, tr
-from .message_bar import push
+from .message_bar import fit_dialog_height, push
 from .curve_chart import CurveChart
 from .finetune_request import finetune_request
 from .finetune_results import ComparisonBox, epochs_text, stop_reason
@@ -441,6 +441,7 @@ class FinetuneDialog(QDialog):
         if not self.running:
             self.fill_models()
         super().showEvent(event)
+        fit_dialog_height(self)  # the wrapped notes of the form get their lines
 
 
 def show_finetune_dialog(

@@ -92,18 +92,18 @@ def push(
     """Show ``text`` in ``bar`` as a :func:`message_item`; return the item."""
     item = message_item(title, text, level, duration, buttons)
     bar.pushItem(item)
-    _fit_dialog(bar)
+    fit_dialog_height(bar.window())
     return item
 
 
-def _fit_dialog(bar: QgsMessageBar) -> None:
-    """Grow the dialog holding ``bar`` to the height its contents need at its width.
+def fit_dialog_height(window: QWidget) -> None:
+    """Grow ``window``, when it is a dialog, to the height its contents need at its width.
 
     A window's minimum size ignores word-wrapped labels (Qt's layouts leave height-for-width
-    out of it), so a message pushed into a dialog's bar would squeeze the dialog's own
-    wrapped notes until they overlap their neighbours. QGIS's main window is left as it is.
+    out of it), so a dialog's own wrapped notes get squeezed until they overlap their
+    neighbours: when it opens, or when a message is pushed into its bar. QGIS's main window
+    is left as it is.
     """
-    window = bar.window()
     layout = window.layout() if isinstance(window, QDialog) else None
     if layout is None:
         return

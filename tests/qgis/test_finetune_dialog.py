@@ -401,3 +401,25 @@ def test_library_dialog_says_a_model_file_is_code(qgis_iface, tmp_path):
     dialog = ModelLibraryDialog(qgis_iface, library_dir=str(tmp_path))
     assert "is a program" in dialog.trust_label.text() and "trusted sources only" in dialog.trust_label.text()
     assert dialog.import_button.toolTip() == dialog.trust_label.text()
+
+
+def test_the_forms_wrapped_notes_get_their_lines_when_the_dialog_opens(
+    qgis_iface, qgis_app, project, raster_layer, library
+):
+    """Qt's window minimum ignores word-wrapped labels: the labelled-area note overlapped the
+    *Base model* row below it in a grab of the dialog as it opened."""
+    from qgis.PyQt.QtWidgets import QLabel
+
+    labels = memory_polygons(project, ["POLYGON((0 0, 10 0, 10 10, 0 10, 0 0))"])
+    dialog = make_dialog(qgis_iface, library, raster_layer, labels)
+    dialog.show()
+    try:
+        for _ in range(5):
+            qgis_app.processEvents()
+        notes = [w for w in dialog.findChildren(QLabel) if w.isVisible() and w.wordWrap() and w.text()]
+        assert any("labelled area" in w.text() for w in notes)
+        for note in notes:
+            assert note.height() >= note.heightForWidth(note.width()), note.text()
+    finally:
+        dialog.hide()
+        dialog.deleteLater()
