@@ -379,6 +379,7 @@ def test_outline_thread_runs_at_low_priority_and_the_caller_keeps_its_own(tmp_pa
 
     def add(self, *strip):
         seen["outline"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        seen["policy"] = os.sched_getscheduler(threading.get_native_id())
         return real(self, *strip)
 
     before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
@@ -387,7 +388,9 @@ def test_outline_thread_runs_at_low_priority_and_the_caller_keeps_its_own(tmp_pa
         res = detect_buildings(path, DetectOptions(batch_size=2), model=model)
     assert len(res.buildings) == 1
     assert seen["outline"] == min(19, max(before, outline_worker.OUTLINE_THREAD_NICE))
+    assert seen["policy"] == os.SCHED_IDLE  # a waking model thread takes its core at once
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+    assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER
 
 
 def test_touching_roofs_are_separated_and_nothing_is_lost(tmp_path, model):
