@@ -17,9 +17,10 @@ see :func:`stuck_calls` and ``roof_detector.cli.main``.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from typing import Callable, List, Optional, TypeVar
+from typing import Callable, Iterator, List, Optional, TypeVar
 
 from .errors import Cancelled
 
@@ -76,6 +77,25 @@ def call_interruptibly(
         finally:
             del error  # no reference cycle through the traceback
     return box.pop("value")
+
+
+@contextlib.contextmanager
+def holding(lock: Optional[threading.Lock], is_cancelled: Optional[Callable[[], bool]] = None) -> Iterator[None]:
+    """Hold ``lock`` (None: nothing to hold) for the block; the wait for it ends on a cancel.
+
+    Waits in slices of :data:`POLL_S`, so Ctrl-C reaches the caller at once and
+    ``is_cancelled()`` (raising :class:`Cancelled`) within a slice.
+    """
+    if lock is None:
+        yield
+        return
+    while not lock.acquire(timeout=POLL_S):
+        if is_cancelled is not None and is_cancelled():
+            raise Cancelled()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def stuck_calls(grace_s: float = 1.0) -> int:

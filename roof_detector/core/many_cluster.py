@@ -5,7 +5,8 @@ restarts each); a single one runs as threads of this process, the way the
 single-raster CLI runs, which saves the second Python start, the second import
 of the engine and the process hand-over of every result (README, "Where the
 overhead goes"). Dask cannot stop a running task, so the client stops its own
-jobs in this process when the run ends (:func:`stopping`).
+jobs in this process when the run ends (:func:`stopping`). Each local worker
+runs :data:`JOBS_PER_WORKER` jobs at once, which take turns on its network.
 """
 
 from __future__ import annotations
@@ -27,7 +28,21 @@ def cluster_workers(scheduler: str) -> int:
 #: Its servers check their event loop every 20 ms by default, only to log a blocked loop (our logs are
 #: off); and a single worker has nobody to steal work from (work stealing runs every 100 ms): an idle
 #: in-process cluster took 3.8 % of a core with Dask's defaults, 2.5 % with these (15 s, loaded machine).
-LOCAL_CLUSTER_CONFIG = {"distributed.admin.tick.interval": "1s"}
+#: A worker also samples its running tasks' Python stacks every 10 ms for the dashboard's Profile
+#: page, and the system monitor reads psutil's counters every 0.5 s: with one job running, the
+#: event loop took 6.2 % of a core, 1.6 % without the profiler and 1.3 % with the monitor at 2 s
+#: (12 s, quiet machine); during a bench run of 16 x 3072 px the event loop thread had burnt 2.9 CPU s
+#: (perf). The dashboard's task stream, progress and system pages stay.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.admin.tick.interval": "1s",
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.system-monitor.interval": "2s",
+}
+
+#: Jobs a local worker runs at once. They take turns on the model (:data:`.many_job.NETWORK_LOCK`):
+#: the second waits while the first predicts its tiles, then starts while the first traces its last
+#: outlines, which would otherwise leave the model's cores idle at the end of every job.
+JOBS_PER_WORKER = 2
 
 
 @contextlib.contextmanager
@@ -56,13 +71,14 @@ def dask_client(scheduler: Optional[str], workers: int, threads: Optional[int], 
         import torch
 
         torch_threads = torch.get_num_threads()
-    # One task at a time per worker: the model's threads are the worker's parallelism. The workers'
-    # own logs stay quiet (CRITICAL): a job's error reaches the client with its future, while a
-    # worker stopped by Ctrl-C / SIGTERM logged "CommClosedError ... heartbeat_worker" tracebacks.
+    # Two tasks at a time per worker, one on the network (JOBS_PER_WORKER); the model's threads are
+    # the worker's parallelism. The workers' own logs stay quiet (CRITICAL): a job's error reaches
+    # the client with its future, while a worker stopped by Ctrl-C / SIGTERM logged
+    # "CommClosedError ... heartbeat_worker" tracebacks.
     with dask.config.set(dict(LOCAL_CLUSTER_CONFIG, **{"distributed.scheduler.work-stealing": workers > 1})):
         cluster = LocalCluster(
             n_workers=workers,
-            threads_per_worker=1,
+            threads_per_worker=JOBS_PER_WORKER,
             processes=processes,
             dashboard_address=":0",
             silence_logs=logging.CRITICAL,
@@ -105,4 +121,4 @@ def dashboard_link(client) -> Optional[str]:
         return None
 
 
-__all__ = ["dask_client", "stopping", "dashboard_link", "cluster_workers", "LOCAL_CLUSTER_CONFIG"]
+__all__ = ["dask_client", "stopping", "dashboard_link", "cluster_workers", "LOCAL_CLUSTER_CONFIG", "JOBS_PER_WORKER"]

@@ -35,6 +35,11 @@ _MODELS_LOCK = threading.Lock()
 #: Runs whose client has stopped (done, Ctrl-C, SIGTERM, an error, a cancel): their jobs still
 #: running in this process give up at their next check (at least once per batch of tiles).
 _STOPPED_RUNS: Set[str] = set()
+#: Held by the job whose tiles the model is predicting: a worker runs two jobs at once (see
+#: :data:`.many_cluster.JOBS_PER_WORKER`) and they take turns on the network, so one job's last
+#: outlines are traced while the next one's tiles are predicted, and the model's cores are never
+#: shared by two networks.
+NETWORK_LOCK = threading.Lock()
 
 
 @dataclass
@@ -113,7 +118,7 @@ def run_job(
         vrt = write_job_vrt(job, os.path.join(folder, f"{job.index:06d}.vrt"))
         stopped = (lambda: run_id in _STOPPED_RUNS) if run_id else None
         with RasterioSource(vrt, stretch=stretch) as source:
-            result = detect_buildings(source, options, model=model, is_cancelled=stopped)
+            result = detect_buildings(source, options, model=model, is_cancelled=stopped, network_lock=NETWORK_LOCK)
     except Exception as exc:  # noqa: BLE001 - sent back as data (below)
         # As data, not raised: the message arrives whole whatever Dask's exception transport can
         # unpickle (it turns a RasterioIOError into a bare Exception and drops the GDAL messages

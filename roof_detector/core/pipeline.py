@@ -14,6 +14,7 @@ size.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -26,6 +27,7 @@ from .errors import Cancelled, InputRasterError, LargeRunError, ModelError, Roof
 from .footprints import FinishOptions
 from .geo import m2_per_crs_unit2, pixel_size_m
 from .inference import BatchPredictor, fitted_batch_size, predict_tiles
+from .interruptible import holding
 from .devices import device_description
 from .model_io import BUNDLED_MODEL_PATH, LoadedModel, load_model
 from .outline_worker import OutlineWorker, max_pending_batches
@@ -113,6 +115,7 @@ def detect_buildings(
     progress: Optional[ProgressFn] = None,
     is_cancelled: Optional[CancelFn] = None,
     model: Optional[LoadedModel] = None,
+    network_lock: Optional[threading.Lock] = None,
 ) -> DetectionResult:
     """Detect building footprints in ``source`` (a :class:`RasterSource` or a raster path).
 
@@ -121,6 +124,9 @@ def detect_buildings(
     :class:`~roof_detector.core.errors.Cancelled`). A ``model`` already
     loaded is used as is (``options.model_path``/``device`` are then
     ignored), which saves reloading it for many rasters.
+    ``network_lock``, shared by runs in one process, is held from the first
+    tile predicted to the last: runs take turns on the model's cores, and the
+    outlines a run traces after its last tile overlap the next run's network.
     """
     options = options or DetectOptions()
     t_start = time.perf_counter()
@@ -139,7 +145,7 @@ def detect_buildings(
         timings["prepare"] = time.perf_counter() - t_start
         report(_PREPARE_END, f"{len(run.tiles)} tiles to process")
         predictor = BatchPredictor(model, tta=options.tta)
-        buildings, valid_px = _predict_and_trace(run, predictor, report, is_cancelled, timings, warnings)
+        buildings, valid_px = _predict_and_trace(run, predictor, report, is_cancelled, timings, warnings, network_lock)
         if valid_px == 0:
             warnings.append(
                 "The raster holds no valid pixels"
@@ -216,6 +222,7 @@ def _predict_and_trace(
     is_cancelled: Optional[CancelFn],
     timings: Dict[str, float],
     warnings: List[str],
+    network_lock: Optional[threading.Lock] = None,
 ) -> Tuple[List[Building], int]:
     """Predict the tiles in batches while the outline thread traces finished strips; (buildings, valid pixels)."""
     grid, tiles, model = run.grid, run.tiles, run.model
@@ -224,10 +231,23 @@ def _predict_and_trace(
     tile_progress = report.span(_PREPARE_END, _TILES_END)
     tiles_per_row = len(tile_origins(grid.width_px, model.tile_size_px, model.overlap_px))
     with OutlineWorker(mosaic, vectorizer, max_pending_batches(tiles_per_row, run.batch_size)) as outlines:
-        for batch in predict_tiles(
-            run.raster, grid, tiles, model, run.batch_size, tile_progress, is_cancelled, timings, warnings, predictor
-        ):
-            outlines.submit(batch)
+        t0 = time.perf_counter()
+        with holding(network_lock, is_cancelled):
+            if network_lock is not None:
+                timings["network_lock_wait"] = time.perf_counter() - t0
+            for batch in predict_tiles(
+                run.raster,
+                grid,
+                tiles,
+                model,
+                run.batch_size,
+                tile_progress,
+                is_cancelled,
+                timings,
+                warnings,
+                predictor,
+            ):
+                outlines.submit(batch)
         t0 = time.perf_counter()
         report(_TILES_END, "Tracing the last building outlines")
         buildings = outlines.finish()

@@ -457,13 +457,27 @@ def test_worker_model_is_loaded_once_with_the_workers_threads():
 
 
 def _cluster_settings(seen):
-    """An on_cluster hook recording the scheduler's and workers' tick interval (s) and work stealing."""
+    """An on_cluster hook recording the scheduler's tick interval (s), work stealing and system monitor
+    interval (ms), and each worker's tick, stack profiler, system monitor and jobs at once."""
 
     def hook(client):
         seen["scheduler"] = client.run_on_scheduler(
-            lambda dask_scheduler: (dask_scheduler._tick_interval, "stealing" in dask_scheduler.extensions)
+            lambda dask_scheduler: (
+                dask_scheduler._tick_interval,
+                "stealing" in dask_scheduler.extensions,
+                dask_scheduler.periodic_callbacks["monitor"].callback_time,
+            )
         )
-        seen["workers"] = sorted(client.run(lambda dask_worker: dask_worker._tick_interval).values())
+        seen["workers"] = sorted(
+            client.run(
+                lambda dask_worker: (
+                    dask_worker._tick_interval,
+                    "profile" in dask_worker.periodic_callbacks,
+                    dask_worker.periodic_callbacks["monitor"].callback_time,
+                    dask_worker.state.nthreads,
+                )
+            ).values()
+        )
 
     return hook
 
@@ -472,8 +486,9 @@ def _cluster_settings(seen):
 def test_a_single_local_worker_runs_in_this_process_and_more_in_their_own(tmp_path, whole, reference, model_path):
     """One local worker is threads of the client's process (no second start and import of the
     engine); its model is freed and torch's threads given back after the run. Two are processes.
-    The local cluster checks its event loops once a second (not every 20 ms) and steals work only
-    when there is another worker to steal from."""
+    The local cluster checks its event loops once a second (not every 20 ms), steals work only
+    when there is another worker to steal from, samples no task stacks and reads its system
+    counters every 2 s; each worker runs two jobs at once, which take turns on the network."""
     import torch
 
     from roof_detector.core import many_job
@@ -494,7 +509,8 @@ def test_a_single_local_worker_runs_in_this_process_and_more_in_their_own(tmp_pa
         assert torch.get_num_threads() == 1 and not many_job._MODELS
     finally:
         torch.set_num_threads(before)
-    assert seen == {"scheduler": (1.0, False), "workers": [1.0]}
+    # tick 1 s, no stealing, no stack profiler, system monitor every 2 s, two jobs at once (one on the network)
+    assert seen == {"scheduler": (1.0, False, 2000), "workers": [(1.0, False, 2000, 2)]}
     _check_same_buildings(reference, read_layer(str(tmp_path / "one.gpkg")))
     res = detect_many(
         [str(tmp_path / "tiles")],
@@ -504,6 +520,7 @@ def test_a_single_local_worker_runs_in_this_process_and_more_in_their_own(tmp_pa
         on_cluster=_cluster_settings(seen),
     )
     assert res.stats["worker_pids"] and os.getpid() not in res.stats["worker_pids"]
-    assert seen == {"scheduler": (1.0, True), "workers": [1.0, 1.0]}  # handed to the worker processes too
+    # handed to the worker processes too
+    assert seen == {"scheduler": (1.0, True, 2000), "workers": [(1.0, False, 2000, 2)] * 2}
     one, two = (read_layer(str(tmp_path / f"{n}.gpkg")) for n in ("one", "two"))
     assert [(g.wkb, a) for g, a in two] == [(g.wkb, a) for g, a in one]  # the same output either way

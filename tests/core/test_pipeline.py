@@ -414,3 +414,85 @@ def test_separation_with_a_custom_threshold(tmp_path, model):
     assert len(_detect(path, model, threshold=0.95).buildings) == 2  # the bridge is not building at 0.95
     assert len(_detect(path, model, threshold=0.6).buildings) == 2
     assert len(_detect(path, model, threshold=0.6, separate_touching=False).buildings) == 1
+
+
+def _recording_model_calls(calls):
+    """A patch of BatchPredictor.__call__ recording (thread, start, end) of every model call."""
+    import time
+
+    from roof_detector.core.inference import BatchPredictor
+
+    real = BatchPredictor.__call__
+
+    def call(self, rgb):
+        t0 = time.perf_counter()
+        try:
+            return real(self, rgb)
+        finally:
+            calls.append((threading.current_thread().name, t0, time.perf_counter()))
+
+    return mock.patch.object(BatchPredictor, "__call__", call)
+
+
+def test_runs_sharing_a_network_lock_take_turns_and_overlap_their_last_outlines(tmp_path, model):
+    """detect-many's two jobs per worker: the lock is held from the first tile predicted to the
+    last, so two runs' model calls never interleave, and the second run predicts while the first
+    still traces its last outlines (here made slow)."""
+    import time
+
+    path = rect_scene(tmp_path / "t.tif", [(20, 20, 60, 80)])
+    lock = threading.Lock()
+    calls, returned, results = [], {}, {}
+    real_finish = pipeline.StripVectorizer.finish
+
+    def slow_finish(self):  # on the outline thread; the first run's finishes first (it predicted first)
+        if not returned and not getattr(slow_finish, "slept", False):
+            slow_finish.slept = True
+            time.sleep(1.0)
+        return real_finish(self)
+
+    def run(name):
+        results[name] = detect_buildings(path, DetectOptions(batch_size=2), model=model, network_lock=lock)
+        returned[name] = time.perf_counter()
+
+    with _recording_model_calls(calls), mock.patch.object(pipeline.StripVectorizer, "finish", slow_finish):
+        first = threading.Thread(target=run, args=("first",), name="first")
+        first.start()
+        while not lock.locked():
+            time.sleep(0.005)
+        second = threading.Thread(target=run, args=("second",), name="second")
+        second.start()
+        first.join(60)
+        second.join(60)
+    by = {n: [(a, b) for t, a, b in calls if t == n] for n in ("first", "second")}
+    assert len(by["first"]) == len(by["second"]) == -(-results["first"].stats["tiles"] // 2) > 1
+    # turns: every model call of the second run after the last of the first
+    assert max(b for _, b in by["first"]) <= min(a for a, _ in by["second"])
+    # the second run's network started while the first was still tracing
+    assert min(a for a, _ in by["second"]) < returned["first"] - 0.5
+    assert results["second"].stats["timings_s"]["network_lock_wait"] > 0
+    assert [b.geometry.wkb for b in results["first"].buildings] == [b.geometry.wkb for b in results["second"].buildings]
+    assert not lock.locked()
+
+
+def test_a_cancel_ends_the_wait_for_the_network_lock(tmp_path, model):
+    import time
+
+    path = rect_scene(tmp_path / "w.tif", [(20, 20, 60, 80)])
+    lock = threading.Lock()
+    lock.acquire()  # another job is predicting
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(Cancelled):
+            detect_buildings(
+                path,
+                DetectOptions(),
+                model=model,
+                is_cancelled=lambda: time.perf_counter() - t0 > 0.3,
+                network_lock=lock,
+            )
+        assert time.perf_counter() - t0 < 2.0
+    finally:
+        lock.release()
+    res = detect_buildings(path, DetectOptions(), model=model, network_lock=lock)  # free: runs
+    assert len(res.buildings) == 1 and not lock.locked()
