@@ -29,7 +29,7 @@ from __future__ import annotations
 import errno
 import numbers
 import os
-from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from .errors import OutputError
 from .field_names import free_names
@@ -160,7 +160,7 @@ def write_buildings(
 
 
 def write_building_stream(
-    buildings: Iterable[Building],
+    buildings: Union[Iterable[Building], Callable[[Any, bool], None]],
     path: str,
     crs_wkt: str,
     fields: Union[Sequence[Tuple[str, str, int]], Dict[str, int]],
@@ -169,7 +169,8 @@ def write_building_stream(
     overwrite: bool = False,
     metadata: Optional[Dict[str, Any]] = None,
 ) -> str:
-    """:func:`write_buildings` for buildings that arrive one by one (never all in memory).
+    """:func:`write_buildings` for buildings that arrive one by one (never all in memory), or for
+    a function ``fill(layer, multi)`` that creates the features (see :func:`_write_features`).
 
     The schema is given up front: ``fields`` lists (attribute key, field name,
     OGR type) as :func:`field_types_of` gives them, or maps field names to OGR
@@ -309,7 +310,14 @@ def _create_layer(ds, name: str, layer: str, srs, geom_type, fields, replace: bo
 
 
 def _write_features(lyr, buildings, fields, multi: bool) -> None:
-    """One feature per building: geometry, the base fields, then ``fields``' attributes."""
+    """One feature per building: geometry, the base fields, then ``fields``' attributes.
+
+    ``buildings`` may instead be a function ``fill(layer, multi)`` that creates the features
+    itself (``detect-many`` copies its parts' features as they are, in C).
+    """
+    if callable(buildings):
+        buildings(lyr, multi)
+        return
     feat = geom = defn = None
     try:
         defn = lyr.GetLayerDefn()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 from .building import Building
 from .gpkg_writer import write_building_stream
@@ -19,24 +19,35 @@ def merge_parts(
     overwrite: bool,
     metadata: Dict[str, Any],
 ):
-    """Stream every part, in job order, into the output layer; return (buildings, total area m²)."""
+    """Stream every part, in job order, into the output layer; return (buildings, total area m²).
+
+    Parts of one schema (a detection's always) are copied feature by feature in C; parts whose
+    fields differ are read back as buildings and written with the fields widened (:func:`_wider`).
+    """
     from .osgeo_exc import ogr
 
     parts = [manifest.part_path(j.index) for j in jobs]
     fields: Dict[str, int] = {}
     multi = False
+    schemas = set()
     for path in parts:
         ds = ogr.Open(path)
         lyr = ds.GetLayer(0)
         multi = multi or ogr.GT_Flatten(lyr.GetGeomType()) == ogr.wkbMultiPolygon
         defn = lyr.GetLayerDefn()
+        schema = []
         for i in range(defn.GetFieldCount()):
             fd = defn.GetFieldDefn(i)
+            schema.append((fd.GetName(), fd.GetType()))
             if fd.GetName() not in ("area_m2", "perimeter_m", "confidence"):
                 fields[fd.GetName()] = _wider(fields.get(fd.GetName()), fd.GetType())
+        schemas.add(tuple(schema))
         lyr = defn = fd = None
         ds = None
     counter = {"n": 0, "area": 0.0}
+    if len(schemas) <= 1:  # every part has the output's fields and types (a detection's always do)
+        write_building_stream(_copier(parts, counter), output, crs_wkt, fields, multi, layer, overwrite, metadata)
+        return counter["n"], counter["area"]
 
     def buildings() -> Iterator[Building]:
         for path in parts:
@@ -47,6 +58,46 @@ def merge_parts(
 
     write_building_stream(buildings(), output, crs_wkt, fields, multi, layer, overwrite, metadata)
     return counter["n"], counter["area"]
+
+
+def _copier(parts: Sequence[str], counter: Dict[str, Any]) -> Callable[[Any, bool], None]:
+    """A ``fill(layer, multi)`` for :func:`.gpkg_writer.write_building_stream` that copies every
+    part's features, in order, field for field by name (GDAL's ``SetFromWithMap``, in C).
+
+    The values were rounded and typed when the parts were written, so the merged layer is the
+    one that reading each building back and writing it again gives, feature for feature; in
+    Python, that round trip took 3 CPU s for the 23,409 buildings of ``bench-many``.
+    """
+    from .osgeo_exc import ogr
+
+    def fill(lyr, multi: bool) -> None:
+        defn = lyr.GetLayerDefn()
+        area = defn.GetFieldIndex("area_m2")
+        ds = src = sdefn = feat = out = geom = None
+        try:
+            for path in parts:
+                ds = ogr.Open(path)
+                src = ds.GetLayer(0)
+                sdefn = src.GetLayerDefn()
+                field_map = [defn.GetFieldIndex(sdefn.GetFieldDefn(i).GetName()) for i in range(sdefn.GetFieldCount())]
+                for feat in src:
+                    out = ogr.Feature(defn)
+                    out.SetFromWithMap(feat, 0, field_map)
+                    if multi:
+                        geom = out.GetGeometryRef()
+                        if geom is not None and ogr.GT_Flatten(geom.GetGeometryType()) == ogr.wkbPolygon:
+                            out.SetGeometry(ogr.ForceToMultiPolygon(geom.Clone()))
+                        geom = None
+                    lyr.CreateFeature(out)
+                    counter["n"] += 1
+                    counter["area"] += out.GetFieldAsDouble(area)
+                src = sdefn = feat = out = None
+                ds = None
+        finally:
+            # as the writer does: no GDAL object outlives its dataset in a traceback's frame
+            ds = src = sdefn = feat = out = geom = lyr = defn = None  # noqa: F841
+
+    return fill
 
 
 def read_part(path: str) -> Iterator[Building]:
