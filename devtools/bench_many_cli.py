@@ -10,8 +10,11 @@ from one raster), three runs of the same work on the same cores:
 
 Each run is its own process, timed end to end (Python start, cluster start,
 merge included), repeated ``--repeats`` times in turn (cli, w1t2, w2t1,
-cli, ...) so that a drift of the machine hits all three alike. Reported per
-run: wall time (median), tiles/s, overhead over ``cli``, CPU seconds
+then w2t1, w1t2, cli, ...) so that a drift of the machine hits all three alike. Reported per
+run: wall time (median), tiles/s, overhead over ``cli`` (of the medians, and
+each run over the ``cli`` run of its round, whose median is the figure to
+quote: this VM's speed drifts between rounds; rounds alternate the order,
+A B C then C B A), CPU seconds
 (getrusage of the run and every process it started and reaped), peak RSS of
 the client and of each worker process (psutil, every 0.2 s; a worker running
 in the client's process is the client's peak), buildings; and the
@@ -212,7 +215,8 @@ def run(args) -> int:
     )
     runs: dict = {v: [] for v in names}
     for r in range(args.repeats):
-        for v in names:
+        # A, B, C then C, B, A: a drift of the machine's speed during a round weighs on every variant alike.
+        for v in names if r % 2 == 0 else names[::-1]:
             res = run_once(cmds[v], args.cores)
             runs[v].append(res)
             workers = (
@@ -224,18 +228,7 @@ def run(args) -> int:
             )
     figures = {"tile_px": args.tile_px, "cores": args.cores, "repeats": args.repeats, "plan": plan}
     figures["runs"] = {v: summarize(v, rs, plan) for v, rs in runs.items()}
-    base = figures["runs"].get("cli")
-    for v, f in figures["runs"].items():
-        if base and v != "cli":
-            f["overhead_wall"] = round(f["median_wall_s"] / base["median_wall_s"] - 1, 4)
-            f["overhead_cpu"] = round(f["median_cpu_s"] / base["median_cpu_s"] - 1, 4)
-            where = " (in the client process)" if f["worker_in_client"] else ""
-            say(
-                f"{v}: {f['median_wall_s']} s ({f['overhead_wall']:+.1%} wall, {f['overhead_cpu']:+.1%} CPU s over "
-                f"detect), {f['tiles_per_s']} tiles/s, worker peak {f['worker_peak_mb']} MB{where}"
-            )
-        elif v == "cli":
-            say(f"cli: {f['median_wall_s']} s, {f['tiles_per_s']} tiles/s, peak {f['client_peak_mb']} MB")
+    _add_overheads(figures, runs, say)
     figures["region"] = region_estimate(figures, plan, args.cores)
     reg = figures["region"]
     if reg:
@@ -247,6 +240,29 @@ def run(args) -> int:
     figures["bench_s"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(figures))
     return 0
+
+
+def _add_overheads(figures: dict, runs: dict, say) -> None:
+    """Each detect-many variant's overhead over ``cli``: of the medians, and per round (paired)."""
+    base = figures["runs"].get("cli")
+    for v, f in figures["runs"].items():
+        if base and v != "cli":
+            f["overhead_wall"] = round(f["median_wall_s"] / base["median_wall_s"] - 1, 4)
+            f["overhead_cpu"] = round(f["median_cpu_s"] / base["median_cpu_s"] - 1, 4)
+            # Each run over the `detect` run of its own round (minutes apart at most): this VM's speed
+            # drifts by up to 30 % between rounds, which the ratio of medians would mix in.
+            paired = [a["wall_s"] / c["wall_s"] - 1 for a, c in zip(runs[v], runs["cli"])]
+            f["overhead_wall_paired"] = [round(x, 4) for x in paired]
+            f["overhead_wall_paired_median"] = round(statistics.median(paired), 4)
+            where = " (in the client process)" if f["worker_in_client"] else ""
+            say(
+                f"{v}: {f['median_wall_s']} s ({f['overhead_wall']:+.1%} wall, {f['overhead_cpu']:+.1%} CPU s over "
+                f"detect; per round {', '.join(f'{x:+.1%}' for x in paired)}, median "
+                f"{f['overhead_wall_paired_median']:+.1%}), {f['tiles_per_s']} tiles/s, "
+                f"worker peak {f['worker_peak_mb']} MB{where}"
+            )
+        elif v == "cli":
+            say(f"cli: {f['median_wall_s']} s, {f['tiles_per_s']} tiles/s, peak {f['client_peak_mb']} MB")
 
 
 def summarize(variant: str, rs: list, plan: dict) -> dict:

@@ -31,6 +31,11 @@ def test_bench_many_runs_every_variant_on_the_same_work(tmp_path, repo_root):
         assert runs[v]["overhead_wall"] == pytest.approx(
             runs[v]["median_wall_s"] / runs["cli"]["median_wall_s"] - 1, abs=1e-3
         )
+        # one repeat: the run over the detect run of its round is the same ratio
+        assert runs[v]["overhead_wall_paired"] == [
+            pytest.approx(runs[v]["overhead_wall"], abs=0.01)
+        ]  # medians are rounded
+        assert runs[v]["overhead_wall_paired_median"] == runs[v]["overhead_wall_paired"][0]
     # the single local worker runs in the client's process (its memory is the client's), two are processes
     assert runs["w1t2"]["worker_in_client"] and not runs["w2t1"]["worker_in_client"]
     assert runs["w1t2"]["worker_peak_mb"] == runs["w1t2"]["client_peak_mb"]
