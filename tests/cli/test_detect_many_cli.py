@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from devtools.test_model import make_test_model
+from tests.cli.terminal import default_sigint
 from tests.core.many_fixtures import cut, read_layer, scene
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,6 +47,7 @@ def _start_one_worker(base, out, model):
         env=_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=default_sigint,
     )
 
 

@@ -17,6 +17,7 @@ import pytest
 import shapely
 from affine import Affine
 
+from tests.cli.terminal import default_sigint
 from tests.core.synthetic_rasters import UTM, UTM_ORIGIN, write_raster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +29,7 @@ def _start(args):
         cwd=str(REPO),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=default_sigint,
     )
 
 
@@ -204,9 +206,6 @@ def test_an_interrupt_during_torchs_import_still_ends_with_our_status(tmp_path):
     (status -2): a Ctrl-C landing in `import torch` leaves CPython's unhandled-KeyboardInterrupt flag
     set even when the interrupt is caught. Plain `sys.exit(130)` here gave -2 at 1.2 and 1.5 s."""
 
-    def reset():
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-
     statuses = []
     for delay_s in (0.6, 0.9, 1.2, 1.5, 1.8, 2.4):
         proc = subprocess.Popen(
@@ -214,7 +213,7 @@ def test_an_interrupt_during_torchs_import_still_ends_with_our_status(tmp_path):
             cwd=str(REPO),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            preexec_fn=reset,
+            preexec_fn=default_sigint,
         )
         time.sleep(delay_s)
         proc.send_signal(signal.SIGINT)
