@@ -69,6 +69,15 @@ def _lower_thread_priority() -> None:
             pass
 
 
+def _leave_idle_class(tid: int) -> None:
+    """Move thread ``tid`` from SCHED_IDLE back to the normal class (its nice value stays)."""
+    try:
+        if os.sched_getscheduler(tid) == os.SCHED_IDLE:
+            os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+    except (AttributeError, OSError):  # not Linux, or the thread is gone: nothing to do
+        pass
+
+
 class OutlineWorker:
     """Stitches predicted batches and traces finished strips on one worker thread.
 
@@ -90,10 +99,15 @@ class OutlineWorker:
         self.valid_px = 0
         self.stitch_s = 0.0
         self.wait_s = 0.0  # the model's thread waiting for a free place in the queue
+        self._tid: List[int] = []  # the outline thread's id, once it runs
         self._pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="roof-outlines", initializer=_lower_thread_priority
+            max_workers=1, thread_name_prefix="roof-outlines", initializer=self._start_thread
         )
         self._pending: List[Future] = []
+
+    def _start_thread(self) -> None:
+        self._tid.append(threading.get_native_id())
+        _lower_thread_priority()
 
     def submit(self, batch: List[Tuple[Tile, Any, Any]]) -> None:
         """Queue one predicted batch ``[(tile, probability, valid), ...]`` (in run order)."""
@@ -129,7 +143,12 @@ class OutlineWorker:
     def __enter__(self) -> "OutlineWorker":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
         for f in self._pending:
             f.cancel()
+        if exc_type is not None and self._tid:
+            # Leaving early (cancel, Ctrl-C, an error): a model call left running (a TorchScript call
+            # cannot be stopped) may still hold every core, where an idle-class thread would get
+            # almost nothing; the strip in progress then ends at nice 19, as before SCHED_IDLE.
+            _leave_idle_class(self._tid[0])
         self._pool.shutdown(wait=True)

@@ -496,3 +496,33 @@ def test_a_cancel_ends_the_wait_for_the_network_lock(tmp_path, model):
         lock.release()
     res = detect_buildings(path, DetectOptions(), model=model, network_lock=lock)  # free: runs
     assert len(res.buildings) == 1 and not lock.locked()
+
+
+def test_the_outline_thread_leaves_the_idle_class_when_the_run_ends_early(model):
+    """A cancel or an error may leave a model call running on every core, where an idle-class
+    thread would hardly run: the strip in progress ends in the normal class (at nice 19)."""
+    from roof_detector.core.outline_worker import OutlineWorker
+
+    release, seen = threading.Event(), {}
+
+    class Blocking:
+        buildings: list = []
+
+        def add(self, *strip):
+            seen["before"] = os.sched_getscheduler(threading.get_native_id())
+            release.wait(10)
+            seen["after"] = os.sched_getscheduler(threading.get_native_id())
+
+    class Mosaic:
+        def add(self, tile, prob, valid):
+            return (0, prob, valid)
+
+    tile = mock.Mock(keep=(0, 0, 1, 1), row_off=0, col_off=0)
+    with pytest.raises(RuntimeError):
+        with OutlineWorker(Mosaic(), Blocking()) as outlines:
+            outlines.submit([(tile, np.zeros((1, 1)), np.ones((1, 1), bool))])
+            while "before" not in seen:
+                threading.Event().wait(0.01)
+            threading.Timer(0.3, release.set).start()  # __exit__ below waits for the strip in progress
+            raise RuntimeError("cancelled")
+    assert seen == {"before": os.SCHED_IDLE, "after": os.SCHED_OTHER}
