@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 from .building import Building
 from .strip_mosaic import StripMosaic
@@ -99,14 +99,14 @@ class OutlineWorker:
         self.valid_px = 0
         self.stitch_s = 0.0
         self.wait_s = 0.0  # the model's thread waiting for a free place in the queue
-        self._tid: List[int] = []  # the outline thread's id, once it runs
+        self._tid: Optional[int] = None  # the outline thread's id, once it runs
         self._pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="roof-outlines", initializer=self._start_thread
         )
         self._pending: List[Future] = []
 
     def _start_thread(self) -> None:
-        self._tid.append(threading.get_native_id())
+        self._tid = threading.get_native_id()
         _lower_thread_priority()
 
     def submit(self, batch: List[Tuple[Tile, Any, Any]]) -> None:
@@ -146,9 +146,9 @@ class OutlineWorker:
     def __exit__(self, exc_type, *exc) -> None:
         for f in self._pending:
             f.cancel()
-        if exc_type is not None and self._tid:
+        if exc_type is not None and self._tid is not None:
             # Leaving early (cancel, Ctrl-C, an error): a model call left running (a TorchScript call
             # cannot be stopped) may still hold every core, where an idle-class thread would get
             # almost nothing; the strip in progress then ends at nice 19, as before SCHED_IDLE.
-            _leave_idle_class(self._tid[0])
+            _leave_idle_class(self._tid)
         self._pool.shutdown(wait=True)
