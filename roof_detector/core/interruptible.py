@@ -58,9 +58,7 @@ def call_interruptibly(
     worker = threading.Thread(target=work, name="roof-model-call", daemon=True)
     worker.start()
     try:
-        while not done.wait(POLL_S):
-            if is_cancelled is not None and is_cancelled():
-                raise Cancelled()
+        _wait_in_slices(done.wait, is_cancelled)
     except BaseException:
         if not done.is_set():
             _ABANDONED.append(worker)
@@ -89,13 +87,19 @@ def holding(lock: Optional[threading.Lock], is_cancelled: Optional[Callable[[], 
     if lock is None:
         yield
         return
-    while not lock.acquire(timeout=POLL_S):
-        if is_cancelled is not None and is_cancelled():
-            raise Cancelled()
+    _wait_in_slices(lambda timeout: lock.acquire(timeout=timeout), is_cancelled)
     try:
         yield
     finally:
         lock.release()
+
+
+def _wait_in_slices(wait: Callable[[float], bool], is_cancelled: Optional[Callable[[], bool]]) -> None:
+    """Call ``wait(POLL_S)`` until it returns True; raise :class:`Cancelled` when ``is_cancelled()``
+    turns true in between. A lock or event wait, so Ctrl-C interrupts it at once."""
+    while not wait(POLL_S):
+        if is_cancelled is not None and is_cancelled():
+            raise Cancelled()
 
 
 def stuck_calls(grace_s: float = 1.0) -> int:
