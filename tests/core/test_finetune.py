@@ -43,25 +43,29 @@ def labelled_area(tmp_path):
     return raster, labels, base
 
 
+def _finetune(raster, labels, base, output_path, log=lambda m: None, is_cancelled=None, on_epoch=None, **options):
+    """``finetune`` on the CPU with ``options`` (FinetuneOptions fields)."""
+    opts = FinetuneOptions(
+        raster_path=raster, labels_path=labels, output_path=output_path, base_model_path=base, device="cpu", **options
+    )
+    return finetune(opts, is_cancelled=is_cancelled, on_epoch=on_epoch, log=log)
+
+
 @pytest.mark.slow
 def test_finetune_writes_a_loadable_model_with_metadata_and_curves(labelled_area, tmp_path):
     raster, labels, base = labelled_area
     out = str(tmp_path / "lib" / "mine.pt")
     epochs = []
-    res = finetune(
-        FinetuneOptions(
-            raster_path=raster,
-            labels_path=labels,
-            output_path=out,
-            base_model_path=base,
-            epochs=2,
-            lr=3e-3,
-            batch_size=4,
-            samples_per_epoch=8,
-            device="cpu",
-        ),
+    res = _finetune(
+        raster,
+        labels,
+        base,
+        out,
+        epochs=2,
+        lr=3e-3,
+        batch_size=4,
+        samples_per_epoch=8,
         on_epoch=lambda i: epochs.append(i["row"]["epoch"]),
-        log=lambda m: None,
     )
     assert res.model_path == out and epochs == [1, 2] and len(res.history) == 2
     meta = read_metadata(out)
@@ -85,20 +89,16 @@ def test_cancel_drops_or_keeps_the_model(labelled_area, tmp_path):
     for keep in (False, True):
         calls["n"] = 0
         out = str(tmp_path / f"keep{keep}.pt")
-        res = finetune(
-            FinetuneOptions(
-                raster_path=raster,
-                labels_path=labels,
-                output_path=out,
-                base_model_path=base,
-                epochs=5,
-                batch_size=4,
-                samples_per_epoch=8,
-                device="cpu",
-                keep_best_on_cancel=keep,
-            ),
+        res = _finetune(
+            raster,
+            labels,
+            base,
+            out,
+            epochs=5,
+            batch_size=4,
+            samples_per_epoch=8,
+            keep_best_on_cancel=keep,
             is_cancelled=cancel_after_first_epoch,
-            log=lambda m: None,
         )
         assert res.stopped == "cancelled"
         assert (res.model_path is not None) == keep
@@ -119,16 +119,7 @@ def test_labels_outside_the_raster_are_refused(labelled_area, tmp_path):
     lyr.CreateFeature(f)
     ds = None
     with pytest.raises(LabelError, match="No label polygon lies inside the raster"):
-        finetune(
-            FinetuneOptions(
-                raster_path=raster,
-                labels_path=far,
-                output_path=str(tmp_path / "x.pt"),
-                base_model_path=base,
-                device="cpu",
-            ),
-            log=lambda m: None,
-        )
+        _finetune(raster, far, base, str(tmp_path / "x.pt"))
 
 
 def test_validation_blocks_are_whole_blocks_and_need_two():
@@ -185,19 +176,8 @@ def test_an_area_too_small_even_for_the_smallest_blocks_says_what_is_missing():
 def test_label_fids_select_features_by_their_feature_id(labelled_area, tmp_path):
     raster, labels, base = labelled_area
     out = str(tmp_path / "sel.pt")
-    finetune(
-        FinetuneOptions(
-            raster_path=raster,
-            labels_path=labels,
-            output_path=out,
-            base_model_path=base,
-            label_fids=list(range(1, 13)) + [25],
-            epochs=1,
-            batch_size=4,
-            samples_per_epoch=4,
-            device="cpu",
-        ),
-        log=lambda m: None,
+    _finetune(
+        raster, labels, base, out, label_fids=list(range(1, 13)) + [25], epochs=1, batch_size=4, samples_per_epoch=4
     )
     # GeoPackage feature ids start at 1; fid 25 is the point feature, skipped as no polygon.
     assert read_metadata(out)["training"]["label_polygons"] == 12
@@ -235,19 +215,7 @@ def test_defaults_used_and_before_after_outside_the_labelled_area(labelled_area,
     left = f"POLYGON(({x0} {y0},{x0 + 64} {y0},{x0 + 64} {y0 - 128},{x0} {y0 - 128},{x0} {y0}))"
     out = str(tmp_path / "half.pt")
     lines = []
-    res = finetune(
-        FinetuneOptions(
-            raster_path=raster,
-            labels_path=labels,
-            output_path=out,
-            base_model_path=base,
-            area_wkt=left,
-            epochs=1,
-            batch_size=4,
-            device="cpu",
-        ),
-        log=lines.append,
-    )
+    res = _finetune(raster, labels, base, out, log=lines.append, area_wkt=left, epochs=1, batch_size=4)
     assert any(line.startswith("Plan: ") and "time budget 15 min" in line for line in lines)
     assert res.plan["samples_per_epoch"] == default_samples_per_epoch(
         int(res.plan["labelled_tiles"] * 64 * 64 + 0.5), 64, 4
@@ -283,21 +251,17 @@ def test_decoder_only_keeps_the_encoder_and_trains_the_rest(labelled_area, tmp_p
     runs = {}
     for frozen in (True, False):
         out = str(tmp_path / f"frozen_{frozen}.pt")
-        finetune(
-            FinetuneOptions(
-                raster_path=raster,
-                labels_path=labels,
-                output_path=out,
-                base_model_path=base,
-                epochs=1,
-                batch_size=4,
-                samples_per_epoch=8,
-                lr=0.01,
-                freeze_encoder=frozen,
-                compare_outside=False,
-                device="cpu",
-            ),
-            log=lambda m: None,
+        _finetune(
+            raster,
+            labels,
+            base,
+            out,
+            epochs=1,
+            batch_size=4,
+            samples_per_epoch=8,
+            lr=0.01,
+            freeze_encoder=frozen,
+            compare_outside=False,
         )
         runs[frozen] = load_trainable(out)
     base_net, _ = load_trainable(base)
@@ -320,19 +284,15 @@ def torch_equal(a, b) -> bool:
 
 def test_a_model_without_an_encoder_trains_every_layer_and_says_so(labelled_area, tmp_path):
     raster, labels, base = labelled_area  # the tiny plain U-Net
-    res = finetune(
-        FinetuneOptions(
-            raster_path=raster,
-            labels_path=labels,
-            output_path=str(tmp_path / "plain.pt"),
-            base_model_path=base,
-            epochs=1,
-            batch_size=4,
-            samples_per_epoch=8,
-            freeze_encoder=True,
-            compare_outside=False,
-            device="cpu",
-        ),
-        log=lambda m: None,
+    res = _finetune(
+        raster,
+        labels,
+        base,
+        str(tmp_path / "plain.pt"),
+        epochs=1,
+        batch_size=4,
+        samples_per_epoch=8,
+        freeze_encoder=True,
+        compare_outside=False,
     )
     assert "The base model has no separate encoder to keep: every layer is trained." in res.notes
