@@ -497,14 +497,18 @@ def test_a_single_local_worker_runs_in_this_process_and_more_in_their_own(tmp_pa
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     seen: dict = {}
-    try:
-        res = detect_many(
+
+    def run(name, workers):
+        return detect_many(
             [str(tmp_path / "tiles")],
-            str(tmp_path / "one.gpkg"),
+            str(tmp_path / f"{name}.gpkg"),
             _options(model_path),
-            workers=1,
+            workers=workers,
             on_cluster=_cluster_settings(seen),
         )
+
+    try:
+        res = run("one", 1)
         assert res.stats["worker_pids"] == [os.getpid()]
         assert torch.get_num_threads() == 1 and not many_job._MODELS
     finally:
@@ -512,13 +516,7 @@ def test_a_single_local_worker_runs_in_this_process_and_more_in_their_own(tmp_pa
     # tick 1 s, no stealing, no stack profiler, system monitor every 2 s, two jobs at once (one on the network)
     assert seen == {"scheduler": (1.0, False, 2000), "workers": [(1.0, False, 2000, 2)]}
     _check_same_buildings(reference, read_layer(str(tmp_path / "one.gpkg")))
-    res = detect_many(
-        [str(tmp_path / "tiles")],
-        str(tmp_path / "two.gpkg"),
-        _options(model_path),
-        workers=2,
-        on_cluster=_cluster_settings(seen),
-    )
+    res = run("two", 2)
     assert res.stats["worker_pids"] and os.getpid() not in res.stats["worker_pids"]
     # handed to the worker processes too
     assert seen == {"scheduler": (1.0, True, 2000), "workers": [(1.0, False, 2000, 2)] * 2}
