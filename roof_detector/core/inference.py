@@ -275,7 +275,17 @@ class BatchPredictor:
                 raise
 
     def _run_numpy(self, rgb: np.ndarray) -> np.ndarray:
-        """An ONNX Runtime model: numpy in and out, no torch."""
+        """An ONNX Runtime model: numpy in and out, no torch (with ``tta``, the same flips as torch's)."""
+        y = None
+        for axes in TTA_FLIPS if self.tta else ((),):
+            yi = self._run_numpy_once(np.flip(rgb, axes) if axes else rgb)
+            yi = np.flip(yi, axes) if axes else yi
+            y = yi if y is None else y + yi
+        if self.tta:
+            y = y / np.float32(len(TTA_FLIPS))
+        return np.ascontiguousarray(y[:, 0], dtype=np.float32)
+
+    def _run_numpy_once(self, rgb: np.ndarray) -> np.ndarray:
         try:
             y = self.model.module.run_numpy(rgb)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
@@ -290,7 +300,7 @@ class BatchPredictor:
                 f"The model returned shape {tuple(y.shape)} for input {tuple(rgb.shape)}; "
                 "a Roof Detector model must return N x 1 x H x W probabilities"
             )
-        return np.asarray(y[:, 0], dtype=np.float32)
+        return y
 
     def notes(self) -> List[str]:
         """What the out-of-memory handling did, and non-finite model output, for the user."""

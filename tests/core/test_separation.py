@@ -184,6 +184,34 @@ def test_tta_averages_flips_and_keeps_a_symmetric_model_exact(tmp_path):
     assert p4[30, 40] == pytest.approx(0.5, abs=0.01) and p4[30, 20] == pytest.approx(0.5, abs=0.01)
 
 
+class _LeftBiasedNumpy:
+    """An ONNX-Runtime-like module (numpy in and out): building where the pixel's left neighbour is bright."""
+
+    numpy_io = True
+
+    def run_numpy(self, x):
+        grey = x.mean(axis=1, keepdims=True)
+        left = np.pad(grey, ((0, 0), (0, 0), (0, 0), (1, 0)))[..., :-1]
+        return (1.0 / (1.0 + np.exp(-40.0 * (left - 0.5)))).astype(np.float32)
+
+
+def test_tta_averages_flips_on_the_onnx_runtime_path_too(tmp_path):
+    # The CPU path runs numpy modules (the ONNX twin); --tta once ran a single pass there.
+    import dataclasses
+
+    from roof_detector.core.inference import BatchPredictor
+
+    torch_model = load_model(make_test_model(str(tmp_path / "m.pt")), "cpu", backend="torch")
+    model = dataclasses.replace(torch_model, module=_LeftBiasedNumpy())
+    rgb = np.zeros((2, 3, 64, 64), np.float32)
+    rgb[..., 20:40, 20:40] = 0.9
+    p1 = BatchPredictor(model)(rgb)
+    p4 = BatchPredictor(model, tta=True)(rgb)
+    assert p1.shape == p4.shape == (2, 64, 64) and p4.dtype == np.float32
+    assert p1[0, 30, 40] > 0.99 and p1[0, 30, 20] < 0.01  # shifted one pixel right
+    assert p4[0, 30, 40] == pytest.approx(0.5, abs=0.01) and p4[0, 30, 20] == pytest.approx(0.5, abs=0.01)
+
+
 def test_object_counts_match_instances_at_iou_half():
     ref = np.zeros((40, 40), np.int64)
     ref[5:15, 5:15] = 1
