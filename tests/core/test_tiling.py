@@ -97,3 +97,42 @@ def test_model_grid_keeps_native_pixels_within_tolerance_and_resamples_beyond():
     # one axis beyond 3 %: resampled
     coarse = model_grid(t, 1000, 800, (0.29988, 0.3 * 1.031), gsd_m=0.3)
     assert coarse.height_px == round(800 * 0.3 * 1.031 / 0.3) and coarse.width_px == 1000
+
+
+@pytest.mark.parametrize("pixel_m", [0.5, 0.3, 0.7])
+def test_tiles_read_as_row_runs_equal_tiles_read_one_by_one(tmp_path, pixel_m):
+    """read_tiles reads neighbouring tiles of a row as one window: the same pixels as a read per tile,
+    native (0.5 m) or resampled to the 0.5 m model grid, at the raster's edge too."""
+    from roof_detector.core.inference import _row_runs, read_tiles
+    from roof_detector.core.raster_source import open_source
+
+    from .synthetic_rasters import UTM, UTM_ORIGIN, write_raster
+
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 255, (3, 333, 517), dtype=np.uint8)
+    transform = Affine(pixel_m, 0, UTM_ORIGIN[0], 0, -pixel_m, UTM_ORIGIN[1])
+    path = write_raster(str(tmp_path / "r.tif"), data, UTM, transform)
+    src, _ = open_source(path)
+    try:
+        grid = model_grid(src.transform, src.width, src.height, (pixel_m, pixel_m), 0.5)
+        tiles = tile_grid(grid.width_px, grid.height_px, 64, 16)
+        per_row = len(tile_origins(grid.width_px, 64, 16))
+        batch = tiles[per_row - 3 : per_row + 2]  # the end of the first row (its edge tile) and two of the next
+        assert [len(r) for r in _row_runs(batch)] == [3, 2]
+        rgb, valid = read_tiles(src, grid, batch, 64)
+        one_by_one = [read_tiles(src, grid, [t], 64) for t in batch]
+    finally:
+        src.close()
+    # GDAL resamples a window's pixels from the same source positions, whatever the window's extent
+    assert np.array_equal(rgb, np.concatenate([r for r, _ in one_by_one]))
+    assert np.array_equal(valid, np.concatenate([v for _, v in one_by_one]))
+
+
+def test_row_runs_join_neighbours_only():
+    from roof_detector.core.inference import _row_runs
+
+    tiles = tile_grid(500, 200, 64, 16)  # 10 x 4 tiles
+    per_row = len(tile_origins(500, 64, 16))
+    assert [len(r) for r in _row_runs(tiles)] == [per_row] * (len(tiles) // per_row)
+    gap = [tiles[0], tiles[1], tiles[3], tiles[4]]  # an area of interest left tile 2 out
+    assert _row_runs(gap) == [[0, 1], [2, 3]]
