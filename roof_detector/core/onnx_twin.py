@@ -65,9 +65,8 @@ def cpu_streams(cores: int) -> int:
     Two single-threaded runs on two cores beat one run on both: a run's operators wait at
     every sync point for their slowest thread, and the EfficientNet's small depthwise layers
     leave the second thread idle, where a second run has work of its own. On the 2-core
-    bench machine (``python scripts/cpu_streams.py --rounds 6``, alternating) the network
-    alone ran at a median 82.5 tiles/s (67-90, 1.85-1.99 cores busy) against 69.3 (63-73,
-    1.62-1.68 cores): x1.19.
+    bench machine the network alone went from 48-70 to 69-79 tiles/s
+    (``scripts/cpu_streams.py``).
     """
     try:
         wanted = int(CPU_STREAMS)
