@@ -15,7 +15,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Any, Dict, Optional
 
@@ -86,31 +85,6 @@ def _median_rate(fn, n_items: int, repeats: int) -> float:
     return n_items / statistics.median(times)
 
 
-def network_rate(module, x: "torch.Tensor", n_batches: int, cuda: bool = False) -> float:
-    """Tiles/s of ``module`` on ``n_batches`` passes of batch ``x`` (after one warm-up pass each),
-    with as many calls in flight as the pipeline keeps (``module.streams``, ONNX Runtime on CPU)."""
-    streams = max(1, int(getattr(module, "streams", 1)))
-    arg = x.numpy() if getattr(module, "numpy_io", False) else x
-    per_stream = max(1, n_batches // streams)
-
-    def work(n: int) -> None:
-        with torch.inference_mode():
-            for _ in range(n):
-                module(arg)
-            if cuda:
-                torch.cuda.synchronize()
-
-    work(1)
-    threads = [threading.Thread(target=work, args=(per_stream,)) for _ in range(streams - 1)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    work(per_stream)
-    for t in threads:
-        t.join()
-    return x.shape[0] * per_stream * streams / (time.perf_counter() - t0)
-
-
 def model_throughput(model_path: Optional[str], device: str, batch_size: int, repeats: int = 20) -> Dict[str, Any]:
     """Forward passes only: tiles/s of the pipeline's backend, of TorchScript and of ONNX Runtime."""
     out: Dict[str, Any] = {}
@@ -121,10 +95,18 @@ def model_throughput(model_path: Optional[str], device: str, batch_size: int, re
     if model.half:
         xd = xd.half()
 
-    cuda = model.device.type == "cuda"
+    def run(m):
+        def f():
+            with torch.inference_mode():
+                y = m(xd)
+                if model.device.type == "cuda":
+                    torch.cuda.synchronize()
+            return y
+
+        return f
 
     out["backend"] = model.extra.get("backend", "torch")
-    out["model_tiles_per_s"] = round(network_rate(model.module, xd, repeats, cuda), 2)
+    out["model_tiles_per_s"] = round(_median_rate(run(model.module), batch_size, repeats), 2)
     gflop = model.metadata.get("architecture", {}).get("gflop_per_tile")
     if gflop:
         out["gflop_per_tile"] = gflop
@@ -132,19 +114,19 @@ def model_throughput(model_path: Optional[str], device: str, batch_size: int, re
         out["gflops_per_s"] = round(rate, 1) if rate >= 1 else float(f"{rate:.3g}")
     if model.device.type == "cpu":
         ts = load_model(model_path, "cpu", backend="torch")
-        out["torchscript_tiles_per_s"] = round(network_rate(ts.module, x, repeats), 2)
+        out["torchscript_tiles_per_s"] = round(_median_rate(run(ts.module), batch_size, repeats), 2)
         try:  # the fp32 graph exported from TorchScript (cached), whatever twin lies beside the model
             from roof_detector.core.onnx_backend import onnx_module_for
 
             fp32 = onnx_module_for(ts.path, ts.metadata, _unfrozen(ts.path))
-            out["onnxruntime_tiles_per_s"] = round(network_rate(fp32, x, repeats), 2)
+            out["onnxruntime_tiles_per_s"] = round(_median_rate(run(fp32), batch_size, repeats), 2)
             with torch.inference_mode():
                 diff = float((fp32(x) - ts.module(x)).abs().max())
             out["onnxruntime_max_abs_diff"] = diff
             out["onnxruntime_agrees_1e-3"] = diff <= 1e-3
         except Exception as exc:  # noqa: BLE001 - reported, not fatal: the bench still gives the other figures
             out["onnxruntime_error"] = str(exc).splitlines()[0]
-        out.update(twin_figures(model_path, x, repeats))
+        out.update(twin_figures(model_path, run, batch_size, repeats))
     return out
 
 
@@ -154,7 +136,7 @@ def _unfrozen(path: str):
     return jit_load(path).eval()
 
 
-def twin_figures(model_path: Optional[str], x: "torch.Tensor", repeats: int) -> Dict[str, Any]:
+def twin_figures(model_path: Optional[str], run, batch_size: int, repeats: int) -> Dict[str, Any]:
     """The shipped ONNX twin's precision and tiles/s, and the held-out figures recorded in it."""
     import json
 
@@ -174,7 +156,7 @@ def twin_figures(model_path: Optional[str], x: "torch.Tensor", repeats: int) -> 
         "onnx_twin_precision": module.precision,
         "onnx_twin_mb": round(os.path.getsize(twin) / 1e6, 2),
     }
-    out[f"{module.precision}_tiles_per_s"] = round(network_rate(module, x, repeats), 2)
+    out[f"{module.precision}_tiles_per_s"] = round(_median_rate(run(module), batch_size, repeats), 2)
     if "heldout" in props:
         out["int8_heldout"] = json.loads(props["heldout"])
     return out
@@ -245,12 +227,24 @@ PAIRED_MODEL_BATCHES = 40
 
 
 def _forward_timer(model, batch_size: int):
-    """A function timing ``n`` forward passes of a random batch, as the pipeline runs them: returns tiles/s."""
+    """A function timing ``n`` forward passes of random batches: returns tiles/s (median batch)."""
     tile = model.tile_size_px
     x = torch.rand(batch_size, 3, tile, tile, generator=torch.Generator().manual_seed(0)).to(model.device)
     if model.half:
         x = x.half()
-    return lambda n: network_rate(model.module, x, n, model.device.type == "cuda")
+
+    def timed(n: int) -> float:
+        times = []
+        with torch.inference_mode():
+            for _ in range(n):
+                t0 = time.perf_counter()
+                model.module(x)
+                if model.device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+        return batch_size / statistics.median(times)
+
+    return timed
 
 
 def _peak_rss_mb() -> float:

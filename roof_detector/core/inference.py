@@ -11,17 +11,15 @@ torch is imported only for a TorchScript model: an ONNX Runtime model
 
 from __future__ import annotations
 
-import functools
 import sys
 import time
-from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import Cancelled, ModelError
-from .interruptible import PendingCall, call_interruptibly, start_interruptibly
+from .interruptible import call_interruptibly
 from .model_io import LoadedModel
 from .raster_source import RasterSource
 from .tiling import ModelGrid, Tile
@@ -217,38 +215,16 @@ class BatchPredictor:
         self.fell_back_from: Optional[str] = None  # device type we left for the CPU
         self.nonfinite_px = 0  # NaN / inf probabilities the model returned (counted as "not building")
 
-    @property
-    def streams(self) -> int:
-        """Model calls worth keeping in flight (:meth:`start`): 2 for ONNX Runtime on 2+ cores, else 1."""
-        return max(1, int(getattr(self.model.module, "streams", 1)))
-
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """``rgb``: float32 N x 3 x H x W in [0, 1]; returns float32 probabilities N x H x W
         (separation models: N x 2 x H x W, building probability and separation score)."""
-        return self.wait(self.start(rgb))
-
-    def start(self, rgb: np.ndarray) -> PendingCall:
-        """Start predicting ``rgb`` on a thread of its own and return at once; :meth:`wait` gives the result."""
-        return start_interruptibly(functools.partial(self._predict, rgb))
-
-    def wait(self, call: PendingCall) -> np.ndarray:
-        """The probabilities of a call :meth:`start` began (Ctrl-C, SIGTERM and a cancel end the wait)."""
-        probs = call.result(self.is_cancelled, getattr(self.model.module, "stop_runs", None))
-        bad = ~np.isfinite(probs)
-        if bad.any():  # a broken model: say so rather than silently find nothing
-            self.nonfinite_px += int(bad.sum())
-            probs = np.where(bad, 0.0, probs).astype(np.float32)
-        return probs
-
-    def _predict(self, rgb: np.ndarray) -> np.ndarray:
-        """The model on ``rgb`` in sub-batches, halved on out-of-memory errors (on the call's thread)."""
         n = rgb.shape[0]
         step = min(n, self.batch_limit or n)
         out: List[np.ndarray] = []
         i = 0
         while i < n:
             try:
-                out.append(self._run(rgb[i : i + step]))
+                out.append(self._call(rgb[i : i + step]))
                 i += step
             except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
                 if not is_out_of_memory(exc):
@@ -268,7 +244,18 @@ class BatchPredictor:
                         "Out of memory on the CPU even with one tile per batch; close other "
                         "programs, or use a model with a smaller tile size"
                     ) from None
-        return out[0] if len(out) == 1 else np.concatenate(out)
+        probs = out[0] if len(out) == 1 else np.concatenate(out)
+        bad = ~np.isfinite(probs)
+        if bad.any():  # a broken model: say so rather than silently find nothing
+            self.nonfinite_px += int(bad.sum())
+            probs = np.where(bad, 0.0, probs).astype(np.float32)
+        return probs
+
+    def _call(self, rgb: np.ndarray) -> np.ndarray:
+        """:meth:`_run` on a thread that Ctrl-C, SIGTERM or a cancel can leave at once."""
+        return call_interruptibly(
+            lambda: self._run(rgb), self.is_cancelled, getattr(self.model.module, "stop_runs", None)
+        )
 
     def _run(self, rgb: np.ndarray) -> np.ndarray:
         model = self.model
@@ -408,8 +395,6 @@ def predict_tiles(
         return out
 
     done = 0
-    # Model calls in flight, oldest first: (tiles, validity, call). Batches still come out in order.
-    in_flight: Deque[Tuple[List[Tile], np.ndarray, PendingCall]] = deque()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="roof-reader") as pool:
         pending: Optional[Future] = pool.submit(read_batch, batches[0]) if batches else None
         try:
@@ -420,35 +405,21 @@ def predict_tiles(
                 # Start reading the next batch before running this one.
                 pending = pool.submit(read_batch, batches[k + 1]) if k + 1 < len(batches) else None
                 t0 = time.perf_counter()
-                in_flight.append((batch, valid, predictor.start(rgb)))
+                prob = predictor(rgb)
                 timings["infer"] += time.perf_counter() - t0
-                # Keep ``streams`` calls running; at the end, take the ones left.
-                while in_flight and (len(in_flight) >= predictor.streams or k + 1 == len(batches)):
-                    out_batch, out_valid, call = in_flight.popleft()
-                    t0 = time.perf_counter()
-                    prob = predictor.wait(call)
-                    timings["infer"] += time.perf_counter() - t0
-                    timings["batches"] += 1
-                    yield _masked(out_batch, prob, out_valid)
-                    done += len(out_batch)
-                    if progress is not None:
-                        progress(done / len(tiles), f"Detecting buildings: tile {done}/{len(tiles)}")
+                timings["batches"] += 1
+                if prob.ndim == 4:
+                    prob[~np.broadcast_to(valid[:, None], prob.shape)] = 0.0
+                else:
+                    prob[~valid] = 0.0
+                yield [(t, prob[i], valid[i]) for i, t in enumerate(batch)]
+                done += len(batch)
+                if progress is not None:
+                    progress(done / len(tiles), f"Detecting buildings: tile {done}/{len(tiles)}")
         finally:
             # On cancel / error / early close: do not start more reads; the pool's
             # exit waits for a read in flight, so the source is not closed under it.
             if pending is not None:
                 pending.cancel()
-            stop = getattr(model.module, "stop_runs", None)
-            for _, _, call in in_flight:  # calls still running are stopped and left
-                call.abandon(stop)
             if warnings is not None:
                 warnings.extend(n for n in predictor.notes() if n not in warnings)
-
-
-def _masked(batch: List[Tile], prob: np.ndarray, valid: np.ndarray) -> List[Tuple[Tile, np.ndarray, np.ndarray]]:
-    """``[(tile, probability, valid), ...]`` with the probability set to 0 where the tile is not valid."""
-    if prob.ndim == 4:
-        prob[~np.broadcast_to(valid[:, None], prob.shape)] = 0.0
-    else:
-        prob[~valid] = 0.0
-    return [(t, prob[i], valid[i]) for i, t in enumerate(batch)]

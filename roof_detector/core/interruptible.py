@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Callable, Generic, Iterator, List, Optional, TypeVar
+from typing import Callable, Iterator, List, Optional, TypeVar
 
 from .errors import Cancelled
 
@@ -30,62 +30,6 @@ T = TypeVar("T")
 POLL_S = 0.1
 
 _ABANDONED: List[threading.Thread] = []
-
-
-class PendingCall(Generic[T]):
-    """``fn()`` running on a daemon thread (:func:`start_interruptibly`); :meth:`result` waits for it."""
-
-    def __init__(self, fn: Callable[[], T]):
-        self._done = threading.Event()
-        self._box: dict = {}
-        self._thread = threading.Thread(target=self._work, args=(fn,), name="roof-model-call", daemon=True)
-        self._thread.start()
-
-    def _work(self, fn: Callable[[], T]) -> None:
-        try:
-            self._box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller as it is
-            self._box["error"] = exc
-        finally:
-            self._done.set()
-
-    def result(self, is_cancelled: Optional[Callable[[], bool]] = None, stop: Optional[Callable[[], None]] = None) -> T:
-        """The call's value, or its exception re-raised here.
-
-        A KeyboardInterrupt or a :class:`Cancelled` while waiting reaches the caller at once;
-        the call is then abandoned (:meth:`abandon`).
-        """
-        try:
-            _wait_in_slices(self._done.wait, is_cancelled)
-        except BaseException:
-            self.abandon(stop)
-            raise
-        if "error" in self._box:
-            error = self._box.pop("error")
-            try:
-                raise error
-            finally:
-                del error  # no reference cycle through the traceback
-        return self._box.pop("value")
-
-    def abandon(self, stop: Optional[Callable[[], None]] = None) -> None:
-        """Leave the call to itself if it still runs (counted by :func:`stuck_calls`); ``stop()`` asks it to end."""
-        if self._done.is_set():
-            return
-        _ABANDONED.append(self._thread)
-        if stop is not None:
-            try:
-                stop()
-            except Exception:  # noqa: BLE001 - stopping is best effort; the call is abandoned anyway
-                pass
-
-
-def start_interruptibly(fn: Callable[[], T]) -> PendingCall[T]:
-    """Start ``fn()`` on a daemon thread and return at once (several model calls may be in flight).
-
-    Thread-local state (``torch.inference_mode``) must be set inside ``fn``.
-    """
-    return PendingCall(fn)
 
 
 def call_interruptibly(
@@ -100,7 +44,37 @@ def call_interruptibly(
     caller at once; ``fn`` is abandoned and ``stop()`` (if given) asked to end it.
     Thread-local state (``torch.inference_mode``) must be set inside ``fn``.
     """
-    return start_interruptibly(fn).result(is_cancelled, stop)
+    done = threading.Event()
+    box: dict = {}
+
+    def work() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller as it is
+            box["error"] = exc
+        finally:
+            done.set()
+
+    worker = threading.Thread(target=work, name="roof-model-call", daemon=True)
+    worker.start()
+    try:
+        _wait_in_slices(done.wait, is_cancelled)
+    except BaseException:
+        if not done.is_set():
+            _ABANDONED.append(worker)
+            if stop is not None:
+                try:
+                    stop()
+                except Exception:  # noqa: BLE001 - stopping is best effort; the call is abandoned anyway
+                    pass
+        raise
+    if "error" in box:
+        error = box.pop("error")
+        try:
+            raise error
+        finally:
+            del error  # no reference cycle through the traceback
+    return box.pop("value")
 
 
 @contextlib.contextmanager

@@ -55,26 +55,6 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-#: Model runs in flight on the CPU, from ``ROOF_DETECTOR_CPU_STREAMS`` (1: one run on all the threads).
-CPU_STREAMS = os.environ.get("ROOF_DETECTOR_CPU_STREAMS", "2")
-
-
-def cpu_streams(cores: int) -> int:
-    """How many model runs to keep in flight on ``cores`` CPU cores (each gets ``cores // streams`` threads).
-
-    Two single-threaded runs on two cores beat one run on both: a run's operators wait at
-    every sync point for their slowest thread, and the EfficientNet's small depthwise layers
-    leave the second thread idle, where a second run has work of its own. On the 2-core
-    bench machine the network alone went from 48-70 to 69-79 tiles/s
-    (``scripts/cpu_streams.py``).
-    """
-    try:
-        wanted = int(CPU_STREAMS)
-    except ValueError:
-        wanted = 2
-    return max(1, min(wanted, cores))
-
-
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file."""
     h = hashlib.sha256()
@@ -143,10 +123,7 @@ class OnnxModule:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        cores = threads or default_threads()
-        #: runs the caller may keep in flight (:func:`cpu_streams`); a session runs them concurrently
-        self.streams = cpu_streams(cores)
-        opts.intra_op_num_threads = max(1, cores // self.streams)
+        opts.intra_op_num_threads = threads or default_threads()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Idle intra-op threads sleep instead of spinning: the reader and outline threads of

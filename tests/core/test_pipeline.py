@@ -418,30 +418,21 @@ def test_separation_with_a_custom_threshold(tmp_path, model):
 
 
 def _recording_model_calls(calls):
-    """A patch of BatchPredictor.start recording (thread that started it, start, end) of every model call."""
+    """A patch of BatchPredictor.__call__ recording (thread, start, end) of every model call."""
     import time
 
     from roof_detector.core.inference import BatchPredictor
 
-    real = BatchPredictor.start
+    real = BatchPredictor.__call__
 
-    def start(self, rgb):
-        name, predict = threading.current_thread().name, self._predict
-
-        def timed(x):  # runs on the call's own thread
-            t0 = time.perf_counter()
-            try:
-                return predict(x)
-            finally:
-                calls.append((name, t0, time.perf_counter()))
-
-        self._predict = timed  # the call binds it now; the instance attribute goes at once
+    def call(self, rgb):
+        t0 = time.perf_counter()
         try:
             return real(self, rgb)
         finally:
-            del self._predict
+            calls.append((threading.current_thread().name, t0, time.perf_counter()))
 
-    return mock.patch.object(BatchPredictor, "start", start)
+    return mock.patch.object(BatchPredictor, "__call__", call)
 
 
 def test_runs_sharing_a_network_lock_take_turns_and_overlap_their_last_outlines(tmp_path, model):
