@@ -268,24 +268,13 @@ class BatchPredictor:
                 x = _to_device(torch.from_numpy(rgb), model.device)
                 if model.half:
                     x = x.half()
-                c = self.n_outputs
                 y = None
                 for dims in TTA_FLIPS if self.tta else ((),):
                     yi = model.module(torch.flip(x, dims) if dims else x)
-                    if yi.dim() != 4 or yi.shape[0] != rgb.shape[0] or yi.shape[1] != c or yi.shape[2:] != x.shape[2:]:
-                        raise ModelError(
-                            f"The model returned shape {tuple(yi.shape)} for input {tuple(x.shape)}; "
-                            f"its metadata declares {c} output(s) ({', '.join(model.outputs)}), so it "
-                            f"must return N x {c} x H x W probabilities"
-                        )
+                    self._check_shape(tuple(yi.shape), tuple(x.shape))
                     yi = (torch.flip(yi, dims) if dims else yi).float()
                     y = yi if y is None else y + yi
-                y = (y / (len(TTA_FLIPS) if self.tta else 1)).cpu().numpy()
-                if c == 1:
-                    return y[:, 0]
-                from .vectorize import separation_score
-
-                return np.stack([y[:, 0], separation_score(y.transpose(1, 0, 2, 3))], axis=1)
+                return self._probabilities((y / (len(TTA_FLIPS) if self.tta else 1)).cpu().numpy())
             except ModelError:
                 raise
             except Exception as exc:
@@ -307,7 +296,26 @@ class BatchPredictor:
             y = yi if y is None else y + yi
         if self.tta:
             y = y / np.float32(len(TTA_FLIPS))
-        return np.ascontiguousarray(y[:, 0], dtype=np.float32)
+        return self._probabilities(np.asarray(y, dtype=np.float32))
+
+    def _check_shape(self, out_shape: Tuple[int, ...], in_shape: Tuple[int, ...]) -> None:
+        """:class:`ModelError` unless the model returned N x C x H x W for its C declared outputs."""
+        c = self.n_outputs
+        if len(out_shape) != 4 or out_shape[0] != in_shape[0] or out_shape[1] != c or out_shape[2:] != in_shape[2:]:
+            raise ModelError(
+                f"The model returned shape {out_shape} for input {in_shape}; "
+                f"its metadata declares {c} output(s) ({', '.join(self.model.outputs)}), so it "
+                f"must return N x {c} x H x W probabilities"
+            )
+
+    def _probabilities(self, y: np.ndarray) -> np.ndarray:
+        """The model's N x C x H x W outputs as the engine takes them: the building probability,
+        with the separation score beside it for separation models."""
+        if self.n_outputs == 1:
+            return np.ascontiguousarray(y[:, 0])
+        from .vectorize import separation_score
+
+        return np.stack([y[:, 0], separation_score(y.transpose(1, 0, 2, 3))], axis=1)
 
     def _run_numpy_once(self, rgb: np.ndarray) -> np.ndarray:
         try:
@@ -319,11 +327,7 @@ class BatchPredictor:
                 f"The model failed on a {tuple(rgb.shape)} batch: "
                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from None
-        if y.ndim != 4 or y.shape[0] != rgb.shape[0] or y.shape[1] != 1 or y.shape[2:] != rgb.shape[2:]:
-            raise ModelError(
-                f"The model returned shape {tuple(y.shape)} for input {tuple(rgb.shape)}; "
-                "a Roof Detector model must return N x 1 x H x W probabilities"
-            )
+        self._check_shape(tuple(y.shape), tuple(rgb.shape))
         return y
 
     def notes(self) -> List[str]:

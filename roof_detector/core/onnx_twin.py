@@ -137,7 +137,7 @@ class OnnxModule:
         self._runs: set = set()  # RunOptions of the runs in progress (see stop_runs)
 
     def run_numpy(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities N x 1 x H x W (float32) for RGB N x 3 x H x W."""
+        """Probabilities N x C x H x W (float32; C the outputs its metadata declares) for RGB N x 3 x H x W."""
         import onnxruntime as ort
 
         arr = np.ascontiguousarray(x, dtype=np.float32)

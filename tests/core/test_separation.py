@@ -125,6 +125,12 @@ def test_model_files_with_and_without_separation_outputs(tmp_path):
     write_raster(str(raster), data, UTM, NORTH_UP)
     with pytest.raises(ModelError, match="declares 3 output"):
         detect_buildings(str(raster), DetectOptions(), model=load_model(wrong, "cpu", backend="torch"))
+    # the same message from the ONNX Runtime path (numpy module), which once demanded one output always
+    import dataclasses
+
+    wrong_numpy = dataclasses.replace(load_model(wrong, "cpu", backend="torch"), module=_LeftBiasedNumpy())
+    with pytest.raises(ModelError, match=r"returned shape \(1, 1, 64, 64\).*declares 3 output"):
+        detect_buildings(str(raster), DetectOptions(), model=wrong_numpy)
     with pytest.raises(ModelError, match="outputs"):
         make_test_model(str(tmp_path / "bad.pt"), extra_metadata={"outputs": ["building", "edges"]})
     with pytest.raises(ModelError, match="core_threshold"):
@@ -280,6 +286,20 @@ def test_widened_head_keeps_the_building_output_and_trains_all_three(tmp_path):
     loaded = load_model(out, "cpu")  # ONNX Runtime when present: three channels exported too
     assert loaded.outputs == meta3["outputs"]
     assert loaded.module(torch.rand(2, 3, 64, 64)).shape == (2, 3, 64, 64)
+    # and the engine runs it on either backend: building probability and separation score, the same
+    from roof_detector.core.inference import BatchPredictor
+
+    rgb = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    on_torch = BatchPredictor(load_model(out, "cpu", backend="torch"))(rgb)
+    assert on_torch.shape == (2, 2, 64, 64)
+    for tta in (False, True):
+        assert (
+            np.abs(
+                BatchPredictor(loaded, tta=tta)(rgb)
+                - BatchPredictor(load_model(out, "cpu", backend="torch"), tta=tta)(rgb)
+            ).max()
+            < 1e-4
+        )
 
 
 def test_brightness_net_is_unchanged():
