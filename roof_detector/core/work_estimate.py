@@ -48,19 +48,20 @@ class WorkEstimate:
 
     def describe(self) -> str:
         return (
-            f"{self.tiles:,} tiles on a {self.grid_px[0]:,} x {self.grid_px[1]:,} px model grid: about "
+            f"{self.tiles:,} tiles on a {self.grid_px[0]:,} x {self.grid_px[1]:,} px model grid: "
             f"{_duration(self.minutes_cpu)} on 2 CPU cores and {self.memory_bytes / 1e9:.1f} GB of memory"
         )
 
 
 def _duration(minutes: float) -> str:
+    """How long, in words: "under a minute", "about 12 min", "about 3 hours", "about 2 days"."""
     if minutes < 1:
         return "under a minute"
     if minutes < 120:
-        return f"{minutes:.0f} min"
+        return f"about {minutes:.0f} min"
     if minutes < 48 * 60:
-        return f"{minutes / 60:.0f} hours"
-    return f"{minutes / 60 / 24:.0f} days"
+        return f"about {minutes / 60:.0f} hours"
+    return f"about {minutes / 60 / 24:.0f} days"
 
 
 def _tiles_along(length_px: int, tile_px: int, overlap_px: int) -> int:

@@ -132,3 +132,12 @@ def test_absurd_model_metadata_is_refused_on_load(tmp_path, key, value, message)
             zf.writestr(n, data)
     with pytest.raises(ModelError, match=message):
         read_metadata(bad)
+
+
+def test_the_plan_line_says_how_long_in_plain_words():
+    from roof_detector.core.work_estimate import estimate_grid
+
+    small = estimate_grid(495, 246, 256, 32, (0.3, 0.3)).describe()
+    assert small.startswith("3 tiles on a 495 x 246 px model grid: under a minute on 2 CPU cores and ")
+    big = estimate_grid(20000, 20000, 256, 32, (0.3, 0.3)).describe()
+    assert "model grid: about " in big and " min on 2 CPU cores" in big and "about about" not in big
