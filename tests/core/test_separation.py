@@ -300,6 +300,9 @@ def test_widened_head_keeps_the_building_output_and_trains_all_three(tmp_path):
             ).max()
             < 1e-4
         )
+    raster = write_raster(str(tmp_path / "r.tif"), np.full((3, 96, 96), DARK, np.uint8), UTM, NORTH_UP)
+    res = detect_buildings(raster, DetectOptions(), model=loaded)  # the whole run, as a CPU user gets it
+    assert res.stats["backend"] == loaded.extra["backend"] == "onnxruntime" and res.stats["outputs"] == meta3["outputs"]
 
 
 def test_brightness_net_is_unchanged():
