@@ -304,16 +304,21 @@ def _results(
     ]
     names = {f.key: job.name for f, job in zip(futures, jobs)}
     finished = as_completed(futures)
+
+    def check_cancel() -> None:
+        if is_cancelled is not None and is_cancelled():
+            raise Cancelled("Cancelled; the finished tiles are kept: run the same command again to go on")
+
     try:
         while not finished.is_empty():
             # Polled, not blocking on the next result: a cancel need not wait for a long job to end.
-            if is_cancelled is not None and is_cancelled():
-                raise Cancelled("Cancelled; the finished tiles are kept: run the same command again to go on")
+            check_cancel()
             batch = finished.next_batch(block=False)
             if not batch:
                 time.sleep(0.1)
                 continue
             for future in batch:
+                check_cancel()  # also between the results of one batch: small jobs finish many at once
                 res = _job_result(future, names[future.key])
                 future.release()
                 _raise_refusal(res, names[future.key])

@@ -180,13 +180,19 @@ def test_cancel_keeps_the_finished_tiles_and_resumes(tmp_path, whole, reference,
     cut(whole, str(tmp_path / "tiles"), parts=3)
     out = str(tmp_path / "many.gpkg")
     seen = []
+
+    def progress(state):
+        seen.append(state.done)
+        if len(seen) == 2:  # at the first result; the other jobs finish meanwhile, so the next
+            time.sleep(2.0)  # look finds them all done at once: the cancel must still stop the run
+
     with pytest.raises(Cancelled, match="finished tiles are kept"):
         detect_many(
             [str(tmp_path / "tiles")],
             out,
             _options(model_path),
             processes=False,
-            progress=lambda state: seen.append(state.done),
+            progress=progress,
             is_cancelled=lambda: len(seen) >= 3,
         )
     assert not os.path.exists(out)
