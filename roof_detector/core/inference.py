@@ -93,7 +93,7 @@ def read_tiles(
     padded; padding is invalid and RGB 0. Neighbouring tiles of one row (a
     batch is mostly one run of them) are read as one window and cut apart:
     one source read per run instead of per tile (on the 8192 px bench,
-    1,369 reads became 172 and the reading 1.4-1.7 CPU s became about 0.6).
+    1,369 reads became 172 and warm reading 1.4-1.7 CPU s became 0.5).
     The model grid maps to source pixels linearly, so a tile cut from the
     run's window covers the same source pixels as its own window.
     """

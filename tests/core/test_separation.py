@@ -5,6 +5,8 @@ without the extra outputs, the engine's separation from them, test-time
 augmentation, and training / fine-tuning the extra heads.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import shapely
@@ -123,12 +125,11 @@ def test_model_files_with_and_without_separation_outputs(tmp_path):
     raster = tmp_path / "r.tif"
     data = np.full((3, 64, 64), DARK, np.uint8)
     write_raster(str(raster), data, UTM, NORTH_UP)
+    wrong_torch = load_model(wrong, "cpu", backend="torch")
     with pytest.raises(ModelError, match="declares 3 output"):
-        detect_buildings(str(raster), DetectOptions(), model=load_model(wrong, "cpu", backend="torch"))
+        detect_buildings(str(raster), DetectOptions(), model=wrong_torch)
     # the same message from the ONNX Runtime path (numpy module), which once demanded one output always
-    import dataclasses
-
-    wrong_numpy = dataclasses.replace(load_model(wrong, "cpu", backend="torch"), module=_LeftBiasedNumpy())
+    wrong_numpy = dataclasses.replace(wrong_torch, module=_LeftBiasedNumpy())
     with pytest.raises(ModelError, match=r"returned shape \(1, 1, 64, 64\).*declares 3 output"):
         detect_buildings(str(raster), DetectOptions(), model=wrong_numpy)
     with pytest.raises(ModelError, match="outputs"):
@@ -203,7 +204,6 @@ class _LeftBiasedNumpy:
 
 def test_tta_averages_flips_on_the_onnx_runtime_path_too(tmp_path):
     # The CPU path runs numpy modules (the ONNX twin); --tta once ran a single pass there.
-    import dataclasses
 
     from roof_detector.core.inference import BatchPredictor
 
@@ -290,16 +290,10 @@ def test_widened_head_keeps_the_building_output_and_trains_all_three(tmp_path):
     from roof_detector.core.inference import BatchPredictor
 
     rgb = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
-    on_torch = BatchPredictor(load_model(out, "cpu", backend="torch"))(rgb)
-    assert on_torch.shape == (2, 2, 64, 64)
+    on_torch = load_model(out, "cpu", backend="torch")
+    assert BatchPredictor(on_torch)(rgb).shape == (2, 2, 64, 64)
     for tta in (False, True):
-        assert (
-            np.abs(
-                BatchPredictor(loaded, tta=tta)(rgb)
-                - BatchPredictor(load_model(out, "cpu", backend="torch"), tta=tta)(rgb)
-            ).max()
-            < 1e-4
-        )
+        assert np.abs(BatchPredictor(loaded, tta=tta)(rgb) - BatchPredictor(on_torch, tta=tta)(rgb)).max() < 1e-4
     raster = write_raster(str(tmp_path / "r.tif"), np.full((3, 96, 96), DARK, np.uint8), UTM, NORTH_UP)
     res = detect_buildings(raster, DetectOptions(), model=loaded)  # the whole run, as a CPU user gets it
     assert res.stats["backend"] == loaded.extra["backend"] == "onnxruntime" and res.stats["outputs"] == meta3["outputs"]
