@@ -18,9 +18,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from qgis.core import QgsBlockingNetworkRequest
+from qgis.core import QgsNetworkAccessManager
 from qgis.PyQt.QtCore import QThread, QUrl
-from qgis.PyQt.QtNetwork import QNetworkRequest
+from qgis.PyQt.QtNetwork import QNetworkReply, QNetworkRequest
 
 from ..core.errors import Cancelled, InputRasterError
 
@@ -179,23 +179,24 @@ def http_get(url: str, headers: Optional[Dict[str, str]] = None, authcfg: str = 
     request = QNetworkRequest(QUrl(url))
     for key, value in (headers or {}).items():
         request.setRawHeader(key.encode("utf-8"), value.encode("utf-8"))
-    blocking = QgsBlockingNetworkRequest()
-    if authcfg:
-        blocking.setAuthCfg(authcfg)
-    code = blocking.get(request, forceRefresh=False)
-    reply = blocking.reply()
-    status = reply.attribute(QNetworkRequest.HttpStatusCodeAttribute) if reply is not None else None
+    # The static call builds its QgsBlockingNetworkRequest in C++. One built
+    # from Python is a sip subclass whose connect/disconnect hooks need the
+    # GIL while Qt holds its signal-slot mutexes: with another worker holding
+    # the GIL and waiting for one of those mutexes (PyQt calls keep the GIL),
+    # the two threads deadlocked (1 run in 3 of the web-layer tests).
+    reply = QgsNetworkAccessManager.blockingGet(request, authcfg, False)
+    status = reply.attribute(QNetworkRequest.HttpStatusCodeAttribute)
     status = int(status) if status else 0
-    content = bytes(reply.content()) if reply is not None else b""
-    retry_after = None
-    if reply is not None:
-        raw = bytes(reply.rawHeader(b"Retry-After") or b"").strip()
-        if raw.isdigit():
-            retry_after = float(raw)
-    if code == QgsBlockingNetworkRequest.NoError and 200 <= status < 300:
+    content = bytes(reply.content())
+    raw = bytes(reply.rawHeader(b"Retry-After") or b"").strip()
+    retry_after = float(raw) if raw.isdigit() else None
+    if reply.error() == QNetworkReply.NoError and 200 <= status < 300:
         return HttpResult(status, content, "", False)
-    message = blocking.errorMessage() or f"HTTP {status}"
-    no_answer = status == 0  # refused, timed out, host unknown, proxy failure...
+    message = reply.errorString() or f"HTTP {status}"
+    # No answer: refused, timed out, host unknown, proxy failure... An error
+    # that comes with a 2xx status is no trustworthy answer either (CI saw
+    # "HTTP 200" carrying a 503's "server replied: Busy" once): try again.
+    no_answer = status == 0 or 200 <= status < 300
     return HttpResult(status, content, message, bool(no_answer), retry_after)
 
 

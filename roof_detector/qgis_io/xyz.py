@@ -39,6 +39,7 @@ from affine import Affine
 from ..core.errors import Cancelled
 from ..core.raster_source import PixelWindow, RasterSource, RenderedRgbGrid
 from .resample import paste, read_span, resample_rgba
+from .tile_decode import decode_tile
 from .workers import (
     DEFAULT_RETRY,
     CancelFn,
@@ -208,23 +209,6 @@ def plan_xyz(bounds: Tuple[float, float, float, float], template: XyzTemplate, g
     return XyzPlan(zoom, r, col0, row0, max(1, col1 - col0), max(1, row1 - row0), template.tile_px, r * m_per_unit)
 
 
-def decode_image(content: bytes, size: int) -> Optional[np.ndarray]:
-    """PNG/JPEG/WebP bytes -> ``size x size x 4`` RGBA uint8, or None if not an image."""
-    from qgis.PyQt.QtCore import Qt
-    from qgis.PyQt.QtGui import QImage
-
-    image = QImage.fromData(content)
-    if image.isNull():
-        return None
-    if image.width() != size or image.height() != size:
-        image = image.scaled(size, size, Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
-    image = image.convertToFormat(QImage.Format_RGBA8888)
-    ptr = image.constBits()
-    ptr.setsize(image.sizeInBytes())
-    rows = np.frombuffer(ptr, dtype=np.uint8).reshape(size, image.bytesPerLine())
-    return rows[:, : size * 4].reshape(size, size, 4).copy()
-
-
 @dataclass
 class FetchStats:
     """Counters for the log and the tests."""
@@ -267,7 +251,7 @@ class TileFetcher:
                 stats.requests += 1
             result: HttpResult = http_get(url, headers, self.template.authcfg)
             if not result.error:
-                image = decode_image(result.content, self.template.tile_px)
+                image = decode_tile(result.content, self.template.tile_px)
                 if image is not None:
                     return True, image, None
                 return False, HttpResult(result.status, b"", "the answer is not an image", False), None
@@ -394,7 +378,7 @@ class XyzTileSource(RenderedRgbGrid, RasterSource):
         tiles = self._tiles(keys)
         rgba = np.zeros((r1 - r0, c1 - c0, 4), dtype=np.uint8)
         for (_, tx, ty), tile in tiles.items():
-            if tile is not None:  # decode_image makes every tile t x t
+            if tile is not None:  # decode_tile makes every tile t x t
                 paste(rgba, c0, r0, tile, tx * t, ty * t)
         return resample_rgba(rgba, gc0 - c0, gr0 - r0, win.width, win.height, out_shape)
 
