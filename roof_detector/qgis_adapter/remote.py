@@ -6,7 +6,7 @@ there is one), polls the job's progress into the task manager, sends
 ``DELETE`` when cancelled, downloads the buildings as GeoPackage and hands
 them to the same layer building, writing and styling as a local run, so the
 layer has the same fields. Every call goes through QGIS's network access
-manager (``QgsBlockingNetworkRequest``): the user's proxy and SSL settings apply.
+manager: the user's proxy and SSL settings apply.
 
 Nothing here imports torch, onnxruntime, rasterio or shapely: a desktop
 without them can still run detections on a server. The server's bearer
@@ -32,6 +32,7 @@ from qgis.core import (
     QgsCoordinateTransform,
     QgsFeedback,
     QgsGeometry,
+    QgsNetworkAccessManager,
     QgsProject,
 )
 from qgis.PyQt.QtCore import QByteArray, QFile, QIODevice, QUrl
@@ -116,17 +117,25 @@ class ServerClient:
         self, method: str, path: str, body: Any = None, content_type: str = "", expect: Tuple[int, ...] = (200,)
     ) -> Tuple[int, bytes]:
         """``method`` ``path``; return (status, body) or raise :class:`ServerError` with the server's reason."""
-        blocking = QgsBlockingNetworkRequest()
         request = self._request(path, content_type)
         if method == "GET":
-            error = blocking.get(request, True, self.feedback)
-        elif method == "POST":
-            error = blocking.post(request, body, True, self.feedback)
-        elif method == "DELETE":
-            error = blocking.deleteResource(request, self.feedback)
-        else:
-            raise ValueError(method)
-        reply = blocking.reply()
+            # GETs (the polls, many per run; the result) go through the static call,
+            # whose request object is made in C++, without the Python feedback: a
+            # QObject made in Python needs the GIL when Qt disconnects it, under a Qt
+            # lock, and a GUI thread holding the GIL while waiting for that lock froze
+            # QGIS (see qgis_io/workers.http_get). Cancel is checked between calls.
+            reply = QgsNetworkAccessManager.blockingGet(request, "", True)
+            error = reply.errorString()
+        else:  # the upload (streamed from a file) and DELETE: once per run, abortable
+            blocking = QgsBlockingNetworkRequest()
+            if method == "POST":
+                error = blocking.post(request, body, True, self.feedback)
+            elif method == "DELETE":
+                error = blocking.deleteResource(request, self.feedback)
+            else:
+                raise ValueError(method)
+            reply = blocking.reply()
+            error = blocking.errorMessage() or error
         status = reply.attribute(QNetworkRequest.HttpStatusCodeAttribute)
         data = bytes(reply.content())
         if status is None:
@@ -138,7 +147,7 @@ class ServerClient:
                 tr(
                     "Cannot reach the Roof Detector server at {url}: {error}. Check the server URL "
                     "in Detect Buildings and that the server runs."
-                ).format(url=self.url, error=blocking.errorMessage() or error)
+                ).format(url=self.url, error=error)
             )
         status = int(status)
         if status not in expect:
