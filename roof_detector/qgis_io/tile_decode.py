@@ -58,7 +58,7 @@ def _as_rgba(ds: "rasterio.io.DatasetReader") -> np.ndarray:
     if ds.count in (2, 4):
         rgba[..., 3] = bands[ds.count - 1]
     elif all(v is not None for v in ds.nodatavals):  # a tRNS colour key
-        key = np.array(ds.nodatavals[: len(raw)], dtype=raw.dtype).reshape(-1, 1, 1)
+        key = np.array(ds.nodatavals, dtype=raw.dtype).reshape(-1, 1, 1)
         rgba[..., 3] = np.where((raw == key).all(axis=0), 0, 255)
     return rgba
 

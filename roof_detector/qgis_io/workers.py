@@ -190,9 +190,11 @@ def http_get(url: str, headers: Optional[Dict[str, str]] = None, authcfg: str = 
     content = bytes(reply.content())
     raw = bytes(reply.rawHeader(b"Retry-After") or b"").strip()
     retry_after = float(raw) if raw.isdigit() else None
-    if reply.error() == QNetworkReply.NoError and 200 <= status < 300:
+    failed = reply.error() != QNetworkReply.NoError
+    if not failed and 200 <= status < 300:
         return HttpResult(status, content, "", False)
-    message = reply.errorString() or f"HTTP {status}"
+    # Without an error Qt's errorString() says "Unknown error": name the status instead
+    message = (reply.errorString() if failed else "") or f"HTTP {status}"
     # No answer: refused, timed out, host unknown, proxy failure... An error
     # that comes with a 2xx status is no trustworthy answer either (CI saw
     # "HTTP 200" carrying a 503's "server replied: Busy" once): try again.

@@ -177,6 +177,8 @@ def test_an_error_with_a_success_status_is_tried_again(monkeypatch):
             return self._error
 
         def errorString(self):  # noqa: N802 - Qt API
+            if self._error == QNetworkReply.NoError:
+                return "Unknown error"  # what Qt says then
             return "Error transferring http://t/1/2/3.png - server replied: Busy"
 
     for error, status, transient in [
@@ -190,3 +192,7 @@ def test_an_error_with_a_success_status_is_tried_again(monkeypatch):
         result = workers.http_get("http://t/1/2/3.png")
         assert bool(result.error) == (error != QNetworkReply.NoError)
         assert (bool(result.error) and workers.is_transient(result)) == transient, (error, status)
+    # a status outside 2xx without a Qt error is named by its status, not by Qt's "Unknown error"
+    fake = type("Nam", (), {"blockingGet": staticmethod(lambda *a: Reply(QNetworkReply.NoError, 304))})
+    monkeypatch.setattr(workers, "QgsNetworkAccessManager", fake)
+    assert workers.http_get("http://t/1/2/3.png").error == "HTTP 304"
