@@ -35,11 +35,12 @@ from qgis.core import (
     QgsNetworkAccessManager,
     QgsProject,
 )
-from qgis.PyQt.QtCore import QByteArray, QFile, QIODevice, QUrl
+from qgis.PyQt.QtCore import QFile, QIODevice, QUrl
 from qgis.PyQt.QtNetwork import QNetworkRequest
 
 from ..core.errors import RoofDetectorError
 from . import tr
+from .http_reply import ReplyParts, read_reply
 from .task import DETECT_SHARE, DetectTask
 
 AUTH_CONFIG_NAME = "Roof Detector server"
@@ -125,20 +126,19 @@ class ServerClient:
             # lock, and a GUI thread holding the GIL while waiting for that lock froze
             # QGIS (see qgis_io/workers.http_get). Cancel is checked between calls.
             reply = QgsNetworkAccessManager.blockingGet(request, "", True)
-            error = reply.errorString()
+            error = ""
         else:  # the upload (streamed from a file) and DELETE: once per run, abortable
             blocking = QgsBlockingNetworkRequest()
             if method == "POST":
-                error = blocking.post(request, body, True, self.feedback)
+                blocking.post(request, body, True, self.feedback)
             elif method == "DELETE":
-                error = blocking.deleteResource(request, self.feedback)
+                blocking.deleteResource(request, self.feedback)
             else:
                 raise ValueError(method)
             reply = blocking.reply()
-            error = blocking.errorMessage() or error
-        status = reply.attribute(QNetworkRequest.HttpStatusCodeAttribute)
-        data = bytes(reply.content())
-        if status is None:
+            error = blocking.errorMessage()
+        parts = read_reply(reply)
+        if parts.status is None:
             if self.feedback is not None and self.feedback.isCanceled():
                 from ..core.errors import Cancelled
 
@@ -147,28 +147,27 @@ class ServerClient:
                 tr(
                     "Cannot reach the Roof Detector server at {url}: {error}. Check the server URL "
                     "in Detect Buildings and that the server runs."
-                ).format(url=self.url, error=error)
+                ).format(url=self.url, error=error or parts.error)
             )
-        status = int(status)
-        if status not in expect:
-            raise ServerError(self._refusal(status, data, reply))
-        return status, data
+        if parts.status not in expect:
+            raise ServerError(self._refusal(parts))
+        return parts.status, parts.body
 
-    def _refusal(self, status: int, data: bytes, reply: Any) -> str:
+    def _refusal(self, parts: ReplyParts) -> str:
         try:
-            detail = json.loads(data).get("detail")
+            detail = json.loads(parts.body).get("detail")
         except (ValueError, AttributeError):
             detail = None
-        detail = detail if isinstance(detail, str) else data.decode("utf-8", "replace")[:300]
-        if status == 401:
+        detail = detail if isinstance(detail, str) else parts.body.decode("utf-8", "replace")[:300]
+        if parts.status == 401:
             return tr(
                 "The Roof Detector server refused the token (401). Enter the token its operator gave you "
                 "in Detect Buildings > Run on."
             )
-        if status == 429:
-            retry = bytes(reply.rawHeader(QByteArray(b"Retry-After"))).decode() or "?"
+        if parts.status == 429:
+            retry = parts.retry_after or "?"
             return tr("The Roof Detector server is busy (its queue is full); try again in {s} s.").format(s=retry)
-        return tr("The Roof Detector server answered {status}: {detail}").format(status=status, detail=detail)
+        return tr("The Roof Detector server answered {status}: {detail}").format(status=parts.status, detail=detail)
 
     def json(self, method: str, path: str, expect: Tuple[int, ...] = (200,)) -> Any:
         return json.loads(self.call(method, path, expect=expect)[1] or b"null")

@@ -20,9 +20,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from qgis.core import QgsNetworkAccessManager
 from qgis.PyQt.QtCore import QThread, QUrl
-from qgis.PyQt.QtNetwork import QNetworkReply, QNetworkRequest
+from qgis.PyQt.QtNetwork import QNetworkRequest
 
 from ..core.errors import Cancelled, InputRasterError
+from ..qgis_adapter.http_reply import read_reply
 
 CancelFn = Callable[[], bool]
 
@@ -184,22 +185,15 @@ def http_get(url: str, headers: Optional[Dict[str, str]] = None, authcfg: str = 
     # GIL while Qt holds its signal-slot mutexes: with another worker holding
     # the GIL and waiting for one of those mutexes (PyQt calls keep the GIL),
     # the two threads deadlocked (1 run in 3 of the web-layer tests).
-    reply = QgsNetworkAccessManager.blockingGet(request, authcfg, False)
-    status = reply.attribute(QNetworkRequest.HttpStatusCodeAttribute)
-    status = int(status) if status else 0
-    content = bytes(reply.content())
-    raw = bytes(reply.rawHeader(b"Retry-After") or b"").strip()
-    retry_after = float(raw) if raw.isdigit() else None
-    failed = reply.error() != QNetworkReply.NoError
-    if not failed and 200 <= status < 300:
-        return HttpResult(status, content, "", False)
-    # Without an error Qt's errorString() says "Unknown error": name the status instead
-    message = (reply.errorString() if failed else "") or f"HTTP {status}"
+    parts = read_reply(QgsNetworkAccessManager.blockingGet(request, authcfg, False))
+    status = parts.status or 0
+    if parts.succeeded:
+        return HttpResult(status, parts.body, "", False)
     # No answer: refused, timed out, host unknown, proxy failure... An error
     # that comes with a 2xx status is no trustworthy answer either (CI saw
     # "HTTP 200" carrying a 503's "server replied: Busy" once): try again.
     no_answer = status == 0 or 200 <= status < 300
-    return HttpResult(status, content, message, bool(no_answer), retry_after)
+    return HttpResult(status, parts.body, parts.error or f"HTTP {status}", no_answer, parts.retry_after_s)
 
 
 def is_transient(result: HttpResult) -> bool:
