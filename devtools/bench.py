@@ -171,9 +171,17 @@ def pipeline_run(
     repeats: int,
     gsd_m: Optional[float] = None,
 ) -> Dict[str, Any]:
-    """Whole detection on a generated raster (read .. GeoPackage); meant for a child process."""
-    from roof_detector.core.gpkg_writer import write_buildings
-    from roof_detector.core.pipeline import DetectOptions, detect_buildings
+    """Whole detection on a generated raster (read .. GeoPackage); meant for a child process.
+
+    Each repeat: the network alone for :data:`PAIRED_MODEL_BATCHES` batches (its
+    median batch: ``pipeline_over_model``'s reference) just before the detection
+    with the default options; the same detection without outline regularisation
+    (after it in even repeats, before the network and it in odd ones); and between
+    the two, the network alone over as many tiles as a detection (its total time:
+    ``pipeline_over_network_sustained``'s reference). A median batch leaves out the slow
+    batches a total includes, as the detection's own time does; the plain run shows
+    what regularising costs the whole detection, on the same machine a minute apart.
+    """
     from .synthetic import write_orthophoto
 
     model = load_model(model_path, device)
@@ -185,26 +193,42 @@ def pipeline_run(
         out["buildings_drawn"] = write_orthophoto(raster, size_px, gsd)
         out["generate_s"] = round(time.perf_counter() - t0, 1)
         rss_before = _peak_rss_mb()
-        secs, tiles, stages, ratios, model_rates = [], 0, [], [], []
-        forward = _forward_timer(model, batch_size or fitted_batch_size(model))
+        batch = batch_size or fitted_batch_size(model)
+        secs, plain_secs, sustained, tiles, stages, ratios, model_rates = [], [], [], 0, [], [], []
+        forward = _forward_timer(model, batch)
         forward(3)  # warm-up
-        for i in range(repeats):
-            gpkg = os.path.join(tmp, f"out{i}.gpkg")
+
+        def usual_run(i: int) -> int:
             # The network alone, just before each run, on the same loaded model: the machine's
             # speed drifts by several per cent over minutes, so each run gets its own reference.
             model_rate = forward(PAIRED_MODEL_BATCHES)
-            t0 = time.perf_counter()
-            res = detect_buildings(
-                raster, DetectOptions(model_path=model_path, device=device, batch_size=batch_size), model=model
+            res, seconds = _detect_and_write(
+                raster, os.path.join(tmp, f"out{i}.gpkg"), model, model_path, device, batch_size
             )
-            write_buildings(res.buildings, gpkg, res.crs_wkt)
-            secs.append(time.perf_counter() - t0)
-            tiles = res.stats["tiles"]
+            secs.append(seconds)
             model_rates.append(model_rate)
-            ratios.append(tiles / secs[-1] / model_rate)
+            ratios.append(res.stats["tiles"] / seconds / model_rate)
             stages.append(res.stats["timings_s"])
             out["buildings_found"] = len(res.buildings)
+            return res.stats["tiles"]
+
+        def plain_run(i: int) -> int:
+            plain, seconds = _detect_and_write(
+                raster, os.path.join(tmp, f"plain{i}.gpkg"), model, model_path, device, batch_size, regularize=False
+            )
+            plain_secs.append(seconds)
+            out["buildings_found_unregularised"] = len(plain.buildings)
+            return plain.stats["tiles"]
+
+        for i in range(repeats):
+            # The two detections in turn (usual first, then plain first), the sustained network
+            # always between them, so a drift of the machine's speed favours neither.
+            first, second = (usual_run, plain_run) if i % 2 == 0 else (plain_run, usual_run)
+            tiles = first(i)
+            sustained.append(_sustained_seconds(model, batch, tiles))
+            second(i)
         med = statistics.median(secs)
+        cost_s = statistics.median(a - b for a, b in zip(secs, plain_secs))
         out.update(
             {
                 "tiles": tiles,
@@ -215,11 +239,44 @@ def pipeline_run(
                 "model_tiles_per_s_paired": [round(r, 2) for r in model_rates],
                 "pipeline_over_model_paired": [round(r, 3) for r in ratios],
                 "pipeline_over_model": round(statistics.median(ratios), 3),
+                "network_sustained_s": [round(s, 3) for s in sustained],
+                "pipeline_over_network_sustained": round(statistics.median(s / p for s, p in zip(sustained, secs)), 3),
+                "pipeline_unregularised_s": [round(s, 3) for s in plain_secs],
+                "pipeline_unregularised_over_network_sustained": round(
+                    statistics.median(s / p for s, p in zip(sustained, plain_secs)), 3
+                ),
+                "regularise_cost_s": round(cost_s, 3),
+                "regularise_cost_ms_per_building": round(1000 * cost_s / max(1, out["buildings_found"]), 3),
                 "peak_rss_mb": round(_peak_rss_mb(), 1),
                 "peak_rss_before_pipeline_mb": round(rss_before, 1),
             }
         )
     return out
+
+
+def _detect_and_write(raster: str, gpkg: str, model, model_path, device, batch_size, regularize: bool = True):
+    """One whole detection on the loaded model, GeoPackage included: (result, wall seconds)."""
+    from roof_detector.core.gpkg_writer import write_buildings
+    from roof_detector.core.pipeline import DetectOptions, detect_buildings
+
+    options = DetectOptions(model_path=model_path, device=device, batch_size=batch_size, regularize=regularize)
+    t0 = time.perf_counter()
+    res = detect_buildings(raster, options, model=model)
+    write_buildings(res.buildings, gpkg, res.crs_wkt)
+    return res, time.perf_counter() - t0
+
+
+def _sustained_seconds(model, batch_size: int, tiles: int) -> float:
+    """Wall seconds of the network alone over ``tiles`` tiles (random input, whole batches), as one total."""
+    x = torch.rand(batch_size, 3, model.tile_size_px, model.tile_size_px, generator=torch.Generator().manual_seed(1))
+    x = x.to(model.device).half() if model.half else x.to(model.device)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        for _ in range(-(-tiles // batch_size)):
+            model.module(x)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
 
 
 #: Batches timed for the network-alone reference before each pipeline run.

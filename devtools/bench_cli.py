@@ -3,7 +3,11 @@
 Figures: ``model_tiles_per_s`` (forward passes only, the pipeline's backend
 and batch size), ``pipeline_tiles_per_s`` and ``km2_per_min`` (read,
 resample, infer, stitch, binarise, polygonise, attributes, GeoPackage on a
-generated raster of ``--size`` px at the model GSD), ``pipeline_over_model``,
+generated raster of ``--size`` px at the model GSD), ``pipeline_over_model``
+(against the network's median batch just before each run) and
+``pipeline_over_network_sustained`` (against the network alone over the same
+tiles, as a total), the same detection without regularisation and what
+regularising costs (``regularise_cost_ms_per_building``),
 ``gflops_per_s`` with its share of the CPU's base-clock peak and a
 measured fp32 matmul rate for reference, ``onnxruntime_tiles_per_s``
 (the fp32 graph) with output agreement, the shipped ONNX twin's
@@ -149,6 +153,14 @@ def _add_pipeline_runs(figures: dict, sizes, args, batch: int, say) -> None:
             f"tiles/s), peak RSS {r['peak_rss_mb']} MB, "
             f"stages {r['stage_s']}"
         )
+        if "pipeline_over_network_sustained" in r:
+            say(
+                f"  network alone over the same {r['tiles']} tiles (one total, between each repeat's two runs): "
+                f"{r['network_sustained_s']} s; pipeline/network sustained {r['pipeline_over_network_sustained']}; "
+                f"without regularisation: {r['pipeline_unregularised_s']} s, pipeline/network sustained "
+                f"{r['pipeline_unregularised_over_network_sustained']}; regularising costs {r['regularise_cost_s']} s "
+                f"per run = {r['regularise_cost_ms_per_building']} ms per building found"
+            )
     first = figures["pipeline"].get(str(sizes[0]), {})
     for key in ("pipeline_tiles_per_s", "km2_per_min", "pipeline_over_model", "peak_rss_mb"):
         if key in first:

@@ -88,5 +88,45 @@ def test_bench_command_prints_the_figures(tmp_path, repo_root):
     assert run["pipeline_over_model"] == pytest.approx(
         run["pipeline_tiles_per_s"] / run["model_tiles_per_s_paired"][0], rel=0.01, abs=6e-4
     )
+    # against the network alone over the same tiles (one total), and the run without regularisation;
+    # tolerances from the rounding: sustained and plain seconds to 0.001, pipeline_s to 0.01
+    sustained, plain, pipe = run["network_sustained_s"][0], run["pipeline_unregularised_s"][0], run["pipeline_s"]
+    assert len(run["network_sustained_s"]) == 1 == len(run["pipeline_unregularised_s"])
+    ratio = sustained / pipe
+    assert run["pipeline_over_network_sustained"] == pytest.approx(
+        ratio, abs=ratio * (0.0005 / sustained + 0.005 / pipe) + 6e-4
+    )
+    assert run["pipeline_unregularised_over_network_sustained"] == pytest.approx(
+        sustained / plain, abs=sustained / plain * (0.0005 / sustained + 0.0005 / plain) + 6e-4
+    )
+    assert run["regularise_cost_s"] == pytest.approx(pipe - plain, abs=0.0061)
+    assert run["regularise_cost_ms_per_building"] == pytest.approx(
+        1000 * run["regularise_cost_s"] / run["buildings_found"], abs=0.5 / run["buildings_found"] + 0.0006
+    )
+    assert run["buildings_found_unregularised"] == run["buildings_found"]
     assert fig["gflops_per_s"] > 0 and fig["share_of_peak"] > 0 and fig["matmul_gflops_per_s"] > 0
     assert "onnxruntime_error" in fig  # the brightness test model has no ONNX export: said, not hidden
+
+
+def test_each_repeat_pairs_a_usual_and_a_plain_run_in_turn(tmp_path, monkeypatch):
+    """Two repeats: the usual run first, then the plain run first; the sustained network between them."""
+    pytest.importorskip("rasterio")
+    model = make_test_model(str(tmp_path / "m.pt"), gsd_m=0.5, tile_size_px=64, overlap_px=8)
+    calls = []
+    real_detect, real_sustained = bench._detect_and_write, bench._sustained_seconds
+
+    def detect(*args, regularize=True, **kwargs):
+        calls.append("usual" if regularize else "plain")
+        return real_detect(*args, regularize=regularize, **kwargs)
+
+    def sustained(*args):
+        calls.append("network")
+        return real_sustained(*args)
+
+    monkeypatch.setattr(bench, "_detect_and_write", detect)
+    monkeypatch.setattr(bench, "_sustained_seconds", sustained)
+    run = bench.pipeline_run(256, model, "cpu", None, 2)
+    assert calls == ["usual", "network", "plain", "plain", "network", "usual"]
+    assert len(run["network_sustained_s"]) == len(run["pipeline_unregularised_s"]) == 2
+    assert len(run["pipeline_over_model_paired"]) == 2
+    assert run["buildings_found_unregularised"] == run["buildings_found"] > 0
