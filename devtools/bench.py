@@ -16,7 +16,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Dict, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -194,7 +195,7 @@ def pipeline_run(
         out["generate_s"] = round(time.perf_counter() - t0, 1)
         rss_before = _peak_rss_mb()
         batch = batch_size or fitted_batch_size(model)
-        secs, plain_secs, sustained, tiles, stages, ratios, model_rates = [], [], [], 0, [], [], []
+        t = _Timings()
         forward = _forward_timer(model, batch)
         forward(3)  # warm-up
 
@@ -205,10 +206,10 @@ def pipeline_run(
             res, seconds = _detect_and_write(
                 raster, os.path.join(tmp, f"out{i}.gpkg"), model, model_path, device, batch_size
             )
-            secs.append(seconds)
-            model_rates.append(model_rate)
-            ratios.append(res.stats["tiles"] / seconds / model_rate)
-            stages.append(res.stats["timings_s"])
+            t.secs.append(seconds)
+            t.model_rates.append(model_rate)
+            t.ratios.append(res.stats["tiles"] / seconds / model_rate)
+            t.stages.append(res.stats["timings_s"])
             out["buildings_found"] = len(res.buildings)
             return res.stats["tiles"]
 
@@ -216,7 +217,7 @@ def pipeline_run(
             plain, seconds = _detect_and_write(
                 raster, os.path.join(tmp, f"plain{i}.gpkg"), model, model_path, device, batch_size, regularize=False
             )
-            plain_secs.append(seconds)
+            t.plain_secs.append(seconds)
             out["buildings_found_unregularised"] = len(plain.buildings)
             return plain.stats["tiles"]
 
@@ -224,34 +225,50 @@ def pipeline_run(
             # The two detections in turn (usual first, then plain first), the sustained network
             # always between them, so a drift of the machine's speed favours neither.
             first, second = (usual_run, plain_run) if i % 2 == 0 else (plain_run, usual_run)
-            tiles = first(i)
-            sustained.append(_sustained_seconds(model, batch, tiles))
+            t.tiles = first(i)
+            t.sustained.append(_sustained_seconds(model, batch, t.tiles))
             second(i)
-        med = statistics.median(secs)
-        cost_s = statistics.median(a - b for a, b in zip(secs, plain_secs))
-        out.update(
-            {
-                "tiles": tiles,
-                "pipeline_s": round(med, 2),
-                "pipeline_tiles_per_s": round(tiles / med, 2),
-                "km2_per_min": round((size_px * gsd) ** 2 / 1e6 / (med / 60), 3),
-                "stage_s": stages[secs.index(sorted(secs)[len(secs) // 2])],
-                "model_tiles_per_s_paired": [round(r, 2) for r in model_rates],
-                "pipeline_over_model_paired": [round(r, 3) for r in ratios],
-                "pipeline_over_model": round(statistics.median(ratios), 3),
-                "network_sustained_s": [round(s, 3) for s in sustained],
-                "pipeline_over_network_sustained": round(statistics.median(s / p for s, p in zip(sustained, secs)), 3),
-                "pipeline_unregularised_s": [round(s, 3) for s in plain_secs],
-                "pipeline_unregularised_over_network_sustained": round(
-                    statistics.median(s / p for s, p in zip(sustained, plain_secs)), 3
-                ),
-                "regularise_cost_s": round(cost_s, 3),
-                "regularise_cost_ms_per_building": round(1000 * cost_s / max(1, out["buildings_found"]), 3),
-                "peak_rss_mb": round(_peak_rss_mb(), 1),
-                "peak_rss_before_pipeline_mb": round(rss_before, 1),
-            }
-        )
+        out.update(_timing_figures(t, size_px * gsd, out["buildings_found"]))
+        out["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+        out["peak_rss_before_pipeline_mb"] = round(rss_before, 1)
     return out
+
+
+@dataclass
+class _Timings:
+    """What :func:`pipeline_run`'s repeats measured, one entry per repeat (seconds, tiles/s)."""
+
+    secs: List[float] = field(default_factory=list)  # the usual detections
+    plain_secs: List[float] = field(default_factory=list)  # the same without regularisation
+    sustained: List[float] = field(default_factory=list)  # the network alone over a detection's tiles
+    model_rates: List[float] = field(default_factory=list)  # the network's median batch before each usual run
+    ratios: List[float] = field(default_factory=list)
+    stages: List[Dict[str, float]] = field(default_factory=list)
+    tiles: int = 0
+
+
+def _timing_figures(t: _Timings, side_m: float, buildings: int) -> Dict[str, Any]:
+    """The bench's pipeline figures from the repeats' timings (medians, and the per-run lists)."""
+    med = statistics.median(t.secs)
+    cost_s = statistics.median(a - b for a, b in zip(t.secs, t.plain_secs))
+    return {
+        "tiles": t.tiles,
+        "pipeline_s": round(med, 2),
+        "pipeline_tiles_per_s": round(t.tiles / med, 2),
+        "km2_per_min": round(side_m**2 / 1e6 / (med / 60), 3),
+        "stage_s": t.stages[t.secs.index(sorted(t.secs)[len(t.secs) // 2])],
+        "model_tiles_per_s_paired": [round(r, 2) for r in t.model_rates],
+        "pipeline_over_model_paired": [round(r, 3) for r in t.ratios],
+        "pipeline_over_model": round(statistics.median(t.ratios), 3),
+        "network_sustained_s": [round(s, 3) for s in t.sustained],
+        "pipeline_over_network_sustained": round(statistics.median(s / p for s, p in zip(t.sustained, t.secs)), 3),
+        "pipeline_unregularised_s": [round(s, 3) for s in t.plain_secs],
+        "pipeline_unregularised_over_network_sustained": round(
+            statistics.median(s / p for s, p in zip(t.sustained, t.plain_secs)), 3
+        ),
+        "regularise_cost_s": round(cost_s, 3),
+        "regularise_cost_ms_per_building": round(1000 * cost_s / max(1, buildings), 3),
+    }
 
 
 def _detect_and_write(raster: str, gpkg: str, model, model_path, device, batch_size, regularize: bool = True):
