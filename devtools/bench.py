@@ -90,11 +90,7 @@ def model_throughput(model_path: Optional[str], device: str, batch_size: int, re
     """Forward passes only: tiles/s of the pipeline's backend, of TorchScript and of ONNX Runtime."""
     out: Dict[str, Any] = {}
     model = load_model(model_path, device)
-    tile = model.tile_size_px
-    x = torch.rand(batch_size, 3, tile, tile, generator=torch.Generator().manual_seed(0))
-    xd = x.to(model.device)
-    if model.half:
-        xd = xd.half()
+    xd = _random_batch(model, batch_size)
 
     def run(m):
         def f():
@@ -122,7 +118,7 @@ def model_throughput(model_path: Optional[str], device: str, batch_size: int, re
             fp32 = onnx_module_for(ts.path, ts.metadata, _unfrozen(ts.path))
             out["onnxruntime_tiles_per_s"] = round(_median_rate(run(fp32), batch_size, repeats), 2)
             with torch.inference_mode():
-                diff = float((fp32(x) - ts.module(x)).abs().max())
+                diff = float((fp32(xd) - ts.module(xd)).abs().max())  # on the CPU: float32
             out["onnxruntime_max_abs_diff"] = diff
             out["onnxruntime_agrees_1e-3"] = diff <= 1e-3
         except Exception as exc:  # noqa: BLE001 - reported, not fatal: the bench still gives the other figures
@@ -285,8 +281,7 @@ def _detect_and_write(raster: str, gpkg: str, model, model_path, device, batch_s
 
 def _sustained_seconds(model, batch_size: int, tiles: int) -> float:
     """Wall seconds of the network alone over ``tiles`` tiles (random input, whole batches), as one total."""
-    x = torch.rand(batch_size, 3, model.tile_size_px, model.tile_size_px, generator=torch.Generator().manual_seed(1))
-    x = x.to(model.device).half() if model.half else x.to(model.device)
+    x = _random_batch(model, batch_size)
     with torch.inference_mode():
         t0 = time.perf_counter()
         for _ in range(-(-tiles // batch_size)):
@@ -296,16 +291,20 @@ def _sustained_seconds(model, batch_size: int, tiles: int) -> float:
         return time.perf_counter() - t0
 
 
+def _random_batch(model, batch_size: int):
+    """The bench's input: a fixed random RGB batch on the model's device (half where the model is)."""
+    tile = model.tile_size_px
+    x = torch.rand(batch_size, 3, tile, tile, generator=torch.Generator().manual_seed(0)).to(model.device)
+    return x.half() if model.half else x
+
+
 #: Batches timed for the network-alone reference before each pipeline run.
 PAIRED_MODEL_BATCHES = 40
 
 
 def _forward_timer(model, batch_size: int):
     """A function timing ``n`` forward passes of random batches: returns tiles/s (median batch)."""
-    tile = model.tile_size_px
-    x = torch.rand(batch_size, 3, tile, tile, generator=torch.Generator().manual_seed(0)).to(model.device)
-    if model.half:
-        x = x.half()
+    x = _random_batch(model, batch_size)
 
     def timed(n: int) -> float:
         times = []

@@ -45,6 +45,6 @@ def read_reply(reply: Any) -> ReplyParts:
     return ReplyParts(
         int(status) if status else None,
         bytes(reply.content()),
-        error or "",
+        error,
         raw.decode("latin-1").strip(),
     )
