@@ -336,13 +336,31 @@ def _build(grid: Grid, ops) -> Optional[Polygon]:
     for sign, r in ops[1:]:
         part = grid.box(*r)
         geom = shapely.union(geom, part) if sign > 0 else shapely.difference(geom, part)
-    geom = shapely.simplify(geom, grid.cell_m * 1e-3)
+    tol = grid.cell_m * 1e-3
+    geom = shapely.simplify(geom, tol)
     if geom.geom_type != "Polygon" or geom.is_empty:
         return None
-    ext = grid.to_source(np.asarray(geom.exterior.coords))
-    holes = [grid.to_source(np.asarray(r.coords)) for r in geom.interiors]
+    ext = grid.to_source(_without_collinear_start(np.asarray(geom.exterior.coords), tol))
+    holes = [grid.to_source(_without_collinear_start(np.asarray(r.coords), tol)) for r in geom.interiors]
     out = Polygon(ext, holes)
     return out if out.is_valid else None
+
+
+def _without_collinear_start(ring: np.ndarray, tol: float) -> np.ndarray:
+    """The closed ring without its first vertex when that one lies on the straight line through its two
+    neighbours (within ``tol``): Douglas-Peucker keeps a ring's first point, so a union that starts
+    mid-edge kept a vertex no corner needs (17 vertices for a 16-corner outline)."""
+    pts = ring[:-1]
+    if len(pts) <= 4:
+        return ring
+    prev, cur, nxt = pts[-1], pts[0], pts[1]
+    span = nxt - prev
+    length = math.hypot(span[0], span[1])
+    off = abs(span[0] * (cur[1] - prev[1]) - span[1] * (cur[0] - prev[0])) / length if length > 0 else math.inf
+    ahead = (cur[0] - prev[0]) * (nxt[0] - cur[0]) + (cur[1] - prev[1]) * (nxt[1] - cur[1]) > 0  # not a spike
+    if off > tol or not ahead:
+        return ring
+    return np.vstack([pts[1:], pts[1:2]])
 
 
 def ellipse_grid_iou(grid: Grid) -> float:
