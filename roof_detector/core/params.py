@@ -134,7 +134,7 @@ OUTLINES = _params(
         float,
         1.0,
         "Regularisation tolerance",
-        "how far a squared outline may depart from the traced one",
+        "the narrowest wing, notch or step a squared outline keeps (smaller details are squared away; larger values give coarser shapes, and more outlines fail the agreement check and stay as traced)",
         flag="--tolerance",
         key="TOLERANCE",
         low=0.1,
