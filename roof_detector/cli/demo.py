@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{len(result.buildings)} buildings, total area {result.total_area_m2:.1f} m2, "
         f"pixel IoU {scores['iou']:.3f}, pixel accuracy {scores['accuracy']:.3f} "
-        f"(vs {len(scores['labels'])} labelled buildings), {seconds:.1f} s"
+        f"(vs {len(scores['labels'])} labelled buildings, {scores['on_image']} on the image), {seconds:.1f} s"
     )
     print(
         f"objects (IoU >= 0.5): {scores['matched']} matched, precision {scores['object_precision']:.3f}, "
@@ -178,26 +178,22 @@ def extract_sample(wheel: Optional[str] = None) -> Tuple[str, str]:
 
 def pixel_scores(image_path: str, labels_path: str, buildings) -> Dict:
     """Pixel IoU / accuracy (valid pixels of the image grid) and object precision / recall / F1
-    of the detections against the labels."""
+    of the detections against the labels, all from one :func:`~..core.evaluate.evaluate`; ``on_image``:
+    the labels it counts (those whose centre lies on the image's valid pixels)."""
     import rasterio
 
     from ..core.evaluate import evaluate, grid_from_raster
-    from ..core.metrics import confusion
-    from ..core.vector_io import rasterize_polygons, read_polygons
+    from ..core.vector_io import read_polygons
 
     with rasterio.open(image_path) as ds:
-        transform, shape, crs_wkt = ds.transform, (ds.height, ds.width), ds.crs.to_wkt()
-        valid = ds.dataset_mask() > 0
+        crs_wkt = ds.crs.to_wkt()
     labels = read_polygons(labels_path, target_crs_wkt=crs_wkt).geometries
-    pred = rasterize_polygons([b.geometry for b in buildings], transform, shape) > 0
-    truth = rasterize_polygons(labels, transform, shape) > 0
-    conf = confusion(pred, truth, valid)
     ev = evaluate([b.geometry for b in buildings], labels, grid_from_raster(image_path))
     return {
-        "iou": conf.iou(),
-        "accuracy": conf.accuracy(),
-        "confusion": conf,
+        "iou": ev.pixel.iou(),
+        "accuracy": ev.pixel.accuracy(),
         "labels": labels,
+        "on_image": ev.n_reference,
         "matched": ev.n_matched,
         "object_precision": ev.object_precision(),
         "object_recall": ev.object_recall(),

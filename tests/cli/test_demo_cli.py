@@ -45,13 +45,13 @@ def test_demo_runs_on_the_sample(tmp_path):
     proc = _demo("--sample", "atlanta", "--out", str(out), "--model", model)
     m = re.search(
         r"^(\d+) buildings, total area ([\d.]+) m2, pixel IoU ([\d.]+), pixel accuracy ([\d.]+) "
-        r"\(vs (\d+) labelled buildings\)",
+        r"\(vs (\d+) labelled buildings, (\d+) on the image\)",
         proc.stdout,
         re.M,
     )
     assert m, proc.stdout
     n, iou, acc, labels = int(m.group(1)), float(m.group(3)), float(m.group(4)), int(m.group(5))
-    assert labels > 20  # the sample's labels were read and reprojected
+    assert labels > 20 and int(m.group(6)) == labels  # the sample's labels were read and reprojected; all on it
     assert 0.0 <= iou <= 1.0 and 0.0 < acc <= 1.0
     assert "CC BY-SA 4.0" in proc.stdout  # attribution of the data
     assert (out / "overlay.png").stat().st_size > 10_000
@@ -124,9 +124,14 @@ def test_demo_runs_on_the_embedded_crop_without_download(tmp_path):
     model = make_test_model(str(tmp_path / "bright.pt"), gsd_m=0.3)
     out = tmp_path / "demo"
     proc = _demo("--out", str(out), "--model", model)
-    m = re.search(r"^(\d+) buildings, .* pixel IoU ([\d.]+), .*\(vs (\d+) labelled buildings\)", proc.stdout, re.M)
+    m = re.search(
+        r"^(\d+) buildings, .* pixel IoU ([\d.]+), .*\(vs (\d+) labelled buildings, (\d+) on the image\)",
+        proc.stdout,
+        re.M,
+    )
     assert m, proc.stdout
-    assert int(m.group(3)) == 85
+    # the recall is over the labels whose centre is on the crop (the OSM extract reaches past it)
+    assert int(m.group(3)) == 85 and int(m.group(4)) == 71
     assert re.search(
         r"^objects \(IoU >= 0.5\): \d+ matched, precision [\d.]+, recall [\d.]+, F1 [\d.]+$", proc.stdout, re.M
     ), proc.stdout
