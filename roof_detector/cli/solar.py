@@ -130,9 +130,8 @@ def size_layer(layer, params, regularize: bool, tolerance_m: float):
     """
     from ..core.building import Building
     from ..core.field_names import free_names
-    from ..core.footprints import measure_polygons
-    from ..core.gpkg_writer import RESERVED_NAMES
-    from ..core.solar import SOLAR_FIELDS
+    from ..core.footprints import measure_polygons, sized_fields
+    from ..core.output_fields import RESERVED_NAMES
 
     # All buildings at once: the same batched sizing detection uses.
     geoms, sized = measure_polygons(layer.geometries, layer.crs_wkt, params, regularize, tolerance_m)
@@ -141,7 +140,7 @@ def size_layer(layer, params, regularize: bool, tolerance_m: float):
 
     # Source attributes keep their names unless they clash with a field we write or with each
     # other (GeoPackage column names ignore case): never dropped, never shifted.
-    solar_names = [name for name, _ in SOLAR_FIELDS]
+    solar_names = [name for name, _ in sized_fields(regularize)]
     old_names = [name for name, _ in layer.fields]
     renamed = list(zip(old_names, free_names(old_names, list(RESERVED_NAMES) + solar_names + ["src_fid"])))
     buildings = []

@@ -131,6 +131,17 @@ def measure_metric_batch(
     return geoms, columns
 
 
+#: The field that names each regularised outline's class (:data:`.regularize.SHAPES`).
+SHAPE_FIELD = ("shape", "string")
+
+
+def sized_fields(regularize: bool) -> Tuple[Tuple[str, str], ...]:
+    """(name, kind) of the fields :func:`measure_polygons` gives each polygon with solar sizing:
+    the solar fields and, when outlines are regularised, ``shape``. Every solar front end (the CLI,
+    Processing, the REST service) writes exactly these after the source's own fields."""
+    return SOLAR_FIELDS + ((SHAPE_FIELD,) if regularize else ())
+
+
 def measure_polygons(
     geometries: Sequence[Optional[BaseGeometry]],
     crs_wkt: str,
@@ -143,7 +154,8 @@ def measure_polygons(
     Every front end (CLI ``solar``, the Processing algorithm, the Rooftop
     Report) calls this batched function. Returns the geometries (squared ones
     replaced, the others the same objects; None stays None) and one row per
-    geometry: ``area_m2``, ``perimeter_m`` and, with ``params``, the solar fields.
+    geometry: ``area_m2``, ``perimeter_m`` and, with ``params``, the solar fields; with ``regularize``,
+    ``shape`` (the fields of :func:`sized_fields`).
     """
     params = params.validate() if params is not None else None
     source = np.array([shapely.Polygon() if g is None else g for g in geometries], dtype=object)
@@ -154,10 +166,15 @@ def measure_polygons(
     )
     geoms[np.array([g is None for g in geometries])] = None
     if params is None:
-        return geoms, [
+        rows = [
             {"area_m2": float(a), "perimeter_m": float(p)} for a, p in zip(columns["area_m2"], columns["perimeter_m"])
         ]
-    return geoms, solar_rows(columns)
+    else:
+        rows = solar_rows(columns)
+    if regularize:
+        for row, shape in zip(rows, columns["shape"].tolist()):
+            row["shape"] = shape
+    return geoms, rows
 
 
 def size_buildings(
@@ -233,8 +250,9 @@ def _buildings(geoms: np.ndarray, conf: np.ndarray, columns: Dict[str, np.ndarra
     area = columns["area_m2"].tolist()
     perimeter = columns["perimeter_m"].tolist()
     extra: List[Tuple[str, str, List[Any]]] = []
-    if "shape" in columns:
-        extra.append(("shape", "text", columns["shape"].tolist()))
+    # Every detection has the field, whether or not its outlines were regularised (then null: not
+    # classified), so layers of runs with and without regularisation share one schema.
+    extra.append(("shape", "text", columns["shape"].tolist() if "shape" in columns else [None] * len(geoms)))
     if solar:
         extra += [
             (key, typ, columns[key].tolist()) for key, typ in SOLAR_FIELDS if key not in ("area_m2", "perimeter_m")

@@ -28,22 +28,33 @@ from __future__ import annotations
 
 import errno
 import itertools
-import numbers
 import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from .errors import OutputError
-from .field_names import free_names
 from .temp_files import remove_stale, temp_path
 from .osgeo_exc import ogr, osr
-from .precision import rounded
+from .output_fields import BASE_FIELDS, RESERVED_NAMES, attribute_schema, base_values, written_value
 
 if TYPE_CHECKING:  # annotations only: the plugin writes a server's result with GDAL alone (no shapely)
     from .building import Building
 
 DEFAULT_LAYER = "buildings"
-BASE_FIELDS = ("area_m2", "perimeter_m", "confidence")
-RESERVED_NAMES = BASE_FIELDS + ("fid", "geom")
+#: The field and value rules live in :mod:`.output_fields`; these names stay importable from here.
+__all__ = [
+    "BASE_FIELDS",
+    "RESERVED_NAMES",
+    "DEFAULT_LAYER",
+    "attribute_schema",
+    "base_values",
+    "written_value",
+    "check_output",
+    "check_writable",
+    "check_not_locked",
+    "field_types_of",
+    "write_buildings",
+    "write_building_stream",
+]
 
 
 def check_output(path: str, layer: str = DEFAULT_LAYER, overwrite: bool = False) -> None:
@@ -357,17 +368,18 @@ _WKB_CHUNK = 4096
 
 def _with_wkb(buildings: Iterable["Building"]) -> Iterator[Tuple[List["Building"], Iterable[bytes]]]:
     """The buildings in chunks, each with its geometries' WKB (the same bytes as ``geometry.wkb``)."""
-    import shapely  # only here: the plugin writes a server's result (a ``fill`` function) without it
-
+    try:
+        import shapely
+    except ImportError:  # the plugin writes a server's result with GDAL alone (geometries give their WKB)
+        shapely = None
     it = iter(buildings)
-    while True:
-        chunk = list(itertools.islice(it, _WKB_CHUNK))
-        if not chunk:
-            return
-        try:
-            wkbs = shapely.to_wkb([b.geometry for b in chunk]).tolist()
-        except TypeError:  # not all shapely: any geometry with a ``wkb``, read one at a time as written
-            wkbs = (b.geometry.wkb for b in chunk)
+    while chunk := list(itertools.islice(it, _WKB_CHUNK)):
+        wkbs: Iterable[bytes] = (b.geometry.wkb for b in chunk)  # one at a time, as written
+        if shapely is not None:
+            try:
+                wkbs = shapely.to_wkb([b.geometry for b in chunk]).tolist()
+            except TypeError:  # not all shapely geometries: each gives its own ``wkb``
+                pass
         yield chunk, wkbs
 
 
@@ -382,76 +394,10 @@ _SETTERS = {
 }
 
 
-def base_values(building: Building) -> Tuple[float, float, Optional[float]]:
-    """(area_m2, perimeter_m, confidence) as every output stores them: rounded once, at write
-    time, to the decimals of :mod:`.precision` (this writer, the plugin's memory layer, the
-    Processing sink)."""
-    confidence = None if building.confidence is None else float(rounded("confidence", building.confidence))
-    return (
-        float(rounded("area_m2", building.area_m2)),
-        float(rounded("perimeter_m", building.perimeter_m)),
-        confidence,
-    )
-
-
-def written_value(key: str, kind: str, value: Any) -> Any:
-    """Attribute ``key`` of :func:`attribute_schema` kind ``kind`` as every output stores it: None
-    stays None, a real is rounded to the decimals of :mod:`.precision`, an integer is an int, anything
-    else its text."""
-    if value is None:
-        return None
-    if kind == "real":
-        return float(rounded(key, value))
-    if kind == "integer":
-        return int(value)
-    return value if isinstance(value, str) else str(value)
-
-
-def attribute_schema(buildings: Iterable[Building]) -> List[Tuple[str, str, str]]:
-    """(attribute key, field name, kind) of the buildings' attributes, in first-seen order.
-
-    The one rule for the fields of every output (this writer, the plugin's
-    memory layer, the Processing sink): kind "integer", "real" or "string",
-    widened over all buildings (int + float -> real, any str -> string, only
-    None -> string); the solar fields keep their declared kind even when every
-    value is None; a key clashing, ignoring case, with a built-in name or an
-    earlier key gets the first free ``attr_<key>``, ``attr_<key>_2``...
-    """
-    rank = {None: -1, "integer": 0, "real": 1, "string": 2}
-    kinds: Dict[str, Optional[str]] = {}
-    for b in buildings:
-        for key, value in b.attributes.items():
-            if value is None:
-                kind = None
-            elif type(value) is float:  # the common case first: the ABC checks below are slow
-                kind = "real"
-            elif isinstance(value, (bool, numbers.Integral)):
-                kind = "integer"
-            elif isinstance(value, numbers.Real):
-                kind = "real"
-            else:
-                kind = "string"
-            if key not in kinds or kinds[key] != kind:  # most values repeat their key's kind
-                kinds[key] = max(kinds.get(key), kind, key=rank.__getitem__)
-    fixed: Dict[str, str] = {}
-    if None in kinds.values():  # imported only when needed: core.solar needs shapely
-        from .solar import SOLAR_FIELDS
-
-        fixed = dict(SOLAR_FIELDS)
-    names = field_names(list(kinds))
-    return [(key, names[key], kind or fixed.get(key) or "string") for key, kind in kinds.items()]
-
-
 def field_types_of(buildings: Iterable[Building]) -> List[Tuple[str, str, int]]:
     """(attribute key, field name, OGR field type) of each attribute (see :func:`attribute_schema`),
     as :func:`write_building_stream` takes them."""
     return [(key, name, _OGR_TYPES[kind]) for key, name, kind in attribute_schema(buildings)]
-
-
-def field_names(keys: Sequence[str]) -> Dict[str, str]:
-    """The field each attribute key is written to: itself, or ``attr_<key>`` (``attr_<key>_2``...) when it
-    clashes, ignoring case, with a built-in name or another key."""
-    return dict(zip(keys, free_names(keys, RESERVED_NAMES, prefix="attr_")))
 
 
 def _free_kb(directory: str) -> Optional[int]:

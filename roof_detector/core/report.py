@@ -25,17 +25,19 @@ import os
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from .errors import OutputError
+from .precision import DECIMALS
 
-#: Table columns, their decimals (0 = integer; None = as given) and headings.
+#: Table columns, their decimals (0 = integer; None = as given) and headings. The decimals are the
+#: written attributes' (:mod:`.precision`), so the CSV holds the values the GeoPackage holds.
 COLUMNS = (
     ("id", None, "id"),
-    ("area_m2", 2, "Footprint area (m²)"),
-    ("usable_area_m2", 2, "Usable area (m²)"),
+    ("area_m2", DECIMALS["area_m2"], "Footprint area (m²)"),
+    ("usable_area_m2", DECIMALS["usable_area_m2"], "Usable area (m²)"),
     ("panels", 0, "Panels"),
-    ("kwp", 3, "Power (kWp)"),
-    ("specific_yield", 1, "Specific yield (kWh/kWp/yr)"),
-    ("annual_kwh", 1, "Energy (kWh/yr)"),
-    ("orientation_deg", 1, "Orientation (° from N)"),
+    ("kwp", DECIMALS["kwp"], "Power (kWp)"),
+    ("specific_yield", DECIMALS["specific_yield"], "Specific yield (kWh/kWp/yr)"),
+    ("annual_kwh", DECIMALS["annual_kwh"], "Energy (kWh/yr)"),
+    ("orientation_deg", DECIMALS["orientation_deg"], "Orientation (° from N)"),
 )
 #: How the report names the sizing parameters (internal keys -> labels with units).
 PARAM_LABELS = {
@@ -47,7 +49,11 @@ PARAM_LABELS = {
     "regularize": "Outlines squared",
 }
 #: Totals: table column -> decimals.
-TOTAL_COLUMNS = (("area_m2", 2), ("usable_area_m2", 2), ("panels", 0), ("kwp", 3), ("annual_kwh", 1))
+TOTAL_COLUMNS = tuple(
+    (key, decimals)
+    for key, decimals, _ in COLUMNS
+    if key in ("area_m2", "usable_area_m2", "panels", "kwp", "annual_kwh")
+)
 
 
 def _round(value: Any, decimals: Optional[int]) -> Any:

@@ -24,7 +24,7 @@ from qgis.PyQt.QtCore import QVariant
 from .common import RoofDetectorAlgorithm, engine_errors
 from .parameters import add, help_lines, values
 
-_VARIANT = {"real": QVariant.Double, "integer": QVariant.Int}
+_VARIANT = {"real": QVariant.Double, "integer": QVariant.Int, "string": QVariant.String}
 
 
 class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
@@ -132,7 +132,9 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
                 originals, crs.toWkt(), params, regularize, outlines["regularize_tolerance_m"]
             )
             feedback.setProgress(60)
-            rows, regularized = self._write(sink, fields, wkb_type, features, originals, geoms, sized, feedback)
+            rows, regularized = self._write(
+                sink, fields, wkb_type, features, originals, geoms, sized, regularize, feedback
+            )
             summed = totals(build_table(rows))
             self._report(summed, len(pairs) - len(features), regularized if regularize else None, len(rows), feedback)
             results: Dict[str, Any] = {
@@ -149,7 +151,7 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
 
     def _sink(self, parameters, context, source, regularize: bool) -> Tuple[Any, str, QgsFields, int]:
         """The output sink with the input's fields and the solar ones: (sink, id, fields, geometry type)."""
-        fields = _output_fields(source.fields())
+        fields = _output_fields(source.fields(), regularize)
         if fields is None:  # QgsFields dropped a duplicate: values would shift between columns
             raise QgsProcessingException(
                 self.tr("Cannot name the output fields of {names}").format(names=", ".join(source.fields().names()))
@@ -203,13 +205,16 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
         originals: List[Any],
         geoms: Any,
         sized: List[Dict[str, Any]],
+        regularize: bool,
         feedback: Any,
     ) -> Tuple[List[Dict[str, Any]], int]:
-        """Add each input feature with its solar fields (and squared outline) to ``sink``; (rows, regularised)."""
-        from ..core.solar import SOLAR_FIELDS
+        """Add each input feature with its solar fields (and squared outline) to ``sink``; (rows, regularised).
+        Values rounded as every output stores them (:func:`~..core.output_fields.written_value`)."""
+        from ..core.footprints import sized_fields
+        from ..core.output_fields import written_value
         from ..qgis_adapter.output import to_qgs_geometry
 
-        solar_names = [name for name, _ in SOLAR_FIELDS]
+        written = sized_fields(regularize)
         rows: List[Dict[str, Any]] = []
         regularized = 0
         for i, (feature, original, geom, attrs) in enumerate(zip(features, originals, geoms, sized)):
@@ -224,30 +229,34 @@ class RooftopSolarAlgorithm(RoofDetectorAlgorithm):
             rows.append({"id": feature.id(), **attrs})
             out = QgsFeature(fields)
             out.setGeometry(qgs_geometry)
-            out.setAttributes(list(feature.attributes()) + [attrs[name] for name in solar_names])
+            out.setAttributes(
+                list(feature.attributes()) + [written_value(name, kind, attrs[name]) for name, kind in written]
+            )
             if not sink.addFeature(out, QgsFeatureSink.FastInsert):
                 raise QgsProcessingException(self.tr("Could not write a feature to the output"))
             feedback.setProgress(60 + 40.0 * (i + 1) / max(1, len(features)))
         return rows, regularized
 
 
-def _output_fields(source_fields: QgsFields) -> Optional[QgsFields]:
-    """The input's fields and the solar fields (None if QgsFields would not take them all).
+def _output_fields(source_fields: QgsFields, regularize: bool) -> Optional[QgsFields]:
+    """The input's fields and the solar fields, and ``shape`` when outlines are regularised (None if
+    QgsFields would not take them all).
 
     As the CLI: a source field keeps its value under a free name (src_<name>, src_<name>_2...,
     ignoring case), never dropped: QgsFields.append drops a duplicate silently, and values are
     written by position.
     """
     from ..core.field_names import free_names
-    from ..core.solar import SOLAR_FIELDS
+    from ..core.footprints import sized_fields
 
     fields = QgsFields()
-    solar_names = [name for name, _ in SOLAR_FIELDS]
+    written = sized_fields(regularize)
+    solar_names = [name for name, _ in written]
     new_names = free_names(source_fields.names(), solar_names)
     for field, new_name in zip(source_fields, new_names):
         field = QgsField(field)
         field.setName(new_name)
         fields.append(field)
-    for name, kind in SOLAR_FIELDS:
+    for name, kind in written:
         fields.append(QgsField(name, _VARIANT.get(kind, QVariant.Double)))
     return fields if fields.count() == len(new_names) + len(solar_names) else None

@@ -50,10 +50,10 @@ def _plain(value: Any) -> Any:
 def attribute_fields(buildings: Sequence[Any]) -> List[Tuple[str, str, QVariant.Type]]:
     """(attribute key, field name, type) of the extra attributes: the GeoPackage writer's rule.
 
-    Names and kinds come from :func:`roof_detector.core.gpkg_writer.attribute_schema`,
+    Names and kinds come from :func:`roof_detector.core.output_fields.attribute_schema`,
     so a memory layer, a Processing output and a GeoPackage have the same fields.
     """
-    from ..core.gpkg_writer import attribute_schema
+    from ..core.output_fields import attribute_schema
 
     return [(key, name, _VARIANTS[kind]) for key, name, kind in attribute_schema(buildings)]
 
@@ -118,7 +118,7 @@ class ResultFeatures:
 
     def features(self) -> Iterator[QgsFeature]:
         """One feature per building, attributes in :attr:`fields` order (values as the writer stores them)."""
-        from ..core.gpkg_writer import base_values, written_value
+        from ..core.output_fields import base_values, written_value
 
         for building, geometry in zip(self.buildings, self.geometries):
             feature = QgsFeature(self.fields)

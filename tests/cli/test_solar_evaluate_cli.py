@@ -74,12 +74,17 @@ def test_solar_writes_attributes_and_report(tmp_path, cadastre, capsys):
     assert r0["annual_kwh"] == pytest.approx(20.8 * 1500)
     assert r0["orientation_deg"] == pytest.approx(90, abs=0.5)
     assert r0["confidence"] is None
+    assert "shape" not in r0  # not regularised: no class, and an input's own `shape` field keeps its name
     with open(tmp_path / "rep" / "buildings.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
     assert sum(int(t["panels"]) for t in table) == sum(r["panels"] for r in rows)
+    # the report holds the values the GeoPackage holds (one rounding: core/precision.py)
+    for t, r in zip(table, rows):
+        for key in ("area_m2", "usable_area_m2", "kwp", "specific_yield", "annual_kwh", "orientation_deg"):
+            assert float(t[key]) == r[key], key
     html = (tmp_path / "rep" / "summary.html").read_text()
     total_kwp = sum((Decimal(t["kwp"]) for t in table), Decimal(0))
-    assert f"{float(total_kwp):,.3f}" in html
+    assert f"{float(total_kwp):,.2f}" in html
 
 
 def test_solar_regularize_squares_only_the_rectilinear(tmp_path, cadastre, capsys):
@@ -91,6 +96,7 @@ def test_solar_regularize_squares_only_the_rectilinear(tmp_path, cadastre, capsy
     noisy_in, noisy_out = src[1]["_geom"], rows[1]["_geom"]
     assert len(noisy_out.geoms[0].exterior.coords) == 5 < len(noisy_in.geoms[0].exterior.coords)
     assert rows[2]["_geom"].equals(src[2]["_geom"])  # the round tank is kept
+    assert [r["shape"] for r in rows[1:3]] == ["rectilinear", "curved"]  # and the layer says which
     # default latitude estimate near the equator
     assert 1500 < rows[0]["specific_yield"] < 1650
 
@@ -153,3 +159,17 @@ def test_evaluate_refuses_grid_options_a_raster_would_ignore(tmp_path, capsys, e
     code = main(["evaluate", "--reference", str(layer), "--predicted", str(layer), "--raster", str(raster), *extra])
     err = capsys.readouterr().err
     assert code == 2 and "--pixel-size and --crs go with --extent" in err
+
+
+def test_report_csv_holds_the_geopackage_values(tmp_path, cadastre):
+    # A yield that leaves fractions of a kWh: the CSV rounds as the GeoPackage (1 kWh/yr, 0.01 kWp),
+    # where it used to keep 0.1 kWh and 0.001 kWp of its own.
+    out = tmp_path / "roofs.gpkg"
+    assert main(["solar", cadastre, "-o", str(out), "--yield", "1234.5", "--report", str(tmp_path / "rep")]) == 0
+    rows = read_layer(out, "rooftops")
+    with open(tmp_path / "rep" / "buildings.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert any(r["annual_kwh"] != r["kwp"] * 1234.5 for r in rows)  # rounding happened
+    for t, r in zip(table, rows):
+        for key in ("area_m2", "usable_area_m2", "kwp", "specific_yield", "annual_kwh", "orientation_deg"):
+            assert float(t[key]) == r[key], key

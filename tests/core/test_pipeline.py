@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import shapely
 from affine import Affine
+from osgeo import ogr
 
 from roof_detector.core import outline_worker, pipeline
 from roof_detector.core.errors import Cancelled, InputRasterError, ModelError, RoofDetectorError
+from roof_detector.core.gpkg_writer import write_buildings
 from tests.core.geom_helpers import area_perimeter_m
 from roof_detector.core.model_io import load_model
 from roof_detector.core.pipeline import DetectOptions, detect_buildings
@@ -408,6 +410,20 @@ def test_touching_roofs_are_separated_and_nothing_is_lost(tmp_path, model):
     owners = [[b.geometry.contains(p) for p in (left, right)] for b in split.buildings]
     assert sorted(owners) == [[False, True], [True, False]]
     assert all(b.area_m2 >= 3600 * PX_AREA for b in split.buildings)  # the bridge is shared out, not dropped
+
+
+def test_every_detection_has_the_shape_field_null_when_not_regularised(tmp_path, model):
+    # One schema for runs with and without regularisation: the field is there, unclassified (null).
+    path = rect_scene(tmp_path / "r.tif", [(20, 20, 60, 80)])
+    plain, squared = _detect(path, model, regularize=False), _detect(path, model)
+    assert [b.attributes["shape"] for b in plain.buildings] == [None]
+    assert [b.attributes["shape"] for b in squared.buildings] == ["rectilinear"]
+    gpkg = str(tmp_path / "plain.gpkg")
+    write_buildings(plain.buildings, gpkg, plain.crs_wkt)
+    ds = ogr.Open(gpkg)
+    defn = ds.GetLayer(0).GetLayerDefn()
+    assert "shape" in [defn.GetFieldDefn(i).GetName() for i in range(defn.GetFieldCount())]
+    ds = None
 
 
 def test_separation_with_a_custom_threshold(tmp_path, model):

@@ -45,7 +45,7 @@ def test_totals_are_sums_of_rounded_table_values():
     table = build_table(rows)
     t = totals(table)
     assert t["usable_area_m2"] == round(7 * table[0]["usable_area_m2"], 2)
-    assert t["kwp"] == round(7 * table[0]["kwp"], 3)
+    assert t["kwp"] == round(7 * table[0]["kwp"], 2)
 
 
 def test_empty_report(tmp_path):

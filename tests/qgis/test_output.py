@@ -51,7 +51,7 @@ def test_empty_result_gives_an_empty_valid_layer(crs):
 
 
 def test_memory_layer_and_geopackage_have_the_same_fields(crs, tmp_path):
-    """One rule for the fields (core.gpkg_writer.attribute_schema): a clash is attr_<key> in both."""
+    """One rule for the fields (core.output_fields.attribute_schema): a clash is attr_<key> in both."""
     from qgis.core import QgsVectorLayer
 
     from roof_detector.core.gpkg_writer import write_buildings

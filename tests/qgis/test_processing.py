@@ -331,8 +331,10 @@ def test_rooftop_solar_estimates_yield_and_regularizes(run):
     assert feature["specific_yield"] == pytest.approx(round(estimate_specific_yield(45.14), 1), abs=1.0)
     # written rounded to 1 kWh/yr (kWp to 0.01)
     assert feature["annual_kwh"] == pytest.approx(feature["kwp"] * feature["specific_yield"], abs=0.5)
+    assert feature["annual_kwh"] == round(feature["annual_kwh"]) and feature["kwp"] == round(feature["kwp"], 2)
     ring = feature.geometry().constGet().exteriorRing()
     assert ring.numPoints() == 5  # squared into a rectangle
+    assert feature["shape"] == "rectilinear"  # the class of the squared outline, as the CLI writes it
     assert feature["area_m2"] == pytest.approx(97.0, rel=0.02)
 
 
