@@ -19,14 +19,17 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.stamp
 TRAIN_STAMP := $(VENV)/.stamp-train
 
-# libgeos-dev + python3-dev: shapely is built against the system GEOS (see below).
-APT_PACKAGES := python3-qgis qgis-providers python3-venv xvfb libgeos-dev python3-dev
+# libgeos-dev, libgdal-dev + python3-dev: shapely and rasterio are built against the system
+# GEOS and GDAL (see below).
+APT_PACKAGES := python3-qgis qgis-providers python3-venv xvfb libgeos-dev libgdal-dev python3-dev
 # Run apt as root directly, otherwise through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The CPU torch wheel lies on disk here (see requirements.txt).
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
 SOLARIS_WHEEL := .cache/solaris/solaris-0.4.0-py3-none-any.whl
+# rasterio runs on the system GDAL (osgeo's, QGIS's): a wheel brings its own libgdal in rasterio.libs.
+RASTERIO_GDAL_CHECK := import glob, os, sys, rasterio; from osgeo import gdal; own = glob.glob(os.path.join(os.path.dirname(rasterio.__file__) + '.libs', 'libgdal*')); sys.exit(f'rasterio carries its own GDAL ({own[0]}): reinstall it with --no-binary rasterio' if own else 0 if rasterio.__gdal_version__ == gdal.__version__ else f'rasterio uses GDAL {rasterio.__gdal_version__}, QGIS {gdal.__version__}')
 
 # Filled in by the model owner: arguments of `python -m devtools train`.
 TRAIN_ARGS ?= --arch efflite0_unet --epochs 120 --samples-per-epoch 480 --batch-size 8 --patience 12 \
@@ -39,7 +42,7 @@ setup: $(STAMP)
 
 # Idempotent and quick: nothing happens while the stamp is newer than
 # requirements.txt. apt-get runs only for packages that are missing.
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt Makefile
 	@missing=""; \
 	for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
@@ -52,8 +55,13 @@ $(STAMP): requirements.txt
 	@test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
 	# shapely is compiled against Debian's GEOS, the one QGIS links: the PyPI wheel carries
 	# another GEOS whose symbols clash with QGIS's inside qgis_process and the desktop app (segfault).
-	$(PIP) install $(FIND_LINKS) --no-binary shapely -r requirements.txt
+	# rasterio is compiled against Debian's GDAL, the one QGIS links: inside QGIS the wheel's calls
+	# land on QGIS's GDAL anyway, and a CLI on the wheel's own GDAL decoded JPEG rasters otherwise
+	# (the demo: 35 buildings in the CLI, 34 in QGIS). A venv made before this is rebuilt here.
+	$(PIP) install $(FIND_LINKS) --no-binary shapely,rasterio -r requirements.txt
 	@$(PY) -c "import shapely, sys; from qgis.core import Qgis; g='.'.join(map(str, shapely.geos_version)); sys.exit(0 if Qgis.geosVersion().startswith(g) else f'shapely uses GEOS {g}, QGIS {Qgis.geosVersion()}: reinstall shapely with --no-binary shapely')"
+	@$(PY) -c "$(RASTERIO_GDAL_CHECK)" 2>/dev/null || $(PIP) install $(FIND_LINKS) --force-reinstall --no-deps --no-binary rasterio $$(grep '^rasterio==' requirements.txt)
+	@$(PY) -c "$(RASTERIO_GDAL_CHECK)"
 	@$(PY) -c "import torch, sys; sys.exit('torch is a CUDA build; expected the CPU wheel' if torch.version.cuda else 0)"
 	@$(PY) -c "import qgis.core, osgeo.gdal, rasterio, shapely, pyproj"
 	@touch $(STAMP)
