@@ -105,8 +105,9 @@ def test_blobby_courtyard_building_keeps_a_rectangular_courtyard():
 
 def test_blob_that_release_0_2_0_kept_raw_is_now_squared():
     # strongly rounded corners: the edge snapping of release 0.2.0 (the module snapping)
-    # finds too little of the outline along the axes and keeps the blob
-    raw = blob(shapely.box(0, 0, 12, 8), corner_m=2.5, noise=0.2, seed=11)
+    # finds too little of the outline along the axes and keeps the blob (seed 6: such a blob
+    # whether GDAL 3.6 or 3.10 traces the staircase; seed 11 was one with 3.10 only)
+    raw = blob(shapely.box(0, 0, 12, 8), corner_m=2.5, noise=0.2, seed=6)
     assert snapping.snap_polygon(raw, 1.0) is None
     out, shape = fit_polygon(raw, 1.0)
     assert shape == RECTILINEAR and n_vertices(out) == 4 and is_regular(out)

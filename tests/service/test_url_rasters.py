@@ -1,6 +1,7 @@
 """Rasters named by URL (``serve --allow-url-prefix``): read through GDAL /vsicurl/ from a real local
 HTTP server with Range support, refused when not allowed, not reachable, too big or not a raster."""
 
+import re
 import socket
 import subprocess
 import sys
@@ -122,7 +123,8 @@ def test_unreachable_slow_missing_too_big_and_non_raster_urls(url_server, files,
 
     status, body = _submit(url_server, f"{http.url}/ortho/notes.tif")
     assert status == 422 and "cannot be read as a raster" in body["detail"], body
-    assert "not recognized as being in a supported file format" in body["detail"], body
+    # GDAL's own words, as this GDAL puts them (3.6: "as a supported", 3.10: "as being in a supported")
+    assert re.search(r"not recognized as (being in )?a supported file format", body["detail"]), body
     assert f"{http.url}/ortho/notes.tif" in body["detail"] and "/vsicurl/" not in body["detail"]
     status, body = _submit(url_server, f"{http.url}/ortho/missing.tif")
     assert status == 422 and "HTTP 404" in body["detail"], body
