@@ -17,8 +17,10 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..core.errors import RoofDetectorError
 from ..core.params import GROUPS, Param, ParameterError
 
-# Chosen by whoever runs the server (``serve --device/--batch-size``), never by a request.
-SERVER_OWNED = {"device", "batch_size"}
+# Chosen by whoever runs the server (``serve --device/--batch-size``), never by a request; and the
+# work-size guard (``--yes`` on the command line) applies to every request: a client could otherwise
+# hold the server's one device slot for hours.
+SERVER_OWNED = {"device", "batch_size", "confirm_large_run"}
 
 # The declared groups each route takes: those of the ``detect`` and ``solar`` commands.
 DETECT_GROUPS = ("detect", "outlines", "solar")

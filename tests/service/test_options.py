@@ -27,13 +27,28 @@ def _cli_keys(command_module):
         for opt in action.option_strings
         if opt.startswith("--") and not opt.startswith("--no-")
     }
-    return keys - {"help", "output", "layer", "out_layer", "overwrite", "model", "report", "device", "batch_size"}
+    return keys - {
+        "help",
+        "output",
+        "layer",
+        "out_layer",
+        "overwrite",
+        "model",
+        "report",
+        "device",
+        "batch_size",
+        "yes",
+    }
 
 
 def test_option_keys_are_the_declared_parameters_named_as_the_cli_names_them():
     assert set(detect_option_names()) == _cli_keys(detect_cli)
     assert set(solar_option_names()) == _cli_keys(solar_cli)
-    declared = {name for group in ("detect", "outlines", "solar") for name in GROUPS[group]} - {"device", "batch_size"}
+    declared = {name for group in ("detect", "outlines", "solar") for name in GROUPS[group]} - {
+        "device",
+        "batch_size",
+        "confirm_large_run",
+    }
     assert len(detect_option_names()) == len(declared)
 
 
@@ -90,6 +105,7 @@ def test_a_clients_engine_options_round_trip():
         ({"separate_touching": 1}, "true or false"),
         ({"min_area": [1]}, "must be a number"),
         ({"batch_size": 4}, "unknown option 'batch_size'"),
+        ({"yes": True}, "unknown option 'yes'"),  # the work-size guard is the server's, as the device
         ("threshold=0.5", "must be a JSON object"),
     ],
 )
