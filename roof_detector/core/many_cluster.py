@@ -76,12 +76,17 @@ def dask_client(scheduler: Optional[str], workers: int, threads: Optional[int], 
     # the client with its future, while a worker stopped by Ctrl-C / SIGTERM logged
     # "CommClosedError ... heartbeat_worker" tracebacks.
     with dask.config.set(dict(LOCAL_CLUSTER_CONFIG, **{"distributed.scheduler.work-stealing": workers > 1})):
+        # Loopback only: the scheduler, the workers and the dashboard (no authentication) are this
+        # machine's business; ":0" had served the dashboard and the worker ports on every interface.
         cluster = LocalCluster(
             n_workers=workers,
             threads_per_worker=JOBS_PER_WORKER,
             processes=processes,
-            dashboard_address=":0",
+            dashboard_address="127.0.0.1:0",
+            worker_dashboard_address="127.0.0.1:0",  # the workers' own HTTP (metrics) server too
             silence_logs=logging.CRITICAL,
+            # worker processes talk over TCP; threads in this process over inproc:// (no host)
+            **({"host": "127.0.0.1"} if processes else {}),
         )
     try:
         with Client(cluster) as client:
@@ -114,8 +119,18 @@ def stopping(run_id: str) -> Iterator[None]:
 
 
 def dashboard_link(client) -> Optional[str]:
-    """The Dask dashboard's address, or None (no dashboard: bokeh missing)."""
+    """The Dask dashboard's address, or None (no dashboard: bokeh missing).
+
+    For a cluster started here, the address its HTTP server is bound to (loopback): Dask's own
+    link names the machine's network address, where nothing listens then.
+    """
     try:
+        server = getattr(getattr(getattr(client, "cluster", None), "scheduler", None), "http_server", None)
+        if server is not None:
+            from distributed.comm.utils import get_tcp_server_address
+
+            host, port = get_tcp_server_address(server)[:2]
+            return f"http://{host}:{port}/status"
         return client.dashboard_link
     except Exception:  # noqa: BLE001 - no dashboard (bokeh missing): the run does not need one
         return None
