@@ -27,7 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "no TLS: put it behind a reverse proxy for other machines.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default 8000)")
     p.add_argument("--model", metavar="PATH", help="model file (default: the bundled model)")
     # The server's own choices of two declared parameters (core.params): requests cannot set them.
     add_params(p, "detect", "device", "batch_size")
@@ -103,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
         os.makedirs(args.data_dir, exist_ok=True)
     except OSError as exc:
         raise RoofDetectorError(f"Cannot create the data dir {args.data_dir}: {exc.strerror}") from None
+    # Before the store reads its jobs back (and fails the interrupted ones, and removes half-written
+    # uploads): held by this process, the data dir is no other server's, and the port is ours.
+    lock = _lock_data_dir(args.data_dir)
+    sock = _listening_socket(args.host, args.port)
     model = _load_model(DetectOptions(model_path=args.model, device=args.device))
     config = ServiceConfig(
         data_dir=args.data_dir,
@@ -126,10 +130,82 @@ def run(args: argparse.Namespace) -> int:
         f"{len(tokens)} token(s)" if tokens else "no token needed",
         f"rasters by URL under {', '.join(p.text for p in url_prefixes)}" if url_prefixes else "no raster by URL",
         args.host,
-        args.port,
+        sock.getsockname()[1],
     )
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM again after uvicorn's graceful shutdown: done (as uvicorn.run)
+        pass
+    finally:
+        sock.close()
+        lock.close()
     return 0
+
+
+def _port(text: str) -> int:
+    """``--port``: a TCP port, 0 to 65535 (argparse says so in one line otherwise)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is from 0 to 65535, got {port}")
+    return port
+
+
+def _lock_data_dir(data_dir: str):
+    """Hold ``data_dir/.server.lock`` for this process (released when it ends, even killed), or say
+    which server holds it: two servers on one data dir fail each other's jobs and delete each
+    other's uploads."""
+    import fcntl
+
+    from ..core.errors import RoofDetectorError
+
+    path = os.path.join(data_dir, ".server.lock")
+    try:
+        handle = open(path, "a+")
+    except OSError as exc:
+        raise RoofDetectorError(f"Cannot use the data dir {data_dir}: {exc.strerror}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise RoofDetectorError(
+            f"The data dir {data_dir} is in use by another server (pid {holder}); stop it, or give this "
+            "one its own --data-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def _listening_socket(host: str, port: int):
+    """A socket bound to (``host``, ``port``) for uvicorn, or one line saying why it cannot be."""
+    import socket
+
+    from ..core.errors import RoofDetectorError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise RoofDetectorError(f"Cannot listen on {host}: {exc.strerror or exc}; check --host") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart need not wait
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise RoofDetectorError(
+            f"Cannot listen on {host}:{port}: {exc.strerror or exc}; is another program using the port? "
+            "Choose another with --port"
+        ) from None
+    return sock
 
 
 def _url_prefixes(args: argparse.Namespace):
