@@ -73,6 +73,12 @@ async def receive_multipart(
 
         if isinstance(exc, MultipartParseError):
             raise UploadError(400, f"The multipart body is malformed ({exc})") from None
+        from starlette.requests import ClientDisconnect
+
+        if isinstance(exc, ClientDisconnect):  # one request line in the log, not an ASGI traceback
+            raise UploadError(
+                400, "The client closed the connection before the upload ended; nothing was kept"
+            ) from None
         raise
 
 

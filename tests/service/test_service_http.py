@@ -278,6 +278,8 @@ def test_bad_uploads(tmp_path, model_path, small_scene, scene):
         time.sleep(0.5)
         status, _, job = server.upload(small_scene)
         assert status == 202 and server.wait(job["id"])["state"] == "done"
+        log = server.log_text()  # one request line for it, not a 60-line ASGI traceback
+        assert "POST /v1/detections 400" in log and "Traceback" not in log and "Exception in ASGI" not in log, log
         assert os.listdir(server.data_dir / "uploads") == []
         assert os.listdir(server.data_dir / "jobs") == [job["id"]]  # only the good upload became a job
         assert server.request("POST", "/v1/detections", b"x", {"Content-Type": "text/plain"})[0] == 415
