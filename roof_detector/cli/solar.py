@@ -77,17 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.vector_io import read_polygons
 
     layer = read_polygons(args.input, layer=args.layer, with_attributes=True, require_crs=True)
-    if not layer.geometries:
-        what = (
-            f"{layer.skipped} feature(s) skipped as not polygons or empty "
-            f"({', '.join(sorted(set(layer.skipped_reasons)))})"
-            if layer.skipped
-            else "it has no features"
-        )
-        raise LabelError(
-            f"Layer {layer.layer_name!r} of {args.input} holds no polygon: {what}. Rooftop sizing "
-            "needs building polygons"
-        )
+    require_polygons(layer, args.input)
     buildings, rows, regularized = size_layer(layer, params, args.regularize, args.regularize_tolerance_m)
     with _output_flag_names():
         write_buildings(
@@ -119,6 +109,21 @@ def run(args: argparse.Namespace) -> int:
         paths = write_report(rows, args.report, params=params.as_dict(), source=os.path.abspath(args.input))
         print(f"report: {paths['html']}")
     return 0
+
+
+def require_polygons(layer, source: str) -> None:
+    """:class:`LabelError` naming what was skipped when ``layer`` (a ``vector_io`` read) holds no polygon:
+    sizing nothing is not an answer. This command and the REST service's ``/v1/solar`` both check."""
+    if layer.geometries:
+        return
+    what = (
+        f"{layer.skipped} feature(s) skipped as not polygons or empty ({', '.join(sorted(set(layer.skipped_reasons)))})"
+        if layer.skipped
+        else "it has no features"
+    )
+    raise LabelError(
+        f"Layer {layer.layer_name!r} of {source} holds no polygon: {what}. Rooftop sizing needs building polygons"
+    )
 
 
 def size_layer(layer, params, regularize: bool, tolerance_m: float):

@@ -95,7 +95,7 @@ def size_geojson(collection: Any, options: Optional[Dict[str, Any]], work_dir: s
     Read, sized and written by the same functions as ``python -m roof_detector
     solar``; the answer is that GeoPackage translated back to RFC 7946 GeoJSON.
     """
-    from ..cli.solar import size_layer
+    from ..cli.solar import require_polygons, size_layer
     from ..core.gpkg_writer import write_buildings
     from ..core.vector_io import read_polygons
     from .options import solar_options
@@ -108,6 +108,7 @@ def size_geojson(collection: Any, options: Optional[Dict[str, Any]], work_dir: s
             json.dump(collection, f)
         try:
             layer = read_polygons(paths[0], with_attributes=True, require_crs=True)
+            require_polygons(layer, paths[0])
             buildings, _, _ = size_layer(layer, params, regularize, tolerance)
         except RoofDetectorError as exc:  # name the posted document, not a server path
             raise type(exc)(str(exc).replace(paths[0], "the posted GeoJSON")) from None

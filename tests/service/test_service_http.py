@@ -204,6 +204,13 @@ def test_solar_endpoint_equals_the_cli(server, tmp_path):
     status, out = server.json("POST", "/v1/solar", {"buildings": fc, "options": {"setback": -1}})
     assert status == 422 and "setback" in out["detail"].lower()
     assert server.json("POST", "/v1/solar", {"type": "Feature"})[0] == 422
+    # points only: refused as the CLI refuses them, not an empty 200
+    points = {
+        "type": "FeatureCollection",
+        "features": [{"type": "Feature", "properties": {}, "geometry": {"type": "Point", "coordinates": [3.0, 50.0]}}],
+    }
+    status, out = server.json("POST", "/v1/solar", points)
+    assert status == 422 and "holds no polygon" in out["detail"] and "the posted GeoJSON" in out["detail"], out
 
 
 def test_health_models_metrics_openapi(server, small_scene):
