@@ -424,9 +424,13 @@ def _check_input(raster_path: str, input_name: str, options: Any, aoi: Any, self
     detect_options(options)  # refuse bad options now, not after the queue
     check_raster(raster_path, input_name, self_contained)
     if aoi is not None:
-        from .engine import raster_crs_wkt
+        import shapely
 
-        aoi_wkt(aoi, raster_crs_wkt(raster_path))
+        from .engine import raster_footprint
+
+        crs_wkt, footprint = raster_footprint(raster_path)
+        if not shapely.from_wkt(aoi_wkt(aoi, crs_wkt)).intersects(footprint):
+            raise OptionsError(f"the area of interest (lon/lat) does not overlap {input_name}; draw it over the raster")
 
 
 def _json_field(text: Optional[str], name: str) -> Any:

@@ -53,6 +53,16 @@ def raster_crs_wkt(path: str) -> str:
         return source.crs_wkt
 
 
+def raster_footprint(path: str):
+    """(CRS as WKT, the raster's extent as a shapely polygon in that CRS)."""
+    import shapely
+
+    with open_checked(path) as source:
+        t, w, h = source.transform, source.width, source.height
+        corners = [t * (0, 0), t * (w, 0), t * (w, h), t * (0, h)]
+        return source.crs_wkt, shapely.Polygon(corners)
+
+
 def run_detection(
     job: Job,
     job_dir: str,

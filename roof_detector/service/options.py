@@ -154,6 +154,12 @@ def aoi_wkt(aoi: Any, crs_wkt: str) -> str:
     geom = shapely.union_all(geoms) if geoms else shapely.Polygon()
     if geom.is_empty or geom.area <= 0:
         raise OptionsError("the area of interest must be a polygon with a non-zero area (lon/lat, EPSG:4326)")
+    minx, miny, maxx, maxy = geom.bounds
+    if not (-180.0 <= minx and maxx <= 180.0 and -90.0 <= miny and maxy <= 90.0):
+        raise OptionsError(
+            f"the area of interest must be in longitude/latitude (EPSG:4326, as GeoJSON says); its coordinates "
+            f"reach x {minx:.6g} to {maxx:.6g}, y {miny:.6g} to {maxy:.6g}, outside ±180 / ±90: metres, or another CRS?"
+        )
     to_raster = Transformer.from_crs(CRS.from_epsg(4326), CRS.from_wkt(crs_wkt), always_xy=True)
 
     def project(xy):

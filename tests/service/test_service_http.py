@@ -148,7 +148,16 @@ def test_bad_options_are_refused_with_the_declarations_messages(server, scene):
         assert message in body["detail"], (options, body)
     status, _, body = server.upload(scene, aoi={"type": "Point", "coordinates": [3, 50]})
     assert status == 422 and "area of interest" in body["detail"]
+    # metres given for lon/lat, and an area elsewhere on Earth: refused now, not a failed job later
+    jobs_before = len(server.json("GET", "/v1/detections")[1]["detections"])
+    metres = [[[500010, 5539000], [500030, 5539000], [500030, 5539020], [500010, 5539020], [500010, 5539000]]]
+    status, _, body = server.upload(scene, aoi={"type": "Polygon", "coordinates": metres})
+    assert status == 422 and "longitude/latitude" in body["detail"] and "metres, or another CRS" in body["detail"], body
+    far = [[[10, 10], [11, 10], [11, 11], [10, 11], [10, 10]]]
+    status, _, body = server.upload(scene, aoi={"type": "Polygon", "coordinates": far})
+    assert status == 422 and "does not overlap scene.tif" in body["detail"], body
     assert os.listdir(server.data_dir / "uploads") == []
+    assert len(server.json("GET", "/v1/detections")[1]["detections"]) == jobs_before  # no job for them
 
 
 def test_solar_endpoint_equals_the_cli(server, tmp_path):
