@@ -17,6 +17,7 @@ cluster would wait for it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -124,14 +125,9 @@ def run_job(
         # unpickle (it turns a RasterioIOError into a bare Exception and drops the GDAL messages
         # chained to it, which name the file that failed).
         name = type(exc).__name__ if isinstance(exc, RoofDetectorError) else ""
+        text = _in_mosaic_terms(str(exc) if name else _chained_messages(exc), job, os.path.join(folder, ""))
         return JobResult(
-            job.index,
-            [],
-            "",
-            time.perf_counter() - t0,
-            job.area_km2,
-            error=(name, str(exc) if name else _chained_messages(exc)),
-            worker_pid=os.getpid(),
+            job.index, [], "", time.perf_counter() - t0, job.area_km2, error=(name, text), worker_pid=os.getpid()
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -150,6 +146,23 @@ def run_job(
         result.stats.get("threshold"),
         os.getpid(),
     )
+
+
+def _in_mosaic_terms(text: str, job: Job, job_folder: str) -> str:
+    """An engine message about the job's window VRT (a temporary file, gone by the time anyone reads
+    it), told in the user's files: the input it names as failing (it may be a neighbour, read for the
+    job's margin), else the job's inputs; without "Nothing was written" (finished tiles are kept)."""
+    vrt = re.search(re.escape(job_folder) + r"\S*?\.vrt", text)
+    if vrt is None:
+        return text
+    rest = text.replace(vrt.group(0), "")
+    named = [os.path.basename(src) for src in job.sources if src in rest]
+    if named:
+        subject = ", ".join(named) + ("" if job.name in named else f" (read for the margin of {job.name})")
+    else:
+        subject = f"an input of {job.name} ({', '.join(os.path.basename(src) for src in job.sources)})"
+    text = text.replace(vrt.group(0), subject)
+    return re.sub(r"\. Nothing was written; (\w)", lambda m: ". " + m.group(1).upper(), text)
 
 
 def _chained_messages(exc: BaseException) -> str:
