@@ -91,6 +91,8 @@ def _split(text: str) -> _Url:
     segments = re.split(r"/", re.sub(r"%2e", ".", re.sub(r"%2f", "/", path, flags=re.I), flags=re.I))
     if any(s in (".", "..") for s in segments):
         raise ValueError("its path has . or .. segments")
+    # The scheme is case-insensitive (RFC 3986) but GDAL's /vsicurl/ and the engine know it lower case.
+    text = scheme + text[len(parts.scheme) :]
     return _Url(scheme, parts.hostname.lower(), port, path + (f"?{parts.query}" if parts.query else ""), text)
 
 

@@ -65,6 +65,10 @@ def test_a_url_raster_gives_the_uploads_result(url_server, files, scene, tmp_pat
         assert any("bytes=" in r and "bytes=0-0" not in r for r in http.requests), http.requests
         assert all(r.split()[1].startswith("/ortho/") for r in http.requests), http.requests
     assert url_server.wait(uploaded["id"])["state"] == "done"
+    # the scheme is case-insensitive (RFC 3986): HTTP:// under an http:// prefix is read the same
+    status, upper = _submit(url_server, "HTTP" + f"{http.url}/ortho/scene.tif"[4:], options)
+    assert status == 202, upper
+    assert url_server.wait(upper["id"])["buildings"] == by_url["scene.tif"]["buildings"]
 
     results = {}
     for key, job_id in (("upload", uploaded["id"]), *((k, j["id"]) for k, j in by_url.items())):
