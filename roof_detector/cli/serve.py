@@ -132,6 +132,12 @@ def run(args: argparse.Namespace) -> int:
         args.host,
         sock.getsockname()[1],
     )
+    _serve_until_stopped(uvicorn, app, sock, lock)
+    return 0
+
+
+def _serve_until_stopped(uvicorn, app, sock, lock) -> None:
+    """uvicorn on the bound socket until Ctrl-C / SIGTERM; then the socket and the data-dir lock go."""
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
     try:
         server.run(sockets=[sock])
@@ -140,7 +146,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sock.close()
         lock.close()
-    return 0
 
 
 def _port(text: str) -> int:
