@@ -60,8 +60,7 @@ $(STAMP): requirements.txt Makefile
 	# (the demo: 35 buildings in the CLI, 34 in QGIS). A venv made before this is rebuilt here.
 	$(PIP) install $(FIND_LINKS) --no-binary shapely,rasterio -r requirements.txt
 	@$(PY) -c "import shapely, sys; from qgis.core import Qgis; g='.'.join(map(str, shapely.geos_version)); sys.exit(0 if Qgis.geosVersion().startswith(g) else f'shapely uses GEOS {g}, QGIS {Qgis.geosVersion()}: reinstall shapely with --no-binary shapely')"
-	@$(PY) -c "$(RASTERIO_GDAL_CHECK)" 2>/dev/null || $(PIP) install $(FIND_LINKS) --force-reinstall --no-deps --no-binary rasterio $$(grep '^rasterio==' requirements.txt)
-	@$(PY) -c "$(RASTERIO_GDAL_CHECK)"
+	@$(PY) -c "$(RASTERIO_GDAL_CHECK)" 2>/dev/null || { $(PIP) install $(FIND_LINKS) --force-reinstall --no-deps --no-binary rasterio $$(grep '^rasterio==' requirements.txt) && $(PY) -c "$(RASTERIO_GDAL_CHECK)"; }
 	@$(PY) -c "import torch, sys; sys.exit('torch is a CUDA build; expected the CPU wheel' if torch.version.cuda else 0)"
 	@$(PY) -c "import qgis.core, osgeo.gdal, rasterio, shapely, pyproj"
 	@touch $(STAMP)

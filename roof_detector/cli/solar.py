@@ -145,14 +145,14 @@ def size_layer(layer, params, regularize: bool, tolerance_m: float):
 
     # Source attributes keep their names unless they clash with a field we write or with each
     # other (GeoPackage column names ignore case): never dropped, never shifted.
-    solar_names = [name for name, _ in sized_fields(regularize)]
+    written_names = [name for name, _ in sized_fields(regularize)]
     old_names = [name for name, _ in layer.fields]
-    renamed = list(zip(old_names, free_names(old_names, list(RESERVED_NAMES) + solar_names + ["src_fid"])))
+    renamed = list(zip(old_names, free_names(old_names, list(RESERVED_NAMES) + written_names + ["src_fid"])))
     buildings = []
     for fid, src_attrs, geom, row in zip(layer.fids, layer.attributes, geoms, rows):
         attrs: Dict[str, Any] = {"src_fid": fid}
         attrs.update({new: src_attrs.get(old) for old, new in renamed})
-        attrs.update({k: row[k] for k in solar_names if k not in ("area_m2", "perimeter_m")})
+        attrs.update({k: row[k] for k in written_names if k not in ("area_m2", "perimeter_m")})
         # confidence is a detection field: NaN (stored as null) for polygons from elsewhere
         buildings.append(Building(geom, row["area_m2"], row["perimeter_m"], math.nan, attrs))
     return buildings, rows, regularized

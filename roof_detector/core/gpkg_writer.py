@@ -34,27 +34,12 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List,
 from .errors import OutputError
 from .temp_files import remove_stale, temp_path
 from .osgeo_exc import ogr, osr
-from .output_fields import BASE_FIELDS, RESERVED_NAMES, attribute_schema, base_values, written_value
+from .output_fields import BASE_FIELDS, attribute_schema, base_values, written_value
 
 if TYPE_CHECKING:  # annotations only: the plugin writes a server's result with GDAL alone (no shapely)
     from .building import Building
 
 DEFAULT_LAYER = "buildings"
-#: The field and value rules live in :mod:`.output_fields`; these names stay importable from here.
-__all__ = [
-    "BASE_FIELDS",
-    "RESERVED_NAMES",
-    "DEFAULT_LAYER",
-    "attribute_schema",
-    "base_values",
-    "written_value",
-    "check_output",
-    "check_writable",
-    "check_not_locked",
-    "field_types_of",
-    "write_buildings",
-    "write_building_stream",
-]
 
 
 def check_output(path: str, layer: str = DEFAULT_LAYER, overwrite: bool = False) -> None:

@@ -251,12 +251,12 @@ def _output_fields(source_fields: QgsFields, regularize: bool) -> Optional[QgsFi
 
     fields = QgsFields()
     written = sized_fields(regularize)
-    solar_names = [name for name, _ in written]
-    new_names = free_names(source_fields.names(), solar_names)
+    written_names = [name for name, _ in written]
+    new_names = free_names(source_fields.names(), written_names)
     for field, new_name in zip(source_fields, new_names):
         field = QgsField(field)
         field.setName(new_name)
         fields.append(field)
     for name, kind in written:
         fields.append(QgsField(name, _VARIANT.get(kind, QVariant.Double)))
-    return fields if fields.count() == len(new_names) + len(solar_names) else None
+    return fields if fields.count() == len(new_names) + len(written_names) else None
