@@ -45,7 +45,7 @@ from .axes import (
     working_rings,
 )
 from .metric_frame import to_local_metric
-from .batch_rectangles import filled_rectangles
+from .batch_rectangles import best_rectangles, burn_many, filled_rectangles
 from .rectilinear import Grid, burn, ellipse_grid_iou, fit_rectilinear
 from .snapping import MAX_AREA_CHANGE, UNCHANGED_M, is_round, snap_polygon
 
@@ -92,6 +92,12 @@ ROUNDISH_FILL = 0.88
 HOLE_FILL = 0.85
 #: A hole that fits no right-angled polygon and is smaller than this share of its building is filled.
 ODD_HOLE_SHARE = 0.05
+#: An outline that no fit along its own (or shared) axes matches is tried along axes every this many
+#: degrees over [0, 90): a blob's own axes come from walls its mask barely shows and can be far off.
+SWEEP_STEP_DEG = 5.0
+#: The swept axes whose best rectangle fits best that get the whole right-angled fit (at least
+#: two steps apart).
+SWEEP_TOP_K = 3
 
 
 def regularize_outline(
@@ -230,11 +236,45 @@ def fit_polygon(
                 continue
         if abs(fitted.area - poly.area) > max_area_change * poly.area:
             continue  # a fit that agrees in shape but not in size (a thin sliver, a spike) is no fit
-        # an outline that is already what the fit draws keeps its exact coordinates
-        if fitted.hausdorff_distance(poly) < UNCHANGED_M:
-            return poly, shape
-        return fitted, shape
-    return poly, CURVED
+        return _kept(fitted, poly), shape
+    # No fit along the axes tried, and neither round nor arced (those returned above)
+    swept = None if arc else _swept_fit(shell, work, poly, tolerance_m, max_area_change)
+    return (poly, CURVED) if swept is None else (_kept(swept, poly), RECTILINEAR)
+
+
+def _kept(fitted: Polygon, poly: Polygon) -> Polygon:
+    """``fitted``, or ``poly`` itself when it is already what the fit draws (to 1 mm):
+    an outline that is already regular keeps its exact coordinates."""
+    return poly if fitted.hausdorff_distance(poly) < UNCHANGED_M else fitted
+
+
+def _swept_fit(shell: Polygon, work: Polygon, poly: Polygon, tol: float, max_change: float) -> Optional[Polygon]:
+    """The best right-angled fit along the axes of a sweep (:data:`SWEEP_STEP_DEG`), or None.
+
+    The sweep's axes are ranked by their best rectangle (one batched burn and ascent);
+    the :data:`SWEEP_TOP_K` best, at least two steps apart, get the whole fit, and the
+    one with the highest grid IoU is kept when it reaches :data:`ACCEPT_IOU` and passes
+    the same courtyard and size checks as any fit.
+    """
+    thetas = np.arange(0.0, 90.0, SWEEP_STEP_DEG)
+    grids = burn_many([shell] * len(thetas), thetas)
+    rect_iou, rects = best_rectangles(grids)
+    picked: List[int] = []
+    for j in np.argsort(-np.nan_to_num(rect_iou, nan=-1.0), kind="stable").tolist():
+        if len(picked) == SWEEP_TOP_K or not rect_iou[j] == rect_iou[j]:
+            break
+        if all(abs((thetas[j] - thetas[p] + 45.0) % 90.0 - 45.0) >= 2 * SWEEP_STEP_DEG - 1e-9 for p in picked):
+            picked.append(j)
+    best_iou, best = ACCEPT_IOU, None
+    for j in picked:
+        fit = fit_rectilinear(grids[j], MIN_GAIN, tol, enough_iou=RECT_ENOUGH_IOU, first=(rect_iou[j], rects[j]))
+        if fit is None or fit.grid_iou < best_iou or (best is not None and fit.grid_iou == best_iou):
+            continue
+        fitted = _cut_courtyards(fit.polygon, work, float(thetas[j]), tol) if work.interiors else fit.polygon
+        if fitted is None or abs(fitted.area - poly.area) > max_change * poly.area:
+            continue
+        best_iou, best = fit.grid_iou, fitted
+    return best
 
 
 def _axes_to_try(theta_deg: Optional[float], own: float) -> List[float]:

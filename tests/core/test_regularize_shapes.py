@@ -20,10 +20,13 @@ from roof_detector.core.regularize import (
     DIAGONAL,
     RECTILINEAR,
     consensus_orientations,
+    SWEEP_STEP_DEG,
+    building_axes,
     fit_polygon,
     regularize_metric_shape,
+    working_rings,
 )
-from roof_detector.core.shape_metrics import is_regular
+from roof_detector.core.shape_metrics import is_regular, vertex_count
 
 from .geom_helpers import WGS84, metric_at, noisy_polygon, staircase
 
@@ -83,6 +86,30 @@ def test_blobby_l_shape_comes_back_with_six_right_angles(angle):
     assert shape == RECTILINEAR
     assert n_vertices(out) == 6 and right_angled(out)
     assert iou(out, truth) > 0.9
+
+
+@pytest.mark.parametrize(
+    "base, angle, seed, vertices",
+    [(shapely.box(0, 0, 14, 9), 35, 0, 4), (L_SHAPE, 25, 0, 6)],
+    ids=["rectangle", "L"],
+)
+def test_blob_whose_own_axes_are_off_is_fitted_along_swept_axes(base, angle, seed, vertices):
+    # A very rounded, wobbly blob turned 25-35 degrees: its walls' histogram lands near the
+    # raster's axes, where no fit agrees with it; the sweep of axes finds the building's.
+    truth = affinity.rotate(base, angle, origin=(0, 0))
+    raw = blob(truth, corner_m=2.5, noise=0.3, seed=seed)
+    own = building_axes(working_rings([raw], 1.0)[0][1], 1.0)
+    assert abs((own - angle + 45) % 90 - 45) > 15  # the premise: its own axes are far off
+    out, shape = fit_polygon(raw, 1.0)
+    assert shape == RECTILINEAR
+    assert n_vertices(out) == vertices and right_angled(out) and is_regular(out)
+    assert abs((edge_dirs(out)[0] - angle + 45) % 90 - 45) < SWEEP_STEP_DEG
+    assert iou(out, truth) > iou(raw, truth) + 0.02
+    # the batch path of a detection (measure_metric_batch) gives the same
+    geoms = np.asarray([metric_at(raw, 39.2434, -6.0549, WGS84)], dtype=object)
+    batch_out, columns = measure_metric_batch(geoms, to_local_metric_many(geoms, WGS84), True, 1.0, None)
+    assert columns["shape"][0] == RECTILINEAR
+    assert vertex_count(batch_out[0]) == vertices
 
 
 @pytest.mark.parametrize("truth", [T_SHAPE, U_SHAPE], ids=["T", "U"])
