@@ -35,7 +35,16 @@ from .many_cluster import cluster_workers, dashboard_link, dask_client, stopping
 from .many_job import JobResult, run_job
 from .many_merge import merge_parts
 from .many_manifest import Manifest, saved_setting
-from .mosaic_plan import Job, auto_group, expand_inputs, plan_jobs, read_mosaic, total_area_km2, write_mosaic_vrt
+from .mosaic_plan import (
+    Job,
+    auto_group,
+    expand_inputs,
+    mosaic_lattice,
+    plan_jobs,
+    read_mosaic,
+    total_area_km2,
+    write_mosaic_vrt,
+)
 from .params import MANY, check
 
 #: Metres read around each input tile so that buildings on its border are seen whole (declared in .params).
@@ -126,6 +135,9 @@ def detect_many(
     jobs = plan_jobs(mosaic, margin_m, block_px, group_tiles)
     manifest = Manifest(work_dir, _run_settings(paths, options, margin_m, block_px, group_tiles))
     stretch = _mosaic_stretch(mosaic, work_dir)
+    # every job lays its model grid on the whole mosaic's lattice (not part of the settings above:
+    # it follows from the inputs and the model, which are)
+    options = dataclasses.replace(options, grid_lattice=_lattice(mosaic, options.model_path))
     if threads_per_worker is None and scheduler is None:
         threads_per_worker = _threads_per_worker(workers)
     pending = [j for j in jobs if j.index not in manifest.done]
@@ -378,6 +390,18 @@ def _model_fingerprint(model_path: Optional[str]) -> Any:
     except OSError:
         return path
     return [os.path.abspath(path), st.st_size, int(st.st_mtime)]
+
+
+def _lattice(mosaic, model_path: Optional[str]):
+    """:func:`.mosaic_plan.mosaic_lattice` for the model's GSD; None when the model's metadata cannot
+    be read (each job then says why, as a single-raster run would)."""
+    from .model_io import BUNDLED_MODEL_PATH, read_metadata
+
+    try:
+        gsd_m = float(read_metadata(str(model_path or BUNDLED_MODEL_PATH))["gsd_m"])
+    except (RoofDetectorError, KeyError, TypeError, ValueError):
+        return None
+    return mosaic_lattice(mosaic, gsd_m)
 
 
 def _mosaic_stretch(mosaic, work_dir: str):

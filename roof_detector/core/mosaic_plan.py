@@ -396,13 +396,42 @@ def _snap(bounds: Bounds, mosaic: MosaicInfo) -> Bounds:
     return (x0, max(y0, my0), min(x1, mx1), y1)
 
 
+#: Points and footprints are compared in millionths of a pixel: two jobs trace a building on a seam
+#: with the same representative point up to float noise (1e-10 m), which must not decide that both
+#: keep it, or neither.
+OWNERSHIP_STEPS_PER_PX = 1_000_000
+
+
 def owns(job: Job, x: float, y: float) -> bool:
     """Whether ``job`` owns the point (x, y): in its half-open footprint and in no earlier one."""
-    return _in_half_open(job.footprint, x, y) and not any(_in_half_open(e, x, y) for e in job.earlier)
+    rx, ry = job.res
+
+    def steps(b: Bounds) -> Bounds:
+        n = OWNERSHIP_STEPS_PER_PX
+        return (round(b[0] / rx * n), round(b[1] / ry * n), round(b[2] / rx * n), round(b[3] / ry * n))
+
+    px, py, _, _ = steps((x, y, x, y))
+    return _in_half_open(steps(job.footprint), px, py) and not any(_in_half_open(steps(e), px, py) for e in job.earlier)
 
 
 def _in_half_open(b: Bounds, x: float, y: float) -> bool:
     return b[0] <= x < b[2] and b[1] < y <= b[3]
+
+
+def mosaic_lattice(mosaic: MosaicInfo, gsd_m: float):
+    """The model-pixel lattice of a detection over the whole mosaic (its VRT), for the jobs to lay
+    their grids on (:class:`.tiling.GridLattice`); None where the mosaic is read at its own resolution."""
+    from affine import Affine
+
+    from .geo import pixel_size_m
+    from .tiling import lattice_of, model_grid
+
+    rx, ry = mosaic.res
+    x0, y0, x1, y1 = mosaic.bounds
+    width, height = max(1, round((x1 - x0) / rx)), max(1, round((y1 - y0) / ry))
+    transform = Affine(rx, 0, x0, 0, -ry, y1)
+    px_m = pixel_size_m(mosaic.crs_wkt, transform, width, height)
+    return lattice_of(model_grid(transform, width, height, px_m, gsd_m))
 
 
 def write_job_vrt(job: Job, path: str) -> str:
@@ -439,6 +468,7 @@ __all__ = [
     "model_tile_count",
     "write_job_vrt",
     "write_mosaic_vrt",
+    "mosaic_lattice",
     "Job",
     "MosaicInfo",
     "RasterInfo",

@@ -35,7 +35,7 @@ from .params import DETECT, OUTLINES, check_fields
 from .raster_source import RasterSource, open_source
 from .solar import SolarParams
 from .strip_mosaic import StripMosaic
-from .tiling import ModelGrid, Tile, model_grid, tile_grid, tile_origins
+from .tiling import GridLattice, ModelGrid, Tile, model_grid, tile_grid, tile_origins
 from .vectorize import SEPARATION_MIN_CORE_FRACTION, SPLIT_CORE_PROBABILITY, StripVectorizer
 from .work_estimate import WorkEstimate, estimate_grid, size_problem
 
@@ -71,6 +71,8 @@ class DetectOptions:
     regularize_tolerance_m: float = OUTLINES["regularize_tolerance_m"].default
     solar: Optional[SolarParams] = field(default_factory=SolarParams)  # None: no solar attributes
     confirm_large_run: bool = DETECT["confirm_large_run"].default  # run beyond the size guard (work_estimate)
+    # the model-pixel lattice of the mosaic this raster is a window of (detect-many's jobs; tiling)
+    grid_lattice: Optional[GridLattice] = None
 
     def validate(self) -> "DetectOptions":
         """Raise :class:`.params.ParameterError` naming the first unusable value; return self."""
@@ -188,7 +190,9 @@ def _lay_out(raster: RasterSource, model: LoadedModel, options: DetectOptions, w
     coarse = coarse_pixel_warning(raster_px_m, model.gsd_m)
     if coarse:
         warnings.append(coarse)
-    full_grid = model_grid(raster.transform, raster.width, raster.height, raster_px_m, model.gsd_m)
+    full_grid = model_grid(
+        raster.transform, raster.width, raster.height, raster_px_m, model.gsd_m, options.grid_lattice
+    )
     aoi = _parse_aoi(options.aoi_wkt) if options.aoi_wkt else None
     grid = _grid_for_aoi(full_grid, aoi, raster.name) if aoi is not None else full_grid
     all_tiles = tile_grid(grid.width_px, grid.height_px, model.tile_size_px, model.overlap_px)
@@ -336,7 +340,7 @@ def estimate_detection(
             return None
     try:
         raster_px_m = pixel_size_m(crs_wkt, transform, width, height)
-        grid = model_grid(transform, width, height, raster_px_m, float(meta["gsd_m"]))
+        grid = model_grid(transform, width, height, raster_px_m, float(meta["gsd_m"]), options.grid_lattice)
         if options.aoi_wkt:
             grid = _grid_for_aoi(grid, _parse_aoi(options.aoi_wkt), name)
     except (RoofDetectorError, ValueError):

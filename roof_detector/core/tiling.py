@@ -22,6 +22,17 @@ Model grid
     plain ones). The model was trained with scale jitter of -25 % to +35 %,
     so 3 % is well inside what it has seen.
 
+    A window of a larger mosaic (a ``detect-many`` job) is laid on the mosaic's
+    own model-pixel lattice (:class:`GridLattice`) instead: its grid starts at
+    the first lattice pixel inside the window and has the mosaic's scale, so
+    its model pixels are exactly the whole mosaic's (a grid laid from the
+    window's own corner would sit a fraction of a pixel off wherever the
+    raster is resampled)::
+
+        k         = ceil((left - lattice_x0) / step_x)      # first lattice column inside
+        col_off   = (lattice_x0 + k * step_x - left) / res_x  # source pixels, in [0, scale_x)
+        width_px  = floor((raster_width - col_off) / scale_x)
+
 Tile grid
     Square tiles of ``tile_size_px`` with ``overlap_px`` of overlap, stride
     ``tile_size_px - overlap_px``. Along an axis of ``n`` model pixels::
@@ -109,15 +120,42 @@ class ModelGrid:
         return c0, r0, c1, r1
 
 
+@dataclass(frozen=True)
+class GridLattice:
+    """Where a larger grid's model pixels lie, in the raster CRS: the top-left corner of one
+    model pixel and the model pixel's size (``step_y`` positive, rows go down)."""
+
+    x0: float
+    y0: float
+    step_x: float
+    step_y: float
+
+
+def lattice_of(grid: ModelGrid) -> Optional[GridLattice]:
+    """The lattice of a resampled grid's model pixels; None for a grid of the raster's own pixels
+    (a window of the raster at its own resolution is on that lattice already)."""
+    if grid.scale_x == 1.0 and grid.scale_y == 1.0:
+        return None
+    t = grid.transform
+    return GridLattice(t.c, t.f, t.a, -t.e)
+
+
 def model_grid(
     raster_transform: Affine,
     raster_width: int,
     raster_height: int,
     raster_pixel_size_m: Tuple[float, float],
     gsd_m: float,
+    lattice: Optional[GridLattice] = None,
 ) -> ModelGrid:
-    """The model grid over a north-up raster whose pixels measure ``raster_pixel_size_m`` on the ground."""
+    """The model grid over a north-up raster whose pixels measure ``raster_pixel_size_m`` on the ground.
+
+    With ``lattice`` (a window of a larger mosaic): the model pixels of that lattice that lie
+    inside the raster (module docstring).
+    """
     px_x_m, px_y_m = raster_pixel_size_m
+    if lattice is not None:
+        return _on_lattice(raster_transform, raster_width, raster_height, raster_pixel_size_m, lattice)
     if abs(px_x_m / gsd_m - 1.0) <= NATIVE_GSD_TOLERANCE and abs(px_y_m / gsd_m - 1.0) <= NATIVE_GSD_TOLERANCE:
         return ModelGrid(raster_width, raster_height, 1.0, 1.0, raster_transform, (px_x_m, px_y_m))
     width_px = max(1, int(round(raster_width * px_x_m / gsd_m)))
@@ -126,6 +164,24 @@ def model_grid(
     scale_y = raster_height / height_px
     transform = raster_transform * Affine.scale(scale_x, scale_y)
     return ModelGrid(width_px, height_px, scale_x, scale_y, transform, (px_x_m * scale_x, px_y_m * scale_y))
+
+
+def _on_lattice(
+    transform: Affine, width: int, height: int, px_m: Tuple[float, float], lattice: GridLattice
+) -> ModelGrid:
+    """The model pixels of ``lattice`` inside a north-up raster (see :func:`model_grid`)."""
+    res_x, res_y = transform.a, -transform.e
+    scale_x, scale_y = lattice.step_x / res_x, lattice.step_y / res_y
+    # 1e-6 of a pixel: a window edge on a lattice line, up to float noise, starts there
+    k = math.ceil((transform.c - lattice.x0) / lattice.step_x - 1e-6)
+    r = math.ceil((lattice.y0 - transform.f) / lattice.step_y - 1e-6)
+    col_off = max(0.0, (lattice.x0 + k * lattice.step_x - transform.c) / res_x)
+    row_off = max(0.0, (transform.f - (lattice.y0 - r * lattice.step_y)) / res_y)
+    width_px = max(1, int(math.floor((width - col_off) / scale_x + 1e-6)))
+    height_px = max(1, int(math.floor((height - row_off) / scale_y + 1e-6)))
+    grid_transform = transform * Affine.translation(col_off, row_off) * Affine.scale(scale_x, scale_y)
+    size_m = (px_m[0] * scale_x, px_m[1] * scale_y)
+    return ModelGrid(width_px, height_px, scale_x, scale_y, grid_transform, size_m, col_off, row_off)
 
 
 def tile_origins(length_px: int, tile_size_px: int, overlap_px: int) -> List[int]:

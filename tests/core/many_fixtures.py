@@ -11,6 +11,7 @@ import os
 from typing import List, Tuple
 
 import numpy as np
+from affine import Affine
 from osgeo import gdal, ogr
 
 from devtools.synthetic import building_rectangles
@@ -23,8 +24,9 @@ SCENE_PX = 480
 SEAM_BUILDINGS = [(40, 225, 20, 30), (300, 230, 40, 22), (228, 60, 26, 18), (232, 380, 14, 40), (226, 226, 28, 28)]
 
 
-def scene(path: str) -> str:
-    """The whole raster: about 60 buildings, five of them across the seams of a 2 x 2 cut."""
+def scene(path: str, pixel_m: float = 0.5) -> str:
+    """The whole raster: about 60 buildings, five of them across the seams of a 2 x 2 cut
+    (``pixel_m``: its pixel size; the test model's GSD is 0.5 m)."""
     rng = np.random.default_rng(0)
     img = rng.integers(20, 60, (3, SCENE_PX, SCENE_PX), dtype=np.uint8)
     seams = (SCENE_PX // 2 - 30, SCENE_PX // 2 + 30)
@@ -34,7 +36,8 @@ def scene(path: str) -> str:
             img[:, r : r + h, c : c + w] = 220
     for r, c, h, w in SEAM_BUILDINGS:
         img[:, r : r + h, c : c + w] = 220
-    return write_raster(path, img, UTM, NORTH_UP)
+    transform = NORTH_UP if pixel_m == 0.5 else Affine(pixel_m, 0, NORTH_UP.c, 0, -pixel_m, NORTH_UP.f)
+    return write_raster(path, img, UTM, transform)
 
 
 def cut(whole: str, folder: str, parts: int = 2, overlap_px: int = 0) -> List[str]:

@@ -126,6 +126,22 @@ def test_four_abutting_tiles_give_the_whole_rasters_buildings(tmp_path, whole, r
     assert res.area_km2 == pytest.approx(480 * 480 * 0.25 / 1e6 / 0.9996**2, rel=1e-3)
 
 
+@pytest.mark.parametrize("pixel_m", [0.33, 0.37])
+def test_tiles_of_a_resampled_raster_give_the_whole_rasters_buildings(tmp_path, model_path, pixel_m):
+    """Resampled to the model's 0.5 m, every job's model pixels are the whole raster's (one lattice),
+    and a seam building traced by two jobs with float-noise differences is kept by one of them."""
+    whole_r = scene(str(tmp_path / "whole.tif"), pixel_m)
+    reference_r = detect_buildings(whole_r, _options(model_path)).buildings
+    cut(whole_r, str(tmp_path / "tiles"))
+    out = str(tmp_path / "many.gpkg")
+    detect_many([str(tmp_path / "tiles")], out, _options(model_path), workers=1, processes=False)
+    got = read_layer(out)
+    assert len(got) == len(reference_r) > 40
+    _check_same_buildings(reference_r, got)
+    whole_area = shapely.union_all([b.geometry for b in reference_r]).area
+    assert shapely.union_all([g for g, _ in got]).area == pytest.approx(whole_area, rel=1e-4)
+
+
 def test_overlapping_tiles_do_not_duplicate(tmp_path, whole, reference, model_path):
     cut(whole, str(tmp_path / "tiles"), overlap_px=12)  # 6 m of overlap, as delivered orthophoto tiles have
     out = str(tmp_path / "many.gpkg")

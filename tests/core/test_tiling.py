@@ -136,3 +136,48 @@ def test_row_runs_join_neighbours_only():
     assert [len(r) for r in _row_runs(tiles)] == [per_row] * (len(tiles) // per_row)
     gap = [tiles[0], tiles[1], tiles[3], tiles[4]]  # an area of interest left tile 2 out
     assert _row_runs(gap) == [[0, 1], [2, 3]]
+
+
+@given(
+    st.floats(0.1, 0.45),  # source pixel size (m); the model's GSD is 0.5
+    st.integers(0, 5000),  # window offset in source pixels
+    st.integers(0, 5000),
+    st.integers(40, 900),  # window size in source pixels
+    st.integers(40, 900),
+)
+def test_a_window_on_the_mosaics_lattice_has_the_mosaics_model_pixels(res, col, row, w, h):
+    """Every model pixel of the window's grid is one of the whole mosaic's, and the grid holds every
+    mosaic model pixel that lies wholly inside the window."""
+    from roof_detector.core.tiling import lattice_of
+
+    x0, y0 = 500000.0, 5500000.0
+    whole = model_grid(Affine(res, 0, x0, 0, -res, y0), 6000, 6000, (res, res), 0.5)
+    lattice = lattice_of(whole)
+    window = Affine(res, 0, x0 + col * res, 0, -res, y0 - row * res)
+    grid = model_grid(window, w, h, (res, res), 0.5, lattice)
+    step_x, step_y = whole.transform.a, -whole.transform.e
+    assert (grid.transform.a, grid.transform.e) == pytest.approx((step_x, -step_y), rel=1e-12)
+    # its first pixel is a lattice pixel: a whole number of steps from the mosaic's corner
+    k = (grid.transform.c - x0) / step_x
+    r = (y0 - grid.transform.f) / step_y
+    assert abs(k - round(k)) < 1e-6 and abs(r - round(r)) < 1e-6
+    # inside the window, and the next lattice pixel along each axis would not be
+    left, top = window.c, window.f
+    right, bottom = left + w * res, top - h * res
+    assert grid.transform.c >= left - 1e-6 and grid.transform.c - step_x < left + 1e-6
+    assert grid.transform.f <= top + 1e-6 and grid.transform.f + step_y > top - 1e-6
+    end_x = grid.transform.c + grid.width_px * step_x
+    end_y = grid.transform.f - grid.height_px * step_y
+    assert end_x <= right + 1e-6 < end_x + step_x
+    assert end_y >= bottom - 1e-6 > end_y - step_y
+    # the source window of its pixels is the same stretch of ground
+    sw = grid.source_window(0, 0, grid.width_px, grid.height_px)
+    assert left + sw.col_off * res == pytest.approx(grid.transform.c, abs=1e-6)
+
+
+def test_a_grid_at_the_rasters_own_resolution_has_no_lattice():
+    from roof_detector.core.tiling import lattice_of
+
+    native = model_grid(Affine(0.3, 0, 0, 0, -0.3, 0), 100, 100, (0.3, 0.3), 0.3)
+    assert lattice_of(native) is None
+    assert lattice_of(model_grid(Affine(0.3, 0, 0, 0, -0.3, 0), 100, 100, (0.3, 0.3), 0.5)) is not None
