@@ -135,8 +135,6 @@ def detect_many(
     jobs = plan_jobs(mosaic, margin_m, block_px, group_tiles)
     manifest = Manifest(work_dir, _run_settings(paths, options, margin_m, block_px, group_tiles))
     stretch = _mosaic_stretch(mosaic, work_dir)
-    # every job lays its model grid on the whole mosaic's lattice (not part of the settings above:
-    # it follows from the inputs and the model, which are)
     options = dataclasses.replace(options, grid_lattice=_lattice(mosaic, options.model_path))
     if threads_per_worker is None and scheduler is None:
         threads_per_worker = _threads_per_worker(workers)
@@ -393,8 +391,9 @@ def _model_fingerprint(model_path: Optional[str]) -> Any:
 
 
 def _lattice(mosaic, model_path: Optional[str]):
-    """:func:`.mosaic_plan.mosaic_lattice` for the model's GSD; None when the model's metadata cannot
-    be read (each job then says why, as a single-raster run would)."""
+    """:func:`.mosaic_plan.mosaic_lattice` for the model's GSD, on which every job lays its model grid;
+    None when the model's metadata cannot be read (each job then says why, as a single-raster run
+    would). Not part of the run's saved settings: the inputs and the model, which are, fix it."""
     from .model_io import BUNDLED_MODEL_PATH, read_metadata
 
     try:
