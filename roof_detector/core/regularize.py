@@ -98,6 +98,8 @@ SWEEP_STEP_DEG = 5.0
 #: The swept axes whose best rectangle fits best that get the whole right-angled fit (at least
 #: two steps apart).
 SWEEP_TOP_K = 3
+#: Turns (degrees) that refine each swept angle before its fit (the best rectangle decides).
+SWEEP_REFINE_DEG: Tuple[float, ...] = (-2.0, -1.0, 1.0, 2.0)
 
 
 def regularize_outline(
@@ -242,6 +244,24 @@ def fit_polygon(
     return (poly, CURVED) if swept is None else (_kept(swept, poly), RECTILINEAR)
 
 
+def _refined(shell: Polygon, candidates: list) -> list:
+    """Each swept ``(theta, grid, (rect IoU, rect))`` turned by :data:`SWEEP_REFINE_DEG` where its best
+    rectangle fits better there (ties keep the swept angle): one batched burn for all turns."""
+    if not candidates or not SWEEP_REFINE_DEG:
+        return candidates
+    turns = [(theta + d) % 90.0 for theta, _g, _f in candidates for d in SWEEP_REFINE_DEG]
+    grids = burn_many([shell] * len(turns), turns)
+    rect_iou, rects = best_rectangles(grids)
+    out = []
+    for k, (theta, grid, first) in enumerate(candidates):
+        best = (theta, grid, first)
+        for t in range(k * len(SWEEP_REFINE_DEG), (k + 1) * len(SWEEP_REFINE_DEG)):
+            if rect_iou[t] > best[2][0]:
+                best = (turns[t], grids[t], (rect_iou[t], rects[t]))
+        out.append(best)
+    return out
+
+
 def _kept(fitted: Polygon, poly: Polygon) -> Polygon:
     """``fitted``, or ``poly`` itself when it is already what the fit draws (to 1 mm):
     an outline that is already regular keeps its exact coordinates."""
@@ -266,11 +286,11 @@ def _swept_fit(shell: Polygon, work: Polygon, poly: Polygon, tol: float, max_cha
         if all(abs((thetas[j] - thetas[p] + 45.0) % 90.0 - 45.0) >= 2 * SWEEP_STEP_DEG - 1e-9 for p in picked):
             picked.append(j)
     best_iou, best = ACCEPT_IOU, None
-    for j in picked:
-        fit = fit_rectilinear(grids[j], MIN_GAIN, tol, enough_iou=RECT_ENOUGH_IOU, first=(rect_iou[j], rects[j]))
+    for theta, grid, first in _refined(shell, [(float(thetas[j]), grids[j], (rect_iou[j], rects[j])) for j in picked]):
+        fit = fit_rectilinear(grid, MIN_GAIN, tol, enough_iou=RECT_ENOUGH_IOU, first=first)
         if fit is None or fit.grid_iou < best_iou or (best is not None and fit.grid_iou == best_iou):
             continue
-        fitted = _cut_courtyards(fit.polygon, work, float(thetas[j]), tol) if work.interiors else fit.polygon
+        fitted = _cut_courtyards(fit.polygon, work, theta, tol) if work.interiors else fit.polygon
         if fitted is None or abs(fitted.area - poly.area) > max_change * poly.area:
             continue
         best_iou, best = fit.grid_iou, fitted

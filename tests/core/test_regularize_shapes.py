@@ -112,6 +112,17 @@ def test_blob_whose_own_axes_are_off_is_fitted_along_swept_axes(base, angle, see
     assert vertex_count(batch_out[0]) == vertices
 
 
+def test_swept_axes_are_refined_between_the_sweeps_steps():
+    # an L turned 33 degrees, between the sweep's 30 and 35: the swept fit is turned to within a
+    # degree of the building (3 degrees off without the refinement)
+    truth = affinity.rotate(L_SHAPE, 33, origin=(0, 0))
+    raw = blob(truth, corner_m=2.5, noise=0.3, seed=0)
+    out, shape = fit_polygon(raw, 1.0)
+    assert shape == RECTILINEAR and n_vertices(out) == 6 and right_angled(out)
+    assert abs((edge_dirs(out)[0] - 33 + 45) % 90 - 45) < 1.5
+    assert iou(out, truth) > 0.93
+
+
 @pytest.mark.parametrize("truth", [T_SHAPE, U_SHAPE], ids=["T", "U"])
 def test_blobby_t_and_u_shapes_come_back_with_eight_vertices(truth):
     out, shape = fit_polygon(blob(truth, seed=5), 1.0)
