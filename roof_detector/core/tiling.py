@@ -33,6 +33,10 @@ Model grid
         col_off   = (lattice_x0 + k * step_x - left) / res_x  # source pixels, in [0, scale_x)
         width_px  = floor((raster_width - col_off) / scale_x)
 
+    A window where the lattice's pixels are more than ``NATIVE_GSD_TOLERANCE`` off
+    ``gsd_m`` on the ground (far from the centre of a mosaic in degrees or Web
+    Mercator spanning a large range of latitude) gets its own grid instead.
+
 Tile grid
     Square tiles of ``tile_size_px`` with ``overlap_px`` of overlap, stride
     ``tile_size_px - overlap_px``. Along an axis of ``n`` model pixels::
@@ -154,7 +158,7 @@ def model_grid(
     inside the raster (module docstring).
     """
     px_x_m, px_y_m = raster_pixel_size_m
-    if lattice is not None:
+    if lattice is not None and _lattice_fits(raster_transform, raster_pixel_size_m, lattice, gsd_m):
         return _on_lattice(raster_transform, raster_width, raster_height, raster_pixel_size_m, lattice)
     if abs(px_x_m / gsd_m - 1.0) <= NATIVE_GSD_TOLERANCE and abs(px_y_m / gsd_m - 1.0) <= NATIVE_GSD_TOLERANCE:
         return ModelGrid(raster_width, raster_height, 1.0, 1.0, raster_transform, (px_x_m, px_y_m))
@@ -164,6 +168,18 @@ def model_grid(
     scale_y = raster_height / height_px
     transform = raster_transform * Affine.scale(scale_x, scale_y)
     return ModelGrid(width_px, height_px, scale_x, scale_y, transform, (px_x_m * scale_x, px_y_m * scale_y))
+
+
+def _lattice_fits(transform: Affine, px_m: Tuple[float, float], lattice: GridLattice, gsd_m: float) -> bool:
+    """Whether the lattice's pixels measure ``gsd_m`` on the ground here, within :data:`NATIVE_GSD_TOLERANCE`.
+
+    A degree (EPSG:4326) or a Web Mercator metre shrinks on the ground away from the equator: a
+    mosaic spanning more than about 1.5 degrees of latitude at 50 degrees has a lattice whose pixels
+    are more than 3 % off the model's GSD at its far ends, where a window's own grid is laid instead.
+    """
+    size_x = px_m[0] * lattice.step_x / transform.a
+    size_y = px_m[1] * lattice.step_y / -transform.e
+    return abs(size_x / gsd_m - 1.0) <= NATIVE_GSD_TOLERANCE and abs(size_y / gsd_m - 1.0) <= NATIVE_GSD_TOLERANCE
 
 
 def _on_lattice(

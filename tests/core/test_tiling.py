@@ -181,3 +181,16 @@ def test_a_grid_at_the_rasters_own_resolution_has_no_lattice():
     native = model_grid(Affine(0.3, 0, 0, 0, -0.3, 0), 100, 100, (0.3, 0.3), 0.3)
     assert lattice_of(native) is None
     assert lattice_of(model_grid(Affine(0.3, 0, 0, 0, -0.3, 0), 100, 100, (0.3, 0.3), 0.5)) is not None
+
+
+def test_a_window_where_the_lattice_is_off_the_gsd_gets_its_own_grid():
+    """Far from a Web Mercator mosaic's centre a lattice pixel is no longer the model's GSD on the
+    ground: the window's own grid is laid there (its pixels measure the GSD), near it the lattice's."""
+    from roof_detector.core.tiling import GridLattice
+
+    lattice = GridLattice(0.0, 0.0, 0.5, 0.5)  # 0.5 CRS units = 0.3 m at the mosaic's centre
+    window = Affine(0.25, 0, 1000.0, 0, -0.25, -1000.0)
+    near = model_grid(window, 400, 400, (0.15 * 1.01, 0.15 * 1.01), 0.3, lattice)  # 1 % off: lattice
+    assert (near.transform.a, near.scale_x) == (0.5, 2.0)
+    far = model_grid(window, 400, 400, (0.15 * 0.9, 0.15 * 0.9), 0.3, lattice)  # 10 % off: its own grid
+    assert far.width_px == round(400 * 0.135 / 0.3) and far.transform.c == 1000.0
