@@ -14,7 +14,9 @@ whole batch (only regularisation works polygon by polygon):
    there: ``area_m2``/``perimeter_m`` are true ground values in any CRS;
    parts under ``min_area_m2`` are dropped;
 5. outlines are regularised (:mod:`.regularize`: right-angled polygons, neighbours
-   aligned, a ``shape`` class per building), when asked;
+   aligned, a ``shape`` class per building), when asked, and a regularised outline
+   that reaches past the raster (or the area of interest) is cut at its edge, as
+   the traced one was;
 6. rooftops are sized for solar panels (:func:`.solar.solar_columns`), when asked.
 
 The same function sizes existing layers (:func:`measure_polygons`, :func:`size_buildings`), so a
@@ -51,6 +53,8 @@ class FinishOptions:
     m2_per_unit2: float = 1.0  # ground m² per CRS unit², for the hole filter
     simplify_tolerance: float = 0.0  # CRS units; 0 = no simplification
     clip_geometry: Optional[BaseGeometry] = None
+    # what regularised outlines must stay within (the raster's model grid, cut to the area of interest)
+    keep_within: Optional[BaseGeometry] = None
     regularize: bool = False
     regularize_tolerance_m: float = 1.0
     solar: Optional[SolarParams] = None
@@ -83,20 +87,26 @@ def finish_outlines(
     if not keep.all():
         polys, conf, batch = polys[keep], conf[keep], batch.subset(keep)
     geoms, columns = measure_metric_batch(
-        polys, batch, options.regularize, options.regularize_tolerance_m, options.solar
+        polys, batch, options.regularize, options.regularize_tolerance_m, options.solar, options.keep_within
     )
     return _buildings(geoms, conf, columns, options.solar is not None)
 
 
 def measure_metric_batch(
-    geometries: np.ndarray, batch, regularize: bool, tolerance_m: float, solar: Optional[SolarParams]
+    geometries: np.ndarray,
+    batch,
+    regularize: bool,
+    tolerance_m: float,
+    solar: Optional[SolarParams],
+    keep_within: Optional[BaseGeometry] = None,
 ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
     """Regularise (optionally) and measure geometries whose metric versions are in ``batch``.
 
     Returns the geometries in the source CRS (regularised ones replaced, others
     the very same objects) and columns: ``area_m2``, ``perimeter_m`` and, with
     ``solar``, the other :data:`.solar.SOLAR_FIELDS`; with ``regularize``, ``shape``
-    (:data:`.regularize.SHAPES`).
+    (:data:`.regularize.SHAPES`). ``keep_within`` (source CRS): a regularised outline
+    reaching past it is cut at its edge (its largest part kept) before it is measured.
     """
     geoms = np.array(geometries, dtype=object)
     metric = batch.metric.copy()
@@ -122,6 +132,8 @@ def measure_metric_batch(
         if changed.any():
             which = np.flatnonzero(changed)
             geoms[which] = batch.from_metric(metric[which], which)
+            if keep_within is not None:
+                _cut_at(keep_within, geoms, metric, which, batch)
     if solar is not None:
         columns = solar_columns(metric, batch.lat, solar)
     else:
@@ -129,6 +141,34 @@ def measure_metric_batch(
     if shapes is not None:
         columns["shape"] = shapes
     return geoms, columns
+
+
+def _cut_at(edge: BaseGeometry, geoms: np.ndarray, metric: np.ndarray, which: np.ndarray, batch) -> None:
+    """Cut the regularised outlines ``which`` that reach past ``edge`` at it (in place, both CRSs).
+
+    A squared outline of a building the raster cuts, or one turned across the raster's edge,
+    would otherwise cover ground the raster does not show (up to 7 % of one outline in a QA
+    pass) and be sized for panels there.
+    """
+    shapely.prepare(edge)
+    out = which[~shapely.covered_by(geoms[which], edge)]
+    if not len(out):
+        return
+    cut = shapely.intersection(geoms[out], edge)
+    cut = np.array([_largest_polygon(g) for g in cut], dtype=object)
+    ok = np.array([g is not None for g in cut], dtype=bool)
+    out, cut = out[ok], cut[ok]
+    geoms[out] = cut
+    frames = batch.frame_index[out]
+    for k in np.unique(frames):
+        sel = frames == k
+        metric[out[sel]] = batch.frames[k].to_metric(cut[sel])
+
+
+def _largest_polygon(geometry: BaseGeometry) -> Optional[BaseGeometry]:
+    """The largest polygon of an overlay result (None when it holds none)."""
+    parts = [p for p in shapely.get_parts(geometry) if p.geom_type == "Polygon" and not p.is_empty]
+    return max(parts, key=lambda p: p.area) if parts else None
 
 
 #: The field that names each regularised outline's class (:data:`.regularize.SHAPES`).

@@ -379,6 +379,7 @@ def _finish_options(
         # half a model pixel: removes the staircase, moves no wall by more
         simplify_tolerance=0.5 * min(abs(grid.transform.a), abs(grid.transform.e)),
         clip_geometry=aoi,
+        keep_within=_within(grid, aoi),
         regularize=options.regularize,
         regularize_tolerance_m=options.regularize_tolerance_m,
         solar=options.solar,
@@ -431,6 +432,12 @@ def _grid_for_aoi(grid: ModelGrid, aoi: BaseGeometry, name: str) -> ModelGrid:
         )
     c0, r0, c1, r1 = block
     return grid.subgrid(c0, r0, c1 - c0, r1 - r0)
+
+
+def _within(grid: ModelGrid, aoi: Optional[BaseGeometry]) -> BaseGeometry:
+    """The ground a detection's buildings stay on: the model grid, cut to the area of interest."""
+    box = shapely.box(*_grid_bounds(grid))
+    return box if aoi is None else shapely.intersection(box, aoi)
 
 
 def _grid_bounds(grid: ModelGrid):

@@ -543,3 +543,33 @@ def test_the_outline_thread_leaves_the_idle_class_when_the_run_ends_early(model)
             threading.Timer(0.3, release.set).start()  # __exit__ below waits for the strip in progress
             raise RuntimeError("cancelled")
     assert seen == {"before": os.SCHED_IDLE, "after": os.SCHED_OTHER}
+
+
+def _turned_building_scene(path, angle_deg=30.0, shape=(160, 160)):
+    """A bright 60 x 36 px rectangle turned ``angle_deg``, its centre 8 px inside the left edge."""
+    from rasterio import features
+    from shapely import affinity
+
+    rect = affinity.rotate(shapely.box(-30, -18, 30, 18), angle_deg, origin=(0, 0))
+    rect = affinity.translate(rect, 8, shape[0] / 2)  # pixel coordinates (col, row)
+    mask = features.rasterize([rect], out_shape=shape, transform=Affine.identity()).astype(bool)
+    img = np.full((3,) + shape, DARK, dtype=np.uint8)
+    img[:, mask] = BRIGHT
+    return write_raster(path, img, UTM, Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1]))
+
+
+def test_squared_outlines_stay_on_the_raster_and_in_the_area_of_interest(tmp_path, model):
+    # A turned building cut by the raster's left edge: squared along its own axes, its outline
+    # would reach past the edge; it is cut there, and measured as cut (QA, session 9).
+    path = _turned_building_scene(tmp_path / "edge.tif")
+    x0, y0 = UTM_ORIGIN
+    raster = shapely.box(x0, y0 - 80, x0 + 80, y0)
+    res = _detect(path, model, regularize=True)
+    assert len(res.buildings) == 1
+    b = res.buildings[0]
+    assert b.geometry.is_valid and raster.buffer(1e-6).contains(b.geometry)
+    assert b.area_m2 == pytest.approx(area_perimeter_m(b.geometry, res.crs_wkt)[0], rel=1e-4)  # measured as cut
+    # the same inside an area of interest turned 45 degrees across the building
+    aoi = shapely.affinity.rotate(shapely.box(x0 - 20, y0 - 60, x0 + 16, y0 - 20), 45)
+    res = _detect(path, model, regularize=True, aoi_wkt=aoi.wkt)
+    assert res.buildings and all(aoi.buffer(1e-6).contains(b.geometry) for b in res.buildings)
