@@ -112,23 +112,7 @@ def measure_metric_batch(
     metric = batch.metric.copy()
     shapes = None
     if regularize:
-        changed = np.zeros(len(geoms), dtype=bool)
-        shapes = np.full(len(geoms), CURVED, dtype=object)
-        kinds = shapely.get_type_id(metric)
-        fit = np.flatnonzero((kinds == 3) | (kinds == 6))
-        # rows of houses come out parallel: axes shared by aligned neighbours (one frame at a time)
-        prepared = working_rings(metric[fit], tolerance_m)  # shared by the axes and the fits
-        own = own_axes(metric[fit], tolerance_m, prepared)
-        axes = consensus_orientations(metric[fit], batch.frame_index[fit], tolerance_m, own=own)
-        # The outlines were checked valid (and repaired) in the source CRS by the caller, and
-        # projecting a few metres changes no topology: checking again would cost 27 us each.
-        fits = regularize_batch(metric[fit], axes, own, prepared, tolerance_m)
-        for i, (r, shape) in zip(fit.tolist(), fits):
-            shapes[i] = shape
-            # r is metric[i] itself when it is left as it is (also when already regular to 1 mm)
-            if r is not metric[i]:
-                metric[i] = r
-                changed[i] = True
+        changed, shapes = _regularise(metric, batch, tolerance_m)
         if changed.any():
             which = np.flatnonzero(changed)
             geoms[which] = batch.from_metric(metric[which], which)
@@ -141,6 +125,28 @@ def measure_metric_batch(
     if shapes is not None:
         columns["shape"] = shapes
     return geoms, columns
+
+
+def _regularise(metric: np.ndarray, batch, tolerance_m: float) -> Tuple[np.ndarray, np.ndarray]:
+    """Regularise the polygons of ``metric`` in place: ``(changed, shapes)`` per entry."""
+    changed = np.zeros(len(metric), dtype=bool)
+    shapes = np.full(len(metric), CURVED, dtype=object)
+    kinds = shapely.get_type_id(metric)
+    fit = np.flatnonzero((kinds == 3) | (kinds == 6))
+    # rows of houses come out parallel: axes shared by aligned neighbours (one frame at a time)
+    prepared = working_rings(metric[fit], tolerance_m)  # shared by the axes and the fits
+    own = own_axes(metric[fit], tolerance_m, prepared)
+    axes = consensus_orientations(metric[fit], batch.frame_index[fit], tolerance_m, own=own)
+    # The outlines were checked valid (and repaired) in the source CRS by the caller, and
+    # projecting a few metres changes no topology: checking again would cost 27 us each.
+    fits = regularize_batch(metric[fit], axes, own, prepared, tolerance_m)
+    for i, (r, shape) in zip(fit.tolist(), fits):
+        shapes[i] = shape
+        # r is metric[i] itself when it is left as it is (also when already regular to 1 mm)
+        if r is not metric[i]:
+            metric[i] = r
+            changed[i] = True
+    return changed, shapes
 
 
 def _cut_at(edge: BaseGeometry, geoms: np.ndarray, metric: np.ndarray, which: np.ndarray, batch) -> None:
