@@ -7,7 +7,6 @@ The same :func:`~roof_detector.core.detect_many.detect_many` as
 from __future__ import annotations
 
 import multiprocessing
-import os
 import sys
 from typing import Any, Dict
 
@@ -145,9 +144,10 @@ class DetectBuildingsManyAlgorithm(RoofDetectorAlgorithm):
 
 
 def _python_for_workers() -> None:
-    """Worker processes are started from a Python interpreter, not from the QGIS binary that runs us."""
-    exe = os.path.basename(sys.executable or "")
-    if not exe.startswith("python"):
-        from ..qgis_adapter.deps import qgis_python_executable
+    """Worker processes are started from this Python interpreter: not from the QGIS binary that runs
+    us, nor from the first ``python3`` on PATH, which embedded Python reports as ``sys.executable``."""
+    from ..qgis_adapter.deps import qgis_python_executable
 
-        multiprocessing.set_executable(qgis_python_executable())
+    exe = qgis_python_executable()
+    if exe != sys.executable:
+        multiprocessing.set_executable(exe)

@@ -183,9 +183,14 @@ def dependency_problem(purpose: str = "detect") -> Optional[str]:
 
 
 def qgis_python_executable() -> str:
-    """The Python interpreter QGIS runs (``sys.executable`` is often qgis itself)."""
+    """The Python interpreter QGIS runs (``sys.executable`` is often qgis itself).
+
+    Embedded in QGIS (``qgis_process`` included), ``sys.executable`` is the first ``python3``
+    on PATH, which may be another Python altogether (a pyenv shim): it is taken only when it
+    resolves into this interpreter's own installation (``sys.exec_prefix``).
+    """
     exe = sys.executable or ""
-    if os.path.basename(exe).lower().startswith("python"):
+    if os.path.basename(exe).lower().startswith("python") and _is_this_python(exe):
         return exe
     prefix = sys.exec_prefix
     if sys.platform == "win32":
@@ -197,6 +202,13 @@ def qgis_python_executable() -> str:
         if os.path.isfile(candidate):
             return candidate
     return "python3"
+
+
+def _is_this_python(exe: str) -> bool:
+    """``exe`` resolves (links followed) into the installation of the Python running this code."""
+    real = os.path.realpath(exe)
+    homes = {os.path.realpath(p) for p in (sys.exec_prefix, sys.base_exec_prefix) if p}
+    return any(real.startswith(home.rstrip(os.sep) + os.sep) for home in homes)
 
 
 def default_cpu_threads() -> int:

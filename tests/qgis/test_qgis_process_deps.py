@@ -32,9 +32,10 @@ def qgis_process(tmp_path_factory, repo_root):
     return qgis_process_runner(tmp_path_factory.mktemp("qgis_process"), repo_root, BLOCKER)
 
 
-def qgis_process_runner(tmp_path, repo_root, sitecustomize=""):
+def qgis_process_runner(tmp_path, repo_root, sitecustomize="", path_first=None):
     """A function running qgis_process with the plugin (built and installed from this checkout
-    as Install from ZIP does) enabled in a fresh settings folder under ``tmp_path``."""
+    as Install from ZIP does) enabled in a fresh settings folder under ``tmp_path`` (``path_first``:
+    a folder put first on PATH)."""
     config = tmp_path / "config"
     plugins = config / "profiles" / "default" / "python" / "plugins"
     plugins.mkdir(parents=True)
@@ -56,6 +57,8 @@ def qgis_process_runner(tmp_path, repo_root, sitecustomize=""):
         PYTHONPATH=f"{site}:{venv_site}",
         HOME=str(tmp_path),
     )
+    if path_first:  # a folder searched before the usual PATH
+        env["PATH"] = f"{path_first}:{env.get('PATH', '/usr/bin:/bin')}"
 
     def run(*args):
         return subprocess.run([QGIS_PROCESS, *args], capture_output=True, text=True, env=env, timeout=300)

@@ -45,3 +45,32 @@ def test_a_failed_run_exits_with_a_status_not_a_signal(qgis_process, ortho_path,
     )
     assert proc.returncode == 1, (proc.returncode, proc.stderr[-1500:])  # qgis_process: failed algorithm
     assert "not_a_model.pt" in proc.stdout + proc.stderr and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_many_with_worker_processes_starts_them_from_qgis_python_not_the_first_on_path(
+    tmp_path_factory, repo_root, model_path, tmp_path
+):
+    """Embedded in qgis_process, ``sys.executable`` is the first ``python3`` on PATH (a pyenv shim
+    on a QA machine: the workers failed to start). Here that is a script that is no Python."""
+    import os
+
+    from tests.core.many_fixtures import cut, scene
+
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "python3").write_text("#!/bin/sh\necho 'not the Python QGIS runs' >&2\nexit 3\n")
+    os.chmod(shim / "python3", 0o755)
+    run = qgis_process_runner(tmp_path_factory.mktemp("qgis_process_shim"), repo_root, path_first=str(shim))
+    cut(scene(str(tmp_path / "whole.tif")), str(tmp_path / "tiles"))
+    out = tmp_path / "many.gpkg"
+    proc = run(
+        "run",
+        "roofdetector:detectbuildingsmany",
+        "--",
+        f"MORE_INPUTS={tmp_path / 'tiles'}",
+        f"MODEL={model_path}",
+        "WORKERS=2",
+        f"OUTPUT={out}",
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stdout[-1500:], proc.stderr[-1500:])
+    assert out.exists() and "not the Python QGIS runs" not in proc.stderr
