@@ -33,7 +33,7 @@ from .errors import Cancelled, RoofDetectorError
 from .gpkg_writer import check_output, write_buildings
 from .many_cluster import cluster_workers, dashboard_link, dask_client, stopping
 from .many_job import JobResult, run_job
-from .many_merge import merge_parts
+from .many_merge import merge_parts, seam_part_path, settle_seams
 from .many_manifest import Manifest, saved_setting
 from .mosaic_plan import (
     Job,
@@ -160,7 +160,7 @@ def detect_many(
     provenance = dict(
         tally.meta, sources=len(paths), jobs=len(jobs), margin_m=margin_m, min_area_m2=options.min_area_m2
     )
-    building_count, area_m2 = merge_parts(jobs, manifest, output, mosaic.crs_wkt, layer, overwrite, provenance)
+    building_count, area_m2 = _merge(jobs, manifest, output, mosaic.crs_wkt, layer, overwrite, provenance)
     if not keep_parts:
         shutil.rmtree(work_dir, ignore_errors=True)
     seconds = time.perf_counter() - t0
@@ -250,6 +250,11 @@ class _Tally:
     def add(self, res: JobResult, job: Job, manifest: Manifest) -> None:
         """Write a finished job's part, record it in the manifest and count it."""
         write_buildings(res.buildings, manifest.part_path(job.index), res.crs_wkt, layer="buildings", overwrite=True)
+        seam = seam_part_path(manifest, job.index)
+        if os.path.exists(seam):  # left by an earlier attempt at this job
+            os.remove(seam)
+        if res.seam:
+            write_buildings(res.seam, seam, res.crs_wkt, layer="buildings", overwrite=True)
         manifest.record(
             job.index,
             {
@@ -388,6 +393,12 @@ def _model_fingerprint(model_path: Optional[str]) -> Any:
     except OSError:
         return path
     return [os.path.abspath(path), st.st_size, int(st.st_mtime)]
+
+
+def _merge(jobs, manifest, output, crs_wkt, layer, overwrite, provenance):
+    """The buildings near seams settled for the whole mosaic, then every part into the output."""
+    seams = settle_seams(jobs, manifest, crs_wkt)
+    return merge_parts(jobs, manifest, output, crs_wkt, layer, overwrite, provenance, [seams] if seams else [])
 
 
 def _lattice(mosaic, model_path: Optional[str]):

@@ -29,6 +29,7 @@ import numpy as np
 import shapely
 
 from .building import Building
+from .many_seams import SEAM_BAND_M, split_at_seams
 from .mosaic_plan import Job, owns, write_job_vrt
 
 _MODELS: Dict[Tuple[Any, ...], Any] = {}
@@ -59,6 +60,8 @@ class JobResult:
     threshold: Optional[float] = None
     worker_pid: int = 0
     error: Optional[Tuple[str, str]] = None  # (RoofDetectorError subclass name, message): bad input, not a crash
+    # buildings near a seam, owned or not: the merge settles them for the whole mosaic (many_seams)
+    seam: List[Building] = field(default_factory=list)
 
 
 def worker_model(options, threads: Optional[int] = None):
@@ -131,7 +134,8 @@ def run_job(
         )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    kept, dropped, cut = keep_owned(job, result.buildings)
+    off_seam, seam = split_at_seams(job, result.buildings, _seam_band_crs(job, result.crs_wkt))
+    kept, dropped, cut = keep_owned(job, off_seam, seam)
     warnings = [f"{job.name}: {w}" for w in result.warnings if "no valid pixels" not in w]
     return JobResult(
         job.index,
@@ -145,7 +149,21 @@ def run_job(
         dict(result.model_metadata),
         result.stats.get("threshold"),
         os.getpid(),
+        seam=seam,
     )
+
+
+def _seam_band_crs(job: Job, crs_wkt: str) -> float:
+    """:data:`.many_seams.SEAM_BAND_M` in the mosaic's CRS units, at the job's window."""
+    from affine import Affine
+
+    from .geo import pixel_size_m
+
+    rx, ry = job.res
+    x0, y0, x1, y1 = job.window
+    width, height = max(1, round((x1 - x0) / rx)), max(1, round((y1 - y0) / ry))
+    px_m = pixel_size_m(crs_wkt, Affine(rx, 0, x0, 0, -ry, y1), width, height)
+    return SEAM_BAND_M * rx / px_m[0]
 
 
 def _in_mosaic_terms(text: str, job: Job, job_folder: str) -> str:
@@ -178,9 +196,10 @@ def _chained_messages(exc: BaseException) -> str:
     return "; ".join(parts)
 
 
-def keep_owned(job: Job, buildings: List[Building]) -> Tuple[List[Building], int, int]:
-    """``(kept, dropped, cut)``: the buildings whose representative point ``job`` owns, in their order."""
-    if not buildings:
+def keep_owned(job: Job, buildings: List[Building], seam: List[Building] = ()) -> Tuple[List[Building], int, int]:
+    """``(kept, dropped, cut)``: the buildings whose representative point ``job`` owns, in their order;
+    ``cut`` counts those, and the ``seam`` candidates, that touch a cut edge of the window."""
+    if not buildings and not seam:
         return [], 0, 0
     points = shapely.point_on_surface(np.asarray([b.geometry for b in buildings], dtype=object))
     xs, ys = shapely.get_x(points), shapely.get_y(points)
@@ -189,7 +208,7 @@ def keep_owned(job: Job, buildings: List[Building]) -> Tuple[List[Building], int
     edge = 1.5 * max(job.res)
     x0, y0, x1, y1 = job.window
     cut = 0
-    for b in kept:
+    for b in kept + list(seam):
         bx0, by0, bx1, by1 = b.geometry.bounds
         near = (bx0 - x0 < edge, by0 - y0 < edge, x1 - bx1 < edge, y1 - by1 < edge)
         cut += any(n and inner for n, inner in zip(near, job.inner_edges))

@@ -18,15 +18,17 @@ def merge_parts(
     layer: str,
     overwrite: bool,
     metadata: Dict[str, Any],
+    extra_parts: Sequence[str] = (),
 ):
-    """Stream every part, in job order, into the output layer; return (buildings, total area m²).
+    """Stream every part, in job order, then ``extra_parts`` (the settled seam buildings), into the
+    output layer; return (buildings, total area m²).
 
     Parts of one schema (a detection's always) are copied feature by feature in C; parts whose
     fields differ are read back as buildings and written with the fields widened (:func:`_wider`).
     """
     from .osgeo_exc import ogr
 
-    parts = [manifest.part_path(j.index) for j in jobs]
+    parts = [manifest.part_path(j.index) for j in jobs] + list(extra_parts)
     fields: Dict[str, int] = {}
     multi = False
     schemas = set()
@@ -141,4 +143,31 @@ def _wider(a: Optional[int], b: int) -> int:
     return ogr.OFTReal if max(ra, rb) == 1 else ogr.OFTInteger64
 
 
-__all__ = ["merge_parts", "read_part"]
+def seam_part_path(manifest: Manifest, index: int) -> str:
+    """Where job ``index``'s buildings near a seam wait for :func:`settle_seams`."""
+    return manifest.part_path(index)[: -len(".gpkg")] + "-seam.gpkg"
+
+
+def settle_seams(jobs: Sequence[Job], manifest: Manifest, crs_wkt: str) -> Optional[str]:
+    """The buildings near seams settled for the whole mosaic (:func:`.many_seams.settle`), written as
+    one more part; its path, or None when no job had any."""
+    import os
+
+    from .gpkg_writer import write_buildings
+    from .many_seams import settle
+
+    candidates = [
+        (j.index, b)
+        for j in jobs
+        if os.path.exists(seam_part_path(manifest, j.index))
+        for b in read_part(seam_part_path(manifest, j.index))
+    ]
+    kept = settle(candidates, jobs)
+    if not kept:
+        return None
+    path = os.path.join(manifest.folder, "seams.gpkg")
+    write_buildings(kept, path, crs_wkt, layer="buildings", overwrite=True)
+    return path
+
+
+__all__ = ["merge_parts", "read_part", "seam_part_path", "settle_seams"]
