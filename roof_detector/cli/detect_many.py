@@ -58,8 +58,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _jobs_word(k: int) -> str:
-    return "tiles" if k == 1 else f"blocks of {k}x{k} tiles"
+def _jobs_word(k: int, jobs: int = 0, inputs: int = 0) -> str:
+    """What a job is: a tile, a block of k x k tiles, or a block of a large input (``--block-px``)."""
+    if k != 1:
+        return f"blocks of {k}x{k} tiles"
+    return "blocks" if jobs > inputs > 0 else "tiles"
 
 
 class _ProgressBar:
@@ -132,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(
-        f"{result.buildings} buildings in {result.jobs} {_jobs_word(result.stats.get('group_tiles', 1))} "
+        f"{result.buildings} buildings in {result.jobs} "
+        f"{_jobs_word(result.stats.get('group_tiles', 1), result.jobs, result.stats.get('inputs', 0))} "
         f"({result.area_km2:.3f} km², {result.skipped} "
         f"already done), total area {result.building_area_m2:.1f} m2, {result.seconds:.1f} s -> "
         f"{result.output} (layer {result.layer})"

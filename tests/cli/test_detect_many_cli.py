@@ -17,7 +17,7 @@ from tests.core.many_fixtures import cut, read_layer, scene
 
 REPO = Path(__file__).resolve().parents[2]
 SUMMARY = re.compile(
-    r"^(\d+) buildings in (\d+) (?:tiles|blocks of \d+x\d+ tiles) \(([\d.]+) km², (\d+) already done\), total area ([\d.]+) m2, "
+    r"^(\d+) buildings in (\d+) (?:tiles|blocks|blocks of \d+x\d+ tiles) \(([\d.]+) km², (\d+) already done\), total area ([\d.]+) m2, "
     r"[\d.]+ s -> (.+) \(layer (\w+)\)$"
 )
 
@@ -209,3 +209,20 @@ def test_a_signal_stops_a_single_workers_job_in_progress_at_once(tmp_path, setup
     assert time.monotonic() - t_sig < 10, f"{time.monotonic() - t_sig:.1f} s to stop"
     assert f"error: {words}; {out} was not written" in text and "Traceback" not in text, text[-1500:]
     assert not out.exists() and Path(f"{out}.parts", "manifest.jsonl").exists()
+
+
+def test_one_raster_in_blocks_is_summed_up_as_blocks(tmp_path, setup):
+    """``--block-px`` splits one raster: the summary says blocks, not tiles (QA, session 9)."""
+    base, model = setup
+    out = tmp_path / "blocks.gpkg"
+    proc = subprocess.run(
+        _cmd(base / "whole.tif", "-o", out, "--model", model, "--device", "cpu", "--block-px", 256, "--workers", 1),
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    summary = SUMMARY.match(proc.stdout.strip().splitlines()[-1])
+    assert summary and " in 4 blocks (" in proc.stdout  # 480 px in blocks of 256
