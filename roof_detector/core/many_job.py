@@ -30,7 +30,7 @@ import shapely
 
 from .building import Building
 from .many_seams import SEAM_BAND_M, split_at_seams
-from .mosaic_plan import Job, owns, write_job_vrt
+from .mosaic_plan import Job, owns, pixel_grid, write_job_vrt
 
 _MODELS: Dict[Tuple[Any, ...], Any] = {}
 _MODELS_LOCK = threading.Lock()
@@ -155,15 +155,10 @@ def run_job(
 
 def _seam_band_crs(job: Job, crs_wkt: str) -> float:
     """:data:`.many_seams.SEAM_BAND_M` in the mosaic's CRS units, at the job's window."""
-    from affine import Affine
-
     from .geo import pixel_size_m
 
-    rx, ry = job.res
-    x0, y0, x1, y1 = job.window
-    width, height = max(1, round((x1 - x0) / rx)), max(1, round((y1 - y0) / ry))
-    px_m = pixel_size_m(crs_wkt, Affine(rx, 0, x0, 0, -ry, y1), width, height)
-    return SEAM_BAND_M * rx / px_m[0]
+    px_m = pixel_size_m(crs_wkt, *pixel_grid(job.window, job.res))
+    return SEAM_BAND_M * job.res[0] / px_m[0]
 
 
 def _in_mosaic_terms(text: str, job: Job, job_folder: str) -> str:

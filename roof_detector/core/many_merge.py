@@ -156,12 +156,8 @@ def settle_seams(jobs: Sequence[Job], manifest: Manifest, crs_wkt: str) -> Optio
     from .gpkg_writer import write_buildings
     from .many_seams import settle
 
-    candidates = [
-        (j.index, b)
-        for j in jobs
-        if os.path.exists(seam_part_path(manifest, j.index))
-        for b in read_part(seam_part_path(manifest, j.index))
-    ]
+    paths = [(j.index, seam_part_path(manifest, j.index)) for j in jobs]
+    candidates = [(i, b) for i, path in paths if os.path.exists(path) for b in read_part(path)]
     kept = settle(candidates, jobs)
     if not kept:
         return None

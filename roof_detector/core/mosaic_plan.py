@@ -281,18 +281,21 @@ def plan_jobs(
     return jobs
 
 
-def _m2_per_unit2(mosaic: MosaicInfo) -> float:
-    """Square metres per square CRS unit over the mosaic."""
+def pixel_grid(bounds: Bounds, res: Tuple[float, float]):
+    """``(transform, width, height)`` of the north-up pixel grid of ``res`` over ``bounds``: the
+    mosaic's, a job's window (its VRT)."""
     from affine import Affine
 
+    x0, y0, x1, y1 = bounds
+    rx, ry = res
+    return Affine(rx, 0, x0, 0, -ry, y1), max(1, round((x1 - x0) / rx)), max(1, round((y1 - y0) / ry))
+
+
+def _m2_per_unit2(mosaic: MosaicInfo) -> float:
+    """Square metres per square CRS unit over the mosaic."""
     from .geo import m2_per_crs_unit2
 
-    rx, ry = mosaic.res
-    mx0, my0, mx1, my1 = mosaic.bounds
-    transform = Affine(rx, 0, mx0, 0, -ry, my1)
-    width = max(1, round((mx1 - mx0) / rx))
-    height = max(1, round((my1 - my0) / ry))
-    return m2_per_crs_unit2(mosaic.crs_wkt, transform, width, height)
+    return m2_per_crs_unit2(mosaic.crs_wkt, *pixel_grid(mosaic.bounds, mosaic.res))
 
 
 def _overlaps(a, b, res: Tuple[float, float]) -> bool:
@@ -348,8 +351,6 @@ def model_tile_count(jobs: Sequence[Job], mosaic: MosaicInfo, grid: Optional[dic
     Tiling maths only (:mod:`.tiling`, no model): ``grid`` is the model's ``gsd_m``,
     ``tile_size_px`` and ``overlap_px`` (default: the bundled model's).
     """
-    from affine import Affine
-
     from .params import BUNDLED_MODEL_GRID
     from .tiling import model_grid, tile_origins
 
@@ -358,9 +359,7 @@ def model_tile_count(jobs: Sequence[Job], mosaic: MosaicInfo, grid: Optional[dic
     rx, ry = mosaic.res
 
     def count(bounds: Bounds) -> int:
-        w = max(1, round((bounds[2] - bounds[0]) / rx))
-        h = max(1, round((bounds[3] - bounds[1]) / ry))
-        g = model_grid(Affine(rx, 0, bounds[0], 0, -ry, bounds[3]), w, h, (rx * px_m, ry * px_m), grid["gsd_m"])
+        g = model_grid(*pixel_grid(bounds, mosaic.res), (rx * px_m, ry * px_m), grid["gsd_m"])
         size, overlap = int(grid["tile_size_px"]), int(grid["overlap_px"])
         return len(tile_origins(g.width_px, size, overlap)) * len(tile_origins(g.height_px, size, overlap))
 
@@ -421,17 +420,11 @@ def _in_half_open(b: Bounds, x: float, y: float) -> bool:
 def mosaic_lattice(mosaic: MosaicInfo, gsd_m: float):
     """The model-pixel lattice of a detection over the whole mosaic (its VRT), for the jobs to lay
     their grids on (:class:`.tiling.GridLattice`); None where the mosaic is read at its own resolution."""
-    from affine import Affine
-
     from .geo import pixel_size_m
     from .tiling import lattice_of, model_grid
 
-    rx, ry = mosaic.res
-    x0, y0, x1, y1 = mosaic.bounds
-    width, height = max(1, round((x1 - x0) / rx)), max(1, round((y1 - y0) / ry))
-    transform = Affine(rx, 0, x0, 0, -ry, y1)
-    px_m = pixel_size_m(mosaic.crs_wkt, transform, width, height)
-    return lattice_of(model_grid(transform, width, height, px_m, gsd_m))
+    grid = pixel_grid(mosaic.bounds, mosaic.res)
+    return lattice_of(model_grid(*grid, pixel_size_m(mosaic.crs_wkt, *grid), gsd_m))
 
 
 def write_job_vrt(job: Job, path: str) -> str:
@@ -469,6 +462,7 @@ __all__ = [
     "write_job_vrt",
     "write_mosaic_vrt",
     "mosaic_lattice",
+    "pixel_grid",
     "Job",
     "MosaicInfo",
     "RasterInfo",
