@@ -54,10 +54,13 @@ def run_case(case, regularize, tolerance_m):
         shapes = dict(zip(kinds.tolist(), counts.tolist()))
     res = ev.evaluate(pred, ref, grid)
     d = res.as_dict()
+    overlaps = overlapping_pairs(pred, grid.crs_wkt)
     return {
         "n": len(pred),
         "seconds": seconds,
         "shapes": shapes,
+        "overlap_pairs": overlaps[0],
+        "overlap_m2": overlaps[1],
         "tp": d["pixel"]["tp"],
         "fp": d["pixel"]["fp"],
         "fn": d["pixel"]["fn"],
@@ -68,6 +71,22 @@ def run_case(case, regularize, tolerance_m):
         "pred_shape": shape_figures(pred, grid.crs_wkt),
         "ref_shape": shape_figures(ref, grid.crs_wkt),
     }
+
+
+def overlapping_pairs(polygons, crs_wkt, min_m2=0.01):
+    """(pairs of outlines overlapping by >= ``min_m2`` m², their overlap in m²), in metric frames."""
+    import shapely
+
+    from roof_detector.core.metric_frame import to_local_metric_many
+
+    if not polygons:
+        return 0, 0.0
+    batch = to_local_metric_many(np.asarray(polygons, dtype=object), crs_wkt)
+    tree = shapely.STRtree(batch.metric)
+    a, b = tree.query(batch.metric, predicate="intersects")
+    keep = (a < b) & (batch.frame_index[a] == batch.frame_index[b])
+    area = shapely.area(shapely.intersection(batch.metric[a[keep]], batch.metric[b[keep]]))
+    return int((area >= min_m2).sum()), float(area[area >= min_m2].sum())
 
 
 def pooled(results):
@@ -122,7 +141,13 @@ def main(argv=None):
     all_p = pooled(list(results.values()))
     regs = [r["pred_shape"]["regular_share"] for r in results.values() if r["n"]]
     medv = [r["pred_shape"]["median_vertices"] for r in results.values() if r["n"]]
-    summary = dict(all_p, regular_share_mean=float(np.mean(regs)), median_vertices_mean=float(np.mean(medv)))
+    summary = dict(
+        all_p,
+        regular_share_mean=float(np.mean(regs)),
+        median_vertices_mean=float(np.mean(medv)),
+        overlap_pairs=sum(r.get("overlap_pairs", 0) for r in results.values()),
+        overlap_m2=round(sum(r.get("overlap_m2", 0.0) for r in results.values()), 2),
+    )
     print(json.dumps(summary) if args.json else summary)
 
 
