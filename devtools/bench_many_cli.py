@@ -147,12 +147,14 @@ def plan_figures(folder: Path, workers: int) -> dict:
     """Model tiles of detect-many's plan (the group it picks, and one job per tile) and of one run on the mosaic."""
     from roof_detector.core.detect_many import DEFAULT_BLOCK_PX, DEFAULT_MARGIN_M
     from roof_detector.core.mosaic_plan import auto_group
-    from roof_detector.core.mosaic_plan import expand_inputs, model_tile_count, plan_jobs, read_mosaic
+    from roof_detector.core.mosaic_plan import expand_inputs, plan_jobs, read_mosaic
+    from roof_detector.core.mosaic_tiles import model_tile_count, planned_tiling
 
     mosaic = read_mosaic(expand_inputs([str(folder / "tiles")]))
     k = auto_group(mosaic, DEFAULT_MARGIN_M, DEFAULT_BLOCK_PX, workers)
-    grouped, whole = model_tile_count(plan_jobs(mosaic, DEFAULT_MARGIN_M, DEFAULT_BLOCK_PX, k), mosaic)
-    single, _ = model_tile_count(plan_jobs(mosaic, DEFAULT_MARGIN_M, DEFAULT_BLOCK_PX, 1), mosaic)
+    on = planned_tiling(mosaic)  # as detect-many plans: windows grown to whole tiles of the mosaic's
+    grouped, whole = model_tile_count(plan_jobs(mosaic, DEFAULT_MARGIN_M, DEFAULT_BLOCK_PX, k, on), mosaic, tiling=on)
+    single, _ = model_tile_count(plan_jobs(mosaic, DEFAULT_MARGIN_M, DEFAULT_BLOCK_PX, 1, on), mosaic, tiling=on)
     area = (mosaic.bounds[2] - mosaic.bounds[0]) * (mosaic.bounds[3] - mosaic.bounds[1]) / 1e6
     return {"group_tiles": k, "model_tiles": grouped, "model_tiles_k1": single, "model_tiles_cli": whole, "km2": area}
 
@@ -184,11 +186,13 @@ def grid_mosaic(n: int, tile_m: float, res_m: float):
 def region_plan() -> dict:
     """Model tiles of 10,000 km² of 1 km tiles at 0.25 m: one run, and detect-many's blocks of 4 x 4."""
     from roof_detector.core.detect_many import DEFAULT_MARGIN_M
-    from roof_detector.core.mosaic_plan import model_tile_count, plan_jobs
+    from roof_detector.core.mosaic_plan import plan_jobs
+    from roof_detector.core.mosaic_tiles import model_tile_count, planned_tiling
 
     mosaic = grid_mosaic(100, 1000.0, 0.25)
-    jobs = plan_jobs(mosaic, DEFAULT_MARGIN_M, 10000, 4)
-    tiles, whole = model_tile_count(jobs, mosaic)
+    on = planned_tiling(mosaic)
+    jobs = plan_jobs(mosaic, DEFAULT_MARGIN_M, 10000, 4, on)
+    tiles, whole = model_tile_count(jobs, mosaic, tiling=on)
     return {"jobs": len(jobs), "model_tiles": tiles, "model_tiles_one_run": whole}
 
 

@@ -39,12 +39,12 @@ from .mosaic_plan import (
     Job,
     auto_group,
     expand_inputs,
-    mosaic_lattice,
     plan_jobs,
     read_mosaic,
     total_area_km2,
     write_mosaic_vrt,
 )
+from .mosaic_tiles import mosaic_tiling
 from .params import MANY, check
 
 #: Metres read around each input tile so that buildings on its border are seen whole (declared in .params).
@@ -132,10 +132,9 @@ def detect_many(
     if restart and os.path.isdir(work_dir):
         shutil.rmtree(work_dir)
     group_tiles = _group_tiles(group_tiles, work_dir, mosaic, margin_m, block_px, scheduler, workers)
-    jobs = plan_jobs(mosaic, margin_m, block_px, group_tiles)
+    jobs, job_options = _plan(mosaic, options, margin_m, block_px, group_tiles)
     manifest = Manifest(work_dir, _run_settings(paths, options, margin_m, block_px, group_tiles))
-    stretch = _mosaic_stretch(mosaic, work_dir)
-    options = dataclasses.replace(options, grid_lattice=_lattice(mosaic, options.model_path))
+    stretch, options = _mosaic_stretch(mosaic, work_dir), job_options
     if threads_per_worker is None and scheduler is None:
         threads_per_worker = _threads_per_worker(workers)
     pending = [j for j in jobs if j.index not in manifest.done]
@@ -401,17 +400,29 @@ def _merge(jobs, manifest, output, crs_wkt, layer, overwrite, provenance):
     return merge_parts(jobs, manifest, output, crs_wkt, layer, overwrite, provenance, [seams] if seams else [])
 
 
-def _lattice(mosaic, model_path: Optional[str]):
-    """:func:`.mosaic_plan.mosaic_lattice` for the model's GSD, on which every job lays its model grid;
-    None when the model's metadata cannot be read (each job then says why, as a single-raster run
-    would). Not part of the run's saved settings: the inputs and the model, which are, fix it."""
+def _plan(mosaic, options, margin_m: float, block_px: int, group_tiles: int):
+    """The jobs, and the options they run with: on the model-pixel lattice and the tiling of one
+    run over the whole mosaic (:func:`_tiling`)."""
+    tiling = _tiling(mosaic, options.model_path)
+    jobs = plan_jobs(mosaic, margin_m, block_px, group_tiles, tiling)
+    return jobs, dataclasses.replace(options, grid_lattice=tiling[0] if tiling else None)
+
+
+def _tiling(mosaic, model_path: Optional[str]):
+    """(:func:`.mosaic_tiles.mosaic_lattice` for the model's GSD, tile size, overlap): the model
+    pixels and tiles every job lays, as one run over the whole mosaic would; None when the model's
+    metadata cannot be read (each job then says why, as a single-raster run would). Not part of the
+    run's saved settings: the inputs and the model, which are, fix it."""
     from .model_io import BUNDLED_MODEL_PATH, read_metadata
 
     try:
-        gsd_m = float(read_metadata(str(model_path or BUNDLED_MODEL_PATH))["gsd_m"])
+        meta = read_metadata(str(model_path or BUNDLED_MODEL_PATH))
+        gsd_m, tile_px, overlap_px = float(meta["gsd_m"]), int(meta["tile_size_px"]), int(meta["overlap_px"])
     except (RoofDetectorError, KeyError, TypeError, ValueError):
         return None
-    return mosaic_lattice(mosaic, gsd_m)
+    if tile_px <= 0 or not 0 <= overlap_px < tile_px:
+        return None  # a job refuses it with the single-raster run's words
+    return mosaic_tiling(mosaic, gsd_m, tile_px, overlap_px)
 
 
 def _mosaic_stretch(mosaic, work_dir: str):

@@ -70,6 +70,10 @@ def finish_outlines(
         return []
     polys = _fill_small_holes(polys, options.max_hole_area_m2 / options.m2_per_unit2)
     if options.simplify_tolerance > 0:
+        # Traced corners rounded to a millionth of a pixel first: the simplification's tolerance is
+        # half a pixel, which a staircase corner sits at exactly, so a window's grid origin computed
+        # with 1e-10 m of float noise (a detect-many job's) flipped its choices there.
+        polys = _rounded(polys, options.simplify_tolerance * 2e-6)
         polys = shapely.simplify(polys, options.simplify_tolerance, preserve_topology=True)
     invalid = ~shapely.is_valid(polys)
     if invalid.any():
@@ -266,6 +270,11 @@ def polygon_parts(geometries: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         owner = np.concatenate([owner[flat], owner[src]])[order]
     keep = (shapely.get_type_id(geoms) == _POLYGON) & ~shapely.is_empty(geoms)
     return geoms[keep], owner[keep]
+
+
+def _rounded(polys: np.ndarray, step: float) -> np.ndarray:
+    """``polys`` with every coordinate rounded to a multiple of ``step``."""
+    return shapely.transform(polys, lambda xy: np.round(xy / step) * step)
 
 
 def _fill_small_holes(polys: np.ndarray, max_hole_area_units: float) -> np.ndarray:

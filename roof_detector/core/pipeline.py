@@ -35,7 +35,7 @@ from .params import DETECT, OUTLINES, check_fields
 from .raster_source import RasterSource, open_source
 from .solar import SolarParams
 from .strip_mosaic import StripMosaic
-from .tiling import GridLattice, ModelGrid, Tile, model_grid, tile_grid, tile_origins
+from .tiling import GridLattice, ModelGrid, Tile, lattice_offset, model_grid, tile_grid, tile_origins
 from .vectorize import SEPARATION_MIN_CORE_FRACTION, SPLIT_CORE_PROBABILITY, StripVectorizer
 from .work_estimate import WorkEstimate, estimate_grid, size_problem
 
@@ -195,7 +195,9 @@ def _lay_out(raster: RasterSource, model: LoadedModel, options: DetectOptions, w
     )
     aoi = _parse_aoi(options.aoi_wkt) if options.aoi_wkt else None
     grid = _grid_for_aoi(full_grid, aoi, raster.name) if aoi is not None else full_grid
-    all_tiles = tile_grid(grid.width_px, grid.height_px, model.tile_size_px, model.overlap_px)
+    # on a mosaic's lattice, the tiles the whole mosaic's run would lay (tiling: same context)
+    offset = lattice_offset(grid, options.grid_lattice)
+    all_tiles = tile_grid(grid.width_px, grid.height_px, model.tile_size_px, model.overlap_px, offset)
     tiles = _tiles_in_aoi(all_tiles, grid, aoi) if aoi is not None else all_tiles
     return _Run(raster, model, options, threshold, batch_size, raster_px_m, full_grid, grid, aoi, tiles)
 
@@ -233,7 +235,7 @@ def _predict_and_trace(
     mosaic = StripMosaic(grid, tiles, run.threshold)
     vectorizer = _vectorizer(run, is_cancelled)
     tile_progress = report.span(_PREPARE_END, _TILES_END)
-    tiles_per_row = len(tile_origins(grid.width_px, model.tile_size_px, model.overlap_px))
+    tiles_per_row = len({t.col_off for t in tiles})
     with OutlineWorker(mosaic, vectorizer, max_pending_batches(tiles_per_row, run.batch_size)) as outlines:
         t0 = time.perf_counter()
         with holding(network_lock, is_cancelled):
@@ -268,11 +270,12 @@ def _run_stats(run: _Run, valid_px: int, timings: Dict[str, float]) -> Dict[str,
     """How the run went (``DetectionResult.stats``)."""
     batches = int(timings.pop("batches", 0))
     model, full_grid, grid = run.model, run.full_grid, run.grid
+    offset = lattice_offset(full_grid, run.options.grid_lattice)
     return {
         "tiles": len(run.tiles),
         "tiles_full_raster": (
-            len(tile_origins(full_grid.width_px, model.tile_size_px, model.overlap_px))
-            * len(tile_origins(full_grid.height_px, model.tile_size_px, model.overlap_px))
+            len(tile_origins(full_grid.width_px, model.tile_size_px, model.overlap_px, offset[0]))
+            * len(tile_origins(full_grid.height_px, model.tile_size_px, model.overlap_px, offset[1]))
         ),
         "batches": batches,
         "batch_size": run.batch_size,

@@ -51,6 +51,20 @@ Tile grid
     side; tiles on the raster edge keep their outer edge. So tile borders,
     where a network sees least context, never reach the output, and there
     are no seams.
+
+    A grid on a mosaic's lattice (a ``detect-many`` job) lays its tiles where the
+    whole mosaic's run lays them, at lattice pixels ``0, stride, 2 stride, ...``
+    counted from the mosaic's first model pixel. With grid pixel 0 at lattice
+    pixel ``k`` (``lattice_offset``)::
+
+        first = (-k) mod stride                    # the first tile origin on the lattice
+        origins = [0] + [first + i * stride, while < n - T] + [n - T]   # duplicates once
+
+    The network then sees the same tiles, with the same context, as in one run
+    over the whole mosaic, and keeps each pixel from the same tile, except within
+    ``T`` of a grid edge that is not a lattice tile's (:func:`tile_aligned_bounds`
+    grows a job's window to whole lattice tiles, so that there is none inside the mosaic).
+    ``lattice_offset`` 0 gives the plain tiling above.
 """
 
 from __future__ import annotations
@@ -200,15 +214,54 @@ def _on_lattice(
     return ModelGrid(width_px, height_px, scale_x, scale_y, grid_transform, size_m, col_off, row_off)
 
 
-def tile_origins(length_px: int, tile_size_px: int, overlap_px: int) -> List[int]:
-    """Tile origins along one axis of ``length_px`` pixels (see the module docstring)."""
+def tile_origins(length_px: int, tile_size_px: int, overlap_px: int, lattice_offset: int = 0) -> List[int]:
+    """Tile origins along one axis of ``length_px`` pixels whose pixel 0 is pixel ``lattice_offset``
+    of a mosaic's lattice (see the module docstring)."""
     if tile_size_px <= 0 or not 0 <= overlap_px < tile_size_px:
         raise ValueError(f"bad tiling: tile_size_px={tile_size_px}, overlap_px={overlap_px}")
     if length_px <= tile_size_px:
         return [0]
     stride = tile_size_px - overlap_px
-    count = int(math.ceil((length_px - tile_size_px) / stride)) + 1
-    return [min(i * stride, length_px - tile_size_px) for i in range(count)]
+    last = length_px - tile_size_px
+    inner = range((-lattice_offset) % stride, last, stride)
+    return sorted({0, last, *inner})
+
+
+def lattice_offset(grid: ModelGrid, lattice: Optional[GridLattice]) -> Tuple[int, int]:
+    """(column, row) of ``lattice`` at ``grid``'s pixel (0, 0); (0, 0) when the grid is not on it
+    (no lattice, or a grid laid with its own pixels where the lattice's do not fit)."""
+    if lattice is None:
+        return 0, 0
+    t = grid.transform
+    if abs(t.a / lattice.step_x - 1.0) > 1e-6 or abs(-t.e / lattice.step_y - 1.0) > 1e-6:
+        return 0, 0
+    col = (t.c - lattice.x0) / lattice.step_x
+    row = (lattice.y0 - t.f) / lattice.step_y
+    if abs(col - round(col)) > 1e-3 or abs(row - round(row)) > 1e-3:
+        return 0, 0
+    return int(round(col)), int(round(row))
+
+
+def tile_aligned_bounds(
+    bounds: Tuple[float, float, float, float], lattice: GridLattice, tile_size_px: int, overlap_px: int
+) -> Tuple[float, float, float, float]:
+    """``bounds`` (minx, miny, maxx, maxy) grown to whole tiles of the lattice's tiling: it starts
+    at a lattice tile origin and spans ``T + m * stride`` lattice pixels (module docstring)."""
+    stride = tile_size_px - overlap_px
+
+    def span(lo: float, hi: float) -> Tuple[int, int]:
+        start = math.floor(lo + 1e-6) // stride * stride
+        tiles = max(0, math.ceil((math.ceil(hi - 1e-6) - start - tile_size_px) / stride))
+        return start, start + tile_size_px + tiles * stride
+
+    c0, c1 = span((bounds[0] - lattice.x0) / lattice.step_x, (bounds[2] - lattice.x0) / lattice.step_x)
+    r0, r1 = span((lattice.y0 - bounds[3]) / lattice.step_y, (lattice.y0 - bounds[1]) / lattice.step_y)
+    return (
+        lattice.x0 + c0 * lattice.step_x,
+        lattice.y0 - r1 * lattice.step_y,
+        lattice.x0 + c1 * lattice.step_x,
+        lattice.y0 - r0 * lattice.step_y,
+    )
 
 
 def kept_spans(origins: Sequence[int], length_px: int, tile_size_px: int) -> List[Tuple[int, int]]:
@@ -237,10 +290,13 @@ class Tile:
     keep: Tuple[int, int, int, int]
 
 
-def tile_grid(width_px: int, height_px: int, tile_size_px: int, overlap_px: int) -> List[Tile]:
-    """All tiles over a ``width_px`` x ``height_px`` grid, row by row."""
-    cols = tile_origins(width_px, tile_size_px, overlap_px)
-    rows = tile_origins(height_px, tile_size_px, overlap_px)
+def tile_grid(
+    width_px: int, height_px: int, tile_size_px: int, overlap_px: int, lattice_offset: Tuple[int, int] = (0, 0)
+) -> List[Tile]:
+    """All tiles over a ``width_px`` x ``height_px`` grid, row by row (``lattice_offset``: the
+    grid's (column, row) on a mosaic's lattice, see the module docstring)."""
+    cols = tile_origins(width_px, tile_size_px, overlap_px, lattice_offset[0])
+    rows = tile_origins(height_px, tile_size_px, overlap_px, lattice_offset[1])
     col_spans = kept_spans(cols, width_px, tile_size_px)
     row_spans = kept_spans(rows, height_px, tile_size_px)
     tiles: List[Tile] = []

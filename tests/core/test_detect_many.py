@@ -449,21 +449,37 @@ def test_group_size_when_not_told_and_on_resume(tmp_path, whole, model_path):
     assert (first.jobs, again.jobs, again.skipped, again.stats["group_tiles"]) == (1, 1, 1, 2)
 
 
-def test_model_tile_counts_of_a_plan(whole, model_path):
+def test_model_tile_counts_of_a_plan(tmp_path, whole, model_path):
     """Tiling maths: the pipeline's own tile count for one raster, and the 1 km tiles' margin cost."""
     from roof_detector.core.model_io import load_model
-    from roof_detector.core.mosaic_plan import model_tile_count
+    import dataclasses
+
+    from roof_detector.core.mosaic_plan import write_job_vrt
+    from roof_detector.core.mosaic_tiles import model_tile_count, planned_tiling
 
     model = load_model(model_path, "cpu")
     grid = {"gsd_m": model.gsd_m, "tile_size_px": model.tile_size_px, "overlap_px": model.overlap_px}
     mosaic = read_mosaic([whole])
     ran = detect_buildings(whole, _options(model_path)).stats["tiles"]
     assert model_tile_count(plan_jobs(mosaic, 0.0), mosaic, grid) == (ran, ran)
-    # 10 x 10 tiles of 1 km at 0.25 m, bundled model (0.3 m, 256 px, overlap 32), 30 m margin
+    # the tiles a 2 x 2 cut's jobs really run, on the mosaic's tiling (each job's stats)
+    tiling = planned_tiling(mosaic, grid)
+    quarters = plan_jobs(mosaic, 10.0, block_px=240, tiles=tiling)
+    assert len(quarters) == 4
+    counted = model_tile_count(quarters, mosaic, grid, tiling)[0]
+    on_lattice = dataclasses.replace(_options(model_path), grid_lattice=tiling[0])
+    ran_jobs = sum(
+        detect_buildings(write_job_vrt(job, str(tmp_path / f"{job.index}.vrt")), on_lattice).stats["tiles"]
+        for job in quarters
+    )
+    assert ran_jobs == counted
+    # 10 x 10 tiles of 1 km at 0.25 m, bundled model (0.3 m, 256 px, overlap 32), 30 m margin: the
+    # jobs' windows grown to whole tiles of the mosaic's tiling (their own tiling: +15.3 %, +8.2 %, +4.1 %)
     region = grid_mosaic(10, 1000, 0.25)
-    assert model_tile_count(plan_jobs(region, 30.0), region) == (25600, 22201)  # +15.3 %
-    assert model_tile_count(plan_jobs(region, 30.0, group_tiles=2), region)[0] == 24025  # +8.2 %
-    assert model_tile_count(plan_jobs(region, 30.0, group_tiles=4), region)[0] == 23104  # +4.1 %
+    on = planned_tiling(region)
+    assert model_tile_count(plan_jobs(region, 30.0, tiles=on), region, tiling=on) == (27225, 22201)  # +22.6 %
+    assert model_tile_count(plan_jobs(region, 30.0, group_tiles=2, tiles=on), region, tiling=on)[0] == 24336  # +9.6 %
+    assert model_tile_count(plan_jobs(region, 30.0, group_tiles=4, tiles=on), region, tiling=on)[0] == 23104  # +4.1 %
 
 
 def test_worker_model_is_loaded_once_with_the_workers_threads():

@@ -194,3 +194,54 @@ def test_a_window_where_the_lattice_is_off_the_gsd_gets_its_own_grid():
     assert (near.transform.a, near.scale_x) == (0.5, 2.0)
     far = model_grid(window, 400, 400, (0.15 * 0.9, 0.15 * 0.9), 0.3, lattice)  # 10 % off: its own grid
     assert far.width_px == round(400 * 0.135 / 0.3) and far.transform.c == 1000.0
+
+
+@given(
+    length=st.integers(1, 3000),
+    tile=st.sampled_from([64, 256]),
+    overlap=st.sampled_from([0, 8, 32]),
+    offset=st.integers(0, 5000),
+)
+def test_tiles_on_a_lattice_lie_where_the_whole_mosaics_run_lays_them(length, tile, overlap, offset):
+    """Every tile origin but the grid's first and last is a whole-mosaic tile origin (a multiple of
+    the stride on the lattice); the kept spans still partition the axis; offset 0 is the plain tiling."""
+    stride = tile - overlap
+    origins = tile_origins(length, tile, overlap, offset)
+    assert origins == sorted(set(origins)) and origins[0] == 0
+    assert origins[-1] == max(0, length - tile)
+    assert all((offset + o) % stride == 0 for o in origins[1:-1])
+    # no gap a whole-mosaic tile would fill: consecutive origins at most a stride apart
+    assert all(b - a <= stride for a, b in zip(origins, origins[1:]))
+    spans = kept_spans(origins, length, tile)
+    assert spans[0][0] == 0 and spans[-1][1] == length
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+    plain = tile_origins(length, tile, overlap)
+    if length > tile:
+        assert plain == [min(i * stride, length - tile) for i in range(len(plain))]
+    assert tile_origins(length, tile, overlap, 0) == plain
+
+
+@given(
+    x0=st.floats(-500, 500),
+    width=st.floats(1, 900),
+    y1=st.floats(-500, 500),
+    height=st.floats(1, 900),
+    step=st.sampled_from([0.5, 0.3, 1.0 / 3.0]),
+)
+def test_bounds_grown_to_whole_lattice_tiles(x0, width, y1, height, step):
+    from roof_detector.core.tiling import GridLattice, tile_aligned_bounds
+
+    lattice = GridLattice(10.0, 20.0, step, step)
+    tile, overlap = 64, 8
+    stride = tile - overlap
+    b = tile_aligned_bounds((x0, y1 - height, x0 + width, y1), lattice, tile, overlap)
+    assert b[0] <= x0 + 1e-9 and b[2] >= x0 + width - 1e-9 and b[1] <= y1 - height + 1e-9 and b[3] >= y1 - 1e-9
+    c0, c1 = (b[0] - 10.0) / step, (b[2] - 10.0) / step
+    r0, r1 = (20.0 - b[3]) / step, (20.0 - b[1]) / step
+    for start, stop in ((c0, c1), (r0, r1)):
+        assert abs(start - round(start)) < 1e-6 and round(start) % stride == 0  # a lattice tile origin
+        n = round(stop - start)
+        assert (n - tile) % stride == 0 and n >= tile  # whole tiles: the last one is a lattice tile too
+    # grown by less than a stride before, and after by less than a stride (and a pixel), or to one tile
+    assert x0 - b[0] < stride * step + 1e-6
+    assert b[2] - (x0 + width) < stride * step + step + 1e-6 or round(c1 - c0) == tile
