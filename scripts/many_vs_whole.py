@@ -5,7 +5,7 @@
 Runs ``detect_buildings`` on RASTER and ``detect_many`` on the same raster cut into
 BLOCK_PX blocks (one job each), with the bundled model, and prints per run: jobs,
 buildings, how many of the whole run's outlines the jobs' layer has identically
-(IoU >= 0.999), the median best IoU, and both roof areas. Set
+(IoU >= 0.999), the median best IoU, buildings the jobs' layer has twice, and both roof areas. Set
 ``GTIFF_IMPLICIT_JPEG_OVR=NO`` to compare a JPEG GeoTIFF like with like (README, *Many rasters*).
 """
 
@@ -42,11 +42,15 @@ def compare(raster: str, block_px: int, regularize: bool) -> dict:
         ious = [got[i].intersection(g).area / got[i].union(g).area for i in tree.query(g, predicate="intersects")]
         best.append(max(ious, default=0.0))
     best = np.array(best)
+    a, b = tree.query(got, predicate="intersects")
+    pairs = [(i, j) for i, j in zip(a.tolist(), b.tolist()) if i < j]
+    twins = sum(got[i].intersection(got[j]).area > 0.99 * got[i].union(got[j]).area for i, j in pairs)
     return {
         "jobs": res.jobs,
         "buildings_whole": len(whole),
         "buildings_many": len(got),
         "identical": int((best >= 0.999).sum()),
+        "duplicates": int(twins),  # pairs of the jobs' layer with IoU > 0.99: a building kept twice
         "median_iou": round(float(np.median(best)), 3) if len(best) else None,
         "area_whole": round(sum(g.area for g in whole), 1),
         "area_many": round(sum(g.area for g in got), 1),

@@ -36,7 +36,9 @@ def seam_lines(job: Job):
     """The edges of the ground ``job`` owns that it shares with other jobs (not the mosaic's edge)."""
     x0, y0, x1, y1 = job.footprint
     sides = [((x0, y0), (x0, y1)), ((x0, y0), (x1, y0)), ((x1, y0), (x1, y1)), ((x0, y1), (x1, y1))]
-    lines = [shapely.LineString(s) for s, inner in zip(sides, job.inner_edges) if inner]
+    # the footprint's sides inside the mosaic: with blocks smaller than the margin, a window reaches
+    # the mosaic's edge past a seam (its side is not "inner"), and the seam must still be one
+    lines = [shapely.LineString(s) for s, seam in zip(sides, job.seam_edges) if seam]
     box = shapely.box(*job.footprint)
     lines += [shapely.intersection(shapely.box(*e).boundary, box) for e in job.earlier]
     return shapely.union_all(lines) if lines else shapely.GeometryCollection()

@@ -217,7 +217,9 @@ class Job:
     the input rasters under ``window``, in mosaic order (later ones on top,
     as in a VRT of the whole set). ``inner_edges`` says which sides of the
     window are cut from the mosaic (left, bottom, right, top): a building
-    touching one may be larger than the margin.
+    touching one may be larger than the margin. ``seam_edges`` says which sides
+    of the footprint lie inside the mosaic (seams with other jobs), whatever the
+    window: a window reaching the mosaic's edge past a seam does not make it one less.
     """
 
     index: int
@@ -229,6 +231,7 @@ class Job:
     earlier: Tuple[Bounds, ...] = ()
     inner_edges: Tuple[bool, bool, bool, bool] = (False, False, False, False)
     area_km2: float = 0.0
+    seam_edges: Tuple[bool, bool, bool, bool] = (False, False, False, False)
 
 
 def plan_jobs(
@@ -283,10 +286,12 @@ def plan_jobs(
         sources = tuple(mosaic.rasters[j].path for j in hits if overlaps(raster_boxes[j], win_box))
         eps = 0.5 * min(rx, ry)
         inner = (window[0] > mx0 + eps, window[1] > my0 + eps, window[2] < mx1 - eps, window[3] < my1 - eps)
+        seams = (fp[0] > mx0 + eps, fp[1] > my0 + eps, fp[2] < mx1 - eps, fp[3] < my1 - eps)
         owned = boxes[i].difference(shapely.union_all([shapely.box(*e) for e in earlier])) if earlier else boxes[i]
         if cells is not None:  # a cell owns its whole square; its area is the data in it
             owned = owned.intersection(shapely.union_all([raster_boxes[j] for j in raster_tree.query(owned)]))
-        jobs.append(Job(i, name, fp, window, sources, mosaic.res, earlier, inner, owned.area * m2_per_unit2 / 1e6))
+        area_km2 = owned.area * m2_per_unit2 / 1e6
+        jobs.append(Job(i, name, fp, window, sources, mosaic.res, earlier, inner, area_km2, seams))
     return jobs
 
 
