@@ -273,7 +273,9 @@ def plan_jobs(
         # A block reads the data under it (not the empty rest of its cell), plus the margin.
         data = cells[i][2] if cells is not None else fp
         window = (data[0] - margin, data[1] - margin, data[2] + margin, data[3] + margin)
-        window = _snap(tile_aligned_bounds(window, *tiles) if tiles else window, mosaic)
+        if tiles:  # grown to whole tiles of one run over the mosaic, its last flush tile included
+            window = tile_aligned_bounds(window, *tiles, _lattice_size(mosaic, tiles[0]))
+        window = _snap(window, mosaic)
         win_box = shapely.box(*window)
         # Touching is not overlapping: an abutting earlier tile owns nothing of this one. Blocks are
         # cells of one grid: they never overlap.
@@ -293,6 +295,14 @@ def plan_jobs(
         area_km2 = owned.area * m2_per_unit2 / 1e6
         jobs.append(Job(i, name, fp, window, sources, mosaic.res, earlier, inner, area_km2, seams))
     return jobs
+
+
+def _lattice_size(mosaic: MosaicInfo, lattice) -> Tuple[int, int]:
+    """The whole mosaic's model grid on ``lattice``: (width, height) in its pixels."""
+    return (
+        round((mosaic.bounds[2] - lattice.x0) / lattice.step_x),
+        round((lattice.y0 - mosaic.bounds[1]) / lattice.step_y),
+    )
 
 
 def pixel_grid(bounds: Bounds, res: Tuple[float, float]):

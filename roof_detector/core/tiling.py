@@ -243,19 +243,36 @@ def lattice_offset(grid: ModelGrid, lattice: Optional[GridLattice]) -> Tuple[int
 
 
 def tile_aligned_bounds(
-    bounds: Tuple[float, float, float, float], lattice: GridLattice, tile_size_px: int, overlap_px: int
+    bounds: Tuple[float, float, float, float],
+    lattice: GridLattice,
+    tile_size_px: int,
+    overlap_px: int,
+    grid_size: Optional[Tuple[int, int]] = None,
 ) -> Tuple[float, float, float, float]:
     """``bounds`` (minx, miny, maxx, maxy) grown to whole tiles of the lattice's tiling: it starts
-    at a lattice tile origin and spans ``T + m * stride`` lattice pixels (module docstring)."""
+    at a lattice tile origin and spans ``T + m * stride`` lattice pixels (module docstring).
+
+    ``grid_size``: the whole grid's (width, height) in lattice pixels. Its last tile is flush with
+    its end, off the lattice, and keeps pixels from ``(origin_before_it + n) // 2`` on: bounds that
+    reach into those pixels are grown to hold that very tile and the one before it.
+    """
     stride = tile_size_px - overlap_px
 
-    def span(lo: float, hi: float) -> Tuple[int, int]:
+    def span(lo: float, hi: float, n: Optional[int]) -> Tuple[int, int]:
         start = math.floor(lo + 1e-6) // stride * stride
         tiles = max(0, math.ceil((math.ceil(hi - 1e-6) - start - tile_size_px) / stride))
-        return start, start + tile_size_px + tiles * stride
+        stop = start + tile_size_px + tiles * stride
+        if n is not None:
+            origins = tile_origins(n, tile_size_px, overlap_px)
+            if stop > kept_spans(origins, n, tile_size_px)[-1][0]:
+                # the last tile and the one before it, which decide where its kept pixels begin
+                stop = max(stop, n)
+                start = min(start, origins[-2] if len(origins) > 1 else 0)
+        return start, stop
 
-    c0, c1 = span((bounds[0] - lattice.x0) / lattice.step_x, (bounds[2] - lattice.x0) / lattice.step_x)
-    r0, r1 = span((lattice.y0 - bounds[3]) / lattice.step_y, (lattice.y0 - bounds[1]) / lattice.step_y)
+    n_cols, n_rows = grid_size if grid_size is not None else (None, None)
+    c0, c1 = span((bounds[0] - lattice.x0) / lattice.step_x, (bounds[2] - lattice.x0) / lattice.step_x, n_cols)
+    r0, r1 = span((lattice.y0 - bounds[3]) / lattice.step_y, (lattice.y0 - bounds[1]) / lattice.step_y, n_rows)
     return (
         lattice.x0 + c0 * lattice.step_x,
         lattice.y0 - r1 * lattice.step_y,

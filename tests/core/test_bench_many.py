@@ -24,7 +24,7 @@ def test_bench_many_runs_every_variant_on_the_same_work(tmp_path, repo_root):
     # 16 tiles of 256 px = a 1024 px mosaic: 5 x 5 model tiles in one run; auto blocks of 2 x 2 tiles
     assert fig["plan"]["model_tiles_cli"] == 25 and fig["plan"]["group_tiles"] == 2
     # the jobs' windows grown to whole tiles of the mosaic's tiling (their own tiling: 4 x 9 and 16 x 4)
-    assert fig["plan"]["model_tiles"] == 49 and fig["plan"]["model_tiles_k1"] == 121
+    assert fig["plan"]["model_tiles"] == 49 and fig["plan"]["model_tiles_k1"] == 144
     counts = {v: int(r["summary"].split()[0]) for v, r in runs.items()}
     assert len(set(counts.values())) == 1 and counts["cli"] > 50  # the same buildings by every path
     for v in ("w1t2", "w2t1"):

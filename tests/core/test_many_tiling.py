@@ -28,24 +28,25 @@ def _keeper_map(width, height, tiles, offset):
     return keeper
 
 
-def _mismatches(mosaic, jobs, lattice) -> int:
+def _mismatches(mosaic, jobs, lattice, tile=(TILE_PX, OVERLAP_PX, GSD_M)) -> int:
     """Owned pixels (and those within the seam band) a job keeps from another tile than the whole run."""
+    tile_px, overlap_px, gsd_m = tile
     transform, w, h = pixel_grid(mosaic.bounds, mosaic.res)
     px_m = pixel_size_m(mosaic.crs_wkt, transform, w, h)
-    whole = model_grid(transform, w, h, px_m, GSD_M)
+    whole = model_grid(transform, w, h, px_m, gsd_m)
     whole_keeper = _keeper_map(
-        whole.width_px, whole.height_px, tile_grid(whole.width_px, whole.height_px, TILE_PX, OVERLAP_PX), (0, 0)
+        whole.width_px, whole.height_px, tile_grid(whole.width_px, whole.height_px, tile_px, overlap_px), (0, 0)
     )
     band = SEAM_BAND_M / px_m[0] * mosaic.res[0]  # metres -> CRS units
     bad = 0
     for job in jobs:
         jt, jw, jh = pixel_grid(job.window, mosaic.res)
-        grid = model_grid(jt, jw, jh, px_m, GSD_M, lattice)
+        grid = model_grid(jt, jw, jh, px_m, gsd_m, lattice)
         offset = lattice_offset(grid, lattice)
         keeper = _keeper_map(
             grid.width_px,
             grid.height_px,
-            tile_grid(grid.width_px, grid.height_px, TILE_PX, OVERLAP_PX, offset),
+            tile_grid(grid.width_px, grid.height_px, tile_px, overlap_px, offset),
             offset,
         )
         fx0, fy0, fx1, fy1 = job.footprint
@@ -57,6 +58,34 @@ def _mismatches(mosaic, jobs, lattice) -> int:
         assert mine.shape == (r1 - r0, c1 - c0), f"{job.name}: its window does not cover its footprint"
         bad += int((mine != whole_keeper[r0:r1, c0:c1]).sum())
     return bad
+
+
+@pytest.mark.parametrize("block_px", [256, 400, 600, 1000])
+@pytest.mark.parametrize("margin_m", [10.0, 30.0])
+@pytest.mark.parametrize(
+    "side_px, pixel_m, model",
+    [
+        (2048, 0.075, (256, 32, 0.3)),
+        (2000, 0.25, (256, 32, 0.3)),
+        (3000, 0.3, (256, 32, 0.3)),
+        (1800, 0.15, (64, 8, 0.5)),
+    ],
+)
+def test_blocks_of_one_raster_keep_their_pixels_from_the_whole_rasters_tiles(
+    block_px, margin_m, side_px, pixel_m, model
+):
+    """Also next to the whole run's last tile, flush with the raster's end and off the lattice: a
+    window reaching into the pixels it keeps is grown to hold it and the tile before it (QA,
+    session 10: the demo crop in 600 px blocks split two touching roofs otherwise). Planning only
+    (rasters' headers): blocks of the demo's size and resolution, and of coarser rasters down to
+    the model's GSD (a raster coarser than the model's GSD is not covered: README, *One tiling*)."""
+    from devtools.bench_many_cli import grid_mosaic
+
+    mosaic = grid_mosaic(1, side_px * pixel_m, pixel_m)
+    lattice = mosaic_lattice(mosaic, model[2])
+    jobs = plan_jobs(mosaic, margin_m=margin_m, block_px=block_px, tiles=(lattice, model[0], model[1]))
+    assert len(jobs) > 1
+    assert _mismatches(mosaic, jobs, lattice, model) == 0
 
 
 @pytest.mark.parametrize("pixel_m", [0.5, 0.33, 0.37])
