@@ -269,12 +269,13 @@ def plan_jobs(
         return _overlaps(a, b, mosaic.res)
 
     jobs: List[Job] = []
+    lattice_size = _lattice_size(mosaic, tiles[0]) if tiles else None
     for i, (name, fp) in enumerate(footprints):
         # A block reads the data under it (not the empty rest of its cell), plus the margin.
         data = cells[i][2] if cells is not None else fp
         window = (data[0] - margin, data[1] - margin, data[2] + margin, data[3] + margin)
         if tiles:  # grown to whole tiles of one run over the mosaic, its last flush tile included
-            window = tile_aligned_bounds(window, *tiles, _lattice_size(mosaic, tiles[0]))
+            window = tile_aligned_bounds(window, *tiles, lattice_size)
         window = _snap(window, mosaic)
         win_box = shapely.box(*window)
         # Touching is not overlapping: an abutting earlier tile owns nothing of this one. Blocks are

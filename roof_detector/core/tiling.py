@@ -263,11 +263,11 @@ def tile_aligned_bounds(
         tiles = max(0, math.ceil((math.ceil(hi - 1e-6) - start - tile_size_px) / stride))
         stop = start + tile_size_px + tiles * stride
         if n is not None:
-            origins = tile_origins(n, tile_size_px, overlap_px)
-            if stop > kept_spans(origins, n, tile_size_px)[-1][0]:
+            before, kept_from = _last_tile_split(n, tile_size_px, overlap_px)
+            if stop > kept_from:
                 # the last tile and the one before it, which decide where its kept pixels begin
                 stop = max(stop, n)
-                start = min(start, origins[-2] if len(origins) > 1 else 0)
+                start = min(start, before)
         return start, stop
 
     n_cols, n_rows = grid_size if grid_size is not None else (None, None)
@@ -279,6 +279,16 @@ def tile_aligned_bounds(
         lattice.x0 + c1 * lattice.step_x,
         lattice.y0 - r0 * lattice.step_y,
     )
+
+
+def _last_tile_split(length_px: int, tile_size_px: int, overlap_px: int) -> Tuple[int, int]:
+    """(origin of the tile before the last, first pixel the last tile keeps) along an axis of
+    :func:`tile_origins` with offset 0, in O(1): (0, 0) for an axis of one tile."""
+    if length_px <= tile_size_px:
+        return 0, 0
+    last = length_px - tile_size_px
+    before = (last - 1) // (tile_size_px - overlap_px) * (tile_size_px - overlap_px)
+    return before, (before + last + tile_size_px) // 2
 
 
 def kept_spans(origins: Sequence[int], length_px: int, tile_size_px: int) -> List[Tuple[int, int]]:
