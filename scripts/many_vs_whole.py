@@ -23,19 +23,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def compare(raster: str, block_px: int, regularize: bool) -> dict:
     import numpy as np
     import shapely
-    from osgeo import ogr
 
     from roof_detector.core.detect_many import detect_many
     from roof_detector.core.pipeline import DetectOptions, detect_buildings
+    from roof_detector.core.vector_io import read_polygons
 
     options = DetectOptions(device="cpu", regularize=regularize)
     whole = [b.geometry for b in detect_buildings(raster, options).buildings]
     with tempfile.TemporaryDirectory(prefix="roofdet-many-") as tmp:
         out = os.path.join(tmp, "many.gpkg")
         res = detect_many([raster], out, options, workers=1, processes=False, block_px=block_px)
-        ds = ogr.Open(out)
-        got = [shapely.from_wkb(bytes(f.GetGeometryRef().ExportToWkb())) for f in ds.GetLayer(0)]
-        ds = None
+        got = list(read_polygons(out).geometries)
     tree = shapely.STRtree(got)
     best = []
     for g in whole:
