@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .background_lane import BackgroundLane
 from .errors import Cancelled, ModelError
 from .interruptible import call_interruptibly
 from .model_io import LoadedModel
@@ -399,31 +400,33 @@ def predict_tiles(
         return out
 
     done = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="roof-reader") as pool:
-        pending: Optional[Future] = pool.submit(read_batch, batches[0]) if batches else None
-        try:
-            for k, batch in enumerate(batches):
-                if is_cancelled is not None and is_cancelled():
-                    raise Cancelled()
-                rgb, valid = pending.result()
-                # Start reading the next batch before running this one.
-                pending = pool.submit(read_batch, batches[k + 1]) if k + 1 < len(batches) else None
-                t0 = time.perf_counter()
-                prob = predictor(rgb)
-                timings["infer"] += time.perf_counter() - t0
-                timings["batches"] += 1
-                if prob.ndim == 4:
-                    prob[~np.broadcast_to(valid[:, None], prob.shape)] = 0.0
-                else:
-                    prob[~valid] = 0.0
-                yield [(t, prob[i], valid[i]) for i, t in enumerate(batch)]
-                done += len(batch)
-                if progress is not None:
-                    progress(done / len(tiles), f"Detecting buildings: tile {done}/{len(tiles)}")
-        finally:
-            # On cancel / error / early close: do not start more reads; the pool's
-            # exit waits for a read in flight, so the source is not closed under it.
-            if pending is not None:
-                pending.cancel()
-            if warnings is not None:
-                warnings.extend(n for n in predictor.notes() if n not in warnings)
+    # The reader runs at the lowest priority (the network's gaps), on a lane rescued if starved.
+    reader = BackgroundLane("roof-reader")
+    pending: Optional[Future] = reader.submit(read_batch, batches[0]) if batches else None
+    try:
+        for k, batch in enumerate(batches):
+            if is_cancelled is not None and is_cancelled():
+                raise Cancelled()
+            rgb, valid = reader.result(pending)
+            # Start reading the next batch before running this one.
+            pending = reader.submit(read_batch, batches[k + 1]) if k + 1 < len(batches) else None
+            t0 = time.perf_counter()
+            prob = predictor(rgb)
+            timings["infer"] += time.perf_counter() - t0
+            timings["batches"] += 1
+            if prob.ndim == 4:
+                prob[~np.broadcast_to(valid[:, None], prob.shape)] = 0.0
+            else:
+                prob[~valid] = 0.0
+            yield [(t, prob[i], valid[i]) for i, t in enumerate(batch)]
+            done += len(batch)
+            if progress is not None:
+                progress(done / len(tiles), f"Detecting buildings: tile {done}/{len(tiles)}")
+    finally:
+        # On cancel / error / early close: do not start more reads; closing waits for a read
+        # in flight, so the source is not closed under it.
+        reader.close(cancel=True)
+        if reader.rescued_after_s is not None:
+            timings["reader_rescued_after"] = reader.rescued_after_s
+        if warnings is not None:
+            warnings.extend(n for n in predictor.notes() if n not in warnings)

@@ -263,6 +263,8 @@ def _predict_and_trace(
     timings.update(vectorizer.seconds)
     timings["write"] = outlines.stitch_s
     timings["queue_wait"] = outlines.wait_s
+    if outlines.rescued_after_s is not None:
+        timings["outlines_rescued_after"] = outlines.rescued_after_s
     return buildings, outlines.valid_px
 
 
