@@ -45,8 +45,8 @@ STARVED_CHECK_S = 0.25
 STARVED_CPU_SHARE = 0.1
 STARVED_WINDOW_S = 0.5
 #: Other programs' CPU use (in cores) above which a lane's thread keeps the caller's priority
-#: rather than entering the idle class: an item an idle-class thread has started cannot be moved, and beside busy programs it
-#: runs about a thousand times slower.
+#: rather than entering the idle class: an item an idle-class thread has started cannot be
+#: moved, and beside busy programs it runs about a thousand times slower.
 BUSY_MACHINE_CORES = 0.25
 #: The window over which that use is measured (seconds), and how long a measure is reused.
 LOAD_WINDOW_S = 0.05
@@ -245,6 +245,7 @@ class BackgroundLane:
                     self._cond.wait()
                 future, fn, args = self._queue.popleft()
                 if not future.set_running_or_notify_cancel():
+                    self._stop_work_clock()
                     continue
                 self._busy = True
             try:
@@ -254,7 +255,11 @@ class BackgroundLane:
             finally:
                 with self._cond:
                     self._busy = False
-                    if not self._queue and self._work_since is not None:
-                        self._work_s += time.monotonic() - self._work_since
-                        self._work_since = None
+                    self._stop_work_clock()
                     self._cond.notify_all()
+
+    def _stop_work_clock(self) -> None:
+        """With the lock held: stop counting time with work once nothing is left to do."""
+        if not self._queue and not self._busy and self._work_since is not None:
+            self._work_s += time.monotonic() - self._work_since
+            self._work_since = None

@@ -40,7 +40,9 @@ class OutlineWorker:
     Runtime, torch, GDAL and shapely's array functions release the GIL. An
     error on the worker is raised in the caller at the next :meth:`submit`
     or at :meth:`finish`; leaving the ``with`` block early (cancel, error)
-    drops the batches not started and waits for the one running.
+    drops the batches not started and waits for the one running. The thread
+    is a :class:`~.background_lane.BackgroundLane`'s: the idle class on a quiet
+    machine, the caller's priority beside busy programs.
     """
 
     def __init__(self, mosaic: StripMosaic, vectorizer: StripVectorizer, max_pending: int = MIN_PENDING_BATCHES):
