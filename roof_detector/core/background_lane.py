@@ -78,11 +78,11 @@ def other_programs_cores() -> Optional[float]:
         if time.monotonic() - _last_measure[0] < LOAD_REUSE_S:
             return _last_measure[1]
         t0, first = time.monotonic(), _cpu_sample()
+        if first is None:  # no /proc/stat (not Linux): no idle class to choose either
+            return None
         time.sleep(LOAD_WINDOW_S)
         t1, now = time.monotonic(), _cpu_sample()
-        cores = (
-            None if first is None or now is None else max(0.0, (now[0] - first[0]) - (now[1] - first[1])) / (t1 - t0)
-        )
+        cores = None if now is None else max(0.0, (now[0] - first[0]) - (now[1] - first[1])) / (t1 - t0)
         _last_measure = (t1, cores)
         return cores
 
