@@ -16,7 +16,7 @@ import math
 from typing import Optional, Sequence, Tuple
 
 from .mosaic_plan import Bounds, Job, MosaicInfo, _m2_per_unit2, pixel_grid
-from .tiling import GridLattice, lattice_offset, model_grid, tile_origins
+from .tiling import GridLattice, grid_lattice, lattice_offset, model_grid, tile_origins
 
 #: (lattice, tile size px, overlap px): what :func:`.mosaic_plan.plan_jobs` grows windows to.
 MosaicTiling = Tuple[GridLattice, int, int]
@@ -28,8 +28,7 @@ def mosaic_lattice(mosaic: MosaicInfo, gsd_m: float) -> GridLattice:
     from .geo import pixel_size_m
 
     grid = pixel_grid(mosaic.bounds, mosaic.res)
-    t = model_grid(*grid, pixel_size_m(mosaic.crs_wkt, *grid), gsd_m).transform
-    return GridLattice(t.c, t.f, t.a, -t.e)
+    return grid_lattice(model_grid(*grid, pixel_size_m(mosaic.crs_wkt, *grid), gsd_m))
 
 
 def mosaic_tiling(mosaic: MosaicInfo, gsd_m: float, tile_size_px: int, overlap_px: int) -> MosaicTiling:

@@ -149,11 +149,9 @@ class GridLattice:
     step_y: float
 
 
-def lattice_of(grid: ModelGrid) -> Optional[GridLattice]:
-    """The lattice of a resampled grid's model pixels; None for a grid of the raster's own pixels
-    (a window of the raster at its own resolution is on that lattice already)."""
-    if grid.scale_x == 1.0 and grid.scale_y == 1.0:
-        return None
+def grid_lattice(grid: ModelGrid) -> GridLattice:
+    """The lattice of ``grid``'s model pixels (the raster's own pixels where it is read at its
+    own resolution): what windows of the same raster lay their grids and tiles on."""
     t = grid.transform
     return GridLattice(t.c, t.f, t.a, -t.e)
 

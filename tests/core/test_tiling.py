@@ -148,11 +148,11 @@ def test_row_runs_join_neighbours_only():
 def test_a_window_on_the_mosaics_lattice_has_the_mosaics_model_pixels(res, col, row, w, h):
     """Every model pixel of the window's grid is one of the whole mosaic's, and the grid holds every
     mosaic model pixel that lies wholly inside the window."""
-    from roof_detector.core.tiling import lattice_of
+    from roof_detector.core.tiling import grid_lattice
 
     x0, y0 = 500000.0, 5500000.0
     whole = model_grid(Affine(res, 0, x0, 0, -res, y0), 6000, 6000, (res, res), 0.5)
-    lattice = lattice_of(whole)
+    lattice = grid_lattice(whole)
     window = Affine(res, 0, x0 + col * res, 0, -res, y0 - row * res)
     grid = model_grid(window, w, h, (res, res), 0.5, lattice)
     step_x, step_y = whole.transform.a, -whole.transform.e
@@ -175,12 +175,13 @@ def test_a_window_on_the_mosaics_lattice_has_the_mosaics_model_pixels(res, col, 
     assert left + sw.col_off * res == pytest.approx(grid.transform.c, abs=1e-6)
 
 
-def test_a_grid_at_the_rasters_own_resolution_has_no_lattice():
-    from roof_detector.core.tiling import lattice_of
+def test_a_grid_at_the_rasters_own_resolution_lies_on_the_rasters_pixels():
+    from roof_detector.core.tiling import GridLattice, grid_lattice
 
-    native = model_grid(Affine(0.3, 0, 0, 0, -0.3, 0), 100, 100, (0.3, 0.3), 0.3)
-    assert lattice_of(native) is None
-    assert lattice_of(model_grid(Affine(0.3, 0, 0, 0, -0.3, 0), 100, 100, (0.3, 0.3), 0.5)) is not None
+    native = model_grid(Affine(0.3, 0, 10, 0, -0.3, 20), 100, 100, (0.3, 0.3), 0.3)
+    assert grid_lattice(native) == GridLattice(10, 20, 0.3, 0.3)
+    resampled = grid_lattice(model_grid(Affine(0.3, 0, 10, 0, -0.3, 20), 100, 100, (0.3, 0.3), 0.5))
+    assert (resampled.x0, resampled.y0) == (10, 20) and resampled.step_x == pytest.approx(0.5, rel=0.01)
 
 
 def test_a_window_where_the_lattice_is_off_the_gsd_gets_its_own_grid():
