@@ -39,6 +39,23 @@ def build_parser(
     return parser
 
 
+#: Files the running command has written in full (:func:`wrote`).
+_WRITTEN: List[str] = []
+
+
+def wrote(path: str) -> None:
+    """Record that ``path`` is written in full: a Ctrl-C / SIGTERM that lands after it (while the
+    summary is printed) names it, instead of saying that nothing was written."""
+    _WRITTEN.append(str(path))
+
+
+def _interrupted(what: str) -> str:
+    """The line for an interrupted command: what it left (exit status 130 / 143 either way)."""
+    if not _WRITTEN:
+        return f"error: {what}; nothing was written"
+    return f"error: {what} after {', '.join(_WRITTEN)} had been written in full; only the summary is lost"
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, handled like Ctrl-C: every clean-up that runs for Ctrl-C runs for it too."""
 
@@ -99,6 +116,7 @@ def main(
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    _WRITTEN.clear()
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -112,10 +130,10 @@ def main(
         _say(f"error: {exc}")
         return 2
     except Terminated:
-        _say("error: terminated (SIGTERM); nothing was written")
+        _say(_interrupted("terminated (SIGTERM)"))
         return _leave(143)
     except KeyboardInterrupt:
-        _say("error: interrupted; nothing was written")
+        _say(_interrupted("interrupted"))
         return _leave(130)
     except BrokenPipeError:
         # The reader of stdout went away (`... | head`): nothing more to say to it. Python would

@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Callable, Iterator
 
+from . import wrote
 from .arguments import add_params, values
 from .progress import ProgressBar
 
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         metadata=result.provenance(options),
     )
+    wrote(args.output)
     seconds = time.perf_counter() - t0
     print(
         f"{len(result.buildings)} buildings, total area {result.total_area_m2:.1f} m2, "

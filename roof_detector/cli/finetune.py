@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from . import wrote
 from .arguments import add_param, add_params, values
 from .progress import ProgressBar
 
@@ -46,6 +47,7 @@ def run(args) -> int:
     )
     with ProgressBar("fine-tune") as bar:
         res = finetune(opts, progress=bar.update, log=bar.write)
+    wrote(res.model_path)
     for note in res.notes:
         if note.startswith("Warning: "):
             print(f"warning: {note[len('Warning: ') :]}", file=sys.stderr)

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any, Dict, List, Optional
 
 from ..core.errors import LabelError, OutputError
+from . import wrote
 from .arguments import add_param, add_params, values
 
 DEFAULT_OUT_LAYER = "rooftops"
@@ -93,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
                 "regularized": f"tolerance {args.regularize_tolerance_m} m" if args.regularize else "no",
             },
         )
+    wrote(args.output)
 
     table = build_table(rows)
     total = totals(table)
@@ -107,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"regularised {regularized} of {len(buildings)} outlines (the others kept as they were)")
     if args.report:
         paths = write_report(rows, args.report, params=params.as_dict(), source=os.path.abspath(args.input))
+        wrote(paths["html"])
         print(f"report: {paths['html']}")
     return 0
 

@@ -220,3 +220,42 @@ def test_an_interrupt_during_torchs_import_still_ends_with_our_status(tmp_path):
         proc.communicate(timeout=120)
         statuses.append(proc.returncode)
     assert statuses == [130] * len(statuses)
+
+
+def test_ctrl_c_after_the_layer_is_written_names_it_instead_of_nothing_was_written(tmp_path, model_file):
+    """Ctrl-C while the summary is printed (stdout a full pipe: a pager held still) once the
+    GeoPackage is complete: the line said "nothing was written" although it was (sessions 9-11)."""
+    data = np.full((3, 200, 200), 30, np.uint8)
+    data[:, 60:120, 40:140] = 220
+    raster = write_raster(tmp_path / "r.tif", data, UTM, Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1]))
+    out = tmp_path / "b.gpkg"
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:
+        while True:
+            os.write(write_end, b"x" * 65536)
+    except BlockingIOError:
+        pass  # the pipe is full: the summary's print blocks until Ctrl-C
+    os.set_blocking(write_end, True)
+    cmd = [sys.executable, "-u", "-m", "roof_detector", "detect", raster, "-o", out, "--model", model_file]
+    proc = subprocess.Popen(
+        [str(c) for c in cmd], cwd=str(REPO), stdout=write_end, stderr=subprocess.PIPE, preexec_fn=default_sigint
+    )
+    os.close(write_end)
+    try:
+        t0 = time.monotonic()
+        while not out.exists() and time.monotonic() - t0 < 240:  # written to a temporary, then renamed
+            assert proc.poll() is None, proc.stderr.read().decode(errors="replace")[-1500:]
+            time.sleep(0.05)
+        time.sleep(1.0)  # the summary line is now stuck in the pipe
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1].decode(errors="replace")
+    finally:
+        os.close(read_end)
+    assert proc.returncode == 130, err[-1500:]
+    assert f"error: interrupted after {out} had been written in full; only the summary is lost" in err
+    assert "nothing was written" not in err and "Traceback" not in err
+    from roof_detector.core.vector_io import read_polygons
+
+    assert len(read_polygons(str(out)).geometries) == 1
