@@ -8,8 +8,9 @@ no CPU while any other program keeps the cores busy, and the network waits for i
 machine beside two busy processes, a 4096 px detection took 358 s instead of 2.8 s (release
 0.2.0's outline thread). So:
 
-- a lane enters the idle class only where other programs used less than
-  :data:`BUSY_MACHINE_CORES` over the last moments (:func:`other_programs_cores`); otherwise
+- a lane enters the idle class only where other work (other programs, and this process's
+  other threads: another QGIS task) used less than :data:`BUSY_MACHINE_CORES` over the last
+  moments (:func:`other_work_cores`); otherwise
   its thread keeps the caller's priority (the same run: 5.8 s);
 - load that starts later is caught by watching the thread: when, over at least
   :data:`STARVED_WINDOW_S` seconds in which the lane had work, its thread ran less than
@@ -44,7 +45,7 @@ STARVED_CHECK_S = 0.25
 #: gets most of its work time; beside busy programs, about 0.2 %).
 STARVED_CPU_SHARE = 0.1
 STARVED_WINDOW_S = 0.5
-#: Other programs' CPU use (in cores) above which a lane's thread keeps the caller's priority
+#: Other work's CPU use (in cores: other programs, this process's other threads) above which a lane's thread keeps the caller's priority
 #: rather than entering the idle class: an item an idle-class thread has started cannot be
 #: moved, and beside busy programs it runs about a thousand times slower.
 BUSY_MACHINE_CORES = 0.25
@@ -54,7 +55,7 @@ LOAD_REUSE_S = 1.0
 
 
 def _cpu_sample() -> Optional[Tuple[float, float]]:
-    """(CPU s the whole machine was busy, CPU s of this process), or None where unknown."""
+    """(CPU s the whole machine was busy, CPU s of the calling thread), or None where unknown."""
     try:
         with open("/proc/stat") as f:
             fields = [int(v) for v in f.readline().split()[1:]]
@@ -62,17 +63,21 @@ def _cpu_sample() -> Optional[Tuple[float, float]]:
         return None
     # user nice system idle iowait irq softirq steal...: busy = all but idle, iowait and steal
     busy = sum(fields[:3]) + sum(fields[5:7])
-    t = os.times()
-    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system
+    return busy / os.sysconf("SC_CLK_TCK"), time.thread_time()
 
 
 _last_measure: Tuple[float, Optional[float]] = (-1e9, None)  # (monotonic s, cores)
 _measure_lock = threading.Lock()
 
 
-def other_programs_cores() -> Optional[float]:
-    """How many cores other programs keep busy (over :data:`LOAD_WINDOW_S`, reused for
-    :data:`LOAD_REUSE_S`), or None where unknown (not Linux)."""
+def other_work_cores() -> Optional[float]:
+    """How many cores other work keeps busy (over :data:`LOAD_WINDOW_S`, reused for
+    :data:`LOAD_REUSE_S`), or None where unknown (not Linux).
+
+    Other work is everything but the calling thread: other programs, and this process's other
+    threads (another QGIS task such as a fine-tuning, a previous run still tracing). A lane is
+    made before its run's network starts, so none of that is the run's own.
+    """
     global _last_measure
     with _measure_lock:
         if time.monotonic() - _last_measure[0] < LOAD_REUSE_S:
@@ -158,7 +163,7 @@ class BackgroundLane:
         self._sample: Tuple[float, Optional[float]] = (0.0, None)  # work seconds, thread CPU seconds
         self._low_ident: Optional[int] = None  # the low-priority thread, for its CPU clock
         self.low_tid: Optional[int] = None  # its native id, for the scheduler
-        others = other_programs_cores()
+        others = other_work_cores()
         #: whether the lane's thread runs in the idle class (else, on a busy machine, at the caller's priority)
         self.idle_class = others is None or others < BUSY_MACHINE_CORES
         self._threads: List[threading.Thread] = [self._start(low=True)]

@@ -89,7 +89,7 @@ def test_beside_busy_programs_a_lane_keeps_the_callers_priority(monkeypatch):
     on 2 cores a 4096 px detection took 358 s instead of 2.8 s. Now the lane measures the load."""
     _fresh_load_measure(monkeypatch)
     with _BusyPrograms():
-        assert background_lane.other_programs_cores() >= 0.5 * (os.cpu_count() or 1)
+        assert background_lane.other_work_cores() >= 0.5 * (os.cpu_count() or 1)
         lane = BackgroundLane("t")
         policy = lane.result(lane.submit(lambda: os.sched_getscheduler(threading.get_native_id())))
         lane.close()
@@ -123,3 +123,31 @@ def test_a_lane_starved_by_load_that_starts_later_hands_its_queue_over_in_order(
     assert order == list(range(300))
     assert policies[-1] == os.SCHED_OTHER  # the rescue thread, at the caller's priority
     assert waited < 60, f"{waited:.1f} s for 0.3 CPU s of work"
+
+
+@linux_only
+def test_beside_a_busy_thread_of_this_process_a_lane_keeps_the_callers_priority(monkeypatch):
+    """Another QGIS task (a fine-tuning) runs in the same process: its threads are other work too."""
+    import numpy as np
+
+    _fresh_load_measure(monkeypatch)
+    stop = threading.Event()
+
+    def busy():
+        a = np.random.default_rng(0).random((400, 400))
+        while not stop.is_set():
+            a @ a  # numpy releases the GIL: a core of this process kept busy
+
+    workers = [threading.Thread(target=busy) for _ in range(os.cpu_count() or 1)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(0.2)
+        lane = BackgroundLane("t")
+        policy = lane.result(lane.submit(lambda: os.sched_getscheduler(threading.get_native_id())))
+        lane.close()
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    assert not lane.idle_class and policy == os.SCHED_OTHER
