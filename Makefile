@@ -20,8 +20,8 @@ STAMP  := $(VENV)/.stamp
 TRAIN_STAMP := $(VENV)/.stamp-train
 
 # libgeos-dev, libgdal-dev + python3-dev: shapely and rasterio are built against the system
-# GEOS and GDAL (see below).
-APT_PACKAGES := python3-qgis qgis-providers python3-venv xvfb libgeos-dev libgdal-dev python3-dev
+# GEOS and GDAL (see below). qgis: the desktop and qgis_process(.bin), which the tests run.
+APT_PACKAGES := python3-qgis qgis-providers qgis python3-venv xvfb libgeos-dev libgdal-dev python3-dev
 # Run apt as root directly, otherwise through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # The CPU torch wheel lies on disk here (see requirements.txt).
