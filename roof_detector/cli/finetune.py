@@ -47,7 +47,8 @@ def run(args) -> int:
     )
     with ProgressBar("fine-tune") as bar:
         res = finetune(opts, progress=bar.update, log=bar.write)
-    wrote(res.model_path)
+    if res.model_path:  # None: a cancelled run dropped its model
+        wrote(res.model_path)
     for note in res.notes:
         if note.startswith("Warning: "):
             print(f"warning: {note[len('Warning: ') :]}", file=sys.stderr)

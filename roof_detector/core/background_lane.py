@@ -45,9 +45,10 @@ STARVED_CHECK_S = 0.25
 #: gets most of its work time; beside busy programs, about 0.2 %).
 STARVED_CPU_SHARE = 0.1
 STARVED_WINDOW_S = 0.5
-#: Other work's CPU use (in cores: other programs, this process's other threads) above which a lane's thread keeps the caller's priority
-#: rather than entering the idle class: an item an idle-class thread has started cannot be
-#: moved, and beside busy programs it runs about a thousand times slower.
+#: Other work's CPU use (in cores: other programs, this process's other threads) above which a
+#: lane's thread keeps the caller's priority rather than entering the idle class: an item an
+#: idle-class thread has started cannot be moved, and beside busy programs it runs about a
+#: thousand times slower.
 BUSY_MACHINE_CORES = 0.25
 #: The window over which that use is measured (seconds), and how long a measure is reused.
 LOAD_WINDOW_S = 0.05
@@ -92,9 +93,8 @@ def other_work_cores() -> Optional[float]:
         return cores
 
 
-def lower_thread_priority(idle_class: bool = True) -> None:
-    """Run the calling thread at the lowest CPU priority, where the OS allows it (Linux);
-    ``idle_class=False``: at nice 19 only, in the normal class.
+def lower_thread_priority() -> None:
+    """Run the calling thread at the lowest CPU priority, where the OS allows it (Linux).
 
     The network's operators run on all cores and each waits for its slowest
     thread, so a helper thread that takes a core from it stalls the whole
@@ -112,7 +112,7 @@ def lower_thread_priority(idle_class: bool = True) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICE)
     except (AttributeError, OSError):  # not Linux, or not allowed: same result, less overlap
         pass
-    if idle_class and BACKGROUND_SCHED == "idle":
+    if BACKGROUND_SCHED == "idle":
         try:
             os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
         except (AttributeError, OSError):  # no SCHED_IDLE here (or not allowed): nice 19 stays

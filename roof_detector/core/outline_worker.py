@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 from .background_lane import BackgroundLane, leave_idle_class
 from .building import Building
@@ -56,8 +56,8 @@ class OutlineWorker:
         self._pending: List[Future] = []
 
     @property
-    def rescued_after_s(self):
-        """Seconds into the run when other programs' load moved the work to a normal-priority thread, or None."""
+    def rescued_after_s(self) -> Optional[float]:
+        """Seconds into the run when other work's load moved the outlines to a normal-priority thread, or None."""
         return self._lane.rescued_after_s
 
     def submit(self, batch: List[Tuple[Tile, Any, Any]]) -> None:
