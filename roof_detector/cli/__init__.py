@@ -16,7 +16,8 @@ import os
 import signal
 import sys
 import threading
-from typing import Dict, List, Optional
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional
 
 from .. import __version__
 
@@ -49,11 +50,29 @@ def wrote(path: str) -> None:
     _WRITTEN.append(str(path))
 
 
+#: What the running command is writing after something else was written in full (:func:`writing`).
+_PENDING: List[str] = []
+
+
+@contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Around the writing of a second output (``solar``'s report after its GeoPackage), which
+    either completes or leaves nothing: a Ctrl-C / SIGTERM inside says it was not written
+    instead of "only the summary is lost"; on completion it counts as :func:`wrote`."""
+    _PENDING.append(str(path))
+    yield  # an exception leaves it pending, for the interrupted line
+    _PENDING.remove(str(path))
+    wrote(path)
+
+
 def _interrupted(what: str) -> str:
     """The line for an interrupted command: what it left (exit status 130 / 143 either way)."""
     if not _WRITTEN:
         return f"error: {what}; nothing was written"
-    return f"error: {what} after {', '.join(_WRITTEN)} had been written in full; only the summary is lost"
+    done = f"error: {what} after {', '.join(_WRITTEN)} had been written in full"
+    if _PENDING:
+        return f"{done}; {', '.join(_PENDING)} was not written"
+    return f"{done}; only the summary is lost"
 
 
 class Terminated(KeyboardInterrupt):
@@ -117,6 +136,7 @@ def main(
         parser.print_help()
         return 1
     _WRITTEN.clear()
+    _PENDING.clear()
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from typing import Any, Dict, List, Optional
 
 from ..core.errors import LabelError, OutputError
-from . import wrote
+from . import writing, wrote
 from .arguments import add_param, add_params, values
 
 DEFAULT_OUT_LAYER = "rooftops"
@@ -108,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
     if args.regularize:
         print(f"regularised {regularized} of {len(buildings)} outlines (the others kept as they were)")
     if args.report:
-        paths = write_report(rows, args.report, params=params.as_dict(), source=os.path.abspath(args.input))
-        wrote(paths["html"])
+        with writing(f"the report in {args.report}"):
+            paths = write_report(rows, args.report, params=params.as_dict(), source=os.path.abspath(args.input))
         print(f"report: {paths['html']}")
     return 0
 

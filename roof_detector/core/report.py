@@ -214,24 +214,29 @@ def write_report(
         "png": png,
         "html": render_html(table, total, png, title, params, source).encode("utf-8"),
     }
-    # Each file complete or absent: written under a temporary name, renamed when whole (a full
-    # disk left a truncated summary.html in 0.2.0).
-    for key, data in contents.items():
-        tmp = paths[key] + f".{os.getpid()}.tmp"
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, paths[key])
-        except OSError as exc:
-            if os.path.exists(tmp):
+    # The report is whole or absent: every file is written under a temporary name first and the
+    # three are renamed only when all are complete (a full disk left a truncated summary.html in
+    # 0.2.0; a Ctrl-C between files left a new buildings.csv beside an older run's summary).
+    tmps = {key: paths[key] + f".{os.getpid()}.tmp" for key in contents}
+    try:
+        for key, data in contents.items():
+            try:
+                with open(tmps[key], "wb") as fh:
+                    fh.write(data)
+            except OSError as exc:
+                full = "no space" in str(exc).lower()
+                raise OutputError(
+                    f"Cannot write the report file {paths[key]} ({exc.strerror or exc})"
+                    + ("; the disk is full" if full else "")
+                    + ". The buildings themselves were "
+                    "written; free space or choose another report folder"
+                ) from None
+        for key in contents:
+            os.replace(tmps[key], paths[key])
+    finally:
+        for tmp in tmps.values():
+            if os.path.lexists(tmp):
                 os.unlink(tmp)
-            full = "no space" in str(exc).lower()
-            raise OutputError(
-                f"Cannot write the report file {paths[key]} ({exc.strerror or exc})"
-                + ("; the disk is full" if full else "")
-                + ". The buildings themselves were "
-                "written; free space or choose another report folder"
-            ) from None
     return {"totals": total, **paths}
 
 

@@ -259,3 +259,29 @@ def test_ctrl_c_after_the_layer_is_written_names_it_instead_of_nothing_was_writt
     from roof_detector.core.vector_io import read_polygons
 
     assert len(read_polygons(str(out)).geometries) == 1
+
+
+def test_ctrl_c_while_the_solar_report_is_written_says_the_report_was_not(tmp_path):
+    """Session 12's note: a Ctrl-C while `solar --report` wrote its report said "only the summary
+    is lost" although the report was lost too, and left a new buildings.csv beside no summary.
+    The report's last temporary file is a FIFO here, so the run is held inside the report (the
+    open blocks until a reader comes) when the real SIGINT lands."""
+    from tests.cli.test_solar_columns import geojson_layer
+
+    src = geojson_layer(tmp_path / "in.geojson", {"name": "a"})
+    out, report = tmp_path / "b.gpkg", tmp_path / "rep"
+    report.mkdir()
+    proc = _start(["solar", src, "-o", out, "--report", report])
+    os.mkfifo(report / f"summary.html.{proc.pid}.tmp")
+    t0 = time.monotonic()
+    while not (report / f"buildings.csv.{proc.pid}.tmp").exists() and time.monotonic() - t0 < 120:
+        assert proc.poll() is None, proc.stderr.read().decode(errors="replace")[-1500:]
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert proc.poll() is None and out.exists()
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1].decode(errors="replace")
+    assert proc.returncode == 130, err[-1500:]
+    assert f"error: interrupted after {out} had been written in full; the report in {report} was not written" in err
+    assert "Traceback" not in err
+    assert os.listdir(report) == []  # no csv without its summary, no temporary left behind
