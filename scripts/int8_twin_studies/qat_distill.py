@@ -316,6 +316,21 @@ def cmd_sim():
     print(json.dumps(out, indent=1))
 
 
+def cmd_monitor():
+    """The simulated student's fidelity on the distillation scenes' tuning tiles only (never the check)."""
+    X, names, chk = check_split()
+    ref = np.load("out/int8_study/probs.npz")["p32"][~chk] >= THR
+    _, student = teacher_and_student()
+    sims = {}
+    for name in ("start", "now"):
+        if name == "now":
+            student.load_state_dict(torch.load(W / "student.pt"))
+        sim = Sim(student)
+        sim.calibrate(calibration_batches())
+        sims[name] = round(fidelity(sim_probs(sim, X[~chk]) >= THR, ref), 5)
+    print(json.dumps(sims))
+
+
 def cmd_train(minutes=45.0, lr=1e-5, batch=8):
     teacher, student = teacher_and_student()
     sim = Sim(student)
@@ -363,6 +378,72 @@ def save_adapted(student):
     save_model(ExportWrapper(student.eval(), META["normalization"]["mean"], META["normalization"]["std"]), str(W / "adapted.pt"), meta)
 
 
+# --- rule 13: range balancing at the decoder's concatenations -----------------------------------
+
+
+def block_key(e, j):
+    """The Sim range key of encoder block j's output."""
+    return f"b{j}a" if e._blocks[j].residual else f"b{j}p"
+
+
+@torch.no_grad()
+def balance_concats(net, batches):
+    """Scale each decoder stage's upsampled half so its calibrated range fills the skip's (exact in fp32).
+    Returns the factors s_i."""
+    e = net.encoder
+    sim = Sim(net)
+    sim.calibrate(batches)
+    skips = [e.skip_ids[3 - i] for i in range(4)]  # the skip each stage concatenates
+    factors = []
+    for i, blk in enumerate(net.decoder):
+        if i == 0:
+            lo, hi = sim.ranges[block_key(e, e.skip_ids[4])]
+            bn = e._blocks[e.skip_ids[4]]._bn2
+        else:
+            lo, hi = sim.ranges[f"d{i - 1}2"]
+            bn = net.decoder[i - 1].conv2[1]
+        slo, shi = sim.ranges[block_key(e, skips[i])]
+        cand = [shi / hi] if hi > 0 else []
+        cand += [slo / lo] if lo < 0 else []
+        s_i = max(1.0, min(cand))  # never shrink: that would coarsen the decoder half
+        bn.weight.mul_(s_i)
+        bn.bias.mul_(s_i)
+        conv = blk.conv1[0]
+        c_y = conv.in_channels - e._blocks[skips[i]]._bn2.num_features
+        conv.weight[:, :c_y] /= s_i
+        factors.append(round(s_i, 4))
+    return factors
+
+
+def cmd_balance():
+    """Rule 13: base and balanced twins, fidelity on the check tiles and on all 130."""
+    from devtools.onnx_twin import make_twin
+
+    X, names, chk = check_split()
+    P32 = np.load("out/int8_study/probs.npz")["p32"]
+    ref = P32 >= THR
+    cal = calibration_batches()
+    check = np.concatenate(cal)[:16]
+    net, _ = load_trainable(BUNDLED_MODEL_PATH)
+    net.eval()
+    factors = balance_concats(net, cal)
+    path = W / "balanced.pt"
+    save_model(ExportWrapper(net, META["normalization"]["mean"], META["normalization"]["std"]), str(path), dict(META))
+    with torch.no_grad():
+        pb = np.concatenate([torch.sigmoid(net((torch.from_numpy(X[i : i + 8]) - MEAN) / STD))[:, 0].numpy() for i in range(0, len(X), 8)])
+    res = {"factors": factors, "fp32_max_abs_diff": float(np.abs(pb - P32).max())}
+    for name, model in (("base", BUNDLED_MODEL_PATH), ("balanced", path)):
+        out = W / f"{name}.onnx"
+        if not out.exists():
+            make_twin(str(model), str(out), "int8", cal, check)
+        P = twin_probs(out, X) >= THR
+        res[name] = {"check": round(fidelity(P[chk], ref[chk]), 5), "all": round(fidelity(P, ref), 5)}
+    res["gain_check"] = round(res["balanced"]["check"] - res["base"]["check"], 5)
+    res["gain_all"] = round(res["balanced"]["all"] - res["base"]["all"], 5)
+    res["adopt"] = res["fp32_max_abs_diff"] <= 1e-4 and res["gain_check"] >= 0.005 and res["gain_all"] >= 0.003
+    print(json.dumps(res, indent=1))
+
+
 def cmd_eval():
     from devtools.onnx_twin import make_twin
 
@@ -387,4 +468,4 @@ def cmd_eval():
 
 
 if __name__ == "__main__":
-    {"sim": cmd_sim, "train": cmd_train, "eval": cmd_eval}[sys.argv[1]]()
+    {"sim": cmd_sim, "monitor": cmd_monitor, "balance": cmd_balance, "train": cmd_train, "eval": cmd_eval}[sys.argv[1]]()
