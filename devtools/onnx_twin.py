@@ -30,6 +30,7 @@ def make_twin(
     check_tiles: Optional[np.ndarray] = None,
     max_abs_diff: float = AGREEMENT_TOL,
     min_mask_agreement: float = 0.99,
+    weights_from: Optional[str] = None,
 ) -> Dict[str, Any]:
     """Write the ONNX twin of ``model_path`` (default: beside it) and check it against TorchScript.
 
@@ -42,18 +43,26 @@ def make_twin(
     ``check_tiles`` (its held-out quality is measured by ``score``, not here).
     Returns the check's figures; raises ValueError when the check fails
     (no twin is left behind then).
+
+    ``weights_from``: a model file distilled from ``model_path`` for int8
+    (:mod:`devtools.int8_distill`) whose network is quantised instead; the twin
+    is still ``model_path``'s (its metadata, its file hash, checked against its
+    TorchScript) and records the weights' hash (``weights``).
     """
     if precision not in ("fp32", "int8"):
         raise ValueError(f"precision must be fp32 or int8, not {precision!r}")
+    if weights_from and precision != "int8":
+        raise ValueError("distilled weights are for the int8 twin only")
     meta = read_metadata(model_path)
     out = Path(out_path) if out_path else Path(model_path).with_suffix(".onnx")
     script = _load_script(model_path)
+    exported = _distilled_script(weights_from, model_path, meta) if weights_from else script
     tile = int(meta["tile_size_px"])
     with tempfile.TemporaryDirectory(
         prefix="roofdet-twin-", dir=str(out.parent) if out.parent.exists() else None
     ) as work:
         graph = Path(work) / "fp32.onnx"
-        _export_graph(_exportable(script, meta), tile, graph)
+        _export_graph(_exportable(exported, meta), tile, graph)
         if precision == "int8":
             if calibration is None:
                 raise ValueError("int8 needs calibration tiles")
@@ -89,6 +98,7 @@ def make_twin(
                 SOURCE_KEY: file_sha256(model_path),
                 PRECISION_KEY: precision,
                 AGREEMENT_KEY: json.dumps(figures),
+                **({WEIGHTS_KEY: json.dumps(_weights_record(weights_from))} if weights_from else {}),
             },
         )
         os.replace(graph, out)
@@ -96,6 +106,26 @@ def make_twin(
     figures["path"] = str(out)
     figures["size_mb"] = round(out.stat().st_size / 1e6, 2)
     return figures
+
+
+WEIGHTS_KEY = "weights"
+
+
+def _distilled_script(weights_from: str, model_path: str, meta: Dict[str, Any]):
+    """The TorchScript of ``weights_from``, refused unless it was distilled from ``model_path`` itself."""
+    own = read_metadata(weights_from)
+    record = own.get("int8_distilled") or {}
+    if record.get("teacher_sha256") != file_sha256(model_path):
+        raise ValueError(
+            f"{weights_from} was not distilled from {model_path} (run `make int8-distill` again after a model change)"
+        )
+    if own["architecture"] != meta["architecture"] or own["tile_size_px"] != meta["tile_size_px"]:
+        raise ValueError(f"{weights_from} is not the network of {model_path}")
+    return _load_script(weights_from)
+
+
+def _weights_record(weights_from: str) -> Dict[str, Any]:
+    return {"sha256": file_sha256(weights_from), **read_metadata(weights_from)["int8_distilled"]}
 
 
 def set_properties(path: Path, props: Dict[str, str]) -> None:

@@ -42,12 +42,21 @@ def add_parser(sub) -> None:
         "refuse the int8 twin when IoU drops by > 0.005 or object F1 by > 0.01",
     )
     p.add_argument(
+        "--weights-from",
+        default=None,
+        metavar="PT",
+        help="int8 only: quantise these weights, distilled from --model for int8 (`int8-distill`), "
+        "instead of the model's own; the twin is still the model's",
+    )
+    p.add_argument(
         "--if-stale", action="store_true", help="do nothing when a twin made from this very model file is already there"
     )
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import os
+
     from roof_detector.core.errors import RoofDetectorError
     from roof_detector.core.model_io import BUNDLED_MODEL_PATH, read_metadata
     from roof_detector.core.onnx_twin import find_twin, twin_path
@@ -69,12 +78,22 @@ def run(args) -> int:
         calibration = [tiles[i : i + 8] for i in range(0, len(tiles), 8)]
         check = tiles[: min(16, len(tiles))]
     out = args.out or str(twin_path(model))
+    gated = args.precision == "int8" and args.heldout
+    # A gated twin is made beside `out` and takes its place only once it passes: a refused one
+    # deleted the twin it was meant to replace (session 13, `make onnx-twin`).
+    made = f"{out}.{os.getpid()}.candidate.onnx" if gated else out
     try:
-        figures = make_twin(model, out, args.precision, calibration, check)
-    except ValueError as exc:
-        raise RoofDetectorError(f"the ONNX twin failed its check: {exc}") from None
-    if args.precision == "int8" and args.heldout:
-        figures["heldout"] = heldout_gate(model, out, args.heldout)
+        try:
+            figures = make_twin(model, made, args.precision, calibration, check, weights_from=args.weights_from)
+        except ValueError as exc:
+            raise RoofDetectorError(f"the ONNX twin failed its check: {exc}") from None
+        if gated:
+            figures["heldout"] = heldout_gate(model, made, args.heldout)
+            os.replace(made, out)
+            figures["path"] = out
+    finally:
+        if made != out and os.path.exists(made):
+            os.unlink(made)
     print(json.dumps(figures))
     return 0
 
@@ -131,12 +150,22 @@ def heldout_gate(model: str, int8_path: str, data: str):
         Path(int8_path).unlink(missing_ok=True)
         raise RoofDetectorError(
             f"int8 loses more than {IOU_TOL} pixel IoU or {F1_TOL} object F1 on "
-            f"{', '.join(failures)}; no int8 twin written (use --precision fp32)"
+            f"{', '.join(failures)}; no int8 twin written, the one there is kept (use --precision fp32)"
         )
     props = read_twin_properties(int8_path)
     props["heldout"] = json.dumps(record)
     set_properties(Path(int8_path), props)
     return record
+
+
+CALIBRATION_AREAS = (1, 2, 3, 5)  # the OAM training areas (area 4 is held out); `make onnx-twin` names the same
+
+
+def calibration_rasters(data: str):
+    """The rasters ``make onnx-twin`` calibrates on, under the development data folder ``data``."""
+    import os
+
+    return [os.path.join(data, "oam", f"area{a}", "ortho_z19.tif") for a in CALIBRATION_AREAS]
 
 
 def sample_tiles(rasters, meta, count: int, seed: int = 0):

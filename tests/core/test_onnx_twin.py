@@ -166,3 +166,42 @@ def test_the_release_command_is_a_developer_tool(tmp_path, capsys):
     assert find_twin(path, read_metadata(path)) == (twin, "")
     assert main(["onnx-twin", "--model", path, "--if-stale"], prog="python -m devtools", commands=COMMANDS) == 0
     assert "is up to date" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("gate_passes", [False, True])
+def test_a_refused_int8_twin_keeps_the_twin_it_was_to_replace(tmp_path, monkeypatch, gate_passes):
+    """`make onnx-twin` once deleted models/roof_unet.onnx when the held-out gate refused the new twin
+    (session 13): the candidate is now made beside it and takes its place only after passing."""
+    from affine import Affine
+
+    import devtools.onnx_twin_cli as cli
+    from roof_detector.cli import main
+    from roof_detector.core.errors import RoofDetectorError
+    from roof_detector.core.onnx_twin import file_sha256
+    from tests.core.synthetic_rasters import UTM, UTM_ORIGIN, write_raster
+
+    model = make_test_model(str(tmp_path / "m.pt"))
+    twin = make_twin(model)["path"]
+    before = file_sha256(twin)
+    data = np.random.default_rng(0).integers(0, 255, (3, 256, 256), dtype=np.uint8)
+    raster = write_raster(tmp_path / "cal.tif", data, UTM, Affine(0.5, 0, UTM_ORIGIN[0], 0, -0.5, UTM_ORIGIN[1]))
+    seen = []
+
+    def gate(model_path, int8_path, data_dir):  # the real gate's contract: delete and raise, or record
+        seen.append(int8_path)
+        assert os.path.exists(int8_path) and int8_path != twin
+        if gate_passes:
+            return {}
+        os.unlink(int8_path)
+        raise RoofDetectorError("int8 loses more than 0.005 pixel IoU ... (stand-in for the scores)")
+
+    monkeypatch.setattr(cli, "heldout_gate", gate)
+    argv = ["onnx-twin", "--model", model, "--precision", "int8", "--calibration", raster, "--heldout", "data"]
+    status = main(argv, prog="python -m devtools", commands={"onnx-twin": "devtools.onnx_twin_cli"})
+    assert seen and status == (0 if gate_passes else 2)
+    assert sorted(os.listdir(tmp_path)) == ["cal.tif", "m.onnx", "m.pt"]  # no candidate left behind
+    props = read_twin_properties(twin)
+    if gate_passes:
+        assert props["precision"] == "int8" and file_sha256(twin) != before
+    else:
+        assert props["precision"] == "fp32" and file_sha256(twin) == before
