@@ -245,18 +245,35 @@ def balance_concats(net, batches):
     return factors
 
 
-def cmd_balance():
-    """Rule 13: base and balanced twins, fidelity on the check tiles and on all 130."""
+def twin_fidelities(models, rebuild=True):
+    """{name: {check, distill_scenes, all}} of the int8 twins of ``models`` ({name: model file}), each
+    quantised as `make onnx-twin` does."""
     from devtools.onnx_twin import make_twin
 
     X, names, chk = check_split()
-    P32 = np.load("out/int8_study/probs.npz")["p32"]
-    ref = P32 >= THR
+    ref = np.load("out/int8_study/probs.npz")["p32"] >= THR
     cal = calibration_batches()
-    check = np.concatenate(cal)[:16]
+    res = {}
+    for name, model in models.items():
+        out = W / f"{name}.onnx"
+        if rebuild or not out.exists():
+            make_twin(str(model), str(out), "int8", cal, np.concatenate(cal)[:16])
+        P = twin_probs(out, X) >= THR
+        res[name] = {
+            "check": round(fidelity(P[chk], ref[chk]), 5),
+            "distill_scenes": round(fidelity(P[~chk], ref[~chk]), 5),
+            "all": round(fidelity(P, ref), 5),
+        }
+    return res
+
+
+def cmd_balance():
+    """Rule 13: base and balanced twins, fidelity on the check tiles and on all 130."""
+    X, names, chk = check_split()
+    P32 = np.load("out/int8_study/probs.npz")["p32"]
     net, _ = load_trainable(BUNDLED_MODEL_PATH)
     net.eval()
-    factors = balance_concats(net, cal)
+    factors = balance_concats(net, calibration_batches())
     path = W / "balanced.pt"
     save_model(ExportWrapper(net, META["normalization"]["mean"], META["normalization"]["std"]), str(path), dict(META))
     with torch.no_grad():
@@ -267,12 +284,7 @@ def cmd_balance():
             ]
         )
     res = {"factors": factors, "fp32_max_abs_diff": float(np.abs(pb - P32).max())}
-    for name, model in (("base", BUNDLED_MODEL_PATH), ("balanced", path)):
-        out = W / f"{name}.onnx"
-        if not out.exists():
-            make_twin(str(model), str(out), "int8", cal, check)
-        P = twin_probs(out, X) >= THR
-        res[name] = {"check": round(fidelity(P[chk], ref[chk]), 5), "all": round(fidelity(P, ref), 5)}
+    res.update(twin_fidelities({"base": BUNDLED_MODEL_PATH, "balanced": path}, rebuild=False))
     res["gain_check"] = round(res["balanced"]["check"] - res["base"]["check"], 5)
     res["gain_all"] = round(res["balanced"]["all"] - res["base"]["all"], 5)
     res["adopt"] = res["fp32_max_abs_diff"] <= 1e-4 and res["gain_check"] >= 0.005 and res["gain_all"] >= 0.003
@@ -280,23 +292,8 @@ def cmd_balance():
 
 
 def cmd_eval():
-    from devtools.onnx_twin import make_twin
-
-    X, names, chk = check_split()
-    P32 = np.load("out/int8_study/probs.npz")["p32"]
-    ref = P32 >= THR
-    cal = calibration_batches()
-    check = np.concatenate(cal)[:16]
-    res = {}
-    for name, model in (("base", BUNDLED_MODEL_PATH), ("candidate", W / "adapted.pt")):
-        out = W / f"{name}.onnx"
-        res[name] = {"make_twin": make_twin(str(model), str(out), "int8", cal, check)}
-        P = twin_probs(out, X) >= THR
-        res[name].update(
-            check=round(fidelity(P[chk], ref[chk]), 5),
-            distill_scenes=round(fidelity(P[~chk], ref[~chk]), 5),
-            all=round(fidelity(P, ref), 5),
-        )
+    """Rule 12: base and candidate twins."""
+    res = twin_fidelities({"base": BUNDLED_MODEL_PATH, "candidate": W / "adapted.pt"})
     res["gain_check"] = round(res["candidate"]["check"] - res["base"]["check"], 5)
     res["adopt"] = res["gain_check"] >= 0.005
     print(json.dumps(res, indent=1))
