@@ -56,6 +56,25 @@ _PREFILTER_MARGIN = 0.8
 _CARRY_BAND_ROWS = 64
 
 
+def _first_open_row(labels: np.ndarray, open_ids: np.ndarray) -> int:
+    """The first row holding a pixel of an open component (one that reaches the last row).
+
+    A connected component has pixels on every row between its first and last, and every open one
+    reaches the last row: the rows holding open pixels are one run ending at the last row. So the
+    scan goes up from the bottom, a band of rows at a time (no strip-sized temporary), and stops at
+    the first row without one: it reads the carried rows, not the whole strip from the top (that
+    was 5 % of the outline thread's time on the bench raster).
+    """
+    r1 = len(labels)
+    while r1 > 0:
+        r0 = max(0, r1 - _CARRY_BAND_ROWS)
+        rows = open_ids[labels[r0:r1]].any(axis=1)
+        if not rows.all():
+            return r0 + len(rows) - int(np.argmin(rows[::-1]))
+        r1 = r0
+    return 0
+
+
 # Probability a pixel needs to belong to a building's confident core. Chosen on data the
 # bundled model never tests on (OAM areas 1, 2, 3, 5 at z19 and the INRIA validation chips):
 # summed object F1 2.84 unsplit, 3.12 / 3.29 / 3.23 with cores at 0.8 / 0.9 / 0.95, pixel
@@ -262,14 +281,7 @@ class StripVectorizer:
         if not open_ids.any():
             self._carry_prob = self._carry_building = self._carry_score = None
             return
-        # the first row holding an open component (a band of rows at a time: no strip-sized temporary)
-        band = _CARRY_BAND_ROWS
-        top = next(
-            r0 + int(rows.argmax())
-            for r0 in range(0, len(labels), band)
-            for rows in [open_ids[labels[r0 : r0 + band]].any(axis=1)]
-            if rows.any()
-        )
+        top = _first_open_row(labels, open_ids)
         self._carry_row0 = row0 + top
         self._carry_prob = prob[top:].copy()
         self._carry_building = open_ids[labels[top:]]

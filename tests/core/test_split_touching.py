@@ -64,3 +64,27 @@ def test_random_fields_lose_no_pixel_and_give_connected_parts():
                 assert len(np.unique(labels[m])) == 1
         splits += n - count
     assert splits > 20  # the fields do have touching blobs
+
+
+def test_the_first_open_row_is_found_from_the_bottom_as_a_scan_from_the_top_finds_it():
+    """`_first_open_row` reads only the carried rows, upwards; it must give the row a scan of the
+    whole strip from the top gives, whatever the shapes (components taller than a band included)."""
+    from scipy import ndimage
+
+    from roof_detector.core.vectorize import _CARRY_BAND_ROWS, _first_open_row
+
+    rng = np.random.default_rng(0)
+    checked = tall = 0
+    for _ in range(600):
+        h, w = int(rng.integers(1, 4 * _CARRY_BAND_ROWS)), int(rng.integers(1, 30))
+        labels, n = ndimage.label(rng.random((h, w)) < rng.uniform(0.05, 0.75))
+        open_ids = np.zeros(n + 1, bool)
+        open_ids[labels[-1]] = True
+        open_ids[0] = False
+        if not open_ids.any():
+            continue
+        top = next(r for r in range(h) if open_ids[labels[r]].any())
+        assert _first_open_row(labels, open_ids) == top
+        checked += 1
+        tall += h - top > _CARRY_BAND_ROWS
+    assert checked > 400 and tall > 20
