@@ -153,6 +153,7 @@ def heldout_gate(model: str, int8_path: str, data: str):
             f"{', '.join(failures)}; no int8 twin written, the one there is kept (use --precision fp32)"
         )
     props = read_twin_properties(int8_path)
+    record["recorded"] = _code_version()  # the figures hold for the outline code of that day only
     props["heldout"] = json.dumps(record)
     set_properties(Path(int8_path), props)
     return record
@@ -166,6 +167,23 @@ def calibration_rasters(data: str):
     import os
 
     return [os.path.join(data, "oam", f"area{a}", "ortho_z19.tif") for a in CALIBRATION_AREAS]
+
+
+def _code_version() -> str:
+    """``YYYY-MM-DD, commit <hash>[ + local changes]`` of this checkout (the date alone outside git)."""
+    import datetime
+    import os
+    import subprocess
+
+    day = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        run = lambda *a: subprocess.run(["git", *a], cwd=repo, capture_output=True, text=True, timeout=10)  # noqa: E731
+        head = run("rev-parse", "--short", "HEAD").stdout.strip()
+        dirty = bool(run("status", "--porcelain", "--untracked-files=no").stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return day
+    return f"{day}, commit {head}{' + local changes' if dirty else ''}" if head else day
 
 
 def sample_tiles(rasters, meta, count: int, seed: int = 0):

@@ -130,3 +130,37 @@ def test_each_repeat_pairs_a_usual_and_a_plain_run_in_turn(tmp_path, monkeypatch
     assert len(run["network_sustained_s"]) == len(run["pipeline_unregularised_s"]) == 2
     assert len(run["pipeline_over_model_paired"]) == 2
     assert run["buildings_found_unregularised"] == run["buildings_found"] > 0
+
+
+def test_the_held_out_check_is_printed_as_of_the_day_the_twin_was_made(repo_root):
+    """Session 13: bench printed the twin's recorded held-out deltas as if current; with today's
+    outline code the same gate gives other figures. The lines now say when they were recorded."""
+    import torch
+
+    from devtools.bench_cli import _say_model
+    from devtools.onnx_twin_cli import _code_version
+
+    made = _code_version()
+    assert made[:4].isdigit() and "commit " in made  # this checkout is a git repository
+    case = {
+        "fp32_pixel_iou": 0.58,
+        "int8_pixel_iou": 0.59,
+        "delta_pixel_iou": 0.01,
+        "fp32_object_f1": 0.4,
+        "int8_object_f1": 0.38,
+        "delta_object_f1": -0.02,
+    }
+    figures = {
+        "backend": "onnxruntime",
+        "model_tiles_per_s": 1.0,
+        "onnx_twin": "m.onnx",
+        "onnx_twin_precision": "int8",
+        "onnx_twin_mb": 4.0,
+        "int8_tiles_per_s": 2.0,
+        "int8_heldout": {"recorded": made, "oam_area4_z19": case},
+    }
+    lines = []
+    _say_model(figures, torch.device("cpu"), lambda *a: lines.append(" ".join(map(str, a))))
+    text = "\n".join(lines)
+    assert f"held-out check recorded when the twin was made ({made}):" in text
+    assert "held-out oam_area4_z19: pixel IoU fp32 0.58 int8 0.59" in text and "held-out recorded" not in text
