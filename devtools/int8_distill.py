@@ -191,6 +191,7 @@ def distill(
     batch: int = 8,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    train_bn_scale: bool = True,
 ) -> Dict[str, Any]:
     """Train a copy of ``model_path``'s network so that its int8 simulation reproduces the fp32 model,
     and save it to ``out_path`` with ``model_path``'s metadata (plus a ``int8_distilled`` record).
@@ -199,6 +200,8 @@ def distill(
     are added); ``calibration``: the batches the twin's quantisation calibrates on (ranges are
     re-measured every 250 steps). Loss: binary cross-entropy of the student's probability against
     the teacher's. Adam; ``constant_steps`` at ``lr``, then ``steps`` on a cosine decay to 0.
+    ``train_bn_scale`` False freezes the folded BNs' scales (rule 14): the simulator then rounds
+    exactly the weights the export will fold.
     """
     from roof_detector.core.model_io import read_metadata, save_model
     from roof_detector.core.onnx_twin import file_sha256
@@ -211,6 +214,10 @@ def distill(
     teacher.eval().requires_grad_(False)
     student, _ = load_trainable(model_path)
     sim = TwinSimulator(fold_batchnorm(student).eval(), norm["mean"], norm["std"])
+    if not train_bn_scale:
+        for m in student.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.requires_grad_(False)
     sim.calibrate(calibration)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -234,6 +241,8 @@ def distill(
             sim.calibrate(calibration)
             log(json.dumps({"step": k + 1, "loss": round(float(np.mean(losses[-250:])), 6)}))
     record = {"teacher_sha256": file_sha256(model_path), "steps": steps, "constant_steps": constant_steps, "lr": lr}
+    if not train_bn_scale:
+        record["bn_scale"] = "frozen"
     meta = dict(meta, int8_distilled=record)
     save_model(ExportWrapper(student.eval(), norm["mean"], norm["std"]), out_path, meta)
     return record

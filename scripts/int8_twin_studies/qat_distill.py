@@ -197,6 +197,28 @@ def cmd_attribute():
     print(json.dumps({"base": round(base, 5), "gains": dict(sorted(gains.items(), key=lambda kv: -kv[1]))}, indent=0))
 
 
+def cmd_train14():
+    """Rule 14: rule 12 at Adam 1e-6 with the BN scales frozen."""
+    distill(
+        BUNDLED_MODEL_PATH,
+        str(W / "adapted14.pt"),
+        distillation_pool(),
+        calibration_batches(),
+        constant_steps=0,
+        lr=1e-6,
+        train_bn_scale=False,
+        log=lambda m: print(m, file=open(W / "train14.log", "a"), flush=True),
+    )
+
+
+def cmd_eval14():
+    """Rule 14: base and candidate twins."""
+    res = twin_fidelities({"base": BUNDLED_MODEL_PATH, "candidate14": W / "adapted14.pt"})
+    res["gain_check"] = round(res["candidate14"]["check"] - res["base"]["check"], 5)
+    res["adopt"] = res["gain_check"] >= 0.005
+    print(json.dumps(res, indent=1))
+
+
 def cmd_train():
     """Rule 12's run, as `make int8-distill` repeats it (the run itself timed 10 steps, then 1,786)."""
     distill(
@@ -306,5 +328,7 @@ if __name__ == "__main__":
         "balance": cmd_balance,
         "attribute": cmd_attribute,
         "train": cmd_train,
+        "train14": cmd_train14,
+        "eval14": cmd_eval14,
         "eval": cmd_eval,
     }[sys.argv[1]]()
