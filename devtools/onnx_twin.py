@@ -56,7 +56,7 @@ def make_twin(
     meta = read_metadata(model_path)
     out = Path(out_path) if out_path else Path(model_path).with_suffix(".onnx")
     script = _load_script(model_path)
-    exported = _distilled_script(weights_from, model_path, meta) if weights_from else script
+    exported, weights = _distilled(weights_from, model_path, meta) if weights_from else (script, None)
     tile = int(meta["tile_size_px"])
     with tempfile.TemporaryDirectory(
         prefix="roofdet-twin-", dir=str(out.parent) if out.parent.exists() else None
@@ -98,7 +98,7 @@ def make_twin(
                 SOURCE_KEY: file_sha256(model_path),
                 PRECISION_KEY: precision,
                 AGREEMENT_KEY: json.dumps(figures),
-                **({WEIGHTS_KEY: json.dumps(_weights_record(weights_from))} if weights_from else {}),
+                **({WEIGHTS_KEY: json.dumps(weights)} if weights else {}),
             },
         )
         os.replace(graph, out)
@@ -111,21 +111,19 @@ def make_twin(
 WEIGHTS_KEY = "weights"
 
 
-def _distilled_script(weights_from: str, model_path: str, meta: Dict[str, Any]):
-    """The TorchScript of ``weights_from``, refused unless it was distilled from ``model_path`` itself."""
+def _distilled(weights_from: str, model_path: str, meta: Dict[str, Any]):
+    """(TorchScript of ``weights_from``, its record for the twin), refused unless it was distilled from
+    ``model_path`` itself."""
     own = read_metadata(weights_from)
     record = own.get("int8_distilled") or {}
     if record.get("teacher_sha256") != file_sha256(model_path):
         raise ValueError(
-            f"{weights_from} was not distilled from {model_path} (run `make int8-distill` again after a model change)"
+            f"{weights_from} was not distilled from {model_path} (distil it again after a model change: "
+            "devtools.int8_distill)"
         )
     if own["architecture"] != meta["architecture"] or own["tile_size_px"] != meta["tile_size_px"]:
         raise ValueError(f"{weights_from} is not the network of {model_path}")
-    return _load_script(weights_from)
-
-
-def _weights_record(weights_from: str) -> Dict[str, Any]:
-    return {"sha256": file_sha256(weights_from), **read_metadata(weights_from)["int8_distilled"]}
+    return _load_script(weights_from), {"sha256": file_sha256(weights_from), **record}
 
 
 def set_properties(path: Path, props: Dict[str, str]) -> None:

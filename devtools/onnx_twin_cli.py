@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
         "--weights-from",
         default=None,
         metavar="PT",
-        help="int8 only: quantise these weights, distilled from --model for int8 (`int8-distill`), "
+        help="int8 only: quantise these weights, distilled from --model for int8 (devtools.int8_distill), "
         "instead of the model's own; the twin is still the model's",
     )
     p.add_argument(
@@ -157,16 +157,6 @@ def heldout_gate(model: str, int8_path: str, data: str):
     props["heldout"] = json.dumps(record)
     set_properties(Path(int8_path), props)
     return record
-
-
-CALIBRATION_AREAS = (1, 2, 3, 5)  # the OAM training areas (area 4 is held out); `make onnx-twin` names the same
-
-
-def calibration_rasters(data: str):
-    """The rasters ``make onnx-twin`` calibrates on, under the development data folder ``data``."""
-    import os
-
-    return [os.path.join(data, "oam", f"area{a}", "ortho_z19.tif") for a in CALIBRATION_AREAS]
 
 
 def _code_version() -> str:

@@ -220,7 +220,7 @@ def cmd_eval14():
 
 
 def cmd_train():
-    """Rule 12's run, as `make int8-distill` repeats it (the run itself timed 10 steps, then 1,786)."""
+    """Rule 12's run repeated with devtools.int8_distill's defaults (the run itself timed 10 steps, then 1,786)."""
     distill(
         BUNDLED_MODEL_PATH,
         str(W / "adapted.pt"),
