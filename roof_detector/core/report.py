@@ -26,6 +26,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from .errors import OutputError
 from .precision import DECIMALS
+from .temp_files import remove_stale, temp_path
 
 #: Table columns, their decimals (0 = integer; None = as given) and headings. The decimals are the
 #: written attributes' (:mod:`.precision`), so the CSV holds the values the GeoPackage holds.
@@ -217,7 +218,10 @@ def write_report(
     # The report is whole or absent: every file is written under a temporary name first and the
     # three are renamed only when all are complete (a full disk left a truncated summary.html in
     # 0.2.0; a Ctrl-C between files left a new buildings.csv beside an older run's summary).
-    tmps = {key: paths[key] + f".{os.getpid()}.tmp" for key in contents}
+    # Named by temp_files so that those a killed run (kill -9) left are removed here.
+    for path in paths.values():
+        remove_stale(path, "")
+    tmps = {key: temp_path(paths[key], "", one_per_process=True) for key in contents}
     try:
         for key, data in contents.items():
             try:
@@ -246,7 +250,7 @@ def check_report_dir(out_dir: str) -> None:
         raise OutputError(f"The report folder {out_dir} is a file; choose a folder for the report")
     try:
         os.makedirs(out_dir, exist_ok=True)
-        probe = os.path.join(out_dir, f".probe.{os.getpid()}.tmp")
+        probe = temp_path(os.path.join(out_dir, "probe"), "", one_per_process=True)
         with open(probe, "wb"):
             pass
         os.unlink(probe)

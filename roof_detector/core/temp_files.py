@@ -5,7 +5,9 @@ renamed when complete. A ``kill -9`` (or a crash) leaves that file; its
 name carries the writer's process id, so the next run removes the ones whose
 process is gone, and never a file another live run is writing:
 ``.<target name>.<pid>-<random>.tmp<suffix>`` (plus SQLite's ``-journal``,
-``-wal``, ``-shm`` beside it). No ``qgis`` import here.
+``-wal``, ``-shm`` beside it), or ``.<target name>.<pid>.tmp<suffix>`` for a
+writer that holds at most one temporary per target per process (the report's
+files). No ``qgis`` import here.
 """
 
 from __future__ import annotations
@@ -20,10 +22,15 @@ from typing import List
 LEGACY_STALE_S = 3600.0
 
 
-def temp_path(target: str, suffix: str) -> str:
-    """A fresh temporary path beside ``target`` (not created)."""
+def temp_path(target: str, suffix: str, one_per_process: bool = False) -> str:
+    """A fresh temporary path beside ``target`` (not created).
+
+    ``one_per_process``: the name carries the process id alone (no random part), for writers
+    that never hold two temporaries of one target at once; it is then known before it exists.
+    """
     directory, name = os.path.split(os.path.abspath(target))
-    return os.path.join(directory, f".{name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
+    token = str(os.getpid()) if one_per_process else f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    return os.path.join(directory, f".{name}.{token}.tmp{suffix}")
 
 
 def _alive(pid: int) -> bool:
@@ -40,7 +47,7 @@ def remove_stale(target: str, suffix: str) -> List[str]:
     """Remove the temporaries of ``target`` left by dead writers; return their paths."""
     directory, name = os.path.split(os.path.abspath(target))
     ours = re.compile(
-        re.escape(f".{name}.") + r"(\d+)-[0-9a-f]{8}" + re.escape(f".tmp{suffix}") + r"(-journal|-wal|-shm)?$"
+        re.escape(f".{name}.") + r"(\d+)(?:-[0-9a-f]{8})?" + re.escape(f".tmp{suffix}") + r"(-journal|-wal|-shm)?$"
     )
     legacy = re.compile(
         re.escape(f".{name}.") + r"[0-9a-f]{8}" + re.escape(f".tmp{suffix}") + r"(-journal|-wal|-shm)?$"

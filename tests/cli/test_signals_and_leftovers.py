@@ -100,7 +100,10 @@ def test_a_live_writers_temporary_is_never_removed(tmp_path):
     mine = temp_path(target, ".gpkg")  # this (live) process's name
     Path(mine).write_bytes(b"in progress")
     Path(mine + "-journal").write_bytes(b"j")
-    assert remove_stale(target, ".gpkg") == [] and os.path.exists(mine)
+    per_process = temp_path(target, ".gpkg", one_per_process=True)  # the report's form
+    Path(per_process).write_bytes(b"in progress")
+    assert per_process.endswith(f".x.gpkg.{os.getpid()}.tmp.gpkg")
+    assert remove_stale(target, ".gpkg") == [] and os.path.exists(mine) and os.path.exists(per_process)
 
 
 def test_closed_stdout_pipe_and_closed_stderr(tmp_path, model_file):
@@ -272,16 +275,44 @@ def test_ctrl_c_while_the_solar_report_is_written_says_the_report_was_not(tmp_pa
     out, report = tmp_path / "b.gpkg", tmp_path / "rep"
     report.mkdir()
     proc = _start(["solar", src, "-o", out, "--report", report])
-    os.mkfifo(report / f"summary.html.{proc.pid}.tmp")
-    t0 = time.monotonic()
-    while not (report / f"buildings.csv.{proc.pid}.tmp").exists() and time.monotonic() - t0 < 120:
-        assert proc.poll() is None, proc.stderr.read().decode(errors="replace")[-1500:]
-        time.sleep(0.05)
-    time.sleep(0.5)
-    assert proc.poll() is None and out.exists()
+    _hold_in_report(proc, report)
+    assert out.exists()
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=60)[1].decode(errors="replace")
     assert proc.returncode == 130, err[-1500:]
     assert f"error: interrupted after {out} had been written in full; the report in {report} was not written" in err
     assert "Traceback" not in err
     assert os.listdir(report) == []  # no csv without its summary, no temporary left behind
+
+
+def _hold_in_report(proc, report):
+    """Hold a `solar --report` run inside its report: its last temporary file is a FIFO, so the
+    open blocks until a reader comes. Returns once the first file's temporary exists."""
+    os.mkfifo(report / f".summary.html.{proc.pid}.tmp")
+    t0 = time.monotonic()
+    while not (report / f".buildings.csv.{proc.pid}.tmp").exists() and time.monotonic() - t0 < 120:
+        assert proc.poll() is None, proc.stderr.read().decode(errors="replace")[-1500:]
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert proc.poll() is None
+
+
+def test_a_report_killed_with_kill_9_leaves_temporaries_that_the_next_run_removes(tmp_path):
+    """Session 13's note: the report's temporaries were named `<file>.<pid>.tmp` by the report's
+    own code, so a `kill -9` mid-report left them for good. A real SIGKILL while the run is held
+    inside its report, then the same command again into the same folder."""
+    from tests.cli.test_solar_columns import geojson_layer
+
+    src = geojson_layer(tmp_path / "in.geojson", {"name": "a"})
+    out, report = tmp_path / "b.gpkg", tmp_path / "rep"
+    report.mkdir()
+    proc = _start(["solar", src, "-o", out, "--report", report])
+    _hold_in_report(proc, report)
+    proc.kill()
+    proc.communicate(timeout=60)
+    left = sorted(os.listdir(report))
+    assert left == sorted(f".{n}.{proc.pid}.tmp" for n in ("areas.png", "buildings.csv", "summary.html")), left
+    again = _start(["solar", src, "-o", tmp_path / "c.gpkg", "--report", report])
+    err = again.communicate(timeout=120)[1].decode(errors="replace")
+    assert again.returncode == 0, err[-1500:]
+    assert sorted(os.listdir(report)) == ["areas.png", "buildings.csv", "summary.html"]
