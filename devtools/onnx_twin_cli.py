@@ -109,6 +109,10 @@ def object_f1(fig) -> float:
     return 2.0 * fig["matched"] / den if den else 1.0
 
 
+def _counts(fig) -> list:
+    return [int(fig["predicted"]), int(fig["reference"]), int(fig["matched"])]
+
+
 def heldout_gate(model: str, int8_path: str, data: str):
     """Score the fp32 graph and the int8 twin on the held-out cases; record the figures in the twin,
     or delete it and raise when int8 loses more than the tolerances."""
@@ -139,10 +143,15 @@ def heldout_gate(model: str, int8_path: str, data: str):
             "int8_object_f1": round(object_f1(b), 4),
             "delta_pixel_iou": round(d_iou, 4),
             "delta_object_f1": round(d_f1, 4),
+            # one building moves object F1 by 2 / (predicted + reference): the counts show how many
+            "fp32_predicted_reference_matched": _counts(a),
+            "int8_predicted_reference_matched": _counts(b),
         }
         print(
             f"{case:15s} pixel IoU fp32 {a['pixel_iou']:.4f} int8 {b['pixel_iou']:.4f} ({d_iou:+.4f});  "
-            f"object F1 fp32 {object_f1(a):.4f} int8 {object_f1(b):.4f} ({d_f1:+.4f})"
+            f"object F1 fp32 {object_f1(a):.4f} int8 {object_f1(b):.4f} ({d_f1:+.4f}; buildings "
+            f"predicted / reference / matched fp32 {'/'.join(map(str, _counts(a)))}, "
+            f"int8 {'/'.join(map(str, _counts(b)))})"
         )
         if d_iou < -IOU_TOL or d_f1 < -F1_TOL:
             failures.append(case)
