@@ -35,7 +35,7 @@ from .params import DETECT, OUTLINES, check_fields
 from .raster_source import RasterSource, open_source
 from .solar import SolarParams
 from .strip_mosaic import StripMosaic
-from .tiling import GridLattice, ModelGrid, Tile, lattice_offset, model_grid, tile_grid, tile_origins
+from .tiling import GridLattice, ModelGrid, Tile, lattice_offset, model_grid, tile_origins, tiles_on
 from .vectorize import SEPARATION_MIN_CORE_FRACTION, SPLIT_CORE_PROBABILITY, StripVectorizer
 from .work_estimate import WorkEstimate, estimate_grid, size_problem
 
@@ -196,8 +196,7 @@ def _lay_out(raster: RasterSource, model: LoadedModel, options: DetectOptions, w
     aoi = _parse_aoi(options.aoi_wkt) if options.aoi_wkt else None
     grid = _grid_for_aoi(full_grid, aoi, raster.name) if aoi is not None else full_grid
     # on a mosaic's lattice, the tiles the whole mosaic's run would lay (tiling: same context)
-    offset = lattice_offset(grid, options.grid_lattice)
-    all_tiles = tile_grid(grid.width_px, grid.height_px, model.tile_size_px, model.overlap_px, offset)
+    all_tiles = tiles_on(grid, options.grid_lattice, model.tile_size_px, model.overlap_px)
     tiles = _tiles_in_aoi(all_tiles, grid, aoi) if aoi is not None else all_tiles
     return _Run(raster, model, options, threshold, batch_size, raster_px_m, full_grid, grid, aoi, tiles)
 

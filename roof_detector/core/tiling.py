@@ -64,6 +64,16 @@ Tile grid
     over the whole mosaic, and keeps each pixel from the same tile, except within
     ``T`` of a grid edge that is not a lattice tile's (:func:`tile_aligned_bounds`
     grows a job's window to whole lattice tiles, so that there is none inside the mosaic).
+    A window widened to whole pixels of a raster coarser than the lattice starts (ends) a
+    pixel or two before (after) a lattice tile: its first (last) tile is then not the whole
+    run's, and keeps only the pixels the whole run keeps from the tile the job lacks::
+
+        first tile keeps [0, (prev(b) + b + T) // 2)      # b: the job's second tile
+        last tile keeps  [(a + next(a) + T) // 2, n)      # a: the one before its last
+
+    (lattice pixels; ``prev``/``next``: the neighbouring tiles of the whole run, ``b - stride``
+    and ``a + stride`` but next to the whole grid's flush last tile, told apart by the whole
+    grid's size on the lattice, :class:`GridLattice`).
     ``lattice_offset`` 0 gives the plain tiling above.
 """
 
@@ -147,13 +157,16 @@ class GridLattice:
     y0: float
     step_x: float
     step_y: float
+    # the whole grid's size in lattice pixels, where known: its last tile is flush with its end
+    width_px: Optional[int] = None
+    height_px: Optional[int] = None
 
 
 def grid_lattice(grid: ModelGrid) -> GridLattice:
     """The lattice of ``grid``'s model pixels (the raster's own pixels where it is read at its
     own resolution): what windows of the same raster lay their grids and tiles on."""
     t = grid.transform
-    return GridLattice(t.c, t.f, t.a, -t.e)
+    return GridLattice(t.c, t.f, t.a, -t.e, grid.width_px, grid.height_px)
 
 
 def model_grid(
@@ -228,15 +241,37 @@ def tile_origins(length_px: int, tile_size_px: int, overlap_px: int, lattice_off
 def lattice_offset(grid: ModelGrid, lattice: Optional[GridLattice]) -> Tuple[int, int]:
     """(column, row) of ``lattice`` at ``grid``'s pixel (0, 0); (0, 0) when the grid is not on it
     (no lattice, or a grid laid with its own pixels where the lattice's do not fit)."""
+    on = _offset_on(grid, lattice)
+    return on if on is not None else (0, 0)
+
+
+def lattice_tiling(grid: ModelGrid, lattice: Optional[GridLattice]) -> "LatticePlace":
+    """Where ``grid`` lies on ``lattice``, for :func:`tile_grid`: its offset and the whole grid's
+    size (both unknown when the grid is not on the lattice)."""
+    on = _offset_on(grid, lattice)
+    if on is None:
+        return LatticePlace()
+    return LatticePlace(on, (lattice.width_px, lattice.height_px))
+
+
+@dataclass(frozen=True)
+class LatticePlace:
+    """A grid's (column, row) on a mosaic's lattice and the whole grid's (width, height) there."""
+
+    offset: Tuple[int, int] = (0, 0)
+    whole_px: Tuple[Optional[int], Optional[int]] = (None, None)
+
+
+def _offset_on(grid: ModelGrid, lattice: Optional[GridLattice]) -> Optional[Tuple[int, int]]:
     if lattice is None:
-        return 0, 0
+        return None
     t = grid.transform
     if abs(t.a / lattice.step_x - 1.0) > 1e-6 or abs(-t.e / lattice.step_y - 1.0) > 1e-6:
-        return 0, 0
+        return None
     col = (t.c - lattice.x0) / lattice.step_x
     row = (lattice.y0 - t.f) / lattice.step_y
     if abs(col - round(col)) > 1e-3 or abs(row - round(row)) > 1e-3:
-        return 0, 0
+        return None
     return int(round(col)), int(round(row))
 
 
@@ -289,9 +324,41 @@ def _last_tile_split(length_px: int, tile_size_px: int, overlap_px: int) -> Tupl
     return before, (before + last + tile_size_px) // 2
 
 
-def kept_spans(origins: Sequence[int], length_px: int, tile_size_px: int) -> List[Tuple[int, int]]:
-    """Grid span ``[start, stop)`` kept from each tile: the spans partition ``[0, length_px)``."""
+def kept_spans(
+    origins: Sequence[int],
+    length_px: int,
+    tile_size_px: int,
+    overlap_px: Optional[int] = None,
+    lattice_offset: int = 0,
+    whole_px: Optional[int] = None,
+) -> List[Tuple[int, int]]:
+    """Grid span ``[start, stop)`` kept from each tile: the spans partition ``[0, length_px)``.
+
+    Neighbouring tiles split their overlap at its middle. On a mosaic's lattice (``overlap_px``
+    and ``whole_px``, the whole grid's length, given) a tile the whole run does not lay (the
+    first one, off the lattice, or the last one, flush with a window's end inside the mosaic)
+    keeps only what the whole run keeps from the tile it lacks there, so every other pixel is
+    kept from the whole run's own tile (module docstring).
+    """
     splits = [(origins[i + 1] + origins[i] + tile_size_px) // 2 for i in range(len(origins) - 1)]
+    if overlap_px is not None and whole_px is not None and len(origins) > 1:
+        stride = tile_size_px - overlap_px
+        whole_last = max(0, whole_px - tile_size_px)
+
+        def laid(x: int) -> bool:  # a tile origin of the whole run, in lattice pixels
+            return x == whole_last or (x % stride == 0 and x < whole_last)
+
+        def whole_split(a: int, b: int) -> int:  # between consecutive tiles of the whole run
+            return (a + b + tile_size_px) // 2 - lattice_offset
+
+        head, second = lattice_offset + origins[0], lattice_offset + origins[1]
+        if not laid(head) and laid(second) and second > 0:
+            # the whole run's tile before the second one (a lattice tile, or the one before its
+            # flush last tile) keeps what lies before this split
+            splits[0] = max(1, whole_split((second - 1) // stride * stride, second))
+        tail, before = lattice_offset + origins[-1], lattice_offset + origins[-2]
+        if not laid(tail) and laid(before) and before < whole_last:
+            splits[-1] = min(length_px - 1, whole_split(before, min(before + stride, whole_last)))
     starts = [0] + splits
     stops = splits + [length_px]
     return list(zip(starts, stops))
@@ -315,15 +382,27 @@ class Tile:
     keep: Tuple[int, int, int, int]
 
 
+def tiles_on(grid: ModelGrid, lattice: Optional[GridLattice], tile_size_px: int, overlap_px: int) -> List[Tile]:
+    """:func:`tile_grid` over ``grid``, laid on ``lattice`` (a mosaic's) where the grid is on it."""
+    place = lattice_tiling(grid, lattice)
+    return tile_grid(grid.width_px, grid.height_px, tile_size_px, overlap_px, place.offset, place.whole_px)
+
+
 def tile_grid(
-    width_px: int, height_px: int, tile_size_px: int, overlap_px: int, lattice_offset: Tuple[int, int] = (0, 0)
+    width_px: int,
+    height_px: int,
+    tile_size_px: int,
+    overlap_px: int,
+    lattice_offset: Tuple[int, int] = (0, 0),
+    whole_px: Tuple[Optional[int], Optional[int]] = (None, None),
 ) -> List[Tile]:
     """All tiles over a ``width_px`` x ``height_px`` grid, row by row (``lattice_offset``: the
-    grid's (column, row) on a mosaic's lattice, see the module docstring)."""
+    grid's (column, row) on a mosaic's lattice, ``whole_px`` the whole grid's (width, height)
+    there, see the module docstring and :func:`kept_spans`)."""
     cols = tile_origins(width_px, tile_size_px, overlap_px, lattice_offset[0])
     rows = tile_origins(height_px, tile_size_px, overlap_px, lattice_offset[1])
-    col_spans = kept_spans(cols, width_px, tile_size_px)
-    row_spans = kept_spans(rows, height_px, tile_size_px)
+    col_spans = kept_spans(cols, width_px, tile_size_px, overlap_px, lattice_offset[0], whole_px[0])
+    row_spans = kept_spans(rows, height_px, tile_size_px, overlap_px, lattice_offset[1], whole_px[1])
     tiles: List[Tile] = []
     for r, (row_off, (r0, r1)) in enumerate(zip(rows, row_spans)):
         for c, (col_off, (c0, c1)) in enumerate(zip(cols, col_spans)):

@@ -12,7 +12,7 @@ import torch
 from roof_detector.core.geo import pixel_size_m
 from roof_detector.core.mosaic_plan import expand_inputs, pixel_grid, plan_jobs, read_mosaic
 from roof_detector.core.mosaic_tiles import mosaic_lattice
-from roof_detector.core.tiling import lattice_offset, model_grid, tile_grid
+from roof_detector.core.tiling import lattice_offset, model_grid, tile_grid, tiles_on
 from tests.core.many_fixtures import cut, scene
 
 TILE_PX, OVERLAP_PX, GSD_M = 64, 8, 0.5  # the test model's
@@ -43,12 +43,7 @@ def _mismatches(mosaic, jobs, lattice, tile=(TILE_PX, OVERLAP_PX, GSD_M)) -> int
         jt, jw, jh = pixel_grid(job.window, mosaic.res)
         grid = model_grid(jt, jw, jh, px_m, gsd_m, lattice)
         offset = lattice_offset(grid, lattice)
-        keeper = _keeper_map(
-            grid.width_px,
-            grid.height_px,
-            tile_grid(grid.width_px, grid.height_px, tile_px, overlap_px, offset),
-            offset,
-        )
+        keeper = _keeper_map(grid.width_px, grid.height_px, tiles_on(grid, lattice, tile_px, overlap_px), offset)
         fx0, fy0, fx1, fy1 = job.footprint
         c0 = max(0, math.floor((fx0 - band - lattice.x0) / lattice.step_x))
         c1 = min(whole.width_px, math.ceil((fx1 + band - lattice.x0) / lattice.step_x))
@@ -69,6 +64,10 @@ def _mismatches(mosaic, jobs, lattice, tile=(TILE_PX, OVERLAP_PX, GSD_M)) -> int
         (2000, 0.25, (256, 32, 0.3)),
         (3000, 0.3, (256, 32, 0.3)),
         (1800, 0.15, (64, 8, 0.5)),
+        # coarser than the model's GSD: a window cut on whole pixels starts and ends off the lattice
+        (1200, 0.5, (256, 32, 0.3)),
+        (2000, 0.6, (256, 32, 0.3)),
+        (1500, 0.37, (256, 32, 0.3)),
     ],
 )
 def test_blocks_of_one_raster_keep_their_pixels_from_the_whole_rasters_tiles(
@@ -78,7 +77,9 @@ def test_blocks_of_one_raster_keep_their_pixels_from_the_whole_rasters_tiles(
     window reaching into the pixels it keeps is grown to hold it and the tile before it (QA,
     session 10: the demo crop in 600 px blocks split two touching roofs otherwise). Planning only
     (rasters' headers): blocks of the demo's size and resolution, and of coarser rasters down to
-    the model's GSD (a raster coarser than the model's GSD is not covered: README, *One tiling*)."""
+    the model's GSD, and coarser ones (0.5, 0.6 m for a 0.3 m model: the window, widened to whole
+    pixels, starts a pixel or two before a lattice tile, and its first tile, off the lattice, kept
+    pixels up to 128 px in, past a 30 m margin, until session 14)."""
     from devtools.bench_many_cli import grid_mosaic
 
     mosaic = grid_mosaic(1, side_px * pixel_m, pixel_m)

@@ -179,7 +179,7 @@ def test_a_grid_at_the_rasters_own_resolution_lies_on_the_rasters_pixels():
     from roof_detector.core.tiling import GridLattice, grid_lattice
 
     native = model_grid(Affine(0.3, 0, 10, 0, -0.3, 20), 100, 100, (0.3, 0.3), 0.3)
-    assert grid_lattice(native) == GridLattice(10, 20, 0.3, 0.3)
+    assert grid_lattice(native) == GridLattice(10, 20, 0.3, 0.3, 100, 100)  # with the whole grid's size
     resampled = grid_lattice(model_grid(Affine(0.3, 0, 10, 0, -0.3, 20), 100, 100, (0.3, 0.3), 0.5))
     assert (resampled.x0, resampled.y0) == (10, 20) and resampled.step_x == pytest.approx(0.5, rel=0.01)
 
@@ -246,3 +246,39 @@ def test_bounds_grown_to_whole_lattice_tiles(x0, width, y1, height, step):
     # grown by less than a stride before, and after by less than a stride (and a pixel), or to one tile
     assert x0 - b[0] < stride * step + 1e-6
     assert b[2] - (x0 + width) < stride * step + step + 1e-6 or round(c1 - c0) == tile
+
+
+def test_a_window_off_the_lattice_keeps_from_its_extra_tiles_only_what_the_whole_run_lacks():
+    """A window of a coarse raster (0.5 m pixels, 0.3 m model) widened to whole pixels starts 2
+    lattice pixels before a lattice tile and ends 1 after one: its first and last tiles are not
+    the whole run's. The whole run (tiles at 0, 224, 448, ... of a 2000 px grid) keeps lattice
+    pixels [464, 688) from its tile at 448 and [688, 912) from its tile at 672."""
+    # the window: lattice pixels 446 .. 446 + 2 + 256 + 224 + 1 = 929
+    offset, length = 446, 2 + 256 + 224 + 1
+    origins = tile_origins(length, 256, 32, offset)
+    assert [o + offset for o in origins] == [446, 448, 672, 673]
+    spans = kept_spans(origins, length, 256, 32, offset, 2000)
+    lattice = [(a + offset, b + offset) for a, b in spans]
+    # the extra tiles keep only what lies outside the whole run's tiles at 448 and 672 here
+    assert lattice == [(446, 464), (464, 688), (688, 912), (912, 929)]
+    # without the whole grid's size (a single raster), the overlaps split at their middle
+    assert [(a + offset, b + offset) for a, b in kept_spans(origins, length, 256, 32)] == [
+        (446, 575),
+        (575, 688),
+        (688, 800),
+        (800, 929),
+    ]
+
+
+def test_the_whole_runs_own_last_tile_keeps_what_it_keeps_in_the_whole_run():
+    """A window reaching the whole grid's end holds the whole run's last (flush) tile: it keeps the
+    same pixels as in the whole run, from the middle of its overlap with the tile before."""
+    whole = tile_origins(1000, 256, 32)
+    whole_spans = kept_spans(whole, 1000, 256)
+    offset = 448
+    origins = tile_origins(1000 - offset, 256, 32, offset)
+    spans = kept_spans(origins, 1000 - offset, 256, 32, offset, 1000)
+    got = [(a + offset, b + offset) for a, b in spans]
+    # the window's first tile keeps from the window's start (its margin); every other span as whole
+    assert got[1:] == whole_spans[-len(spans) + 1 :] and got[0][1] == whole_spans[-len(spans)][1]
+    assert got[-1] == (836, 1000)  # (tile at 672 + flush tile at 744 + 256) // 2
