@@ -105,6 +105,7 @@ def _say_model(figures: dict, device, say) -> None:
         )
         heldout = dict(figures.get("int8_heldout") or {})
         made = heldout.pop("recorded", None)
+        tuning = heldout.pop("tuning_pooled", None)
         if heldout:  # the release gate's figures, from the code of that day: outline changes since move them
             say("  held-out check recorded when the twin was made" + (f" ({made})" if made else "") + ":")
         for case, h in heldout.items():
@@ -112,6 +113,11 @@ def _say_model(figures: dict, device, say) -> None:
                 f"  held-out {case}: pixel IoU fp32 {h['fp32_pixel_iou']} int8 {h['int8_pixel_iou']} "
                 f"({h['delta_pixel_iou']:+}), object F1 fp32 {h['fp32_object_f1']} int8 {h['int8_object_f1']} "
                 f"({h['delta_object_f1']:+})"
+            )
+        if tuning:
+            say(
+                "  tuning scenes, objects pooled (predicted / reference / matched / F1): "
+                f"fp32 {'/'.join(map(str, tuning['fp32']))}, int8 {'/'.join(map(str, tuning['int8']))}"
             )
     elif device.type == "cpu":
         say(f"ONNX twin: {figures.get('onnx_twin')}")

@@ -16,7 +16,6 @@ predicted polygon that holds another reference building too).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -27,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import numpy as np  # noqa: E402
 import shapely  # noqa: E402
 
-from devtools.heldout import chip_to_geotiff  # noqa: E402
+from devtools.heldout import build_tuning_cases  # noqa: E402
 from devtools.recipe import shared_data_dir  # noqa: E402
 from roof_detector.core import evaluate as ev  # noqa: E402
 from roof_detector.core import vectorize  # noqa: E402
@@ -63,14 +62,10 @@ def _split_at_levels(labels, count, open_ids, prob, core_u8, min_core_px):
 
 
 def tuning_cases(data_dir: str, work_dir: str):
-    """(set name, raster, reference path or polygons) of the tuning scenes."""
-    for area in (1, 2, 3, 5):
-        oam = os.path.join(data_dir, "oam", f"area{area}")
-        yield f"oam{area}_z19", os.path.join(oam, "ortho_z19.tif"), os.path.join(oam, "buildings.gpkg")
-    val = os.path.join(data_dir, "chips", "inria", "val")
-    for img in sorted(glob.glob(os.path.join(val, "images", "*.png"))):
-        tif, polys = chip_to_geotiff(img, os.path.join(val, "masks", os.path.basename(img)), 0.3, work_dir)
-        yield "inria_val", tif, polys
+    """(set name, raster, reference path or polygons) of the tuning scenes, raster by raster."""
+    for case in build_tuning_cases(data_dir, work_dir):
+        for raster, reference in zip(case.rasters, case.references):
+            yield case.name.replace("tuning_", ""), raster, reference
 
 
 def _in_valid(geoms, grid):

@@ -157,10 +157,15 @@ def test_the_held_out_check_is_printed_as_of_the_day_the_twin_was_made(repo_root
         "onnx_twin_precision": "int8",
         "onnx_twin_mb": 4.0,
         "int8_tiles_per_s": 2.0,
-        "int8_heldout": {"recorded": made, "oam_area4_z19": case},
+        "int8_heldout": {
+            "recorded": made,
+            "oam_area4_z19": case,
+            "tuning_pooled": {"fp32": [607, 680, 432, 0.6713], "int8": [598, 680, 433, 0.6776]},
+        },
     }
     lines = []
     _say_model(figures, torch.device("cpu"), lambda *a: lines.append(" ".join(map(str, a))))
     text = "\n".join(lines)
     assert f"held-out check recorded when the twin was made ({made}):" in text
     assert "held-out oam_area4_z19: pixel IoU fp32 0.58 int8 0.59" in text and "held-out recorded" not in text
+    assert "tuning scenes, objects pooled (predicted / reference / matched / F1): fp32 607/680/432/0.6713" in text

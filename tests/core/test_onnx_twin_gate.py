@@ -25,7 +25,10 @@ def gate(monkeypatch, tmp_path):
 
     def run(fp32, int8):
         scores = iter([fp32, int8])
-        monkeypatch.setattr(heldout, "score_all", lambda *a, **k: next(scores))
+        # the tuning scenes: 600 / 680 / 430 with either model
+        tuning = {"tuning_oam1_z19": _fig(0.7, 400, 300, 500), "tuning_inria_val": _fig(0.7, 200, 130, 180)}
+        monkeypatch.setattr(heldout, "score_all", lambda *a, tuning=False, **k: tuning_figs if tuning else next(scores))
+        tuning_figs = tuning
         return onnx_twin_cli.heldout_gate("m.pt", str(twin), "data"), recorded, twin
 
     return run
@@ -38,6 +41,8 @@ def test_gate_passes_the_same_buildings_and_records_the_counts(gate, capsys):
     assert record["oam_area4_z19"]["int8_predicted_reference_matched"] == [49, 112, 32]
     assert json.loads(props["heldout"])["oam_area4_z19"]["delta_object_f1"] == 0.0
     assert twin.exists()
+    assert "fp32 600/680/430/0.6719, int8 600/680/430/0.6719 (recorded, not gating)" in line
+    assert record["tuning_pooled"] == {"fp32": [600, 680, 430, 0.6719], "int8": [600, 680, 430, 0.6719]}
 
 
 def test_gate_refuses_one_building_fewer_and_keeps_no_candidate(gate, capsys, tmp_path):
