@@ -135,7 +135,7 @@ def run_job(
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     off_seam, seam = split_at_seams(job, result.buildings, _seam_band_crs(job, result.crs_wkt))
-    kept, dropped, cut = keep_owned(job, off_seam, seam)
+    kept, dropped, cut = keep_owned(job, off_seam, seam, _edge_band_crs(job, options, model))
     warnings = [f"{job.name}: {w}" for w in result.warnings if "no valid pixels" not in w]
     return JobResult(
         job.index,
@@ -191,16 +191,28 @@ def _chained_messages(exc: BaseException) -> str:
     return "; ".join(parts)
 
 
-def keep_owned(job: Job, buildings: List[Building], seam: List[Building] = ()) -> Tuple[List[Building], int, int]:
+def _edge_band_crs(job: Job, options, model) -> float:
+    """Half a tile overlap in CRS units: the band along a window's cut edge whose pixels the job
+    keeps from its last tile, where one run over the whole mosaic keeps them from the next one."""
+    lattice = options.grid_lattice
+    step = max(lattice.step_x, lattice.step_y) if lattice is not None else max(job.res)
+    return model.overlap_px / 2 * step
+
+
+def keep_owned(
+    job: Job, buildings: List[Building], seam: List[Building] = (), edge_band: float = 0.0
+) -> Tuple[List[Building], int, int]:
     """``(kept, dropped, cut)``: the buildings whose representative point ``job`` owns, in their order;
-    ``cut`` counts those, and the ``seam`` candidates, that touch a cut edge of the window."""
+    ``cut`` counts those, and the ``seam`` candidates, that reach within ``edge_band`` (CRS units;
+    at least 1.5 pixels) of a cut edge of the window."""
     if not buildings and not seam:
         return [], 0, 0
     points = shapely.point_on_surface(np.asarray([b.geometry for b in buildings], dtype=object))
     xs, ys = shapely.get_x(points), shapely.get_y(points)
     kept = [b for b, x, y in zip(buildings, xs, ys) if owns(job, float(x), float(y))]
-    # A kept building touching a cut edge of the window may be larger than the margin (then cut).
-    edge = 1.5 * max(job.res)
+    # A kept building touching a cut edge of the window may be larger than the margin (then cut);
+    # one reaching into the band the job keeps from another tile than a whole run may differ.
+    edge = max(1.5 * max(job.res), edge_band)
     x0, y0, x1, y1 = job.window
     cut = 0
     for b in kept + list(seam):

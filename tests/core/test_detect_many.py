@@ -565,3 +565,33 @@ def test_a_single_local_worker_runs_in_this_process_and_more_in_their_own(tmp_pa
     assert seen == {"scheduler": (1.0, True, 2000), "workers": [(1.0, False, 2000, 2)] * 2}
     one, two = (read_layer(str(tmp_path / f"{n}.gpkg")) for n in ("one", "two"))
     assert [(g.wkb, a) for g, a in two] == [(g.wkb, a) for g, a in one]  # the same output either way
+
+
+def test_an_owned_building_reaching_the_band_a_whole_run_keeps_from_another_tile_is_counted():
+    """Session 14: a 59 m roof across a seam of OAM area 4 at 0.52 m reached 1 m short of its job's
+    window and came out a little different from the whole run's (IoU 0.985) without a warning: only
+    buildings within 1.5 pixels of a cut edge were counted. The last half overlap of pixels along a
+    cut edge is kept from another tile than in a whole run; a building reaching into it is counted."""
+    from devtools.bench_many_cli import grid_mosaic
+    from roof_detector.core.building import Building
+    from roof_detector.core.many_job import keep_owned
+
+    mosaic = grid_mosaic(1, 600 * 0.5, 0.5)
+    job = plan_jobs(mosaic, margin_m=30.0, block_px=300)[0]
+    assert job.inner_edges[2]  # its right side is cut from the mosaic
+    fx0, fy0, fx1, fy1 = job.footprint
+    x1 = job.window[2]
+    # owned (its middle is in the footprint), ending 3 m (6 px) short of the window's right edge
+    roof = Building(shapely.box(2 * fx1 - x1 - 10.0, fy0 + 10.0, x1 - 3.0, fy0 + 16.0), 0.0, 0.0, 0.9)
+    kept, _, cut_plain = keep_owned(job, [roof])
+    assert kept == [roof] and cut_plain == 0
+    assert keep_owned(job, [roof], edge_band=8 / 2 * 0.5)[2] == 0  # 2 m (the test model's): not reached
+    assert keep_owned(job, [roof], edge_band=32 / 2 * 0.3)[2] == 1  # 4.8 m (the bundled model's)
+    # the band run_job passes: half the model's tile overlap, in lattice pixels
+    from types import SimpleNamespace
+
+    from roof_detector.core.many_job import _edge_band_crs
+    from roof_detector.core.tiling import GridLattice
+
+    options = SimpleNamespace(grid_lattice=GridLattice(500000.0, 5000000.0, 0.3, 0.3))
+    assert _edge_band_crs(job, options, SimpleNamespace(overlap_px=32)) == pytest.approx(4.8)
