@@ -108,13 +108,7 @@ def build_cases(data_dir: str, work_dir: str, names: Optional[List[str]] = None)
                 f"oam_area4_z{zoom}", [os.path.join(oam4, f"ortho_z{zoom}.tif")], [os.path.join(oam4, "buildings.gpkg")]
             )
         )
-    inria = os.path.join(data_dir, "chips", "inria", "test")
-    rasters, refs = [], []
-    for img in sorted(glob.glob(os.path.join(inria, "images", "*.png"))):
-        tif, polys = chip_to_geotiff(img, os.path.join(inria, "masks", os.path.basename(img)), 0.3, work_dir)
-        rasters.append(tif)
-        refs.append(polys)
-    cases.append(Case("inria_test", rasters, refs))
+    cases.append(_inria_case("inria_test", os.path.join(data_dir, "chips", "inria", "test"), work_dir))
     demo = solaris_sample(work_dir)
     if demo:
         cases.append(Case("demo_atlanta", [demo[0]], [demo[1]]))
@@ -131,14 +125,18 @@ def build_tuning_cases(data_dir: str, work_dir: str) -> List[Case]:
         cases.append(
             Case(f"tuning_oam{area}_z19", [os.path.join(oam, "ortho_z19.tif")], [os.path.join(oam, "buildings.gpkg")])
         )
-    val = os.path.join(data_dir, "chips", "inria", "val")
+    cases.append(_inria_case("tuning_inria_val", os.path.join(data_dir, "chips", "inria", "val"), work_dir))
+    return cases
+
+
+def _inria_case(name: str, folder: str, work_dir: str) -> Case:
+    """The INRIA chips of ``folder`` (``images/``, ``masks/``) as GeoTIFFs at 0.3 m, pooled."""
     rasters, refs = [], []
-    for img in sorted(glob.glob(os.path.join(val, "images", "*.png"))):
-        tif, polys = chip_to_geotiff(img, os.path.join(val, "masks", os.path.basename(img)), 0.3, work_dir)
+    for img in sorted(glob.glob(os.path.join(folder, "images", "*.png"))):
+        tif, polys = chip_to_geotiff(img, os.path.join(folder, "masks", os.path.basename(img)), 0.3, work_dir)
         rasters.append(tif)
         refs.append(polys)
-    cases.append(Case("tuning_inria_val", rasters, refs))
-    return cases
+    return Case(name, rasters, refs)
 
 
 def score_case(case: Case, options: DetectOptions, model=None, log: Callable[[str], None] = print) -> Dict[str, float]:
