@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import shapely
@@ -199,23 +199,31 @@ def _edge_band_crs(job: Job, options, model) -> float:
     return model.overlap_px / 2 * step
 
 
+def _owned(job: Job, buildings: Sequence[Building]) -> List[bool]:
+    """Whether ``job`` owns each building's representative point."""
+    if not buildings:
+        return []
+    points = shapely.point_on_surface(np.asarray([b.geometry for b in buildings], dtype=object))
+    return [owns(job, float(x), float(y)) for x, y in zip(shapely.get_x(points), shapely.get_y(points))]
+
+
 def keep_owned(
     job: Job, buildings: List[Building], seam: List[Building] = (), edge_band: float = 0.0
 ) -> Tuple[List[Building], int, int]:
     """``(kept, dropped, cut)``: the buildings whose representative point ``job`` owns, in their order;
-    ``cut`` counts those, and the ``seam`` candidates, that reach within ``edge_band`` (CRS units;
-    at least 1.5 pixels) of a cut edge of the window."""
+    ``cut`` counts those, and the ``seam`` candidates it owns, that reach within ``edge_band`` (CRS
+    units; at least 1.5 pixels) of a cut edge of the window."""
     if not buildings and not seam:
         return [], 0, 0
-    points = shapely.point_on_surface(np.asarray([b.geometry for b in buildings], dtype=object))
-    xs, ys = shapely.get_x(points), shapely.get_y(points)
-    kept = [b for b, x, y in zip(buildings, xs, ys) if owns(job, float(x), float(y))]
+    kept = [b for b, mine in zip(buildings, _owned(job, buildings)) if mine]
     # A kept building touching a cut edge of the window may be larger than the margin (then cut);
     # one reaching into the band the job keeps from another tile than a whole run may differ.
+    # A seam candidate the neighbour owns is settled from the neighbour's whole outline: where it
+    # reaches this window's edge it is no sign of a small margin (the demo in 683 px blocks).
     edge = max(1.5 * max(job.res), edge_band)
     x0, y0, x1, y1 = job.window
     cut = 0
-    for b in kept + list(seam):
+    for b in kept + [b for b, mine in zip(seam, _owned(job, seam)) if mine]:
         bx0, by0, bx1, by1 = b.geometry.bounds
         near = (bx0 - x0 < edge, by0 - y0 < edge, x1 - bx1 < edge, y1 - by1 < edge)
         cut += any(n and inner for n, inner in zip(near, job.inner_edges))

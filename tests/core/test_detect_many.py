@@ -595,3 +595,22 @@ def test_an_owned_building_reaching_the_band_a_whole_run_keeps_from_another_tile
 
     options = SimpleNamespace(grid_lattice=GridLattice(500000.0, 5000000.0, 0.3, 0.3))
     assert _edge_band_crs(job, options, SimpleNamespace(overlap_px=32)) == pytest.approx(4.8)
+
+
+def test_a_seam_candidate_the_neighbour_owns_is_not_counted_where_it_reaches_the_window_edge():
+    """Session 10's false warning (the demo crop in 683 px blocks, every outline exact): a 30 m roof
+    owned by the neighbour, 2.6 m from the seam, reached this job's window edge. The merge settles
+    it from the neighbour's whole outline, so it is no sign of a small margin; one this job owns is."""
+    from devtools.bench_many_cli import grid_mosaic
+    from roof_detector.core.building import Building
+    from roof_detector.core.many_job import keep_owned
+
+    mosaic = grid_mosaic(1, 600 * 0.5, 0.5)
+    job = plan_jobs(mosaic, margin_m=30.0, block_px=300)[1]  # the right-hand block: its left side is cut
+    assert job.inner_edges[0]
+    wx0, fx0 = job.window[0], job.footprint[0]
+    y = job.footprint[1] + 50.0
+    theirs = Building(shapely.box(wx0 + 0.1, y, fx0 - 2.6, y + 20.0), 0.0, 0.0, 0.9)  # left of the seam
+    mine = Building(shapely.box(wx0 + 0.1, y + 30.0, fx0 + 40.0, y + 40.0), 0.0, 0.0, 0.9)  # middle past it
+    assert keep_owned(job, [], [theirs])[2] == 0
+    assert keep_owned(job, [], [mine])[2] == 1
