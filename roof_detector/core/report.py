@@ -22,6 +22,7 @@ import datetime as _dt
 import html
 import io
 import os
+import threading
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from .errors import OutputError
@@ -218,9 +219,21 @@ def write_report(
     # The report is whole or absent: every file is written under a temporary name first and the
     # three are renamed only when all are complete (a full disk left a truncated summary.html in
     # 0.2.0; a Ctrl-C between files left a new buildings.csv beside an older run's summary).
-    # Named by temp_files so that those a killed run (kill -9) left are removed here.
-    for path in paths.values():
-        remove_stale(path, "")
+    # Named by temp_files so that those a killed run (kill -9) left are removed here; one name per
+    # process, so two runs of one process (two Processing runs in QGIS) take turns, whole set by set.
+    with _WRITING:
+        for path in paths.values():
+            remove_stale(path, "")
+        _write_whole(paths, contents)
+    return {"totals": total, **paths}
+
+
+#: Held while a report's files are written and renamed (see :func:`write_report`).
+_WRITING = threading.Lock()
+
+
+def _write_whole(paths: Dict[str, str], contents: Dict[str, bytes]) -> None:
+    """Write every file under its temporary name, then rename them all; remove the temporaries."""
     tmps = {key: temp_path(paths[key], "", one_per_process=True) for key in contents}
     try:
         for key, data in contents.items():
@@ -241,7 +254,6 @@ def write_report(
         for tmp in tmps.values():
             if os.path.lexists(tmp):
                 os.unlink(tmp)
-    return {"totals": total, **paths}
 
 
 def check_report_dir(out_dir: str) -> None:
@@ -250,7 +262,7 @@ def check_report_dir(out_dir: str) -> None:
         raise OutputError(f"The report folder {out_dir} is a file; choose a folder for the report")
     try:
         os.makedirs(out_dir, exist_ok=True)
-        probe = temp_path(os.path.join(out_dir, "probe"), "", one_per_process=True)
+        probe = temp_path(os.path.join(out_dir, "probe"), "")  # unique: runs of one process may probe at once
         with open(probe, "wb"):
             pass
         os.unlink(probe)

@@ -73,3 +73,44 @@ def test_headings_break_only_before_units_and_parameters_have_labels():
     assert "<th>Orientation<br>(° from N)</th>" in page and "white-space:nowrap" in page
     assert "<th>Setback from the roof edge (m)</th><td>0.5</td>" in page
     assert "<th>Panel power (Wp)</th>" in page and "setback_m" not in page
+
+
+def test_two_runs_of_one_process_into_one_folder_leave_one_whole_report(tmp_path):
+    """The report's temporaries carry the process id alone (so a killed run's are found by name):
+    two runs of one process (two Processing runs in QGIS) writing into one folder must take turns.
+    Run A is held inside its report (its last temporary is a FIFO) while run B starts; then A is
+    let go. The folder ends with B's three files, whole (before: B rewrote A's temporaries and
+    failed on its rename, FileNotFoundError)."""
+    import os
+    import threading
+    import time
+
+    out = tmp_path / "rep"
+    out.mkdir()
+    fifo = out / f".summary.html.{os.getpid()}.tmp"
+    os.mkfifo(fifo)
+    errors = []
+
+    def write(n):
+        try:
+            write_report(rows_for([(10, 8)] * n), str(out))
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    a = threading.Thread(target=write, args=(3,), daemon=True)
+    a.start()
+    t0 = time.monotonic()
+    while not (out / f".areas.png.{os.getpid()}.tmp").exists() and time.monotonic() - t0 < 30:
+        time.sleep(0.01)
+    b = threading.Thread(target=write, args=(5,), daemon=True)
+    b.start()
+    time.sleep(0.5)  # B is waiting for A (before: B rewrote A's temporaries and opened the FIFO too)
+    with open(fifo, "rb") as fh:  # lets A's summary through
+        fh.read()
+    a.join(30)
+    b.join(30)
+    assert errors == [] and not a.is_alive() and not b.is_alive()
+    with open(out / "buildings.csv", newline="", encoding="utf-8") as fh:
+        assert len(list(csv.DictReader(fh))) == 5
+    assert open(out / "summary.html", encoding="utf-8").read().count("<tr><td>") == 5
+    assert sorted(p.name for p in out.iterdir()) == ["areas.png", "buildings.csv", "summary.html"]
