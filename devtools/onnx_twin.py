@@ -63,9 +63,12 @@ def make_twin(
     ) as work:
         graph = Path(work) / "fp32.onnx"
         _export_graph(_exportable(exported, meta), tile, graph)
+        calibrated = None
         if precision == "int8":
             if calibration is None:
                 raise ValueError("int8 needs calibration tiles")
+            calibration = [np.ascontiguousarray(b, dtype=np.float32) for b in calibration]
+            calibrated = calibration_record(calibration)
             graph = _quantize_int8(graph, Path(work) / "int8.onnx", calibration)
         module = OnnxModule(str(graph))
         x = torch.rand(2, 3, tile, tile, generator=torch.Generator().manual_seed(0)).numpy()
@@ -99,6 +102,7 @@ def make_twin(
                 PRECISION_KEY: precision,
                 AGREEMENT_KEY: json.dumps(figures),
                 **({WEIGHTS_KEY: json.dumps(weights)} if weights else {}),
+                **({CALIBRATION_KEY: json.dumps(calibrated)} if calibrated else {}),
             },
         )
         os.replace(graph, out)
@@ -109,6 +113,27 @@ def make_twin(
 
 
 WEIGHTS_KEY = "weights"
+CALIBRATION_KEY = "calibration"
+
+
+def calibration_record(batches) -> Dict[str, Any]:
+    """What an int8 twin's activation ranges came from: the tiles' count and hash, and the GDAL and
+    ONNX Runtime that read and quantised them (a twin made today did not reproduce the shipped
+    one, and nothing said what its calibration had seen; models/README.md, session 14)."""
+    import hashlib
+
+    import onnxruntime
+    import rasterio
+
+    digest = hashlib.sha256()
+    for b in batches:
+        digest.update(np.ascontiguousarray(b, dtype=np.float32).tobytes())
+    return {
+        "tiles": int(sum(len(b) for b in batches)),
+        "tiles_sha256": digest.hexdigest(),
+        "gdal": rasterio.__gdal_version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
 
 
 def _distilled(weights_from: str, model_path: str, meta: Dict[str, Any]):

@@ -203,5 +203,10 @@ def test_a_refused_int8_twin_keeps_the_twin_it_was_to_replace(tmp_path, monkeypa
     props = read_twin_properties(twin)
     if gate_passes:
         assert props["precision"] == "int8" and file_sha256(twin) != before
+        # what its calibration saw: the very tiles onnx-twin samples (seeded), and the readers
+        from devtools.onnx_twin import calibration_record
+
+        tiles = cli.sample_tiles([raster], read_metadata(model), 64)
+        assert json.loads(props["calibration"]) == calibration_record([tiles])
     else:
         assert props["precision"] == "fp32" and file_sha256(twin) == before
