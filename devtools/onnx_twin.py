@@ -65,11 +65,7 @@ def make_twin(
         _export_graph(_exportable(exported, meta), tile, graph)
         calibrated = None
         if precision == "int8":
-            if calibration is None:
-                raise ValueError("int8 needs calibration tiles")
-            calibration = [np.ascontiguousarray(b, dtype=np.float32) for b in calibration]
-            calibrated = calibration_record(calibration)
-            graph = _quantize_int8(graph, Path(work) / "int8.onnx", calibration)
+            graph, calibrated = _int8_graph(graph, Path(work) / "int8.onnx", calibration)
         module = OnnxModule(str(graph))
         x = torch.rand(2, 3, tile, tile, generator=torch.Generator().manual_seed(0)).numpy()
         batches = [x] + ([np.asarray(check_tiles, dtype=np.float32)] if check_tiles is not None else [])
@@ -114,6 +110,14 @@ def make_twin(
 
 WEIGHTS_KEY = "weights"
 CALIBRATION_KEY = "calibration"
+
+
+def _int8_graph(graph: Path, out: Path, calibration) -> tuple:
+    """(the int8 graph quantised from ``graph``, the record of its calibration)."""
+    if calibration is None:
+        raise ValueError("int8 needs calibration tiles")
+    batches = [np.ascontiguousarray(b, dtype=np.float32) for b in calibration]
+    return _quantize_int8(graph, out, batches), calibration_record(batches)
 
 
 def calibration_record(batches) -> Dict[str, Any]:
