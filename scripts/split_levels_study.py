@@ -68,22 +68,11 @@ def tuning_cases(data_dir: str, work_dir: str):
             yield case.name.replace("tuning_", ""), raster, reference
 
 
-def _in_valid(geoms, grid):
-    """The polygons ``evaluate`` keeps (representative point on a valid pixel)."""
-    import rasterio
-
-    pix, keep = ev._pixel_of_points(geoms, grid), np.zeros(len(geoms), bool)
-    with rasterio.open(grid.raster_path) as ds:
-        for row0 in range(0, grid.height, ev.BLOCK_ROWS):
-            rows = min(ev.BLOCK_ROWS, grid.height - row0)
-            valid = ev._valid_block(grid, ds, row0, rows)
-            ev._mark_valid(pix, keep, row0, np.ones((rows, grid.width), bool) if valid is None else valid)
-    return [g for g, k in zip(geoms, keep) if k]
-
-
-def unmatched_kinds(pred, ref):
-    """Counts of reference buildings: matched, missed, merged, other (see the module docstring)."""
-    matched = {m.reference for m in ev.match_objects(pred, ref)}
+def unmatched_kinds(result):
+    """Counts of reference buildings of an ``evaluate`` result: matched, missed, merged, other (see
+    the module docstring)."""
+    pred, ref = result.predicted_kept, result.reference_kept
+    matched = {m.reference for m in result.matches}
     p_tree, r_tree = shapely.STRtree(pred), shapely.STRtree(ref)
     kinds = {"matched": len(matched), "missed": 0, "merged": 0, "other": 0}
     for j, r in enumerate(ref):
@@ -109,10 +98,10 @@ def _detect_and_score(cases, model, diagnose: bool):
         ref = read_polygons(reference, grid.crs_wkt).geometries if isinstance(reference, str) else reference
         pred = [b.geometry for b in res.buildings]
         s = per.setdefault(name, {"conf": Confusion(), "pmr": np.zeros(3, int), "kinds": {}})
-        if diagnose:
-            for k, v in unmatched_kinds(_in_valid(pred, grid), _in_valid(list(ref), grid)).items():
-                s["kinds"][k] = s["kinds"].get(k, 0) + v
         r = ev.evaluate(pred, list(ref), grid)
+        if diagnose:
+            for k, v in unmatched_kinds(r).items():
+                s["kinds"][k] = s["kinds"].get(k, 0) + v
         s["conf"].add(r.pixel)
         s["pmr"] += (r.n_predicted, r.n_reference, r.n_matched)
     row = {}

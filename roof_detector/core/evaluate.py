@@ -108,6 +108,9 @@ class EvaluationResult:
     iou_threshold: float = DEFAULT_IOU_THRESHOLD
     predicted_shape: ShapeStats = field(default_factory=ShapeStats)
     reference_shape: ShapeStats = field(default_factory=ShapeStats)
+    # the polygons measured (on a valid pixel), which ``matches`` index
+    predicted_kept: List[BaseGeometry] = field(default_factory=list)
+    reference_kept: List[BaseGeometry] = field(default_factory=list)
 
     def mean_matched_iou(self) -> Optional[float]:
         """Mean polygon IoU of the matched pairs; None when nothing matched."""
@@ -283,6 +286,8 @@ def evaluate(
         iou_threshold,
         shape_stats(p_in, grid.crs_wkt),
         shape_stats(r_in, grid.crs_wkt),
+        p_in,
+        r_in,
     )
 
 

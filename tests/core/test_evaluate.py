@@ -206,3 +206,12 @@ def test_errors_name_the_problem(tmp_path):
         evaluate_files(ref, ref)
     with pytest.raises(LabelError):
         evaluate_files(ref, ref, extent=(0, 0, 1, 1), pixel_size=0)
+
+
+def test_the_result_holds_the_polygons_measured_which_its_matches_index():
+    """Polygons whose representative point lies off the grid are not measured; ``matches`` index the
+    ones that are (``predicted_kept`` / ``reference_kept``), as a diagnosis of unmatched buildings needs."""
+    inside, outside = B(0, 0, 5, 5), B(10_000, 0, 10_005, 5)
+    r = evaluate([outside, inside], [inside], GRID)
+    assert r.predicted_kept == [inside] and r.reference_kept == [inside]
+    assert [(m.predicted, m.reference) for m in r.matches] == [(0, 0)]
