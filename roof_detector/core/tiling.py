@@ -241,17 +241,7 @@ def tile_origins(length_px: int, tile_size_px: int, overlap_px: int, lattice_off
 def lattice_offset(grid: ModelGrid, lattice: Optional[GridLattice]) -> Tuple[int, int]:
     """(column, row) of ``lattice`` at ``grid``'s pixel (0, 0); (0, 0) when the grid is not on it
     (no lattice, or a grid laid with its own pixels where the lattice's do not fit)."""
-    on = _offset_on(grid, lattice)
-    return on if on is not None else (0, 0)
-
-
-def lattice_tiling(grid: ModelGrid, lattice: Optional[GridLattice]) -> "LatticePlace":
-    """Where ``grid`` lies on ``lattice``, for :func:`tile_grid`: its offset and the whole grid's
-    size (both unknown when the grid is not on the lattice)."""
-    on = _offset_on(grid, lattice)
-    if on is None:
-        return LatticePlace()
-    return LatticePlace(on, (lattice.width_px, lattice.height_px))
+    return lattice_tiling(grid, lattice).offset
 
 
 @dataclass(frozen=True)
@@ -260,6 +250,15 @@ class LatticePlace:
 
     offset: Tuple[int, int] = (0, 0)
     whole_px: Tuple[Optional[int], Optional[int]] = (None, None)
+
+
+def lattice_tiling(grid: ModelGrid, lattice: Optional[GridLattice]) -> LatticePlace:
+    """Where ``grid`` lies on ``lattice``, for :func:`tile_grid`: its offset and the whole grid's
+    size (both unknown when the grid is not on the lattice)."""
+    on = _offset_on(grid, lattice)
+    if on is None:
+        return LatticePlace()
+    return LatticePlace(on, (lattice.width_px, lattice.height_px))
 
 
 def _offset_on(grid: ModelGrid, lattice: Optional[GridLattice]) -> Optional[Tuple[int, int]]:
