@@ -26,9 +26,8 @@ def gate(monkeypatch, tmp_path):
     def run(fp32, int8):
         scores = iter([fp32, int8])
         # the tuning scenes: 600 / 680 / 430 with either model
-        tuning = {"tuning_oam1_z19": _fig(0.7, 400, 300, 500), "tuning_inria_val": _fig(0.7, 200, 130, 180)}
+        tuning_figs = {"tuning_oam1_z19": _fig(0.7, 400, 300, 500), "tuning_inria_val": _fig(0.7, 200, 130, 180)}
         monkeypatch.setattr(heldout, "score_all", lambda *a, tuning=False, **k: tuning_figs if tuning else next(scores))
-        tuning_figs = tuning
         return onnx_twin_cli.heldout_gate("m.pt", str(twin), "data"), recorded, twin
 
     return run
