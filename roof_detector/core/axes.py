@@ -167,6 +167,40 @@ def own_axes(
     return batch_axes([ring for _work, ring in prepared], tolerance_m)
 
 
+def aligned_clusters(
+    metric: Sequence[BaseGeometry],
+    groups: Sequence[int],
+    own: np.ndarray,
+    radius_m: float = NEIGHBOUR_RADIUS_M,
+    max_diff_deg: float = NEIGHBOUR_MAX_DIFF_DEG,
+) -> Tuple[int, np.ndarray]:
+    """Clusters of aligned neighbours: ``(count, label per polygon)``.
+
+    Two polygons of one metric frame (``groups``) are linked when they lie within
+    ``radius_m`` of each other and their own axes (``own``, NaN: none) differ by at
+    most ``max_diff_deg``; a cluster is a connected set of links (a polygon without
+    links is a cluster of its own). :func:`consensus_orientations` gives each cluster
+    one axis, so a cluster decided in one batch is decided as in any other.
+    """
+    geoms = np.asarray(metric, dtype=object)
+    n = len(geoms)
+    own = np.asarray(own, dtype=float)
+    idx = np.flatnonzero(np.isfinite(own))
+    groups = np.asarray(groups)
+    pairs_a, pairs_b = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for g in np.unique(groups[idx]):
+        members = idx[groups[idx] == g]
+        if len(members) < 2:
+            continue
+        a, b = shapely.STRtree(geoms[members]).query(geoms[members], predicate="dwithin", distance=radius_m)
+        a, b = members[a], members[b]
+        close = np.abs((own[a] - own[b] + 45.0) % 90.0 - 45.0) <= max_diff_deg
+        pairs_a.append(a[close])
+        pairs_b.append(b[close])
+    a, b = np.concatenate(pairs_a), np.concatenate(pairs_b)
+    return connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
+
+
 def consensus_orientations(
     metric: Sequence[BaseGeometry],
     groups: Sequence[int],
@@ -192,32 +226,18 @@ def consensus_orientations(
     ok = np.isfinite(own)
     if ok.sum() < 2:
         return out
-    weight = shapely.length(geoms[ok]) if ok.any() else np.zeros(0)
     idx = np.flatnonzero(ok)
     w = np.zeros(n)
-    w[idx] = weight
+    w[idx] = shapely.length(geoms[idx])
     vec = np.exp(1j * np.radians(4.0 * np.nan_to_num(own)))
-    groups = np.asarray(groups)
-    pairs_a, pairs_b = [], []
-    for g in np.unique(groups[idx]):
-        members = idx[groups[idx] == g]
-        if len(members) < 2:
-            continue
-        tree = shapely.STRtree(geoms[members])
-        a, b = tree.query(geoms[members], predicate="dwithin", distance=radius_m)
-        a, b = members[a], members[b]
-        close = np.abs((own[a] - own[b] + 45.0) % 90.0 - 45.0) <= max_diff_deg
-        pairs_a.append(a[close])
-        pairs_b.append(b[close])
-    if not pairs_a:
-        return out
-    a, b = np.concatenate(pairs_a), np.concatenate(pairs_b)
     # a row or block of aligned neighbours is one cluster with one axis (a link may join
     # buildings up to max_diff apart, so a member far from the cluster's axis keeps its own)
-    n_clusters, label = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)), directed=False)
+    n_clusters, label = aligned_clusters(geoms, groups, own, radius_m, max_diff_deg)
     total = np.zeros(n_clusters, dtype=complex)
     np.add.at(total, label[idx], w[idx] * vec[idx])
     mean = (np.degrees(np.angle(total[label[idx]])) / 4.0) % 90.0
     near = np.abs((mean - own[idx] + 45.0) % 90.0 - 45.0) <= max_diff_deg
+    # a building without aligned neighbours keeps its own axes exactly (no round trip through the mean)
+    near &= np.bincount(label, minlength=n_clusters)[label[idx]] >= 2
     out[idx[near]] = mean[near]
     return out

@@ -34,8 +34,8 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from .building import Building
-from .metric_frame import to_local_metric_many
-from .axes import consensus_orientations, own_axes, working_rings
+from .metric_frame import MetricBatch, to_local_metric_many
+from .axes import aligned_clusters, consensus_orientations, own_axes, working_rings
 from .batch_regularize import regularize_batch
 from .regularize import CURVED
 from .solar import SOLAR_FIELDS, SolarParams, solar_columns, solar_rows
@@ -60,14 +60,35 @@ class FinishOptions:
     solar: Optional[SolarParams] = None
 
 
+@dataclass
+class Outlines:
+    """Traced outlines after steps 1-4 (source CRS), their confidences and their metric batch."""
+
+    polygons: np.ndarray
+    confidence: np.ndarray
+    batch: MetricBatch
+
+    def subset(self, keep: np.ndarray) -> "Outlines":
+        """The outlines selected by ``keep`` (a boolean mask)."""
+        return Outlines(self.polygons[keep], self.confidence[keep], self.batch.subset(keep))
+
+
 def finish_outlines(
     outlines: Sequence[BaseGeometry], confidences: Sequence[float], crs_wkt: str, options: FinishOptions
 ) -> List[Building]:
     """Buildings from raw traced polygons in ``crs_wkt`` (steps 1-6 of the module docstring)."""
+    ready = prepare_outlines(outlines, confidences, crs_wkt, options)
+    return settle_outlines(ready, options) if ready is not None else []
+
+
+def prepare_outlines(
+    outlines: Sequence[BaseGeometry], confidences: Sequence[float], crs_wkt: str, options: FinishOptions
+) -> Optional[Outlines]:
+    """Steps 1-4 of the module docstring; None when no outline is left."""
     polys = np.asarray(outlines, dtype=object)
     conf = np.asarray(confidences, dtype=float)
     if len(polys) == 0:
-        return []
+        return None
     polys = _fill_small_holes(polys, options.max_hole_area_m2 / options.m2_per_unit2)
     if options.simplify_tolerance > 0:
         # Traced corners rounded to a millionth of a pixel first: the simplification's tolerance is
@@ -83,17 +104,58 @@ def finish_outlines(
     polys, owner = polygon_parts(polys)
     conf = conf[owner]
     if len(polys) == 0:
-        return []
-    batch = to_local_metric_many(polys, crs_wkt)
-    keep = shapely.area(batch.metric) >= options.min_area_m2
+        return None
+    ready = Outlines(polys, conf, to_local_metric_many(polys, crs_wkt))
+    keep = shapely.area(ready.batch.metric) >= options.min_area_m2
     if not keep.any():
-        return []
-    if not keep.all():
-        polys, conf, batch = polys[keep], conf[keep], batch.subset(keep)
+        return None
+    return ready if keep.all() else ready.subset(keep)
+
+
+def settle_outlines(ready: Outlines, options: FinishOptions) -> List[Building]:
+    """Steps 5-6 of the module docstring: buildings from prepared outlines."""
     geoms, columns = measure_metric_batch(
-        polys, batch, options.regularize, options.regularize_tolerance_m, options.solar, options.keep_within
+        ready.polygons,
+        ready.batch,
+        options.regularize,
+        options.regularize_tolerance_m,
+        options.solar,
+        options.keep_within,
     )
-    return _buildings(geoms, conf, columns, options.solar is not None)
+    return _buildings(geoms, ready.confidence, columns, options.solar is not None)
+
+
+def joined_outlines(first: Optional[Outlines], second: Optional[Outlines], crs_wkt: str) -> Optional[Outlines]:
+    """Two sets of prepared outlines as one (either may be None)."""
+    if first is None or second is None:
+        return first if second is None else second
+    polys = np.concatenate([first.polygons, second.polygons])
+    conf = np.concatenate([first.confidence, second.confidence])
+    return Outlines(polys, conf, to_local_metric_many(polys, crs_wkt))
+
+
+def hold_for_neighbours(
+    ready: Outlines, frontier_y: float, hold_units: float, options: FinishOptions
+) -> Tuple[Optional[Outlines], Optional[Outlines]]:
+    """``(settle now, hold back)``: the outlines whose aligned neighbours may not all be traced yet.
+
+    Squared outlines share their axes with their aligned neighbours (:func:`.axes.aligned_clusters`).
+    A later strip's outlines all lie below ``frontier_y`` (a north-up grid's y); an outline within
+    ``hold_units`` (CRS units, at least the neighbour radius) of it may be linked to one of them, and
+    so may every outline of its cluster. Those are held back and settled with the next strip, so
+    every cluster is settled whole, in one batch: a row of houses across a strip border shares one
+    axis, and the outlines do not depend on where the strips fall. Without squaring nothing waits.
+    """
+    if not options.regularize:
+        return ready, None
+    metric = ready.batch.metric
+    own = own_axes(metric, options.regularize_tolerance_m)
+    _, label = aligned_clusters(metric, ready.batch.frame_index, own)
+    near = shapely.bounds(ready.polygons)[:, 1] - frontier_y <= hold_units
+    held = np.isin(label, label[near & np.isfinite(own)]) & np.isfinite(own)
+    if not held.any():
+        return ready, None
+    return (ready.subset(~held) if not held.all() else None), ready.subset(held)
 
 
 def measure_metric_batch(

@@ -43,7 +43,8 @@ from scipy import ndimage
 
 from .building import Building
 from .errors import Cancelled
-from .footprints import FinishOptions, finish_outlines
+from .axes import NEIGHBOUR_RADIUS_M
+from .footprints import FinishOptions, Outlines, hold_for_neighbours, joined_outlines, prepare_outlines, settle_outlines
 from .osgeo_exc import gdal, ogr
 from .tiling import ModelGrid
 
@@ -54,6 +55,9 @@ CancelFn = Callable[[], bool]
 _PREFILTER_MARGIN = 0.8
 # Rows searched at once for the top of the open components (a 64-row band of a 20000 px strip is 1.3 MB).
 _CARRY_BAND_ROWS = 64
+# Outlines this many neighbour radii (ground metres, at the grid's nominal pixel size) from the
+# rows still to come wait for them; the margin covers the metric frames' scale across a raster.
+_HOLD_RADII = 1.5
 
 
 def _first_open_row(labels: np.ndarray, open_ids: np.ndarray) -> int:
@@ -207,6 +211,7 @@ class StripVectorizer:
         self.split_core_u8 = split_core_u8
         # A separation model's cores lose the roof's border: they may be far smaller than the roof.
         self._min_core_pixels = self._min_pixels * min_core_fraction
+        self._held: Optional[Outlines] = None  # outlines waiting for their aligned neighbours
 
     def add(
         self, row0: int, probability_u8: np.ndarray, building: np.ndarray, score_u8: Optional[np.ndarray] = None
@@ -226,21 +231,26 @@ class StripVectorizer:
             if score_u8 is not None:
                 self._carry_score = np.concatenate([self._carry_score, score_u8])
         final = self._carry_row0 + len(self._carry_prob) >= self.grid.height_px
-        self._process(final)
+        self._process(final, last=final)
 
     def finish(self) -> List[Building]:
         """Trace whatever is still open (the raster's last rows) and return all buildings."""
         if self._carry_prob is not None and len(self._carry_prob):
-            self._process(final=True)
+            self._process(final=True, last=True)
+        self._settle(None, None)
         return self.buildings
 
-    def _process(self, final: bool) -> None:
+    def _process(self, final: bool, last: bool = False) -> None:
+        """Trace the finished components of the carried rows (``final``: all of them); ``last``: no
+        rows follow, so no outline waits for neighbours (:meth:`_settle`)."""
         t0 = time.perf_counter()
         building, prob, row0 = self._carry_building, self._carry_prob, self._carry_row0
         score = self._carry_score if self._carry_score is not None else prob
         labels, count = ndimage.label(building)
         if count == 0:
             self._carry_prob = self._carry_building = self._carry_score = None
+            if last:
+                self._settle(None, None)
             return
         open_ids = np.zeros(count + 1, dtype=bool)
         if not final:
@@ -263,10 +273,25 @@ class StripVectorizer:
         self._carry_over(carry_labels, carry_open, prob, building, row0, self._carry_score)
         t1 = time.perf_counter()
         self.seconds["polygonise"] += t1 - t0
+        ready = None
         if len(outlines):
             confidence = prob_sum[ids] / pixels[ids] / 255.0
-            self.buildings.extend(finish_outlines(outlines, confidence, self.crs_wkt, self.options))
+            ready = prepare_outlines(outlines, confidence, self.crs_wkt, self.options)
+        next_row = self._carry_row0 if self._carry_prob is not None else row0 + len(prob)
+        self._settle(ready, None if last else next_row)
         self.seconds["attributes"] += time.perf_counter() - t1
+
+    def _settle(self, ready: Optional[Outlines], next_row: Optional[int]) -> None:
+        """Finish ``ready`` with the outlines held back so far, except those that must wait for rows
+        from ``next_row`` on (:func:`.footprints.hold_for_neighbours`; None: nothing waits)."""
+        pending = joined_outlines(self._held, ready, self.crs_wkt)
+        self._held = None
+        if pending is not None and next_row is not None:
+            t = self.grid.transform
+            hold_units = _HOLD_RADII * NEIGHBOUR_RADIUS_M * abs(t.e) / self.grid.pixel_size_m[1]
+            pending, self._held = hold_for_neighbours(pending, t.f + next_row * t.e, hold_units, self.options)
+        if pending is not None:
+            self.buildings.extend(settle_outlines(pending, self.options))
 
     def _carry_over(
         self,
