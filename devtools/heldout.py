@@ -204,6 +204,12 @@ def score_all(
     from roof_detector.core.model_io import load_model
 
     model = load_model(options.model_path, options.device)
+    # the figures depend on it: the int8 twin, or fp32 where int8 arithmetic saturates (README, ONNX twin)
+    unused = model.extra.get("onnx_twin_unused")
+    log(
+        f"model: {model.extra.get('backend', 'torch')} {model.extra.get('onnx_precision', 'fp32')}"
+        + (f" (ONNX twin unused: {unused})" if unused else "")
+    )
     with tempfile.TemporaryDirectory(prefix="roofdet-heldout-") as work:
         cases = build_tuning_cases(data_dir, work) if tuning else build_cases(data_dir, work, names)
         return {c.name: score_case(c, options, model, log) for c in cases}

@@ -73,6 +73,14 @@ def run(args) -> int:
 
     calibration = check = None
     if args.precision == "int8":
+        from roof_detector.core.onnx_twin import int8_saturation
+
+        if int8_saturation():
+            # the twin's check and gate would measure the saturated arithmetic, which no CPU
+            # that runs the twin computes (the loader uses fp32 on this one)
+            raise RoofDetectorError(
+                f"{int8_saturation()}: make and check int8 twins on a CPU with VNNI (AVX-512 VNNI or AVX-VNNI)"
+            )
         if not args.calibration:
             raise RoofDetectorError("int8 needs --calibration RASTER (training imagery at the model's GSD or finer)")
         tiles = sample_tiles(args.calibration, meta, args.calibration_tiles)

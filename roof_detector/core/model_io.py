@@ -309,7 +309,8 @@ def load_model(
     Half precision is used on CUDA unless ``half=False``. On CPU, ``backend``
     ``auto`` runs the model with ONNX Runtime when it is installed: from the
     model's ONNX twin when one made from this very file lies beside it (no
-    torch needed), else exported from TorchScript into a cache and checked
+    torch needed; an int8 twin only where ONNX Runtime's int8 arithmetic is exact,
+    :func:`.onnx_twin.int8_saturation`, or where torch is missing), else exported from TorchScript into a cache and checked
     against it; failing that, with TorchScript frozen and optimised for
     inference (conv+BN folding). ``path`` may also name an ONNX twin itself
     (``.onnx``, CPU only). The backend in use is in
@@ -352,7 +353,15 @@ def _twin_model(path: str, meta: Dict[str, Any], dev, backend: str, extra: Dict[
     if onnx_twin.onnxruntime_available():
         twin, why_not = onnx_twin.find_twin(path, meta)
         if twin is not None:
-            return _onnx_loaded(onnx_twin.OnnxModule(twin), meta, dev, path, twin)
+            module = onnx_twin.OnnxModule(twin)
+            saturates = onnx_twin.int8_saturation() if module.precision == "int8" else ""
+            if not saturates:
+                return _onnx_loaded(module, meta, dev, path, twin)
+            if not torch_available():  # the twin, off by a little, beats no detection at all
+                loaded = _onnx_loaded(module, meta, dev, path, twin)
+                loaded.extra["int8_saturation"] = saturates
+                return loaded
+            why_not = saturates  # fp32, exported from the model file (below), computes as checked
         if not torch_available():
             raise ModelError(
                 f"{path} has no usable ONNX twin ({why_not}) and PyTorch is not installed to run "
@@ -437,7 +446,10 @@ def _load_onnx_file(path: str, device: str, backend: str) -> LoadedModel:
             f"{path} is not an ONNX model ONNX Runtime can load ({detail}); the file may be truncated "
             "or of another format: make it again with `python -m devtools onnx-twin`"
         ) from None
-    return _onnx_loaded(module, validate_metadata(meta, path), resolve_device("cpu"), path, path)
+    loaded = _onnx_loaded(module, validate_metadata(meta, path), resolve_device("cpu"), path, path)
+    if module.precision == "int8" and onnx_twin.int8_saturation():
+        loaded.extra["int8_saturation"] = onnx_twin.int8_saturation()
+    return loaded
 
 
 def _onnx_loaded(module, meta: Dict[str, Any], dev, path: str, onnx_path: str) -> LoadedModel:

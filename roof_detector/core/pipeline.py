@@ -144,6 +144,8 @@ def detect_buildings(
         if model is None:
             model = _load_model(options)
         run = _lay_out(raster, model, options, warnings)
+        if model.extra.get("int8_saturation"):
+            warnings.append(model.extra["int8_saturation"] + "; install torch to run the model in fp32.")
         timings["prepare"] = time.perf_counter() - t_start
         report(_PREPARE_END, f"{len(run.tiles)} tiles to process")
         predictor = BatchPredictor(model, tta=options.tta)

@@ -11,7 +11,7 @@ import torch
 from devtools.int8_distill import TwinSimulator, distill, fold_batchnorm
 from devtools.onnx_twin import make_twin
 from roof_detector.core.model_io import BUNDLED_MODEL_PATH, read_metadata, save_model
-from roof_detector.core.onnx_twin import OnnxModule, file_sha256, find_twin, read_twin_properties
+from roof_detector.core.onnx_twin import OnnxModule, file_sha256, find_twin, int8_saturation, read_twin_properties
 from roof_detector.core.training.export import export_model, load_trainable
 from roof_detector.core.training.trainer import TrainConfig
 from roof_detector.core.unet import ExportWrapper, build_model
@@ -65,6 +65,9 @@ def test_folding_batchnorm_leaves_the_output_unchanged(effnet_file):
     assert torch.allclose(before, after, atol=1e-4 * float(before.abs().max()))
 
 
+@pytest.mark.skipif(
+    bool(int8_saturation()), reason="the simulator rounds as exact int8 arithmetic does; this CPU saturates"
+)
 def test_the_simulator_computes_as_onnx_runtimes_int8_twin_does(tmp_path):
     """On the bundled model, the simulator's probabilities are closer to a real int8 twin's than
     fp32's are: it rounds the tensors the twin's graph rounds, as ONNX Runtime rounds them (the

@@ -12,6 +12,7 @@ import pytest
 from roof_detector.core.errors import ModelError
 from roof_detector.core.model_io import load_model, read_metadata
 from devtools.onnx_twin import make_twin
+from roof_detector.core import onnx_twin
 from roof_detector.core.onnx_twin import find_twin, read_twin_metadata, read_twin_properties
 from devtools.test_model import make_test_model
 
@@ -168,6 +169,10 @@ def test_the_release_command_is_a_developer_tool(tmp_path, capsys):
     assert "is up to date" in capsys.readouterr().out
 
 
+@pytest.mark.skipif(
+    bool(onnx_twin.int8_saturation()),
+    reason="int8 twins are made on CPUs whose int8 arithmetic is exact (the refusal elsewhere is tested below)",
+)
 @pytest.mark.parametrize("gate_passes", [False, True])
 def test_a_refused_int8_twin_keeps_the_twin_it_was_to_replace(tmp_path, monkeypatch, gate_passes):
     """`make onnx-twin` once deleted models/roof_unet.onnx when the held-out gate refused the new twin
@@ -210,3 +215,17 @@ def test_a_refused_int8_twin_keeps_the_twin_it_was_to_replace(tmp_path, monkeypa
         assert json.loads(props["calibration"]) == calibration_record([tiles])
     else:
         assert props["precision"] == "fp32" and file_sha256(twin) == before
+
+
+def test_int8_twins_are_not_made_where_int8_arithmetic_saturates(tmp_path, monkeypatch, capsys):
+    """The twin's check and held-out gate would measure arithmetic no CPU that runs the twin does."""
+    from roof_detector.cli import main
+
+    model = make_test_model(str(tmp_path / "m.pt"))
+    twin = make_twin(model)["path"]
+    before = open(twin, "rb").read()
+    monkeypatch.setitem(onnx_twin._SATURATION, "why", "ONNX Runtime's int8 arithmetic saturates on this CPU (test)")
+    argv = ["onnx-twin", "--model", model, "--precision", "int8", "--calibration", "x.tif"]
+    assert main(argv, prog="python -m devtools", commands={"onnx-twin": "devtools.onnx_twin_cli"}) == 2
+    assert "make and check int8 twins on a CPU with VNNI" in capsys.readouterr().err
+    assert open(twin, "rb").read() == before
