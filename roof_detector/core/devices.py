@@ -13,7 +13,7 @@ from .errors import ModelError
 
 
 def torch_available() -> bool:
-    """Whether torch imports here (needed for GPUs, fine-tuning and models without an ONNX twin)."""
+    """Whether torch imports here (needed for GPUs, fine-tuning, models without an ONNX twin and CPUs without VNNI)."""
     try:
         import torch  # noqa: F401
     except Exception:  # noqa: BLE001 - ImportError, or a broken install raising OSError

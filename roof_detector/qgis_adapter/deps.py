@@ -11,7 +11,9 @@ and show the same one message. It reports, for a purpose (``detect``,
   symbols clash with QGIS's and geometry operations crash QGIS).
 
 Detection on the CPU needs no torch: the bundled model ships with its ONNX
-twin, run by onnxruntime. torch is needed only to fine-tune and for a GPU.
+twin, run by onnxruntime. torch is needed to fine-tune, for a GPU, and for
+the fp32 model on CPUs whose int8 arithmetic saturates (no VNNI; without
+torch the twin runs there and detection warns: README, ONNX twin).
 
 Missing packages are installed by the dependency dialog
 (:mod:`.deps_dialog`) with pip, run by QGIS's own Python, into a folder the
@@ -42,7 +44,12 @@ ENGINE = {
     "pyproj": ("pyproj", "ground areas in metres"),
 }
 CPU_RUNTIME = {"onnxruntime": ("onnxruntime", "runs the bundled model on the CPU (no torch needed)")}
-TORCH = {"torch": ("torch", "fine-tuning, GPUs, and models without an ONNX twin")}
+TORCH = {
+    "torch": (
+        "torch",
+        "fine-tuning, GPUs, models without an ONNX twin, and CPUs without VNNI (where it runs the model in fp32)",
+    )
+}
 CHARTS = {"matplotlib": ("matplotlib", "the training-curve chart")}
 
 PURPOSES: Dict[str, Dict[str, Tuple[str, str]]] = {
