@@ -208,6 +208,7 @@ def consensus_orientations(
     radius_m: float = NEIGHBOUR_RADIUS_M,
     max_diff_deg: float = NEIGHBOUR_MAX_DIFF_DEG,
     own: Optional[np.ndarray] = None,
+    clusters: Optional[Tuple[int, np.ndarray]] = None,
 ) -> np.ndarray:
     """Axes (degrees in [0, 90)) per polygon, shared with aligned neighbours.
 
@@ -218,6 +219,7 @@ def consensus_orientations(
     cluster of linked polygons (a row, a block) takes the perimeter-weighted
     circular mean (modulo 90°) of its members' axes, except members farther than
     ``max_diff_deg`` from it. NaN where a polygon has no axes (empty, degenerate).
+    ``clusters``: :func:`aligned_clusters` of these polygons, when the caller has them.
     """
     geoms = np.asarray(metric, dtype=object)
     n = len(geoms)
@@ -232,7 +234,9 @@ def consensus_orientations(
     vec = np.exp(1j * np.radians(4.0 * np.nan_to_num(own)))
     # a row or block of aligned neighbours is one cluster with one axis (a link may join
     # buildings up to max_diff apart, so a member far from the cluster's axis keeps its own)
-    n_clusters, label = aligned_clusters(geoms, groups, own, radius_m, max_diff_deg)
+    n_clusters, label = (
+        clusters if clusters is not None else aligned_clusters(geoms, groups, own, radius_m, max_diff_deg)
+    )
     total = np.zeros(n_clusters, dtype=complex)
     np.add.at(total, label[idx], w[idx] * vec[idx])
     mean = (np.degrees(np.angle(total[label[idx]])) / 4.0) % 90.0

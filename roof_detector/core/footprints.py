@@ -62,15 +62,31 @@ class FinishOptions:
 
 @dataclass
 class Outlines:
-    """Traced outlines after steps 1-4 (source CRS), their confidences and their metric batch."""
+    """Traced outlines after steps 1-4 (source CRS), their confidences and their metric batch.
+
+    When squared, also what :func:`hold_for_neighbours` computed of them, once, for the fits:
+    ``prepared`` (:func:`.axes.working_rings`), ``own`` (:func:`.axes.own_axes`) and, once
+    decided, ``cluster`` (:func:`.axes.aligned_clusters` labels; whole clusters only).
+    """
 
     polygons: np.ndarray
     confidence: np.ndarray
     batch: MetricBatch
+    prepared: Optional[list] = None
+    own: Optional[np.ndarray] = None
+    cluster: Optional[np.ndarray] = None
 
     def subset(self, keep: np.ndarray) -> "Outlines":
         """The outlines selected by ``keep`` (a boolean mask)."""
-        return Outlines(self.polygons[keep], self.confidence[keep], self.batch.subset(keep))
+        rows = np.flatnonzero(keep)
+        return Outlines(
+            self.polygons[keep],
+            self.confidence[keep],
+            self.batch.subset(keep),
+            None if self.prepared is None else [self.prepared[i] for i in rows],
+            None if self.own is None else self.own[keep],
+            None if self.cluster is None else self.cluster[keep],
+        )
 
 
 def finish_outlines(
@@ -114,6 +130,7 @@ def prepare_outlines(
 
 def settle_outlines(ready: Outlines, options: FinishOptions) -> List[Building]:
     """Steps 5-6 of the module docstring: buildings from prepared outlines."""
+    known = (ready.prepared, ready.own, ready.cluster) if ready.cluster is not None else None
     geoms, columns = measure_metric_batch(
         ready.polygons,
         ready.batch,
@@ -121,21 +138,35 @@ def settle_outlines(ready: Outlines, options: FinishOptions) -> List[Building]:
         options.regularize_tolerance_m,
         options.solar,
         options.keep_within,
+        known,
     )
     return _buildings(geoms, ready.confidence, columns, options.solar is not None)
 
 
-def joined_outlines(first: Optional[Outlines], second: Optional[Outlines], crs_wkt: str) -> Optional[Outlines]:
-    """Two sets of prepared outlines as one (either may be None)."""
+def joined_outlines(first: Optional[Outlines], second: Optional[Outlines]) -> Optional[Outlines]:
+    """Two sets of prepared outlines as one (either may be None); clusters are decided again."""
     if first is None or second is None:
         return first if second is None else second
-    polys = np.concatenate([first.polygons, second.polygons])
-    conf = np.concatenate([first.confidence, second.confidence])
-    return Outlines(polys, conf, to_local_metric_many(polys, crs_wkt))
+    both = first.prepared is not None and second.prepared is not None
+    return Outlines(
+        np.concatenate([first.polygons, second.polygons]),
+        np.concatenate([first.confidence, second.confidence]),
+        first.batch.joined(second.batch),
+        first.prepared + second.prepared if both else None,
+        np.concatenate([first.own, second.own]) if both else None,
+    )
+
+
+def with_own_axes(ready: Outlines, tolerance_m: float) -> Outlines:
+    """``ready`` with its working rings and own axes computed (once: kept when there)."""
+    if ready.own is None:
+        ready.prepared = working_rings(ready.batch.metric, tolerance_m)
+        ready.own = own_axes(ready.batch.metric, tolerance_m, ready.prepared)
+    return ready
 
 
 def hold_for_neighbours(
-    ready: Outlines, frontier_y: float, hold_units: float, options: FinishOptions
+    ready: Outlines, frontier_y: Optional[float], hold_units: float, options: FinishOptions
 ) -> Tuple[Optional[Outlines], Optional[Outlines]]:
     """``(settle now, hold back)``: the outlines whose aligned neighbours may not all be traced yet.
 
@@ -145,17 +176,24 @@ def hold_for_neighbours(
     so may every outline of its cluster. Those are held back and settled with the next strip, so
     every cluster is settled whole, in one batch: a row of houses across a strip border shares one
     axis, and the outlines do not depend on where the strips fall. Without squaring nothing waits.
+    ``frontier_y`` None: no rows follow, nothing waits. The axes computed here are kept with the
+    outlines for their fits (none computed twice).
     """
     if not options.regularize:
         return ready, None
-    metric = ready.batch.metric
-    own = own_axes(metric, options.regularize_tolerance_m)
-    _, label = aligned_clusters(metric, ready.batch.frame_index, own)
+    with_own_axes(ready, options.regularize_tolerance_m)
+    _, ready.cluster = aligned_clusters(ready.batch.metric, ready.batch.frame_index, ready.own)
+    if frontier_y is None:
+        return ready, None
+    has_axes = np.isfinite(ready.own)
     near = shapely.bounds(ready.polygons)[:, 1] - frontier_y <= hold_units
-    held = np.isin(label, label[near & np.isfinite(own)]) & np.isfinite(own)
+    held = np.isin(ready.cluster, ready.cluster[near & has_axes]) & has_axes
     if not held.any():
         return ready, None
-    return (ready.subset(~held) if not held.all() else None), ready.subset(held)
+    now = ready.subset(~held) if not held.all() else None
+    later = ready.subset(held)
+    later.cluster = None
+    return now, later
 
 
 def measure_metric_batch(
@@ -165,6 +203,7 @@ def measure_metric_batch(
     tolerance_m: float,
     solar: Optional[SolarParams],
     keep_within: Optional[BaseGeometry] = None,
+    known: Optional[Tuple[list, np.ndarray, np.ndarray]] = None,
 ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
     """Regularise (optionally) and measure geometries whose metric versions are in ``batch``.
 
@@ -173,12 +212,14 @@ def measure_metric_batch(
     ``solar``, the other :data:`.solar.SOLAR_FIELDS`; with ``regularize``, ``shape``
     (:data:`.regularize.SHAPES`). ``keep_within`` (source CRS): a regularised outline
     reaching past it is cut at its edge (its largest part kept) before it is measured.
+    ``known``: the geometries' working rings, own axes and cluster labels, when the caller has
+    them (:func:`hold_for_neighbours`).
     """
     geoms = np.array(geometries, dtype=object)
     metric = batch.metric.copy()
     shapes = None
     if regularize:
-        changed, shapes = _regularise(metric, batch, tolerance_m)
+        changed, shapes = _regularise(metric, batch, tolerance_m, known)
         if changed.any():
             which = np.flatnonzero(changed)
             geoms[which] = batch.from_metric(metric[which], which)
@@ -193,16 +234,21 @@ def measure_metric_batch(
     return geoms, columns
 
 
-def _regularise(metric: np.ndarray, batch, tolerance_m: float) -> Tuple[np.ndarray, np.ndarray]:
-    """Regularise the polygons of ``metric`` in place: ``(changed, shapes)`` per entry."""
+def _regularise(metric: np.ndarray, batch, tolerance_m: float, known=None) -> Tuple[np.ndarray, np.ndarray]:
+    """Regularise the polygons of ``metric`` in place: ``(changed, shapes)`` per entry (``known``:
+    see :func:`measure_metric_batch`)."""
     changed = np.zeros(len(metric), dtype=bool)
     shapes = np.full(len(metric), CURVED, dtype=object)
     kinds = shapely.get_type_id(metric)
     fit = np.flatnonzero((kinds == 3) | (kinds == 6))
     # rows of houses come out parallel: axes shared by aligned neighbours (one frame at a time)
-    prepared = working_rings(metric[fit], tolerance_m)  # shared by the axes and the fits
-    own = own_axes(metric[fit], tolerance_m, prepared)
-    axes = consensus_orientations(metric[fit], batch.frame_index[fit], tolerance_m, own=own)
+    if known is None:
+        prepared = working_rings(metric[fit], tolerance_m)  # shared by the axes and the fits
+        own, clusters = own_axes(metric[fit], tolerance_m, prepared), None
+    else:
+        prepared, own = [known[0][i] for i in fit], known[1][fit]
+        clusters = _renumbered(known[2][fit])
+    axes = consensus_orientations(metric[fit], batch.frame_index[fit], tolerance_m, own=own, clusters=clusters)
     # The outlines were checked valid (and repaired) in the source CRS by the caller, and
     # projecting a few metres changes no topology: checking again would cost 27 us each.
     fits = regularize_batch(metric[fit], axes, own, prepared, tolerance_m)
@@ -213,6 +259,12 @@ def _regularise(metric: np.ndarray, batch, tolerance_m: float) -> Tuple[np.ndarr
             metric[i] = r
             changed[i] = True
     return changed, shapes
+
+
+def _renumbered(labels: np.ndarray) -> Tuple[int, np.ndarray]:
+    """Cluster labels of a subset as ``(count, labels 0..count-1)``."""
+    unique, inverse = np.unique(labels, return_inverse=True)
+    return len(unique), inverse.astype(np.int64)
 
 
 def _cut_at(edge: BaseGeometry, geoms: np.ndarray, metric: np.ndarray, which: np.ndarray, batch) -> None:

@@ -169,6 +169,27 @@ class MetricBatch:
         """The entries selected by ``keep`` (a boolean mask or indexes)."""
         return MetricBatch(self.metric[keep], self.frame_index[keep], self.frames, self.lon[keep], self.lat[keep])
 
+    def joined(self, other: "MetricBatch") -> "MetricBatch":
+        """This batch followed by ``other``, as one batch of both would be (one frame per cell).
+
+        The frames are :func:`_frame`'s, one per 0.25° cell, so an entry's metric geometry is the
+        same in either batch: nothing is projected again.
+        """
+        frames = list(self.frames)
+        index = {(f.lon0, f.lat0): k for k, f in enumerate(frames)}
+        remap = np.zeros(max(1, len(other.frames)), dtype=np.int64)
+        for k, f in enumerate(other.frames):
+            remap[k] = index.setdefault((f.lon0, f.lat0), len(frames))
+            if remap[k] == len(frames):
+                frames.append(f)
+        return MetricBatch(
+            np.concatenate([self.metric, other.metric]),
+            np.concatenate([self.frame_index, remap[other.frame_index]]),
+            frames,
+            np.concatenate([self.lon, other.lon]),
+            np.concatenate([self.lat, other.lat]),
+        )
+
     def from_metric(self, metric_geometries: np.ndarray, which: np.ndarray) -> np.ndarray:
         """``metric_geometries`` (the entries ``which`` of this batch, edited in metres) back in the source CRS."""
         out = np.empty(len(which), dtype=object)

@@ -44,7 +44,15 @@ from scipy import ndimage
 from .building import Building
 from .errors import Cancelled
 from .axes import NEIGHBOUR_RADIUS_M
-from .footprints import FinishOptions, Outlines, hold_for_neighbours, joined_outlines, prepare_outlines, settle_outlines
+from .footprints import (
+    FinishOptions,
+    Outlines,
+    hold_for_neighbours,
+    joined_outlines,
+    prepare_outlines,
+    settle_outlines,
+    with_own_axes,
+)
 from .osgeo_exc import gdal, ogr
 from .tiling import ModelGrid
 
@@ -284,12 +292,15 @@ class StripVectorizer:
     def _settle(self, ready: Optional[Outlines], next_row: Optional[int]) -> None:
         """Finish ``ready`` with the outlines held back so far, except those that must wait for rows
         from ``next_row`` on (:func:`.footprints.hold_for_neighbours`; None: nothing waits)."""
-        pending = joined_outlines(self._held, ready, self.crs_wkt)
+        if ready is not None and self.options.regularize:
+            with_own_axes(ready, self.options.regularize_tolerance_m)  # the held ones have theirs
+        pending = joined_outlines(self._held, ready)
         self._held = None
-        if pending is not None and next_row is not None:
+        if pending is not None:
             t = self.grid.transform
             hold_units = _HOLD_RADII * NEIGHBOUR_RADIUS_M * abs(t.e) / self.grid.pixel_size_m[1]
-            pending, self._held = hold_for_neighbours(pending, t.f + next_row * t.e, hold_units, self.options)
+            frontier_y = None if next_row is None else t.f + next_row * t.e
+            pending, self._held = hold_for_neighbours(pending, frontier_y, hold_units, self.options)
         if pending is not None:
             self.buildings.extend(settle_outlines(pending, self.options))
 

@@ -97,3 +97,20 @@ def test_without_squaring_nothing_waits():
     prob = np.where(mask, 255, 0).astype(np.uint8)
     vec.add(0, prob[:300], mask[:300])
     assert len(vec.buildings) >= 3 and vec._held is None
+
+
+def test_two_metric_batches_joined_are_one_batch_of_both():
+    """Held outlines join the next strip's without being projected again (MetricBatch.joined)."""
+    from roof_detector.core.metric_frame import to_local_metric_many
+
+    wgs84 = pyproj.CRS.from_epsg(4326).to_wkt()
+    # three 0.25-degree cells: one in both batches, one in each alone
+    a = [shapely.box(10.01, 45.01, 10.0102, 45.0101), shapely.box(10.30, 45.01, 10.3002, 45.0101)]
+    b = [shapely.box(10.02, 45.02, 10.0202, 45.0201), shapely.box(10.01, 45.30, 10.0102, 45.3001)]
+    joined = to_local_metric_many(a, wgs84).joined(to_local_metric_many(b, wgs84))
+    whole = to_local_metric_many(a + b, wgs84)
+    assert all(shapely.equals_exact(g, h, 0.0) for g, h in zip(joined.metric, whole.metric))
+    assert len(joined.frames) == len(whole.frames) == 3
+    keys = [(joined.frames[k].lon0, joined.frames[k].lat0) for k in joined.frame_index]
+    assert keys == [(whole.frames[k].lon0, whole.frames[k].lat0) for k in whole.frame_index]
+    assert list(joined.frame_index) == [0, 1, 0, 2]
