@@ -32,8 +32,8 @@ if not fp32.exists():
 pre = W / "pre.onnx"
 if not pre.exists():
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-O = os.environ.get("ROOF_DATA", "../shared/data") + "/oam"
-cal_tiles = sample_tiles([f"{O}/area{a}/ortho_z19.tif" for a in (1, 2, 3, 5)], meta, 64)
+OAM = os.environ.get("ROOF_DATA", "../shared/data") + "/oam"
+cal_tiles = sample_tiles([f"{OAM}/area{a}/ortho_z19.tif" for a in (1, 2, 3, 5)], meta, 64)
 cal = [cal_tiles[i : i + 8] for i in range(0, len(cal_tiles), 8)]
 
 
