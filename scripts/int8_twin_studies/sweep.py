@@ -47,7 +47,7 @@ class Reader(CalibrationDataReader):
         return None if b is None else {"image": np.ascontiguousarray(b, np.float32)}
 
 
-def quant(exclude, out):
+def quant(exclude, out, reduce_range=False):
     quantize_static(
         str(pre),
         str(out),
@@ -57,6 +57,7 @@ def quant(exclude, out):
         weight_type=QuantType.QInt8,
         per_channel=True,
         nodes_to_exclude=list(exclude),
+        reduce_range=reduce_range,  # 7-bit weights (rule 16)
     )
     return out
 
