@@ -138,7 +138,13 @@ def twin_figures(model_path: Optional[str], run, batch_size: int, repeats: int) 
     import json
 
     from roof_detector.core.model_io import BUNDLED_MODEL_PATH, read_metadata
-    from roof_detector.core.onnx_twin import OnnxModule, find_twin, onnxruntime_available, read_twin_properties
+    from roof_detector.core.onnx_twin import (
+        OnnxModule,
+        find_twin,
+        int8_saturation,
+        onnxruntime_available,
+        read_twin_properties,
+    )
 
     path = str(model_path or BUNDLED_MODEL_PATH)
     if not onnxruntime_available():
@@ -154,6 +160,8 @@ def twin_figures(model_path: Optional[str], run, batch_size: int, repeats: int) 
         "onnx_twin_mb": round(os.path.getsize(twin) / 1e6, 2),
     }
     out[f"{module.precision}_tiles_per_s"] = round(_median_rate(run(module), batch_size, repeats), 2)
+    if module.precision == "int8" and int8_saturation():
+        out["int8_saturation"] = int8_saturation()  # timed here, but detection runs fp32 (README, ONNX twin)
     if "heldout" in props:
         out["int8_heldout"] = json.loads(props["heldout"])
     return out

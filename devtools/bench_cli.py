@@ -103,6 +103,8 @@ def _say_model(figures: dict, device, say) -> None:
             f"ONNX twin {figures['onnx_twin']} ({p}, {figures['onnx_twin_mb']} MB): {figures[p + '_tiles_per_s']} "
             f"tiles/s vs fp32 {figures.get('onnxruntime_tiles_per_s')} tiles/s"
         )
+        if figures.get("int8_saturation"):
+            say(f"  not used for detection here: {figures['int8_saturation']}; fp32 runs instead")
         heldout = dict(figures.get("int8_heldout") or {})
         made = heldout.pop("recorded", None)
         tuning = heldout.pop("tuning_pooled", None)

@@ -169,3 +169,24 @@ def test_the_held_out_check_is_printed_as_of_the_day_the_twin_was_made(repo_root
     assert f"held-out check recorded when the twin was made ({made}):" in text
     assert "held-out oam_area4_z19: pixel IoU fp32 0.58 int8 0.59" in text and "held-out recorded" not in text
     assert "tuning scenes, objects pooled (predicted / reference / matched / F1): fp32 607/680/432/0.6713" in text
+
+
+def test_bench_says_when_the_twin_it_times_is_not_what_detection_runs():
+    """On a CPU whose int8 arithmetic saturates the twin is timed but detection runs fp32."""
+    import torch
+
+    import numpy as np
+
+    from devtools.bench import twin_figures
+    from devtools.bench_cli import _say_model
+    from roof_detector.core.onnx_twin import int8_saturation
+
+    x = np.zeros((1, 3, 64, 64), np.float32)
+    figures = {"backend": "onnxruntime", "model_tiles_per_s": 1.0}
+    figures.update(twin_figures(None, lambda m: lambda: m.run_numpy(x), 1, 1))  # the bundled twin
+    assert figures["onnx_twin_precision"] == "int8"
+    assert figures.get("int8_saturation", "") == int8_saturation()
+    lines = []
+    _say_model(figures, torch.device("cpu"), lambda *a: lines.append(" ".join(map(str, a))))
+    said = "not used for detection here" in "\n".join(lines)
+    assert said == bool(int8_saturation())
