@@ -141,9 +141,9 @@ def twin_figures(model_path: Optional[str], run, batch_size: int, repeats: int) 
     from roof_detector.core.onnx_twin import (
         OnnxModule,
         find_twin,
-        int8_saturation,
         onnxruntime_available,
         read_twin_properties,
+        twin_saturation,
     )
 
     path = str(model_path or BUNDLED_MODEL_PATH)
@@ -160,8 +160,8 @@ def twin_figures(model_path: Optional[str], run, batch_size: int, repeats: int) 
         "onnx_twin_mb": round(os.path.getsize(twin) / 1e6, 2),
     }
     out[f"{module.precision}_tiles_per_s"] = round(_median_rate(run(module), batch_size, repeats), 2)
-    if module.precision == "int8" and int8_saturation():
-        out["int8_saturation"] = int8_saturation()  # timed here, but detection runs fp32 (README, ONNX twin)
+    if twin_saturation(module):
+        out["int8_saturation"] = twin_saturation(module)  # timed here, but detection runs fp32 (README, ONNX twin)
     if "heldout" in props:
         out["int8_heldout"] = json.loads(props["heldout"])
     return out

@@ -309,9 +309,9 @@ def load_model(
     Half precision is used on CUDA unless ``half=False``. On CPU, ``backend``
     ``auto`` runs the model with ONNX Runtime when it is installed: from the
     model's ONNX twin when one made from this very file lies beside it (no
-    torch needed; an int8 twin only where ONNX Runtime's int8 arithmetic is exact,
-    :func:`.onnx_twin.int8_saturation`, or where torch is missing), else exported from TorchScript into a cache and checked
-    against it; failing that, with TorchScript frozen and optimised for
+    torch needed; an int8 twin only where ONNX Runtime's int8 arithmetic is
+    exact, :func:`.onnx_twin.int8_saturation`, or where torch is missing), else
+    exported from TorchScript into a cache and checked against it; failing that, with TorchScript frozen and optimised for
     inference (conv+BN folding). ``path`` may also name an ONNX twin itself
     (``.onnx``, CPU only). The backend in use is in
     ``LoadedModel.extra["backend"]``.
@@ -354,7 +354,7 @@ def _twin_model(path: str, meta: Dict[str, Any], dev, backend: str, extra: Dict[
         twin, why_not = onnx_twin.find_twin(path, meta)
         if twin is not None:
             module = onnx_twin.OnnxModule(twin)
-            saturates = onnx_twin.int8_saturation() if module.precision == "int8" else ""
+            saturates = onnx_twin.twin_saturation(module)
             if not saturates:
                 return _onnx_loaded(module, meta, dev, path, twin)
             if not torch_available():  # the twin, off by a little, beats no detection at all
@@ -447,8 +447,9 @@ def _load_onnx_file(path: str, device: str, backend: str) -> LoadedModel:
             "or of another format: make it again with `python -m devtools onnx-twin`"
         ) from None
     loaded = _onnx_loaded(module, validate_metadata(meta, path), resolve_device("cpu"), path, path)
-    if module.precision == "int8" and onnx_twin.int8_saturation():
-        loaded.extra["int8_saturation"] = onnx_twin.int8_saturation()
+    saturates = onnx_twin.twin_saturation(module)  # named on purpose: it runs, and detection warns
+    if saturates:
+        loaded.extra["int8_saturation"] = saturates
     return loaded
 
 

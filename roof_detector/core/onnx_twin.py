@@ -83,6 +83,11 @@ def int8_saturation() -> str:
     return _SATURATION["why"]
 
 
+def twin_saturation(module: "OnnxModule") -> str:
+    """:func:`int8_saturation` for an int8 twin, "" for an fp32 one (its arithmetic is exact)."""
+    return int8_saturation() if module.precision == "int8" else ""
+
+
 def _probe_saturation() -> str:
     import base64
 
