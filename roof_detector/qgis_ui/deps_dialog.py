@@ -183,7 +183,11 @@ class DependencyDialog(QDialog):
                 "Packages go to {folder} (the plugin's own folder, added to QGIS's Python path; nothing is "
                 "installed system-wide or with --user)."
             ).format(folder=deps_dir()),
-            tr("Detection on the CPU needs no PyTorch: the bundled model also ships as ONNX."),
+            tr(
+                "Detection on the CPU needs no PyTorch: the bundled model also ships as ONNX (int8). On a CPU "
+                "without VNNI (e.g. AMD Zen 2 and 3) its int8 arithmetic is inexact, and PyTorch lets "
+                "detection run the model in fp32 instead."
+            ),
         ]
         if needs_source_shapely():
             notes.append(
