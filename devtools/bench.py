@@ -115,7 +115,7 @@ def model_throughput(model_path: Optional[str], device: str, batch_size: int, re
         try:  # the fp32 graph exported from TorchScript (cached), whatever twin lies beside the model
             from roof_detector.core.onnx_backend import onnx_module_for
 
-            fp32 = onnx_module_for(ts.path, ts.metadata, _unfrozen(ts.path))
+            fp32, _ = onnx_module_for(ts.path, ts.metadata, _unfrozen(ts.path))
             out["onnxruntime_tiles_per_s"] = round(_median_rate(run(fp32), batch_size, repeats), 2)
             with torch.inference_mode():
                 diff = float((fp32(xd) - ts.module(xd)).abs().max())  # on the CPU: float32

@@ -71,3 +71,44 @@ def full_disk(tmp_path):
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+
+
+@pytest.fixture
+def read_only_fs(tmp_path):
+    """A real read-only file system: a small tmpfs remounted ``ro`` (EROFS, even for root).
+
+    Yields ``(mount_point, make_writable)``: call ``make_writable()`` as a context manager to put
+    files there first (needs root; skipped otherwise).
+    """
+    import contextlib
+    import subprocess
+
+    mount_point = tmp_path / "read_only"
+    mount_point.mkdir()
+
+    def mount(options: str) -> int:
+        cmd = ["mount", "-o", f"remount,{options}", str(mount_point)]
+        return subprocess.run(cmd, capture_output=True).returncode
+
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount_point)], capture_output=True
+        ).returncode
+        != 0
+    ):
+        pytest.skip("mounting a tmpfs needs root")
+
+    @contextlib.contextmanager
+    def make_writable():
+        assert mount("rw") == 0
+        try:
+            yield mount_point
+        finally:
+            assert mount("ro") == 0
+
+    try:
+        assert mount("ro") == 0
+        yield mount_point, make_writable
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)

@@ -42,7 +42,7 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from .devices import resolve_device, torch_available
 from .errors import ModelError, OutputError
@@ -343,6 +343,30 @@ def load_model(
     return LoadedModel(module=module, metadata=meta, device=dev, path=path, half=use_half, extra=extra)
 
 
+def load_warnings(model: LoadedModel) -> List[str]:
+    """What a detection with ``model`` tells its user about how the model was loaded: one line each."""
+    extra = model.extra
+    out = []
+    if extra.get("int8_saturation"):
+        out.append(
+            "Fewer buildings may be found: this CPU computes the bundled int8 model inexactly "
+            f"({extra['int8_saturation']}). Install PyTorch to run it in fp32 (QGIS: Plugins > Roof "
+            "Detector > Check dependencies; elsewhere: pip install torch)."
+        )
+    problem = extra.get("onnx_cache_problem")
+    if problem and extra.get("backend") == "onnxruntime":
+        out.append(
+            f"The model's ONNX graph cannot be cached ({problem}), so every run exports it again "
+            "(seconds): set ROOF_DETECTOR_CACHE to a writable folder."
+        )
+    elif problem:
+        out.append(
+            f"ONNX Runtime is not used, as the model's ONNX graph cannot be written ({problem}): "
+            "the model runs with TorchScript, slower; set ROOF_DETECTOR_CACHE to a writable folder."
+        )
+    return out
+
+
 def _twin_model(path: str, meta: Dict[str, Any], dev, backend: str, extra: Dict[str, Any]) -> Optional[LoadedModel]:
     """The model run from its ONNX twin, when one made from ``path`` lies beside it; else None (why in ``extra``).
 
@@ -400,13 +424,18 @@ def _exported_onnx_model(
     if not onnx_twin.onnxruntime_available():
         return None
     try:
-        ort_module = onnx_backend.onnx_module_for(path, meta, module)
-        extra.update({"backend": "onnxruntime", "onnx_path": ort_module.path, "onnx_precision": "fp32"})
+        ort_module, uncached = onnx_backend.onnx_module_for(path, meta, module)
+        extra.update({"backend": "onnxruntime", "onnx_path": None if uncached else ort_module.path})
+        extra["onnx_precision"] = "fp32"
+        if uncached:  # detection says so: every load exports again until the cache is writable
+            extra["onnx_cache_problem"] = uncached
         return LoadedModel(module=ort_module, metadata=meta, device=dev, path=path, half=False, extra=extra)
     except Exception as exc:  # noqa: BLE001 - any export/runtime problem: TorchScript still works
         if backend == "onnxruntime":
             raise ModelError(f"{path} cannot run with ONNX Runtime: {exc}") from None
         extra["onnx_fallback_reason"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if isinstance(exc, OSError):  # no folder to export into at all: slower, and detection says so
+            extra["onnx_cache_problem"] = extra["onnx_fallback_reason"]
     return None
 
 

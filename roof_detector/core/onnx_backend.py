@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
+import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -71,11 +73,15 @@ def export_onnx(model_path: str, meta: Dict[str, Any], script: Optional[torch.ji
     out = cache_dir() / f"{_file_hash(model_path)}.onnx"
     if out.exists():
         return str(out)
-    if meta["architecture"]["name"] not in ARCHITECTURES:
-        raise ValueError(f"architecture {meta['architecture']['name']!r} has no ONNX export")
+    _check_exportable(meta)
     script = script if script is not None else _load_script(model_path)
     _export_graph(python_network(script, meta), int(meta["tile_size_px"]), out)
     return str(out)
+
+
+def _check_exportable(meta: Dict[str, Any]) -> None:
+    if meta["architecture"]["name"] not in ARCHITECTURES:
+        raise ValueError(f"architecture {meta['architecture']['name']!r} has no ONNX export")
 
 
 def _load_script(model_path: str) -> torch.jit.ScriptModule:
@@ -88,7 +94,13 @@ def _export_graph(wrapper: torch.nn.Module, tile: int, out: Path) -> None:
     remove_stale(str(out), ".onnx")  # an export killed by SIGTERM / kill -9
     tmp = temp_path(str(out), ".onnx")
     try:
-        with torch.no_grad():
+        # torch 2.9+ warns that this exporter is legacy (twice, with tracebacks in QGIS's log panel);
+        # the dynamo exporter needs onnxscript, which we do not ship. Nothing a user can act on.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=r".*legacy TorchScript-based ONNX export", category=DeprecationWarning
+            )
+            warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
             torch.onnx.export(
                 wrapper,
                 (torch.rand(2, 3, tile, tile),),
@@ -108,16 +120,62 @@ def _export_graph(wrapper: torch.nn.Module, tile: int, out: Path) -> None:
             os.unlink(tmp)
 
 
-def onnx_module_for(model_path: str, meta: Dict[str, Any], script: torch.jit.ScriptModule) -> OnnxModule:
-    """An ONNX Runtime module for the model, verified to agree with TorchScript within 1e-3."""
+def onnx_module_for(model_path: str, meta: Dict[str, Any], script: torch.jit.ScriptModule) -> Tuple[OnnxModule, str]:
+    """An ONNX Runtime module for the model, verified to agree with TorchScript within 1e-3, and
+    why it is not cached ("" when it is).
+
+    A cache that cannot be written (read-only home, full disk) costs an export on every load
+    (seconds), not ONNX Runtime's speed for the whole detection: the graph is then exported
+    into a private temporary folder, loaded, and deleted.
+    """
+    cached = cache_dir() / f"{_file_hash(model_path)}.onnx"
+    if cached.exists():
+        try:
+            return _verified(OnnxModule(str(cached)), script, meta), ""
+        except Exception:  # noqa: BLE001 - a corrupt or stale entry: rebuilt below, not fallen back from forever
+            _remove_quietly(cached)
+    _check_exportable(meta)
+    problem = _not_writable(cached.parent)
+    if not problem:
+        try:
+            _export_graph(python_network(script, meta), int(meta["tile_size_px"]), cached)
+        except OSError as exc:  # full disk, quota
+            problem = exc.strerror or str(exc)
+    if problem:
+        return _verified(_uncached_module(script, meta), script, meta), f"{cached.parent}: {problem}"
     try:
-        return _verified(OnnxModule(export_onnx(model_path, meta, script)), script, meta)
-    except Exception:  # noqa: BLE001 - a corrupt or stale cache entry: rebuild it once, not fall back forever
-        cached = cache_dir() / f"{_file_hash(model_path)}.onnx"
-        if not cached.exists():
-            raise
-        cached.unlink()
-        return _verified(OnnxModule(export_onnx(model_path, meta, script)), script, meta)
+        return _verified(OnnxModule(str(cached)), script, meta), ""
+    except Exception:
+        _remove_quietly(cached)  # the next load tries again instead of meeting a bad entry
+        raise
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except OSError:  # a read-only cache: its entry stays, and the export goes elsewhere (below)
+        pass
+
+
+def _not_writable(directory: Path) -> str:
+    """Why a file cannot be created in ``directory`` ("" when it can), found by creating one."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = temp_path(str(directory / "write-check"), "")
+        with open(probe, "x"):
+            pass
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""
+
+
+def _uncached_module(script: torch.jit.ScriptModule, meta: Dict[str, Any]) -> OnnxModule:
+    """The graph exported into a private temporary folder and loaded (ONNX Runtime keeps it in memory)."""
+    with tempfile.TemporaryDirectory(prefix="roofdet-onnx-") as folder:
+        path = Path(folder) / "model.onnx"
+        _export_graph(python_network(script, meta), int(meta["tile_size_px"]), path)
+        return OnnxModule(str(path))
 
 
 def _verified(module: OnnxModule, script: torch.jit.ScriptModule, meta: Dict[str, Any]) -> OnnxModule:

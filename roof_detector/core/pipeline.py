@@ -29,7 +29,7 @@ from .geo import m2_per_crs_unit2, pixel_size_m
 from .inference import BatchPredictor, fitted_batch_size, predict_tiles
 from .interruptible import holding
 from .devices import device_description
-from .model_io import BUNDLED_MODEL_PATH, LoadedModel, load_model
+from .model_io import BUNDLED_MODEL_PATH, LoadedModel, load_model, load_warnings
 from .outline_worker import OutlineWorker, max_pending_batches
 from .params import DETECT, OUTLINES, check_fields
 from .raster_source import RasterSource, open_source
@@ -144,8 +144,7 @@ def detect_buildings(
         if model is None:
             model = _load_model(options)
         run = _lay_out(raster, model, options, warnings)
-        if model.extra.get("int8_saturation"):
-            warnings.append(model.extra["int8_saturation"] + "; install torch to run the model in fp32.")
+        warnings.extend(load_warnings(model))
         timings["prepare"] = time.perf_counter() - t_start
         report(_PREPARE_END, f"{len(run.tiles)} tiles to process")
         predictor = BatchPredictor(model, tta=options.tta)

@@ -22,18 +22,24 @@ LIBRARY_PREFIX = "library:"
 
 
 def describe_devices() -> Dict[str, Any]:
-    """{'cuda': bool, 'text': what torch found}, e.g. 'CUDA: NVIDIA H100 found'."""
+    """{'cuda': bool, 'text': what was found}, e.g. 'GPU found: NVIDIA H100'.
+
+    torch is imported (seconds, on the GUI thread) only where an NVIDIA driver is present.
+    """
+    from ..qgis_adapter.deps import cuda_driver_present, default_cpu_threads
+
+    threads = default_cpu_threads()
+    if not cuda_driver_present():
+        return {"cuda": False, "text": tr("No CUDA GPU found; CPU with {n} threads").format(n=threads)}
     try:
         import torch
     except Exception:  # noqa: BLE001 - the plugin checks dependencies before; stay robust
-        from ..qgis_adapter.deps import default_cpu_threads
-
         return {
             "cuda": False,
             "text": tr(
                 "CPU with {n} threads (ONNX Runtime); a GPU needs PyTorch, which is not "
                 "installed: Plugins > Roof Detector > Check dependencies"
-            ).format(n=default_cpu_threads()),
+            ).format(n=threads),
         }
     if torch.cuda.is_available():
         return {"cuda": True, "text": tr("GPU found: {name}").format(name=torch.cuda.get_device_name(0))}

@@ -60,3 +60,60 @@ def test_a_corrupt_cache_entry_is_rebuilt_not_fallen_back_from(unet_model, tmp_p
     again = load_model(unet_model, "cpu")
     assert again.extra["backend"] == "onnxruntime" and "onnx_fallback_reason" not in again.extra
     assert load_model(unet_model, "cpu").extra["backend"] == "onnxruntime"
+
+
+def _load_and_warnings(path):
+    from roof_detector.core.model_io import load_warnings
+
+    m = load_model(path, "cpu")
+    return m, load_warnings(m)
+
+
+def test_a_cache_on_a_full_disk_costs_an_export_per_load_not_onnx_runtime(unet_model, full_disk, monkeypatch):
+    """QA, session 16: a cache that could not be written fell back to TorchScript (1.6x slower) on
+    every run, and said nothing."""
+    monkeypatch.setenv("ROOF_DETECTOR_CACHE", str(full_disk / "cache"))
+    m, said = _load_and_warnings(unet_model)
+    assert m.extra["backend"] == "onnxruntime" and m.extra["onnx_path"] is None
+    assert "No space left" in m.extra["onnx_cache_problem"]
+    assert len(said) == 1 and "cannot be cached" in said[0] and "ROOF_DETECTOR_CACHE" in said[0]
+    assert not list(full_disk.rglob("*.onnx")) and not list(full_disk.rglob("*.tmp*"))  # nothing half-written
+
+
+def test_a_read_only_cache_with_a_corrupt_entry_still_runs_onnx_runtime(unet_model, read_only_fs, monkeypatch):
+    ro, make_writable = read_only_fs
+    monkeypatch.setenv("ROOF_DETECTOR_CACHE", str(ro / "cache"))
+    with make_writable():
+        entry = load_model(unet_model, "cpu").extra["onnx_path"]
+        with open(entry, "r+b") as fh:
+            fh.seek(100)
+            fh.write(b"\xff" * 4000)
+    m, said = _load_and_warnings(unet_model)  # the entry cannot be rebuilt, nor removed
+    assert m.extra["backend"] == "onnxruntime" and "Read-only file system" in m.extra["onnx_cache_problem"]
+    assert "cannot be cached" in said[0]
+    with make_writable():  # once the cache can be written, the entry is rebuilt and nothing is said
+        m, said = _load_and_warnings(unet_model)
+    assert m.extra["onnx_path"] == entry and not said
+
+
+def test_no_folder_to_export_into_falls_back_to_torchscript_and_says_so(unet_model, read_only_fs, monkeypatch):
+    import tempfile
+
+    ro, _ = read_only_fs
+    monkeypatch.setenv("ROOF_DETECTOR_CACHE", str(ro / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(ro))
+    m, said = _load_and_warnings(unet_model)
+    assert m.extra["backend"] == "torch" and "Read-only file system" in m.extra["onnx_fallback_reason"]
+    assert len(said) == 1 and "runs with TorchScript" in said[0] and "ROOF_DETECTOR_CACHE" in said[0]
+
+
+def test_detection_tells_its_user_the_cache_cannot_be_written(unet_model, full_disk, monkeypatch, tmp_path):
+    from roof_detector.core.pipeline import DetectOptions, detect_buildings
+    from devtools.synthetic import write_orthophoto
+
+    monkeypatch.setenv("ROOF_DETECTOR_CACHE", str(full_disk / "cache"))
+    raster = str(tmp_path / "scene.tif")
+    write_orthophoto(raster, 128, gsd_m=0.3)
+    res = detect_buildings(raster, DetectOptions(model_path=unet_model, solar=None))
+    assert res.stats["backend"] == "onnxruntime"
+    assert [w for w in res.warnings if "The model's ONNX graph cannot be cached" in w]
