@@ -21,6 +21,35 @@ def torch_available() -> bool:
     return True
 
 
+def cuda_driver_present() -> bool:
+    """Whether this machine has an NVIDIA driver torch could use, found without importing torch.
+
+    Importing torch takes 2-3 s: on QGIS's GUI thread (the dialog's device combo) it froze QGIS
+    on the first click of every session, and the CPU's ONNX Runtime paths do not need it.
+    """
+    import ctypes.util
+    import os
+    import sys
+
+    if sys.platform.startswith("linux"):
+        # the kernel driver, WSL2's GPU bridge, or a CUDA driver library on the loader's path
+        if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/dxg"):
+            return True
+        return ctypes.util.find_library("cuda") is not None
+    if sys.platform == "win32":
+        return ctypes.util.find_library("nvcuda") is not None
+    return False  # macOS: no CUDA
+
+
+def cpu_without_torch(device: str) -> bool:
+    """Whether ``device`` is the CPU without asking torch: ``cpu``, or ``auto`` where no GPU torch
+    could use is present (no NVIDIA driver; not macOS, where ``auto`` may be MPS)."""
+    import sys
+
+    device = (device or "auto").lower()
+    return device == "cpu" or (device == "auto" and sys.platform != "darwin" and not cuda_driver_present())
+
+
 @dataclass(frozen=True)
 class CpuDevice:
     """The CPU where torch is not installed: quacks like ``torch.device("cpu")`` for ``.type``."""

@@ -1,30 +1,6 @@
 """Model files: TorchScript with a ``metadata.json`` record in ``_extra_files``.
 
-The metadata record (a JSON object) holds at least::
-
-    format            "roof-detector-model"
-    format_version    1
-    name, version     free text / semantic version of this model
-    architecture      {"name": "efflite0_unet" | "plain_unet" | ..., "params": {...}}
-    bands             ["red", "green", "blue"]: the input channel order
-    normalization     {"input_range": [0, 1], "mean": [...], "std": [...],
-                       "applied_in_model": true}
-    output            "probability": N x C x H x W in [0, 1]
-    outputs           optional, the channels in order: ["building"] (the default when
-                      absent: every model before 0.3.0) or ["building", "border",
-                      "contact"] (separation models, see core/training/targets.py)
-    separation        separation models: {"core_threshold": t}, the score a pixel
-                      needs to seed a roof (core/vectorize.py, separation_score)
-    gsd_m             ground sample distance the model expects, metres / pixel
-    tile_size_px      tile edge the model was trained for (multiple of 32)
-    overlap_px        overlap between neighbouring tiles at inference
-    threshold         probability threshold tuned on validation
-    training          free-form summary of data, epochs, seed, command, time
-    metrics           free-form figures per split, e.g. {"val": {"iou": ...}}
-
-The TorchScript module takes float32 (or float16 on CUDA) RGB in [0, 1],
-shape N x 3 x H x W, and returns probabilities N x C x H x W, one channel per
-entry of ``outputs`` (C = 1 for building-only models).
+The record's keys and their checks: :mod:`.model_metadata`.
 
 torch is imported only where it is needed: on the CPU a model with an ONNX
 twin beside it (``roof_unet.onnx``, see :mod:`.onnx_twin`) loads and runs
@@ -37,31 +13,19 @@ import copy
 import errno
 import io
 import json
-import math
 import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .devices import resolve_device, torch_available
+from .devices import CpuDevice, cpu_without_torch, resolve_device, torch_available
 from .errors import ModelError, OutputError
+from .model_metadata import FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, model_outputs, validate_metadata  # noqa: F401
 from .locations import bundled_model_file
 from .torchscript import jit_load as _torch_jit_load
 from .torchscript import quiet_deprecations as _quiet_torch_deprecations
 from .temp_files import remove_stale, temp_path
-
-FORMAT_NAME = "roof-detector-model"
-FORMAT_VERSION = 1
-METADATA_FILE = "metadata.json"
-REQUIRED_KEYS = ("architecture", "bands", "normalization", "gsd_m", "tile_size_px", "overlap_px", "threshold")
-KNOWN_BANDS = ("red", "green", "blue")
-#: The output layouts this version runs: building only, or building with separation outputs.
-KNOWN_OUTPUTS = (["building"], ["building", "border", "contact"])
-#: Plausible model metadata: ground pixel size (m) and largest tile edge (px).
-MODEL_GSD_RANGE_M = (0.02, 5.0)
-MODEL_MAX_TILE_PX = 2048
-
 
 BUNDLED_MODEL_PATH = bundled_model_file()
 
@@ -104,68 +68,6 @@ class LoadedModel:
         if len(self.outputs) == 1:
             return None
         return float(self.metadata.get("separation", {}).get("core_threshold", 0.5))
-
-
-def model_outputs(meta: Dict[str, Any]) -> list:
-    """The output channels a model's metadata declares (``["building"]`` when it declares none)."""
-    return list(meta.get("outputs") or ["building"])
-
-
-def validate_metadata(meta: Dict[str, Any], source: str = "model") -> Dict[str, Any]:
-    """Check a metadata record; raise :class:`ModelError` naming what is wrong."""
-    if not isinstance(meta, dict):
-        raise ModelError(f"{source}: metadata.json is not a JSON object")
-    if meta.get("format") not in (None, FORMAT_NAME):
-        raise ModelError(f"{source}: metadata format is {meta.get('format')!r}, expected {FORMAT_NAME!r}")
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
-    if missing:
-        raise ModelError(
-            f"{source}: metadata lacks {', '.join(missing)}; "
-            "re-export the model with `python -m devtools train` or `finetune`"
-        )
-    bands = meta["bands"]
-    if not isinstance(bands, list) or not bands or any(b not in KNOWN_BANDS for b in bands):
-        raise ModelError(
-            f"{source}: metadata asks for bands {bands!r}; this version supports "
-            f"only {list(KNOWN_BANDS)} (RGB or grey replicated to RGB)"
-        )
-    try:
-        gsd = float(meta["gsd_m"])
-        tile = int(meta["tile_size_px"])
-        overlap = int(meta["overlap_px"])
-        thr = float(meta["threshold"])
-    except (TypeError, ValueError) as exc:
-        raise ModelError(
-            f"{source}: metadata has a non-numeric gsd_m/tile_size_px/overlap_px/threshold ({exc})"
-        ) from None
-    if not (math.isfinite(gsd) and gsd > 0 and tile >= 32 and 0 <= overlap < tile // 2 and 0.0 < thr < 1.0):
-        raise ModelError(
-            f"{source}: metadata values out of range (gsd_m={gsd}, tile_size_px={tile}, "
-            f"overlap_px={overlap}, threshold={thr})"
-        )
-    outputs = meta.get("outputs") or ["building"]
-    if outputs not in KNOWN_OUTPUTS:
-        raise ModelError(
-            f"{source}: metadata declares outputs {outputs!r}; this version runs "
-            + " or ".join(repr(o) for o in KNOWN_OUTPUTS)
-            + ": update Roof Detector"
-        )
-    sep = meta.get("separation", {})
-    core = sep.get("core_threshold", 0.5) if isinstance(sep, dict) else None
-    if len(outputs) > 1 and not (isinstance(core, (int, float)) and 0.0 < core < 1.0):
-        raise ModelError(f"{source}: metadata separation.core_threshold must lie between 0 and 1 (got {core!r})")
-    # Absurd values would size every run absurdly (a 65536 px tile is 50 GB of activations;
-    # 0.0003 m pixels turn a small orthophoto into millions of tiles): refused on load.
-    if not MODEL_GSD_RANGE_M[0] <= gsd <= MODEL_GSD_RANGE_M[1]:
-        raise ModelError(
-            f"{source}: metadata gsd_m={gsd:g} m is not a plausible aerial pixel size "
-            f"({MODEL_GSD_RANGE_M[0]:g} to {MODEL_GSD_RANGE_M[1]:g} m); the model file is not usable"
-        )
-    if tile > MODEL_MAX_TILE_PX:
-        raise ModelError(
-            f"{source}: metadata tile_size_px={tile} is beyond {MODEL_MAX_TILE_PX} px; the model file is not usable"
-        )
-    return meta
 
 
 #: Words of TorchScript operator names that reach files or processes: a model that calls one is refused.
@@ -311,7 +213,8 @@ def load_model(
     model's ONNX twin when one made from this very file lies beside it (no
     torch needed; an int8 twin only where ONNX Runtime's int8 arithmetic is
     exact, :func:`.onnx_twin.int8_saturation`, or where torch is missing), else
-    exported from TorchScript into a cache and checked against it; failing that, with TorchScript frozen and optimised for
+    exported from TorchScript into a cache and checked against it (later loads run a checked, unchanged
+    entry without torch: :mod:`.onnx_cache`); failing that, with TorchScript frozen and optimised for
     inference (conv+BN folding). ``path`` may also name an ONNX twin itself
     (``.onnx``, CPU only). The backend in use is in
     ``LoadedModel.extra["backend"]``.
@@ -322,7 +225,8 @@ def load_model(
     if path.lower().endswith(".onnx"):
         return _load_onnx_file(path, device, backend)
     meta = read_metadata(path)
-    dev = resolve_device(device)
+    # the CPU's ONNX Runtime paths need no torch, and importing it costs seconds (and QGIS's GUI half a second)
+    dev = CpuDevice() if cpu_without_torch(device) else resolve_device(device)
     extra: Dict[str, Any] = {"backend": "torch"}
     use_onnx = dev.type == "cpu" and backend in ("auto", "onnxruntime")
     if use_onnx:
@@ -330,6 +234,8 @@ def load_model(
         if twin is not None:
             return twin
     module = _torchscript_module(path)
+    if isinstance(dev, CpuDevice):  # torch runs the model after all
+        dev = resolve_device("cpu")
     use_half = dev.type == "cuda" if half is None else bool(half and dev.type == "cuda")
     if use_onnx:
         exported = _exported_onnx_model(path, meta, module, dev, backend, extra)
@@ -376,16 +282,20 @@ def _twin_model(path: str, meta: Dict[str, Any], dev, backend: str, extra: Dict[
 
     if onnx_twin.onnxruntime_available():
         twin, why_not = onnx_twin.find_twin(path, meta)
+        saturated = None
         if twin is not None:
             module = onnx_twin.OnnxModule(twin)
             saturates = onnx_twin.twin_saturation(module)
             if not saturates:
                 return _onnx_loaded(module, meta, dev, path, twin)
-            if not torch_available():  # the twin, off by a little, beats no detection at all
-                loaded = _onnx_loaded(module, meta, dev, path, twin)
-                loaded.extra["int8_saturation"] = saturates
-                return loaded
-            why_not = saturates  # fp32, exported from the model file (below), computes as checked
+            saturated, why_not = module, saturates  # fp32, exported from the model file, computes as checked
+        exported = _verified_export(path, meta, dev, why_not)
+        if exported is not None:
+            return exported
+        if saturated is not None and not torch_available():  # the twin, off by a little, beats no detection
+            loaded = _onnx_loaded(saturated, meta, dev, path, twin)
+            loaded.extra["int8_saturation"] = why_not
+            return loaded
         if not torch_available():
             raise ModelError(
                 f"{path} has no usable ONNX twin ({why_not}) and PyTorch is not installed to run "
@@ -400,6 +310,22 @@ def _twin_model(path: str, meta: Dict[str, Any], dev, backend: str, extra: Dict[
     elif backend == "onnxruntime":
         raise ModelError("ONNX Runtime is not installed: `pip install onnxruntime`, or use backend torch")
     return None
+
+
+def _verified_export(path: str, meta: Dict[str, Any], dev, why_not: str) -> Optional[LoadedModel]:
+    """The model's cached fp32 export, run without torch, when an earlier load checked it against
+    TorchScript and it is unchanged since (:mod:`.onnx_cache`); else None."""
+    from . import onnx_cache, onnx_twin
+
+    entry = onnx_cache.verified_entry(path)
+    if entry is None:
+        return None
+    try:
+        loaded = _onnx_loaded(onnx_twin.OnnxModule(entry), meta, dev, path, entry)
+    except Exception:  # noqa: BLE001 - onnxruntime's own error types: the full load checks it again
+        return None
+    loaded.extra["onnx_twin_unused"] = why_not
+    return loaded
 
 
 def _torchscript_module(path: str):
@@ -475,7 +401,7 @@ def _load_onnx_file(path: str, device: str, backend: str) -> LoadedModel:
             f"{path} is not an ONNX model ONNX Runtime can load ({detail}); the file may be truncated "
             "or of another format: make it again with `python -m devtools onnx-twin`"
         ) from None
-    loaded = _onnx_loaded(module, validate_metadata(meta, path), resolve_device("cpu"), path, path)
+    loaded = _onnx_loaded(module, validate_metadata(meta, path), CpuDevice(), path, path)
     saturates = onnx_twin.twin_saturation(module)  # named on purpose: it runs, and detection warns
     if saturates:
         loaded.extra["int8_saturation"] = saturates

@@ -5,8 +5,9 @@ On CPU, ONNX Runtime runs our U-Nets several times faster than TorchScript
 its fused depthwise-convolution kernels suit the EfficientNet encoder. The
 TorchScript file stays the one format users handle; the ONNX graph is
 derived from it on first use, checked against TorchScript on a random batch
-(max abs difference <= 1e-3) and cached by the model file's hash, so the
-next run starts at once.
+(max abs difference <= 1e-3) and cached by the model file's hash, with a
+record of the check (:mod:`.onnx_cache`), so the next run starts at once,
+without torch.
 
 The ONNX graph is exported from the Python network (rebuilt from the file's
 architecture metadata and weights), because the TorchScript exporter cannot
@@ -21,7 +22,6 @@ quantised on calibration imagery), checked against TorchScript;
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import warnings
@@ -30,6 +30,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from .onnx_cache import entry_path, forget, record_verified
 from .onnx_twin import OnnxModule, onnxruntime_available
 from .torchscript import jit_load
 from .temp_files import remove_stale, temp_path
@@ -38,14 +39,6 @@ from .unet import ARCHITECTURES, ExportWrapper, build_model
 __all__ = ["OnnxModule", "onnxruntime_available", "export_onnx", "onnx_module_for"]
 
 AGREEMENT_TOL = 1e-3
-
-
-def cache_dir() -> Path:
-    """Where derived ONNX files live: $ROOF_DETECTOR_CACHE or ~/.cache/roof_detector/onnx."""
-    base = os.environ.get("ROOF_DETECTOR_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "roof_detector"
-    )
-    return Path(base) / "onnx"
 
 
 def python_network(script: torch.jit.ScriptModule, meta: Dict[str, Any]) -> torch.nn.Module:
@@ -60,17 +53,9 @@ def python_network(script: torch.jit.ScriptModule, meta: Dict[str, Any]) -> torc
     return ExportWrapper(net, norm["mean"], norm["std"]).eval()
 
 
-def _file_hash(path: str) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def export_onnx(model_path: str, meta: Dict[str, Any], script: Optional[torch.jit.ScriptModule] = None) -> str:
     """ONNX file for a model file (exported once, then taken from the cache)."""
-    out = cache_dir() / f"{_file_hash(model_path)}.onnx"
+    out = entry_path(model_path)
     if out.exists():
         return str(out)
     _check_exportable(meta)
@@ -128,10 +113,10 @@ def onnx_module_for(model_path: str, meta: Dict[str, Any], script: torch.jit.Scr
     (seconds), not ONNX Runtime's speed for the whole detection: the graph is then exported
     into a private temporary folder, loaded, and deleted.
     """
-    cached = cache_dir() / f"{_file_hash(model_path)}.onnx"
+    cached = entry_path(model_path)
     if cached.exists():
         try:
-            return _verified(OnnxModule(str(cached)), script, meta), ""
+            return _checked(cached, script, meta), ""
         except Exception:  # noqa: BLE001 - a corrupt or stale entry: rebuilt below, not fallen back from forever
             _remove_quietly(cached)
     _check_exportable(meta)
@@ -144,13 +129,23 @@ def onnx_module_for(model_path: str, meta: Dict[str, Any], script: torch.jit.Scr
     if problem:
         return _verified(_uncached_module(script, meta), script, meta), f"{cached.parent}: {problem}"
     try:
-        return _verified(OnnxModule(str(cached)), script, meta), ""
+        return _checked(cached, script, meta), ""
     except Exception:
         _remove_quietly(cached)  # the next load tries again instead of meeting a bad entry
         raise
 
 
+def _checked(entry: Path, script: torch.jit.ScriptModule, meta: Dict[str, Any]) -> OnnxModule:
+    """The cache entry's module, checked against TorchScript; the check is recorded
+    (:mod:`.onnx_cache`: later loads run it without torch)."""
+    forget(entry)  # until it passes again
+    module = _verified(OnnxModule(str(entry)), script, meta)
+    record_verified(entry)
+    return module
+
+
 def _remove_quietly(path: Path) -> None:
+    forget(path)
     try:
         path.unlink()
     except OSError:  # a read-only cache: its entry stays, and the export goes elsewhere (below)

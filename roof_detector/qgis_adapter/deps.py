@@ -226,24 +226,6 @@ def default_cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def cuda_driver_present() -> bool:
-    """Whether this machine has an NVIDIA driver torch could use, found without importing torch.
-
-    Importing torch takes 2-3 s; done on the GUI thread to fill a device combo, it froze QGIS
-    on the first click of every session where no GPU could be used anyway.
-    """
-    import ctypes.util
-
-    if sys.platform.startswith("linux"):
-        # the kernel driver, WSL2's GPU bridge, or a CUDA driver library on the loader's path
-        if os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/dxg"):
-            return True
-        return ctypes.util.find_library("cuda") is not None
-    if sys.platform == "win32":
-        return ctypes.util.find_library("nvcuda") is not None
-    return False  # macOS: no CUDA
-
-
 def needs_source_shapely() -> bool:
     """The Linux GEOS rule: shapely must be built against the system GEOS QGIS links (not a PyPI wheel)."""
     return sys.platform.startswith("linux")

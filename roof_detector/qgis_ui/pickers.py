@@ -26,7 +26,8 @@ def describe_devices() -> Dict[str, Any]:
 
     torch is imported (seconds, on the GUI thread) only where an NVIDIA driver is present.
     """
-    from ..qgis_adapter.deps import cuda_driver_present, default_cpu_threads
+    from ..core.devices import cuda_driver_present
+    from ..qgis_adapter.deps import default_cpu_threads
 
     threads = default_cpu_threads()
     if not cuda_driver_present():

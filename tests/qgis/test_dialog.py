@@ -223,7 +223,7 @@ def test_device_choice_shows_the_gpu_torch_found(qgis_iface, ortho_layer):
     cuda_item = dialog.device_combo.model().item(dialog.device_combo.findData("cuda"))
     assert cuda_item.isEnabled() == torch.cuda.is_available()
     with (
-        mock.patch("roof_detector.qgis_adapter.deps.cuda_driver_present", return_value=True),
+        mock.patch("roof_detector.core.devices.cuda_driver_present", return_value=True),
         mock.patch("torch.cuda.is_available", return_value=True),
         mock.patch("torch.cuda.get_device_name", return_value="NVIDIA H100 80GB HBM3"),
     ):
@@ -347,8 +347,8 @@ def test_the_dialog_opens_without_importing_torch_where_no_gpu_driver_is(tmp_pat
         from qgis.core import QgsApplication
         app = QgsApplication([], True)
         app.initQgis()
-        from roof_detector.qgis_adapter import deps
-        with mock.patch.object(deps, "cuda_driver_present", return_value=False):
+        from roof_detector.core import devices
+        with mock.patch.object(devices, "cuda_driver_present", return_value=False):
             from roof_detector.qgis_ui.dialog import DetectDialog
             dialog = DetectDialog(None)
         print("TORCH", "torch" in sys.modules, dialog.device_info.text())

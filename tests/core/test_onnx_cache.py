@@ -1,0 +1,97 @@
+"""A checked fp32 cache entry runs without torch; anything changed since is checked again (onnx_cache)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from roof_detector.core import onnx_cache
+from roof_detector.core.model_io import load_model
+from roof_detector.core.training.export import export_model
+from roof_detector.core.training.trainer import TrainConfig
+from roof_detector.core.unet import build_model
+from tests.core.test_onnx_twin import run_without_torch
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture()
+def unet_model(tmp_path, monkeypatch):
+    """A model file without a twin: it runs from the cache's export."""
+    monkeypatch.setenv("ROOF_DETECTOR_CACHE", str(tmp_path / "cache"))
+    cfg = TrainConfig(architecture="efflite0_unet", tile_px=64, overlap_px=8)
+    torch.manual_seed(0)
+    return export_model(build_model("efflite0_unet"), cfg, str(tmp_path / "m.pt"), 0.5, {"name": "t"})
+
+
+def _record(model_path):
+    return onnx_cache.entry_path(model_path).with_name(onnx_cache.entry_path(model_path).name + ".verified.json")
+
+
+def test_a_checked_entry_runs_without_torch_and_computes_the_same(unet_model, tmp_path):
+    first = load_model(unet_model, "cpu")
+    assert first.extra["backend"] == "onnxruntime" and _record(unet_model).exists()
+    x = np.random.default_rng(0).random((2, 3, 64, 64), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", first.module(x))
+    proc = run_without_torch(
+        f"""
+        import numpy as np
+        from roof_detector.core.model_io import load_model
+        m = load_model({unet_model!r}, "cpu")
+        y = m.module(np.load("x.npy"))
+        print("RESULT", m.extra["backend"], m.extra["onnx_precision"], bool(np.array_equal(y, np.load("y.npy"))))
+        """,
+        str(tmp_path),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RESULT onnxruntime fp32 True" in proc.stdout
+
+
+def test_without_a_record_torch_is_still_needed(unet_model, tmp_path):
+    load_model(unet_model, "cpu")
+    _record(unet_model).unlink()
+    proc = run_without_torch(
+        f"from roof_detector.core.model_io import load_model\nload_model({unet_model!r}, 'cpu')", str(tmp_path)
+    )
+    assert proc.returncode != 0 and "PyTorch is not installed" in proc.stderr
+
+
+@pytest.mark.parametrize("change", ["entry bytes", "runtime version", "record garbage"])
+def test_an_entry_changed_since_its_check_is_checked_again(unet_model, change):
+    load_model(unet_model, "cpu")
+    entry, record = onnx_cache.entry_path(unet_model), _record(unet_model)
+    assert onnx_cache.verified_entry(unet_model) == str(entry)
+    if change == "entry bytes":
+        with open(entry, "r+b") as fh:
+            fh.seek(100)
+            fh.write(b"\xff" * 4000)
+    elif change == "runtime version":
+        record.write_text(json.dumps(dict(json.loads(record.read_text()), onnxruntime="0.0.1")))
+    else:
+        record.write_text("[1, 2")
+    assert onnx_cache.verified_entry(unet_model) is None
+    again = load_model(unet_model, "cpu")  # the full check, which rebuilds a damaged entry
+    assert again.extra["backend"] == "onnxruntime" and onnx_cache.verified_entry(unet_model) == str(entry)
+
+
+def test_the_cpu_is_known_without_torch_only_where_no_gpu_could_be_used(monkeypatch):
+    from roof_detector.core import devices
+
+    monkeypatch.setattr("sys.platform", "linux")
+    monkeypatch.setattr(devices, "cuda_driver_present", lambda: False)
+    assert devices.cpu_without_torch("cpu") and devices.cpu_without_torch("auto") and devices.cpu_without_torch(None)
+    assert not devices.cpu_without_torch("cuda") and not devices.cpu_without_torch("mps")
+    monkeypatch.setattr(devices, "cuda_driver_present", lambda: True)
+    assert devices.cpu_without_torch("cpu") and not devices.cpu_without_torch("auto")
+
+
+def test_a_model_torch_runs_on_a_cpu_known_without_torch_gets_a_torch_device(tmp_path, monkeypatch):
+    """The loader starts from a torch-free CPU; where TorchScript runs the model after all, the
+    module is moved to a real torch.device."""
+    from devtools.test_model import make_test_model
+
+    monkeypatch.setenv("ROOF_DETECTOR_CACHE", str(tmp_path / "cache"))
+    m = load_model(make_test_model(str(tmp_path / "b.pt")), "cpu")  # no ONNX export for this architecture
+    assert m.extra["backend"] == "torch" and isinstance(m.device, torch.device) and m.device.type == "cpu"
