@@ -143,6 +143,10 @@ def is_out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
     if isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text):
         return True
+    # Each model call runs on a thread of its own (interruptible), whose stack is mapped when it
+    # starts: under a memory cap that fails first, as Python's "can't start new thread".
+    if isinstance(exc, RuntimeError) and "can't start new thread" in text:
+        return True
     # ONNX Runtime's own exception classes (onnxruntime...Fail) are not RuntimeErrors:
     # "[ONNXRuntimeError] : 1 : FAIL : ... BFCArena ... Failed to allocate memory for requested buffer"
     return "onnxruntime" in type(exc).__module__.lower() and (
@@ -221,11 +225,16 @@ class BatchPredictor:
         (separation models: N x 2 x H x W, building probability and separation score)."""
         n = rgb.shape[0]
         step = min(n, self.batch_limit or n)
-        out: List[np.ndarray] = []
+        probs: Optional[np.ndarray] = None
         i = 0
         while i < n:
             try:
-                out.append(self._call(rgb[i : i + step]))
+                part = self._call(rgb[i : i + step])
+                if probs is None:  # each part goes straight into the result: no second copy of the
+                    # batch, which was what ran out of memory after the halving had succeeded
+                    probs = part if len(part) == n else np.empty((n,) + part.shape[1:], np.float32)
+                if probs is not part:
+                    probs[i : i + len(part)] = part
                 i += step
             except Exception as exc:  # noqa: BLE001 - only out-of-memory errors are retried
                 if not is_out_of_memory(exc):
@@ -245,11 +254,10 @@ class BatchPredictor:
                         "Out of memory on the CPU even with one tile per batch; close other "
                         "programs, or use a model with a smaller tile size"
                     ) from None
-        probs = out[0] if len(out) == 1 else np.concatenate(out)
         bad = ~np.isfinite(probs)
         if bad.any():  # a broken model: say so rather than silently find nothing
             self.nonfinite_px += int(bad.sum())
-            probs = np.where(bad, 0.0, probs).astype(np.float32)
+            probs = np.where(bad, np.float32(0.0), probs).astype(np.float32, copy=False)
         return probs
 
     def _call(self, rgb: np.ndarray) -> np.ndarray:

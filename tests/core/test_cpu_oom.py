@@ -42,3 +42,24 @@ def test_onnxruntime_cpu_out_of_memory_halves_the_batch():
     limit = int(proc.stdout.split("limit ")[1].split()[0])
     assert 1 <= limit < 32
     assert "The CPU ran out of memory with 32 tiles per batch" in proc.stdout
+
+
+@pytest.mark.parametrize("headroom_mb", [140, 135, 130, 125, 120, 115])
+def test_tighter_memory_caps_end_in_a_smaller_batch_or_one_clear_error(headroom_mb):
+    """Session 16: under caps a little tighter than the test above, 0.2.x ended four of these six
+    runs with a traceback: numpy's MemoryError joining the halves of the batch (a second copy of
+    it), or "can't start new thread" (each model call's thread maps its stack first)."""
+    pytest.importorskip("onnxruntime")
+    if not BUNDLED_MODEL_PATH.is_file():
+        pytest.skip("the bundled model is absent")
+    child = CHILD.replace("vm + 150_000_000", f"vm + {headroom_mb}_000_000").replace(
+        "out = predictor(batch)",
+        "from roof_detector.core.errors import ModelError\ntry:\n    out = predictor(batch)\n"
+        "except ModelError as exc:\n    print('MODELERROR', exc)\n    raise SystemExit(0)",
+    )
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=600, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    assert (
+        "The CPU ran out of memory with 32 tiles per batch" in proc.stdout
+        or "MODELERROR Out of memory on the CPU even with one tile per batch" in proc.stdout
+    ), proc.stdout
