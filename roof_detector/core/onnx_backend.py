@@ -30,7 +30,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .onnx_cache import entry_path, forget, record_verified
+from .onnx_cache import entry_path, forget, mark_used, record_verified, remove_unused
 from .onnx_twin import OnnxModule, onnxruntime_available
 from .torchscript import jit_load
 from .temp_files import remove_stale, temp_path
@@ -126,6 +126,8 @@ def onnx_module_for(model_path: str, meta: Dict[str, Any], script: torch.jit.Scr
             _export_graph(python_network(script, meta), int(meta["tile_size_px"]), cached)
         except OSError as exc:  # full disk, quota
             problem = exc.strerror or str(exc)
+        else:
+            remove_unused(cached)
     if problem:
         return _verified(_uncached_module(script, meta), script, meta), f"{cached.parent}: {problem}"
     try:
@@ -141,6 +143,7 @@ def _checked(entry: Path, script: torch.jit.ScriptModule, meta: Dict[str, Any]) 
     forget(entry)  # until it passes again
     module = _verified(OnnxModule(str(entry)), script, meta)
     record_verified(entry)
+    mark_used(entry)
     return module
 
 

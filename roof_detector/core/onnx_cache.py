@@ -8,6 +8,10 @@ entry's SHA-256 and the ONNX Runtime version that ran the check), and a later lo
 the entry unchanged, checked by the same ONNX Runtime, runs it without torch. Anything else
 (no record, another hash, another ONNX Runtime) goes through the full check again.
 
+Each load that uses an entry marks it used (its modification time); making a new entry removes
+those no load has used for :data:`UNUSED_DAYS` days, so the cache does not grow by one
+15 MB file per fine-tuned or replaced model for ever.
+
 No torch and no ``qgis`` import here.
 """
 
@@ -16,12 +20,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Optional
 
 from .temp_files import temp_path
 
 RECORD_SUFFIX = ".verified.json"
+#: Entries no load has used for this long are removed when a new one is made (each is ~15 MB,
+#: one per model file: fine-tuned models and replaced ones would pile up for ever).
+UNUSED_DAYS = 30
 
 
 def cache_dir() -> Path:
@@ -95,4 +103,29 @@ def verified_entry(model_path: str) -> Optional[str]:
             return None
     except (OSError, ValueError, AttributeError):  # no record, no entry, a record that is not a JSON object
         return None
+    mark_used(entry)
     return str(entry)
+
+
+def mark_used(entry: Path) -> None:
+    """Note that ``entry`` was used now (its modification time: :func:`remove_unused` keeps it)."""
+    try:
+        os.utime(entry)
+    except OSError:  # a read-only cache: nothing is removed from it either
+        pass
+
+
+def remove_unused(keep: Path, unused_days: float = UNUSED_DAYS) -> list:
+    """Remove the entries (and records) of the cache no load has used for ``unused_days``, but
+    ``keep``; return the entries removed."""
+    cutoff = time.time() - unused_days * 86400.0
+    removed = []
+    for entry in keep.parent.glob("*.onnx"):
+        try:
+            if entry != keep and entry.stat().st_mtime < cutoff:
+                forget(entry)
+                entry.unlink()
+                removed.append(entry)
+        except OSError:  # gone meanwhile (another process), or not ours to remove
+            pass
+    return removed

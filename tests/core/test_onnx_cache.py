@@ -95,3 +95,30 @@ def test_a_model_torch_runs_on_a_cpu_known_without_torch_gets_a_torch_device(tmp
     monkeypatch.setenv("ROOF_DETECTOR_CACHE", str(tmp_path / "cache"))
     m = load_model(make_test_model(str(tmp_path / "b.pt")), "cpu")  # no ONNX export for this architecture
     assert m.extra["backend"] == "torch" and isinstance(m.device, torch.device) and m.device.type == "cpu"
+
+
+def test_a_new_entry_removes_those_unused_for_a_month_and_keeps_the_rest(unet_model, tmp_path):
+    import os
+    import time
+
+    folder = tmp_path / "cache" / "onnx"
+    folder.mkdir(parents=True)
+    month_ago = time.time() - 31 * 86400
+    for name, when in (("old", month_ago), ("recent", time.time() - 86400)):
+        (folder / f"{name}.onnx").write_bytes(b"x")
+        (folder / f"{name}.onnx.verified.json").write_text("{}")
+        os.utime(folder / f"{name}.onnx", (when, when))
+    load_model(unet_model, "cpu")  # makes this model's entry
+    names = sorted(p.name for p in folder.iterdir())
+    entry = onnx_cache.entry_path(unet_model).name
+    assert names == sorted([entry, entry + ".verified.json", "recent.onnx", "recent.onnx.verified.json"])
+
+
+def test_a_load_marks_its_entry_used(unet_model):
+    import os
+
+    load_model(unet_model, "cpu")
+    entry = onnx_cache.entry_path(unet_model)
+    os.utime(entry, (0, 0))
+    assert load_model(unet_model, "cpu").extra["onnx_path"] == str(entry)  # the checked entry, without torch
+    assert entry.stat().st_mtime > 1e9
