@@ -6,6 +6,7 @@ the only device is a :class:`CpuDevice`.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,7 @@ def torch_available() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=1)  # ldconfig and gcc behind find_library: 15-22 ms a call
 def cuda_driver_present() -> bool:
     """Whether this machine has an NVIDIA driver torch could use, found without importing torch.
 

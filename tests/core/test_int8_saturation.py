@@ -103,8 +103,10 @@ def test_without_torch_a_saturating_cpu_runs_the_int8_twin_and_says_so(model_wit
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RESULT 1 onnxruntime" in proc.stdout
-    assert "Fewer buildings may be found: this CPU computes the bundled int8 model inexactly" in proc.stdout
-    assert "saturates on this CPU (test)). Install PyTorch to run it in fp32 (QGIS: Plugins > Roof" in proc.stdout
+    assert "Fewer buildings may be found: this CPU has no VNNI instructions, and ONNX Runtime computes" in proc.stdout
+    assert (
+        "Install PyTorch to run the model in fp32 (QGIS: Plugins > Roof Detector > Check dependencies…" in proc.stdout
+    )
 
 
 def test_the_bundled_model_runs_its_int8_twin_exactly_where_the_probe_allows(tmp_path, monkeypatch):
