@@ -31,6 +31,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..core.devices import import_torch
+
+    import_torch()  # first, with Ctrl-C held: one landing in torch's own import aborted the process
     from ..core.training.finetune import FinetuneOptions, finetune
 
     opts = FinetuneOptions(

@@ -196,8 +196,9 @@ def test_stdout_or_stderr_on_a_full_device(tmp_path, model_file):
 CHILD_IMPORTING_TORCH = """
 import sys
 from roof_detector.cli import leave_after_interrupt
+from roof_detector.core.devices import import_torch
 try:
-    import torch  # noqa: F401
+    import_torch()  # as `finetune` and the loader do
 except BaseException:
     pass
 leave_after_interrupt(130)
@@ -210,7 +211,10 @@ def test_an_interrupt_during_torchs_import_still_ends_with_our_status(tmp_path):
     set even when the interrupt is caught. Plain `sys.exit(130)` here gave -2 at 1.2 and 1.5 s."""
 
     statuses = []
-    for delay_s in (0.6, 0.9, 1.2, 1.5, 1.8, 2.4):
+    # session 16: with a plain `import torch`, 3 of 178 interrupts 0.5-0.7 s in ended in SIGABRT (a
+    # Ctrl-C inside torch's C++ initialisation: pybind11's error_already_set, std::terminate),
+    # one of them in this test; import_torch holds the signal until the import is done
+    for delay_s in (0.3, 0.45, 0.6, 0.6, 0.6, 0.75, 0.9, 1.2, 1.5, 1.8, 2.4):
         proc = subprocess.Popen(
             [sys.executable, "-c", CHILD_IMPORTING_TORCH],
             cwd=str(REPO),
