@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .devices import CpuDevice, cpu_without_torch, resolve_device, torch_available
+from .devices import CpuDevice, cpu_without_torch, import_torch, resolve_device, torch_available
 from .errors import ModelError, OutputError
 from .model_metadata import FORMAT_NAME, FORMAT_VERSION, METADATA_FILE, model_outputs, validate_metadata  # noqa: F401
 from .locations import bundled_model_file
@@ -330,7 +330,7 @@ def _verified_export(path: str, meta: Dict[str, Any], dev, why_not: str) -> Opti
 
 def _torchscript_module(path: str):
     """The TorchScript module of ``path``, checked and in eval mode; :class:`ModelError` when it cannot load."""
-    import torch  # noqa: F401 - without torch: ImportError here, as always, not a "could not be loaded"
+    import_torch()  # without torch: ImportError here, as always, not a "could not be loaded"
 
     try:
         module = _torch_jit_load(path)
