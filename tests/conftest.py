@@ -40,6 +40,17 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def _mounted_tmpfs(mount_point: Path, size: str) -> Path:
+    """A fresh tmpfs of ``size`` mounted at ``mount_point`` (the test is skipped without root)."""
+    import subprocess
+
+    mount_point.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)]
+    if os.geteuid() != 0 or subprocess.run(command, capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    return mount_point
+
+
 @pytest.fixture
 def full_disk(tmp_path):
     """A real, almost full file system: a 2 MB tmpfs filled but for 4 KB (needs root; skipped otherwise).
@@ -49,16 +60,7 @@ def full_disk(tmp_path):
     """
     import subprocess
 
-    mount_point = tmp_path / "small_disk"
-    mount_point.mkdir()
-    if (
-        os.geteuid() != 0
-        or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)], capture_output=True
-        ).returncode
-        != 0
-    ):
-        pytest.skip("mounting a small tmpfs needs root")
+    mount_point = _mounted_tmpfs(tmp_path / "small_disk", "2m")
     try:
         filler = mount_point / ".filler"
         with open(filler, "wb", buffering=0) as fh:
@@ -83,21 +85,11 @@ def read_only_fs(tmp_path):
     import contextlib
     import subprocess
 
-    mount_point = tmp_path / "read_only"
-    mount_point.mkdir()
+    mount_point = _mounted_tmpfs(tmp_path / "read_only", "32m")
 
     def mount(options: str) -> int:
         cmd = ["mount", "-o", f"remount,{options}", str(mount_point)]
         return subprocess.run(cmd, capture_output=True).returncode
-
-    if (
-        os.geteuid() != 0
-        or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount_point)], capture_output=True
-        ).returncode
-        != 0
-    ):
-        pytest.skip("mounting a tmpfs needs root")
 
     @contextlib.contextmanager
     def make_writable():

@@ -8,21 +8,9 @@ import torch
 
 from roof_detector.core import onnx_cache
 from roof_detector.core.model_io import load_model
-from roof_detector.core.training.export import export_model
-from roof_detector.core.training.trainer import TrainConfig
-from roof_detector.core.unet import build_model
 from tests.core.test_onnx_twin import run_without_torch
 
 pytest.importorskip("onnxruntime")
-
-
-@pytest.fixture()
-def unet_model(tmp_path, monkeypatch):
-    """A model file without a twin: it runs from the cache's export."""
-    monkeypatch.setenv("ROOF_DETECTOR_CACHE", str(tmp_path / "cache"))
-    cfg = TrainConfig(architecture="efflite0_unet", tile_px=64, overlap_px=8)
-    torch.manual_seed(0)
-    return export_model(build_model("efflite0_unet"), cfg, str(tmp_path / "m.pt"), 0.5, {"name": "t"})
 
 
 def _record(model_path):
