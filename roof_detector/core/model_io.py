@@ -262,7 +262,7 @@ def load_warnings(model: LoadedModel) -> List[str]:
     problem = extra.get("onnx_cache_problem")
     if problem and extra.get("backend") == "onnxruntime":
         out.append(
-            f"The model's ONNX graph cannot be cached ({problem}), so every run exports it again "
+            f"The model's ONNX graph cannot be cached ({problem}), so every run prepares it again "
             "(seconds): set ROOF_DETECTOR_CACHE to a writable folder."
         )
     elif problem:
@@ -351,7 +351,8 @@ def _exported_onnx_model(
         return None
     try:
         ort_module, uncached = onnx_backend.onnx_module_for(path, meta, module)
-        extra.update({"backend": "onnxruntime", "onnx_path": None if uncached else ort_module.path})
+        on_disk = os.path.exists(ort_module.path)  # not an export loaded from a temporary folder
+        extra.update({"backend": "onnxruntime", "onnx_path": ort_module.path if on_disk else None})
         extra["onnx_precision"] = "fp32"
         if uncached:  # detection says so: every load exports again until the cache is writable
             extra["onnx_cache_problem"] = uncached

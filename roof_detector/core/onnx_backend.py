@@ -30,7 +30,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .onnx_cache import entry_path, forget, mark_used, record_verified, remove_unused
+from .onnx_cache import entry_path, entry_sha256, forget, mark_used, record_verified, remove_unused
 from .onnx_twin import OnnxModule, onnxruntime_available
 from .torchscript import jit_load
 from .temp_files import remove_stale, temp_path
@@ -116,7 +116,7 @@ def onnx_module_for(model_path: str, meta: Dict[str, Any], script: torch.jit.Scr
     cached = entry_path(model_path)
     if cached.exists():
         try:
-            return _checked(cached, script, meta), ""
+            return _checked(cached, script, meta)
         except Exception:  # noqa: BLE001 - a corrupt or stale entry: rebuilt below, not fallen back from forever
             _remove_quietly(cached)
     _check_exportable(meta)
@@ -131,20 +131,21 @@ def onnx_module_for(model_path: str, meta: Dict[str, Any], script: torch.jit.Scr
     if problem:
         return _verified(_uncached_module(script, meta), script, meta), f"{cached.parent}: {problem}"
     try:
-        return _checked(cached, script, meta), ""
+        return _checked(cached, script, meta)
     except Exception:
         _remove_quietly(cached)  # the next load tries again instead of meeting a bad entry
         raise
 
 
-def _checked(entry: Path, script: torch.jit.ScriptModule, meta: Dict[str, Any]) -> OnnxModule:
-    """The cache entry's module, checked against TorchScript; the check is recorded
-    (:mod:`.onnx_cache`: later loads run it without torch)."""
+def _checked(entry: Path, script: torch.jit.ScriptModule, meta: Dict[str, Any]) -> Tuple[OnnxModule, str]:
+    """The cache entry's module, checked against TorchScript, and why the check could not be
+    recorded ("" when it was: later loads run the entry without torch, :mod:`.onnx_cache`)."""
     forget(entry)  # until it passes again
+    checked_sha256 = entry_sha256(entry)  # what ONNX Runtime loads next, unless another export replaces it
     module = _verified(OnnxModule(str(entry)), script, meta)
-    record_verified(entry)
+    problem = record_verified(entry, checked_sha256)
     mark_used(entry)
-    return module
+    return module, problem
 
 
 def _remove_quietly(path: Path) -> None:

@@ -54,7 +54,8 @@ def entry_path(model_path: str) -> Path:
     return cache_dir() / f"{file_key(model_path)}.onnx"
 
 
-def _sha256(path: Path) -> str:
+def entry_sha256(path: Path) -> str:
+    """Hex SHA-256 of a cache entry."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -68,20 +69,27 @@ def _runtime_version() -> str:
     return onnxruntime.__version__
 
 
-def record_verified(entry: Path) -> None:
-    """Record that ``entry`` agreed with its TorchScript model (atomically; silently not where
-    the cache cannot be written: the next load checks it again)."""
+def record_verified(entry: Path, checked_sha256: str) -> str:
+    """Record that ``entry``, whose bytes hashed ``checked_sha256`` when its check began, agreed with
+    its TorchScript model; return why it could not be recorded ("" when it was).
+
+    Nothing is recorded when the entry has changed since (another process replaced it with its own
+    export: that process records its own check).
+    """
     record = Path(str(entry) + RECORD_SUFFIX)
     tmp = temp_path(str(record), ".json")
     try:
+        if entry_sha256(entry) != checked_sha256:
+            return ""
         with open(tmp, "w") as f:
-            json.dump({"sha256": _sha256(entry), "onnxruntime": _runtime_version()}, f)
+            json.dump({"sha256": checked_sha256, "onnxruntime": _runtime_version()}, f)
         os.replace(tmp, record)
-    except OSError:
-        pass
+    except OSError as exc:  # a read-only cache: every load checks the entry again (with torch)
+        return f"{record.parent}: {exc.strerror or exc}"
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return ""
 
 
 def forget(entry: Path) -> None:
@@ -99,7 +107,7 @@ def verified_entry(model_path: str) -> Optional[str]:
         entry = entry_path(model_path)
         with open(str(entry) + RECORD_SUFFIX) as f:
             record = json.load(f)
-        if record.get("onnxruntime") != _runtime_version() or record.get("sha256") != _sha256(entry):
+        if record.get("onnxruntime") != _runtime_version() or record.get("sha256") != entry_sha256(entry):
             return None
     except (OSError, ValueError, AttributeError):  # no record, no entry, a record that is not a JSON object
         return None

@@ -110,3 +110,26 @@ def test_a_load_marks_its_entry_used(unet_model):
     os.utime(entry, (0, 0))
     assert load_model(unet_model, "cpu").extra["onnx_path"] == str(entry)  # the checked entry, without torch
     assert entry.stat().st_mtime > 1e9
+
+
+def test_a_read_only_cache_that_cannot_take_the_record_says_so(unet_model, read_only_fs, monkeypatch):
+    """QA, session 16: such a cache checked its entry with torch on every load (3.4 s, not 0.9 s), silently."""
+    from roof_detector.core.model_io import load_warnings
+
+    ro, make_writable = read_only_fs
+    monkeypatch.setenv("ROOF_DETECTOR_CACHE", str(ro / "cache"))
+    with make_writable():
+        entry = load_model(unet_model, "cpu").extra["onnx_path"]
+        _record(unet_model).unlink()
+    m = load_model(unet_model, "cpu")
+    assert m.extra["onnx_path"] == entry and "Read-only file system" in m.extra["onnx_cache_problem"]
+    assert "cannot be cached" in load_warnings(m)[0]
+
+
+def test_a_check_is_recorded_only_for_the_bytes_it_loaded(unet_model):
+    """QA, session 16: two workers exporting at once; one recorded the hash of the other's file."""
+    load_model(unet_model, "cpu")
+    entry, record = onnx_cache.entry_path(unet_model), _record(unet_model)
+    record.unlink()
+    assert onnx_cache.record_verified(entry, "0" * 64) == "" and not record.exists()  # replaced since: nothing
+    assert onnx_cache.record_verified(entry, onnx_cache.entry_sha256(entry)) == "" and record.exists()
