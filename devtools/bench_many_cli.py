@@ -251,8 +251,10 @@ def _add_overheads(figures: dict, runs: dict, say) -> None:
     base = figures["runs"].get("cli")
     for v, f in figures["runs"].items():
         if base and v != "cli":
-            f["overhead_wall"] = round(f["median_wall_s"] / base["median_wall_s"] - 1, 4)
-            f["overhead_cpu"] = round(f["median_cpu_s"] / base["median_cpu_s"] - 1, 4)
+            # of the medians before they are rounded to 10 ms: a sub-second `detect` (the fp32 graph
+            # loaded without torch) made the rounding move the ratio by 0.01-0.03
+            f["overhead_wall"] = round(_median(runs[v], "wall_s") / _median(runs["cli"], "wall_s") - 1, 4)
+            f["overhead_cpu"] = round(_median(runs[v], "cpu_s") / _median(runs["cli"], "cpu_s") - 1, 4)
             # Each run over the `detect` run of its own round (minutes apart at most): this VM's speed
             # drifts by up to 30 % between rounds, which the ratio of medians would mix in.
             paired = [a["wall_s"] / c["wall_s"] - 1 for a, c in zip(runs[v], runs["cli"])]
@@ -267,6 +269,10 @@ def _add_overheads(figures: dict, runs: dict, say) -> None:
             )
         elif v == "cli":
             say(f"cli: {f['median_wall_s']} s, {f['tiles_per_s']} tiles/s, peak {f['client_peak_mb']} MB")
+
+
+def _median(rs: list, key: str) -> float:
+    return statistics.median(x[key] for x in rs)
 
 
 def summarize(variant: str, rs: list, plan: dict) -> dict:

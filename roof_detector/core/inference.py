@@ -143,10 +143,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     text = str(exc).lower()
     if isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text):
         return True
-    # Each model call runs on a thread of its own (interruptible), whose stack is mapped when it
-    # starts: under a memory cap that fails first, as Python's "can't start new thread".
-    if isinstance(exc, RuntimeError) and "can't start new thread" in text:
-        return True
     # ONNX Runtime's own exception classes (onnxruntime...Fail) are not RuntimeErrors:
     # "[ONNXRuntimeError] : 1 : FAIL : ... BFCArena ... Failed to allocate memory for requested buffer"
     return "onnxruntime" in type(exc).__module__.lower() and (

@@ -56,7 +56,12 @@ def call_interruptibly(
             done.set()
 
     worker = threading.Thread(target=work, name="roof-model-call", daemon=True)
-    worker.start()
+    try:
+        worker.start()
+    except RuntimeError:  # "can't start new thread": memory so short that no thread stack can be
+        # mapped (a memory cap). Run it here instead: not interruptible, but the out-of-memory
+        # retries with fewer tiles can still end the run well.
+        return fn()
     try:
         _wait_in_slices(done.wait, is_cancelled)
     except BaseException:

@@ -48,7 +48,8 @@ def test_onnxruntime_cpu_out_of_memory_halves_the_batch():
 def test_tighter_memory_caps_end_in_a_smaller_batch_or_one_clear_error(headroom_mb):
     """Session 16: under caps a little tighter than the test above, 0.2.x ended four of these six
     runs with a traceback: numpy's MemoryError joining the halves of the batch (a second copy of
-    it), or "can't start new thread" (each model call's thread maps its stack first)."""
+    it), or "can't start new thread" (each model call's thread maps its stack first: such a call now
+    runs on the caller's thread). A fresh clone's suite met the second at the cap above too."""
     pytest.importorskip("onnxruntime")
     if not BUNDLED_MODEL_PATH.is_file():
         pytest.skip("the bundled model is absent")
