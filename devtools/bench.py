@@ -160,8 +160,9 @@ def twin_figures(model_path: Optional[str], run, batch_size: int, repeats: int) 
         "onnx_twin_mb": round(os.path.getsize(twin) / 1e6, 2),
     }
     out[f"{module.precision}_tiles_per_s"] = round(_median_rate(run(module), batch_size, repeats), 2)
-    if twin_saturation(module):
-        out["int8_saturation"] = twin_saturation(module)  # timed here, but detection runs fp32 (README, ONNX twin)
+    saturates = twin_saturation(module)
+    if saturates:
+        out["int8_saturation"] = saturates  # timed here, but detection runs fp32 (README, ONNX twin)
     if "heldout" in props:
         out["int8_heldout"] = json.loads(props["heldout"])
     return out

@@ -26,17 +26,17 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 
-from .onnx_cache import entry_path, entry_sha256, forget, mark_used, record_verified, remove_unused
-from .onnx_twin import OnnxModule, onnxruntime_available
+from .onnx_cache import entry_path, forget, mark_used, record_verified, remove_unused
+from .onnx_twin import OnnxModule, file_sha256, onnxruntime_available
 from .torchscript import jit_load
 from .temp_files import remove_stale, temp_path
 from .unet import ARCHITECTURES, ExportWrapper, build_model
 
-__all__ = ["OnnxModule", "onnxruntime_available", "export_onnx", "onnx_module_for"]
+__all__ = ["OnnxModule", "onnxruntime_available", "onnx_module_for"]
 
 AGREEMENT_TOL = 1e-3
 
@@ -51,17 +51,6 @@ def python_network(script: torch.jit.ScriptModule, meta: Dict[str, Any]) -> torc
         raise ValueError(f"weights do not match architecture {arch['name']!r} ({len(missing)} tensors missing)")
     norm = meta["normalization"]
     return ExportWrapper(net, norm["mean"], norm["std"]).eval()
-
-
-def export_onnx(model_path: str, meta: Dict[str, Any], script: Optional[torch.jit.ScriptModule] = None) -> str:
-    """ONNX file for a model file (exported once, then taken from the cache)."""
-    out = entry_path(model_path)
-    if out.exists():
-        return str(out)
-    _check_exportable(meta)
-    script = script if script is not None else _load_script(model_path)
-    _export_graph(python_network(script, meta), int(meta["tile_size_px"]), out)
-    return str(out)
 
 
 def _check_exportable(meta: Dict[str, Any]) -> None:
@@ -141,7 +130,7 @@ def _checked(entry: Path, script: torch.jit.ScriptModule, meta: Dict[str, Any]) 
     """The cache entry's module, checked against TorchScript, and why the check could not be
     recorded ("" when it was: later loads run the entry without torch, :mod:`.onnx_cache`)."""
     forget(entry)  # until it passes again
-    checked_sha256 = entry_sha256(entry)  # what ONNX Runtime loads next, unless another export replaces it
+    checked_sha256 = file_sha256(entry)  # what ONNX Runtime loads next, unless another export replaces it
     module = _verified(OnnxModule(str(entry)), script, meta)
     problem = record_verified(entry, checked_sha256)
     mark_used(entry)

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from .onnx_twin import file_sha256
 from .temp_files import temp_path
 
 RECORD_SUFFIX = ".verified.json"
@@ -54,15 +55,6 @@ def entry_path(model_path: str) -> Path:
     return cache_dir() / f"{file_key(model_path)}.onnx"
 
 
-def entry_sha256(path: Path) -> str:
-    """Hex SHA-256 of a cache entry."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _runtime_version() -> str:
     import onnxruntime
 
@@ -79,7 +71,7 @@ def record_verified(entry: Path, checked_sha256: str) -> str:
     record = Path(str(entry) + RECORD_SUFFIX)
     tmp = temp_path(str(record), ".json")
     try:
-        if entry_sha256(entry) != checked_sha256:
+        if file_sha256(entry) != checked_sha256:
             return ""
         with open(tmp, "w") as f:
             json.dump({"sha256": checked_sha256, "onnxruntime": _runtime_version()}, f)
@@ -107,7 +99,7 @@ def verified_entry(model_path: str) -> Optional[str]:
         entry = entry_path(model_path)
         with open(str(entry) + RECORD_SUFFIX) as f:
             record = json.load(f)
-        if record.get("onnxruntime") != _runtime_version() or record.get("sha256") != entry_sha256(entry):
+        if record.get("onnxruntime") != _runtime_version() or record.get("sha256") != file_sha256(entry):
             return None
     except (OSError, ValueError, AttributeError):  # no record, no entry, a record that is not a JSON object
         return None

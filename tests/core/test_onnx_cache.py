@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from roof_detector.core import onnx_cache
+from roof_detector.core import onnx_cache, onnx_twin
 from roof_detector.core.model_io import load_model
 from tests.core.test_onnx_twin import run_without_torch
 
@@ -132,4 +132,4 @@ def test_a_check_is_recorded_only_for_the_bytes_it_loaded(unet_model):
     entry, record = onnx_cache.entry_path(unet_model), _record(unet_model)
     record.unlink()
     assert onnx_cache.record_verified(entry, "0" * 64) == "" and not record.exists()  # replaced since: nothing
-    assert onnx_cache.record_verified(entry, onnx_cache.entry_sha256(entry)) == "" and record.exists()
+    assert onnx_cache.record_verified(entry, onnx_twin.file_sha256(entry)) == "" and record.exists()
